@@ -1,0 +1,67 @@
+//! Names of artifacts and manifests (DESIGN §3):
+//! `<prefix>/<namespace>/<name>/<YYYYMMDDTHHMMSSZ>-<source>.tar.<zst|gz>` and
+//! `<same stem>.manifest.json` beside it.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+
+use crate::compression::Compression;
+
+pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+/// Suffix of a record written when `verify` re-read an artifact successfully.
+pub const VERIFIED_SUFFIX: &str = ".verified.json";
+const STAMP: &str = "%Y%m%dT%H%M%SZ";
+
+/// The id of an artifact: its UTC start stamp and the source kind.
+pub fn id(started: DateTime<Utc>, source: &str) -> String {
+    format!("{}-{source}", started.format(STAMP))
+}
+
+pub fn file_name(id: &str, compression: Compression) -> String {
+    format!("{id}{}", compression.extension())
+}
+
+pub fn manifest_name(id: &str) -> String {
+    format!("{id}{MANIFEST_SUFFIX}")
+}
+
+pub fn verified_name(id: &str) -> String {
+    format!("{id}{VERIFIED_SUFFIX}")
+}
+
+/// The time encoded in an id, if it is one of ours.
+pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
+    let stamp = id.get(..16)?;
+    NaiveDateTime::parse_from_str(stamp, STAMP)
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+/// Artifact names come from manifests, which come from storage: never let one
+/// name a file outside the artifact's folder.
+pub fn check_file_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') || name.contains('\0') {
+        return Err(format!("artifact name {name:?} is not a plain file name"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn names_follow_the_documented_layout() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 23, 2, 0, 5).unwrap();
+        let id = id(t, "files");
+        assert_eq!(id, "20261123T020005Z-files");
+        assert_eq!(
+            file_name(&id, Compression::Zstd(3)),
+            "20261123T020005Z-files.tar.zst"
+        );
+        assert_eq!(manifest_name(&id), "20261123T020005Z-files.manifest.json");
+        assert_eq!(id_time(&id), Some(t));
+        assert!(check_file_name("../x").is_err());
+        assert!(check_file_name(".hidden").is_err());
+    }
+}

@@ -1,0 +1,295 @@
+//! One backup: source -> tar -> compress -> sha256 -> target, manifest last.
+//! Then copies to secondary targets, retention, and leftover cleanup.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Duration, Utc};
+use tracing::{info, warn, Instrument};
+
+use crate::artifact;
+use crate::config::Settings;
+use crate::manifest::{self, Manifest};
+use crate::pipe::{self, ChunkWriter, HashWriter};
+use crate::progress::{self, mib_per_s, Cancel, Progress};
+use crate::retention;
+use crate::source::{AnySource, FilesSource, Source, SourceCtx, SourceReport};
+use crate::target::{AnyTarget, Target, TargetSpec, Upload};
+use crate::{Error, Result};
+
+/// Uncommitted files younger than this may belong to a backup still running
+/// in another process (`backup-now` beside the sidecar); older ones are debris.
+pub const LEFTOVER_MAX_AGE: Duration = Duration::days(1);
+
+/// Everything one backup needs, built from settings.
+pub struct Job {
+    pub source: AnySource,
+    pub targets: Vec<AnyTarget>,
+    pub settings: Settings,
+}
+
+impl Job {
+    pub fn new(settings: &Settings) -> Self {
+        let targets: Vec<AnyTarget> = settings
+            .targets
+            .iter()
+            .map(|t| t.open(&settings.namespace, &settings.name))
+            .collect();
+        // Never back up a backup folder that lies inside a backed-up path.
+        let skip = settings
+            .targets
+            .iter()
+            .map(|TargetSpec::Dir(base)| base.clone())
+            .filter(|b| settings.paths.iter().any(|p| b.starts_with(p)))
+            .collect();
+        let source = AnySource::Files(FilesSource {
+            paths: settings.paths.clone(),
+            exclude: settings.exclude_set.clone(),
+            skip,
+        });
+        Job {
+            source,
+            targets,
+            settings: settings.clone(),
+        }
+    }
+
+    /// Checks every target can be written. Errors name the target.
+    pub async fn check_targets(&self) -> Result<()> {
+        for t in &self.targets {
+            t.check().await?;
+        }
+        Ok(())
+    }
+
+    /// A backup to the primary target, then copies, retention and cleanup.
+    /// Only the primary's result decides success; the rest is logged.
+    pub async fn run(self: &Arc<Self>, cancel: Cancel) -> Result<Manifest> {
+        let primary = &self.targets[0];
+        let manifest = backup(self.clone(), primary, cancel).await?;
+        for secondary in &self.targets[1..] {
+            if let Err(e) = copy(primary, secondary, &manifest).await {
+                warn!(target = %secondary.describe(), error = %e, "copy to secondary target failed; the primary has the artifact");
+            }
+        }
+        for t in &self.targets {
+            if let Err(e) = apply_retention(t, &self.settings.retention).await {
+                warn!(target = %t.describe(), error = %e, "retention failed; nothing was lost, it runs again after the next backup");
+            }
+            if let Err(e) = clean_leftovers(t, Utc::now()).await {
+                warn!(target = %t.describe(), error = %e, "leftover cleanup failed");
+            }
+        }
+        Ok(manifest)
+    }
+}
+
+/// Picks an id not used yet on this target: two backups in one second
+/// (a manual one right after a scheduled one) must not collide.
+async fn fresh_id(
+    target: &AnyTarget,
+    source: &str,
+    now: DateTime<Utc>,
+) -> Result<(String, DateTime<Utc>)> {
+    let listing = target.list().await?;
+    let mut t = now;
+    loop {
+        let id = artifact::id(t, source);
+        if !listing.artifacts.iter().any(|a| a.manifest.id == id) {
+            return Ok((id, t));
+        }
+        t += Duration::seconds(1);
+    }
+}
+
+async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Manifest> {
+    let source_kind = job.source.kind();
+    let (id, started_at) = fresh_id(target, source_kind, Utc::now()).await?;
+    let file_name = artifact::file_name(&id, job.settings.compression);
+    let span = tracing::info_span!("backup", id = %id, target = %target.describe());
+    async move {
+        let settings = &job.settings;
+        info!(source = source_kind, paths = ?job.source.paths(), compression = %settings.compression, "backup started");
+        let clock = Instant::now();
+        let progress = Arc::new(Progress::default());
+        let _report = progress::report(progress.clone(), settings.progress_interval, "backup");
+
+        let mut upload = target.begin(&file_name).await?;
+        let (tx, mut rx) = pipe::channel();
+        let producer = {
+            let job = job.clone();
+            let ctx = SourceCtx { progress: progress.clone(), cancel: cancel.clone() };
+            tokio::task::spawn_blocking(move || produce(&job, tx, &ctx))
+        };
+
+        let mut upload_error = None;
+        while let Some(chunk) = rx.recv().await {
+            // The producer only sends Ok chunks; errors come from its result.
+            let Ok(chunk) = chunk else { continue };
+            if let Err(e) = upload.write(&chunk).await {
+                upload_error = Some(e);
+                break;
+            }
+        }
+        // Closing our end makes a blocked producer fail fast.
+        drop(rx);
+        // A pipe closed early looks like a clean end of stream: the
+        // producer's own result decides whether the bytes are complete.
+        let produced = producer
+            .await
+            .map_err(|e| Error::Source(format!("the backup worker crashed: {e}")))
+            .and_then(|r| r);
+        let (report, sha256, size) = match (produced, upload_error) {
+            (Ok(p), None) => p,
+            (Err(e), _) | (Ok(_), Some(e)) => {
+                upload.abort().await;
+                warn!(error = %e, "backup failed; nothing was committed");
+                return Err(e);
+            }
+        };
+        if crate::progress::is_cancelled(&cancel) {
+            upload.abort().await;
+            return Err(Error::Cancelled);
+        }
+
+        let manifest = Manifest {
+            format: manifest::FORMAT.into(),
+            id: id.clone(),
+            artifact: file_name.clone(),
+            name: settings.name.clone(),
+            namespace: settings.namespace.clone(),
+            source: source_kind.into(),
+            paths: job.source.paths(),
+            started_at,
+            finished_at: Utc::now(),
+            compression: settings.compression.to_string(),
+            encryption: "none".into(),
+            size,
+            sha256,
+            entries: report.entries,
+            bytes_in: report.bytes_in,
+            warnings: report.warnings,
+            tool_version: crate::TOOL_VERSION.into(),
+            source_meta: report.meta,
+        };
+        upload.commit(&manifest).await?;
+        let took = clock.elapsed();
+        info!(
+            size = manifest.size,
+            bytes_in = manifest.bytes_in,
+            entries = manifest.entries,
+            warnings = manifest.warnings.len(),
+            seconds = took.as_secs_f64(),
+            mib_per_s = mib_per_s(manifest.bytes_in, took),
+            "backup committed"
+        );
+        Ok(manifest)
+    }
+    .instrument(span)
+    .await
+}
+
+/// The blocking half: tar -> compressor -> hasher -> pipe.
+fn produce(
+    job: &Job,
+    tx: tokio::sync::mpsc::Sender<pipe::Chunk>,
+    ctx: &SourceCtx,
+) -> Result<(SourceReport, String, u64)> {
+    let sink = HashWriter::new(ChunkWriter::new(tx));
+    let encoder = job
+        .settings
+        .compression
+        .encoder(sink)
+        .map_err(|e| Error::io("starting the compressor", e))?;
+    let mut tar = tar::Builder::new(encoder);
+    tar.follow_symlinks(false);
+    let report = job.source.write_tar(&mut tar, ctx)?;
+    let write_err = |e| {
+        Error::io(
+            "finishing the artifact stream (the upload may have stopped)",
+            e,
+        )
+    };
+    let encoder = tar.into_inner().map_err(write_err)?;
+    let sink = encoder.finish().map_err(write_err)?;
+    let (chunks, sha256, size) = sink.finish();
+    chunks.finish().map_err(write_err)?;
+    Ok((report, sha256, size))
+}
+
+/// Copies a committed artifact from one target to another, verifying the
+/// bytes against the manifest before committing the copy.
+pub async fn copy(from: &AnyTarget, to: &AnyTarget, m: &Manifest) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncReadExt;
+    let mut src = from.open(m).await?;
+    let mut up = to.begin(&m.artifact).await?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; pipe::CHUNK_SIZE];
+    loop {
+        let n = match src.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                up.abort().await;
+                return Err(Error::io(
+                    format!("reading {} from {}", m.artifact, from.describe()),
+                    e,
+                ));
+            }
+        };
+        hasher.update(&buf[..n]);
+        size += n as u64;
+        if let Err(e) = up.write(&buf[..n]).await {
+            up.abort().await;
+            return Err(e);
+        }
+    }
+    let sha = hex::encode(hasher.finalize());
+    if sha != m.sha256 || size != m.size {
+        up.abort().await;
+        return Err(Error::Corrupt {
+            id: m.id.clone(),
+            reason: format!(
+                "source copy on {} does not match its manifest",
+                from.describe()
+            ),
+        });
+    }
+    up.commit(m).await?;
+    info!(id = %m.id, target = %to.describe(), "copied to secondary target");
+    Ok(())
+}
+
+/// Deletes what the policy does not keep, with a log line for each decision.
+pub async fn apply_retention(target: &AnyTarget, policy: &retention::Policy) -> Result<()> {
+    let listing = target.list().await?;
+    let times: Vec<(String, DateTime<Utc>)> = listing
+        .artifacts
+        .iter()
+        .map(|a| (a.manifest.id.clone(), a.manifest.started_at))
+        .collect();
+    for d in retention::plan(&times, policy) {
+        if d.keep() {
+            tracing::debug!(id = %d.id, reasons = %d.reasons.join(", "), "retention keeps");
+            continue;
+        }
+        if let Some(a) = listing.artifacts.iter().find(|a| a.manifest.id == d.id) {
+            target.delete(&a.manifest).await?;
+            info!(id = %d.id, policy = %policy, target = %target.describe(), "retention deleted artifact");
+        }
+    }
+    Ok(())
+}
+
+/// Removes uncommitted files older than [`LEFTOVER_MAX_AGE`].
+pub async fn clean_leftovers(target: &AnyTarget, now: DateTime<Utc>) -> Result<()> {
+    for l in target.leftovers().await? {
+        if now - l.modified > LEFTOVER_MAX_AGE {
+            target.remove_leftover(&l.name).await?;
+            info!(file = %l.name, target = %target.describe(), "removed uncommitted leftover");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,769 @@
+//! Settings from the environment (`LIFEBOAT_*`, each also as `LIFEBOAT_*_FILE`)
+//! and pod annotations (`lifeboat.dev/*`, which win). Three steps, as DESIGN §9
+//! asks: gather the raw strings ([`Inputs::from_process`], the only I/O), validate
+//! them all at once with no I/O ([`Settings::from_inputs`]), then let the
+//! targets check themselves ([`crate::target::AnyTarget::check`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+
+use crate::annotations::{self, PREFIX};
+use crate::compression::Compression;
+use crate::retention::{self, Policy};
+use crate::schedule::{self, Schedule};
+use crate::target::TargetSpec;
+use crate::{Error, Result};
+
+pub const DEFAULT_ANNOTATIONS_FILE: &str = "/etc/lifeboat/annotations";
+pub const DEFAULT_SCHEDULE: &str = "0 2 * * *";
+
+/// One wrong setting: which, the value given, and what would be right.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub setting: String,
+    pub value: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={:?}: {}", self.setting, self.value, self.message)
+    }
+}
+
+pub fn format_problems(ps: &[Problem]) -> String {
+    ps.iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What the process is about to do; a restore does not need a valid schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Backup,
+    Restore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Files,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Files => "files",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreMode {
+    IfEmpty,
+    Always,
+    Never,
+}
+
+/// The raw strings, gathered once from the process environment and files.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub env: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// Problems found while reading (`_FILE` unreadable, annotations file garbled).
+    pub problems: Vec<Problem>,
+}
+
+impl Inputs {
+    /// Reads the environment, resolves `*_FILE` variables, and reads the
+    /// annotations file (missing is fine: it is optional).
+    pub fn from_process() -> Self {
+        let env: BTreeMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        Self::from_env(env)
+    }
+
+    pub fn from_env(raw: BTreeMap<String, String>) -> Self {
+        let mut env = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (k, v) in &raw {
+            // A setting whose own name ends in _FILE (LIFEBOAT_ANNOTATIONS_FILE)
+            // is a path, not the file form of another setting.
+            let is_setting = ENV_VARS.iter().any(|(name, _)| name == k);
+            let Some(base) = k.strip_suffix("_FILE").filter(|_| !is_setting) else {
+                env.entry(k.clone()).or_insert_with(|| v.clone());
+                continue;
+            };
+            if raw.contains_key(base) {
+                problems.push(Problem {
+                    setting: k.clone(),
+                    value: v.clone(),
+                    message: format!("both {base} and {k} are set; set only one"),
+                });
+                continue;
+            }
+            match std::fs::read_to_string(v) {
+                Ok(s) => {
+                    env.insert(
+                        base.to_string(),
+                        s.trim_end_matches(['\n', '\r']).to_string(),
+                    );
+                }
+                Err(e) if k.starts_with("LIFEBOAT_") || k.starts_with("PG") => {
+                    problems.push(Problem {
+                        setting: k.clone(),
+                        value: v.clone(),
+                        message: format!("cannot read the file: {e}"),
+                    })
+                }
+                Err(_) => {}
+            }
+        }
+        let mut inputs = Inputs {
+            env,
+            annotations: BTreeMap::new(),
+            problems,
+        };
+        inputs.reload_annotations();
+        inputs
+    }
+
+    pub fn annotations_file(&self) -> PathBuf {
+        PathBuf::from(
+            self.env
+                .get("LIFEBOAT_ANNOTATIONS_FILE")
+                .map(String::as_str)
+                .unwrap_or(DEFAULT_ANNOTATIONS_FILE),
+        )
+    }
+
+    /// Re-reads the annotations file. Returns whether anything changed.
+    pub fn reload_annotations(&mut self) -> bool {
+        let path = self.annotations_file();
+        self.problems
+            .retain(|p| p.setting != "LIFEBOAT_ANNOTATIONS_FILE");
+        let parsed = match std::fs::read_to_string(&path) {
+            Ok(text) => match annotations::parse(&text) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.problems.push(Problem {
+                        setting: "LIFEBOAT_ANNOTATIONS_FILE".into(),
+                        value: path.display().to_string(),
+                        message: format!("cannot parse: {e}; expected one key=\"value\" per line"),
+                    });
+                    return false;
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                self.problems.push(Problem {
+                    setting: "LIFEBOAT_ANNOTATIONS_FILE".into(),
+                    value: path.display().to_string(),
+                    message: format!("cannot read: {e}"),
+                });
+                return false;
+            }
+        };
+        let ours: BTreeMap<String, String> = parsed
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(PREFIX))
+            .collect();
+        let changed = ours != self.annotations;
+        self.annotations = ours;
+        changed
+    }
+}
+
+/// Every `LIFEBOAT_*` variable, for `--help` texts and typo warnings.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("LIFEBOAT_SOURCE", "what to back up: files (default)"),
+    (
+        "LIFEBOAT_PATHS",
+        "comma list of absolute paths to back up / restore (required)",
+    ),
+    (
+        "LIFEBOAT_EXCLUDE",
+        "comma list of globs to leave out, e.g. **/.ipynb_checkpoints",
+    ),
+    (
+        "LIFEBOAT_SCHEDULE",
+        "5-field cron in UTC or @daily etc. (default \"0 2 * * *\")",
+    ),
+    (
+        "LIFEBOAT_RETENTION",
+        "last=N,daily=N,weekly=N,monthly=N (default last=3,daily=7,weekly=4,monthly=6)",
+    ),
+    (
+        "LIFEBOAT_TARGETS",
+        "comma list of targets, first is primary, e.g. file:///backup (required)",
+    ),
+    (
+        "LIFEBOAT_COMPRESSION",
+        "zstd[:1-19], gzip[:1-9] or none (default zstd:3)",
+    ),
+    ("LIFEBOAT_RESTORE", "if-empty (default), always or never"),
+    (
+        "LIFEBOAT_NAME",
+        "name of this backup history (default: pod name from HOSTNAME)",
+    ),
+    (
+        "LIFEBOAT_NAMESPACE",
+        "namespace folder of the history (default: POD_NAMESPACE or \"default\")",
+    ),
+    (
+        "LIFEBOAT_ANNOTATIONS_FILE",
+        "downward-API annotations file (default /etc/lifeboat/annotations)",
+    ),
+    (
+        "LIFEBOAT_GRACE_PERIOD",
+        "how long a running backup may finish after SIGTERM (default 25s)",
+    ),
+    (
+        "LIFEBOAT_PROGRESS_INTERVAL",
+        "how often long work logs progress (default 10s)",
+    ),
+    (
+        "LIFEBOAT_LOG",
+        "log filter, e.g. info or lifeboat=debug (default info)",
+    ),
+];
+
+#[derive(Debug, Default, Deserialize)]
+struct RawEnv {
+    source: Option<String>,
+    paths: Option<String>,
+    exclude: Option<String>,
+    schedule: Option<String>,
+    retention: Option<String>,
+    targets: Option<String>,
+    compression: Option<String>,
+    restore: Option<String>,
+    name: Option<String>,
+    namespace: Option<String>,
+    grace_period: Option<String>,
+    progress_interval: Option<String>,
+}
+
+/// Validated settings. Built only through [`Settings::from_inputs`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub source: SourceKind,
+    pub paths: Vec<PathBuf>,
+    pub exclude: Vec<String>,
+    pub exclude_set: GlobSet,
+    pub schedule: Schedule,
+    pub retention: Policy,
+    pub targets: Vec<TargetSpec>,
+    pub compression: Compression,
+    pub restore: RestoreMode,
+    pub name: String,
+    pub namespace: String,
+    pub grace_period: Duration,
+    pub progress_interval: Duration,
+    /// The current value of `lifeboat.dev/backup-now`, if set.
+    pub backup_now: Option<String>,
+    /// Not wrong, but worth a log line (unknown variables or annotations).
+    pub warnings: Vec<String>,
+}
+
+/// A value with where it came from, so a problem names the right setting.
+struct Value {
+    setting: String,
+    text: String,
+}
+
+impl Settings {
+    pub fn from_inputs(inputs: &Inputs, role: Role) -> Result<Settings> {
+        let problems = inputs.problems.clone();
+        let mut warnings = Vec::new();
+        let lifeboat_env = inputs
+            .env
+            .iter()
+            .filter(|(k, _)| k.starts_with("LIFEBOAT_"))
+            .map(|(k, v)| (k.clone(), v.clone()));
+        let raw: RawEnv = envy::prefixed("LIFEBOAT_")
+            .from_iter(lifeboat_env)
+            .unwrap_or_default();
+        for k in inputs.env.keys().filter(|k| k.starts_with("LIFEBOAT_")) {
+            if !ENV_VARS.iter().any(|(v, _)| v == k) {
+                warnings.push(format!("unknown environment variable {k} is ignored"));
+            }
+        }
+        const KNOWN_ANNOTATIONS: &[&str] = &[
+            "source",
+            "paths",
+            "exclude",
+            "schedule",
+            "retention",
+            "compression",
+            "restore",
+            "backup-now",
+            "last-backup",
+            "enabled",
+        ];
+        for k in inputs.annotations.keys() {
+            let short = &k[PREFIX.len()..];
+            if !KNOWN_ANNOTATIONS.contains(&short) {
+                warnings.push(format!(
+                    "unknown annotation {k} is ignored (known: {})",
+                    KNOWN_ANNOTATIONS
+                        .iter()
+                        .map(|a| format!("{PREFIX}{a}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+
+        // Annotation first, then environment.
+        let pick = |ann: Option<&str>, env_name: &str, env_val: &Option<String>| -> Option<Value> {
+            if let Some(a) = ann {
+                let key = format!("{PREFIX}{a}");
+                if let Some(v) = inputs.annotations.get(&key) {
+                    return Some(Value {
+                        setting: format!("annotation {key}"),
+                        text: v.clone(),
+                    });
+                }
+            }
+            env_val.as_ref().map(|v| Value {
+                setting: env_name.into(),
+                text: v.clone(),
+            })
+        };
+        let mut problems = Problems(problems);
+
+        let source = match pick(Some("source"), "LIFEBOAT_SOURCE", &raw.source) {
+            None => SourceKind::Files,
+            Some(v) => {
+                match v.text.trim() {
+                    "files" | "" => SourceKind::Files,
+                    s @ ("postgres" | "couchdb" | "arangodb") => {
+                        problems.fail(&v, format!("source {s:?} is not available in this version yet; accepted: files"));
+                        SourceKind::Files
+                    }
+                    _ => {
+                        problems.fail(
+                            &v,
+                            "unknown source; accepted: files, postgres, couchdb, arangodb".into(),
+                        );
+                        SourceKind::Files
+                    }
+                }
+            }
+        };
+
+        let mut paths = Vec::new();
+        match pick(Some("paths"), "LIFEBOAT_PATHS", &raw.paths) {
+            None => problems.0.push(Problem {
+                setting: "LIFEBOAT_PATHS".into(),
+                value: String::new(),
+                message: "required: comma list of absolute paths, e.g. /home/jovyan".into(),
+            }),
+            Some(v) => {
+                for p in split_list(&v.text) {
+                    match check_abs_path(p) {
+                        Ok(p) => paths.push(p),
+                        Err(m) => problems.fail(&v, format!("{p:?} {m}")),
+                    }
+                }
+                if paths.is_empty() && split_list(&v.text).is_empty() {
+                    problems.fail(
+                        &v,
+                        "no paths given; expected comma list of absolute paths".into(),
+                    );
+                }
+                for (i, a) in paths.iter().enumerate() {
+                    for b in &paths[i + 1..] {
+                        if a.starts_with(b) || b.starts_with(a) {
+                            problems.fail(
+                                &v,
+                                format!(
+                                    "{} and {} overlap; list each folder once",
+                                    a.display(),
+                                    b.display()
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+
+        let mut exclude = Vec::new();
+        let mut globs = GlobSetBuilder::new();
+        if let Some(v) = pick(Some("exclude"), "LIFEBOAT_EXCLUDE", &raw.exclude) {
+            for g in split_list(&v.text) {
+                match Glob::new(g) {
+                    Ok(glob) => {
+                        globs.add(glob);
+                        exclude.push(g.to_string());
+                    }
+                    Err(e) if role == Role::Backup => {
+                        problems.fail(&v, format!("glob {g:?} is invalid: {}; accepted: globs like **/.ipynb_checkpoints or *.tmp", e.kind()))
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        let exclude_set = globs.build().unwrap_or_else(|_| GlobSet::empty());
+
+        let schedule_value = pick(Some("schedule"), "LIFEBOAT_SCHEDULE", &raw.schedule);
+        let schedule = match &schedule_value {
+            None => Schedule::parse(DEFAULT_SCHEDULE).expect("default schedule parses"),
+            Some(v) => Schedule::parse(&v.text).unwrap_or_else(|e| {
+                if role == Role::Backup {
+                    problems.fail(v, format!("{e}; accepted: {}", schedule::ACCEPTED));
+                }
+                Schedule::parse(DEFAULT_SCHEDULE).expect("default schedule parses")
+            }),
+        };
+
+        let retention = match pick(Some("retention"), "LIFEBOAT_RETENTION", &raw.retention) {
+            None => Policy::default(),
+            Some(v) => Policy::parse(&v.text).unwrap_or_else(|e| {
+                if role == Role::Backup {
+                    problems.fail(&v, format!("{e}; accepted: {}", retention::ACCEPTED));
+                }
+                Policy::default()
+            }),
+        };
+
+        let compression = match pick(
+            Some("compression"),
+            "LIFEBOAT_COMPRESSION",
+            &raw.compression,
+        ) {
+            None => Compression::default(),
+            Some(v) => Compression::parse(&v.text).unwrap_or_else(|e| {
+                if role == Role::Backup {
+                    problems.fail(&v, e);
+                }
+                Compression::default()
+            }),
+        };
+
+        let restore = match pick(Some("restore"), "LIFEBOAT_RESTORE", &raw.restore) {
+            None => RestoreMode::IfEmpty,
+            Some(v) => match v.text.trim() {
+                "if-empty" | "" => RestoreMode::IfEmpty,
+                "always" => RestoreMode::Always,
+                "never" => RestoreMode::Never,
+                _ => {
+                    problems.fail(&v, "accepted: if-empty, always, never".into());
+                    RestoreMode::IfEmpty
+                }
+            },
+        };
+
+        let mut targets = Vec::new();
+        match pick(None, "LIFEBOAT_TARGETS", &raw.targets) {
+            None => problems.0.push(Problem {
+                setting: "LIFEBOAT_TARGETS".into(),
+                value: String::new(),
+                message: "required: comma list of targets, e.g. file:///backup".into(),
+            }),
+            Some(v) => {
+                for t in split_list(&v.text) {
+                    match TargetSpec::parse(t) {
+                        Ok(spec) => targets.push(spec),
+                        Err(m) => problems.fail(&v, format!("{t:?}: {m}")),
+                    }
+                }
+                if split_list(&v.text).is_empty() {
+                    problems.fail(&v, "no targets given; expected e.g. file:///backup".into());
+                }
+            }
+        }
+
+        let name_value = raw
+            .name
+            .clone()
+            .map(|text| Value {
+                setting: "LIFEBOAT_NAME".into(),
+                text,
+            })
+            .or_else(|| {
+                inputs.env.get("HOSTNAME").map(|h| Value {
+                    setting: "HOSTNAME".into(),
+                    text: h.clone(),
+                })
+            });
+        let name = match name_value {
+            None => {
+                problems.0.push(Problem {
+                    setting: "LIFEBOAT_NAME".into(),
+                    value: String::new(),
+                    message: "required when HOSTNAME is not set: the name of this backup history"
+                        .into(),
+                });
+                String::new()
+            }
+            Some(v) => {
+                if let Err(m) = check_component(&v.text) {
+                    problems.fail(&v, m);
+                }
+                v.text
+            }
+        };
+        let namespace_value = raw
+            .namespace
+            .clone()
+            .map(|text| Value {
+                setting: "LIFEBOAT_NAMESPACE".into(),
+                text,
+            })
+            .or_else(|| {
+                inputs.env.get("POD_NAMESPACE").map(|n| Value {
+                    setting: "POD_NAMESPACE".into(),
+                    text: n.clone(),
+                })
+            });
+        let namespace = match namespace_value {
+            None => "default".to_string(),
+            Some(v) => {
+                if let Err(m) = check_component(&v.text) {
+                    problems.fail(&v, m);
+                }
+                v.text
+            }
+        };
+
+        let mut duration = |name: &str, raw: &Option<String>, default: Duration| match raw {
+            None => default,
+            Some(text) => parse_duration(text).unwrap_or_else(|e| {
+                problems.fail(
+                    &Value {
+                        setting: name.into(),
+                        text: text.clone(),
+                    },
+                    e,
+                );
+                default
+            }),
+        };
+        let grace_period = duration(
+            "LIFEBOAT_GRACE_PERIOD",
+            &raw.grace_period,
+            Duration::from_secs(25),
+        );
+        let progress_interval = duration(
+            "LIFEBOAT_PROGRESS_INTERVAL",
+            &raw.progress_interval,
+            Duration::from_secs(10),
+        );
+
+        if !problems.0.is_empty() {
+            return Err(Error::Config(problems.0));
+        }
+        Ok(Settings {
+            source,
+            paths,
+            exclude,
+            exclude_set,
+            schedule,
+            retention,
+            targets,
+            compression,
+            restore,
+            name,
+            namespace,
+            grace_period,
+            progress_interval,
+            backup_now: inputs
+                .annotations
+                .get(&format!("{PREFIX}backup-now"))
+                .cloned(),
+            warnings,
+        })
+    }
+}
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn fail(&mut self, v: &Value, message: String) {
+        self.0.push(Problem {
+            setting: v.setting.clone(),
+            value: v.text.clone(),
+            message,
+        });
+    }
+}
+
+fn split_list(s: &str) -> Vec<&str> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+fn check_abs_path(p: &str) -> Result<PathBuf, String> {
+    let path = Path::new(p);
+    if !path.is_absolute() {
+        return Err("is not absolute; paths must start with /".into());
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err("contains . or ..; give the plain absolute path".into());
+    }
+    if path == Path::new("/") {
+        return Err("is the root folder; name the data folder itself".into());
+    }
+    // Normalizes trailing slashes and doubled separators.
+    Ok(path.components().collect())
+}
+
+/// Names and namespaces become folder names in every target.
+fn check_component(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s != "."
+        && s != ".."
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err("accepted: letters, digits, '-', '_' and '.' (a Kubernetes name)".into())
+    }
+}
+
+/// `90`, `90s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 's')) => (&t[..i], 1),
+        Some((i, 'm')) => (&t[..i], 60),
+        Some((i, 'h')) => (&t[..i], 3600),
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .map(|n| Duration::from_secs(n * mult))
+        .map_err(|_| "accepted: a whole number of seconds, or with a unit: 30s, 5m, 1h".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(pairs: &[(&str, &str)]) -> Inputs {
+        let mut env: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.entry("LIFEBOAT_ANNOTATIONS_FILE".into())
+            .or_insert_with(|| "/nonexistent/lifeboat-annotations".into());
+        Inputs::from_env(env)
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::from_inputs(
+            &inputs(&[
+                ("LIFEBOAT_PATHS", "/data/"),
+                ("LIFEBOAT_TARGETS", "file:///backup"),
+                ("HOSTNAME", "nb-0"),
+            ]),
+            Role::Backup,
+        )
+        .unwrap();
+        assert_eq!(s.paths, vec![PathBuf::from("/data")]);
+        assert_eq!(s.schedule.as_str(), "0 2 * * *");
+        assert_eq!(s.retention, Policy::default());
+        assert_eq!(s.compression, Compression::Zstd(3));
+        assert_eq!(s.restore, RestoreMode::IfEmpty);
+        assert_eq!((s.name.as_str(), s.namespace.as_str()), ("nb-0", "default"));
+        assert_eq!(s.grace_period, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let err = Settings::from_inputs(
+            &inputs(&[
+                ("LIFEBOAT_SOURCE", "mysql"),
+                ("LIFEBOAT_PATHS", "data,/ok"),
+                ("LIFEBOAT_SCHEDULE", "0 25 * * *"),
+                ("LIFEBOAT_RETENTION", "yearly=3"),
+                ("LIFEBOAT_COMPRESSION", "lz4"),
+                ("LIFEBOAT_RESTORE", "sometimes"),
+                ("HOSTNAME", "nb-0"),
+            ]),
+            Role::Backup,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "7 problems",
+            "LIFEBOAT_SOURCE=\"mysql\": unknown source; accepted: files",
+            "LIFEBOAT_PATHS=\"data,/ok\": \"data\" is not absolute",
+            "LIFEBOAT_SCHEDULE=\"0 25 * * *\": hour field: 25 is out of range 0-23",
+            "LIFEBOAT_RETENTION=\"yearly=3\": unknown key \"yearly\"",
+            "LIFEBOAT_COMPRESSION=\"lz4\": accepted: zstd",
+            "LIFEBOAT_RESTORE=\"sometimes\": accepted: if-empty, always, never",
+            "LIFEBOAT_TARGETS=\"\": required",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn restore_ignores_backup_only_settings() {
+        let i = inputs(&[
+            ("LIFEBOAT_PATHS", "/data"),
+            ("LIFEBOAT_TARGETS", "/backup"),
+            ("LIFEBOAT_SCHEDULE", "nonsense"),
+            ("HOSTNAME", "nb-0"),
+        ]);
+        assert!(Settings::from_inputs(&i, Role::Restore).is_ok());
+        assert!(Settings::from_inputs(&i, Role::Backup).is_err());
+    }
+
+    #[test]
+    fn annotations_override_env_and_file_forms_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let ann = dir.path().join("annotations");
+        std::fs::write(&ann, "lifeboat.dev/schedule=\"*/5 * * * *\"\nlifeboat.dev/backup-now=\"1\"\nlifeboat.dev/colour=\"red\"\n").unwrap();
+        let targets = dir.path().join("targets");
+        std::fs::write(&targets, "file:///backup\n").unwrap();
+        let i = inputs(&[
+            ("LIFEBOAT_PATHS", "/data"),
+            ("LIFEBOAT_TARGETS_FILE", targets.to_str().unwrap()),
+            ("LIFEBOAT_SCHEDULE", "0 3 * * *"),
+            ("LIFEBOAT_ANNOTATIONS_FILE", ann.to_str().unwrap()),
+            ("HOSTNAME", "nb-0"),
+        ]);
+        let s = Settings::from_inputs(&i, Role::Backup).unwrap();
+        assert_eq!(s.schedule.as_str(), "*/5 * * * *");
+        assert_eq!(s.backup_now.as_deref(), Some("1"));
+        assert_eq!(s.targets.len(), 1);
+        assert!(s.warnings.iter().any(|w| w.contains("lifeboat.dev/colour")));
+
+        std::fs::write(&ann, "lifeboat.dev/schedule=\"61 * * * *\"\n").unwrap();
+        let mut i = i;
+        assert!(i.reload_annotations());
+        let e = Settings::from_inputs(&i, Role::Backup)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("annotation lifeboat.dev/schedule=\"61 * * * *\": minute field: 61"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("soon").is_err());
+    }
+}

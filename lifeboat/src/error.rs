@@ -1,0 +1,84 @@
+//! One error type for the library. Each variant names what failed; `main` in
+//! each binary decides the exit code from the variant.
+
+use std::io;
+use std::path::Path;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Settings are wrong. Every problem is listed, one per line.
+    #[error("invalid configuration ({} problem{}):\n{}", .0.len(), if .0.len() == 1 { "" } else { "s" }, crate::config::format_problems(.0))]
+    Config(Vec<crate::config::Problem>),
+
+    /// A local file operation failed; `what` says which and where.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The data to back up cannot be read as configured (e.g. a path is missing).
+    /// The sidecar reports it and tries again at the next scheduled run.
+    #[error("source: {0}")]
+    Source(String),
+
+    /// A target could not store or serve an artifact.
+    #[error("target {target}: {message}")]
+    Target { target: String, message: String },
+
+    /// An artifact failed verification: checksum, size, compression or tar structure.
+    #[error("artifact {id} is not usable: {reason}")]
+    Corrupt { id: String, reason: String },
+
+    /// A tar entry would land outside the destination; the artifact is refused.
+    #[error("artifact {id} refused: entry {entry:?} {reason}")]
+    UnsafeEntry {
+        id: String,
+        entry: String,
+        reason: String,
+    },
+
+    /// Artifacts exist but none could be restored. The app must not start on
+    /// an empty volume while a history exists that a person can still rescue.
+    #[error("{tried} artifact(s) found but none verified; the volume was left untouched:\n{}", .failures.join("\n"))]
+    NothingRestorable { tried: usize, failures: Vec<String> },
+
+    /// An artifact or ID asked for by name does not exist.
+    #[error("no committed artifact with id {0:?} (run `lifeboat-sidecar list`)")]
+    NotFound(String),
+
+    /// The work was cancelled (shutdown); nothing was committed.
+    #[error("cancelled before completion; nothing was committed")]
+    Cancelled,
+}
+
+impl Error {
+    pub fn io(what: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// Whether the same operation may succeed later without a person changing anything.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Io { .. } | Error::Source(_) | Error::Target { .. } | Error::Cancelled
+        )
+    }
+}
+
+/// Adds the operation and path to an `io::Error`.
+pub trait IoContext<T> {
+    fn ctx(self, verb: &str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, verb: &str, path: &Path) -> Result<T> {
+        self.map_err(|e| Error::io(format!("{verb} {}", path.display()), e))
+    }
+}

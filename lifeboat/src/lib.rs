@@ -1,0 +1,31 @@
+//! lifeboat: application-consistent backups of a pod's volume as plain tarballs.
+//!
+//! The two binaries (`lifeboat-sidecar`, `lifeboat-restore`) are thin: they parse
+//! configuration, call into this crate, and map [`Error`]s to exit codes.
+//!
+//! The flow (DESIGN §2):
+//! ```text
+//! Source --(tar entries)--> tar --> compress --> sha256 --> Target upload --> commit manifest
+//! Target --(bytes)--> sha256 check --> decompress --> untar into staging --> verify ok --> move into place
+//! ```
+
+pub mod annotations;
+pub mod artifact;
+pub mod backup;
+pub mod compression;
+pub mod config;
+pub mod error;
+pub mod manifest;
+pub mod pipe;
+pub mod progress;
+pub mod restore;
+pub mod retention;
+pub mod schedule;
+pub mod source;
+pub mod tar_read;
+pub mod target;
+
+pub use error::{Error, Result};
+
+/// Version string recorded in every manifest (`tool_version`).
+pub const TOOL_VERSION: &str = concat!("lifeboat ", env!("CARGO_PKG_VERSION"));

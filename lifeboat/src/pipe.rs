@@ -1,0 +1,239 @@
+//! The bounded pipe between the synchronous tar/compression thread and the
+//! async target I/O, plus hashing wrappers. When the consumer is slow the
+//! producer blocks; nothing is dropped and nothing grows.
+
+use std::io::{self, Read, Write};
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+
+/// Bytes in one chunk handed across the pipe. 1 MiB keeps per-chunk overhead
+/// (a channel send, a write call) negligible next to the I/O it carries.
+pub const CHUNK_SIZE: usize = 1 << 20;
+
+/// Chunks that may wait in the pipe. With the one being filled and the one
+/// being written, a pipe holds at most `(QUEUE_DEPTH + 2) * CHUNK_SIZE` = 6 MiB,
+/// whatever the size of the data.
+pub const QUEUE_DEPTH: usize = 4;
+
+pub type Chunk = io::Result<Vec<u8>>;
+
+pub fn channel() -> (mpsc::Sender<Chunk>, mpsc::Receiver<Chunk>) {
+    mpsc::channel(QUEUE_DEPTH)
+}
+
+/// Blocking writer end: fills chunks and sends them when full.
+pub struct ChunkWriter {
+    tx: mpsc::Sender<Chunk>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    pub fn new(tx: mpsc::Sender<Chunk>) -> Self {
+        ChunkWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK_SIZE),
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_SIZE));
+        self.tx
+            .blocking_send(Ok(full))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+    }
+
+    /// Sends what is left. Dropping without `finish` loses the tail, which the
+    /// consumer notices because the producer's result is joined before commit.
+    pub fn finish(mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK_SIZE - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK_SIZE {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Blocking reader end: yields the chunks a [`feed`] task sends.
+pub struct ChunkReader {
+    rx: mpsc::Receiver<Chunk>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl ChunkReader {
+    pub fn new(rx: mpsc::Receiver<Chunk>) -> Self {
+        ChunkReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(chunk)) => {
+                    self.cur = chunk;
+                    self.pos = 0;
+                }
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Async side of a read pipe: reads `src` to its end in chunks and sends them.
+/// Stops early, without error, when the reader end went away.
+pub async fn feed<R: AsyncRead + Unpin>(mut src: R, tx: mpsc::Sender<Chunk>) {
+    loop {
+        let mut buf = vec![0u8; CHUNK_SIZE];
+        let mut filled = 0;
+        // Fill whole chunks so the channel's bound is a bound in bytes.
+        while filled < CHUNK_SIZE {
+            match src.read(&mut buf[filled..]).await {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+        if filled == 0 {
+            return;
+        }
+        buf.truncate(filled);
+        if tx.send(Ok(buf)).await.is_err() || filled < CHUNK_SIZE {
+            return;
+        }
+    }
+}
+
+/// Counts and hashes bytes on their way to `inner`.
+pub struct HashWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: Write> HashWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashWriter {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+    /// The inner writer, the hex sha256 and the byte count.
+    pub fn finish(self) -> (W, String, u64) {
+        (self.inner, hex::encode(self.hasher.finalize()), self.count)
+    }
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.hasher.update(&data[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Counts and hashes bytes read from `inner`.
+pub struct HashReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> HashReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashReader {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+    /// The hex sha256 and count of everything read so far.
+    pub fn finish(self) -> (String, u64) {
+        (hex::encode(self.hasher.finalize()), self.count)
+    }
+}
+
+impl<R: Read> Read for HashReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(out)?;
+        self.hasher.update(&out[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bytes_cross_the_pipe_intact_and_in_order() {
+        let data: Vec<u8> = (0..(3 * CHUNK_SIZE + 12345))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let (tx, rx) = channel();
+        let src = data.clone();
+        let feeder = tokio::spawn(async move { feed(&src[..], tx).await });
+        let got = tokio::task::spawn_blocking(move || {
+            let mut r = HashReader::new(ChunkReader::new(rx));
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).unwrap();
+            (out, r.finish())
+        })
+        .await
+        .unwrap();
+        feeder.await.unwrap();
+        assert_eq!(got.0, data);
+        assert_eq!(got.1 .1, data.len() as u64);
+        assert_eq!(got.1 .0, hex::encode(Sha256::digest(&data)));
+    }
+
+    #[tokio::test]
+    async fn writer_sees_a_closed_pipe_as_an_error() {
+        let (tx, rx) = channel();
+        drop(rx);
+        let r = tokio::task::spawn_blocking(move || {
+            let mut w = ChunkWriter::new(tx);
+            w.write_all(&vec![0u8; 2 * CHUNK_SIZE])
+        })
+        .await
+        .unwrap();
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    }
+}

@@ -1,0 +1,409 @@
+//! Restore (DESIGN §4): stream the newest artifact into staging folders on
+//! the same filesystem as each destination, verify everything, and only then
+//! move it into place. A bad artifact is skipped for the next older one.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use tracing::{info, warn, Instrument};
+
+use crate::config::RestoreMode;
+use crate::error::IoContext;
+use crate::manifest::Manifest;
+use crate::pipe::{self, ChunkReader};
+use crate::progress::{self, mib_per_s, Cancel, Progress};
+use crate::tar_read::{self, Mapping, Mode, ReadReport};
+use crate::target::{AnyTarget, Stored, Target};
+use crate::{Error, Result};
+
+pub const RESTORED_MARKER: &str = ".lifeboat-restored";
+/// Present while entries are being moved into place. If a restore dies
+/// between the first and the last move, the next start sees this and
+/// restores again instead of starting the app on half a volume.
+pub const RESTORING_MARKER: &str = ".lifeboat-restoring";
+const STAGING_PREFIX: &str = ".lifeboat-staging-";
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Restored {
+        id: String,
+        target: String,
+    },
+    /// No artifact exists anywhere: a first deploy.
+    NoArtifacts,
+    /// The volume has data (if-empty) or restore is off (never).
+    Skipped(String),
+}
+
+/// What a folder holds, as far as restore is concerned.
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    Empty,
+    /// A previous restore died while moving entries into place.
+    Interrupted,
+    HasData,
+}
+
+fn state(path: &Path) -> Result<State> {
+    let rd = match fs::read_dir(path) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::Empty),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    let mut s = State::Empty;
+    for ent in rd {
+        let name = ent.ctx("reading", path)?.file_name();
+        let n = name.as_bytes();
+        if n == RESTORING_MARKER.as_bytes() {
+            return Ok(State::Interrupted);
+        }
+        if n == b"lost+found" || n.starts_with(STAGING_PREFIX.as_bytes()) {
+            continue;
+        }
+        s = State::HasData;
+    }
+    Ok(s)
+}
+
+/// Restore into the configured paths, as the init container does.
+pub async fn restore_newest(
+    targets: &[AnyTarget],
+    paths: &[PathBuf],
+    mode: RestoreMode,
+    progress_every: std::time::Duration,
+) -> Result<Outcome> {
+    let mut replace = mode == RestoreMode::Always;
+    match mode {
+        RestoreMode::Never => return Ok(Outcome::Skipped("LIFEBOAT_RESTORE=never".into())),
+        RestoreMode::Always => {}
+        RestoreMode::IfEmpty => {
+            for p in paths {
+                match state(p)? {
+                    State::Empty => {}
+                    State::Interrupted => {
+                        warn!(path = %p.display(), "a previous restore was interrupted; restoring again");
+                        replace = true;
+                    }
+                    State::HasData => {
+                        return Ok(Outcome::Skipped(format!(
+                            "{} has data (LIFEBOAT_RESTORE=if-empty)",
+                            p.display()
+                        )))
+                    }
+                }
+            }
+        }
+    }
+    let mut tried = 0;
+    let mut failures = Vec::new();
+    for target in targets {
+        let listing = match target.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(target = %target.describe(), error = %e, "cannot list artifacts; trying the next target");
+                failures.push(e.to_string());
+                continue;
+            }
+        };
+        for p in &listing.problems {
+            warn!(target = %target.describe(), "skipping unreadable manifest: {p}");
+            failures.push(p.clone());
+        }
+        for stored in &listing.artifacts {
+            tried += 1;
+            let dests: Vec<(PathBuf, PathBuf)> =
+                paths.iter().map(|p| (p.clone(), p.clone())).collect();
+            match restore_one(target, stored, &dests, replace, progress_every).await {
+                Ok(()) => {
+                    return Ok(Outcome::Restored {
+                        id: stored.manifest.id.clone(),
+                        target: target.describe(),
+                    })
+                }
+                Err(e) => {
+                    warn!(id = %stored.manifest.id, target = %target.describe(), error = %e, "artifact skipped; trying the next older one");
+                    failures.push(format!(
+                        "{} on {}: {e}",
+                        stored.manifest.id,
+                        target.describe()
+                    ));
+                }
+            }
+        }
+    }
+    if tried == 0 && failures.is_empty() {
+        return Ok(Outcome::NoArtifacts);
+    }
+    Err(Error::NothingRestorable { tried, failures })
+}
+
+/// Restore one artifact into a folder for inspection (`restore --to DIR`):
+/// each backed-up path lands at `DIR/<path>`, like `tar -xf - -C DIR`.
+pub async fn restore_to(
+    target: &AnyTarget,
+    stored: &Stored,
+    dir: &Path,
+    progress_every: std::time::Duration,
+) -> Result<()> {
+    let dests: Vec<(PathBuf, PathBuf)> = stored
+        .manifest
+        .paths
+        .iter()
+        .map(|p| {
+            let origin = PathBuf::from(p);
+            let rel = origin.strip_prefix("/").unwrap_or(&origin).to_path_buf();
+            (origin, dir.join(rel))
+        })
+        .collect();
+    for (_, d) in &dests {
+        if state(d)? != State::Empty {
+            return Err(Error::io(
+                format!("restoring into {}", d.display()),
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "the folder is not empty; pick an empty --to folder",
+                ),
+            ));
+        }
+    }
+    restore_one(target, stored, &dests, false, progress_every).await
+}
+
+/// `dests` pairs each backed-up path with where it goes now.
+async fn restore_one(
+    target: &AnyTarget,
+    stored: &Stored,
+    dests: &[(PathBuf, PathBuf)],
+    replace: bool,
+    progress_every: std::time::Duration,
+) -> Result<()> {
+    let m = &stored.manifest;
+    let span = tracing::info_span!("restore", id = %m.id, target = %target.describe());
+    async move {
+        info!(size = m.size, entries = m.entries, "restore started");
+        let clock = Instant::now();
+        // An artifact covers its own paths; restoring it into others would
+        // silently skip everything, so say so instead.
+        for (origin, _) in dests {
+            if !m.paths.iter().any(|p| Path::new(p) == origin) {
+                return Err(Error::Corrupt {
+                    id: m.id.clone(),
+                    reason: format!(
+                        "does not contain {} (it holds {})",
+                        origin.display(),
+                        m.paths.join(", ")
+                    ),
+                });
+            }
+        }
+        let mut mappings = Vec::new();
+        for (origin, dest) in dests {
+            fs::create_dir_all(dest).ctx("creating", dest)?;
+            clear_staging(dest)?;
+            let staging = dest.join(format!("{STAGING_PREFIX}{}", m.id));
+            fs::create_dir(&staging).ctx("creating the staging folder", &staging)?;
+            mappings.push(Mapping {
+                origin: origin.clone(),
+                staging,
+            });
+        }
+        let result = stream(target, m, &mappings, progress_every).await;
+        let report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                for mp in &mappings {
+                    let _ = fs::remove_dir_all(&mp.staging);
+                }
+                return Err(e);
+            }
+        };
+        for w in &report.warnings {
+            warn!("{w}");
+        }
+        for (i, (_, dest)) in dests.iter().enumerate() {
+            move_into_place(&mappings[i].staging, dest, report.roots[i], replace, m)?;
+        }
+        let took = clock.elapsed();
+        info!(
+            bytes_in = report.bytes_in,
+            entries = report.entries,
+            seconds = took.as_secs_f64(),
+            mib_per_s = mib_per_s(report.bytes_in, took),
+            "restore completed and verified"
+        );
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+async fn stream(
+    target: &AnyTarget,
+    m: &Manifest,
+    mappings: &[Mapping],
+    every: std::time::Duration,
+) -> Result<ReadReport> {
+    let reader = target.open(m).await?;
+    let (tx, rx) = pipe::channel();
+    let feeder = tokio::spawn(pipe::feed(reader, tx));
+    let progress = Arc::new(Progress::default());
+    let _report = progress::report(progress.clone(), every, "restore");
+    let manifest = m.clone();
+    let mappings = mappings.to_vec();
+    let cancel: Cancel = Default::default();
+    let res = tokio::task::spawn_blocking(move || {
+        tar_read::read_artifact(
+            ChunkReader::new(rx),
+            &manifest,
+            Mode::Extract(&mappings),
+            &progress,
+            &cancel,
+        )
+    })
+    .await
+    .map_err(|e| Error::Source(format!("the restore worker crashed: {e}")))?;
+    feeder.abort();
+    res
+}
+
+/// Re-reads an artifact end to end without writing anything.
+pub async fn verify(
+    target: &AnyTarget,
+    m: &Manifest,
+    every: std::time::Duration,
+) -> Result<ReadReport> {
+    let span = tracing::info_span!("verify", id = %m.id, target = %target.describe());
+    async move {
+        let reader = target.open(m).await?;
+        let (tx, rx) = pipe::channel();
+        let feeder = tokio::spawn(pipe::feed(reader, tx));
+        let progress = Arc::new(Progress::default());
+        let _report = progress::report(progress.clone(), every, "verify");
+        let manifest = m.clone();
+        let cancel: Cancel = Default::default();
+        let res = tokio::task::spawn_blocking(move || {
+            tar_read::read_artifact(
+                ChunkReader::new(rx),
+                &manifest,
+                Mode::Verify,
+                &progress,
+                &cancel,
+            )
+        })
+        .await
+        .map_err(|e| Error::Source(format!("the verify worker crashed: {e}")))?;
+        feeder.abort();
+        let report = res?;
+        target.mark_verified(m, Utc::now()).await?;
+        info!(
+            entries = report.entries,
+            bytes_in = report.bytes_in,
+            "artifact verified"
+        );
+        Ok(report)
+    }
+    .instrument(span)
+    .await
+}
+
+fn clear_staging(dest: &Path) -> Result<()> {
+    for ent in fs::read_dir(dest).ctx("reading", dest)? {
+        let ent = ent.ctx("reading", dest)?;
+        if ent
+            .file_name()
+            .as_bytes()
+            .starts_with(STAGING_PREFIX.as_bytes())
+        {
+            fs::remove_dir_all(ent.path()).ctx("removing the old staging folder", &ent.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves staged entries into `dest`. Renames within one filesystem, after a
+/// `syncfs` so the data is on disk before the names that point at it.
+fn move_into_place(
+    staging: &Path,
+    dest: &Path,
+    root: Option<tar_read::DirMeta>,
+    replace: bool,
+    m: &Manifest,
+) -> Result<()> {
+    sync_fs(staging)?;
+    let restoring = dest.join(RESTORING_MARKER);
+    write_synced(&restoring, m.id.as_bytes())?;
+    for ent in fs::read_dir(dest).ctx("reading", dest)? {
+        let ent = ent.ctx("reading", dest)?;
+        let name = ent.file_name();
+        let n = name.as_bytes();
+        let ours = n == RESTORING_MARKER.as_bytes()
+            || n.starts_with(STAGING_PREFIX.as_bytes())
+            || n == b"lost+found";
+        if ours {
+            continue;
+        }
+        if !replace {
+            return Err(Error::io(
+                format!("restoring into {}", dest.display()),
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("{:?} appeared during the restore", OsStr::from_bytes(n)),
+                ),
+            ));
+        }
+        let p = ent.path();
+        let r = if ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+        r.ctx("removing the old", &p)?;
+    }
+    for ent in fs::read_dir(staging).ctx("reading", staging)? {
+        let ent = ent.ctx("reading", staging)?;
+        let to = dest.join(ent.file_name());
+        fs::rename(ent.path(), &to).ctx("moving into place", &to)?;
+    }
+    fs::remove_dir(staging).ctx("removing", staging)?;
+    let marker = serde_json::json!({ "id": m.id, "restored_at": Utc::now(), "sha256": m.sha256 });
+    write_synced(&dest.join(RESTORED_MARKER), marker.to_string().as_bytes())?;
+    if let Some(meta) = root {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        tar_read::apply_dir_meta(dest, meta, unsafe { libc::geteuid() } == 0)?;
+    }
+    fs::remove_file(&restoring).ctx("removing", &restoring)?;
+    fs::File::open(dest)
+        .and_then(|d| d.sync_all())
+        .ctx("syncing", dest)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = fs::File::create(path).ctx("writing", path)?;
+    f.write_all(bytes).ctx("writing", path)?;
+    f.sync_all().ctx("syncing", path)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .ctx("syncing", dir)?;
+    }
+    Ok(())
+}
+
+fn sync_fs(path: &Path) -> Result<()> {
+    let f = fs::File::open(path).ctx("opening", path)?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is valid for the life of `f`.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(Error::io(
+            format!("syncing the filesystem of {}", path.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}

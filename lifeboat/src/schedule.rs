@@ -1,0 +1,296 @@
+//! Five-field cron schedules in UTC (`min hour day-of-month month day-of-week`)
+//! and the `@daily`-style macros. Our own small parser so an error can name the
+//! field and the value that is wrong.
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Timelike, Utc};
+
+pub const ACCEPTED: &str = "a 5-field cron expression in UTC \
+    (\"minute hour day-of-month month day-of-week\", e.g. \"0 2 * * *\") \
+    or one of @hourly, @daily, @midnight, @weekly, @monthly, @yearly, @annually";
+
+/// How far ahead to look for the next run. Five years covers `29 2 *` (Feb 29).
+const HORIZON_DAYS: u32 = 366 * 5;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    text: String,
+    minutes: u64,
+    hours: u64,
+    dom: u64,
+    months: u64,
+    dow: u64,
+    /// Classic cron: when both day fields are restricted, either may match.
+    dom_or_dow: bool,
+}
+
+struct Field {
+    name: &'static str,
+    min: u32,
+    max: u32,
+    names: &'static [&'static str],
+}
+
+const MINUTE: Field = Field {
+    name: "minute",
+    min: 0,
+    max: 59,
+    names: &[],
+};
+const HOUR: Field = Field {
+    name: "hour",
+    min: 0,
+    max: 23,
+    names: &[],
+};
+const DOM: Field = Field {
+    name: "day-of-month",
+    min: 1,
+    max: 31,
+    names: &[],
+};
+const MONTH: Field = Field {
+    name: "month",
+    min: 1,
+    max: 12,
+    names: &[
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ],
+};
+// 7 is accepted as Sunday and folded onto 0 after parsing.
+const DOW: Field = Field {
+    name: "day-of-week",
+    min: 0,
+    max: 7,
+    names: &["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
+};
+
+impl Schedule {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let trimmed = text.trim();
+        let expanded = match trimmed.to_ascii_lowercase().as_str() {
+            "@hourly" => "0 * * * *".to_string(),
+            "@daily" | "@midnight" => "0 0 * * *".to_string(),
+            "@weekly" => "0 0 * * 0".to_string(),
+            "@monthly" => "0 0 1 * *".to_string(),
+            "@yearly" | "@annually" => "0 0 1 1 *".to_string(),
+            s if s.starts_with('@') => return Err(format!("unknown macro {trimmed:?}")),
+            _ => trimmed.to_string(),
+        };
+        let parts: Vec<&str> = expanded.split_whitespace().collect();
+        if parts.len() != 5 {
+            return Err(format!(
+                "has {} field(s), expected 5 (seconds and years are not supported)",
+                parts.len()
+            ));
+        }
+        let mut dow = parse_field(parts[4], &DOW)?;
+        if dow & (1 << 7) != 0 {
+            dow = (dow & !(1 << 7)) | 1;
+        }
+        Ok(Schedule {
+            text: trimmed.to_string(),
+            minutes: parse_field(parts[0], &MINUTE)?,
+            hours: parse_field(parts[1], &HOUR)?,
+            dom: parse_field(parts[2], &DOM)?,
+            months: parse_field(parts[3], &MONTH)?,
+            dow,
+            dom_or_dow: !parts[2].starts_with('*') && !parts[4].starts_with('*'),
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    fn day_matches(&self, d: NaiveDate) -> bool {
+        if self.months & (1 << d.month()) == 0 {
+            return false;
+        }
+        let dom = self.dom & (1 << d.day()) != 0;
+        let dow = self.dow & (1 << d.weekday().num_days_from_sunday()) != 0;
+        if self.dom_or_dow {
+            dom || dow
+        } else {
+            dom && dow
+        }
+    }
+
+    /// The first scheduled minute strictly after `t`; `None` for a date that
+    /// never comes (`0 0 31 2 *`).
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let start = t.with_second(0)?.with_nanosecond(0)? + Duration::minutes(1);
+        let mut date = start.date_naive();
+        for day in 0..HORIZON_DAYS {
+            if self.day_matches(date) {
+                let first_day = day == 0;
+                let h0 = if first_day { start.hour() } else { 0 };
+                for h in h0..24 {
+                    if self.hours & (1 << h) == 0 {
+                        continue;
+                    }
+                    let m0 = if first_day && h == h0 {
+                        start.minute()
+                    } else {
+                        0
+                    };
+                    if let Some(m) = (m0..60).find(|m| self.minutes & (1 << m) != 0) {
+                        return Some(date.and_hms_opt(h, m, 0)?.and_utc());
+                    }
+                }
+            }
+            date = date.succ_opt()?;
+        }
+        None
+    }
+}
+
+fn parse_value(s: &str, f: &Field) -> Result<u32, String> {
+    let lower = s.to_ascii_lowercase();
+    if let Some(i) = f.names.iter().position(|n| *n == lower) {
+        return Ok(i as u32 + if f.min == 1 { 1 } else { 0 });
+    }
+    let v: u32 = s
+        .parse()
+        .map_err(|_| format!("{} field: {s:?} is not a number", f.name))?;
+    if v < f.min || v > f.max {
+        return Err(format!(
+            "{} field: {v} is out of range {}-{}",
+            f.name, f.min, f.max
+        ));
+    }
+    Ok(v)
+}
+
+fn parse_field(text: &str, f: &Field) -> Result<u64, String> {
+    let mut bits = 0u64;
+    for item in text.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => {
+                let step: u32 = s.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+                    format!("{} field: step {s:?} must be a positive number", f.name)
+                })?;
+                (r, step)
+            }
+            None => (item, 1),
+        };
+        let (lo, hi) = if range == "*" {
+            (f.min, f.max)
+        } else if let Some((a, b)) = range.split_once('-') {
+            let (a, b) = (parse_value(a, f)?, parse_value(b, f)?);
+            if a > b {
+                return Err(format!("{} field: range {range:?} runs backwards", f.name));
+            }
+            (a, b)
+        } else {
+            let a = parse_value(range, f)?;
+            // `5/15` means from 5 to the end in steps of 15, as in Vixie cron.
+            (a, if item.contains('/') { f.max } else { a })
+        };
+        let mut v = lo;
+        while v <= hi {
+            bits |= 1 << v;
+            v += step;
+        }
+    }
+    Ok(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+    }
+
+    #[test]
+    fn daily_at_two() {
+        let s = Schedule::parse("0 2 * * *").unwrap();
+        assert_eq!(
+            s.next_after(at(2026, 11, 23, 1, 59, 59)),
+            Some(at(2026, 11, 23, 2, 0, 0))
+        );
+        assert_eq!(
+            s.next_after(at(2026, 11, 23, 2, 0, 0)),
+            Some(at(2026, 11, 24, 2, 0, 0))
+        );
+        assert_eq!(
+            s.next_after(at(2026, 12, 31, 3, 0, 0)),
+            Some(at(2027, 1, 1, 2, 0, 0))
+        );
+    }
+
+    #[test]
+    fn steps_lists_names_and_macros() {
+        let s = Schedule::parse("*/15 9-17 * * mon-fri").unwrap();
+        // 2026-11-21 is a Saturday.
+        assert_eq!(
+            s.next_after(at(2026, 11, 21, 12, 0, 0)),
+            Some(at(2026, 11, 23, 9, 0, 0))
+        );
+        assert_eq!(
+            s.next_after(at(2026, 11, 23, 9, 7, 0)),
+            Some(at(2026, 11, 23, 9, 15, 0))
+        );
+        assert_eq!(
+            s.next_after(at(2026, 11, 23, 17, 45, 0)),
+            Some(at(2026, 11, 24, 9, 0, 0))
+        );
+        let w = Schedule::parse("@weekly").unwrap();
+        assert_eq!(
+            w.next_after(at(2026, 11, 23, 0, 0, 0)),
+            Some(at(2026, 11, 29, 0, 0, 0))
+        );
+        let sun7 = Schedule::parse("0 0 * * 7").unwrap();
+        assert_eq!(
+            sun7,
+            Schedule {
+                text: "0 0 * * 7".into(),
+                ..Schedule::parse("0 0 * * 0").unwrap()
+            }
+        );
+        let m = Schedule::parse("30 4 1,15 * *").unwrap();
+        assert_eq!(
+            m.next_after(at(2026, 11, 2, 0, 0, 0)),
+            Some(at(2026, 11, 15, 4, 30, 0))
+        );
+        let leap = Schedule::parse("0 0 29 feb *").unwrap();
+        assert_eq!(
+            leap.next_after(at(2026, 3, 1, 0, 0, 0)),
+            Some(at(2028, 2, 29, 0, 0, 0))
+        );
+        assert_eq!(
+            Schedule::parse("0 0 31 2 *")
+                .unwrap()
+                .next_after(at(2026, 1, 1, 0, 0, 0)),
+            None
+        );
+    }
+
+    #[test]
+    fn day_of_month_or_day_of_week_when_both_given() {
+        // Vixie cron: the 13th of the month, or any Friday.
+        let s = Schedule::parse("0 0 13 * fri").unwrap();
+        assert_eq!(
+            s.next_after(at(2026, 11, 23, 0, 0, 0)),
+            Some(at(2026, 11, 27, 0, 0, 0))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        for (text, needle) in [
+            ("0 25 * * *", "hour field: 25 is out of range 0-23"),
+            ("0 2 * *", "has 4 field(s)"),
+            ("0 0 0 2 * *", "has 6 field(s)"),
+            ("*/0 * * * *", "minute field: step"),
+            ("0 0 * foo *", "month field: \"foo\" is not a number"),
+            ("@often", "unknown macro"),
+            ("5-1 * * * *", "runs backwards"),
+        ] {
+            let e = Schedule::parse(text).unwrap_err();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+}

@@ -1,0 +1,578 @@
+//! Reads an artifact stream: hashes the stored bytes, decompresses, walks the
+//! tar, and either only checks it (`verify`) or extracts it into staging
+//! folders (restore). Trusts nothing: names that would leave the destination
+//! are refused, and nothing is ever written through a symlink.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use filetime::FileTime;
+use tar::EntryType;
+
+use crate::compression::Compression;
+use crate::error::IoContext;
+use crate::manifest::Manifest;
+use crate::pipe::HashReader;
+use crate::progress::{is_cancelled, Cancel, Progress};
+use crate::{Error, Result};
+
+/// One configured path and where its entries go while staged.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    /// The path as backed up, e.g. `/home/jovyan`; tar names start with it minus `/`.
+    pub origin: PathBuf,
+    /// Where the path's content is written: `<dest>/.lifeboat-staging-<id>`.
+    pub staging: PathBuf,
+}
+
+/// Metadata of a folder, applied after its content is written (writing
+/// into a folder changes its mtime, and a read-only mode would stop us).
+#[derive(Debug, Clone, Copy)]
+pub struct DirMeta {
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct ReadReport {
+    pub entries: u64,
+    pub bytes_in: u64,
+    pub sha256: String,
+    pub size: u64,
+    pub warnings: Vec<String>,
+    /// Metadata of each mapping's own folder, by mapping index.
+    pub roots: Vec<Option<DirMeta>>,
+}
+
+pub enum Mode<'a> {
+    Verify,
+    Extract(&'a [Mapping]),
+}
+
+/// Reads `reader` to its end. Returns an error if the stored bytes do not
+/// match the manifest, or the stream or tar is damaged, or an entry is unsafe.
+pub fn read_artifact<R: Read>(
+    reader: R,
+    manifest: &Manifest,
+    mode: Mode<'_>,
+    progress: &Arc<Progress>,
+    cancel: &Cancel,
+) -> Result<ReadReport> {
+    let id = manifest.id.clone();
+    let corrupt = |reason: String| Error::Corrupt {
+        id: id.clone(),
+        reason,
+    };
+    let compression = Compression::from_manifest(&manifest.compression)
+        .ok_or_else(|| corrupt(format!("unknown compression {:?}", manifest.compression)))?;
+    let mut hashed = HashReader::new(reader);
+    let mut report = ReadReport::default();
+    let walk_result = {
+        let decoder = compression
+            .decoder(&mut hashed)
+            .map_err(|e| corrupt(format!("cannot start decompression: {e}")))?;
+        let mut archive = tar::Archive::new(decoder);
+        let mut walker = Walker::new(manifest, mode, progress, cancel, &mut report);
+        let r = walker.walk(&mut archive);
+        drop(walker);
+        // Read past the tar's end so a damaged compressed tail is noticed too.
+        r.and_then(|()| {
+            io::copy(&mut archive.into_inner(), &mut io::sink())
+                .map(|_| ())
+                .map_err(|e| corrupt(format!("damaged after the last entry: {e}")))
+        })
+    };
+    // Hash whatever is left, so a checksum mismatch is reported as such even
+    // when the damage also broke decompression.
+    let drained = io::copy(&mut hashed, &mut io::sink());
+    let (sha256, size) = hashed.finish();
+    if drained.is_ok() && (sha256 != manifest.sha256 || size != manifest.size) {
+        return Err(corrupt(if size != manifest.size {
+            format!(
+                "stored size is {size} bytes, the manifest says {} (truncated or appended)",
+                manifest.size
+            )
+        } else {
+            format!("sha256 is {sha256}, the manifest says {}", manifest.sha256)
+        }));
+    }
+    walk_result?;
+    if let Err(e) = drained {
+        return Err(Error::io(format!("reading artifact {id}"), e));
+    }
+    report.sha256 = sha256;
+    report.size = size;
+    Ok(report)
+}
+
+struct Walker<'a> {
+    manifest: &'a Manifest,
+    mode: Mode<'a>,
+    progress: &'a Arc<Progress>,
+    cancel: &'a Cancel,
+    report: &'a mut ReadReport,
+    /// Folders inside staging known to be real folders (created or checked).
+    known_dirs: HashSet<PathBuf>,
+    /// Folder metadata to apply at the end, in tar order (parents first).
+    dirs: Vec<(PathBuf, DirMeta)>,
+    as_root: bool,
+    warned_owner: bool,
+}
+
+impl<'a> Walker<'a> {
+    fn new(
+        manifest: &'a Manifest,
+        mode: Mode<'a>,
+        progress: &'a Arc<Progress>,
+        cancel: &'a Cancel,
+        report: &'a mut ReadReport,
+    ) -> Self {
+        let n = match &mode {
+            Mode::Extract(m) => m.len(),
+            Mode::Verify => 0,
+        };
+        report.roots = vec![None; n];
+        Walker {
+            manifest,
+            mode,
+            progress,
+            cancel,
+            report,
+            known_dirs: HashSet::new(),
+            dirs: Vec::new(),
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            as_root: unsafe { libc::geteuid() } == 0,
+            warned_owner: false,
+        }
+    }
+
+    fn corrupt(&self, reason: String) -> Error {
+        Error::Corrupt {
+            id: self.manifest.id.clone(),
+            reason,
+        }
+    }
+
+    fn unsafe_entry(&self, entry: &Path, reason: &str) -> Error {
+        Error::UnsafeEntry {
+            id: self.manifest.id.clone(),
+            entry: entry.display().to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    fn warn(&mut self, w: String) {
+        tracing::warn!(id = %self.manifest.id, "{w}");
+        if self.report.warnings.len() < crate::source::MAX_WARNINGS {
+            self.report.warnings.push(w);
+        }
+    }
+
+    fn walk<R: Read>(&mut self, archive: &mut tar::Archive<R>) -> Result<()> {
+        let entries = archive
+            .entries()
+            .map_err(|e| self.corrupt(format!("not a tar stream: {e}")))?;
+        for entry in entries {
+            if is_cancelled(self.cancel) {
+                return Err(Error::Cancelled);
+            }
+            let mut entry = entry.map_err(|e| self.corrupt(format!("damaged tar entry: {e}")))?;
+            let raw = entry.path_bytes().into_owned();
+            let name = clean_name(&raw)
+                .map_err(|r| self.unsafe_entry(Path::new(OsStr::from_bytes(&raw)), r))?;
+            self.report.entries += 1;
+            self.progress.add_entry();
+            // A tar bomb: stop at the size the manifest promised, not at a full disk.
+            let size = entry
+                .header()
+                .size()
+                .map_err(|e| self.corrupt(format!("bad size in {}: {e}", name.display())))?;
+            if self.report.bytes_in + size > self.manifest.bytes_in {
+                return Err(self.corrupt(format!(
+                    "entries hold more than the {} bytes the manifest records",
+                    self.manifest.bytes_in
+                )));
+            }
+            match &self.mode {
+                Mode::Verify => {
+                    let n = io::copy(&mut entry, &mut io::sink()).map_err(|e| {
+                        self.corrupt(format!("damaged data in {}: {e}", name.display()))
+                    })?;
+                    self.report.bytes_in += n;
+                    self.progress.add_bytes(n);
+                    if let Some(link) = entry.link_name_bytes() {
+                        if entry.header().entry_type() == EntryType::Link {
+                            clean_name(&link).map_err(|r| {
+                                self.unsafe_entry(
+                                    &name,
+                                    &format!("is a hard link whose target {r}"),
+                                )
+                            })?;
+                        }
+                    }
+                }
+                Mode::Extract(mappings) => {
+                    let mappings: &'a [Mapping] = mappings;
+                    self.extract(&mut entry, &name, mappings)?;
+                }
+            }
+        }
+        if let Mode::Extract(_) = self.mode {
+            self.finish_dirs()?;
+        }
+        if self.report.entries != self.manifest.entries {
+            return Err(self.corrupt(format!(
+                "holds {} entries, the manifest records {}",
+                self.report.entries, self.manifest.entries
+            )));
+        }
+        Ok(())
+    }
+
+    fn extract<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<R>,
+        name: &Path,
+        mappings: &'a [Mapping],
+    ) -> Result<()> {
+        let Some((idx, rel)) = map_name(name, mappings) else {
+            self.warn(format!(
+                "entry {} is outside the configured paths; skipped",
+                name.display()
+            ));
+            return Ok(());
+        };
+        let m = &mappings[idx];
+        let h = entry.header();
+        let meta = DirMeta {
+            mode: h.mode().unwrap_or(0o644) & 0o7777,
+            uid: h.uid().unwrap_or(0),
+            gid: h.gid().unwrap_or(0),
+            mtime: h.mtime().unwrap_or(0),
+        };
+        let kind = h.entry_type();
+        if rel.as_os_str().is_empty() {
+            if kind != EntryType::Directory {
+                return Err(self.unsafe_entry(
+                    name,
+                    "replaces a configured path with something that is not a folder",
+                ));
+            }
+            self.report.roots[idx] = Some(meta);
+            return Ok(());
+        }
+        let dest = m.staging.join(&rel);
+        let parent = dest
+            .parent()
+            .expect("joined path has a parent")
+            .to_path_buf();
+        self.ensure_dir(&m.staging, &parent, name)?;
+        match kind {
+            EntryType::Directory => {
+                match fs::symlink_metadata(&dest) {
+                    Ok(md) if md.is_dir() => {}
+                    Ok(_) => {
+                        return Err(self.unsafe_entry(
+                            name,
+                            "is a folder where the archive already put something else",
+                        ))
+                    }
+                    Err(_) => fs::create_dir(&dest).ctx("creating", &dest)?,
+                }
+                self.known_dirs.insert(dest.clone());
+                self.dirs.push((dest, meta));
+            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                remove_non_dir(&dest)?;
+                // create_new refuses to follow a symlink planted at `dest`.
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&dest)
+                    .ctx("creating", &dest)?;
+                let n = io::copy(entry, &mut f).map_err(|e| {
+                    if e.kind() == io::ErrorKind::StorageFull
+                        || e.raw_os_error() == Some(libc::ENOSPC)
+                    {
+                        Error::io(
+                            format!("writing {} (the volume is full)", dest.display()),
+                            e,
+                        )
+                    } else {
+                        self.corrupt(format!("damaged data in {}: {e}", name.display()))
+                    }
+                })?;
+                self.report.bytes_in += n;
+                self.progress.add_bytes(n);
+                self.chown(&dest, meta, false)?;
+                f.set_permissions(fs::Permissions::from_mode(meta.mode))
+                    .ctx("setting the mode of", &dest)?;
+                let t = FileTime::from_unix_time(meta.mtime as i64, 0);
+                filetime::set_file_handle_times(&f, Some(t), Some(t))
+                    .ctx("setting the mtime of", &dest)?;
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| {
+                        self.corrupt(format!("symlink {} has no target", name.display()))
+                    })?
+                    .into_owned();
+                let target = PathBuf::from(OsStr::from_bytes(&target));
+                if !link_stays_inside(&m.origin, &rel, &target) {
+                    self.warn(format!(
+                        "symlink {} -> {} points outside {}; not restored",
+                        name.display(),
+                        target.display(),
+                        m.origin.display()
+                    ));
+                    return Ok(());
+                }
+                remove_non_dir(&dest)?;
+                std::os::unix::fs::symlink(&target, &dest).ctx("creating the symlink", &dest)?;
+                self.chown(&dest, meta, true)?;
+                let t = FileTime::from_unix_time(meta.mtime as i64, 0);
+                filetime::set_symlink_file_times(&dest, t, t).ctx("setting the mtime of", &dest)?;
+            }
+            EntryType::Link => {
+                let raw = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| {
+                        self.corrupt(format!("hard link {} has no target", name.display()))
+                    })?
+                    .into_owned();
+                let target = clean_name(&raw).map_err(|r| {
+                    self.unsafe_entry(name, &format!("is a hard link whose target {r}"))
+                })?;
+                let src = match map_name(&target, mappings) {
+                    Some((j, trel)) if j == idx && !trel.as_os_str().is_empty() => {
+                        m.staging.join(trel)
+                    }
+                    _ => {
+                        return Err(
+                            self.unsafe_entry(name, "is a hard link to a file outside its folder")
+                        )
+                    }
+                };
+                match fs::symlink_metadata(&src) {
+                    Ok(md) if md.is_file() => {}
+                    _ => {
+                        return Err(self.unsafe_entry(
+                            name,
+                            "is a hard link to something that is not a file restored before it",
+                        ))
+                    }
+                }
+                self.ensure_dir(&m.staging, src.parent().expect("has parent"), name)?;
+                remove_non_dir(&dest)?;
+                fs::hard_link(&src, &dest).ctx("creating the hard link", &dest)?;
+            }
+            other => {
+                self.warn(format!(
+                    "entry {} is a {:?}; skipped (devices, FIFOs and sockets are not restored)",
+                    name.display(),
+                    other
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure every folder from `staging` down to `dir` is a real folder
+    /// (creating missing ones), so nothing is ever written through a symlink.
+    fn ensure_dir(&mut self, staging: &Path, dir: &Path, entry: &Path) -> Result<()> {
+        if self.known_dirs.contains(dir) || dir == staging {
+            return Ok(());
+        }
+        let rel = dir.strip_prefix(staging).expect("inside staging");
+        let mut cur = staging.to_path_buf();
+        for c in rel.components() {
+            cur.push(c);
+            if self.known_dirs.contains(&cur) {
+                continue;
+            }
+            match fs::symlink_metadata(&cur) {
+                Ok(md) if md.is_dir() => {}
+                Ok(_) => {
+                    return Err(
+                        self.unsafe_entry(entry, "would be written through a symlink or a file")
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir(&cur).ctx("creating", &cur)?;
+                }
+                Err(e) => return Err(Error::io(format!("checking {}", cur.display()), e)),
+            }
+            self.known_dirs.insert(cur.clone());
+        }
+        Ok(())
+    }
+
+    fn chown(&mut self, path: &Path, meta: DirMeta, _is_link: bool) -> Result<()> {
+        if !self.as_root {
+            if !self.warned_owner {
+                self.warned_owner = true;
+                self.warn("not running as root: files keep the restoring user as owner".into());
+            }
+            return Ok(());
+        }
+        std::os::unix::fs::lchown(path, Some(meta.uid as u32), Some(meta.gid as u32))
+            .ctx("setting the owner of", path)
+    }
+
+    /// Applies folder metadata deepest first, after all content is written.
+    fn finish_dirs(&mut self) -> Result<()> {
+        let dirs = std::mem::take(&mut self.dirs);
+        for (path, meta) in dirs.iter().rev() {
+            apply_dir_meta(path, *meta, self.as_root)?;
+        }
+        Ok(())
+    }
+}
+
+pub fn apply_dir_meta(path: &Path, meta: DirMeta, as_root: bool) -> Result<()> {
+    if as_root {
+        std::os::unix::fs::lchown(path, Some(meta.uid as u32), Some(meta.gid as u32))
+            .ctx("setting the owner of", path)?;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(meta.mode))
+        .ctx("setting the mode of", path)?;
+    let t = FileTime::from_unix_time(meta.mtime as i64, 0);
+    filetime::set_symlink_file_times(path, t, t).ctx("setting the mtime of", path)
+}
+
+fn remove_non_dir(p: &Path) -> Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(md) if md.is_dir() => Err(Error::io(
+            format!("replacing {}", p.display()),
+            io::Error::new(io::ErrorKind::AlreadyExists, "a folder is in the way"),
+        )),
+        Ok(_) => fs::remove_file(p).ctx("replacing", p),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Checks a tar name and drops `.` parts. Errors say why it is unsafe.
+pub fn clean_name(raw: &[u8]) -> std::result::Result<PathBuf, &'static str> {
+    if raw.contains(&0) {
+        return Err("contains a NUL byte");
+    }
+    let p = Path::new(OsStr::from_bytes(raw));
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(s) => out.push(s),
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return Err("is an absolute path"),
+            Component::ParentDir => return Err("contains '..'"),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err("is empty");
+    }
+    Ok(out)
+}
+
+/// Which mapping a name belongs to, and its path inside that mapping.
+fn map_name(name: &Path, mappings: &[Mapping]) -> Option<(usize, PathBuf)> {
+    mappings.iter().enumerate().find_map(|(i, m)| {
+        let prefix = m.origin.strip_prefix("/").unwrap_or(&m.origin);
+        name.strip_prefix(prefix)
+            .ok()
+            .map(|rel| (i, rel.to_path_buf()))
+    })
+}
+
+/// Whether a symlink at `origin/rel` pointing at `target` resolves, by its
+/// text alone, to somewhere inside `origin`.
+pub fn link_stays_inside(origin: &Path, rel: &Path, target: &Path) -> bool {
+    let start = if target.is_absolute() {
+        PathBuf::from("/")
+    } else {
+        origin
+            .join(rel)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    };
+    let mut parts: Vec<&OsStr> = start
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    for c in target.components() {
+        match c {
+            Component::Normal(s) => parts.push(s),
+            Component::ParentDir => {
+                if parts.pop().is_none() {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    let resolved: PathBuf = std::iter::once(OsStr::new("/")).chain(parts).collect();
+    resolved.starts_with(origin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            clean_name(b"home/a/./b").unwrap(),
+            PathBuf::from("home/a/b")
+        );
+        assert_eq!(clean_name(b"../evil").unwrap_err(), "contains '..'");
+        assert_eq!(clean_name(b"a/../../evil").unwrap_err(), "contains '..'");
+        assert_eq!(
+            clean_name(b"/etc/passwd").unwrap_err(),
+            "is an absolute path"
+        );
+        assert!(clean_name(b"./").is_err());
+    }
+
+    #[test]
+    fn links() {
+        let o = Path::new("/home/jovyan");
+        assert!(link_stays_inside(o, Path::new("a/l"), Path::new("../b")));
+        assert!(link_stays_inside(
+            o,
+            Path::new("a/l"),
+            Path::new("/home/jovyan/x")
+        ));
+        assert!(!link_stays_inside(
+            o,
+            Path::new("a/l"),
+            Path::new("../../x")
+        ));
+        assert!(!link_stays_inside(
+            o,
+            Path::new("l"),
+            Path::new("/etc/passwd")
+        ));
+        assert!(!link_stays_inside(
+            o,
+            Path::new("l"),
+            Path::new("../jovyan2/x")
+        ));
+        assert!(!link_stays_inside(
+            o,
+            Path::new("l"),
+            Path::new("../../../../..")
+        ));
+    }
+}

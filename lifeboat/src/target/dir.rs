@@ -1,0 +1,322 @@
+//! A folder target, usually a mounted backup PVC. Writes to a hidden temp
+//! name, fsyncs, renames, fsyncs the folder, then writes the manifest the
+//! same way: a crash at any moment leaves the old state or the new one.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use tokio::fs;
+use tokio::io::AsyncWriteExt;
+
+use super::{ByteStream, Leftover, Listing, Stored, Target, Upload};
+use crate::artifact::{self, MANIFEST_SUFFIX, VERIFIED_SUFFIX};
+use crate::manifest::Manifest;
+use crate::{Error, Result};
+
+const PARTIAL_SUFFIX: &str = ".partial";
+
+pub struct DirTarget {
+    root: PathBuf,
+}
+
+impl DirTarget {
+    pub fn new(root: PathBuf) -> Self {
+        DirTarget { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn err(&self, message: String) -> Error {
+        Error::Target {
+            target: self.describe(),
+            message,
+        }
+    }
+
+    fn io_err(&self, what: &str, path: &Path, e: std::io::Error) -> Error {
+        let hint = match e.kind() {
+            std::io::ErrorKind::PermissionDenied => {
+                " (the folder must be writable by the sidecar's user: check the PVC mount and fsGroup)"
+            }
+            std::io::ErrorKind::StorageFull => " (the backup volume is full: grow it or keep fewer artifacts)",
+            _ => "",
+        };
+        self.err(format!("{what} {}: {e}{hint}", path.display()))
+    }
+
+    /// Writes `bytes` under `name` durably: temp file, fsync, rename, fsync folder.
+    async fn write_durable(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let tmp = self.root.join(format!(".{name}{PARTIAL_SUFFIX}"));
+        let dst = self.root.join(name);
+        let mut f = fs::File::create(&tmp)
+            .await
+            .map_err(|e| self.io_err("creating", &tmp, e))?;
+        let res = async {
+            f.write_all(bytes).await?;
+            f.sync_all().await?;
+            drop(f);
+            fs::rename(&tmp, &dst).await
+        }
+        .await;
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp).await;
+            return Err(self.io_err("writing", &dst, e));
+        }
+        sync_dir(&self.root)
+            .await
+            .map_err(|e| self.io_err("syncing", &self.root, e))
+    }
+}
+
+async fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+fn modified(meta: &std::fs::Metadata) -> DateTime<Utc> {
+    meta.modified()
+        .map(DateTime::<Utc>::from)
+        .unwrap_or_else(|_| Utc::now())
+}
+
+impl Target for DirTarget {
+    type Upload = DirUpload;
+
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    async fn check(&self) -> Result<()> {
+        fs::create_dir_all(&self.root)
+            .await
+            .map_err(|e| self.io_err("creating", &self.root, e))?;
+        let probe = self
+            .root
+            .join(format!(".lifeboat-probe-{}", std::process::id()));
+        fs::write(&probe, b"probe")
+            .await
+            .map_err(|e| self.io_err("writing to", &self.root, e))?;
+        let _ = fs::remove_file(&probe).await;
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Listing> {
+        let mut listing = Listing::default();
+        let mut rd = match fs::read_dir(&self.root).await {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(listing),
+            Err(e) => return Err(self.io_err("listing", &self.root, e)),
+        };
+        while let Some(ent) = rd
+            .next_entry()
+            .await
+            .map_err(|e| self.io_err("listing", &self.root, e))?
+        {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !name.ends_with(MANIFEST_SUFFIX) {
+                continue;
+            }
+            let path = ent.path();
+            let bytes = match fs::read(&path).await {
+                Ok(b) => b,
+                Err(e) => {
+                    listing.problems.push(format!("{}: {e}", path.display()));
+                    continue;
+                }
+            };
+            let manifest = match Manifest::from_json(&bytes) {
+                Ok(m) => m,
+                Err(e) => {
+                    listing
+                        .problems
+                        .push(format!("{}: not a valid manifest: {e}", path.display()));
+                    continue;
+                }
+            };
+            let verified_at = fs::read(self.root.join(artifact::verified_name(&manifest.id)))
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v.get("verified_at")?.as_str()?.parse().ok());
+            listing.artifacts.push(Stored {
+                manifest,
+                verified_at,
+            });
+        }
+        listing.artifacts.sort_by(|a, b| {
+            (b.manifest.started_at, &b.manifest.id).cmp(&(a.manifest.started_at, &a.manifest.id))
+        });
+        Ok(listing)
+    }
+
+    async fn begin(&self, artifact_name: &str) -> Result<DirUpload> {
+        artifact::check_file_name(artifact_name).map_err(|e| self.err(e))?;
+        fs::create_dir_all(&self.root)
+            .await
+            .map_err(|e| self.io_err("creating", &self.root, e))?;
+        let dst = self.root.join(artifact_name);
+        if fs::try_exists(&dst).await.unwrap_or(false) {
+            return Err(self.err(format!(
+                "{} exists already; refusing to overwrite",
+                dst.display()
+            )));
+        }
+        let tmp = self.root.join(format!(".{artifact_name}{PARTIAL_SUFFIX}"));
+        let file = fs::File::create(&tmp)
+            .await
+            .map_err(|e| self.io_err("creating", &tmp, e))?;
+        Ok(DirUpload {
+            target: DirTarget::new(self.root.clone()),
+            file,
+            tmp,
+            dst,
+        })
+    }
+
+    async fn open(&self, m: &Manifest) -> Result<ByteStream> {
+        let path = self.root.join(&m.artifact);
+        let f = fs::File::open(&path)
+            .await
+            .map_err(|e| self.io_err("opening", &path, e))?;
+        Ok(Box::pin(f))
+    }
+
+    async fn delete(&self, m: &Manifest) -> Result<()> {
+        for name in [
+            artifact::manifest_name(&m.id),
+            m.artifact.clone(),
+            artifact::verified_name(&m.id),
+        ] {
+            let path = self.root.join(&name);
+            match fs::remove_file(&path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.io_err("deleting", &path, e)),
+            }
+            // The manifest's removal must be durable before the data goes.
+            if name.ends_with(MANIFEST_SUFFIX) {
+                sync_dir(&self.root)
+                    .await
+                    .map_err(|e| self.io_err("syncing", &self.root, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn mark_verified(&self, m: &Manifest, at: DateTime<Utc>) -> Result<()> {
+        let body = serde_json::json!({ "id": m.id, "sha256": m.sha256, "verified_at": at });
+        self.write_durable(&artifact::verified_name(&m.id), body.to_string().as_bytes())
+            .await
+    }
+
+    async fn leftovers(&self) -> Result<Vec<Leftover>> {
+        let mut out = Vec::new();
+        let mut rd = match fs::read_dir(&self.root).await {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(self.io_err("listing", &self.root, e)),
+        };
+        let mut names = Vec::new();
+        while let Some(ent) = rd
+            .next_entry()
+            .await
+            .map_err(|e| self.io_err("listing", &self.root, e))?
+        {
+            let meta = ent
+                .metadata()
+                .await
+                .map_err(|e| self.io_err("reading", &ent.path(), e))?;
+            if meta.is_file() {
+                names.push((
+                    ent.file_name().to_string_lossy().into_owned(),
+                    modified(&meta),
+                ));
+            }
+        }
+        let committed: std::collections::HashSet<String> = names
+            .iter()
+            .filter_map(|(n, _)| n.strip_suffix(MANIFEST_SUFFIX))
+            .filter(|n| !n.starts_with('.'))
+            .map(str::to_string)
+            .collect();
+        for (name, modified) in names {
+            let orphan = if name.ends_with(PARTIAL_SUFFIX) {
+                true
+            } else if let Some(id) = name.strip_suffix(VERIFIED_SUFFIX) {
+                !committed.contains(id)
+            } else if name.contains(".tar") && !name.starts_with('.') {
+                let id = name.split(".tar").next().unwrap_or_default();
+                !committed.contains(id)
+            } else {
+                false
+            };
+            if orphan {
+                out.push(Leftover { name, modified });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove_leftover(&self, name: &str) -> Result<()> {
+        if name.contains('/') {
+            return Err(self.err(format!("refusing to remove {name:?}: not a file name")));
+        }
+        let path = self.root.join(name);
+        fs::remove_file(&path)
+            .await
+            .map_err(|e| self.io_err("removing", &path, e))
+    }
+}
+
+pub struct DirUpload {
+    target: DirTarget,
+    file: fs::File,
+    tmp: PathBuf,
+    dst: PathBuf,
+}
+
+impl Upload for DirUpload {
+    async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        match self.file.write_all(chunk).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.target.io_err("writing", &self.tmp, e)),
+        }
+    }
+
+    async fn commit(mut self, manifest: &Manifest) -> Result<()> {
+        let t = &self.target;
+        let res = async {
+            self.file.flush().await?;
+            self.file.sync_all().await?;
+            fs::rename(&self.tmp, &self.dst).await
+        }
+        .await;
+        if let Err(e) = res {
+            let _ = fs::remove_file(&self.tmp).await;
+            return Err(t.io_err("committing", &self.dst, e));
+        }
+        sync_dir(t.root())
+            .await
+            .map_err(|e| t.io_err("syncing", t.root(), e))?;
+        if let Err(e) = t
+            .write_durable(&artifact::manifest_name(&manifest.id), &manifest.to_json())
+            .await
+        {
+            // Without its manifest the artifact does not count; do not leave it behind.
+            let _ = fs::remove_file(&self.dst).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn abort(self) {
+        drop(self.file);
+        if let Err(e) = fs::remove_file(&self.tmp).await {
+            tracing::warn!(file = %self.tmp.display(), error = %e, "could not remove the partial artifact; it is cleaned up later");
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Targets store artifacts. One trait for the seam ([`Target`]), one enum for
+//! the closed set ([`AnyTarget`]). Every implementation must pass the shared
+//! suite in `tests/target_suite.rs`.
+
+pub mod dir;
+
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use chrono::{DateTime, Utc};
+use tokio::io::AsyncRead;
+
+use crate::manifest::Manifest;
+use crate::Result;
+
+pub use dir::DirTarget;
+
+/// Where artifacts go, as configured in `LIFEBOAT_TARGETS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSpec {
+    Dir(PathBuf),
+}
+
+impl TargetSpec {
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        let path = if let Some(p) = s.strip_prefix("file://") {
+            p
+        } else if s.starts_with('/') {
+            s
+        } else if s.starts_with("s3://") {
+            return Err(
+                "S3 targets are not available in this version yet; accepted: file:///path".into(),
+            );
+        } else {
+            return Err("accepted: file:///absolute/path (a mounted backup PVC)".into());
+        };
+        if !path.starts_with('/') {
+            return Err("the path after file:// must be absolute, e.g. file:///backup".into());
+        }
+        Ok(TargetSpec::Dir(PathBuf::from(path)))
+    }
+
+    /// Opens the history of one pod (`<namespace>/<name>`) on this target.
+    pub fn open(&self, namespace: &str, name: &str) -> AnyTarget {
+        match self {
+            TargetSpec::Dir(base) => {
+                AnyTarget::Dir(DirTarget::new(base.join(namespace).join(name)))
+            }
+        }
+    }
+}
+
+/// A committed artifact as a target lists it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub manifest: Manifest,
+    /// When `verify` last re-read it successfully.
+    pub verified_at: Option<DateTime<Utc>>,
+}
+
+/// What `list` found: committed artifacts newest first, and manifests it
+/// could not read (reported, never fatal: one bad file must not hide the rest).
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub artifacts: Vec<Stored>,
+    pub problems: Vec<String>,
+}
+
+/// Something written but never committed (a crash, a kill, a full disk).
+#[derive(Debug, Clone)]
+pub struct Leftover {
+    pub name: String,
+    pub modified: DateTime<Utc>,
+}
+
+pub type ByteStream = Pin<Box<dyn AsyncRead + Send>>;
+
+// The futures are used through the concrete enum, whose Send-ness the compiler
+// sees, so the usual warning about unnameable Send bounds does not apply.
+#[allow(async_fn_in_trait)]
+pub trait Target {
+    type Upload: Upload;
+
+    /// Where this is, for messages (`file:///backup/ns/pod`).
+    fn describe(&self) -> String;
+    /// A cheap check at start: can we write here?
+    async fn check(&self) -> Result<()>;
+    async fn list(&self) -> Result<Listing>;
+    /// Starts an artifact upload; nothing is visible until `commit`.
+    async fn begin(&self, artifact: &str) -> Result<Self::Upload>;
+    async fn open(&self, manifest: &Manifest) -> Result<ByteStream>;
+    /// Removes the manifest first, so a crash leaves a leftover, not a broken commit.
+    async fn delete(&self, manifest: &Manifest) -> Result<()>;
+    async fn mark_verified(&self, manifest: &Manifest, at: DateTime<Utc>) -> Result<()>;
+    async fn leftovers(&self) -> Result<Vec<Leftover>>;
+    async fn remove_leftover(&self, name: &str) -> Result<()>;
+}
+
+/// An upload in progress. Chunks rather than `AsyncWrite`: every caller
+/// writes whole chunks from the pipe, and errors keep their context.
+#[allow(async_fn_in_trait)]
+pub trait Upload {
+    async fn write(&mut self, chunk: &[u8]) -> Result<()>;
+    /// Makes the artifact durable and visible, manifest last.
+    async fn commit(self, manifest: &Manifest) -> Result<()>;
+    /// Removes what was written. Best effort: leftovers are cleaned later.
+    async fn abort(self);
+}
+
+pub enum AnyTarget {
+    Dir(DirTarget),
+}
+
+pub enum AnyUpload {
+    Dir(dir::DirUpload),
+}
+
+impl Target for AnyTarget {
+    type Upload = AnyUpload;
+    fn describe(&self) -> String {
+        match self {
+            AnyTarget::Dir(t) => t.describe(),
+        }
+    }
+    async fn check(&self) -> Result<()> {
+        match self {
+            AnyTarget::Dir(t) => t.check().await,
+        }
+    }
+    async fn list(&self) -> Result<Listing> {
+        match self {
+            AnyTarget::Dir(t) => t.list().await,
+        }
+    }
+    async fn begin(&self, artifact: &str) -> Result<AnyUpload> {
+        match self {
+            AnyTarget::Dir(t) => t.begin(artifact).await.map(AnyUpload::Dir),
+        }
+    }
+    async fn open(&self, m: &Manifest) -> Result<ByteStream> {
+        match self {
+            AnyTarget::Dir(t) => t.open(m).await,
+        }
+    }
+    async fn delete(&self, m: &Manifest) -> Result<()> {
+        match self {
+            AnyTarget::Dir(t) => t.delete(m).await,
+        }
+    }
+    async fn mark_verified(&self, m: &Manifest, at: DateTime<Utc>) -> Result<()> {
+        match self {
+            AnyTarget::Dir(t) => t.mark_verified(m, at).await,
+        }
+    }
+    async fn leftovers(&self) -> Result<Vec<Leftover>> {
+        match self {
+            AnyTarget::Dir(t) => t.leftovers().await,
+        }
+    }
+    async fn remove_leftover(&self, name: &str) -> Result<()> {
+        match self {
+            AnyTarget::Dir(t) => t.remove_leftover(name).await,
+        }
+    }
+}
+
+impl Upload for AnyUpload {
+    async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        match self {
+            AnyUpload::Dir(u) => u.write(chunk).await,
+        }
+    }
+    async fn commit(self, m: &Manifest) -> Result<()> {
+        match self {
+            AnyUpload::Dir(u) => u.commit(m).await,
+        }
+    }
+    async fn abort(self) {
+        match self {
+            AnyUpload::Dir(u) => u.abort().await,
+        }
+    }
+}
