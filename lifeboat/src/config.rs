@@ -48,6 +48,8 @@ pub fn format_problems(ps: &[Problem]) -> String {
 pub enum Role {
     Backup,
     Restore,
+    /// `list`, `verify`, `restore --to`: only targets and the history's name matter.
+    Inspect,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,6 +363,7 @@ impl Settings {
 
         let mut paths = Vec::new();
         match pick(Some("paths"), "LIFEBOAT_PATHS", &raw.paths) {
+            None if role == Role::Inspect => {}
             None => problems.0.push(Problem {
                 setting: "LIFEBOAT_PATHS".into(),
                 value: String::new(),

@@ -15,6 +15,7 @@ pub mod backup;
 pub mod compression;
 pub mod config;
 pub mod error;
+pub mod logging;
 pub mod manifest;
 pub mod pipe;
 pub mod progress;

@@ -1,1 +1,83 @@
-fn main() {}
+//! lifeboat-restore: the init container. If the data paths are empty, puts
+//! back the newest artifact that verifies. Exits 0 when the app may start.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use lifeboat::config::{Inputs, Role, Settings};
+use lifeboat::restore::{self, Outcome};
+use lifeboat::Error;
+use tracing::{error, info, warn};
+
+const AFTER_HELP: &str = "\
+Environment (each also as a _FILE form):
+  LIFEBOAT_PATHS        comma list of absolute paths to restore (required)
+  LIFEBOAT_TARGETS      comma list of targets to restore from, in order (required)
+  LIFEBOAT_RESTORE      if-empty (default): only when every path is missing or empty;
+                        always: replace what is there; never: do nothing
+  LIFEBOAT_NAME         name of the backup history (default: HOSTNAME, the pod name)
+  LIFEBOAT_NAMESPACE    namespace folder of the history (default: POD_NAMESPACE or default)
+  LIFEBOAT_ANNOTATIONS_FILE  downward-API annotations (lifeboat.dev/restore, /paths override)
+  LIFEBOAT_LOG          log filter (default info)
+
+Exit codes:
+  0   the app may start: restored, nothing to restore (first deploy), or skipped
+  1   artifacts exist but none verified (the volume is untouched), or an I/O error
+  64  invalid configuration";
+
+#[derive(Parser)]
+#[command(
+    name = "lifeboat-restore",
+    version,
+    about = "Init container: restores the newest verified backup into an empty volume before the app starts.",
+    after_help = AFTER_HELP
+)]
+struct Cli {}
+
+fn main() -> ExitCode {
+    Cli::parse();
+    lifeboat::logging::init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lifeboat-restore: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::from(match e {
+                Error::Config(_) => 64,
+                _ => 1,
+            })
+        }
+    }
+}
+
+async fn run() -> lifeboat::Result<()> {
+    let s = Settings::from_inputs(&Inputs::from_process(), Role::Restore)?;
+    for w in &s.warnings {
+        warn!("{w}");
+    }
+    let targets: Vec<_> = s
+        .targets
+        .iter()
+        .map(|t| t.open(&s.namespace, &s.name))
+        .collect();
+    match restore::restore_newest(&targets, &s.paths, s.restore, s.progress_interval).await? {
+        Outcome::Restored { id, target } => {
+            info!(id, target, "restore completed; the app may start")
+        }
+        Outcome::NoArtifacts => {
+            info!("no artifacts found (first deploy); the app starts with an empty volume")
+        }
+        Outcome::Skipped(why) => info!(reason = why, "restore skipped"),
+    }
+    Ok(())
+}

@@ -1,1 +1,112 @@
-fn main() {}
+//! lifeboat-sidecar: scheduled backups next to the app, plus operator commands
+//! (`kubectl exec -c lifeboat -- lifeboat-sidecar list`). Exit codes are
+//! decided here and only here.
+
+mod commands;
+mod run;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lifeboat::config::ENV_VARS;
+use lifeboat::Error;
+
+#[derive(Parser)]
+#[command(
+    name = "lifeboat-sidecar",
+    version,
+    about = "Backs up a pod's volume on a schedule as plain tarballs, and restores them.",
+    after_long_help = env_help(),
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run for the pod's life: back up on LIFEBOAT_SCHEDULE (the default command).
+    Run,
+    /// Take one backup now, apply retention, and exit (non-zero on failure).
+    BackupNow,
+    /// List committed artifacts on every target, newest first.
+    List {
+        /// Print JSON (one manifest per artifact) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read artifacts end to end: sha256, decompression and tar structure.
+    Verify {
+        /// Artifact id to verify (default: the newest on each target).
+        id: Option<String>,
+        /// Verify every committed artifact.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Restore an artifact into an empty folder, for inspection or a manual fix.
+    /// Each backed-up path lands below DIR (e.g. DIR/home/jovyan).
+    Restore {
+        /// Empty or missing folder to restore into.
+        #[arg(long, value_name = "DIR")]
+        to: std::path::PathBuf,
+        /// Artifact id (default: the newest that verifies).
+        #[arg(long, conflicts_with = "before")]
+        id: Option<String>,
+        /// Newest artifact started before this time (RFC 3339, e.g. 2026-11-20T00:00:00Z).
+        #[arg(long, value_name = "TIME")]
+        before: Option<chrono::DateTime<chrono::Utc>>,
+    },
+}
+
+fn env_help() -> String {
+    let mut s = String::from("Environment (each variable also accepts a _FILE form that names a file holding the value):\n");
+    for (name, what) in ENV_VARS {
+        s.push_str(&format!("  {name:<28} {what}\n"));
+    }
+    s.push_str("\nPod annotations lifeboat.dev/{source,paths,exclude,schedule,retention,compression,restore}\n");
+    s.push_str("override the variables; changing lifeboat.dev/backup-now starts a backup.\n");
+    s.push_str("\nExit codes: 0 success, 1 the operation failed, 64 invalid configuration.");
+    s
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    lifeboat::logging::init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        // Two workers are plenty for one pipeline; the heavy lifting happens
+        // on blocking threads.
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lifeboat-sidecar: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command.unwrap_or(Command::Run) {
+            Command::Run => run::run().await,
+            Command::BackupNow => commands::backup_now().await,
+            Command::List { json } => commands::list(json).await,
+            Command::Verify { id, all } => commands::verify(id, all).await,
+            Command::Restore { to, id, before } => commands::restore(to, id, before).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn exit_code(e: &Error) -> u8 {
+    match e {
+        Error::Config(_) => 64,
+        _ => 1,
+    }
+}

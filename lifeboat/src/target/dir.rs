@@ -16,12 +16,15 @@ use crate::{Error, Result};
 const PARTIAL_SUFFIX: &str = ".partial";
 
 pub struct DirTarget {
+    /// The configured folder (the mount point of the backup volume).
+    base: PathBuf,
+    /// `<base>/<namespace>/<name>`: this pod's history.
     root: PathBuf,
 }
 
 impl DirTarget {
-    pub fn new(root: PathBuf) -> Self {
-        DirTarget { root }
+    pub fn new(base: PathBuf, root: PathBuf) -> Self {
+        DirTarget { base, root }
     }
 
     pub fn root(&self) -> &Path {
@@ -108,7 +111,17 @@ impl Target for DirTarget {
         let mut listing = Listing::default();
         let mut rd = match fs::read_dir(&self.root).await {
             Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(listing),
+            // No history yet is normal on a first deploy; no backup volume at
+            // all is a mount mistake, and must not look like "nothing to restore".
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.base.is_dir() => {
+                return Ok(listing)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(self.err(format!(
+                    "the folder {} does not exist; is the backup volume mounted there?",
+                    self.base.display()
+                )))
+            }
             Err(e) => return Err(self.io_err("listing", &self.root, e)),
         };
         while let Some(ent) = rd
@@ -170,7 +183,7 @@ impl Target for DirTarget {
             .await
             .map_err(|e| self.io_err("creating", &tmp, e))?;
         Ok(DirUpload {
-            target: DirTarget::new(self.root.clone()),
+            target: DirTarget::new(self.base.clone(), self.root.clone()),
             file,
             tmp,
             dst,

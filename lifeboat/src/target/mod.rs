@@ -43,9 +43,10 @@ impl TargetSpec {
     /// Opens the history of one pod (`<namespace>/<name>`) on this target.
     pub fn open(&self, namespace: &str, name: &str) -> AnyTarget {
         match self {
-            TargetSpec::Dir(base) => {
-                AnyTarget::Dir(DirTarget::new(base.join(namespace).join(name)))
-            }
+            TargetSpec::Dir(base) => AnyTarget::Dir(DirTarget::new(
+                base.clone(),
+                base.join(namespace).join(name),
+            )),
         }
     }
 }

@@ -1,0 +1,173 @@
+//! One-shot operator commands.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use lifeboat::backup::Job;
+use lifeboat::config::{Inputs, Role, Settings};
+use lifeboat::restore;
+use lifeboat::target::{AnyTarget, Stored, Target};
+use lifeboat::{Error, Result};
+use tracing::{info, warn};
+
+use crate::signals::Shutdown;
+
+fn settings(role: Role) -> Result<Settings> {
+    let s = Settings::from_inputs(&Inputs::from_process(), role)?;
+    for w in &s.warnings {
+        warn!("{w}");
+    }
+    Ok(s)
+}
+
+fn targets(s: &Settings) -> Vec<AnyTarget> {
+    s.targets
+        .iter()
+        .map(|t| t.open(&s.namespace, &s.name))
+        .collect()
+}
+
+pub async fn backup_now() -> Result<()> {
+    let s = settings(Role::Backup)?;
+    let job = Arc::new(Job::new(&s));
+    job.check_targets().await?;
+    let mut shutdown = Shutdown::new().map_err(|e| Error::io("installing signal handlers", e))?;
+    let cancel: lifeboat::progress::Cancel = Default::default();
+    let work = job.run(cancel.clone());
+    tokio::pin!(work);
+    let m = tokio::select! {
+        r = &mut work => r?,
+        _ = shutdown.recv() => {
+            warn!("interrupted; cancelling the backup");
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            work.await?
+        }
+    };
+    println!("{}", m.id);
+    Ok(())
+}
+
+pub async fn list(json: bool) -> Result<()> {
+    let s = settings(Role::Inspect)?;
+    for t in targets(&s) {
+        let listing = t.list().await?;
+        for p in &listing.problems {
+            warn!(target = %t.describe(), "unreadable manifest: {p}");
+        }
+        if json {
+            for a in &listing.artifacts {
+                println!("{}", serde_json::to_string(&a.manifest).unwrap_or_default());
+            }
+            continue;
+        }
+        println!("{}", t.describe());
+        println!(
+            "{:<28} {:<20} {:>10} {:>8} {:<8} VERIFIED",
+            "ID", "STARTED (UTC)", "SIZE", "ENTRIES", "SOURCE"
+        );
+        for a in &listing.artifacts {
+            let m = &a.manifest;
+            println!(
+                "{:<28} {:<20} {:>10} {:>8} {:<8} {}",
+                m.id,
+                m.started_at.format("%Y-%m-%d %H:%M:%S"),
+                human(m.size),
+                m.entries,
+                m.source,
+                a.verified_at
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_else(|| "no".into())
+            );
+        }
+        if listing.artifacts.is_empty() {
+            println!("(no committed artifacts)");
+        }
+    }
+    Ok(())
+}
+
+pub async fn verify(id: Option<String>, all: bool) -> Result<()> {
+    let s = settings(Role::Inspect)?;
+    let mut failed = Vec::new();
+    let mut found = false;
+    for t in targets(&s) {
+        let listing = t.list().await?;
+        let chosen: Vec<&Stored> = match (&id, all) {
+            (Some(id), _) => listing
+                .artifacts
+                .iter()
+                .filter(|a| &a.manifest.id == id)
+                .collect(),
+            (None, true) => listing.artifacts.iter().collect(),
+            (None, false) => listing.artifacts.iter().take(1).collect(),
+        };
+        for a in chosen {
+            found = true;
+            match restore::verify(&t, &a.manifest, s.progress_interval).await {
+                Ok(_) => println!("ok      {} {}", a.manifest.id, t.describe()),
+                Err(e) => {
+                    println!("FAILED  {} {}: {e}", a.manifest.id, t.describe());
+                    failed.push(e.to_string());
+                }
+            }
+        }
+    }
+    if let Some(id) = id.filter(|_| !found) {
+        return Err(Error::NotFound(id));
+    }
+    if !failed.is_empty() {
+        return Err(Error::Corrupt {
+            id: format!("{} artifact(s)", failed.len()),
+            reason: failed.join("; "),
+        });
+    }
+    Ok(())
+}
+
+pub async fn restore(to: PathBuf, id: Option<String>, before: Option<DateTime<Utc>>) -> Result<()> {
+    let s = settings(Role::Inspect)?;
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for t in targets(&s) {
+        let listing = t.list().await?;
+        let candidates = listing.artifacts.iter().filter(|a| match (&id, before) {
+            (Some(id), _) => &a.manifest.id == id,
+            (None, Some(b)) => a.manifest.started_at < b,
+            (None, None) => true,
+        });
+        for a in candidates {
+            tried += 1;
+            match restore::restore_to(&t, a, &to, s.progress_interval).await {
+                Ok(()) => {
+                    info!(id = %a.manifest.id, to = %to.display(), "restored");
+                    println!("{}", a.manifest.id);
+                    return Ok(());
+                }
+                Err(e) => {
+                    warn!(id = %a.manifest.id, error = %e, "artifact skipped");
+                    failures.push(format!("{}: {e}", a.manifest.id));
+                }
+            }
+        }
+    }
+    match id {
+        Some(id) if tried == 0 => Err(Error::NotFound(id)),
+        _ => Err(Error::NothingRestorable { tried, failures }),
+    }
+}
+
+fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -1,0 +1,133 @@
+//! The long-running loop: wait for the schedule or a trigger, back up, repeat.
+//! Annotations are re-read while waiting so `kubectl annotate` takes effect
+//! without a restart.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use lifeboat::backup::Job;
+use lifeboat::config::{Inputs, Role, Settings};
+use lifeboat::progress::Cancel;
+use lifeboat::{Error, Result};
+use tracing::{error, info, warn};
+
+use crate::signals::Shutdown;
+
+/// How often the annotations file is re-read. The kubelet refreshes it within
+/// about a minute of a change, so a few seconds adds nothing noticeable.
+pub const ANNOTATIONS_POLL: Duration = Duration::from_secs(5);
+
+pub async fn run() -> Result<()> {
+    let mut inputs = Inputs::from_process();
+    let mut settings = Settings::from_inputs(&inputs, Role::Backup)?;
+    for w in &settings.warnings {
+        warn!("{w}");
+    }
+    let mut job = Arc::new(Job::new(&settings));
+    job.check_targets().await?;
+    let mut shutdown = Shutdown::new().map_err(|e| Error::io("installing signal handlers", e))?;
+    let mut poll = tokio::time::interval(ANNOTATIONS_POLL);
+    info!(
+        schedule = settings.schedule.as_str(),
+        paths = ?settings.paths,
+        targets = ?settings.targets,
+        retention = %settings.retention,
+        "lifeboat sidecar started"
+    );
+    loop {
+        let now = Utc::now();
+        let next = settings.schedule.next_after(now);
+        let wait = match next {
+            Some(t) => {
+                info!(next = %t.to_rfc3339(), "next scheduled backup");
+                (t - now).to_std().unwrap_or_default()
+            }
+            None => {
+                warn!(
+                    schedule = settings.schedule.as_str(),
+                    "the schedule never fires; only manual backups will run"
+                );
+                Duration::from_secs(365 * 24 * 3600)
+            }
+        };
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        let trigger = loop {
+            tokio::select! {
+                _ = &mut sleep => break "schedule",
+                _ = shutdown.recv() => {
+                    info!("shutdown requested while idle; exiting");
+                    return Ok(());
+                }
+                _ = poll.tick() => {
+                    if !inputs.reload_annotations() && inputs.problems.is_empty() {
+                        continue;
+                    }
+                    match Settings::from_inputs(&inputs, Role::Backup) {
+                        Ok(new) => {
+                            let manual = new.backup_now.is_some() && new.backup_now != settings.backup_now;
+                            let rescheduled = new.schedule != settings.schedule;
+                            settings = new;
+                            job = Arc::new(Job::new(&settings));
+                            info!(schedule = settings.schedule.as_str(), "annotations changed; settings reloaded");
+                            if manual {
+                                break "annotation lifeboat.dev/backup-now";
+                            }
+                            if rescheduled {
+                                break "";
+                            }
+                        }
+                        Err(e) => {
+                            error!("annotation change rejected, the previous settings stay in force: {e}");
+                            inputs.problems.clear();
+                        }
+                    }
+                }
+            }
+        };
+        if trigger.is_empty() {
+            continue;
+        }
+        info!(trigger, "starting backup");
+        if backup_draining(&job, &mut shutdown, settings.grace_period).await {
+            return Ok(());
+        }
+    }
+}
+
+/// Runs one backup. A shutdown request lets it finish within `grace`, then
+/// cancels it (nothing is committed); a second request cancels at once.
+/// Returns whether the sidecar should exit.
+pub async fn backup_draining(job: &Arc<Job>, shutdown: &mut Shutdown, grace: Duration) -> bool {
+    let cancel: Cancel = Default::default();
+    let work = job.run(cancel.clone());
+    tokio::pin!(work);
+    let report = |r: Result<lifeboat::manifest::Manifest>| {
+        if let Err(e) = r {
+            let hint = if e.is_retryable() {
+                "; the next scheduled run tries again"
+            } else {
+                ""
+            };
+            error!("backup failed{hint}: {e}");
+        }
+    };
+    tokio::select! {
+        r = &mut work => { report(r); return false; }
+        _ = shutdown.recv() => {}
+    }
+    info!(
+        grace_s = grace.as_secs(),
+        "shutdown requested during a backup; letting it finish"
+    );
+    tokio::select! {
+        r = &mut work => { report(r); return true; }
+        _ = tokio::time::sleep(grace) => warn!("grace period over; cancelling the backup"),
+        _ = shutdown.recv() => warn!("second shutdown request; cancelling the backup"),
+    }
+    cancel.store(true, Ordering::Relaxed);
+    report(work.await);
+    true
+}
