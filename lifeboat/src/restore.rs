@@ -372,11 +372,12 @@ fn move_into_place(
     fs::remove_dir(staging).ctx("removing", staging)?;
     let marker = serde_json::json!({ "id": m.id, "restored_at": Utc::now(), "sha256": m.sha256 });
     write_synced(&dest.join(RESTORED_MARKER), marker.to_string().as_bytes())?;
+    fs::remove_file(&restoring).ctx("removing", &restoring)?;
+    // Last, because every change inside the folder above moves its mtime.
     if let Some(meta) = root {
         // SAFETY: geteuid has no preconditions and cannot fail.
         tar_read::apply_dir_meta(dest, meta, unsafe { libc::geteuid() } == 0)?;
     }
-    fs::remove_file(&restoring).ctx("removing", &restoring)?;
     fs::File::open(dest)
         .and_then(|d| d.sync_all())
         .ctx("syncing", dest)

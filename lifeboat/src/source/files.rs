@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::{self, File, Metadata};
 use std::io::{self, BufReader, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -171,8 +172,7 @@ impl<W: Write> Walk<'_, W> {
         } else if ft.is_symlink() {
             let target = fs::read_link(path).ctx("reading the symlink", path)?;
             h.set_entry_type(EntryType::Symlink);
-            self.tar
-                .append_link(&mut h, &name, &target)
+            append_symlink(self.tar, &mut h, &name, target.as_os_str().as_bytes())
                 .map_err(tar_err)?;
         } else if ft.is_file() {
             if meta.nlink() > 1 {
@@ -281,6 +281,35 @@ fn unreadable(path: &Path, e: io::Error) -> Error {
         what: format!("reading {}{hint}", path.display()),
         source: e,
     }
+}
+
+/// Writes a symlink entry keeping the target's bytes exactly. The tar crate's
+/// `append_link` normalises the target as a path (drops `./` and trailing
+/// slashes), which would change what the link says.
+fn append_symlink<W: Write>(
+    tar: &mut tar::Builder<W>,
+    h: &mut Header,
+    name: &Path,
+    target: &[u8],
+) -> io::Result<()> {
+    const FIELD: usize = 100;
+    if target.len() > FIELD {
+        // GNU long link name: a `K` entry whose data is the target, NUL-terminated.
+        let mut long = Header::new_gnu();
+        long.as_gnu_mut().expect("gnu header").name[..13].copy_from_slice(b"././@LongLink");
+        long.set_mode(0o644);
+        long.set_entry_type(EntryType::GNULongLink);
+        long.set_size(target.len() as u64 + 1);
+        long.set_cksum();
+        let mut data = target.to_vec();
+        data.push(0);
+        tar.append(&long, &data[..])?;
+    }
+    let n = target.len().min(FIELD);
+    let field = &mut h.as_old_mut().linkname;
+    field.fill(0);
+    field[..n].copy_from_slice(&target[..n]);
+    tar.append_data(h, name, io::empty())
 }
 
 /// `/home/jovyan/a.ipynb` -> `home/jovyan/a.ipynb`.

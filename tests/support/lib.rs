@@ -1,0 +1,240 @@
+//! Helpers shared by the end-to-end tests: locating the built binaries,
+//! running them with a clean environment, building trees with every kind of
+//! entry, and comparing two trees the way a user would.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+/// A built binary of this workspace. `cargo test --workspace` builds them
+/// because the binary crates have integration tests of their own.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/debug/deps/<test> -> target/debug/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is not built; run `cargo build --workspace --bins` (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// A command for one of our binaries with only the given environment, so
+/// the developer's own LIFEBOAT_* variables cannot leak into a test.
+pub fn lifeboat(name: &str, env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(bin(name));
+    c.env_clear();
+    c.env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    c.env("LIFEBOAT_ANNOTATIONS_FILE", "/nonexistent/annotations");
+    c.env("LIFEBOAT_LOG", "info");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{:?} failed with {}:\nstdout:\n{}\nstderr:\n{}",
+        cmd,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// What a user would compare for one path: kind, content, link target,
+/// mode, owner, mtime (seconds), and which other paths share its inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub kind: &'static str,
+    pub sha256: Option<String>,
+    pub link: Option<Vec<u8>>,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub hardlinks: Vec<Vec<u8>>,
+}
+
+/// Walks `root` without following links. Keys are paths relative to `root`
+/// as raw bytes (names need not be UTF-8). Our own markers are left out.
+pub fn snapshot(root: &Path) -> Snapshot {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<(u64, u64), Vec<Vec<u8>>> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = fs::symlink_metadata(&p).unwrap();
+        let rel = p
+            .strip_prefix(root)
+            .unwrap()
+            .as_os_str()
+            .as_bytes()
+            .to_vec();
+        let name = p
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default();
+        if name.starts_with(b".lifeboat-") {
+            continue;
+        }
+        let ft = md.file_type();
+        let (kind, sha256, link) = if ft.is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+            ("dir", None, None)
+        } else if ft.is_symlink() {
+            (
+                "symlink",
+                None,
+                Some(fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec()),
+            )
+        } else {
+            let data = fs::read(&p).unwrap();
+            ("file", Some(hex::encode(Sha256::digest(&data))), None)
+        };
+        if ft.is_file() && md.nlink() > 1 {
+            inodes
+                .entry((md.dev(), md.ino()))
+                .or_default()
+                .push(rel.clone());
+        }
+        out.insert(
+            rel,
+            Node {
+                kind,
+                sha256,
+                link,
+                mode: md.mode() & 0o7777,
+                uid: md.uid(),
+                gid: md.gid(),
+                mtime: md.mtime(),
+                hardlinks: vec![],
+            },
+        );
+    }
+    for group in inodes.values() {
+        let mut g = group.clone();
+        g.sort();
+        for p in group {
+            out.get_mut(p).unwrap().hardlinks = g.clone();
+        }
+    }
+    out
+}
+
+/// Asserts two trees are equal, naming the differences.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    assert_same(&snapshot(a), &snapshot(b));
+}
+
+pub type Snapshot = BTreeMap<Vec<u8>, Node>;
+
+pub fn assert_same(sa: &Snapshot, sb: &Snapshot) {
+    let mut diffs = Vec::new();
+    for (k, va) in sa {
+        match sb.get(k) {
+            None => diffs.push(format!("missing in restore: {:?}", OsStr::from_bytes(k))),
+            Some(vb) if vb != va => {
+                diffs.push(format!("{:?}: {va:?} != {vb:?}", OsStr::from_bytes(k)))
+            }
+            _ => {}
+        }
+    }
+    for k in sb.keys().filter(|k| !sa.contains_key(*k)) {
+        diffs.push(format!("extra in restore: {:?}", OsStr::from_bytes(k)));
+    }
+    assert!(diffs.is_empty(), "trees differ:\n{}", diffs.join("\n"));
+    assert!(sa.len() > 1, "compared an empty tree");
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+pub fn set_mtime(p: &Path, secs: i64) {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+    let ts = [
+        libc::timespec {
+            tv_sec: secs as libc::time_t,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: secs as libc::time_t,
+            tv_nsec: 0,
+        },
+    ];
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C string and timespec array; AT_SYMLINK_NOFOLLOW touches the link itself.
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(r, 0, "utimensat {}: {:?}", p.display(), t);
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The single history folder a file target holds for (default, `name`).
+pub fn history(backup: &Path, name: &str) -> PathBuf {
+    backup.join("default").join(name)
+}
+
+/// Committed artifact files in a history folder, oldest first.
+pub fn artifacts(history: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(history)
+        .map(|rd| rd.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.retain(|p| {
+        let n = p.file_name().unwrap().to_string_lossy();
+        !n.starts_with('.') && n.contains(".tar")
+    });
+    v.sort();
+    v
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
