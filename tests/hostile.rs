@@ -1,1 +1,325 @@
+//! Hostile artifacts: names with `..`, absolute names, a symlink pointing
+//! outside followed by a file through it, and a hard link to an outside file.
+//! Each artifact carries a correct manifest (right sha256, size, counts), so
+//! only the entry checks stand between it and the filesystem.
 
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use lifeboat_tests::*;
+use sha2::{Digest, Sha256};
+use tar::{EntryType, Header};
+
+struct Entry<'a> {
+    name: &'a [u8],
+    kind: EntryType,
+    link: &'a [u8],
+    data: &'a [u8],
+}
+
+fn e<'a>(name: &'a [u8], kind: EntryType, link: &'a [u8], data: &'a [u8]) -> Entry<'a> {
+    Entry {
+        name,
+        kind,
+        link,
+        data,
+    }
+}
+
+/// Writes raw headers: the tar crate's safe setters would refuse these names.
+fn hostile_tar(entries: &[Entry]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for en in entries {
+        let mut h = Header::new_old();
+        h.as_old_mut().name[..en.name.len()].copy_from_slice(en.name);
+        h.as_old_mut().linkname[..en.link.len()].copy_from_slice(en.link);
+        h.set_entry_type(en.kind);
+        h.set_mode(if en.kind == EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_size(en.data.len() as u64);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        b.append(&h, en.data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// Stores `entries` as a committed artifact with an honest manifest.
+fn plant(backup: &Path, data: &Path, entries: &[Entry]) {
+    let tar = hostile_tar(entries);
+    let mut z = zstd::Encoder::new(Vec::new(), 3).unwrap();
+    z.write_all(&tar).unwrap();
+    let stored = z.finish().unwrap();
+    let hist = history(backup, "x-0");
+    fs::create_dir_all(&hist).unwrap();
+    let id = "20260101T000000Z-files";
+    fs::write(hist.join(format!("{id}.tar.zst")), &stored).unwrap();
+    let manifest = serde_json::json!({
+        "format": "lifeboat/v1", "id": id, "artifact": format!("{id}.tar.zst"),
+        "name": "x-0", "namespace": "default", "source": "files",
+        "paths": [data.to_str().unwrap()],
+        "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:01Z",
+        "compression": "zstd:3", "encryption": "none",
+        "size": stored.len(), "sha256": hex::encode(Sha256::digest(&stored)),
+        "entries": entries.len(), "bytes_in": entries.iter().map(|e| e.data.len()).sum::<usize>(),
+        "warnings": [], "tool_version": "test", "source_meta": {}
+    });
+    fs::write(
+        hist.join(format!("{id}.manifest.json")),
+        manifest.to_string(),
+    )
+    .unwrap();
+}
+
+struct World {
+    tmp: tempfile::TempDir,
+    data: PathBuf,
+    backup: PathBuf,
+    outside: PathBuf,
+}
+
+fn world() -> World {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("vol/data");
+    let backup = tmp.path().join("backup");
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(&backup).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("secret"), b"do not touch").unwrap();
+    World {
+        tmp,
+        data,
+        backup,
+        outside,
+    }
+}
+
+impl World {
+    fn restore(&self) -> std::process::Output {
+        lifeboat(
+            "lifeboat-restore",
+            &[
+                ("LIFEBOAT_PATHS", self.data.to_str().unwrap()),
+                (
+                    "LIFEBOAT_TARGETS",
+                    &format!("file://{}", self.backup.display()),
+                ),
+                ("HOSTNAME", "x-0"),
+            ],
+        )
+        .output()
+        .unwrap()
+    }
+
+    fn rel(&self) -> String {
+        self.data
+            .strip_prefix("/")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Every file named `evil` anywhere in the test's folder.
+    fn evil_files(&self) -> Vec<PathBuf> {
+        let mut found = vec![];
+        let mut stack = vec![self.tmp.path().to_path_buf()];
+        while let Some(p) = stack.pop() {
+            for ent in fs::read_dir(&p).into_iter().flatten() {
+                let ent = ent.unwrap();
+                let ft = ent.file_type().unwrap();
+                if ent.file_name() == "evil" {
+                    found.push(ent.path());
+                }
+                if ft.is_dir() {
+                    stack.push(ent.path());
+                }
+            }
+        }
+        found
+    }
+
+    fn outside_untouched(&self) {
+        assert_eq!(
+            fs::read(self.outside.join("secret")).unwrap(),
+            b"do not touch"
+        );
+        let names: Vec<_> = fs::read_dir(&self.outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "something landed outside: {names:?}");
+    }
+}
+
+#[test]
+fn dot_dot_names_are_refused() {
+    let w = world();
+    let rel = w.rel();
+    let inner = format!("{rel}/../../../outside/evil");
+    plant(
+        &w.backup,
+        &w.data,
+        &[
+            e(format!("{rel}/").as_bytes(), EntryType::Directory, b"", b""),
+            e(inner.as_bytes(), EntryType::Regular, b"", b"pwned"),
+            e(b"../evil", EntryType::Regular, b"", b"pwned"),
+        ],
+    );
+    let out = w.restore();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("contains '..'"), "{}", stderr(&out));
+    assert!(w.evil_files().is_empty(), "{:?}", w.evil_files());
+    w.outside_untouched();
+}
+
+#[test]
+fn absolute_names_are_refused() {
+    let w = world();
+    let rel = w.rel();
+    let abs = w.outside.join("evil");
+    plant(
+        &w.backup,
+        &w.data,
+        &[
+            e(format!("{rel}/").as_bytes(), EntryType::Directory, b"", b""),
+            e(
+                abs.to_str().unwrap().as_bytes(),
+                EntryType::Regular,
+                b"",
+                b"pwned",
+            ),
+        ],
+    );
+    let out = w.restore();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is an absolute path"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(w.evil_files().is_empty());
+    w.outside_untouched();
+}
+
+#[test]
+fn a_symlink_pointing_outside_is_not_created_and_nothing_is_written_through_it() {
+    for relative in [false, true] {
+        let w = world();
+        let target = if relative {
+            b"../../outside".to_vec()
+        } else {
+            w.outside.to_str().unwrap().as_bytes().to_vec()
+        };
+        let rel = w.rel();
+        plant(
+            &w.backup,
+            &w.data,
+            &[
+                e(format!("{rel}/").as_bytes(), EntryType::Directory, b"", b""),
+                e(
+                    format!("{rel}/link").as_bytes(),
+                    EntryType::Symlink,
+                    &target,
+                    b"",
+                ),
+                e(
+                    format!("{rel}/link/evil").as_bytes(),
+                    EntryType::Regular,
+                    b"",
+                    b"pwned",
+                ),
+            ],
+        );
+        let out = w.restore();
+        assert!(stderr(&out).contains("points outside"), "{}", stderr(&out));
+        w.outside_untouched();
+        // If anything was restored at all, it is a plain folder inside the volume.
+        if let Ok(md) = fs::symlink_metadata(w.data.join("link")) {
+            assert!(md.is_dir(), "link must not exist as a symlink");
+        }
+        for p in w.evil_files() {
+            assert!(p.starts_with(&w.data), "{} escaped", p.display());
+        }
+    }
+}
+
+#[test]
+fn a_symlink_inside_cannot_be_used_to_write_elsewhere() {
+    let w = world();
+    let rel = w.rel();
+    // `sub` points inside the volume (allowed), but a later entry that would
+    // be written through it is refused: we never write through links.
+    plant(
+        &w.backup,
+        &w.data,
+        &[
+            e(format!("{rel}/").as_bytes(), EntryType::Directory, b"", b""),
+            e(
+                format!("{rel}/real/").as_bytes(),
+                EntryType::Directory,
+                b"",
+                b"",
+            ),
+            e(
+                format!("{rel}/sub").as_bytes(),
+                EntryType::Symlink,
+                b"real",
+                b"",
+            ),
+            e(
+                format!("{rel}/sub/evil").as_bytes(),
+                EntryType::Regular,
+                b"",
+                b"pwned",
+            ),
+        ],
+    );
+    let out = w.restore();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("through a symlink"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(w.evil_files().is_empty());
+}
+
+#[test]
+fn a_hard_link_to_an_outside_file_is_refused() {
+    let w = world();
+    let rel = w.rel();
+    let outside_rel = w.outside.join("secret");
+    let outside_rel = outside_rel
+        .strip_prefix("/")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    plant(
+        &w.backup,
+        &w.data,
+        &[
+            e(format!("{rel}/").as_bytes(), EntryType::Directory, b"", b""),
+            e(
+                format!("{rel}/evil").as_bytes(),
+                EntryType::Link,
+                outside_rel.as_bytes(),
+                b"",
+            ),
+        ],
+    );
+    let out = w.restore();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("hard link to a file outside"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(w.evil_files().is_empty());
+    w.outside_untouched();
+}
