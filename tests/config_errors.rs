@@ -1,1 +1,98 @@
+//! Bad input gets one clear message that names every wrong setting, its
+//! value and what is accepted, and exit code 64, before anything runs.
 
+use lifeboat_tests::*;
+
+#[test]
+fn every_wrong_setting_is_listed_at_once() {
+    let out = lifeboat(
+        "lifeboat-sidecar",
+        &[
+            ("LIFEBOAT_SOURCE", "mongodb"),
+            ("LIFEBOAT_PATHS", "relative/path"),
+            ("LIFEBOAT_SCHEDULE", "0 2 * *"),
+            ("LIFEBOAT_RETENTION", "last=three"),
+            ("LIFEBOAT_COMPRESSION", "xz"),
+            ("LIFEBOAT_RESTORE", "maybe"),
+            ("HOSTNAME", "nb-0"),
+        ],
+    )
+    .arg("backup-now")
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = stderr(&out);
+    for needle in [
+        "invalid configuration (7 problems)",
+        "LIFEBOAT_SOURCE=\"mongodb\": unknown source; accepted: files, postgres, couchdb, arangodb",
+        "LIFEBOAT_PATHS=\"relative/path\": \"relative/path\" is not absolute",
+        "LIFEBOAT_SCHEDULE=\"0 2 * *\": has 4 field(s), expected 5",
+        "LIFEBOAT_RETENTION=\"last=three\"",
+        "LIFEBOAT_COMPRESSION=\"xz\": accepted: zstd, zstd:1..19, gzip, gzip:1..9, none",
+        "LIFEBOAT_RESTORE=\"maybe\": accepted: if-empty, always, never",
+        "LIFEBOAT_TARGETS=\"\": required",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn an_unwritable_target_is_named_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    std::fs::create_dir(tmp.path().join("data")).unwrap();
+    let target = format!("file://{}/backup", file.display());
+    let out = lifeboat(
+        "lifeboat-sidecar",
+        &[
+            ("LIFEBOAT_PATHS", tmp.path().join("data").to_str().unwrap()),
+            ("LIFEBOAT_TARGETS", &target),
+            ("HOSTNAME", "nb-0"),
+        ],
+    )
+    .arg("run")
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = stderr(&out);
+    assert!(
+        err.contains("LIFEBOAT_TARGETS")
+            && err.contains(&target)
+            && err.contains("Not a directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_annotation_names_the_annotation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ann = tmp.path().join("annotations");
+    std::fs::write(
+        &ann,
+        "lifeboat.dev/schedule=\"every day\"\nlifeboat.dev/compression=\"brotli\"\n",
+    )
+    .unwrap();
+    let out = lifeboat(
+        "lifeboat-sidecar",
+        &[
+            ("LIFEBOAT_PATHS", "/data"),
+            ("LIFEBOAT_TARGETS", "file:///backup"),
+            ("LIFEBOAT_ANNOTATIONS_FILE", ann.to_str().unwrap()),
+            ("HOSTNAME", "nb-0"),
+        ],
+    )
+    .arg("run")
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = stderr(&out);
+    assert!(
+        err.contains("annotation lifeboat.dev/schedule=\"every day\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("annotation lifeboat.dev/compression=\"brotli\""),
+        "{err}"
+    );
+}

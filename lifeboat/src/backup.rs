@@ -54,12 +54,24 @@ impl Job {
         }
     }
 
-    /// Checks every target can be written. Errors name the target.
+    /// Checks every target can be written. A target that cannot is a
+    /// configuration problem (wrong path, missing mount), reported as such.
     pub async fn check_targets(&self) -> Result<()> {
-        for t in &self.targets {
-            t.check().await?;
+        let mut problems = Vec::new();
+        for (spec, t) in self.settings.targets.iter().zip(&self.targets) {
+            if let Err(e) = t.check().await {
+                problems.push(crate::config::Problem {
+                    setting: "LIFEBOAT_TARGETS".into(),
+                    value: spec.to_string(),
+                    message: e.to_string(),
+                });
+            }
         }
-        Ok(())
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Config(problems))
+        }
     }
 
     /// A backup to the primary target, then copies, retention and cleanup.

@@ -51,6 +51,14 @@ impl TargetSpec {
     }
 }
 
+impl std::fmt::Display for TargetSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetSpec::Dir(p) => write!(f, "file://{}", p.display()),
+        }
+    }
+}
+
 /// A committed artifact as a target lists it.
 #[derive(Debug, Clone)]
 pub struct Stored {
