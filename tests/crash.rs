@@ -99,7 +99,7 @@ fn signal(child: &Child, sig: i32) {
 #[test]
 fn sigkill_mid_backup_leaves_no_visible_artifact_and_restore_takes_the_last_good_one() {
     let s = setup(24);
-    run_ok(&mut s.cmd("lifeboat-sidecar", "zstd:1").arg("backup-now"));
+    run_ok(s.cmd("lifeboat-sidecar", "zstd:1").arg("backup-now"));
     let good = snapshot(&s.data);
     let before = visible(&s.hist());
     assert_eq!(before.len(), 2, "{before:?}");
@@ -120,7 +120,7 @@ fn sigkill_mid_backup_leaves_no_visible_artifact_and_restore_takes_the_last_good
         before,
         "a killed backup must not add visible files"
     );
-    let out = run_ok(&mut s.cmd("lifeboat-sidecar", "zstd:1").arg("list"));
+    let out = run_ok(s.cmd("lifeboat-sidecar", "zstd:1").arg("list"));
     assert_eq!(
         stdout(&out).matches("-files ").count(),
         1,
@@ -128,8 +128,7 @@ fn sigkill_mid_backup_leaves_no_visible_artifact_and_restore_takes_the_last_good
         stdout(&out)
     );
     run_ok(
-        &mut s
-            .cmd("lifeboat-sidecar", "zstd:1")
+        s.cmd("lifeboat-sidecar", "zstd:1")
             .args(["verify", "--all"]),
     );
 
@@ -138,7 +137,7 @@ fn sigkill_mid_backup_leaves_no_visible_artifact_and_restore_takes_the_last_good
     assert_same(&good, &snapshot(&s.data));
 
     // The debris does not get in the way of the next backup.
-    run_ok(&mut s.cmd("lifeboat-sidecar", "zstd:1").arg("backup-now"));
+    run_ok(s.cmd("lifeboat-sidecar", "zstd:1").arg("backup-now"));
     assert_eq!(artifacts(&s.hist()).len(), 2);
 }
 

@@ -230,7 +230,7 @@ fn notebooks_come_back_through_a_restarted_jupyter() {
         ("LIFEBOAT_EXCLUDE", "**/.ipynb_checkpoints"),
         ("HOSTNAME", "jupyter-0"),
     ];
-    run_ok(&mut lifeboat("lifeboat-sidecar", &env).arg("backup-now"));
+    run_ok(lifeboat("lifeboat-sidecar", &env).arg("backup-now"));
     fs::remove_dir_all(&root).unwrap();
     run_ok(&mut lifeboat("lifeboat-restore", &env));
 

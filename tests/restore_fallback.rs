@@ -32,7 +32,7 @@ impl Setup {
         };
         for i in 0..versions {
             fs::write(s.data.join("v"), format!("version {i}")).unwrap();
-            let out = run_ok(&mut s.cmd("lifeboat-sidecar").arg("backup-now"));
+            let out = run_ok(s.cmd("lifeboat-sidecar").arg("backup-now"));
             s.ids.push(stdout(&out).trim().to_string());
         }
         s

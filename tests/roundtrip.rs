@@ -111,7 +111,7 @@ fn every_kind_of_entry_round_trips_byte_for_byte() {
     assert!(before.len() > 25, "tree too small: {}", before.len());
 
     let env = env(data.to_str().unwrap(), backup.to_str().unwrap());
-    let out = run_ok(&mut cmd("lifeboat-sidecar", &env).arg("backup-now"));
+    let out = run_ok(cmd("lifeboat-sidecar", &env).arg("backup-now"));
     let id = stdout(&out).trim().to_string();
     assert!(id.ends_with("-files"), "{id}");
     assert!(
@@ -155,7 +155,7 @@ fn artifact_restores_by_hand_with_zstd_tar_and_sha256sum() {
     fs::create_dir_all(&backup).unwrap();
     build_tree(&data);
     let env = env(data.to_str().unwrap(), backup.to_str().unwrap());
-    run_ok(&mut cmd("lifeboat-sidecar", &env).arg("backup-now"));
+    run_ok(cmd("lifeboat-sidecar", &env).arg("backup-now"));
 
     let hist = history(&backup, "nb-0");
     let arts = artifacts(&hist);
@@ -219,7 +219,7 @@ fn retention_and_list_and_verify_after_several_backups() {
     let mut ids = Vec::new();
     for i in 0..3 {
         fs::write(data.join("f"), format!("version {i}")).unwrap();
-        let out = run_ok(&mut cmd("lifeboat-sidecar", &env).arg("backup-now"));
+        let out = run_ok(cmd("lifeboat-sidecar", &env).arg("backup-now"));
         ids.push(stdout(&out).trim().to_string());
     }
     let all: std::collections::BTreeSet<_> = ids.iter().collect();
@@ -232,16 +232,16 @@ fn retention_and_list_and_verify_after_several_backups() {
     assert_eq!(artifacts(&hist).len(), 2);
     assert!(artifacts(&hist)[0].to_str().unwrap().ends_with(".tar.gz"));
 
-    let out = run_ok(&mut cmd("lifeboat-sidecar", &env).arg("list"));
+    let out = run_ok(cmd("lifeboat-sidecar", &env).arg("list"));
     let table = stdout(&out);
     assert!(
         !table.contains(&ids[0]) && table.contains(&ids[1]) && table.contains(&ids[2]),
         "{table}"
     );
 
-    let out = run_ok(&mut cmd("lifeboat-sidecar", &env).args(["verify", "--all"]));
+    let out = run_ok(cmd("lifeboat-sidecar", &env).args(["verify", "--all"]));
     assert_eq!(stdout(&out).matches("ok ").count(), 2, "{}", stdout(&out));
-    let out = run_ok(&mut cmd("lifeboat-sidecar", &env).arg("list"));
+    let out = run_ok(cmd("lifeboat-sidecar", &env).arg("list"));
     assert_eq!(
         stdout(&out).matches(" no\n").count(),
         0,
@@ -251,7 +251,7 @@ fn retention_and_list_and_verify_after_several_backups() {
 
     // Operator restore of an older artifact into a fresh folder.
     let inspect = tmp.path().join("inspect");
-    run_ok(&mut cmd("lifeboat-sidecar", &env).args([
+    run_ok(cmd("lifeboat-sidecar", &env).args([
         "restore",
         "--to",
         inspect.to_str().unwrap(),
@@ -287,5 +287,5 @@ fn a_missing_path_fails_that_backup_with_a_clear_message() {
     // Once the path exists, the next backup works.
     fs::create_dir_all(&data).unwrap();
     fs::write(data.join("f"), b"x").unwrap();
-    run_ok(&mut cmd("lifeboat-sidecar", &env).arg("backup-now"));
+    run_ok(cmd("lifeboat-sidecar", &env).arg("backup-now"));
 }

@@ -514,11 +514,8 @@ pub fn link_stays_inside(origin: &Path, rel: &Path, target: &Path) -> bool {
     for c in target.components() {
         match c {
             Component::Normal(s) => parts.push(s),
-            Component::ParentDir => {
-                if parts.pop().is_none() {
-                    return false;
-                }
-            }
+            // The guard pops one level for each `..`; none left means above `/`.
+            Component::ParentDir if parts.pop().is_none() => return false,
             _ => {}
         }
     }

@@ -332,7 +332,7 @@ impl<R: Read> Read for ExactSize<R> {
             return Ok(0);
         }
         if is_cancelled(&self.cancel) {
-            return Err(io::Error::new(io::ErrorKind::Other, "cancelled"));
+            return Err(io::Error::other("cancelled"));
         }
         let want = out.len().min(self.remaining as usize);
         let mut n = self.inner.read(&mut out[..want])?;

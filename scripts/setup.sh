@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the demo and the tests need on a fresh Debian machine with a
+# Rust toolchain. Safe to run again: it only installs what is missing.
+set -euo pipefail
+
+missing=()
+command -v zstd >/dev/null || missing+=(zstd)
+command -v tar >/dev/null || missing+=(tar)
+command -v gzip >/dev/null || missing+=(gzip)
+command -v sha256sum >/dev/null || missing+=(coreutils)
+command -v python3 >/dev/null || missing+=(python3 python3-pip)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+# A real Jupyter server for the end-to-end notebook test.
+if ! python3 -c 'import jupyter_server' 2>/dev/null; then
+  echo "setup: installing jupyter_server from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check 'jupyter_server>=2.14,<3'
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo is required (a Rust toolchain, 1.80 or newer)" >&2; exit 1; }
