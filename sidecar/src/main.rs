@@ -27,16 +27,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run for the pod's life: back up on LIFEBOAT_SCHEDULE (the default command).
+    #[command(after_long_help = env_help())]
     Run,
     /// Take one backup now, apply retention, and exit (non-zero on failure).
+    #[command(after_long_help = env_help())]
     BackupNow,
     /// List committed artifacts on every target, newest first.
+    #[command(after_long_help = env_help())]
     List {
         /// Print JSON (one manifest per artifact) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Re-read artifacts end to end: sha256, decompression and tar structure.
+    #[command(after_long_help = env_help())]
     Verify {
         /// Artifact id to verify (default: the newest on each target).
         id: Option<String>,
@@ -46,6 +50,7 @@ enum Command {
     },
     /// Restore an artifact into an empty folder, for inspection or a manual fix.
     /// Each backed-up path lands below DIR (e.g. DIR/home/jovyan).
+    #[command(after_long_help = env_help())]
     Restore {
         /// Empty or missing folder to restore into.
         #[arg(long, value_name = "DIR")]

@@ -71,6 +71,9 @@ impl Source for FilesSource {
                     root.display()
                 )));
             }
+            // Restore maps each path on its own, so a hard link may only
+            // point at a name inside the same path.
+            walk.links.clear();
             walk.tree(root, &meta)?;
         }
         Ok(walk.report)
