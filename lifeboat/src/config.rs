@@ -187,53 +187,50 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("LIFEBOAT_SOURCE", "what to back up: files (default)"),
     (
         "LIFEBOAT_PATHS",
-        "comma list of absolute paths to back up / restore (required)",
+        "absolute folders, comma-separated (required)",
     ),
     (
         "LIFEBOAT_EXCLUDE",
-        "comma list of globs to leave out, e.g. **/.ipynb_checkpoints",
+        "globs to leave out, e.g. **/.ipynb_checkpoints",
     ),
     (
         "LIFEBOAT_SCHEDULE",
-        "5-field cron in UTC or @daily etc. (default \"0 2 * * *\")",
+        "5-field cron in UTC, or @daily etc. (default: 0 2 * * *)",
     ),
     (
         "LIFEBOAT_RETENTION",
-        "last=N,daily=N,weekly=N,monthly=N (default last=3,daily=7,weekly=4,monthly=6)",
+        "default: last=3,daily=7,weekly=4,monthly=6",
     ),
     (
         "LIFEBOAT_TARGETS",
-        "comma list of targets, first is primary, e.g. file:///backup (required)",
+        "e.g. file:///backup; first is primary (required)",
     ),
     (
         "LIFEBOAT_COMPRESSION",
-        "zstd[:1-19], gzip[:1-9] or none (default zstd:3)",
+        "zstd[:1-19], gzip[:1-9] or none (default: zstd:3)",
     ),
     ("LIFEBOAT_RESTORE", "if-empty (default), always or never"),
     (
         "LIFEBOAT_NAME",
-        "name of this backup history (default: pod name from HOSTNAME)",
+        "name of the backup history (default: HOSTNAME)",
     ),
     (
         "LIFEBOAT_NAMESPACE",
-        "namespace folder of the history (default: POD_NAMESPACE or \"default\")",
+        "its namespace folder (default: POD_NAMESPACE, default)",
     ),
     (
         "LIFEBOAT_ANNOTATIONS_FILE",
-        "downward-API annotations file (default /etc/lifeboat/annotations)",
+        "default: /etc/lifeboat/annotations",
     ),
     (
         "LIFEBOAT_GRACE_PERIOD",
-        "how long a running backup may finish after SIGTERM (default 25s)",
+        "time a backup may finish after SIGTERM (default: 25s)",
     ),
     (
         "LIFEBOAT_PROGRESS_INTERVAL",
-        "how often long work logs progress (default 10s)",
+        "how often long work logs progress (default: 10s)",
     ),
-    (
-        "LIFEBOAT_LOG",
-        "log filter, e.g. info or lifeboat=debug (default info)",
-    ),
+    ("LIFEBOAT_LOG", "log filter, e.g. debug (default: info)"),
 ];
 
 #[derive(Debug, Default, Deserialize)]
