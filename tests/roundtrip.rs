@@ -304,7 +304,7 @@ fn two_paths_restore_together_even_with_a_hard_link_between_them() {
     let (before_a, before_b) = (snapshot(&a), snapshot(&b));
     let paths = format!("{},{}", a.display(), b.display());
     let env = env(&paths, backup.to_str().unwrap());
-    run_ok(&mut cmd("lifeboat-sidecar", &env).arg("backup-now"));
+    run_ok(cmd("lifeboat-sidecar", &env).arg("backup-now"));
     fs::remove_dir_all(tmp.path().join("vol")).unwrap();
     run_ok(&mut cmd("lifeboat-restore", &env));
     // Each path restores on its own, so the cross-path link comes back as two

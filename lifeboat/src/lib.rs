@@ -12,10 +12,10 @@
 pub mod annotations;
 pub mod artifact;
 pub mod backup;
+pub mod cli;
 pub mod compression;
 pub mod config;
 pub mod error;
-pub mod logging;
 pub mod manifest;
 pub mod pipe;
 pub mod progress;

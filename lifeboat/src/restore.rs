@@ -212,7 +212,7 @@ async fn restore_one(
                 staging,
             });
         }
-        let result = stream(target, m, &mappings, progress_every).await;
+        let result = read(target, m, Some(mappings.clone()), progress_every, "restore").await;
         let report = match result {
             Ok(r) => r,
             Err(e) => {
@@ -242,31 +242,31 @@ async fn restore_one(
     .await
 }
 
-async fn stream(
+/// Streams an artifact from `target` through [`tar_read::read_artifact`]:
+/// extracting into `mappings`' staging folders, or only checking when `None`.
+async fn read(
     target: &AnyTarget,
     m: &Manifest,
-    mappings: &[Mapping],
+    mappings: Option<Vec<Mapping>>,
     every: std::time::Duration,
+    what: &'static str,
 ) -> Result<ReadReport> {
     let reader = target.open(m).await?;
     let (tx, rx) = pipe::channel();
     let feeder = tokio::spawn(pipe::feed(reader, tx));
     let progress = Arc::new(Progress::default());
-    let _report = progress::report(progress.clone(), every, "restore");
+    let _report = progress::report(progress.clone(), every, what);
     let manifest = m.clone();
-    let mappings = mappings.to_vec();
     let cancel: Cancel = Default::default();
     let res = tokio::task::spawn_blocking(move || {
-        tar_read::read_artifact(
-            ChunkReader::new(rx),
-            &manifest,
-            Mode::Extract(&mappings),
-            &progress,
-            &cancel,
-        )
+        let mode = match &mappings {
+            Some(m) => Mode::Extract(m),
+            None => Mode::Verify,
+        };
+        tar_read::read_artifact(ChunkReader::new(rx), &manifest, mode, &progress, &cancel)
     })
     .await
-    .map_err(|e| Error::Source(format!("the restore worker crashed: {e}")))?;
+    .map_err(|e| Error::Source(format!("the {what} worker crashed: {e}")))?;
     feeder.abort();
     res
 }
@@ -279,26 +279,7 @@ pub async fn verify(
 ) -> Result<ReadReport> {
     let span = tracing::info_span!("verify", id = %m.id, target = %target.describe());
     async move {
-        let reader = target.open(m).await?;
-        let (tx, rx) = pipe::channel();
-        let feeder = tokio::spawn(pipe::feed(reader, tx));
-        let progress = Arc::new(Progress::default());
-        let _report = progress::report(progress.clone(), every, "verify");
-        let manifest = m.clone();
-        let cancel: Cancel = Default::default();
-        let res = tokio::task::spawn_blocking(move || {
-            tar_read::read_artifact(
-                ChunkReader::new(rx),
-                &manifest,
-                Mode::Verify,
-                &progress,
-                &cancel,
-            )
-        })
-        .await
-        .map_err(|e| Error::Source(format!("the verify worker crashed: {e}")))?;
-        feeder.abort();
-        let report = res?;
+        let report = read(target, m, None, every, "verify").await?;
         target.mark_verified(m, Utc::now()).await?;
         info!(
             entries = report.entries,

@@ -36,12 +36,8 @@ struct Cli {}
 
 fn main() -> ExitCode {
     Cli::parse();
-    lifeboat::logging::init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    lifeboat::cli::init_logging();
+    let rt = match lifeboat::cli::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lifeboat-restore: cannot start the runtime: {e}");

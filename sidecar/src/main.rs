@@ -77,14 +77,8 @@ fn env_help() -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    lifeboat::logging::init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        // Two workers are plenty for one pipeline; the heavy lifting happens
-        // on blocking threads.
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    lifeboat::cli::init_logging();
+    let rt = match lifeboat::cli::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lifeboat-sidecar: cannot start the runtime: {e}");
