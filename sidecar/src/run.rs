@@ -29,6 +29,7 @@ pub async fn run() -> Result<()> {
     job.check_targets().await?;
     let mut shutdown = Shutdown::new().map_err(|e| Error::io("installing signal handlers", e))?;
     let mut poll = tokio::time::interval(ANNOTATIONS_POLL);
+    let mut last_rejection: Option<String> = None;
     info!(
         schedule = settings.schedule.as_str(),
         paths = ?settings.paths,
@@ -67,6 +68,7 @@ pub async fn run() -> Result<()> {
                     }
                     match Settings::from_inputs(&inputs, Role::Backup) {
                         Ok(new) => {
+                            last_rejection = None;
                             let manual = new.backup_now.is_some() && new.backup_now != settings.backup_now;
                             let rescheduled = new.schedule != settings.schedule;
                             settings = new;
@@ -80,7 +82,12 @@ pub async fn run() -> Result<()> {
                             }
                         }
                         Err(e) => {
-                            error!("annotation change rejected, the previous settings stay in force: {e}");
+                            // A garbled file fails the same way on every poll: say it once.
+                            let text = e.to_string();
+                            if last_rejection.as_ref() != Some(&text) {
+                                error!("annotation change rejected, the previous settings stay in force: {text}");
+                                last_rejection = Some(text);
+                            }
                             inputs.problems.clear();
                         }
                     }

@@ -349,3 +349,77 @@ impl<R: Read> Read for ExactSize<R> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exact(data: &[u8], promised: u64) -> (Vec<u8>, u64) {
+        let mut r = ExactSize {
+            inner: data,
+            remaining: promised,
+            padded: 0,
+            progress: Arc::new(Progress::default()),
+            cancel: Default::default(),
+        };
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        (out, r.padded)
+    }
+
+    #[test]
+    fn a_file_that_shrank_is_padded_and_one_that_grew_is_cut() {
+        assert_eq!(exact(b"abc", 5), (b"abc\0\0".to_vec(), 2));
+        assert_eq!(exact(b"abcdef", 4), (b"abcd".to_vec(), 0));
+        assert_eq!(exact(b"abcd", 4), (b"abcd".to_vec(), 0));
+    }
+
+    #[test]
+    fn a_change_during_the_read_is_a_warning_in_the_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        fs::create_dir(&root).unwrap();
+        fs::write(root.join("f"), vec![1u8; 1 << 20]).unwrap();
+        let src = FilesSource {
+            paths: vec![root.clone()],
+            exclude: GlobSet::empty(),
+            skip: vec![],
+        };
+        // Truncate the file from inside the read, the moment its first bytes are taken.
+        struct Shrinker {
+            path: PathBuf,
+            done: bool,
+        }
+        impl Write for Shrinker {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                if !self.done && b.len() > 512 {
+                    self.done = true;
+                    fs::OpenOptions::new()
+                        .write(true)
+                        .open(&self.path)?
+                        .set_len(10)?;
+                }
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut tar = tar::Builder::new(Shrinker {
+            path: root.join("f"),
+            done: false,
+        });
+        let ctx = SourceCtx {
+            progress: Arc::new(Progress::default()),
+            cancel: Default::default(),
+        };
+        let report = src.write_tar(&mut tar, &ctx).unwrap();
+        assert_eq!(report.entries, 2);
+        assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+        assert!(
+            report.warnings[0].contains("shrank while read"),
+            "{:?}",
+            report.warnings
+        );
+    }
+}
