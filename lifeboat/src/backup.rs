@@ -29,17 +29,16 @@ pub struct Job {
 }
 
 impl Job {
-    pub fn new(settings: &Settings) -> Self {
-        let targets: Vec<AnyTarget> = settings
-            .targets
-            .iter()
-            .map(|t| t.open(&settings.namespace, &settings.name))
-            .collect();
+    pub async fn open(settings: &Settings) -> Self {
+        let targets = crate::target::open_all(settings).await;
         // Never back up a backup folder that lies inside a backed-up path.
         let skip = settings
             .targets
             .iter()
-            .map(|TargetSpec::Dir(base)| base.clone())
+            .filter_map(|t| match t {
+                TargetSpec::Dir(base) => Some(base.clone()),
+                TargetSpec::S3 { .. } => None,
+            })
             .filter(|b| settings.paths.iter().any(|p| b.starts_with(p)))
             .collect();
         let source = AnySource::Files(FilesSource {
@@ -59,12 +58,17 @@ impl Job {
     pub async fn check_targets(&self) -> Result<()> {
         let mut problems = Vec::new();
         for (spec, t) in self.settings.targets.iter().zip(&self.targets) {
-            if let Err(e) = t.check().await {
-                problems.push(crate::config::Problem {
+            match t.check().await {
+                Ok(()) => {}
+                Err(e) if t.check_is_fatal() => problems.push(crate::config::Problem {
                     setting: "LIFEBOAT_TARGETS".into(),
                     value: spec.to_string(),
                     message: e.to_string(),
-                });
+                }),
+                // A store that is down now may be back by the next run.
+                Err(e) => {
+                    warn!(target = %spec, error = %e, "target check failed; backups to it are retried on schedule")
+                }
             }
         }
         if problems.is_empty() {

@@ -16,7 +16,7 @@ use crate::annotations::{self, PREFIX};
 use crate::compression::Compression;
 use crate::retention::{self, Policy};
 use crate::schedule::{self, Schedule};
-use crate::target::TargetSpec;
+use crate::target::{S3Options, TargetSpec};
 use crate::{Error, Result};
 
 pub const DEFAULT_ANNOTATIONS_FILE: &str = "/etc/lifeboat/annotations";
@@ -230,6 +230,18 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "LIFEBOAT_PROGRESS_INTERVAL",
         "how often long work logs progress (default: 10s)",
     ),
+    (
+        "LIFEBOAT_S3_ENDPOINT",
+        "S3-compatible endpoint URL, e.g. http://minio:9000",
+    ),
+    (
+        "LIFEBOAT_S3_REGION",
+        "S3 region (default: the AWS chain, else us-east-1)",
+    ),
+    (
+        "LIFEBOAT_S3_PATH_STYLE",
+        "true for path-style URLs (most S3-compatible stores)",
+    ),
     ("LIFEBOAT_LOG", "log filter, e.g. debug (default: info)"),
 ];
 
@@ -247,6 +259,9 @@ struct RawEnv {
     namespace: Option<String>,
     grace_period: Option<String>,
     progress_interval: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    s3_path_style: Option<String>,
 }
 
 /// Validated settings. Built only through [`Settings::from_inputs`].
@@ -265,6 +280,7 @@ pub struct Settings {
     pub namespace: String,
     pub grace_period: Duration,
     pub progress_interval: Duration,
+    pub s3: S3Options,
     /// The current value of `lifeboat.dev/backup-now`, if set.
     pub backup_now: Option<String>,
     /// Not wrong, but worth a log line (unknown variables or annotations).
@@ -559,6 +575,38 @@ impl Settings {
             Duration::from_secs(10),
         );
 
+        let mut s3 = S3Options {
+            endpoint: None,
+            region: raw.s3_region.clone(),
+            path_style: false,
+        };
+        if let Some(e) = &raw.s3_endpoint {
+            if e.starts_with("http://") || e.starts_with("https://") {
+                s3.endpoint = Some(e.trim_end_matches('/').to_string());
+            } else {
+                problems.fail(
+                    &Value {
+                        setting: "LIFEBOAT_S3_ENDPOINT".into(),
+                        text: e.clone(),
+                    },
+                    "accepted: an http:// or https:// URL, e.g. https://s3.example.com".into(),
+                );
+            }
+        }
+        if let Some(p) = &raw.s3_path_style {
+            match p.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => s3.path_style = true,
+                "false" | "0" | "no" | "" => {}
+                _ => problems.fail(
+                    &Value {
+                        setting: "LIFEBOAT_S3_PATH_STYLE".into(),
+                        text: p.clone(),
+                    },
+                    "accepted: true or false".into(),
+                ),
+            }
+        }
+
         if !problems.0.is_empty() {
             return Err(Error::Config(problems.0));
         }
@@ -576,6 +624,7 @@ impl Settings {
             namespace,
             grace_period,
             progress_interval,
+            s3,
             backup_now: inputs
                 .annotations
                 .get(&format!("{PREFIX}backup-now"))

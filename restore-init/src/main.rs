@@ -61,11 +61,7 @@ async fn run() -> lifeboat::Result<()> {
     for w in &s.warnings {
         warn!("{w}");
     }
-    let targets: Vec<_> = s
-        .targets
-        .iter()
-        .map(|t| t.open(&s.namespace, &s.name))
-        .collect();
+    let targets = lifeboat::target::open_all(&s).await;
     match restore::restore_newest(&targets, &s.paths, s.restore, s.progress_interval).await? {
         Outcome::Restored { id, target } => {
             info!(id, target, "restore completed; the app may start")

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use lifeboat::backup::Job;
 use lifeboat::config::{Inputs, Role, Settings};
 use lifeboat::restore;
-use lifeboat::target::{AnyTarget, Stored, Target};
+use lifeboat::target::{Stored, Target};
 use lifeboat::{Error, Result};
 use tracing::{info, warn};
 
@@ -21,16 +21,9 @@ fn settings(role: Role) -> Result<Settings> {
     Ok(s)
 }
 
-fn targets(s: &Settings) -> Vec<AnyTarget> {
-    s.targets
-        .iter()
-        .map(|t| t.open(&s.namespace, &s.name))
-        .collect()
-}
-
 pub async fn backup_now() -> Result<()> {
     let s = settings(Role::Backup)?;
-    let job = Arc::new(Job::new(&s));
+    let job = Arc::new(Job::open(&s).await);
     job.check_targets().await?;
     let mut shutdown = Shutdown::new().map_err(|e| Error::io("installing signal handlers", e))?;
     let cancel: lifeboat::progress::Cancel = Default::default();
@@ -50,7 +43,7 @@ pub async fn backup_now() -> Result<()> {
 
 pub async fn list(json: bool) -> Result<()> {
     let s = settings(Role::Inspect)?;
-    for t in targets(&s) {
+    for t in lifeboat::target::open_all(&s).await {
         let listing = t.list().await?;
         for p in &listing.problems {
             warn!(target = %t.describe(), "unreadable manifest: {p}");
@@ -91,7 +84,7 @@ pub async fn verify(id: Option<String>, all: bool) -> Result<()> {
     let s = settings(Role::Inspect)?;
     let mut failed = Vec::new();
     let mut found = false;
-    for t in targets(&s) {
+    for t in lifeboat::target::open_all(&s).await {
         let listing = t.list().await?;
         let chosen: Vec<&Stored> = match (&id, all) {
             (Some(id), _) => listing
@@ -129,7 +122,7 @@ pub async fn restore(to: PathBuf, id: Option<String>, before: Option<DateTime<Ut
     let s = settings(Role::Inspect)?;
     let mut failures = Vec::new();
     let mut tried = 0;
-    for t in targets(&s) {
+    for t in lifeboat::target::open_all(&s).await {
         let listing = t.list().await?;
         let candidates = listing.artifacts.iter().filter(|a| match (&id, before) {
             (Some(id), _) => &a.manifest.id == id,

@@ -25,7 +25,7 @@ pub async fn run() -> Result<()> {
     for w in &settings.warnings {
         warn!("{w}");
     }
-    let mut job = Arc::new(Job::new(&settings));
+    let mut job = Arc::new(Job::open(&settings).await);
     job.check_targets().await?;
     let mut shutdown = Shutdown::new().map_err(|e| Error::io("installing signal handlers", e))?;
     let mut poll = tokio::time::interval(ANNOTATIONS_POLL);
@@ -72,7 +72,7 @@ pub async fn run() -> Result<()> {
                             let manual = new.backup_now.is_some() && new.backup_now != settings.backup_now;
                             let rescheduled = new.schedule != settings.schedule;
                             settings = new;
-                            job = Arc::new(Job::new(&settings));
+                            job = Arc::new(Job::open(&settings).await);
                             info!(schedule = settings.schedule.as_str(), "annotations changed; settings reloaded");
                             if manual {
                                 break "annotation lifeboat.dev/backup-now";

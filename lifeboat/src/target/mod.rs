@@ -3,6 +3,7 @@
 //! suite in `tests/target_suite.rs`.
 
 pub mod dir;
+pub mod s3;
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -14,25 +15,48 @@ use crate::manifest::Manifest;
 use crate::Result;
 
 pub use dir::DirTarget;
+pub use s3::{S3Options, S3Target};
 
 /// Where artifacts go, as configured in `LIFEBOAT_TARGETS`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetSpec {
     Dir(PathBuf),
+    S3 { bucket: String, prefix: String },
 }
 
 impl TargetSpec {
     pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let ok = (3..=63).contains(&bucket.len())
+                && bucket
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+                && !bucket.starts_with(['-', '.'])
+                && !bucket.ends_with(['-', '.']);
+            if !ok {
+                return Err(format!(
+                    "bucket {bucket:?} is not a valid S3 bucket name (3-63 lowercase letters, digits, '-' or '.'); accepted: s3://bucket/optional/prefix"
+                ));
+            }
+            let prefix = prefix.trim_matches('/');
+            if prefix.split('/').any(|p| p == ".." || p == ".") {
+                return Err("the prefix must not contain . or .. parts".into());
+            }
+            return Ok(TargetSpec::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.to_string(),
+            });
+        }
         let path = if let Some(p) = s.strip_prefix("file://") {
             p
         } else if s.starts_with('/') {
             s
-        } else if s.starts_with("s3://") {
-            return Err(
-                "S3 targets are not available in this version yet; accepted: file:///path".into(),
-            );
         } else {
-            return Err("accepted: file:///absolute/path (a mounted backup PVC)".into());
+            return Err(
+                "accepted: file:///absolute/path (a mounted backup PVC) or s3://bucket/prefix"
+                    .into(),
+            );
         };
         if !path.starts_with('/') {
             return Err("the path after file:// must be absolute, e.g. file:///backup".into());
@@ -41,20 +65,43 @@ impl TargetSpec {
     }
 
     /// Opens the history of one pod (`<namespace>/<name>`) on this target.
-    pub fn open(&self, namespace: &str, name: &str) -> AnyTarget {
+    pub async fn open(&self, namespace: &str, name: &str, s3: &S3Options) -> AnyTarget {
         match self {
             TargetSpec::Dir(base) => AnyTarget::Dir(DirTarget::new(
                 base.clone(),
                 base.join(namespace).join(name),
             )),
+            TargetSpec::S3 { bucket, prefix } => {
+                let root = [prefix.as_str(), namespace, name]
+                    .iter()
+                    .filter(|p| !p.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join("/");
+                AnyTarget::S3(S3Target::new(s3::client(s3).await, bucket.clone(), root))
+            }
         }
     }
+}
+
+/// Opens every configured target for this pod's history, in order.
+pub async fn open_all(settings: &crate::config::Settings) -> Vec<AnyTarget> {
+    let mut out = Vec::new();
+    for spec in &settings.targets {
+        out.push(
+            spec.open(&settings.namespace, &settings.name, &settings.s3)
+                .await,
+        );
+    }
+    out
 }
 
 impl std::fmt::Display for TargetSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TargetSpec::Dir(p) => write!(f, "file://{}", p.display()),
+            TargetSpec::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            TargetSpec::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
         }
     }
 }
@@ -118,10 +165,21 @@ pub trait Upload {
 
 pub enum AnyTarget {
     Dir(DirTarget),
+    S3(S3Target),
+}
+
+impl AnyTarget {
+    /// Whether a failed start check should stop the sidecar. A folder that
+    /// cannot be written is a mount or config mistake; a store that cannot be
+    /// reached may come back, and the next scheduled run tries again.
+    pub fn check_is_fatal(&self) -> bool {
+        matches!(self, AnyTarget::Dir(_))
+    }
 }
 
 pub enum AnyUpload {
     Dir(dir::DirUpload),
+    S3(s3::S3Upload),
 }
 
 impl Target for AnyTarget {
@@ -129,46 +187,55 @@ impl Target for AnyTarget {
     fn describe(&self) -> String {
         match self {
             AnyTarget::Dir(t) => t.describe(),
+            AnyTarget::S3(t) => t.describe(),
         }
     }
     async fn check(&self) -> Result<()> {
         match self {
             AnyTarget::Dir(t) => t.check().await,
+            AnyTarget::S3(t) => t.check().await,
         }
     }
     async fn list(&self) -> Result<Listing> {
         match self {
             AnyTarget::Dir(t) => t.list().await,
+            AnyTarget::S3(t) => t.list().await,
         }
     }
     async fn begin(&self, artifact: &str) -> Result<AnyUpload> {
         match self {
             AnyTarget::Dir(t) => t.begin(artifact).await.map(AnyUpload::Dir),
+            AnyTarget::S3(t) => t.begin(artifact).await.map(AnyUpload::S3),
         }
     }
     async fn open(&self, m: &Manifest) -> Result<ByteStream> {
         match self {
             AnyTarget::Dir(t) => t.open(m).await,
+            AnyTarget::S3(t) => t.open(m).await,
         }
     }
     async fn delete(&self, m: &Manifest) -> Result<()> {
         match self {
             AnyTarget::Dir(t) => t.delete(m).await,
+            AnyTarget::S3(t) => t.delete(m).await,
         }
     }
     async fn mark_verified(&self, m: &Manifest, at: DateTime<Utc>) -> Result<()> {
         match self {
             AnyTarget::Dir(t) => t.mark_verified(m, at).await,
+            AnyTarget::S3(t) => t.mark_verified(m, at).await,
         }
     }
     async fn leftovers(&self) -> Result<Vec<Leftover>> {
         match self {
             AnyTarget::Dir(t) => t.leftovers().await,
+            AnyTarget::S3(t) => t.leftovers().await,
         }
     }
     async fn remove_leftover(&self, name: &str) -> Result<()> {
         match self {
             AnyTarget::Dir(t) => t.remove_leftover(name).await,
+            AnyTarget::S3(t) => t.remove_leftover(name).await,
         }
     }
 }
@@ -177,16 +244,19 @@ impl Upload for AnyUpload {
     async fn write(&mut self, chunk: &[u8]) -> Result<()> {
         match self {
             AnyUpload::Dir(u) => u.write(chunk).await,
+            AnyUpload::S3(u) => u.write(chunk).await,
         }
     }
     async fn commit(self, m: &Manifest) -> Result<()> {
         match self {
             AnyUpload::Dir(u) => u.commit(m).await,
+            AnyUpload::S3(u) => u.commit(m).await,
         }
     }
     async fn abort(self) {
         match self {
             AnyUpload::Dir(u) => u.abort().await,
+            AnyUpload::S3(u) => u.abort().await,
         }
     }
 }

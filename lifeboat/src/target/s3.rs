@@ -1,0 +1,623 @@
+//! An S3 (or S3-compatible) target. Uploads stream from the pipeline as a
+//! multipart upload with a bounded number of parts in memory; the manifest is
+//! put only after the upload completed, so a store that dies mid-upload
+//! leaves no committed artifact.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Region};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream as Body;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::task::JoinHandle;
+
+use super::{ByteStream, Leftover, Listing, Stored, Target, Upload};
+use crate::artifact::{self, MANIFEST_SUFFIX, VERIFIED_SUFFIX};
+use crate::manifest::Manifest;
+use crate::{Error, Result};
+
+/// Size of the first 1,000 parts. S3 needs at least 5 MiB for all but the
+/// last part; 8 MiB keeps requests few without much memory.
+pub const PART_SIZE_MIN: usize = 8 << 20;
+/// Part size doubles after every this many parts, so 10,000 parts hold
+/// ~7.8 TiB (8 MiB x 1,000 x (1 + 2 + ... + 512)); memory stays at the
+/// minimum for artifacts up to ~7.8 GiB and doubles per tier beyond.
+pub const PARTS_PER_TIER: i32 = 1000;
+/// The largest part (S3 allows 5 GiB).
+pub const PART_SIZE_MAX: usize = 4 << 30;
+/// Parts uploading at once. With the one being filled, an upload holds at
+/// most `(PARTS_IN_FLIGHT + 1) * part size` bytes: 24 MiB for most artifacts.
+pub const PARTS_IN_FLIGHT: usize = 2;
+/// The SDK retries throttling, 5xx and transport errors with exponential
+/// backoff; parts are in memory, so each retry resends the same bytes.
+pub const MAX_ATTEMPTS: u32 = 5;
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// One attempt of one request (a part of at most a few hundred MiB).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub fn part_size(part_number: i32) -> usize {
+    let tier = ((part_number - 1) / PARTS_PER_TIER).clamp(0, 9) as u32;
+    (PART_SIZE_MIN << tier).min(PART_SIZE_MAX)
+}
+
+/// `LIFEBOAT_S3_*` settings shared by every S3 target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S3Options {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: bool,
+}
+
+/// Builds a client from the standard AWS chain (env keys, web identity /
+/// IRSA, profile) plus our options.
+pub async fn client(opts: &S3Options) -> Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .build(),
+        );
+    if let Some(r) = &opts.region {
+        loader = loader.region(Region::new(r.clone()));
+    }
+    let sdk = loader.load().await;
+    let mut b = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(opts.path_style);
+    if sdk.region().is_none() {
+        // S3-compatible stores rarely care; AWS itself redirects.
+        b = b.region(Region::new("us-east-1"));
+    }
+    if let Some(e) = &opts.endpoint {
+        b = b.endpoint_url(e);
+    }
+    Client::from_conf(b.build())
+}
+
+pub struct S3Target {
+    client: Client,
+    bucket: String,
+    /// `<prefix>/<namespace>/<name>` without a trailing slash.
+    root: String,
+}
+
+impl S3Target {
+    pub fn new(client: Client, bucket: String, root: String) -> Self {
+        S3Target {
+            client,
+            bucket,
+            root,
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}/{name}", self.root)
+    }
+
+    fn err(&self, message: String) -> Error {
+        Error::Target {
+            target: self.describe(),
+            message,
+        }
+    }
+
+    fn sdk_err<E>(&self, op: &str, e: SdkError<E, HttpResponse>) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        sdk_error(&self.describe(), &self.bucket, op, e)
+    }
+
+    async fn get_small(&self, key: &str) -> Result<Vec<u8>> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.sdk_err(&format!("GetObject {key}"), e))?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| self.err(format!("reading {key}: {e}")))?;
+        Ok(data.into_bytes().to_vec())
+    }
+
+    async fn put_small(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        let key = self.key(name);
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .body(Body::from(bytes))
+            .send()
+            .await
+            .map_err(|e| self.sdk_err(&format!("PutObject {key}"), e))?;
+        Ok(())
+    }
+
+    /// Every key under our root with its last-modified time.
+    async fn keys(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(format!("{}/", self.root))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.sdk_err("ListObjectsV2", e))?;
+            for o in page.contents() {
+                if let Some(k) = o.key() {
+                    let t = o
+                        .last_modified()
+                        .and_then(|t| DateTime::from_timestamp(t.secs(), 0))
+                        .unwrap_or_else(Utc::now);
+                    out.push((k.to_string(), t));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn name_of<'a>(&self, key: &'a str) -> &'a str {
+        key.strip_prefix(&self.root)
+            .and_then(|k| k.strip_prefix('/'))
+            .unwrap_or(key)
+    }
+}
+
+/// A clear message for an SDK error: the operation, the cause, and a hint
+/// for the usual mistakes.
+pub fn sdk_error<E>(target: &str, bucket: &str, op: &str, e: SdkError<E, HttpResponse>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let code = e.code().map(str::to_string);
+    let hint = match (&e, status, code.as_deref()) {
+        (SdkError::DispatchFailure(_) | SdkError::TimeoutError(_), _, _) => {
+            " (cannot reach the store: check LIFEBOAT_S3_ENDPOINT and the network; retried at the next run)".to_string()
+        }
+        (_, _, Some("NoSuchBucket")) | (_, Some(404), None) if op.starts_with("HeadBucket") => {
+            format!(" (bucket {bucket:?} does not exist: create it or fix LIFEBOAT_TARGETS)")
+        }
+        (_, _, Some("NoSuchBucket")) => format!(" (bucket {bucket:?} does not exist: create it or fix LIFEBOAT_TARGETS)"),
+        (_, Some(403), _) | (_, _, Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch")) => {
+            " (access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the pod's role)".to_string()
+        }
+        _ => String::new(),
+    };
+    Error::Target {
+        target: target.to_string(),
+        message: format!("{op} failed: {}{hint}", DisplayErrorContext(&e)),
+    }
+}
+
+impl Target for S3Target {
+    type Upload = S3Upload;
+
+    fn describe(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.root)
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| self.sdk_err("HeadBucket", e))?;
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Listing> {
+        let keys = self.keys().await?;
+        let mut listing = Listing::default();
+        let names: HashSet<&str> = keys.iter().map(|(k, _)| self.name_of(k)).collect();
+        for (key, _) in &keys {
+            let name = self.name_of(key);
+            if name.starts_with('.') || !name.ends_with(MANIFEST_SUFFIX) {
+                continue;
+            }
+            let manifest = match self.get_small(key).await.and_then(|b| {
+                Manifest::from_json(&b)
+                    .map_err(|e| self.err(format!("{key}: not a valid manifest: {e}")))
+            }) {
+                Ok(m) => m,
+                Err(e) => {
+                    listing.problems.push(e.to_string());
+                    continue;
+                }
+            };
+            let vname = artifact::verified_name(&manifest.id);
+            let verified_at = if names.contains(vname.as_str()) {
+                self.get_small(&self.key(&vname))
+                    .await
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .and_then(|v| v.get("verified_at")?.as_str()?.parse().ok())
+            } else {
+                None
+            };
+            listing.artifacts.push(Stored {
+                manifest,
+                verified_at,
+            });
+        }
+        listing.artifacts.sort_by(|a, b| {
+            (b.manifest.started_at, &b.manifest.id).cmp(&(a.manifest.started_at, &a.manifest.id))
+        });
+        Ok(listing)
+    }
+
+    async fn begin(&self, artifact_name: &str) -> Result<S3Upload> {
+        artifact::check_file_name(artifact_name).map_err(|e| self.err(e))?;
+        let key = self.key(artifact_name);
+        let exists = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .is_ok();
+        if exists {
+            return Err(self.err(format!("{key} exists already; refusing to overwrite")));
+        }
+        Ok(S3Upload {
+            target: S3Target::new(self.client.clone(), self.bucket.clone(), self.root.clone()),
+            key,
+            buf: Vec::with_capacity(PART_SIZE_MIN),
+            upload_id: None,
+            next_part: 1,
+            in_flight: VecDeque::new(),
+            done: Vec::new(),
+        })
+    }
+
+    async fn open(&self, m: &Manifest) -> Result<ByteStream> {
+        let key = self.key(&m.artifact);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| self.sdk_err(&format!("GetObject {key}"), e))?;
+        Ok(Box::pin(out.body.into_async_read()))
+    }
+
+    async fn delete(&self, m: &Manifest) -> Result<()> {
+        // The manifest first: a crash in between leaves a leftover, never a
+        // manifest that points at nothing.
+        for name in [
+            artifact::manifest_name(&m.id),
+            m.artifact.clone(),
+            artifact::verified_name(&m.id),
+        ] {
+            let key = self.key(&name);
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| self.sdk_err(&format!("DeleteObject {key}"), e))?;
+        }
+        Ok(())
+    }
+
+    async fn mark_verified(&self, m: &Manifest, at: DateTime<Utc>) -> Result<()> {
+        let body = serde_json::json!({ "id": m.id, "sha256": m.sha256, "verified_at": at });
+        self.put_small(
+            &artifact::verified_name(&m.id),
+            body.to_string().into_bytes(),
+        )
+        .await
+    }
+
+    async fn leftovers(&self) -> Result<Vec<Leftover>> {
+        let keys = self.keys().await?;
+        let committed: HashSet<&str> = keys
+            .iter()
+            .filter_map(|(k, _)| self.name_of(k).strip_suffix(MANIFEST_SUFFIX))
+            .collect();
+        let mut out = Vec::new();
+        for (key, modified) in &keys {
+            let name = self.name_of(key);
+            let orphan = if let Some(id) = name.strip_suffix(VERIFIED_SUFFIX) {
+                !committed.contains(id)
+            } else if name.contains(".tar") {
+                !committed.contains(name.split(".tar").next().unwrap_or_default())
+            } else {
+                false
+            };
+            if orphan {
+                out.push(Leftover {
+                    name: name.to_string(),
+                    modified: *modified,
+                });
+            }
+        }
+        // Multipart uploads a killed sidecar never completed or aborted.
+        let mut key_marker: Option<String> = None;
+        let mut id_marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(format!("{}/", self.root))
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(|e| self.sdk_err("ListMultipartUploads", e))?;
+            for u in page.uploads() {
+                let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                    continue;
+                };
+                let modified = u
+                    .initiated()
+                    .and_then(|t| DateTime::from_timestamp(t.secs(), 0))
+                    .unwrap_or_else(Utc::now);
+                out.push(Leftover {
+                    name: format!("{UPLOAD_PREFIX}{id}:{}", self.name_of(key)),
+                    modified,
+                });
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove_leftover(&self, name: &str) -> Result<()> {
+        if let Some(rest) = name.strip_prefix(UPLOAD_PREFIX) {
+            let (id, file) = rest
+                .split_once(':')
+                .ok_or_else(|| self.err(format!("not an upload leftover: {name}")))?;
+            let key = self.key(file);
+            self.client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&key)
+                .upload_id(id)
+                .send()
+                .await
+                .map_err(|e| self.sdk_err(&format!("AbortMultipartUpload {key}"), e))?;
+            return Ok(());
+        }
+        let key = self.key(name);
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| self.sdk_err(&format!("DeleteObject {key}"), e))?;
+        Ok(())
+    }
+}
+
+/// Leftover names for unfinished multipart uploads: `upload:<id>:<file>`.
+const UPLOAD_PREFIX: &str = "upload:";
+
+pub struct S3Upload {
+    target: S3Target,
+    key: String,
+    buf: Vec<u8>,
+    upload_id: Option<String>,
+    next_part: i32,
+    in_flight: VecDeque<JoinHandle<Result<CompletedPart>>>,
+    done: Vec<CompletedPart>,
+}
+
+impl S3Upload {
+    async fn start_multipart(&mut self) -> Result<String> {
+        if let Some(id) = &self.upload_id {
+            return Ok(id.clone());
+        }
+        let t = &self.target;
+        let out = t
+            .client
+            .create_multipart_upload()
+            .bucket(&t.bucket)
+            .key(&self.key)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .send()
+            .await
+            .map_err(|e| t.sdk_err(&format!("CreateMultipartUpload {}", self.key), e))?;
+        let id = out
+            .upload_id()
+            .ok_or_else(|| t.err("CreateMultipartUpload returned no upload id".into()))?
+            .to_string();
+        self.upload_id = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Sends the buffer as the next part; waits first if too many are in flight.
+    async fn send_part(&mut self) -> Result<()> {
+        let upload_id = self.start_multipart().await?;
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.finish_oldest().await?;
+        }
+        let n = self.next_part;
+        self.next_part += 1;
+        let body = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(part_size(self.next_part)),
+        ));
+        let (client, bucket, key) = (
+            self.target.client.clone(),
+            self.target.bucket.clone(),
+            self.key.clone(),
+        );
+        let describe = self.target.describe();
+        self.in_flight.push_back(tokio::spawn(async move {
+            let out = client
+                .upload_part()
+                .bucket(&bucket)
+                .key(&key)
+                .upload_id(upload_id)
+                .part_number(n)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                .body(Body::from(body))
+                .send()
+                .await
+                .map_err(|e| {
+                    sdk_error(&describe, &bucket, &format!("UploadPart {n} of {key}"), e)
+                })?;
+            Ok(CompletedPart::builder()
+                .part_number(n)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
+                .build())
+        }));
+        Ok(())
+    }
+
+    async fn finish_oldest(&mut self) -> Result<()> {
+        if let Some(h) = self.in_flight.pop_front() {
+            let part = h
+                .await
+                .map_err(|e| self.target.err(format!("part upload task failed: {e}")))??;
+            self.done.push(part);
+        }
+        Ok(())
+    }
+
+    async fn complete(&mut self) -> Result<()> {
+        let t = &self.target;
+        if self.upload_id.is_none() {
+            // Small artifact: one PutObject, no multipart upload at all.
+            let body = std::mem::take(&mut self.buf);
+            t.client
+                .put_object()
+                .bucket(&t.bucket)
+                .key(&self.key)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                .body(Body::from(body))
+                .send()
+                .await
+                .map_err(|e| t.sdk_err(&format!("PutObject {}", self.key), e))?;
+            return Ok(());
+        }
+        if !self.buf.is_empty() {
+            self.send_part().await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.finish_oldest().await?;
+        }
+        let t = &self.target;
+        let mut parts = std::mem::take(&mut self.done);
+        parts.sort_by_key(|p| p.part_number());
+        t.client
+            .complete_multipart_upload()
+            .bucket(&t.bucket)
+            .key(&self.key)
+            .upload_id(self.upload_id.clone().unwrap_or_default())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| t.sdk_err(&format!("CompleteMultipartUpload {}", self.key), e))?;
+        Ok(())
+    }
+}
+
+impl Upload for S3Upload {
+    async fn write(&mut self, mut chunk: &[u8]) -> Result<()> {
+        while !chunk.is_empty() {
+            let want = part_size(self.next_part) - self.buf.len();
+            let n = want.min(chunk.len());
+            self.buf.extend_from_slice(&chunk[..n]);
+            chunk = &chunk[n..];
+            if self.buf.len() == part_size(self.next_part) {
+                self.send_part().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self, manifest: &Manifest) -> Result<()> {
+        if let Err(e) = self.complete().await {
+            self.abort().await;
+            return Err(e);
+        }
+        let name = artifact::manifest_name(&manifest.id);
+        if let Err(e) = self.target.put_small(&name, manifest.to_json()).await {
+            // Without its manifest the artifact does not count; do not leave it behind.
+            let _ = self
+                .target
+                .client
+                .delete_object()
+                .bucket(&self.target.bucket)
+                .key(&self.key)
+                .send()
+                .await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn abort(mut self) {
+        for h in self.in_flight.drain(..) {
+            h.abort();
+        }
+        if let Some(id) = self.upload_id.take() {
+            let t = &self.target;
+            if let Err(e) = t
+                .client
+                .abort_multipart_upload()
+                .bucket(&t.bucket)
+                .key(&self.key)
+                .upload_id(id)
+                .send()
+                .await
+            {
+                tracing::warn!(key = %self.key, error = %DisplayErrorContext(&e), "could not abort the multipart upload; it is cleaned up after a day");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ten_thousand_parts_hold_more_than_five_tib() {
+        let total: u64 = (1..=10_000).map(|n| part_size(n) as u64).sum();
+        assert!(total > 5 << 40, "{total}");
+        assert_eq!(part_size(1), PART_SIZE_MIN);
+        assert_eq!(part_size(1000), PART_SIZE_MIN);
+        assert_eq!(part_size(1001), 2 * PART_SIZE_MIN);
+        assert!(part_size(10_000) <= PART_SIZE_MAX);
+        // Flat memory for everything under ~7.8 GiB.
+        let first_tier: u64 = (1..=1000).map(|n| part_size(n) as u64).sum();
+        assert!(first_tier > 7 << 30);
+    }
+}
