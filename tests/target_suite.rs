@@ -1,6 +1,7 @@
 //! The contract every target must keep, run against each implementation
 //! (litestream's replica-client suite is the model). Only the directory
-//! target exists so far; the S3 target will be added to `every_target`.
+//! target runs against a plain folder; the S3 target against a real
+//! SeaweedFS server on 127.0.0.1.
 
 use chrono::{Duration, TimeZone, Utc};
 use lifeboat::backup::clean_leftovers;
@@ -66,9 +67,12 @@ async fn suite(t: AnyTarget) {
     assert!(ids(&t).await.is_empty());
     assert!(t.leftovers().await.unwrap().is_empty());
 
-    // An upload never committed (the process died) is not listed, only a leftover.
+    // An upload never committed (the process died) is not listed, only a
+    // leftover. Larger than one S3 part, so S3 has a multipart upload open.
     let mut up = t.begin("20260101T000001Z-files.tar.zst").await.unwrap();
-    up.write(b"half").await.unwrap();
+    up.write(&vec![7u8; lifeboat::target::s3::PART_SIZE_MIN + 1])
+        .await
+        .unwrap();
     drop(up);
     assert!(ids(&t).await.is_empty());
     assert_eq!(t.leftovers().await.unwrap().len(), 1);
@@ -124,14 +128,23 @@ async fn suite(t: AnyTarget) {
 async fn directory_target_keeps_the_contract() {
     let tmp = tempfile::tempdir().unwrap();
     let spec = TargetSpec::parse(&format!("file://{}", tmp.path().display())).unwrap();
-    suite(spec.open("default", "suite-0")).await;
+    suite(spec.open("default", "suite-0", &Default::default()).await).await;
+}
+
+#[tokio::test]
+async fn s3_target_keeps_the_contract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weed = lifeboat_tests::Seaweed::start(tmp.path());
+    weed.create_bucket("suite").await;
+    let spec = TargetSpec::parse("s3://suite/some/prefix").unwrap();
+    suite(spec.open("default", "suite-0", &weed.options()).await).await;
 }
 
 #[tokio::test]
 async fn a_bad_manifest_is_reported_not_fatal() {
     let tmp = tempfile::tempdir().unwrap();
     let spec = TargetSpec::parse(tmp.path().to_str().unwrap()).unwrap();
-    let t = spec.open("default", "suite-0");
+    let t = spec.open("default", "suite-0", &Default::default()).await;
     let body = b"x".to_vec();
     let good = manifest("20260102T000000Z-files", &body);
     upload(&t, &good, &body).await;

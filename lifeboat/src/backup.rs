@@ -83,11 +83,7 @@ impl Job {
     pub async fn run(self: &Arc<Self>, cancel: Cancel) -> Result<Manifest> {
         let primary = &self.targets[0];
         let manifest = backup(self.clone(), primary, cancel).await?;
-        for secondary in &self.targets[1..] {
-            if let Err(e) = copy(primary, secondary, &manifest).await {
-                warn!(target = %secondary.describe(), error = %e, "copy to secondary target failed; the primary has the artifact");
-            }
-        }
+        self.sync_secondaries().await;
         for t in &self.targets {
             if let Err(e) = apply_retention(t, &self.settings.retention).await {
                 warn!(target = %t.describe(), error = %e, "retention failed; nothing was lost, it runs again after the next backup");
@@ -98,6 +94,62 @@ impl Job {
         }
         Ok(manifest)
     }
+
+    /// Copies to every secondary target what the primary has and it lacks,
+    /// oldest first, so a target that was unreachable catches up in order.
+    /// Returns how many artifacts are still missing (the backlog).
+    pub async fn sync_secondaries(&self) -> usize {
+        let mut backlog = 0;
+        for secondary in &self.targets[1..] {
+            match sync(&self.targets[0], secondary, &self.settings.retention).await {
+                Ok(()) => {}
+                Err((missing, e)) => {
+                    backlog += missing;
+                    warn!(target = %secondary.describe(), backlog = missing, error = %e, "secondary target is behind; it catches up when it is reachable again");
+                }
+            }
+        }
+        backlog
+    }
+}
+
+/// Copies what `to` lacks of what `from` keeps, oldest first. Stops at the
+/// first error (the target is probably down) and reports what is left.
+async fn sync(
+    from: &AnyTarget,
+    to: &AnyTarget,
+    policy: &retention::Policy,
+) -> std::result::Result<(), (usize, Error)> {
+    let have = from.list().await.map_err(|e| (0, e))?;
+    let times: Vec<(String, DateTime<Utc>)> = have
+        .artifacts
+        .iter()
+        .map(|a| (a.manifest.id.clone(), a.manifest.started_at))
+        .collect();
+    let kept: std::collections::HashSet<String> = retention::plan(&times, policy)
+        .into_iter()
+        .filter(|d| d.keep())
+        .map(|d| d.id)
+        .collect();
+    let mut wanted: Vec<&Manifest> = have
+        .artifacts
+        .iter()
+        .map(|a| &a.manifest)
+        .filter(|m| kept.contains(&m.id))
+        .collect();
+    let there = match to.list().await {
+        Ok(l) => l,
+        Err(e) => return Err((wanted.len(), e)),
+    };
+    wanted.retain(|m| !there.artifacts.iter().any(|a| a.manifest.id == m.id));
+    wanted.reverse();
+    let total = wanted.len();
+    for (done, m) in wanted.into_iter().enumerate() {
+        if let Err(e) = copy(from, to, m).await {
+            return Err((total - done, e));
+        }
+    }
+    Ok(())
 }
 
 /// Picks an id not used yet on this target: two backups in one second
@@ -155,9 +207,11 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
             .await
             .map_err(|e| Error::Source(format!("the backup worker crashed: {e}")))
             .and_then(|r| r);
+        // When the upload failed, the producer only saw the pipe close: the
+        // upload's error is the cause worth reporting.
         let (report, sha256, size) = match (produced, upload_error) {
             (Ok(p), None) => p,
-            (Err(e), _) | (Ok(_), Some(e)) => {
+            (_, Some(e)) | (Err(e), None) => {
                 upload.abort().await;
                 warn!(error = %e, "backup failed; nothing was committed");
                 return Err(e);
@@ -197,6 +251,7 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
             warnings = manifest.warnings.len(),
             seconds = took.as_secs_f64(),
             mib_per_s = mib_per_s(manifest.bytes_in, took),
+            peak_rss_mib = progress::peak_rss_mib().unwrap_or(0),
             "backup committed"
         );
         Ok(manifest)

@@ -86,3 +86,12 @@ pub type Cancel = Arc<AtomicBool>;
 pub fn is_cancelled(c: &Cancel) -> bool {
     c.load(Ordering::Relaxed)
 }
+
+/// This process's peak resident memory in MiB (`VmHWM`), for the result
+/// line of a backup, so memory use is visible where people look.
+pub fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}

