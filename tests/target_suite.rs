@@ -141,6 +141,35 @@ async fn s3_target_keeps_the_contract() {
 }
 
 #[tokio::test]
+async fn retention_never_deletes_the_newest_verified_artifact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = TargetSpec::parse(tmp.path().to_str().unwrap())
+        .unwrap()
+        .open("default", "r-0", &Default::default())
+        .await;
+    let body = b"x".to_vec();
+    let made = [
+        "20260101T000000Z-files",
+        "20260102T000000Z-files",
+        "20260103T000000Z-files",
+    ];
+    for id in made {
+        upload(&t, &manifest(id, &body), &body).await;
+    }
+    t.mark_verified(&manifest(made[0], &body), Utc::now())
+        .await
+        .unwrap();
+    let policy = lifeboat::retention::Policy::parse("last=1").unwrap();
+    lifeboat::backup::apply_retention(&t, &policy)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&t).await,
+        vec![made[2].to_string(), made[0].to_string()]
+    );
+}
+
+#[tokio::test]
 async fn a_bad_manifest_is_reported_not_fatal() {
     let tmp = tempfile::tempdir().unwrap();
     let spec = TargetSpec::parse(tmp.path().to_str().unwrap()).unwrap();

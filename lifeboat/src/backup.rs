@@ -341,7 +341,17 @@ pub async fn apply_retention(target: &AnyTarget, policy: &retention::Policy) -> 
         .iter()
         .map(|a| (a.manifest.id.clone(), a.manifest.started_at))
         .collect();
-    for d in retention::plan(&times, policy) {
+    // The newest artifact that `verify` re-read successfully is the one a
+    // person would trust most; it stays even when the policy would drop it.
+    let newest_verified = listing
+        .artifacts
+        .iter()
+        .find(|a| a.verified_at.is_some())
+        .map(|a| a.manifest.id.clone());
+    for mut d in retention::plan(&times, policy) {
+        if Some(&d.id) == newest_verified.as_ref() {
+            d.reasons.push("newest verified".into());
+        }
         if d.keep() {
             tracing::debug!(id = %d.id, reasons = %d.reasons.join(", "), "retention keeps");
             continue;
