@@ -9,6 +9,8 @@ command -v tar >/dev/null || missing+=(tar)
 command -v gzip >/dev/null || missing+=(gzip)
 command -v sha256sum >/dev/null || missing+=(coreutils)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
+# A real PostgreSQL server for the postgres source tests (initdb, pg_ctl, pg_amcheck).
+[ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15 postgresql-contrib)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   apt-get update -qq

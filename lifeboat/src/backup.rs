@@ -8,12 +8,12 @@ use chrono::{DateTime, Duration, Utc};
 use tracing::{info, warn, Instrument};
 
 use crate::artifact;
-use crate::config::Settings;
+use crate::config::{Settings, SourceKind};
 use crate::manifest::{self, Manifest};
 use crate::pipe::{self, ChunkWriter, HashWriter};
 use crate::progress::{self, mib_per_s, Cancel, Progress};
 use crate::retention;
-use crate::source::{AnySource, FilesSource, Source, SourceCtx, SourceReport};
+use crate::source::{AnySource, FilesSource, PostgresSource, Source, SourceCtx, SourceReport};
 use crate::target::{AnyTarget, Target, TargetSpec, Upload};
 use crate::{Error, Result};
 
@@ -41,11 +41,14 @@ impl Job {
             })
             .filter(|b| settings.paths.iter().any(|p| b.starts_with(p)))
             .collect();
-        let source = AnySource::Files(FilesSource {
-            paths: settings.paths.clone(),
-            exclude: settings.exclude_set.clone(),
-            skip,
-        });
+        let mut files = FilesSource::new(settings.paths.clone(), settings.exclude_set.clone());
+        files.skip = skip;
+        let source = match settings.source {
+            SourceKind::Files => AnySource::Files(files),
+            SourceKind::Postgres => {
+                AnySource::Postgres(PostgresSource::new(files, settings.postgres.clone()))
+            }
+        };
         Job {
             source,
             targets,

@@ -55,12 +55,14 @@ pub enum Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
     Files,
+    Postgres,
 }
 
 impl SourceKind {
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Files => "files",
+            SourceKind::Postgres => "postgres",
         }
     }
 }
@@ -184,7 +186,10 @@ impl Inputs {
 
 /// Every `LIFEBOAT_*` variable, for `--help` texts and typo warnings.
 pub const ENV_VARS: &[(&str, &str)] = &[
-    ("LIFEBOAT_SOURCE", "what to back up: files (default)"),
+    (
+        "LIFEBOAT_SOURCE",
+        "what to back up: files (default) or postgres",
+    ),
     (
         "LIFEBOAT_PATHS",
         "absolute folders, comma-separated (required)",
@@ -281,6 +286,10 @@ pub struct Settings {
     pub grace_period: Duration,
     pub progress_interval: Duration,
     pub s3: S3Options,
+    /// `PG*` connection settings, for the postgres source.
+    pub postgres: crate::source::PgConn,
+    /// `PG_MAJOR`: restore refuses postgres artifacts of another major version.
+    pub pg_major: Option<u64>,
     /// The current value of `lifeboat.dev/backup-now`, if set.
     pub backup_now: Option<String>,
     /// Not wrong, but worth a log line (unknown variables or annotations).
@@ -356,22 +365,21 @@ impl Settings {
 
         let source = match pick(Some("source"), "LIFEBOAT_SOURCE", &raw.source) {
             None => SourceKind::Files,
-            Some(v) => {
-                match v.text.trim() {
-                    "files" | "" => SourceKind::Files,
-                    s @ ("postgres" | "couchdb" | "arangodb") => {
-                        problems.fail(&v, format!("source {s:?} is not available in this version yet; accepted: files"));
-                        SourceKind::Files
-                    }
-                    _ => {
-                        problems.fail(
-                            &v,
-                            "unknown source; accepted: files, postgres, couchdb, arangodb".into(),
-                        );
-                        SourceKind::Files
-                    }
+            Some(v) => match v.text.trim() {
+                "files" | "" => SourceKind::Files,
+                "postgres" => SourceKind::Postgres,
+                s @ ("couchdb" | "arangodb") => {
+                    problems.fail(&v, format!("source {s:?} is not available in this version yet; accepted: files, postgres"));
+                    SourceKind::Files
                 }
-            }
+                _ => {
+                    problems.fail(
+                        &v,
+                        "unknown source; accepted: files, postgres, couchdb, arangodb".into(),
+                    );
+                    SourceKind::Files
+                }
+            },
         };
 
         let mut paths = Vec::new();
@@ -607,6 +615,36 @@ impl Settings {
             }
         }
 
+        if source == SourceKind::Postgres && paths.len() > 1 {
+            problems.0.push(Problem {
+                setting: "LIFEBOAT_PATHS".into(),
+                value: raw.paths.clone().unwrap_or_default(),
+                message: "the postgres source takes exactly one path: PGDATA".into(),
+            });
+        }
+        let postgres = crate::source::PgConn::from_env(&inputs.env).unwrap_or_else(|m| {
+            problems.0.push(Problem {
+                setting: "PGPORT".into(),
+                value: inputs.env.get("PGPORT").cloned().unwrap_or_default(),
+                message: m,
+            });
+            crate::source::PgConn::from_env(&BTreeMap::new()).expect("defaults parse")
+        });
+        let pg_major = match inputs.env.get("PG_MAJOR") {
+            None => None,
+            Some(v) => match v.trim().split('.').next().unwrap_or_default().parse() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    problems.0.push(Problem {
+                        setting: "PG_MAJOR".into(),
+                        value: v.clone(),
+                        message: "accepted: a major version like 15".into(),
+                    });
+                    None
+                }
+            },
+        };
+
         if !problems.0.is_empty() {
             return Err(Error::Config(problems.0));
         }
@@ -625,6 +663,8 @@ impl Settings {
             grace_period,
             progress_interval,
             s3,
+            postgres,
+            pg_major,
             backup_now: inputs
                 .annotations
                 .get(&format!("{PREFIX}backup-now"))

@@ -75,6 +75,7 @@ pub async fn restore_newest(
     targets: &[AnyTarget],
     paths: &[PathBuf],
     mode: RestoreMode,
+    pg_major: Option<u64>,
     progress_every: std::time::Duration,
 ) -> Result<Outcome> {
     let mut replace = mode == RestoreMode::Always;
@@ -116,6 +117,21 @@ pub async fn restore_newest(
         }
         for stored in &listing.artifacts {
             tried += 1;
+            // A server refuses a data directory of another major version at
+            // start; better a clear error now than a crash loop later.
+            let major = crate::source::postgres::artifact_major(&stored.manifest.source_meta);
+            if let (Some(want), Some(got), "postgres") =
+                (pg_major, major, stored.manifest.source.as_str())
+            {
+                if want != got {
+                    warn!(id = %stored.manifest.id, "artifact is from PostgreSQL {got}, PG_MAJOR is {want}; skipped");
+                    failures.push(format!(
+                        "{}: taken on PostgreSQL {got}, but PG_MAJOR is {want}",
+                        stored.manifest.id
+                    ));
+                    continue;
+                }
+            }
             let dests: Vec<(PathBuf, PathBuf)> =
                 paths.iter().map(|p| (p.clone(), p.clone())).collect();
             match restore_one(target, stored, &dests, replace, progress_every).await {

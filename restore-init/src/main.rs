@@ -18,6 +18,7 @@ Environment (each also as a _FILE form):
   LIFEBOAT_NAME         name of the backup history (default: HOSTNAME, the pod name)
   LIFEBOAT_NAMESPACE    namespace folder of the history (default: POD_NAMESPACE or default)
   LIFEBOAT_ANNOTATIONS_FILE  downward-API annotations (lifeboat.dev/restore, /paths override)
+  PG_MAJOR              for postgres: refuse artifacts of another major version
   LIFEBOAT_LOG          log filter (default info)
 
 Exit codes:
@@ -62,7 +63,15 @@ async fn run() -> lifeboat::Result<()> {
         warn!("{w}");
     }
     let targets = lifeboat::target::open_all(&s).await;
-    match restore::restore_newest(&targets, &s.paths, s.restore, s.progress_interval).await? {
+    match restore::restore_newest(
+        &targets,
+        &s.paths,
+        s.restore,
+        s.pg_major,
+        s.progress_interval,
+    )
+    .await?
+    {
         Outcome::Restored { id, target } => {
             info!(id, target, "restore completed; the app may start")
         }

@@ -34,6 +34,62 @@ pub struct FilesSource {
     pub exclude: GlobSet,
     /// Folders never to include, e.g. a backup target that lies inside a path.
     pub skip: Vec<PathBuf>,
+    /// A source's own rule for what to leave out: `(root, path) -> leave out`.
+    pub filter: Option<fn(&Path, &Path) -> bool>,
+}
+
+impl FilesSource {
+    pub fn new(paths: Vec<PathBuf>, exclude: GlobSet) -> Self {
+        FilesSource {
+            paths,
+            exclude,
+            skip: Vec::new(),
+            filter: None,
+        }
+    }
+
+    /// Writes one more file (found after the walk, e.g. WAL) as an entry.
+    pub fn append_file<W: Write>(
+        &self,
+        tar: &mut tar::Builder<W>,
+        ctx: &SourceCtx,
+        report: &mut SourceReport,
+        path: &Path,
+    ) -> Result<bool> {
+        let meta = fs::symlink_metadata(path).ctx("reading", path)?;
+        let mut walk = Walk {
+            tar,
+            ctx,
+            report: std::mem::take(report),
+            links: HashMap::new(),
+            src: self,
+        };
+        let r = walk.entry(path, &meta);
+        *report = walk.report;
+        r
+    }
+
+    /// Writes `data` as a regular file entry named after `path`.
+    pub fn append_bytes<W: Write>(
+        tar: &mut tar::Builder<W>,
+        report: &mut SourceReport,
+        path: &Path,
+        data: &[u8],
+        like: &Metadata,
+    ) -> Result<()> {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0o600);
+        h.set_uid(like.uid() as u64);
+        h.set_gid(like.gid() as u64);
+        h.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
+        h.set_size(data.len() as u64);
+        tar.append_data(&mut h, tar_name(path), data)
+            .map_err(|e| Error::io(format!("writing the tar entry for {}", path.display()), e))?;
+        report.entries += 1;
+        report.bytes_in += data.len() as u64;
+        Ok(())
+    }
 }
 
 impl Source for FilesSource {
@@ -149,6 +205,9 @@ impl<W: Write> Walk<'_, W> {
     fn excluded(&self, root: &Path, path: &Path, name: &OsString) -> bool {
         use std::os::unix::ffi::OsStrExt;
         if is_own_file(name.as_bytes()) || self.src.skip.iter().any(|s| s == path) {
+            return true;
+        }
+        if self.src.filter.is_some_and(|f| f(root, path)) {
             return true;
         }
         let rel = path.strip_prefix(root).unwrap_or(path);
@@ -380,11 +439,7 @@ mod tests {
         let root = dir.path().join("data");
         fs::create_dir(&root).unwrap();
         fs::write(root.join("f"), vec![1u8; 1 << 20]).unwrap();
-        let src = FilesSource {
-            paths: vec![root.clone()],
-            exclude: GlobSet::empty(),
-            skip: vec![],
-        };
+        let src = FilesSource::new(vec![root.clone()], GlobSet::empty());
         // Truncate the file from inside the read, the moment its first bytes are taken.
         struct Shrinker {
             path: PathBuf,

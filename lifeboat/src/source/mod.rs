@@ -2,6 +2,7 @@
 //! one enum for the closed set of implementations.
 
 pub mod files;
+pub mod postgres;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use crate::progress::{Cancel, Progress};
 use crate::Result;
 
 pub use files::FilesSource;
+pub use postgres::{PgConn, PostgresSource};
 
 /// What a source reports once all its entries are written.
 #[derive(Debug, Default, Clone)]
@@ -56,17 +58,20 @@ pub trait Source {
 
 pub enum AnySource {
     Files(FilesSource),
+    Postgres(PostgresSource),
 }
 
 impl Source for AnySource {
     fn kind(&self) -> &'static str {
         match self {
             AnySource::Files(s) => s.kind(),
+            AnySource::Postgres(s) => s.kind(),
         }
     }
     fn paths(&self) -> Vec<String> {
         match self {
             AnySource::Files(s) => s.paths(),
+            AnySource::Postgres(s) => s.paths(),
         }
     }
     fn write_tar<W: Write>(
@@ -76,6 +81,7 @@ impl Source for AnySource {
     ) -> Result<SourceReport> {
         match self {
             AnySource::Files(s) => s.write_tar(tar, ctx),
+            AnySource::Postgres(s) => s.write_tar(tar, ctx),
         }
     }
 }

@@ -1,0 +1,399 @@
+//! The `postgres` source: a physical backup of a running server that the
+//! init container can restore before the server starts (DESIGN §5).
+//!
+//! Over one SQL session kept open for the whole copy: a temporary physical
+//! replication slot (keeps WAL from being recycled during a long copy), the
+//! non-exclusive backup API, a tar of PGDATA without the runtime-only files,
+//! then — after the stop, which writes the end-of-backup record — the WAL
+//! from the start segment through the stop segment, and `backup_label`.
+//! Restored into an empty PGDATA, the server starts, replays that WAL, and
+//! is consistent; no `recovery.signal` is needed.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio_postgres::{Client, NoTls};
+
+use super::{FilesSource, Source, SourceCtx, SourceReport};
+use crate::error::IoContext;
+use crate::{Error, Result};
+
+/// Folders whose contents are runtime state, not data: kept empty in the tar.
+const EMPTY_DIRS: &[&str] = &[
+    "pg_wal",
+    "pg_replslot",
+    "pg_dynshmem",
+    "pg_notify",
+    "pg_serial",
+    "pg_snapshots",
+    "pg_stat_tmp",
+    "pg_subtrans",
+];
+/// Files never copied. `backup_label` and `tablespace_map` are written from
+/// what the stop returns; a leftover from an older backup must not win.
+const SKIP_FILES: &[&str] = &[
+    "postmaster.pid",
+    "postmaster.opts",
+    "pg_internal.init",
+    "backup_label",
+    "backup_label.old",
+    "tablespace_map",
+];
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Connection settings from the standard `PG*` variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgConn {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: String,
+}
+
+impl PgConn {
+    pub fn from_env(env: &BTreeMap<String, String>) -> std::result::Result<Self, String> {
+        let port = match env.get("PGPORT") {
+            Some(p) => p
+                .parse()
+                .map_err(|_| format!("PGPORT={p:?}: accepted: a port number"))?,
+            None => 5432,
+        };
+        Ok(PgConn {
+            host: env
+                .get("PGHOST")
+                .cloned()
+                .unwrap_or_else(|| "localhost".into()),
+            port,
+            user: env
+                .get("PGUSER")
+                .cloned()
+                .unwrap_or_else(|| "postgres".into()),
+            password: env.get("PGPASSWORD").cloned(),
+            dbname: env
+                .get("PGDATABASE")
+                .cloned()
+                .unwrap_or_else(|| "postgres".into()),
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("PostgreSQL at {}:{} as {}", self.host, self.port, self.user)
+    }
+
+    async fn connect(&self) -> Result<Client> {
+        let mut c = tokio_postgres::Config::new();
+        c.host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.dbname)
+            .application_name("lifeboat")
+            .connect_timeout(CONNECT_TIMEOUT);
+        if let Some(p) = &self.password {
+            c.password(p);
+        }
+        let (client, connection) = c.connect(NoTls).await.map_err(|e| self.error(e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "PostgreSQL session ended with an error");
+            }
+        });
+        Ok(client)
+    }
+
+    fn error(&self, e: tokio_postgres::Error) -> Error {
+        let detail = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| {
+                let mut s = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(inner) = src {
+                    s.push_str(": ");
+                    s.push_str(&inner.to_string());
+                    src = inner.source();
+                }
+                s
+            });
+        let hint = if detail.contains("password authentication failed")
+            || detail.contains("password")
+        {
+            " (check PGUSER and PGPASSWORD / PGPASSWORD_FILE)"
+        } else if detail.contains("refused")
+            || detail.contains("timed out")
+            || detail.contains("error connecting")
+        {
+            " (is the server running? check PGHOST and PGPORT)"
+        } else if detail.contains("permission denied") || detail.contains("must be superuser") {
+            " (the user needs the pg_backup_start/pg_backup_stop rights, e.g. a superuser or REPLICATION role)"
+        } else {
+            ""
+        };
+        Error::Source(format!("{}: {detail}{hint}", self.describe()))
+    }
+}
+
+pub struct PostgresSource {
+    files: FilesSource,
+    conn: PgConn,
+}
+
+impl PostgresSource {
+    /// `files` names PGDATA (exactly one path) and the user's excludes.
+    pub fn new(mut files: FilesSource, conn: PgConn) -> Self {
+        files.filter = Some(excluded);
+        PostgresSource { files, conn }
+    }
+
+    fn pgdata(&self) -> &Path {
+        &self.files.paths[0]
+    }
+}
+
+/// The runtime-only parts of PGDATA (DESIGN §5).
+fn excluded(root: &Path, path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if SKIP_FILES.contains(&name) || name.starts_with("pgsql_tmp") {
+        return true;
+    }
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    let mut parts = rel.components();
+    match (parts.next(), parts.next()) {
+        (Some(first), Some(_)) => EMPTY_DIRS.iter().any(|d| first.as_os_str() == *d),
+        _ => false,
+    }
+}
+
+/// `START WAL LOCATION: 0/2000028 (file 000000010000000000000002)` -> the file.
+fn start_wal_file(label: &str) -> Option<String> {
+    let line = label
+        .lines()
+        .find(|l| l.starts_with("START WAL LOCATION:"))?;
+    let file = line.split("(file ").nth(1)?.trim_end_matches(')').trim();
+    Some(file.to_string())
+}
+
+fn label_field<'a>(label: &'a str, key: &str) -> Option<&'a str> {
+    label
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::trim)
+}
+
+fn is_wal_segment(name: &str) -> bool {
+    name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl Source for PostgresSource {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn paths(&self) -> Vec<String> {
+        self.files.paths()
+    }
+
+    fn write_tar<W: std::io::Write>(
+        &self,
+        tar: &mut tar::Builder<W>,
+        ctx: &SourceCtx,
+    ) -> Result<SourceReport> {
+        let pgdata = self.pgdata().to_path_buf();
+        if !pgdata.join("PG_VERSION").is_file() {
+            return Err(Error::Source(format!(
+                "{} is not a PostgreSQL data directory (no PG_VERSION); LIFEBOAT_PATHS must name PGDATA",
+                pgdata.display()
+            )));
+        }
+        let rt = Handle::current();
+        let conn = &self.conn;
+        let sql = |client: &Client, q: &str| -> Result<Vec<tokio_postgres::Row>> {
+            rt.block_on(client.query(q, &[])).map_err(|e| conn.error(e))
+        };
+        // One session for the whole backup: if it breaks, the server ends
+        // the backup by itself and stays in normal mode.
+        let client = rt.block_on(conn.connect())?;
+        let version_num: i32 = sql(&client, "SHOW server_version_num")?[0]
+            .get::<_, String>(0)
+            .parse()
+            .unwrap_or(0);
+        let version: String = sql(&client, "SHOW server_version")?[0].get(0);
+        if version_num < 120000 {
+            return Err(Error::Source(format!(
+                "{}: PostgreSQL {version} is older than 12, which lifeboat supports",
+                conn.describe()
+            )));
+        }
+        let slot = format!("lifeboat_{}", std::process::id());
+        let with_slot = match rt.block_on(client.query(
+            "SELECT 1 FROM pg_create_physical_replication_slot($1, true, true)",
+            &[&slot],
+        )) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %conn.error(e), "no temporary replication slot; WAL could be recycled during a very long copy");
+                false
+            }
+        };
+        let label = format!("lifeboat {}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"));
+        let start_sql = if version_num >= 150000 {
+            "SELECT pg_backup_start($1, true)::text"
+        } else {
+            "SELECT pg_start_backup($1, true, false)::text"
+        };
+        let start_lsn: String = rt
+            .block_on(client.query_one(start_sql, &[&label]))
+            .map_err(|e| conn.error(e))?
+            .get(0);
+        tracing::info!(
+            start_lsn,
+            version,
+            slot = with_slot,
+            "PostgreSQL backup started"
+        );
+
+        let mut report = self.files.write_tar(tar, ctx)?;
+
+        let stop_sql = if version_num >= 150000 {
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
+        } else {
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
+        };
+        let row = rt
+            .block_on(client.query_one(stop_sql, &[]))
+            .map_err(|e| conn.error(e))?;
+        let (stop_lsn, labelfile, spcmap): (String, String, Option<String>) =
+            (row.get(0), row.get(1), row.get(2));
+        let stop_wal: String = rt
+            .block_on(client.query_one("SELECT pg_walfile_name($1::text::pg_lsn)", &[&stop_lsn]))
+            .map_err(|e| conn.error(e))?
+            .get(0);
+        let system_id: String = sql(
+            &client,
+            "SELECT system_identifier::text FROM pg_control_system()",
+        )?[0]
+            .get(0);
+        let start_wal = start_wal_file(&labelfile).ok_or_else(|| {
+            Error::Source(format!(
+                "unexpected backup label from the server: {labelfile:?}"
+            ))
+        })?;
+
+        // The WAL from the start segment through the stop segment, read now
+        // that the stop has written the end-of-backup record, plus timeline
+        // history files, which recovery on a later timeline needs.
+        let wal_dir = pgdata.join("pg_wal");
+        let mut names: Vec<String> = fs::read_dir(&wal_dir)
+            .ctx("listing", &wal_dir)?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        // Fixed-width hex names: text order is timeline, then position.
+        let timeline = &start_wal[..8];
+        let wanted: Vec<&String> = names
+            .iter()
+            .filter(|n| {
+                (is_wal_segment(n)
+                    && n.as_str() >= start_wal.as_str()
+                    && n.as_str() <= stop_wal.as_str())
+                    || n.ends_with(".history")
+            })
+            .collect();
+        for expect in [&start_wal, &stop_wal] {
+            if !names.contains(expect) {
+                return Err(Error::Source(format!(
+                    "WAL segment {expect} is gone from {} before it could be copied; the backup is not usable (give the user REPLICATION rights so a slot keeps WAL)",
+                    wal_dir.display()
+                )));
+            }
+        }
+        for n in &wanted {
+            self.files
+                .append_file(tar, ctx, &mut report, &wal_dir.join(n.as_str()))?;
+        }
+        let root_meta = fs::metadata(&pgdata).ctx("reading", &pgdata)?;
+        FilesSource::append_bytes(
+            tar,
+            &mut report,
+            &pgdata.join("backup_label"),
+            labelfile.as_bytes(),
+            &root_meta,
+        )?;
+        if let Some(map) = spcmap.filter(|m| !m.is_empty()) {
+            FilesSource::append_bytes(
+                tar,
+                &mut report,
+                &pgdata.join("tablespace_map"),
+                map.as_bytes(),
+                &root_meta,
+            )?;
+        }
+        if with_slot {
+            let _ = rt.block_on(client.query("SELECT pg_drop_replication_slot($1)", &[&slot]));
+        }
+        tracing::info!(
+            stop_lsn,
+            wal_files = wanted.len(),
+            "PostgreSQL backup stopped"
+        );
+        report.meta = serde_json::json!({
+            "server_version": version,
+            "server_version_num": version_num,
+            "major": version_num / 10000,
+            "start_lsn": start_lsn,
+            "stop_lsn": stop_lsn,
+            "timeline": u32::from_str_radix(timeline, 16).unwrap_or(0),
+            "system_identifier": system_id,
+            "start_wal": start_wal,
+            "stop_wal": stop_wal,
+            "label": label_field(&labelfile, "LABEL:").unwrap_or_default(),
+        });
+        Ok(report)
+    }
+}
+
+/// The major version an artifact was taken on, if it is a postgres one.
+pub fn artifact_major(meta: &serde_json::Value) -> Option<u64> {
+    meta.get("major")?.as_u64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_files_are_left_out_but_their_folders_kept() {
+        let root = Path::new("/var/lib/postgresql/data");
+        for (p, out) in [
+            ("pg_wal", false),
+            ("pg_wal/000000010000000000000001", true),
+            ("pg_wal/archive_status", true),
+            ("pg_stat_tmp/global.stat", true),
+            ("postmaster.pid", true),
+            ("base/1/pg_internal.init", true),
+            ("base/pgsql_tmp", true),
+            ("base/1/1259", false),
+            ("global/pg_control", false),
+            ("backup_label", true),
+            ("postgresql.conf", false),
+        ] {
+            assert_eq!(excluded(root, &root.join(p)), out, "{p}");
+        }
+    }
+
+    #[test]
+    fn reads_the_start_segment_from_the_label() {
+        let label = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\nLABEL: lifeboat x\n";
+        assert_eq!(
+            start_wal_file(label).as_deref(),
+            Some("000000010000000000000002")
+        );
+        assert_eq!(label_field(label, "LABEL:"), Some("lifeboat x"));
+    }
+}
