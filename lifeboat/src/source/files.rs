@@ -36,6 +36,9 @@ pub struct FilesSource {
     pub skip: Vec<PathBuf>,
     /// A source's own rule for what to leave out: `(root, path) -> leave out`.
     pub filter: Option<fn(&Path, &Path) -> bool>,
+    /// Files change while read and something else repairs that (PostgreSQL
+    /// replays WAL over torn pages): say so at debug level, not as warnings.
+    pub changes_expected: bool,
 }
 
 impl FilesSource {
@@ -45,6 +48,7 @@ impl FilesSource {
             exclude,
             skip: Vec::new(),
             filter: None,
+            changes_expected: false,
         }
     }
 
@@ -304,23 +308,30 @@ impl<W: Write> Walk<'_, W> {
                     || m.len() != meta.len()
             })
             .unwrap_or(false);
-        if body.padded > 0 {
-            self.report.warn(format!(
+        let note = if body.padded > 0 {
+            Some(format!(
                 "{} shrank while read; padded {} byte(s) with zeros",
                 path.display(),
                 body.padded
-            ));
+            ))
         } else if grew {
-            self.report.warn(format!(
+            Some(format!(
                 "{} grew while read; cut at {} bytes",
                 path.display(),
                 meta.len()
-            ));
+            ))
         } else if changed {
-            self.report.warn(format!(
+            Some(format!(
                 "{} changed while read; its copy may be inconsistent",
                 path.display()
-            ));
+            ))
+        } else {
+            None
+        };
+        match note {
+            Some(n) if self.src.changes_expected => tracing::debug!("{n} (repaired on restore)"),
+            Some(n) => self.report.warn(n),
+            None => {}
         }
         self.report.bytes_in += meta.len();
         self.count();

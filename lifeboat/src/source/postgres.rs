@@ -145,6 +145,8 @@ impl PostgresSource {
     /// `files` names PGDATA (exactly one path) and the user's excludes.
     pub fn new(mut files: FilesSource, conn: PgConn) -> Self {
         files.filter = Some(excluded);
+        // Torn pages are expected: WAL from the backup start replays over them.
+        files.changes_expected = true;
         PostgresSource { files, conn }
     }
 
