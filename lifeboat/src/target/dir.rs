@@ -9,7 +9,7 @@ use tokio::fs;
 use tokio::io::AsyncWriteExt;
 
 use super::{ByteStream, Leftover, Listing, Stored, Target, Upload};
-use crate::artifact::{self, MANIFEST_SUFFIX, VERIFIED_SUFFIX};
+use crate::artifact::{self, MANIFEST_SUFFIX};
 use crate::manifest::Manifest;
 use crate::{Error, Result};
 
@@ -153,16 +153,13 @@ impl Target for DirTarget {
             let verified_at = fs::read(self.root.join(artifact::verified_name(&manifest.id)))
                 .await
                 .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .and_then(|v| v.get("verified_at")?.as_str()?.parse().ok());
+                .and_then(|b| super::parse_verified(&b));
             listing.artifacts.push(Stored {
                 manifest,
                 verified_at,
             });
         }
-        listing.artifacts.sort_by(|a, b| {
-            (b.manifest.started_at, &b.manifest.id).cmp(&(a.manifest.started_at, &a.manifest.id))
-        });
+        listing.sort_newest_first();
         Ok(listing)
     }
 
@@ -221,9 +218,11 @@ impl Target for DirTarget {
     }
 
     async fn mark_verified(&self, m: &Manifest, at: DateTime<Utc>) -> Result<()> {
-        let body = serde_json::json!({ "id": m.id, "sha256": m.sha256, "verified_at": at });
-        self.write_durable(&artifact::verified_name(&m.id), body.to_string().as_bytes())
-            .await
+        self.write_durable(
+            &artifact::verified_name(&m.id),
+            &super::verified_record(m, at),
+        )
+        .await
     }
 
     async fn leftovers(&self) -> Result<Vec<Leftover>> {
@@ -250,25 +249,17 @@ impl Target for DirTarget {
                 ));
             }
         }
-        let committed: std::collections::HashSet<String> = names
+        let committed: std::collections::HashSet<&str> = names
             .iter()
             .filter_map(|(n, _)| n.strip_suffix(MANIFEST_SUFFIX))
             .filter(|n| !n.starts_with('.'))
-            .map(str::to_string)
             .collect();
-        for (name, modified) in names {
-            let orphan = if name.ends_with(PARTIAL_SUFFIX) {
-                true
-            } else if let Some(id) = name.strip_suffix(VERIFIED_SUFFIX) {
-                !committed.contains(id)
-            } else if name.contains(".tar") && !name.starts_with('.') {
-                let id = name.split(".tar").next().unwrap_or_default();
-                !committed.contains(id)
-            } else {
-                false
-            };
-            if orphan {
-                out.push(Leftover { name, modified });
+        for (name, modified) in &names {
+            if name.ends_with(PARTIAL_SUFFIX) || super::is_orphan(name, &committed) {
+                out.push(Leftover {
+                    name: name.clone(),
+                    modified: *modified,
+                });
             }
         }
         Ok(out)

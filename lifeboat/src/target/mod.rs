@@ -122,6 +122,39 @@ pub struct Listing {
     pub problems: Vec<String>,
 }
 
+impl Listing {
+    pub fn sort_newest_first(&mut self) {
+        self.artifacts.sort_by(|a, b| {
+            (b.manifest.started_at, &b.manifest.id).cmp(&(a.manifest.started_at, &a.manifest.id))
+        });
+    }
+}
+
+/// The record `verify` leaves beside a manifest (the manifest stays immutable).
+pub fn verified_record(m: &Manifest, at: DateTime<Utc>) -> Vec<u8> {
+    serde_json::json!({ "id": m.id, "sha256": m.sha256, "verified_at": at })
+        .to_string()
+        .into_bytes()
+}
+
+/// When a verified record says the artifact was last verified.
+pub fn parse_verified(bytes: &[u8]) -> Option<DateTime<Utc>> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    v.get("verified_at")?.as_str()?.parse().ok()
+}
+
+/// Whether a stored file belongs to no committed artifact: an artifact or a
+/// verified record whose manifest is missing. `committed` holds the ids.
+pub fn is_orphan(name: &str, committed: &std::collections::HashSet<&str>) -> bool {
+    if name.starts_with('.') {
+        return false;
+    }
+    if let Some(id) = name.strip_suffix(crate::artifact::VERIFIED_SUFFIX) {
+        return !committed.contains(id);
+    }
+    name.contains(".tar") && !committed.contains(name.split(".tar").next().unwrap_or_default())
+}
+
 /// Something written but never committed (a crash, a kill, a full disk).
 #[derive(Debug, Clone)]
 pub struct Leftover {

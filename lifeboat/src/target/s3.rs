@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
 use super::{ByteStream, Leftover, Listing, Stored, Target, Upload};
-use crate::artifact::{self, MANIFEST_SUFFIX, VERIFIED_SUFFIX};
+use crate::artifact::{self, MANIFEST_SUFFIX};
 use crate::manifest::Manifest;
 use crate::{Error, Result};
 
@@ -153,6 +153,17 @@ impl S3Target {
         Ok(())
     }
 
+    async fn delete_key(&self, key: &str) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.sdk_err(&format!("DeleteObject {key}"), e))?;
+        Ok(())
+    }
+
     /// Every key under our root with its last-modified time.
     async fn keys(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
         let mut out = Vec::new();
@@ -253,8 +264,7 @@ impl Target for S3Target {
                 self.get_small(&self.key(&vname))
                     .await
                     .ok()
-                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                    .and_then(|v| v.get("verified_at")?.as_str()?.parse().ok())
+                    .and_then(|b| super::parse_verified(&b))
             } else {
                 None
             };
@@ -263,9 +273,7 @@ impl Target for S3Target {
                 verified_at,
             });
         }
-        listing.artifacts.sort_by(|a, b| {
-            (b.manifest.started_at, &b.manifest.id).cmp(&(a.manifest.started_at, &a.manifest.id))
-        });
+        listing.sort_newest_first();
         Ok(listing)
     }
 
@@ -315,14 +323,7 @@ impl Target for S3Target {
             m.artifact.clone(),
             artifact::verified_name(&m.id),
         ] {
-            let key = self.key(&name);
-            self.client
-                .delete_object()
-                .bucket(&self.bucket)
-                .key(&key)
-                .send()
-                .await
-                .map_err(|e| self.sdk_err(&format!("DeleteObject {key}"), e))?;
+            self.delete_key(&self.key(&name)).await?;
         }
         Ok(())
     }
@@ -345,14 +346,7 @@ impl Target for S3Target {
         let mut out = Vec::new();
         for (key, modified) in &keys {
             let name = self.name_of(key);
-            let orphan = if let Some(id) = name.strip_suffix(VERIFIED_SUFFIX) {
-                !committed.contains(id)
-            } else if name.contains(".tar") {
-                !committed.contains(name.split(".tar").next().unwrap_or_default())
-            } else {
-                false
-            };
-            if orphan {
+            if super::is_orphan(name, &committed) {
                 out.push(Leftover {
                     name: name.to_string(),
                     modified: *modified,
@@ -414,15 +408,7 @@ impl Target for S3Target {
                 .map_err(|e| self.sdk_err(&format!("AbortMultipartUpload {key}"), e))?;
             return Ok(());
         }
-        let key = self.key(name);
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await
-            .map_err(|e| self.sdk_err(&format!("DeleteObject {key}"), e))?;
-        Ok(())
+        self.delete_key(&self.key(name)).await
     }
 }
 
@@ -577,14 +563,7 @@ impl Upload for S3Upload {
         let name = artifact::manifest_name(&manifest.id);
         if let Err(e) = self.target.put_small(&name, manifest.to_json()).await {
             // Without its manifest the artifact does not count; do not leave it behind.
-            let _ = self
-                .target
-                .client
-                .delete_object()
-                .bucket(&self.target.bucket)
-                .key(&self.key)
-                .send()
-                .await;
+            let _ = self.target.delete_key(&self.key).await;
             return Err(e);
         }
         Ok(())
