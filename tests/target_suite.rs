@@ -170,6 +170,42 @@ async fn retention_never_deletes_the_newest_verified_artifact() {
 }
 
 #[tokio::test]
+async fn two_uploads_of_one_name_never_overwrite_each_other() {
+    // An operator's backup-now and the scheduled run in the same second.
+    let tmp = tempfile::tempdir().unwrap();
+    let t = TargetSpec::parse(tmp.path().to_str().unwrap())
+        .unwrap()
+        .open("default", "race-0", &Default::default())
+        .await;
+    let (a, b) = (
+        lifeboat_tests::noise(3000, 1),
+        lifeboat_tests::noise(3000, 2),
+    );
+    let m = manifest("20260101T000000Z-files", &a);
+    let mut up_a = t.begin(&m.artifact).await.unwrap();
+    let mut up_b = t.begin(&m.artifact).await.unwrap();
+    up_a.write(&a).await.unwrap();
+    up_b.write(&b).await.unwrap();
+    up_a.commit(&m).await.unwrap();
+    let mb = manifest("20260101T000000Z-files", &b);
+    assert!(
+        up_b.commit(&mb).await.is_err(),
+        "the second commit must fail"
+    );
+    let listing = t.list().await.unwrap();
+    assert_eq!(listing.artifacts.len(), 1);
+    assert_eq!(listing.artifacts[0].manifest, m);
+    let mut read = Vec::new();
+    t.open(&m)
+        .await
+        .unwrap()
+        .read_to_end(&mut read)
+        .await
+        .unwrap();
+    assert_eq!(read, a, "the committed bytes are the first upload's");
+}
+
+#[tokio::test]
 async fn a_bad_manifest_is_reported_not_fatal() {
     let tmp = tempfile::tempdir().unwrap();
     let spec = TargetSpec::parse(tmp.path().to_str().unwrap()).unwrap();

@@ -15,6 +15,39 @@ use crate::{Error, Result};
 
 const PARTIAL_SUFFIX: &str = ".partial";
 
+/// Temp names are unique per process and write: an operator's `backup-now`
+/// and the sidecar's scheduled run may write in the same folder at once.
+fn partial_name(name: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(".{name}.{}-{n}{PARTIAL_SUFFIX}", std::process::id())
+}
+
+/// Moves `tmp` to `dst` unless `dst` exists. A hard link is the atomic
+/// no-replace rename; where the filesystem has none, an exists check and a
+/// rename is the best there is.
+async fn publish(tmp: &Path, dst: &Path, replace: bool) -> std::io::Result<()> {
+    if replace {
+        return fs::rename(tmp, dst).await;
+    }
+    match fs::hard_link(tmp, dst).await {
+        Ok(()) => fs::remove_file(tmp).await,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(std::io::Error::new(
+            e.kind(),
+            "another backup committed the same name first",
+        )),
+        Err(_) => {
+            if fs::try_exists(dst).await.unwrap_or(false) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "another backup committed the same name first",
+                ));
+            }
+            fs::rename(tmp, dst).await
+        }
+    }
+}
+
 pub struct DirTarget {
     /// The configured folder (the mount point of the backup volume).
     base: PathBuf,
@@ -50,8 +83,8 @@ impl DirTarget {
     }
 
     /// Writes `bytes` under `name` durably: temp file, fsync, rename, fsync folder.
-    async fn write_durable(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        let tmp = self.root.join(format!(".{name}{PARTIAL_SUFFIX}"));
+    async fn write_durable(&self, name: &str, bytes: &[u8], replace: bool) -> Result<()> {
+        let tmp = self.root.join(partial_name(name));
         let dst = self.root.join(name);
         let mut f = fs::File::create(&tmp)
             .await
@@ -60,7 +93,7 @@ impl DirTarget {
             f.write_all(bytes).await?;
             f.sync_all().await?;
             drop(f);
-            fs::rename(&tmp, &dst).await
+            publish(&tmp, &dst, replace).await
         }
         .await;
         if let Err(e) = res {
@@ -175,7 +208,7 @@ impl Target for DirTarget {
                 dst.display()
             )));
         }
-        let tmp = self.root.join(format!(".{artifact_name}{PARTIAL_SUFFIX}"));
+        let tmp = self.root.join(partial_name(artifact_name));
         let file = fs::File::create(&tmp)
             .await
             .map_err(|e| self.io_err("creating", &tmp, e))?;
@@ -221,6 +254,7 @@ impl Target for DirTarget {
         self.write_durable(
             &artifact::verified_name(&m.id),
             &super::verified_record(m, at),
+            true,
         )
         .await
     }
@@ -296,7 +330,7 @@ impl Upload for DirUpload {
         let res = async {
             self.file.flush().await?;
             self.file.sync_all().await?;
-            fs::rename(&self.tmp, &self.dst).await
+            publish(&self.tmp, &self.dst, false).await
         }
         .await;
         if let Err(e) = res {
@@ -307,7 +341,11 @@ impl Upload for DirUpload {
             .await
             .map_err(|e| t.io_err("syncing", t.root(), e))?;
         if let Err(e) = t
-            .write_durable(&artifact::manifest_name(&manifest.id), &manifest.to_json())
+            .write_durable(
+                &artifact::manifest_name(&manifest.id),
+                &manifest.to_json(),
+                false,
+            )
             .await
         {
             // Without its manifest the artifact does not count; do not leave it behind.
