@@ -143,6 +143,19 @@ impl World {
         found
     }
 
+    /// Restore refused the artifact for `why`, and wrote nothing anywhere.
+    fn assert_refused(&self, why: &str) {
+        let out = self.restore();
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(why),
+            "expected {why:?} in:\n{}",
+            stderr(&out)
+        );
+        assert!(self.evil_files().is_empty(), "{:?}", self.evil_files());
+        self.outside_untouched();
+    }
+
     fn outside_untouched(&self) {
         assert_eq!(
             fs::read(self.outside.join("secret")).unwrap(),
@@ -170,11 +183,7 @@ fn dot_dot_names_are_refused() {
             e(b"../evil", EntryType::Regular, b"", b"pwned"),
         ],
     );
-    let out = w.restore();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("contains '..'"), "{}", stderr(&out));
-    assert!(w.evil_files().is_empty(), "{:?}", w.evil_files());
-    w.outside_untouched();
+    w.assert_refused("contains '..'");
 }
 
 #[test]
@@ -195,15 +204,7 @@ fn absolute_names_are_refused() {
             ),
         ],
     );
-    let out = w.restore();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("is an absolute path"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(w.evil_files().is_empty());
-    w.outside_untouched();
+    w.assert_refused("is an absolute path");
 }
 
 #[test]
@@ -279,14 +280,7 @@ fn a_symlink_inside_cannot_be_used_to_write_elsewhere() {
             ),
         ],
     );
-    let out = w.restore();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("through a symlink"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(w.evil_files().is_empty());
+    w.assert_refused("through a symlink");
 }
 
 #[test]
@@ -313,13 +307,5 @@ fn a_hard_link_to_an_outside_file_is_refused() {
             ),
         ],
     );
-    let out = w.restore();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("hard link to a file outside"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(w.evil_files().is_empty());
-    w.outside_untouched();
+    w.assert_refused("hard link to a file outside");
 }
