@@ -46,6 +46,10 @@ pub enum Error {
     #[error("{tried} artifact(s) found but none verified; the volume was left untouched:\n{}", .failures.join("\n"))]
     NothingRestorable { tried: usize, failures: Vec<String> },
 
+    /// `verify` re-read artifacts and some failed; each was reported as it failed.
+    #[error("{failed} of {checked} artifact(s) failed verification; see the FAILED lines")]
+    VerifyFailed { failed: usize, checked: usize },
+
     /// An artifact or ID asked for by name does not exist.
     #[error("no committed artifact with id {0:?} (run `lifeboat-sidecar list`)")]
     NotFound(String),

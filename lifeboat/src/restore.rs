@@ -238,9 +238,7 @@ async fn restore_one(
                 return Err(e);
             }
         };
-        for w in &report.warnings {
-            warn!("{w}");
-        }
+        // Entry warnings were logged as they happened (tar_read::Walker::warn).
         for (i, (_, dest)) in dests.iter().enumerate() {
             move_into_place(&mappings[i].staging, dest, report.roots[i], replace, m)?;
         }

@@ -313,7 +313,7 @@ impl<'a> Walker<'a> {
                 })?;
                 self.report.bytes_in += n;
                 self.progress.add_bytes(n);
-                self.chown(&dest, meta, false)?;
+                self.chown(&dest, meta)?;
                 f.set_permissions(fs::Permissions::from_mode(meta.mode))
                     .ctx("setting the mode of", &dest)?;
                 let t = FileTime::from_unix_time(meta.mtime as i64, 0);
@@ -339,7 +339,7 @@ impl<'a> Walker<'a> {
                 }
                 remove_non_dir(&dest)?;
                 std::os::unix::fs::symlink(&target, &dest).ctx("creating the symlink", &dest)?;
-                self.chown(&dest, meta, true)?;
+                self.chown(&dest, meta)?;
                 let t = FileTime::from_unix_time(meta.mtime as i64, 0);
                 filetime::set_symlink_file_times(&dest, t, t).ctx("setting the mtime of", &dest)?;
             }
@@ -417,7 +417,7 @@ impl<'a> Walker<'a> {
         Ok(())
     }
 
-    fn chown(&mut self, path: &Path, meta: DirMeta, _is_link: bool) -> Result<()> {
+    fn chown(&mut self, path: &Path, meta: DirMeta) -> Result<()> {
         if !self.as_root {
             if !self.warned_owner {
                 self.warned_owner = true;

@@ -82,8 +82,7 @@ pub async fn list(json: bool) -> Result<()> {
 
 pub async fn verify(id: Option<String>, all: bool) -> Result<()> {
     let s = settings(Role::Inspect)?;
-    let mut failed = Vec::new();
-    let mut found = false;
+    let (mut checked, mut failed) = (0, 0);
     for t in lifeboat::target::open_all(&s).await {
         let listing = t.list().await?;
         let chosen: Vec<&Stored> = match (&id, all) {
@@ -96,24 +95,21 @@ pub async fn verify(id: Option<String>, all: bool) -> Result<()> {
             (None, false) => listing.artifacts.iter().take(1).collect(),
         };
         for a in chosen {
-            found = true;
+            checked += 1;
             match restore::verify(&t, &a.manifest, s.progress_interval).await {
                 Ok(_) => println!("ok      {} {}", a.manifest.id, t.describe()),
                 Err(e) => {
                     println!("FAILED  {} {}: {e}", a.manifest.id, t.describe());
-                    failed.push(e.to_string());
+                    failed += 1;
                 }
             }
         }
     }
-    if let Some(id) = id.filter(|_| !found) {
+    if let Some(id) = id.filter(|_| checked == 0) {
         return Err(Error::NotFound(id));
     }
-    if !failed.is_empty() {
-        return Err(Error::Corrupt {
-            id: format!("{} artifact(s)", failed.len()),
-            reason: failed.join("; "),
-        });
+    if failed > 0 {
+        return Err(Error::VerifyFailed { failed, checked });
     }
     Ok(())
 }

@@ -122,15 +122,18 @@ impl S3Target {
         sdk_error(&self.describe(), &self.bucket, op, e)
     }
 
-    async fn get_small(&self, key: &str) -> Result<Vec<u8>> {
-        let out = self
-            .client
+    async fn get(&self, key: &str) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput> {
+        self.client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
             .send()
             .await
-            .map_err(|e| self.sdk_err(&format!("GetObject {key}"), e))?;
+            .map_err(|e| self.sdk_err(&format!("GetObject {key}"), e))
+    }
+
+    async fn get_small(&self, key: &str) -> Result<Vec<u8>> {
+        let out = self.get(key).await?;
         let data = out
             .body
             .collect()
@@ -303,15 +306,7 @@ impl Target for S3Target {
     }
 
     async fn open(&self, m: &Manifest) -> Result<ByteStream> {
-        let key = self.key(&m.artifact);
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await
-            .map_err(|e| self.sdk_err(&format!("GetObject {key}"), e))?;
+        let out = self.get(&self.key(&m.artifact)).await?;
         Ok(Box::pin(out.body.into_async_read()))
     }
 
