@@ -47,16 +47,6 @@ impl Pg {
         fs::write(&pwfile, PASSWORD).unwrap();
         run_ok(Command::new("chown").args(["postgres:postgres", pwfile.to_str().unwrap()]));
         let data = root.join("data");
-        run_ok(&mut as_postgres(&[
-            &format!("{BIN}/initdb"),
-            "-D",
-            data.to_str().unwrap(),
-            "-U",
-            "postgres",
-            "--auth-local=trust",
-            "--auth-host=scram-sha-256",
-            &format!("--pwfile={}", pwfile.display()),
-        ]));
         let backup = tmp.path().join("backup");
         fs::create_dir(&backup).unwrap();
         let mut pg = Pg {
@@ -67,8 +57,23 @@ impl Pg {
             port: free_port(),
             running: false,
         };
+        pg.initdb();
         pg.start();
         pg
+    }
+
+    /// A new, empty cluster in PGDATA, as a fresh pod's image creates one.
+    fn initdb(&self) {
+        run_ok(&mut as_postgres(&[
+            &format!("{BIN}/initdb"),
+            "-D",
+            self.data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            &format!("--pwfile={}", self.root.join("pw").display()),
+        ]));
     }
 
     fn start(&mut self) {
@@ -142,12 +147,16 @@ impl Pg {
     }
 
     async fn client(&self) -> tokio_postgres::Client {
+        self.client_of("postgres").await
+    }
+
+    async fn client_of(&self, db: &str) -> tokio_postgres::Client {
         let mut c = tokio_postgres::Config::new();
         c.host("127.0.0.1")
             .port(self.port)
             .user("postgres")
             .password(PASSWORD)
-            .dbname("postgres");
+            .dbname(db);
         let (client, conn) = c.connect(tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
         client
@@ -443,4 +452,299 @@ fn an_artifact_of_another_major_version_is_refused() {
     assert!(!pg.data.exists() || fs::read_dir(&pg.data).unwrap().next().is_none());
     run_ok(&mut pg.cmd("lifeboat-restore", &[("PG_MAJOR", "15")]));
     pg.start();
+}
+
+/// A database name that needs quoting everywhere: in SQL, in a libpq
+/// connection string (`=`, `'`), and as a file name (`/`).
+const WEIRD_DB: &str = "Sales \"Q1\" = 'ü'/x";
+
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Every row of every table in `public` of each database, as text, plus the
+/// role's password hash: what a user would compare after a restore.
+async fn logical_snapshot(pg: &Pg) -> Vec<String> {
+    let mut out = Vec::new();
+    for db in ["app", WEIRD_DB] {
+        let c = pg.client_of(db).await;
+        let tables: Vec<String> = c
+            .query(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for t in tables {
+            let rows: String = c
+                .query_one(
+                    &format!(
+                        "SELECT coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '') FROM {} t",
+                        ident(&t)
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            out.push(format!("{db}.{t}:\n{rows}"));
+        }
+    }
+    let c = pg.client().await;
+    let role: String = c
+        .query_one(
+            "SELECT rolname || ' ' || rolcanlogin || ' ' || rolpassword FROM pg_authid WHERE rolname = 'app_owner'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    out.push(role);
+    let owner: String = c
+        .query_one(
+            "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = 'app'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    out.push(format!("app owned by {owner}"));
+    out
+}
+
+/// Runs `lifeboat-sidecar run` in the background until `log` shows `needle`.
+fn sidecar_until(pg: &Pg, env: &[(&'static str, &str)], log: &Path, needle: &str) {
+    let mut child = pg
+        .cmd("lifeboat-sidecar", env)
+        .stderr(fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            break;
+        }
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("sidecar never logged {needle:?}:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SIGTERM: an idle sidecar exits 0 at once.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "{status}: {}",
+        fs::read_to_string(log).unwrap()
+    );
+}
+
+#[test]
+fn logical_mode_round_trips_two_databases_through_the_pending_load() {
+    let mut pg = Pg::init();
+    let vol = pg.root.join("volume");
+    fs::create_dir(&vol).unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let c = pg.client().await;
+        for sql in [
+            "CREATE ROLE app_owner LOGIN PASSWORD 'app-secret'",
+            "CREATE DATABASE app OWNER app_owner",
+        ] {
+            c.batch_execute(sql).await.unwrap();
+        }
+        c.batch_execute(&format!("CREATE DATABASE {}", ident(WEIRD_DB)))
+            .await
+            .unwrap();
+        pg.client_of("app")
+            .await
+            .batch_execute(
+                "SET ROLE app_owner;
+                 CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, blob bytea);
+                 INSERT INTO items SELECT g, 'item ' || g || ' ü', decode(md5(g::text) || md5((g * 7)::text), 'hex')
+                   FROM generate_series(1, 20000) g;
+                 CREATE VIEW recent AS SELECT * FROM items WHERE id > 19990;",
+            )
+            .await
+            .unwrap();
+        pg.client_of(WEIRD_DB)
+            .await
+            .batch_execute(
+                "CREATE TABLE \"Quoted Table\" (k text PRIMARY KEY, v jsonb);
+                 INSERT INTO \"Quoted Table\" VALUES ('a', '{\"x\": 1}'), ('b''s', '[1, 2, 3]');",
+            )
+            .await
+            .unwrap();
+    });
+    let before = rt.block_on(logical_snapshot(&pg));
+    let path = format!("{BIN}:{}", std::env::var("PATH").unwrap_or_default());
+    let vol_s = vol.to_str().unwrap();
+    let env = [
+        ("LIFEBOAT_POSTGRES_MODE", "logical"),
+        ("LIFEBOAT_PATHS", vol_s),
+        ("LIFEBOAT_SCHEDULE", "0 0 1 1 *"),
+        ("PATH", path.as_str()),
+    ];
+
+    // Without PostgreSQL's client tools: a setup error at once.
+    let out = pg
+        .cmd(
+            "lifeboat-sidecar",
+            &[
+                ("LIFEBOAT_POSTGRES_MODE", "logical"),
+                ("LIFEBOAT_PATHS", vol_s),
+                // Debian puts wrappers in /usr/bin: an empty PATH is sure.
+                ("PATH", "/nonexistent"),
+            ],
+        )
+        .arg("backup-now")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("LIFEBOAT_POSTGRES_MODE")
+            && stderr(&out).contains("pg_dump is not on PATH"),
+        "{}",
+        stderr(&out)
+    );
+
+    run_ok(pg.cmd("lifeboat-sidecar", &env).arg("backup-now"));
+    let hist = history(&pg.backup, "pg-0");
+    let artifact = artifacts(&hist).pop().expect("one artifact");
+    let manifest_path = hist.join(
+        artifact
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .replace(".tar.zst", ".manifest.json"),
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(manifest_path).unwrap()).unwrap();
+    assert_eq!(manifest["layout"], "logical");
+    let dbs: Vec<&str> = manifest["source_meta"]["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(dbs, ["Sales \"Q1\" = 'ü'/x", "app", "postgres"]);
+    // A plain tar: the dumps are where the README says.
+    let mut names: Vec<String> =
+        tar::Archive::new(zstd::Decoder::new(fs::File::open(&artifact).unwrap()).unwrap())
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "postgres/Sales \"Q1\" = 'ü'%2Fx.dump",
+            "postgres/app.dump",
+            "postgres/postgres.dump",
+            "postgres/roles.sql"
+        ]
+    );
+
+    // An operator's copy for inspection lands where `tar -x` would put it.
+    let inspect = pg.root.join("inspect");
+    run_ok(
+        pg.cmd("lifeboat-sidecar", &env)
+            .args(["restore", "--to"])
+            .arg(&inspect),
+    );
+    let roles = fs::read_to_string(inspect.join("postgres/roles.sql")).unwrap();
+    assert!(roles.contains("CREATE ROLE \"app_owner\""), "{roles}");
+    assert!(inspect.join("postgres/app.dump").is_file());
+
+    // A new pod: a fresh cluster in which the image created an empty `app`.
+    pg.stop();
+    pg.wipe();
+    pg.initdb();
+    pg.start();
+    rt.block_on(async {
+        pg.client()
+            .await
+            .batch_execute("CREATE DATABASE app")
+            .await
+            .unwrap()
+    });
+    let out = run_ok(&mut pg.cmd("lifeboat-restore", &env));
+    assert!(stderr(&out).contains("staged"), "{}", stderr(&out));
+    assert!(vol.join(".lifeboat-pending/manifest.json").is_file());
+
+    // Until the dump is loaded, a backup would record an empty server.
+    let out = pg
+        .cmd("lifeboat-sidecar", &env)
+        .arg("backup-now")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not loaded yet"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Data lifeboat did not load is never dropped to make room.
+    rt.block_on(async {
+        pg.client_of("app")
+            .await
+            .batch_execute("CREATE TABLE someone_elses (x int)")
+            .await
+            .unwrap()
+    });
+    let log = pg.root.join("sidecar.log");
+    sidecar_until(
+        &pg,
+        &env,
+        &log,
+        "lifeboat does not replace data it did not load",
+    );
+    assert!(vol.join(".lifeboat-pending/manifest.json").is_file());
+    rt.block_on(async {
+        pg.client_of("app")
+            .await
+            .batch_execute("DROP TABLE someone_elses")
+            .await
+            .unwrap()
+    });
+
+    // Started again (as Kubernetes restarts it), the sidecar loads the dump.
+    sidecar_until(&pg, &env, &log, "next scheduled backup");
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.contains("restored dump loaded"), "{text}");
+    assert!(!vol.join(".lifeboat-pending").exists());
+    let marker: serde_json::Value =
+        serde_json::from_slice(&fs::read(vol.join(".lifeboat-restored")).unwrap()).unwrap();
+    assert_eq!(marker["id"], manifest["id"]);
+
+    let after = rt.block_on(logical_snapshot(&pg));
+    assert_eq!(before, after);
+    // The role came back with its password: the app can log in.
+    rt.block_on(async {
+        let mut c = tokio_postgres::Config::new();
+        c.host("127.0.0.1")
+            .port(pg.port)
+            .user("app_owner")
+            .password("app-secret")
+            .dbname("app");
+        let (client, conn) = c.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM recent", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 10);
+    });
+    // Next start: nothing pending, nothing loaded twice; backups work again.
+    run_ok(pg.cmd("lifeboat-sidecar", &env).arg("backup-now"));
+    assert_eq!(artifacts(&hist).len(), 2);
 }

@@ -8,12 +8,14 @@ use chrono::{DateTime, Duration, Utc};
 use tracing::{info, warn, Instrument};
 
 use crate::artifact;
-use crate::config::{Settings, SourceKind};
+use crate::config::{PgMode, Settings, SourceKind};
 use crate::manifest::{self, Manifest};
 use crate::pipe::{self, ChunkWriter, HashWriter};
 use crate::progress::{self, mib_per_s, Cancel, Progress};
 use crate::retention;
-use crate::source::{AnySource, FilesSource, PostgresSource, Source, SourceCtx, SourceReport};
+use crate::source::{
+    AnySource, FilesSource, PgDumpSource, PostgresSource, Source, SourceCtx, SourceReport,
+};
 use crate::target::{AnyTarget, Target, TargetSpec, Upload};
 use crate::{Error, Result};
 
@@ -45,9 +47,17 @@ impl Job {
         files.skip = skip;
         let source = match settings.source {
             SourceKind::Files => AnySource::Files(files),
-            SourceKind::Postgres => {
-                AnySource::Postgres(PostgresSource::new(files, settings.postgres.clone()))
-            }
+            SourceKind::Postgres => match settings.postgres_mode {
+                PgMode::Physical => {
+                    AnySource::Postgres(PostgresSource::new(files, settings.postgres.clone()))
+                }
+                PgMode::Logical => AnySource::PgDump(PgDumpSource {
+                    conn: settings.postgres.clone(),
+                    databases: settings.databases.clone(),
+                    paths: settings.paths.clone(),
+                    spool_dir: settings.spool_dir.clone(),
+                }),
+            },
         };
         Job {
             source,
@@ -56,10 +66,20 @@ impl Job {
         }
     }
 
-    /// Checks every target can be written. A target that cannot is a
-    /// configuration problem (wrong path, missing mount), reported as such.
-    pub async fn check_targets(&self) -> Result<()> {
+    /// Checks every target can be written and the source's tools exist.
+    /// Failing either is a setup problem (wrong path, missing mount, wrong
+    /// image), reported as such at start rather than at the first backup.
+    pub async fn check(&self) -> Result<()> {
         let mut problems = Vec::new();
+        if let AnySource::PgDump(_) = self.source {
+            if let Err(message) = crate::source::pg_dump::check_tools() {
+                problems.push(crate::config::Problem {
+                    setting: "LIFEBOAT_POSTGRES_MODE".into(),
+                    value: "logical".into(),
+                    message,
+                });
+            }
+        }
         for (spec, t) in self.settings.targets.iter().zip(&self.targets) {
             match t.check().await {
                 Ok(()) => {}
@@ -190,7 +210,9 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
         let producer = {
             let job = job.clone();
             let ctx = SourceCtx { progress: progress.clone(), cancel: cancel.clone() };
-            tokio::task::spawn_blocking(move || produce(&job, tx, &ctx))
+            // The source's own log lines belong to this backup too.
+            let span = tracing::Span::current();
+            tokio::task::spawn_blocking(move || span.in_scope(|| produce(&job, tx, &ctx)))
         };
 
         let mut upload_error = None;
@@ -232,6 +254,7 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
             name: settings.name.clone(),
             namespace: settings.namespace.clone(),
             source: source_kind.into(),
+            layout: job.source.layout(),
             paths: job.source.paths(),
             started_at,
             finished_at: Utc::now(),

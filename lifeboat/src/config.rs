@@ -52,6 +52,16 @@ pub enum Role {
     Inspect,
 }
 
+/// How the postgres source backs up (`LIFEBOAT_POSTGRES_MODE`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PgMode {
+    /// PGDATA and WAL: restored before the server starts, same major only.
+    #[default]
+    Physical,
+    /// `pg_dump` per database: loaded after the server starts, any newer major.
+    Logical,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
     Files,
@@ -236,6 +246,14 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "how often long work logs progress (default: 10s)",
     ),
     (
+        "LIFEBOAT_POSTGRES_MODE",
+        "physical (default: PGDATA + WAL) or logical (pg_dump per database)",
+    ),
+    (
+        "LIFEBOAT_DATABASES",
+        "logical dumps: databases to include, comma-separated (default: all)",
+    ),
+    (
         "LIFEBOAT_S3_ENDPOINT",
         "S3-compatible endpoint URL, e.g. http://minio:9000",
     ),
@@ -267,6 +285,8 @@ struct RawEnv {
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
     s3_path_style: Option<String>,
+    postgres_mode: Option<String>,
+    databases: Option<String>,
 }
 
 /// Validated settings. Built only through [`Settings::from_inputs`].
@@ -290,6 +310,12 @@ pub struct Settings {
     pub postgres: crate::source::PgConn,
     /// `PG_MAJOR`: restore refuses postgres artifacts of another major version.
     pub pg_major: Option<u64>,
+    /// `LIFEBOAT_POSTGRES_MODE`.
+    pub postgres_mode: PgMode,
+    /// `LIFEBOAT_DATABASES`: which databases a logical dump covers (`None`: all).
+    pub databases: Option<Vec<String>>,
+    /// Where dumps wait for their tar header: `TMPDIR`, else `/tmp`.
+    pub spool_dir: PathBuf,
     /// The current value of `lifeboat.dev/backup-now`, if set.
     pub backup_now: Option<String>,
     /// Not wrong, but worth a log line (unknown variables or annotations).
@@ -615,11 +641,54 @@ impl Settings {
             }
         }
 
+        let postgres_mode = match &raw.postgres_mode {
+            None => PgMode::Physical,
+            Some(m) => match m.trim() {
+                "physical" | "" => PgMode::Physical,
+                "logical" => PgMode::Logical,
+                _ => {
+                    problems.fail(
+                        &Value {
+                            setting: "LIFEBOAT_POSTGRES_MODE".into(),
+                            text: m.clone(),
+                        },
+                        "accepted: physical (PGDATA and WAL, restored before the server starts) or logical (pg_dump per database)".into(),
+                    );
+                    PgMode::Physical
+                }
+            },
+        };
+        if raw.postgres_mode.is_some() && source != SourceKind::Postgres {
+            warnings.push(format!(
+                "LIFEBOAT_POSTGRES_MODE is ignored: the source is {}",
+                source.as_str()
+            ));
+        }
+        let databases = match &raw.databases {
+            None => None,
+            Some(list) => {
+                let names: Vec<String> = split_list(list).into_iter().map(String::from).collect();
+                if names.is_empty() {
+                    problems.fail(
+                        &Value {
+                            setting: "LIFEBOAT_DATABASES".into(),
+                            text: list.clone(),
+                        },
+                        "no database named; expected a comma list like app,analytics, or leave it unset for all".into(),
+                    );
+                }
+                Some(names)
+            }
+        };
         if source == SourceKind::Postgres && paths.len() > 1 {
             problems.0.push(Problem {
                 setting: "LIFEBOAT_PATHS".into(),
                 value: raw.paths.clone().unwrap_or_default(),
-                message: "the postgres source takes exactly one path: PGDATA".into(),
+                message: match postgres_mode {
+                    PgMode::Physical => "the postgres source takes exactly one path: PGDATA",
+                    PgMode::Logical => "the logical postgres mode takes exactly one path: the volume where a restore stages the dump (PGDATA's parent)",
+                }
+                .into(),
             });
         }
         let postgres = crate::source::PgConn::from_env(&inputs.env).unwrap_or_else(|m| {
@@ -665,6 +734,13 @@ impl Settings {
             s3,
             postgres,
             pg_major,
+            postgres_mode,
+            databases,
+            spool_dir: inputs
+                .env
+                .get("TMPDIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/tmp")),
             backup_now: inputs
                 .annotations
                 .get(&format!("{PREFIX}backup-now"))

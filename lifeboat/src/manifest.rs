@@ -17,7 +17,12 @@ pub struct Manifest {
     pub name: String,
     pub namespace: String,
     pub source: String,
-    /// Absolute paths that were backed up; tar entry names are these without the leading `/`.
+    /// How the tar is laid out and put back; absent in older manifests.
+    #[serde(default)]
+    pub layout: Layout,
+    /// Absolute paths that were backed up; with `layout: paths` tar entry
+    /// names are these without the leading `/`. With `layout: logical` the
+    /// first is where the init container stages the dump for loading.
     pub paths: Vec<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
@@ -38,6 +43,20 @@ pub struct Manifest {
     pub tool_version: String,
     /// Source-specific facts (Postgres LSNs, CouchDB doc counts, ...).
     pub source_meta: serde_json::Value,
+}
+
+/// What the entries of an artifact are, which decides how it is restored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// Files under their absolute paths (without the leading `/`): the init
+    /// container puts them back before the app starts.
+    #[default]
+    Paths,
+    /// A logical dump under `<source>/` (e.g. `postgres/app.dump`): the init
+    /// container verifies and stages it, and the sidecar loads it through
+    /// the server once that answers (DESIGN §4, "pending load").
+    Logical,
 }
 
 impl Manifest {

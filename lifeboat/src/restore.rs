@@ -14,7 +14,8 @@ use tracing::{info, warn, Instrument};
 
 use crate::config::RestoreMode;
 use crate::error::IoContext;
-use crate::manifest::Manifest;
+use crate::manifest::{Layout, Manifest};
+use crate::pending::{self, PENDING_DIR};
 use crate::pipe::{self, ChunkReader};
 use crate::progress::{self, mib_per_s, Cancel, Progress};
 use crate::tar_read::{self, Mapping, Mode, ReadReport};
@@ -31,6 +32,12 @@ const STAGING_PREFIX: &str = ".lifeboat-staging-";
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     Restored {
+        id: String,
+        target: String,
+    },
+    /// A logical dump was verified and staged in `<path>/.lifeboat-pending`;
+    /// the sidecar loads it once the server answers.
+    Staged {
         id: String,
         target: String,
     },
@@ -62,7 +69,11 @@ fn state(path: &Path) -> Result<State> {
         if n == RESTORING_MARKER.as_bytes() {
             return Ok(State::Interrupted);
         }
-        if n == b"lost+found" || n.starts_with(STAGING_PREFIX.as_bytes()) {
+        // A staged dump alone is not data: the app never started on it.
+        if n == b"lost+found"
+            || n.starts_with(STAGING_PREFIX.as_bytes())
+            || n == PENDING_DIR.as_bytes()
+        {
             continue;
         }
         s = State::HasData;
@@ -119,10 +130,14 @@ pub async fn restore_newest(
             tried += 1;
             // A server refuses a data directory of another major version at
             // start; better a clear error now than a crash loop later.
+            // A logical dump loads into a newer server, so only physical ones are checked.
             let major = crate::source::postgres::artifact_major(&stored.manifest.source_meta);
-            if let (Some(want), Some(got), "postgres") =
-                (pg_major, major, stored.manifest.source.as_str())
-            {
+            if let (Some(want), Some(got), "postgres", Layout::Paths) = (
+                pg_major,
+                major,
+                stored.manifest.source.as_str(),
+                stored.manifest.layout,
+            ) {
                 if want != got {
                     warn!(id = %stored.manifest.id, "artifact is from PostgreSQL {got}, PG_MAJOR is {want}; skipped");
                     failures.push(format!(
@@ -132,22 +147,27 @@ pub async fn restore_newest(
                     continue;
                 }
             }
-            let dests: Vec<(PathBuf, PathBuf)> =
-                paths.iter().map(|p| (p.clone(), p.clone())).collect();
-            match restore_one(target, stored, &dests, replace, progress_every).await {
-                Ok(()) => {
-                    return Ok(Outcome::Restored {
-                        id: stored.manifest.id.clone(),
-                        target: target.describe(),
-                    })
+            let m = &stored.manifest;
+            let result = match m.layout {
+                Layout::Paths => {
+                    let dests: Vec<(PathBuf, PathBuf)> =
+                        paths.iter().map(|p| (p.clone(), p.clone())).collect();
+                    let finish = Finish::MoveIntoPlace { replace };
+                    restore_one(target, stored, &dests, finish, progress_every).await
                 }
+                Layout::Logical => {
+                    let finish = Finish::StageForLoad { root: &paths[0] };
+                    let dests = [(logical_origin(m), paths[0].clone())];
+                    restore_one(target, stored, &dests, finish, progress_every).await
+                }
+            };
+            let (id, target) = (m.id.clone(), target.describe());
+            match result {
+                Ok(()) if m.layout == Layout::Logical => return Ok(Outcome::Staged { id, target }),
+                Ok(()) => return Ok(Outcome::Restored { id, target }),
                 Err(e) => {
-                    warn!(id = %stored.manifest.id, target = %target.describe(), error = %e, "artifact skipped; trying the next older one");
-                    failures.push(format!(
-                        "{} on {}: {e}",
-                        stored.manifest.id,
-                        target.describe()
-                    ));
+                    warn!(id = %id, target = %target, error = %e, "artifact skipped; trying the next older one");
+                    failures.push(format!("{id} on {target}: {e}"));
                 }
             }
         }
@@ -166,16 +186,20 @@ pub async fn restore_to(
     dir: &Path,
     progress_every: std::time::Duration,
 ) -> Result<()> {
-    let dests: Vec<(PathBuf, PathBuf)> = stored
-        .manifest
-        .paths
-        .iter()
-        .map(|p| {
-            let origin = PathBuf::from(p);
-            let rel = origin.strip_prefix("/").unwrap_or(&origin).to_path_buf();
-            (origin, dir.join(rel))
-        })
-        .collect();
+    let m = &stored.manifest;
+    let dests: Vec<(PathBuf, PathBuf)> = match m.layout {
+        Layout::Paths => m
+            .paths
+            .iter()
+            .map(|p| {
+                let origin = PathBuf::from(p);
+                let rel = origin.strip_prefix("/").unwrap_or(&origin).to_path_buf();
+                (origin, dir.join(rel))
+            })
+            .collect(),
+        // `DIR/postgres/app.dump`, as `tar -xf - -C DIR` would put it.
+        Layout::Logical => vec![(logical_origin(m), dir.join(&m.source))],
+    };
     for (_, d) in &dests {
         if state(d)? != State::Empty {
             return Err(Error::io(
@@ -187,15 +211,30 @@ pub async fn restore_to(
             ));
         }
     }
-    restore_one(target, stored, &dests, false, progress_every).await
+    let finish = Finish::MoveIntoPlace { replace: false };
+    restore_one(target, stored, &dests, finish, progress_every).await
 }
 
-/// `dests` pairs each backed-up path with where it goes now.
+/// Where a logical dump's entries come from: `<source>/…` in the tar.
+fn logical_origin(m: &Manifest) -> PathBuf {
+    Path::new("/").join(&m.source)
+}
+
+/// What happens once an artifact has been extracted and verified.
+enum Finish<'a> {
+    /// Files: move the staged entries into each destination.
+    MoveIntoPlace { replace: bool },
+    /// A logical dump: the staging folder becomes `<root>/.lifeboat-pending`.
+    StageForLoad { root: &'a Path },
+}
+
+/// `dests` pairs each backed-up path (or a logical dump's `/<source>`) with
+/// where it goes now (for a logical dump: the folder to stage it in).
 async fn restore_one(
     target: &AnyTarget,
     stored: &Stored,
     dests: &[(PathBuf, PathBuf)],
-    replace: bool,
+    finish: Finish<'_>,
     progress_every: std::time::Duration,
 ) -> Result<()> {
     let m = &stored.manifest;
@@ -206,7 +245,11 @@ async fn restore_one(
         // An artifact covers its own paths; restoring it into others would
         // silently skip everything, so say so instead.
         for (origin, _) in dests {
-            if !m.paths.iter().any(|p| Path::new(p) == origin) {
+            let covered = match m.layout {
+                Layout::Paths => m.paths.iter().any(|p| Path::new(p) == origin),
+                Layout::Logical => *origin == logical_origin(m),
+            };
+            if !covered {
                 return Err(Error::Corrupt {
                     id: m.id.clone(),
                     reason: format!(
@@ -218,11 +261,22 @@ async fn restore_one(
             }
         }
         let mut mappings = Vec::new();
+        let mut cleanup = Vec::new();
         for (origin, dest) in dests {
             fs::create_dir_all(dest).ctx("creating", dest)?;
             clear_staging(dest)?;
-            let staging = dest.join(format!("{STAGING_PREFIX}{}", m.id));
-            fs::create_dir(&staging).ctx("creating the staging folder", &staging)?;
+            let staging_root = dest.join(format!("{STAGING_PREFIX}{}", m.id));
+            fs::create_dir(&staging_root).ctx("creating the staging folder", &staging_root)?;
+            // A logical dump keeps its `<source>/` folder, as in the tar.
+            let staging = match finish {
+                Finish::MoveIntoPlace { .. } => staging_root.clone(),
+                Finish::StageForLoad { .. } => {
+                    let s = staging_root.join(&m.source);
+                    fs::create_dir(&s).ctx("creating the staging folder", &s)?;
+                    s
+                }
+            };
+            cleanup.push(staging_root);
             mappings.push(Mapping {
                 origin: origin.clone(),
                 staging,
@@ -232,15 +286,23 @@ async fn restore_one(
         let report = match result {
             Ok(r) => r,
             Err(e) => {
-                for mp in &mappings {
-                    let _ = fs::remove_dir_all(&mp.staging);
+                for dir in &cleanup {
+                    let _ = fs::remove_dir_all(dir);
                 }
                 return Err(e);
             }
         };
         // Entry warnings were logged as they happened (tar_read::Walker::warn).
-        for (i, (_, dest)) in dests.iter().enumerate() {
-            move_into_place(&mappings[i].staging, dest, report.roots[i], replace, m)?;
+        match finish {
+            Finish::MoveIntoPlace { replace } => {
+                for (i, (_, dest)) in dests.iter().enumerate() {
+                    move_into_place(&mappings[i].staging, dest, report.roots[i], replace, m)?;
+                }
+            }
+            Finish::StageForLoad { root } => {
+                pending::commit(&cleanup[0], root, m)?;
+                info!(dir = %root.join(PENDING_DIR).display(), "dump verified and staged; the sidecar loads it once the server answers");
+            }
         }
         let took = clock.elapsed();
         info!(
@@ -378,7 +440,7 @@ fn move_into_place(
         .ctx("syncing", dest)
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut f = fs::File::create(path).ctx("writing", path)?;
     f.write_all(bytes).ctx("writing", path)?;
@@ -391,7 +453,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn sync_fs(path: &Path) -> Result<()> {
+pub(crate) fn sync_fs(path: &Path) -> Result<()> {
     let f = fs::File::open(path).ctx("opening", path)?;
     use std::os::fd::AsRawFd;
     // SAFETY: the descriptor is valid for the life of `f`.

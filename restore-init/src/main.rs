@@ -11,7 +11,9 @@ use tracing::{error, info, warn};
 
 const AFTER_HELP: &str = "\
 Environment (each also as a _FILE form):
-  LIFEBOAT_PATHS        comma list of absolute paths to restore (required)
+  LIFEBOAT_PATHS        comma list of absolute paths to restore (required); a logical
+                        dump (postgres logical mode) is verified and staged in the
+                        first one as .lifeboat-pending/ for the sidecar to load
   LIFEBOAT_TARGETS      comma list of targets to restore from, in order (required)
   LIFEBOAT_RESTORE      if-empty (default): only when every path is missing or empty;
                         always: replace what is there; never: do nothing
@@ -75,6 +77,11 @@ async fn run() -> lifeboat::Result<()> {
         Outcome::Restored { id, target } => {
             info!(id, target, "restore completed; the app may start")
         }
+        Outcome::Staged { id, target } => info!(
+            id,
+            target,
+            "dump verified and staged; the app may start, and the sidecar loads the dump once the server answers"
+        ),
         Outcome::NoArtifacts => {
             info!("no artifacts found (first deploy); the app starts with an empty volume")
         }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use lifeboat::backup::Job;
 use lifeboat::config::{Inputs, Role, Settings};
-use lifeboat::restore;
 use lifeboat::target::{Stored, Target};
+use lifeboat::{pending, restore};
 use lifeboat::{Error, Result};
 use tracing::{info, warn};
 
@@ -23,8 +23,22 @@ fn settings(role: Role) -> Result<Settings> {
 
 pub async fn backup_now() -> Result<()> {
     let s = settings(Role::Backup)?;
+    if let Some(p) = s
+        .paths
+        .first()
+        .map(|r| pending::find(r))
+        .transpose()?
+        .flatten()
+    {
+        return Err(Error::Source(format!(
+            "restored dump {} in {} is not loaded yet (the running sidecar loads it once the server answers); \
+             a backup now would record the server without it",
+            p.manifest.id,
+            p.dir.display()
+        )));
+    }
     let job = Arc::new(Job::open(&s).await);
-    job.check_targets().await?;
+    job.check().await?;
     let mut shutdown = Shutdown::new().map_err(|e| Error::io("installing signal handlers", e))?;
     let cancel: lifeboat::progress::Cancel = Default::default();
     let work = job.run(cancel.clone());

@@ -4,11 +4,12 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use lifeboat::backup::Job;
 use lifeboat::config::{Inputs, Role, Settings};
+use lifeboat::pending::{self, Pending};
 use lifeboat::progress::Cancel;
 use lifeboat::{Error, Result};
 use tracing::{error, info, warn};
@@ -23,6 +24,53 @@ pub const ANNOTATIONS_POLL: Duration = Duration::from_secs(5);
 /// offered their backlog between backups.
 pub const BACKLOG_RETRY: Duration = Duration::from_secs(300);
 
+/// Pause between attempts to load a restored dump: the server may still be
+/// starting (the postgres image restarts once after its first init).
+pub const LOAD_RETRY: Duration = Duration::from_secs(5);
+/// A server that does not answer for this long needs a person: from then on
+/// each failed attempt is logged as an error, not as waiting.
+pub const LOAD_PATIENCE: Duration = Duration::from_secs(300);
+
+/// Loads a dump the init container staged, retrying until it is in. No
+/// backup runs before: it would record the empty server as the newest
+/// artifact. Returns whether the sidecar should exit (shutdown requested).
+async fn load_pending(p: &Pending, settings: &Settings, shutdown: &mut Shutdown) -> bool {
+    let since = Instant::now();
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let cancel: Cancel = Default::default();
+        let attempt = async {
+            if let Err(e) = pending::server_ready(p, settings).await {
+                return Err((false, e));
+            }
+            pending::load(p, settings, &cancel)
+                .await
+                .map_err(|e| (true, e))
+        };
+        tokio::select! {
+            r = attempt => match r {
+                Ok(()) => return false,
+                Err((false, e)) if since.elapsed() < LOAD_PATIENCE => {
+                    info!(id = %p.manifest.id, attempts, "waiting for the server to answer before loading the restored dump: {e}");
+                }
+                Err((_, e)) => {
+                    error!(id = %p.manifest.id, attempts, dir = %p.dir.display(), "loading the restored dump failed; backups wait until it is loaded, retrying: {e}");
+                }
+            },
+            _ = shutdown.recv() => {
+                cancel.store(true, Ordering::Relaxed);
+                info!("shutdown requested during the load; it resumes at the next start");
+                return true;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LOAD_RETRY) => {}
+            _ = shutdown.recv() => return true,
+        }
+    }
+}
+
 pub async fn run() -> Result<()> {
     let mut inputs = Inputs::from_process();
     let mut settings = Settings::from_inputs(&inputs, Role::Backup)?;
@@ -30,8 +78,9 @@ pub async fn run() -> Result<()> {
         warn!("{w}");
     }
     let mut job = Arc::new(Job::open(&settings).await);
-    job.check_targets().await?;
+    job.check().await?;
     let mut shutdown = Shutdown::new().map_err(|e| Error::io("installing signal handlers", e))?;
+
     let mut poll = tokio::time::interval(ANNOTATIONS_POLL);
     let mut last_rejection: Option<String> = None;
     let mut backlog_retry = tokio::time::interval(BACKLOG_RETRY);
@@ -43,6 +92,13 @@ pub async fn run() -> Result<()> {
         retention = %settings.retention,
         "lifeboat sidecar started"
     );
+    if let Some(root) = settings.paths.first() {
+        if let Some(p) = pending::find(root)? {
+            if load_pending(&p, &settings, &mut shutdown).await {
+                return Ok(());
+            }
+        }
+    }
     loop {
         let now = Utc::now();
         let next = settings.schedule.next_after(now);

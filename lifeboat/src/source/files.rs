@@ -27,6 +27,7 @@ pub fn is_own_file(name: &[u8]) -> bool {
     name.starts_with(b".lifeboat-staging-")
         || name == b".lifeboat-restored"
         || name == b".lifeboat-restoring"
+        || name == crate::pending::PENDING_DIR.as_bytes()
 }
 
 pub struct FilesSource {

@@ -2,15 +2,19 @@
 //! one enum for the closed set of implementations.
 
 pub mod files;
+pub mod pg_dump;
+pub mod pg_roles;
 pub mod postgres;
 
 use std::io::Write;
 use std::sync::Arc;
 
+use crate::manifest::Layout;
 use crate::progress::{Cancel, Progress};
-use crate::Result;
+use crate::{Error, Result};
 
 pub use files::FilesSource;
+pub use pg_dump::PgDumpSource;
 pub use postgres::{PgConn, PostgresSource};
 
 /// What a source reports once all its entries are written.
@@ -46,6 +50,10 @@ pub struct SourceCtx {
 pub trait Source {
     /// `files`, `postgres`, ...: the suffix of artifact ids.
     fn kind(&self) -> &'static str;
+    /// Whether entries are files under their paths or a logical dump.
+    fn layout(&self) -> Layout {
+        Layout::Paths
+    }
     /// Absolute paths this source covers, for the manifest.
     fn paths(&self) -> Vec<String>;
     /// Writes every entry into `tar`. Runs on a blocking thread.
@@ -56,9 +64,34 @@ pub trait Source {
     ) -> Result<SourceReport>;
 }
 
+/// Writes one entry that is not a file on disk (a dump, generated SQL),
+/// readable by the user who restores it and dated now.
+pub fn append_stream<W: Write>(
+    tar: &mut tar::Builder<W>,
+    report: &mut SourceReport,
+    name: &str,
+    size: u64,
+    data: impl std::io::Read,
+) -> Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o600);
+    // SAFETY: geteuid/getegid have no preconditions and cannot fail.
+    h.set_uid(unsafe { libc::geteuid() } as u64);
+    h.set_gid(unsafe { libc::getegid() } as u64);
+    h.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
+    h.set_size(size);
+    tar.append_data(&mut h, name, data)
+        .map_err(|e| Error::io(format!("writing the tar entry {name}"), e))?;
+    report.entries += 1;
+    report.bytes_in += size;
+    Ok(())
+}
+
 pub enum AnySource {
     Files(FilesSource),
     Postgres(PostgresSource),
+    PgDump(PgDumpSource),
 }
 
 impl Source for AnySource {
@@ -66,12 +99,21 @@ impl Source for AnySource {
         match self {
             AnySource::Files(s) => s.kind(),
             AnySource::Postgres(s) => s.kind(),
+            AnySource::PgDump(s) => s.kind(),
         }
     }
     fn paths(&self) -> Vec<String> {
         match self {
             AnySource::Files(s) => s.paths(),
             AnySource::Postgres(s) => s.paths(),
+            AnySource::PgDump(s) => s.paths(),
+        }
+    }
+    fn layout(&self) -> Layout {
+        match self {
+            AnySource::Files(s) => s.layout(),
+            AnySource::Postgres(s) => s.layout(),
+            AnySource::PgDump(s) => s.layout(),
         }
     }
     fn write_tar<W: Write>(
@@ -82,6 +124,7 @@ impl Source for AnySource {
         match self {
             AnySource::Files(s) => s.write_tar(tar, ctx),
             AnySource::Postgres(s) => s.write_tar(tar, ctx),
+            AnySource::PgDump(s) => s.write_tar(tar, ctx),
         }
     }
 }

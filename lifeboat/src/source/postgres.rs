@@ -80,11 +80,36 @@ impl PgConn {
         })
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!("PostgreSQL at {}:{} as {}", self.host, self.port, self.user)
     }
 
-    async fn connect(&self) -> Result<Client> {
+    /// The same server and user, another database.
+    pub(crate) fn with_dbname(&self, dbname: &str) -> PgConn {
+        PgConn {
+            dbname: dbname.into(),
+            ..self.clone()
+        }
+    }
+
+    /// The variables libpq tools (`pg_dump`, `pg_restore`) read, so they
+    /// reach the same server as we do; the password may have come from
+    /// `PGPASSWORD_FILE`, which libpq does not know.
+    pub(crate) fn libpq_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("PGHOST", self.host.clone()),
+            ("PGPORT", self.port.to_string()),
+            ("PGUSER", self.user.clone()),
+            ("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT.as_secs().to_string()),
+            ("PGAPPNAME", "lifeboat".into()),
+        ];
+        if let Some(p) = &self.password {
+            env.push(("PGPASSWORD", p.clone()));
+        }
+        env
+    }
+
+    pub(crate) async fn connect(&self) -> Result<Client> {
         let mut c = tokio_postgres::Config::new();
         c.host(&self.host)
             .port(self.port)
@@ -104,7 +129,7 @@ impl PgConn {
         Ok(client)
     }
 
-    fn error(&self, e: tokio_postgres::Error) -> Error {
+    pub(crate) fn error(&self, e: tokio_postgres::Error) -> Error {
         let detail = e
             .as_db_error()
             .map(|d| d.message().to_string())

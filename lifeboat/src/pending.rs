@@ -1,0 +1,127 @@
+//! The pending load (DESIGN §4): a logical dump needs a running server.
+//!
+//! The init container verifies the artifact, extracts it into a staging
+//! folder, writes the manifest into it last, and renames it to
+//! `<path>/.lifeboat-pending/`: the folder exists complete or not at all.
+//! The sidecar finds it at start, waits until the server answers, loads it,
+//! writes `.lifeboat-restored`, and removes the folder (manifest first, so a
+//! folder half removed is never taken for a dump to load). Until then no
+//! backup runs: it would record an empty server as the newest artifact.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+use tracing::{info, Instrument};
+
+use crate::config::Settings;
+use crate::error::IoContext;
+use crate::manifest::Manifest;
+use crate::progress::Cancel;
+use crate::restore::{sync_fs, write_synced, RESTORED_MARKER};
+use crate::{Error, Result};
+
+pub const PENDING_DIR: &str = ".lifeboat-pending";
+/// Written last into the pending folder: its presence means "complete".
+pub const PENDING_MANIFEST: &str = "manifest.json";
+
+/// A staged dump waiting to be loaded.
+#[derive(Debug)]
+pub struct Pending {
+    /// The configured path the dump was staged in.
+    pub root: PathBuf,
+    /// `<root>/.lifeboat-pending`.
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// The complete pending load under `root`, if there is one.
+pub fn find(root: &Path) -> Result<Option<Pending>> {
+    let dir = root.join(PENDING_DIR);
+    let path = dir.join(PENDING_MANIFEST);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    let manifest = Manifest::from_json(&bytes).map_err(|reason| Error::Corrupt {
+        id: "pending load".into(),
+        reason: format!("{}: {reason}", path.display()),
+    })?;
+    Ok(Some(Pending {
+        root: root.to_path_buf(),
+        dir,
+        manifest,
+    }))
+}
+
+/// Makes a verified, extracted dump the pending load of `root`, replacing
+/// an older one that was never loaded.
+pub(crate) fn commit(staging: &Path, root: &Path, m: &Manifest) -> Result<()> {
+    write_synced(&staging.join(PENDING_MANIFEST), &m.to_json())?;
+    sync_fs(staging)?;
+    let dir = root.join(PENDING_DIR);
+    if dir.exists() {
+        remove(&dir)?;
+    }
+    fs::rename(staging, &dir).ctx("moving the staged dump to", &dir)?;
+    fs::File::open(root)
+        .and_then(|d| d.sync_all())
+        .ctx("syncing", root)
+}
+
+/// Removes a pending folder so that no crash can leave it looking complete.
+fn remove(dir: &Path) -> Result<()> {
+    let manifest = dir.join(PENDING_MANIFEST);
+    match fs::remove_file(&manifest) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("removing {}", manifest.display()), e)),
+    }
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx("syncing", dir)?;
+    fs::remove_dir_all(dir).ctx("removing", dir)
+}
+
+/// Loads `p` through the running server, then records the restore and
+/// removes the staged dump. Safe to run again after any interruption.
+pub async fn load(p: &Pending, settings: &Settings, cancel: &Cancel) -> Result<()> {
+    let m = &p.manifest;
+    let span = tracing::info_span!("load", id = %m.id, source = %m.source);
+    async move {
+        info!(dir = %p.dir.display(), "loading the restored dump into the server");
+        match m.source.as_str() {
+            "postgres" => {
+                crate::source::pg_dump::load(&settings.postgres, &p.dir, m, cancel).await?
+            }
+            other => {
+                return Err(Error::Source(format!(
+                    "{} holds a {other} dump, which this sidecar cannot load (its source is {})",
+                    p.dir.display(),
+                    settings.source.as_str()
+                )))
+            }
+        }
+        let marker = serde_json::json!({
+            "id": m.id,
+            "restored_at": Utc::now(),
+            "sha256": m.sha256,
+            "loaded": true,
+        });
+        write_synced(&p.root.join(RESTORED_MARKER), marker.to_string().as_bytes())?;
+        remove(&p.dir)?;
+        info!("restored dump loaded; the staged copy was removed");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// Whether the server behind `settings`' source answers, so a load can start.
+pub async fn server_ready(p: &Pending, settings: &Settings) -> Result<()> {
+    match p.manifest.source.as_str() {
+        "postgres" => crate::source::pg_dump::ready(&settings.postgres).await,
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,385 @@
+//! The logical mode of the `postgres` source (`LIFEBOAT_POSTGRES_MODE=logical`):
+//! `pg_dump -Fc` of each database plus the roles as SQL, under `postgres/`
+//! in the tar. It survives major upgrades and is smaller than PGDATA, but
+//! needs a running server to load: the init container stages it, and the
+//! sidecar loads it with `pg_restore --create` once the server answers
+//! (DESIGN §4, "pending load").
+//!
+//! A tar entry's size comes before its bytes, so each database's dump is
+//! spooled to an unlinked file in `TMPDIR` first: memory stays flat, disk
+//! holds one database's dump at a time, and nothing is left behind.
+
+use std::fs;
+use std::io::{BufReader, Seek};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Handle;
+use tracing::info;
+
+use super::files::READ_BUFFER;
+use super::pg_roles::{self, quote_ident};
+use super::{append_stream, PgConn, Source, SourceCtx, SourceReport};
+use crate::error::IoContext;
+use crate::manifest::{Layout, Manifest};
+use crate::progress::Cancel;
+use crate::{program, Error, Result};
+
+/// The folder inside the tar (and the staged dump) holding this source's files.
+pub const DUMP_DIR: &str = "postgres";
+pub const ROLES_FILE: &str = "roles.sql";
+/// Records which databases a load has started and finished, so a load cut
+/// short resumes: finished ones are skipped, a started one is redone.
+const LOAD_STATE: &str = "load-state.json";
+/// Where loads connect to create and drop databases: every cluster has it,
+/// and it is never one of the databases being replaced.
+const MAINTENANCE_DB: &str = "template1";
+
+pub struct PgDumpSource {
+    pub conn: PgConn,
+    /// `LIFEBOAT_DATABASES`; all non-template databases when `None`.
+    pub databases: Option<Vec<String>>,
+    pub paths: Vec<PathBuf>,
+    /// Where a dump waits for its tar header (`TMPDIR`).
+    pub spool_dir: PathBuf,
+}
+
+/// One database in `source_meta.databases`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DumpedDb {
+    pub name: String,
+    /// File name under `postgres/` in the tar.
+    pub file: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct LogicalMeta {
+    databases: Vec<DumpedDb>,
+}
+
+/// A database name as a file name: readable, but never a path. `/`, `%`,
+/// control characters and a leading dot are written as `%XX`.
+pub fn dump_file_name(db: &str) -> String {
+    let mut out = String::new();
+    for (i, ch) in db.chars().enumerate() {
+        if ch == '/' || ch == '%' || ch.is_control() || (i == 0 && ch == '.') {
+            let mut b = [0u8; 4];
+            for byte in ch.encode_utf8(&mut b).bytes() {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out.push_str(".dump");
+    out
+}
+
+/// A libpq connection string naming only the database; host, port and user
+/// come from the environment ([`PgConn::libpq_env`]). A bare `-d name` would
+/// be parsed as a connection string when the name contains `=`.
+fn conninfo(db: &str) -> String {
+    format!("dbname='{}'", db.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+fn missing_tool(name: &str) -> Error {
+    Error::Source(format!(
+        "{name} is not on PATH; LIFEBOAT_POSTGRES_MODE=logical runs PostgreSQL's client tools \
+         (run the sidecar from an image that has them, e.g. the postgres image, or use the physical mode)"
+    ))
+}
+
+/// Checked at sidecar start, so a missing tool is a setup error, not a
+/// failed backup at 2 AM.
+pub fn check_tools() -> std::result::Result<(), String> {
+    for tool in ["pg_dump", "pg_restore"] {
+        if program::find(tool).is_none() {
+            return Err(missing_tool(tool).to_string());
+        }
+    }
+    Ok(())
+}
+
+impl Source for PgDumpSource {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn layout(&self) -> Layout {
+        Layout::Logical
+    }
+
+    fn paths(&self) -> Vec<String> {
+        self.paths.iter().map(|p| p.display().to_string()).collect()
+    }
+
+    fn write_tar<W: std::io::Write>(
+        &self,
+        tar: &mut tar::Builder<W>,
+        ctx: &SourceCtx,
+    ) -> Result<SourceReport> {
+        let pg_dump = program::find("pg_dump").ok_or_else(|| missing_tool("pg_dump"))?;
+        let rt = Handle::current();
+        let conn = &self.conn;
+        let client = rt.block_on(conn.connect())?;
+        let sql = |q: &str| rt.block_on(client.query(q, &[])).map_err(|e| conn.error(e));
+        let version: String = sql("SHOW server_version")?[0].get(0);
+        let version_num: i64 = sql("SHOW server_version_num")?[0]
+            .get::<_, String>(0)
+            .parse()
+            .unwrap_or(0);
+        let existing: Vec<String> = sql(
+            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+        let names = match &self.databases {
+            None => existing,
+            Some(list) => {
+                for n in list {
+                    if !existing.contains(n) {
+                        return Err(Error::Source(format!(
+                            "database {n:?} named in LIFEBOAT_DATABASES does not exist on {} (it has: {})",
+                            conn.describe(),
+                            existing.join(", ")
+                        )));
+                    }
+                }
+                list.clone()
+            }
+        };
+        let mut report = SourceReport::default();
+        let roles = rt.block_on(pg_roles::dump(&client, conn))?;
+        if !roles.with_passwords && roles.count > 0 {
+            report.warn("role passwords could not be read (that needs a superuser); roles are restored without passwords".into());
+        }
+        append_stream(
+            tar,
+            &mut report,
+            &format!("{DUMP_DIR}/{ROLES_FILE}"),
+            roles.sql.len() as u64,
+            roles.sql.as_bytes(),
+        )?;
+        let tool_version = Command::new(&pg_dump)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+
+        let mut dumped = Vec::new();
+        for db in &names {
+            if crate::progress::is_cancelled(&ctx.cancel) {
+                return Err(Error::Cancelled);
+            }
+            let spool_error = |e| {
+                Error::io(
+                    format!(
+                        "spooling the dump of {db:?} to {} (TMPDIR; it must hold the largest database's dump)",
+                        self.spool_dir.display()
+                    ),
+                    e,
+                )
+            };
+            let mut spool = tempfile::tempfile_in(&self.spool_dir).map_err(spool_error)?;
+            let mut cmd = Command::new(&pg_dump);
+            cmd.args(["--format=custom", "--no-password"])
+                .arg(format!("--dbname={}", conninfo(db)))
+                .envs(conn.libpq_env())
+                .stdout(spool.try_clone().map_err(spool_error)?);
+            let said = program::run(cmd, &format!("pg_dump of database {db:?}"), &ctx.cancel)?;
+            for line in said.lines().filter(|l| !l.trim().is_empty()) {
+                report.warn(format!("pg_dump {db:?}: {line}"));
+            }
+            let size = spool.metadata().map_err(spool_error)?.len();
+            spool.rewind().map_err(spool_error)?;
+            let file = dump_file_name(db);
+            append_stream(
+                tar,
+                &mut report,
+                &format!("{DUMP_DIR}/{file}"),
+                size,
+                BufReader::with_capacity(READ_BUFFER, spool),
+            )?;
+            ctx.progress.add_entry();
+            ctx.progress.add_bytes(size);
+            info!(database = %db, size, "database dumped");
+            dumped.push(DumpedDb {
+                name: db.clone(),
+                file,
+                size,
+            });
+        }
+        report.meta = serde_json::json!({
+            "mode": "logical",
+            "server_version": version,
+            "server_version_num": version_num,
+            "major": version_num / 10000,
+            "pg_dump_version": tool_version,
+            "roles": roles.count,
+            "databases": dumped,
+        });
+        Ok(report)
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct LoadState {
+    started: Vec<String>,
+    done: Vec<String>,
+}
+
+impl LoadState {
+    fn read(dir: &Path) -> Result<LoadState> {
+        let p = dir.join(LOAD_STATE);
+        match fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
+                id: "pending load".into(),
+                reason: format!("{}: {e}", p.display()),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LoadState::default()),
+            Err(e) => Err(Error::io(format!("reading {}", p.display()), e)),
+        }
+    }
+
+    fn write(&self, dir: &Path) -> Result<()> {
+        let json = serde_json::to_vec(self).expect("state serializes");
+        crate::restore::write_synced(&dir.join(LOAD_STATE), &json)
+    }
+}
+
+/// Loads a staged dump (`dir` holds `postgres/…`) into the running server:
+/// roles first, then each database dropped (only if it is one we started
+/// loading, or one without tables, e.g. the image's fresh `POSTGRES_DB`) and
+/// recreated by `pg_restore --create`.
+pub async fn load(conn: &PgConn, dir: &Path, m: &Manifest, cancel: &Cancel) -> Result<()> {
+    let pg_restore = program::find("pg_restore").ok_or_else(|| missing_tool("pg_restore"))?;
+    let meta: LogicalMeta =
+        serde_json::from_value(m.source_meta.clone()).map_err(|e| Error::Corrupt {
+            id: m.id.clone(),
+            reason: format!("source_meta has no usable database list: {e}"),
+        })?;
+    let admin = conn.with_dbname(MAINTENANCE_DB);
+    let client = admin.connect().await?;
+    let version_num: i64 = client
+        .query_one("SHOW server_version_num", &[])
+        .await
+        .map_err(|e| conn.error(e))?
+        .get::<_, String>(0)
+        .parse()
+        .unwrap_or(0);
+    let roles = dir.join(DUMP_DIR).join(ROLES_FILE);
+    if roles.is_file() {
+        let sql = fs::read_to_string(&roles).ctx("reading", &roles)?;
+        client.batch_execute(&sql).await.map_err(|e| {
+            Error::Source(format!("loading {}: {}", roles.display(), conn.error(e)))
+        })?;
+        info!("roles loaded");
+    }
+    let mut state = LoadState::read(dir)?;
+    for db in &meta.databases {
+        if state.done.contains(&db.name) {
+            info!(database = %db.name, "already loaded by an earlier attempt");
+            continue;
+        }
+        crate::artifact::check_file_name(&db.file).map_err(|r| Error::Corrupt {
+            id: m.id.clone(),
+            reason: format!("database file {:?}: {r}", db.file),
+        })?;
+        let exists = !client
+            .query("SELECT 1 FROM pg_database WHERE datname = $1", &[&db.name])
+            .await
+            .map_err(|e| conn.error(e))?
+            .is_empty();
+        if exists && !state.started.contains(&db.name) {
+            let tables = user_tables(&conn.with_dbname(&db.name)).await?;
+            if tables > 0 {
+                return Err(Error::Source(format!(
+                    "database {:?} already exists with {tables} table(s); lifeboat does not replace data it did not load. \
+                     Drop that database to load the backup, or remove {} to keep what is there",
+                    db.name,
+                    dir.display()
+                )));
+            }
+        }
+        if !state.started.contains(&db.name) {
+            state.started.push(db.name.clone());
+            state.write(dir)?;
+        }
+        if exists {
+            let force = if version_num >= 130000 {
+                " WITH (FORCE)"
+            } else {
+                ""
+            };
+            client
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {}{force}",
+                    quote_ident(&db.name)
+                ))
+                .await
+                .map_err(|e| conn.error(e))?;
+        }
+        let file = dir.join(DUMP_DIR).join(&db.file);
+        let mut cmd = Command::new(&pg_restore);
+        cmd.args(["--create", "--exit-on-error", "--no-password"])
+            .arg(format!("--dbname={}", conninfo(MAINTENANCE_DB)))
+            .arg(&file)
+            .envs(conn.libpq_env())
+            .stdout(Stdio::null());
+        let what = format!("pg_restore of database {:?}", db.name);
+        let cancel = cancel.clone();
+        let said = tokio::task::spawn_blocking(move || program::run(cmd, &what, &cancel))
+            .await
+            .map_err(|e| Error::Source(format!("the load worker crashed: {e}")))??;
+        for line in said.lines().filter(|l| !l.trim().is_empty()) {
+            tracing::warn!(database = %db.name, "pg_restore: {line}");
+        }
+        state.done.push(db.name.clone());
+        state.write(dir)?;
+        info!(database = %db.name, size = db.size, "database loaded");
+    }
+    Ok(())
+}
+
+/// Tables a person or an app created in `conn`'s database.
+async fn user_tables(conn: &PgConn) -> Result<i64> {
+    let client = conn.connect().await?;
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg_toast%'",
+            &[],
+        )
+        .await
+        .map_err(|e| conn.error(e))?
+        .get(0))
+}
+
+/// Whether the server answers at all: the sidecar waits for this before a load.
+pub async fn ready(conn: &PgConn) -> Result<()> {
+    conn.with_dbname(MAINTENANCE_DB).connect().await.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_never_form_paths() {
+        assert_eq!(dump_file_name("app"), "app.dump");
+        assert_eq!(dump_file_name("a/b"), "a%2Fb.dump");
+        assert_eq!(dump_file_name(".."), "%2E..dump");
+        assert_eq!(dump_file_name("50% off"), "50%25 off.dump");
+        assert_eq!(dump_file_name("Ünï \"q\""), "Ünï \"q\".dump");
+    }
+
+    #[test]
+    fn conninfo_quotes_every_name() {
+        assert_eq!(conninfo("a b=c"), "dbname='a b=c'");
+        assert_eq!(conninfo(r"it's\"), r"dbname='it\'s\\'");
+    }
+}
