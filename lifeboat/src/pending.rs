@@ -25,6 +25,36 @@ pub const PENDING_DIR: &str = ".lifeboat-pending";
 /// Written last into the pending folder: its presence means "complete".
 pub const PENDING_MANIFEST: &str = "manifest.json";
 
+/// Records which databases a load has started and finished, so a load cut
+/// short resumes: finished ones are skipped, a started one is redone.
+const LOAD_STATE: &str = "load-state.json";
+
+/// Progress of a load, kept in the pending folder.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct LoadState {
+    pub started: Vec<String>,
+    pub done: Vec<String>,
+}
+
+impl LoadState {
+    pub fn read(dir: &Path) -> Result<LoadState> {
+        let p = dir.join(LOAD_STATE);
+        match fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
+                id: "pending load".into(),
+                reason: format!("{}: {e}", p.display()),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LoadState::default()),
+            Err(e) => Err(Error::io(format!("reading {}", p.display()), e)),
+        }
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let json = serde_json::to_vec(self).expect("state serializes");
+        write_synced(&dir.join(LOAD_STATE), &json)
+    }
+}
+
 /// A staged dump waiting to be loaded.
 #[derive(Debug)]
 pub struct Pending {
@@ -95,6 +125,7 @@ pub async fn load(p: &Pending, settings: &Settings, cancel: &Cancel) -> Result<(
             "postgres" => {
                 crate::source::pg_dump::load(&settings.postgres, &p.dir, m, cancel).await?
             }
+            "couchdb" => crate::source::couchdb::load(&settings.couchdb, &p.dir, m, cancel).await?,
             other => {
                 return Err(Error::Source(format!(
                     "{} holds a {other} dump, which this sidecar cannot load (its source is {})",
@@ -122,6 +153,7 @@ pub async fn load(p: &Pending, settings: &Settings, cancel: &Cancel) -> Result<(
 pub async fn server_ready(p: &Pending, settings: &Settings) -> Result<()> {
     match p.manifest.source.as_str() {
         "postgres" => crate::source::pg_dump::ready(&settings.postgres).await,
+        "couchdb" => crate::source::couchdb::ready(&settings.couchdb).await,
         _ => Ok(()),
     }
 }

@@ -1,6 +1,7 @@
 //! Sources produce a consistent set of tar entries. One trait for the seam,
 //! one enum for the closed set of implementations.
 
+pub mod couchdb;
 pub mod files;
 pub mod pg_dump;
 pub mod pg_roles;
@@ -13,6 +14,7 @@ use crate::manifest::Layout;
 use crate::progress::{Cancel, Progress};
 use crate::{Error, Result};
 
+pub use couchdb::{CouchConn, CouchSource};
 pub use files::FilesSource;
 pub use pg_dump::PgDumpSource;
 pub use postgres::{PgConn, PostgresSource};
@@ -64,6 +66,23 @@ pub trait Source {
     ) -> Result<SourceReport>;
 }
 
+/// A database name as a file name: readable, but never a path. `/`, `%`,
+/// control characters and a leading dot are written as `%XX`.
+pub fn safe_file_name(name: &str) -> String {
+    let mut out = String::new();
+    for (i, ch) in name.chars().enumerate() {
+        if ch == '/' || ch == '%' || ch.is_control() || (i == 0 && ch == '.') {
+            let mut b = [0u8; 4];
+            for byte in ch.encode_utf8(&mut b).bytes() {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
 /// Writes one entry that is not a file on disk (a dump, generated SQL),
 /// readable by the user who restores it and dated now.
 pub fn append_stream<W: Write>(
@@ -92,6 +111,7 @@ pub enum AnySource {
     Files(FilesSource),
     Postgres(PostgresSource),
     PgDump(PgDumpSource),
+    CouchDb(CouchSource),
 }
 
 impl Source for AnySource {
@@ -100,6 +120,7 @@ impl Source for AnySource {
             AnySource::Files(s) => s.kind(),
             AnySource::Postgres(s) => s.kind(),
             AnySource::PgDump(s) => s.kind(),
+            AnySource::CouchDb(s) => s.kind(),
         }
     }
     fn paths(&self) -> Vec<String> {
@@ -107,6 +128,7 @@ impl Source for AnySource {
             AnySource::Files(s) => s.paths(),
             AnySource::Postgres(s) => s.paths(),
             AnySource::PgDump(s) => s.paths(),
+            AnySource::CouchDb(s) => s.paths(),
         }
     }
     fn layout(&self) -> Layout {
@@ -114,6 +136,7 @@ impl Source for AnySource {
             AnySource::Files(s) => s.layout(),
             AnySource::Postgres(s) => s.layout(),
             AnySource::PgDump(s) => s.layout(),
+            AnySource::CouchDb(s) => s.layout(),
         }
     }
     fn write_tar<W: Write>(
@@ -125,6 +148,7 @@ impl Source for AnySource {
             AnySource::Files(s) => s.write_tar(tar, ctx),
             AnySource::Postgres(s) => s.write_tar(tar, ctx),
             AnySource::PgDump(s) => s.write_tar(tar, ctx),
+            AnySource::CouchDb(s) => s.write_tar(tar, ctx),
         }
     }
 }

@@ -21,25 +21,24 @@ use tracing::info;
 use super::files::READ_BUFFER;
 use super::pg_roles::{self, quote_ident};
 use super::{append_stream, PgConn, Source, SourceCtx, SourceReport};
+use crate::config::DbFilter;
 use crate::error::IoContext;
 use crate::manifest::{Layout, Manifest};
+use crate::pending::LoadState;
 use crate::progress::Cancel;
 use crate::{program, Error, Result};
 
 /// The folder inside the tar (and the staged dump) holding this source's files.
 pub const DUMP_DIR: &str = "postgres";
 pub const ROLES_FILE: &str = "roles.sql";
-/// Records which databases a load has started and finished, so a load cut
-/// short resumes: finished ones are skipped, a started one is redone.
-const LOAD_STATE: &str = "load-state.json";
 /// Where loads connect to create and drop databases: every cluster has it,
 /// and it is never one of the databases being replaced.
 const MAINTENANCE_DB: &str = "template1";
 
 pub struct PgDumpSource {
     pub conn: PgConn,
-    /// `LIFEBOAT_DATABASES`; all non-template databases when `None`.
-    pub databases: Option<Vec<String>>,
+    /// `LIFEBOAT_DATABASES`; all non-template databases by default.
+    pub databases: DbFilter,
     pub paths: Vec<PathBuf>,
     /// Where a dump waits for its tar header (`TMPDIR`).
     pub spool_dir: PathBuf,
@@ -59,22 +58,9 @@ struct LogicalMeta {
     databases: Vec<DumpedDb>,
 }
 
-/// A database name as a file name: readable, but never a path. `/`, `%`,
-/// control characters and a leading dot are written as `%XX`.
+/// `<database>.dump`, with the name made safe as a file name.
 pub fn dump_file_name(db: &str) -> String {
-    let mut out = String::new();
-    for (i, ch) in db.chars().enumerate() {
-        if ch == '/' || ch == '%' || ch.is_control() || (i == 0 && ch == '.') {
-            let mut b = [0u8; 4];
-            for byte in ch.encode_utf8(&mut b).bytes() {
-                out.push_str(&format!("%{byte:02X}"));
-            }
-        } else {
-            out.push(ch);
-        }
-    }
-    out.push_str(".dump");
-    out
+    format!("{}.dump", super::safe_file_name(db))
 }
 
 /// A libpq connection string naming only the database; host, port and user
@@ -136,21 +122,10 @@ impl Source for PgDumpSource {
         .iter()
         .map(|r| r.get(0))
         .collect();
-        let names = match &self.databases {
-            None => existing,
-            Some(list) => {
-                for n in list {
-                    if !existing.contains(n) {
-                        return Err(Error::Source(format!(
-                            "database {n:?} named in LIFEBOAT_DATABASES does not exist on {} (it has: {})",
-                            conn.describe(),
-                            existing.join(", ")
-                        )));
-                    }
-                }
-                list.clone()
-            }
-        };
+        let names = self
+            .databases
+            .select(&existing)
+            .map_err(|m| Error::Source(format!("{}: {m}", conn.describe())))?;
         let mut report = SourceReport::default();
         let roles = rt.block_on(pg_roles::dump(&client, conn))?;
         if !roles.with_passwords && roles.count > 0 {
@@ -222,31 +197,6 @@ impl Source for PgDumpSource {
             "databases": dumped,
         });
         Ok(report)
-    }
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct LoadState {
-    started: Vec<String>,
-    done: Vec<String>,
-}
-
-impl LoadState {
-    fn read(dir: &Path) -> Result<LoadState> {
-        let p = dir.join(LOAD_STATE);
-        match fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
-                id: "pending load".into(),
-                reason: format!("{}: {e}", p.display()),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LoadState::default()),
-            Err(e) => Err(Error::io(format!("reading {}", p.display()), e)),
-        }
-    }
-
-    fn write(&self, dir: &Path) -> Result<()> {
-        let json = serde_json::to_vec(self).expect("state serializes");
-        crate::restore::write_synced(&dir.join(LOAD_STATE), &json)
     }
 }
 

@@ -1,0 +1,681 @@
+//! The `couchdb` source: a logical dump over CouchDB's HTTP API, loaded back
+//! through the pending load (DESIGN §4, §5).
+//!
+//! For each database: every change (`_changes?style=all_docs`, in pages)
+//! names each document's leaf revisions, live, deleted and conflicting;
+//! `_bulk_get?revs=true&attachments=true` returns them with their revision
+//! paths and inline attachments, one NDJSON line per leaf revision, which is
+//! exactly what `_bulk_docs` with `new_edits:false` takes back. Loading the
+//! same lines twice changes nothing, so an interrupted load is simply redone.
+
+use std::fs;
+use std::io::{BufRead, BufReader, BufWriter, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode, Url};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::runtime::Handle;
+use tracing::{info, warn};
+
+use super::files::READ_BUFFER;
+use super::{append_stream, safe_file_name, Source, SourceCtx, SourceReport};
+use crate::config::DbFilter;
+use crate::error::IoContext;
+use crate::json_split::Splitter;
+use crate::manifest::{Layout, Manifest};
+use crate::pending::LoadState;
+use crate::progress::{is_cancelled, Cancel};
+use crate::{Error, Result};
+
+/// The folder inside the tar (and the staged dump) holding this source's files.
+pub const DUMP_DIR: &str = "couchdb";
+pub const DOCS_FILE: &str = "docs.ndjson";
+pub const SECURITY_FILE: &str = "security.json";
+pub const DEFAULT_URL: &str = "http://127.0.0.1:5984";
+/// Changes read per `_changes` request. The reply (ids and revisions) is
+/// held whole; the documents themselves stream one at a time.
+pub const PAGE: usize = 1000;
+/// Loading: at most this many documents, or this many bytes, per
+/// `_bulk_docs` request (a bigger single document goes alone).
+pub const LOAD_BATCH_DOCS: usize = 500;
+pub const LOAD_BATCH_BYTES: usize = 8 * 1024 * 1024;
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// A server that sends nothing for this long is treated as gone.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where CouchDB is and who we are to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CouchConn {
+    /// Without credentials and without a trailing `/`.
+    pub url: Url,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl CouchConn {
+    /// From `LIFEBOAT_COUCHDB_URL` and `COUCHDB_USER` / `COUCHDB_PASSWORD`
+    /// (the official image's names). Credentials in the URL work too, and
+    /// are moved out of it so they are never logged.
+    pub fn new(
+        url: Option<&str>,
+        user: Option<&str>,
+        password: Option<&str>,
+    ) -> std::result::Result<Self, String> {
+        let raw = url.unwrap_or(DEFAULT_URL).trim();
+        let mut url = Url::parse(raw)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| {
+                "accepted: an http:// or https:// URL, e.g. http://127.0.0.1:5984".to_string()
+            })?;
+        let mut user = user.map(String::from);
+        let mut password = password.map(String::from);
+        if !url.username().is_empty() {
+            user.get_or_insert_with(|| url.username().to_string());
+            if let Some(p) = url.password() {
+                password.get_or_insert_with(|| p.to_string());
+            }
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+        }
+        if !url.path().ends_with('/') {
+            let p = format!("{}/", url.path());
+            url.set_path(&p);
+        }
+        Ok(CouchConn {
+            url,
+            user,
+            password,
+        })
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        format!("CouchDB at {}", self.url.as_str().trim_end_matches('/'))
+    }
+
+    fn client(&self) -> Result<Client> {
+        Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .build()
+            .map_err(|e| Error::Source(format!("{}: cannot set up HTTP: {e}", self.describe())))
+    }
+
+    /// `base/<segment>/<segment>?query`, each segment percent-encoded, so a
+    /// database named `a/b` is one segment.
+    fn url_of(&self, segments: &[&str], query: &str) -> Url {
+        let mut u = self.url.clone();
+        {
+            let mut path = u.path_segments_mut().expect("http URLs have paths");
+            path.pop_if_empty();
+            path.extend(segments);
+        }
+        u.set_query((!query.is_empty()).then_some(query));
+        u
+    }
+
+    fn request(
+        &self,
+        client: &Client,
+        method: Method,
+        segments: &[&str],
+        query: &str,
+    ) -> RequestBuilder {
+        let mut r = client
+            .request(method, self.url_of(segments, query))
+            .header("Accept", "application/json");
+        if let Some(user) = &self.user {
+            r = r.basic_auth(user, self.password.as_ref());
+        }
+        r
+    }
+
+    /// Sends `req`. Transport errors become clear errors; an HTTP error
+    /// status comes back as `Err((status, body))` for the caller to judge.
+    async fn send(
+        &self,
+        req: RequestBuilder,
+        what: &str,
+    ) -> Result<std::result::Result<Response, (StatusCode, String)>> {
+        let resp = req.send().await.map_err(|e| {
+            let mut detail = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(inner) = src {
+                detail.push_str(": ");
+                detail.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            Error::Source(format!(
+                "{}: {what}: {detail} (is CouchDB running? check LIFEBOAT_COUCHDB_URL)",
+                self.describe()
+            ))
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(Ok(resp));
+        }
+        let body = resp.text().await.unwrap_or_default();
+        Ok(Err((status, body)))
+    }
+
+    fn http_error(&self, what: &str, status: StatusCode, body: &str) -> Error {
+        let reason = serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|v| {
+                let e = v.get("error")?.as_str()?.to_string();
+                let r = v.get("reason").and_then(Value::as_str).unwrap_or("");
+                Some(format!("{e}: {r}"))
+            })
+            .unwrap_or_else(|| body.chars().take(300).collect());
+        let hint = match status.as_u16() {
+            401 | 403 => " (check COUCHDB_USER and COUCHDB_PASSWORD / COUCHDB_PASSWORD_FILE; backups need an admin)",
+            _ => "",
+        };
+        Error::Source(format!(
+            "{}: {what}: HTTP {status}: {reason}{hint}",
+            self.describe()
+        ))
+    }
+
+    /// A GET whose JSON reply is small. `Ok(None)` on 404.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        client: &Client,
+        segments: &[&str],
+        query: &str,
+        what: &str,
+    ) -> Result<Option<T>> {
+        match self
+            .send(self.request(client, Method::GET, segments, query), what)
+            .await?
+        {
+            Ok(resp) => {
+                let bytes = resp
+                    .bytes()
+                    .await
+                    .map_err(|e| Error::Source(format!("{}: {what}: {e}", self.describe())))?;
+                serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                    Error::Source(format!(
+                        "{}: {what}: unexpected reply: {e}",
+                        self.describe()
+                    ))
+                })
+            }
+            Err((StatusCode::NOT_FOUND, _)) => Ok(None),
+            Err((status, body)) => Err(self.http_error(what, status, &body)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct DbInfo {
+    doc_count: u64,
+    /// PouchDB-based servers leave it out.
+    doc_del_count: Option<u64>,
+    update_seq: Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct Changes {
+    results: Vec<Change>,
+    last_seq: Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct Change {
+    id: String,
+    changes: Vec<Rev>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Rev {
+    rev: String,
+}
+
+/// One database in `source_meta.databases`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DumpedDb {
+    pub name: String,
+    /// Folder under `couchdb/` in the tar.
+    pub dir: String,
+    /// Lines in `docs.ndjson`: leaf revisions, live or deleted.
+    pub revisions: u64,
+    pub deleted_revisions: u64,
+    /// The server's counts after the dump; a load is checked against them
+    /// when `exact` (nothing was written while the dump ran).
+    pub doc_count: u64,
+    pub doc_del_count: Option<u64>,
+    pub exact: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct CouchMeta {
+    databases: Vec<DumpedDb>,
+}
+
+pub struct CouchSource {
+    pub conn: CouchConn,
+    /// `LIFEBOAT_DATABASES`; every database (system ones too) by default.
+    pub databases: DbFilter,
+    pub paths: Vec<PathBuf>,
+    /// Where a database's NDJSON waits for its tar header (`TMPDIR`).
+    pub spool_dir: PathBuf,
+}
+
+fn seq_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn gone(conn: &CouchConn, db: &str) -> Error {
+    Error::Source(format!(
+        "{}: database {db:?} disappeared during the dump (deleted?); nothing was committed",
+        conn.describe()
+    ))
+}
+
+impl CouchSource {
+    /// Streams every leaf revision of `db` into `out`, one JSON per line.
+    async fn dump_db(
+        &self,
+        client: &Client,
+        db: &str,
+        out: &mut impl Write,
+        ctx: &SourceCtx,
+    ) -> Result<DumpedDb> {
+        let conn = &self.conn;
+        let what = format!("reading database {db:?}");
+        let before: DbInfo = conn
+            .get_json(client, &[db], "", &what)
+            .await?
+            .ok_or_else(|| gone(conn, db))?;
+        let (mut revisions, mut deleted) = (0u64, 0u64);
+        let mut since = "0".to_string();
+        loop {
+            if is_cancelled(&ctx.cancel) {
+                return Err(Error::Cancelled);
+            }
+            let query = format!("style=all_docs&limit={PAGE}&since={}", urlencode(&since));
+            let page: Changes = conn
+                .get_json(client, &[db, "_changes"], &query, &what)
+                .await?
+                .ok_or_else(|| gone(conn, db))?;
+            let n = page.results.len();
+            let wanted: Vec<Value> = page
+                .results
+                .iter()
+                .flat_map(|c| {
+                    c.changes
+                        .iter()
+                        .map(|r| serde_json::json!({ "id": c.id, "rev": r.rev }))
+                })
+                .collect();
+            if !wanted.is_empty() {
+                let req = conn
+                    .request(
+                        client,
+                        Method::POST,
+                        &[db, "_bulk_get"],
+                        "revs=true&attachments=true",
+                    )
+                    .json(&serde_json::json!({ "docs": wanted }));
+                let mut resp = match conn.send(req, &what).await? {
+                    Ok(r) => r,
+                    Err((StatusCode::NOT_FOUND, _)) => return Err(gone(conn, db)),
+                    Err((s, body)) => return Err(conn.http_error(&what, s, &body)),
+                };
+                // {"results":[{"id":..,"docs":[{"ok":DOC}|{"error":..}]}]}:
+                // each {"ok":..} opens inside four containers.
+                let mut split = Splitter::new(4);
+                let mut write_err = None;
+                while let Some(chunk) = resp
+                    .chunk()
+                    .await
+                    .map_err(|e| Error::Source(format!("{}: {what}: {e}", conn.describe())))?
+                {
+                    split.feed(&chunk, &mut |obj| {
+                        let v: Value = serde_json::from_slice(obj).map_err(|e| {
+                            Error::Source(format!("{}: {what}: bad document: {e}", conn.describe()))
+                        })?;
+                        // A leaf that vanished was replaced by a newer
+                        // revision, which a later page of changes brings.
+                        let Some(doc) = v.get("ok") else {
+                            return Ok(());
+                        };
+                        if doc.get("_deleted") == Some(&Value::Bool(true)) {
+                            deleted += 1;
+                        }
+                        revisions += 1;
+                        let r = serde_json::to_writer(&mut *out, doc)
+                            .map_err(std::io::Error::from)
+                            .and_then(|()| out.write_all(b"\n"));
+                        if let Err(e) = r {
+                            write_err.get_or_insert(e);
+                        }
+                        ctx.progress.add_entry();
+                        Ok(())
+                    })?;
+                    ctx.progress.add_bytes(chunk.len() as u64);
+                }
+                if let Some(e) = write_err {
+                    return Err(Error::io(
+                        format!(
+                            "spooling database {db:?} to {} (TMPDIR; it must hold the largest database's dump)",
+                            self.spool_dir.display()
+                        ),
+                        e,
+                    ));
+                }
+                if !split.is_complete() {
+                    return Err(Error::Source(format!(
+                        "{}: {what}: the reply of _bulk_get ended early",
+                        conn.describe()
+                    )));
+                }
+            }
+            since = seq_text(&page.last_seq);
+            if n < PAGE {
+                break;
+            }
+        }
+        let after: DbInfo = conn
+            .get_json(client, &[db], "", &what)
+            .await?
+            .ok_or_else(|| gone(conn, db))?;
+        let exact = before.update_seq == after.update_seq;
+        Ok(DumpedDb {
+            name: db.to_string(),
+            dir: safe_file_name(db),
+            revisions,
+            deleted_revisions: deleted,
+            doc_count: after.doc_count,
+            doc_del_count: after.doc_del_count,
+            exact,
+        })
+    }
+}
+
+/// Percent-encodes a query value (CouchDB 2+ sequences hold `-` and `_`,
+/// which are fine, but also characters that are not).
+fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Source for CouchSource {
+    fn kind(&self) -> &'static str {
+        "couchdb"
+    }
+
+    fn layout(&self) -> Layout {
+        Layout::Logical
+    }
+
+    fn paths(&self) -> Vec<String> {
+        self.paths.iter().map(|p| p.display().to_string()).collect()
+    }
+
+    fn write_tar<W: Write>(
+        &self,
+        tar: &mut tar::Builder<W>,
+        ctx: &SourceCtx,
+    ) -> Result<SourceReport> {
+        let rt = Handle::current();
+        let conn = &self.conn;
+        let client = conn.client()?;
+        let welcome: Value = rt
+            .block_on(conn.get_json(&client, &[], "", "connecting"))?
+            .unwrap_or_default();
+        let existing: Vec<String> = rt
+            .block_on(conn.get_json(&client, &["_all_dbs"], "", "listing databases"))?
+            .unwrap_or_default();
+        let names = self
+            .databases
+            .select(&existing)
+            .map_err(|m| Error::Source(format!("{}: {m}", conn.describe())))?;
+        let mut report = SourceReport::default();
+        let mut dumped = Vec::new();
+        for db in &names {
+            let spool_error = |e| {
+                Error::io(
+                    format!(
+                        "spooling database {db:?} to {} (TMPDIR; it must hold the largest database's dump)",
+                        self.spool_dir.display()
+                    ),
+                    e,
+                )
+            };
+            let mut spool = tempfile::tempfile_in(&self.spool_dir).map_err(spool_error)?;
+            let d = {
+                let mut out = BufWriter::with_capacity(READ_BUFFER, &mut spool);
+                let d = rt.block_on(self.dump_db(&client, db, &mut out, ctx))?;
+                out.flush().map_err(spool_error)?;
+                d
+            };
+            let security: Value = rt
+                .block_on(conn.get_json(&client, &[db, "_security"], "", "reading _security"))?
+                .ok_or_else(|| gone(conn, db))?;
+            let security = serde_json::to_vec_pretty(&security).expect("JSON serializes");
+            append_stream(
+                tar,
+                &mut report,
+                &format!("{DUMP_DIR}/{}/{SECURITY_FILE}", d.dir),
+                security.len() as u64,
+                security.as_slice(),
+            )?;
+            let size = spool.metadata().map_err(spool_error)?.len();
+            spool.rewind().map_err(spool_error)?;
+            append_stream(
+                tar,
+                &mut report,
+                &format!("{DUMP_DIR}/{}/{DOCS_FILE}", d.dir),
+                size,
+                BufReader::with_capacity(READ_BUFFER, spool),
+            )?;
+            if !d.exact {
+                report.warn(format!(
+                    "database {db:?} was written to during the dump; it holds every change up to its last page, not one moment"
+                ));
+            }
+            info!(database = %db, revisions = d.revisions, doc_count = d.doc_count, size, "database dumped");
+            dumped.push(d);
+        }
+        report.meta = serde_json::json!({
+            "server": {
+                "couchdb": welcome.get("couchdb").or(welcome.get("express-pouchdb")),
+                "version": welcome.get("version"),
+                "vendor": welcome.get("vendor"),
+            },
+            "databases": dumped,
+        });
+        Ok(report)
+    }
+}
+
+/// Whether CouchDB answers, so a load can start.
+pub async fn ready(conn: &CouchConn) -> Result<()> {
+    let client = conn.client()?;
+    conn.get_json::<Value>(&client, &[], "", "connecting")
+        .await
+        .map(drop)
+}
+
+/// Loads a staged dump (`dir` holds `couchdb/…`): creates each database,
+/// restores `_security`, posts the revisions with `new_edits:false` in
+/// bounded batches, and checks the document counts.
+pub async fn load(conn: &CouchConn, dir: &Path, m: &Manifest, cancel: &Cancel) -> Result<()> {
+    let meta: CouchMeta =
+        serde_json::from_value(m.source_meta.clone()).map_err(|e| Error::Corrupt {
+            id: m.id.clone(),
+            reason: format!("source_meta has no usable database list: {e}"),
+        })?;
+    let client = conn.client()?;
+    let mut state = LoadState::read(dir)?;
+    for db in &meta.databases {
+        if state.done.contains(&db.name) {
+            info!(database = %db.name, "already loaded by an earlier attempt");
+            continue;
+        }
+        crate::artifact::check_file_name(&db.dir).map_err(|r| Error::Corrupt {
+            id: m.id.clone(),
+            reason: format!("database folder {:?}: {r}", db.dir),
+        })?;
+        let what = format!("loading database {:?}", db.name);
+        let create = conn.request(&client, Method::PUT, &[&db.name], "");
+        match conn.send(create, &what).await? {
+            Ok(_) | Err((StatusCode::PRECONDITION_FAILED, _)) => {}
+            Err((s, body)) => return Err(conn.http_error(&what, s, &body)),
+        }
+        let folder = dir.join(DUMP_DIR).join(&db.dir);
+        let security_path = folder.join(SECURITY_FILE);
+        let security = fs::read(&security_path).ctx("reading", &security_path)?;
+        let put = conn
+            .request(&client, Method::PUT, &[&db.name, "_security"], "")
+            .header("Content-Type", "application/json")
+            .body(security);
+        if let Err((s, body)) = conn.send(put, &what).await? {
+            return Err(conn.http_error(&format!("{what}: _security"), s, &body));
+        }
+        let docs_path = folder.join(DOCS_FILE);
+        let mut lines = BufReader::with_capacity(
+            READ_BUFFER,
+            fs::File::open(&docs_path).ctx("opening", &docs_path)?,
+        );
+        let mut batch: Vec<u8> = Vec::new();
+        let mut in_batch = 0usize;
+        let mut line = Vec::new();
+        let mut loaded = 0u64;
+        loop {
+            if is_cancelled(cancel) {
+                return Err(Error::Cancelled);
+            }
+            line.clear();
+            let n = lines
+                .read_until(b'\n', &mut line)
+                .ctx("reading", &docs_path)?;
+            let doc = line.trim_ascii();
+            if !doc.is_empty() {
+                if in_batch > 0 && batch.len() + doc.len() > LOAD_BATCH_BYTES {
+                    post_batch(conn, &client, &db.name, &batch, &what).await?;
+                    batch.clear();
+                    in_batch = 0;
+                }
+                batch.push(if in_batch == 0 { b'[' } else { b',' });
+                batch.extend_from_slice(doc);
+                in_batch += 1;
+                loaded += 1;
+            }
+            if in_batch > 0 && (in_batch >= LOAD_BATCH_DOCS || n == 0) {
+                post_batch(conn, &client, &db.name, &batch, &what).await?;
+                batch.clear();
+                in_batch = 0;
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        let info: DbInfo = conn
+            .get_json(&client, &[&db.name], "", &what)
+            .await?
+            .ok_or_else(|| {
+                Error::Source(format!(
+                    "{}: {what}: the database vanished",
+                    conn.describe()
+                ))
+            })?;
+        if db.exact {
+            if info.doc_count < db.doc_count {
+                return Err(Error::Source(format!(
+                    "{}: {what}: {} documents after the load, the backup recorded {}",
+                    conn.describe(),
+                    info.doc_count,
+                    db.doc_count
+                )));
+            }
+            if info.doc_count > db.doc_count {
+                warn!(database = %db.name, loaded = info.doc_count, recorded = db.doc_count, "the database holds more documents than the backup: the server had some of its own");
+            }
+            if let (Some(got), Some(want)) = (info.doc_del_count, db.doc_del_count) {
+                if got < want {
+                    return Err(Error::Source(format!(
+                        "{}: {what}: {got} deleted documents after the load, the backup recorded {want}",
+                        conn.describe()
+                    )));
+                }
+            }
+        }
+        state.done.push(db.name.clone());
+        state.write(dir)?;
+        info!(database = %db.name, revisions = loaded, doc_count = info.doc_count, "database loaded");
+    }
+    Ok(())
+}
+
+/// Posts `[doc,doc,...` (without its closing bracket) as one `_bulk_docs`
+/// with `new_edits:false`: revisions are stored as they are, not re-edited.
+async fn post_batch(
+    conn: &CouchConn,
+    client: &Client,
+    db: &str,
+    docs: &[u8],
+    what: &str,
+) -> Result<()> {
+    let mut body = Vec::with_capacity(docs.len() + 32);
+    body.extend_from_slice(b"{\"new_edits\":false,\"docs\":");
+    body.extend_from_slice(docs);
+    body.extend_from_slice(b"]}");
+    let req = conn
+        .request(client, Method::POST, &[db, "_bulk_docs"], "")
+        .header("Content-Type", "application/json")
+        .body(body);
+    let resp = match conn.send(req, what).await? {
+        Ok(r) => r,
+        Err((s, body)) => return Err(conn.http_error(what, s, &body)),
+    };
+    let results: Value = resp.json().await.unwrap_or(Value::Null);
+    let failed: Vec<&Value> = results
+        .as_array()
+        .map(|a| a.iter().filter(|r| r.get("error").is_some()).collect())
+        .unwrap_or_default();
+    if let Some(first) = failed.first() {
+        return Err(Error::Source(format!(
+            "{}: {what}: {} document(s) refused, e.g. {first}",
+            conn.describe(),
+            failed.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_leave_the_url_and_names_are_one_segment() {
+        let c = CouchConn::new(Some("http://admin:pw@127.0.0.1:5984"), None, None).unwrap();
+        assert_eq!(c.describe(), "CouchDB at http://127.0.0.1:5984");
+        assert_eq!(
+            (c.user.as_deref(), c.password.as_deref()),
+            (Some("admin"), Some("pw"))
+        );
+        assert_eq!(
+            c.url_of(&["a/b", "_changes"], "since=0").as_str(),
+            "http://127.0.0.1:5984/a%2Fb/_changes?since=0"
+        );
+        let c = CouchConn::new(Some("https://db.example/couch"), Some("u"), Some("p")).unwrap();
+        assert_eq!(c.url_of(&["x"], "").as_str(), "https://db.example/couch/x");
+        assert!(CouchConn::new(Some("localhost:5984"), None, None).is_err());
+    }
+}

@@ -1,0 +1,441 @@
+//! CouchDB logical dumps against a real CouchDB-API server: PouchDB Server
+//! (npm `pouchdb-server`; no real CouchDB installs here, DESIGN §8), started
+//! and stopped by these tests on 127.0.0.1 with an admin configured.
+//!
+//! Round trip through the init container (verify and stage) and the sidecar
+//! (load with `new_edits:false`): every document, revision path, conflict,
+//! deleted document, attachment byte and `_security` object comes back.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use lifeboat_tests::*;
+use serde_json::{json, Value};
+
+const ADMIN: &str = "admin";
+const PASSWORD: &str = "couch-test-pw";
+
+/// PouchDB Server from `scripts/setup.sh`'s install, or `POUCHDB_SERVER`.
+fn pouchdb_server() -> PathBuf {
+    if let Some(p) = std::env::var_os("POUCHDB_SERVER") {
+        return p.into();
+    }
+    let p = PathBuf::from("/opt/lifeboat-test-tools/node_modules/.bin/pouchdb-server");
+    assert!(
+        p.exists(),
+        "pouchdb-server is not installed (scripts/setup.sh installs it)"
+    );
+    p
+}
+
+struct Couch {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Couch {
+    /// A server keeping its databases in `dir`, with an admin.
+    fn start(dir: &Path) -> Couch {
+        fs::create_dir_all(dir).unwrap();
+        let port = free_port();
+        let child = Command::new(pouchdb_server())
+            .args(["-o", "127.0.0.1", "-p", &port.to_string(), "-n", "-d"])
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("config.json"))
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let c = Couch {
+            child: Some(child),
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ureq::get(&c.url("")).call().is_err() {
+            assert!(Instant::now() < deadline, "pouchdb-server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // An admin ends "admin party": every request below authenticates.
+        ureq::put(&c.url(&format!("_config/admins/{ADMIN}")))
+            .set("Accept", "application/json")
+            .send_json(json!(PASSWORD))
+            .expect("creating the admin");
+        c
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{ADMIN}:{PASSWORD}"));
+        let req = ureq::request(method, &self.url(path))
+            .set("Accept", "application/json")
+            .set("Authorization", &format!("Basic {auth}"));
+        let resp = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        let resp = match resp {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = resp.status();
+        (status, resp.into_json().unwrap_or(Value::Null))
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(method, path, body);
+        assert!(status < 300, "{method} {path}: {status} {v}");
+        v
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn env(&self, vol: &Path, backup: &Path, pwfile: &Path) -> Vec<(&'static str, String)> {
+        vec![
+            ("LIFEBOAT_SOURCE", "couchdb".into()),
+            ("LIFEBOAT_PATHS", vol.display().to_string()),
+            ("LIFEBOAT_TARGETS", format!("file://{}", backup.display())),
+            ("LIFEBOAT_SCHEDULE", "0 0 1 1 *".into()),
+            ("LIFEBOAT_COUCHDB_URL", self.url("")),
+            ("COUCHDB_USER", ADMIN.into()),
+            ("COUCHDB_PASSWORD_FILE", pwfile.display().to_string()),
+            ("HOSTNAME", "couch-0".into()),
+        ]
+    }
+}
+
+impl Drop for Couch {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn pairs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+fn enc(id: &str) -> String {
+    match id.strip_prefix("_design/") {
+        Some(rest) => format!("_design/{}", urlencode(rest)),
+        None => urlencode(id),
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Everything a user would compare, read through other endpoints than the
+/// ones lifeboat uses: every leaf of every document with its revision path
+/// and attachments (`open_revs=all`), and `_security`.
+fn snapshot(c: &Couch, dbs: &[&str]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for db in dbs {
+        let changes = c.ok(
+            "GET",
+            &format!("{}/_changes?style=all_docs", urlencode(db)),
+            None,
+        );
+        let mut ids: Vec<String> = changes["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        for id in ids {
+            let mut leaves = c.ok(
+                "GET",
+                &format!(
+                    "{}/{}?open_revs=all&revs=true&attachments=true",
+                    urlencode(db),
+                    enc(&id)
+                ),
+                None,
+            );
+            let arr = leaves.as_array_mut().unwrap();
+            arr.sort_by_key(|l| l["ok"]["_rev"].as_str().unwrap_or_default().to_string());
+            out.push(json!({ "db": db, "id": id, "leaves": arr }));
+        }
+        out.push(json!({ "db": db, "security": c.ok("GET", &format!("{}/_security", urlencode(db)), None) }));
+    }
+    out
+}
+
+fn sidecar_until(env: &[(&'static str, &str)], log: &Path, needle: &str) {
+    let mut child = lifeboat("lifeboat-sidecar", env)
+        .stderr(fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            break;
+        }
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("sidecar never logged {needle:?}:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "{status}: {}",
+        fs::read_to_string(log).unwrap()
+    );
+}
+
+#[test]
+fn databases_with_revisions_conflicts_deletions_and_attachments_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vol, backup) = (tmp.path().join("volume"), tmp.path().join("backup"));
+    fs::create_dir_all(&vol).unwrap();
+    fs::create_dir_all(&backup).unwrap();
+    let pwfile = tmp.path().join("pw");
+    fs::write(&pwfile, PASSWORD).unwrap();
+    let mut couch = Couch::start(&tmp.path().join("couch1"));
+
+    // notes: three revisions, a deleted document, a conflict, a design document.
+    couch.ok("PUT", "notes", None);
+    let r1 = couch.ok("PUT", "notes/three", Some(json!({ "v": 1 })));
+    let r2 = couch.ok(
+        "PUT",
+        "notes/three",
+        Some(json!({ "v": 2, "_rev": r1["rev"] })),
+    );
+    couch.ok(
+        "PUT",
+        "notes/three",
+        Some(json!({ "v": 3, "_rev": r2["rev"], "text": "ünïcode ✓" })),
+    );
+    let g = couch.ok("PUT", "notes/gone", Some(json!({ "soon": "deleted" })));
+    couch.ok(
+        "DELETE",
+        &format!("notes/gone?rev={}", g["rev"].as_str().unwrap()),
+        None,
+    );
+    couch.ok(
+        "POST",
+        "notes/_bulk_docs",
+        Some(json!({ "new_edits": false, "docs": [
+            { "_id": "clash", "_rev": "1-aaaa", "side": "left" },
+            { "_id": "clash", "_rev": "1-bbbb", "side": "right" },
+        ]})),
+    );
+    couch.ok(
+        "PUT",
+        "notes/_design/app",
+        Some(json!({ "views": { "by_v": { "map": "function (doc) { if (doc.v) emit(doc.v, null); }" } } })),
+    );
+    couch.ok(
+        "PUT",
+        "notes/_security",
+        Some(json!({ "admins": { "names": ["boss"], "roles": [] }, "members": { "names": [], "roles": ["staff"] } })),
+    );
+    // media: an attachment of a few MB.
+    couch.ok("PUT", "media", None);
+    let blob = noise(3 * 1024 * 1024 + 17, 7);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&blob);
+    couch.ok(
+        "PUT",
+        "media/photo",
+        Some(json!({ "title": "big", "_attachments": { "photo.bin": { "content_type": "application/octet-stream", "data": b64 } } })),
+    );
+    let dbs = ["_users", "media", "notes"];
+    let before = snapshot(&couch, &dbs);
+
+    let env = couch.env(&vol, &backup, &pwfile);
+    run_ok(lifeboat("lifeboat-sidecar", &pairs(&env)).arg("backup-now"));
+    let hist = history(&backup, "couch-0");
+    let artifact = artifacts(&hist).pop().unwrap();
+    let manifest: Value = serde_json::from_slice(
+        &fs::read(
+            artifact
+                .to_str()
+                .unwrap()
+                .replace(".tar.zst", ".manifest.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["source"], "couchdb");
+    assert_eq!(manifest["layout"], "logical");
+    let notes = manifest["source_meta"]["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "notes")
+        .unwrap();
+    // three, gone (deleted), two sides of clash, the design document.
+    assert_eq!(
+        (
+            notes["revisions"].as_u64(),
+            notes["deleted_revisions"].as_u64()
+        ),
+        (Some(5), Some(1))
+    );
+    assert_eq!(notes["exact"], true);
+
+    // A new pod: an empty server, the init container stages, the sidecar loads.
+    couch.kill();
+    let mut couch = Couch::start(&tmp.path().join("couch2"));
+    let env = couch.env(&vol, &backup, &pwfile);
+    let out = run_ok(&mut lifeboat("lifeboat-restore", &pairs(&env)));
+    assert!(stderr(&out).contains("staged"), "{}", stderr(&out));
+    let log = tmp.path().join("sidecar.log");
+    sidecar_until(&pairs(&env), &log, "next scheduled backup");
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.contains("restored dump loaded"), "{text}");
+    assert!(!vol.join(".lifeboat-pending").exists());
+    assert_eq!(snapshot(&couch, &dbs), before);
+
+    // Loading the same dump again (a restore forced over the data) changes nothing.
+    let mut again = env.clone();
+    again.push(("LIFEBOAT_RESTORE", "always".into()));
+    run_ok(&mut lifeboat("lifeboat-restore", &pairs(&again)));
+    sidecar_until(&pairs(&env), &log, "next scheduled backup");
+    assert_eq!(snapshot(&couch, &dbs), before);
+    couch.kill();
+}
+
+#[test]
+fn server_down_wrong_password_and_a_database_deleted_mid_dump_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vol, backup) = (tmp.path().join("volume"), tmp.path().join("backup"));
+    fs::create_dir_all(&vol).unwrap();
+    fs::create_dir_all(&backup).unwrap();
+    let pwfile = tmp.path().join("pw");
+    fs::write(&pwfile, PASSWORD).unwrap();
+    let wrong = tmp.path().join("wrong");
+    fs::write(&wrong, "nope").unwrap();
+    let couch = Couch::start(&tmp.path().join("couch"));
+    let env = couch.env(&vol, &backup, &pwfile);
+    let hist = history(&backup, "couch-0");
+
+    let expect_failure = |extra: &[(&'static str, String)], needle: &str| {
+        let mut e = env.clone();
+        for (k, v) in extra {
+            e.retain(|(x, _)| x != k);
+            e.push((k, v.clone()));
+        }
+        let out = lifeboat("lifeboat-sidecar", &pairs(&e))
+            .arg("backup-now")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(needle),
+            "expected {needle:?} in:\n{}",
+            stderr(&out)
+        );
+    };
+    expect_failure(
+        &[(
+            "LIFEBOAT_COUCHDB_URL",
+            format!("http://127.0.0.1:{}", free_port()),
+        )],
+        "is CouchDB running? check LIFEBOAT_COUCHDB_URL",
+    );
+    expect_failure(
+        &[("COUCHDB_PASSWORD_FILE", wrong.display().to_string())],
+        "check COUCHDB_USER and COUCHDB_PASSWORD",
+    );
+    expect_failure(&[("LIFEBOAT_DATABASES", "nosuchdb".into())], "do not exist");
+    assert!(artifacts(&hist).is_empty());
+
+    // Big enough that the dump takes a while; deleted while it runs.
+    couch.ok("PUT", "big", None);
+    for batch in 0..20 {
+        let docs: Vec<Value> = (0..1000)
+            .map(|i| json!({ "_id": format!("doc{:06}", batch * 1000 + i), "n": i, "pad": "x".repeat(200) }))
+            .collect();
+        couch.ok("POST", "big/_bulk_docs", Some(json!({ "docs": docs })));
+    }
+    let mut child = lifeboat("lifeboat-sidecar", &pairs(&env))
+        .arg("backup-now")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !fs::read_dir(&hist)
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        })
+        .unwrap_or(false)
+    {
+        assert!(
+            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "backup ended before the delete"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    couch.ok("DELETE", "big", None);
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("disappeared during the dump"), "{err}");
+    assert!(artifacts(&hist).is_empty());
+}
+
+#[test]
+fn memory_stays_flat_while_dumping_200k_documents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vol, backup) = (tmp.path().join("volume"), tmp.path().join("backup"));
+    fs::create_dir_all(&vol).unwrap();
+    fs::create_dir_all(&backup).unwrap();
+    let pwfile = tmp.path().join("pw");
+    fs::write(&pwfile, PASSWORD).unwrap();
+    let couch = Couch::start(&tmp.path().join("couch"));
+    couch.ok("PUT", "many", None);
+    for batch in 0..40 {
+        let docs: Vec<Value> = (0..5000)
+            .map(|i| json!({ "_id": format!("d{:07}", batch * 5000 + i), "i": i, "s": "small document" }))
+            .collect();
+        couch.ok("POST", "many/_bulk_docs", Some(json!({ "docs": docs })));
+    }
+    let mut env = couch.env(&vol, &backup, &pwfile);
+    env.push(("LIFEBOAT_DATABASES", "many".into()));
+    let out = run_ok(lifeboat("lifeboat-sidecar", &pairs(&env)).arg("backup-now"));
+    let err = stderr(&out);
+    let peak: u64 = err
+        .split("peak_rss_mib=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .expect("the result line reports peak RSS");
+    println!("peak RSS dumping 200k documents: {peak} MiB");
+    assert!(peak <= 64, "peak RSS {peak} MiB:\n{err}");
+    let manifest = fs::read_dir(history(&backup, "couch-0"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".manifest.json"))
+        .unwrap();
+    let m: Value = serde_json::from_slice(&fs::read(manifest.path()).unwrap()).unwrap();
+    assert_eq!(m["source_meta"]["databases"][0]["revisions"], 200_000);
+    assert_eq!(m["source_meta"]["databases"][0]["doc_count"], 200_000);
+}
