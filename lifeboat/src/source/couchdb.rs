@@ -46,12 +46,23 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where CouchDB is and who we are to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct CouchConn {
     /// Without credentials and without a trailing `/`.
     pub url: Url,
     pub user: Option<String>,
     pub password: Option<String>,
+}
+
+/// Never the password: settings end up in debug logs.
+impl std::fmt::Debug for CouchConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CouchConn")
+            .field("url", &self.url.as_str())
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl CouchConn {

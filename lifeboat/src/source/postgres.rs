@@ -45,13 +45,26 @@ const SKIP_FILES: &[&str] = &[
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Connection settings from the standard `PG*` variables.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct PgConn {
     pub host: String,
     pub port: u16,
     pub user: String,
     pub password: Option<String>,
     pub dbname: String,
+}
+
+/// Never the password: settings end up in debug logs.
+impl std::fmt::Debug for PgConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConn")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("dbname", &self.dbname)
+            .finish()
+    }
 }
 
 impl PgConn {
