@@ -14,8 +14,8 @@ use crate::pipe::{self, ChunkWriter, HashWriter};
 use crate::progress::{self, mib_per_s, Cancel, Progress};
 use crate::retention;
 use crate::source::{
-    AnySource, CouchSource, FilesSource, PgDumpSource, PostgresSource, Source, SourceCtx,
-    SourceReport,
+    AnySource, ArangoSource, CouchSource, FilesSource, PgDumpSource, PostgresSource, Source,
+    SourceCtx, SourceReport,
 };
 use crate::target::{AnyTarget, Target, TargetSpec, Upload};
 use crate::{Error, Result};
@@ -50,6 +50,12 @@ impl Job {
             SourceKind::Files => AnySource::Files(files),
             SourceKind::CouchDb => AnySource::CouchDb(CouchSource {
                 conn: settings.couchdb.clone(),
+                databases: settings.databases.clone(),
+                paths: settings.paths.clone(),
+                spool_dir: settings.spool_dir.clone(),
+            }),
+            SourceKind::ArangoDb => AnySource::ArangoDb(ArangoSource {
+                conn: settings.arangodb.clone(),
                 databases: settings.databases.clone(),
                 paths: settings.paths.clone(),
                 spool_dir: settings.spool_dir.clone(),

@@ -117,6 +117,7 @@ pub enum SourceKind {
     Files,
     Postgres,
     CouchDb,
+    ArangoDb,
 }
 
 impl SourceKind {
@@ -125,6 +126,7 @@ impl SourceKind {
             SourceKind::Files => "files",
             SourceKind::Postgres => "postgres",
             SourceKind::CouchDb => "couchdb",
+            SourceKind::ArangoDb => "arangodb",
         }
     }
 }
@@ -250,7 +252,7 @@ impl Inputs {
 pub const ENV_VARS: &[(&str, &str)] = &[
     (
         "LIFEBOAT_SOURCE",
-        "what to back up: files (default), postgres or couchdb",
+        "what to back up: files (default), postgres, couchdb or arangodb",
     ),
     (
         "LIFEBOAT_PATHS",
@@ -310,6 +312,15 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "CouchDB's URL (default: http://127.0.0.1:5984); COUCHDB_USER/COUCHDB_PASSWORD log in",
     ),
     (
+        "LIFEBOAT_ARANGODB_URL",
+        "ArangoDB's URL (default: http://127.0.0.1:8529)",
+    ),
+    ("LIFEBOAT_ARANGODB_USER", "ArangoDB user (default: root)"),
+    (
+        "LIFEBOAT_ARANGODB_PASSWORD",
+        "its password (default: ARANGO_ROOT_PASSWORD)",
+    ),
+    (
         "LIFEBOAT_S3_ENDPOINT",
         "S3-compatible endpoint URL, e.g. http://minio:9000",
     ),
@@ -344,6 +355,9 @@ struct RawEnv {
     postgres_mode: Option<String>,
     databases: Option<String>,
     couchdb_url: Option<String>,
+    arangodb_url: Option<String>,
+    arangodb_user: Option<String>,
+    arangodb_password: Option<String>,
 }
 
 /// Validated settings. Built only through [`Settings::from_inputs`].
@@ -373,6 +387,8 @@ pub struct Settings {
     pub databases: DbFilter,
     /// `LIFEBOAT_COUCHDB_URL` and `COUCHDB_USER` / `COUCHDB_PASSWORD`.
     pub couchdb: crate::source::CouchConn,
+    /// `LIFEBOAT_ARANGODB_*` (password also from `ARANGO_ROOT_PASSWORD`).
+    pub arangodb: crate::source::ArangoConn,
     /// Where dumps wait for their tar header: `TMPDIR`, else `/tmp`.
     pub spool_dir: PathBuf,
     /// The current value of `lifeboat.dev/backup-now`, if set.
@@ -454,10 +470,7 @@ impl Settings {
                 "files" | "" => SourceKind::Files,
                 "postgres" => SourceKind::Postgres,
                 "couchdb" => SourceKind::CouchDb,
-                s @ "arangodb" => {
-                    problems.fail(&v, format!("source {s:?} is not available in this version yet; accepted: files, postgres, couchdb"));
-                    SourceKind::Files
-                }
+                "arangodb" => SourceKind::ArangoDb,
                 _ => {
                     problems.fail(
                         &v,
@@ -752,11 +765,31 @@ impl Settings {
             );
             crate::source::CouchConn::new(None, None, None).expect("the default URL parses")
         });
-        if source == SourceKind::CouchDb && paths.len() > 1 {
+        let arangodb = crate::source::ArangoConn::new(
+            raw.arangodb_url.as_deref(),
+            raw.arangodb_user.as_deref(),
+            raw.arangodb_password
+                .as_deref()
+                .or(inputs.env.get("ARANGO_ROOT_PASSWORD").map(String::as_str)),
+        )
+        .unwrap_or_else(|m| {
+            problems.fail(
+                &Value {
+                    setting: "LIFEBOAT_ARANGODB_URL".into(),
+                    text: raw.arangodb_url.clone().unwrap_or_default(),
+                },
+                m,
+            );
+            crate::source::ArangoConn::new(None, None, None).expect("the default URL parses")
+        });
+        if matches!(source, SourceKind::CouchDb | SourceKind::ArangoDb) && paths.len() > 1 {
             problems.0.push(Problem {
                 setting: "LIFEBOAT_PATHS".into(),
                 value: raw.paths.clone().unwrap_or_default(),
-                message: "the couchdb source takes exactly one path: the data volume, where a restore stages the dump".into(),
+                message: format!(
+                    "the {} source takes exactly one path: the data volume, where a restore stages the dump",
+                    source.as_str()
+                ),
             });
         }
         if source == SourceKind::Postgres && paths.len() > 1 {
@@ -816,6 +849,7 @@ impl Settings {
             postgres_mode,
             databases,
             couchdb,
+            arangodb,
             spool_dir: inputs
                 .env
                 .get("TMPDIR")

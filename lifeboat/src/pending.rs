@@ -126,6 +126,9 @@ pub async fn load(p: &Pending, settings: &Settings, cancel: &Cancel) -> Result<(
                 crate::source::pg_dump::load(&settings.postgres, &p.dir, m, cancel).await?
             }
             "couchdb" => crate::source::couchdb::load(&settings.couchdb, &p.dir, m, cancel).await?,
+            "arangodb" => {
+                crate::source::arangodb::load(&settings.arangodb, &p.dir, m, cancel).await?
+            }
             other => {
                 return Err(Error::Source(format!(
                     "{} holds a {other} dump, which this sidecar cannot load (its source is {})",
@@ -154,6 +157,7 @@ pub async fn server_ready(p: &Pending, settings: &Settings) -> Result<()> {
     match p.manifest.source.as_str() {
         "postgres" => crate::source::pg_dump::ready(&settings.postgres).await,
         "couchdb" => crate::source::couchdb::ready(&settings.couchdb).await,
+        "arangodb" => crate::source::arangodb::ready(&settings.arangodb).await,
         _ => Ok(()),
     }
 }

@@ -1,6 +1,7 @@
 //! Sources produce a consistent set of tar entries. One trait for the seam,
 //! one enum for the closed set of implementations.
 
+pub mod arangodb;
 pub mod couchdb;
 pub mod files;
 pub mod pg_dump;
@@ -14,6 +15,7 @@ use crate::manifest::Layout;
 use crate::progress::{Cancel, Progress};
 use crate::{Error, Result};
 
+pub use arangodb::{ArangoConn, ArangoSource};
 pub use couchdb::{CouchConn, CouchSource};
 pub use files::FilesSource;
 pub use pg_dump::PgDumpSource;
@@ -112,6 +114,7 @@ pub enum AnySource {
     Postgres(PostgresSource),
     PgDump(PgDumpSource),
     CouchDb(CouchSource),
+    ArangoDb(ArangoSource),
 }
 
 impl Source for AnySource {
@@ -121,6 +124,7 @@ impl Source for AnySource {
             AnySource::Postgres(s) => s.kind(),
             AnySource::PgDump(s) => s.kind(),
             AnySource::CouchDb(s) => s.kind(),
+            AnySource::ArangoDb(s) => s.kind(),
         }
     }
     fn paths(&self) -> Vec<String> {
@@ -129,6 +133,7 @@ impl Source for AnySource {
             AnySource::Postgres(s) => s.paths(),
             AnySource::PgDump(s) => s.paths(),
             AnySource::CouchDb(s) => s.paths(),
+            AnySource::ArangoDb(s) => s.paths(),
         }
     }
     fn layout(&self) -> Layout {
@@ -137,6 +142,7 @@ impl Source for AnySource {
             AnySource::Postgres(s) => s.layout(),
             AnySource::PgDump(s) => s.layout(),
             AnySource::CouchDb(s) => s.layout(),
+            AnySource::ArangoDb(s) => s.layout(),
         }
     }
     fn write_tar<W: Write>(
@@ -149,6 +155,7 @@ impl Source for AnySource {
             AnySource::Postgres(s) => s.write_tar(tar, ctx),
             AnySource::PgDump(s) => s.write_tar(tar, ctx),
             AnySource::CouchDb(s) => s.write_tar(tar, ctx),
+            AnySource::ArangoDb(s) => s.write_tar(tar, ctx),
         }
     }
 }

@@ -1,0 +1,776 @@
+//! The `arangodb` source: a logical dump over the HTTP API that arangodump
+//! uses (DESIGN §5), loaded back through the pending load.
+//!
+//! Per database: a dump batch (a snapshot the server keeps while its TTL
+//! lasts, prolonged as we go and deleted at the end), the inventory of
+//! collections and indexes, then each collection's documents in chunks while
+//! `x-arango-replication-checkmore` says there are more. Written in
+//! arangodump's layout, so `arangorestore` reads it too:
+//! `arangodb/<db>/dump.json`, `<collection>.structure.json`,
+//! `<collection>.data.json` (one document per line).
+
+use std::fs;
+use std::io::{BufRead, BufReader, BufWriter, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode, Url};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::runtime::Handle;
+use tracing::{info, warn};
+
+use super::files::READ_BUFFER;
+use super::{append_stream, safe_file_name, Source, SourceCtx, SourceReport};
+use crate::config::DbFilter;
+use crate::error::IoContext;
+use crate::manifest::{Layout, Manifest};
+use crate::pending::LoadState;
+use crate::progress::{is_cancelled, Cancel};
+use crate::{Error, Result};
+
+pub const DUMP_DIR: &str = "arangodb";
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8529";
+/// How long the server keeps a dump batch without hearing from us.
+pub const BATCH_TTL: Duration = Duration::from_secs(300);
+/// The batch is prolonged at least this often (well inside its TTL).
+pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(60);
+/// Bytes the server puts in one dump reply (approximately).
+pub const CHUNK_SIZE: u64 = 4 * 1024 * 1024;
+/// Loading: documents and bytes per `/_api/import` request.
+pub const LOAD_BATCH_DOCS: usize = 1000;
+pub const LOAD_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// System collections worth keeping: users, graph definitions, analyzers
+/// and AQL functions. The rest (statistics, queues, Foxx) is server state.
+const SYSTEM_KEPT: &[&str] = &["_users", "_graphs", "_analyzers", "_aqlfunctions"];
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+pub const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct ArangoConn {
+    pub url: Url,
+    pub user: String,
+    pub password: Option<String>,
+}
+
+/// Never the password: settings end up in debug logs.
+impl std::fmt::Debug for ArangoConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArangoConn")
+            .field("url", &self.url.as_str())
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl ArangoConn {
+    /// From `LIFEBOAT_ARANGODB_URL`, `LIFEBOAT_ARANGODB_USER` (default
+    /// `root`) and `LIFEBOAT_ARANGODB_PASSWORD`, else `ARANGO_ROOT_PASSWORD`
+    /// (the official image's name).
+    pub fn new(
+        url: Option<&str>,
+        user: Option<&str>,
+        password: Option<&str>,
+    ) -> std::result::Result<Self, String> {
+        let mut url = Url::parse(url.unwrap_or(DEFAULT_URL).trim())
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| {
+                "accepted: an http:// or https:// URL, e.g. http://127.0.0.1:8529".to_string()
+            })?;
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        Ok(ArangoConn {
+            url,
+            user: user.unwrap_or("root").to_string(),
+            password: password.map(String::from),
+        })
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        format!("ArangoDB at {}", self.url.as_str().trim_end_matches('/'))
+    }
+
+    fn client(&self) -> Result<Client> {
+        Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .build()
+            .map_err(|e| Error::Source(format!("{}: cannot set up HTTP: {e}", self.describe())))
+    }
+
+    /// `/_db/<db>/<path...>?query`, the database a percent-encoded segment.
+    fn request(
+        &self,
+        client: &Client,
+        method: Method,
+        db: &str,
+        path: &[&str],
+        query: &[(&str, &str)],
+    ) -> RequestBuilder {
+        let mut u = self.url.clone();
+        {
+            let mut segs = u.path_segments_mut().expect("http URLs have paths");
+            segs.pop_if_empty();
+            segs.push("_db");
+            segs.push(db);
+            segs.extend(path);
+        }
+        if !query.is_empty() {
+            u.query_pairs_mut().extend_pairs(query);
+        }
+        client
+            .request(method, u)
+            .header("Accept", "application/json")
+            .basic_auth(&self.user, self.password.as_ref())
+    }
+
+    async fn send(
+        &self,
+        req: RequestBuilder,
+        what: &str,
+    ) -> Result<std::result::Result<Response, (StatusCode, String)>> {
+        let resp = req.send().await.map_err(|e| {
+            let mut detail = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(inner) = src {
+                detail.push_str(": ");
+                detail.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            Error::Source(format!(
+                "{}: {what}: {detail} (is ArangoDB running? check LIFEBOAT_ARANGODB_URL)",
+                self.describe()
+            ))
+        })?;
+        if resp.status().is_success() {
+            return Ok(Ok(resp));
+        }
+        let status = resp.status();
+        Ok(Err((status, resp.text().await.unwrap_or_default())))
+    }
+
+    fn http_error(&self, what: &str, status: StatusCode, body: &str) -> Error {
+        let reason = serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("errorMessage")?.as_str().map(String::from))
+            .unwrap_or_else(|| body.chars().take(300).collect());
+        let hint = match status.as_u16() {
+            401 | 403 => " (check LIFEBOAT_ARANGODB_USER and LIFEBOAT_ARANGODB_PASSWORD or ARANGO_ROOT_PASSWORD; backups need an admin)",
+            _ => "",
+        };
+        Error::Source(format!(
+            "{}: {what}: HTTP {status}: {reason}{hint}",
+            self.describe()
+        ))
+    }
+
+    /// A request whose reply is small JSON; `Ok(None)` on 404.
+    async fn json(&self, req: RequestBuilder, what: &str) -> Result<Option<Value>> {
+        match self.send(req, what).await? {
+            Ok(r) => {
+                if r.status() == StatusCode::NO_CONTENT {
+                    return Ok(Some(Value::Null));
+                }
+                let b = r
+                    .bytes()
+                    .await
+                    .map_err(|e| Error::Source(format!("{}: {what}: {e}", self.describe())))?;
+                Ok(Some(serde_json::from_slice(&b).unwrap_or(Value::Null)))
+            }
+            Err((StatusCode::NOT_FOUND, _)) => Ok(None),
+            Err((s, body)) => Err(self.http_error(what, s, &body)),
+        }
+    }
+}
+
+/// One collection in `source_meta`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DumpedCollection {
+    pub name: String,
+    /// 2 = documents, 3 = edges.
+    pub r#type: u64,
+    pub file: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DumpedDb {
+    pub name: String,
+    pub dir: String,
+    pub collections: Vec<DumpedCollection>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ArangoMeta {
+    databases: Vec<DumpedDb>,
+}
+
+pub struct ArangoSource {
+    pub conn: ArangoConn,
+    pub databases: DbFilter,
+    pub paths: Vec<PathBuf>,
+    pub spool_dir: PathBuf,
+}
+
+fn gone(conn: &ArangoConn, what: &str) -> Error {
+    Error::Source(format!(
+        "{}: {what}: not found (the database or collection was deleted during the dump?); nothing was committed",
+        conn.describe()
+    ))
+}
+
+/// The batch of one database's dump; deleted on every way out.
+struct Batch<'a> {
+    conn: &'a ArangoConn,
+    client: &'a Client,
+    db: &'a str,
+    id: String,
+    prolonged: Instant,
+}
+
+impl Batch<'_> {
+    async fn keep_alive(&mut self, force: bool) -> Result<()> {
+        if !force && self.prolonged.elapsed() < KEEPALIVE_EVERY {
+            return Ok(());
+        }
+        let req = self
+            .conn
+            .request(
+                self.client,
+                Method::PUT,
+                self.db,
+                &["_api", "replication", "batch", &self.id],
+                &[],
+            )
+            .json(&json!({ "ttl": BATCH_TTL.as_secs() }));
+        let what = format!("prolonging the dump batch of {:?}", self.db);
+        self.conn
+            .json(req, &what)
+            .await?
+            .ok_or_else(|| gone(self.conn, &what))?;
+        self.prolonged = Instant::now();
+        Ok(())
+    }
+
+    async fn release(self) {
+        let req = self.conn.request(
+            self.client,
+            Method::DELETE,
+            self.db,
+            &["_api", "replication", "batch", &self.id],
+            &[],
+        );
+        if let Err(e) = self.conn.json(req, "deleting the dump batch").await {
+            warn!(database = %self.db, error = %e, "could not delete the dump batch; the server drops it when its TTL ends");
+        }
+    }
+}
+
+impl ArangoSource {
+    async fn dump_db(
+        &self,
+        client: &Client,
+        db: &str,
+        tar: &mut dyn FnMut(&str, u64, &mut dyn std::io::Read) -> Result<()>,
+        ctx: &SourceCtx,
+    ) -> Result<DumpedDb> {
+        let conn = &self.conn;
+        let what = format!("dumping database {db:?}");
+        let created = conn
+            .json(
+                conn.request(
+                    client,
+                    Method::POST,
+                    db,
+                    &["_api", "replication", "batch"],
+                    &[],
+                )
+                .json(&json!({ "ttl": BATCH_TTL.as_secs() })),
+                &what,
+            )
+            .await?
+            .ok_or_else(|| gone(conn, &what))?;
+        let id = match &created["id"] {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => {
+                return Err(Error::Source(format!(
+                    "{}: {what}: the batch has no id",
+                    conn.describe()
+                )))
+            }
+        };
+        let mut batch = Batch {
+            conn,
+            client,
+            db,
+            id,
+            prolonged: Instant::now(),
+        };
+        let r = self.dump_batch(&mut batch, tar, ctx, &what).await;
+        batch.release().await;
+        r
+    }
+
+    async fn dump_batch(
+        &self,
+        batch: &mut Batch<'_>,
+        tar: &mut dyn FnMut(&str, u64, &mut dyn std::io::Read) -> Result<()>,
+        ctx: &SourceCtx,
+        what: &str,
+    ) -> Result<DumpedDb> {
+        let (conn, client, db) = (batch.conn, batch.client, batch.db);
+        let dir = safe_file_name(db);
+        let inventory = conn
+            .json(
+                conn.request(
+                    client,
+                    Method::GET,
+                    db,
+                    &["_api", "replication", "inventory"],
+                    &[("batchId", &batch.id), ("includeSystem", "true")],
+                ),
+                what,
+            )
+            .await?
+            .ok_or_else(|| gone(conn, what))?;
+        let dump_json = serde_json::to_vec_pretty(&json!({
+            "database": db,
+            "lastTickAtDumpStart": inventory.get("tick"),
+            "properties": inventory.get("properties"),
+            "views": inventory.get("views"),
+        }))
+        .expect("JSON serializes");
+        tar(
+            &format!("{DUMP_DIR}/{dir}/dump.json"),
+            dump_json.len() as u64,
+            &mut dump_json.as_slice(),
+        )?;
+        let mut out = DumpedDb {
+            name: db.to_string(),
+            dir: dir.clone(),
+            collections: Vec::new(),
+        };
+        let collections = inventory["collections"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for c in collections {
+            let params = &c["parameters"];
+            let name = params["name"].as_str().unwrap_or_default().to_string();
+            if name.is_empty() || (name.starts_with('_') && !SYSTEM_KEPT.contains(&name.as_str())) {
+                continue;
+            }
+            if params["deleted"] == Value::Bool(true) {
+                continue;
+            }
+            let file = safe_file_name(&name);
+            let structure = serde_json::to_vec_pretty(&json!({
+                "parameters": params,
+                "indexes": c.get("indexes").cloned().unwrap_or(json!([])),
+            }))
+            .expect("JSON serializes");
+            tar(
+                &format!("{DUMP_DIR}/{dir}/{file}.structure.json"),
+                structure.len() as u64,
+                &mut structure.as_slice(),
+            )?;
+            let spool_error = |e| {
+                Error::io(
+                    format!(
+                        "spooling collection {name:?} to {} (TMPDIR)",
+                        self.spool_dir.display()
+                    ),
+                    e,
+                )
+            };
+            let mut spool = tempfile::tempfile_in(&self.spool_dir).map_err(spool_error)?;
+            let count = {
+                let mut w = BufWriter::with_capacity(READ_BUFFER, &mut spool);
+                let n = self
+                    .dump_collection(batch, &name, &mut w, ctx, what)
+                    .await?;
+                w.flush().map_err(spool_error)?;
+                n
+            };
+            let size = spool.metadata().map_err(spool_error)?.len();
+            spool.rewind().map_err(spool_error)?;
+            let mut r = BufReader::with_capacity(READ_BUFFER, spool);
+            tar(&format!("{DUMP_DIR}/{dir}/{file}.data.json"), size, &mut r)?;
+            info!(database = %db, collection = %name, documents = count, size, "collection dumped");
+            out.collections.push(DumpedCollection {
+                name,
+                r#type: params["type"].as_u64().unwrap_or(2),
+                file,
+                count,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Writes one document per line; returns how many.
+    async fn dump_collection(
+        &self,
+        batch: &mut Batch<'_>,
+        name: &str,
+        out: &mut impl Write,
+        ctx: &SourceCtx,
+        what: &str,
+    ) -> Result<u64> {
+        let (conn, client, db) = (batch.conn, batch.client, batch.db);
+        batch.keep_alive(true).await?;
+        let chunk = CHUNK_SIZE.to_string();
+        let mut count = 0u64;
+        let mut line = Vec::new();
+        loop {
+            if is_cancelled(&ctx.cancel) {
+                return Err(Error::Cancelled);
+            }
+            batch.keep_alive(false).await?;
+            let req = conn.request(
+                client,
+                Method::GET,
+                db,
+                &["_api", "replication", "dump"],
+                &[
+                    ("collection", name),
+                    ("batchId", &batch.id),
+                    ("chunkSize", &chunk),
+                ],
+            );
+            let mut resp = match conn.send(req, what).await? {
+                Ok(r) => r,
+                Err((StatusCode::NOT_FOUND, _)) => {
+                    return Err(gone(conn, &format!("{what}: collection {name:?}")))
+                }
+                Err((s, body)) => return Err(conn.http_error(what, s, &body)),
+            };
+            let more = resp
+                .headers()
+                .get("x-arango-replication-checkmore")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.eq_ignore_ascii_case("true"))
+                .unwrap_or(false);
+            if resp.status() == StatusCode::NO_CONTENT {
+                break;
+            }
+            // One entry per line; a line is held only until it is written.
+            let io_err = |e: std::io::Error| Error::io(format!("spooling collection {name:?}"), e);
+            while let Some(bytes) = resp
+                .chunk()
+                .await
+                .map_err(|e| Error::Source(format!("{}: {what}: {e}", conn.describe())))?
+            {
+                ctx.progress.add_bytes(bytes.len() as u64);
+                for part in bytes.split_inclusive(|b| *b == b'\n') {
+                    line.extend_from_slice(part);
+                    if line.last() == Some(&b'\n') {
+                        count += write_entry(&line, out).map_err(io_err)?;
+                        line.clear();
+                    }
+                }
+            }
+            if !line.is_empty() {
+                count += write_entry(&line, out).map_err(io_err)?;
+                line.clear();
+            }
+            if !more {
+                break;
+            }
+        }
+        Ok(count)
+    }
+}
+
+/// A dump line is either a marker (`{"type":2300,"data":{...}}`, older
+/// servers) or the document itself; deletions (2302) are not data.
+fn write_entry(line: &[u8], out: &mut impl Write) -> std::io::Result<u64> {
+    let trimmed = line.trim_ascii();
+    if trimmed.is_empty() {
+        return Ok(0);
+    }
+    let v: Value = serde_json::from_slice(trimmed).map_err(std::io::Error::other)?;
+    let doc = match (v.get("type").and_then(Value::as_u64), v.get("data")) {
+        (Some(2300 | 2301), Some(d)) => d,
+        (Some(2302), _) => return Ok(0),
+        _ => &v,
+    };
+    serde_json::to_writer(&mut *out, doc)?;
+    out.write_all(b"\n")?;
+    Ok(1)
+}
+
+impl Source for ArangoSource {
+    fn kind(&self) -> &'static str {
+        "arangodb"
+    }
+
+    fn layout(&self) -> Layout {
+        Layout::Logical
+    }
+
+    fn paths(&self) -> Vec<String> {
+        self.paths.iter().map(|p| p.display().to_string()).collect()
+    }
+
+    fn write_tar<W: Write>(
+        &self,
+        tar: &mut tar::Builder<W>,
+        ctx: &SourceCtx,
+    ) -> Result<SourceReport> {
+        let rt = Handle::current();
+        let conn = &self.conn;
+        let client = conn.client()?;
+        let version = rt
+            .block_on(conn.json(
+                conn.request(&client, Method::GET, "_system", &["_api", "version"], &[]),
+                "connecting",
+            ))?
+            .unwrap_or_default();
+        let listed = rt
+            .block_on(conn.json(
+                conn.request(&client, Method::GET, "_system", &["_api", "database"], &[]),
+                "listing databases",
+            ))?
+            .unwrap_or_default();
+        let existing: Vec<String> = listed["result"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let names = self
+            .databases
+            .select(&existing)
+            .map_err(|m| Error::Source(format!("{}: {m}", conn.describe())))?;
+        let mut report = SourceReport::default();
+        let mut dumped = Vec::new();
+        for db in &names {
+            let mut add = |name: &str, size: u64, data: &mut dyn std::io::Read| {
+                append_stream(tar, &mut report, name, size, data)
+            };
+            dumped.push(rt.block_on(self.dump_db(&client, db, &mut add, ctx))?);
+        }
+        report.meta = json!({
+            "server": { "version": version.get("version"), "server": version.get("server") },
+            "databases": dumped,
+        });
+        Ok(report)
+    }
+}
+
+/// Whether ArangoDB answers, so a load can start.
+pub async fn ready(conn: &ArangoConn) -> Result<()> {
+    let client = conn.client()?;
+    conn.json(
+        conn.request(&client, Method::GET, "_system", &["_api", "version"], &[]),
+        "connecting",
+    )
+    .await
+    .map(drop)
+}
+
+/// Loads a staged dump: databases, then per database the document
+/// collections before the edge collections (edges point at vertices), each
+/// created with its properties and indexes, its documents imported with
+/// `onDuplicate=replace` so a redone load gives the same result.
+pub async fn load(conn: &ArangoConn, dir: &Path, m: &Manifest, cancel: &Cancel) -> Result<()> {
+    let meta: ArangoMeta =
+        serde_json::from_value(m.source_meta.clone()).map_err(|e| Error::Corrupt {
+            id: m.id.clone(),
+            reason: format!("source_meta has no usable database list: {e}"),
+        })?;
+    let client = conn.client()?;
+    let mut state = LoadState::read(dir)?;
+    for db in &meta.databases {
+        if state.done.contains(&db.name) {
+            info!(database = %db.name, "already loaded by an earlier attempt");
+            continue;
+        }
+        crate::artifact::check_file_name(&db.dir).map_err(|r| Error::Corrupt {
+            id: m.id.clone(),
+            reason: format!("database folder {:?}: {r}", db.dir),
+        })?;
+        let what = format!("loading database {:?}", db.name);
+        if db.name != "_system" {
+            let req = conn
+                .request(&client, Method::POST, "_system", &["_api", "database"], &[])
+                .json(&json!({ "name": db.name }));
+            match conn.send(req, &what).await? {
+                Ok(_) | Err((StatusCode::CONFLICT, _)) => {}
+                Err((s, body)) => return Err(conn.http_error(&what, s, &body)),
+            }
+        }
+        let folder = dir.join(DUMP_DIR).join(&db.dir);
+        let mut ordered: Vec<&DumpedCollection> = db.collections.iter().collect();
+        ordered.sort_by_key(|c| c.r#type);
+        for c in ordered {
+            crate::artifact::check_file_name(&c.file).map_err(|r| Error::Corrupt {
+                id: m.id.clone(),
+                reason: format!("collection file {:?}: {r}", c.file),
+            })?;
+            let structure_path = folder.join(format!("{}.structure.json", c.file));
+            let structure: Value =
+                serde_json::from_slice(&fs::read(&structure_path).ctx("reading", &structure_path)?)
+                    .map_err(|e| Error::Corrupt {
+                        id: m.id.clone(),
+                        reason: format!("{}: {e}", structure_path.display()),
+                    })?;
+            create_collection(conn, &client, &db.name, &structure, &what).await?;
+            let data = folder.join(format!("{}.data.json", c.file));
+            import(conn, &client, &db.name, &c.name, &data, cancel, &what).await?;
+            let counted = conn
+                .json(
+                    conn.request(
+                        &client,
+                        Method::GET,
+                        &db.name,
+                        &["_api", "collection", &c.name, "count"],
+                        &[],
+                    ),
+                    &what,
+                )
+                .await?
+                .unwrap_or_default();
+            let n = counted["count"].as_u64().unwrap_or(0);
+            if n < c.count {
+                return Err(Error::Source(format!(
+                    "{}: {what}: collection {:?} holds {n} documents after the load, the backup recorded {}",
+                    conn.describe(),
+                    c.name,
+                    c.count
+                )));
+            }
+            info!(database = %db.name, collection = %c.name, documents = n, "collection loaded");
+        }
+        state.done.push(db.name.clone());
+        state.write(dir)?;
+    }
+    Ok(())
+}
+
+/// Creates a collection with the properties that define it, then its
+/// indexes; both are no-ops when they exist (system collections do).
+async fn create_collection(
+    conn: &ArangoConn,
+    client: &Client,
+    db: &str,
+    structure: &Value,
+    what: &str,
+) -> Result<()> {
+    let p = &structure["parameters"];
+    let name = p["name"].as_str().unwrap_or_default();
+    let mut body = json!({ "name": name, "type": p["type"] });
+    for key in [
+        "keyOptions",
+        "waitForSync",
+        "schema",
+        "cacheEnabled",
+        "computedValues",
+        "isSystem",
+    ] {
+        if let Some(v) = p.get(key).filter(|v| !v.is_null()) {
+            body[key] = v.clone();
+        }
+    }
+    let req = conn
+        .request(client, Method::POST, db, &["_api", "collection"], &[])
+        .json(&body);
+    match conn.send(req, what).await? {
+        Ok(_) | Err((StatusCode::CONFLICT, _)) => {}
+        Err((s, text)) => {
+            return Err(conn.http_error(&format!("{what}: creating {name:?}"), s, &text))
+        }
+    }
+    for idx in structure["indexes"].as_array().cloned().unwrap_or_default() {
+        if matches!(idx["type"].as_str(), Some("primary" | "edge")) {
+            continue;
+        }
+        let mut def = idx.clone();
+        if let Some(o) = def.as_object_mut() {
+            o.remove("id");
+            o.remove("selectivityEstimate");
+            o.remove("figures");
+        }
+        let req = conn
+            .request(
+                client,
+                Method::POST,
+                db,
+                &["_api", "index"],
+                &[("collection", name)],
+            )
+            .json(&def);
+        if let Err((s, text)) = conn.send(req, what).await? {
+            return Err(conn.http_error(&format!("{what}: index on {name:?}"), s, &text));
+        }
+    }
+    Ok(())
+}
+
+/// Imports NDJSON in bounded batches; existing keys are replaced.
+async fn import(
+    conn: &ArangoConn,
+    client: &Client,
+    db: &str,
+    collection: &str,
+    path: &Path,
+    cancel: &Cancel,
+    what: &str,
+) -> Result<()> {
+    let mut r = BufReader::with_capacity(READ_BUFFER, fs::File::open(path).ctx("opening", path)?);
+    let mut batch = Vec::new();
+    let mut docs = 0usize;
+    let mut line = Vec::new();
+    loop {
+        if is_cancelled(cancel) {
+            return Err(Error::Cancelled);
+        }
+        line.clear();
+        let n = r.read_until(b'\n', &mut line).ctx("reading", path)?;
+        let doc = line.trim_ascii();
+        if !doc.is_empty() {
+            batch.extend_from_slice(doc);
+            batch.push(b'\n');
+            docs += 1;
+        }
+        if docs > 0 && (n == 0 || docs >= LOAD_BATCH_DOCS || batch.len() >= LOAD_BATCH_BYTES) {
+            let req = conn
+                .request(
+                    client,
+                    Method::POST,
+                    db,
+                    &["_api", "import"],
+                    &[
+                        ("collection", collection),
+                        ("type", "documents"),
+                        ("onDuplicate", "replace"),
+                        ("details", "true"),
+                    ],
+                )
+                .header("Content-Type", "application/x-ndjson")
+                .body(std::mem::take(&mut batch));
+            let res = conn
+                .json(req, what)
+                .await?
+                .ok_or_else(|| gone(conn, what))?;
+            if res["errors"].as_u64().unwrap_or(0) > 0 {
+                return Err(Error::Source(format!(
+                    "{}: {what}: {} document(s) of {collection:?} refused: {}",
+                    conn.describe(),
+                    res["errors"],
+                    res["details"]
+                )));
+            }
+            docs = 0;
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
