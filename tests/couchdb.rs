@@ -306,12 +306,24 @@ fn databases_with_revisions_conflicts_deletions_and_attachments_round_trip() {
     let env = couch.env(&vol, &backup, &pwfile);
     let out = run_ok(&mut lifeboat("lifeboat-restore", &pairs(&env)));
     assert!(stderr(&out).contains("staged"), "{}", stderr(&out));
+    // The readiness probe keeps the pod out of Service endpoints meanwhile.
+    let probe = lifeboat("lifeboat-sidecar", &pairs(&env))
+        .arg("ready")
+        .output()
+        .unwrap();
+    assert_eq!(probe.status.code(), Some(1), "{}", stderr(&probe));
+    assert!(
+        stderr(&probe).contains("not loaded yet"),
+        "{}",
+        stderr(&probe)
+    );
     let log = tmp.path().join("sidecar.log");
     sidecar_until(&pairs(&env), &log, "next scheduled backup");
     let text = fs::read_to_string(&log).unwrap();
     assert!(text.contains("restored dump loaded"), "{text}");
     assert!(!vol.join(".lifeboat-pending").exists());
     assert_eq!(snapshot(&couch, &dbs), before);
+    run_ok(lifeboat("lifeboat-sidecar", &pairs(&env)).arg("ready"));
 
     // Loading the same dump again (a restore forced over the data) changes nothing.
     let mut again = env.clone();

@@ -12,8 +12,9 @@ use tracing::{error, info, warn};
 const AFTER_HELP: &str = "\
 Environment (each also as a _FILE form):
   LIFEBOAT_PATHS        comma list of absolute paths to restore (required); a logical
-                        dump (postgres logical mode) is verified and staged in the
-                        first one as .lifeboat-pending/ for the sidecar to load
+                        dump (couchdb, arangodb, postgres logical mode) is verified
+                        and staged in the first one as .lifeboat-pending/ for the
+                        sidecar to load
   LIFEBOAT_TARGETS      comma list of targets to restore from, in order (required)
   LIFEBOAT_RESTORE      if-empty (default): only when every path is missing or empty;
                         always: replace what is there; never: do nothing

@@ -55,6 +55,29 @@ pub async fn backup_now() -> Result<()> {
     Ok(())
 }
 
+/// Ready unless a restored dump is staged and not loaded yet. Reads only
+/// the volume: a probe must be cheap and must not depend on the targets.
+pub fn ready() -> Result<()> {
+    let s = settings(Role::Restore)?;
+    match s
+        .paths
+        .first()
+        .map(|r| pending::find(r))
+        .transpose()?
+        .flatten()
+    {
+        None => {
+            println!("ready");
+            Ok(())
+        }
+        Some(p) => Err(Error::Source(format!(
+            "not ready: restored dump {} in {} is not loaded yet",
+            p.manifest.id,
+            p.dir.display()
+        ))),
+    }
+}
+
 pub async fn list(json: bool) -> Result<()> {
     let s = settings(Role::Inspect)?;
     for t in lifeboat::target::open_all(&s).await {

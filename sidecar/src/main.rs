@@ -48,6 +48,10 @@ enum Command {
         #[arg(long, conflicts_with = "id")]
         all: bool,
     },
+    /// Readiness probe (exec): exits 1 while a restored dump waits to be
+    /// loaded, so the pod stays out of Service endpoints until the data is in.
+    #[command(after_long_help = env_help())]
+    Ready,
     /// Restore an artifact into an empty folder, for inspection or a manual fix.
     /// Each backed-up path lands below DIR (e.g. DIR/home/jovyan).
     #[command(after_long_help = env_help())]
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => run::run().await,
             Command::BackupNow => commands::backup_now().await,
+            Command::Ready => commands::ready(),
             Command::List { json } => commands::list(json).await,
             Command::Verify { id, all } => commands::verify(id, all).await,
             Command::Restore { to, id, before } => commands::restore(to, id, before).await,
