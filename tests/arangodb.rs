@@ -12,7 +12,6 @@ use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use lifeboat_tests::*;
 use serde_json::{json, Value};
@@ -449,10 +448,6 @@ fn env(fake: &FakeArango, vol: &Path, backup: &Path) -> Vec<(&'static str, Strin
     ]
 }
 
-fn pairs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
-
 #[test]
 fn fake_arango_two_databases_round_trip_with_batch_protocol_and_edges_after_vertices() {
     let tmp = tempfile::tempdir().unwrap();
@@ -506,24 +501,11 @@ fn fake_arango_two_databases_round_trip_with_batch_protocol_and_edges_after_vert
     let out = run_ok(&mut lifeboat("lifeboat-restore", &pairs(&e)));
     assert!(stderr(&out).contains("staged"), "{}", stderr(&out));
     let log = tmp.path().join("sidecar.log");
-    let mut child = lifeboat("lifeboat-sidecar", &pairs(&e))
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("next scheduled backup")
-    {
-        assert!(
-            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
-            "{}",
-            fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    run_until_logged(
+        lifeboat("lifeboat-sidecar", &pairs(&e)),
+        &log,
+        "next scheduled backup",
+    );
     let text = fs::read_to_string(&log).unwrap();
     assert!(text.contains("restored dump loaded"), "{text}");
 

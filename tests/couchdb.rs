@@ -123,10 +123,6 @@ impl Drop for Couch {
     }
 }
 
-fn pairs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
-
 fn enc(id: &str) -> String {
     match id.strip_prefix("_design/") {
         Some(rest) => format!("_design/{}", urlencode(rest)),
@@ -181,32 +177,6 @@ fn snapshot(c: &Couch, dbs: &[&str]) -> Vec<Value> {
         out.push(json!({ "db": db, "security": c.ok("GET", &format!("{}/_security", urlencode(db)), None) }));
     }
     out
-}
-
-fn sidecar_until(env: &[(&'static str, &str)], log: &Path, needle: &str) {
-    let mut child = lifeboat("lifeboat-sidecar", env)
-        .stderr(fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let text = fs::read_to_string(log).unwrap_or_default();
-        if text.contains(needle) {
-            break;
-        }
-        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-            let _ = child.kill();
-            panic!("sidecar never logged {needle:?}:\n{text}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    assert!(
-        status.success(),
-        "{status}: {}",
-        fs::read_to_string(log).unwrap()
-    );
 }
 
 #[test]
@@ -318,7 +288,11 @@ fn databases_with_revisions_conflicts_deletions_and_attachments_round_trip() {
         stderr(&probe)
     );
     let log = tmp.path().join("sidecar.log");
-    sidecar_until(&pairs(&env), &log, "next scheduled backup");
+    run_until_logged(
+        lifeboat("lifeboat-sidecar", &pairs(&env)),
+        &log,
+        "next scheduled backup",
+    );
     let text = fs::read_to_string(&log).unwrap();
     assert!(text.contains("restored dump loaded"), "{text}");
     assert!(!vol.join(".lifeboat-pending").exists());
@@ -329,7 +303,11 @@ fn databases_with_revisions_conflicts_deletions_and_attachments_round_trip() {
     let mut again = env.clone();
     again.push(("LIFEBOAT_RESTORE", "always".into()));
     run_ok(&mut lifeboat("lifeboat-restore", &pairs(&again)));
-    sidecar_until(&pairs(&env), &log, "next scheduled backup");
+    run_until_logged(
+        lifeboat("lifeboat-sidecar", &pairs(&env)),
+        &log,
+        "next scheduled backup",
+    );
     assert_eq!(snapshot(&couch, &dbs), before);
     couch.kill();
 }

@@ -515,35 +515,6 @@ async fn logical_snapshot(pg: &Pg) -> Vec<String> {
     out
 }
 
-/// Runs `lifeboat-sidecar run` in the background until `log` shows `needle`.
-fn sidecar_until(pg: &Pg, env: &[(&'static str, &str)], log: &Path, needle: &str) {
-    let mut child = pg
-        .cmd("lifeboat-sidecar", env)
-        .stderr(fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let text = fs::read_to_string(log).unwrap_or_default();
-        if text.contains(needle) {
-            break;
-        }
-        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-            let _ = child.kill();
-            panic!("sidecar never logged {needle:?}:\n{text}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // SIGTERM: an idle sidecar exits 0 at once.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    assert!(
-        status.success(),
-        "{status}: {}",
-        fs::read_to_string(log).unwrap()
-    );
-}
-
 #[test]
 fn logical_mode_round_trips_two_databases_through_the_pending_load() {
     let mut pg = Pg::init();
@@ -701,9 +672,8 @@ fn logical_mode_round_trips_two_databases_through_the_pending_load() {
             .unwrap()
     });
     let log = pg.root.join("sidecar.log");
-    sidecar_until(
-        &pg,
-        &env,
+    run_until_logged(
+        pg.cmd("lifeboat-sidecar", &env),
         &log,
         "lifeboat does not replace data it did not load",
     );
@@ -717,7 +687,11 @@ fn logical_mode_round_trips_two_databases_through_the_pending_load() {
     });
 
     // Started again (as Kubernetes restarts it), the sidecar loads the dump.
-    sidecar_until(&pg, &env, &log, "next scheduled backup");
+    run_until_logged(
+        pg.cmd("lifeboat-sidecar", &env),
+        &log,
+        "next scheduled backup",
+    );
     let text = fs::read_to_string(&log).unwrap();
     assert!(text.contains("restored dump loaded"), "{text}");
     assert!(!vol.join(".lifeboat-pending").exists());

@@ -86,3 +86,15 @@ impl<T> IoContext<T> for io::Result<T> {
         self.map_err(|e| Error::io(format!("{verb} {}", path.display()), e))
     }
 }
+
+/// An error with all its causes, `outer: inner: innermost`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

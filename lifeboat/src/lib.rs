@@ -16,6 +16,7 @@ pub mod cli;
 pub mod compression;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod json_split;
 pub mod manifest;
 pub mod pending;

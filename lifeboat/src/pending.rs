@@ -100,6 +100,22 @@ pub(crate) fn commit(staging: &Path, root: &Path, m: &Manifest) -> Result<()> {
         .ctx("syncing", root)
 }
 
+/// The source's own facts in a staged manifest (its database list).
+pub(crate) fn source_meta<T: serde::de::DeserializeOwned>(m: &Manifest) -> Result<T> {
+    serde_json::from_value(m.source_meta.clone()).map_err(|e| Error::Corrupt {
+        id: m.id.clone(),
+        reason: format!("source_meta has no usable database list: {e}"),
+    })
+}
+
+/// A file or folder name from a manifest: never a path out of the staging.
+pub(crate) fn check_name(m: &Manifest, name: &str) -> Result<()> {
+    crate::artifact::check_file_name(name).map_err(|reason| Error::Corrupt {
+        id: m.id.clone(),
+        reason,
+    })
+}
+
 /// Removes a pending folder so that no crash can leave it looking complete.
 fn remove(dir: &Path) -> Result<()> {
     let manifest = dir.join(PENDING_MANIFEST);

@@ -416,3 +416,35 @@ impl Drop for Seaweed {
         self.kill();
     }
 }
+
+/// `(name, value)` pairs borrowed from owned values, for [`lifeboat`].
+pub fn pairs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// Runs a long-lived `lifeboat-sidecar` (`run`) with its log in `log` until
+/// the log shows `needle`, then stops it with SIGTERM, which an idle sidecar
+/// obeys at once with exit 0.
+pub fn run_until_logged(mut cmd: Command, log: &Path, needle: &str) {
+    let mut child = cmd.stderr(fs::File::create(log).unwrap()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            break;
+        }
+        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("the sidecar never logged {needle:?}:\n{text}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "{status}: {}",
+        fs::read_to_string(log).unwrap()
+    );
+}

@@ -24,6 +24,7 @@ use super::files::READ_BUFFER;
 use super::{append_stream, safe_file_name, Source, SourceCtx, SourceReport};
 use crate::config::DbFilter;
 use crate::error::IoContext;
+use crate::http::{self, Server};
 use crate::manifest::{Layout, Manifest};
 use crate::pending::LoadState;
 use crate::progress::{is_cancelled, Cancel};
@@ -43,14 +44,13 @@ pub const LOAD_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// System collections worth keeping: users, graph definitions, analyzers
 /// and AQL functions. The rest (statistics, queues, Foxx) is server state.
 const SYSTEM_KEPT: &[&str] = &["_users", "_graphs", "_analyzers", "_aqlfunctions"];
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-pub const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct ArangoConn {
     pub url: Url,
     pub user: String,
     pub password: Option<String>,
+    label: String,
 }
 
 /// Never the password: settings end up in debug logs.
@@ -73,31 +73,34 @@ impl ArangoConn {
         user: Option<&str>,
         password: Option<&str>,
     ) -> std::result::Result<Self, String> {
-        let mut url = Url::parse(url.unwrap_or(DEFAULT_URL).trim())
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .ok_or_else(|| {
-                "accepted: an http:// or https:// URL, e.g. http://127.0.0.1:8529".to_string()
-            })?;
-        let _ = url.set_username("");
-        let _ = url.set_password(None);
+        let (url, url_user, url_password) =
+            http::parse_base_url(url.unwrap_or(DEFAULT_URL), DEFAULT_URL)?;
+        let label = format!("ArangoDB at {}", url.as_str().trim_end_matches('/'));
         Ok(ArangoConn {
             url,
-            user: user.unwrap_or("root").to_string(),
-            password: password.map(String::from),
+            user: user
+                .map(String::from)
+                .or(url_user)
+                .unwrap_or_else(|| "root".into()),
+            password: password.map(String::from).or(url_password),
+            label,
         })
     }
 
     pub(crate) fn describe(&self) -> String {
-        format!("ArangoDB at {}", self.url.as_str().trim_end_matches('/'))
+        self.label.clone()
+    }
+
+    fn server(&self) -> Server<'_> {
+        Server {
+            describe: &self.label,
+            unreachable_hint: "is ArangoDB running? check LIFEBOAT_ARANGODB_URL",
+            auth_hint: "check LIFEBOAT_ARANGODB_USER and LIFEBOAT_ARANGODB_PASSWORD or ARANGO_ROOT_PASSWORD; backups need an admin",
+        }
     }
 
     fn client(&self) -> Result<Client> {
-        Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .build()
-            .map_err(|e| Error::Source(format!("{}: cannot set up HTTP: {e}", self.describe())))
+        self.server().client()
     }
 
     /// `/_db/<db>/<path...>?query`, the database a percent-encoded segment.
@@ -130,40 +133,16 @@ impl ArangoConn {
         &self,
         req: RequestBuilder,
         what: &str,
-    ) -> Result<std::result::Result<Response, (StatusCode, String)>> {
-        let resp = req.send().await.map_err(|e| {
-            let mut detail = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(inner) = src {
-                detail.push_str(": ");
-                detail.push_str(&inner.to_string());
-                src = inner.source();
-            }
-            Error::Source(format!(
-                "{}: {what}: {detail} (is ArangoDB running? check LIFEBOAT_ARANGODB_URL)",
-                self.describe()
-            ))
-        })?;
-        if resp.status().is_success() {
-            return Ok(Ok(resp));
-        }
-        let status = resp.status();
-        Ok(Err((status, resp.text().await.unwrap_or_default())))
+    ) -> Result<std::result::Result<Response, http::Status>> {
+        self.server().send(req, what).await
     }
 
     fn http_error(&self, what: &str, status: StatusCode, body: &str) -> Error {
         let reason = serde_json::from_str::<Value>(body)
             .ok()
             .and_then(|v| v.get("errorMessage")?.as_str().map(String::from))
-            .unwrap_or_else(|| body.chars().take(300).collect());
-        let hint = match status.as_u16() {
-            401 | 403 => " (check LIFEBOAT_ARANGODB_USER and LIFEBOAT_ARANGODB_PASSWORD or ARANGO_ROOT_PASSWORD; backups need an admin)",
-            _ => "",
-        };
-        Error::Source(format!(
-            "{}: {what}: HTTP {status}: {reason}{hint}",
-            self.describe()
-        ))
+            .unwrap_or_else(|| http::body_excerpt(body));
+        self.server().status_error(what, status, &reason)
     }
 
     /// A request whose reply is small JSON; `Ok(None)` on 404.
@@ -579,11 +558,7 @@ pub async fn ready(conn: &ArangoConn) -> Result<()> {
 /// created with its properties and indexes, its documents imported with
 /// `onDuplicate=replace` so a redone load gives the same result.
 pub async fn load(conn: &ArangoConn, dir: &Path, m: &Manifest, cancel: &Cancel) -> Result<()> {
-    let meta: ArangoMeta =
-        serde_json::from_value(m.source_meta.clone()).map_err(|e| Error::Corrupt {
-            id: m.id.clone(),
-            reason: format!("source_meta has no usable database list: {e}"),
-        })?;
+    let meta: ArangoMeta = crate::pending::source_meta(m)?;
     let client = conn.client()?;
     let mut state = LoadState::read(dir)?;
     for db in &meta.databases {
@@ -591,10 +566,7 @@ pub async fn load(conn: &ArangoConn, dir: &Path, m: &Manifest, cancel: &Cancel) 
             info!(database = %db.name, "already loaded by an earlier attempt");
             continue;
         }
-        crate::artifact::check_file_name(&db.dir).map_err(|r| Error::Corrupt {
-            id: m.id.clone(),
-            reason: format!("database folder {:?}: {r}", db.dir),
-        })?;
+        crate::pending::check_name(m, &db.dir)?;
         let what = format!("loading database {:?}", db.name);
         if db.name != "_system" {
             let req = conn
@@ -609,10 +581,7 @@ pub async fn load(conn: &ArangoConn, dir: &Path, m: &Manifest, cancel: &Cancel) 
         let mut ordered: Vec<&DumpedCollection> = db.collections.iter().collect();
         ordered.sort_by_key(|c| c.r#type);
         for c in ordered {
-            crate::artifact::check_file_name(&c.file).map_err(|r| Error::Corrupt {
-                id: m.id.clone(),
-                reason: format!("collection file {:?}: {r}", c.file),
-            })?;
+            crate::pending::check_name(m, &c.file)?;
             let structure_path = folder.join(format!("{}.structure.json", c.file));
             let structure: Value =
                 serde_json::from_slice(&fs::read(&structure_path).ctx("reading", &structure_path)?)

@@ -11,7 +11,6 @@
 use std::fs;
 use std::io::{BufRead, BufReader, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode, Url};
 use serde::{Deserialize, Serialize};
@@ -23,6 +22,7 @@ use super::files::READ_BUFFER;
 use super::{append_stream, safe_file_name, Source, SourceCtx, SourceReport};
 use crate::config::DbFilter;
 use crate::error::IoContext;
+use crate::http::{self, Server};
 use crate::json_split::Splitter;
 use crate::manifest::{Layout, Manifest};
 use crate::pending::LoadState;
@@ -41,9 +41,6 @@ pub const PAGE: usize = 1000;
 /// `_bulk_docs` request (a bigger single document goes alone).
 pub const LOAD_BATCH_DOCS: usize = 500;
 pub const LOAD_BATCH_BYTES: usize = 8 * 1024 * 1024;
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// A server that sends nothing for this long is treated as gone.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where CouchDB is and who we are to it.
 #[derive(Clone, PartialEq, Eq)]
@@ -52,6 +49,7 @@ pub struct CouchConn {
     pub url: Url,
     pub user: Option<String>,
     pub password: Option<String>,
+    label: String,
 }
 
 /// Never the password: settings end up in debug logs.
@@ -74,44 +72,31 @@ impl CouchConn {
         user: Option<&str>,
         password: Option<&str>,
     ) -> std::result::Result<Self, String> {
-        let raw = url.unwrap_or(DEFAULT_URL).trim();
-        let mut url = Url::parse(raw)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .ok_or_else(|| {
-                "accepted: an http:// or https:// URL, e.g. http://127.0.0.1:5984".to_string()
-            })?;
-        let mut user = user.map(String::from);
-        let mut password = password.map(String::from);
-        if !url.username().is_empty() {
-            user.get_or_insert_with(|| url.username().to_string());
-            if let Some(p) = url.password() {
-                password.get_or_insert_with(|| p.to_string());
-            }
-            let _ = url.set_username("");
-            let _ = url.set_password(None);
-        }
-        if !url.path().ends_with('/') {
-            let p = format!("{}/", url.path());
-            url.set_path(&p);
-        }
+        let (url, url_user, url_password) =
+            http::parse_base_url(url.unwrap_or(DEFAULT_URL), DEFAULT_URL)?;
+        let label = format!("CouchDB at {}", url.as_str().trim_end_matches('/'));
         Ok(CouchConn {
             url,
-            user,
-            password,
+            user: user.map(String::from).or(url_user),
+            password: password.map(String::from).or(url_password),
+            label,
         })
     }
 
     pub(crate) fn describe(&self) -> String {
-        format!("CouchDB at {}", self.url.as_str().trim_end_matches('/'))
+        self.label.clone()
+    }
+
+    fn server(&self) -> Server<'_> {
+        Server {
+            describe: &self.label,
+            unreachable_hint: "is CouchDB running? check LIFEBOAT_COUCHDB_URL",
+            auth_hint: "check COUCHDB_USER and COUCHDB_PASSWORD / COUCHDB_PASSWORD_FILE; backups need an admin",
+        }
     }
 
     fn client(&self) -> Result<Client> {
-        Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .build()
-            .map_err(|e| Error::Source(format!("{}: cannot set up HTTP: {e}", self.describe())))
+        self.server().client()
     }
 
     /// `base/<segment>/<segment>?query`, each segment percent-encoded, so a
@@ -143,32 +128,12 @@ impl CouchConn {
         r
     }
 
-    /// Sends `req`. Transport errors become clear errors; an HTTP error
-    /// status comes back as `Err((status, body))` for the caller to judge.
     async fn send(
         &self,
         req: RequestBuilder,
         what: &str,
-    ) -> Result<std::result::Result<Response, (StatusCode, String)>> {
-        let resp = req.send().await.map_err(|e| {
-            let mut detail = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(inner) = src {
-                detail.push_str(": ");
-                detail.push_str(&inner.to_string());
-                src = inner.source();
-            }
-            Error::Source(format!(
-                "{}: {what}: {detail} (is CouchDB running? check LIFEBOAT_COUCHDB_URL)",
-                self.describe()
-            ))
-        })?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(Ok(resp));
-        }
-        let body = resp.text().await.unwrap_or_default();
-        Ok(Err((status, body)))
+    ) -> Result<std::result::Result<Response, http::Status>> {
+        self.server().send(req, what).await
     }
 
     fn http_error(&self, what: &str, status: StatusCode, body: &str) -> Error {
@@ -179,15 +144,8 @@ impl CouchConn {
                 let r = v.get("reason").and_then(Value::as_str).unwrap_or("");
                 Some(format!("{e}: {r}"))
             })
-            .unwrap_or_else(|| body.chars().take(300).collect());
-        let hint = match status.as_u16() {
-            401 | 403 => " (check COUCHDB_USER and COUCHDB_PASSWORD / COUCHDB_PASSWORD_FILE; backups need an admin)",
-            _ => "",
-        };
-        Error::Source(format!(
-            "{}: {what}: HTTP {status}: {reason}{hint}",
-            self.describe()
-        ))
+            .unwrap_or_else(|| http::body_excerpt(body));
+        self.server().status_error(what, status, &reason)
     }
 
     /// A GET whose JSON reply is small. `Ok(None)` on 404.
@@ -526,11 +484,7 @@ pub async fn ready(conn: &CouchConn) -> Result<()> {
 /// restores `_security`, posts the revisions with `new_edits:false` in
 /// bounded batches, and checks the document counts.
 pub async fn load(conn: &CouchConn, dir: &Path, m: &Manifest, cancel: &Cancel) -> Result<()> {
-    let meta: CouchMeta =
-        serde_json::from_value(m.source_meta.clone()).map_err(|e| Error::Corrupt {
-            id: m.id.clone(),
-            reason: format!("source_meta has no usable database list: {e}"),
-        })?;
+    let meta: CouchMeta = crate::pending::source_meta(m)?;
     let client = conn.client()?;
     let mut state = LoadState::read(dir)?;
     for db in &meta.databases {
@@ -538,10 +492,7 @@ pub async fn load(conn: &CouchConn, dir: &Path, m: &Manifest, cancel: &Cancel) -
             info!(database = %db.name, "already loaded by an earlier attempt");
             continue;
         }
-        crate::artifact::check_file_name(&db.dir).map_err(|r| Error::Corrupt {
-            id: m.id.clone(),
-            reason: format!("database folder {:?}: {r}", db.dir),
-        })?;
+        crate::pending::check_name(m, &db.dir)?;
         let what = format!("loading database {:?}", db.name);
         let create = conn.request(&client, Method::PUT, &[&db.name], "");
         match conn.send(create, &what).await? {

@@ -206,11 +206,7 @@ impl Source for PgDumpSource {
 /// recreated by `pg_restore --create`.
 pub async fn load(conn: &PgConn, dir: &Path, m: &Manifest, cancel: &Cancel) -> Result<()> {
     let pg_restore = program::find("pg_restore").ok_or_else(|| missing_tool("pg_restore"))?;
-    let meta: LogicalMeta =
-        serde_json::from_value(m.source_meta.clone()).map_err(|e| Error::Corrupt {
-            id: m.id.clone(),
-            reason: format!("source_meta has no usable database list: {e}"),
-        })?;
+    let meta: LogicalMeta = crate::pending::source_meta(m)?;
     let admin = conn.with_dbname(MAINTENANCE_DB);
     let client = admin.connect().await?;
     let version_num: i64 = client
@@ -234,10 +230,7 @@ pub async fn load(conn: &PgConn, dir: &Path, m: &Manifest, cancel: &Cancel) -> R
             info!(database = %db.name, "already loaded by an earlier attempt");
             continue;
         }
-        crate::artifact::check_file_name(&db.file).map_err(|r| Error::Corrupt {
-            id: m.id.clone(),
-            reason: format!("database file {:?}: {r}", db.file),
-        })?;
+        crate::pending::check_name(m, &db.file)?;
         let exists = !client
             .query("SELECT 1 FROM pg_database WHERE datname = $1", &[&db.name])
             .await

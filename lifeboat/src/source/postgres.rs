@@ -146,16 +146,7 @@ impl PgConn {
         let detail = e
             .as_db_error()
             .map(|d| d.message().to_string())
-            .unwrap_or_else(|| {
-                let mut s = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(inner) = src {
-                    s.push_str(": ");
-                    s.push_str(&inner.to_string());
-                    src = inner.source();
-                }
-                s
-            });
+            .unwrap_or_else(|| crate::error::error_chain(&e));
         let hint = if detail.contains("password authentication failed")
             || detail.contains("password")
         {
