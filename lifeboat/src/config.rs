@@ -305,11 +305,11 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ),
     (
         "LIFEBOAT_DATABASES",
-        "logical dumps: databases to include, comma-separated (default: all)",
+        "logical dumps: databases, comma-separated; !name leaves one out (default: all)",
     ),
     (
         "LIFEBOAT_COUCHDB_URL",
-        "CouchDB's URL (default: http://127.0.0.1:5984); COUCHDB_USER/COUCHDB_PASSWORD log in",
+        "CouchDB's URL (default: http://127.0.0.1:5984)",
     ),
     (
         "LIFEBOAT_ARANGODB_URL",
