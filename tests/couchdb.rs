@@ -7,6 +7,7 @@
 //! deleted document, attachment byte and `_security` object comes back.
 
 use std::fs;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -365,30 +366,34 @@ fn server_down_wrong_password_and_a_database_deleted_mid_dump_are_clear_errors()
             .collect();
         couch.ok("POST", "big/_bulk_docs", Some(json!({ "docs": docs })));
     }
-    let mut child = lifeboat("lifeboat-sidecar", &pairs(&env))
+    // Once the first page of `big` (20 pages) is read, the database goes
+    // away under the dump.
+    let mut e = env.clone();
+    e.push(("LIFEBOAT_DATABASES", "big".into()));
+    e.push(("LIFEBOAT_LOG", "info,lifeboat=debug".into()));
+    let mut child = lifeboat("lifeboat-sidecar", &pairs(&e))
         .arg("backup-now")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !fs::read_dir(&hist)
-        .map(|rd| {
-            rd.flatten()
-                .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
-        })
-        .unwrap_or(false)
-    {
+    let mut log = String::new();
+    let mut lines = BufReader::new(child.stderr.take().unwrap());
+    loop {
+        let mut line = String::new();
         assert!(
-            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
-            "backup ended before the delete"
+            lines.read_line(&mut line).unwrap() > 0,
+            "backup ended before the delete:\n{log}"
         );
-        std::thread::sleep(Duration::from_millis(5));
+        log.push_str(&line);
+        if line.contains("read a page of changes") && line.contains("database=big") {
+            break;
+        }
     }
     couch.ok("DELETE", "big", None);
-    let out = child.wait_with_output().unwrap();
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("disappeared during the dump"), "{err}");
+    lines.read_to_string(&mut log).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("disappeared during the dump"), "{log}");
     assert!(artifacts(&hist).is_empty());
 }
 

@@ -274,6 +274,7 @@ impl CouchSource {
                 .await?
                 .ok_or_else(|| gone(conn, db))?;
             let n = page.results.len();
+            tracing::debug!(database = %db, since = %since, changes = n, "read a page of changes");
             let wanted: Vec<Value> = page
                 .results
                 .iter()
@@ -355,6 +356,16 @@ impl CouchSource {
             .get_json(client, &[db], "", &what)
             .await?
             .ok_or_else(|| gone(conn, db))?;
+        // A database deleted and created again under the same name starts
+        // its sequence anew: what was read so far belongs to another one.
+        if let (Some(b), Some(a)) = (
+            seq_number(&before.update_seq),
+            seq_number(&after.update_seq),
+        ) {
+            if a < b {
+                return Err(gone(conn, db));
+            }
+        }
         let exact = before.update_seq == after.update_seq;
         Ok(DumpedDb {
             name: db.to_string(),
@@ -365,6 +376,16 @@ impl CouchSource {
             doc_del_count: after.doc_del_count,
             exact,
         })
+    }
+}
+
+/// The counter in a sequence: a number (PouchDB, CouchDB 1) or the number
+/// before the `-` of CouchDB 2+'s opaque strings.
+fn seq_number(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.split('-').next()?.parse().ok(),
+        _ => None,
     }
 }
 
@@ -623,6 +644,14 @@ async fn post_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn sequence_counters() {
+        assert_eq!(seq_number(&json!(42)), Some(42));
+        assert_eq!(seq_number(&json!("17-g1AAAAFTeJzLYWBg")), Some(17));
+        assert_eq!(seq_number(&json!("now")), None);
+    }
 
     #[test]
     fn credentials_leave_the_url_and_names_are_one_segment() {
