@@ -27,6 +27,9 @@ pub const BACKLOG_RETRY: Duration = Duration::from_secs(300);
 /// Pause between attempts to load a restored dump: the server may still be
 /// starting (the postgres image restarts once after its first init).
 pub const LOAD_RETRY: Duration = Duration::from_secs(5);
+/// Failed loads (not a server still starting) back off up to this pause, so
+/// a load that needs a person does not flood the log.
+pub const LOAD_RETRY_MAX: Duration = Duration::from_secs(300);
 /// A server that does not answer for this long needs a person: from then on
 /// each failed attempt is logged as an error, not as waiting.
 pub const LOAD_PATIENCE: Duration = Duration::from_secs(300);
@@ -37,6 +40,7 @@ pub const LOAD_PATIENCE: Duration = Duration::from_secs(300);
 async fn load_pending(p: &Pending, settings: &Settings, shutdown: &mut Shutdown) -> bool {
     let since = Instant::now();
     let mut attempts = 0u32;
+    let mut pause = LOAD_RETRY;
     loop {
         attempts += 1;
         let cancel: Cancel = Default::default();
@@ -52,10 +56,12 @@ async fn load_pending(p: &Pending, settings: &Settings, shutdown: &mut Shutdown)
             r = attempt => match r {
                 Ok(()) => return false,
                 Err((false, e)) if since.elapsed() < LOAD_PATIENCE => {
+                    pause = LOAD_RETRY;
                     info!(id = %p.manifest.id, attempts, "waiting for the server to answer before loading the restored dump: {e}");
                 }
                 Err((_, e)) => {
-                    error!(id = %p.manifest.id, attempts, dir = %p.dir.display(), "loading the restored dump failed; backups wait until it is loaded, retrying: {e}");
+                    pause = (pause * 2).min(LOAD_RETRY_MAX);
+                    error!(id = %p.manifest.id, attempts, retry_in_s = pause.as_secs(), dir = %p.dir.display(), "loading the restored dump failed; backups wait until it is loaded, retrying: {e}");
                 }
             },
             _ = shutdown.recv() => {
@@ -65,7 +71,7 @@ async fn load_pending(p: &Pending, settings: &Settings, shutdown: &mut Shutdown)
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(LOAD_RETRY) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = shutdown.recv() => return true,
         }
     }
