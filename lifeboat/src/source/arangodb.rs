@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use reqwest::{Client, Method, RequestBuilder, Response, StatusCode, Url};
+use reqwest::{Client, Method, RequestBuilder, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::runtime::Handle;
@@ -24,7 +24,7 @@ use super::files::READ_BUFFER;
 use super::{append_stream, safe_file_name, Source, SourceCtx, SourceReport};
 use crate::config::DbFilter;
 use crate::error::IoContext;
-use crate::http::{self, Server};
+use crate::http::{Endpoint, Kind};
 use crate::manifest::{Layout, Manifest};
 use crate::pending::LoadState;
 use crate::progress::{is_cancelled, Cancel};
@@ -45,66 +45,33 @@ pub const LOAD_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// and AQL functions. The rest (statistics, queues, Foxx) is server state.
 const SYSTEM_KEPT: &[&str] = &["_users", "_graphs", "_analyzers", "_aqlfunctions"];
 
-#[derive(Clone, PartialEq, Eq)]
-pub struct ArangoConn {
-    pub url: Url,
-    pub user: String,
-    pub password: Option<String>,
-    label: String,
-}
+/// ArangoDB's HTTP API, from `LIFEBOAT_ARANGODB_URL`,
+/// `LIFEBOAT_ARANGODB_USER` (default `root`) and `LIFEBOAT_ARANGODB_PASSWORD`,
+/// else `ARANGO_ROOT_PASSWORD` (the official image's name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArangoConn(pub Endpoint);
 
-/// Never the password: settings end up in debug logs.
-impl std::fmt::Debug for ArangoConn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ArangoConn")
-            .field("url", &self.url.as_str())
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
+const KIND: Kind = Kind {
+    name: "ArangoDB",
+    default_url: DEFAULT_URL,
+    unreachable_hint: "is ArangoDB running? check LIFEBOAT_ARANGODB_URL",
+    auth_hint: "check LIFEBOAT_ARANGODB_USER and LIFEBOAT_ARANGODB_PASSWORD or ARANGO_ROOT_PASSWORD; backups need an admin",
+    reason_fields: &["errorMessage"],
+};
 
 impl ArangoConn {
-    /// From `LIFEBOAT_ARANGODB_URL`, `LIFEBOAT_ARANGODB_USER` (default
-    /// `root`) and `LIFEBOAT_ARANGODB_PASSWORD`, else `ARANGO_ROOT_PASSWORD`
-    /// (the official image's name).
     pub fn new(
         url: Option<&str>,
         user: Option<&str>,
         password: Option<&str>,
     ) -> std::result::Result<Self, String> {
-        let (url, url_user, url_password) =
-            http::parse_base_url(url.unwrap_or(DEFAULT_URL), DEFAULT_URL)?;
-        let label = format!("ArangoDB at {}", url.as_str().trim_end_matches('/'));
-        Ok(ArangoConn {
-            url,
-            user: user
-                .map(String::from)
-                .or(url_user)
-                .unwrap_or_else(|| "root".into()),
-            password: password.map(String::from).or(url_password),
-            label,
-        })
+        let mut e = Endpoint::new(KIND, url, user, password)?;
+        e.user.get_or_insert_with(|| "root".into());
+        Ok(ArangoConn(e))
     }
 
-    pub(crate) fn describe(&self) -> String {
-        self.label.clone()
-    }
-
-    fn server(&self) -> Server<'_> {
-        Server {
-            describe: &self.label,
-            unreachable_hint: "is ArangoDB running? check LIFEBOAT_ARANGODB_URL",
-            auth_hint: "check LIFEBOAT_ARANGODB_USER and LIFEBOAT_ARANGODB_PASSWORD or ARANGO_ROOT_PASSWORD; backups need an admin",
-        }
-    }
-
-    fn client(&self) -> Result<Client> {
-        self.server().client()
-    }
-
-    /// `/_db/<db>/<path...>?query`, the database a percent-encoded segment.
-    fn request(
+    /// A request to `/_db/<db>/<path...>`.
+    fn in_db(
         &self,
         client: &Client,
         method: Method,
@@ -112,55 +79,15 @@ impl ArangoConn {
         path: &[&str],
         query: &[(&str, &str)],
     ) -> RequestBuilder {
-        let mut u = self.url.clone();
-        {
-            let mut segs = u.path_segments_mut().expect("http URLs have paths");
-            segs.pop_if_empty();
-            segs.push("_db");
-            segs.push(db);
-            segs.extend(path);
-        }
-        if !query.is_empty() {
-            u.query_pairs_mut().extend_pairs(query);
-        }
-        client
-            .request(method, u)
-            .header("Accept", "application/json")
-            .basic_auth(&self.user, self.password.as_ref())
+        let segments: Vec<&str> = ["_db", db].iter().chain(path).copied().collect();
+        self.0.request(client, method, &segments, query)
     }
+}
 
-    async fn send(
-        &self,
-        req: RequestBuilder,
-        what: &str,
-    ) -> Result<std::result::Result<Response, http::Status>> {
-        self.server().send(req, what).await
-    }
-
-    fn http_error(&self, what: &str, status: StatusCode, body: &str) -> Error {
-        let reason = serde_json::from_str::<Value>(body)
-            .ok()
-            .and_then(|v| v.get("errorMessage")?.as_str().map(String::from))
-            .unwrap_or_else(|| http::body_excerpt(body));
-        self.server().status_error(what, status, &reason)
-    }
-
-    /// A request whose reply is small JSON; `Ok(None)` on 404.
-    async fn json(&self, req: RequestBuilder, what: &str) -> Result<Option<Value>> {
-        match self.send(req, what).await? {
-            Ok(r) => {
-                if r.status() == StatusCode::NO_CONTENT {
-                    return Ok(Some(Value::Null));
-                }
-                let b = r
-                    .bytes()
-                    .await
-                    .map_err(|e| Error::Source(format!("{}: {what}: {e}", self.describe())))?;
-                Ok(Some(serde_json::from_slice(&b).unwrap_or(Value::Null)))
-            }
-            Err((StatusCode::NOT_FOUND, _)) => Ok(None),
-            Err((s, body)) => Err(self.http_error(what, s, &body)),
-        }
+impl std::ops::Deref for ArangoConn {
+    type Target = Endpoint;
+    fn deref(&self) -> &Endpoint {
+        &self.0
     }
 }
 
@@ -216,7 +143,7 @@ impl Batch<'_> {
         }
         let req = self
             .conn
-            .request(
+            .in_db(
                 self.client,
                 Method::PUT,
                 self.db,
@@ -226,7 +153,7 @@ impl Batch<'_> {
             .json(&json!({ "ttl": BATCH_TTL.as_secs() }));
         let what = format!("prolonging the dump batch of {:?}", self.db);
         self.conn
-            .json(req, &what)
+            .fetch_json::<Value>(req, &what)
             .await?
             .ok_or_else(|| gone(self.conn, &what))?;
         self.prolonged = Instant::now();
@@ -234,14 +161,18 @@ impl Batch<'_> {
     }
 
     async fn release(self) {
-        let req = self.conn.request(
+        let req = self.conn.in_db(
             self.client,
             Method::DELETE,
             self.db,
             &["_api", "replication", "batch", &self.id],
             &[],
         );
-        if let Err(e) = self.conn.json(req, "deleting the dump batch").await {
+        if let Err(e) = self
+            .conn
+            .fetch_json::<Value>(req, "deleting the dump batch")
+            .await
+        {
             warn!(database = %self.db, error = %e, "could not delete the dump batch; the server drops it when its TTL ends");
         }
     }
@@ -258,8 +189,8 @@ impl ArangoSource {
         let conn = &self.conn;
         let what = format!("dumping database {db:?}");
         let created = conn
-            .json(
-                conn.request(
+            .fetch_json::<Value>(
+                conn.in_db(
                     client,
                     Method::POST,
                     db,
@@ -303,8 +234,8 @@ impl ArangoSource {
         let (conn, client, db) = (batch.conn, batch.client, batch.db);
         let dir = safe_file_name(db);
         let inventory = conn
-            .json(
-                conn.request(
+            .fetch_json::<Value>(
+                conn.in_db(
                     client,
                     Method::GET,
                     db,
@@ -408,7 +339,7 @@ impl ArangoSource {
                 return Err(Error::Cancelled);
             }
             batch.keep_alive(false).await?;
-            let req = conn.request(
+            let req = conn.in_db(
                 client,
                 Method::GET,
                 db,
@@ -424,7 +355,7 @@ impl ArangoSource {
                 Err((StatusCode::NOT_FOUND, _)) => {
                     return Err(gone(conn, &format!("{what}: collection {name:?}")))
                 }
-                Err((s, body)) => return Err(conn.http_error(what, s, &body)),
+                Err((s, body)) => return Err(conn.status_error(what, s, &body)),
             };
             let more = resp
                 .headers()
@@ -437,11 +368,7 @@ impl ArangoSource {
             }
             // One entry per line; a line is held only until it is written.
             let io_err = |e: std::io::Error| Error::io(format!("spooling collection {name:?}"), e);
-            while let Some(bytes) = resp
-                .chunk()
-                .await
-                .map_err(|e| Error::Source(format!("{}: {what}: {e}", conn.describe())))?
-            {
+            while let Some(bytes) = resp.chunk().await.map_err(|e| conn.error(what, e))? {
                 ctx.progress.add_bytes(bytes.len() as u64);
                 for part in bytes.split_inclusive(|b| *b == b'\n') {
                     line.extend_from_slice(part);
@@ -503,14 +430,14 @@ impl Source for ArangoSource {
         let conn = &self.conn;
         let client = conn.client()?;
         let version = rt
-            .block_on(conn.json(
-                conn.request(&client, Method::GET, "_system", &["_api", "version"], &[]),
+            .block_on(conn.fetch_json::<Value>(
+                conn.in_db(&client, Method::GET, "_system", &["_api", "version"], &[]),
                 "connecting",
             ))?
             .unwrap_or_default();
         let listed = rt
-            .block_on(conn.json(
-                conn.request(&client, Method::GET, "_system", &["_api", "database"], &[]),
+            .block_on(conn.fetch_json::<Value>(
+                conn.in_db(&client, Method::GET, "_system", &["_api", "database"], &[]),
                 "listing databases",
             ))?
             .unwrap_or_default();
@@ -545,8 +472,8 @@ impl Source for ArangoSource {
 /// Whether ArangoDB answers, so a load can start.
 pub async fn ready(conn: &ArangoConn) -> Result<()> {
     let client = conn.client()?;
-    conn.json(
-        conn.request(&client, Method::GET, "_system", &["_api", "version"], &[]),
+    conn.fetch_json::<Value>(
+        conn.in_db(&client, Method::GET, "_system", &["_api", "version"], &[]),
         "connecting",
     )
     .await
@@ -570,11 +497,11 @@ pub async fn load(conn: &ArangoConn, dir: &Path, m: &Manifest, cancel: &Cancel) 
         let what = format!("loading database {:?}", db.name);
         if db.name != "_system" {
             let req = conn
-                .request(&client, Method::POST, "_system", &["_api", "database"], &[])
+                .in_db(&client, Method::POST, "_system", &["_api", "database"], &[])
                 .json(&json!({ "name": db.name }));
             match conn.send(req, &what).await? {
                 Ok(_) | Err((StatusCode::CONFLICT, _)) => {}
-                Err((s, body)) => return Err(conn.http_error(&what, s, &body)),
+                Err((s, body)) => return Err(conn.status_error(&what, s, &body)),
             }
         }
         let folder = dir.join(DUMP_DIR).join(&db.dir);
@@ -593,8 +520,8 @@ pub async fn load(conn: &ArangoConn, dir: &Path, m: &Manifest, cancel: &Cancel) 
             let data = folder.join(format!("{}.data.json", c.file));
             import(conn, &client, &db.name, &c.name, &data, cancel, &what).await?;
             let counted = conn
-                .json(
-                    conn.request(
+                .fetch_json::<Value>(
+                    conn.in_db(
                         &client,
                         Method::GET,
                         &db.name,
@@ -647,12 +574,12 @@ async fn create_collection(
         }
     }
     let req = conn
-        .request(client, Method::POST, db, &["_api", "collection"], &[])
+        .in_db(client, Method::POST, db, &["_api", "collection"], &[])
         .json(&body);
     match conn.send(req, what).await? {
         Ok(_) | Err((StatusCode::CONFLICT, _)) => {}
         Err((s, text)) => {
-            return Err(conn.http_error(&format!("{what}: creating {name:?}"), s, &text))
+            return Err(conn.status_error(&format!("{what}: creating {name:?}"), s, &text))
         }
     }
     for idx in structure["indexes"].as_array().cloned().unwrap_or_default() {
@@ -666,7 +593,7 @@ async fn create_collection(
             o.remove("figures");
         }
         let req = conn
-            .request(
+            .in_db(
                 client,
                 Method::POST,
                 db,
@@ -675,7 +602,7 @@ async fn create_collection(
             )
             .json(&def);
         if let Err((s, text)) = conn.send(req, what).await? {
-            return Err(conn.http_error(&format!("{what}: index on {name:?}"), s, &text));
+            return Err(conn.status_error(&format!("{what}: index on {name:?}"), s, &text));
         }
     }
     Ok(())
@@ -709,7 +636,7 @@ async fn import(
         }
         if docs > 0 && (n == 0 || docs >= LOAD_BATCH_DOCS || batch.len() >= LOAD_BATCH_BYTES) {
             let req = conn
-                .request(
+                .in_db(
                     client,
                     Method::POST,
                     db,
@@ -724,7 +651,7 @@ async fn import(
                 .header("Content-Type", "application/x-ndjson")
                 .body(std::mem::take(&mut batch));
             let res = conn
-                .json(req, what)
+                .fetch_json::<Value>(req, what)
                 .await?
                 .ok_or_else(|| gone(conn, what))?;
             if res["errors"].as_u64().unwrap_or(0) > 0 {

@@ -12,7 +12,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use reqwest::{Client, Method, RequestBuilder, Response, StatusCode, Url};
+use reqwest::{Client, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::runtime::Handle;
@@ -22,7 +22,7 @@ use super::files::READ_BUFFER;
 use super::{append_stream, safe_file_name, Source, SourceCtx, SourceReport};
 use crate::config::DbFilter;
 use crate::error::IoContext;
-use crate::http::{self, Server};
+use crate::http::{Endpoint, Kind};
 use crate::json_split::Splitter;
 use crate::manifest::{Layout, Manifest};
 use crate::pending::LoadState;
@@ -42,139 +42,34 @@ pub const PAGE: usize = 1000;
 pub const LOAD_BATCH_DOCS: usize = 500;
 pub const LOAD_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
-/// Where CouchDB is and who we are to it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct CouchConn {
-    /// Without credentials and without a trailing `/`.
-    pub url: Url,
-    pub user: Option<String>,
-    pub password: Option<String>,
-    label: String,
-}
+/// CouchDB's HTTP API, from `LIFEBOAT_COUCHDB_URL` and `COUCHDB_USER` /
+/// `COUCHDB_PASSWORD` (the official image's names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CouchConn(pub Endpoint);
 
-/// Never the password: settings end up in debug logs.
-impl std::fmt::Debug for CouchConn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CouchConn")
-            .field("url", &self.url.as_str())
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
+const KIND: Kind = Kind {
+    name: "CouchDB",
+    default_url: DEFAULT_URL,
+    unreachable_hint: "is CouchDB running? check LIFEBOAT_COUCHDB_URL",
+    auth_hint:
+        "check COUCHDB_USER and COUCHDB_PASSWORD / COUCHDB_PASSWORD_FILE; backups need an admin",
+    reason_fields: &["error", "reason"],
+};
 
 impl CouchConn {
-    /// From `LIFEBOAT_COUCHDB_URL` and `COUCHDB_USER` / `COUCHDB_PASSWORD`
-    /// (the official image's names). Credentials in the URL work too, and
-    /// are moved out of it so they are never logged.
     pub fn new(
         url: Option<&str>,
         user: Option<&str>,
         password: Option<&str>,
     ) -> std::result::Result<Self, String> {
-        let (url, url_user, url_password) =
-            http::parse_base_url(url.unwrap_or(DEFAULT_URL), DEFAULT_URL)?;
-        let label = format!("CouchDB at {}", url.as_str().trim_end_matches('/'));
-        Ok(CouchConn {
-            url,
-            user: user.map(String::from).or(url_user),
-            password: password.map(String::from).or(url_password),
-            label,
-        })
+        Endpoint::new(KIND, url, user, password).map(CouchConn)
     }
+}
 
-    pub(crate) fn describe(&self) -> String {
-        self.label.clone()
-    }
-
-    fn server(&self) -> Server<'_> {
-        Server {
-            describe: &self.label,
-            unreachable_hint: "is CouchDB running? check LIFEBOAT_COUCHDB_URL",
-            auth_hint: "check COUCHDB_USER and COUCHDB_PASSWORD / COUCHDB_PASSWORD_FILE; backups need an admin",
-        }
-    }
-
-    fn client(&self) -> Result<Client> {
-        self.server().client()
-    }
-
-    /// `base/<segment>/<segment>?query`, each segment percent-encoded, so a
-    /// database named `a/b` is one segment.
-    fn url_of(&self, segments: &[&str], query: &str) -> Url {
-        let mut u = self.url.clone();
-        {
-            let mut path = u.path_segments_mut().expect("http URLs have paths");
-            path.pop_if_empty();
-            path.extend(segments);
-        }
-        u.set_query((!query.is_empty()).then_some(query));
-        u
-    }
-
-    fn request(
-        &self,
-        client: &Client,
-        method: Method,
-        segments: &[&str],
-        query: &str,
-    ) -> RequestBuilder {
-        let mut r = client
-            .request(method, self.url_of(segments, query))
-            .header("Accept", "application/json");
-        if let Some(user) = &self.user {
-            r = r.basic_auth(user, self.password.as_ref());
-        }
-        r
-    }
-
-    async fn send(
-        &self,
-        req: RequestBuilder,
-        what: &str,
-    ) -> Result<std::result::Result<Response, http::Status>> {
-        self.server().send(req, what).await
-    }
-
-    fn http_error(&self, what: &str, status: StatusCode, body: &str) -> Error {
-        let reason = serde_json::from_str::<Value>(body)
-            .ok()
-            .and_then(|v| {
-                let e = v.get("error")?.as_str()?.to_string();
-                let r = v.get("reason").and_then(Value::as_str).unwrap_or("");
-                Some(format!("{e}: {r}"))
-            })
-            .unwrap_or_else(|| http::body_excerpt(body));
-        self.server().status_error(what, status, &reason)
-    }
-
-    /// A GET whose JSON reply is small. `Ok(None)` on 404.
-    async fn get_json<T: serde::de::DeserializeOwned>(
-        &self,
-        client: &Client,
-        segments: &[&str],
-        query: &str,
-        what: &str,
-    ) -> Result<Option<T>> {
-        match self
-            .send(self.request(client, Method::GET, segments, query), what)
-            .await?
-        {
-            Ok(resp) => {
-                let bytes = resp
-                    .bytes()
-                    .await
-                    .map_err(|e| Error::Source(format!("{}: {what}: {e}", self.describe())))?;
-                serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                    Error::Source(format!(
-                        "{}: {what}: unexpected reply: {e}",
-                        self.describe()
-                    ))
-                })
-            }
-            Err((StatusCode::NOT_FOUND, _)) => Ok(None),
-            Err((status, body)) => Err(self.http_error(what, status, &body)),
-        }
+impl std::ops::Deref for CouchConn {
+    type Target = Endpoint;
+    fn deref(&self) -> &Endpoint {
+        &self.0
     }
 }
 
@@ -259,7 +154,7 @@ impl CouchSource {
         let conn = &self.conn;
         let what = format!("reading database {db:?}");
         let before: DbInfo = conn
-            .get_json(client, &[db], "", &what)
+            .get_json(client, &[db], &[], &what)
             .await?
             .ok_or_else(|| gone(conn, db))?;
         let (mut revisions, mut deleted) = (0u64, 0u64);
@@ -268,7 +163,8 @@ impl CouchSource {
             if is_cancelled(&ctx.cancel) {
                 return Err(Error::Cancelled);
             }
-            let query = format!("style=all_docs&limit={PAGE}&since={}", urlencode(&since));
+            let limit = PAGE.to_string();
+            let query = [("style", "all_docs"), ("limit", &limit), ("since", &since)];
             let page: Changes = conn
                 .get_json(client, &[db, "_changes"], &query, &what)
                 .await?
@@ -290,27 +186,22 @@ impl CouchSource {
                         client,
                         Method::POST,
                         &[db, "_bulk_get"],
-                        "revs=true&attachments=true",
+                        &[("revs", "true"), ("attachments", "true")],
                     )
                     .json(&serde_json::json!({ "docs": wanted }));
                 let mut resp = match conn.send(req, &what).await? {
                     Ok(r) => r,
                     Err((StatusCode::NOT_FOUND, _)) => return Err(gone(conn, db)),
-                    Err((s, body)) => return Err(conn.http_error(&what, s, &body)),
+                    Err((s, body)) => return Err(conn.status_error(&what, s, &body)),
                 };
                 // {"results":[{"id":..,"docs":[{"ok":DOC}|{"error":..}]}]}:
                 // each {"ok":..} opens inside four containers.
                 let mut split = Splitter::new(4);
                 let mut write_err = None;
-                while let Some(chunk) = resp
-                    .chunk()
-                    .await
-                    .map_err(|e| Error::Source(format!("{}: {what}: {e}", conn.describe())))?
-                {
+                while let Some(chunk) = resp.chunk().await.map_err(|e| conn.error(&what, e))? {
                     split.feed(&chunk, &mut |obj| {
-                        let v: Value = serde_json::from_slice(obj).map_err(|e| {
-                            Error::Source(format!("{}: {what}: bad document: {e}", conn.describe()))
-                        })?;
+                        let v: Value = serde_json::from_slice(obj)
+                            .map_err(|e| conn.error(&what, format!("bad document: {e}")))?;
                         // A leaf that vanished was replaced by a newer
                         // revision, which a later page of changes brings.
                         let Some(doc) = v.get("ok") else {
@@ -341,10 +232,7 @@ impl CouchSource {
                     ));
                 }
                 if !split.is_complete() {
-                    return Err(Error::Source(format!(
-                        "{}: {what}: the reply of _bulk_get ended early",
-                        conn.describe()
-                    )));
+                    return Err(conn.error(&what, "the reply of _bulk_get ended early"));
                 }
             }
             since = seq_text(&page.last_seq);
@@ -353,7 +241,7 @@ impl CouchSource {
             }
         }
         let after: DbInfo = conn
-            .get_json(client, &[db], "", &what)
+            .get_json(client, &[db], &[], &what)
             .await?
             .ok_or_else(|| gone(conn, db))?;
         // A database deleted and created again under the same name starts
@@ -389,20 +277,6 @@ fn seq_number(v: &Value) -> Option<u64> {
     }
 }
 
-/// Percent-encodes a query value (CouchDB 2+ sequences hold `-` and `_`,
-/// which are fine, but also characters that are not).
-fn urlencode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 impl Source for CouchSource {
     fn kind(&self) -> &'static str {
         "couchdb"
@@ -425,10 +299,10 @@ impl Source for CouchSource {
         let conn = &self.conn;
         let client = conn.client()?;
         let welcome: Value = rt
-            .block_on(conn.get_json(&client, &[], "", "connecting"))?
+            .block_on(conn.get_json(&client, &[], &[], "connecting"))?
             .unwrap_or_default();
         let existing: Vec<String> = rt
-            .block_on(conn.get_json(&client, &["_all_dbs"], "", "listing databases"))?
+            .block_on(conn.get_json(&client, &["_all_dbs"], &[], "listing databases"))?
             .unwrap_or_default();
         let names = self
             .databases
@@ -454,7 +328,7 @@ impl Source for CouchSource {
                 d
             };
             let security: Value = rt
-                .block_on(conn.get_json(&client, &[db, "_security"], "", "reading _security"))?
+                .block_on(conn.get_json(&client, &[db, "_security"], &[], "reading _security"))?
                 .ok_or_else(|| gone(conn, db))?;
             let security = serde_json::to_vec_pretty(&security).expect("JSON serializes");
             append_stream(
@@ -496,7 +370,7 @@ impl Source for CouchSource {
 /// Whether CouchDB answers, so a load can start.
 pub async fn ready(conn: &CouchConn) -> Result<()> {
     let client = conn.client()?;
-    conn.get_json::<Value>(&client, &[], "", "connecting")
+    conn.get_json::<Value>(&client, &[], &[], "connecting")
         .await
         .map(drop)
 }
@@ -515,20 +389,20 @@ pub async fn load(conn: &CouchConn, dir: &Path, m: &Manifest, cancel: &Cancel) -
         }
         crate::pending::check_name(m, &db.dir)?;
         let what = format!("loading database {:?}", db.name);
-        let create = conn.request(&client, Method::PUT, &[&db.name], "");
+        let create = conn.request(&client, Method::PUT, &[&db.name], &[]);
         match conn.send(create, &what).await? {
             Ok(_) | Err((StatusCode::PRECONDITION_FAILED, _)) => {}
-            Err((s, body)) => return Err(conn.http_error(&what, s, &body)),
+            Err((s, body)) => return Err(conn.status_error(&what, s, &body)),
         }
         let folder = dir.join(DUMP_DIR).join(&db.dir);
         let security_path = folder.join(SECURITY_FILE);
         let security = fs::read(&security_path).ctx("reading", &security_path)?;
         let put = conn
-            .request(&client, Method::PUT, &[&db.name, "_security"], "")
+            .request(&client, Method::PUT, &[&db.name, "_security"], &[])
             .header("Content-Type", "application/json")
             .body(security);
         if let Err((s, body)) = conn.send(put, &what).await? {
-            return Err(conn.http_error(&format!("{what}: _security"), s, &body));
+            return Err(conn.status_error(&format!("{what}: _security"), s, &body));
         }
         let docs_path = folder.join(DOCS_FILE);
         let mut lines = BufReader::with_capacity(
@@ -569,7 +443,7 @@ pub async fn load(conn: &CouchConn, dir: &Path, m: &Manifest, cancel: &Cancel) -
             }
         }
         let info: DbInfo = conn
-            .get_json(&client, &[&db.name], "", &what)
+            .get_json(&client, &[&db.name], &[], &what)
             .await?
             .ok_or_else(|| {
                 Error::Source(format!(
@@ -619,12 +493,12 @@ async fn post_batch(
     body.extend_from_slice(docs);
     body.extend_from_slice(b"]}");
     let req = conn
-        .request(client, Method::POST, &[db, "_bulk_docs"], "")
+        .request(client, Method::POST, &[db, "_bulk_docs"], &[])
         .header("Content-Type", "application/json")
         .body(body);
     let resp = match conn.send(req, what).await? {
         Ok(r) => r,
-        Err((s, body)) => return Err(conn.http_error(what, s, &body)),
+        Err((s, body)) => return Err(conn.status_error(what, s, &body)),
     };
     let results: Value = resp.json().await.unwrap_or(Value::Null);
     let failed: Vec<&Value> = results
@@ -662,11 +536,11 @@ mod tests {
             (Some("admin"), Some("pw"))
         );
         assert_eq!(
-            c.url_of(&["a/b", "_changes"], "since=0").as_str(),
+            c.url_of(&["a/b", "_changes"], &[("since", "0")]).as_str(),
             "http://127.0.0.1:5984/a%2Fb/_changes?since=0"
         );
         let c = CouchConn::new(Some("https://db.example/couch"), Some("u"), Some("p")).unwrap();
-        assert_eq!(c.url_of(&["x"], "").as_str(), "https://db.example/couch/x");
+        assert_eq!(c.url_of(&["x"], &[]).as_str(), "https://db.example/couch/x");
         assert!(CouchConn::new(Some("localhost:5984"), None, None).is_err());
     }
 }
