@@ -85,6 +85,14 @@ pub fn find(root: &Path) -> Result<Option<Pending>> {
     }))
 }
 
+/// The pending load of these settings: a dump is staged in the first path.
+pub fn find_for(settings: &Settings) -> Result<Option<Pending>> {
+    match settings.paths.first() {
+        Some(root) => find(root),
+        None => Ok(None),
+    }
+}
+
 /// Makes a verified, extracted dump the pending load of `root`, replacing
 /// an older one that was never loaded.
 pub(crate) fn commit(staging: &Path, root: &Path, m: &Manifest) -> Result<()> {

@@ -23,13 +23,7 @@ fn settings(role: Role) -> Result<Settings> {
 
 pub async fn backup_now() -> Result<()> {
     let s = settings(Role::Backup)?;
-    if let Some(p) = s
-        .paths
-        .first()
-        .map(|r| pending::find(r))
-        .transpose()?
-        .flatten()
-    {
+    if let Some(p) = pending::find_for(&s)? {
         return Err(Error::Source(format!(
             "restored dump {} in {} is not loaded yet (the running sidecar loads it once the server answers); \
              a backup now would record the server without it",
@@ -59,13 +53,7 @@ pub async fn backup_now() -> Result<()> {
 /// the volume: a probe must be cheap and must not depend on the targets.
 pub fn ready() -> Result<()> {
     let s = settings(Role::Restore)?;
-    match s
-        .paths
-        .first()
-        .map(|r| pending::find(r))
-        .transpose()?
-        .flatten()
-    {
+    match pending::find_for(&s)? {
         None => {
             println!("ready");
             Ok(())

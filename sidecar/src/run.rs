@@ -98,11 +98,9 @@ pub async fn run() -> Result<()> {
         retention = %settings.retention,
         "lifeboat sidecar started"
     );
-    if let Some(root) = settings.paths.first() {
-        if let Some(p) = pending::find(root)? {
-            if load_pending(&p, &settings, &mut shutdown).await {
-                return Ok(());
-            }
+    if let Some(p) = pending::find_for(&settings)? {
+        if load_pending(&p, &settings, &mut shutdown).await {
+            return Ok(());
         }
     }
     loop {

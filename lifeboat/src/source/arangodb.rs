@@ -10,7 +10,7 @@
 //! `<collection>.data.json` (one document per line).
 
 use std::fs;
-use std::io::{BufRead, BufReader, BufWriter, Seek, Write};
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,10 +21,11 @@ use tokio::runtime::Handle;
 use tracing::{info, warn};
 
 use super::files::READ_BUFFER;
-use super::{append_stream, safe_file_name, Source, SourceCtx, SourceReport};
+use super::{append_stream, safe_file_name, Source, SourceCtx, SourceReport, Spool};
 use crate::config::DbFilter;
 use crate::error::IoContext;
 use crate::http::{Endpoint, Kind};
+use crate::json_split::MAX_OBJECT;
 use crate::manifest::{Layout, Manifest};
 use crate::pending::LoadState;
 use crate::progress::{is_cancelled, Cancel};
@@ -179,11 +180,12 @@ impl Batch<'_> {
 }
 
 impl ArangoSource {
-    async fn dump_db(
+    async fn dump_db<W: Write>(
         &self,
         client: &Client,
         db: &str,
-        tar: &mut dyn FnMut(&str, u64, &mut dyn std::io::Read) -> Result<()>,
+        tar: &mut tar::Builder<W>,
+        report: &mut SourceReport,
         ctx: &SourceCtx,
     ) -> Result<DumpedDb> {
         let conn = &self.conn;
@@ -205,12 +207,7 @@ impl ArangoSource {
         let id = match &created["id"] {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
-            _ => {
-                return Err(Error::Source(format!(
-                    "{}: {what}: the batch has no id",
-                    conn.describe()
-                )))
-            }
+            _ => return Err(conn.error(&what, "the batch has no id")),
         };
         let mut batch = Batch {
             conn,
@@ -219,15 +216,16 @@ impl ArangoSource {
             id,
             prolonged: Instant::now(),
         };
-        let r = self.dump_batch(&mut batch, tar, ctx, &what).await;
+        let r = self.dump_batch(&mut batch, tar, report, ctx, &what).await;
         batch.release().await;
         r
     }
 
-    async fn dump_batch(
+    async fn dump_batch<W: Write>(
         &self,
         batch: &mut Batch<'_>,
-        tar: &mut dyn FnMut(&str, u64, &mut dyn std::io::Read) -> Result<()>,
+        tar: &mut tar::Builder<W>,
+        report: &mut SourceReport,
         ctx: &SourceCtx,
         what: &str,
     ) -> Result<DumpedDb> {
@@ -253,10 +251,12 @@ impl ArangoSource {
             "views": inventory.get("views"),
         }))
         .expect("JSON serializes");
-        tar(
+        append_stream(
+            tar,
+            report,
             &format!("{DUMP_DIR}/{dir}/dump.json"),
             dump_json.len() as u64,
-            &mut dump_json.as_slice(),
+            dump_json.as_slice(),
         )?;
         let mut out = DumpedDb {
             name: db.to_string(),
@@ -282,33 +282,19 @@ impl ArangoSource {
                 "indexes": c.get("indexes").cloned().unwrap_or(json!([])),
             }))
             .expect("JSON serializes");
-            tar(
+            append_stream(
+                tar,
+                report,
                 &format!("{DUMP_DIR}/{dir}/{file}.structure.json"),
                 structure.len() as u64,
-                &mut structure.as_slice(),
+                structure.as_slice(),
             )?;
-            let spool_error = |e| {
-                Error::io(
-                    format!(
-                        "spooling collection {name:?} to {} (TMPDIR)",
-                        self.spool_dir.display()
-                    ),
-                    e,
-                )
-            };
-            let mut spool = tempfile::tempfile_in(&self.spool_dir).map_err(spool_error)?;
-            let count = {
-                let mut w = BufWriter::with_capacity(READ_BUFFER, &mut spool);
-                let n = self
-                    .dump_collection(batch, &name, &mut w, ctx, what)
-                    .await?;
-                w.flush().map_err(spool_error)?;
-                n
-            };
-            let size = spool.metadata().map_err(spool_error)?.len();
-            spool.rewind().map_err(spool_error)?;
-            let mut r = BufReader::with_capacity(READ_BUFFER, spool);
-            tar(&format!("{DUMP_DIR}/{dir}/{file}.data.json"), size, &mut r)?;
+            let spool = Spool::new(&self.spool_dir, format!("collection {name:?}"))?;
+            let count = self
+                .dump_collection(batch, &name, &spool, ctx, what)
+                .await?;
+            let size =
+                spool.append_to(tar, report, &format!("{DUMP_DIR}/{dir}/{file}.data.json"))?;
             info!(database = %db, collection = %name, documents = count, size, "collection dumped");
             out.collections.push(DumpedCollection {
                 name,
@@ -320,16 +306,17 @@ impl ArangoSource {
         Ok(out)
     }
 
-    /// Writes one document per line; returns how many.
+    /// Writes one document per line into `spool`; returns how many.
     async fn dump_collection(
         &self,
         batch: &mut Batch<'_>,
         name: &str,
-        out: &mut impl Write,
+        spool: &Spool,
         ctx: &SourceCtx,
         what: &str,
     ) -> Result<u64> {
         let (conn, client, db) = (batch.conn, batch.client, batch.db);
+        let mut out = BufWriter::with_capacity(READ_BUFFER, spool.file());
         batch.keep_alive(true).await?;
         let chunk = CHUNK_SIZE.to_string();
         let mut count = 0u64;
@@ -367,45 +354,57 @@ impl ArangoSource {
                 break;
             }
             // One entry per line; a line is held only until it is written.
-            let io_err = |e: std::io::Error| Error::io(format!("spooling collection {name:?}"), e);
+            let mut entry = |line: &[u8]| -> Result<u64> {
+                let Some(doc) = document_of(line)
+                    .map_err(|e| conn.error(what, format!("bad dump line: {e}")))?
+                else {
+                    return Ok(0);
+                };
+                serde_json::to_writer(&mut out, &doc)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| out.write_all(b"\n"))
+                    .map_err(|e| spool.error(e))?;
+                Ok(1)
+            };
             while let Some(bytes) = resp.chunk().await.map_err(|e| conn.error(what, e))? {
                 ctx.progress.add_bytes(bytes.len() as u64);
                 for part in bytes.split_inclusive(|b| *b == b'\n') {
                     line.extend_from_slice(part);
                     if line.last() == Some(&b'\n') {
-                        count += write_entry(&line, out).map_err(io_err)?;
+                        count += entry(&line)?;
                         line.clear();
+                    } else if line.len() > MAX_OBJECT {
+                        return Err(conn.error(what, format!("a document in {name:?} is larger than {} MiB, more than lifeboat holds in memory", MAX_OBJECT >> 20)));
                     }
                 }
             }
             if !line.is_empty() {
-                count += write_entry(&line, out).map_err(io_err)?;
+                count += entry(&line)?;
                 line.clear();
             }
             if !more {
                 break;
             }
         }
+        out.flush().map_err(|e| spool.error(e))?;
         Ok(count)
     }
 }
 
 /// A dump line is either a marker (`{"type":2300,"data":{...}}`, older
-/// servers) or the document itself; deletions (2302) are not data.
-fn write_entry(line: &[u8], out: &mut impl Write) -> std::io::Result<u64> {
+/// servers) or the document itself; deletions (2302) and blank lines are
+/// not data.
+fn document_of(line: &[u8]) -> serde_json::Result<Option<Value>> {
     let trimmed = line.trim_ascii();
     if trimmed.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
-    let v: Value = serde_json::from_slice(trimmed).map_err(std::io::Error::other)?;
-    let doc = match (v.get("type").and_then(Value::as_u64), v.get("data")) {
-        (Some(2300 | 2301), Some(d)) => d,
-        (Some(2302), _) => return Ok(0),
-        _ => &v,
-    };
-    serde_json::to_writer(&mut *out, doc)?;
-    out.write_all(b"\n")?;
-    Ok(1)
+    let mut v: Value = serde_json::from_slice(trimmed)?;
+    Ok(match v.get("type").and_then(Value::as_u64) {
+        Some(2300 | 2301) if v.get("data").is_some() => Some(v["data"].take()),
+        Some(2302) => None,
+        _ => Some(v),
+    })
 }
 
 impl Source for ArangoSource {
@@ -418,7 +417,7 @@ impl Source for ArangoSource {
     }
 
     fn paths(&self) -> Vec<String> {
-        self.paths.iter().map(|p| p.display().to_string()).collect()
+        super::path_strings(&self.paths)
     }
 
     fn write_tar<W: Write>(
@@ -456,10 +455,7 @@ impl Source for ArangoSource {
         let mut report = SourceReport::default();
         let mut dumped = Vec::new();
         for db in &names {
-            let mut add = |name: &str, size: u64, data: &mut dyn std::io::Read| {
-                append_stream(tar, &mut report, name, size, data)
-            };
-            dumped.push(rt.block_on(self.dump_db(&client, db, &mut add, ctx))?);
+            dumped.push(rt.block_on(self.dump_db(&client, db, tar, &mut report, ctx))?);
         }
         report.meta = json!({
             "server": { "version": version.get("version"), "server": version.get("server") },

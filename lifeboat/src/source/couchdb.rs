@@ -9,7 +9,7 @@
 //! same lines twice changes nothing, so an interrupted load is simply redone.
 
 use std::fs;
-use std::io::{BufRead, BufReader, BufWriter, Seek, Write};
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use reqwest::{Client, Method, StatusCode};
@@ -19,7 +19,7 @@ use tokio::runtime::Handle;
 use tracing::{info, warn};
 
 use super::files::READ_BUFFER;
-use super::{append_stream, safe_file_name, Source, SourceCtx, SourceReport};
+use super::{append_stream, safe_file_name, Source, SourceCtx, SourceReport, Spool};
 use crate::config::DbFilter;
 use crate::error::IoContext;
 use crate::http::{Endpoint, Kind};
@@ -143,14 +143,15 @@ fn gone(conn: &CouchConn, db: &str) -> Error {
 }
 
 impl CouchSource {
-    /// Streams every leaf revision of `db` into `out`, one JSON per line.
+    /// Streams every leaf revision of `db` into `spool`, one JSON per line.
     async fn dump_db(
         &self,
         client: &Client,
         db: &str,
-        out: &mut impl Write,
+        spool: &Spool,
         ctx: &SourceCtx,
     ) -> Result<DumpedDb> {
+        let mut out = BufWriter::with_capacity(READ_BUFFER, spool.file());
         let conn = &self.conn;
         let what = format!("reading database {db:?}");
         let before: DbInfo = conn
@@ -211,7 +212,7 @@ impl CouchSource {
                             deleted += 1;
                         }
                         revisions += 1;
-                        let r = serde_json::to_writer(&mut *out, doc)
+                        let r = serde_json::to_writer(&mut out, doc)
                             .map_err(std::io::Error::from)
                             .and_then(|()| out.write_all(b"\n"));
                         if let Err(e) = r {
@@ -223,13 +224,7 @@ impl CouchSource {
                     ctx.progress.add_bytes(chunk.len() as u64);
                 }
                 if let Some(e) = write_err {
-                    return Err(Error::io(
-                        format!(
-                            "spooling database {db:?} to {} (TMPDIR; it must hold the largest database's dump)",
-                            self.spool_dir.display()
-                        ),
-                        e,
-                    ));
+                    return Err(spool.error(e));
                 }
                 if !split.is_complete() {
                     return Err(conn.error(&what, "the reply of _bulk_get ended early"));
@@ -254,6 +249,7 @@ impl CouchSource {
                 return Err(gone(conn, db));
             }
         }
+        out.flush().map_err(|e| spool.error(e))?;
         let exact = before.update_seq == after.update_seq;
         Ok(DumpedDb {
             name: db.to_string(),
@@ -287,7 +283,7 @@ impl Source for CouchSource {
     }
 
     fn paths(&self) -> Vec<String> {
-        self.paths.iter().map(|p| p.display().to_string()).collect()
+        super::path_strings(&self.paths)
     }
 
     fn write_tar<W: Write>(
@@ -311,22 +307,8 @@ impl Source for CouchSource {
         let mut report = SourceReport::default();
         let mut dumped = Vec::new();
         for db in &names {
-            let spool_error = |e| {
-                Error::io(
-                    format!(
-                        "spooling database {db:?} to {} (TMPDIR; it must hold the largest database's dump)",
-                        self.spool_dir.display()
-                    ),
-                    e,
-                )
-            };
-            let mut spool = tempfile::tempfile_in(&self.spool_dir).map_err(spool_error)?;
-            let d = {
-                let mut out = BufWriter::with_capacity(READ_BUFFER, &mut spool);
-                let d = rt.block_on(self.dump_db(&client, db, &mut out, ctx))?;
-                out.flush().map_err(spool_error)?;
-                d
-            };
+            let spool = Spool::new(&self.spool_dir, format!("database {db:?}"))?;
+            let d = rt.block_on(self.dump_db(&client, db, &spool, ctx))?;
             let security: Value = rt
                 .block_on(conn.get_json(&client, &[db, "_security"], &[], "reading _security"))?
                 .ok_or_else(|| gone(conn, db))?;
@@ -338,14 +320,10 @@ impl Source for CouchSource {
                 security.len() as u64,
                 security.as_slice(),
             )?;
-            let size = spool.metadata().map_err(spool_error)?.len();
-            spool.rewind().map_err(spool_error)?;
-            append_stream(
+            let size = spool.append_to(
                 tar,
                 &mut report,
                 &format!("{DUMP_DIR}/{}/{DOCS_FILE}", d.dir),
-                size,
-                BufReader::with_capacity(READ_BUFFER, spool),
             )?;
             if !d.exact {
                 report.warn(format!(

@@ -103,7 +103,7 @@ impl Source for FilesSource {
     }
 
     fn paths(&self) -> Vec<String> {
-        self.paths.iter().map(|p| p.display().to_string()).collect()
+        super::path_strings(&self.paths)
     }
 
     fn write_tar<W: Write>(

@@ -109,6 +109,74 @@ pub fn append_stream<W: Write>(
     Ok(())
 }
 
+/// A dump whose size is known only at its end, waiting for its tar header
+/// (which comes first): an unlinked file in `TMPDIR`, so memory stays flat,
+/// the disk holds one dump at a time, and a crash leaves nothing behind.
+pub struct Spool {
+    file: std::fs::File,
+    /// What is being spooled, for errors: `database "app"`.
+    what: String,
+    dir: std::path::PathBuf,
+}
+
+impl Spool {
+    pub fn new(dir: &std::path::Path, what: impl Into<String>) -> Result<Spool> {
+        let what = what.into();
+        match tempfile::tempfile_in(dir) {
+            Ok(file) => Ok(Spool {
+                file,
+                what,
+                dir: dir.to_path_buf(),
+            }),
+            Err(e) => Err(Spool::error_for(&what, dir, e)),
+        }
+    }
+
+    fn error_for(what: &str, dir: &std::path::Path, e: std::io::Error) -> Error {
+        Error::io(
+            format!(
+                "spooling {what} to {} (TMPDIR; it must hold the largest dump)",
+                dir.display()
+            ),
+            e,
+        )
+    }
+
+    pub fn error(&self, e: std::io::Error) -> Error {
+        Spool::error_for(&self.what, &self.dir, e)
+    }
+
+    /// The file, to write into (`&File` is `Write`) or hand to a child.
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    /// Appends what was spooled as the tar entry `name`; returns its size.
+    pub fn append_to<W: Write>(
+        self,
+        tar: &mut tar::Builder<W>,
+        report: &mut SourceReport,
+        name: &str,
+    ) -> Result<u64> {
+        use std::io::Seek;
+        let mut file = self.file;
+        let size = file
+            .metadata()
+            .map_err(|e| Spool::error_for(&self.what, &self.dir, e))?
+            .len();
+        file.rewind()
+            .map_err(|e| Spool::error_for(&self.what, &self.dir, e))?;
+        let reader = std::io::BufReader::with_capacity(files::READ_BUFFER, file);
+        append_stream(tar, report, name, size, reader)?;
+        Ok(size)
+    }
+}
+
+/// Paths as the manifest lists them.
+pub fn path_strings(paths: &[std::path::PathBuf]) -> Vec<String> {
+    paths.iter().map(|p| p.display().to_string()).collect()
+}
+
 pub enum AnySource {
     Files(FilesSource),
     Postgres(PostgresSource),

@@ -10,7 +10,6 @@
 //! holds one database's dump at a time, and nothing is left behind.
 
 use std::fs;
-use std::io::{BufReader, Seek};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -18,9 +17,8 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tracing::info;
 
-use super::files::READ_BUFFER;
 use super::pg_roles::{self, quote_ident};
-use super::{append_stream, PgConn, Source, SourceCtx, SourceReport};
+use super::{append_stream, PgConn, Source, SourceCtx, SourceReport, Spool};
 use crate::config::DbFilter;
 use crate::error::IoContext;
 use crate::manifest::{Layout, Manifest};
@@ -98,7 +96,7 @@ impl Source for PgDumpSource {
     }
 
     fn paths(&self) -> Vec<String> {
-        self.paths.iter().map(|p| p.display().to_string()).collect()
+        super::path_strings(&self.paths)
     }
 
     fn write_tar<W: std::io::Write>(
@@ -149,35 +147,18 @@ impl Source for PgDumpSource {
             if crate::progress::is_cancelled(&ctx.cancel) {
                 return Err(Error::Cancelled);
             }
-            let spool_error = |e| {
-                Error::io(
-                    format!(
-                        "spooling the dump of {db:?} to {} (TMPDIR; it must hold the largest database's dump)",
-                        self.spool_dir.display()
-                    ),
-                    e,
-                )
-            };
-            let mut spool = tempfile::tempfile_in(&self.spool_dir).map_err(spool_error)?;
+            let spool = Spool::new(&self.spool_dir, format!("the dump of {db:?}"))?;
             let mut cmd = Command::new(&pg_dump);
             cmd.args(["--format=custom", "--no-password"])
                 .arg(format!("--dbname={}", conninfo(db)))
                 .envs(conn.libpq_env())
-                .stdout(spool.try_clone().map_err(spool_error)?);
+                .stdout(spool.file().try_clone().map_err(|e| spool.error(e))?);
             let said = program::run(cmd, &format!("pg_dump of database {db:?}"), &ctx.cancel)?;
             for line in said.lines().filter(|l| !l.trim().is_empty()) {
                 report.warn(format!("pg_dump {db:?}: {line}"));
             }
-            let size = spool.metadata().map_err(spool_error)?.len();
-            spool.rewind().map_err(spool_error)?;
             let file = dump_file_name(db);
-            append_stream(
-                tar,
-                &mut report,
-                &format!("{DUMP_DIR}/{file}"),
-                size,
-                BufReader::with_capacity(READ_BUFFER, spool),
-            )?;
+            let size = spool.append_to(tar, &mut report, &format!("{DUMP_DIR}/{file}"))?;
             ctx.progress.add_entry();
             ctx.progress.add_bytes(size);
             info!(database = %db, size, "database dumped");
