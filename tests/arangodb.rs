@@ -6,11 +6,9 @@
 //! real HTTP on 127.0.0.1 to the real binaries and records what it saw.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use lifeboat_tests::*;
@@ -451,9 +449,7 @@ fn env(fake: &FakeArango, vol: &Path, backup: &Path) -> Vec<(&'static str, Strin
 #[test]
 fn fake_arango_two_databases_round_trip_with_batch_protocol_and_edges_after_vertices() {
     let tmp = tempfile::tempdir().unwrap();
-    let (vol, backup) = (tmp.path().join("volume"), tmp.path().join("backup"));
-    fs::create_dir_all(&vol).unwrap();
-    fs::create_dir_all(&backup).unwrap();
+    let (vol, backup) = volume_and_backup(tmp.path());
     let original = FakeArango::start(sample());
     let e = env(&original, &vol, &backup);
     run_ok(lifeboat("lifeboat-sidecar", &pairs(&e)).arg("backup-now"));
@@ -469,13 +465,7 @@ fn fake_arango_two_databases_round_trip_with_batch_protocol_and_edges_after_vert
     }
     let hist = history(&backup, "arango-0");
     let artifact = artifacts(&hist).pop().unwrap();
-    let mut names: Vec<String> =
-        tar::Archive::new(zstd::Decoder::new(fs::File::open(&artifact).unwrap()).unwrap())
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().display().to_string())
-            .collect();
-    names.sort();
+    let names = entry_names(&artifact);
     for want in [
         "arangodb/shop/dump.json",
         "arangodb/shop/customers.structure.json",
@@ -500,14 +490,10 @@ fn fake_arango_two_databases_round_trip_with_batch_protocol_and_edges_after_vert
     let e = env(&fresh, &vol, &backup);
     let out = run_ok(&mut lifeboat("lifeboat-restore", &pairs(&e)));
     assert!(stderr(&out).contains("staged"), "{}", stderr(&out));
-    let log = tmp.path().join("sidecar.log");
-    run_until_logged(
+    load_staged_dump(
         lifeboat("lifeboat-sidecar", &pairs(&e)),
-        &log,
-        "next scheduled backup",
+        &tmp.path().join("sidecar.log"),
     );
-    let text = fs::read_to_string(&log).unwrap();
-    assert!(text.contains("restored dump loaded"), "{text}");
 
     let restored = fresh.state.lock().unwrap();
     assert_eq!(
@@ -525,27 +511,15 @@ fn fake_arango_two_databases_round_trip_with_batch_protocol_and_edges_after_vert
 #[test]
 fn fake_arango_server_down_wrong_password_and_a_database_dropped_mid_dump_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
-    let (vol, backup) = (tmp.path().join("volume"), tmp.path().join("backup"));
-    fs::create_dir_all(&vol).unwrap();
-    fs::create_dir_all(&backup).unwrap();
+    let (vol, backup) = volume_and_backup(tmp.path());
     let fake = FakeArango::start(sample());
     let hist = history(&backup, "arango-0");
     let fail = |extra: &[(&'static str, String)], needle: &str| {
-        let mut e = env(&fake, &vol, &backup);
-        for (k, v) in extra {
-            e.retain(|(x, _)| x != k);
-            e.push((k, v.clone()));
-        }
-        let out = lifeboat("lifeboat-sidecar", &pairs(&e))
-            .arg("backup-now")
-            .stdout(Stdio::null())
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-        assert!(
-            stderr(&out).contains(needle),
-            "expected {needle:?} in:\n{}",
-            stderr(&out)
+        let e = with_env(&env(&fake, &vol, &backup), extra);
+        fails_with(
+            lifeboat("lifeboat-sidecar", &pairs(&e)).arg("backup-now"),
+            1,
+            needle,
         );
         assert!(artifacts(&hist).is_empty());
     };

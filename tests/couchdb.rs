@@ -20,6 +20,14 @@ const ADMIN: &str = "admin";
 const PASSWORD: &str = "couch-test-pw";
 
 /// PouchDB Server from `scripts/setup.sh`'s install, or `POUCHDB_SERVER`.
+/// The volume, the backup folder, and a password file for the admin.
+fn setup(tmp: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (vol, backup) = volume_and_backup(tmp);
+    let pwfile = tmp.join("pw");
+    fs::write(&pwfile, PASSWORD).unwrap();
+    (vol, backup, pwfile)
+}
+
 fn pouchdb_server() -> PathBuf {
     if let Some(p) = std::env::var_os("POUCHDB_SERVER") {
         return p.into();
@@ -183,11 +191,7 @@ fn snapshot(c: &Couch, dbs: &[&str]) -> Vec<Value> {
 #[test]
 fn databases_with_revisions_conflicts_deletions_and_attachments_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
-    let (vol, backup) = (tmp.path().join("volume"), tmp.path().join("backup"));
-    fs::create_dir_all(&vol).unwrap();
-    fs::create_dir_all(&backup).unwrap();
-    let pwfile = tmp.path().join("pw");
-    fs::write(&pwfile, PASSWORD).unwrap();
+    let (vol, backup, pwfile) = setup(tmp.path());
     let mut couch = Couch::start(&tmp.path().join("couch1"));
 
     // notes: three revisions, a deleted document, a conflict, a design document.
@@ -243,16 +247,7 @@ fn databases_with_revisions_conflicts_deletions_and_attachments_round_trip() {
     run_ok(lifeboat("lifeboat-sidecar", &pairs(&env)).arg("backup-now"));
     let hist = history(&backup, "couch-0");
     let artifact = artifacts(&hist).pop().unwrap();
-    let manifest: Value = serde_json::from_slice(
-        &fs::read(
-            artifact
-                .to_str()
-                .unwrap()
-                .replace(".tar.zst", ".manifest.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let manifest = manifest_of(&artifact);
     assert_eq!(manifest["source"], "couchdb");
     assert_eq!(manifest["layout"], "logical");
     let notes = manifest["source_meta"]["databases"]
@@ -278,37 +273,21 @@ fn databases_with_revisions_conflicts_deletions_and_attachments_round_trip() {
     let out = run_ok(&mut lifeboat("lifeboat-restore", &pairs(&env)));
     assert!(stderr(&out).contains("staged"), "{}", stderr(&out));
     // The readiness probe keeps the pod out of Service endpoints meanwhile.
-    let probe = lifeboat("lifeboat-sidecar", &pairs(&env))
-        .arg("ready")
-        .output()
-        .unwrap();
-    assert_eq!(probe.status.code(), Some(1), "{}", stderr(&probe));
-    assert!(
-        stderr(&probe).contains("not loaded yet"),
-        "{}",
-        stderr(&probe)
+    fails_with(
+        lifeboat("lifeboat-sidecar", &pairs(&env)).arg("ready"),
+        1,
+        "not loaded yet",
     );
     let log = tmp.path().join("sidecar.log");
-    run_until_logged(
-        lifeboat("lifeboat-sidecar", &pairs(&env)),
-        &log,
-        "next scheduled backup",
-    );
-    let text = fs::read_to_string(&log).unwrap();
-    assert!(text.contains("restored dump loaded"), "{text}");
+    load_staged_dump(lifeboat("lifeboat-sidecar", &pairs(&env)), &log);
     assert!(!vol.join(".lifeboat-pending").exists());
     assert_eq!(snapshot(&couch, &dbs), before);
     run_ok(lifeboat("lifeboat-sidecar", &pairs(&env)).arg("ready"));
 
     // Loading the same dump again (a restore forced over the data) changes nothing.
-    let mut again = env.clone();
-    again.push(("LIFEBOAT_RESTORE", "always".into()));
+    let again = with_env(&env, &[("LIFEBOAT_RESTORE", "always".into())]);
     run_ok(&mut lifeboat("lifeboat-restore", &pairs(&again)));
-    run_until_logged(
-        lifeboat("lifeboat-sidecar", &pairs(&env)),
-        &log,
-        "next scheduled backup",
-    );
+    load_staged_dump(lifeboat("lifeboat-sidecar", &pairs(&env)), &log);
     assert_eq!(snapshot(&couch, &dbs), before);
     couch.kill();
 }
@@ -316,11 +295,7 @@ fn databases_with_revisions_conflicts_deletions_and_attachments_round_trip() {
 #[test]
 fn server_down_wrong_password_and_a_database_deleted_mid_dump_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
-    let (vol, backup) = (tmp.path().join("volume"), tmp.path().join("backup"));
-    fs::create_dir_all(&vol).unwrap();
-    fs::create_dir_all(&backup).unwrap();
-    let pwfile = tmp.path().join("pw");
-    fs::write(&pwfile, PASSWORD).unwrap();
+    let (vol, backup, pwfile) = setup(tmp.path());
     let wrong = tmp.path().join("wrong");
     fs::write(&wrong, "nope").unwrap();
     let couch = Couch::start(&tmp.path().join("couch"));
@@ -328,20 +303,11 @@ fn server_down_wrong_password_and_a_database_deleted_mid_dump_are_clear_errors()
     let hist = history(&backup, "couch-0");
 
     let expect_failure = |extra: &[(&'static str, String)], needle: &str| {
-        let mut e = env.clone();
-        for (k, v) in extra {
-            e.retain(|(x, _)| x != k);
-            e.push((k, v.clone()));
-        }
-        let out = lifeboat("lifeboat-sidecar", &pairs(&e))
-            .arg("backup-now")
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-        assert!(
-            stderr(&out).contains(needle),
-            "expected {needle:?} in:\n{}",
-            stderr(&out)
+        let e = with_env(&env, extra);
+        fails_with(
+            lifeboat("lifeboat-sidecar", &pairs(&e)).arg("backup-now"),
+            1,
+            needle,
         );
     };
     expect_failure(
@@ -368,9 +334,13 @@ fn server_down_wrong_password_and_a_database_deleted_mid_dump_are_clear_errors()
     }
     // Once the first page of `big` (20 pages) is read, the database goes
     // away under the dump.
-    let mut e = env.clone();
-    e.push(("LIFEBOAT_DATABASES", "big".into()));
-    e.push(("LIFEBOAT_LOG", "info,lifeboat=debug".into()));
+    let e = with_env(
+        &env,
+        &[
+            ("LIFEBOAT_DATABASES", "big".into()),
+            ("LIFEBOAT_LOG", "info,lifeboat=debug".into()),
+        ],
+    );
     let mut child = lifeboat("lifeboat-sidecar", &pairs(&e))
         .arg("backup-now")
         .stderr(Stdio::piped())
@@ -400,11 +370,7 @@ fn server_down_wrong_password_and_a_database_deleted_mid_dump_are_clear_errors()
 #[test]
 fn memory_stays_flat_while_dumping_200k_documents() {
     let tmp = tempfile::tempdir().unwrap();
-    let (vol, backup) = (tmp.path().join("volume"), tmp.path().join("backup"));
-    fs::create_dir_all(&vol).unwrap();
-    fs::create_dir_all(&backup).unwrap();
-    let pwfile = tmp.path().join("pw");
-    fs::write(&pwfile, PASSWORD).unwrap();
+    let (vol, backup, pwfile) = setup(tmp.path());
     let couch = Couch::start(&tmp.path().join("couch"));
     couch.ok("PUT", "many", None);
     for batch in 0..40 {
@@ -413,8 +379,10 @@ fn memory_stays_flat_while_dumping_200k_documents() {
             .collect();
         couch.ok("POST", "many/_bulk_docs", Some(json!({ "docs": docs })));
     }
-    let mut env = couch.env(&vol, &backup, &pwfile);
-    env.push(("LIFEBOAT_DATABASES", "many".into()));
+    let env = with_env(
+        &couch.env(&vol, &backup, &pwfile),
+        &[("LIFEBOAT_DATABASES", "many".into())],
+    );
     let out = run_ok(lifeboat("lifeboat-sidecar", &pairs(&env)).arg("backup-now"));
     let err = stderr(&out);
     let peak: u64 = err
@@ -425,12 +393,7 @@ fn memory_stays_flat_while_dumping_200k_documents() {
         .expect("the result line reports peak RSS");
     println!("peak RSS dumping 200k documents: {peak} MiB");
     assert!(peak <= 64, "peak RSS {peak} MiB:\n{err}");
-    let manifest = fs::read_dir(history(&backup, "couch-0"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().ends_with(".manifest.json"))
-        .unwrap();
-    let m: Value = serde_json::from_slice(&fs::read(manifest.path()).unwrap()).unwrap();
+    let m = manifest_of(&artifacts(&history(&backup, "couch-0")).pop().unwrap());
     assert_eq!(m["source_meta"]["databases"][0]["revisions"], 200_000);
     assert_eq!(m["source_meta"]["databases"][0]["doc_count"], 200_000);
 }

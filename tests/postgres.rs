@@ -587,16 +587,7 @@ fn logical_mode_round_trips_two_databases_through_the_pending_load() {
     run_ok(pg.cmd("lifeboat-sidecar", &env).arg("backup-now"));
     let hist = history(&pg.backup, "pg-0");
     let artifact = artifacts(&hist).pop().expect("one artifact");
-    let manifest_path = hist.join(
-        artifact
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .replace(".tar.zst", ".manifest.json"),
-    );
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&fs::read(manifest_path).unwrap()).unwrap();
+    let manifest = manifest_of(&artifact);
     assert_eq!(manifest["layout"], "logical");
     let dbs: Vec<&str> = manifest["source_meta"]["databases"]
         .as_array()
@@ -606,15 +597,8 @@ fn logical_mode_round_trips_two_databases_through_the_pending_load() {
         .collect();
     assert_eq!(dbs, ["Sales \"Q1\" = 'ü'/x", "app", "postgres"]);
     // A plain tar: the dumps are where the README says.
-    let mut names: Vec<String> =
-        tar::Archive::new(zstd::Decoder::new(fs::File::open(&artifact).unwrap()).unwrap())
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().display().to_string())
-            .collect();
-    names.sort();
     assert_eq!(
-        names,
+        entry_names(&artifact),
         [
             "postgres/Sales \"Q1\" = 'ü'%2Fx.dump",
             "postgres/app.dump",
@@ -651,16 +635,10 @@ fn logical_mode_round_trips_two_databases_through_the_pending_load() {
     assert!(vol.join(".lifeboat-pending/manifest.json").is_file());
 
     // Until the dump is loaded, a backup would record an empty server.
-    let out = pg
-        .cmd("lifeboat-sidecar", &env)
-        .arg("backup-now")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("is not loaded yet"),
-        "{}",
-        stderr(&out)
+    fails_with(
+        pg.cmd("lifeboat-sidecar", &env).arg("backup-now"),
+        1,
+        "is not loaded yet",
     );
 
     // Data lifeboat did not load is never dropped to make room.
@@ -687,13 +665,7 @@ fn logical_mode_round_trips_two_databases_through_the_pending_load() {
     });
 
     // Started again (as Kubernetes restarts it), the sidecar loads the dump.
-    run_until_logged(
-        pg.cmd("lifeboat-sidecar", &env),
-        &log,
-        "next scheduled backup",
-    );
-    let text = fs::read_to_string(&log).unwrap();
-    assert!(text.contains("restored dump loaded"), "{text}");
+    load_staged_dump(pg.cmd("lifeboat-sidecar", &env), &log);
     assert!(!vol.join(".lifeboat-pending").exists());
     let marker: serde_json::Value =
         serde_json::from_slice(&fs::read(vol.join(".lifeboat-restored")).unwrap()).unwrap();

@@ -448,3 +448,65 @@ pub fn run_until_logged(mut cmd: Command, log: &Path, needle: &str) {
         fs::read_to_string(log).unwrap()
     );
 }
+
+/// `<tmp>/volume` and `<tmp>/backup`, created: the data volume a logical
+/// dump is staged in, and a file target.
+pub fn volume_and_backup(tmp: &Path) -> (PathBuf, PathBuf) {
+    let (vol, backup) = (tmp.join("volume"), tmp.join("backup"));
+    fs::create_dir_all(&vol).unwrap();
+    fs::create_dir_all(&backup).unwrap();
+    (vol, backup)
+}
+
+/// Runs `cmd`, which must exit with `code` and say `needle` on stderr;
+/// returns its stderr.
+pub fn fails_with(cmd: &mut Command, code: i32, needle: &str) -> String {
+    let out = cmd.output().expect("spawn");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(code), "{cmd:?}:\n{err}");
+    assert!(err.contains(needle), "expected {needle:?} in:\n{err}");
+    err
+}
+
+/// The manifest beside a `.tar.zst` artifact, as JSON.
+pub fn manifest_of(artifact: &Path) -> serde_json::Value {
+    let path = artifact
+        .to_str()
+        .unwrap()
+        .replace(".tar.zst", ".manifest.json");
+    serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+}
+
+/// Entry names of a `.tar.zst` artifact, sorted: what `tar -t` lists.
+pub fn entry_names(artifact: &Path) -> Vec<String> {
+    let decoder = zstd::Decoder::new(fs::File::open(artifact).unwrap()).unwrap();
+    let mut names: Vec<String> = tar::Archive::new(decoder)
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Starts the sidecar (`run`) on a volume with a staged dump and waits
+/// until it has loaded it and gone on to its schedule; then stops it.
+pub fn load_staged_dump(sidecar: Command, log: &Path) {
+    run_until_logged(sidecar, log, "next scheduled backup");
+    let text = fs::read_to_string(log).unwrap();
+    assert!(text.contains("restored dump loaded"), "{text}");
+}
+
+/// `env` with `extra` set, replacing variables of the same name.
+pub fn with_env(
+    env: &[(&'static str, String)],
+    extra: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    let mut e: Vec<(&'static str, String)> = env
+        .iter()
+        .filter(|(k, _)| !extra.iter().any(|(x, _)| x == k))
+        .cloned()
+        .collect();
+    e.extend(extra.iter().cloned());
+    e
+}
