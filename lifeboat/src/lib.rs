@@ -15,6 +15,7 @@ pub mod backup;
 pub mod cli;
 pub mod compression;
 pub mod config;
+pub mod dns;
 pub mod error;
 pub mod http;
 pub mod json_split;

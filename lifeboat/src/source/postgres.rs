@@ -133,6 +133,14 @@ impl PgConn {
         if let Some(p) = &self.password {
             c.password(p);
         }
+        // A name (not a socket folder) is resolved here: libc cannot in the
+        // static release image (crate::dns).
+        if !self.host.starts_with('/') {
+            let ips = crate::dns::lookup(&self.host)
+                .await
+                .map_err(|e| Error::Source(format!("PGHOST={}: {e}", self.host)))?;
+            c.hostaddr(ips[0]);
+        }
         let (client, connection) = c.connect(NoTls).await.map_err(|e| self.error(e))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {

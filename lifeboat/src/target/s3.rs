@@ -76,7 +76,7 @@ pub async fn client(opts: &S3Options) -> Client {
     if let Some(r) = &opts.region {
         loader = loader.region(Region::new(r.clone()));
     }
-    let sdk = loader.load().await;
+    let sdk = loader.http_client(http_client()).load().await;
     let mut b = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(opts.path_style);
     if sdk.region().is_none() {
         // S3-compatible stores rarely care; AWS itself redirects.
@@ -86,6 +86,44 @@ pub async fn client(opts: &S3Options) -> Client {
         b = b.endpoint_url(e);
     }
     Client::from_conf(b.build())
+}
+
+/// HTTPS with bundled root certificates (plus the system's, where there is a
+/// store: a private CA via `SSL_CERT_FILE`), and names resolved without libc:
+/// the release image is `scratch`, with neither certificates nor NSS.
+fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+    let system_store = ["SSL_CERT_FILE", "SSL_CERT_DIR"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+        || std::path::Path::new("/etc/ssl/certs").is_dir();
+    let mut trust = TrustStore::empty().with_native_roots(system_store);
+    for der in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
+        trust.add_pem_certificate(pem_of(der));
+    }
+    let builder = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc));
+    match TlsContext::builder().with_trust_store(trust).build() {
+        Ok(ctx) => builder.tls_context(ctx),
+        Err(e) => {
+            tracing::warn!("bundled root certificates not usable ({e}); using the system's only");
+            builder
+        }
+    }
+    .build_with_resolver(crate::dns::Dns)
+}
+
+/// DER to PEM, the only form the SDK's trust store takes.
+fn pem_of(der: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = b"-----BEGIN CERTIFICATE-----\n".to_vec();
+    for line in b64.as_bytes().chunks(64) {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"-----END CERTIFICATE-----\n");
+    out
 }
 
 pub struct S3Target {
