@@ -31,6 +31,7 @@ fn manifest(id: &str, body: &[u8]) -> Manifest {
         warnings: vec![],
         tool_version: "test".into(),
         source_meta: serde_json::json!({}),
+        kubernetes: None,
         layout: Default::default(),
     }
 }

@@ -1,6 +1,7 @@
 //! One backup: source -> tar -> compress -> sha256 -> target, manifest last.
 //! Then copies to secondary targets, retention, and leftover cleanup.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,6 +30,8 @@ pub struct Job {
     pub source: AnySource,
     pub targets: Vec<AnyTarget>,
     pub settings: Settings,
+    /// The Kubernetes API, when `LIFEBOAT_INCLUDE_KUBE` asks for objects.
+    pub cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
 }
 
 impl Job {
@@ -72,10 +75,16 @@ impl Job {
                 }),
             },
         };
+        let cluster = if settings.include_kube.is_empty() {
+            None
+        } else {
+            crate::cluster::get("sidecar").await
+        };
         Job {
             source,
             targets,
             settings: settings.clone(),
+            cluster,
         }
     }
 
@@ -247,7 +256,7 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
             .and_then(|r| r);
         // When the upload failed, the producer only saw the pipe close: the
         // upload's error is the cause worth reporting.
-        let (report, sha256, size) = match (produced, upload_error) {
+        let (report, kubernetes, sha256, size) = match (produced, upload_error) {
             (Ok(p), None) => p,
             (_, Some(e)) | (Err(e), None) => {
                 upload.abort().await;
@@ -280,6 +289,7 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
             warnings: report.warnings,
             tool_version: crate::TOOL_VERSION.into(),
             source_meta: report.meta,
+            kubernetes,
         };
         upload.commit(&manifest).await?;
         let took = clock.elapsed();
@@ -300,11 +310,13 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
 }
 
 /// The blocking half: tar -> compressor -> hasher -> pipe.
+type Produced = (SourceReport, Option<BTreeMap<String, u64>>, String, u64);
+
 fn produce(
     job: &Job,
     tx: tokio::sync::mpsc::Sender<pipe::Chunk>,
     ctx: &SourceCtx,
-) -> Result<(SourceReport, String, u64)> {
+) -> Result<Produced> {
     let sink = HashWriter::new(ChunkWriter::new(tx));
     let encoder = job
         .settings
@@ -313,7 +325,18 @@ fn produce(
         .map_err(|e| Error::io("starting the compressor", e))?;
     let mut tar = tar::Builder::new(encoder);
     tar.follow_symlinks(false);
-    let report = job.source.write_tar(&mut tar, ctx)?;
+    let mut report = job.source.write_tar(&mut tar, ctx)?;
+    let kubernetes = match (&job.cluster, job.settings.include_kube.is_empty()) {
+        (_, true) => None,
+        (Some(c), false) => {
+            let counts = c.export_into(&job.settings.include_kube, &mut tar)?;
+            report.entries += counts.values().sum::<u64>();
+            Some(counts)
+        }
+        (None, false) => return Err(Error::Source(
+            "LIFEBOAT_INCLUDE_KUBE is set but the Kubernetes API is not usable (see the warning at start); unset it or grant the Role in manifests/rbac.yaml".into(),
+        )),
+    };
     let write_err = |e| {
         Error::io(
             "finishing the artifact stream (the upload may have stopped)",
@@ -324,7 +347,7 @@ fn produce(
     let sink = encoder.finish().map_err(write_err)?;
     let (chunks, sha256, size) = sink.finish();
     chunks.finish().map_err(write_err)?;
-    Ok((report, sha256, size))
+    Ok((report, kubernetes, sha256, size))
 }
 
 /// Copies a committed artifact from one target to another, verifying the

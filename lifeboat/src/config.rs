@@ -238,9 +238,16 @@ impl Inputs {
                 return false;
             }
         };
-        let ours: BTreeMap<String, String> = parsed
+        self.set_annotations(parsed)
+    }
+
+    /// Takes the pod's annotations (from the file or the API). Returns
+    /// whether a setting may have changed: `lifeboat.dev/last-backup` is
+    /// written by the sidecar itself and does not count.
+    pub fn set_annotations(&mut self, all: BTreeMap<String, String>) -> bool {
+        let ours: BTreeMap<String, String> = all
             .into_iter()
-            .filter(|(k, _)| k.starts_with(PREFIX))
+            .filter(|(k, _)| k.starts_with(PREFIX) && k != crate::cluster::LAST_BACKUP)
             .collect();
         let changed = ours != self.annotations;
         self.annotations = ours;
@@ -333,6 +340,14 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "true for path-style URLs (most S3-compatible stores)",
     ),
     ("LIFEBOAT_LOG", "log filter, e.g. debug (default: info)"),
+    (
+        "LIFEBOAT_INCLUDE_KUBE",
+        "also store the namespace's configmaps and/or secrets under kubernetes/ (needs the API)",
+    ),
+    (
+        "LIFEBOAT_ALLOW_PLAINTEXT_SECRETS",
+        "true to store Secrets in artifacts without encryption",
+    ),
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -358,6 +373,8 @@ struct RawEnv {
     arangodb_url: Option<String>,
     arangodb_user: Option<String>,
     arangodb_password: Option<String>,
+    include_kube: Option<String>,
+    allow_plaintext_secrets: Option<String>,
 }
 
 /// Validated settings. Built only through [`Settings::from_inputs`].
@@ -393,6 +410,8 @@ pub struct Settings {
     pub spool_dir: PathBuf,
     /// The current value of `lifeboat.dev/backup-now`, if set.
     pub backup_now: Option<String>,
+    /// `LIFEBOAT_INCLUDE_KUBE`: `configmaps` and/or `secrets`, in that order.
+    pub include_kube: Vec<crate::cluster::Exported>,
     /// Not wrong, but worth a log line (unknown variables or annotations).
     pub warnings: Vec<String>,
 }
@@ -825,6 +844,7 @@ impl Settings {
                 }
             },
         };
+        let include_kube = include_kube(&raw, &paths, &mut problems);
 
         if !problems.0.is_empty() {
             return Err(Error::Config(problems.0));
@@ -859,9 +879,55 @@ impl Settings {
                 .annotations
                 .get(&format!("{PREFIX}backup-now"))
                 .cloned(),
+            include_kube,
             warnings,
         })
     }
+}
+
+/// `LIFEBOAT_INCLUDE_KUBE`: which kinds, Secrets only when allowed in
+/// plain text (encryption does not exist yet), and no backed-up path that
+/// would share the `kubernetes/` folder in the tar.
+fn include_kube(
+    raw: &RawEnv,
+    paths: &[PathBuf],
+    problems: &mut Problems,
+) -> Vec<crate::cluster::Exported> {
+    use crate::cluster::Exported;
+    let Some(text) = raw.include_kube.as_deref().map(str::trim).filter(|t| !t.is_empty()) else {
+        return Vec::new();
+    };
+    let v = Value {
+        setting: "LIFEBOAT_INCLUDE_KUBE".into(),
+        text: text.into(),
+    };
+    let mut kinds = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        match part {
+            "configmaps" => kinds.push(Exported::ConfigMaps),
+            "secrets" => kinds.push(Exported::Secrets),
+            other => problems.fail(
+                &v,
+                format!("unknown kind {other:?}; accepted: configmaps, secrets, or both comma-separated"),
+            ),
+        }
+    }
+    kinds.sort();
+    kinds.dedup();
+    let allowed = raw.allow_plaintext_secrets.as_deref().map(str::trim) == Some("true");
+    if kinds.contains(&Exported::Secrets) && !allowed {
+        problems.fail(
+            &v,
+            "Secrets would be stored unencrypted; set LIFEBOAT_ALLOW_PLAINTEXT_SECRETS=true to accept that, or include only configmaps".into(),
+        );
+    }
+    if let Some(p) = paths.iter().find(|p| p.starts_with(crate::cluster::TAR_DIR_ABS)) {
+        problems.fail(
+            &v,
+            format!("{} would share the artifact's kubernetes/ folder; back up another path or leave LIFEBOAT_INCLUDE_KUBE unset", p.display()),
+        );
+    }
+    kinds
 }
 
 struct Problems(Vec<Problem>);

@@ -13,6 +13,7 @@ pub mod annotations;
 pub mod artifact;
 pub mod backup;
 pub mod cli;
+pub mod cluster;
 pub mod compression;
 pub mod config;
 pub mod dns;

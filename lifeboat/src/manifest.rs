@@ -43,6 +43,10 @@ pub struct Manifest {
     pub tool_version: String,
     /// Source-specific facts (Postgres LSNs, CouchDB doc counts, ...).
     pub source_meta: serde_json::Value,
+    /// With `LIFEBOAT_INCLUDE_KUBE`: objects per kind stored as YAML under
+    /// `kubernetes/<kind>/<name>.yaml` (e.g. `{"configmaps": 3}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 /// What the entries of an artifact are, which decides how it is restored.

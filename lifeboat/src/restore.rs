@@ -200,6 +200,13 @@ pub async fn restore_to(
         // `DIR/postgres/app.dump`, as `tar -xf - -C DIR` would put it.
         Layout::Logical => vec![(logical_origin(m), dir.join(&m.source))],
     };
+    let mut dests = dests;
+    if m.kubernetes.is_some() {
+        dests.push((
+            PathBuf::from(crate::cluster::TAR_DIR_ABS),
+            dir.join(crate::cluster::TAR_DIR),
+        ));
+    }
     for (_, d) in &dests {
         if state(d)? != State::Empty {
             return Err(Error::io(
@@ -248,7 +255,7 @@ async fn restore_one(
             let covered = match m.layout {
                 Layout::Paths => m.paths.iter().any(|p| Path::new(p) == origin),
                 Layout::Logical => *origin == logical_origin(m),
-            };
+            } || (m.kubernetes.is_some() && origin == Path::new(crate::cluster::TAR_DIR_ABS));
             if !covered {
                 return Err(Error::Corrupt {
                     id: m.id.clone(),

@@ -244,6 +244,11 @@ impl<'a> Walker<'a> {
         mappings: &'a [Mapping],
     ) -> Result<()> {
         let Some((idx, rel)) = map_name(name, mappings) else {
+            // Exported Kubernetes objects are for a person to apply; only
+            // `restore --to` asks for them.
+            if name.starts_with(crate::cluster::TAR_DIR) {
+                return Ok(());
+            }
             self.warn(format!(
                 "entry {} is outside the configured paths; skipped",
                 name.display()

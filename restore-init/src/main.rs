@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use lifeboat::cluster::{self, Reason};
 use lifeboat::config::{Inputs, Role, Settings};
 use lifeboat::restore::{self, Outcome};
 use lifeboat::Error;
@@ -76,8 +77,13 @@ async fn run() -> lifeboat::Result<()> {
     .await?
     {
         Outcome::Restored { id, target } => {
-            info!(id, target, "restore completed; the app may start")
+            info!(id, target, "restore completed; the app may start");
+            if let Some(c) = cluster::get("restore").await {
+                let msg = format!("restored {id} from {target}; the app may start");
+                c.event(Reason::RestoreCompleted, &msg).await;
+            }
         }
+        // RestoreCompleted comes from the sidecar once the dump is loaded.
         Outcome::Staged { id, target } => info!(
             id,
             target,

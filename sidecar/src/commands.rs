@@ -37,14 +37,16 @@ pub async fn backup_now() -> Result<()> {
     let cancel: lifeboat::progress::Cancel = Default::default();
     let work = job.run(cancel.clone());
     tokio::pin!(work);
-    let m = tokio::select! {
-        r = &mut work => r?,
+    let r = tokio::select! {
+        r = &mut work => r,
         _ = shutdown.recv() => {
             warn!("interrupted; cancelling the backup");
             cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-            work.await?
+            work.await
         }
     };
+    crate::run::announce(&r).await;
+    let m = r?;
     println!("{}", m.id);
     Ok(())
 }

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use lifeboat::backup::Job;
+use lifeboat::cluster::{self, Reason};
+use lifeboat::manifest::Manifest;
 use lifeboat::config::{Inputs, Role, Settings};
 use lifeboat::pending::{self, Pending};
 use lifeboat::progress::Cancel;
@@ -54,7 +56,13 @@ async fn load_pending(p: &Pending, settings: &Settings, shutdown: &mut Shutdown)
         };
         tokio::select! {
             r = attempt => match r {
-                Ok(()) => return false,
+                Ok(()) => {
+                    if let Some(c) = cluster::get("sidecar").await {
+                        let msg = format!("restored dump {} loaded into the server", p.manifest.id);
+                        c.event(Reason::RestoreCompleted, &msg).await;
+                    }
+                    return false;
+                }
                 Err((false, e)) if since.elapsed() < LOAD_PATIENCE => {
                     pause = LOAD_RETRY;
                     info!(id = %p.manifest.id, attempts, "waiting for the server to answer before loading the restored dump: {e}");
@@ -79,6 +87,16 @@ async fn load_pending(p: &Pending, settings: &Settings, shutdown: &mut Shutdown)
 
 pub async fn run() -> Result<()> {
     let mut inputs = Inputs::from_process();
+    let cluster = cluster::get("sidecar").await;
+    // Without the downward-API file, the pod's annotations come from the API.
+    let mut from_api = match &cluster {
+        Some(c) if !inputs.annotations_file().exists() => {
+            let rx = c.watch_annotations();
+            inputs.set_annotations(rx.borrow().clone());
+            Some(rx)
+        }
+        _ => None,
+    };
     let mut settings = Settings::from_inputs(&inputs, Role::Backup)?;
     for w in &settings.warnings {
         warn!("{w}");
@@ -132,7 +150,14 @@ pub async fn run() -> Result<()> {
                     job.sync_secondaries().await;
                 }
                 _ = poll.tick() => {
-                    if !inputs.reload_annotations() && inputs.problems.is_empty() {
+                    let changed = match &mut from_api {
+                        Some(rx) => {
+                            rx.has_changed().unwrap_or(false)
+                                && inputs.set_annotations(rx.borrow_and_update().clone())
+                        }
+                        None => inputs.reload_annotations(),
+                    };
+                    if !changed && inputs.problems.is_empty() {
                         continue;
                     }
                     match Settings::from_inputs(&inputs, Role::Backup) {
@@ -180,8 +205,8 @@ pub async fn backup_draining(job: &Arc<Job>, shutdown: &mut Shutdown, grace: Dur
     let cancel: Cancel = Default::default();
     let work = job.run(cancel.clone());
     tokio::pin!(work);
-    let report = |r: Result<lifeboat::manifest::Manifest>| {
-        if let Err(e) = r {
+    let report = |r: Result<Manifest>| async move {
+        if let Err(e) = &r {
             let hint = if e.is_retryable() {
                 "; the next scheduled run tries again"
             } else {
@@ -189,9 +214,10 @@ pub async fn backup_draining(job: &Arc<Job>, shutdown: &mut Shutdown, grace: Dur
             };
             error!("backup failed{hint}: {e}");
         }
+        announce(&r).await;
     };
     tokio::select! {
-        r = &mut work => { report(r); return false; }
+        r = &mut work => { report(r).await; return false; }
         _ = shutdown.recv() => {}
     }
     info!(
@@ -199,11 +225,32 @@ pub async fn backup_draining(job: &Arc<Job>, shutdown: &mut Shutdown, grace: Dur
         "shutdown requested during a backup; letting it finish"
     );
     tokio::select! {
-        r = &mut work => { report(r); return true; }
+        r = &mut work => { report(r).await; return true; }
         _ = tokio::time::sleep(grace) => warn!("grace period over; cancelling the backup"),
         _ = shutdown.recv() => warn!("second shutdown request; cancelling the backup"),
     }
     cancel.store(true, Ordering::Relaxed);
-    report(work.await);
+    report(work.await).await;
     true
+}
+
+/// Tells the cluster how a backup went: an Event on the pod, and the
+/// `lifeboat.dev/last-backup` annotation after a success. A cancelled backup
+/// (shutdown) is not a failure worth a Warning.
+pub async fn announce(r: &Result<Manifest>) {
+    let Some(c) = cluster::get("sidecar").await else {
+        return;
+    };
+    match r {
+        Ok(m) => {
+            let msg = format!(
+                "backup {} committed: {} entries, {} bytes stored",
+                m.id, m.entries, m.size
+            );
+            c.event(Reason::BackupSucceeded, &msg).await;
+            c.patch_last_backup(&m.id, m.finished_at).await;
+        }
+        Err(Error::Cancelled) => {}
+        Err(e) => c.event(Reason::BackupFailed, &format!("backup failed: {e}")).await,
+    }
 }

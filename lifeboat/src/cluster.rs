@@ -1,0 +1,399 @@
+//! The pod's own Kubernetes API, all of it optional: Events on the pod
+//! (`BackupSucceeded`, `BackupFailed`, `RestoreCompleted`), the
+//! `lifeboat.dev/last-backup` annotation, the pod's annotations when the
+//! downward-API file is not mounted, and the namespace's ConfigMaps and
+//! Secrets exported into the artifact (`LIFEBOAT_INCLUDE_KUBE`).
+//!
+//! Without `POD_NAME`/`POD_NAMESPACE`, an API server or RBAC, lifeboat backs
+//! up and restores the same and says so once; only an explicit
+//! `LIFEBOAT_INCLUDE_KUBE` makes the API a requirement.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret};
+use kube::api::{ListParams, ObjectList, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::Api;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{watch, OnceCell};
+use tracing::{debug, info, warn};
+
+use crate::annotations::PREFIX;
+use crate::error::{Error, Result};
+
+/// The annotation the sidecar patches after each committed backup.
+pub const LAST_BACKUP: &str = "lifeboat.dev/last-backup";
+/// Where exported objects live in the tar: `kubernetes/<kind>/<name>.yaml`.
+pub const TAR_DIR: &str = "kubernetes";
+pub const TAR_DIR_ABS: &str = "/kubernetes";
+/// Objects per list request while exporting, so memory stays bounded by a
+/// page (each object is at most 1 MiB) however many the namespace holds.
+pub const EXPORT_PAGE: u32 = 20;
+/// A call that takes longer is treated as "no API" (start) or failed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause before watching the pod again after the watch broke.
+const REWATCH_PAUSE: Duration = Duration::from_secs(5);
+
+/// What `LIFEBOAT_INCLUDE_KUBE` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Exported {
+    ConfigMaps,
+    Secrets,
+}
+
+impl Exported {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Exported::ConfigMaps => "configmaps",
+            Exported::Secrets => "secrets",
+        }
+    }
+}
+
+/// Which Event to post.
+#[derive(Debug, Clone, Copy)]
+pub enum Reason {
+    BackupSucceeded,
+    BackupFailed,
+    RestoreCompleted,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::BackupSucceeded => "BackupSucceeded",
+            Reason::BackupFailed => "BackupFailed",
+            Reason::RestoreCompleted => "RestoreCompleted",
+        }
+    }
+    fn event_type(self) -> &'static str {
+        match self {
+            Reason::BackupFailed => "Warning",
+            _ => "Normal",
+        }
+    }
+}
+
+pub struct Cluster {
+    client: kube::Client,
+    namespace: String,
+    pod: String,
+    uid: Option<String>,
+    /// The pod's `lifeboat.dev/*` annotations when we connected.
+    annotations: BTreeMap<String, String>,
+    /// Set after a 403, so a missing right costs one warning, not one per backup.
+    events_forbidden: AtomicBool,
+    patch_forbidden: AtomicBool,
+    handle: tokio::runtime::Handle,
+    component: &'static str,
+}
+
+static CLUSTER: OnceCell<Option<Arc<Cluster>>> = OnceCell::const_new();
+
+/// The API for this process, connected on first use; `None` when there is
+/// none (logged once, at that first use).
+pub async fn get(component: &'static str) -> Option<Arc<Cluster>> {
+    CLUSTER
+        .get_or_init(|| async { connect(component).await.map(Arc::new) })
+        .await
+        .clone()
+}
+
+async fn connect(component: &'static str) -> Option<Cluster> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let (Some(pod), Some(namespace)) = (env("POD_NAME"), env("POD_NAMESPACE")) else {
+        debug!("POD_NAME or POD_NAMESPACE not set: no Kubernetes Events or annotations");
+        return None;
+    };
+    let off = "no Events and no lifeboat.dev/last-backup annotation; backups and restores are not affected";
+    let client = match tokio::time::timeout(CALL_TIMEOUT, kube::Client::try_default()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            warn!("no Kubernetes API configuration ({e}): {off}");
+            return None;
+        }
+        Err(_) => {
+            warn!("Kubernetes API configuration timed out: {off}");
+            return None;
+        }
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let found = match tokio::time::timeout(CALL_TIMEOUT, pods.get(&pod)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            warn!(pod = %pod, namespace = %namespace, "cannot read this pod through the Kubernetes API ({}): {off}", describe(&e));
+            return None;
+        }
+        Err(_) => {
+            warn!(pod = %pod, "the Kubernetes API did not answer within {}s: {off}", CALL_TIMEOUT.as_secs());
+            return None;
+        }
+    };
+    debug!(pod = %pod, namespace = %namespace, "Kubernetes API available");
+    Some(Cluster {
+        client,
+        uid: found.metadata.uid.clone(),
+        annotations: ours(found.metadata.annotations.unwrap_or_default()),
+        namespace,
+        pod,
+        events_forbidden: AtomicBool::new(false),
+        patch_forbidden: AtomicBool::new(false),
+        handle: tokio::runtime::Handle::current(),
+        component,
+    })
+}
+
+/// A kube error as one line; a 403 names the Role that grants the right.
+fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => format!(
+            "403 Forbidden: {}; the Role in manifests/rbac.yaml grants what lifeboat uses",
+            s.message
+        ),
+        kube::Error::Api(s) => format!("{} {}: {}", s.code, s.reason, s.message),
+        other => other.to_string(),
+    }
+}
+
+fn is_forbidden(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 403)
+}
+
+/// Only `lifeboat.dev/*` annotations matter to settings.
+fn ours(all: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    all.into_iter().filter(|(k, _)| k.starts_with(PREFIX)).collect()
+}
+
+impl Cluster {
+    /// Posts an Event on the pod. Failures are logged, never returned: an
+    /// Event is a courtesy, the backup's result does not depend on it.
+    pub async fn event(&self, reason: Reason, message: &str) {
+        if self.events_forbidden.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = Utc::now();
+        // The API caps messages at 1 KiB; cut on a character boundary.
+        let mut message = message.to_string();
+        if message.len() > 1000 {
+            let mut cut = 1000;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let stamp = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let body = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": format!("{}.{:x}", self.pod, now.timestamp_nanos_opt().unwrap_or_default()),
+                "namespace": self.namespace,
+            },
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": self.pod,
+                "namespace": self.namespace,
+                "uid": self.uid,
+            },
+            "reason": reason.as_str(),
+            "message": message,
+            "type": reason.event_type(),
+            "count": 1,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "source": { "component": self.component },
+            "reportingComponent": format!("lifeboat.dev/{}", self.component),
+            "reportingInstance": self.pod,
+        });
+        let event: Event = match serde_json::from_value(body) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!("cannot build the {} Event: {e}", reason.as_str());
+                return;
+            }
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        match tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), &event)).await
+        {
+            Ok(Ok(_)) => debug!(reason = reason.as_str(), "Event posted"),
+            Ok(Err(e)) if is_forbidden(&e) => {
+                self.events_forbidden.store(true, Ordering::Relaxed);
+                warn!("posting Events is not allowed ({}); not trying again", describe(&e));
+            }
+            Ok(Err(e)) => warn!(reason = reason.as_str(), "posting the Event failed: {}", describe(&e)),
+            Err(_) => warn!(reason = reason.as_str(), "posting the Event timed out"),
+        }
+    }
+
+    /// Records the newest committed backup on the pod, for `kubectl get pod
+    /// -o yaml` and dashboards: `{"id": …, "finishedAt": …}`.
+    pub async fn patch_last_backup(&self, id: &str, finished_at: chrono::DateTime<Utc>) {
+        if self.patch_forbidden.load(Ordering::Relaxed) {
+            return;
+        }
+        let value = serde_json::json!({
+            "id": id,
+            "finishedAt": finished_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        })
+        .to_string();
+        let patch = serde_json::json!({ "metadata": { "annotations": { LAST_BACKUP: value } } });
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
+        let call = pods.patch(&self.pod, &params, &patch);
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(Ok(_)) => debug!(annotation = LAST_BACKUP, "pod annotated"),
+            Ok(Err(e)) if is_forbidden(&e) => {
+                self.patch_forbidden.store(true, Ordering::Relaxed);
+                warn!("patching {LAST_BACKUP} on the pod is not allowed ({}); not trying again", describe(&e));
+            }
+            Ok(Err(e)) => warn!("patching {LAST_BACKUP} failed: {}", describe(&e)),
+            Err(_) => warn!("patching {LAST_BACKUP} timed out"),
+        }
+    }
+
+    /// The pod's `lifeboat.dev/*` annotations, kept current by a watch: for
+    /// pods without the downward-API file. The watch reconnects on its own.
+    pub fn watch_annotations(self: &Arc<Self>) -> watch::Receiver<BTreeMap<String, String>> {
+        let (tx, rx) = watch::channel(self.annotations.clone());
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = me.follow(&tx).await {
+                    warn!("watching this pod's annotations failed ({e}); retrying in {}s", REWATCH_PAUSE.as_secs());
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(REWATCH_PAUSE).await;
+            }
+        });
+        info!("annotations file not mounted; following this pod's annotations through the API");
+        rx
+    }
+
+    /// One get-then-watch round; returns when the server ends the watch.
+    async fn follow(&self, tx: &watch::Sender<BTreeMap<String, String>>) -> Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let api_err = |e: kube::Error| Error::Source(format!("Kubernetes API: {}", describe(&e)));
+        let pod = pods.get(&self.pod).await.map_err(api_err)?;
+        let version = pod.metadata.resource_version.clone().unwrap_or_default();
+        tx.send_if_modified(|cur| replace(cur, pod));
+        let params = WatchParams::default()
+            .fields(&format!("metadata.name={}", self.pod))
+            .timeout(290);
+        let mut stream = pods.watch(&params, &version).await.map_err(api_err)?.boxed();
+        while let Some(ev) = stream.try_next().await.map_err(api_err)? {
+            match ev {
+                WatchEvent::Added(p) | WatchEvent::Modified(p) => {
+                    tx.send_if_modified(|cur| replace(cur, p));
+                }
+                WatchEvent::Error(s) => {
+                    return Err(Error::Source(format!("watch ended: {} {}", s.code, s.message)));
+                }
+                WatchEvent::Deleted(_) | WatchEvent::Bookmark(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the namespace's objects of `kinds` into the artifact as YAML,
+    /// a page at a time. Runs on the backup's blocking thread. Returns how
+    /// many of each kind went in.
+    pub fn export_into<W: std::io::Write>(
+        &self,
+        kinds: &[Exported],
+        tar: &mut tar::Builder<W>,
+    ) -> Result<BTreeMap<String, u64>> {
+        let mut counts = BTreeMap::new();
+        for &kind in kinds {
+            let n = match kind {
+                Exported::ConfigMaps => self.export_kind::<ConfigMap, W>(kind, tar)?,
+                Exported::Secrets => self.export_kind::<Secret, W>(kind, tar)?,
+            };
+            info!(kind = kind.as_str(), objects = n, "Kubernetes objects added to the artifact");
+            counts.insert(kind.as_str().to_string(), n);
+        }
+        Ok(counts)
+    }
+
+    fn export_kind<K, W>(&self, kind: Exported, tar: &mut tar::Builder<W>) -> Result<u64>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Serialize
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+        W: std::io::Write,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &self.namespace);
+        let what = format!("listing {} in {}", kind.as_str(), self.namespace);
+        let mut token: Option<String> = None;
+        let mut n = 0u64;
+        let mtime = Utc::now().timestamp().max(0) as u64;
+        loop {
+            let mut params = ListParams::default().limit(EXPORT_PAGE);
+            if let Some(t) = &token {
+                params = params.continue_token(t);
+            }
+            let page: ObjectList<K> = self
+                .handle
+                .block_on(tokio::time::timeout(CALL_TIMEOUT * 3, api.list(&params)))
+                .map_err(|_| Error::Source(format!("{what}: timed out")))?
+                .map_err(|e| Error::Source(format!("{what}: {}", describe(&e))))?;
+            for obj in page.items {
+                let name = obj.meta().name.clone().unwrap_or_default();
+                let yaml = to_yaml(obj).map_err(|e| Error::Source(format!("{what}: {name}: {e}")))?;
+                let path = format!(
+                    "{TAR_DIR}/{}/{}.yaml",
+                    kind.as_str(),
+                    crate::source::safe_file_name(&name)
+                );
+                let mut h = tar::Header::new_gnu();
+                h.set_size(yaml.len() as u64);
+                // Secrets stay readable by the owner only, also once extracted.
+                h.set_mode(if kind == Exported::Secrets { 0o600 } else { 0o644 });
+                h.set_mtime(mtime);
+                h.set_entry_type(tar::EntryType::Regular);
+                tar.append_data(&mut h, &path, yaml.as_bytes())
+                    .map_err(|e| Error::io(format!("writing {path} into the artifact"), e))?;
+                n += 1;
+            }
+            token = page.metadata.continue_.filter(|t| !t.is_empty());
+            if token.is_none() {
+                return Ok(n);
+            }
+        }
+    }
+}
+
+/// An object as `kubectl apply -f` takes it back: what the server assigned
+/// (uid, resourceVersion, managedFields, timestamps) left out.
+fn to_yaml<K: kube::Resource + Serialize>(mut obj: K) -> std::result::Result<String, String> {
+    let m = obj.meta_mut();
+    m.uid = None;
+    m.resource_version = None;
+    m.managed_fields = None;
+    m.creation_timestamp = None;
+    m.generation = None;
+    m.self_link = None;
+    m.owner_references = None;
+    serde_yaml::to_string(&obj).map_err(|e| e.to_string())
+}
+
+/// Puts the pod's `lifeboat.dev/*` annotations into `cur`; whether they changed.
+fn replace(cur: &mut BTreeMap<String, String>, pod: Pod) -> bool {
+    let new = ours(pod.metadata.annotations.unwrap_or_default());
+    if *cur == new {
+        return false;
+    }
+    *cur = new;
+    true
+}
