@@ -329,8 +329,9 @@ fn produce(
     let kubernetes = match (&job.cluster, job.settings.include_kube.is_empty()) {
         (_, true) => None,
         (Some(c), false) => {
-            let counts = c.export_into(&job.settings.include_kube, &mut tar)?;
+            let (counts, bytes) = c.export_into(&job.settings.include_kube, &mut tar)?;
             report.entries += counts.values().sum::<u64>();
+            report.bytes_in += bytes;
             Some(counts)
         }
         (None, false) => return Err(Error::Source(

@@ -166,7 +166,9 @@ fn is_forbidden(e: &kube::Error) -> bool {
 
 /// Only `lifeboat.dev/*` annotations matter to settings.
 fn ours(all: BTreeMap<String, String>) -> BTreeMap<String, String> {
-    all.into_iter().filter(|(k, _)| k.starts_with(PREFIX)).collect()
+    all.into_iter()
+        .filter(|(k, _)| k.starts_with(PREFIX))
+        .collect()
 }
 
 impl Cluster {
@@ -220,14 +222,20 @@ impl Cluster {
             }
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
-        match tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), &event)).await
-        {
+        match tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), &event)).await {
             Ok(Ok(_)) => debug!(reason = reason.as_str(), "Event posted"),
             Ok(Err(e)) if is_forbidden(&e) => {
                 self.events_forbidden.store(true, Ordering::Relaxed);
-                warn!("posting Events is not allowed ({}); not trying again", describe(&e));
+                warn!(
+                    "posting Events is not allowed ({}); not trying again",
+                    describe(&e)
+                );
             }
-            Ok(Err(e)) => warn!(reason = reason.as_str(), "posting the Event failed: {}", describe(&e)),
+            Ok(Err(e)) => warn!(
+                reason = reason.as_str(),
+                "posting the Event failed: {}",
+                describe(&e)
+            ),
             Err(_) => warn!(reason = reason.as_str(), "posting the Event timed out"),
         }
     }
@@ -251,7 +259,10 @@ impl Cluster {
             Ok(Ok(_)) => debug!(annotation = LAST_BACKUP, "pod annotated"),
             Ok(Err(e)) if is_forbidden(&e) => {
                 self.patch_forbidden.store(true, Ordering::Relaxed);
-                warn!("patching {LAST_BACKUP} on the pod is not allowed ({}); not trying again", describe(&e));
+                warn!(
+                    "patching {LAST_BACKUP} on the pod is not allowed ({}); not trying again",
+                    describe(&e)
+                );
             }
             Ok(Err(e)) => warn!("patching {LAST_BACKUP} failed: {}", describe(&e)),
             Err(_) => warn!("patching {LAST_BACKUP} timed out"),
@@ -266,7 +277,10 @@ impl Cluster {
         tokio::spawn(async move {
             loop {
                 if let Err(e) = me.follow(&tx).await {
-                    warn!("watching this pod's annotations failed ({e}); retrying in {}s", REWATCH_PAUSE.as_secs());
+                    warn!(
+                        "watching this pod's annotations failed ({e}); retrying in {}s",
+                        REWATCH_PAUSE.as_secs()
+                    );
                 }
                 if tx.is_closed() {
                     return;
@@ -288,14 +302,21 @@ impl Cluster {
         let params = WatchParams::default()
             .fields(&format!("metadata.name={}", self.pod))
             .timeout(290);
-        let mut stream = pods.watch(&params, &version).await.map_err(api_err)?.boxed();
+        let mut stream = pods
+            .watch(&params, &version)
+            .await
+            .map_err(api_err)?
+            .boxed();
         while let Some(ev) = stream.try_next().await.map_err(api_err)? {
             match ev {
                 WatchEvent::Added(p) | WatchEvent::Modified(p) => {
                     tx.send_if_modified(|cur| replace(cur, p));
                 }
                 WatchEvent::Error(s) => {
-                    return Err(Error::Source(format!("watch ended: {} {}", s.code, s.message)));
+                    return Err(Error::Source(format!(
+                        "watch ended: {} {}",
+                        s.code, s.message
+                    )));
                 }
                 WatchEvent::Deleted(_) | WatchEvent::Bookmark(_) => {}
             }
@@ -305,25 +326,31 @@ impl Cluster {
 
     /// Writes the namespace's objects of `kinds` into the artifact as YAML,
     /// a page at a time. Runs on the backup's blocking thread. Returns how
-    /// many of each kind went in.
+    /// many of each kind went in, and their bytes (restore checks the total).
     pub fn export_into<W: std::io::Write>(
         &self,
         kinds: &[Exported],
         tar: &mut tar::Builder<W>,
-    ) -> Result<BTreeMap<String, u64>> {
+    ) -> Result<(BTreeMap<String, u64>, u64)> {
         let mut counts = BTreeMap::new();
+        let mut bytes = 0u64;
         for &kind in kinds {
-            let n = match kind {
+            let (n, b) = match kind {
                 Exported::ConfigMaps => self.export_kind::<ConfigMap, W>(kind, tar)?,
                 Exported::Secrets => self.export_kind::<Secret, W>(kind, tar)?,
             };
-            info!(kind = kind.as_str(), objects = n, "Kubernetes objects added to the artifact");
+            info!(
+                kind = kind.as_str(),
+                objects = n,
+                "Kubernetes objects added to the artifact"
+            );
             counts.insert(kind.as_str().to_string(), n);
+            bytes += b;
         }
-        Ok(counts)
+        Ok((counts, bytes))
     }
 
-    fn export_kind<K, W>(&self, kind: Exported, tar: &mut tar::Builder<W>) -> Result<u64>
+    fn export_kind<K, W>(&self, kind: Exported, tar: &mut tar::Builder<W>) -> Result<(u64, u64)>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
@@ -336,7 +363,7 @@ impl Cluster {
         let api: Api<K> = Api::namespaced(self.client.clone(), &self.namespace);
         let what = format!("listing {} in {}", kind.as_str(), self.namespace);
         let mut token: Option<String> = None;
-        let mut n = 0u64;
+        let (mut n, mut bytes) = (0u64, 0u64);
         let mtime = Utc::now().timestamp().max(0) as u64;
         loop {
             let mut params = ListParams::default().limit(EXPORT_PAGE);
@@ -350,7 +377,8 @@ impl Cluster {
                 .map_err(|e| Error::Source(format!("{what}: {}", describe(&e))))?;
             for obj in page.items {
                 let name = obj.meta().name.clone().unwrap_or_default();
-                let yaml = to_yaml(obj).map_err(|e| Error::Source(format!("{what}: {name}: {e}")))?;
+                let yaml =
+                    to_yaml(obj).map_err(|e| Error::Source(format!("{what}: {name}: {e}")))?;
                 let path = format!(
                     "{TAR_DIR}/{}/{}.yaml",
                     kind.as_str(),
@@ -359,16 +387,21 @@ impl Cluster {
                 let mut h = tar::Header::new_gnu();
                 h.set_size(yaml.len() as u64);
                 // Secrets stay readable by the owner only, also once extracted.
-                h.set_mode(if kind == Exported::Secrets { 0o600 } else { 0o644 });
+                h.set_mode(if kind == Exported::Secrets {
+                    0o600
+                } else {
+                    0o644
+                });
                 h.set_mtime(mtime);
                 h.set_entry_type(tar::EntryType::Regular);
                 tar.append_data(&mut h, &path, yaml.as_bytes())
                     .map_err(|e| Error::io(format!("writing {path} into the artifact"), e))?;
                 n += 1;
+                bytes += yaml.len() as u64;
             }
             token = page.metadata.continue_.filter(|t| !t.is_empty());
             if token.is_none() {
-                return Ok(n);
+                return Ok((n, bytes));
             }
         }
     }

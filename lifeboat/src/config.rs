@@ -894,7 +894,12 @@ fn include_kube(
     problems: &mut Problems,
 ) -> Vec<crate::cluster::Exported> {
     use crate::cluster::Exported;
-    let Some(text) = raw.include_kube.as_deref().map(str::trim).filter(|t| !t.is_empty()) else {
+    let Some(text) = raw
+        .include_kube
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    else {
         return Vec::new();
     };
     let v = Value {
@@ -921,7 +926,10 @@ fn include_kube(
             "Secrets would be stored unencrypted; set LIFEBOAT_ALLOW_PLAINTEXT_SECRETS=true to accept that, or include only configmaps".into(),
         );
     }
-    if let Some(p) = paths.iter().find(|p| p.starts_with(crate::cluster::TAR_DIR_ABS)) {
+    if let Some(p) = paths
+        .iter()
+        .find(|p| p.starts_with(crate::cluster::TAR_DIR_ABS))
+    {
         problems.fail(
             &v,
             format!("{} would share the artifact's kubernetes/ folder; back up another path or leave LIFEBOAT_INCLUDE_KUBE unset", p.display()),

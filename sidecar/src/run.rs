@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use lifeboat::backup::Job;
 use lifeboat::cluster::{self, Reason};
-use lifeboat::manifest::Manifest;
 use lifeboat::config::{Inputs, Role, Settings};
+use lifeboat::manifest::Manifest;
 use lifeboat::pending::{self, Pending};
 use lifeboat::progress::Cancel;
 use lifeboat::{Error, Result};
@@ -251,6 +251,9 @@ pub async fn announce(r: &Result<Manifest>) {
             c.patch_last_backup(&m.id, m.finished_at).await;
         }
         Err(Error::Cancelled) => {}
-        Err(e) => c.event(Reason::BackupFailed, &format!("backup failed: {e}")).await,
+        Err(e) => {
+            c.event(Reason::BackupFailed, &format!("backup failed: {e}"))
+                .await
+        }
     }
 }
