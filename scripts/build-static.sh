@@ -20,17 +20,22 @@ for bin in lifeboat-sidecar lifeboat-restore; do
   printf '%s: %s bytes (%.1f MiB), ldd: %s\n' "$bin" "$size" "$(echo "$size / 1048576" | bc -l)" "$(ldd "$f" 2>&1 | tr -d '\t')"
   if [ "$size" -ge "$limit" ]; then echo "FAIL: $bin is not under 20 MB"; exit 1; fi
 done
-# Name resolution without NSS modules: an S3 endpoint named "localhost" on a
+# Name resolution without NSS modules (run as root: mknod, chroot): an S3 endpoint named "localhost" on a
 # closed port must fail with "connection refused", not a DNS error.
+chroot_bin=$(command -v chroot || echo /usr/sbin/chroot)
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-mkdir -p "$root/etc" "$root/tmp"
+mkdir -p "$root/etc" "$root/tmp" "$root/dev"
+# A container runtime always provides /dev/random and /dev/urandom (the static binary's
+# random source: getrandom cannot find glibc's wrapper without a loader).
+mknod -m 444 "$root/dev/urandom" c 1 9
+mknod -m 444 "$root/dev/random" c 1 8
 cp "$out/lifeboat-sidecar" "$root/"
 echo "127.0.0.1 localhost" > "$root/etc/hosts"
 echo "nameserver 127.0.0.1" > "$root/etc/resolv.conf"
 log=$(env -i HOSTNAME=probe LIFEBOAT_PATHS=/tmp LIFEBOAT_TARGETS=s3://probe-bucket \
   LIFEBOAT_S3_ENDPOINT=http://localhost:9 AWS_ACCESS_KEY_ID=a AWS_SECRET_ACCESS_KEY=b \
-  LIFEBOAT_S3_REGION=us-east-1 timeout 120 chroot "$root" /lifeboat-sidecar list 2>&1 || true)
+  LIFEBOAT_S3_REGION=us-east-1 timeout 120 "$chroot_bin" "$root" /lifeboat-sidecar list 2>&1 || true)
 if echo "$log" | grep -qi "dns error\|name resolution"; then
   echo "FAIL: the static binary cannot resolve localhost in an empty root:"; echo "$log"; exit 1
 fi
