@@ -126,6 +126,12 @@ impl Job {
     /// A backup to the primary target, then copies, retention and cleanup.
     /// Only the primary's result decides success; the rest is logged.
     pub async fn run(self: &Arc<Self>, cancel: Cancel) -> Result<Manifest> {
+        // Before the dump, not after it: the objects are part of the artifact.
+        if !self.settings.include_kube.is_empty() && self.cluster.is_none() {
+            return Err(Error::Source(
+                "LIFEBOAT_INCLUDE_KUBE is set but the Kubernetes API is not usable (see the warning at start); unset it or grant the Role in manifests/rbac.yaml".into(),
+            ));
+        }
         let primary = &self.targets[0];
         let manifest = backup(self.clone(), primary, cancel).await?;
         self.sync_secondaries().await;
@@ -326,17 +332,15 @@ fn produce(
     let mut tar = tar::Builder::new(encoder);
     tar.follow_symlinks(false);
     let mut report = job.source.write_tar(&mut tar, ctx)?;
-    let kubernetes = match (&job.cluster, job.settings.include_kube.is_empty()) {
-        (_, true) => None,
-        (Some(c), false) => {
+    // Job::run refused to start with objects to export and no API.
+    let kubernetes = match &job.cluster {
+        Some(c) if !job.settings.include_kube.is_empty() => {
             let (counts, bytes) = c.export_into(&job.settings.include_kube, &mut tar)?;
             report.entries += counts.values().sum::<u64>();
             report.bytes_in += bytes;
             Some(counts)
         }
-        (None, false) => return Err(Error::Source(
-            "LIFEBOAT_INCLUDE_KUBE is set but the Kubernetes API is not usable (see the warning at start); unset it or grant the Role in manifests/rbac.yaml".into(),
-        )),
+        _ => None,
     };
     let write_err = |e| {
         Error::io(

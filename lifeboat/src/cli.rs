@@ -20,10 +20,6 @@ pub fn init_logging() {
 pub const WORKER_THREADS: usize = 2;
 
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    // Two TLS stacks link rustls with both crypto backends (kube's pulls in
-    // ring), so rustls cannot pick one itself; use the one S3 uses. An Err
-    // only means one is installed already.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKER_THREADS)
         .enable_all()

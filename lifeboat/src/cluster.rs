@@ -30,7 +30,12 @@ use crate::error::{Error, Result};
 pub const LAST_BACKUP: &str = "lifeboat.dev/last-backup";
 /// Where exported objects live in the tar: `kubernetes/<kind>/<name>.yaml`.
 pub const TAR_DIR: &str = "kubernetes";
-pub const TAR_DIR_ABS: &str = "/kubernetes";
+
+/// `TAR_DIR` as an origin path, the form restore mappings and
+/// `LIFEBOAT_PATHS` use.
+pub fn tar_origin() -> std::path::PathBuf {
+    std::path::Path::new("/").join(TAR_DIR)
+}
 /// Objects per list request while exporting, so memory stays bounded by a
 /// page (each object is at most 1 MiB) however many the namespace holds.
 pub const EXPORT_PAGE: u32 = 20;
@@ -111,6 +116,10 @@ async fn connect(component: &'static str) -> Option<Cluster> {
         return None;
     };
     let off = "no Events and no lifeboat.dev/last-backup annotation; backups and restores are not affected";
+    // rustls links both crypto backends here (kube's pulls in ring beside
+    // the S3 client's aws-lc), so it cannot pick a default itself; an Err
+    // only means one is installed already.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let client = match tokio::time::timeout(CALL_TIMEOUT, kube::Client::try_default()).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -288,7 +297,6 @@ impl Cluster {
                 tokio::time::sleep(REWATCH_PAUSE).await;
             }
         });
-        info!("annotations file not mounted; following this pod's annotations through the API");
         rx
     }
 
@@ -374,7 +382,17 @@ impl Cluster {
                 .handle
                 .block_on(tokio::time::timeout(CALL_TIMEOUT * 3, api.list(&params)))
                 .map_err(|_| Error::Source(format!("{what}: timed out")))?
-                .map_err(|e| Error::Source(format!("{what}: {}", describe(&e))))?;
+                .map_err(|e| {
+                    let hint = if is_forbidden(&e) {
+                        format!(
+                            " (the Role needs `list` on {}, beyond manifests/rbac.yaml)",
+                            kind.as_str()
+                        )
+                    } else {
+                        String::new()
+                    };
+                    Error::Source(format!("{what}: {}{hint}", describe(&e)))
+                })?;
             for obj in page.items {
                 let name = obj.meta().name.clone().unwrap_or_default();
                 let yaml =

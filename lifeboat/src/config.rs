@@ -448,7 +448,6 @@ impl Settings {
             "compression",
             "restore",
             "backup-now",
-            "last-backup",
             "enabled",
         ];
         for k in inputs.annotations.keys() {
@@ -775,13 +774,7 @@ impl Settings {
             inputs.env.get("COUCHDB_PASSWORD").map(String::as_str),
         )
         .unwrap_or_else(|m| {
-            problems.fail(
-                &Value {
-                    setting: "LIFEBOAT_COUCHDB_URL".into(),
-                    text: raw.couchdb_url.clone().unwrap_or_default(),
-                },
-                m,
-            );
+            problems.fail_env("LIFEBOAT_COUCHDB_URL", &raw.couchdb_url, m);
             crate::source::CouchConn::new(None, None, None).expect("the default URL parses")
         });
         let arangodb = crate::source::ArangoConn::new(
@@ -792,13 +785,7 @@ impl Settings {
                 .or(inputs.env.get("ARANGO_ROOT_PASSWORD").map(String::as_str)),
         )
         .unwrap_or_else(|m| {
-            problems.fail(
-                &Value {
-                    setting: "LIFEBOAT_ARANGODB_URL".into(),
-                    text: raw.arangodb_url.clone().unwrap_or_default(),
-                },
-                m,
-            );
+            problems.fail_env("LIFEBOAT_ARANGODB_URL", &raw.arangodb_url, m);
             crate::source::ArangoConn::new(None, None, None).expect("the default URL parses")
         });
         if matches!(source, SourceKind::CouchDb | SourceKind::ArangoDb) && paths.len() > 1 {
@@ -928,7 +915,7 @@ fn include_kube(
     }
     if let Some(p) = paths
         .iter()
-        .find(|p| p.starts_with(crate::cluster::TAR_DIR_ABS))
+        .find(|p| p.starts_with(crate::cluster::tar_origin()))
     {
         problems.fail(
             &v,
@@ -945,6 +932,15 @@ impl Problems {
         self.0.push(Problem {
             setting: v.setting.clone(),
             value: v.text.clone(),
+            message,
+        });
+    }
+
+    /// A problem with an environment variable's value (empty when unset).
+    fn fail_env(&mut self, setting: &str, value: &Option<String>, message: String) {
+        self.0.push(Problem {
+            setting: setting.into(),
+            value: value.clone().unwrap_or_default(),
             message,
         });
     }

@@ -9,7 +9,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use hickory_resolver::TokioResolver;
 
@@ -79,11 +79,6 @@ impl aws_smithy_runtime_api::client::dns::ResolveDns for Dns {
                 .map_err(aws_smithy_runtime_api::client::dns::ResolveDnsError::new)
         })
     }
-}
-
-/// For reqwest's builder, which wants it shared.
-pub fn for_reqwest() -> Arc<Dns> {
-    Arc::new(Dns)
 }
 
 #[cfg(test)]

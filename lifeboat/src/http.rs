@@ -95,7 +95,7 @@ impl Endpoint {
         Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
-            .dns_resolver(crate::dns::for_reqwest())
+            .dns_resolver(std::sync::Arc::new(crate::dns::Dns))
             .build()
             .map_err(|e| self.error("setting up HTTP", e))
     }

@@ -187,7 +187,7 @@ pub async fn restore_to(
     progress_every: std::time::Duration,
 ) -> Result<()> {
     let m = &stored.manifest;
-    let dests: Vec<(PathBuf, PathBuf)> = match m.layout {
+    let mut dests: Vec<(PathBuf, PathBuf)> = match m.layout {
         Layout::Paths => m
             .paths
             .iter()
@@ -200,10 +200,9 @@ pub async fn restore_to(
         // `DIR/postgres/app.dump`, as `tar -xf - -C DIR` would put it.
         Layout::Logical => vec![(logical_origin(m), dir.join(&m.source))],
     };
-    let mut dests = dests;
     if m.kubernetes.is_some() {
         dests.push((
-            PathBuf::from(crate::cluster::TAR_DIR_ABS),
+            crate::cluster::tar_origin(),
             dir.join(crate::cluster::TAR_DIR),
         ));
     }
@@ -255,7 +254,7 @@ async fn restore_one(
             let covered = match m.layout {
                 Layout::Paths => m.paths.iter().any(|p| Path::new(p) == origin),
                 Layout::Logical => *origin == logical_origin(m),
-            } || (m.kubernetes.is_some() && origin == Path::new(crate::cluster::TAR_DIR_ABS));
+            } || (m.kubernetes.is_some() && *origin == crate::cluster::tar_origin());
             if !covered {
                 return Err(Error::Corrupt {
                     id: m.id.clone(),

@@ -244,9 +244,9 @@ impl<'a> Walker<'a> {
         mappings: &'a [Mapping],
     ) -> Result<()> {
         let Some((idx, rel)) = map_name(name, mappings) else {
-            // Exported Kubernetes objects are for a person to apply; only
-            // `restore --to` asks for them.
-            if name.starts_with(crate::cluster::TAR_DIR) {
+            // Exported Kubernetes objects the manifest declares are for a
+            // person to apply; only `restore --to` asks for them.
+            if self.manifest.kubernetes.is_some() && name.starts_with(crate::cluster::TAR_DIR) {
                 return Ok(());
             }
             self.warn(format!(

@@ -91,6 +91,7 @@ pub async fn run() -> Result<()> {
     // Without the downward-API file, the pod's annotations come from the API.
     let mut from_api = match &cluster {
         Some(c) if !inputs.annotations_file().exists() => {
+            info!("annotations file not mounted; following this pod's annotations through the API");
             let rx = c.watch_annotations();
             inputs.set_annotations(rx.borrow().clone());
             Some(rx)
