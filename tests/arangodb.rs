@@ -6,7 +6,7 @@
 //! real HTTP on 127.0.0.1 to the real binaries and records what it saw.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -81,68 +81,31 @@ impl FakeArango {
     }
 }
 
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
-            i += 3;
-        } else {
-            out.push(if b[i] == b'+' { b' ' } else { b[i] });
-            i += 1;
-        }
-    }
-    String::from_utf8(out).unwrap()
-}
-
 fn serve(conn: TcpStream, state: &Mutex<State>) {
-    let mut r = BufReader::new(conn.try_clone().unwrap());
-    let mut line = String::new();
-    if r.read_line(&mut line).unwrap_or(0) == 0 {
+    let Some(req) = read_request(&mut BufReader::new(conn.try_clone().unwrap())) else {
         return;
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_string();
-    let target = parts.next().unwrap_or_default().to_string();
-    let (mut len, mut auth) = (0usize, String::new());
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).unwrap();
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':').unwrap();
-        match k.to_ascii_lowercase().as_str() {
-            "content-length" => len = v.trim().parse().unwrap(),
-            "authorization" => auth = v.trim().to_string(),
-            _ => {}
-        }
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).unwrap();
-    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    let q: BTreeMap<String, String> = query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (decode(k), decode(v)))
-        .collect();
-    let segs: Vec<String> = path
+    };
+    let segs: Vec<String> = req
+        .path
         .trim_start_matches('/')
         .split('/')
-        .map(decode)
+        .map(percent_decode)
         .collect();
     use base64::Engine;
     let expected = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("root:{PASSWORD}"))
     );
-    let (status, headers, out) = if auth != expected {
+    let (status, headers, out) = if req.header("authorization") != expected {
         (401, vec![], json!({ "error": true, "code": 401, "errorMessage": "not authorized to execute this request" }).to_string())
     } else {
-        handle(&mut state.lock().unwrap(), &method, &segs, &q, &body)
+        handle(
+            &mut state.lock().unwrap(),
+            &req.method,
+            &segs,
+            &req.query,
+            &req.body,
+        )
     };
     let mut w = conn;
     let mut head = format!(

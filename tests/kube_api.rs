@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -98,48 +98,18 @@ fn status(code: u16, reason: &str, message: &str) -> (u16, String) {
 
 fn serve(conn: TcpStream, state: &Mutex<State>) {
     let mut r = BufReader::new(conn.try_clone().unwrap());
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or_default().to_string();
-        let target = parts.next().unwrap_or_default().to_string();
-        let mut len = 0usize;
-        let mut auth = String::new();
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            let (k, v) = h.split_once(':').unwrap();
-            match k.to_ascii_lowercase().as_str() {
-                "content-length" => len = v.trim().parse().unwrap(),
-                "authorization" => auth = v.trim().to_string(),
-                _ => {}
-            }
-        }
-        let mut body = vec![0u8; len];
-        r.read_exact(&mut body).unwrap();
-        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-        let q: BTreeMap<&str, &str> = query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .collect();
+    // Keep-alive: kube reuses the connection for several requests.
+    while let Some(req) = read_request(&mut r) {
+        let (path, q) = (req.path.as_str(), &req.query);
         let mut w = conn.try_clone().unwrap();
-        if auth != "Bearer fake-token" {
+        if req.header("authorization") != "Bearer fake-token" {
             let (c, b) = status(401, "Unauthorized", "Unauthorized");
             reply(&mut w, c, &b);
             continue;
         }
-        if method == "GET"
+        if req.method == "GET"
             && path == format!("/api/v1/namespaces/{NS}/pods")
-            && q.get("watch") == Some(&"true")
+            && q.get("watch").map(String::as_str) == Some("true")
         {
             watch(
                 w,
@@ -150,7 +120,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
             );
             return;
         }
-        let (code, out) = handle(&mut state.lock().unwrap(), &method, path, &q, &body);
+        let (code, out) = handle(&mut state.lock().unwrap(), &req.method, path, q, &req.body);
         reply(&mut w, code, &out);
     }
 }
@@ -196,7 +166,7 @@ fn handle(
     s: &mut State,
     method: &str,
     path: &str,
-    q: &BTreeMap<&str, &str>,
+    q: &BTreeMap<String, String>,
     body: &[u8],
 ) -> (u16, String) {
     let pod_path = format!("/api/v1/namespaces/{NS}/pods/{POD}");
@@ -285,14 +255,22 @@ fn handle(
     }
 }
 
-/// The environment a pod gives the sidecar: downward-API names and the API.
-fn pod_env(kubeconfig: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("KUBECONFIG", kubeconfig.to_string()),
-        ("POD_NAME", POD.into()),
-        ("POD_NAMESPACE", NS.into()),
-        ("HOSTNAME", POD.into()),
-    ]
+/// The environment a pod gives the sidecar (downward-API names, the API as a
+/// kubeconfig) for `<tmp>/volume` backed up into `<tmp>/backup`.
+impl FakeKubeApi {
+    fn pod_env(&self, tmp: &Path) -> Vec<(&'static str, String)> {
+        vec![
+            ("KUBECONFIG", self.kubeconfig(tmp)),
+            ("POD_NAME", POD.into()),
+            ("POD_NAMESPACE", NS.into()),
+            ("HOSTNAME", POD.into()),
+            ("LIFEBOAT_PATHS", tmp.join("volume").display().to_string()),
+            (
+                "LIFEBOAT_TARGETS",
+                format!("file://{}", tmp.join("backup").display()),
+            ),
+        ]
+    }
 }
 
 #[test]
@@ -305,13 +283,8 @@ fn events_last_backup_annotation_and_exported_objects_against_fake_api() {
         secrets: 2,
         ..Default::default()
     });
-    let kc = api.kubeconfig(tmp.path());
-    let target = format!("file://{}", backup.display());
-    let vol_s = vol.display().to_string();
-    let mut env = pod_env(&kc);
+    let mut env = api.pod_env(tmp.path());
     env.extend([
-        ("LIFEBOAT_PATHS", vol_s.clone()),
-        ("LIFEBOAT_TARGETS", target.clone()),
         ("LIFEBOAT_INCLUDE_KUBE", "configmaps,secrets".into()),
         ("LIFEBOAT_ALLOW_PLAINTEXT_SECRETS", "true".into()),
     ]);
@@ -406,20 +379,13 @@ fn forbidden_api_costs_one_warning_and_no_backup() {
     let tmp = tempfile::tempdir().unwrap();
     let (vol, backup) = volume_and_backup(tmp.path());
     fs::write(vol.join("a"), b"data").unwrap();
-    let target = format!("file://{}", backup.display());
-    let vol_s = vol.display().to_string();
 
     // Events and the patch refused (a Role without them): warned, backup fine.
     let api = FakeKubeApi::start(State {
         forbidden: vec!["events", "pods/patch"],
         ..Default::default()
     });
-    let kc = api.kubeconfig(tmp.path());
-    let mut env = pod_env(&kc);
-    env.extend([
-        ("LIFEBOAT_PATHS", vol_s.clone()),
-        ("LIFEBOAT_TARGETS", target.clone()),
-    ]);
+    let env = api.pod_env(tmp.path());
     let out = run_ok(lifeboat("lifeboat-sidecar", &pairs(&env)).arg("backup-now"));
     let err = stderr(&out);
     assert_eq!(
@@ -444,12 +410,7 @@ fn forbidden_api_costs_one_warning_and_no_backup() {
         forbidden: vec!["pods/get"],
         ..Default::default()
     });
-    let kc = api.kubeconfig(tmp.path());
-    let mut env = pod_env(&kc);
-    env.extend([
-        ("LIFEBOAT_PATHS", vol_s.clone()),
-        ("LIFEBOAT_TARGETS", target.clone()),
-    ]);
+    let mut env = api.pod_env(tmp.path());
     let out = run_ok(lifeboat("lifeboat-sidecar", &pairs(&env)).arg("backup-now"));
     let err = stderr(&out);
     assert_eq!(
@@ -475,12 +436,8 @@ fn forbidden_api_costs_one_warning_and_no_backup() {
     assert_eq!(artifacts(&backup.join(NS).join(POD)).len(), 2);
 
     // Secrets without the explicit allowance are a configuration error.
-    let mut env = pod_env(&kc);
-    env.extend([
-        ("LIFEBOAT_PATHS", vol_s),
-        ("LIFEBOAT_TARGETS", target),
-        ("LIFEBOAT_INCLUDE_KUBE", "secrets".into()),
-    ]);
+    let mut env = api.pod_env(tmp.path());
+    env.push(("LIFEBOAT_INCLUDE_KUBE", "secrets".into()));
     fails_with(
         lifeboat("lifeboat-sidecar", &pairs(&env)).arg("backup-now"),
         64,
@@ -496,13 +453,7 @@ fn annotations_come_through_the_api_when_the_file_is_not_mounted() {
     let api = FakeKubeApi::start(State::default());
     // A schedule that will not fire during the test.
     api.set_annotation("lifeboat.dev/schedule", "0 0 1 1 *");
-    let kc = api.kubeconfig(tmp.path());
-    let mut env = pod_env(&kc);
-    let (vol_s, target) = (
-        vol.display().to_string(),
-        format!("file://{}", backup.display()),
-    );
-    env.extend([("LIFEBOAT_PATHS", vol_s), ("LIFEBOAT_TARGETS", target)]);
+    let env = api.pod_env(tmp.path());
     let log = tmp.path().join("sidecar.log");
     let mut child = lifeboat("lifeboat-sidecar", &pairs(&env))
         .arg("run")
