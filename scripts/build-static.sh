@@ -17,7 +17,7 @@ for bin in lifeboat-sidecar lifeboat-restore; do
     echo "FAIL: $bin links shared libraries:"; ldd "$f"; exit 1
   fi
   size=$(stat -c %s "$f")
-  printf '%s: %s bytes (%.1f MiB), ldd: %s\n' "$bin" "$size" "$(echo "$size / 1048576" | bc -l)" "$(ldd "$f" 2>&1 | tr -d '\t')"
+  printf '%s: %s bytes (%s MiB), ldd: %s\n' "$bin" "$size" "$(awk -v s="$size" 'BEGIN { printf "%.1f", s / 1048576 }')" "$(ldd "$f" 2>&1 | tr -d '\t')"
   if [ "$size" -ge "$limit" ]; then echo "FAIL: $bin is not under 20 MB"; exit 1; fi
 done
 # Name resolution without NSS modules (run as root: mknod, chroot): an S3 endpoint named "localhost" on a

@@ -12,10 +12,9 @@ command -v python3 >/dev/null || missing+=(python3 python3-pip)
 # A real PostgreSQL server for the postgres source tests (initdb, pg_ctl, pg_amcheck).
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15 postgresql-contrib)
 command -v npm >/dev/null || missing+=(nodejs npm)
-# scripts/build-static.sh: ldd, chroot, bc.
+# scripts/build-static.sh: ldd, chroot (in /usr/sbin, off a non-root PATH).
 command -v ldd >/dev/null || missing+=(libc-bin)
-command -v chroot >/dev/null || missing+=(coreutils)
-command -v bc >/dev/null || missing+=(bc)
+[ -x /usr/sbin/chroot ] || missing+=(coreutils)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   apt-get update -qq
