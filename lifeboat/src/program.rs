@@ -32,7 +32,19 @@ pub fn find(name: &str) -> Option<PathBuf> {
 
 /// Runs `cmd` to the end on this (blocking) thread; stdout is whatever the
 /// caller set. Returns the tool's stderr (its warnings) on success.
-pub fn run(mut cmd: Command, what: &str, cancel: &Cancel) -> Result<String> {
+pub fn run(cmd: Command, what: &str, cancel: &Cancel) -> Result<String> {
+    run_within(cmd, what, cancel, None)
+}
+
+/// [`run`], killing the tool once `limit` has passed (hooks must not hang
+/// the schedule).
+pub fn run_within(
+    mut cmd: Command,
+    what: &str,
+    cancel: &Cancel,
+    limit: Option<Duration>,
+) -> Result<String> {
+    let deadline = limit.map(|l| (std::time::Instant::now() + l, l));
     cmd.stdin(Stdio::null()).stderr(Stdio::piped());
     // SAFETY: prctl is async-signal-safe and touches no memory of ours. A
     // tool must not outlive a killed sidecar and keep loading or dumping.
@@ -59,6 +71,21 @@ pub fn run(mut cmd: Command, what: &str, cancel: &Cancel) -> Result<String> {
             let _ = child.kill();
             let _ = child.wait();
             return Err(Error::Cancelled);
+        }
+        if let Some((_, l)) = deadline.filter(|(at, _)| std::time::Instant::now() >= *at) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let said = reader.join().unwrap_or_default();
+            return Err(Error::Source(format!(
+                "{what} did not finish within {}s and was killed{}{}",
+                l.as_secs(),
+                if said.trim().is_empty() {
+                    ""
+                } else {
+                    "; it printed: "
+                },
+                said.trim()
+            )));
         }
         std::thread::sleep(POLL);
     };
@@ -111,6 +138,26 @@ mod tests {
         ]);
         let said = run(c, "chatty", &Default::default()).unwrap();
         assert!(said.len() <= STDERR_KEEP && said.ends_with("end"));
+    }
+
+    #[test]
+    fn a_tool_past_its_limit_is_killed() {
+        let mut c = Command::new("sh");
+        c.args(["-c", "echo started >&2; exec sleep 30"]);
+        let t = std::time::Instant::now();
+        let e = run_within(
+            c,
+            "hook",
+            &Default::default(),
+            Some(Duration::from_millis(300)),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(t.elapsed() < Duration::from_secs(10), "{e}");
+        assert!(
+            e.contains("did not finish within") && e.contains("started"),
+            "{e}"
+        );
     }
 
     #[test]

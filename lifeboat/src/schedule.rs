@@ -142,7 +142,29 @@ impl Schedule {
         }
         None
     }
+
+    /// The longest gap between the next [`INTERVAL_RUNS`] runs after `t`:
+    /// what "twice the interval" means for staleness. The longest, so a
+    /// weekday schedule does not look late every Sunday. `None` when the
+    /// schedule fires fewer than twice.
+    pub fn interval(&self, t: DateTime<Utc>) -> Option<Duration> {
+        let mut prev = self.next_after(t)?;
+        let mut longest: Option<Duration> = None;
+        for _ in 1..INTERVAL_RUNS {
+            let Some(next) = self.next_after(prev) else {
+                break;
+            };
+            let gap = next - prev;
+            longest = Some(longest.map_or(gap, |l| l.max(gap)));
+            prev = next;
+        }
+        longest
+    }
 }
+
+/// How many upcoming runs [`Schedule::interval`] looks at: enough to see a
+/// whole week of a daily or weekday schedule.
+pub const INTERVAL_RUNS: usize = 9;
 
 fn parse_value(s: &str, f: &Field) -> Result<u32, String> {
     let lower = s.to_ascii_lowercase();
@@ -202,6 +224,19 @@ mod tests {
 
     fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+    }
+
+    #[test]
+    fn interval_is_the_longest_upcoming_gap() {
+        let t = at(2026, 11, 23, 12, 0, 0); // a Monday
+        let daily = Schedule::parse("0 2 * * *").unwrap();
+        assert_eq!(daily.interval(t), Some(Duration::hours(24)));
+        let weekdays = Schedule::parse("0 2 * * 1-5").unwrap();
+        assert_eq!(weekdays.interval(t), Some(Duration::hours(72)));
+        let every15 = Schedule::parse("*/15 * * * *").unwrap();
+        assert_eq!(every15.interval(t), Some(Duration::minutes(15)));
+        let never = Schedule::parse("0 0 31 2 *").unwrap();
+        assert_eq!(never.interval(t), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use lifeboat::config::{Inputs, Role, Settings};
 use lifeboat::target::{Stored, Target};
 use lifeboat::{pending, restore};
 use lifeboat::{Error, Result};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::signals::Shutdown;
 
@@ -21,8 +21,17 @@ fn settings(role: Role) -> Result<Settings> {
     Ok(s)
 }
 
+/// Asks the running sidecar for a backup (so two never race), or, when no
+/// sidecar listens (a CronJob, a laptop), takes it in this process.
 pub async fn backup_now() -> Result<()> {
     let s = settings(Role::Backup)?;
+    if let Some(addr) = s.ops.loopback() {
+        if let Some(id) = ask_running_sidecar(addr).await? {
+            println!("{id}");
+            return Ok(());
+        }
+        info!(address = %addr, "no running sidecar answers there; backing up in this process");
+    }
     if let Some(p) = pending::find_for(&s)? {
         return Err(Error::Source(format!(
             "restored dump {} in {} is not loaded yet (the running sidecar loads it once the server answers); \
@@ -46,9 +55,43 @@ pub async fn backup_now() -> Result<()> {
         }
     };
     crate::run::announce(&r).await;
+    if let Some(message) = lifeboat::notify::message(&s, &r) {
+        message.deliver().await;
+    }
     let m = r?;
     println!("{}", m.id);
     Ok(())
+}
+
+/// `POST /backup-now` on the sidecar's endpoint; waits for the backup
+/// that serves it (a running one, or one it starts). `None` when nothing
+/// listens.
+async fn ask_running_sidecar(addr: std::net::SocketAddr) -> Result<Option<String>> {
+    let url = format!("http://{addr}/backup-now");
+    let failed = |why: String| Error::Source(format!("the running sidecar at {addr}: {why}"));
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        // Loopback: an HTTP_PROXY in the pod's environment must not see it.
+        .no_proxy()
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    debug!(address = %addr, "asking the running sidecar for a backup");
+    let reply = match client.post(&url).send().await {
+        Ok(r) => r,
+        Err(e) if e.is_connect() => return Ok(None),
+        Err(e) => return Err(failed(format!("no answer: {e}"))),
+    };
+    let code = reply.status();
+    let body: serde_json::Value = reply
+        .json()
+        .await
+        .map_err(|e| failed(format!("unreadable answer ({code}): {e}")))?;
+    let text = |k: &str| body.get(k).and_then(|v| v.as_str()).map(String::from);
+    match (code.is_success(), text("id"), text("error")) {
+        (true, Some(id), _) => Ok(Some(id)),
+        (_, _, Some(e)) => Err(Error::Source(format!("backup failed: {e}"))),
+        _ => Err(failed(format!("unexpected answer {code}: {body}"))),
+    }
 }
 
 /// Ready unless a restored dump is staged and not loaded yet. Reads only

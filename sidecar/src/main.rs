@@ -4,6 +4,7 @@
 
 mod commands;
 mod run;
+mod serve;
 mod signals;
 
 use std::process::ExitCode;

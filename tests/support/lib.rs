@@ -35,6 +35,8 @@ pub fn lifeboat(name: &str, env: &[(&str, &str)]) -> Command {
     c.env("PATH", std::env::var_os("PATH").unwrap_or_default());
     c.env("LIFEBOAT_ANNOTATIONS_FILE", "/nonexistent/annotations");
     c.env("LIFEBOAT_LOG", "info");
+    // Tests run side by side: none serves the default port unless it asks.
+    c.env("LIFEBOAT_LISTEN", "off");
     for (k, v) in env {
         c.env(k, v);
     }
@@ -589,4 +591,116 @@ pub fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8(out).unwrap()
+}
+
+/// A long-running `lifeboat-sidecar run` with its endpoint on a free
+/// loopback port; stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct RunningSidecar {
+    child: std::process::Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl RunningSidecar {
+    /// Starts `run` with `env` plus `LIFEBOAT_LISTEN`, and waits until the
+    /// endpoint answers.
+    pub fn start(env: &[(&str, &str)], log: &Path) -> RunningSidecar {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut env = env.to_vec();
+        env.push(("LIFEBOAT_LISTEN", &listen));
+        let child = lifeboat("lifeboat-sidecar", &env)
+            .arg("run")
+            .stderr(fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut s = RunningSidecar {
+            child,
+            port,
+            log: log.to_path_buf(),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while s.get("/healthz").0 != 200 {
+            if std::time::Instant::now() > deadline || s.child.try_wait().unwrap().is_some() {
+                panic!("the sidecar's endpoint never answered:\n{}", s.log_text());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        s
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Status code and body; `(0, error)` when nothing answers.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        match ureq::get(&self.url(path)).call() {
+            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    }
+
+    /// `/status` as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = self.get("/status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// `/metrics` read by prometheus_client's own parser (PyPI), so the
+    /// format is checked by the reader Prometheus users have, not by ours.
+    /// Keys are `name{label="value",...}` with labels sorted.
+    pub fn scrape(&self) -> BTreeMap<String, f64> {
+        const PARSE: &str = r#"
+import json, sys, urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+text = opener.open(sys.argv[1]).read().decode()
+out = {}
+for family in text_string_to_metric_families(text):
+    for s in family.samples:
+        labels = ",".join('%s="%s"' % kv for kv in sorted(s.labels.items()))
+        out[s.name + ("{%s}" % labels if labels else "")] = s.value
+print(json.dumps(out))
+"#;
+        let out = Command::new("python3")
+            .args(["-c", PARSE, &self.url("/metrics")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `f` holds, up to `secs`; panics with the log otherwise.
+    pub fn wait_for(&self, what: &str, secs: u64, mut f: impl FnMut(&Self) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while !f(self) {
+            if std::time::Instant::now() > deadline {
+                panic!("waited {secs}s for {what}; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for RunningSidecar {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

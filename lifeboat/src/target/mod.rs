@@ -123,10 +123,12 @@ pub struct Listing {
 }
 
 impl Listing {
+    /// Newest first; of two equally new, the one that passed `verify`
+    /// first (a restore tries them in this order).
     pub fn sort_newest_first(&mut self) {
-        self.artifacts.sort_by(|a, b| {
-            (b.manifest.started_at, &b.manifest.id).cmp(&(a.manifest.started_at, &a.manifest.id))
-        });
+        let key = |s: &Stored| (s.manifest.started_at, s.verified_at.is_some());
+        self.artifacts
+            .sort_by(|a, b| (key(b), &b.manifest.id).cmp(&(key(a), &a.manifest.id)));
     }
 }
 
@@ -291,5 +293,48 @@ impl Upload for AnyUpload {
             AnyUpload::Dir(u) => u.abort().await,
             AnyUpload::S3(u) => u.abort().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(id: &str, started: &str, verified: bool) -> Stored {
+        let json = serde_json::json!({
+            "format": "lifeboat/v1", "id": id, "artifact": format!("{id}.tar.zst"),
+            "name": "n", "namespace": "ns", "source": "files", "paths": ["/data"],
+            "started_at": started, "finished_at": started, "compression": "zstd:3",
+            "encryption": "none", "size": 1, "sha256": "00", "entries": 1, "bytes_in": 1,
+            "warnings": [], "tool_version": "t", "source_meta": {}
+        });
+        Stored {
+            manifest: Manifest::from_json(json.to_string().as_bytes()).unwrap(),
+            verified_at: verified.then(Utc::now),
+        }
+    }
+
+    #[test]
+    fn of_two_equally_new_the_verified_comes_first() {
+        let mut l = Listing {
+            artifacts: vec![
+                stored("20261123T020000Z-files", "2026-11-23T02:00:00Z", false),
+                stored("20261123T020000Z-couchdb", "2026-11-23T02:00:00Z", true),
+                stored("20261122T020000Z-files", "2026-11-22T02:00:00Z", true),
+                stored("20261124T020000Z-files", "2026-11-24T02:00:00Z", false),
+            ],
+            problems: vec![],
+        };
+        l.sort_newest_first();
+        let ids: Vec<&str> = l.artifacts.iter().map(|a| a.manifest.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "20261124T020000Z-files",
+                "20261123T020000Z-couchdb",
+                "20261123T020000Z-files",
+                "20261122T020000Z-files"
+            ]
+        );
     }
 }

@@ -1,0 +1,299 @@
+//! Settings for the sidecar as a service: its HTTP endpoint, when backups
+//! count as stale, scheduled verification, notifications and hooks.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use reqwest::Url;
+
+use super::{parse_duration, Problems, RawEnv, Value};
+use crate::schedule::{self, Schedule};
+
+/// Where `/metrics`, `/healthz`, `/readyz` and `/status` are served.
+pub const DEFAULT_LISTEN: &str = ":9746";
+/// A hook that runs longer than this is killed and counts as failed.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, Default)]
+pub struct Ops {
+    /// `LIFEBOAT_LISTEN`; `None` when `off`.
+    pub listen: Option<SocketAddr>,
+    /// `LIFEBOAT_STALE_AFTER`; `None` means twice the schedule's interval.
+    pub stale_after: Option<Duration>,
+    /// `LIFEBOAT_VERIFY_SCHEDULE`: when to re-read the newest artifacts.
+    pub verify_schedule: Option<Schedule>,
+    pub notify: Option<Notify>,
+    /// `LIFEBOAT_PRE_COMMAND`: runs before each backup; failing fails it.
+    pub pre_command: Option<Hook>,
+    /// `LIFEBOAT_POST_COMMAND`: runs after each backup, whatever the result.
+    pub post_command: Option<Hook>,
+}
+
+impl Ops {
+    /// The address `backup-now` uses to reach the running sidecar: the
+    /// listener's port on loopback when it listens on every interface.
+    pub fn loopback(&self) -> Option<SocketAddr> {
+        let a = self.listen?;
+        Some(if a.ip().is_unspecified() {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, a.port()))
+        } else {
+            a
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotifyOn {
+    Failure,
+    Always,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotifyFormat {
+    Json,
+    Slack,
+}
+
+/// `LIFEBOAT_NOTIFY_*`. The URL often is the secret (a Slack webhook), so
+/// it is shown only as scheme and host.
+#[derive(Clone)]
+pub struct Notify {
+    pub url: Url,
+    pub on: NotifyOn,
+    pub format: NotifyFormat,
+}
+
+impl Notify {
+    /// `https://hooks.slack.com/…`: enough to tell which receiver is meant.
+    pub fn shown_url(&self) -> String {
+        format!(
+            "{}://{}/…",
+            self.url.scheme(),
+            self.url.host_str().unwrap_or_default()
+        )
+    }
+}
+
+impl std::fmt::Debug for Notify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notify")
+            .field("url", &self.shown_url())
+            .field("on", &self.on)
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+/// A command run directly (no shell: the image has none), split like a
+/// shell would split words.
+#[derive(Clone)]
+pub struct Hook {
+    /// `LIFEBOAT_PRE_COMMAND` or `LIFEBOAT_POST_COMMAND`, for messages.
+    pub setting: &'static str,
+    pub argv: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// Arguments may hold passwords: only the program is shown.
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({} arguments)",
+            self.argv.first().map(String::as_str).unwrap_or_default(),
+            self.argv.len().saturating_sub(1)
+        )
+    }
+}
+
+pub(super) fn parse(raw: &RawEnv, problems: &mut Problems) -> Ops {
+    let value = |setting: &str, text: &str| Value {
+        setting: setting.into(),
+        text: text.into(),
+    };
+    let set = |v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+    };
+
+    let listen_text = set(&raw.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+    let listen = parse_listen(&listen_text).unwrap_or_else(|m| {
+        problems.fail(&value("LIFEBOAT_LISTEN", &listen_text), m);
+        None
+    });
+
+    let stale_after = set(&raw.stale_after).and_then(|t| match parse_duration(&t) {
+        Ok(d) if d.is_zero() => {
+            problems.fail(
+                &value("LIFEBOAT_STALE_AFTER", &t),
+                "must be longer than 0; e.g. 2d, 36h".into(),
+            );
+            None
+        }
+        Ok(d) => Some(d),
+        Err(m) => {
+            problems.fail(&value("LIFEBOAT_STALE_AFTER", &t), m);
+            None
+        }
+    });
+
+    let verify_schedule = set(&raw.verify_schedule)
+        .filter(|t| t != "off")
+        .and_then(|t| match Schedule::parse(&t) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                problems.fail(
+                    &value("LIFEBOAT_VERIFY_SCHEDULE", &t),
+                    format!("{e}; accepted: off (the default) or {}", schedule::ACCEPTED),
+                );
+                None
+            }
+        });
+
+    let on = match set(&raw.notify_on).as_deref() {
+        None | Some("failure") => NotifyOn::Failure,
+        Some("always") => NotifyOn::Always,
+        Some(other) => {
+            problems.fail(
+                &value("LIFEBOAT_NOTIFY_ON", other),
+                "accepted: failure (the default) or always".into(),
+            );
+            NotifyOn::Failure
+        }
+    };
+    let format = match set(&raw.notify_format).as_deref() {
+        None | Some("json") => NotifyFormat::Json,
+        Some("slack") => NotifyFormat::Slack,
+        Some(other) => {
+            problems.fail(
+                &value("LIFEBOAT_NOTIFY_FORMAT", other),
+                "accepted: json (the default) or slack".into(),
+            );
+            NotifyFormat::Json
+        }
+    };
+    let notify = set(&raw.notify_url).and_then(|t| match Url::parse(&t) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+            Some(Notify { url, on, format })
+        }
+        // The value is likely a secret webhook: name the setting, not the URL.
+        _ => {
+            problems.fail(
+                &value("LIFEBOAT_NOTIFY_URL", "(hidden)"),
+                "accepted: an http:// or https:// URL, e.g. https://hooks.slack.com/services/…"
+                    .into(),
+            );
+            None
+        }
+    });
+
+    let timeout = match set(&raw.hook_timeout) {
+        None => DEFAULT_HOOK_TIMEOUT,
+        Some(t) => match parse_duration(&t) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                problems.fail(
+                    &value("LIFEBOAT_HOOK_TIMEOUT", &t),
+                    "must be longer than 0; e.g. 5m".into(),
+                );
+                DEFAULT_HOOK_TIMEOUT
+            }
+            Err(m) => {
+                problems.fail(&value("LIFEBOAT_HOOK_TIMEOUT", &t), m);
+                DEFAULT_HOOK_TIMEOUT
+            }
+        },
+    };
+    let mut hook = |setting: &'static str, raw: &Option<String>| {
+        let text = set(raw)?;
+        match shell_words::split(&text) {
+            Ok(argv) if !argv.is_empty() => Some(Hook {
+                setting,
+                argv,
+                timeout,
+            }),
+            _ => {
+                problems.fail(
+                    &value(setting, "(hidden)"),
+                    "accepted: a program and its arguments, quoted as in a shell, e.g. /usr/bin/pg_ctl checkpoint (no shell runs it)".into(),
+                );
+                None
+            }
+        }
+    };
+    let pre_command = hook("LIFEBOAT_PRE_COMMAND", &raw.pre_command);
+    let post_command = hook("LIFEBOAT_POST_COMMAND", &raw.post_command);
+
+    Ops {
+        listen,
+        stale_after,
+        verify_schedule,
+        notify,
+        pre_command,
+        post_command,
+    }
+}
+
+/// `:9746` (every interface), `127.0.0.1:9746`, `[::]:9746`, or `off`.
+fn parse_listen(text: &str) -> Result<Option<SocketAddr>, String> {
+    const ACCEPTED: &str =
+        "accepted: off, :PORT (every interface), or ADDRESS:PORT, e.g. 127.0.0.1:9746";
+    if text == "off" {
+        return Ok(None);
+    }
+    let full = match text.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => text.to_string(),
+    };
+    full.parse::<SocketAddr>()
+        .map(Some)
+        .map_err(|_| ACCEPTED.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(
+            parse_listen(":9746").unwrap(),
+            Some("0.0.0.0:9746".parse().unwrap())
+        );
+        assert_eq!(
+            parse_listen("127.0.0.1:1234").unwrap(),
+            Some("127.0.0.1:1234".parse().unwrap())
+        );
+        assert_eq!(parse_listen("off").unwrap(), None);
+        assert!(parse_listen("9746").unwrap_err().contains(":PORT"));
+        assert!(parse_listen("localhost:80").is_err());
+    }
+
+    #[test]
+    fn loopback_for_every_interface() {
+        let ops = Ops {
+            listen: Some("0.0.0.0:9746".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(ops.loopback(), Some("127.0.0.1:9746".parse().unwrap()));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let n = Notify {
+            url: Url::parse("https://hooks.slack.com/services/T0/B0/SECRET").unwrap(),
+            on: NotifyOn::Failure,
+            format: NotifyFormat::Slack,
+        };
+        let h = Hook {
+            setting: "LIFEBOAT_PRE_COMMAND",
+            argv: vec!["psql".into(), "password=SECRET".into()],
+            timeout: DEFAULT_HOOK_TIMEOUT,
+        };
+        let shown = format!("{n:?} {h:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(shown.contains("hooks.slack.com") && shown.contains("psql"));
+    }
+}

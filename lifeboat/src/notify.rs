@@ -1,0 +1,178 @@
+//! `LIFEBOAT_NOTIFY_URL`: one JSON POST per failed backup (and per success
+//! with `LIFEBOAT_NOTIFY_ON=always`), retried with backoff while the
+//! receiver is down or answers 5xx/429. A Slack-compatible body with
+//! `LIFEBOAT_NOTIFY_FORMAT=slack`.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use crate::config::{Notify, NotifyFormat, NotifyOn, Settings};
+use crate::manifest::Manifest;
+use crate::Error;
+
+/// Attempts per message: the first and four retries.
+pub const ATTEMPTS: u32 = 5;
+/// Pause before the first retry; doubled before each next one (1+2+4+8 s).
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Per attempt, connect to answer.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether `result` is worth a message under `LIFEBOAT_NOTIFY_ON`. A
+/// cancelled backup (shutdown) is neither failure nor success.
+pub fn wanted(n: &Notify, result: &Result<Manifest, Error>) -> bool {
+    match result {
+        Err(Error::Cancelled) => false,
+        Err(_) => true,
+        Ok(_) => n.on == NotifyOn::Always,
+    }
+}
+
+/// The message body. The JSON form's fields are documented in the README.
+pub fn body(
+    format: NotifyFormat,
+    settings: &Settings,
+    pod: Option<&str>,
+    result: &Result<Manifest, Error>,
+) -> Value {
+    let who = format!("{}/{}", settings.namespace, settings.name);
+    match format {
+        NotifyFormat::Json => {
+            let mut v = json!({
+                "event": if result.is_ok() { "backup_succeeded" } else { "backup_failed" },
+                "name": settings.name,
+                "namespace": settings.namespace,
+                "pod": pod,
+                "source": settings.source.as_str(),
+                "at": chrono::Utc::now(),
+            });
+            match result {
+                Ok(m) => {
+                    v["id"] = json!(m.id);
+                    v["started_at"] = json!(m.started_at);
+                    v["finished_at"] = json!(m.finished_at);
+                    v["size"] = json!(m.size);
+                    v["entries"] = json!(m.entries);
+                    v["bytes_in"] = json!(m.bytes_in);
+                }
+                Err(e) => v["error"] = json!(e.to_string()),
+            }
+            v
+        }
+        NotifyFormat::Slack => json!({
+            "text": match result {
+                Ok(m) => format!(
+                    ":white_check_mark: lifeboat backup of {who} succeeded: {} ({} entries, {} bytes stored)",
+                    m.id, m.entries, m.size
+                ),
+                Err(e) => format!(":x: lifeboat backup of {who} failed: {e}"),
+            }
+        }),
+    }
+}
+
+/// Posts `body`, retrying transient failures. Returns how many attempts it took.
+pub async fn send(n: &Notify, body: &Value) -> Result<u32, String> {
+    let client = reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .dns_resolver(std::sync::Arc::new(crate::dns::Dns))
+        .build()
+        .map_err(|e| format!("setting up HTTP: {e}"))?;
+    let mut pause = FIRST_BACKOFF;
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        // Errors are shown without their URL: it is often the secret.
+        match client.post(n.url.clone()).json(body).send().await {
+            Ok(r) if r.status().is_success() => return Ok(attempt),
+            Ok(r) => {
+                let status = r.status();
+                last = format!("answered {status}");
+                if !(status.is_server_error() || status.as_u16() == 429) {
+                    break;
+                }
+            }
+            Err(e) => {
+                last = if e.is_timeout() {
+                    format!("no answer within {}s", TIMEOUT.as_secs())
+                } else if e.is_connect() {
+                    "cannot connect".into()
+                } else {
+                    "request failed".into()
+                };
+            }
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+    }
+    Err(last)
+}
+
+/// A message ready to go: built while the result is at hand, delivered
+/// later (the sidecar sends it in the background, `backup-now` waits).
+pub struct Message {
+    notify: Notify,
+    body: Value,
+}
+
+/// The message `result` calls for under the settings, if any.
+pub fn message(settings: &Settings, result: &Result<Manifest, Error>) -> Option<Message> {
+    let n = settings.ops.notify.as_ref()?;
+    if !wanted(n, result) {
+        return None;
+    }
+    let pod = std::env::var("POD_NAME").ok();
+    Some(Message {
+        notify: n.clone(),
+        body: body(n.format, settings, pod.as_deref(), result),
+    })
+}
+
+impl Message {
+    /// Sends it, retrying, and logs how it went.
+    pub async fn deliver(self) {
+        let n = &self.notify;
+        match send(n, &self.body).await {
+            Ok(attempts) => info!(receiver = %n.shown_url(), attempts, "notification sent"),
+            Err(why) => warn!(
+                receiver = %n.shown_url(),
+                attempts = ATTEMPTS,
+                "notification not delivered: {why}; check LIFEBOAT_NOTIFY_URL"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_body_has_text() {
+        let settings = crate::config::Settings::from_inputs(
+            &crate::config::Inputs::from_env(
+                [
+                    ("LIFEBOAT_PATHS", "/data"),
+                    ("LIFEBOAT_TARGETS", "file:///backup"),
+                    ("HOSTNAME", "web-0"),
+                    ("LIFEBOAT_ANNOTATIONS_FILE", "/nonexistent/a"),
+                ]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ),
+            crate::config::Role::Backup,
+        )
+        .unwrap();
+        let b = body(
+            NotifyFormat::Slack,
+            &settings,
+            None,
+            &Err(Error::Source("disk on fire".into())),
+        );
+        let text = b["text"].as_str().unwrap();
+        assert!(text.contains("default/web-0") && text.contains("disk on fire"));
+    }
+}

@@ -1,0 +1,403 @@
+//! What the running sidecar knows about its backups, for `/status`,
+//! `/metrics` and `/readyz`: one small state behind a mutex, updated by the
+//! loop after each piece of work and read by the HTTP endpoint.
+//!
+//! Staleness is a pure function of (last success, start, limit, now), so it
+//! is tested on a fixed clock.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::manifest::Manifest;
+use crate::target::{AnyTarget, Target};
+
+/// Whether backups are stale: the last success (or, with none yet, the
+/// start of this process) lies further back than `limit`. No limit (a
+/// schedule that never fires, no `LIFEBOAT_STALE_AFTER`) is never stale.
+pub fn is_stale(
+    last_success: Option<DateTime<Utc>>,
+    started: DateTime<Utc>,
+    limit: Option<Duration>,
+    now: DateTime<Utc>,
+) -> bool {
+    let Some(limit) = limit.and_then(|l| chrono::Duration::from_std(l).ok()) else {
+        return false;
+    };
+    now - last_success.unwrap_or(started) > limit
+}
+
+/// `LIFEBOAT_STALE_AFTER`, else twice the schedule's longest upcoming gap.
+pub fn stale_limit(settings: &Settings, now: DateTime<Utc>) -> Option<Duration> {
+    settings
+        .ops
+        .stale_after
+        .or_else(|| Some(settings.schedule.interval(now)?.to_std().ok()? * 2))
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Counts {
+    pub success: u64,
+    pub failure: u64,
+}
+
+impl Counts {
+    fn add(&mut self, ok: bool) {
+        if ok {
+            self.success += 1
+        } else {
+            self.failure += 1
+        }
+    }
+}
+
+/// The most recent backup attempt, successful or not.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub trigger: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub ok: bool,
+    /// The artifact, when it was committed.
+    pub id: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The newest committed backup: what a restore would put back.
+#[derive(Debug, Clone, Serialize)]
+pub struct Success {
+    pub id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub bytes_in: u64,
+    pub size: u64,
+    pub entries: u64,
+}
+
+impl From<&Manifest> for Success {
+    fn from(m: &Manifest) -> Self {
+        Success {
+            id: m.id.clone(),
+            started_at: m.started_at,
+            finished_at: m.finished_at,
+            bytes_in: m.bytes_in,
+            size: m.size,
+            entries: m.entries,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    pub at: DateTime<Utc>,
+    pub ok: bool,
+    pub id: String,
+    pub error: Option<String>,
+}
+
+/// One target as last seen.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetState {
+    pub target: String,
+    pub primary: bool,
+    pub artifacts: usize,
+    pub newest: Option<String>,
+    pub newest_started_at: Option<DateTime<Utc>>,
+    /// When the newest artifact last passed `verify`.
+    pub newest_verified_at: Option<DateTime<Utc>>,
+    /// Artifacts the primary keeps that this secondary still lacks.
+    pub backlog: usize,
+    /// Why the last listing failed, when it did.
+    pub error: Option<String>,
+    pub last_verify: Option<Verification>,
+}
+
+/// What is running right now.
+#[derive(Debug, Clone, Serialize)]
+pub struct Running {
+    /// `backup`, `verify` or `load`.
+    pub work: &'static str,
+    pub trigger: String,
+    pub since: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct State {
+    pub version: &'static str,
+    pub name: String,
+    pub namespace: String,
+    pub source: &'static str,
+    pub schedule: String,
+    pub next_run: Option<DateTime<Utc>>,
+    pub verify_schedule: Option<String>,
+    pub started_at: DateTime<Utc>,
+    /// Effective `LIFEBOAT_STALE_AFTER` in seconds.
+    pub stale_after_s: Option<u64>,
+    /// Longest gap between upcoming runs, in seconds.
+    pub schedule_interval_s: Option<u64>,
+    pub last_success: Option<Success>,
+    pub last_attempt: Option<Attempt>,
+    pub running: Option<Running>,
+    /// The id of a restored dump that waits to be loaded (not ready).
+    pub pending_load: Option<String>,
+    pub backups: Counts,
+    pub loads: Counts,
+    pub verifications: Counts,
+    pub targets: Vec<TargetState>,
+}
+
+/// `State` plus what is derived from the clock when asked.
+#[derive(Serialize)]
+pub struct Report<'a> {
+    pub now: DateTime<Utc>,
+    pub stale: bool,
+    #[serde(flatten)]
+    pub state: &'a State,
+}
+
+pub struct Status {
+    state: Mutex<State>,
+}
+
+impl Status {
+    pub fn new(settings: &Settings, now: DateTime<Utc>) -> Self {
+        let mut state = State {
+            version: env!("CARGO_PKG_VERSION"),
+            name: settings.name.clone(),
+            namespace: settings.namespace.clone(),
+            source: settings.source.as_str(),
+            schedule: String::new(),
+            next_run: None,
+            verify_schedule: None,
+            started_at: now,
+            stale_after_s: None,
+            schedule_interval_s: None,
+            last_success: None,
+            last_attempt: None,
+            running: None,
+            pending_load: None,
+            backups: Counts::default(),
+            loads: Counts::default(),
+            verifications: Counts::default(),
+            targets: settings
+                .targets
+                .iter()
+                .enumerate()
+                .map(|(i, t)| TargetState {
+                    target: t.to_string(),
+                    primary: i == 0,
+                    artifacts: 0,
+                    newest: None,
+                    newest_started_at: None,
+                    newest_verified_at: None,
+                    backlog: 0,
+                    error: None,
+                    last_verify: None,
+                })
+                .collect(),
+        };
+        apply_settings(&mut state, settings, now);
+        Status {
+            state: Mutex::new(state),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        // A panic elsewhere while holding the lock must not take the
+        // endpoint down with it: the data is plain values, still usable.
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    pub fn snapshot(&self) -> State {
+        self.with(|s| s.clone())
+    }
+
+    pub fn settings_changed(&self, settings: &Settings, now: DateTime<Utc>) {
+        self.with(|s| apply_settings(s, settings, now));
+    }
+
+    pub fn next_run(&self, at: Option<DateTime<Utc>>) {
+        self.with(|s| s.next_run = at);
+    }
+
+    pub fn started(&self, work: &'static str, trigger: &str, now: DateTime<Utc>) {
+        self.with(|s| {
+            s.running = Some(Running {
+                work,
+                trigger: trigger.into(),
+                since: now,
+            })
+        });
+    }
+
+    pub fn idle(&self) {
+        self.with(|s| s.running = None);
+    }
+
+    pub fn pending_load(&self, id: Option<String>) {
+        self.with(|s| s.pending_load = id);
+    }
+
+    pub fn load_finished(&self, ok: bool) {
+        self.with(|s| s.loads.add(ok));
+    }
+
+    /// Records a finished backup attempt; `result` is the manifest or the error text.
+    pub fn backup_finished(
+        &self,
+        trigger: &str,
+        started_at: DateTime<Utc>,
+        result: std::result::Result<&Manifest, String>,
+        now: DateTime<Utc>,
+    ) {
+        self.with(|s| {
+            s.backups.add(result.is_ok());
+            let (id, error) = match &result {
+                Ok(m) => {
+                    s.last_success = Some(Success::from(*m));
+                    (Some(m.id.clone()), None)
+                }
+                Err(e) => (None, Some(e.clone())),
+            };
+            s.last_attempt = Some(Attempt {
+                trigger: trigger.into(),
+                started_at,
+                finished_at: now,
+                ok: result.is_ok(),
+                id,
+                error,
+            });
+        });
+    }
+
+    pub fn verified(&self, target: usize, v: Verification) {
+        self.with(|s| {
+            s.verifications.add(v.ok);
+            if let Some(t) = s.targets.get_mut(target) {
+                t.last_verify = Some(v);
+            }
+        });
+    }
+
+    /// Secondary targets' backlog, in target order after the primary.
+    pub fn backlog(&self, per_secondary: &[usize]) {
+        self.with(|s| {
+            for (t, b) in s.targets.iter_mut().skip(1).zip(per_secondary) {
+                t.backlog = *b;
+            }
+        });
+    }
+
+    /// Lists every target to count artifacts. At start, the primary's
+    /// newest artifact is the last success: a restarted sidecar is not
+    /// stale because it forgot.
+    pub async fn refresh_targets(&self, targets: &[AnyTarget]) {
+        for (i, t) in targets.iter().enumerate() {
+            let listing = t.list().await;
+            self.with(|s| {
+                let Some(ts) = s.targets.get_mut(i) else {
+                    return;
+                };
+                match &listing {
+                    Ok(l) => {
+                        let newest = l.artifacts.first();
+                        ts.artifacts = l.artifacts.len();
+                        ts.newest = newest.map(|a| a.manifest.id.clone());
+                        ts.newest_started_at = newest.map(|a| a.manifest.started_at);
+                        ts.newest_verified_at = newest.and_then(|a| a.verified_at);
+                        ts.error = None;
+                        if i == 0 {
+                            if let Some(a) = newest {
+                                let known = s.last_success.as_ref().map(|l| l.finished_at);
+                                if known.is_none_or(|k| k < a.manifest.finished_at) {
+                                    s.last_success = Some(Success::from(&a.manifest));
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => ts.error = Some(e.to_string()),
+                }
+            });
+        }
+    }
+
+    pub fn is_stale(&self, now: DateTime<Utc>) -> bool {
+        self.with(|s| stale_of(s, now))
+    }
+
+    /// `/readyz`: not ready while a restored dump waits to be loaded.
+    pub fn ready(&self) -> std::result::Result<(), String> {
+        self.with(|s| match &s.pending_load {
+            None => Ok(()),
+            Some(id) => Err(format!("restored dump {id} is not loaded yet")),
+        })
+    }
+
+    pub fn to_json(&self, now: DateTime<Utc>) -> String {
+        self.with(|s| {
+            let r = Report {
+                now,
+                stale: stale_of(s, now),
+                state: s,
+            };
+            serde_json::to_string_pretty(&r).unwrap_or_default()
+        })
+    }
+
+    pub fn metrics(&self, now: DateTime<Utc>) -> String {
+        self.with(|s| crate::metrics::render(s, stale_of(s, now)))
+    }
+}
+
+fn stale_of(s: &State, now: DateTime<Utc>) -> bool {
+    is_stale(
+        s.last_success.as_ref().map(|l| l.finished_at),
+        s.started_at,
+        s.stale_after_s.map(Duration::from_secs),
+        now,
+    )
+}
+
+fn apply_settings(s: &mut State, settings: &Settings, now: DateTime<Utc>) {
+    s.schedule = settings.schedule.as_str().into();
+    s.verify_schedule = settings
+        .ops
+        .verify_schedule
+        .as_ref()
+        .map(|v| v.as_str().into());
+    s.stale_after_s = stale_limit(settings, now).map(|d| d.as_secs());
+    s.schedule_interval_s = settings
+        .schedule
+        .interval(now)
+        .and_then(|d| d.to_std().ok())
+        .map(|d| d.as_secs());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(h: u32, m: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 23, h, m, 0).unwrap()
+    }
+
+    #[test]
+    fn staleness_on_a_fixed_clock() {
+        let limit = Some(Duration::from_secs(3600));
+        let started = at(0, 0);
+        // No success yet: counted from the start of the process.
+        assert!(!is_stale(None, started, limit, at(1, 0)));
+        assert!(is_stale(None, started, limit, at(1, 1)));
+        // A success resets the clock; it goes stale once it is too old.
+        let ok = Some(at(1, 30));
+        assert!(!is_stale(ok, started, limit, at(2, 30)));
+        assert!(is_stale(ok, started, limit, at(2, 31)));
+        // No limit (a schedule that never fires): never stale.
+        assert!(!is_stale(None, started, None, at(23, 0)));
+    }
+}

@@ -1,0 +1,229 @@
+//! The sidecar's HTTP endpoint on `LIFEBOAT_LISTEN`: `/metrics`, `/healthz`,
+//! `/readyz`, `/status`, and `POST /backup-now` from loopback only (the
+//! pod's own containers; `lifeboat-sidecar backup-now` uses it).
+//!
+//! HTTP/1.1 written by hand, one request per connection: four read-only
+//! pages and one trigger do not need a server framework, and every
+//! resource is bounded (connections, request size, time to send it).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use lifeboat::manifest::Manifest;
+use lifeboat::status::Status;
+use lifeboat::{Error, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tracing::{debug, info};
+
+/// Connections served at once; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 16;
+/// The most of a request we read: a request line and a few headers.
+pub const REQUEST_MAX: usize = 8 * 1024;
+/// A client must send its request within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a `backup-now` request waits for the backup that serves it.
+pub type Reply = oneshot::Sender<std::result::Result<Manifest, String>>;
+
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        Error::Config(vec![lifeboat::config::Problem {
+            setting: "LIFEBOAT_LISTEN".into(),
+            value: addr.to_string(),
+            message: format!(
+                "cannot listen there ({e}); choose a free port, or off to serve no endpoint"
+            ),
+        }])
+    })
+}
+
+pub fn spawn(listener: TcpListener, status: Arc<Status>, requests: mpsc::Sender<Reply>) {
+    if let Ok(a) = listener.local_addr() {
+        info!(address = %a, "serving /metrics, /healthz, /readyz, /status");
+    }
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::spawn(async move {
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let (stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors, say: wait a little rather than spin.
+                    debug!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (status, requests) = (status.clone(), requests.clone());
+            tokio::spawn(async move {
+                serve(stream, peer, &status, &requests).await;
+                drop(permit);
+            });
+        }
+    });
+}
+
+struct Response {
+    code: u16,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Response {
+    fn text(code: u16, body: impl Into<String>) -> Self {
+        let mut body = body.into();
+        body.push('\n');
+        Response {
+            code,
+            content_type: "text/plain; charset=utf-8",
+            body,
+        }
+    }
+
+    fn json(code: u16, v: serde_json::Value) -> Self {
+        Response {
+            code,
+            content_type: "application/json",
+            body: v.to_string() + "\n",
+        }
+    }
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    status: &Status,
+    requests: &mpsc::Sender<Reply>,
+) {
+    let mut head_only = false;
+    let response = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
+        Err(_) => Response::text(408, "request not received in time"),
+        Ok(None) => Response::text(400, "malformed or oversized request"),
+        Ok(Some((method, path))) => {
+            head_only = method == "HEAD";
+            route(&method, &path, peer, status, requests).await
+        }
+    };
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        response.code,
+        reason(response.code),
+        response.content_type,
+        response.body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    if !head_only {
+        let _ = stream.write_all(response.body.as_bytes()).await;
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// Reads up to the blank line that ends the headers; returns method and
+/// path (query dropped). The body, if any, is not needed by any route.
+async fn read_head(stream: &mut TcpStream) -> Option<(String, String)> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 || buf.len() + n > REQUEST_MAX {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = std::str::from_utf8(&buf).ok()?;
+    let mut parts = head.lines().next()?.split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if !version.starts_with("HTTP/1.") {
+        return None;
+    }
+    let path = target.split('?').next().unwrap_or_default();
+    Some((method.to_string(), path.to_string()))
+}
+
+async fn route(
+    method: &str,
+    path: &str,
+    peer: SocketAddr,
+    status: &Status,
+    requests: &mpsc::Sender<Reply>,
+) -> Response {
+    let get = method == "GET" || method == "HEAD";
+    match (path, get) {
+        ("/metrics", true) => Response {
+            code: 200,
+            content_type: lifeboat::metrics::CONTENT_TYPE,
+            body: status.metrics(Utc::now()),
+        },
+        ("/healthz", true) => Response::text(200, "ok"),
+        ("/readyz", true) => match status.ready() {
+            Ok(()) => Response::text(200, "ready"),
+            Err(why) => Response::text(503, format!("not ready: {why}")),
+        },
+        ("/status", true) => Response {
+            code: 200,
+            content_type: "application/json",
+            body: status.to_json(Utc::now()) + "\n",
+        },
+        ("/backup-now", _) if method == "POST" => backup_now(peer, status, requests).await,
+        ("/metrics" | "/healthz" | "/readyz" | "/status" | "/backup-now", _) => {
+            Response::text(405, "method not allowed")
+        }
+        _ => Response::text(
+            404,
+            "not found; served here: /metrics, /healthz, /readyz, /status, POST /backup-now",
+        ),
+    }
+}
+
+async fn backup_now(peer: SocketAddr, status: &Status, requests: &mpsc::Sender<Reply>) -> Response {
+    // The port is open to the cluster for scraping; starting backups is
+    // for the pod's own containers.
+    if !peer.ip().is_loopback() {
+        return Response::json(
+            403,
+            serde_json::json!({"error": "backup-now is accepted from inside the pod only (loopback); run `kubectl exec <pod> -c lifeboat -- lifeboat-sidecar backup-now`"}),
+        );
+    }
+    if let Err(why) = status.ready() {
+        return Response::json(
+            409,
+            serde_json::json!({"error": format!("{why}; a backup now would record the server without it")}),
+        );
+    }
+    let (tx, rx) = oneshot::channel();
+    if requests.send(tx).await.is_err() {
+        return Response::json(503, serde_json::json!({"error": "the sidecar is stopping"}));
+    }
+    match rx.await {
+        Ok(Ok(m)) => Response::json(
+            200,
+            serde_json::json!({"id": m.id, "size": m.size, "entries": m.entries, "sha256": m.sha256}),
+        ),
+        Ok(Err(e)) => Response::json(500, serde_json::json!({ "error": e })),
+        Err(_) => Response::json(
+            503,
+            serde_json::json!({"error": "the sidecar stopped before the backup finished"}),
+        ),
+    }
+}
