@@ -48,8 +48,11 @@ struct Couch {
 impl Couch {
     /// A server keeping its databases in `dir`, with an admin.
     fn start(dir: &Path) -> Couch {
+        Couch::start_on(dir, free_port())
+    }
+
+    fn start_on(dir: &Path, port: u16) -> Couch {
         fs::create_dir_all(dir).unwrap();
-        let port = free_port();
         let child = Command::new(pouchdb_server())
             .args(["-o", "127.0.0.1", "-p", &port.to_string(), "-n", "-d"])
             .arg(dir)
@@ -266,20 +269,37 @@ fn databases_with_revisions_conflicts_deletions_and_attachments_round_trip() {
     );
     assert_eq!(notes["exact"], true);
 
-    // A new pod: an empty server, the init container stages, the sidecar loads.
+    // A new pod: the init container stages, the sidecar starts before the
+    // new (empty) server answers and loads the dump once it does.
     couch.kill();
-    let mut couch = Couch::start(&tmp.path().join("couch2"));
-    let env = couch.env(&vol, &backup, &pwfile);
+    let port = free_port();
+    let env = with_env(
+        &couch.env(&vol, &backup, &pwfile),
+        &[("LIFEBOAT_COUCHDB_URL", format!("http://127.0.0.1:{port}/"))],
+    );
     let out = run_ok(&mut lifeboat("lifeboat-restore", &pairs(&env)));
     assert!(stderr(&out).contains("staged"), "{}", stderr(&out));
-    // The readiness probe keeps the pod out of Service endpoints meanwhile.
+    // The readiness probe keeps the pod out of Service endpoints meanwhile,
+    // as an exec probe and on the endpoint.
     fails_with(
         lifeboat("lifeboat-sidecar", &pairs(&env)).arg("ready"),
         1,
         "not loaded yet",
     );
     let log = tmp.path().join("sidecar.log");
-    load_staged_dump(lifeboat("lifeboat-sidecar", &pairs(&env)), &log);
+    let sc = RunningSidecar::start(&pairs(&env), &log);
+    let (code, body) = sc.get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("not loaded yet"), "{body}");
+    assert_eq!(sc.scrape()["lifeboat_restore_pending"], 1.0);
+    let mut couch = Couch::start_on(&tmp.path().join("couch2"), port);
+    sc.wait_for("the restored dump to be loaded", 120, |s| {
+        s.get("/readyz").0 == 200
+    });
+    let m = sc.scrape();
+    assert_eq!(m["lifeboat_restore_pending"], 0.0);
+    assert_eq!(m["lifeboat_restore_loads_total{result=\"success\"}"], 1.0);
+    assert!(sc.stop().success());
     assert!(!vol.join(".lifeboat-pending").exists());
     assert_eq!(snapshot(&couch, &dbs), before);
     run_ok(lifeboat("lifeboat-sidecar", &pairs(&env)).arg("ready"));

@@ -142,8 +142,19 @@ fn every_example_renders_validates_and_wires_the_pod_as_designed() {
                 "{who}"
             );
         }
+        // The probes ask the sidecar's endpoint (LIFEBOAT_LISTEN, :9746).
+        assert_eq!(sidecar["ports"][0]["containerPort"], 9746, "{name}");
+        assert_eq!(sidecar["ports"][0]["name"], "lifeboat", "{name}");
         assert_eq!(
-            sidecar["readinessProbe"]["exec"]["command"][1], "ready",
+            sidecar["readinessProbe"]["httpGet"]["path"], "/readyz",
+            "{name}"
+        );
+        assert_eq!(
+            sidecar["readinessProbe"]["httpGet"]["port"], "lifeboat",
+            "{name}"
+        );
+        assert_eq!(
+            sidecar["livenessProbe"]["httpGet"]["path"], "/healthz",
             "{name}"
         );
         let podinfo = spec["volumes"]

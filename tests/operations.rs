@@ -424,3 +424,53 @@ impl SpawnOutput for std::process::Command {
         std::thread::spawn(move || self.output().unwrap())
     }
 }
+
+#[test]
+fn scheduled_verification_records_verified_at_and_catches_a_corrupted_artifact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut env = setup(tmp.path());
+    // Every minute: the shortest a cron schedule allows.
+    env.push(("LIFEBOAT_VERIFY_SCHEDULE", "* * * * *".into()));
+    let env = pairs(&env);
+    let sc = RunningSidecar::start(&env, &tmp.path().join("sidecar.log"));
+    let out = run_ok(&mut backup_now(&env, &sc));
+    let id = stdout(&out).trim().to_string();
+    let target = format!("file://{}", tmp.path().join("backup").display());
+    let ok_key = format!("lifeboat_last_verify_success{{target=\"{target}\"}}");
+
+    sc.wait_for("the first scheduled verification", 90, |s| {
+        s.status()["verifications"]["success"] == 1
+    });
+    let m = sc.scrape();
+    assert_eq!(m[&ok_key], 1.0);
+    // The record sits beside the manifest, which stays as it was written.
+    let hist = history(&tmp.path().join("backup"), "web-0");
+    let artifact = artifacts(&hist).pop().unwrap();
+    let manifest_before = manifest_of(&artifact);
+    let record: serde_json::Value =
+        serde_json::from_slice(&fs::read(hist.join(format!("{id}.verified.json"))).unwrap())
+            .unwrap();
+    assert_eq!(record["id"], id.as_str());
+    assert_eq!(record["sha256"], manifest_before["sha256"]);
+    let listed = stdout(&run_ok(lifeboat("lifeboat-sidecar", &env).arg("list")));
+    assert!(!listed.contains(" no\n"), "{listed}");
+
+    // One flipped byte in the stored artifact: the next run says so.
+    let mut bytes = fs::read(&artifact).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&artifact, bytes).unwrap();
+    sc.wait_for("the failed verification", 90, |s| {
+        s.status()["verifications"]["failure"] == 1
+    });
+    let m = sc.scrape();
+    assert_eq!(m[&ok_key], 0.0);
+    let st = sc.status();
+    assert!(st["targets"][0]["last_verify"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("sha256"));
+    assert_eq!(manifest_of(&artifact), manifest_before);
+    assert!(sc.log_text().contains("scheduled verification FAILED"));
+    assert!(sc.stop().success());
+}

@@ -233,3 +233,53 @@ mod tests {
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }
+
+#[cfg(test)]
+mod rule_tests {
+    use crate::config::{Inputs, Role, Settings};
+    use crate::status::{Status, Verification};
+    use chrono::Utc;
+
+    /// Every metric the shipped PrometheusRule reads is one we serve.
+    #[test]
+    fn the_prometheus_rule_reads_only_served_metrics() {
+        let env = [
+            ("LIFEBOAT_PATHS", "/data"),
+            ("LIFEBOAT_TARGETS", "file:///backup,s3://bucket"),
+            ("HOSTNAME", "web-0"),
+            ("LIFEBOAT_ANNOTATIONS_FILE", "/nonexistent/a"),
+        ];
+        let inputs = Inputs::from_env(
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        let settings = Settings::from_inputs(&inputs, Role::Backup).unwrap();
+        let status = Status::new(&settings, Utc::now());
+        status.backup_finished("schedule", Utc::now(), Err("boom".into()), Utc::now());
+        status.backlog(&[2]);
+        let v = Verification {
+            at: Utc::now(),
+            ok: true,
+            id: "x".into(),
+            error: None,
+        };
+        status.verified(0, v);
+        let served = status.metrics(Utc::now());
+        let rule = include_str!("../../manifests/prometheusrule.yaml");
+        let mut names: Vec<&str> = rule
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("lifeboat_"))
+            .collect();
+        names.dedup();
+        assert!(names.len() >= 4, "{names:?}");
+        for n in names {
+            assert!(
+                served
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{n} ")) || l.starts_with(&format!("{n}{{"))),
+                "{n} is not served:\n{served}"
+            );
+        }
+    }
+}
