@@ -134,6 +134,11 @@ impl Job {
                 "LIFEBOAT_INCLUDE_KUBE is set but the Kubernetes API is not usable (see the warning at start); unset it or grant the Role in manifests/rbac.yaml".into(),
             ));
         }
+        let _lock = crate::lock::BackupLock::acquire(
+            &self.settings.spool_dir,
+            &self.settings.name,
+            &self.targets[0].describe(),
+        )?;
         crate::hooks::pre(&self.settings, &cancel).await?;
         let primary = &self.targets[0];
         let result = backup(self.clone(), primary, cancel.clone()).await;

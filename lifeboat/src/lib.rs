@@ -21,6 +21,7 @@ pub mod error;
 pub mod hooks;
 pub mod http;
 pub mod json_split;
+pub mod lock;
 pub mod manifest;
 pub mod metrics;
 pub mod notify;

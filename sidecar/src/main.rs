@@ -27,10 +27,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run for the pod's life: back up on LIFEBOAT_SCHEDULE (the default command).
+    /// Run for the pod's life: back up on LIFEBOAT_SCHEDULE, serve /metrics,
+    /// /healthz, /readyz and /status on LIFEBOAT_LISTEN (the default command).
     #[command(after_long_help = env_help())]
     Run,
-    /// Take one backup now, apply retention, and exit (non-zero on failure).
+    /// Take one backup now and print its id (non-zero exit on failure). Asks
+    /// the running sidecar on LIFEBOAT_LISTEN (loopback), so two backups
+    /// never race: a backup already running serves the request. With no
+    /// sidecar listening, backs up in this process.
     #[command(after_long_help = env_help())]
     BackupNow,
     /// List committed artifacts on every target, newest first.
