@@ -124,20 +124,19 @@ pub(super) fn parse(raw: &RawEnv, problems: &mut Problems) -> Ops {
         None
     });
 
-    let stale_after = set(&raw.stale_after).and_then(|t| match parse_duration(&t) {
-        Ok(d) if d.is_zero() => {
-            problems.fail(
-                &value("LIFEBOAT_STALE_AFTER", &t),
-                "must be longer than 0; e.g. 2d, 36h".into(),
-            );
-            None
-        }
-        Ok(d) => Some(d),
-        Err(m) => {
-            problems.fail(&value("LIFEBOAT_STALE_AFTER", &t), m);
-            None
-        }
-    });
+    let mut positive = |setting: &str, raw: &Option<String>, example: &str| {
+        let t = set(raw)?;
+        let why = match parse_duration(&t) {
+            Ok(d) if !d.is_zero() => return Some(d),
+            Ok(_) => format!("must be longer than 0; e.g. {example}"),
+            Err(m) => m,
+        };
+        problems.fail(&value(setting, &t), why);
+        None
+    };
+    let stale_after = positive("LIFEBOAT_STALE_AFTER", &raw.stale_after, "2d, 36h");
+    let timeout =
+        positive("LIFEBOAT_HOOK_TIMEOUT", &raw.hook_timeout, "5m").unwrap_or(DEFAULT_HOOK_TIMEOUT);
 
     let verify_schedule = set(&raw.verify_schedule)
         .filter(|t| t != "off")
@@ -189,23 +188,6 @@ pub(super) fn parse(raw: &RawEnv, problems: &mut Problems) -> Ops {
         }
     });
 
-    let timeout = match set(&raw.hook_timeout) {
-        None => DEFAULT_HOOK_TIMEOUT,
-        Some(t) => match parse_duration(&t) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                problems.fail(
-                    &value("LIFEBOAT_HOOK_TIMEOUT", &t),
-                    "must be longer than 0; e.g. 5m".into(),
-                );
-                DEFAULT_HOOK_TIMEOUT
-            }
-            Err(m) => {
-                problems.fail(&value("LIFEBOAT_HOOK_TIMEOUT", &t), m);
-                DEFAULT_HOOK_TIMEOUT
-            }
-        },
-    };
     let mut hook = |setting: &'static str, raw: &Option<String>| {
         let text = set(raw)?;
         match shell_words::split(&text) {
