@@ -1,0 +1,368 @@
+#!/usr/bin/env python3
+"""lifeboat against what users do today: `tar -cf - | zstd -T0 -3` and
+`tar -czf` for backup, `zstd -dc | tar -xf -` for restore.
+
+Generates a deterministic data set (notebooks as JSON text ~40%,
+incompressible model blobs ~40%, a deep tree of 4-16 KB files ~20%, a few
+symlinks), then times each command alternately, several times, and prints
+a Markdown table: median wall time, ratio to each peer, MB/s, peak RSS,
+artifact size. A second data set of 200,000 files of 1 KB measures per-file
+overhead. Run it with bench/run.sh (builds the release binaries first).
+"""
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+MiB = 1024 * 1024
+
+
+def parse_size(text):
+    units = {"K": 1024, "M": MiB, "G": 1024 * MiB}
+    t = text.strip().upper().rstrip("B").rstrip("I")
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+# --- data sets ---------------------------------------------------------------
+
+WORDS = (
+    "import numpy pandas model train loss epoch accuracy plot figure data frame "
+    "value index column mean std learning rate batch tensor layer dense relu "
+    "softmax optimizer adam gradient validation test split print return def "
+    "class self for in range len the a of and to is that with as on by"
+).split()
+
+
+def notebook(rng, target):
+    """One .ipynb-like JSON document of about `target` bytes."""
+    cells = []
+    size = 0
+    n = 0
+    while size < target:
+        lines = [" ".join(rng.choices(WORDS, k=rng.randint(4, 14))) + "\n" for _ in range(rng.randint(3, 30))]
+        out = [f"{rng.random():.6f} {rng.randint(0, 10**6)}\n" for _ in range(rng.randint(0, 20))]
+        cell = {
+            "cell_type": "code",
+            "execution_count": n,
+            "metadata": {},
+            "source": lines,
+            "outputs": [{"output_type": "stream", "name": "stdout", "text": out}],
+        }
+        n += 1
+        size += sum(map(len, lines)) + sum(map(len, out)) + 120
+        cells.append(cell)
+    doc = {"cells": cells, "metadata": {"kernelspec": {"name": "python3"}}, "nbformat": 4, "nbformat_minor": 5}
+    return json.dumps(doc, indent=1).encode()
+
+
+def write_mixed(root, total, seed):
+    rng = random.Random(seed)
+    made = 0
+    # ~40% notebooks, 64 KiB .. 2 MiB each
+    nb_dir = os.path.join(root, "notebooks")
+    os.makedirs(nb_dir)
+    budget = total * 40 // 100
+    i = 0
+    while budget > 0:
+        size = min(budget, rng.randint(64 * 1024, 2 * MiB))
+        data = notebook(rng, size)
+        with open(os.path.join(nb_dir, f"analysis-{i:04d}.ipynb"), "wb") as f:
+            f.write(data)
+        budget -= len(data)
+        made += len(data)
+        i += 1
+    # ~40% incompressible blobs, 8 .. 64 MiB each
+    blob_dir = os.path.join(root, "models")
+    os.makedirs(blob_dir)
+    budget = total * 40 // 100
+    i = 0
+    while budget > 0:
+        size = min(budget, rng.randint(8 * MiB, 64 * MiB))
+        with open(os.path.join(blob_dir, f"weights-{i:03d}.bin"), "wb") as f:
+            left = size
+            while left:
+                n = min(left, 4 * MiB)
+                f.write(rng.randbytes(n))
+                left -= n
+        budget -= size
+        made += size
+        i += 1
+    # ~20% a deep tree of 4 .. 16 KiB files, half text, half random
+    budget = total - made
+    i = 0
+    while budget > 0:
+        depth = rng.randint(3, 7)
+        d = os.path.join(root, "tree", *[f"d{rng.randint(0, 7)}" for _ in range(depth)])
+        os.makedirs(d, exist_ok=True)
+        size = min(budget, rng.randint(4 * 1024, 16 * 1024))
+        if i % 2:
+            data = rng.randbytes(size)
+        else:
+            data = (" ".join(rng.choices(WORDS, k=size // 5)) + "\n").encode()[:size]
+        with open(os.path.join(d, f"f{i:06d}.txt"), "wb") as f:
+            f.write(data)
+        budget -= len(data)
+        i += 1
+    # a few symlinks
+    os.symlink("notebooks/analysis-0000.ipynb", os.path.join(root, "latest.ipynb"))
+    os.symlink("../models", os.path.join(root, "notebooks", "models"))
+    os.symlink("does-not-exist", os.path.join(root, "dangling"))
+
+
+def write_tiny(root, count, seed):
+    rng = random.Random(seed)
+    for i in range(count):
+        d = os.path.join(root, f"d{i // 1000:03d}")
+        if i % 1000 == 0:
+            os.makedirs(d)
+        with open(os.path.join(d, f"f{i:06d}"), "wb") as f:
+            f.write((" ".join(rng.choices(WORDS, k=200)) + "\n").encode()[:1024])
+
+
+def tree_bytes(root):
+    total = 0
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                total += os.path.getsize(p)
+    return total
+
+
+# --- measuring ---------------------------------------------------------------
+
+
+def measure(cmd, env=None):
+    """Runs `cmd` (a shell line) under /usr/bin/time -v; returns wall
+    seconds and the peak RSS in MiB of its largest process."""
+    full = ["/usr/bin/time", "-v", "bash", "-c", cmd]
+    t0 = time.monotonic()
+    p = subprocess.run(full, env=env, capture_output=True, text=True)
+    wall = time.monotonic() - t0
+    if p.returncode != 0:
+        sys.exit(f"bench: command failed ({p.returncode}): {cmd}\n{p.stdout}\n{p.stderr}")
+    rss = 0
+    for line in p.stderr.splitlines():
+        if "Maximum resident set size" in line:
+            rss = int(line.split(":")[1]) / 1024
+    return wall, rss, p.stdout
+
+
+class Case:
+    def __init__(self, name, run, prepare=None, size=None):
+        self.name = name
+        self.run = run  # () -> shell line
+        self.prepare = prepare  # untimed, before each run
+        self.size = size  # () -> artifact bytes
+        self.walls = []
+        self.rss = []
+        self.artifact = None
+
+
+def run_cases(cases, runs):
+    for r in range(runs):
+        for c in cases:
+            if c.prepare:
+                c.prepare()
+            wall, rss, _ = measure(c.run())
+            c.walls.append(wall)
+            c.rss.append(rss)
+            if c.size:
+                c.artifact = c.size()
+            print(f"  run {r + 1}/{runs} {c.name}: {wall:.2f} s, {rss:.0f} MiB", file=sys.stderr)
+
+
+def table(title, cases, data_bytes, ours):
+    mine = statistics.median(ours.walls)
+    peers = [c for c in cases if c is not ours]
+    def cell(text):
+        return text.replace("|", "\\|")
+
+    head = "| command | median s | " + " | ".join(f"lifeboat ÷ {cell(p.name)}" for p in peers) + " | MB/s | peak RSS MiB | artifact MB |"
+    lines = [f"**{title}**", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for c in cases:
+        med = statistics.median(c.walls)
+        ratios = " | ".join(f"{mine / statistics.median(p.walls):.2f}" if c is ours else "" for p in peers)
+        art = f"{c.artifact / 1e6:.1f}" if c.artifact else ""
+        lines.append(
+            f"| {cell(c.name)} | {med:.2f} | {ratios} | {data_bytes / 1e6 / med:.0f} | {max(c.rss):.0f} | {art} |"
+        )
+    return "\n".join(lines)
+
+
+def newest_artifact(backup):
+    found = []
+    for dirpath, _, files in os.walk(backup):
+        for f in files:
+            if ".tar." in f and not f.startswith("."):
+                found.append(os.path.join(dirpath, f))
+    return max(found, key=os.path.getmtime)
+
+
+def bench_dataset(args, label, data, work, ours_bin, with_gzip, with_restore):
+    data_bytes = tree_bytes(data)
+    parent, base = os.path.split(data)
+    backup = os.path.join(work, "backup")
+    out_zst = os.path.join(work, "peer.tar.zst")
+    out_gz = os.path.join(work, "peer.tar.gz")
+    env_line = (
+        f"LIFEBOAT_PATHS={data} LIFEBOAT_TARGETS=file://{backup} LIFEBOAT_NAME=bench "
+        "LIFEBOAT_LISTEN=off LIFEBOAT_LOG=warn LIFEBOAT_ANNOTATIONS_FILE=/nonexistent "
+        # every run is kept: retention must not delete while we measure
+        "LIFEBOAT_RETENTION=last=1000"
+    )
+
+    def clean_backup():
+        shutil.rmtree(backup, ignore_errors=True)
+        os.makedirs(backup)
+
+    ours = Case(
+        "lifeboat backup",
+        lambda: f"{env_line} {ours_bin}/lifeboat-sidecar backup-now",
+        prepare=clean_backup,
+        size=lambda: os.path.getsize(newest_artifact(backup)),
+    )
+    tz = Case(
+        "tar | zstd -T0 -3",
+        lambda: f"tar -cf - -C {parent} {base} | zstd -T0 -3 -q -f -o {out_zst}",
+        size=lambda: os.path.getsize(out_zst),
+    )
+    cases = [ours, tz]
+    if with_gzip:
+        cases.append(
+            Case(
+                "tar -czf",
+                lambda: f"tar -czf {out_gz} -C {parent} {base}",
+                size=lambda: os.path.getsize(out_gz),
+            )
+        )
+    print(f"bench: {label}: backup, {args.runs} runs each, alternating", file=sys.stderr)
+    run_cases(cases, args.runs)
+    out = [table(f"Backup: {label}, {data_bytes / 1e6:.0f} MB", cases, data_bytes, ours)]
+
+    if with_restore:
+        dest = os.path.join(work, "restored")
+        peer_dest = os.path.join(work, "peer-restored")
+
+        def fresh(d):
+            def prep():
+                shutil.rmtree(d, ignore_errors=True)
+                os.makedirs(d)
+
+            return prep
+
+        r_ours = Case(
+            "lifeboat restore (verified)",
+            lambda: f"{env_line} {ours_bin}/lifeboat-sidecar restore --to {dest}/x",
+            prepare=fresh(dest),
+        )
+        r_peer = Case(
+            "zstd -dc | tar -xf -",
+            lambda: f"zstd -dc {out_zst} | tar -xf - -C {peer_dest}",
+            prepare=fresh(peer_dest),
+        )
+        print(f"bench: {label}: restore, {args.runs} runs each, alternating", file=sys.stderr)
+        run_cases([r_ours, r_peer], args.runs)
+        out.append(table(f"Restore: {label}", [r_ours, r_peer], data_bytes, r_ours))
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.rmtree(peer_dest, ignore_errors=True)
+    for f in (out_zst, out_gz):
+        if os.path.exists(f):
+            os.remove(f)
+    shutil.rmtree(backup, ignore_errors=True)
+    return "\n\n".join(out)
+
+
+def idle_rss(ours_bin, work):
+    """RSS of a sidecar waiting for its schedule, after it settled."""
+    data = os.path.join(work, "idle-data")
+    os.makedirs(data, exist_ok=True)
+    env = dict(
+        PATH=os.environ["PATH"],
+        LIFEBOAT_PATHS=data,
+        LIFEBOAT_TARGETS=f"file://{work}/idle-backup",
+        LIFEBOAT_NAME="idle",
+        LIFEBOAT_LISTEN="127.0.0.1:0",
+        LIFEBOAT_LOG="warn",
+        LIFEBOAT_ANNOTATIONS_FILE="/nonexistent",
+    )
+    os.makedirs(f"{work}/idle-backup", exist_ok=True)
+    p = subprocess.Popen([f"{ours_bin}/lifeboat-sidecar", "run"], env=env)
+    time.sleep(3)
+    rss = 0
+    with open(f"/proc/{p.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) / 1024
+    p.terminate()
+    p.wait()
+    return rss
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    zstd = subprocess.run(["zstd", "--version"], capture_output=True, text=True).stdout.strip()
+    tar = subprocess.run(["tar", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}; {tar}; {zstd}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="1G", help="mixed data set size (default 1G)")
+    ap.add_argument("--runs", type=int, default=3, help="runs of each command (default 3)")
+    ap.add_argument("--tiny", type=int, default=200_000, help="files in the 1 KB data set (0: skip)")
+    ap.add_argument("--no-gzip", action="store_true", help="skip tar -czf (slow)")
+    ap.add_argument("--work", default="/var/tmp/lifeboat-bench", help="scratch folder (on a real disk)")
+    ap.add_argument("--bin", default="target/x86_64-unknown-linux-gnu/release", help="folder with the release binaries")
+    args = ap.parse_args()
+    ours_bin = os.path.abspath(args.bin)
+    for b in ("lifeboat-sidecar",):
+        if not os.access(os.path.join(ours_bin, b), os.X_OK):
+            sys.exit(f"bench: {ours_bin}/{b} is missing; run bench/run.sh (it builds the release binaries)")
+    shutil.rmtree(args.work, ignore_errors=True)
+    os.makedirs(args.work)
+    size = parse_size(args.size)
+    report = [f"Machine: {machine()}", ""]
+
+    data = os.path.join(args.work, "mixed")
+    os.makedirs(data)
+    t = time.monotonic()
+    write_mixed(data, size, seed=1)
+    print(f"bench: generated {tree_bytes(data) / 1e6:.0f} MB mixed data in {time.monotonic() - t:.0f} s", file=sys.stderr)
+    report.append(bench_dataset(args, "mixed", data, args.work, ours_bin, not args.no_gzip, True))
+    shutil.rmtree(data)
+
+    if args.tiny:
+        data = os.path.join(args.work, "tiny")
+        os.makedirs(data)
+        write_tiny(data, args.tiny, seed=2)
+        report.append("")
+        report.append(bench_dataset(args, f"{args.tiny} files of 1 KB", data, args.work, ours_bin, False, False))
+        shutil.rmtree(data)
+
+    report.append("")
+    report.append(f"Idle sidecar RSS: {idle_rss(ours_bin, args.work):.1f} MiB")
+    shutil.rmtree(args.work, ignore_errors=True)
+    print("\n".join(report))
+
+
+if __name__ == "__main__":
+    main()

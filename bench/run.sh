@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Builds the release binaries (as the images ship them) and runs the
+# benchmark: bench/run.sh [--size 1G] [--runs 3] [--tiny 200000] [--no-gzip]
+# Prints a Markdown table on stdout, progress on stderr.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v zstd >/dev/null && [ -x /usr/bin/time ] || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zstd time
+}
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked \
+  --target x86_64-unknown-linux-gnu -p lifeboat-sidecar -p lifeboat-restore >&2
+exec python3 bench/bench.py "$@"
