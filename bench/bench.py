@@ -173,6 +173,9 @@ def run_cases(cases, runs):
         for c in cases:
             if c.prepare:
                 c.prepare()
+            # Every command starts with nothing dirty in the page cache: the
+            # previous one's writeback must not be billed to the next.
+            os.sync()
             wall, rss, _ = measure(c.run())
             c.walls.append(wall)
             c.rss.append(rss)
