@@ -57,9 +57,17 @@ pub enum Mode<'a> {
     Extract(&'a [Mapping]),
 }
 
+/// Decompressed bytes handed from the decompressing thread to the tar
+/// walker at a time, and how many may wait: at most 1.5 MiB in flight.
+pub const DECODED_CHUNK: usize = 256 * 1024;
+pub const DECODED_QUEUE: usize = 4;
+
 /// Reads `reader` to its end. Returns an error if the stored bytes do not
 /// match the manifest, or the stream or tar is damaged, or an entry is unsafe.
-pub fn read_artifact<R: Read>(
+///
+/// Two threads, like `zstd -dc | tar -xf -`: one hashes and decompresses,
+/// this one walks the tar and writes files, with a bounded queue between.
+pub fn read_artifact<R: Read + Send>(
     reader: R,
     manifest: &Manifest,
     mode: Mode<'_>,
@@ -73,27 +81,27 @@ pub fn read_artifact<R: Read>(
     };
     let compression = Compression::from_manifest(&manifest.compression)
         .ok_or_else(|| corrupt(format!("unknown compression {:?}", manifest.compression)))?;
-    let mut hashed = HashReader::new(reader);
     let mut report = ReadReport::default();
-    let walk_result = {
-        let decoder = compression
-            .decoder(&mut hashed)
-            .map_err(|e| corrupt(format!("cannot start decompression: {e}")))?;
-        let mut archive = tar::Archive::new(decoder);
-        let mut walker = Walker::new(manifest, mode, progress, cancel, &mut report);
-        let r = walker.walk(&mut archive);
-        drop(walker);
-        // Read past the tar's end so a damaged compressed tail is noticed too.
-        r.and_then(|()| {
-            io::copy(&mut archive.into_inner(), &mut io::sink())
-                .map(|_| ())
-                .map_err(|e| corrupt(format!("damaged after the last entry: {e}")))
-        })
-    };
-    // Hash whatever is left, so a checksum mismatch is reported as such even
-    // when the damage also broke decompression.
-    let drained = io::copy(&mut hashed, &mut io::sink());
-    let (sha256, size) = hashed.finish();
+    let (tx, rx) = std::sync::mpsc::sync_channel(DECODED_QUEUE);
+    let (walk_result, decoded) = std::thread::scope(|scope| {
+        let decoding = scope.spawn(move || decode(reader, compression, tx));
+        let walk_result = {
+            let mut archive = tar::Archive::new(Decoded::new(rx));
+            let mut walker = Walker::new(manifest, mode, progress, cancel, &mut report);
+            let r = walker.walk(&mut archive);
+            drop(walker);
+            // Read past the tar's end so a damaged compressed tail is noticed too.
+            r.and_then(|()| {
+                io::copy(&mut archive.into_inner(), &mut io::sink())
+                    .map(|_| ())
+                    .map_err(|e| corrupt(format!("damaged after the last entry: {e}")))
+            })
+            // The queue's end drops here: a decoder still sending stops.
+        };
+        (walk_result, decoding.join())
+    });
+    let (drained, sha256, size) =
+        decoded.map_err(|_| Error::Source("the decompression thread crashed".into()))?;
     if drained.is_ok() && (sha256 != manifest.sha256 || size != manifest.size) {
         return Err(corrupt(if size != manifest.size {
             format!(
@@ -111,6 +119,96 @@ pub fn read_artifact<R: Read>(
     report.sha256 = sha256;
     report.size = size;
     Ok(report)
+}
+
+type DecodedChunk = io::Result<Vec<u8>>;
+
+/// The decompressing half: hashes every stored byte and sends the
+/// decompressed stream on. When the walker stops early (an unsafe entry),
+/// the rest is still hashed, so a checksum mismatch is reported as such
+/// even when the damage also broke decompression.
+fn decode<R: Read>(
+    reader: R,
+    compression: Compression,
+    tx: std::sync::mpsc::SyncSender<DecodedChunk>,
+) -> (io::Result<u64>, String, u64) {
+    let mut hashed = HashReader::new(reader);
+    match compression.decoder(&mut hashed) {
+        Err(e) => {
+            let _ = tx.send(Err(io::Error::other(format!(
+                "cannot start decompression: {e}"
+            ))));
+        }
+        Ok(mut decoder) => loop {
+            let mut buf = vec![0u8; DECODED_CHUNK];
+            match read_full(&mut decoder, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.send(Ok(buf)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+            }
+        },
+    }
+    drop(tx);
+    let drained = io::copy(&mut hashed, &mut io::sink());
+    let (sha256, size) = hashed.finish();
+    (drained, sha256, size)
+}
+
+/// Fills `buf` unless the stream ends first; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The walker's end of the queue, as a `Read`.
+struct Decoded {
+    rx: std::sync::mpsc::Receiver<DecodedChunk>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Decoded {
+    fn new(rx: std::sync::mpsc::Receiver<DecodedChunk>) -> Self {
+        Decoded {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for Decoded {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.cur = chunk?;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 struct Walker<'a> {
