@@ -154,7 +154,7 @@ def measure(cmd, env=None):
     for line in p.stderr.splitlines():
         if "Maximum resident set size" in line:
             rss = int(line.split(":")[1]) / 1024
-    return wall, rss, p.stdout
+    return wall, rss
 
 
 class Case:
@@ -176,7 +176,7 @@ def run_cases(cases, runs):
             # Every command starts with nothing dirty in the page cache: the
             # previous one's writeback must not be billed to the next.
             os.sync()
-            wall, rss, _ = measure(c.run())
+            wall, rss = measure(c.run())
             c.walls.append(wall)
             c.rss.append(rss)
             if c.size:
@@ -337,9 +337,8 @@ def main():
     ap.add_argument("--bin", default="target/x86_64-unknown-linux-gnu/release", help="folder with the release binaries")
     args = ap.parse_args()
     ours_bin = os.path.abspath(args.bin)
-    for b in ("lifeboat-sidecar",):
-        if not os.access(os.path.join(ours_bin, b), os.X_OK):
-            sys.exit(f"bench: {ours_bin}/{b} is missing; run bench/run.sh (it builds the release binaries)")
+    if not os.access(os.path.join(ours_bin, "lifeboat-sidecar"), os.X_OK):
+        sys.exit(f"bench: {ours_bin}/lifeboat-sidecar is missing; run bench/run.sh (it builds the release binaries)")
     shutil.rmtree(args.work, ignore_errors=True)
     os.makedirs(args.work)
     size = parse_size(args.size)

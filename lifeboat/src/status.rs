@@ -151,11 +151,11 @@ pub struct State {
 
 /// `State` plus what is derived from the clock when asked.
 #[derive(Serialize)]
-pub struct Report<'a> {
-    pub now: DateTime<Utc>,
-    pub stale: bool,
+struct Report<'a> {
+    now: DateTime<Utc>,
+    stale: bool,
     #[serde(flatten)]
-    pub state: &'a State,
+    state: &'a State,
 }
 
 pub struct Status {

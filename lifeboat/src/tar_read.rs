@@ -18,7 +18,7 @@ use tar::EntryType;
 use crate::compression::Compression;
 use crate::error::IoContext;
 use crate::manifest::Manifest;
-use crate::pipe::HashReader;
+use crate::pipe::{Chunk, ChunkReader, HashReader};
 use crate::progress::{is_cancelled, Cancel, Progress};
 use crate::{Error, Result};
 
@@ -82,11 +82,11 @@ pub fn read_artifact<R: Read + Send>(
     let compression = Compression::from_manifest(&manifest.compression)
         .ok_or_else(|| corrupt(format!("unknown compression {:?}", manifest.compression)))?;
     let mut report = ReadReport::default();
-    let (tx, rx) = std::sync::mpsc::sync_channel(DECODED_QUEUE);
+    let (tx, rx) = tokio::sync::mpsc::channel(DECODED_QUEUE);
     let (walk_result, decoded) = std::thread::scope(|scope| {
         let decoding = scope.spawn(move || decode(reader, compression, tx));
         let walk_result = {
-            let mut archive = tar::Archive::new(Decoded::new(rx));
+            let mut archive = tar::Archive::new(ChunkReader::new(rx));
             let mut walker = Walker::new(manifest, mode, progress, cancel, &mut report);
             let r = walker.walk(&mut archive);
             drop(walker);
@@ -121,8 +121,6 @@ pub fn read_artifact<R: Read + Send>(
     Ok(report)
 }
 
-type DecodedChunk = io::Result<Vec<u8>>;
-
 /// The decompressing half: hashes every stored byte and sends the
 /// decompressed stream on. When the walker stops early (an unsafe entry),
 /// the rest is still hashed, so a checksum mismatch is reported as such
@@ -130,12 +128,12 @@ type DecodedChunk = io::Result<Vec<u8>>;
 fn decode<R: Read>(
     reader: R,
     compression: Compression,
-    tx: std::sync::mpsc::SyncSender<DecodedChunk>,
+    tx: tokio::sync::mpsc::Sender<Chunk>,
 ) -> (io::Result<u64>, String, u64) {
     let mut hashed = HashReader::new(reader);
     match compression.decoder(&mut hashed) {
         Err(e) => {
-            let _ = tx.send(Err(io::Error::other(format!(
+            let _ = tx.blocking_send(Err(io::Error::other(format!(
                 "cannot start decompression: {e}"
             ))));
         }
@@ -145,12 +143,12 @@ fn decode<R: Read>(
                 Ok(0) => break,
                 Ok(n) => {
                     buf.truncate(n);
-                    if tx.send(Ok(buf)).is_err() {
+                    if tx.blocking_send(Ok(buf)).is_err() {
                         break;
                     }
                 }
                 Err(e) => {
-                    let _ = tx.send(Err(e));
+                    let _ = tx.blocking_send(Err(e));
                     break;
                 }
             }
@@ -174,41 +172,6 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
-}
-
-/// The walker's end of the queue, as a `Read`.
-struct Decoded {
-    rx: std::sync::mpsc::Receiver<DecodedChunk>,
-    cur: Vec<u8>,
-    pos: usize,
-}
-
-impl Decoded {
-    fn new(rx: std::sync::mpsc::Receiver<DecodedChunk>) -> Self {
-        Decoded {
-            rx,
-            cur: Vec::new(),
-            pos: 0,
-        }
-    }
-}
-
-impl Read for Decoded {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.cur.len() {
-            match self.rx.recv() {
-                Ok(chunk) => {
-                    self.cur = chunk?;
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.cur.len() - self.pos);
-        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
 }
 
 struct Walker<'a> {

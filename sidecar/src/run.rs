@@ -32,6 +32,9 @@ pub const ANNOTATIONS_POLL: Duration = Duration::from_secs(5);
 /// offered their backlog between backups.
 pub const BACKLOG_RETRY: Duration = Duration::from_secs(300);
 
+/// A sleep that stands for "not before the pod is long gone".
+const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// How often a stale backup history is said again in the log.
 pub const STALE_WARNING: Duration = Duration::from_secs(3600);
 
@@ -374,7 +377,7 @@ impl Sidecar {
         tokio::pin!(work);
         let grace = self.settings.grace_period;
         let mut stopping = false;
-        let deadline = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
+        let deadline = tokio::time::sleep(NEVER);
         tokio::pin!(deadline);
         let result = loop {
             tokio::select! {
@@ -481,7 +484,7 @@ impl Sidecar {
 fn until(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Duration {
     match t {
         Some(t) => (t - now).to_std().unwrap_or_default(),
-        None => Duration::from_secs(365 * 24 * 3600),
+        None => NEVER,
     }
 }
 
