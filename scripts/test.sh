@@ -5,8 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The S3 tests write ~2.5 GiB at their peak (a 1 GiB volume, its artifact in
+# SeaweedFS, the others beside); a full disk shows up as odd S3 errors, so
+# say how much room there was.
+disk_report() { echo "test.sh: free disk $1: $(df -Ph . "${TMPDIR:-/tmp}" | awk 'NR>1 {print $6 " " $4}' | paste -sd, -)"; }
+disk_report "before the build"
 cargo build --workspace --bins --locked
+disk_report "before the tests"
 cargo test --workspace --locked
+disk_report "after the tests"
 # The release binaries the images ship: static, < 20 MB, names resolve in
 # an empty root (prints both sizes).
 bash scripts/build-static.sh

@@ -294,6 +294,12 @@ impl Seaweed {
                 "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1",
                 "-master.telemetry=false",
+                // Fixed, not derived from the free disk: on a nearly full
+                // disk the automatic count leaves no room for a new bucket's
+                // volumes and every write fails with InternalError.
+                // Volumes are not preallocated, so these are only limits.
+                "-master.volumeSizeLimitMB=128",
+                "-volume.max=64",
             ])
             .arg(format!("-s3.port={port}"))
             .arg(format!("-s3.config={}", creds.display()))
