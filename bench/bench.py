@@ -211,7 +211,7 @@ def newest_artifact(backup):
     return max(found, key=os.path.getmtime)
 
 
-def bench_dataset(args, label, data, work, ours_bin, with_gzip, with_restore):
+def bench_dataset(args, label, data, work, ours_bin, with_gzip, with_restore, baseline=None):
     data_bytes = tree_bytes(data)
     parent, base = os.path.split(data)
     backup = os.path.join(work, "backup")
@@ -240,6 +240,17 @@ def bench_dataset(args, label, data, work, ours_bin, with_gzip, with_restore):
         size=lambda: os.path.getsize(out_zst),
     )
     cases = [ours, tz]
+    if baseline:
+        # Another build of lifeboat (e.g. main before a change), in the same
+        # alternation, so a change is judged against the same disk weather.
+        cases.append(
+            Case(
+                "lifeboat backup (baseline)",
+                lambda: f"{env_line} {baseline}/lifeboat-sidecar backup-now",
+                prepare=clean_backup,
+                size=lambda: os.path.getsize(newest_artifact(backup)),
+            )
+        )
     if with_gzip:
         cases.append(
             Case(
@@ -253,31 +264,47 @@ def bench_dataset(args, label, data, work, ours_bin, with_gzip, with_restore):
     out = [table(f"Backup: {label}, {data_bytes / 1e6:.0f} MB", cases, data_bytes, ours)]
 
     if with_restore:
-        dest = os.path.join(work, "restored")
-        peer_dest = os.path.join(work, "peer-restored")
+        restored = os.path.join(work, "restored")
 
-        def fresh(d):
-            def prep():
-                shutil.rmtree(d, ignore_errors=True)
-                os.makedirs(d)
+        class Fresh:
+            """A new empty folder for every run. Deleting the last run's tree
+            first would bill the next run for it: ext4 without a journal
+            skips inodes deleted in the last minutes when it allocates new
+            ones (`recently_deleted` in the kernel), which made restores
+            slower run after run. Real restores go to an empty volume."""
 
-            return prep
+            def __init__(self, name):
+                self.name, self.n, self.path = name, 0, None
 
+            def prepare(self):
+                self.n += 1
+                self.path = os.path.join(restored, f"{self.name}-{self.n}")
+                os.makedirs(self.path)
+
+        d_ours, d_peer, d_base = Fresh("ours"), Fresh("peer"), Fresh("baseline")
         r_ours = Case(
             "lifeboat restore (verified)",
-            lambda: f"{env_line} {ours_bin}/lifeboat-sidecar restore --to {dest}/x",
-            prepare=fresh(dest),
+            lambda: f"{env_line} {ours_bin}/lifeboat-sidecar restore --to {d_ours.path}/x",
+            prepare=d_ours.prepare,
         )
         r_peer = Case(
             "zstd -dc | tar -xf -",
-            lambda: f"zstd -dc {out_zst} | tar -xf - -C {peer_dest}",
-            prepare=fresh(peer_dest),
+            lambda: f"zstd -dc {out_zst} | tar -xf - -C {d_peer.path}",
+            prepare=d_peer.prepare,
         )
+        restores = [r_ours, r_peer]
+        if baseline:
+            restores.append(
+                Case(
+                    "lifeboat restore (baseline)",
+                    lambda: f"{env_line} {baseline}/lifeboat-sidecar restore --to {d_base.path}/x",
+                    prepare=d_base.prepare,
+                )
+            )
         print(f"bench: {label}: restore, {args.runs} runs each, alternating", file=sys.stderr)
-        run_cases([r_ours, r_peer], args.runs)
-        out.append(table(f"Restore: {label}", [r_ours, r_peer], data_bytes, r_ours))
-        shutil.rmtree(dest, ignore_errors=True)
-        shutil.rmtree(peer_dest, ignore_errors=True)
+        run_cases(restores, args.runs)
+        out.append(table(f"Restore: {label}", restores, data_bytes, r_ours))
+        shutil.rmtree(restored, ignore_errors=True)
     for f in (out_zst, out_gz):
         if os.path.exists(f):
             os.remove(f)
@@ -335,8 +362,11 @@ def main():
     ap.add_argument("--no-gzip", action="store_true", help="skip tar -czf (slow)")
     ap.add_argument("--work", default="/var/tmp/lifeboat-bench", help="scratch folder (on a real disk)")
     ap.add_argument("--bin", default="target/x86_64-unknown-linux-gnu/release", help="folder with the release binaries")
+    ap.add_argument("--baseline", help="folder with another build of the binaries to compare in the same runs")
+    ap.add_argument("--skip-mixed", action="store_true", help="only the tiny-files data set")
     args = ap.parse_args()
     ours_bin = os.path.abspath(args.bin)
+    baseline = os.path.abspath(args.baseline) if args.baseline else None
     if not os.access(os.path.join(ours_bin, "lifeboat-sidecar"), os.X_OK):
         sys.exit(f"bench: {ours_bin}/lifeboat-sidecar is missing; run bench/run.sh (it builds the release binaries)")
     shutil.rmtree(args.work, ignore_errors=True)
@@ -344,20 +374,21 @@ def main():
     size = parse_size(args.size)
     report = [f"Machine: {machine()}", ""]
 
-    data = os.path.join(args.work, "mixed")
-    os.makedirs(data)
-    t = time.monotonic()
-    write_mixed(data, size, seed=1)
-    print(f"bench: generated {tree_bytes(data) / 1e6:.0f} MB mixed data in {time.monotonic() - t:.0f} s", file=sys.stderr)
-    report.append(bench_dataset(args, "mixed", data, args.work, ours_bin, not args.no_gzip, True))
-    shutil.rmtree(data)
+    if not args.skip_mixed:
+        data = os.path.join(args.work, "mixed")
+        os.makedirs(data)
+        t = time.monotonic()
+        write_mixed(data, size, seed=1)
+        print(f"bench: generated {tree_bytes(data) / 1e6:.0f} MB mixed data in {time.monotonic() - t:.0f} s", file=sys.stderr)
+        report.append(bench_dataset(args, "mixed", data, args.work, ours_bin, not args.no_gzip, True, baseline))
+        shutil.rmtree(data)
 
     if args.tiny:
         data = os.path.join(args.work, "tiny")
         os.makedirs(data)
         write_tiny(data, args.tiny, seed=2)
         report.append("")
-        report.append(bench_dataset(args, f"{args.tiny} files of 1 KB", data, args.work, ours_bin, False, False))
+        report.append(bench_dataset(args, f"{args.tiny} files of 1 KB", data, args.work, ours_bin, False, False, baseline))
         shutil.rmtree(data)
 
     report.append("")

@@ -36,6 +36,7 @@ pub mod source;
 pub mod status;
 pub mod tar_read;
 pub mod target;
+pub mod writeback;
 
 pub use error::{Error, Result};
 

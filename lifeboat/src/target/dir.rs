@@ -11,6 +11,7 @@ use tokio::io::AsyncWriteExt;
 use super::{ByteStream, Leftover, Listing, Stored, Target, Upload};
 use crate::artifact::{self, MANIFEST_SUFFIX};
 use crate::manifest::Manifest;
+use crate::writeback::Writeback;
 use crate::{Error, Result};
 
 const PARTIAL_SUFFIX: &str = ".partial";
@@ -211,10 +212,12 @@ impl Target for DirTarget {
         let tmp = self.root.join(partial_name(artifact_name));
         let file = fs::File::create(&tmp)
             .await
-            .map_err(|e| self.io_err("creating", &tmp, e))?;
+            .map_err(|e| self.io_err("creating", &tmp, e))?
+            .into_std()
+            .await;
         Ok(DirUpload {
             target: DirTarget::new(self.base.clone(), self.root.clone()),
-            file,
+            file: Some((file, Writeback::default())),
             tmp,
             dst,
         })
@@ -312,27 +315,57 @@ impl Target for DirTarget {
 
 pub struct DirUpload {
     target: DirTarget,
-    file: fs::File,
+    /// Away while a blocking write runs; gone after a write that crashed.
+    file: Option<(std::fs::File, Writeback)>,
     tmp: PathBuf,
     dst: PathBuf,
 }
 
+impl DirUpload {
+    /// Runs `f` on the file in the blocking pool (plain `write` and
+    /// `sync_file_range` calls would stall the async workers).
+    async fn with_file<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut std::fs::File, &mut Writeback) -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
+        let Some((mut file, mut wb)) = self.file.take() else {
+            return Err(std::io::Error::other(
+                "an earlier write to this file crashed",
+            ));
+        };
+        let (state, res) = tokio::task::spawn_blocking(move || {
+            let res = f(&mut file, &mut wb);
+            ((file, wb), res)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        self.file = Some(state);
+        res
+    }
+}
+
 impl Upload for DirUpload {
     async fn write(&mut self, chunk: &[u8]) -> Result<()> {
-        match self.file.write_all(chunk).await {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.target.io_err("writing", &self.tmp, e)),
-        }
+        use std::io::Write;
+        let data = chunk.to_vec();
+        let res = self
+            .with_file(move |f, wb| {
+                f.write_all(&data)?;
+                wb.wrote(f, data.len() as u64);
+                Ok(())
+            })
+            .await;
+        res.map_err(|e| self.target.io_err("writing", &self.tmp, e))
     }
 
     async fn commit(mut self, manifest: &Manifest) -> Result<()> {
-        let t = &self.target;
         let res = async {
-            self.file.flush().await?;
-            self.file.sync_all().await?;
+            self.with_file(|f, _| f.sync_all()).await?;
+            self.file = None;
             publish(&self.tmp, &self.dst, false).await
         }
         .await;
+        let t = &self.target;
         if let Err(e) = res {
             let _ = fs::remove_file(&self.tmp).await;
             return Err(t.io_err("committing", &self.dst, e));
