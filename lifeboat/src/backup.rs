@@ -11,7 +11,7 @@ use tracing::{info, warn, Instrument};
 use crate::artifact;
 use crate::config::{PgMode, Settings, SourceKind};
 use crate::manifest::{self, Manifest};
-use crate::pipe::{self, ChunkWriter, HashWriter};
+use crate::pipe::{self, ChunkWriter};
 use crate::progress::{self, mib_per_s, Cancel, Progress};
 use crate::retention;
 use crate::source::{
@@ -269,9 +269,13 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
         };
 
         let mut upload_error = None;
+        // Hashed here, not in the producer: its thread walks, reads and feeds
+        // the compressor and is the one that bounds the backup's speed.
+        let mut stored = HashCount::default();
         while let Some(chunk) = rx.recv().await {
             // The producer only sends Ok chunks; errors come from its result.
             let Ok(chunk) = chunk else { continue };
+            stored.update(&chunk);
             if let Err(e) = upload.write(&chunk).await {
                 upload_error = Some(e);
                 break;
@@ -287,7 +291,7 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
             .and_then(|r| r);
         // When the upload failed, the producer only saw the pipe close: the
         // upload's error is the cause worth reporting.
-        let (report, kubernetes, sha256, size) = match (produced, upload_error) {
+        let (report, kubernetes) = match (produced, upload_error) {
             (Ok(p), None) => p,
             (_, Some(e)) | (Err(e), None) => {
                 upload.abort().await;
@@ -300,6 +304,7 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
             return Err(Error::Cancelled);
         }
 
+        let (sha256, size) = stored.finish();
         let manifest = Manifest {
             format: manifest::FORMAT.into(),
             id: id.clone(),
@@ -340,15 +345,35 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
     .await
 }
 
-/// The blocking half: tar -> compressor -> hasher -> pipe.
-type Produced = (SourceReport, Option<BTreeMap<String, u64>>, String, u64);
+/// The sha256 and size of the stored bytes, as they go to the target.
+#[derive(Default)]
+struct HashCount {
+    hasher: sha2::Sha256,
+    count: u64,
+}
+
+impl HashCount {
+    fn update(&mut self, bytes: &[u8]) {
+        use sha2::Digest;
+        self.hasher.update(bytes);
+        self.count += bytes.len() as u64;
+    }
+
+    fn finish(self) -> (String, u64) {
+        use sha2::Digest;
+        (hex::encode(self.hasher.finalize()), self.count)
+    }
+}
+
+/// The blocking half: tar -> compressor -> pipe.
+type Produced = (SourceReport, Option<BTreeMap<String, u64>>);
 
 fn produce(
     job: &Job,
     tx: tokio::sync::mpsc::Sender<pipe::Chunk>,
     ctx: &SourceCtx,
 ) -> Result<Produced> {
-    let sink = HashWriter::new(ChunkWriter::new(tx));
+    let sink = ChunkWriter::new(tx);
     let encoder = job
         .settings
         .compression
@@ -374,21 +399,18 @@ fn produce(
         )
     };
     let encoder = tar.into_inner().map_err(write_err)?;
-    let sink = encoder.finish().map_err(write_err)?;
-    let (chunks, sha256, size) = sink.finish();
+    let chunks = encoder.finish().map_err(write_err)?;
     chunks.finish().map_err(write_err)?;
-    Ok((report, kubernetes, sha256, size))
+    Ok((report, kubernetes))
 }
 
 /// Copies a committed artifact from one target to another, verifying the
 /// bytes against the manifest before committing the copy.
 pub async fn copy(from: &AnyTarget, to: &AnyTarget, m: &Manifest) -> Result<()> {
-    use sha2::{Digest, Sha256};
     use tokio::io::AsyncReadExt;
     let mut src = from.open(m).await?;
     let mut up = to.begin(&m.artifact).await?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
+    let mut copied = HashCount::default();
     let mut buf = vec![0u8; pipe::CHUNK_SIZE];
     loop {
         let n = match src.read(&mut buf).await {
@@ -402,14 +424,13 @@ pub async fn copy(from: &AnyTarget, to: &AnyTarget, m: &Manifest) -> Result<()> 
                 ));
             }
         };
-        hasher.update(&buf[..n]);
-        size += n as u64;
+        copied.update(&buf[..n]);
         if let Err(e) = up.write(&buf[..n]).await {
             up.abort().await;
             return Err(e);
         }
     }
-    let sha = hex::encode(hasher.finalize());
+    let (sha, size) = copied.finish();
     if sha != m.sha256 || size != m.size {
         up.abort().await;
         return Err(Error::Corrupt {

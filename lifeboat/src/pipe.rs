@@ -132,39 +132,6 @@ pub async fn feed<R: AsyncRead + Unpin>(mut src: R, tx: mpsc::Sender<Chunk>) {
     }
 }
 
-/// Counts and hashes bytes on their way to `inner`.
-pub struct HashWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<W: Write> HashWriter<W> {
-    pub fn new(inner: W) -> Self {
-        HashWriter {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
-    }
-    /// The inner writer, the hex sha256 and the byte count.
-    pub fn finish(self) -> (W, String, u64) {
-        (self.inner, hex::encode(self.hasher.finalize()), self.count)
-    }
-}
-
-impl<W: Write> Write for HashWriter<W> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(data)?;
-        self.hasher.update(&data[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Counts and hashes bytes read from `inner`.
 pub struct HashReader<R> {
     inner: R,
