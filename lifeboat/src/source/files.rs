@@ -3,8 +3,10 @@
 //! Keeps modes, owners, mtimes, symlinks, hard links and empty folders.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs::{self, File, Metadata};
 use std::io::{self, BufReader, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +14,6 @@ use std::sync::Arc;
 use globset::GlobSet;
 use tar::{EntryType, Header};
 
-use super::scout::{self, Body, Found};
 use super::{Source, SourceCtx, SourceReport};
 use crate::error::IoContext;
 use crate::progress::{is_cancelled, Progress};
@@ -68,15 +69,7 @@ impl FilesSource {
             links: HashMap::new(),
             src: self,
         };
-        let r = match scout::body(path, &meta) {
-            Ok(Some(body)) => walk.entry(path, &meta, body),
-            Ok(None) => {
-                walk.report
-                    .warn(format!("{} vanished while the backup ran", path.display()));
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        };
+        let r = walk.entry(path, &meta);
         *report = walk.report;
         r
     }
@@ -125,27 +118,25 @@ impl Source for FilesSource {
             links: HashMap::new(),
             src: self,
         };
-        let (tx, rx) = std::sync::mpsc::sync_channel(scout::QUEUE);
-        std::thread::scope(|s| {
-            s.spawn(|| scout::run(self, &ctx.cancel, tx));
-            // Returning drops `rx`, which stops the scout at its next step.
-            for found in rx {
-                if is_cancelled(&ctx.cancel) {
-                    return Err(Error::Cancelled);
-                }
-                match found {
-                    // Restore maps each path on its own, so a hard link may
-                    // only point at a name inside the same path.
-                    Found::Root => walk.links.clear(),
-                    Found::Entry { path, meta, body } => {
-                        walk.entry(&path, &meta, body)?;
-                    }
-                    Found::Warning(w) => walk.report.warn(w),
-                    Found::Failed(e) => return Err(e),
-                }
+        for root in &self.paths {
+            let meta = fs::symlink_metadata(root).map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => Error::Source(format!(
+                    "path {} does not exist; check LIFEBOAT_PATHS and the volume mount",
+                    root.display()
+                )),
+                _ => Error::io(format!("reading {}", root.display()), e),
+            })?;
+            if !meta.is_dir() {
+                return Err(Error::Source(format!(
+                    "path {} is not a folder; LIFEBOAT_PATHS lists folders",
+                    root.display()
+                )));
             }
-            Ok(())
-        })?;
+            // Restore maps each path on its own, so a hard link may only
+            // point at a name inside the same path.
+            walk.links.clear();
+            walk.tree(root, &meta)?;
+        }
         Ok(walk.report)
     }
 }
@@ -160,8 +151,76 @@ struct Walk<'a, W: Write> {
 }
 
 impl<W: Write> Walk<'_, W> {
+    /// Depth-first with an explicit stack, so a very deep tree cannot overflow
+    /// the thread's stack; children sorted once by name, for stable archives.
+    fn tree(&mut self, root: &Path, root_meta: &Metadata) -> Result<()> {
+        self.entry(root, root_meta)?;
+        let mut stack: Vec<(PathBuf, std::vec::IntoIter<OsString>)> =
+            vec![(root.to_path_buf(), self.children(root)?.into_iter())];
+        while let Some((dir, iter)) = stack.last_mut() {
+            let Some(name) = iter.next() else {
+                stack.pop();
+                continue;
+            };
+            if is_cancelled(&self.ctx.cancel) {
+                return Err(Error::Cancelled);
+            }
+            let path = dir.join(&name);
+            if self.excluded(root, &path, &name) {
+                continue;
+            }
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.report
+                        .warn(format!("{} vanished while the backup ran", path.display()));
+                    continue;
+                }
+                Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+            };
+            if !self.entry(&path, &meta)? {
+                continue;
+            }
+            if meta.is_dir() {
+                let children = self.children(&path)?;
+                stack.push((path, children.into_iter()));
+            }
+        }
+        Ok(())
+    }
+
+    fn children(&mut self, dir: &Path) -> Result<Vec<OsString>> {
+        let rd = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.report
+                    .warn(format!("{} vanished while the backup ran", dir.display()));
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(unreadable(dir, e)),
+        };
+        let mut names = Vec::new();
+        for ent in rd {
+            names.push(ent.map_err(|e| unreadable(dir, e))?.file_name());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn excluded(&self, root: &Path, path: &Path, name: &OsString) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        if is_own_file(name.as_bytes()) || self.src.skip.iter().any(|s| s == path) {
+            return true;
+        }
+        if self.src.filter.is_some_and(|f| f(root, path)) {
+            return true;
+        }
+        let rel = path.strip_prefix(root).unwrap_or(path);
+        self.src.exclude.is_match(path) || self.src.exclude.is_match(rel)
+    }
+
     /// Writes one entry. Returns false when it was skipped.
-    fn entry(&mut self, path: &Path, meta: &Metadata, body: Body) -> Result<bool> {
+    fn entry(&mut self, path: &Path, meta: &Metadata) -> Result<bool> {
         let name = tar_name(path);
         let mut h = Header::new_gnu();
         h.set_mode(meta.mode() & 0o7777);
@@ -177,9 +236,11 @@ impl<W: Write> Walk<'_, W> {
             self.tar
                 .append_data(&mut h, &name, io::empty())
                 .map_err(tar_err)?;
-        } else if let Body::Link(target) = body {
+        } else if ft.is_symlink() {
+            let target = fs::read_link(path).ctx("reading the symlink", path)?;
             h.set_entry_type(EntryType::Symlink);
-            append_symlink(self.tar, &mut h, &name, &target).map_err(tar_err)?;
+            append_symlink(self.tar, &mut h, &name, target.as_os_str().as_bytes())
+                .map_err(tar_err)?;
         } else if ft.is_file() {
             if meta.nlink() > 1 {
                 let key = (meta.dev(), meta.ino());
@@ -194,32 +255,7 @@ impl<W: Write> Walk<'_, W> {
                 }
                 self.links.insert(key, name.clone());
             }
-            h.set_entry_type(EntryType::Regular);
-            h.set_size(meta.len());
-            let note = match body {
-                Body::Small(data, note) => {
-                    self.tar
-                        .append_data(&mut h, &name, &data[..])
-                        .map_err(tar_err)?;
-                    self.ctx.progress.add_bytes(data.len() as u64);
-                    note
-                }
-                Body::Open(file) => self.file(path, meta, h, &name, file)?,
-                Body::None | Body::Link(_) => {
-                    return Err(Error::Source(format!(
-                        "{} was not read before its entry was written (a bug)",
-                        path.display()
-                    )))
-                }
-            };
-            match note {
-                Some(n) if self.src.changes_expected => {
-                    tracing::debug!("{n} (repaired on restore)")
-                }
-                Some(n) => self.report.warn(n),
-                None => {}
-            }
-            self.report.bytes_in += meta.len();
+            return self.file(path, meta, h, &name);
         } else {
             let kind = if ft.is_socket() {
                 "socket"
@@ -238,15 +274,18 @@ impl<W: Write> Walk<'_, W> {
         Ok(true)
     }
 
-    /// Streams a larger file into the entry; returns what changed while read.
-    fn file(
-        &mut self,
-        path: &Path,
-        meta: &Metadata,
-        mut h: Header,
-        name: &Path,
-        file: File,
-    ) -> Result<Option<String>> {
+    fn file(&mut self, path: &Path, meta: &Metadata, mut h: Header, name: &Path) -> Result<bool> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.report
+                    .warn(format!("{} vanished while the backup ran", path.display()));
+                return Ok(false);
+            }
+            Err(e) => return Err(unreadable(path, e)),
+        };
+        h.set_entry_type(EntryType::Regular);
+        h.set_size(meta.len());
         let mut body = ExactSize {
             inner: BufReader::with_capacity(READ_BUFFER, file),
             remaining: meta.len(),
@@ -270,7 +309,34 @@ impl<W: Write> Walk<'_, W> {
                     || m.len() != meta.len()
             })
             .unwrap_or(false);
-        Ok(change_note(path, meta.len(), body.padded, grew, changed))
+        let note = if body.padded > 0 {
+            Some(format!(
+                "{} shrank while read; padded {} byte(s) with zeros",
+                path.display(),
+                body.padded
+            ))
+        } else if grew {
+            Some(format!(
+                "{} grew while read; cut at {} bytes",
+                path.display(),
+                meta.len()
+            ))
+        } else if changed {
+            Some(format!(
+                "{} changed while read; its copy may be inconsistent",
+                path.display()
+            ))
+        } else {
+            None
+        };
+        match note {
+            Some(n) if self.src.changes_expected => tracing::debug!("{n} (repaired on restore)"),
+            Some(n) => self.report.warn(n),
+            None => {}
+        }
+        self.report.bytes_in += meta.len();
+        self.count();
+        Ok(true)
     }
 
     fn count(&mut self) {
@@ -279,35 +345,7 @@ impl<W: Write> Walk<'_, W> {
     }
 }
 
-/// How a file changed while it was read, in words for the report.
-pub(super) fn change_note(
-    path: &Path,
-    len: u64,
-    padded: u64,
-    grew: bool,
-    changed: bool,
-) -> Option<String> {
-    if padded > 0 {
-        Some(format!(
-            "{} shrank while read; padded {padded} byte(s) with zeros",
-            path.display()
-        ))
-    } else if grew {
-        Some(format!(
-            "{} grew while read; cut at {len} bytes",
-            path.display()
-        ))
-    } else if changed {
-        Some(format!(
-            "{} changed while read; its copy may be inconsistent",
-            path.display()
-        ))
-    } else {
-        None
-    }
-}
-
-pub(super) fn unreadable(path: &Path, e: io::Error) -> Error {
+fn unreadable(path: &Path, e: io::Error) -> Error {
     let hint = if e.kind() == io::ErrorKind::PermissionDenied {
         "; run the sidecar as a user that can read it (securityContext.runAsUser / fsGroup) or exclude it with LIFEBOAT_EXCLUDE"
     } else {

@@ -7,7 +7,6 @@ pub mod files;
 pub mod pg_dump;
 pub mod pg_roles;
 pub mod postgres;
-mod scout;
 
 use std::io::Write;
 use std::sync::Arc;
