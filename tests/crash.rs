@@ -143,31 +143,48 @@ fn sigkill_mid_backup_leaves_no_visible_artifact_and_restore_takes_the_last_good
 
 /// Starts `run`, waiting on a schedule that never comes soon, then triggers
 /// a backup by changing the `lifeboat.dev/backup-now` annotation.
-fn run_and_trigger(s: &Setup, grace: &str) -> Child {
+fn run_and_trigger(s: &Setup, grace: &str) -> (Child, PathBuf) {
     fs::write(&s.annotations, "lifeboat.dev/schedule=\"0 0 1 1 *\"\n").unwrap();
+    let log = s.annotations.with_file_name("sidecar.log");
     let mut child = s
         .cmd("lifeboat-sidecar", "zstd:19")
         .arg("run")
         .env("LIFEBOAT_GRACE_PERIOD", grace)
-        .stderr(Stdio::piped())
+        .stderr(fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // The annotation must change after the sidecar has read it once: a
+    // value it finds at start is not a request. Its schedule comes from
+    // that first read, so the log line about it says the read happened.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("next scheduled backup")
+    {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the sidecar exited ({status}): {}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "the sidecar did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     fs::write(
         &s.annotations,
         "lifeboat.dev/schedule=\"0 0 1 1 *\"\nlifeboat.dev/backup-now=\"2026-11-23T10:00\"\n",
     )
     .unwrap();
     wait_for_partial(&s.hist(), &mut child);
-    child
+    (child, log)
 }
 
 #[test]
 fn sigterm_after_the_grace_period_cancels_cleanly_and_exits_zero() {
     let s = setup(24);
-    let mut child = run_and_trigger(&s, "0s");
+    let (mut child, log) = run_and_trigger(&s, "0s");
     signal(&child, libc::SIGTERM);
-    let out = wait_output(&mut child);
+    let out = wait_output(&mut child, &log);
     assert_eq!(out.0.code(), Some(0), "{}", out.1);
     assert!(out.1.contains("cancelling the backup"), "{}", out.1);
     assert!(
@@ -188,22 +205,15 @@ fn sigterm_after_the_grace_period_cancels_cleanly_and_exits_zero() {
 #[test]
 fn sigterm_within_the_grace_period_lets_the_backup_finish() {
     let s = setup(3);
-    let mut child = run_and_trigger(&s, "120s");
+    let (mut child, log) = run_and_trigger(&s, "120s");
     signal(&child, libc::SIGTERM);
-    let out = wait_output(&mut child);
+    let out = wait_output(&mut child, &log);
     assert_eq!(out.0.code(), Some(0), "{}", out.1);
     assert!(out.1.contains("backup committed"), "{}", out.1);
     assert_eq!(visible(&s.hist()).len(), 2);
 }
 
-fn wait_output(child: &mut Child) -> (std::process::ExitStatus, String) {
-    use std::io::Read;
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (child.wait().unwrap(), err)
+fn wait_output(child: &mut Child, log: &Path) -> (std::process::ExitStatus, String) {
+    let status = child.wait().unwrap();
+    (status, fs::read_to_string(log).unwrap())
 }
