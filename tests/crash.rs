@@ -146,30 +146,12 @@ fn sigkill_mid_backup_leaves_no_visible_artifact_and_restore_takes_the_last_good
 fn run_and_trigger(s: &Setup, grace: &str) -> (Child, PathBuf) {
     fs::write(&s.annotations, "lifeboat.dev/schedule=\"0 0 1 1 *\"\n").unwrap();
     let log = s.annotations.with_file_name("sidecar.log");
-    let mut child = s
-        .cmd("lifeboat-sidecar", "zstd:19")
-        .arg("run")
-        .env("LIFEBOAT_GRACE_PERIOD", grace)
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut cmd = s.cmd("lifeboat-sidecar", "zstd:19");
+    cmd.arg("run").env("LIFEBOAT_GRACE_PERIOD", grace);
     // The annotation must change after the sidecar has read it once: a
     // value it finds at start is not a request. Its schedule comes from
     // that first read, so the log line about it says the read happened.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("next scheduled backup")
-    {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "the sidecar exited ({status}): {}",
-                fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        assert!(Instant::now() < deadline, "the sidecar did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = spawn_until_logged(cmd, &log, "next scheduled backup");
     fs::write(
         &s.annotations,
         "lifeboat.dev/schedule=\"0 0 1 1 *\"\nlifeboat.dev/backup-now=\"2026-11-23T10:00\"\n",

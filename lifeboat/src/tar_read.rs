@@ -603,17 +603,9 @@ fn copy_out(entry: &mut impl Read, size: u64, f: &mut fs::File) -> io::Result<u6
     let mut wb = crate::writeback::Writeback::default();
     let mut total = 0u64;
     loop {
-        // Fill the buffer: the archive hands out at most a tar block at a
-        // time near entry boundaries.
-        let mut filled = 0;
-        while filled < buf.len() {
-            match entry.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        // Filled, not one read: the archive hands out at most a tar block at
+        // a time near entry boundaries.
+        let filled = read_full(entry, &mut buf)?;
         if filled == 0 {
             return Ok(total);
         }

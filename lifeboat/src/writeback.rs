@@ -1,6 +1,7 @@
-//! Writes an artifact file to disk while it is produced, not all at the end.
+//! Writes a file to disk while it is produced, not all at the end: an
+//! artifact in a folder target, a file a restore puts back.
 //!
-//! Without this the kernel keeps the whole artifact as dirty page cache and
+//! Without this the kernel keeps the whole file as dirty page cache and
 //! the final fsync writes it in one go, after compression has finished: the
 //! disk idles while the CPU works and then the other way round. Starting
 //! writeback of each step as soon as it is written overlaps the two, keeps
@@ -33,7 +34,7 @@ pub struct Writeback {
 
 impl Writeback {
     /// Records `n` more bytes written; every [`STEP`] starts writeback of the
-    /// new step and waits for the one before it. Errors are not fatal here:
+    /// new step and waits for the one [`LAG`] steps back. Errors are not fatal here:
     /// the final fsync reports any write error, and it is the one that counts.
     pub fn wrote(&mut self, file: &File, n: u64) {
         self.written += n;

@@ -433,20 +433,8 @@ pub fn pairs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a st
 /// Runs a long-lived `lifeboat-sidecar` (`run`) with its log in `log` until
 /// the log shows `needle`, then stops it with SIGTERM, which an idle sidecar
 /// obeys at once with exit 0.
-pub fn run_until_logged(mut cmd: Command, log: &Path, needle: &str) {
-    let mut child = cmd.stderr(fs::File::create(log).unwrap()).spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let text = fs::read_to_string(log).unwrap_or_default();
-        if text.contains(needle) {
-            break;
-        }
-        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-            let _ = child.kill();
-            panic!("the sidecar never logged {needle:?}:\n{text}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+pub fn run_until_logged(cmd: Command, log: &Path, needle: &str) {
+    let mut child = spawn_until_logged(cmd, log, needle);
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
@@ -455,6 +443,24 @@ pub fn run_until_logged(mut cmd: Command, log: &Path, needle: &str) {
         "{status}: {}",
         fs::read_to_string(log).unwrap()
     );
+}
+
+/// Starts `cmd` with its stderr in `log` and returns it, running, once the
+/// log shows `needle` (panics if it exits or 120 s pass first).
+pub fn spawn_until_logged(mut cmd: Command, log: &Path, needle: &str) -> std::process::Child {
+    let mut child = cmd.stderr(fs::File::create(log).unwrap()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return child;
+        }
+        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("the sidecar never logged {needle:?}:\n{text}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// `<tmp>/volume` and `<tmp>/backup`, created: the data volume a logical
