@@ -249,6 +249,57 @@ fn a_symlink_pointing_outside_is_not_created_and_nothing_is_written_through_it()
     }
 }
 
+/// Not hostile, only foreign: a tar that returns to a folder after leaving
+/// it (ours never does). Restore keeps only the folders on the current path
+/// open, so it must take the folder up again and still end with the
+/// folder's own mtime, not the time of the late write.
+#[test]
+fn a_tar_returning_to_a_folder_still_restores_its_mtime() {
+    use std::os::unix::fs::MetadataExt;
+    let w = world();
+    let rel = w.rel();
+    let names = [
+        format!("{rel}/"),
+        format!("{rel}/a/"),
+        format!("{rel}/a/deep/"),
+        format!("{rel}/b/"),
+        format!("{rel}/b/f"),
+        format!("{rel}/a/deep/g"),
+        format!("{rel}/a/h"),
+    ];
+    let kinds = [
+        EntryType::Directory,
+        EntryType::Directory,
+        EntryType::Directory,
+        EntryType::Directory,
+        EntryType::Regular,
+        EntryType::Regular,
+        EntryType::Regular,
+    ];
+    let entries: Vec<Entry> = names
+        .iter()
+        .zip(kinds)
+        .map(|(n, k)| {
+            let data: &[u8] = if k == EntryType::Regular {
+                n.as_bytes()
+            } else {
+                b""
+            };
+            e(n.as_bytes(), k, b"", data)
+        })
+        .collect();
+    plant(&w.backup, &w.data, &entries);
+    let out = w.restore();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (n, k) in names.iter().zip(kinds) {
+        let p = Path::new("/").join(n.trim_end_matches('/'));
+        if k == EntryType::Regular {
+            assert_eq!(fs::read(&p).unwrap(), n.as_bytes(), "{n}");
+        }
+        assert_eq!(fs::metadata(&p).unwrap().mtime(), 1_700_000_000, "{n}");
+    }
+}
+
 #[test]
 fn a_symlink_inside_cannot_be_used_to_write_elsewhere() {
     let w = world();

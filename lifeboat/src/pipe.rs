@@ -74,6 +74,7 @@ pub struct ChunkReader {
     rx: mpsc::Receiver<Chunk>,
     cur: Vec<u8>,
     pos: usize,
+    back: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
 }
 
 impl ChunkReader {
@@ -82,7 +83,25 @@ impl ChunkReader {
             rx,
             cur: Vec::new(),
             pos: 0,
+            back: None,
         }
+    }
+
+    /// A reader that hands each chunk it has used up back to the producer,
+    /// which fills it again through the returned [`Spares`].
+    pub fn recycling(rx: mpsc::Receiver<Chunk>, chunk_size: usize) -> (Self, Spares) {
+        // Every buffer of the pipe can be on its way back at once: the queue,
+        // the one being filled and the one being read.
+        let (back, spare) = std::sync::mpsc::sync_channel(QUEUE_DEPTH + 2);
+        let reader = ChunkReader {
+            back: Some(back),
+            ..ChunkReader::new(rx)
+        };
+        let spares = Spares {
+            rx: Some(spare),
+            size: chunk_size,
+        };
+        (reader, spares)
     }
 }
 
@@ -93,8 +112,14 @@ impl Read for ChunkReader {
                 None => return Ok(0),
                 Some(Err(e)) => return Err(e),
                 Some(Ok(chunk)) => {
-                    self.cur = chunk;
+                    let used = std::mem::replace(&mut self.cur, chunk);
                     self.pos = 0;
+                    if let Some(back) = &self.back {
+                        if used.capacity() > 0 {
+                            // Full or gone: the producer allocates or has stopped.
+                            let _ = back.try_send(used);
+                        }
+                    }
                 }
             }
         }
@@ -105,14 +130,44 @@ impl Read for ChunkReader {
     }
 }
 
+/// Buffers to fill, reused from the ones the reader end has used up.
+///
+/// A long stream then cycles through the same few buffers instead of
+/// allocating on one thread and freeing on another, which glibc's malloc
+/// answers with memory kept in each thread's arena: a restore of 4 GiB grew
+/// by ~10 MiB that way.
+pub struct Spares {
+    rx: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
+    size: usize,
+}
+
+impl Spares {
+    /// Fresh buffers every time, for a reader that does not hand them back.
+    pub fn none(size: usize) -> Self {
+        Spares { rx: None, size }
+    }
+
+    /// A buffer of the chunk size, returned one if there is one.
+    pub fn take(&self) -> Vec<u8> {
+        match self.rx.as_ref().and_then(|rx| rx.try_recv().ok()) {
+            Some(mut buf) => {
+                buf.resize(self.size, 0);
+                buf
+            }
+            None => vec![0u8; self.size],
+        }
+    }
+}
+
 /// Async side of a read pipe: reads `src` to its end in chunks and sends them.
 /// Stops early, without error, when the reader end went away.
-pub async fn feed<R: AsyncRead + Unpin>(mut src: R, tx: mpsc::Sender<Chunk>) {
+pub async fn feed<R: AsyncRead + Unpin>(mut src: R, tx: mpsc::Sender<Chunk>, spares: Spares) {
     loop {
-        let mut buf = vec![0u8; CHUNK_SIZE];
+        let mut buf = spares.take();
+        let size = buf.len();
         let mut filled = 0;
         // Fill whole chunks so the channel's bound is a bound in bytes.
-        while filled < CHUNK_SIZE {
+        while filled < size {
             match src.read(&mut buf[filled..]).await {
                 Ok(0) => break,
                 Ok(n) => filled += n,
@@ -126,7 +181,7 @@ pub async fn feed<R: AsyncRead + Unpin>(mut src: R, tx: mpsc::Sender<Chunk>) {
             return;
         }
         buf.truncate(filled);
-        if tx.send(Ok(buf)).await.is_err() || filled < CHUNK_SIZE {
+        if tx.send(Ok(buf)).await.is_err() || filled < size {
             return;
         }
     }
@@ -176,9 +231,10 @@ mod tests {
             .collect();
         let (tx, rx) = channel();
         let src = data.clone();
-        let feeder = tokio::spawn(async move { feed(&src[..], tx).await });
+        let (reader, spares) = ChunkReader::recycling(rx, CHUNK_SIZE);
+        let feeder = tokio::spawn(async move { feed(&src[..], tx, spares).await });
         let got = tokio::task::spawn_blocking(move || {
-            let mut r = HashReader::new(ChunkReader::new(rx));
+            let mut r = HashReader::new(reader);
             let mut out = Vec::new();
             r.read_to_end(&mut out).unwrap();
             (out, r.finish())

@@ -335,7 +335,8 @@ async fn read(
 ) -> Result<ReadReport> {
     let reader = target.open(m).await?;
     let (tx, rx) = pipe::channel();
-    let feeder = tokio::spawn(pipe::feed(reader, tx));
+    let (chunks, spares) = ChunkReader::recycling(rx, pipe::CHUNK_SIZE);
+    let feeder = tokio::spawn(pipe::feed(reader, tx, spares));
     let progress = Arc::new(Progress::default());
     let _report = progress::report(progress.clone(), every, what);
     let manifest = m.clone();
@@ -345,7 +346,7 @@ async fn read(
             Some(m) => Mode::Extract(m),
             None => Mode::Verify,
         };
-        tar_read::read_artifact(ChunkReader::new(rx), &manifest, mode, &progress, &cancel)
+        tar_read::read_artifact(chunks, &manifest, mode, &progress, &cancel)
     })
     .await
     .map_err(|e| Error::Source(format!("the {what} worker crashed: {e}")))?;

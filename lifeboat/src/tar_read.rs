@@ -3,7 +3,6 @@
 //! folders (restore). Trusts nothing: names that would leave the destination
 //! are refused, and nothing is ever written through a symlink.
 
-use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
@@ -18,7 +17,7 @@ use tar::EntryType;
 use crate::compression::Compression;
 use crate::error::IoContext;
 use crate::manifest::Manifest;
-use crate::pipe::{Chunk, ChunkReader, HashReader};
+use crate::pipe::{Chunk, ChunkReader, HashReader, Spares};
 use crate::progress::{is_cancelled, Cancel, Progress};
 use crate::{Error, Result};
 
@@ -39,6 +38,15 @@ pub struct DirMeta {
     pub uid: u64,
     pub gid: u64,
     pub mtime: u64,
+}
+
+/// A folder on the path to the entry being written, and the metadata it
+/// gets when the walk leaves it: writing into a folder changes its mtime,
+/// and a read-only mode would stop the writes.
+struct OpenDir {
+    path: PathBuf,
+    /// None for a folder the archive does not list (created as a parent).
+    meta: Option<DirMeta>,
 }
 
 #[derive(Debug, Default)]
@@ -83,10 +91,11 @@ pub fn read_artifact<R: Read + Send>(
         .ok_or_else(|| corrupt(format!("unknown compression {:?}", manifest.compression)))?;
     let mut report = ReadReport::default();
     let (tx, rx) = tokio::sync::mpsc::channel(DECODED_QUEUE);
+    let (chunks, spares) = ChunkReader::recycling(rx, DECODED_CHUNK);
     let (walk_result, decoded) = std::thread::scope(|scope| {
-        let decoding = scope.spawn(move || decode(reader, compression, tx));
+        let decoding = scope.spawn(move || decode(reader, compression, tx, spares));
         let walk_result = {
-            let mut archive = tar::Archive::new(ChunkReader::new(rx));
+            let mut archive = tar::Archive::new(chunks);
             let mut walker = Walker::new(manifest, mode, progress, cancel, &mut report);
             let r = walker.walk(&mut archive);
             drop(walker);
@@ -129,6 +138,7 @@ fn decode<R: Read>(
     reader: R,
     compression: Compression,
     tx: tokio::sync::mpsc::Sender<Chunk>,
+    spares: Spares,
 ) -> (io::Result<u64>, String, u64) {
     let mut hashed = HashReader::new(reader);
     match compression.decoder(&mut hashed) {
@@ -138,7 +148,7 @@ fn decode<R: Read>(
             ))));
         }
         Ok(mut decoder) => loop {
-            let mut buf = vec![0u8; DECODED_CHUNK];
+            let mut buf = spares.take();
             match read_full(&mut decoder, &mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
@@ -180,10 +190,12 @@ struct Walker<'a> {
     progress: &'a Arc<Progress>,
     cancel: &'a Cancel,
     report: &'a mut ReadReport,
-    /// Folders inside staging known to be real folders (created or checked).
-    known_dirs: HashSet<PathBuf>,
-    /// Folder metadata to apply at the end, in tar order (parents first).
-    dirs: Vec<(PathBuf, DirMeta)>,
+    /// The folders from a staging root down to the last entry's folder,
+    /// each checked to be a real folder. They stay real folders: no entry
+    /// ever replaces a folder (see [`remove_non_dir`]). A tar lists a
+    /// folder's content right after the folder, so this holds one path's
+    /// depth, however many folders the volume has.
+    open: Vec<OpenDir>,
     as_root: bool,
     warned_owner: bool,
 }
@@ -207,8 +219,7 @@ impl<'a> Walker<'a> {
             progress,
             cancel,
             report,
-            known_dirs: HashSet::new(),
-            dirs: Vec::new(),
+            open: Vec::new(),
             // SAFETY: geteuid has no preconditions and cannot fail.
             as_root: unsafe { libc::geteuid() } == 0,
             warned_owner: false,
@@ -287,7 +298,7 @@ impl<'a> Walker<'a> {
             }
         }
         if let Mode::Extract(_) = self.mode {
-            self.finish_dirs()?;
+            self.leave_until(Path::new(""))?;
         }
         if self.report.entries != self.manifest.entries {
             return Err(self.corrupt(format!(
@@ -340,11 +351,14 @@ impl<'a> Walker<'a> {
             .parent()
             .expect("joined path has a parent")
             .to_path_buf();
-        self.ensure_dir(&m.staging, &parent, name)?;
+        self.enter(&m.staging, &parent, name)?;
         match kind {
             EntryType::Directory => {
                 match fs::symlink_metadata(&dest) {
-                    Ok(md) if md.is_dir() => {}
+                    // Listed twice, or after its content: the newer metadata wins.
+                    Ok(md) if md.is_dir() => {
+                        self.reopen(&dest, &md)?;
+                    }
                     Ok(_) => {
                         return Err(self.unsafe_entry(
                             name,
@@ -353,8 +367,10 @@ impl<'a> Walker<'a> {
                     }
                     Err(_) => fs::create_dir(&dest).ctx("creating", &dest)?,
                 }
-                self.known_dirs.insert(dest.clone());
-                self.dirs.push((dest, meta));
+                self.open.push(OpenDir {
+                    path: dest,
+                    meta: Some(meta),
+                });
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 remove_non_dir(&dest)?;
@@ -438,7 +454,7 @@ impl<'a> Walker<'a> {
                         ))
                     }
                 }
-                self.ensure_dir(&m.staging, src.parent().expect("has parent"), name)?;
+                self.check_real_dirs(&m.staging, src.parent().expect("has parent"), name)?;
                 remove_non_dir(&dest)?;
                 fs::hard_link(&src, &dest).ctx("creating the hard link", &dest)?;
             }
@@ -453,21 +469,26 @@ impl<'a> Walker<'a> {
         Ok(())
     }
 
-    /// Makes sure every folder from `staging` down to `dir` is a real folder
+    /// Makes `dir`, inside `staging`, the folder entries are written to:
+    /// leaves the open folders that are not above it, then checks every
+    /// folder from the deepest one still open down to `dir` is a real folder
     /// (creating missing ones), so nothing is ever written through a symlink.
-    fn ensure_dir(&mut self, staging: &Path, dir: &Path, entry: &Path) -> Result<()> {
-        if self.known_dirs.contains(dir) || dir == staging {
-            return Ok(());
-        }
-        let rel = dir.strip_prefix(staging).expect("inside staging");
-        let mut cur = staging.to_path_buf();
-        for c in rel.components() {
+    fn enter(&mut self, staging: &Path, dir: &Path, entry: &Path) -> Result<()> {
+        self.leave_until(dir)?;
+        let mut cur = match self.open.last() {
+            Some(top) if top.path.starts_with(staging) => top.path.clone(),
+            _ => staging.to_path_buf(),
+        };
+        let below = dir
+            .strip_prefix(&cur)
+            .expect("inside staging")
+            .to_path_buf();
+        for c in below.components() {
             cur.push(c);
-            if self.known_dirs.contains(&cur) {
-                continue;
-            }
-            match fs::symlink_metadata(&cur) {
-                Ok(md) if md.is_dir() => {}
+            let meta = match fs::symlink_metadata(&cur) {
+                // Entered again after the walk had left it (a tar not in
+                // folder order): its metadata is given back on leaving.
+                Ok(md) if md.is_dir() => Some(self.reopen(&cur, &md)?),
                 Ok(_) => {
                     return Err(
                         self.unsafe_entry(entry, "would be written through a symlink or a file")
@@ -475,10 +496,66 @@ impl<'a> Walker<'a> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     fs::create_dir(&cur).ctx("creating", &cur)?;
+                    None
                 }
                 Err(e) => return Err(Error::io(format!("checking {}", cur.display()), e)),
+            };
+            self.open.push(OpenDir {
+                path: cur.clone(),
+                meta,
+            });
+        }
+        Ok(())
+    }
+
+    /// Leaves, deepest first, every open folder that is not `dir` or above
+    /// it, giving each its metadata now that nothing more is written into it.
+    fn leave_until(&mut self, dir: &Path) -> Result<()> {
+        while let Some(top) = self.open.last() {
+            if dir.starts_with(&top.path) {
+                break;
             }
-            self.known_dirs.insert(cur.clone());
+            let top = self.open.pop().expect("just seen");
+            if let Some(meta) = top.meta {
+                apply_dir_meta(&top.path, meta, self.as_root)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An existing folder about to be written into again: its metadata as it
+    /// is, to give back later, and write permission for us meanwhile (root
+    /// needs none).
+    fn reopen(&self, path: &Path, md: &fs::Metadata) -> Result<DirMeta> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = DirMeta {
+            mode: md.mode() & 0o7777,
+            uid: md.uid().into(),
+            gid: md.gid().into(),
+            mtime: md.mtime().max(0) as u64,
+        };
+        if !self.as_root && meta.mode & 0o700 != 0o700 {
+            fs::set_permissions(path, fs::Permissions::from_mode(meta.mode | 0o700))
+                .ctx("making writable", path)?;
+        }
+        Ok(meta)
+    }
+
+    /// Checks, without creating anything, that every folder from `staging`
+    /// down to `dir` is a real folder (a hard link's source).
+    fn check_real_dirs(&self, staging: &Path, dir: &Path, entry: &Path) -> Result<()> {
+        let rel = dir.strip_prefix(staging).expect("inside staging");
+        let mut cur = staging.to_path_buf();
+        for c in rel.components() {
+            cur.push(c);
+            match fs::symlink_metadata(&cur) {
+                Ok(md) if md.is_dir() => {}
+                _ => {
+                    return Err(
+                        self.unsafe_entry(entry, "is a hard link through a symlink or a file")
+                    )
+                }
+            }
         }
         Ok(())
     }
@@ -493,15 +570,6 @@ impl<'a> Walker<'a> {
         }
         std::os::unix::fs::lchown(path, Some(meta.uid as u32), Some(meta.gid as u32))
             .ctx("setting the owner of", path)
-    }
-
-    /// Applies folder metadata deepest first, after all content is written.
-    fn finish_dirs(&mut self) -> Result<()> {
-        let dirs = std::mem::take(&mut self.dirs);
-        for (path, meta) in dirs.iter().rev() {
-            apply_dir_meta(path, *meta, self.as_root)?;
-        }
-        Ok(())
     }
 }
 
