@@ -24,6 +24,7 @@ fn manifest(id: &str, body: &[u8]) -> Manifest {
         finished_at: t,
         compression: "zstd:3".into(),
         encryption: "none".into(),
+        recipients: Vec::new(),
         size: body.len() as u64,
         sha256: hex::encode(Sha256::digest(body)),
         entries: 1,

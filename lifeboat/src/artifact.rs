@@ -1,5 +1,5 @@
 //! Names of artifacts and manifests (DESIGN §3):
-//! `<prefix>/<namespace>/<name>/<YYYYMMDDTHHMMSSZ>-<source>.tar.<zst|gz>` and
+//! `<prefix>/<namespace>/<name>/<YYYYMMDDTHHMMSSZ>-<source>.tar.<zst|gz>[.age]` and
 //! `<same stem>.manifest.json` beside it.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -16,8 +16,14 @@ pub fn id(started: DateTime<Utc>, source: &str) -> String {
     format!("{}-{source}", started.format(STAMP))
 }
 
-pub fn file_name(id: &str, compression: Compression) -> String {
-    format!("{id}{}", compression.extension())
+/// `<id>.tar.zst`, with `.age` appended when encrypted.
+pub fn file_name(id: &str, compression: Compression, encrypted: bool) -> String {
+    let age = if encrypted {
+        crate::encryption::EXTENSION
+    } else {
+        ""
+    };
+    format!("{id}{}{age}", compression.extension())
 }
 
 pub fn manifest_name(id: &str) -> String {
@@ -56,7 +62,7 @@ mod tests {
         let id = id(t, "files");
         assert_eq!(id, "20261123T020005Z-files");
         assert_eq!(
-            file_name(&id, Compression::Zstd(3)),
+            file_name(&id, Compression::Zstd(3), false),
             "20261123T020005Z-files.tar.zst"
         );
         assert_eq!(manifest_name(&id), "20261123T020005Z-files.manifest.json");

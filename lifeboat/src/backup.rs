@@ -249,11 +249,16 @@ async fn fresh_id(
 async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Manifest> {
     let source_kind = job.source.kind();
     let (id, started_at) = fresh_id(target, source_kind, Utc::now()).await?;
-    let file_name = artifact::file_name(&id, job.settings.compression);
+    let recipients = job.settings.recipients.clone();
+    let file_name = artifact::file_name(&id, job.settings.compression, recipients.is_some());
     let span = tracing::info_span!("backup", id = %id, target = %target.describe());
     async move {
         let settings = &job.settings;
-        info!(source = source_kind, paths = ?job.source.paths(), compression = %settings.compression, "backup started");
+        let encryption = match &recipients {
+            Some(_) => crate::encryption::AGE,
+            None => crate::encryption::NONE,
+        };
+        info!(source = source_kind, paths = ?job.source.paths(), compression = %settings.compression, encryption, "backup started");
         let clock = Instant::now();
         let progress = Arc::new(Progress::default());
         let _report = progress::report(progress.clone(), settings.progress_interval, "backup");
@@ -317,7 +322,8 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
             started_at,
             finished_at: Utc::now(),
             compression: settings.compression.to_string(),
-            encryption: "none".into(),
+            encryption: encryption.into(),
+            recipients: recipients.as_ref().map(|r| r.names()).unwrap_or_default(),
             size,
             sha256,
             entries: report.entries,
@@ -365,7 +371,7 @@ impl HashCount {
     }
 }
 
-/// The blocking half: tar -> compressor -> pipe.
+/// The blocking half: tar -> compressor -> [age] -> pipe.
 type Produced = (SourceReport, Option<BTreeMap<String, u64>>);
 
 fn produce(
@@ -374,10 +380,13 @@ fn produce(
     ctx: &SourceCtx,
 ) -> Result<Produced> {
     let sink = ChunkWriter::new(tx);
+    // After compression: encrypted bytes do not compress.
+    let sealed = crate::encryption::Sealed::new(sink, job.settings.recipients.as_ref())
+        .map_err(|e| Error::io("starting age encryption", e))?;
     let encoder = job
         .settings
         .compression
-        .encoder(sink)
+        .encoder(sealed)
         .map_err(|e| Error::io("starting the compressor", e))?;
     let mut tar = tar::Builder::new(encoder);
     tar.follow_symlinks(false);
@@ -399,7 +408,8 @@ fn produce(
         )
     };
     let encoder = tar.into_inner().map_err(write_err)?;
-    let chunks = encoder.finish().map_err(write_err)?;
+    let sealed = encoder.finish().map_err(write_err)?;
+    let chunks = sealed.finish().map_err(write_err)?;
     chunks.finish().map_err(write_err)?;
     Ok((report, kubernetes))
 }

@@ -352,6 +352,14 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "true to store Secrets in artifacts without encryption",
     ),
     (
+        "LIFEBOAT_AGE_RECIPIENTS",
+        "encrypt artifacts with age to these public keys (age1…, comma-separated)",
+    ),
+    (
+        "LIFEBOAT_AGE_IDENTITY_FILE",
+        "age secret key file (age-keygen's output) for restore and verify of encrypted artifacts",
+    ),
+    (
         "LIFEBOAT_LISTEN",
         "/metrics, /healthz, /readyz, /status: :PORT, ADDR:PORT or off (default: :9746)",
     ),
@@ -411,6 +419,8 @@ struct RawEnv {
     arangodb_password: Option<String>,
     include_kube: Option<String>,
     allow_plaintext_secrets: Option<String>,
+    age_recipients: Option<String>,
+    age_identity_file: Option<String>,
     listen: Option<String>,
     stale_after: Option<String>,
     verify_schedule: Option<String>,
@@ -457,6 +467,10 @@ pub struct Settings {
     pub backup_now: Option<String>,
     /// `LIFEBOAT_INCLUDE_KUBE`: `configmaps` and/or `secrets`, in that order.
     pub include_kube: Vec<crate::cluster::Exported>,
+    /// `LIFEBOAT_AGE_RECIPIENTS`: new artifacts are encrypted to these.
+    pub recipients: Option<crate::encryption::Recipients>,
+    /// `LIFEBOAT_AGE_IDENTITY_FILE`, read at start: keys for encrypted artifacts.
+    pub identities: Option<crate::encryption::Identities>,
     /// Endpoint, staleness, verification, notifications, hooks.
     pub ops: Ops,
     /// Not wrong, but worth a log line (unknown variables or annotations).
@@ -878,7 +892,8 @@ impl Settings {
                 }
             },
         };
-        let include_kube = include_kube(&raw, &paths, &mut problems);
+        let (recipients, identities) = age_keys(&raw, &mut problems, &mut warnings);
+        let include_kube = include_kube(&raw, &paths, recipients.is_some(), &mut problems);
         // Only a running sidecar or `backup-now` uses these; a restore must
         // not fail over a notification setting.
         let ops = if role == Role::Backup {
@@ -921,18 +936,70 @@ impl Settings {
                 .get(&format!("{PREFIX}backup-now"))
                 .cloned(),
             include_kube,
+            recipients,
+            identities,
             ops,
             warnings,
         })
     }
 }
 
-/// `LIFEBOAT_INCLUDE_KUBE`: which kinds, Secrets only when allowed in
-/// plain text (encryption does not exist yet), and no backed-up path that
+/// `LIFEBOAT_AGE_RECIPIENTS` and `LIFEBOAT_AGE_IDENTITY_FILE`. The file is
+/// read now, so a missing or malformed key stops the process at start
+/// rather than at the first restore.
+fn age_keys(
+    raw: &RawEnv,
+    problems: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> (
+    Option<crate::encryption::Recipients>,
+    Option<crate::encryption::Identities>,
+) {
+    use crate::encryption::{Identities, Recipients};
+    fn set(v: &Option<String>) -> Option<&str> {
+        v.as_deref().map(str::trim).filter(|t| !t.is_empty())
+    }
+    let recipients = set(&raw.age_recipients).and_then(|text| {
+        Recipients::parse(text)
+            .map_err(|m| {
+                // A secret key pasted here must not be echoed back.
+                let shown = if text.contains("AGE-SECRET-KEY-") {
+                    "(hidden)"
+                } else {
+                    text
+                };
+                problems.0.push(Problem {
+                    setting: "LIFEBOAT_AGE_RECIPIENTS".into(),
+                    value: shown.into(),
+                    message: m,
+                })
+            })
+            .ok()
+    });
+    let identities = set(&raw.age_identity_file).and_then(|path| {
+        Identities::load(Path::new(path))
+            .map_err(|m| problems.fail_env("LIFEBOAT_AGE_IDENTITY_FILE", &raw.age_identity_file, m))
+            .ok()
+    });
+    if let (Some(r), Some(i)) = (&recipients, &identities) {
+        if !i.reads(&r.names()) {
+            warnings.push(format!(
+                "LIFEBOAT_AGE_IDENTITY_FILE holds the key(s) of {}, none of LIFEBOAT_AGE_RECIPIENTS ({}): new artifacts can only be checked by checksum here, and a restore needs another key",
+                i.public_keys().join(", "),
+                r.names().join(", ")
+            ));
+        }
+    }
+    (recipients, identities)
+}
+
+/// `LIFEBOAT_INCLUDE_KUBE`: which kinds, Secrets only into encrypted
+/// artifacts unless allowed in plain text, and no backed-up path that
 /// would share the `kubernetes/` folder in the tar.
 fn include_kube(
     raw: &RawEnv,
     paths: &[PathBuf],
+    encrypted: bool,
     problems: &mut Problems,
 ) -> Vec<crate::cluster::Exported> {
     use crate::cluster::Exported;
@@ -962,10 +1029,10 @@ fn include_kube(
     kinds.sort();
     kinds.dedup();
     let allowed = raw.allow_plaintext_secrets.as_deref().map(str::trim) == Some("true");
-    if kinds.contains(&Exported::Secrets) && !allowed {
+    if kinds.contains(&Exported::Secrets) && !allowed && !encrypted {
         problems.fail(
             &v,
-            "Secrets would be stored unencrypted; set LIFEBOAT_ALLOW_PLAINTEXT_SECRETS=true to accept that, or include only configmaps".into(),
+            "Secrets would be stored unencrypted; set LIFEBOAT_AGE_RECIPIENTS to encrypt artifacts, or LIFEBOAT_ALLOW_PLAINTEXT_SECRETS=true to accept plain text, or include only configmaps".into(),
         );
     }
     if let Some(p) = paths

@@ -5,8 +5,8 @@
 //!
 //! The flow (DESIGN §2):
 //! ```text
-//! Source --(tar entries)--> tar --> compress --> sha256 --> Target upload --> commit manifest
-//! Target --(bytes)--> sha256 check --> decompress --> untar into staging --> verify ok --> move into place
+//! Source --(tar entries)--> tar --> compress --> [age encrypt] --> sha256 --> Target upload --> commit manifest
+//! Target --(bytes)--> sha256 check --> [age decrypt] --> decompress --> untar into staging --> verify ok --> move into place
 //! ```
 
 pub mod annotations;
@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod compression;
 pub mod config;
 pub mod dns;
+pub mod encryption;
 pub mod error;
 pub mod hooks;
 pub mod http;

@@ -28,8 +28,13 @@ pub struct Manifest {
     pub finished_at: DateTime<Utc>,
     /// `zstd:3`, `gzip:6` or `none`.
     pub compression: String,
-    /// `none` until encryption exists.
+    /// `none`, or `age` when the stored bytes are age-encrypted (after
+    /// compression: `age -d | zstd -dc | tar -x`).
     pub encryption: String,
+    /// With `encryption: age`: the public keys (`age1…`) it was encrypted
+    /// to; any one matching secret key decrypts it. Never key material.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
     /// Bytes stored (the artifact file's size).
     pub size: u64,
     /// Hex SHA-256 of the stored bytes: `sha256sum <artifact>` prints the same.

@@ -15,6 +15,7 @@ use filetime::FileTime;
 use tar::EntryType;
 
 use crate::compression::Compression;
+use crate::encryption::{self, Access, Identities, KeyProblem};
 use crate::error::IoContext;
 use crate::manifest::Manifest;
 use crate::pipe::{Chunk, ChunkReader, HashReader, Spares};
@@ -58,6 +59,9 @@ pub struct ReadReport {
     pub warnings: Vec<String>,
     /// Metadata of each mapping's own folder, by mapping index.
     pub roots: Vec<Option<DirMeta>>,
+    /// False when only the stored bytes' sha256 was checked: an encrypted
+    /// artifact verified without its key (the reason is in `warnings`).
+    pub contents_checked: bool,
 }
 
 pub enum Mode<'a> {
@@ -75,9 +79,14 @@ pub const DECODED_QUEUE: usize = 4;
 ///
 /// Two threads, like `zstd -dc | tar -xf -`: one hashes and decompresses,
 /// this one walks the tar and writes files, with a bounded queue between.
+///
+/// An encrypted artifact needs a matching key in `keys`; without one a
+/// restore fails with a configuration error, and `verify` checks only the
+/// stored bytes' sha256 (see [`ReadReport::contents_checked`]).
 pub fn read_artifact<R: Read + Send>(
     reader: R,
     manifest: &Manifest,
+    keys: Option<&Identities>,
     mode: Mode<'_>,
     progress: &Arc<Progress>,
     cancel: &Cancel,
@@ -89,11 +98,29 @@ pub fn read_artifact<R: Read + Send>(
     };
     let compression = Compression::from_manifest(&manifest.compression)
         .ok_or_else(|| corrupt(format!("unknown compression {:?}", manifest.compression)))?;
-    let mut report = ReadReport::default();
+    let decrypt = match (encryption::access(manifest, keys), &mode) {
+        (Ok(access), _) => access == Access::Decrypt,
+        (Err(p @ KeyProblem::Unknown { .. }), _) => return Err(corrupt(p.to_string())),
+        (Err(p), Mode::Verify) => return checksum_only(reader, manifest, p.to_string()),
+        (Err(p), Mode::Extract(_)) => {
+            return Err(Error::Config(vec![crate::config::Problem {
+                setting: "LIFEBOAT_AGE_IDENTITY_FILE".into(),
+                value: keys
+                    .map(|k| k.file().display().to_string())
+                    .unwrap_or_default(),
+                message: p.to_string(),
+            }]))
+        }
+    };
+    let keys = keys.filter(|_| decrypt);
+    let mut report = ReadReport {
+        contents_checked: true,
+        ..Default::default()
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(DECODED_QUEUE);
     let (chunks, spares) = ChunkReader::recycling(rx, DECODED_CHUNK);
     let (walk_result, decoded) = std::thread::scope(|scope| {
-        let decoding = scope.spawn(move || decode(reader, compression, tx, spares));
+        let decoding = scope.spawn(move || decode(reader, compression, keys, tx, spares));
         let walk_result = {
             let mut archive = tar::Archive::new(chunks);
             let mut walker = Walker::new(manifest, mode, progress, cancel, &mut report);
@@ -111,15 +138,8 @@ pub fn read_artifact<R: Read + Send>(
     });
     let (drained, sha256, size) =
         decoded.map_err(|_| Error::Source("the decompression thread crashed".into()))?;
-    if drained.is_ok() && (sha256 != manifest.sha256 || size != manifest.size) {
-        return Err(corrupt(if size != manifest.size {
-            format!(
-                "stored size is {size} bytes, the manifest says {} (truncated or appended)",
-                manifest.size
-            )
-        } else {
-            format!("sha256 is {sha256}, the manifest says {}", manifest.sha256)
-        }));
+    if drained.is_ok() {
+        check_stored(manifest, &sha256, size)?;
     }
     walk_result?;
     if let Err(e) = drained {
@@ -130,6 +150,43 @@ pub fn read_artifact<R: Read + Send>(
     Ok(report)
 }
 
+/// The stored bytes' size and sha256 against the manifest's.
+fn check_stored(manifest: &Manifest, sha256: &str, size: u64) -> Result<()> {
+    let reason = if size != manifest.size {
+        format!(
+            "stored size is {size} bytes, the manifest says {} (truncated or appended)",
+            manifest.size
+        )
+    } else if sha256 != manifest.sha256 {
+        format!("sha256 is {sha256}, the manifest says {}", manifest.sha256)
+    } else {
+        return Ok(());
+    };
+    Err(Error::Corrupt {
+        id: manifest.id.clone(),
+        reason,
+    })
+}
+
+/// `verify` of an encrypted artifact without its key: the sha256 proves
+/// the stored bytes are the ones written, not that they decrypt.
+fn checksum_only<R: Read>(reader: R, manifest: &Manifest, why: String) -> Result<ReadReport> {
+    let mut hashed = HashReader::new(reader);
+    io::copy(&mut hashed, &mut io::sink())
+        .map_err(|e| Error::io(format!("reading artifact {}", manifest.id), e))?;
+    let (sha256, size) = hashed.finish();
+    check_stored(manifest, &sha256, size)?;
+    Ok(ReadReport {
+        sha256,
+        size,
+        entries: manifest.entries,
+        bytes_in: manifest.bytes_in,
+        warnings: vec![format!("only the sha256 was checked: {why}")],
+        contents_checked: false,
+        ..Default::default()
+    })
+}
+
 /// The decompressing half: hashes every stored byte and sends the
 /// decompressed stream on. When the walker stops early (an unsafe entry),
 /// the rest is still hashed, so a checksum mismatch is reported as such
@@ -137,14 +194,21 @@ pub fn read_artifact<R: Read + Send>(
 fn decode<R: Read>(
     reader: R,
     compression: Compression,
+    keys: Option<&Identities>,
     tx: tokio::sync::mpsc::Sender<Chunk>,
     spares: Spares,
 ) -> (io::Result<u64>, String, u64) {
     let mut hashed = HashReader::new(reader);
-    match compression.decoder(&mut hashed) {
+    // Decrypted before decompression: the stored bytes are
+    // compress-then-encrypt, and the hash covers them as stored.
+    let plain: io::Result<Box<dyn Read + '_>> = match keys {
+        Some(k) => k.open(&mut hashed).map(|r| Box::new(r) as Box<dyn Read>),
+        None => Ok(Box::new(&mut hashed)),
+    };
+    match plain.and_then(|p| compression.decoder(p)) {
         Err(e) => {
             let _ = tx.blocking_send(Err(io::Error::other(format!(
-                "cannot start decompression: {e}"
+                "cannot start reading the stream: {e}"
             ))));
         }
         Ok(mut decoder) => loop {

@@ -72,6 +72,7 @@ async fn run() -> lifeboat::Result<()> {
         &s.paths,
         s.restore,
         s.pg_major,
+        s.identities.as_ref(),
         s.progress_interval,
     )
     .await?

@@ -166,7 +166,12 @@ pub async fn verify(id: Option<String>, all: bool) -> Result<()> {
         };
         for a in chosen {
             checked += 1;
-            match restore::verify(&t, &a.manifest, s.progress_interval).await {
+            match restore::verify(&t, &a.manifest, s.identities.as_ref(), s.progress_interval).await {
+                Ok(r) if !r.contents_checked => println!(
+                    "ok      {} {} (sha256 only: encrypted, and no matching key in LIFEBOAT_AGE_IDENTITY_FILE)",
+                    a.manifest.id,
+                    t.describe()
+                ),
                 Ok(_) => println!("ok      {} {}", a.manifest.id, t.describe()),
                 Err(e) => {
                     println!("FAILED  {} {}: {e}", a.manifest.id, t.describe());
@@ -197,12 +202,15 @@ pub async fn restore(to: PathBuf, id: Option<String>, before: Option<DateTime<Ut
         });
         for a in candidates {
             tried += 1;
-            match restore::restore_to(&t, a, &to, s.progress_interval).await {
+            match restore::restore_to(&t, a, &to, s.identities.as_ref(), s.progress_interval).await
+            {
                 Ok(()) => {
                     info!(id = %a.manifest.id, to = %to.display(), "restored");
                     println!("{}", a.manifest.id);
                     return Ok(());
                 }
+                // A missing or wrong key: no older artifact is wanted instead.
+                Err(e @ Error::Config(_)) => return Err(e),
                 Err(e) => {
                     warn!(id = %a.manifest.id, error = %e, "artifact skipped");
                     failures.push(format!("{}: {e}", a.manifest.id));

@@ -438,6 +438,7 @@ impl Sidecar {
         let job = self.job.clone();
         let status = self.status.clone();
         let every = self.settings.progress_interval;
+        let keys = self.settings.identities.clone();
         let work = async move {
             for (i, t) in job.targets.iter().enumerate() {
                 let listing = match t.list().await {
@@ -451,7 +452,7 @@ impl Sidecar {
                     continue;
                 };
                 let m = &newest.manifest;
-                let r = restore::verify(t, m, every).await;
+                let r = restore::verify(t, m, keys.as_ref(), every).await;
                 if let Err(e) = &r {
                     error!(id = %m.id, target = %t.describe(), "scheduled verification FAILED: {e}");
                 }
