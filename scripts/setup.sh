@@ -12,6 +12,8 @@ command -v python3 >/dev/null || missing+=(python3 python3-pip)
 # A real PostgreSQL server for the postgres source tests (initdb, pg_ctl, pg_amcheck).
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15 postgresql-contrib)
 command -v npm >/dev/null || missing+=(nodejs npm)
+# The standard age CLI: tests decrypt artifacts by hand, as a user would.
+command -v age >/dev/null || missing+=(age)
 # scripts/build-static.sh: ldd, chroot (in /usr/sbin, off a non-root PATH).
 command -v ldd >/dev/null || missing+=(libc-bin)
 [ -x /usr/sbin/chroot ] || missing+=(coreutils)

@@ -372,6 +372,41 @@ fn events_last_backup_annotation_and_exported_objects_against_fake_api() {
     assert!(!tmp.path().join("kubernetes").exists());
     let s = api.state.lock().unwrap();
     assert_eq!(s.events.last().unwrap()["reason"], "RestoreCompleted");
+    drop(s);
+
+    // Without the plain-text allowance, Secrets go into encrypted artifacts.
+    let key = tmp.path().join("age.txt");
+    let made = std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(&key)
+        .output()
+        .expect("age-keygen (Debian package age)");
+    assert!(made.status.success());
+    let public = std::process::Command::new("age-keygen")
+        .arg("-y")
+        .arg(&key)
+        .output()
+        .unwrap();
+    let public = String::from_utf8(public.stdout).unwrap().trim().to_string();
+    env.retain(|(k, _)| *k != "LIFEBOAT_ALLOW_PLAINTEXT_SECRETS");
+    env.push(("LIFEBOAT_AGE_RECIPIENTS", public));
+    run_ok(lifeboat("lifeboat-sidecar", &pairs(&env)).arg("backup-now"));
+    let sealed = artifacts(&backup.join(NS).join(POD)).pop().unwrap();
+    assert!(
+        sealed.to_string_lossy().ends_with(".tar.zst.age"),
+        "{sealed:?}"
+    );
+    let m: serde_json::Value = serde_json::from_slice(
+        &fs::read(
+            sealed
+                .to_string_lossy()
+                .replace(".tar.zst.age", ".manifest.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["encryption"], "age");
+    assert_eq!(m["kubernetes"]["secrets"], 2);
 }
 
 #[test]
