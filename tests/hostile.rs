@@ -1,5 +1,6 @@
 //! Hostile artifacts: names with `..`, absolute names, a symlink pointing
-//! outside followed by a file through it, and a hard link to an outside file.
+//! outside followed by a file through it, a hard link to an outside file,
+//! device nodes and FIFOs, and decompression bombs.
 //! Each artifact carries a correct manifest (right sha256, size, counts), so
 //! only the entry checks stand between it and the filesystem.
 
@@ -50,22 +51,38 @@ fn hostile_tar(entries: &[Entry]) -> Vec<u8> {
 
 /// Stores `entries` as a committed artifact with an honest manifest.
 fn plant(backup: &Path, data: &Path, entries: &[Entry]) {
-    let tar = hostile_tar(entries);
+    let bytes_in = entries.iter().map(|e| e.data.len() as u64).sum();
+    plant_tar(
+        backup,
+        data,
+        &hostile_tar(entries),
+        entries.len() as u64,
+        bytes_in,
+    );
+}
+
+/// Stores a tar stream as a committed artifact whose manifest records
+/// `entries` and `bytes_in` and the true sha256 and size.
+fn plant_tar(backup: &Path, data: &Path, tar: &[u8], entries: u64, bytes_in: u64) {
     let mut z = zstd::Encoder::new(Vec::new(), 3).unwrap();
-    z.write_all(&tar).unwrap();
-    let stored = z.finish().unwrap();
+    z.write_all(tar).unwrap();
+    plant_stored(backup, data, &z.finish().unwrap(), entries, bytes_in);
+}
+
+/// Stores zstd-compressed bytes as a committed artifact (see [`plant_tar`]).
+fn plant_stored(backup: &Path, data: &Path, stored: &[u8], entries: u64, bytes_in: u64) {
     let hist = history(backup, "x-0");
     fs::create_dir_all(&hist).unwrap();
     let id = "20260101T000000Z-files";
-    fs::write(hist.join(format!("{id}.tar.zst")), &stored).unwrap();
+    fs::write(hist.join(format!("{id}.tar.zst")), stored).unwrap();
     let manifest = serde_json::json!({
         "format": "lifeboat/v1", "id": id, "artifact": format!("{id}.tar.zst"),
         "name": "x-0", "namespace": "default", "source": "files",
         "paths": [data.to_str().unwrap()],
         "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:01Z",
         "compression": "zstd:3", "encryption": "none",
-        "size": stored.len(), "sha256": hex::encode(Sha256::digest(&stored)),
-        "entries": entries.len(), "bytes_in": entries.iter().map(|e| e.data.len()).sum::<usize>(),
+        "size": stored.len(), "sha256": hex::encode(Sha256::digest(stored)),
+        "entries": entries, "bytes_in": bytes_in,
         "warnings": [], "tool_version": "test", "source_meta": {}
     });
     fs::write(
@@ -359,4 +376,120 @@ fn a_hard_link_to_an_outside_file_is_refused() {
         ],
     );
     w.assert_refused("hard link to a file outside");
+}
+
+#[test]
+fn device_nodes_and_fifos_are_skipped_with_a_warning() {
+    let w = world();
+    let rel = w.rel();
+    plant(
+        &w.backup,
+        &w.data,
+        &[
+            e(format!("{rel}/").as_bytes(), EntryType::Directory, b"", b""),
+            e(format!("{rel}/null").as_bytes(), EntryType::Char, b"", b""),
+            e(format!("{rel}/sda").as_bytes(), EntryType::Block, b"", b""),
+            e(format!("{rel}/pipe").as_bytes(), EntryType::Fifo, b"", b""),
+            e(
+                format!("{rel}/notes.txt").as_bytes(),
+                EntryType::Regular,
+                b"",
+                b"kept\n",
+            ),
+        ],
+    );
+    let out = w.restore();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    for (name, kind) in [("null", "Char"), ("sda", "Block"), ("pipe", "Fifo")] {
+        assert!(
+            err.contains(&format!("{rel}/{name} is a {kind}; skipped")),
+            "no warning for {name} in:\n{err}"
+        );
+        assert!(
+            fs::symlink_metadata(w.data.join(name)).is_err(),
+            "{name} was created"
+        );
+    }
+    assert_eq!(fs::read(w.data.join("notes.txt")).unwrap(), b"kept\n");
+    w.outside_untouched();
+}
+
+/// A header that claims a size its data does not have.
+fn header_claiming(name: &str, size: u64) -> Vec<u8> {
+    let mut h = Header::new_gnu();
+    h.set_path(name).unwrap();
+    h.set_entry_type(EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(size);
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+#[test]
+fn an_entry_claiming_a_huge_size_is_refused_before_anything_is_written() {
+    let w = world();
+    let rel = w.rel();
+    let mut tar = hostile_tar(&[e(
+        format!("{rel}/").as_bytes(),
+        EntryType::Directory,
+        b"",
+        b"",
+    )]);
+    tar.truncate(512); // drop the end-of-archive blocks
+    tar.extend(header_claiming(&format!("{rel}/evil"), 1 << 40));
+    tar.extend(vec![b'x'; 4096]);
+    plant_tar(&w.backup, &w.data, &tar, 2, 4096);
+    w.assert_refused("entries hold more than the 4096 bytes the manifest records");
+    assert!(!w.data.exists() || fs::read_dir(&w.data).unwrap().next().is_none());
+}
+
+#[test]
+fn a_stream_decompressing_far_beyond_its_manifest_is_stopped() {
+    // 1 GiB of zeros after a valid one-file tar compresses to a few KiB;
+    // reading it to the end would cost minutes of CPU and, as a long-name
+    // record, as much memory.
+    let w = world();
+    let rel = w.rel();
+    let body = hostile_tar(&[
+        e(format!("{rel}/").as_bytes(), EntryType::Directory, b"", b""),
+        e(
+            format!("{rel}/evil").as_bytes(),
+            EntryType::Regular,
+            b"",
+            b"small",
+        ),
+    ]);
+    let mut z = zstd::Encoder::new(Vec::new(), 19).unwrap();
+    z.write_all(&body).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..1024 {
+        z.write_all(&zeros).unwrap();
+    }
+    let stored = z.finish().unwrap();
+    assert!(stored.len() < 1 << 20, "{}", stored.len());
+    plant_stored(&w.backup, &w.data, &stored, 2, 5);
+    let started = std::time::Instant::now();
+    w.assert_refused("decompression bomb");
+    eprintln!("refused after {:?}", started.elapsed());
+
+    // The same with a GNU long-name record claiming 1 GiB of name.
+    let w = world();
+    let mut tar = Vec::new();
+    let mut h = Header::new_gnu();
+    h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_entry_type(EntryType::GNULongName);
+    h.set_size(1 << 30);
+    h.set_cksum();
+    tar.extend(h.as_bytes());
+    let mut z = zstd::Encoder::new(Vec::new(), 19).unwrap();
+    z.write_all(&tar).unwrap();
+    let name = vec![b'a'; 1 << 20];
+    for _ in 0..1024 {
+        z.write_all(&name).unwrap();
+    }
+    let stored = z.finish().unwrap();
+    plant_stored(&w.backup, &w.data, &stored, 1, 0);
+    w.assert_refused("decompression bomb");
 }

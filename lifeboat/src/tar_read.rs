@@ -120,7 +120,8 @@ pub fn read_artifact<R: Read + Send>(
     let (tx, rx) = tokio::sync::mpsc::channel(DECODED_QUEUE);
     let (chunks, spares) = ChunkReader::recycling(rx, DECODED_CHUNK);
     let (walk_result, decoded) = std::thread::scope(|scope| {
-        let decoding = scope.spawn(move || decode(reader, compression, keys, tx, spares));
+        let limit = decoded_limit(manifest);
+        let decoding = scope.spawn(move || decode(reader, compression, keys, limit, tx, spares));
         let walk_result = {
             let mut archive = tar::Archive::new(chunks);
             let mut walker = Walker::new(manifest, mode, progress, cancel, &mut report);
@@ -148,6 +149,23 @@ pub fn read_artifact<R: Read + Send>(
     report.sha256 = sha256;
     report.size = size;
     Ok(report)
+}
+
+/// Decompressed bytes a stream may hold per entry beyond file contents:
+/// the header, GNU long-name records for a name and a link target of up to
+/// PATH_MAX each, and padding. What we write needs far less.
+pub const TAR_OVERHEAD_PER_ENTRY: u64 = 16 * 1024;
+/// ...and once per stream: the end-of-archive blocks and record padding.
+pub const TAR_OVERHEAD_FIXED: u64 = 1024 * 1024;
+
+/// The most decompressed bytes an artifact can hold given its manifest. A
+/// stream that decompresses to more (a bomb, or a huge long-name record the
+/// tar reader would buffer in memory) is stopped there, however well it
+/// compresses.
+fn decoded_limit(m: &Manifest) -> u64 {
+    m.bytes_in
+        .saturating_add(m.entries.saturating_mul(TAR_OVERHEAD_PER_ENTRY))
+        .saturating_add(TAR_OVERHEAD_FIXED)
 }
 
 /// The stored bytes' size and sha256 against the manifest's.
@@ -195,6 +213,7 @@ fn decode<R: Read>(
     reader: R,
     compression: Compression,
     keys: Option<&Identities>,
+    limit: u64,
     tx: tokio::sync::mpsc::Sender<Chunk>,
     spares: Spares,
 ) -> (io::Result<u64>, String, u64) {
@@ -205,7 +224,10 @@ fn decode<R: Read>(
         Some(k) => k.open(&mut hashed).map(|r| Box::new(r) as Box<dyn Read>),
         None => Ok(Box::new(&mut hashed)),
     };
-    match plain.and_then(|p| compression.decoder(p)) {
+    match plain.and_then(|p| compression.decoder(p)).map(|d| Capped {
+        inner: d,
+        left: limit,
+    }) {
         Err(e) => {
             let _ = tx.blocking_send(Err(io::Error::other(format!(
                 "cannot start reading the stream: {e}"
@@ -232,6 +254,30 @@ fn decode<R: Read>(
     let drained = io::copy(&mut hashed, &mut io::sink());
     let (sha256, size) = hashed.finish();
     (drained, sha256, size)
+}
+
+/// A reader that fails once more than `left` bytes have come through.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Asking for one byte past the cap tells "ends exactly there" from "goes on".
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n as u64 > self.left {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "decompresses to more than its manifest's bytes_in and entries allow (a decompression bomb?); stopped there",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// Fills `buf` unless the stream ends first; returns the bytes read.
@@ -325,6 +371,12 @@ impl<'a> Walker<'a> {
             let name = clean_name(&raw)
                 .map_err(|r| self.unsafe_entry(Path::new(OsStr::from_bytes(&raw)), r))?;
             self.report.entries += 1;
+            if self.report.entries > self.manifest.entries {
+                return Err(self.corrupt(format!(
+                    "holds more than the {} entries the manifest records",
+                    self.manifest.entries
+                )));
+            }
             self.progress.add_entry();
             // A tar bomb: stop at the size the manifest promised, not at a full disk.
             let size = entry
