@@ -119,3 +119,96 @@ fn a_full_backup_disk_fails_the_backup_cleanly_and_the_next_one_succeeds() {
     );
     assert_same_tree(&data, &restored.join(data.strip_prefix("/").unwrap()));
 }
+
+/// The release containers run as uid 65532 (images/Dockerfile); a volume
+/// that belongs to the app's uid must give a message that says so and how
+/// to fix it, not a panic or a bare "Permission denied".
+#[test]
+fn a_non_root_uid_on_a_volume_owned_by_another_uid_gets_a_clear_error() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    if !is_root() {
+        eprintln!("skipped: changing owners and uids needs root (CI runs as root)");
+        return;
+    }
+    const APP: u32 = 1000;
+    const US: u32 = 65532;
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let data = tmp.path().join("data");
+    fs::create_dir_all(data.join("private")).unwrap();
+    fs::write(data.join("private/notes"), "mine\n").unwrap();
+    for p in [&data, &data.join("private"), &data.join("private/notes")] {
+        chown(p, Some(APP), Some(APP)).unwrap();
+    }
+    let backup = tmp.path().join("backup");
+    fs::create_dir_all(&backup).unwrap();
+    fs::set_permissions(&backup, fs::Permissions::from_mode(0o777)).unwrap();
+    let env = [
+        ("LIFEBOAT_PATHS", data.to_str().unwrap()),
+        ("LIFEBOAT_TARGETS", backup.to_str().unwrap()),
+        ("HOSTNAME", "nb-0"),
+    ];
+    let as_us = |name: &str, args: &[&str]| {
+        let mut c = lifeboat(name, &env);
+        c.args(args).uid(US).gid(US);
+        c
+    };
+    let no_panic = |err: &str| assert!(!err.contains("panicked"), "{err}");
+
+    // The volume itself is closed to us: refused at start, for both commands.
+    fs::set_permissions(&data, fs::Permissions::from_mode(0o700)).unwrap();
+    for args in [&["backup-now"][..], &["run"][..]] {
+        let err = fails_with(&mut as_us("lifeboat-sidecar", args), 64, "may not read");
+        assert!(err.contains(&format!("uid {US}")), "{err}");
+        assert!(err.contains(&format!("runAsUser: {APP}")), "{err}");
+        assert!(err.contains("fsGroup"), "{err}");
+        no_panic(&err);
+    }
+    // Open, but a folder inside is not: the backup fails naming that folder.
+    fs::set_permissions(&data, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(data.join("private"), fs::Permissions::from_mode(0o700)).unwrap();
+    let err = fails_with(
+        &mut as_us("lifeboat-sidecar", &["backup-now"]),
+        1,
+        &format!("reading {}", data.join("private").display()),
+    );
+    assert!(
+        err.contains("run the sidecar as a user that can read it"),
+        "{err}"
+    );
+    no_panic(&err);
+    assert!(artifacts(&history(&backup, "nb-0")).is_empty());
+
+    // Restore into a volume we may not write to: refused before any work.
+    run_ok(lifeboat("lifeboat-sidecar", &env).arg("backup-now"));
+    fs::remove_dir_all(data.join("private")).unwrap();
+    let err = fails_with(
+        &mut as_us("lifeboat-restore", &[]).env("LIFEBOAT_RESTORE", "always"),
+        64,
+        "may not write to",
+    );
+    assert!(err.contains(&format!("runAsUser: {APP}")), "{err}");
+    no_panic(&err);
+    assert!(!data.join("private").exists());
+
+    // A backup folder we may not write to.
+    let closed = tmp.path().join("closed");
+    fs::create_dir_all(&closed).unwrap();
+    chown(&closed, Some(APP), Some(APP)).unwrap();
+    let mut c = lifeboat(
+        "lifeboat-sidecar",
+        &[
+            ("LIFEBOAT_PATHS", data.to_str().unwrap()),
+            ("LIFEBOAT_TARGETS", closed.to_str().unwrap()),
+            ("HOSTNAME", "nb-0"),
+        ],
+    );
+    c.arg("backup-now").uid(US).gid(US);
+    let err = fails_with(&mut c, 64, "LIFEBOAT_TARGETS");
+    assert!(
+        err.contains("may not write to") || err.contains("Permission denied"),
+        "{err}"
+    );
+    no_panic(&err);
+}

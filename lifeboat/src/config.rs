@@ -892,6 +892,7 @@ impl Settings {
                 }
             },
         };
+        access_problems(role, &paths, &targets, &mut problems);
         let (recipients, identities) = age_keys(&raw, &mut problems, &mut warnings);
         let include_kube = include_kube(&raw, &paths, recipients.is_some(), &mut problems);
         // Only a running sidecar or `backup-now` uses these; a restore must
@@ -941,6 +942,40 @@ impl Settings {
             ops,
             warnings,
         })
+    }
+}
+
+/// Folders this process cannot use as its role needs: a clear start-up
+/// error instead of a "Permission denied" at the first backup or in the
+/// middle of a restore.
+fn access_problems(role: Role, paths: &[PathBuf], targets: &[TargetSpec], problems: &mut Problems) {
+    use crate::access::{problem, Need};
+    let need = match role {
+        Role::Backup => Need::Read,
+        Role::Restore => Need::Write,
+        Role::Inspect => return,
+    };
+    for p in paths {
+        if let Some(message) = problem(p, need) {
+            problems.0.push(Problem {
+                setting: "LIFEBOAT_PATHS".into(),
+                value: p.display().to_string(),
+                message,
+            });
+        }
+    }
+    if role == Role::Backup {
+        for t in targets {
+            if let TargetSpec::Dir(d) = t {
+                if let Some(message) = problem(d, Need::Write) {
+                    problems.0.push(Problem {
+                        setting: "LIFEBOAT_TARGETS".into(),
+                        value: d.display().to_string(),
+                        message,
+                    });
+                }
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! Target --(bytes)--> sha256 check --> [age decrypt] --> decompress --> untar into staging --> verify ok --> move into place
 //! ```
 
+pub mod access;
 pub mod annotations;
 pub mod artifact;
 pub mod backup;
