@@ -184,7 +184,7 @@ fn a_non_root_uid_on_a_volume_owned_by_another_uid_gets_a_clear_error() {
     run_ok(lifeboat("lifeboat-sidecar", &env).arg("backup-now"));
     fs::remove_dir_all(data.join("private")).unwrap();
     let err = fails_with(
-        &mut as_us("lifeboat-restore", &[]).env("LIFEBOAT_RESTORE", "always"),
+        as_us("lifeboat-restore", &[]).env("LIFEBOAT_RESTORE", "always"),
         64,
         "may not write to",
     );
