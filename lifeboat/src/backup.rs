@@ -236,10 +236,21 @@ async fn fresh_id(
     now: DateTime<Utc>,
 ) -> Result<(String, DateTime<Utc>)> {
     let listing = target.list().await?;
+    // A backup killed between storing its artifact and its manifest leaves
+    // the artifact under its id until cleanup; a new one must not collide
+    // with it (begin refuses to overwrite). Unlistable leftovers only cost
+    // that refusal.
+    let leftovers = target.leftovers().await.unwrap_or_default();
+    let taken = |id: &str| {
+        listing.artifacts.iter().any(|a| a.manifest.id == id)
+            || leftovers
+                .iter()
+                .any(|l| l.name.split(".tar").next() == Some(id))
+    };
     let mut t = now;
     loop {
         let id = artifact::id(t, source);
-        if !listing.artifacts.iter().any(|a| a.manifest.id == id) {
+        if !taken(&id) {
             return Ok((id, t));
         }
         t += Duration::seconds(1);
