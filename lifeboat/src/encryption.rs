@@ -137,7 +137,7 @@ const IDENTITY_FORM: &str =
     "a file as age-keygen writes it: AGE-SECRET-KEY-1… lines, # comments and blank lines";
 
 /// Identity files are a few lines; anything larger is not one.
-const IDENTITY_FILE_LIMIT: u64 = 64 * 1024;
+pub const IDENTITY_FILE_LIMIT: u64 = 64 * 1024;
 
 impl Identities {
     /// Reads an identity file. Errors name the file and a line number,
