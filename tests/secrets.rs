@@ -148,7 +148,8 @@ fn no_secret_value_appears_in_any_output_of_a_full_run() {
     }
     assert!(endpoint.contains("lifeboat_backups_total"), "{endpoint}");
     assert_eq!(sidecar.stop().code(), Some(0));
-    seen.borrow_mut().push_str(&fs::read_to_string(&log).unwrap());
+    seen.borrow_mut()
+        .push_str(&fs::read_to_string(&log).unwrap());
     seen.borrow_mut().push_str(&endpoint);
 
     // The commands a person runs at 2 AM, on both targets.
