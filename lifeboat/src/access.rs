@@ -32,14 +32,20 @@ pub fn problem(path: &Path, need: Need) -> Option<String> {
         }
         need = Need::Write;
     }
+    let md = std::fs::metadata(at).ok()?;
+    // Not a folder, a read-only mount, ...: not about who we are; the
+    // code that uses the path reports those in its own words.
+    if !md.is_dir() {
+        return None;
+    }
     let mode = match need {
         Need::Read => libc::R_OK | libc::X_OK,
         Need::Write => libc::W_OK | libc::X_OK,
     };
-    if allowed(at, mode) {
-        return None;
+    match denied(at, mode) {
+        Some(libc::EACCES) | Some(libc::EPERM) => {}
+        _ => return None,
     }
-    let md = std::fs::metadata(at).ok()?;
     // SAFETY: no preconditions.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let verb = match need {
@@ -61,13 +67,13 @@ pub fn problem(path: &Path, need: Need) -> Option<String> {
     ))
 }
 
-/// faccessat with the effective ids, as the kernel checks a real open.
-fn allowed(path: &Path, mode: libc::c_int) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
+/// faccessat with the effective ids, as the kernel checks a real open:
+/// the errno when access is denied, `None` when allowed.
+fn denied(path: &Path, mode: libc::c_int) -> Option<i32> {
+    let c = CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: `c` is a valid NUL-terminated path for the call's duration.
-    unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), mode, libc::AT_EACCESS) == 0 }
+    let r = unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), mode, libc::AT_EACCESS) };
+    (r != 0).then(|| std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -81,5 +87,9 @@ mod tests {
         assert_eq!(problem(dir.path(), Need::Write), None);
         assert_eq!(problem(&dir.path().join("not/yet"), Need::Write), None);
         assert_eq!(problem(&dir.path().join("missing"), Need::Read), None);
+        // A file where a folder should be is reported by its users, not here.
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert_eq!(problem(&file.join("below"), Need::Write), None);
     }
 }
