@@ -1,19 +1,25 @@
 //! The `files` source: walks folders and writes them as tar entries named by
 //! their absolute path without the leading `/` (as `tar cf - /data` does).
 //! Keeps modes, owners, mtimes, symlinks, hard links and empty folders.
+//!
+//! Three kinds of thread share the work: one walks the folders, a few read
+//! small files ahead ([`super::read_ahead`]), and the calling thread writes
+//! the tar stream in the walker's order.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::{self, File, Metadata};
 use std::io::{self, BufReader, Read, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 
 use globset::GlobSet;
 use tar::{EntryType, Header};
 
+use super::read_ahead::{self, Batch, Entry, Fetch, Found, Kind};
 use super::{Source, SourceCtx, SourceReport};
 use crate::error::IoContext;
 use crate::progress::{is_cancelled, Progress};
@@ -62,15 +68,15 @@ impl FilesSource {
         path: &Path,
     ) -> Result<bool> {
         let meta = fs::symlink_metadata(path).ctx("reading", path)?;
-        let mut walk = Walk {
+        let found = Planner::new(self, false).plan(path.to_path_buf(), meta)?;
+        let mut writer = Writer {
             tar,
             ctx,
             report: std::mem::take(report),
-            links: HashMap::new(),
-            src: self,
+            changes_expected: self.changes_expected,
         };
-        let r = walk.entry(path, &meta);
-        *report = walk.report;
+        let r = writer.write(found, &[]);
+        *report = writer.report;
         r
     }
 
@@ -111,14 +117,123 @@ impl Source for FilesSource {
         tar: &mut tar::Builder<W>,
         ctx: &SourceCtx,
     ) -> Result<SourceReport> {
-        let mut walk = Walk {
+        let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Batch>(read_ahead::BATCHES_AHEAD);
+        let jobs_rx = Mutex::new(jobs_rx);
+        let (done_tx, done_rx) = mpsc::channel::<Batch>();
+        // The empty batches are the walker's tickets: it waits for one, so
+        // no more than BATCHES_AHEAD are ever on their way.
+        let (free_tx, free_rx) = mpsc::channel::<Batch>();
+        for _ in 0..read_ahead::BATCHES_AHEAD {
+            let _ = free_tx.send(Batch::default());
+        }
+        let mut writer = Writer {
             tar,
             ctx,
             report: SourceReport::default(),
-            links: HashMap::new(),
-            src: self,
+            changes_expected: self.changes_expected,
         };
-        for root in &self.paths {
+        std::thread::scope(|s| {
+            let walker = Walker {
+                planner: Planner::new(self, true),
+                ctx,
+                free: free_rx,
+                jobs: jobs_tx,
+                batch: None,
+                seq: 0,
+            };
+            let walker = s.spawn(move || walker.run());
+            for _ in 0..read_ahead::READERS {
+                let done = done_tx.clone();
+                let jobs = &jobs_rx;
+                s.spawn(move || read_ahead::read_batches(jobs, done, &ctx.cancel));
+            }
+            drop(done_tx);
+            // Returning (on an error too) drops the ends the other threads
+            // wait on, so they stop and the scope can end.
+            let written = writer.write_batches(done_rx, free_tx);
+            let walked = walker
+                .join()
+                .unwrap_or_else(|_| Err(Error::Source("the folder walker crashed".into())));
+            written.and(walked)
+        })?;
+        Ok(writer.report)
+    }
+}
+
+/// Decides what each path becomes in the archive, in walking order.
+struct Planner<'a> {
+    src: &'a FilesSource,
+    /// (device, inode) of files with several links, to their first entry name.
+    links: HashMap<(u64, u64), PathBuf>,
+    read_ahead: bool,
+}
+
+impl<'a> Planner<'a> {
+    fn new(src: &'a FilesSource, read_ahead: bool) -> Self {
+        Planner {
+            src,
+            links: HashMap::new(),
+            read_ahead,
+        }
+    }
+
+    fn plan(&mut self, path: PathBuf, meta: Metadata) -> Result<Found> {
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&path).ctx("reading the symlink", &path)?;
+            Kind::Symlink(target.into_os_string().into_vec())
+        } else if ft.is_file() {
+            let first = (meta.nlink() > 1)
+                .then(|| {
+                    let key = (meta.dev(), meta.ino());
+                    let first = self.links.get(&key).cloned();
+                    if first.is_none() {
+                        self.links.insert(key, tar_name(&path));
+                    }
+                    first
+                })
+                .flatten();
+            match first {
+                Some(first) => Kind::Link(first),
+                None if self.read_ahead && meta.len() <= read_ahead::READ_AHEAD_MAX_FILE => {
+                    Kind::Small(Fetch::Pending)
+                }
+                None => Kind::Large,
+            }
+        } else {
+            let kind = if ft.is_socket() {
+                "socket"
+            } else if ft.is_fifo() {
+                "FIFO"
+            } else {
+                "device node"
+            };
+            return Ok(Found::Warning(format!(
+                "{} is a {kind}; skipped (only files, folders and links are backed up)",
+                path.display()
+            )));
+        };
+        Ok(Found::Entry(Entry { path, meta, kind }))
+    }
+}
+
+/// The walking thread: folders depth first, children sorted once by name
+/// for stable archives, into batches for the readers.
+struct Walker<'a> {
+    planner: Planner<'a>,
+    ctx: &'a SourceCtx,
+    free: Receiver<Batch>,
+    jobs: SyncSender<Batch>,
+    batch: Option<Batch>,
+    seq: u64,
+}
+
+impl Walker<'_> {
+    fn run(mut self) -> Result<()> {
+        let src = self.planner.src;
+        for root in &src.paths {
             let meta = fs::symlink_metadata(root).map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound => Error::Source(format!(
                     "path {} does not exist; check LIFEBOAT_PATHS and the volume mount",
@@ -134,27 +249,17 @@ impl Source for FilesSource {
             }
             // Restore maps each path on its own, so a hard link may only
             // point at a name inside the same path.
-            walk.links.clear();
-            walk.tree(root, &meta)?;
+            self.planner.links.clear();
+            self.tree(root, meta)?;
         }
-        Ok(walk.report)
+        self.flush()
     }
-}
 
-struct Walk<'a, W: Write> {
-    tar: &'a mut tar::Builder<W>,
-    ctx: &'a SourceCtx,
-    report: SourceReport,
-    /// (device, inode) of files with several links, to their first entry name.
-    links: HashMap<(u64, u64), PathBuf>,
-    src: &'a FilesSource,
-}
-
-impl<W: Write> Walk<'_, W> {
     /// Depth-first with an explicit stack, so a very deep tree cannot overflow
-    /// the thread's stack; children sorted once by name, for stable archives.
-    fn tree(&mut self, root: &Path, root_meta: &Metadata) -> Result<()> {
-        self.entry(root, root_meta)?;
+    /// the thread's stack.
+    fn tree(&mut self, root: &Path, root_meta: Metadata) -> Result<()> {
+        let found = self.planner.plan(root.to_path_buf(), root_meta)?;
+        self.push(found)?;
         let mut stack: Vec<(PathBuf, std::vec::IntoIter<OsString>)> =
             vec![(root.to_path_buf(), self.children(root)?.into_iter())];
         while let Some((dir, iter)) = stack.last_mut() {
@@ -172,16 +277,18 @@ impl<W: Write> Walk<'_, W> {
             let meta = match fs::symlink_metadata(&path) {
                 Ok(m) => m,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.report
-                        .warn(format!("{} vanished while the backup ran", path.display()));
+                    self.push(Found::Warning(format!(
+                        "{} vanished while the backup ran",
+                        path.display()
+                    )))?;
                     continue;
                 }
                 Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
             };
-            if !self.entry(&path, &meta)? {
-                continue;
-            }
-            if meta.is_dir() {
+            let is_dir = meta.is_dir();
+            let found = self.planner.plan(path.clone(), meta)?;
+            self.push(found)?;
+            if is_dir {
                 let children = self.children(&path)?;
                 stack.push((path, children.into_iter()));
             }
@@ -193,8 +300,10 @@ impl<W: Write> Walk<'_, W> {
         let rd = match fs::read_dir(dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.report
-                    .warn(format!("{} vanished while the backup ran", dir.display()));
+                self.push(Found::Warning(format!(
+                    "{} vanished while the backup ran",
+                    dir.display()
+                )))?;
                 return Ok(Vec::new());
             }
             Err(e) => return Err(unreadable(dir, e)),
@@ -208,72 +317,176 @@ impl<W: Write> Walk<'_, W> {
     }
 
     fn excluded(&self, root: &Path, path: &Path, name: &OsString) -> bool {
-        use std::os::unix::ffi::OsStrExt;
-        if is_own_file(name.as_bytes()) || self.src.skip.iter().any(|s| s == path) {
+        let src = self.planner.src;
+        if is_own_file(name.as_bytes()) || src.skip.iter().any(|s| s == path) {
             return true;
         }
-        if self.src.filter.is_some_and(|f| f(root, path)) {
+        if src.filter.is_some_and(|f| f(root, path)) {
             return true;
         }
         let rel = path.strip_prefix(root).unwrap_or(path);
-        self.src.exclude.is_match(path) || self.src.exclude.is_match(rel)
+        src.exclude.is_match(path) || src.exclude.is_match(rel)
     }
 
-    /// Writes one entry. Returns false when it was skipped.
-    fn entry(&mut self, path: &Path, meta: &Metadata) -> Result<bool> {
-        let name = tar_name(path);
+    fn push(&mut self, found: Found) -> Result<()> {
+        let batch = match &mut self.batch {
+            Some(b) => b,
+            None => self.batch.insert(self.free.recv().map_err(|_| stopped())?),
+        };
+        if let Found::Entry(Entry {
+            meta,
+            kind: Kind::Small(_),
+            ..
+        }) = &found
+        {
+            batch.reserved += meta.len() as usize + 1;
+        }
+        batch.found.push(found);
+        if batch.is_full() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let Some(mut batch) = self.batch.take() else {
+            return Ok(());
+        };
+        batch.seq = self.seq;
+        self.seq += 1;
+        // Allocated here, where the buffer is reused, never on a reader.
+        batch.data.reserve(batch.reserved);
+        self.jobs.send(batch).map_err(|_| stopped())
+    }
+}
+
+/// The walker learns the tar writer stopped; the writer reports why.
+fn stopped() -> Error {
+    Error::Source("the tar writer stopped".into())
+}
+
+/// The calling thread's part: entries into the tar stream, in order.
+struct Writer<'a, W: Write> {
+    tar: &'a mut tar::Builder<W>,
+    ctx: &'a SourceCtx,
+    report: SourceReport,
+    changes_expected: bool,
+}
+
+impl<W: Write> Writer<'_, W> {
+    /// Takes the read batches in the walker's order and gives them back to
+    /// the walker empty. Ends when the readers are done.
+    fn write_batches(&mut self, done: Receiver<Batch>, free: mpsc::Sender<Batch>) -> Result<()> {
+        let mut next = 0u64;
+        let mut early: Vec<Batch> = Vec::new();
+        loop {
+            let mut batch = match early.iter().position(|b| b.seq == next) {
+                Some(i) => early.swap_remove(i),
+                None => match done.recv() {
+                    Ok(b) if b.seq == next => b,
+                    Ok(b) => {
+                        early.push(b);
+                        continue;
+                    }
+                    Err(_) => break,
+                },
+            };
+            next += 1;
+            if is_cancelled(&self.ctx.cancel) {
+                return Err(Error::Cancelled);
+            }
+            let Batch { found, data, .. } = &mut batch;
+            for f in found.drain(..) {
+                self.write(f, data)?;
+            }
+            batch.recycle();
+            // The walker may have finished; then the batch is simply dropped.
+            let _ = free.send(batch);
+        }
+        if !early.is_empty() {
+            return Err(Error::Source(
+                "the folder walk ended with batches missing".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes one entry; `data` holds the bytes of a batch's small files.
+    fn write(&mut self, found: Found, data: &[u8]) -> Result<bool> {
+        let Entry { path, meta, kind } = match found {
+            Found::Entry(e) => e,
+            Found::Warning(w) => {
+                self.report.warn(w);
+                return Ok(false);
+            }
+        };
+        let name = tar_name(&path);
         let mut h = Header::new_gnu();
         h.set_mode(meta.mode() & 0o7777);
         h.set_uid(meta.uid() as u64);
         h.set_gid(meta.gid() as u64);
         h.set_mtime(meta.mtime().max(0) as u64);
         h.set_size(0);
-        let ft = meta.file_type();
         let tar_err =
             |e: io::Error| Error::io(format!("writing the tar entry for {}", path.display()), e);
-        if ft.is_dir() {
-            h.set_entry_type(EntryType::Directory);
-            self.tar
-                .append_data(&mut h, &name, io::empty())
-                .map_err(tar_err)?;
-        } else if ft.is_symlink() {
-            let target = fs::read_link(path).ctx("reading the symlink", path)?;
-            h.set_entry_type(EntryType::Symlink);
-            append_symlink(self.tar, &mut h, &name, target.as_os_str().as_bytes())
-                .map_err(tar_err)?;
-        } else if ft.is_file() {
-            if meta.nlink() > 1 {
-                let key = (meta.dev(), meta.ino());
-                if let Some(first) = self.links.get(&key) {
-                    h.set_entry_type(EntryType::Link);
-                    let first = first.clone();
-                    self.tar
-                        .append_link(&mut h, &name, &first)
-                        .map_err(tar_err)?;
-                    self.count();
-                    return Ok(true);
-                }
-                self.links.insert(key, name.clone());
+        match kind {
+            Kind::Dir => {
+                h.set_entry_type(EntryType::Directory);
+                self.tar
+                    .append_data(&mut h, &name, io::empty())
+                    .map_err(tar_err)?;
             }
-            return self.file(path, meta, h, &name);
-        } else {
-            let kind = if ft.is_socket() {
-                "socket"
-            } else if ft.is_fifo() {
-                "FIFO"
-            } else {
-                "device node"
-            };
-            self.report.warn(format!(
-                "{} is a {kind}; skipped (only files, folders and links are backed up)",
-                path.display()
-            ));
-            return Ok(false);
+            Kind::Symlink(target) => {
+                h.set_entry_type(EntryType::Symlink);
+                append_symlink(self.tar, &mut h, &name, &target).map_err(tar_err)?;
+            }
+            Kind::Link(first) => {
+                h.set_entry_type(EntryType::Link);
+                self.tar
+                    .append_link(&mut h, &name, &first)
+                    .map_err(tar_err)?;
+            }
+            Kind::Small(Fetch::Read { start, len, after }) => {
+                h.set_entry_type(EntryType::Regular);
+                h.set_size(meta.len());
+                let promised = meta.len() as usize;
+                let body = &data[start..start + len.min(promised)];
+                let padded = promised - body.len();
+                let zeros = io::repeat(0).take(padded as u64);
+                self.tar
+                    .append_data(&mut h, &name, body.chain(zeros))
+                    .map_err(tar_err)?;
+                self.ctx.progress.add_bytes(promised as u64);
+                let grew = len > promised || after.as_ref().is_some_and(|a| a.len() > meta.len());
+                self.changed(&path, &meta, padded as u64, grew, after.as_ref());
+                self.report.bytes_in += meta.len();
+            }
+            Kind::Small(Fetch::Vanished) => {
+                self.report
+                    .warn(format!("{} vanished while the backup ran", path.display()));
+                return Ok(false);
+            }
+            Kind::Small(Fetch::Failed(e)) => return Err(unreadable(&path, e)),
+            Kind::Small(Fetch::Pending) => {
+                // Readers skip a batch only once the backup is cancelled.
+                return Err(if is_cancelled(&self.ctx.cancel) {
+                    Error::Cancelled
+                } else {
+                    Error::Source(format!("{} was not read", path.display()))
+                });
+            }
+            Kind::Large => {
+                if !self.file(&path, &meta, h, &name)? {
+                    return Ok(false);
+                }
+            }
         }
-        self.count();
+        self.report.entries += 1;
+        self.ctx.progress.add_entry();
         Ok(true)
     }
 
+    /// Streams a large file with big reads. Returns false when it vanished.
     fn file(&mut self, path: &Path, meta: &Metadata, mut h: Header, name: &Path) -> Result<bool> {
         let file = match open_noatime(path) {
             Ok(f) => f,
@@ -299,49 +512,52 @@ impl<W: Write> Walk<'_, W> {
             }
             return Err(Error::io(format!("reading {}", path.display()), e));
         }
-        // The header already promised a size; what changed since is recorded,
-        // so nobody mistakes a torn copy for a clean one.
         let grew = matches!(body.inner.read(&mut [0u8; 1]), Ok(1));
-        let changed = fs::symlink_metadata(path)
-            .map(|m| {
-                m.mtime() != meta.mtime()
-                    || m.mtime_nsec() != meta.mtime_nsec()
-                    || m.len() != meta.len()
-            })
-            .unwrap_or(false);
-        let note = if body.padded > 0 {
-            Some(format!(
-                "{} shrank while read; padded {} byte(s) with zeros",
-                path.display(),
-                body.padded
-            ))
-        } else if grew {
-            Some(format!(
-                "{} grew while read; cut at {} bytes",
-                path.display(),
-                meta.len()
-            ))
-        } else if changed {
-            Some(format!(
-                "{} changed while read; its copy may be inconsistent",
-                path.display()
-            ))
-        } else {
-            None
-        };
-        match note {
-            Some(n) if self.src.changes_expected => tracing::debug!("{n} (repaired on restore)"),
-            Some(n) => self.report.warn(n),
-            None => {}
-        }
+        let after = body.inner.get_ref().metadata().ok();
+        self.changed(path, meta, body.padded, grew, after.as_ref());
         self.report.bytes_in += meta.len();
-        self.count();
         Ok(true)
     }
 
-    fn count(&mut self) {
-        self.report.entries += 1;
-        self.ctx.progress.add_entry();
+    /// The header already promised a size; what changed since is recorded,
+    /// so nobody mistakes a torn copy for a clean one.
+    fn changed(
+        &mut self,
+        path: &Path,
+        meta: &Metadata,
+        padded: u64,
+        grew: bool,
+        after: Option<&Metadata>,
+    ) {
+        let changed = after.is_some_and(|m| {
+            m.mtime() != meta.mtime()
+                || m.mtime_nsec() != meta.mtime_nsec()
+                || m.len() != meta.len()
+        });
+        let note = if padded > 0 {
+            format!(
+                "{} shrank while read; padded {padded} byte(s) with zeros",
+                path.display()
+            )
+        } else if grew {
+            format!(
+                "{} grew while read; cut at {} bytes",
+                path.display(),
+                meta.len()
+            )
+        } else if changed {
+            format!(
+                "{} changed while read; its copy may be inconsistent",
+                path.display()
+            )
+        } else {
+            return;
+        };
+        if self.changes_expected {
+            tracing::debug!("{note} (repaired on restore)");
+        } else {
+            self.report.warn(note);
+        }
     }
 }
 
@@ -425,7 +641,7 @@ impl<R: Read> Read for ExactSize<R> {
 /// volume would otherwise dirty every inode the app has not read since its
 /// last change, and those writes land on the app's disk. O_NOATIME is only
 /// allowed to the file's owner (or CAP_FOWNER); others open it plainly.
-fn open_noatime(path: &Path) -> io::Result<File> {
+pub(super) fn open_noatime(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     match fs::OpenOptions::new()
         .read(true)

@@ -7,6 +7,7 @@ pub mod files;
 pub mod pg_dump;
 pub mod pg_roles;
 pub mod postgres;
+pub mod read_ahead;
 
 use std::io::Write;
 use std::sync::Arc;
