@@ -61,6 +61,22 @@ fn listed(cmd: &dyn Fn() -> Command, hist: Option<&Path>) -> Vec<String> {
         .collect()
 }
 
+/// What `list` shows once a killed run's last request has landed: an S3
+/// server finishes a PUT whose body it has whole even when the client is
+/// gone, so a manifest can appear a moment after the kill. That artifact
+/// is complete, and counts as the kill landing after the commit.
+fn settled(cmd: &dyn Fn() -> Command, hist: Option<&Path>) -> Vec<String> {
+    let mut seen = listed(cmd, hist);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = listed(cmd, hist);
+        if now == seen {
+            return now;
+        }
+        seen = now;
+    }
+}
+
 fn crash_loop(
     label: &str,
     tmp: &Path,
@@ -120,7 +136,7 @@ fn crash_loop(
         let _ = child.kill();
         let _ = child.wait();
 
-        let after = listed(&cmd, hist.as_deref());
+        let after = settled(&cmd, hist.as_deref());
         let new: Vec<&String> = after.iter().filter(|id| !before.contains(id)).collect();
         assert!(new.len() <= 1, "{label} kill {i} at {at:?}: {new:?}");
         if let Some(id) = new.first() {

@@ -277,10 +277,7 @@ impl Walker<'_> {
             let meta = match fs::symlink_metadata(&path) {
                 Ok(m) => m,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.push(Found::Warning(format!(
-                        "{} vanished while the backup ran",
-                        path.display()
-                    )))?;
+                    self.push(Found::Vanished(path))?;
                     continue;
                 }
                 Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
@@ -300,10 +297,7 @@ impl Walker<'_> {
         let rd = match fs::read_dir(dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.push(Found::Warning(format!(
-                    "{} vanished while the backup ran",
-                    dir.display()
-                )))?;
+                self.push(Found::Vanished(dir.to_path_buf()))?;
                 return Ok(Vec::new());
             }
             Err(e) => return Err(unreadable(dir, e)),
@@ -419,6 +413,10 @@ impl<W: Write> Writer<'_, W> {
                 self.report.warn(w);
                 return Ok(false);
             }
+            Found::Vanished(path) => {
+                self.vanished(&path);
+                return Ok(false);
+            }
         };
         let name = tar_name(&path);
         let mut h = Header::new_gnu();
@@ -462,8 +460,7 @@ impl<W: Write> Writer<'_, W> {
                 self.report.bytes_in += meta.len();
             }
             Kind::Small(Fetch::Vanished) => {
-                self.report
-                    .warn(format!("{} vanished while the backup ran", path.display()));
+                self.vanished(&path);
                 return Ok(false);
             }
             Kind::Small(Fetch::Failed(e)) => return Err(unreadable(&path, e)),
@@ -491,8 +488,7 @@ impl<W: Write> Writer<'_, W> {
         let file = match open_noatime(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.report
-                    .warn(format!("{} vanished while the backup ran", path.display()));
+                self.vanished(path);
                 return Ok(false);
             }
             Err(e) => return Err(unreadable(path, e)),
@@ -517,6 +513,17 @@ impl<W: Write> Writer<'_, W> {
         self.changed(path, meta, body.padded, grew, after.as_ref());
         self.report.bytes_in += meta.len();
         Ok(true)
+    }
+
+    fn vanished(&mut self, path: &Path) {
+        let note = format!("{} vanished while the backup ran", path.display());
+        if self.changes_expected {
+            // A live database removes its temporary files; WAL replay does
+            // not need them (pg_basebackup skips them the same way).
+            tracing::debug!("{note}");
+        } else {
+            self.report.warn(note);
+        }
     }
 
     /// The header already promised a size; what changed since is recorded,
@@ -720,6 +727,74 @@ mod tests {
             "{:?}",
             report.warnings
         );
+    }
+
+    /// Walked, then changed before a reader got to it: the entry keeps the
+    /// walked size (cut or padded) and the report says so.
+    fn walk_change_read(before: &[u8], after: &[u8]) -> (Vec<u8>, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        fs::write(&f, before).unwrap();
+        let src = FilesSource::new(vec![dir.path().to_path_buf()], GlobSet::empty());
+        let meta = fs::symlink_metadata(&f).unwrap();
+        let found = Planner::new(&src, true).plan(f.clone(), meta).unwrap();
+        assert!(matches!(
+            &found,
+            Found::Entry(Entry {
+                kind: Kind::Small(_),
+                ..
+            })
+        ));
+        if after != before {
+            fs::write(&f, after).unwrap();
+        }
+        let mut batch = Batch {
+            found: vec![found],
+            reserved: before.len() + 1,
+            ..Default::default()
+        };
+        batch.data.reserve(batch.reserved);
+        read_ahead::fill(&mut batch);
+        let mut tar = tar::Builder::new(Vec::new());
+        let ctx = SourceCtx {
+            progress: Arc::new(Progress::default()),
+            cancel: Default::default(),
+        };
+        let mut w = Writer {
+            tar: &mut tar,
+            ctx: &ctx,
+            report: SourceReport::default(),
+            changes_expected: false,
+        };
+        for found in batch.found.drain(..) {
+            assert!(w.write(found, &batch.data).unwrap());
+        }
+        let warnings = w.report.warnings;
+        let bytes = tar.into_inner().unwrap();
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let mut entry = archive.entries().unwrap().next().unwrap().unwrap();
+        let mut content = Vec::new();
+        entry.read_to_end(&mut content).unwrap();
+        (content, warnings)
+    }
+
+    #[test]
+    fn a_small_file_changed_between_walk_and_read_keeps_its_size_and_is_reported() {
+        let (content, warnings) = walk_change_read(b"0123456789", b"0123456789abc");
+        assert_eq!(content, b"0123456789");
+        assert!(
+            warnings[0].contains("grew while read; cut at 10 bytes"),
+            "{warnings:?}"
+        );
+        let (content, warnings) = walk_change_read(b"0123456789", b"0123");
+        assert_eq!(content, b"0123\0\0\0\0\0\0");
+        assert!(
+            warnings[0].contains("shrank while read; padded 6 byte(s)"),
+            "{warnings:?}"
+        );
+        let (content, warnings) = walk_change_read(b"0123456789", b"0123456789");
+        assert_eq!(content, b"0123456789");
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]

@@ -41,8 +41,10 @@ pub const READERS: usize = 4;
 #[allow(clippy::large_enum_variant)]
 pub enum Found {
     Entry(Entry),
-    /// Said in order with the entries (e.g. a file that vanished).
+    /// Said in order with the entries (e.g. a device node skipped).
     Warning(String),
+    /// Deleted between listing its folder and reading it.
+    Vanished(PathBuf),
 }
 
 pub struct Entry {
@@ -119,7 +121,7 @@ pub fn read_batches(jobs: &Mutex<Receiver<Batch>>, done: Sender<Batch>, cancel: 
     }
 }
 
-fn fill(batch: &mut Batch) {
+pub(super) fn fill(batch: &mut Batch) {
     // Reserved by the walker, so reading never allocates on this thread.
     debug_assert!(batch.data.capacity() >= batch.reserved);
     let Batch { found, data, .. } = batch;
