@@ -168,7 +168,12 @@ class Case:
         self.artifact = None
 
 
-def run_cases(cases, runs):
+def drop_page_cache():
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def run_cases(cases, runs, cold=False):
     for r in range(runs):
         for c in cases:
             if c.prepare:
@@ -176,6 +181,8 @@ def run_cases(cases, runs):
             # Every command starts with nothing dirty in the page cache: the
             # previous one's writeback must not be billed to the next.
             os.sync()
+            if cold:
+                drop_page_cache()
             wall, rss = measure(c.run())
             c.walls.append(wall)
             c.rss.append(rss)
@@ -260,7 +267,7 @@ def bench_dataset(args, label, data, work, ours_bin, with_gzip, with_restore, ba
             )
         )
     print(f"bench: {label}: backup, {args.runs} runs each, alternating", file=sys.stderr)
-    run_cases(cases, args.runs)
+    run_cases(cases, args.runs, args.cold)
     out = [table(f"Backup: {label}, {data_bytes / 1e6:.0f} MB", cases, data_bytes, ours)]
 
     if with_restore:
@@ -302,7 +309,7 @@ def bench_dataset(args, label, data, work, ours_bin, with_gzip, with_restore, ba
                 )
             )
         print(f"bench: {label}: restore, {args.runs} runs each, alternating", file=sys.stderr)
-        run_cases(restores, args.runs)
+        run_cases(restores, args.runs, args.cold)
         out.append(table(f"Restore: {label}", restores, data_bytes, r_ours))
         shutil.rmtree(restored, ignore_errors=True)
     for f in (out_zst, out_gz):
@@ -364,6 +371,12 @@ def main():
     ap.add_argument("--bin", default="target/x86_64-unknown-linux-gnu/release", help="folder with the release binaries")
     ap.add_argument("--baseline", help="folder with another build of the binaries to compare in the same runs")
     ap.add_argument("--skip-mixed", action="store_true", help="only the tiny-files data set")
+    ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="drop the page cache before every command (root): files come from the disk, "
+        "as on a volume the app has not read lately",
+    )
     args = ap.parse_args()
     ours_bin = os.path.abspath(args.bin)
     baseline = os.path.abspath(args.baseline) if args.baseline else None
@@ -373,6 +386,8 @@ def main():
     os.makedirs(args.work)
     size = parse_size(args.size)
     report = [f"Machine: {machine()}", ""]
+    if args.cold:
+        report += ["Cold page cache: dropped before every command.", ""]
 
     if not args.skip_mixed:
         data = os.path.join(args.work, "mixed")
