@@ -169,8 +169,11 @@ class Case:
 
 
 def drop_page_cache():
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError as e:
+        sys.exit(f"bench: --cold drops the page cache through /proc/sys/vm/drop_caches, which needs root: {e}")
 
 
 def run_cases(cases, runs, cold=False):

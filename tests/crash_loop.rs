@@ -67,7 +67,7 @@ fn listed(cmd: &dyn Fn() -> Command, hist: Option<&Path>) -> Vec<String> {
 /// is complete, and counts as the kill landing after the commit.
 fn settled(cmd: &dyn Fn() -> Command, hist: Option<&Path>) -> Vec<String> {
     let mut seen = listed(cmd, hist);
-    loop {
+    for _ in 0..20 {
         std::thread::sleep(Duration::from_millis(300));
         let now = listed(cmd, hist);
         if now == seen {
@@ -75,6 +75,7 @@ fn settled(cmd: &dyn Fn() -> Command, hist: Option<&Path>) -> Vec<String> {
         }
         seen = now;
     }
+    panic!("`list` still changed 6 s after the kill: {seen:?}");
 }
 
 fn crash_loop(

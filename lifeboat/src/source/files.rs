@@ -14,7 +14,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use globset::GlobSet;
 use tar::{EntryType, Header};
@@ -22,7 +22,7 @@ use tar::{EntryType, Header};
 use super::read_ahead::{self, Batch, Entry, Fetch, Found, Kind};
 use super::{Source, SourceCtx, SourceReport};
 use crate::error::IoContext;
-use crate::progress::{is_cancelled, Progress};
+use crate::progress::is_cancelled;
 use crate::{Error, Result};
 
 /// Read buffer per file. Large sequential reads keep syscalls few on big files.
@@ -282,12 +282,14 @@ impl Walker<'_> {
                 }
                 Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
             };
-            let is_dir = meta.is_dir();
-            let found = self.planner.plan(path.clone(), meta)?;
-            self.push(found)?;
-            if is_dir {
+            if meta.is_dir() {
+                let found = self.planner.plan(path.clone(), meta)?;
+                self.push(found)?;
                 let children = self.children(&path)?;
                 stack.push((path, children.into_iter()));
+            } else {
+                let found = self.planner.plan(path, meta)?;
+                self.push(found)?;
             }
         }
         Ok(())
@@ -447,16 +449,15 @@ impl<W: Write> Writer<'_, W> {
             Kind::Small(Fetch::Read { start, len, after }) => {
                 h.set_entry_type(EntryType::Regular);
                 h.set_size(meta.len());
-                let promised = meta.len() as usize;
-                let body = &data[start..start + len.min(promised)];
-                let padded = promised - body.len();
-                let zeros = io::repeat(0).take(padded as u64);
+                let ctx = self.ctx;
+                let mut body = ExactSize::new(&data[start..start + len], meta.len(), ctx);
                 self.tar
-                    .append_data(&mut h, &name, body.chain(zeros))
+                    .append_data(&mut h, &name, &mut body)
                     .map_err(tar_err)?;
-                self.ctx.progress.add_bytes(promised as u64);
-                let grew = len > promised || after.as_ref().is_some_and(|a| a.len() > meta.len());
-                self.changed(&path, &meta, padded as u64, grew, after.as_ref());
+                // The reader took one byte more than walked when it could.
+                let grew =
+                    len as u64 > meta.len() || after.as_ref().is_some_and(|a| a.len() > meta.len());
+                self.changed(&path, &meta, body.padded, grew, after.as_ref());
                 self.report.bytes_in += meta.len();
             }
             Kind::Small(Fetch::Vanished) => {
@@ -495,13 +496,8 @@ impl<W: Write> Writer<'_, W> {
         };
         h.set_entry_type(EntryType::Regular);
         h.set_size(meta.len());
-        let mut body = ExactSize {
-            inner: BufReader::with_capacity(READ_BUFFER, file),
-            remaining: meta.len(),
-            padded: 0,
-            progress: self.ctx.progress.clone(),
-            cancel: self.ctx.cancel.clone(),
-        };
+        let ctx = self.ctx;
+        let mut body = ExactSize::new(BufReader::with_capacity(READ_BUFFER, file), meta.len(), ctx);
         if let Err(e) = self.tar.append_data(&mut h, name, &mut body) {
             if is_cancelled(&self.ctx.cancel) {
                 return Err(Error::Cancelled);
@@ -515,12 +511,17 @@ impl<W: Write> Writer<'_, W> {
         Ok(true)
     }
 
+    /// A live database removes its temporary files; WAL replay does not
+    /// need them (pg_basebackup skips them the same way).
     fn vanished(&mut self, path: &Path) {
-        let note = format!("{} vanished while the backup ran", path.display());
+        self.note(format!("{} vanished while the backup ran", path.display()));
+    }
+
+    /// A warning in the report, or a debug line for a source whose files
+    /// change while read and are repaired on restore.
+    fn note(&mut self, note: String) {
         if self.changes_expected {
-            // A live database removes its temporary files; WAL replay does
-            // not need them (pg_basebackup skips them the same way).
-            tracing::debug!("{note}");
+            tracing::debug!("{note} (expected while the database runs; WAL replay repairs it)");
         } else {
             self.report.warn(note);
         }
@@ -560,11 +561,7 @@ impl<W: Write> Writer<'_, W> {
         } else {
             return;
         };
-        if self.changes_expected {
-            tracing::debug!("{note} (repaired on restore)");
-        } else {
-            self.report.warn(note);
-        }
+        self.note(note);
     }
 }
 
@@ -615,20 +612,30 @@ pub fn tar_name(path: &Path) -> PathBuf {
 }
 
 /// Yields exactly `remaining` bytes: cuts a file that grew, pads one that shrank.
-struct ExactSize<R> {
+struct ExactSize<'a, R> {
     inner: R,
     remaining: u64,
     padded: u64,
-    progress: Arc<Progress>,
-    cancel: crate::progress::Cancel,
+    ctx: &'a SourceCtx,
 }
 
-impl<R: Read> Read for ExactSize<R> {
+impl<'a, R: Read> ExactSize<'a, R> {
+    fn new(inner: R, size: u64, ctx: &'a SourceCtx) -> Self {
+        ExactSize {
+            inner,
+            remaining: size,
+            padded: 0,
+            ctx,
+        }
+    }
+}
+
+impl<R: Read> Read for ExactSize<'_, R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.remaining == 0 {
             return Ok(0);
         }
-        if is_cancelled(&self.cancel) {
+        if is_cancelled(&self.ctx.cancel) {
             return Err(io::Error::other("cancelled"));
         }
         let want = out.len().min(self.remaining as usize);
@@ -639,7 +646,7 @@ impl<R: Read> Read for ExactSize<R> {
             self.padded += n as u64;
         }
         self.remaining -= n as u64;
-        self.progress.add_bytes(n as u64);
+        self.ctx.progress.add_bytes(n as u64);
         Ok(n)
     }
 }
@@ -663,15 +670,15 @@ pub(super) fn open_noatime(path: &Path) -> io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::progress::Progress;
+    use std::sync::Arc;
 
     fn exact(data: &[u8], promised: u64) -> (Vec<u8>, u64) {
-        let mut r = ExactSize {
-            inner: data,
-            remaining: promised,
-            padded: 0,
+        let ctx = SourceCtx {
             progress: Arc::new(Progress::default()),
             cancel: Default::default(),
         };
+        let mut r = ExactSize::new(data, promised, &ctx);
         let mut out = Vec::new();
         r.read_to_end(&mut out).unwrap();
         (out, r.padded)

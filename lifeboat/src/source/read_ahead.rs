@@ -10,9 +10,11 @@
 //! keep several reads in flight, which is what a cold disk needs.
 //!
 //! Memory is bounded by [`BATCHES_AHEAD`] × ([`BATCH_BYTES`] +
-//! [`READ_AHEAD_MAX_FILE`]) bytes of file data, whatever the volume: the
-//! batches circulate (walker → readers → writer → walker) and their buffers
-//! are reused, so nothing is allocated on one thread and freed on another.
+//! [`READ_AHEAD_MAX_FILE`]) bytes of file data plus [`BATCH_ENTRIES`] names
+//! per batch, whatever the volume: the batches circulate (walker → readers →
+//! writer → walker) and their data buffers are reused, so file bytes are
+//! never allocated on one thread and freed on another (only the entries'
+//! names are, a few hundred bytes each).
 
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
