@@ -1,95 +1,29 @@
-//! Hostile artifacts: names with `..`, absolute names, a symlink pointing
-//! outside followed by a file through it, a hard link to an outside file,
-//! device nodes and FIFOs, and decompression bombs.
+//! Hostile artifacts: names with `..`, absolute names, a file written
+//! through a symlink (pointing outside, or inside), a hard link to an
+//! outside file, device nodes and FIFOs, and decompression bombs.
 //! Each artifact carries a correct manifest (right sha256, size, counts), so
-//! only the entry checks stand between it and the filesystem.
+//! only the entry checks stand between it and the filesystem. The helpers
+//! live in `tests/support/hostile.rs`.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use lifeboat_tests::hostile::{e, hostile_tar, Entry, Plant};
 use lifeboat_tests::*;
-use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
-
-struct Entry<'a> {
-    name: &'a [u8],
-    kind: EntryType,
-    link: &'a [u8],
-    data: &'a [u8],
-}
-
-fn e<'a>(name: &'a [u8], kind: EntryType, link: &'a [u8], data: &'a [u8]) -> Entry<'a> {
-    Entry {
-        name,
-        kind,
-        link,
-        data,
-    }
-}
-
-/// Writes raw headers: the tar crate's safe setters would refuse these names.
-fn hostile_tar(entries: &[Entry]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for en in entries {
-        let mut h = Header::new_old();
-        h.as_old_mut().name[..en.name.len()].copy_from_slice(en.name);
-        h.as_old_mut().linkname[..en.link.len()].copy_from_slice(en.link);
-        h.set_entry_type(en.kind);
-        h.set_mode(if en.kind == EntryType::Directory {
-            0o755
-        } else {
-            0o644
-        });
-        h.set_size(en.data.len() as u64);
-        h.set_mtime(1_700_000_000);
-        h.set_cksum();
-        b.append(&h, en.data).unwrap();
-    }
-    b.into_inner().unwrap()
-}
 
 /// Stores `entries` as a committed artifact with an honest manifest.
 fn plant(backup: &Path, data: &Path, entries: &[Entry]) {
-    let bytes_in = entries.iter().map(|e| e.data.len() as u64).sum();
-    plant_tar(
-        backup,
-        data,
-        &hostile_tar(entries),
-        entries.len() as u64,
-        bytes_in,
-    );
+    Plant::files(backup, data).entries(entries);
 }
 
-/// Stores a tar stream as a committed artifact whose manifest records
-/// `entries` and `bytes_in` and the true sha256 and size.
 fn plant_tar(backup: &Path, data: &Path, tar: &[u8], entries: u64, bytes_in: u64) {
-    let mut z = zstd::Encoder::new(Vec::new(), 3).unwrap();
-    z.write_all(tar).unwrap();
-    plant_stored(backup, data, &z.finish().unwrap(), entries, bytes_in);
+    Plant::files(backup, data).tar(tar, entries, bytes_in);
 }
 
-/// Stores zstd-compressed bytes as a committed artifact (see [`plant_tar`]).
 fn plant_stored(backup: &Path, data: &Path, stored: &[u8], entries: u64, bytes_in: u64) {
-    let hist = history(backup, "x-0");
-    fs::create_dir_all(&hist).unwrap();
-    let id = "20260101T000000Z-files";
-    fs::write(hist.join(format!("{id}.tar.zst")), stored).unwrap();
-    let manifest = serde_json::json!({
-        "format": "lifeboat/v1", "id": id, "artifact": format!("{id}.tar.zst"),
-        "name": "x-0", "namespace": "default", "source": "files",
-        "paths": [data.to_str().unwrap()],
-        "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:01Z",
-        "compression": "zstd:3", "encryption": "none",
-        "size": stored.len(), "sha256": hex::encode(Sha256::digest(stored)),
-        "entries": entries, "bytes_in": bytes_in,
-        "warnings": [], "tool_version": "test", "source_meta": {}
-    });
-    fs::write(
-        hist.join(format!("{id}.manifest.json")),
-        manifest.to_string(),
-    )
-    .unwrap();
+    Plant::files(backup, data).stored(stored, entries, bytes_in);
 }
 
 struct World {
@@ -224,8 +158,11 @@ fn absolute_names_are_refused() {
     w.assert_refused("is an absolute path");
 }
 
+/// A symlink pointing outside is restored as it was (it is the user's
+/// data), but a later entry that would be written through it refuses the
+/// whole artifact: nothing lands outside.
 #[test]
-fn a_symlink_pointing_outside_is_not_created_and_nothing_is_written_through_it() {
+fn nothing_is_written_through_a_symlink_pointing_outside() {
     for relative in [false, true] {
         let w = world();
         let target = if relative {
@@ -253,17 +190,57 @@ fn a_symlink_pointing_outside_is_not_created_and_nothing_is_written_through_it()
                 ),
             ],
         );
-        let out = w.restore();
-        assert!(stderr(&out).contains("points outside"), "{}", stderr(&out));
-        w.outside_untouched();
-        // If anything was restored at all, it is a plain folder inside the volume.
-        if let Ok(md) = fs::symlink_metadata(w.data.join("link")) {
-            assert!(md.is_dir(), "link must not exist as a symlink");
-        }
-        for p in w.evil_files() {
-            assert!(p.starts_with(&w.data), "{} escaped", p.display());
-        }
+        w.assert_refused("through a symlink");
     }
+}
+
+/// Symlinks are kept verbatim, whatever they point at, as `tar -x` keeps
+/// them: absolute, up and out of the path, dangling, and chains of links.
+#[test]
+fn symlinks_are_restored_verbatim_whatever_they_point_at() {
+    let w = world();
+    let rel = w.rel();
+    let links: [(&str, &str); 5] = [
+        ("datasets", "../shared/datasets"),
+        ("conda", "/opt/conda"),
+        ("dangling", "no/such/file"),
+        ("d0/up", "../../../../.."),
+        ("esc", "d0/up/../../.."),
+    ];
+    let (root, d0) = (format!("{rel}/"), format!("{rel}/d0/"));
+    let mut entries = vec![
+        e(root.as_bytes(), EntryType::Directory, b"", b""),
+        e(d0.as_bytes(), EntryType::Directory, b"", b""),
+    ];
+    let names: Vec<String> = links.iter().map(|(n, _)| format!("{rel}/{n}")).collect();
+    for ((_, to), name) in links.iter().zip(&names) {
+        entries.push(e(name.as_bytes(), EntryType::Symlink, to.as_bytes(), b""));
+    }
+    plant(&w.backup, &w.data, &entries);
+    let out = w.restore();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (name, to) in links {
+        let got = fs::read_link(w.data.join(name)).unwrap();
+        assert_eq!(got, Path::new(to), "{name}");
+    }
+    w.outside_untouched();
+
+    // The same chain with a file written through `esc`: refused whole.
+    let w = world();
+    let rel = w.rel();
+    let (root, d0) = (format!("{rel}/"), format!("{rel}/d0/"));
+    let mut entries = vec![
+        e(root.as_bytes(), EntryType::Directory, b"", b""),
+        e(d0.as_bytes(), EntryType::Directory, b"", b""),
+    ];
+    let names: Vec<String> = links.iter().map(|(n, _)| format!("{rel}/{n}")).collect();
+    for ((_, to), name) in links.iter().zip(&names) {
+        entries.push(e(name.as_bytes(), EntryType::Symlink, to.as_bytes(), b""));
+    }
+    let through = format!("{rel}/esc/evil");
+    entries.push(e(through.as_bytes(), EntryType::Regular, b"", b"pwned"));
+    plant(&w.backup, &w.data, &entries);
+    w.assert_refused("through a symlink");
 }
 
 /// Not hostile, only foreign: a tar that returns to a folder after leaving

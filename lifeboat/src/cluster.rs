@@ -66,6 +66,9 @@ pub enum Reason {
     BackupSucceeded,
     BackupFailed,
     RestoreCompleted,
+    /// The init container stopped: the app does not start until a person acts
+    /// or a retry succeeds.
+    RestoreFailed,
 }
 
 impl Reason {
@@ -74,11 +77,12 @@ impl Reason {
             Reason::BackupSucceeded => "BackupSucceeded",
             Reason::BackupFailed => "BackupFailed",
             Reason::RestoreCompleted => "RestoreCompleted",
+            Reason::RestoreFailed => "RestoreFailed",
         }
     }
     fn event_type(self) -> &'static str {
         match self {
-            Reason::BackupFailed => "Warning",
+            Reason::BackupFailed | Reason::RestoreFailed => "Warning",
             _ => "Normal",
         }
     }

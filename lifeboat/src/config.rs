@@ -124,6 +124,18 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
+    /// The kind a manifest's `source` names, if it is one we know.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            SourceKind::Files,
+            SourceKind::Postgres,
+            SourceKind::CouchDb,
+            SourceKind::ArangoDb,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Files => "files",

@@ -46,6 +46,12 @@ pub enum Error {
     #[error("{tried} artifact(s) found but none verified; the volume was left untouched:\n{}", .failures.join("\n"))]
     NothingRestorable { tried: usize, failures: Vec<String> },
 
+    /// Restoring the newest good artifact failed for a reason that may pass
+    /// (a store that stalls, a full or failing disk) after every retry. No
+    /// older artifact is tried: that would bring back older data unasked.
+    #[error("{what} failed after {attempts} attempts: {cause}; no older artifact was tried (it would bring back older data). Live data was left as it was: fix the cause and restart the pod, or pick an artifact by hand with `lifeboat-sidecar restore --to DIR --id ID`", attempts = crate::restore::ATTEMPTS)]
+    RestoreStopped { what: String, cause: String },
+
     /// `verify` re-read artifacts and some failed; each was reported as it failed.
     #[error("{failed} of {checked} artifact(s) failed verification; see the FAILED lines")]
     VerifyFailed { failed: usize, checked: usize },
@@ -71,7 +77,11 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::Io { .. } | Error::Source(_) | Error::Target { .. } | Error::Cancelled
+            Error::Io { .. }
+                | Error::Source(_)
+                | Error::Target { .. }
+                | Error::Cancelled
+                | Error::RestoreStopped { .. }
         )
     }
 }

@@ -4,6 +4,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::config::SourceKind;
+
 pub const FORMAT: &str = "lifeboat/v1";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,7 +77,17 @@ impl Manifest {
         v
     }
 
+    /// Parses and checks a manifest read from a store. A manifest is
+    /// untrusted input (docs/ARCHITECTURE.md, "Restore trusts nothing"): every
+    /// field that names a file or a folder is checked here, once, so no
+    /// caller can be led outside its history folder or its configured paths.
     pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(format!(
+                "{} bytes, more than a manifest may have ({MAX_MANIFEST_BYTES})",
+                bytes.len()
+            ));
+        }
         let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         if m.format != FORMAT {
             return Err(format!(
@@ -83,7 +95,167 @@ impl Manifest {
                 m.format
             ));
         }
-        crate::artifact::check_file_name(&m.artifact)?;
+        m.check()?;
         Ok(m)
+    }
+
+    /// The checks of [`Manifest::from_json`] beyond the JSON shape.
+    fn check(&self) -> Result<(), String> {
+        let kind = SourceKind::from_name(&self.source).ok_or_else(|| {
+            format!(
+                "source {:?} is not one of files, postgres, couchdb, arangodb",
+                self.source
+            )
+        })?;
+        // The id names the manifest, the artifact and the verified record:
+        // only the canonical `<stamp>-<source>` form, which has no `/` or `.`.
+        let canonical = crate::artifact::id_time(&self.id)
+            .map(|t| crate::artifact::id(t, kind.as_str()))
+            .filter(|c| *c == self.id);
+        if canonical.is_none() {
+            return Err(format!(
+                "id {:?} is not of the form YYYYMMDDTHHMMSSZ-{}",
+                self.id, self.source
+            ));
+        }
+        crate::artifact::check_file_name(&self.artifact)?;
+        let ext = self.artifact.strip_prefix(self.id.as_str()).unwrap_or("");
+        let ext = ext
+            .strip_suffix(crate::encryption::EXTENSION)
+            .unwrap_or(ext);
+        if ![".tar", ".tar.zst", ".tar.gz"].contains(&ext) {
+            return Err(format!(
+                "artifact {:?} is not named <id>.tar[.zst|.gz][.age] for id {:?}",
+                self.artifact, self.id
+            ));
+        }
+        let layout_fits = match kind {
+            SourceKind::Files => self.layout == Layout::Paths,
+            SourceKind::CouchDb | SourceKind::ArangoDb => self.layout == Layout::Logical,
+            SourceKind::Postgres => true,
+        };
+        if !layout_fits {
+            return Err(format!(
+                "a {} artifact cannot have layout {:?}",
+                self.source, self.layout
+            ));
+        }
+        if self.layout == Layout::Paths && self.paths.is_empty() {
+            return Err("lists no paths".into());
+        }
+        for p in &self.paths {
+            if !is_clean_absolute(p) {
+                return Err(format!(
+                    "path {p:?} is not a clean absolute path (no '.', '..', '//' or trailing '/')"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The largest manifest read from a store. Ours are a few KiB (warnings
+/// are capped at `source::MAX_WARNINGS`); anything far larger is not one,
+/// and reading it whole would let a store decide our memory.
+pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+
+/// `/a/b`: absolute, no empty, `.` or `..` part, no trailing `/`, no NUL.
+pub fn is_clean_absolute(p: &str) -> bool {
+    let Some(rest) = p.strip_prefix('/') else {
+        return false;
+    };
+    !p.contains('\0')
+        && (rest.is_empty()
+            || rest
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(id: &str, artifact: &str, source: &str, layout: &str, paths: &[&str]) -> Vec<u8> {
+        serde_json::json!({
+            "format": "lifeboat/v1", "id": id, "artifact": artifact,
+            "name": "n", "namespace": "ns", "source": source, "layout": layout, "paths": paths,
+            "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:00Z",
+            "compression": "zstd:3", "encryption": "none", "size": 1, "sha256": "00",
+            "entries": 1, "bytes_in": 1, "warnings": [], "tool_version": "t", "source_meta": {}
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn untrusted_fields_are_checked() {
+        let ok = |id: &str, art: &str, src: &str, layout: &str, paths: &[&str]| {
+            Manifest::from_json(&json(id, art, src, layout, paths))
+        };
+        let id = "20260101T000000Z-files";
+        assert!(ok(id, &format!("{id}.tar.zst"), "files", "paths", &["/data"]).is_ok());
+        assert!(ok(id, &format!("{id}.tar.gz.age"), "files", "paths", &["/"]).is_ok());
+        for bad_id in [
+            "../other/20260101T000000Z-files",
+            "20260101T000000Z-files/..",
+            "x",
+            "20260101T000000Z-couchdb",
+        ] {
+            let e = ok(
+                bad_id,
+                "20260101T000000Z-files.tar.zst",
+                "files",
+                "paths",
+                &["/data"],
+            )
+            .unwrap_err();
+            assert!(e.contains("is not of the form"), "{bad_id}: {e}");
+        }
+        assert!(ok(
+            id,
+            "20260101T000001Z-files.tar.zst",
+            "files",
+            "paths",
+            &["/d"]
+        )
+        .is_err());
+        assert!(ok(id, &format!("{id}.tar.zst.exe"), "files", "paths", &["/d"]).is_err());
+        for p in ["/../../tmp/x", "data", "/data/", "//data", "/a/./b", ""] {
+            assert!(
+                ok(id, &format!("{id}.tar.zst"), "files", "paths", &[p]).is_err(),
+                "{p}"
+            );
+        }
+        let logical = "20260101T000000Z-couchdb";
+        assert!(ok(
+            logical,
+            &format!("{logical}.tar.zst"),
+            "couchdb",
+            "logical",
+            &["/d"]
+        )
+        .is_ok());
+        assert!(ok(
+            logical,
+            &format!("{logical}.tar.zst"),
+            "couchdb",
+            "paths",
+            &["/d"]
+        )
+        .is_err());
+        let abs = "20260101T000000Z-/tmp/evil";
+        assert!(ok(
+            abs,
+            &format!("{abs}.tar.zst"),
+            "/tmp/evil",
+            "logical",
+            &["/d"]
+        )
+        .is_err());
+        assert!(ok(id, &format!("{id}.tar.zst"), "files", "logical", &["/d"]).is_err());
+        let big = vec![b' '; MAX_MANIFEST_BYTES as usize + 1];
+        assert!(Manifest::from_json(&big)
+            .unwrap_err()
+            .contains("more than a manifest"));
     }
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use chrono::Utc;
 use tracing::{info, warn, Instrument};
 
-use crate::config::RestoreMode;
+use crate::config::{RestoreMode, SourceKind};
 use crate::encryption::Identities;
 use crate::error::IoContext;
 use crate::manifest::{Layout, Manifest};
@@ -20,7 +20,7 @@ use crate::pending::{self, PENDING_DIR};
 use crate::pipe::{self, ChunkReader};
 use crate::progress::{self, mib_per_s, Cancel, Progress};
 use crate::tar_read::{self, Mapping, Mode, ReadReport};
-use crate::target::{AnyTarget, Stored, Target};
+use crate::target::{AnyTarget, Stored, Target, READ_PAST_SIZE};
 use crate::{Error, Result};
 
 pub const RESTORED_MARKER: &str = ".lifeboat-restored";
@@ -35,18 +35,31 @@ pub enum Outcome {
     Restored {
         id: String,
         target: String,
+        /// Newer artifacts skipped because they were proven bad, one line
+        /// each (also in `.lifeboat-restored` and the Event).
+        skipped: Vec<String>,
     },
     /// A logical dump was verified and staged in `<path>/.lifeboat-pending`;
     /// the sidecar loads it once the server answers.
     Staged {
         id: String,
         target: String,
+        skipped: Vec<String>,
     },
     /// No artifact exists anywhere: a first deploy.
     NoArtifacts,
     /// The volume has data (if-empty) or restore is off (never).
     Skipped(String),
 }
+
+/// Attempts per artifact when reading or writing it fails for a reason that
+/// may pass (a store that stalls or resets, a full or failing disk). After
+/// the last one the restore stops: moving on to an older artifact would
+/// bring back older data without anyone deciding so.
+pub const ATTEMPTS: u32 = 3;
+/// Pause before the second attempt; doubled before each further one
+/// (2 s, 4 s: a stalled store gets a few seconds, a pod start is not held long).
+pub const FIRST_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a folder holds, as far as restore is concerned.
 #[derive(Debug, PartialEq, Eq)]
@@ -57,7 +70,46 @@ enum State {
     HasData,
 }
 
-fn state(path: &Path) -> Result<State> {
+/// Folders restore never counts as data and never removes: the backup
+/// folders (folder targets) when they are mounted inside a restored path.
+/// Known by device and inode, so a bind mount or a symlinked mount point
+/// is recognised as well as the plain path.
+#[derive(Debug, Default, Clone)]
+pub struct Protected(Vec<(u64, u64)>);
+
+impl Protected {
+    /// The backup folders of `targets` that exist.
+    pub fn of(targets: &[AnyTarget]) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Protected(
+            targets
+                .iter()
+                .filter_map(|t| match t {
+                    AnyTarget::Dir(d) => fs::metadata(d.base()).ok(),
+                    AnyTarget::S3(_) => None,
+                })
+                .map(|m| (m.dev(), m.ino()))
+                .collect(),
+        )
+    }
+
+    fn holds(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        !self.0.is_empty()
+            && fs::symlink_metadata(path)
+                .map(|m| m.is_dir() && self.0.contains(&(m.dev(), m.ino())))
+                .unwrap_or(false)
+    }
+}
+
+/// Names in a restored folder that belong to restore itself.
+fn is_ours(n: &[u8]) -> bool {
+    n == RESTORING_MARKER.as_bytes()
+        || n.starts_with(STAGING_PREFIX.as_bytes())
+        || n == b"lost+found"
+}
+
+fn state(path: &Path, protected: &Protected) -> Result<State> {
     let rd = match fs::read_dir(path) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::Empty),
@@ -65,16 +117,14 @@ fn state(path: &Path) -> Result<State> {
     };
     let mut s = State::Empty;
     for ent in rd {
-        let name = ent.ctx("reading", path)?.file_name();
+        let ent = ent.ctx("reading", path)?;
+        let name = ent.file_name();
         let n = name.as_bytes();
         if n == RESTORING_MARKER.as_bytes() {
             return Ok(State::Interrupted);
         }
         // A staged dump alone is not data: the app never started on it.
-        if n == b"lost+found"
-            || n.starts_with(STAGING_PREFIX.as_bytes())
-            || n == PENDING_DIR.as_bytes()
-        {
+        if is_ours(n) || n == PENDING_DIR.as_bytes() || protected.holds(&ent.path()) {
             continue;
         }
         s = State::HasData;
@@ -82,119 +132,263 @@ fn state(path: &Path) -> Result<State> {
     Ok(s)
 }
 
-/// Restore into the configured paths, as the init container does.
-pub async fn restore_newest(
-    targets: &[AnyTarget],
-    paths: &[PathBuf],
-    mode: RestoreMode,
-    pg_major: Option<u64>,
-    keys: Option<&Identities>,
-    progress_every: std::time::Duration,
-) -> Result<Outcome> {
-    let mut replace = mode == RestoreMode::Always;
-    match mode {
-        RestoreMode::Never => return Ok(Outcome::Skipped("LIFEBOAT_RESTORE=never".into())),
-        RestoreMode::Always => {}
-        RestoreMode::IfEmpty => {
-            for p in paths {
-                match state(p)? {
-                    State::Empty => {}
-                    State::Interrupted => {
-                        warn!(path = %p.display(), "a previous restore was interrupted; restoring again");
-                        replace = true;
-                    }
-                    State::HasData => {
-                        return Ok(Outcome::Skipped(format!(
-                            "{} has data (LIFEBOAT_RESTORE=if-empty)",
-                            p.display()
-                        )))
-                    }
-                }
+/// Whether an error proves the artifact itself bad (then the next candidate
+/// may be tried), rather than the store or the disk failing for now.
+fn proven_bad(e: &Error) -> bool {
+    matches!(e, Error::Corrupt { .. } | Error::UnsafeEntry { .. })
+}
+
+/// A configured path must be a real folder (or missing): restore replaces
+/// what is in it, and must never do that to whatever a symlink points at.
+fn check_not_symlink(paths: &[PathBuf]) -> Result<()> {
+    let mut problems = Vec::new();
+    for p in paths {
+        if let Ok(md) = fs::symlink_metadata(p) {
+            if md.file_type().is_symlink() {
+                let to = fs::read_link(p)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_else(|_| "?".into());
+                problems.push(crate::config::Problem {
+                    setting: "LIFEBOAT_PATHS".into(),
+                    value: p.display().to_string(),
+                    message: format!(
+                        "is a symlink to {to}; restore never writes through a symlink: set LIFEBOAT_PATHS to the real folder (and mount the volume there)"
+                    ),
+                });
             }
         }
     }
-    let mut tried = 0;
-    let mut failures = Vec::new();
-    for target in targets {
-        let listing = match target.list().await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(target = %target.describe(), error = %e, "cannot list artifacts; trying the next target");
-                failures.push(e.to_string());
-                continue;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Config(problems))
+    }
+}
+
+/// Lists one target, retrying a failure that may pass.
+async fn list_with_retry(target: &AnyTarget) -> Result<crate::target::Listing> {
+    let mut pause = FIRST_RETRY_PAUSE;
+    for attempt in 1.. {
+        match target.list().await {
+            Ok(l) => return Ok(l),
+            Err(e) if attempt < ATTEMPTS => {
+                warn!(target = %target.describe(), error = %e, attempt, "cannot list artifacts; trying again in {}s", pause.as_secs());
+                tokio::time::sleep(pause).await;
+                pause *= 2;
             }
-        };
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// Restore into the configured paths, as the init container does.
+///
+/// Candidates are every committed artifact on every target, newest first;
+/// copies of one artifact on several targets are tried one after the other
+/// before any older artifact. Only an artifact proven bad (checksum,
+/// decoding, a refused entry, another source) lets restore move on; any
+/// other failure is retried [`ATTEMPTS`] times and then stops the restore.
+pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) -> Result<Outcome> {
+    let paths = &s.paths;
+    let mut replace = s.restore == RestoreMode::Always;
+    if s.restore == RestoreMode::Never {
+        return Ok(Outcome::Skipped("LIFEBOAT_RESTORE=never".into()));
+    }
+    check_not_symlink(paths)?;
+    let protected = Protected::of(targets);
+    if s.restore == RestoreMode::IfEmpty {
+        // Every path first: one interrupted path means the restore must be
+        // redone for all, even if another path already holds its part.
+        let states = paths
+            .iter()
+            .map(|p| state(p, &protected))
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(i) = states.iter().position(|st| *st == State::Interrupted) {
+            warn!(path = %paths[i].display(), "a previous restore was interrupted; restoring all paths again");
+            replace = true;
+        } else if let Some(i) = states.iter().position(|st| *st == State::HasData) {
+            return Ok(Outcome::Skipped(format!(
+                "{} has data (LIFEBOAT_RESTORE=if-empty)",
+                paths[i].display()
+            )));
+        }
+    }
+    let mut candidates: Vec<(&AnyTarget, Stored)> = Vec::new();
+    let mut skipped = Vec::new();
+    for target in targets {
+        // A store that cannot be listed may hold the newest artifact:
+        // restoring an older one from another target would go unnoticed.
+        let listing = list_with_retry(target)
+            .await
+            .map_err(|e| Error::RestoreStopped {
+                what: format!("listing {}", target.describe()),
+                cause: e.to_string(),
+            })?;
         for p in &listing.problems {
             warn!(target = %target.describe(), "skipping unreadable manifest: {p}");
-            failures.push(p.clone());
+            skipped.push(p.clone());
         }
-        for stored in &listing.artifacts {
-            tried += 1;
-            // A server refuses a data directory of another major version at
-            // start; better a clear error now than a crash loop later.
-            // A logical dump loads into a newer server, so only physical ones are checked.
-            let major = crate::source::postgres::artifact_major(&stored.manifest.source_meta);
-            if let (Some(want), Some(got), "postgres", Layout::Paths) = (
-                pg_major,
-                major,
-                stored.manifest.source.as_str(),
-                stored.manifest.layout,
-            ) {
-                if want != got {
-                    warn!(id = %stored.manifest.id, "artifact is from PostgreSQL {got}, PG_MAJOR is {want}; skipped");
-                    failures.push(format!(
-                        "{}: taken on PostgreSQL {got}, but PG_MAJOR is {want}",
-                        stored.manifest.id
-                    ));
-                    continue;
-                }
+        candidates.extend(listing.artifacts.into_iter().map(|a| (target, a)));
+    }
+    // Newest first across targets; a stable sort keeps the copies of one
+    // artifact together, in the order the targets are configured.
+    candidates.sort_by(|(_, a), (_, b)| {
+        (b.manifest.started_at, &b.manifest.id).cmp(&(a.manifest.started_at, &a.manifest.id))
+    });
+    if candidates.is_empty() && skipped.is_empty() {
+        return Ok(Outcome::NoArtifacts);
+    }
+    let tried = candidates.len();
+    // The id whose copies failed only for reasons that may pass.
+    let mut stalled: Option<(String, Error)> = None;
+    for (target, stored) in &candidates {
+        let m = &stored.manifest;
+        if let Some((id, e)) = stalled.take() {
+            if id != m.id {
+                return Err(Error::RestoreStopped {
+                    what: format!("restoring {id}"),
+                    cause: e.to_string(),
+                });
             }
-            let m = &stored.manifest;
+            stalled = Some((id, e));
+        }
+        if let Err(reason) = fits(m, s) {
+            warn!(id = %m.id, target = %target.describe(), "{reason}; trying the next candidate");
+            skipped.push(format!("{} on {}: {reason}", m.id, target.describe()));
+            continue;
+        }
+        let mut pause = FIRST_RETRY_PAUSE;
+        for attempt in 1..=ATTEMPTS {
             let result = match m.layout {
                 Layout::Paths => {
                     let dests: Vec<(PathBuf, PathBuf)> =
                         paths.iter().map(|p| (p.clone(), p.clone())).collect();
-                    let finish = Finish::MoveIntoPlace { replace };
-                    restore_one(target, stored, &dests, finish, keys, progress_every).await
+                    let finish = Finish::MoveIntoPlace {
+                        replace,
+                        protected: &protected,
+                        skipped: &skipped,
+                    };
+                    restore_one(
+                        target,
+                        stored,
+                        &dests,
+                        finish,
+                        s.identities.as_ref(),
+                        s.progress_interval,
+                    )
+                    .await
                 }
                 Layout::Logical => {
                     let finish = Finish::StageForLoad { root: &paths[0] };
-                    let dests = [(logical_origin(m), paths[0].clone())];
-                    restore_one(target, stored, &dests, finish, keys, progress_every).await
+                    let dests = [(logical_origin(s.source), paths[0].clone())];
+                    restore_one(
+                        target,
+                        stored,
+                        &dests,
+                        finish,
+                        s.identities.as_ref(),
+                        s.progress_interval,
+                    )
+                    .await
                 }
             };
             let (id, target) = (m.id.clone(), target.describe());
             match result {
-                Ok(()) if m.layout == Layout::Logical => return Ok(Outcome::Staged { id, target }),
-                Ok(()) => return Ok(Outcome::Restored { id, target }),
-                // A missing or wrong age key is not damage: an older
-                // artifact would bring back older data without anyone
-                // asking for it. A person fixes the key and restarts.
+                Ok(()) if m.layout == Layout::Logical => {
+                    return Ok(Outcome::Staged {
+                        id,
+                        target,
+                        skipped,
+                    })
+                }
+                Ok(()) => {
+                    return Ok(Outcome::Restored {
+                        id,
+                        target,
+                        skipped,
+                    })
+                }
+                // A missing or wrong age key is not damage: a person fixes
+                // the key and restarts.
                 Err(e @ Error::Config(_)) => return Err(e),
+                Err(e) if proven_bad(&e) => {
+                    warn!(id = %id, target = %target, error = %e, "artifact skipped: it is bad; trying the next candidate (a copy on another target, or an older artifact)");
+                    skipped.push(format!("{id} on {target}: {e}"));
+                    break;
+                }
+                Err(e) if attempt < ATTEMPTS => {
+                    warn!(id = %id, target = %target, error = %e, attempt, "restore failed for a reason that may pass; trying the same artifact again in {}s", pause.as_secs());
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
                 Err(e) => {
-                    warn!(id = %id, target = %target, error = %e, "artifact skipped; trying the next older one");
-                    failures.push(format!("{id} on {target}: {e}"));
+                    warn!(id = %id, target = %target, error = %e, "restore failed {ATTEMPTS} times; only another copy of the same artifact may be tried");
+                    stalled = Some((id, e));
                 }
             }
         }
     }
-    if tried == 0 && failures.is_empty() {
-        return Ok(Outcome::NoArtifacts);
+    if let Some((id, e)) = stalled {
+        return Err(Error::RestoreStopped {
+            what: format!("restoring {id}"),
+            cause: e.to_string(),
+        });
     }
-    Err(Error::NothingRestorable { tried, failures })
+    Err(Error::NothingRestorable {
+        tried,
+        failures: skipped,
+    })
+}
+
+/// Whether an artifact may be restored into this pod at all: its source
+/// must be the configured one, and a physical PostgreSQL one must be of
+/// the server's major version.
+fn fits(m: &Manifest, s: &crate::config::Settings) -> std::result::Result<(), String> {
+    if m.source != s.source.as_str() {
+        return Err(format!(
+            "artifact is a {} backup, but this pod's LIFEBOAT_SOURCE is {}; refused",
+            m.source,
+            s.source.as_str()
+        ));
+    }
+    // A server refuses a data directory of another major version at start;
+    // better a clear error now than a crash loop later. A logical dump loads
+    // into a newer server, so only physical ones are checked.
+    let major = crate::source::postgres::artifact_major(&m.source_meta);
+    if let (Some(want), Some(got), Layout::Paths) = (s.pg_major, major, m.layout) {
+        if want != got {
+            return Err(format!("taken on PostgreSQL {got}, but PG_MAJOR is {want}"));
+        }
+    }
+    Ok(())
 }
 
 /// Restore one artifact into a folder for inspection (`restore --to DIR`):
 /// each backed-up path lands at `DIR/<path>`, like `tar -xf - -C DIR`.
+/// An artifact of another source than `source` is refused.
 pub async fn restore_to(
     target: &AnyTarget,
     stored: &Stored,
     dir: &Path,
+    source: SourceKind,
     keys: Option<&Identities>,
     progress_every: std::time::Duration,
 ) -> Result<()> {
     let m = &stored.manifest;
+    if m.source != source.as_str() {
+        return Err(Error::Corrupt {
+            id: m.id.clone(),
+            reason: format!(
+                "it is a {} backup, but LIFEBOAT_SOURCE is {}; refused",
+                m.source,
+                source.as_str()
+            ),
+        });
+    }
     let mut dests: Vec<(PathBuf, PathBuf)> = match m.layout {
+        // The manifest's paths were checked to be clean and absolute
+        // (Manifest::from_json), so each lands inside DIR.
         Layout::Paths => m
             .paths
             .iter()
@@ -205,7 +399,7 @@ pub async fn restore_to(
             })
             .collect(),
         // `DIR/postgres/app.dump`, as `tar -xf - -C DIR` would put it.
-        Layout::Logical => vec![(logical_origin(m), dir.join(&m.source))],
+        Layout::Logical => vec![(logical_origin(source), dir.join(source.as_str()))],
     };
     if m.kubernetes.is_some() {
         dests.push((
@@ -214,7 +408,14 @@ pub async fn restore_to(
         ));
     }
     for (_, d) in &dests {
-        if state(d)? != State::Empty {
+        if !d.starts_with(dir) {
+            return Err(Error::UnsafeEntry {
+                id: m.id.clone(),
+                entry: d.display().to_string(),
+                reason: format!("is outside {}", dir.display()),
+            });
+        }
+        if state(d, &Protected::default())? != State::Empty {
             return Err(Error::io(
                 format!("restoring into {}", d.display()),
                 std::io::Error::new(
@@ -224,19 +425,30 @@ pub async fn restore_to(
             ));
         }
     }
-    let finish = Finish::MoveIntoPlace { replace: false };
+    let finish = Finish::MoveIntoPlace {
+        replace: false,
+        protected: &Protected::default(),
+        skipped: &[],
+    };
     restore_one(target, stored, &dests, finish, keys, progress_every).await
 }
 
-/// Where a logical dump's entries come from: `<source>/…` in the tar.
-fn logical_origin(m: &Manifest) -> PathBuf {
-    Path::new("/").join(&m.source)
+/// Where a logical dump's entries come from: `<source>/…` in the tar. Named
+/// by the configured source, never by the manifest.
+fn logical_origin(source: SourceKind) -> PathBuf {
+    Path::new("/").join(source.as_str())
 }
 
 /// What happens once an artifact has been extracted and verified.
 enum Finish<'a> {
-    /// Files: move the staged entries into each destination.
-    MoveIntoPlace { replace: bool },
+    /// Files: move the staged entries into each destination, all or none
+    /// (see [`move_all_into_place`]).
+    MoveIntoPlace {
+        replace: bool,
+        protected: &'a Protected,
+        /// Newer artifacts skipped on the way, recorded in the marker.
+        skipped: &'a [String],
+    },
     /// A logical dump: the staging folder becomes `<root>/.lifeboat-pending`.
     StageForLoad { root: &'a Path },
 }
@@ -261,7 +473,7 @@ async fn restore_one(
         for (origin, _) in dests {
             let covered = match m.layout {
                 Layout::Paths => m.paths.iter().any(|p| Path::new(p) == origin),
-                Layout::Logical => *origin == logical_origin(m),
+                Layout::Logical => *origin == Path::new("/").join(&m.source),
             } || (m.kubernetes.is_some() && *origin == crate::cluster::tar_origin());
             if !covered {
                 return Err(Error::Corrupt {
@@ -308,10 +520,22 @@ async fn restore_one(
         };
         // Entry warnings were logged as they happened (tar_read::Walker::warn).
         match finish {
-            Finish::MoveIntoPlace { replace } => {
-                for (i, (_, dest)) in dests.iter().enumerate() {
-                    move_into_place(&mappings[i].staging, dest, report.roots[i], replace, m)?;
-                }
+            Finish::MoveIntoPlace {
+                replace,
+                protected,
+                skipped,
+            } => {
+                let places: Vec<Place> = dests
+                    .iter()
+                    .zip(&mappings)
+                    .zip(&report.roots)
+                    .map(|(((_, dest), map), root)| Place {
+                        staging: &map.staging,
+                        dest,
+                        root: *root,
+                    })
+                    .collect();
+                move_all_into_place(&places, replace, protected, m, skipped)?;
             }
             Finish::StageForLoad { root } => {
                 pending::commit(&cleanup[0], root, m)?;
@@ -342,7 +566,17 @@ async fn read(
     every: std::time::Duration,
     what: &'static str,
 ) -> Result<ReadReport> {
-    let reader = target.open(m).await?;
+    use tokio::io::AsyncReadExt;
+    // Never read far past the recorded size: 3 GiB appended to an artifact
+    // is noticed after READ_PAST_SIZE bytes, not at their end.
+    let failed = StoreFailure::default();
+    let reader = Watched {
+        inner: target
+            .open(m)
+            .await?
+            .take(m.size.saturating_add(READ_PAST_SIZE)),
+        failed: failed.clone(),
+    };
     let (tx, rx) = pipe::channel();
     let (chunks, spares) = ChunkReader::recycling(rx, pipe::CHUNK_SIZE);
     let feeder = tokio::spawn(pipe::feed(reader, tx, spares));
@@ -361,7 +595,47 @@ async fn read(
     .await
     .map_err(|e| Error::Source(format!("the {what} worker crashed: {e}")))?;
     feeder.abort();
-    res
+    // A stream the store broke off looks like a truncated artifact to the
+    // reader; it proves nothing about the artifact, so say what it was.
+    match (res, failed.get()) {
+        (Err(e), Some(cause)) if !matches!(e, Error::Config(_)) => Err(Error::Target {
+            target: target.describe(),
+            message: format!("reading {} broke off: {cause}", m.artifact),
+        }),
+        (res, _) => res,
+    }
+}
+
+/// The first error the store's stream returned, if any.
+#[derive(Clone, Default)]
+struct StoreFailure(Arc<std::sync::Mutex<Option<String>>>);
+
+impl StoreFailure {
+    fn get(&self) -> Option<String> {
+        self.0.lock().map(|g| g.clone()).unwrap_or(None)
+    }
+}
+
+/// A store's stream that remembers its first error.
+struct Watched<R> {
+    inner: R,
+    failed: StoreFailure,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Err(e)) = &r {
+            if let Ok(mut g) = self.failed.0.lock() {
+                g.get_or_insert_with(|| crate::error::error_chain(e));
+            }
+        }
+        r
+    }
 }
 
 /// Re-reads an artifact end to end without writing anything. An encrypted
@@ -409,26 +683,65 @@ fn clear_staging(dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Moves staged entries into `dest`. Renames within one filesystem, after a
-/// `syncfs` so the data is on disk before the names that point at it.
-fn move_into_place(
-    staging: &Path,
-    dest: &Path,
+/// One destination of a restore and what is staged for it.
+struct Place<'a> {
+    staging: &'a Path,
+    dest: &'a Path,
     root: Option<tar_read::DirMeta>,
+}
+
+/// Moves staged entries into every destination, all or none as far as a
+/// later start can tell: every destination gets the `.lifeboat-restoring`
+/// marker before the first move, and loses it only after the last one, so
+/// a crash anywhere in between makes the next start restore all paths
+/// again. Renames within one filesystem, after a `syncfs` so the data is on
+/// disk before the names that point at it. Protected folders (a backup
+/// folder mounted inside a path) are never removed.
+fn move_all_into_place(
+    places: &[Place],
     replace: bool,
+    protected: &Protected,
     m: &Manifest,
+    skipped: &[String],
 ) -> Result<()> {
-    sync_fs(staging)?;
-    let restoring = dest.join(RESTORING_MARKER);
-    write_synced(&restoring, m.id.as_bytes())?;
+    for p in places {
+        sync_fs(p.staging)?;
+    }
+    for p in places {
+        write_synced(&p.dest.join(RESTORING_MARKER), m.id.as_bytes())?;
+    }
+    for p in places {
+        move_into_place(p, replace, protected)?;
+    }
+    let marker = serde_json::json!({
+        "id": m.id, "restored_at": Utc::now(), "sha256": m.sha256, "skipped": skipped,
+    });
+    for p in places {
+        write_synced(&p.dest.join(RESTORED_MARKER), marker.to_string().as_bytes())?;
+    }
+    for p in places {
+        let restoring = p.dest.join(RESTORING_MARKER);
+        fs::remove_file(&restoring).ctx("removing", &restoring)?;
+        // Last, because every change inside the folder above moves its mtime.
+        if let Some(meta) = p.root {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            tar_read::apply_dir_meta(p.dest, meta, unsafe { libc::geteuid() } == 0)?;
+        }
+        fs::File::open(p.dest)
+            .and_then(|d| d.sync_all())
+            .ctx("syncing", p.dest)?;
+    }
+    Ok(())
+}
+
+/// Moves one destination's staged entries into place (see [`move_all_into_place`]).
+fn move_into_place(p: &Place, replace: bool, protected: &Protected) -> Result<()> {
+    let (staging, dest) = (p.staging, p.dest);
     for ent in fs::read_dir(dest).ctx("reading", dest)? {
         let ent = ent.ctx("reading", dest)?;
         let name = ent.file_name();
         let n = name.as_bytes();
-        let ours = n == RESTORING_MARKER.as_bytes()
-            || n.starts_with(STAGING_PREFIX.as_bytes())
-            || n == b"lost+found";
-        if ours {
+        if is_ours(n) || protected.holds(&ent.path()) {
             continue;
         }
         if !replace {
@@ -440,31 +753,20 @@ fn move_into_place(
                 ),
             ));
         }
-        let p = ent.path();
+        let path = ent.path();
         let r = if ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            fs::remove_dir_all(&p)
+            fs::remove_dir_all(&path)
         } else {
-            fs::remove_file(&p)
+            fs::remove_file(&path)
         };
-        r.ctx("removing the old", &p)?;
+        r.ctx("removing the old", &path)?;
     }
     for ent in fs::read_dir(staging).ctx("reading", staging)? {
         let ent = ent.ctx("reading", staging)?;
         let to = dest.join(ent.file_name());
         fs::rename(ent.path(), &to).ctx("moving into place", &to)?;
     }
-    fs::remove_dir(staging).ctx("removing", staging)?;
-    let marker = serde_json::json!({ "id": m.id, "restored_at": Utc::now(), "sha256": m.sha256 });
-    write_synced(&dest.join(RESTORED_MARKER), marker.to_string().as_bytes())?;
-    fs::remove_file(&restoring).ctx("removing", &restoring)?;
-    // Last, because every change inside the folder above moves its mtime.
-    if let Some(meta) = root {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        tar_read::apply_dir_meta(dest, meta, unsafe { libc::geteuid() } == 0)?;
-    }
-    fs::File::open(dest)
-        .and_then(|d| d.sync_all())
-        .ctx("syncing", dest)
+    fs::remove_dir(staging).ctx("removing", staging)
 }
 
 pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -27,7 +27,9 @@ Environment (each also as a _FILE form):
 
 Exit codes:
   0   the app may start: restored, nothing to restore (first deploy), or skipped
-  1   artifacts exist but none verified (the volume is untouched), or an I/O error
+  1   artifacts exist but none verified, or the newest good one could not be read or
+      written after 3 attempts (a store that stalls, a full disk): live data is left
+      as it was and no older artifact is restored in its place
   64  invalid configuration";
 
 #[derive(Parser)]
@@ -61,35 +63,68 @@ fn main() -> ExitCode {
     }
 }
 
+/// Newer artifacts that were skipped, for the Event a person reads.
+fn skipped_note(skipped: &[String]) -> String {
+    if skipped.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; {} newer artifact(s) skipped as bad: {}",
+        skipped.len(),
+        skipped.join("; ")
+    )
+}
+
 async fn run() -> lifeboat::Result<()> {
     let s = Settings::from_inputs(&Inputs::from_process(), Role::Restore)?;
+    let r = restore(&s).await;
+    if let Err(e) = &r {
+        if let Some(c) = cluster::get("restore").await {
+            c.event(Reason::RestoreFailed, &format!("restore failed: {e}"))
+                .await;
+        }
+    }
+    r
+}
+
+async fn restore(s: &Settings) -> lifeboat::Result<()> {
     for w in &s.warnings {
         warn!("{w}");
     }
-    let targets = lifeboat::target::open_all(&s).await;
-    match restore::restore_newest(
-        &targets,
-        &s.paths,
-        s.restore,
-        s.pg_major,
-        s.identities.as_ref(),
-        s.progress_interval,
-    )
-    .await?
-    {
-        Outcome::Restored { id, target } => {
+    let targets = lifeboat::target::open_all(s).await;
+    match restore::restore_newest(&targets, s).await? {
+        Outcome::Restored {
+            id,
+            target,
+            skipped,
+        } => {
             info!(id, target, "restore completed; the app may start");
             if let Some(c) = cluster::get("restore").await {
-                let msg = format!("restored {id} from {target}; the app may start");
+                let msg = format!(
+                    "restored {id} from {target}; the app may start{}",
+                    skipped_note(&skipped)
+                );
                 c.event(Reason::RestoreCompleted, &msg).await;
             }
         }
         // RestoreCompleted comes from the sidecar once the dump is loaded.
-        Outcome::Staged { id, target } => info!(
+        Outcome::Staged {
             id,
             target,
-            "dump verified and staged; the app may start, and the sidecar loads the dump once the server answers"
-        ),
+            skipped,
+        } => {
+            info!(
+                id,
+                target,
+                "dump verified and staged; the app may start, and the sidecar loads the dump once the server answers"
+            );
+            if !skipped.is_empty() {
+                if let Some(c) = cluster::get("restore").await {
+                    let msg = format!("staged {id} from {target}{}", skipped_note(&skipped));
+                    c.event(Reason::RestoreCompleted, &msg).await;
+                }
+            }
+        }
         Outcome::NoArtifacts => {
             info!("no artifacts found (first deploy); the app starts with an empty volume")
         }

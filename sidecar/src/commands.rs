@@ -195,6 +195,10 @@ pub async fn restore(to: PathBuf, id: Option<String>, before: Option<DateTime<Ut
     let mut tried = 0;
     for t in lifeboat::target::open_all(&s).await {
         let listing = t.list().await?;
+        for p in &listing.problems {
+            warn!(target = %t.describe(), "skipping unreadable manifest: {p}");
+            failures.push(p.clone());
+        }
         let candidates = listing.artifacts.iter().filter(|a| match (&id, before) {
             (Some(id), _) => &a.manifest.id == id,
             (None, Some(b)) => a.manifest.started_at < b,
@@ -202,7 +206,15 @@ pub async fn restore(to: PathBuf, id: Option<String>, before: Option<DateTime<Ut
         });
         for a in candidates {
             tried += 1;
-            match restore::restore_to(&t, a, &to, s.identities.as_ref(), s.progress_interval).await
+            match restore::restore_to(
+                &t,
+                a,
+                &to,
+                s.source,
+                s.identities.as_ref(),
+                s.progress_interval,
+            )
+            .await
             {
                 Ok(()) => {
                     info!(id = %a.manifest.id, to = %to.display(), "restored");

@@ -12,6 +12,8 @@ use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
 
+pub mod hostile;
+
 /// A built binary of this workspace. `cargo test --workspace` builds them
 /// because the binary crates have integration tests of their own.
 pub fn bin(name: &str) -> PathBuf {

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::{ByteStream, Leftover, Listing, Stored, Target, Upload};
 use crate::artifact::{self, MANIFEST_SUFFIX};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
 use crate::writeback::Writeback;
 use crate::{Error, Result};
 
@@ -65,6 +65,11 @@ impl DirTarget {
         &self.root
     }
 
+    /// The configured folder (the backup volume's mount point).
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
     fn err(&self, message: String) -> Error {
         Error::Target {
             target: self.describe(),
@@ -112,6 +117,63 @@ async fn sync_dir(dir: &Path) -> std::io::Result<()> {
     tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
         .await
         .map_err(std::io::Error::other)?
+}
+
+/// Opens a file a store holds without following a symlink and without
+/// blocking on a FIFO, and checks it is a regular file: a store's files are
+/// untrusted, and a planted `/dev/zero` link or FIFO must fail at once.
+fn open_regular(path: &Path) -> std::io::Result<(std::fs::File, std::fs::Metadata)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "is a symlink, not a file")
+            } else {
+                e
+            }
+        })?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("is not a regular file ({:?})", meta.file_type()),
+        ));
+    }
+    Ok((f, meta))
+}
+
+/// Reads a small file a store holds (a manifest, a verified record) whole,
+/// refusing one larger than `cap` before reading it.
+async fn read_regular(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let (f, meta) = open_regular(&path)?;
+        if meta.len() > cap {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{} bytes, more than the {cap} such a file may have",
+                    meta.len()
+                ),
+            ));
+        }
+        let mut out = Vec::with_capacity(meta.len() as usize);
+        // The size may grow after the fstat: read at most one byte past the cap.
+        f.take(cap + 1).read_to_end(&mut out)?;
+        if out.len() as u64 > cap {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("grew past the {cap} bytes such a file may have"),
+            ));
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 fn modified(meta: &std::fs::Metadata) -> DateTime<Utc> {
@@ -168,14 +230,14 @@ impl Target for DirTarget {
                 continue;
             }
             let path = ent.path();
-            let bytes = match fs::read(&path).await {
+            let bytes = match read_regular(&path, MAX_MANIFEST_BYTES).await {
                 Ok(b) => b,
                 Err(e) => {
                     listing.problems.push(format!("{}: {e}", path.display()));
                     continue;
                 }
             };
-            let manifest = match Manifest::from_json(&bytes) {
+            let manifest = match super::parse_listed(&name, &bytes) {
                 Ok(m) => m,
                 Err(e) => {
                     listing
@@ -184,7 +246,8 @@ impl Target for DirTarget {
                     continue;
                 }
             };
-            let verified_at = fs::read(self.root.join(artifact::verified_name(&manifest.id)))
+            let verified = self.root.join(artifact::verified_name(&manifest.id));
+            let verified_at = read_regular(&verified, super::MAX_VERIFIED_BYTES)
                 .await
                 .ok()
                 .and_then(|b| super::parse_verified(&b));
@@ -225,10 +288,28 @@ impl Target for DirTarget {
 
     async fn open(&self, m: &Manifest) -> Result<ByteStream> {
         let path = self.root.join(&m.artifact);
-        let f = fs::File::open(&path)
+        let p = path.clone();
+        let opened = tokio::task::spawn_blocking(move || open_regular(&p))
             .await
-            .map_err(|e| self.io_err("opening", &path, e))?;
-        Ok(Box::pin(f))
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        match opened {
+            Ok((f, _)) => Ok(Box::pin(fs::File::from_std(f))),
+            // Not there, or not a plain file (a symlink to /dev/zero, a FIFO):
+            // this artifact can never be read, whatever we retry.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData
+                ) =>
+            {
+                Err(Error::Corrupt {
+                    id: m.id.clone(),
+                    reason: format!("{}: {e}", path.display()),
+                })
+            }
+            Err(e) => Err(self.io_err("opening", &path, e)),
+        }
     }
 
     async fn delete(&self, m: &Manifest) -> Result<()> {

@@ -132,6 +132,27 @@ impl Listing {
     }
 }
 
+/// A listed manifest: its own checks ([`Manifest::from_json`]), and its id
+/// must be the one its file name carries, so a manifest copied or crafted
+/// under another name cannot speak for an artifact that is not its own.
+pub fn parse_listed(file_name: &str, bytes: &[u8]) -> std::result::Result<Manifest, String> {
+    let m = Manifest::from_json(bytes)?;
+    if file_name != crate::artifact::manifest_name(&m.id) {
+        return Err(format!(
+            "its id {:?} does not match its file name {file_name:?}",
+            m.id
+        ));
+    }
+    Ok(m)
+}
+
+/// The largest verified record read from a store (ours are ~150 bytes).
+pub const MAX_VERIFIED_BYTES: u64 = 64 * 1024;
+
+/// Bytes read from a store past an artifact's recorded `size`: enough to
+/// tell "appended to" from "exact", never the appended gigabytes.
+pub const READ_PAST_SIZE: u64 = 64 * 1024;
+
 /// The record `verify` leaves beside a manifest (the manifest stays immutable).
 pub fn verified_record(m: &Manifest, at: DateTime<Utc>) -> Vec<u8> {
     serde_json::json!({ "id": m.id, "sha256": m.sha256, "verified_at": at })
@@ -303,7 +324,8 @@ mod tests {
     fn stored(id: &str, started: &str, verified: bool) -> Stored {
         let json = serde_json::json!({
             "format": "lifeboat/v1", "id": id, "artifact": format!("{id}.tar.zst"),
-            "name": "n", "namespace": "ns", "source": "files", "paths": ["/data"],
+            "name": "n", "namespace": "ns", "source": id.rsplit('-').next().unwrap(),
+            "layout": if id.ends_with("-files") { "paths" } else { "logical" }, "paths": ["/data"],
             "started_at": started, "finished_at": started, "compression": "zstd:3",
             "encryption": "none", "size": 1, "sha256": "00", "entries": 1, "bytes_in": 1,
             "warnings": [], "tool_version": "t", "source_meta": {}

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use super::{ByteStream, Leftover, Listing, Stored, Target, Upload};
 use crate::artifact::{self, MANIFEST_SUFFIX};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
 use crate::{Error, Result};
 
 /// Size of the first 1,000 parts. S3 needs at least 5 MiB for all but the
@@ -170,14 +170,31 @@ impl S3Target {
             .map_err(|e| self.sdk_err(&format!("GetObject {key}"), e))
     }
 
-    async fn get_small(&self, key: &str) -> Result<Vec<u8>> {
+    /// Reads a small object (a manifest, a verified record) whole, refusing
+    /// one larger than `cap` before reading it: the store decides nothing
+    /// about our memory.
+    async fn get_small(&self, key: &str, cap: u64) -> Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
         let out = self.get(key).await?;
-        let data = out
-            .body
-            .collect()
+        let too_big = |n: u64| {
+            self.err(format!(
+                "{key}: {n} bytes or more, more than the {cap} such an object may have"
+            ))
+        };
+        if let Some(n) = out.content_length().filter(|n| *n as u64 > cap) {
+            return Err(too_big(n as u64));
+        }
+        let mut data = Vec::new();
+        out.body
+            .into_async_read()
+            .take(cap + 1)
+            .read_to_end(&mut data)
             .await
             .map_err(|e| self.err(format!("reading {key}: {e}")))?;
-        Ok(data.into_bytes().to_vec())
+        if data.len() as u64 > cap {
+            return Err(too_big(data.len() as u64));
+        }
+        Ok(data)
     }
 
     async fn put_small(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
@@ -290,8 +307,8 @@ impl Target for S3Target {
             if name.starts_with('.') || !name.ends_with(MANIFEST_SUFFIX) {
                 continue;
             }
-            let manifest = match self.get_small(key).await.and_then(|b| {
-                Manifest::from_json(&b)
+            let manifest = match self.get_small(key, MAX_MANIFEST_BYTES).await.and_then(|b| {
+                super::parse_listed(name, &b)
                     .map_err(|e| self.err(format!("{key}: not a valid manifest: {e}")))
             }) {
                 Ok(m) => m,
@@ -302,7 +319,7 @@ impl Target for S3Target {
             };
             let vname = artifact::verified_name(&manifest.id);
             let verified_at = if names.contains(vname.as_str()) {
-                self.get_small(&self.key(&vname))
+                self.get_small(&self.key(&vname), super::MAX_VERIFIED_BYTES)
                     .await
                     .ok()
                     .and_then(|b| super::parse_verified(&b))
@@ -344,8 +361,24 @@ impl Target for S3Target {
     }
 
     async fn open(&self, m: &Manifest) -> Result<ByteStream> {
-        let out = self.get(&self.key(&m.artifact)).await?;
-        Ok(Box::pin(out.body.into_async_read()))
+        let key = self.key(&m.artifact);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await;
+        match out {
+            Ok(out) => Ok(Box::pin(out.body.into_async_read())),
+            // The manifest is there but its artifact is not: no retry brings
+            // it back, so it counts as a bad artifact, not a store problem.
+            Err(e) if e.code() == Some("NoSuchKey") => Err(Error::Corrupt {
+                id: m.id.clone(),
+                reason: format!("{key} does not exist in bucket {:?}", self.bucket),
+            }),
+            Err(e) => Err(self.sdk_err(&format!("GetObject {key}"), e)),
+        }
     }
 
     async fn delete(&self, m: &Manifest) -> Result<()> {
@@ -362,10 +395,9 @@ impl Target for S3Target {
     }
 
     async fn mark_verified(&self, m: &Manifest, at: DateTime<Utc>) -> Result<()> {
-        let body = serde_json::json!({ "id": m.id, "sha256": m.sha256, "verified_at": at });
         self.put_small(
             &artifact::verified_name(&m.id),
-            body.to_string().into_bytes(),
+            super::verified_record(m, at),
         )
         .await
     }
