@@ -14,6 +14,9 @@ command -v python3 >/dev/null || missing+=(python3 python3-pip)
 command -v npm >/dev/null || missing+=(nodejs npm)
 # The standard age CLI: tests decrypt artifacts by hand, as a user would.
 command -v age >/dev/null || missing+=(age)
+# tests/restore_faults.rs kills a restore at each of its renames with
+# strace's fault injection (a real SIGKILL at an exact point).
+command -v strace >/dev/null || missing+=(strace)
 # scripts/build-static.sh: ldd, chroot (in /usr/sbin, off a non-root PATH).
 command -v ldd >/dev/null || missing+=(libc-bin)
 [ -x /usr/sbin/chroot ] || missing+=(coreutils)

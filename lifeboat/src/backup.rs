@@ -50,6 +50,18 @@ impl Job {
             .collect();
         let mut files = FilesSource::new(settings.paths.clone(), settings.exclude_set.clone());
         files.skip = skip;
+        files.skip_dirs = settings
+            .targets
+            .iter()
+            .filter_map(|t| match t {
+                TargetSpec::Dir(base) => std::fs::metadata(base).ok(),
+                TargetSpec::S3 { .. } => None,
+            })
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                (m.dev(), m.ino())
+            })
+            .collect();
         let source = match settings.source {
             SourceKind::Files => AnySource::Files(files),
             SourceKind::CouchDb => AnySource::CouchDb(CouchSource {

@@ -211,6 +211,57 @@ pub fn set_mtime(p: &Path, secs: i64) {
     assert_eq!(r, 0, "utimensat {}: {:?}", p.display(), t);
 }
 
+/// A tmpfs mounted for a test, unmounted when dropped (also on a failure).
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. `8m`) at `dir`, created if missing.
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs at {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A bind mount (`mount --bind from to`), unmounted when dropped.
+pub struct BindMount(pub PathBuf);
+
+impl BindMount {
+    pub fn new(from: &Path, to: &Path) -> BindMount {
+        fs::create_dir_all(to).unwrap();
+        let st = Command::new("mount")
+            .arg("--bind")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "bind mount {} at {}",
+            from.display(),
+            to.display()
+        );
+        BindMount(to.to_path_buf())
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 pub fn is_root() -> bool {
     // SAFETY: no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -410,6 +461,12 @@ impl Seaweed {
                 ),
             }
         }
+    }
+
+    /// The server's process id (to pause it with SIGSTOP, as a stalled
+    /// store looks to a client).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// SIGKILL, as a crash or a cut network would look to a client.

@@ -41,6 +41,10 @@ pub struct FilesSource {
     pub exclude: GlobSet,
     /// Folders never to include, e.g. a backup target that lies inside a path.
     pub skip: Vec<PathBuf>,
+    /// The same by device and inode: a backup folder reached through a bind
+    /// mount or a symlinked mount point inside a path is never backed up
+    /// into itself (each artifact would hold all the older ones).
+    pub skip_dirs: Vec<(u64, u64)>,
     /// A source's own rule for what to leave out: `(root, path) -> leave out`.
     pub filter: Option<fn(&Path, &Path) -> bool>,
     /// Files change while read and something else repairs that (PostgreSQL
@@ -54,6 +58,7 @@ impl FilesSource {
             paths,
             exclude,
             skip: Vec::new(),
+            skip_dirs: Vec::new(),
             filter: None,
             changes_expected: false,
         }
@@ -282,6 +287,16 @@ impl Walker<'_> {
                 }
                 Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
             };
+            if meta.is_dir()
+                && self
+                    .planner
+                    .src
+                    .skip_dirs
+                    .contains(&(meta.dev(), meta.ino()))
+            {
+                tracing::debug!(path = %path.display(), "the backup folder is inside a backed-up path; left out");
+                continue;
+            }
             if meta.is_dir() {
                 let found = self.planner.plan(path.clone(), meta)?;
                 self.push(found)?;
