@@ -417,3 +417,55 @@ fn a_backup_folder_inside_the_path_is_left_out_and_left_alone() {
         let _: Option<PathBuf> = None;
     }
 }
+
+/// `list` against a store that stopped answering (SeaweedFS paused with
+/// SIGSTOP) fails with a message within about a minute instead of hanging.
+#[test]
+fn list_against_a_stalled_s3_store_fails_instead_of_hanging() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("v"), "x").unwrap();
+    let weed = Seaweed::start(&tmp.path().join("weed"));
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(weed.create_bucket("hang"));
+    let mut env = weed.env();
+    env.push(("LIFEBOAT_PATHS", data.to_str().unwrap().into()));
+    env.push(("LIFEBOAT_TARGETS", "s3://hang/pods".into()));
+    env.push(("HOSTNAME", "db-0".into()));
+    run_ok(lifeboat("lifeboat-sidecar", &pairs(&env)).arg("backup-now"));
+    let pids = tree(weed.pid());
+    for p in &pids {
+        // SAFETY: kill(2) on processes this test started.
+        unsafe { libc::kill(*p, libc::SIGSTOP) };
+    }
+    let started = std::time::Instant::now();
+    let mut child = lifeboat("lifeboat-sidecar", &pairs(&env))
+        .arg("list")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if started.elapsed() > Duration::from_secs(150) {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for p in &pids {
+        // SAFETY: as above.
+        unsafe { libc::kill(*p, libc::SIGCONT) };
+    }
+    let status = status.expect("list hung on a stalled store for 150 s");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    eprintln!("list gave up after {:?}:\n{err}", started.elapsed());
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("ListObjectsV2"), "{err}");
+}

@@ -44,6 +44,11 @@ pub const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// One attempt of one request (a part of at most a few hundred MiB).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// One attempt of a request with a small answer (a listing page, a manifest).
+pub const SMALL_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Such a request with all its retries: a stalled store is reported after
+/// this long rather than waited for.
+pub const SMALL_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn part_size(part_number: i32) -> usize {
     let tier = ((part_number - 1) / PARTS_PER_TIER).clamp(0, 9) as u32;
@@ -128,6 +133,11 @@ fn pem_of(der: &[u8]) -> Vec<u8> {
 
 pub struct S3Target {
     client: Client,
+    /// The same client with short timeouts, for requests whose answer is
+    /// small (list, manifests, heads, deletes): a stalled store fails them
+    /// within [`SMALL_OPERATION_TIMEOUT`] instead of the minutes a part
+    /// upload may need, so `list`, `verify` and restore never hang on it.
+    quick: Client,
     bucket: String,
     /// `<prefix>/<namespace>/<name>` without a trailing slash.
     root: String,
@@ -135,8 +145,22 @@ pub struct S3Target {
 
 impl S3Target {
     pub fn new(client: Client, bucket: String, root: String) -> Self {
+        let quick = Client::from_conf(
+            client
+                .config()
+                .to_builder()
+                .timeout_config(
+                    TimeoutConfig::builder()
+                        .connect_timeout(CONNECT_TIMEOUT)
+                        .operation_attempt_timeout(SMALL_ATTEMPT_TIMEOUT)
+                        .operation_timeout(SMALL_OPERATION_TIMEOUT)
+                        .build(),
+                )
+                .build(),
+        );
         S3Target {
             client,
+            quick,
             bucket,
             root,
         }
@@ -161,7 +185,7 @@ impl S3Target {
     }
 
     async fn get(&self, key: &str) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput> {
-        self.client
+        self.quick
             .get_object()
             .bucket(&self.bucket)
             .key(key)
@@ -199,7 +223,7 @@ impl S3Target {
 
     async fn put_small(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
         let key = self.key(name);
-        self.client
+        self.quick
             .put_object()
             .bucket(&self.bucket)
             .key(&key)
@@ -212,7 +236,7 @@ impl S3Target {
     }
 
     async fn delete_key(&self, key: &str) -> Result<()> {
-        self.client
+        self.quick
             .delete_object()
             .bucket(&self.bucket)
             .key(key)
@@ -226,7 +250,7 @@ impl S3Target {
     async fn keys(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
         let mut out = Vec::new();
         let mut pages = self
-            .client
+            .quick
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(format!("{}/", self.root))
@@ -289,7 +313,7 @@ impl Target for S3Target {
     }
 
     async fn check(&self) -> Result<()> {
-        self.client
+        self.quick
             .head_bucket()
             .bucket(&self.bucket)
             .send()
