@@ -5,7 +5,7 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -777,26 +777,70 @@ pub fn link_stays_inside(origin: &Path, rel: &Path, target: &Path) -> bool {
 /// default 8 KiB of `io::copy` would mean 128 syscalls per MiB.
 pub const WRITE_BUFFER: usize = 256 * 1024;
 
-/// Copies an entry's body into `f` in [`WRITE_BUFFER`] writes, handing each
-/// written step to the disk as it goes (see [`crate::writeback`]), so the
-/// final `syncfs` has little left and dirty pages stay bounded.
+/// A run of zero bytes this long, at an offset that is a multiple of it, is
+/// left as a hole instead of written (as `cp --sparse=auto` and `tar -x` of
+/// a sparse member do): a 1 GiB file that is mostly holes must fit back into
+/// the small volume it came from. The page size, and the block size of
+/// ext4 and xfs by default: a smaller hole would still take a whole block.
+pub const SPARSE_BLOCK: usize = 4096;
+
+/// Copies an entry's body into `f` in writes of at most [`WRITE_BUFFER`],
+/// seeking over every aligned [`SPARSE_BLOCK`] of zeros instead of writing
+/// it, and handing each step to the disk as it goes (see
+/// [`crate::writeback`]), so the final `syncfs` has little left and dirty
+/// pages stay bounded. `f` must be new and empty: a hole reads as zeros.
 fn copy_out(entry: &mut impl Read, size: u64, f: &mut fs::File) -> io::Result<u64> {
     // Sized to the file: most files are small, and a 256 KiB allocation per
-    // file would be an mmap and munmap each.
+    // file would be an mmap and munmap each. Every fill but the last is
+    // whole, so each starts at a multiple of SPARSE_BLOCK in the file.
     let mut buf = vec![0u8; (size as usize).clamp(1, WRITE_BUFFER)];
     let mut wb = crate::writeback::Writeback::default();
     let mut total = 0u64;
+    // Whether the last bytes were skipped: the file then ends short of
+    // `total` until `set_len` puts the end where it belongs.
+    let mut ends_in_hole = false;
     loop {
         // Filled, not one read: the archive hands out at most a tar block at
         // a time near entry boundaries.
         let filled = read_full(entry, &mut buf)?;
         if filled == 0 {
-            return Ok(total);
+            break;
         }
-        f.write_all(&buf[..filled])?;
-        wb.wrote(f, filled as u64);
+        let data = &buf[..filled];
+        let block_end = |at: usize| (at + SPARSE_BLOCK).min(filled);
+        let mut at = 0;
+        while at < filled {
+            // One write or one seek for each run of like blocks.
+            let zero = is_zero(&data[at..block_end(at)]);
+            let mut end = block_end(at);
+            while end < filled && is_zero(&data[end..block_end(end)]) == zero {
+                end = block_end(end);
+            }
+            if zero {
+                f.seek(io::SeekFrom::Current((end - at) as i64))?;
+            } else {
+                f.write_all(&data[at..end])?;
+            }
+            // A hole moves the writeback along too: its range has nothing
+            // to write, and the data after it lies that much further on.
+            wb.wrote(f, (end - at) as u64);
+            ends_in_hole = zero;
+            at = end;
+        }
         total += filled as u64;
     }
+    if ends_in_hole {
+        f.set_len(total)?;
+    }
+    Ok(total)
+}
+
+/// Whether `block` holds only zeros, compared 16 bytes at a time (a byte
+/// loop would cost more than the write it saves).
+fn is_zero(block: &[u8]) -> bool {
+    let mut words = block.chunks_exact(16);
+    words.all(|w| u128::from_ne_bytes(w.try_into().expect("16 bytes")) == 0)
+        && words.remainder().iter().all(|&b| b == 0)
 }
 
 #[cfg(test)]
@@ -816,6 +860,49 @@ mod tests {
             "is an absolute path"
         );
         assert!(clean_name(b"./").is_err());
+    }
+
+    #[test]
+    fn zero_blocks_become_holes_and_the_content_is_unchanged() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let restore = |name: &str, body: &[u8]| {
+            let path = dir.path().join(name);
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .unwrap();
+            let n = copy_out(&mut &body[..], body.len() as u64, &mut f).unwrap();
+            assert_eq!(n, body.len() as u64);
+            drop(f);
+            assert!(fs::read(&path).unwrap() == body, "{name}: content differs");
+            fs::metadata(&path).unwrap().blocks() * 512
+        };
+        // Data in the first block, one lone block past a buffer's end, and
+        // zeros to the end: the length comes from set_len.
+        let mut body = vec![0u8; 3 * WRITE_BUFFER + 100];
+        body[5] = 1;
+        body[WRITE_BUFFER + SPARSE_BLOCK + 7] = 2;
+        let stored = restore("holes", &body);
+        assert!(stored <= 4 * SPARSE_BLOCK as u64, "{stored} bytes stored");
+        // Ends in data that is not block-aligned.
+        let n = body.len();
+        body[n - 1] = 3;
+        restore("data-at-the-end", &body);
+        restore("small-zeros", &[0u8; 100]);
+        restore("empty", &[]);
+    }
+
+    #[test]
+    fn is_zero_looks_at_every_byte() {
+        let mut b = vec![0u8; SPARSE_BLOCK + 5];
+        assert!(is_zero(&b));
+        for i in [0, 15, 16, SPARSE_BLOCK - 1, SPARSE_BLOCK + 4] {
+            b[i] = 1;
+            assert!(!is_zero(&b), "{i}");
+            b[i] = 0;
+        }
     }
 
     #[test]

@@ -1,0 +1,140 @@
+//! Fidelity (issue 18): what a restore gives back beyond the bytes, and
+//! what `verify` says when the target is not as it should be.
+//!
+//! These tests mount filesystems (a small tmpfs, a read-only bind mount),
+//! so they need root; without it each says it skipped and why.
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lifeboat_tests::*;
+use sha2::{Digest, Sha256};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// A mount this test made, unmounted when dropped, also when the test
+/// panics, so a failed run leaves nothing mounted.
+struct Mount(PathBuf);
+
+impl Mount {
+    /// A tmpfs of `size` (e.g. `64m`) at `dir`.
+    fn tmpfs(dir: &Path, size: &str) -> Mount {
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={size}"))
+                .arg("tmpfs")
+                .arg(dir),
+        );
+        Mount(dir.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// True (and says so) when the test cannot run here.
+fn skipped(test: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!(
+        "{test}: skipped: it mounts filesystems, which needs root (CI runs the tests as root)"
+    );
+    true
+}
+
+/// The sha256 of a file, read 1 MiB at a time (a 1 GiB file is never in memory).
+fn sha256_of(path: &Path) -> String {
+    let mut f = File::open(path).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; MIB as usize];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return hex::encode(h.finalize());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+fn env(data: &Path, backup: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("LIFEBOAT_PATHS", data.display().to_string()),
+        ("LIFEBOAT_TARGETS", format!("file://{}", backup.display())),
+        ("HOSTNAME", "fid-0".to_string()),
+    ]
+}
+
+fn cmd(name: &str, env: &[(&'static str, String)]) -> Command {
+    lifeboat(name, &pairs(env))
+}
+
+#[test]
+fn a_sparse_file_restores_sparse_into_the_small_volume_it_came_from() {
+    if skipped("a_sparse_file_restores_sparse_into_the_small_volume_it_came_from") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, backup) = (tmp.path().join("volume"), tmp.path().join("backup"));
+    fs::create_dir_all(&data).unwrap();
+    fs::create_dir_all(&backup).unwrap();
+    // Dropped before `tmp`, which is declared first.
+    let _volume = Mount::tmpfs(&data, "64m");
+
+    // 1 GiB, nearly all holes: data at 0, at 300 MiB, and up to the very
+    // end from an offset that is not block-aligned.
+    let disk = data.join("disk.img");
+    let f = File::create(&disk).unwrap();
+    f.set_len(GIB).unwrap();
+    f.write_all_at(&noise(64 * 1024, 1), 0).unwrap();
+    f.write_all_at(&noise(64 * 1024, 2), 300 * MIB).unwrap();
+    f.write_all_at(&noise(5000, 3), GIB - 5000).unwrap();
+    drop(f);
+    // Ends in a hole, at a length that is not block-aligned either.
+    let tail = data.join("tail-hole");
+    let f = File::create(&tail).unwrap();
+    f.set_len(100 * MIB + 123).unwrap();
+    f.write_all_at(b"head", 0).unwrap();
+    drop(f);
+    let files = [&disk, &tail];
+    let before: Vec<(u64, String)> = files
+        .iter()
+        .map(|p| (fs::metadata(p).unwrap().len(), sha256_of(p)))
+        .collect();
+
+    let env = env(&data, &backup);
+    run_ok(cmd("lifeboat-sidecar", &env).arg("backup-now"));
+    let arts = artifacts(&history(&backup, "fid-0"));
+    let stored = fs::metadata(&arts[0]).unwrap().len();
+    eprintln!("1.1 GiB of mostly holes stored in {stored} bytes");
+
+    for p in files {
+        fs::remove_file(p).unwrap();
+    }
+    let out = run_ok(&mut cmd("lifeboat-restore", &env));
+    assert!(
+        stderr(&out).contains("restore completed"),
+        "{}",
+        stderr(&out)
+    );
+    for (p, (len, sha)) in files.iter().zip(&before) {
+        let md = fs::metadata(p).unwrap();
+        assert_eq!(md.len(), *len, "{}", p.display());
+        assert_eq!(&sha256_of(p), sha, "{}", p.display());
+        // The data blocks, not the holes: a few hundred KiB at most.
+        let allocated = md.blocks() * 512;
+        assert!(
+            allocated < 4 * MIB,
+            "{} takes {allocated} bytes on disk; its holes were written",
+            p.display()
+        );
+    }
+}
