@@ -6,6 +6,7 @@
 
 use std::fs::{self, File};
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -137,4 +138,102 @@ fn a_sparse_file_restores_sparse_into_the_small_volume_it_came_from() {
             p.display()
         );
     }
+}
+
+/// Sets the mtime (and atime) of `p` itself, not of a symlink's target.
+fn set_mtime_ns(p: &Path, secs: i64, nsec: i64) {
+    let ts = libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: nsec as libc::c_long,
+    };
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid C string and two timespecs; AT_SYMLINK_NOFOLLOW
+    // touches a link itself.
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            [ts, ts].as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "utimensat {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+#[test]
+fn mtimes_keep_their_nanoseconds_through_lifeboat_restore_and_gnu_tar() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, backup) = (tmp.path().join("data"), tmp.path().join("backup"));
+    fs::create_dir_all(data.join("folder")).unwrap();
+    fs::create_dir_all(&backup).unwrap();
+    fs::write(data.join("small.txt"), b"read ahead with its batch").unwrap();
+    // Past the read-ahead's largest file: streamed on its own.
+    fs::write(data.join("large.bin"), noise(200 * 1024, 7)).unwrap();
+    fs::write(data.join("folder/inner.txt"), b"inside").unwrap();
+    std::os::unix::fs::symlink("../small.txt", data.join("folder/link")).unwrap();
+    // A GNU long-name record and a long link target beside the PAX record.
+    fs::write(data.join("n".repeat(200)), b"long name").unwrap();
+    let long_target = format!("{}small.txt", "./".repeat(60));
+    std::os::unix::fs::symlink(&long_target, data.join("long-link")).unwrap();
+    fs::write(data.join("whole-seconds.txt"), b"no fraction").unwrap();
+
+    let mut with_nanos = 0;
+    let mut all: Vec<PathBuf> = snapshot(&data)
+        .into_keys()
+        .map(|k| data.join(std::ffi::OsStr::from_bytes(&k)))
+        .collect();
+    all.sort();
+    for (i, p) in all.iter().enumerate() {
+        let nsec = if p.ends_with("whole-seconds.txt") {
+            0
+        } else {
+            with_nanos += 1;
+            // Distinct, and with digits everywhere a cut or rounding would show.
+            123_456_789 + i as i64 * 1_001
+        };
+        set_mtime_ns(p, 1_700_000_000 + i as i64 * 3_600, nsec);
+    }
+    let before = snapshot(&data);
+    assert_eq!(
+        before.values().filter(|n| n.mtime_nsec != 0).count(),
+        with_nanos
+    );
+
+    let env = env(&data, &backup);
+    run_ok(cmd("lifeboat-sidecar", &env).arg("backup-now"));
+    let art = artifacts(&history(&backup, "fid-0")).remove(0);
+
+    // One PAX record per entry with nanoseconds, none for whole seconds.
+    let raw = zstd::Decoder::new(File::open(&art).unwrap()).unwrap();
+    let mut archive = tar::Archive::new(raw);
+    let pax = archive
+        .entries()
+        .unwrap()
+        .raw(true)
+        .filter(|e| e.as_ref().unwrap().header().entry_type() == tar::EntryType::XHeader)
+        .count();
+    assert_eq!(pax, with_nanos);
+
+    // GNU tar reads the records too, as the README tells a person to use it.
+    let by_hand = tmp.path().join("by-hand");
+    fs::create_dir(&by_hand).unwrap();
+    run_ok(Command::new("sh").arg("-c").arg(format!(
+        "zstd -dc '{}' | tar -xpf - -C '{}'",
+        art.display(),
+        by_hand.display()
+    )));
+    assert_same(
+        &before,
+        &snapshot(&by_hand.join(data.strip_prefix("/").unwrap())),
+    );
+
+    fs::remove_dir_all(&data).unwrap();
+    run_ok(&mut cmd("lifeboat-restore", &env));
+    assert_same(&before, &snapshot(&data));
 }

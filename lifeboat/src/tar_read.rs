@@ -38,7 +38,16 @@ pub struct DirMeta {
     pub mode: u32,
     pub uid: u64,
     pub gid: u64,
+    /// Seconds since 1970.
     pub mtime: u64,
+    /// The sub-second part, from the entry's PAX `mtime` record (0 without one).
+    pub mtime_nsec: u32,
+}
+
+impl DirMeta {
+    fn mtime(&self) -> FileTime {
+        FileTime::from_unix_time(self.mtime as i64, self.mtime_nsec)
+    }
 }
 
 /// A folder on the path to the entry being written, and the metadata it
@@ -444,12 +453,14 @@ impl<'a> Walker<'a> {
             return Ok(());
         };
         let m = &mappings[idx];
+        let (mtime, mtime_nsec) = entry_mtime(entry);
         let h = entry.header();
         let meta = DirMeta {
             mode: h.mode().unwrap_or(0o644) & 0o7777,
             uid: h.uid().unwrap_or(0),
             gid: h.gid().unwrap_or(0),
-            mtime: h.mtime().unwrap_or(0),
+            mtime,
+            mtime_nsec,
         };
         let kind = h.entry_type();
         if rel.as_os_str().is_empty() {
@@ -514,7 +525,7 @@ impl<'a> Walker<'a> {
                 self.chown(&dest, meta)?;
                 f.set_permissions(fs::Permissions::from_mode(meta.mode))
                     .ctx("setting the mode of", &dest)?;
-                let t = FileTime::from_unix_time(meta.mtime as i64, 0);
+                let t = meta.mtime();
                 filetime::set_file_handle_times(&f, Some(t), Some(t))
                     .ctx("setting the mtime of", &dest)?;
             }
@@ -538,7 +549,7 @@ impl<'a> Walker<'a> {
                 remove_non_dir(&dest)?;
                 std::os::unix::fs::symlink(&target, &dest).ctx("creating the symlink", &dest)?;
                 self.chown(&dest, meta)?;
-                let t = FileTime::from_unix_time(meta.mtime as i64, 0);
+                let t = meta.mtime();
                 filetime::set_symlink_file_times(&dest, t, t).ctx("setting the mtime of", &dest)?;
             }
             EntryType::Link => {
@@ -649,6 +660,7 @@ impl<'a> Walker<'a> {
             uid: md.uid().into(),
             gid: md.gid().into(),
             mtime: md.mtime().max(0) as u64,
+            mtime_nsec: md.mtime_nsec() as u32,
         };
         if !self.as_root && meta.mode & 0o700 != 0o700 {
             fs::set_permissions(path, fs::Permissions::from_mode(meta.mode | 0o700))
@@ -696,8 +708,43 @@ pub fn apply_dir_meta(path: &Path, meta: DirMeta, as_root: bool) -> Result<()> {
     }
     fs::set_permissions(path, fs::Permissions::from_mode(meta.mode))
         .ctx("setting the mode of", path)?;
-    let t = FileTime::from_unix_time(meta.mtime as i64, 0);
+    let t = meta.mtime();
     filetime::set_symlink_file_times(path, t, t).ctx("setting the mtime of", path)
+}
+
+/// An entry's mtime as (seconds, nanoseconds): from its PAX `mtime` record
+/// when it has a readable one (`tar --format=posix` and our backups write
+/// it when there are nanoseconds), else the header's whole seconds.
+fn entry_mtime<R: Read>(entry: &mut tar::Entry<R>) -> (u64, u32) {
+    let pax = match entry.pax_extensions() {
+        // The last record wins, as in GNU tar.
+        Ok(Some(records)) => records
+            .filter_map(|r| r.ok())
+            .filter(|r| r.key_bytes() == b"mtime")
+            .filter_map(|r| parse_pax_time(r.value_bytes()))
+            .last(),
+        _ => None,
+    };
+    pax.unwrap_or_else(|| (entry.header().mtime().unwrap_or(0), 0))
+}
+
+/// A PAX time, `<seconds>[.<fraction>]`: `1700000000.5` is 500,000,000 ns;
+/// digits past the ninth are dropped. None for anything else, including a
+/// time before 1970 (which the header cannot hold either).
+fn parse_pax_time(value: &[u8]) -> Option<(u64, u32)> {
+    let (secs, frac) = match value.iter().position(|&b| b == b'.') {
+        Some(dot) => (&value[..dot], &value[dot + 1..]),
+        None => (value, &b""[..]),
+    };
+    let all_digits = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
+    if secs.is_empty() || !all_digits(secs) || !all_digits(frac) {
+        return None;
+    }
+    let secs = std::str::from_utf8(secs).ok()?.parse().ok()?;
+    let nanos = (0..9).fold(0u32, |n, i| {
+        n * 10 + frac.get(i).map_or(0, |d| u32::from(d - b'0'))
+    });
+    Some((secs, nanos))
 }
 
 fn remove_non_dir(p: &Path) -> Result<()> {
@@ -892,6 +939,36 @@ mod tests {
         restore("data-at-the-end", &body);
         restore("small-zeros", &[0u8; 100]);
         restore("empty", &[]);
+    }
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(
+            parse_pax_time(b"1700000000.123456789"),
+            Some((1_700_000_000, 123_456_789))
+        );
+        assert_eq!(
+            parse_pax_time(b"1700000000.5"),
+            Some((1_700_000_000, 500_000_000))
+        );
+        assert_eq!(parse_pax_time(b"1700000000"), Some((1_700_000_000, 0)));
+        assert_eq!(parse_pax_time(b"1.1234567891"), Some((1, 123_456_789)));
+        for bad in [
+            &b""[..],
+            b"-1.5",
+            b"+1",
+            b".5",
+            b"1.5x",
+            b"1e9",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(
+                parse_pax_time(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
