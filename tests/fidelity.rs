@@ -237,3 +237,45 @@ fn mtimes_keep_their_nanoseconds_through_lifeboat_restore_and_gnu_tar() {
     run_ok(&mut cmd("lifeboat-restore", &env));
     assert_same(&before, &snapshot(&data));
 }
+
+/// `n` backups of a one-file volume; their ids, oldest first.
+fn backups(env: &[(&'static str, String)], data: &Path, n: usize) -> Vec<String> {
+    fs::create_dir_all(data).unwrap();
+    (0..n)
+        .map(|i| {
+            fs::write(data.join("f"), format!("version {i}")).unwrap();
+            let out = run_ok(cmd("lifeboat-sidecar", env).arg("backup-now"));
+            stdout(&out).trim().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn verify_all_reports_an_empty_or_garbled_manifest_as_failed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, backup) = (tmp.path().join("data"), tmp.path().join("backup"));
+    let env = env(&data, &backup);
+    let ids = backups(&env, &data, 3);
+    let hist = history(&backup, "fid-0");
+    let manifest = |id: &str| hist.join(format!("{id}.manifest.json"));
+    // Truncated to nothing (a full disk, a crash of the copy that put it
+    // there), and overwritten with something that is not JSON.
+    File::create(manifest(&ids[0])).unwrap();
+    fs::write(manifest(&ids[1]), b"{\"format\": \"lifeboat/v1\", \"id\": ").unwrap();
+
+    let out = cmd("lifeboat-sidecar", &env)
+        .args(["verify", "--all"])
+        .output()
+        .unwrap();
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}\n{err}");
+    for bad in &ids[..2] {
+        let line = format!("FAILED  {}: not a valid manifest", manifest(bad).display());
+        assert!(text.contains(&line), "no {line:?} in:\n{text}");
+    }
+    assert!(text.contains(&format!("ok      {} ", ids[2])), "{text}");
+    assert!(
+        err.contains("2 of 3 artifact(s) failed verification"),
+        "{err}"
+    );
+}

@@ -155,6 +155,17 @@ pub async fn verify(id: Option<String>, all: bool) -> Result<()> {
     let (mut checked, mut failed) = (0, 0);
     for t in lifeboat::target::open_all(&s).await {
         let listing = t.list().await?;
+        // A manifest that cannot be read or parsed hides its artifact from
+        // list, restore and retention: checking everything must say so.
+        for p in &listing.problems {
+            if all {
+                println!("FAILED  {p}");
+                checked += 1;
+                failed += 1;
+            } else {
+                warn!(target = %t.describe(), "unreadable manifest: {p}");
+            }
+        }
         let chosen: Vec<&Stored> = match (&id, all) {
             (Some(id), _) => listing
                 .artifacts
