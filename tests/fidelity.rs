@@ -33,6 +33,19 @@ impl Mount {
         );
         Mount(dir.to_path_buf())
     }
+
+    /// `dir` made read-only in a way root cannot bypass (`chmod` would not
+    /// stop root): bound onto itself, then remounted read-only.
+    fn read_only_bind(dir: &Path) -> Mount {
+        run_ok(Command::new("mount").arg("--bind").arg(dir).arg(dir));
+        let m = Mount(dir.to_path_buf());
+        run_ok(
+            Command::new("mount")
+                .args(["-o", "remount,ro,bind"])
+                .arg(dir),
+        );
+        m
+    }
 }
 
 impl Drop for Mount {
@@ -276,6 +289,34 @@ fn verify_all_reports_an_empty_or_garbled_manifest_as_failed() {
     assert!(text.contains(&format!("ok      {} ", ids[2])), "{text}");
     assert!(
         err.contains("2 of 3 artifact(s) failed verification"),
+        "{err}"
+    );
+}
+
+#[test]
+fn verify_on_a_read_only_target_says_ok_and_that_the_mark_was_not_recorded() {
+    if skipped("verify_on_a_read_only_target_says_ok_and_that_the_mark_was_not_recorded") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, backup) = (tmp.path().join("data"), tmp.path().join("backup"));
+    let env = env(&data, &backup);
+    let ids = backups(&env, &data, 1);
+    // chmod would not stop root; a read-only mount does.
+    let _ro = Mount::read_only_bind(&history(&backup, "fid-0"));
+
+    let out = run_ok(cmd("lifeboat-sidecar", &env).args(["verify", "--all"]));
+    let (text, err) = (stdout(&out), stderr(&out));
+    let line = format!("ok      {} ", ids[0]);
+    assert!(text.contains(&line), "{text}");
+    assert!(
+        text.contains("(verified; could not record the mark: ")
+            && text.contains("Read-only file system"),
+        "{text}"
+    );
+    assert!(!text.contains("FAILED"), "{text}");
+    assert!(
+        err.contains("WARN") && err.contains("could not be recorded"),
         "{err}"
     );
 }

@@ -71,6 +71,9 @@ pub struct ReadReport {
     /// False when only the stored bytes' sha256 was checked: an encrypted
     /// artifact verified without its key (the reason is in `warnings`).
     pub contents_checked: bool,
+    /// `verify` only: why the artifact, which verified, could not be marked
+    /// verified on its target (e.g. a read-only backup volume).
+    pub mark_not_recorded: Option<String>,
 }
 
 pub enum Mode<'a> {

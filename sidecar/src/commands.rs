@@ -183,7 +183,14 @@ pub async fn verify(id: Option<String>, all: bool) -> Result<()> {
                     a.manifest.id,
                     t.describe()
                 ),
-                Ok(_) => println!("ok      {} {}", a.manifest.id, t.describe()),
+                Ok(r) => match r.mark_not_recorded {
+                    Some(why) => println!(
+                        "ok      {} {} (verified; could not record the mark: {why})",
+                        a.manifest.id,
+                        t.describe()
+                    ),
+                    None => println!("ok      {} {}", a.manifest.id, t.describe()),
+                },
                 Err(e) => {
                     println!("FAILED  {} {}: {e}", a.manifest.id, t.describe());
                     failed += 1;
