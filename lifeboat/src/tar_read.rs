@@ -5,7 +5,7 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -38,7 +38,16 @@ pub struct DirMeta {
     pub mode: u32,
     pub uid: u64,
     pub gid: u64,
+    /// Seconds since 1970.
     pub mtime: u64,
+    /// The sub-second part, from the entry's PAX `mtime` record (0 without one).
+    pub mtime_nsec: u32,
+}
+
+impl DirMeta {
+    fn mtime(&self) -> FileTime {
+        FileTime::from_unix_time(self.mtime as i64, self.mtime_nsec)
+    }
 }
 
 /// A folder on the path to the entry being written, and the metadata it
@@ -62,6 +71,9 @@ pub struct ReadReport {
     /// False when only the stored bytes' sha256 was checked: an encrypted
     /// artifact verified without its key (the reason is in `warnings`).
     pub contents_checked: bool,
+    /// `verify` only: why the artifact, which verified, could not be marked
+    /// verified on its target (e.g. a read-only backup volume).
+    pub mark_not_recorded: Option<String>,
 }
 
 pub enum Mode<'a> {
@@ -444,12 +456,14 @@ impl<'a> Walker<'a> {
             return Ok(());
         };
         let m = &mappings[idx];
+        let (mtime, mtime_nsec) = entry_mtime(entry);
         let h = entry.header();
         let meta = DirMeta {
             mode: h.mode().unwrap_or(0o644) & 0o7777,
             uid: h.uid().unwrap_or(0),
             gid: h.gid().unwrap_or(0),
-            mtime: h.mtime().unwrap_or(0),
+            mtime,
+            mtime_nsec,
         };
         let kind = h.entry_type();
         if rel.as_os_str().is_empty() {
@@ -520,7 +534,7 @@ impl<'a> Walker<'a> {
                 self.chown(&dest, meta)?;
                 f.set_permissions(fs::Permissions::from_mode(meta.mode))
                     .ctx("setting the mode of", &dest)?;
-                let t = FileTime::from_unix_time(meta.mtime as i64, 0);
+                let t = meta.mtime();
                 filetime::set_file_handle_times(&f, Some(t), Some(t))
                     .ctx("setting the mtime of", &dest)?;
             }
@@ -539,7 +553,7 @@ impl<'a> Walker<'a> {
                 remove_non_dir(&dest)?;
                 std::os::unix::fs::symlink(&target, &dest).ctx("creating the symlink", &dest)?;
                 self.chown(&dest, meta)?;
-                let t = FileTime::from_unix_time(meta.mtime as i64, 0);
+                let t = meta.mtime();
                 filetime::set_symlink_file_times(&dest, t, t).ctx("setting the mtime of", &dest)?;
             }
             EntryType::Link => {
@@ -650,6 +664,7 @@ impl<'a> Walker<'a> {
             uid: md.uid().into(),
             gid: md.gid().into(),
             mtime: md.mtime().max(0) as u64,
+            mtime_nsec: md.mtime_nsec() as u32,
         };
         if !self.as_root && meta.mode & 0o700 != 0o700 {
             fs::set_permissions(path, fs::Permissions::from_mode(meta.mode | 0o700))
@@ -697,8 +712,43 @@ pub fn apply_dir_meta(path: &Path, meta: DirMeta, as_root: bool) -> Result<()> {
     }
     fs::set_permissions(path, fs::Permissions::from_mode(meta.mode))
         .ctx("setting the mode of", path)?;
-    let t = FileTime::from_unix_time(meta.mtime as i64, 0);
+    let t = meta.mtime();
     filetime::set_symlink_file_times(path, t, t).ctx("setting the mtime of", path)
+}
+
+/// An entry's mtime as (seconds, nanoseconds): from its PAX `mtime` record
+/// when it has a readable one (`tar --format=posix` and our backups write
+/// it when there are nanoseconds), else the header's whole seconds.
+fn entry_mtime<R: Read>(entry: &mut tar::Entry<R>) -> (u64, u32) {
+    let pax = match entry.pax_extensions() {
+        // The last record wins, as in GNU tar.
+        Ok(Some(records)) => records
+            .filter_map(|r| r.ok())
+            .filter(|r| r.key_bytes() == b"mtime")
+            .filter_map(|r| parse_pax_time(r.value_bytes()))
+            .last(),
+        _ => None,
+    };
+    pax.unwrap_or_else(|| (entry.header().mtime().unwrap_or(0), 0))
+}
+
+/// A PAX time, `<seconds>[.<fraction>]`: `1700000000.5` is 500,000,000 ns;
+/// digits past the ninth are dropped. None for anything else, including a
+/// time before 1970 (which the header cannot hold either).
+fn parse_pax_time(value: &[u8]) -> Option<(u64, u32)> {
+    let (secs, frac) = match value.iter().position(|&b| b == b'.') {
+        Some(dot) => (&value[..dot], &value[dot + 1..]),
+        None => (value, &b""[..]),
+    };
+    let all_digits = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
+    if secs.is_empty() || !all_digits(secs) || !all_digits(frac) {
+        return None;
+    }
+    let secs = std::str::from_utf8(secs).ok()?.parse().ok()?;
+    let nanos = (0..9).fold(0u32, |n, i| {
+        n * 10 + frac.get(i).map_or(0, |d| u32::from(d - b'0'))
+    });
+    Some((secs, nanos))
 }
 
 fn remove_non_dir(p: &Path) -> Result<()> {
@@ -747,26 +797,70 @@ fn map_name(name: &Path, mappings: &[Mapping]) -> Option<(usize, PathBuf)> {
 /// default 8 KiB of `io::copy` would mean 128 syscalls per MiB.
 pub const WRITE_BUFFER: usize = 256 * 1024;
 
-/// Copies an entry's body into `f` in [`WRITE_BUFFER`] writes, handing each
-/// written step to the disk as it goes (see [`crate::writeback`]), so the
-/// final `syncfs` has little left and dirty pages stay bounded.
+/// A run of zero bytes this long, at an offset that is a multiple of it, is
+/// left as a hole instead of written (as `cp --sparse=auto` and `tar -x` of
+/// a sparse member do): a 1 GiB file that is mostly holes must fit back into
+/// the small volume it came from. The page size, and the block size of
+/// ext4 and xfs by default: a smaller hole would still take a whole block.
+pub const SPARSE_BLOCK: usize = 4096;
+
+/// Copies an entry's body into `f` in writes of at most [`WRITE_BUFFER`],
+/// seeking over every aligned [`SPARSE_BLOCK`] of zeros instead of writing
+/// it, and handing each step to the disk as it goes (see
+/// [`crate::writeback`]), so the final `syncfs` has little left and dirty
+/// pages stay bounded. `f` must be new and empty: a hole reads as zeros.
 fn copy_out(entry: &mut impl Read, size: u64, f: &mut fs::File) -> io::Result<u64> {
     // Sized to the file: most files are small, and a 256 KiB allocation per
-    // file would be an mmap and munmap each.
+    // file would be an mmap and munmap each. Every fill but the last is
+    // whole, so each starts at a multiple of SPARSE_BLOCK in the file.
     let mut buf = vec![0u8; (size as usize).clamp(1, WRITE_BUFFER)];
     let mut wb = crate::writeback::Writeback::default();
     let mut total = 0u64;
+    // Whether the last bytes were skipped: the file then ends short of
+    // `total` until `set_len` puts the end where it belongs.
+    let mut ends_in_hole = false;
     loop {
         // Filled, not one read: the archive hands out at most a tar block at
         // a time near entry boundaries.
         let filled = read_full(entry, &mut buf)?;
         if filled == 0 {
-            return Ok(total);
+            break;
         }
-        f.write_all(&buf[..filled])?;
-        wb.wrote(f, filled as u64);
+        let data = &buf[..filled];
+        let block_end = |at: usize| (at + SPARSE_BLOCK).min(filled);
+        let mut at = 0;
+        while at < filled {
+            // One write or one seek for each run of like blocks.
+            let zero = is_zero(&data[at..block_end(at)]);
+            let mut end = block_end(at);
+            while end < filled && is_zero(&data[end..block_end(end)]) == zero {
+                end = block_end(end);
+            }
+            if zero {
+                f.seek(io::SeekFrom::Current((end - at) as i64))?;
+            } else {
+                f.write_all(&data[at..end])?;
+            }
+            // A hole moves the writeback along too: its range has nothing
+            // to write, and the data after it lies that much further on.
+            wb.wrote(f, (end - at) as u64);
+            ends_in_hole = zero;
+            at = end;
+        }
         total += filled as u64;
     }
+    if ends_in_hole {
+        f.set_len(total)?;
+    }
+    Ok(total)
+}
+
+/// Whether `block` holds only zeros, compared 16 bytes at a time (a byte
+/// loop would cost more than the write it saves).
+fn is_zero(block: &[u8]) -> bool {
+    let mut words = block.chunks_exact(16);
+    words.all(|w| u128::from_ne_bytes(w.try_into().expect("16 bytes")) == 0)
+        && words.remainder().iter().all(|&b| b == 0)
 }
 
 #[cfg(test)]
@@ -786,5 +880,78 @@ mod tests {
             "is an absolute path"
         );
         assert!(clean_name(b"./").is_err());
+    }
+
+    #[test]
+    fn zero_blocks_become_holes_and_the_content_is_unchanged() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let restore = |name: &str, body: &[u8]| {
+            let path = dir.path().join(name);
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .unwrap();
+            let n = copy_out(&mut &body[..], body.len() as u64, &mut f).unwrap();
+            assert_eq!(n, body.len() as u64);
+            drop(f);
+            assert!(fs::read(&path).unwrap() == body, "{name}: content differs");
+            fs::metadata(&path).unwrap().blocks() * 512
+        };
+        // Data in the first block, one lone block past a buffer's end, and
+        // zeros to the end: the length comes from set_len.
+        let mut body = vec![0u8; 3 * WRITE_BUFFER + 100];
+        body[5] = 1;
+        body[WRITE_BUFFER + SPARSE_BLOCK + 7] = 2;
+        let stored = restore("holes", &body);
+        assert!(stored <= 4 * SPARSE_BLOCK as u64, "{stored} bytes stored");
+        // Ends in data that is not block-aligned.
+        let n = body.len();
+        body[n - 1] = 3;
+        restore("data-at-the-end", &body);
+        restore("small-zeros", &[0u8; 100]);
+        restore("empty", &[]);
+    }
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(
+            parse_pax_time(b"1700000000.123456789"),
+            Some((1_700_000_000, 123_456_789))
+        );
+        assert_eq!(
+            parse_pax_time(b"1700000000.5"),
+            Some((1_700_000_000, 500_000_000))
+        );
+        assert_eq!(parse_pax_time(b"1700000000"), Some((1_700_000_000, 0)));
+        assert_eq!(parse_pax_time(b"1.1234567891"), Some((1, 123_456_789)));
+        for bad in [
+            &b""[..],
+            b"-1.5",
+            b"+1",
+            b".5",
+            b"1.5x",
+            b"1e9",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(
+                parse_pax_time(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn is_zero_looks_at_every_byte() {
+        let mut b = vec![0u8; SPARSE_BLOCK + 5];
+        assert!(is_zero(&b));
+        for i in [0, 15, 16, SPARSE_BLOCK - 1, SPARSE_BLOCK + 4] {
+            b[i] = 1;
+            assert!(!is_zero(&b), "{i}");
+            b[i] = 0;
+        }
     }
 }

@@ -33,7 +33,8 @@ pub struct Writeback {
 }
 
 impl Writeback {
-    /// Records `n` more bytes written; every [`STEP`] starts writeback of the
+    /// Records `n` more bytes written (or skipped as a hole: the count is
+    /// the offset reached in the file); every [`STEP`] starts writeback of the
     /// new step and waits for the one [`LAG`] steps back. Errors are not fatal here:
     /// the final fsync reports any write error, and it is the one that counts.
     pub fn wrote(&mut self, file: &File, n: u64) {

@@ -155,6 +155,17 @@ pub async fn verify(id: Option<String>, all: bool) -> Result<()> {
     let (mut checked, mut failed) = (0, 0);
     for t in lifeboat::target::open_all(&s).await {
         let listing = t.list().await?;
+        // A manifest that cannot be read or parsed hides its artifact from
+        // list, restore and retention: checking everything must say so.
+        for p in &listing.problems {
+            if all {
+                println!("FAILED  {p}");
+                checked += 1;
+                failed += 1;
+            } else {
+                warn!(target = %t.describe(), "unreadable manifest: {p}");
+            }
+        }
         let chosen: Vec<&Stored> = match (&id, all) {
             (Some(id), _) => listing
                 .artifacts
@@ -172,7 +183,14 @@ pub async fn verify(id: Option<String>, all: bool) -> Result<()> {
                     a.manifest.id,
                     t.describe()
                 ),
-                Ok(_) => println!("ok      {} {}", a.manifest.id, t.describe()),
+                Ok(r) => match r.mark_not_recorded {
+                    Some(why) => println!(
+                        "ok      {} {} (verified; could not record the mark: {why})",
+                        a.manifest.id,
+                        t.describe()
+                    ),
+                    None => println!("ok      {} {}", a.manifest.id, t.describe()),
+                },
                 Err(e) => {
                     println!("FAILED  {} {}: {e}", a.manifest.id, t.describe());
                     failed += 1;

@@ -49,7 +49,8 @@ enum Command {
     Verify {
         /// Artifact id to verify (default: the newest on each target).
         id: Option<String>,
-        /// Verify every committed artifact.
+        /// Verify every committed artifact; a manifest that cannot be read
+        /// or parsed is a failure too.
         #[arg(long, conflicts_with = "id")]
         all: bool,
     },

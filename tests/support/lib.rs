@@ -67,7 +67,7 @@ pub fn stdout(o: &Output) -> String {
 }
 
 /// What a user would compare for one path: kind, content, link target,
-/// mode, owner, mtime (seconds), and which other paths share its inode.
+/// mode, owner, mtime (to the nanosecond), and which other paths share its inode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
     pub kind: &'static str,
@@ -77,6 +77,7 @@ pub struct Node {
     pub uid: u32,
     pub gid: u32,
     pub mtime: i64,
+    pub mtime_nsec: i64,
     pub hardlinks: Vec<Vec<u8>>,
 }
 
@@ -133,6 +134,7 @@ pub fn snapshot(root: &Path) -> Snapshot {
                 uid: md.uid(),
                 gid: md.gid(),
                 mtime: md.mtime(),
+                mtime_nsec: md.mtime_nsec(),
                 hardlinks: vec![],
             },
         );

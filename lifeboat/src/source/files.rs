@@ -447,12 +447,14 @@ impl<W: Write> Writer<'_, W> {
         match kind {
             Kind::Dir => {
                 h.set_entry_type(EntryType::Directory);
+                append_mtime_nanos(self.tar, &meta).map_err(tar_err)?;
                 self.tar
                     .append_data(&mut h, &name, io::empty())
                     .map_err(tar_err)?;
             }
             Kind::Symlink(target) => {
                 h.set_entry_type(EntryType::Symlink);
+                append_mtime_nanos(self.tar, &meta).map_err(tar_err)?;
                 append_symlink(self.tar, &mut h, &name, &target).map_err(tar_err)?;
             }
             Kind::Link(first) => {
@@ -466,6 +468,7 @@ impl<W: Write> Writer<'_, W> {
                 h.set_size(meta.len());
                 let ctx = self.ctx;
                 let mut body = ExactSize::new(&data[start..start + len], meta.len(), ctx);
+                append_mtime_nanos(self.tar, &meta).map_err(tar_err)?;
                 self.tar
                     .append_data(&mut h, &name, &mut body)
                     .map_err(tar_err)?;
@@ -513,6 +516,8 @@ impl<W: Write> Writer<'_, W> {
         h.set_size(meta.len());
         let ctx = self.ctx;
         let mut body = ExactSize::new(BufReader::with_capacity(READ_BUFFER, file), meta.len(), ctx);
+        append_mtime_nanos(self.tar, meta)
+            .map_err(|e| Error::io(format!("writing the tar entry for {}", path.display()), e))?;
         if let Err(e) = self.tar.append_data(&mut h, name, &mut body) {
             if is_cancelled(&self.ctx.cancel) {
                 return Err(Error::Cancelled);
@@ -590,6 +595,21 @@ fn unreadable(path: &Path, e: io::Error) -> Error {
         what: format!("reading {}{hint}", path.display()),
         source: e,
     }
+}
+
+/// Writes the sub-second part of an mtime, which a tar header has no room
+/// for, as a PAX record `mtime=<seconds>.<9 digits>` for the entry that
+/// follows, as `tar --format=posix` does; GNU tar and our restore apply it.
+/// Call it only right before that entry is written: the record describes
+/// whatever entry comes next. Left out when the nanoseconds are zero (or the
+/// time is before 1970, which the header cannot hold either): each record
+/// is a 512-byte header and a 512-byte block before compression.
+fn append_mtime_nanos<W: Write>(tar: &mut tar::Builder<W>, meta: &Metadata) -> io::Result<()> {
+    if meta.mtime_nsec() == 0 || meta.mtime() < 0 {
+        return Ok(());
+    }
+    let value = format!("{}.{:09}", meta.mtime(), meta.mtime_nsec());
+    tar.append_pax_extensions([("mtime", value.as_bytes())])
 }
 
 /// Writes a symlink entry keeping the target's bytes exactly. The tar crate's
