@@ -73,6 +73,15 @@ impl Error {
         }
     }
 
+    /// Whether the error proves the artifact itself bad (damaged, hostile,
+    /// or not this pod's), so a restore may try the next candidate. Every
+    /// other failure (a disk, a store, a key) says nothing about the
+    /// artifact, and moving on to an older one would bring back older data
+    /// without anyone deciding so (docs/ARCHITECTURE.md §6).
+    pub fn proves_artifact_bad(&self) -> bool {
+        matches!(self, Error::Corrupt { .. } | Error::UnsafeEntry { .. })
+    }
+
     /// Whether the same operation may succeed later without a person changing anything.
     pub fn is_retryable(&self) -> bool {
         matches!(

@@ -88,6 +88,12 @@ impl Manifest {
                 bytes.len()
             ));
         }
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(format!(
+                "is empty ({} bytes): a commit that never completed, or a damaged store",
+                bytes.len()
+            ));
+        }
         let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         if m.format != FORMAT {
             return Err(format!(

@@ -132,12 +132,6 @@ fn state(path: &Path, protected: &Protected) -> Result<State> {
     Ok(s)
 }
 
-/// Whether an error proves the artifact itself bad (then the next candidate
-/// may be tried), rather than the store or the disk failing for now.
-fn proven_bad(e: &Error) -> bool {
-    matches!(e, Error::Corrupt { .. } | Error::UnsafeEntry { .. })
-}
-
 /// A configured path must be a real folder (or missing): restore replaces
 /// what is in it, and must never do that to whatever a symlink points at.
 fn check_not_symlink(paths: &[PathBuf]) -> Result<()> {
@@ -312,7 +306,7 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
                 // A missing or wrong age key is not damage: a person fixes
                 // the key and restarts.
                 Err(e @ Error::Config(_)) => return Err(e),
-                Err(e) if proven_bad(&e) => {
+                Err(e) if e.proves_artifact_bad() => {
                     warn!(id = %id, target = %target, error = %e, "artifact skipped: it is bad; trying the next candidate (a copy on another target, or an older artifact)");
                     skipped.push(format!("{id} on {target}: {e}"));
                     break;

@@ -239,12 +239,13 @@ pub async fn restore(to: PathBuf, id: Option<String>, before: Option<DateTime<Ut
                     println!("{}", a.manifest.id);
                     return Ok(());
                 }
-                // A missing or wrong key: no older artifact is wanted instead.
-                Err(e @ Error::Config(_)) => return Err(e),
-                Err(e) => {
-                    warn!(id = %a.manifest.id, error = %e, "artifact skipped");
+                Err(e) if e.proves_artifact_bad() => {
+                    warn!(id = %a.manifest.id, error = %e, "artifact skipped: it is bad; trying the next older one");
                     failures.push(format!("{}: {e}", a.manifest.id));
                 }
+                // A missing key, a full disk, a stalled store: an older
+                // artifact is not what was asked for; say why and stop.
+                Err(e) => return Err(e),
             }
         }
     }
