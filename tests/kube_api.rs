@@ -542,3 +542,62 @@ fn annotations_come_through_the_api_when_the_file_is_not_mounted() {
         .annotations
         .contains_key("lifeboat.dev/last-backup"));
 }
+
+/// Restore's Events say what a person must know: a `RestoreCompleted` that
+/// names the newer artifact skipped as bad, and a `RestoreFailed` Warning
+/// when the restore stops (here: the backup folder is not mounted).
+#[test]
+fn restore_events_name_skipped_artifacts_and_failures_against_fake_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vol, backup) = volume_and_backup(tmp.path());
+    let api = FakeKubeApi::start(State::default());
+    let env = api.pod_env(tmp.path());
+    fs::write(vol.join("v"), "older").unwrap();
+    run_ok(lifeboat("lifeboat-sidecar", &pairs(&env)).arg("backup-now"));
+    fs::write(vol.join("v"), "newer").unwrap();
+    let out = run_ok(lifeboat("lifeboat-sidecar", &pairs(&env)).arg("backup-now"));
+    let newer = stdout(&out).trim().to_string();
+    let art = artifacts(&backup.join(NS).join(POD))
+        .into_iter()
+        .find(|p| p.to_str().unwrap().contains(&newer))
+        .unwrap();
+    let mut bytes = fs::read(&art).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    fs::write(&art, bytes).unwrap();
+    fs::remove_dir_all(&vol).unwrap();
+    run_ok(&mut lifeboat("lifeboat-restore", &pairs(&env)));
+    assert_eq!(fs::read_to_string(vol.join("v")).unwrap(), "older");
+    {
+        let s = api.state.lock().unwrap();
+        let ev = s.events.last().unwrap();
+        assert_eq!(ev["reason"], "RestoreCompleted", "{ev}");
+        let msg = ev["message"].as_str().unwrap();
+        assert!(
+            msg.contains("skipped as bad") && msg.contains(&newer),
+            "{msg}"
+        );
+    }
+
+    let missing = with_env(
+        &env,
+        &[(
+            "LIFEBOAT_TARGETS",
+            format!("file://{}", tmp.path().join("not-mounted").display()),
+        )],
+    );
+    fs::remove_dir_all(&vol).unwrap();
+    fails_with(
+        &mut lifeboat("lifeboat-restore", &pairs(&missing)),
+        1,
+        "is the backup volume mounted",
+    );
+    let s = api.state.lock().unwrap();
+    let ev = s.events.last().unwrap();
+    assert_eq!(ev["reason"], "RestoreFailed", "{ev}");
+    assert_eq!(ev["type"], "Warning", "{ev}");
+    assert!(
+        ev["message"].as_str().unwrap().contains("restore failed"),
+        "{ev}"
+    );
+}

@@ -370,3 +370,20 @@ fn a_configured_path_that_is_a_symlink_is_refused() {
     );
     assert_eq!(fs::read_dir(&real).unwrap().count(), 1);
 }
+
+/// A files artifact in a postgres pod's history (a wrong LIFEBOAT_NAME, a
+/// copied folder) is not a data directory: refused, never restored.
+#[test]
+fn a_files_artifact_is_refused_for_a_postgres_pod() {
+    let w = world();
+    w.backup_with("not a data directory");
+    fs::remove_dir_all(&w.data).unwrap();
+    let err = fails_with(
+        w.cmd("lifeboat-restore", "x-0")
+            .env("LIFEBOAT_SOURCE", "postgres"),
+        1,
+        "is a files backup, but this pod's LIFEBOAT_SOURCE is postgres",
+    );
+    assert!(err.contains("none verified"), "{err}");
+    assert!(!w.data.join("v").exists());
+}
