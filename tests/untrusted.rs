@@ -387,3 +387,59 @@ fn a_files_artifact_is_refused_for_a_postgres_pod() {
     assert!(err.contains("none verified"), "{err}");
     assert!(!w.data.join("v").exists());
 }
+
+/// Our marker names are never taken from an artifact, and a marker name
+/// the app planted as a symlink is the app's data: nothing is written
+/// through either, and a planted `.lifeboat-restoring` does not make
+/// `if-empty` replace the live data.
+#[test]
+fn marker_names_are_never_taken_from_an_artifact_or_the_app() {
+    let w = world();
+    let outside = w.tmp.path().join("outside-file");
+    fs::write(&outside, "do not touch").unwrap();
+    let rel = w
+        .data
+        .strip_prefix("/")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (root, marker, file) = (
+        format!("{rel}/"),
+        format!("{rel}/.lifeboat-restored"),
+        format!("{rel}/f"),
+    );
+    Plant::files(&w.backup, &w.data).entries(&[
+        e(root.as_bytes(), EntryType::Directory, b"", b""),
+        e(
+            marker.as_bytes(),
+            EntryType::Symlink,
+            outside.to_str().unwrap().as_bytes(),
+            b"",
+        ),
+        e(file.as_bytes(), EntryType::Regular, b"", b"data"),
+    ]);
+    let out = w.restore();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("keeps for itself"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "do not touch");
+    assert!(fs::symlink_metadata(w.data.join(".lifeboat-restored"))
+        .unwrap()
+        .is_file());
+    assert_eq!(fs::read(w.data.join("f")).unwrap(), b"data");
+
+    // The app's own volume, with a planted `.lifeboat-restoring` link.
+    fs::remove_dir_all(&w.data).unwrap();
+    fs::create_dir_all(&w.data).unwrap();
+    fs::write(w.data.join("app.db"), "live").unwrap();
+    std::os::unix::fs::symlink(&outside, w.data.join(".lifeboat-restoring")).unwrap();
+    let out = w.restore();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("restore skipped"), "{}", stderr(&out));
+    assert_eq!(fs::read_to_string(w.data.join("app.db")).unwrap(), "live");
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "do not touch");
+}

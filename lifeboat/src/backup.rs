@@ -356,6 +356,16 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
             source_meta: report.meta,
             kubernetes,
         };
+        // A manifest restore would refuse as too large must not be committed:
+        // the artifact would look backed up and never restore.
+        let json_len = manifest.to_json().len() as u64;
+        if json_len > crate::manifest::MAX_MANIFEST_BYTES {
+            upload.abort().await;
+            return Err(Error::Source(format!(
+                "the manifest would be {json_len} bytes, more than restore reads ({}); back up fewer databases per pod (LIFEBOAT_DATABASES)",
+                crate::manifest::MAX_MANIFEST_BYTES
+            )));
+        }
         upload.commit(&manifest).await?;
         let took = clock.elapsed();
         info!(

@@ -31,6 +31,7 @@ pub mod pending;
 pub mod pipe;
 pub mod program;
 pub mod progress;
+pub mod protected;
 pub mod restore;
 pub mod retention;
 pub mod schedule;

@@ -160,10 +160,13 @@ impl Manifest {
     }
 }
 
-/// The largest manifest read from a store. Ours are a few KiB (warnings
-/// are capped at `source::MAX_WARNINGS`); anything far larger is not one,
-/// and reading it whole would let a store decide our memory.
-pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+/// The largest manifest read from a store (and written: a backup whose
+/// manifest would be larger fails). Most are a few KiB (warnings are capped
+/// at `source::MAX_WARNINGS`); a CouchDB or ArangoDB manifest lists each
+/// database in `source_meta` (~250 bytes), so this holds ~130,000 of them.
+/// Anything larger is not one of ours, and reading it whole would let a
+/// store decide our memory.
+pub const MAX_MANIFEST_BYTES: u64 = 32 * 1024 * 1024;
 
 /// `/a/b`: absolute, no empty, `.` or `..` part, no trailing `/`, no NUL.
 pub fn is_clean_absolute(p: &str) -> bool {

@@ -19,6 +19,7 @@ use crate::manifest::{Layout, Manifest};
 use crate::pending::{self, PENDING_DIR};
 use crate::pipe::{self, ChunkReader};
 use crate::progress::{self, mib_per_s, Cancel, Progress};
+use crate::protected::Protected;
 use crate::tar_read::{self, Mapping, Mode, ReadReport};
 use crate::target::{AnyTarget, Stored, Target, READ_PAST_SIZE};
 use crate::{Error, Result};
@@ -70,38 +71,6 @@ enum State {
     HasData,
 }
 
-/// Folders restore never counts as data and never removes: the backup
-/// folders (folder targets) when they are mounted inside a restored path.
-/// Known by device and inode, so a bind mount or a symlinked mount point
-/// is recognised as well as the plain path.
-#[derive(Debug, Default, Clone)]
-pub struct Protected(Vec<(u64, u64)>);
-
-impl Protected {
-    /// The backup folders of `targets` that exist.
-    pub fn of(targets: &[AnyTarget]) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        Protected(
-            targets
-                .iter()
-                .filter_map(|t| match t {
-                    AnyTarget::Dir(d) => fs::metadata(d.base()).ok(),
-                    AnyTarget::S3(_) => None,
-                })
-                .map(|m| (m.dev(), m.ino()))
-                .collect(),
-        )
-    }
-
-    fn holds(&self, path: &Path) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        !self.0.is_empty()
-            && fs::symlink_metadata(path)
-                .map(|m| m.is_dir() && self.0.contains(&(m.dev(), m.ino())))
-                .unwrap_or(false)
-    }
-}
-
 /// Names in a restored folder that belong to restore itself.
 fn is_ours(n: &[u8]) -> bool {
     n == RESTORING_MARKER.as_bytes()
@@ -120,11 +89,13 @@ fn state(path: &Path, protected: &Protected) -> Result<State> {
         let ent = ent.ctx("reading", path)?;
         let name = ent.file_name();
         let n = name.as_bytes();
-        if n == RESTORING_MARKER.as_bytes() {
+        // Only a plain file is our marker; anything else of that name (a
+        // symlink the app planted) is data, and must not trigger a replace.
+        if n == RESTORING_MARKER.as_bytes() && ent.file_type().is_ok_and(|t| t.is_file()) {
             return Ok(State::Interrupted);
         }
         // A staged dump alone is not data: the app never started on it.
-        if is_ours(n) || n == PENDING_DIR.as_bytes() || protected.holds(&ent.path()) {
+        if is_ours(n) || n == PENDING_DIR.as_bytes() || protected.only_shelters(&ent.path()) {
             continue;
         }
         s = State::HasData;
@@ -176,6 +147,35 @@ async fn list_with_retry(target: &AnyTarget) -> Result<crate::target::Listing> {
     unreachable!("the loop returns")
 }
 
+/// Every committed artifact on every target, newest first, with the
+/// copies of one artifact together in the order the targets are
+/// configured; and the manifests that could not be read, one line each.
+/// A target that cannot be listed (after retries) is an error: it may hold
+/// the newest artifact, and restoring an older one from another target
+/// would go unnoticed.
+pub async fn candidates(targets: &[AnyTarget]) -> Result<(Vec<(&AnyTarget, Stored)>, Vec<String>)> {
+    let mut out: Vec<(&AnyTarget, Stored)> = Vec::new();
+    let mut problems = Vec::new();
+    for target in targets {
+        let listing = list_with_retry(target)
+            .await
+            .map_err(|e| Error::RestoreStopped {
+                what: format!("listing {}", target.describe()),
+                cause: e.to_string(),
+            })?;
+        for p in &listing.problems {
+            warn!(target = %target.describe(), "skipping unreadable manifest: {p}");
+            problems.push(p.clone());
+        }
+        out.extend(listing.artifacts.into_iter().map(|a| (target, a)));
+    }
+    // A stable sort keeps the copies of one artifact in target order.
+    out.sort_by(|(_, a), (_, b)| {
+        (b.manifest.started_at, &b.manifest.id).cmp(&(a.manifest.started_at, &a.manifest.id))
+    });
+    Ok((out, problems))
+}
+
 /// Restore into the configured paths, as the init container does.
 ///
 /// Candidates are every committed artifact on every target, newest first;
@@ -208,28 +208,7 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
             )));
         }
     }
-    let mut candidates: Vec<(&AnyTarget, Stored)> = Vec::new();
-    let mut skipped = Vec::new();
-    for target in targets {
-        // A store that cannot be listed may hold the newest artifact:
-        // restoring an older one from another target would go unnoticed.
-        let listing = list_with_retry(target)
-            .await
-            .map_err(|e| Error::RestoreStopped {
-                what: format!("listing {}", target.describe()),
-                cause: e.to_string(),
-            })?;
-        for p in &listing.problems {
-            warn!(target = %target.describe(), "skipping unreadable manifest: {p}");
-            skipped.push(p.clone());
-        }
-        candidates.extend(listing.artifacts.into_iter().map(|a| (target, a)));
-    }
-    // Newest first across targets; a stable sort keeps the copies of one
-    // artifact together, in the order the targets are configured.
-    candidates.sort_by(|(_, a), (_, b)| {
-        (b.manifest.started_at, &b.manifest.id).cmp(&(a.manifest.started_at, &a.manifest.id))
-    });
+    let (candidates, mut skipped) = candidates(targets).await?;
     if candidates.is_empty() && skipped.is_empty() {
         return Ok(Outcome::NoArtifacts);
     }
@@ -312,6 +291,13 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
                     break;
                 }
                 Err(e) if attempt < ATTEMPTS => {
+                    // A failure while moving into place leaves the markers
+                    // and part of the artifact: the next attempt replaces.
+                    if paths.iter().any(|p| {
+                        fs::symlink_metadata(p.join(RESTORING_MARKER)).is_ok_and(|m| m.is_file())
+                    }) {
+                        replace = true;
+                    }
                     warn!(id = %id, target = %target, error = %e, attempt, "restore failed for a reason that may pass; trying the same artifact again in {}s", pause.as_secs());
                     tokio::time::sleep(pause).await;
                     pause *= 2;
@@ -345,6 +331,26 @@ fn fits(m: &Manifest, s: &crate::config::Settings) -> std::result::Result<(), St
             m.source,
             s.source.as_str()
         ));
+    }
+    if m.source == "postgres" {
+        let want = match s.postgres_mode {
+            crate::config::PgMode::Physical => Layout::Paths,
+            crate::config::PgMode::Logical => Layout::Logical,
+        };
+        if m.layout != want {
+            let name = |l: Layout| {
+                if l == Layout::Paths {
+                    "physical"
+                } else {
+                    "logical"
+                }
+            };
+            return Err(format!(
+                "artifact is a {} PostgreSQL backup, but LIFEBOAT_POSTGRES_MODE is {}; refused",
+                name(m.layout),
+                name(want),
+            ));
+        }
     }
     // A server refuses a data directory of another major version at start;
     // better a clear error now than a crash loop later. A logical dump loads
@@ -721,13 +727,26 @@ fn move_all_into_place(
     for p in places {
         write_synced(&p.dest.join(RESTORED_MARKER), marker.to_string().as_bytes())?;
     }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    for p in places {
+        // Owner and mode before the marker goes (a PGDATA left with the
+        // init container's owner would keep PostgreSQL from starting, and
+        // without the marker no later start would fix it) ...
+        if let (Some(meta), true) = (p.root, as_root) {
+            tar_read::apply_dir_meta(p.dest, meta, as_root)?;
+            fs::File::open(p.dest)
+                .and_then(|d| d.sync_all())
+                .ctx("syncing", p.dest)?;
+        }
+    }
     for p in places {
         let restoring = p.dest.join(RESTORING_MARKER);
         fs::remove_file(&restoring).ctx("removing", &restoring)?;
-        // Last, because every change inside the folder above moves its mtime.
+        // ... and again after it, because every change inside the folder
+        // moves its mtime.
         if let Some(meta) = p.root {
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            tar_read::apply_dir_meta(p.dest, meta, unsafe { libc::geteuid() } == 0)?;
+            tar_read::apply_dir_meta(p.dest, meta, as_root)?;
         }
         fs::File::open(p.dest)
             .and_then(|d| d.sync_all())
@@ -738,15 +757,21 @@ fn move_all_into_place(
 
 /// Moves one destination's staged entries into place (see [`move_all_into_place`]).
 fn move_into_place(p: &Place, replace: bool, protected: &Protected) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let (staging, dest) = (p.staging, p.dest);
+    let dev = fs::metadata(dest).ctx("checking", dest)?.dev();
     for ent in fs::read_dir(dest).ctx("reading", dest)? {
         let ent = ent.ctx("reading", dest)?;
         let name = ent.file_name();
         let n = name.as_bytes();
-        if is_ours(n) || protected.holds(&ent.path()) {
+        if is_ours(n) {
             continue;
         }
-        if !replace {
+        let path = ent.path();
+        if replace {
+            // Keeps backup folders, other mounts and the folders to them.
+            protected.remove(&path, dev)?;
+        } else if !protected.only_shelters(&path) {
             return Err(Error::io(
                 format!("restoring into {}", dest.display()),
                 std::io::Error::new(
@@ -755,25 +780,31 @@ fn move_into_place(p: &Place, replace: bool, protected: &Protected) -> Result<()
                 ),
             ));
         }
-        let path = ent.path();
-        let r = if ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-        r.ctx("removing the old", &path)?;
     }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let as_root = unsafe { libc::geteuid() } == 0;
     for ent in fs::read_dir(staging).ctx("reading", staging)? {
         let ent = ent.ctx("reading", staging)?;
-        let to = dest.join(ent.file_name());
-        fs::rename(ent.path(), &to).ctx("moving into place", &to)?;
+        protected.move_into(&ent.path(), &dest.join(ent.file_name()), as_root)?;
     }
-    fs::remove_dir(staging).ctx("removing", staging)
+    // Whatever was not moved (an entry where a backup folder is mounted).
+    fs::remove_dir_all(staging).ctx("removing", staging)
 }
 
+/// Writes a small file durably. A file or symlink already at `path` is
+/// removed first and the new one created exclusively, so nothing is ever
+/// written through a link planted under our marker's name.
 pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let mut f = fs::File::create(path).ctx("writing", path)?;
+    match fs::symlink_metadata(path) {
+        Ok(md) if !md.is_dir() => fs::remove_file(path).ctx("replacing", path)?,
+        _ => {}
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .ctx("writing", path)?;
     f.write_all(bytes).ctx("writing", path)?;
     f.sync_all().ctx("syncing", path)?;
     if let Some(dir) = path.parent() {

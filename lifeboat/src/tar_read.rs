@@ -455,6 +455,19 @@ impl<'a> Walker<'a> {
             ));
             return Ok(());
         };
+        // Our own markers decide what the next start does: an artifact must
+        // never bring one in (a `.lifeboat-restored` symlink would have the
+        // marker written through it). Backups never contain them.
+        if rel
+            .components()
+            .any(|c| crate::source::files::is_own_file(c.as_os_str().as_bytes()))
+        {
+            self.warn(format!(
+                "entry {} has a name lifeboat keeps for itself; skipped",
+                name.display()
+            ));
+            return Ok(());
+        }
         let m = &mappings[idx];
         let (mtime, mtime_nsec) = entry_mtime(entry);
         let h = entry.header();

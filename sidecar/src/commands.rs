@@ -209,44 +209,40 @@ pub async fn verify(id: Option<String>, all: bool) -> Result<()> {
 
 pub async fn restore(to: PathBuf, id: Option<String>, before: Option<DateTime<Utc>>) -> Result<()> {
     let s = settings(Role::Inspect)?;
-    let mut failures = Vec::new();
+    let targets = lifeboat::target::open_all(&s).await;
+    // Newest first across all targets, copies of one artifact together, as
+    // the init container orders them.
+    let (all, mut failures) = restore::candidates(&targets).await?;
     let mut tried = 0;
-    for t in lifeboat::target::open_all(&s).await {
-        let listing = t.list().await?;
-        for p in &listing.problems {
-            warn!(target = %t.describe(), "skipping unreadable manifest: {p}");
-            failures.push(p.clone());
-        }
-        let candidates = listing.artifacts.iter().filter(|a| match (&id, before) {
-            (Some(id), _) => &a.manifest.id == id,
-            (None, Some(b)) => a.manifest.started_at < b,
-            (None, None) => true,
-        });
-        for a in candidates {
-            tried += 1;
-            match restore::restore_to(
-                &t,
-                a,
-                &to,
-                s.source,
-                s.identities.as_ref(),
-                s.progress_interval,
-            )
-            .await
-            {
-                Ok(()) => {
-                    info!(id = %a.manifest.id, to = %to.display(), "restored");
-                    println!("{}", a.manifest.id);
-                    return Ok(());
-                }
-                Err(e) if e.proves_artifact_bad() => {
-                    warn!(id = %a.manifest.id, error = %e, "artifact skipped: it is bad; trying the next older one");
-                    failures.push(format!("{}: {e}", a.manifest.id));
-                }
-                // A missing key, a full disk, a stalled store: an older
-                // artifact is not what was asked for; say why and stop.
-                Err(e) => return Err(e),
+    let candidates = all.iter().filter(|(_, a)| match (&id, before) {
+        (Some(id), _) => &a.manifest.id == id,
+        (None, Some(b)) => a.manifest.started_at < b,
+        (None, None) => true,
+    });
+    for (t, a) in candidates {
+        tried += 1;
+        match restore::restore_to(
+            t,
+            a,
+            &to,
+            s.source,
+            s.identities.as_ref(),
+            s.progress_interval,
+        )
+        .await
+        {
+            Ok(()) => {
+                info!(id = %a.manifest.id, to = %to.display(), "restored");
+                println!("{}", a.manifest.id);
+                return Ok(());
             }
+            Err(e) if e.proves_artifact_bad() => {
+                warn!(id = %a.manifest.id, target = %t.describe(), error = %e, "artifact skipped: it is bad; trying the next candidate");
+                failures.push(format!("{} on {}: {e}", a.manifest.id, t.describe()));
+            }
+            // A missing key, a full disk, a stalled store: an older
+            // artifact is not what was asked for; say why and stop.
+            Err(e) => return Err(e),
         }
     }
     match id {

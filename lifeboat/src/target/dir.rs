@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use tokio::fs;
 use tokio::io::AsyncWriteExt;
 
-use super::{ByteStream, Leftover, Listing, Stored, Target, Upload};
+use super::{ByteStream, Leftover, Listing, Small, Stored, Target, Upload};
 use crate::artifact::{self, MANIFEST_SUFFIX};
 use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
 use crate::writeback::Writeback;
@@ -145,6 +145,18 @@ fn open_regular(path: &Path) -> std::io::Result<(std::fs::File, std::fs::Metadat
     Ok((f, meta))
 }
 
+/// Sorts a small read's result (see [`Small`]): `InvalidData` is what
+/// [`open_regular`] and [`read_regular`] say of a file that is not
+/// acceptable; any other error is the store failing.
+fn small(r: std::io::Result<Vec<u8>>) -> std::io::Result<Small> {
+    match r {
+        Ok(b) => Ok(Small::Bytes(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Small::Gone),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Ok(Small::Refused(e.to_string())),
+        Err(e) => Err(e),
+    }
+}
+
 /// Reads a small file a store holds (a manifest, a verified record) whole,
 /// refusing one larger than `cap` before reading it.
 async fn read_regular(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
@@ -230,12 +242,14 @@ impl Target for DirTarget {
                 continue;
             }
             let path = ent.path();
-            let bytes = match read_regular(&path, MAX_MANIFEST_BYTES).await {
-                Ok(b) => b,
-                Err(e) => {
+            let bytes = match small(read_regular(&path, MAX_MANIFEST_BYTES).await) {
+                Ok(Small::Bytes(b)) => b,
+                Ok(Small::Gone) => continue,
+                Ok(Small::Refused(e)) => {
                     listing.problems.push(format!("{}: {e}", path.display()));
                     continue;
                 }
+                Err(e) => return Err(self.io_err("reading", &path, e)),
             };
             let manifest = match super::parse_listed(&name, &bytes) {
                 Ok(m) => m,

@@ -146,6 +146,18 @@ pub fn parse_listed(file_name: &str, bytes: &[u8]) -> std::result::Result<Manife
     Ok(m)
 }
 
+/// One small stored file (a manifest, a verified record) as read from a
+/// store. Only `Refused` is the file's own fault; a failed read is an error
+/// of the whole listing instead, because skipping a manifest the store
+/// could not serve right now would make restore take an older artifact.
+pub enum Small {
+    Bytes(Vec<u8>),
+    /// Deleted between the listing and the read (retention ran meanwhile).
+    Gone,
+    /// Not a plain file, or larger than such a file may be.
+    Refused(String),
+}
+
 /// The largest verified record read from a store (ours are ~150 bytes).
 pub const MAX_VERIFIED_BYTES: u64 = 64 * 1024;
 

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
-use super::{ByteStream, Leftover, Listing, Stored, Target, Upload};
+use super::{ByteStream, Leftover, Listing, Small, Stored, Target, Upload};
 use crate::artifact::{self, MANIFEST_SUFFIX};
 use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
 use crate::{Error, Result};
@@ -184,29 +184,30 @@ impl S3Target {
         sdk_error(&self.describe(), &self.bucket, op, e)
     }
 
-    async fn get(&self, key: &str) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput> {
-        self.quick
+    /// Reads a small object (a manifest, a verified record) whole, refusing
+    /// one larger than `cap` before reading it: the store decides nothing
+    /// about our memory. A failed request is an error (see [`Small`]).
+    async fn get_small(&self, key: &str, cap: u64) -> Result<Small> {
+        use tokio::io::AsyncReadExt;
+        let out = match self
+            .quick
             .get_object()
             .bucket(&self.bucket)
             .key(key)
             .send()
             .await
-            .map_err(|e| self.sdk_err(&format!("GetObject {key}"), e))
-    }
-
-    /// Reads a small object (a manifest, a verified record) whole, refusing
-    /// one larger than `cap` before reading it: the store decides nothing
-    /// about our memory.
-    async fn get_small(&self, key: &str, cap: u64) -> Result<Vec<u8>> {
-        use tokio::io::AsyncReadExt;
-        let out = self.get(key).await?;
+        {
+            Ok(out) => out,
+            Err(e) if e.code() == Some("NoSuchKey") => return Ok(Small::Gone),
+            Err(e) => return Err(self.sdk_err(&format!("GetObject {key}"), e)),
+        };
         let too_big = |n: u64| {
-            self.err(format!(
-                "{key}: {n} bytes or more, more than the {cap} such an object may have"
+            Small::Refused(format!(
+                "{n} bytes or more, more than the {cap} such an object may have"
             ))
         };
         if let Some(n) = out.content_length().filter(|n| *n as u64 > cap) {
-            return Err(too_big(n as u64));
+            return Ok(too_big(n as u64));
         }
         let mut data = Vec::new();
         out.body
@@ -216,9 +217,9 @@ impl S3Target {
             .await
             .map_err(|e| self.err(format!("reading {key}: {e}")))?;
         if data.len() as u64 > cap {
-            return Err(too_big(data.len() as u64));
+            return Ok(too_big(data.len() as u64));
         }
-        Ok(data)
+        Ok(Small::Bytes(data))
     }
 
     async fn put_small(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
@@ -331,22 +332,32 @@ impl Target for S3Target {
             if name.starts_with('.') || !name.ends_with(MANIFEST_SUFFIX) {
                 continue;
             }
-            let manifest = match self.get_small(key, MAX_MANIFEST_BYTES).await.and_then(|b| {
-                super::parse_listed(name, &b)
-                    .map_err(|e| self.err(format!("{key}: not a valid manifest: {e}")))
-            }) {
+            let bytes = match self.get_small(key, MAX_MANIFEST_BYTES).await? {
+                Small::Bytes(b) => b,
+                Small::Gone => continue,
+                Small::Refused(e) => {
+                    listing.problems.push(format!("{key}: {e}"));
+                    continue;
+                }
+            };
+            let manifest = match super::parse_listed(name, &bytes) {
                 Ok(m) => m,
                 Err(e) => {
-                    listing.problems.push(e.to_string());
+                    listing
+                        .problems
+                        .push(format!("{key}: not a valid manifest: {e}"));
                     continue;
                 }
             };
             let vname = artifact::verified_name(&manifest.id);
             let verified_at = if names.contains(vname.as_str()) {
-                self.get_small(&self.key(&vname), super::MAX_VERIFIED_BYTES)
+                match self
+                    .get_small(&self.key(&vname), super::MAX_VERIFIED_BYTES)
                     .await
-                    .ok()
-                    .and_then(|b| super::parse_verified(&b))
+                {
+                    Ok(Small::Bytes(b)) => super::parse_verified(&b),
+                    _ => None,
+                }
             } else {
                 None
             };
