@@ -134,7 +134,8 @@ fn pem_of(der: &[u8]) -> Vec<u8> {
 pub struct S3Target {
     client: Client,
     /// The same client with short timeouts, for requests whose answer is
-    /// small (list, manifests, heads, deletes): a stalled store fails them
+    /// small (list, manifests, heads, deletes) or streamed (an artifact's
+    /// GET, whose timeouts end with the headers): a stalled store fails them
     /// within [`SMALL_OPERATION_TIMEOUT`] instead of the minutes a part
     /// upload may need, so `list`, `verify` and restore never hang on it.
     quick: Client,
@@ -397,8 +398,12 @@ impl Target for S3Target {
 
     async fn open(&self, m: &Manifest) -> Result<ByteStream> {
         let key = self.key(&m.artifact);
+        // The quick client: its timeouts end when the response headers
+        // arrive (a streamed body is read after the operation returns), so
+        // a store that never answers fails within a minute, while the body,
+        // however long, is guarded by the SDK's stalled-stream protection.
         let out = self
-            .client
+            .quick
             .get_object()
             .bucket(&self.bucket)
             .key(&key)
