@@ -7,7 +7,7 @@
 //! stalled store, strace's fault injection for a SIGKILL at each rename.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -37,6 +37,28 @@ fn names(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// Every file below `dir` with its bytes (names and contents only: a
+/// fresh copy of the same live data has other mtimes).
+fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for ent in fs::read_dir(&d).unwrap() {
+            let p = ent.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.is_file() {
+                out.push((
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    fs::read(&p).unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 fn skip_unless_root(what: &str) -> bool {
@@ -275,8 +297,11 @@ fn a_stalled_s3_store_never_brings_back_older_data() {
 }
 
 /// A two-path restore killed (SIGKILL, by strace's fault injection) at
-/// each of its renames in turn: the next start always ends with both
-/// paths holding the same artifact, whole.
+/// each of its renames in turn — into empty paths, and in `always` mode
+/// over live data, also at each of its unlinks (old data, markers): the
+/// next start (default `if-empty`) always ends with both paths holding the
+/// same artifact whole, or, when the kill came before anything was
+/// replaced, both paths as they were. Never a mix.
 #[test]
 fn a_two_path_restore_killed_at_any_rename_is_finished_on_the_next_start() {
     if skip_unless_root("a_two_path_restore_killed_at_any_rename") {
@@ -288,13 +313,17 @@ fn a_two_path_restore_killed_at_any_rename_is_finished_on_the_next_start() {
     let tmp = tempfile::tempdir().unwrap();
     let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
     let backup = tmp.path().join("backup");
-    for (dir, n) in [(&one, 3u64), (&two, 4)] {
-        fs::create_dir_all(dir.join("sub")).unwrap();
-        for i in 0..n {
-            fs::write(dir.join(format!("f{i}")), noise(5000, i + n)).unwrap();
+    let fill = |seed: u64| {
+        for (dir, n) in [(&one, 3u64), (&two, 4)] {
+            fs::create_dir_all(dir.join("sub")).unwrap();
+            for i in 0..n {
+                fs::write(dir.join(format!("f{i}")), noise(5000, i + n + seed)).unwrap();
+            }
+            fs::write(dir.join("sub/g"), format!("deep {seed}")).unwrap();
+            fs::write(dir.join(format!("only-in-{seed}")), b"x").unwrap();
         }
-        fs::write(dir.join("sub/g"), b"deep").unwrap();
-    }
+    };
+    fill(0);
     let paths = format!("{},{}", one.display(), two.display());
     let cmd = |bin: &str| {
         lifeboat(
@@ -308,48 +337,65 @@ fn a_two_path_restore_killed_at_any_rename_is_finished_on_the_next_start() {
     };
     run_ok(cmd("lifeboat-sidecar").arg("backup-now"));
     let (want1, want2) = (snapshot(&one), snapshot(&two));
-    let mut killed = 0;
-    for n in 1.. {
-        empty(&one);
-        empty(&two);
-        let restore = cmd("lifeboat-restore");
-        let mut traced = Command::new("strace");
-        traced
-            .args(["-f", "-qq", "-o", "/dev/null"])
-            .args(["-e", "trace=rename,renameat,renameat2"])
-            .arg("-e")
-            .arg(format!(
-                "inject=rename,renameat,renameat2:signal=KILL:when={n}"
-            ))
-            .arg(bin("lifeboat-restore"))
-            .env_clear()
-            .envs(env_of(&restore));
-        let out = traced.output().unwrap();
-        if out.status.success() {
-            break;
+    fill(1);
+    empty(&one);
+    empty(&two);
+    fill(1);
+    let (live1, live2) = (contents(&one), contents(&two));
+    for (calls, mode, live) in [
+        ("rename,renameat,renameat2", "if-empty", false),
+        ("rename,renameat,renameat2,unlink,unlinkat", "always", true),
+    ] {
+        let mut killed = 0;
+        for n in 1.. {
+            empty(&one);
+            empty(&two);
+            if live {
+                fill(1);
+            }
+            let restore = cmd("lifeboat-restore");
+            let mut traced = Command::new("strace");
+            traced
+                .args(["-f", "-qq", "-o", "/dev/null"])
+                .args(["-e", &format!("trace={calls}")])
+                .arg("-e")
+                .arg(format!("inject={calls}:signal=KILL:when={n}"))
+                .arg(bin("lifeboat-restore"))
+                .env_clear()
+                .envs(env_of(&restore))
+                .env("LIFEBOAT_RESTORE", mode);
+            let out = traced.output().unwrap();
+            if out.status.success() {
+                break;
+            }
+            killed += 1;
+            // The next start, as the kubelet restarts the init container.
+            let out = run_ok(&mut cmd("lifeboat-restore"));
+            let (got1, got2) = (snapshot(&one), snapshot(&two));
+            let untouched = live && contents(&one) == live1 && contents(&two) == live2;
+            if !untouched {
+                assert!(
+                    stderr(&out).contains("restore completed"),
+                    "{mode}, kill at call {n}: {}",
+                    stderr(&out)
+                );
+                assert_same(&want1, &got1);
+                assert_same(&want2, &got2);
+            }
+            for dir in [&one, &two] {
+                assert!(
+                    names(dir)
+                        .iter()
+                        .all(|n| !n.starts_with(".lifeboat-sta") && n != ".lifeboat-restoring"),
+                    "{mode}, kill at call {n}: {:?}",
+                    names(dir)
+                );
+            }
         }
-        killed += 1;
-        // The next start (as the kubelet would restart the init container).
-        let out = run_ok(&mut cmd("lifeboat-restore"));
-        assert!(
-            stderr(&out).contains("restore completed"),
-            "kill at rename {n}: {}",
-            stderr(&out)
-        );
-        assert_same(&want1, &snapshot(&one));
-        assert_same(&want2, &snapshot(&two));
-        for dir in [&one, &two] {
-            assert!(
-                names(dir)
-                    .iter()
-                    .all(|n| !n.starts_with(".lifeboat-sta") && n != ".lifeboat-restoring"),
-                "kill at rename {n}: {:?}",
-                names(dir)
-            );
-        }
+        eprintln!("{mode}: killed at {killed} calls");
+        // 3 + 2 and 4 + 2 entries are moved into place.
+        assert!(killed >= 11, "{mode}: only {killed} calls were interrupted");
     }
-    // 3 + 1 and 4 + 1 entries are moved into place.
-    assert!(killed >= 9, "only {killed} renames were interrupted");
 }
 
 /// A backup folder inside a backed-up path — mounted there directly, one
