@@ -1,45 +1,12 @@
 //! Faults of the machine around a backup: a full backup disk (a small tmpfs
-//! mounted as the target, so it needs root, which CI has).
+//! mounted as the target, so it needs root, which CI has), also one with
+//! room for the artifact but not for its manifest.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use lifeboat_tests::*;
 use sha2::{Digest, Sha256};
-
-/// A tmpfs of `size` mounted on `dir`, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        fs::create_dir_all(dir).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mount tmpfs on {}", dir.display());
-        Tmpfs(dir.to_path_buf())
-    }
-
-    fn resize(&self, size: &str) {
-        let ok = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "remount {}", self.0.display());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 /// Every name in a history folder, hidden ones included.
 fn names(dir: &Path) -> Vec<String> {
@@ -211,4 +178,141 @@ fn a_non_root_uid_on_a_volume_owned_by_another_uid_gets_a_clear_error() {
         "{err}"
     );
     no_panic(&err);
+}
+
+/// Free bytes on the filesystem of `p`.
+fn free_bytes(p: &Path) -> u64 {
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    // SAFETY: a valid path and a zeroed out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bavail as u64 * st.f_frsize as u64
+}
+
+/// Room for the artifact but not for its manifest: the backup fails, says
+/// so, and publishes nothing (no empty manifest, no artifact), and the
+/// next backup with room succeeds.
+#[test]
+fn room_for_the_artifact_but_not_the_manifest_commits_nothing() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let backup = tmp.path().join("backup");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("blob"), noise(300_000, 5)).unwrap();
+    let disk = Tmpfs::mount(&backup, "2m");
+    let cmd = || {
+        lifeboat(
+            "lifeboat-sidecar",
+            &[
+                ("LIFEBOAT_PATHS", data.to_str().unwrap()),
+                ("LIFEBOAT_TARGETS", &format!("file://{}", backup.display())),
+                ("LIFEBOAT_COMPRESSION", "none"),
+                ("HOSTNAME", "db-0"),
+            ],
+        )
+    };
+    // A first backup tells the artifact's size (uncompressed: the same
+    // next time); then it is removed and the disk filled to leave exactly
+    // the artifact's pages free.
+    run_ok(cmd().arg("backup-now"));
+    let hist = history(&backup, "db-0");
+    let art = artifacts(&hist).pop().unwrap();
+    let size = fs::metadata(&art).unwrap().len();
+    for n in names(&hist) {
+        fs::remove_file(hist.join(n)).unwrap();
+    }
+    let pages = size.div_ceil(4096) * 4096;
+    let filler = backup.join("filler");
+    let f = fs::File::create(&filler).unwrap();
+    let fill = free_bytes(&backup) - pages;
+    std::io::Write::write_all(&mut &f, &vec![1u8; fill as usize]).unwrap();
+    f.sync_all().unwrap();
+    // Closed, so removing it later frees its space.
+    drop(f);
+    assert_eq!(free_bytes(&backup), pages);
+
+    let out = cmd().arg("backup-now").output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(!err.contains("backup committed"), "{err}");
+    assert!(
+        stdout(&out).trim().is_empty(),
+        "an id was printed: {}",
+        stdout(&out)
+    );
+    assert_eq!(
+        names(&hist),
+        Vec::<String>::new(),
+        "something was published"
+    );
+    let list = run_ok(cmd().args(["list", "--json"]));
+    assert!(stdout(&list).trim().is_empty(), "{}", stdout(&list));
+
+    fs::remove_file(&filler).unwrap();
+    run_ok(cmd().arg("backup-now"));
+    run_ok(cmd().args(["verify", "--all"]));
+    drop(disk);
+}
+
+/// Backups killed mid-write leave partial files; the next backup, holding
+/// the history's lock (so no other backup of this container is writing),
+/// removes them all at its start instead of a day later.
+#[test]
+fn partials_of_killed_backups_are_removed_by_the_next_backup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let backup = tmp.path().join("backup");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("blob"), noise(256 << 20, 2)).unwrap();
+    let cmd = || {
+        lifeboat(
+            "lifeboat-sidecar",
+            &[
+                ("LIFEBOAT_PATHS", data.to_str().unwrap()),
+                ("LIFEBOAT_TARGETS", &format!("file://{}", backup.display())),
+                ("LIFEBOAT_COMPRESSION", "none"),
+                ("HOSTNAME", "db-0"),
+            ],
+        )
+    };
+    let hist = history(&backup, "db-0");
+    let partials = || -> Vec<String> {
+        fs::read_dir(&hist)
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".partial"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut seen: Vec<String> = Vec::new();
+    for _ in 0..3 {
+        let mut child = cmd().arg("backup-now").spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // Killed once its own partial artifact holds some data.
+        let name = loop {
+            let new = partials().into_iter().find(|n| {
+                !seen.contains(n) && fs::metadata(hist.join(n)).is_ok_and(|m| m.len() > 1 << 20)
+            });
+            if let Some(n) = new {
+                break n;
+            }
+            assert!(child.try_wait().unwrap().is_none(), "the backup ended before the kill");
+            assert!(std::time::Instant::now() < deadline, "no partial appeared");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        seen.push(name);
+    }
+    // Each backup removed the partial of the one killed before it.
+    assert_eq!(partials(), [seen[2].clone()]);
+    run_ok(cmd().arg("backup-now"));
+    assert!(partials().is_empty(), "{:?}", partials());
+    assert_eq!(names(&hist).len(), 2, "{:?}", names(&hist));
 }

@@ -123,12 +123,7 @@ fn a_full_volume_stops_the_restore_instead_of_restoring_older_data() {
     );
 
     // With room, the same artifact restores.
-    let st = Command::new("mount")
-        .args(["-o", "remount,size=64m"])
-        .arg(&data)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    vol.resize("64m");
     empty(&data);
     run_ok(&mut cmd("lifeboat-restore"));
     assert_eq!(fs::read_to_string(data.join("v")).unwrap(), "newest");

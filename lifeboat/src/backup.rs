@@ -146,11 +146,16 @@ impl Job {
                 "LIFEBOAT_INCLUDE_KUBE is set but the Kubernetes API is not usable (see the warning at start); unset it or grant the Role in manifests/rbac.yaml".into(),
             ));
         }
-        let _lock = crate::lock::BackupLock::acquire(
+        let lock = crate::lock::BackupLock::acquire(
             &self.settings.spool_dir,
             &self.settings.name,
             &self.targets[0].describe(),
         )?;
+        for t in &self.targets {
+            if let Err(e) = clean_dead_leftovers(t, &lock).await {
+                warn!(target = %t.describe(), error = %e, "cleaning up after killed backups failed; retried at the next backup");
+            }
+        }
         crate::hooks::pre(&self.settings, &cancel).await?;
         let primary = &self.targets[0];
         let result = backup(self.clone(), primary, cancel.clone()).await;
@@ -522,8 +527,26 @@ pub async fn apply_retention(target: &AnyTarget, policy: &retention::Policy) -> 
 
 /// Removes uncommitted files older than [`LEFTOVER_MAX_AGE`].
 pub async fn clean_leftovers(target: &AnyTarget, now: DateTime<Utc>) -> Result<()> {
+    remove_leftovers(target, |modified| now - modified > LEFTOVER_MAX_AGE).await
+}
+
+/// Removes every uncommitted file: only while this process holds the
+/// history's backup lock, which proves no other backup of this container
+/// is writing there, so each leftover is from one that died. Without this,
+/// a crash loop leaves one partial artifact per attempt for a day.
+async fn clean_dead_leftovers(target: &AnyTarget, lock: &crate::lock::BackupLock) -> Result<()> {
+    if !lock.is_held() {
+        return Ok(());
+    }
+    remove_leftovers(target, |_| true).await
+}
+
+async fn remove_leftovers(
+    target: &AnyTarget,
+    remove: impl Fn(DateTime<Utc>) -> bool,
+) -> Result<()> {
     for l in target.leftovers().await? {
-        if now - l.modified > LEFTOVER_MAX_AGE {
+        if remove(l.modified) {
             target.remove_leftover(&l.name).await?;
             info!(file = %l.name, target = %target.describe(), "removed uncommitted leftover");
         }

@@ -14,10 +14,16 @@ use crate::{Error, Result};
 
 /// Held while a backup runs; released on drop (or death).
 pub struct BackupLock {
-    _file: Option<File>,
+    file: Option<File>,
 }
 
 impl BackupLock {
+    /// Whether the lock is really held (no lock file could be made in a
+    /// read-only folder: then it proves nothing about other backups).
+    pub fn is_held(&self) -> bool {
+        self.file.is_some()
+    }
+
     /// Takes the lock for the history `key` (primary target, namespace and
     /// name: one history), or says it is taken. Where no
     /// lock file can be made (a read-only folder) backups go on unlocked,
@@ -35,7 +41,7 @@ impl BackupLock {
             Ok(f) => f,
             Err(e) => {
                 warn!(path = %path.display(), "cannot create the backup lock file ({e}); going on without it");
-                return Ok(BackupLock { _file: None });
+                return Ok(BackupLock { file: None });
             }
         };
         // SAFETY: flock on a descriptor we own; no memory is shared.
@@ -46,7 +52,7 @@ impl BackupLock {
                 path.display()
             )));
         }
-        Ok(BackupLock { _file: Some(file) })
+        Ok(BackupLock { file: Some(file) })
     }
 }
 

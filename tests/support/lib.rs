@@ -228,6 +228,16 @@ impl Tmpfs {
         assert!(st.success(), "mount tmpfs at {}", dir.display());
         Tmpfs(dir.to_path_buf())
     }
+
+    /// Grows or shrinks it in place (`mount -o remount,size=…`).
+    pub fn resize(&self, size: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount {}", self.0.display());
+    }
 }
 
 impl Drop for Tmpfs {

@@ -79,6 +79,7 @@ impl FilesSource {
             ctx,
             report: std::mem::take(report),
             changes_expected: self.changes_expected,
+            lost_firsts: HashMap::new(),
         };
         let r = writer.write(found, &[]);
         *report = writer.report;
@@ -136,6 +137,7 @@ impl Source for FilesSource {
             ctx,
             report: SourceReport::default(),
             changes_expected: self.changes_expected,
+            lost_firsts: HashMap::new(),
         };
         std::thread::scope(|s| {
             let walker = Walker {
@@ -382,6 +384,11 @@ struct Writer<'a, W: Write> {
     ctx: &'a SourceCtx,
     report: SourceReport,
     changes_expected: bool,
+    /// Hard-linked files whose first name was planned to carry the data
+    /// but vanished or was replaced before it was read, to the name that
+    /// carries it instead (None until a later link has been stored with
+    /// its data): a link entry must never name an entry that is not there.
+    lost_firsts: HashMap<PathBuf, Option<PathBuf>>,
 }
 
 impl<W: Write> Writer<'_, W> {
@@ -424,6 +431,21 @@ impl<W: Write> Writer<'_, W> {
 
     /// Writes one entry; `data` holds the bytes of a batch's small files.
     fn write(&mut self, found: Found, data: &[u8]) -> Result<bool> {
+        let (first, carries) = match &found {
+            Found::Entry(e) => (
+                tar_name(&e.path),
+                e.meta.nlink() > 1 && matches!(e.kind, Kind::Small(_) | Kind::Large),
+            ),
+            _ => (PathBuf::new(), false),
+        };
+        let written = self.write_entry(found, data)?;
+        if carries && !written {
+            self.lost_firsts.insert(first, None);
+        }
+        Ok(written)
+    }
+
+    fn write_entry(&mut self, found: Found, data: &[u8]) -> Result<bool> {
         let Entry { path, meta, kind } = match found {
             Found::Entry(e) => e,
             Found::Warning(w) => {
@@ -457,12 +479,27 @@ impl<W: Write> Writer<'_, W> {
                 append_mtime_nanos(self.tar, &meta).map_err(tar_err)?;
                 append_symlink(self.tar, &mut h, &name, &target).map_err(tar_err)?;
             }
-            Kind::Link(first) => {
-                h.set_entry_type(EntryType::Link);
-                self.tar
-                    .append_link(&mut h, &name, &first)
-                    .map_err(tar_err)?;
-            }
+            Kind::Link(first) => match self.lost_firsts.get(&first).cloned() {
+                None => {
+                    h.set_entry_type(EntryType::Link);
+                    self.tar
+                        .append_link(&mut h, &name, &first)
+                        .map_err(tar_err)?;
+                }
+                Some(Some(carrier)) => {
+                    h.set_entry_type(EntryType::Link);
+                    self.tar
+                        .append_link(&mut h, &name, &carrier)
+                        .map_err(tar_err)?;
+                }
+                // The first name was not stored: this one carries the data.
+                Some(None) => {
+                    if !self.file(&path, &meta, h, &name)? {
+                        return Ok(false);
+                    }
+                    self.lost_firsts.insert(first, Some(name.clone()));
+                }
+            },
             Kind::Small(Fetch::Read { start, len, after }) => {
                 h.set_entry_type(EntryType::Regular);
                 h.set_size(meta.len());
@@ -480,6 +517,11 @@ impl<W: Write> Writer<'_, W> {
             }
             Kind::Small(Fetch::Vanished) => {
                 self.vanished(&path);
+                return Ok(false);
+            }
+            Kind::Small(Fetch::Replaced(why)) => {
+                self.report
+                    .warn(format!("{} {why}; left out", path.display()));
                 return Ok(false);
             }
             Kind::Small(Fetch::Failed(e)) => return Err(unreadable(&path, e)),
@@ -504,10 +546,18 @@ impl<W: Write> Writer<'_, W> {
 
     /// Streams a large file with big reads. Returns false when it vanished.
     fn file(&mut self, path: &Path, meta: &Metadata, mut h: Header, name: &Path) -> Result<bool> {
-        let file = match open_noatime(path) {
+        let file = match open_walked(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.vanished(path);
+                return Ok(false);
+            }
+            Err(e) if replaced(&e).is_some() => {
+                self.report.warn(format!(
+                    "{} {}; left out",
+                    path.display(),
+                    replaced(&e).unwrap_or_default()
+                ));
                 return Ok(false);
             }
             Err(e) => return Err(unreadable(path, e)),
@@ -561,6 +611,7 @@ impl<W: Write> Writer<'_, W> {
             m.mtime() != meta.mtime()
                 || m.mtime_nsec() != meta.mtime_nsec()
                 || m.len() != meta.len()
+                || (m.dev(), m.ino()) != (meta.dev(), meta.ino())
         });
         let note = if padded > 0 {
             format!(
@@ -686,18 +737,82 @@ impl<R: Read> Read for ExactSize<'_, R> {
     }
 }
 
+/// Why a walked file was not opened: it is no longer the regular file the
+/// walk saw (a symlink, a FIFO, a folder or another file now has its name).
+#[derive(Debug)]
+pub(super) struct Replaced(String);
+
+impl std::fmt::Display for Replaced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Replaced {}
+
+/// The reason, when `e` says a walked file was replaced.
+pub(super) fn replaced(e: &io::Error) -> Option<String> {
+    e.get_ref()
+        .and_then(|r| r.downcast_ref::<Replaced>())
+        .map(|r| r.0.clone())
+}
+
+/// Opens a file the walk saw as regular, as a regular file or not at all:
+/// without following a symlink and without blocking on a FIFO that took
+/// its name since, and checked by `fstat` to be a regular file. The app may
+/// swap names at any moment; we must never read anything but the volume's
+/// own files (a link to `/proc/self/environ` would put the sidecar's
+/// secrets in the artifact). A different inode than the walk saw is read
+/// and reported as a change by the caller.
+pub(super) fn open_walked(path: &Path) -> io::Result<File> {
+    let file = match open_noatime(path, libc::O_NOFOLLOW | libc::O_NONBLOCK) {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(io::Error::other(Replaced(
+                "was replaced by a symlink while the backup ran".into(),
+            )))
+        }
+        r => r?,
+    };
+    let now = file.metadata()?;
+    let kind = now.file_type();
+    let what = if !kind.is_file() {
+        Some(if kind.is_dir() {
+            "a folder"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "a device node"
+        })
+    } else {
+        // Another regular file under the same name (written to a temp name
+        // and renamed over, as PostgreSQL does with pg_filenode.map) is the
+        // volume's own current file: read it; `changed` reports it.
+        None
+    };
+    match what {
+        Some(w) => Err(io::Error::other(Replaced(format!(
+            "was replaced by {w} while the backup ran"
+        )))),
+        None => Ok(file),
+    }
+}
+
 /// Opens a file to read without touching its access time: reading a whole
 /// volume would otherwise dirty every inode the app has not read since its
 /// last change, and those writes land on the app's disk. O_NOATIME is only
 /// allowed to the file's owner (or CAP_FOWNER); others open it plainly.
-pub(super) fn open_noatime(path: &Path) -> io::Result<File> {
+pub(super) fn open_noatime(path: &Path, flags: i32) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    match fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOATIME)
-        .open(path)
-    {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
+    let open = |extra: i32| {
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags | extra)
+            .open(path)
+    };
+    match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
         r => r,
     }
 }
@@ -807,6 +922,7 @@ mod tests {
             ctx: &ctx,
             report: SourceReport::default(),
             changes_expected: false,
+            lost_firsts: HashMap::new(),
         };
         for found in batch.found.drain(..) {
             assert!(w.write(found, &batch.data).unwrap());
@@ -859,5 +975,140 @@ mod tests {
         let atime = fs::metadata(&f).unwrap().atime();
         // Only the owner (or root) may ask for O_NOATIME; tests run as either.
         assert_eq!(atime, 1_600_000_000);
+    }
+
+    /// Plans every path (in order), lets `between` change the folder, then
+    /// reads and writes them as a backup would. Returns the tar, whether
+    /// each entry was written, and the warnings.
+    fn plan_change_write(
+        root: &Path,
+        names: &[&str],
+        between: impl FnOnce(),
+    ) -> (Vec<u8>, Vec<bool>, Vec<String>) {
+        let src = FilesSource::new(vec![root.to_path_buf()], GlobSet::empty());
+        let mut planner = Planner::new(&src, true);
+        let found: Vec<Found> = names
+            .iter()
+            .map(|n| {
+                let p = root.join(n);
+                let meta = fs::symlink_metadata(&p).unwrap();
+                planner.plan(p, meta).unwrap()
+            })
+            .collect();
+        between();
+        let mut batch = Batch {
+            found,
+            reserved: 1 << 20,
+            ..Default::default()
+        };
+        batch.data.reserve(batch.reserved);
+        read_ahead::fill(&mut batch);
+        let mut tar = tar::Builder::new(Vec::new());
+        let ctx = SourceCtx {
+            progress: Arc::new(Progress::default()),
+            cancel: Default::default(),
+        };
+        let mut w = Writer {
+            tar: &mut tar,
+            ctx: &ctx,
+            report: SourceReport::default(),
+            changes_expected: false,
+            lost_firsts: HashMap::new(),
+        };
+        let written = batch
+            .found
+            .drain(..)
+            .map(|f| w.write(f, &batch.data).unwrap())
+            .collect();
+        let warnings = w.report.warnings;
+        (tar.into_inner().unwrap(), written, warnings)
+    }
+
+    /// A file swapped, between the walk and the read, for a symlink to a
+    /// secret, a FIFO, a folder or another file is left out with a
+    /// warning: never read through, never blocked on, never a failed backup.
+    #[test]
+    fn a_file_replaced_after_the_walk_is_left_out_never_read_through() {
+        for size in [100usize, 200 * 1024] {
+            for swap in ["symlink", "fifo", "folder", "other"] {
+                let dir = tempfile::tempdir().unwrap();
+                let root = dir.path().join("data");
+                fs::create_dir(&root).unwrap();
+                let secret = dir.path().join("secret");
+                fs::write(&secret, b"AWS_SECRET_ACCESS_KEY=hunter2").unwrap();
+                let f = root.join("f");
+                fs::write(&f, vec![b'a'; size]).unwrap();
+                let (tar, written, warnings) = plan_change_write(&root, &["f"], || {
+                    // Kept alive elsewhere, so "another file" cannot reuse its inode.
+                    fs::hard_link(&f, dir.path().join("old")).unwrap();
+                    fs::remove_file(&f).unwrap();
+                    match swap {
+                        "symlink" => std::os::unix::fs::symlink(&secret, &f).unwrap(),
+                        "fifo" => {
+                            let c = std::ffi::CString::new(f.to_str().unwrap()).unwrap();
+                            // SAFETY: a valid NUL-terminated path.
+                            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+                        }
+                        "folder" => fs::create_dir(&f).unwrap(),
+                        _ => fs::write(&f, vec![b'b'; size]).unwrap(),
+                    }
+                });
+                // Another regular file is the volume's own: read, reported.
+                assert_eq!(written, [swap == "other"], "{swap} {size}");
+                let want = match swap {
+                    "symlink" => "replaced by a symlink",
+                    "fifo" => "replaced by a FIFO",
+                    "folder" => "replaced by a folder",
+                    _ => "changed while read",
+                };
+                assert!(
+                    warnings.iter().any(|w| w.contains(want)),
+                    "{swap} {size}: {warnings:?}"
+                );
+                let hay = String::from_utf8_lossy(&tar);
+                assert!(
+                    !hay.contains("hunter2"),
+                    "{swap} {size}: the secret was read"
+                );
+            }
+        }
+    }
+
+    /// Two names of one file; the first vanishes before it is read: the
+    /// second carries the data, and a third links to the second, so the
+    /// archive restores (no link names an entry that is not there).
+    #[test]
+    fn when_a_first_hard_link_vanishes_the_next_name_carries_the_data() {
+        for size in [100usize, 200 * 1024] {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("data");
+            fs::create_dir(&root).unwrap();
+            fs::write(root.join("a"), vec![7u8; size]).unwrap();
+            fs::hard_link(root.join("a"), root.join("b")).unwrap();
+            fs::hard_link(root.join("a"), root.join("c")).unwrap();
+            let a = root.join("a");
+            let (tar, written, warnings) =
+                plan_change_write(&root, &["a", "b", "c"], || fs::remove_file(&a).unwrap());
+            assert_eq!(written, [false, true, true], "{size}: {warnings:?}");
+            let mut archive = tar::Archive::new(&tar[..]);
+            let entries: Vec<(String, EntryType, Option<String>, usize)> = archive
+                .entries()
+                .unwrap()
+                .map(|e| {
+                    let mut e = e.unwrap();
+                    let name = e.path().unwrap().display().to_string();
+                    let kind = e.header().entry_type();
+                    let link = e.link_name().unwrap().map(|l| l.display().to_string());
+                    let mut body = Vec::new();
+                    e.read_to_end(&mut body).unwrap();
+                    (name, kind, link, body.len())
+                })
+                .collect();
+            let b = tar_name(&root.join("b")).display().to_string();
+            let c = tar_name(&root.join("c")).display().to_string();
+            assert_eq!(entries.len(), 2, "{entries:?}");
+            assert_eq!(entries[0], (b.clone(), EntryType::Regular, None, size));
+            assert_eq!(entries[1], (c, EntryType::Link, Some(b), 0));
+        }
     }
 }

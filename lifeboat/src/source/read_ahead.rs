@@ -78,6 +78,8 @@ pub enum Fetch {
         after: Option<Metadata>,
     },
     Vanished,
+    /// No longer the regular file the walk saw; why, for the warning.
+    Replaced(String),
     Failed(io::Error),
 }
 
@@ -136,10 +138,13 @@ pub(super) fn fill(batch: &mut Batch) {
         else {
             continue;
         };
-        *fetch = match super::files::open_noatime(path) {
+        *fetch = match super::files::open_walked(path) {
             Ok(file) => read_small(file, meta.len(), data),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Fetch::Vanished,
-            Err(e) => Fetch::Failed(e),
+            Err(e) => match super::files::replaced(&e) {
+                Some(why) => Fetch::Replaced(why),
+                None => Fetch::Failed(e),
+            },
         };
     }
 }

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use tokio::fs;
-use tokio::io::AsyncWriteExt;
 
 use super::{ByteStream, Leftover, Listing, Small, Stored, Target, Upload};
 use crate::artifact::{self, MANIFEST_SUFFIX};
@@ -92,16 +91,26 @@ impl DirTarget {
     async fn write_durable(&self, name: &str, bytes: &[u8], replace: bool) -> Result<()> {
         let tmp = self.root.join(partial_name(name));
         let dst = self.root.join(name);
-        let mut f = fs::File::create(&tmp)
-            .await
-            .map_err(|e| self.io_err("creating", &tmp, e))?;
-        let res = async {
-            f.write_all(bytes).await?;
-            f.sync_all().await?;
-            drop(f);
-            publish(&tmp, &dst, replace).await
-        }
-        .await;
+        // Plain blocking writes: tokio's File keeps a failed background
+        // write's error for the *next* call, so `write_all` then `sync_all`
+        // can both succeed on a full disk and publish an empty manifest.
+        let (t, data) = (tmp.clone(), bytes.to_vec());
+        let written = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&t)?;
+            f.write_all(&data)?;
+            f.sync_all()
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        let res = match written {
+            Ok(()) => publish(&tmp, &dst, replace).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = res {
             let _ = fs::remove_file(&tmp).await;
             return Err(self.io_err("writing", &dst, e));
