@@ -8,16 +8,6 @@ use std::path::Path;
 use lifeboat_tests::*;
 use sha2::{Digest, Sha256};
 
-/// Every name in a history folder, hidden ones included.
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 fn sha(p: &Path) -> String {
     hex::encode(Sha256::digest(fs::read(p).unwrap()))
 }
@@ -302,7 +292,10 @@ fn partials_of_killed_backups_are_removed_by_the_next_backup() {
             if let Some(n) = new {
                 break n;
             }
-            assert!(child.try_wait().unwrap().is_none(), "the backup ended before the kill");
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the backup ended before the kill"
+            );
             assert!(std::time::Instant::now() < deadline, "no partial appeared");
             std::thread::sleep(std::time::Duration::from_millis(2));
         };

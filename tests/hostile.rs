@@ -198,8 +198,6 @@ fn nothing_is_written_through_a_symlink_pointing_outside() {
 /// them: absolute, up and out of the path, dangling, and chains of links.
 #[test]
 fn symlinks_are_restored_verbatim_whatever_they_point_at() {
-    let w = world();
-    let rel = w.rel();
     let links: [(&str, &str); 5] = [
         ("datasets", "../shared/datasets"),
         ("conda", "/opt/conda"),
@@ -207,16 +205,26 @@ fn symlinks_are_restored_verbatim_whatever_they_point_at() {
         ("d0/up", "../../../../.."),
         ("esc", "d0/up/../../.."),
     ];
-    let (root, d0) = (format!("{rel}/"), format!("{rel}/d0/"));
-    let mut entries = vec![
-        e(root.as_bytes(), EntryType::Directory, b"", b""),
-        e(d0.as_bytes(), EntryType::Directory, b"", b""),
-    ];
-    let names: Vec<String> = links.iter().map(|(n, _)| format!("{rel}/{n}")).collect();
-    for ((_, to), name) in links.iter().zip(&names) {
-        entries.push(e(name.as_bytes(), EntryType::Symlink, to.as_bytes(), b""));
-    }
-    plant(&w.backup, &w.data, &entries);
+    // The data folder, `d0/`, the links, and `extra` entries after them.
+    let plant_links = |w: &World, extra: &[(&str, &[u8])]| {
+        let rel = w.rel();
+        let mut names = vec![format!("{rel}/"), format!("{rel}/d0/")];
+        names.extend(links.iter().map(|(n, _)| format!("{rel}/{n}")));
+        names.extend(extra.iter().map(|(n, _)| format!("{rel}/{n}")));
+        let mut entries: Vec<Entry> = names[..2]
+            .iter()
+            .map(|n| e(n.as_bytes(), EntryType::Directory, b"", b""))
+            .collect();
+        for ((_, to), name) in links.iter().zip(&names[2..]) {
+            entries.push(e(name.as_bytes(), EntryType::Symlink, to.as_bytes(), b""));
+        }
+        for ((_, data), name) in extra.iter().zip(&names[2 + links.len()..]) {
+            entries.push(e(name.as_bytes(), EntryType::Regular, b"", data));
+        }
+        plant(&w.backup, &w.data, &entries);
+    };
+    let w = world();
+    plant_links(&w, &[]);
     let out = w.restore();
     assert!(out.status.success(), "{}", stderr(&out));
     for (name, to) in links {
@@ -227,19 +235,7 @@ fn symlinks_are_restored_verbatim_whatever_they_point_at() {
 
     // The same chain with a file written through `esc`: refused whole.
     let w = world();
-    let rel = w.rel();
-    let (root, d0) = (format!("{rel}/"), format!("{rel}/d0/"));
-    let mut entries = vec![
-        e(root.as_bytes(), EntryType::Directory, b"", b""),
-        e(d0.as_bytes(), EntryType::Directory, b"", b""),
-    ];
-    let names: Vec<String> = links.iter().map(|(n, _)| format!("{rel}/{n}")).collect();
-    for ((_, to), name) in links.iter().zip(&names) {
-        entries.push(e(name.as_bytes(), EntryType::Symlink, to.as_bytes(), b""));
-    }
-    let through = format!("{rel}/esc/evil");
-    entries.push(e(through.as_bytes(), EntryType::Regular, b"", b"pwned"));
-    plant(&w.backup, &w.data, &entries);
+    plant_links(&w, &[("esc/evil", b"pwned")]);
     w.assert_refused("through a symlink");
 }
 

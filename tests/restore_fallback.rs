@@ -69,15 +69,6 @@ fn flip_byte(p: &Path) {
     fs::write(p, b).unwrap();
 }
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn one_flipped_byte_in_the_newest_falls_back_to_the_previous() {
     let s = Setup::new(3);

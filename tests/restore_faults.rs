@@ -30,15 +30,6 @@ fn empty(dir: &Path) {
     }
 }
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 /// Every file below `dir` with its bytes (names and contents only: a
 /// fresh copy of the same live data has other mtimes).
 fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {

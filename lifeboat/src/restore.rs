@@ -233,39 +233,29 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
         }
         let mut pause = FIRST_RETRY_PAUSE;
         for attempt in 1..=ATTEMPTS {
-            let result = match m.layout {
-                Layout::Paths => {
-                    let dests: Vec<(PathBuf, PathBuf)> =
-                        paths.iter().map(|p| (p.clone(), p.clone())).collect();
-                    let finish = Finish::MoveIntoPlace {
+            let (dests, finish) = match m.layout {
+                Layout::Paths => (
+                    paths.iter().map(|p| (p.clone(), p.clone())).collect(),
+                    Finish::MoveIntoPlace {
                         replace,
                         protected: &protected,
                         skipped: &skipped,
-                    };
-                    restore_one(
-                        target,
-                        stored,
-                        &dests,
-                        finish,
-                        s.identities.as_ref(),
-                        s.progress_interval,
-                    )
-                    .await
-                }
-                Layout::Logical => {
-                    let finish = Finish::StageForLoad { root: &paths[0] };
-                    let dests = [(logical_origin(s.source), paths[0].clone())];
-                    restore_one(
-                        target,
-                        stored,
-                        &dests,
-                        finish,
-                        s.identities.as_ref(),
-                        s.progress_interval,
-                    )
-                    .await
-                }
+                    },
+                ),
+                Layout::Logical => (
+                    vec![(logical_origin(s.source), paths[0].clone())],
+                    Finish::StageForLoad { root: &paths[0] },
+                ),
             };
+            let result = restore_one(
+                target,
+                stored,
+                &dests,
+                finish,
+                s.identities.as_ref(),
+                s.progress_interval,
+            )
+            .await;
             let (id, target) = (m.id.clone(), target.describe());
             match result {
                 Ok(()) if m.layout == Layout::Logical => {

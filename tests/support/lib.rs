@@ -213,6 +213,16 @@ pub fn set_mtime(p: &Path, secs: i64) {
     assert_eq!(r, 0, "utimensat {}: {:?}", p.display(), t);
 }
 
+/// Every name in a folder, hidden ones included, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 /// A tmpfs mounted for a test, unmounted when dropped (also on a failure).
 pub struct Tmpfs(pub PathBuf);
 

@@ -889,46 +889,16 @@ mod tests {
     /// Walked, then changed before a reader got to it: the entry keeps the
     /// walked size (cut or padded) and the report says so.
     fn walk_change_read(before: &[u8], after: &[u8]) -> (Vec<u8>, Vec<String>) {
+        assert!(before.len() as u64 <= read_ahead::READ_AHEAD_MAX_FILE);
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("f");
         fs::write(&f, before).unwrap();
-        let src = FilesSource::new(vec![dir.path().to_path_buf()], GlobSet::empty());
-        let meta = fs::symlink_metadata(&f).unwrap();
-        let found = Planner::new(&src, true).plan(f.clone(), meta).unwrap();
-        assert!(matches!(
-            &found,
-            Found::Entry(Entry {
-                kind: Kind::Small(_),
-                ..
-            })
-        ));
-        if after != before {
-            fs::write(&f, after).unwrap();
-        }
-        let mut batch = Batch {
-            found: vec![found],
-            reserved: before.len() + 1,
-            ..Default::default()
-        };
-        batch.data.reserve(batch.reserved);
-        read_ahead::fill(&mut batch);
-        let mut tar = tar::Builder::new(Vec::new());
-        let ctx = SourceCtx {
-            progress: Arc::new(Progress::default()),
-            cancel: Default::default(),
-        };
-        let mut w = Writer {
-            tar: &mut tar,
-            ctx: &ctx,
-            report: SourceReport::default(),
-            changes_expected: false,
-            lost_firsts: HashMap::new(),
-        };
-        for found in batch.found.drain(..) {
-            assert!(w.write(found, &batch.data).unwrap());
-        }
-        let warnings = w.report.warnings;
-        let bytes = tar.into_inner().unwrap();
+        let (bytes, written, warnings) = plan_change_write(dir.path(), &["f"], || {
+            if after != before {
+                fs::write(&f, after).unwrap();
+            }
+        });
+        assert_eq!(written, [true]);
         let mut archive = tar::Archive::new(&bytes[..]);
         let mut entry = archive.entries().unwrap().next().unwrap().unwrap();
         let mut content = Vec::new();
