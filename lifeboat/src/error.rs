@@ -49,8 +49,12 @@ pub enum Error {
     /// Restoring the newest good artifact failed for a reason that may pass
     /// (a store that stalls, a full or failing disk) after every retry. No
     /// older artifact is tried: that would bring back older data unasked.
-    #[error("{what} failed after {attempts} attempts: {cause}; no older artifact was tried (it would bring back older data). Live data was left as it was: fix the cause and restart the pod, or pick an artifact by hand with `lifeboat-sidecar restore --to DIR --id ID`", attempts = crate::restore::ATTEMPTS)]
-    RestoreStopped { what: String, cause: String },
+    #[error("{what} failed after {attempts} attempts: {cause}; no older artifact was tried (it would bring back older data). Live data was left as it was: fix the cause and restart the pod, or pick an artifact by hand with `lifeboat-sidecar restore --to DIR --id ID`")]
+    RestoreStopped {
+        what: String,
+        cause: String,
+        attempts: u32,
+    },
 
     /// `verify` re-read artifacts and some failed; each was reported as it failed.
     #[error("{failed} of {checked} artifact(s) failed verification; see the FAILED lines")]

@@ -162,6 +162,7 @@ pub async fn candidates(targets: &[AnyTarget]) -> Result<(Vec<(&AnyTarget, Store
             .map_err(|e| Error::RestoreStopped {
                 what: format!("listing {}", target.describe()),
                 cause: e.to_string(),
+                attempts: ATTEMPTS,
             })?;
         for p in &listing.problems {
             warn!(target = %target.describe(), "skipping unreadable manifest: {p}");
@@ -222,6 +223,7 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
                 return Err(Error::RestoreStopped {
                     what: format!("restoring {id}"),
                     cause: e.to_string(),
+                    attempts: ATTEMPTS,
                 });
             }
             stalled = Some((id, e));
@@ -303,6 +305,7 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
         return Err(Error::RestoreStopped {
             what: format!("restoring {id}"),
             cause: e.to_string(),
+            attempts: ATTEMPTS,
         });
     }
     Err(Error::NothingRestorable {
