@@ -96,3 +96,40 @@ fn a_bad_annotation_names_the_annotation() {
         "{err}"
     );
 }
+
+/// Durations out of range are configuration errors, never a panic after
+/// the backup (a zero progress interval) nor an overflow (u64::MAX).
+#[test]
+fn durations_out_of_range_are_named_and_exit_64() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("data")).unwrap();
+    let target = format!("file://{}/backup", tmp.path().display());
+    let out = lifeboat(
+        "lifeboat-sidecar",
+        &[
+            ("LIFEBOAT_PATHS", tmp.path().join("data").to_str().unwrap()),
+            ("LIFEBOAT_TARGETS", &target),
+            ("LIFEBOAT_PROGRESS_INTERVAL", "0"),
+            ("LIFEBOAT_GRACE_PERIOD", "18446744073709551615"),
+            ("LIFEBOAT_HOOK_TIMEOUT", "18446744073709551615d"),
+            ("LIFEBOAT_STALE_AFTER", "400d"),
+            ("HOSTNAME", "nb-0"),
+        ],
+    )
+    .arg("backup-now")
+    .output()
+    .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for needle in [
+        "LIFEBOAT_PROGRESS_INTERVAL=\"0\": must be at least 1s",
+        "LIFEBOAT_GRACE_PERIOD=\"18446744073709551615\": longer than 366d",
+        "LIFEBOAT_HOOK_TIMEOUT=\"18446744073709551615d\": longer than 366d",
+        "LIFEBOAT_STALE_AFTER=\"400d\": longer than 366d",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    // Nothing was backed up.
+    assert!(!tmp.path().join("backup").exists());
+}

@@ -320,3 +320,39 @@ fn two_paths_restore_together_even_with_a_hard_link_between_them() {
     assert_same(&strip(before_a), &strip(snapshot(&a)));
     assert_same(&strip(before_b), &strip(snapshot(&b)));
 }
+
+/// Backups that start within one second get distinct ids, and each
+/// manifest's `started_at` is its real start: never after `finished_at`.
+#[test]
+fn backups_in_the_same_second_keep_their_real_start_times() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let backup = tmp.path().join("backup");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("v"), "x").unwrap();
+    let targets = format!("file://{}", backup.display());
+    let env = [
+        ("LIFEBOAT_PATHS", data.to_str().unwrap()),
+        ("LIFEBOAT_TARGETS", targets.as_str()),
+        ("HOSTNAME", "nb-0"),
+    ];
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let out = run_ok(lifeboat("lifeboat-sidecar", &env).arg("backup-now"));
+        ids.push(stdout(&out).trim().to_string());
+    }
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), 4, "{ids:?}");
+    for art in artifacts(&history(&backup, "nb-0")) {
+        let m = manifest_of(&art);
+        let started: chrono::DateTime<chrono::Utc> =
+            m["started_at"].as_str().unwrap().parse().unwrap();
+        let finished: chrono::DateTime<chrono::Utc> =
+            m["finished_at"].as_str().unwrap().parse().unwrap();
+        assert!(started <= finished, "{m}");
+        // The id's stamp is the start's second or a later free one.
+        let stamp = lifeboat::artifact::id_time(m["id"].as_str().unwrap()).unwrap();
+        assert!(stamp.timestamp() >= started.timestamp(), "{m}");
+    }
+}

@@ -264,11 +264,13 @@ async fn fresh_id(
                 .iter()
                 .any(|l| l.name.split(".tar").next() == Some(id))
     };
+    // The id's stamp moves on past taken ones; `started_at` stays the real
+    // start, so a manifest never says it started after it finished.
     let mut t = now;
     loop {
         let id = artifact::id(t, source);
         if !taken(&id) {
-            return Ok((id, t));
+            return Ok((id, now));
         }
         t += Duration::seconds(1);
     }

@@ -772,6 +772,17 @@ impl Settings {
             &raw.progress_interval,
             Duration::from_secs(10),
         );
+        // A zero interval would make the progress ticker spin (and tokio's
+        // interval panics on it).
+        if progress_interval.is_zero() {
+            problems.fail(
+                &Value {
+                    setting: "LIFEBOAT_PROGRESS_INTERVAL".into(),
+                    text: raw.progress_interval.clone().unwrap_or_default(),
+                },
+                "must be at least 1s; e.g. 10s (the default), 1m".into(),
+            );
+        }
 
         let mut s3 = S3Options {
             endpoint: None,
@@ -1155,8 +1166,14 @@ fn check_component(s: &str) -> Result<(), String> {
     }
 }
 
-/// `90`, `90s`, `5m`, `1h`, `2d`.
+/// The longest duration any setting takes. Longer ones are mistakes (a
+/// number of milliseconds, a copied `u64::MAX`), and adding them to a clock
+/// would overflow it.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86400);
+
+/// `90`, `90s`, `5m`, `1h`, `2d`; at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    const ACCEPTED: &str = "accepted: a whole number of seconds, or with a unit: 30s, 5m, 1h, 2d";
     let t = s.trim();
     let (num, mult) = match t.char_indices().last() {
         Some((i, 's')) => (&t[..i], 1),
@@ -1165,10 +1182,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         Some((i, 'd')) => (&t[..i], 86400),
         _ => (t, 1),
     };
-    num.trim()
+    let n = num
+        .trim()
         .parse::<u64>()
-        .map(|n| Duration::from_secs(n * mult))
-        .map_err(|_| "accepted: a whole number of seconds, or with a unit: 30s, 5m, 1h, 2d".into())
+        .map_err(|_| ACCEPTED.to_string())?;
+    match n.checked_mul(mult).map(Duration::from_secs) {
+        Some(d) if d <= MAX_DURATION => Ok(d),
+        _ => Err(format!(
+            "longer than {}d, the most any duration setting takes; {ACCEPTED}",
+            MAX_DURATION.as_secs() / 86400
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -1284,5 +1308,9 @@ mod tests {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("18446744073709551615").is_err());
+        assert!(parse_duration("18446744073709551615d").is_err());
+        assert!(parse_duration("367d").is_err());
+        assert_eq!(parse_duration("366d").unwrap(), MAX_DURATION);
     }
 }
