@@ -133,3 +133,52 @@ fn durations_out_of_range_are_named_and_exit_64() {
     // Nothing was backed up.
     assert!(!tmp.path().join("backup").exists());
 }
+
+/// `*_FILE` settings read only regular files of a sane size: `/dev/zero`
+/// and a FIFO are configuration errors at once, not a memory blow-up or a
+/// hang.
+#[test]
+fn file_settings_refuse_devices_and_fifos() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("data")).unwrap();
+    let fifo = tmp.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let target = format!("file://{}/backup", tmp.path().display());
+    let mut child = lifeboat(
+        "lifeboat-sidecar",
+        &[
+            ("LIFEBOAT_PATHS", tmp.path().join("data").to_str().unwrap()),
+            ("LIFEBOAT_TARGETS", &target),
+            ("LIFEBOAT_SCHEDULE_FILE", fifo.to_str().unwrap()),
+            ("LIFEBOAT_RETENTION_FILE", "/dev/zero"),
+            ("HOSTNAME", "nb-0"),
+        ],
+    )
+    .arg("backup-now")
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("reading a *_FILE setting hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("LIFEBOAT_SCHEDULE_FILE") && err.contains("not a regular file"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "LIFEBOAT_RETENTION_FILE=\"/dev/zero\": cannot read the file: not a regular file"
+        ),
+        "{err}"
+    );
+}

@@ -20,6 +20,7 @@ use crate::target::{S3Options, TargetSpec};
 use crate::{Error, Result};
 
 mod ops;
+pub mod setting_file;
 pub use ops::{Hook, Notify, NotifyFormat, NotifyOn, Ops, DEFAULT_LISTEN};
 
 pub const DEFAULT_ANNOTATIONS_FILE: &str = "/etc/lifeboat/annotations";
@@ -191,7 +192,7 @@ impl Inputs {
                 });
                 continue;
             }
-            match std::fs::read_to_string(v) {
+            match setting_file::read(Path::new(v), setting_file::MAX_SETTING_FILE) {
                 Ok(s) => {
                     env.insert(
                         base.to_string(),
@@ -231,7 +232,7 @@ impl Inputs {
         let path = self.annotations_file();
         self.problems
             .retain(|p| p.setting != "LIFEBOAT_ANNOTATIONS_FILE");
-        let parsed = match std::fs::read_to_string(&path) {
+        let parsed = match setting_file::read(&path, setting_file::MAX_ANNOTATIONS_FILE) {
             Ok(text) => match annotations::parse(&text) {
                 Ok(m) => m,
                 Err(e) => {
