@@ -474,3 +474,29 @@ fn scheduled_verification_records_verified_at_and_catches_a_corrupted_artifact()
     assert!(sc.log_text().contains("scheduled verification FAILED"));
     assert!(sc.stop().success());
 }
+
+/// With `LIFEBOAT_LISTEN=[::]:PORT` (dual stack), an in-pod `backup-now`
+/// arrives as `::ffff:127.0.0.1`: that is loopback too, so it is served
+/// (it was refused with 403).
+#[test]
+fn backup_now_through_a_dual_stack_listener_is_loopback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let env = setup(tmp.path());
+    let env = pairs(&env);
+    let sc = RunningSidecar::start_on("[::]", &env, &tmp.path().join("sidecar.log"));
+    let listen = format!("[::]:{}", sc.port);
+    let mut with_listen = env.clone();
+    with_listen.push(("LIFEBOAT_LISTEN", &listen));
+    let out = lifeboat("lifeboat-sidecar", &with_listen)
+        .arg("backup-now")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), sc.log_text());
+    assert!(!stdout(&out).trim().is_empty(), "{}", stderr(&out));
+    assert!(
+        sc.log_text().contains("backup committed"),
+        "{}",
+        sc.log_text()
+    );
+    sc.stop();
+}

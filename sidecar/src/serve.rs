@@ -196,10 +196,21 @@ async fn route(
     }
 }
 
+/// Loopback in every form: on a dual-stack `[::]` listener a local IPv4
+/// client shows up as `::ffff:127.0.0.1`, which `is_loopback` says is not.
+fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
 async fn backup_now(peer: SocketAddr, status: &Status, requests: &mpsc::Sender<Reply>) -> Response {
     // The port is open to the cluster for scraping; starting backups is
     // for the pod's own containers.
-    if !peer.ip().is_loopback() {
+    if !is_loopback(peer.ip()) {
         return Response::json(
             403,
             serde_json::json!({"error": "backup-now is accepted from inside the pod only (loopback); run `kubectl exec <pod> -c lifeboat -- lifeboat-sidecar backup-now`"}),

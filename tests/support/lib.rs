@@ -698,8 +698,14 @@ impl RunningSidecar {
     /// Starts `run` with `env` plus `LIFEBOAT_LISTEN`, and waits until the
     /// endpoint answers.
     pub fn start(env: &[(&str, &str)], log: &Path) -> RunningSidecar {
+        Self::start_on("127.0.0.1", env, log)
+    }
+
+    /// As [`RunningSidecar::start`], listening on `host` (`127.0.0.1`,
+    /// `0.0.0.0`, `[::]`); the test still connects to 127.0.0.1.
+    pub fn start_on(host: &str, env: &[(&str, &str)], log: &Path) -> RunningSidecar {
         let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
+        let listen = format!("{host}:{port}");
         let mut env = env.to_vec();
         env.push(("LIFEBOAT_LISTEN", &listen));
         let child = lifeboat("lifeboat-sidecar", &env)
