@@ -182,3 +182,34 @@ fn file_settings_refuse_devices_and_fifos() {
         "{err}"
     );
 }
+
+/// A URL with a password that does not parse (an unencoded `/` in the
+/// password) is named in the error without the password.
+#[test]
+fn a_password_in_a_bad_url_is_never_echoed() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("data")).unwrap();
+    let target = format!("file://{}/backup", tmp.path().display());
+    for (source, var) in [
+        ("couchdb", "LIFEBOAT_COUCHDB_URL"),
+        ("arangodb", "LIFEBOAT_ARANGODB_URL"),
+    ] {
+        let out = lifeboat(
+            "lifeboat-sidecar",
+            &[
+                ("LIFEBOAT_SOURCE", source),
+                ("LIFEBOAT_PATHS", tmp.path().join("data").to_str().unwrap()),
+                ("LIFEBOAT_TARGETS", &target),
+                (var, "http://admin:s3cr/t-pw@db:5984"),
+                ("HOSTNAME", "nb-0"),
+            ],
+        )
+        .arg("backup-now")
+        .output()
+        .unwrap();
+        let err = format!("{}{}", stderr(&out), stdout(&out));
+        assert_eq!(out.status.code(), Some(64), "{err}");
+        assert!(err.contains(var), "{err}");
+        assert!(!err.contains("s3cr"), "the password was echoed:\n{err}");
+    }
+}

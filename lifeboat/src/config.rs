@@ -36,7 +36,21 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={:?}: {}", self.setting, self.value, self.message)
+        let value = hide_url_credentials(&self.value);
+        write!(f, "{}={:?}: {}", self.setting, value, self.message)
+    }
+}
+
+/// A value with any `scheme://user:password@` part hidden, also when it
+/// does not parse as a URL (a password with an unencoded `/` in it is
+/// exactly what makes it fail to parse, and must not be echoed).
+pub fn hide_url_credentials(v: &str) -> std::borrow::Cow<'_, str> {
+    let Some(i) = v.find("://") else {
+        return v.into();
+    };
+    match v[i + 3..].rfind('@') {
+        Some(j) => format!("{}://(credentials hidden)@{}", &v[..i], &v[i + 3 + j + 1..]).into(),
+        None => v.into(),
     }
 }
 
@@ -1302,6 +1316,22 @@ mod tests {
             e.contains("annotation lifeboat.dev/schedule=\"61 * * * *\": minute field: 61"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn url_credentials_are_hidden_even_when_the_url_does_not_parse() {
+        assert_eq!(
+            hide_url_credentials("http://admin:se/cr@t@db:5984/x"),
+            "http://(credentials hidden)@db:5984/x"
+        );
+        assert_eq!(hide_url_credentials("http://db:5984"), "http://db:5984");
+        assert_eq!(hide_url_credentials("a@b"), "a@b");
+        let p = Problem {
+            setting: "LIFEBOAT_COUCHDB_URL".into(),
+            value: "https://u:p/w@h".into(),
+            message: "m".into(),
+        };
+        assert!(!p.to_string().contains("p/w"), "{p}");
     }
 
     #[test]
