@@ -500,3 +500,57 @@ fn backup_now_through_a_dual_stack_listener_is_loopback() {
     );
     sc.stop();
 }
+
+/// The kubelet's probes are answered within a second while 64 idle TCP
+/// connections are open and 20 `backup-now` requests wait for a backup
+/// (a pre hook makes it take 8 s): idle connections cannot hold the
+/// endpoint, and waiting requests wait apart from the probes.
+#[test]
+fn probes_answer_under_idle_connections_and_waiting_backup_requests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut env = setup(tmp.path());
+    env.push(("LIFEBOAT_PRE_COMMAND", "sleep 8".into()));
+    let env = pairs(&env);
+    let sc = RunningSidecar::start(&env, &tmp.path().join("sidecar.log"));
+    let probe = |what: &str| {
+        for path in ["/healthz", "/readyz"] {
+            let started = std::time::Instant::now();
+            let r = ureq::get(&sc.url(path))
+                .timeout(Duration::from_secs(1))
+                .call();
+            assert!(
+                matches!(r, Ok(ref r) if r.status() == 200),
+                "{path} {what}: {:?} after {:?}",
+                r.map(|r| r.status()),
+                started.elapsed()
+            );
+        }
+    };
+    let idle: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", sc.port)).unwrap())
+        .collect();
+    probe("with 64 idle connections");
+    let url = sc.url("/backup-now");
+    let waiters: Vec<_> = (0..20)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                match ureq::post(&url).timeout(Duration::from_secs(120)).call() {
+                    Ok(r) => r.status(),
+                    Err(ureq::Error::Status(code, _)) => code,
+                    Err(e) => panic!("{e}"),
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    probe("with 20 backup-now requests waiting");
+    drop(idle);
+    let codes: Vec<u16> = waiters.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(
+        codes.iter().filter(|c| **c == 200).count() >= 16,
+        "{codes:?}"
+    );
+    assert!(codes.iter().all(|c| *c == 200 || *c == 503), "{codes:?}");
+    sc.stop();
+}

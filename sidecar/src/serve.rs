@@ -19,12 +19,19 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{debug, info};
 
-/// Connections served at once; more wait in the kernel's backlog.
-pub const MAX_CONNECTIONS: usize = 16;
+/// Connections open at once (each costs a task and up to `REQUEST_MAX`);
+/// one more is closed at once rather than queued, so idle connections can
+/// never hold the probes up: they are dropped after `REQUEST_TIMEOUT`.
+pub const MAX_CONNECTIONS: usize = 256;
+/// `POST /backup-now` requests waiting for their backup (minutes, maybe).
+/// They wait apart from the connections above, so probes never queue
+/// behind them; one more is answered 503.
+pub const MAX_WAITING_BACKUPS: usize = 16;
 /// The most of a request we read: a request line and a few headers.
 pub const REQUEST_MAX: usize = 8 * 1024;
-/// A client must send its request within this.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client must send its request head within this (a kubelet probe sends
+/// it at once; an idle connection is dropped).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where a `backup-now` request waits for the backup that serves it.
 pub type Reply = oneshot::Sender<std::result::Result<Manifest, String>>;
@@ -46,11 +53,9 @@ pub fn spawn(listener: TcpListener, status: Arc<Status>, requests: mpsc::Sender<
         info!(address = %a, "serving /metrics, /healthz, /readyz, /status");
     }
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let waiting = Arc::new(Semaphore::new(MAX_WAITING_BACKUPS));
     tokio::spawn(async move {
         loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
             let (stream, peer) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -60,10 +65,13 @@ pub fn spawn(listener: TcpListener, status: Arc<Status>, requests: mpsc::Sender<
                     continue;
                 }
             };
-            let (status, requests) = (status.clone(), requests.clone());
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                debug!(peer = %peer, "too many connections; closed");
+                continue;
+            };
+            let (status, requests, waiting) = (status.clone(), requests.clone(), waiting.clone());
             tokio::spawn(async move {
-                serve(stream, peer, &status, &requests).await;
-                drop(permit);
+                serve(stream, peer, &status, &requests, permit, &waiting).await;
             });
         }
     });
@@ -115,11 +123,24 @@ async fn serve(
     peer: SocketAddr,
     status: &Status,
     requests: &mpsc::Sender<Reply>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    waiting: &Arc<Semaphore>,
 ) {
     let mut head_only = false;
     let response = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
         Err(_) => Response::text(408, "request not received in time"),
         Ok(None) => Response::text(400, "malformed or oversized request"),
+        Ok(Some((method, path))) if path == "/backup-now" && method == "POST" => {
+            // Waits apart from the connections probes need.
+            drop(permit);
+            match waiting.clone().try_acquire_owned() {
+                Ok(_waiting) => backup_now(peer, status, requests).await,
+                Err(_) => Response::json(
+                    503,
+                    serde_json::json!({"error": format!("{MAX_WAITING_BACKUPS} backup-now requests are waiting already; try again when they are done")}),
+                ),
+            }
+        }
         Ok(Some((method, path))) => {
             head_only = method == "HEAD";
             route(&method, &path, peer, status, requests).await
