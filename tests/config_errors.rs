@@ -213,3 +213,41 @@ fn a_password_in_a_bad_url_is_never_echoed() {
         assert!(!err.contains("s3cr"), "the password was echoed:\n{err}");
     }
 }
+
+/// A NUL byte in an annotation (the kubelet writes it as `\x00`) is a
+/// setting error, exit 64, naming the annotation; not an I/O error later.
+#[test]
+fn a_nul_byte_in_an_annotation_is_exit_64() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("data")).unwrap();
+    let ann = tmp.path().join("annotations");
+    std::fs::write(
+        &ann,
+        format!(
+            "lifeboat.dev/paths=\"{}\\x00/etc\"\n",
+            tmp.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let target = format!("file://{}/backup", tmp.path().display());
+    for cmd in ["backup-now", "run"] {
+        let out = lifeboat(
+            "lifeboat-sidecar",
+            &[
+                ("LIFEBOAT_PATHS", tmp.path().join("data").to_str().unwrap()),
+                ("LIFEBOAT_TARGETS", &target),
+                ("LIFEBOAT_ANNOTATIONS_FILE", ann.to_str().unwrap()),
+                ("HOSTNAME", "nb-0"),
+            ],
+        )
+        .arg(cmd)
+        .output()
+        .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(64), "{cmd}: {err}");
+        assert!(
+            err.contains("annotation lifeboat.dev/paths") && err.contains("NUL byte"),
+            "{cmd}: {err}"
+        );
+    }
+}

@@ -601,3 +601,88 @@ fn restore_events_name_skipped_artifacts_and_failures_against_fake_api() {
         "{ev}"
     );
 }
+
+/// `lifeboat-sidecar backup-now` run by hand (no sidecar listening, no
+/// downward-API file) obeys the pod's annotations read through the API, as
+/// the running sidecar does: here `lifeboat.dev/retention`.
+#[test]
+fn a_one_off_backup_now_obeys_the_pods_annotations_from_the_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vol, backup) = volume_and_backup(tmp.path());
+    fs::write(vol.join("a"), b"data").unwrap();
+    let api = FakeKubeApi::start(State::default());
+    api.set_annotation("lifeboat.dev/retention", "last=1");
+    let env = api.pod_env(tmp.path());
+    for _ in 0..3 {
+        run_ok(lifeboat("lifeboat-sidecar", &pairs(&env)).arg("backup-now"));
+    }
+    assert_eq!(
+        artifacts(&backup.join(NS).join(POD)).len(),
+        1,
+        "retention last=1 from the pod's annotation was not applied"
+    );
+}
+
+/// A `lifeboat.dev/backup-now` change is served even while another
+/// `lifeboat.dev/*` annotation is invalid: the bad one is logged once with
+/// its value, the backup runs with the settings in force.
+#[test]
+fn backup_now_annotation_is_served_while_another_annotation_is_invalid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vol, backup) = volume_and_backup(tmp.path());
+    fs::write(vol.join("a"), b"data").unwrap();
+    let ann = tmp.path().join("annotations");
+    fs::write(&ann, "lifeboat.dev/schedule=\"0 0 1 1 *\"\n").unwrap();
+    let env = [
+        ("HOSTNAME", POD.to_string()),
+        ("POD_NAMESPACE", NS.to_string()),
+        ("LIFEBOAT_PATHS", vol.display().to_string()),
+        ("LIFEBOAT_TARGETS", format!("file://{}", backup.display())),
+        ("LIFEBOAT_ANNOTATIONS_FILE", ann.display().to_string()),
+    ];
+    let log = tmp.path().join("sidecar.log");
+    let mut child = lifeboat("lifeboat-sidecar", &pairs(&env))
+        .arg("run")
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never logged {needle:?}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("next scheduled backup");
+    fs::write(
+        &ann,
+        "lifeboat.dev/schedule=\"0 0 1 1 *\"\nlifeboat.dev/retention=\"keep everything\"\n\
+         lifeboat.dev/backup-now=\"2026-12-01T10:00\"\n",
+    )
+    .unwrap();
+    let text = wait_for("backup committed");
+    assert!(
+        text.contains("annotation lifeboat.dev/retention=\"keep everything\""),
+        "the rejected annotation must be named with its value:\n{text}"
+    );
+    // The same request is not served twice on later polls.
+    std::thread::sleep(Duration::from_secs(7));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let text = fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("backup committed").count(), 1, "{text}");
+    assert_eq!(
+        text.matches("annotation change rejected").count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(artifacts(&backup.join(NS).join(POD)).len(), 1);
+}

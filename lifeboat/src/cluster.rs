@@ -113,6 +113,21 @@ pub async fn get(component: &'static str) -> Option<Arc<Cluster>> {
         .clone()
 }
 
+/// The settings' raw inputs for this process: the environment, and the
+/// pod's annotations from the downward-API file or, when it is not mounted,
+/// from the API. Every command reads settings this way, so a one-off
+/// `backup-now` or `restore --to` obeys the same annotations as the
+/// running sidecar.
+pub async fn pod_inputs(component: &'static str) -> crate::config::Inputs {
+    let mut inputs = crate::config::Inputs::from_process();
+    if !inputs.annotations_file().exists() {
+        if let Some(c) = get(component).await {
+            inputs.set_annotations(c.annotations.clone());
+        }
+    }
+    inputs
+}
+
 async fn connect(component: &'static str) -> Option<Cluster> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let (Some(pod), Some(namespace)) = (env("POD_NAME"), env("POD_NAMESPACE")) else {

@@ -569,6 +569,26 @@ impl Settings {
             })
         };
         let mut problems = Problems(problems);
+        // No setting takes a NUL byte; one in a path or URL would otherwise
+        // fail later as an I/O error (exit 1) instead of a setting error.
+        let env_values = inputs
+            .env
+            .iter()
+            .filter(|(k, _)| k.starts_with("LIFEBOAT_") || k.starts_with("PG"))
+            .map(|(k, v)| (k.clone(), v));
+        let annotation_values = inputs
+            .annotations
+            .iter()
+            .map(|(k, v)| (format!("annotation {k}"), v));
+        for (setting, v) in env_values.chain(annotation_values) {
+            if v.contains('\0') {
+                problems.0.push(Problem {
+                    setting,
+                    value: v.replace('\0', "\\0"),
+                    message: "contains a NUL byte (shown as \\0); no setting accepts one".into(),
+                });
+            }
+        }
 
         let source = match pick(Some("source"), "LIFEBOAT_SOURCE", &raw.source) {
             None => SourceKind::Files,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lifeboat::cluster::{self, Reason};
-use lifeboat::config::{Inputs, Role, Settings};
+use lifeboat::config::{Role, Settings};
 use lifeboat::restore::{self, Outcome};
 use lifeboat::Error;
 use tracing::{error, info, warn};
@@ -76,7 +76,7 @@ fn skipped_note(skipped: &[String]) -> String {
 }
 
 async fn run() -> lifeboat::Result<()> {
-    let s = Settings::from_inputs(&Inputs::from_process(), Role::Restore)?;
+    let s = Settings::from_inputs(&cluster::pod_inputs("restore").await, Role::Restore)?;
     let r = restore(&s).await;
     if let Err(e) = &r {
         if let Some(c) = cluster::get("restore").await {

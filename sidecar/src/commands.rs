@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use lifeboat::backup::Job;
-use lifeboat::config::{Inputs, Role, Settings};
+use lifeboat::config::{Role, Settings};
 use lifeboat::target::{Stored, Target};
 use lifeboat::{pending, restore};
 use lifeboat::{Error, Result};
@@ -13,8 +13,8 @@ use tracing::{debug, info, warn};
 
 use crate::signals::Shutdown;
 
-fn settings(role: Role) -> Result<Settings> {
-    let s = Settings::from_inputs(&Inputs::from_process(), role)?;
+async fn settings(role: Role) -> Result<Settings> {
+    let s = Settings::from_inputs(&lifeboat::cluster::pod_inputs("sidecar").await, role)?;
     for w in &s.warnings {
         warn!("{w}");
     }
@@ -24,7 +24,7 @@ fn settings(role: Role) -> Result<Settings> {
 /// Asks the running sidecar for a backup (so two never race), or, when no
 /// sidecar listens (a CronJob, a laptop), takes it in this process.
 pub async fn backup_now() -> Result<()> {
-    let s = settings(Role::Backup)?;
+    let s = settings(Role::Backup).await?;
     if let Some(addr) = s.ops.loopback() {
         if let Some(id) = ask_running_sidecar(addr).await? {
             println!("{id}");
@@ -97,7 +97,8 @@ async fn ask_running_sidecar(addr: std::net::SocketAddr) -> Result<Option<String
 /// Ready unless a restored dump is staged and not loaded yet. Reads only
 /// the volume: a probe must be cheap and must not depend on the targets.
 pub fn ready() -> Result<()> {
-    let s = settings(Role::Restore)?;
+    // Without the API: a probe runs every few seconds and must stay cheap.
+    let s = Settings::from_inputs(&lifeboat::config::Inputs::from_process(), Role::Restore)?;
     match pending::find_for(&s)? {
         None => {
             println!("ready");
@@ -112,7 +113,7 @@ pub fn ready() -> Result<()> {
 }
 
 pub async fn list(json: bool) -> Result<()> {
-    let s = settings(Role::Inspect)?;
+    let s = settings(Role::Inspect).await?;
     for t in lifeboat::target::open_all(&s).await {
         let listing = t.list().await?;
         for p in &listing.problems {
@@ -151,7 +152,7 @@ pub async fn list(json: bool) -> Result<()> {
 }
 
 pub async fn verify(id: Option<String>, all: bool) -> Result<()> {
-    let s = settings(Role::Inspect)?;
+    let s = settings(Role::Inspect).await?;
     let (mut checked, mut failed) = (0, 0);
     for t in lifeboat::target::open_all(&s).await {
         let listing = t.list().await?;
@@ -208,7 +209,7 @@ pub async fn verify(id: Option<String>, all: bool) -> Result<()> {
 }
 
 pub async fn restore(to: PathBuf, id: Option<String>, before: Option<DateTime<Utc>>) -> Result<()> {
-    let s = settings(Role::Inspect)?;
+    let s = settings(Role::Inspect).await?;
     let targets = lifeboat::target::open_all(&s).await;
     // Newest first across all targets, copies of one artifact together, as
     // the init container orders them.

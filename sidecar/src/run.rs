@@ -24,6 +24,9 @@ use tracing::{error, info, warn, Instrument};
 use crate::serve::{self, Reply};
 use crate::signals::Shutdown;
 
+/// The annotation that asks for a backup now.
+const BACKUP_NOW: &str = "lifeboat.dev/backup-now";
+
 /// How often the annotations file is re-read. The kubelet refreshes it within
 /// about a minute of a change, so a few seconds adds nothing noticeable.
 pub const ANNOTATIONS_POLL: Duration = Duration::from_secs(5);
@@ -138,15 +141,12 @@ struct Sidecar {
 }
 
 pub async fn run() -> Result<()> {
-    let mut inputs = Inputs::from_process();
-    let cluster = cluster::get("sidecar").await;
+    let inputs = cluster::pod_inputs("sidecar").await;
     // Without the downward-API file, the pod's annotations come from the API.
-    let from_api = match &cluster {
+    let from_api = match cluster::get("sidecar").await {
         Some(c) if !inputs.annotations_file().exists() => {
             info!("annotations file not mounted; following this pod's annotations through the API");
-            let rx = c.watch_annotations();
-            inputs.set_annotations(rx.borrow().clone());
-            Some(rx)
+            Some(c.watch_annotations())
         }
         _ => None,
     };
@@ -281,7 +281,7 @@ impl Sidecar {
         match Settings::from_inputs(&self.inputs, Role::Backup) {
             Ok(new) => {
                 self.last_rejection = None;
-                let manual = self.is_new_request(&new);
+                let manual = self.new_request().is_some();
                 let rescheduled = new.schedule != self.settings.schedule
                     || new.ops.verify_schedule != self.settings.ops.verify_schedule;
                 self.settings = new;
@@ -310,16 +310,30 @@ impl Sidecar {
                     self.last_rejection = Some(text);
                 }
                 self.inputs.problems.clear();
-                None
+                // A person asking for a backup must not wait for someone
+                // to fix an unrelated annotation: serve it with the
+                // settings in force.
+                let asked = self.new_request()?;
+                info!(
+                    value = %asked,
+                    "annotation lifeboat.dev/backup-now changed; backing up with the previous settings while the rejected annotation stays as it is"
+                );
+                self.joined = Some(asked);
+                Some(Work::Backup {
+                    trigger: "annotation lifeboat.dev/backup-now".into(),
+                    waiters: vec![],
+                })
             }
         }
     }
 
-    /// Whether `new` carries a `backup-now` value no backup has served.
-    fn is_new_request(&self, new: &Settings) -> bool {
-        new.backup_now.is_some()
-            && new.backup_now != self.settings.backup_now
-            && new.backup_now != self.joined
+    /// A `backup-now` annotation value no backup has served yet. Read from
+    /// the raw annotations, so it counts even while another annotation is
+    /// invalid.
+    fn new_request(&self) -> Option<String> {
+        let asked = self.inputs.annotations.get(BACKUP_NOW)?;
+        let served = |v: &Option<String>| v.as_ref() == Some(asked);
+        (!served(&self.settings.backup_now) && !served(&self.joined)).then(|| asked.clone())
     }
 
     fn refresh_inputs(&mut self) -> bool {
@@ -341,11 +355,9 @@ impl Sidecar {
         if !self.dirty {
             return;
         }
-        if let Ok(new) = Settings::from_inputs(&self.inputs, Role::Backup) {
-            if self.is_new_request(&new) {
-                info!("annotation lifeboat.dev/backup-now changed during a running backup; that backup serves it");
-                self.joined = new.backup_now;
-            }
+        if let Some(asked) = self.new_request() {
+            info!("annotation lifeboat.dev/backup-now changed during a running backup; that backup serves it");
+            self.joined = Some(asked);
         }
     }
 
