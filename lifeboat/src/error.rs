@@ -56,6 +56,12 @@ pub enum Error {
         attempts: u32,
     },
 
+    /// The server refused a restored dump for a reason retrying cannot fix
+    /// (a catalog error, an extension the server lacks). The sidecar stops
+    /// retrying the load; the staged dump stays for a person.
+    #[error("{what} was refused by the server, and retrying cannot fix that: {cause}")]
+    LoadRefused { what: String, cause: String },
+
     /// `verify` re-read artifacts and some failed; each was reported as it failed.
     #[error("{failed} of {checked} artifact(s) failed verification; see the FAILED lines")]
     VerifyFailed { failed: usize, checked: usize },

@@ -130,6 +130,34 @@ pub fn message(settings: &Settings, result: &Result<Manifest, Error>) -> Option<
     })
 }
 
+/// The message for a restored dump the server refused (`event:
+/// "load_refused"`): always sent when notifications are on, as a failure is.
+pub fn load_refused(settings: &Settings, id: &str, error: &str) -> Option<Message> {
+    let n = settings.ops.notify.as_ref()?;
+    let body = match n.format {
+        NotifyFormat::Json => json!({
+            "event": "load_refused",
+            "name": settings.name,
+            "namespace": settings.namespace,
+            "pod": std::env::var("POD_NAME").ok(),
+            "source": settings.source.as_str(),
+            "at": chrono::Utc::now(),
+            "id": id,
+            "error": error,
+        }),
+        NotifyFormat::Slack => json!({
+            "text": format!(
+                ":x: lifeboat could not load restored dump {id} into {}/{}: {error}",
+                settings.namespace, settings.name
+            ),
+        }),
+    };
+    Some(Message {
+        notify: n.clone(),
+        body,
+    })
+}
+
 impl Message {
     /// Sends it, retrying, and logs how it went.
     pub async fn deliver(self) {

@@ -25,6 +25,11 @@ pub const PENDING_DIR: &str = ".lifeboat-pending";
 /// Written last into the pending folder: its presence means "complete".
 pub const PENDING_MANIFEST: &str = "manifest.json";
 
+/// Written when the server refused the dump (`Error::LoadRefused`): the
+/// sidecar stops retrying and backs up the server as it is, and the staged
+/// dump stays until a person removes this file (to retry) or the folder.
+pub const LOAD_REFUSED: &str = "load-refused.json";
+
 /// Records which databases a load has started and finished, so a load cut
 /// short resumes: finished ones are skipped, a started one is redone.
 const LOAD_STATE: &str = "load-state.json";
@@ -63,6 +68,30 @@ pub struct Pending {
     /// `<root>/.lifeboat-pending`.
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// Why the server refused this dump, when it did: it is not loaded again
+    /// until a person removes [`LOAD_REFUSED`].
+    pub refused: Option<String>,
+}
+
+impl Pending {
+    /// Records that the server refused the dump, so no restart retries it
+    /// on top of what the app has written since.
+    pub fn mark_refused(&mut self, why: &str) -> Result<()> {
+        let record = serde_json::json!({ "refused_at": Utc::now(), "error": why });
+        write_synced(&self.dir.join(LOAD_REFUSED), record.to_string().as_bytes())?;
+        self.refused = Some(why.to_string());
+        Ok(())
+    }
+
+    /// What a person can do about a refused dump, for logs and `/status`.
+    pub fn refused_advice(&self) -> String {
+        format!(
+            "the staged dump stays in {}; remove {} there and restart the sidecar to try the load again, \
+             or remove the folder to keep the server as it is",
+            self.dir.display(),
+            LOAD_REFUSED
+        )
+    }
 }
 
 /// The complete pending load under `root`, if there is one.
@@ -78,10 +107,21 @@ pub fn find(root: &Path) -> Result<Option<Pending>> {
         id: "pending load".into(),
         reason: format!("{}: {reason}", path.display()),
     })?;
+    let refused = match crate::config::setting_file::read(&dir.join(LOAD_REFUSED), 64 * 1024) {
+        Ok(text) => Some(
+            serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(String::from))
+                .unwrap_or(text),
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => Some(format!("{LOAD_REFUSED} is unreadable: {e}")),
+    };
     Ok(Some(Pending {
         root: root.to_path_buf(),
         dir,
         manifest,
+        refused,
     }))
 }
 

@@ -143,6 +143,9 @@ pub struct State {
     pub running: Option<Running>,
     /// The id of a restored dump that waits to be loaded (not ready).
     pub pending_load: Option<String>,
+    /// Why the server refused the pending dump; the sidecar no longer
+    /// retries it and backs up the server as it is.
+    pub load_refused: Option<String>,
     pub backups: Counts,
     pub loads: Counts,
     pub verifications: Counts,
@@ -179,6 +182,7 @@ impl Status {
             last_attempt: None,
             running: None,
             pending_load: None,
+            load_refused: None,
             backups: Counts::default(),
             loads: Counts::default(),
             verifications: Counts::default(),
@@ -240,6 +244,10 @@ impl Status {
 
     pub fn pending_load(&self, id: Option<String>) {
         self.with(|s| s.pending_load = id);
+    }
+
+    pub fn load_refused(&self, why: Option<String>) {
+        self.with(|s| s.load_refused = why);
     }
 
     pub fn load_finished(&self, ok: bool) {
@@ -329,11 +337,24 @@ impl Status {
         self.with(|s| stale_of(s, now))
     }
 
+    /// Whether a backup must wait: a restored dump that the server has not
+    /// refused is still to be loaded (a backup would record the server
+    /// without it). After a refusal, backups of the server as it is run.
+    pub fn backup_blocked(&self) -> std::result::Result<(), String> {
+        self.with(|s| match (&s.pending_load, &s.load_refused) {
+            (Some(id), None) => Err(format!("restored dump {id} is not loaded yet")),
+            _ => Ok(()),
+        })
+    }
+
     /// `/readyz`: not ready while a restored dump waits to be loaded.
     pub fn ready(&self) -> std::result::Result<(), String> {
-        self.with(|s| match &s.pending_load {
-            None => Ok(()),
-            Some(id) => Err(format!("restored dump {id} is not loaded yet")),
+        self.with(|s| match (&s.pending_load, &s.load_refused) {
+            (None, _) => Ok(()),
+            (Some(id), None) => Err(format!("restored dump {id} is not loaded yet")),
+            (Some(id), Some(why)) => Err(format!(
+                "restored dump {id} was refused by the server and is not loaded: {why}"
+            )),
         })
     }
 

@@ -32,7 +32,7 @@ pub async fn backup_now() -> Result<()> {
         }
         info!(address = %addr, "no running sidecar answers there; backing up in this process");
     }
-    if let Some(p) = pending::find_for(&s)? {
+    if let Some(p) = pending::find_for(&s)?.filter(|p| p.refused.is_none()) {
         return Err(Error::Source(format!(
             "restored dump {} in {} is not loaded yet (the running sidecar loads it once the server answers); \
              a backup now would record the server without it",
@@ -104,11 +104,18 @@ pub fn ready() -> Result<()> {
             println!("ready");
             Ok(())
         }
-        Some(p) => Err(Error::Source(format!(
-            "not ready: restored dump {} in {} is not loaded yet",
-            p.manifest.id,
-            p.dir.display()
-        ))),
+        Some(p) => Err(Error::Source(match &p.refused {
+            None => format!(
+                "not ready: restored dump {} in {} is not loaded yet",
+                p.manifest.id,
+                p.dir.display()
+            ),
+            Some(why) => format!(
+                "not ready: restored dump {} was refused by the server ({why}); {}",
+                p.manifest.id,
+                p.refused_advice()
+            ),
+        })),
     }
 }
 

@@ -55,15 +55,26 @@ pub const LOAD_RETRY_MAX: Duration = Duration::from_secs(300);
 /// each failed attempt is logged as an error, not as waiting.
 pub const LOAD_PATIENCE: Duration = Duration::from_secs(300);
 
-/// Loads a dump the init container staged, retrying until it is in. No
-/// backup runs before: it would record the empty server as the newest
-/// artifact. Returns whether the sidecar should exit (shutdown requested).
+/// How a pending load ended.
+#[derive(PartialEq, Eq)]
+enum LoadEnd {
+    Loaded,
+    /// The server refused the dump; backups of the server as it is go on.
+    Refused,
+    /// Shutdown requested: the load resumes at the next start.
+    Exit,
+}
+
+/// Loads a dump the init container staged, retrying while the server may
+/// still come up. No backup runs before: it would record the empty server
+/// as the newest artifact. A dump the server refuses (retrying cannot fix
+/// it) is recorded as refused, reported, and left for a person.
 async fn load_pending(
-    p: &Pending,
+    p: &mut Pending,
     settings: &Settings,
     status: &Status,
     shutdown: &mut Shutdown,
-) -> bool {
+) -> LoadEnd {
     let since = Instant::now();
     let mut attempts = 0u32;
     let mut pause = LOAD_RETRY;
@@ -86,7 +97,12 @@ async fn load_pending(
                         let msg = format!("restored dump {} loaded into the server", p.manifest.id);
                         c.event(Reason::RestoreCompleted, &msg).await;
                     }
-                    return false;
+                    return LoadEnd::Loaded;
+                }
+                Err((true, e @ Error::LoadRefused { .. })) => {
+                    status.load_finished(false);
+                    refused(p, settings, status, &e.to_string()).await;
+                    return LoadEnd::Refused;
                 }
                 Err((false, e)) if since.elapsed() < LOAD_PATIENCE => {
                     pause = LOAD_RETRY;
@@ -101,13 +117,35 @@ async fn load_pending(
             _ = shutdown.recv() => {
                 cancel.store(true, Ordering::Relaxed);
                 info!("shutdown requested during the load; it resumes at the next start");
-                return true;
+                return LoadEnd::Exit;
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.recv() => return true,
+            _ = shutdown.recv() => return LoadEnd::Exit,
         }
+    }
+}
+
+/// Records and reports a dump the server refused: the marker that keeps
+/// restarts from loading it over newer writes, `/status`, a Warning Event
+/// and a notification.
+async fn refused(p: &mut Pending, settings: &Settings, status: &Status, why: &str) {
+    if let Err(e) = p.mark_refused(why) {
+        error!(dir = %p.dir.display(), "cannot record the refused load ({e}); the next start tries it again");
+    }
+    let advice = p.refused_advice();
+    error!(id = %p.manifest.id, "{why}; scheduled backups of the server as it is go on; {advice}");
+    status.load_refused(Some(format!("{why}; {advice}")));
+    if let Some(c) = cluster::get("sidecar").await {
+        let msg = format!(
+            "restored dump {} not loaded: {why}; {advice}",
+            p.manifest.id
+        );
+        c.event(Reason::RestoreFailed, &msg).await;
+    }
+    if let Some(m) = lifeboat::notify::load_refused(settings, &p.manifest.id, why) {
+        m.deliver().await;
     }
 }
 
@@ -186,13 +224,22 @@ pub async fn run() -> Result<()> {
         dirty: false,
         joined: None,
     };
-    if let Some(p) = pending {
-        s.status.started("load", "restored dump", Utc::now());
-        if load_pending(&p, &s.settings, &s.status, &mut s.shutdown).await {
-            return Ok(());
+    if let Some(mut p) = pending {
+        if let Some(why) = &p.refused {
+            // Refused before: loading it now would replace what the app
+            // wrote since. A person decides (README, "A dump the server refuses").
+            let advice = p.refused_advice();
+            error!(id = %p.manifest.id, "the server refused this restored dump earlier ({why}); it is not loaded again; {advice}");
+            s.status.load_refused(Some(format!("{why}; {advice}")));
+        } else {
+            s.status.started("load", "restored dump", Utc::now());
+            match load_pending(&mut p, &s.settings, &s.status, &mut s.shutdown).await {
+                LoadEnd::Exit => return Ok(()),
+                LoadEnd::Loaded => s.status.pending_load(None),
+                LoadEnd::Refused => {}
+            }
+            s.status.idle();
         }
-        s.status.pending_load(None);
-        s.status.idle();
     }
     s.status.refresh_targets(&s.job.targets).await;
     s.warn_if_stale();

@@ -237,7 +237,7 @@ async fn backup_now(peer: SocketAddr, status: &Status, requests: &mpsc::Sender<R
             serde_json::json!({"error": "backup-now is accepted from inside the pod only (loopback); run `kubectl exec <pod> -c lifeboat -- lifeboat-sidecar backup-now`"}),
         );
     }
-    if let Err(why) = status.ready() {
+    if let Err(why) = status.backup_blocked() {
         return Response::json(
             409,
             serde_json::json!({"error": format!("{why}; a backup now would record the server without it")}),

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tracing::info;
 
+mod toc;
+
 use super::pg_roles::{self, quote_ident};
 use super::{append_stream, PgConn, Source, SourceCtx, SourceReport, Spool};
 use crate::config::DbFilter;
@@ -247,26 +249,203 @@ pub async fn load(conn: &PgConn, dir: &Path, m: &Manifest, cancel: &Cancel) -> R
                 .map_err(|e| conn.error(e))?;
         }
         let file = dir.join(DUMP_DIR).join(&db.file);
-        let mut cmd = Command::new(&pg_restore);
-        cmd.args(["--create", "--exit-on-error", "--no-password"])
-            .arg(format!("--dbname={}", conninfo(MAINTENANCE_DB)))
-            .arg(&file)
-            .envs(conn.libpq_env())
-            .stdout(Stdio::null());
-        let what = format!("pg_restore of database {:?}", db.name);
-        let cancel = cancel.clone();
-        let said = tokio::task::spawn_blocking(move || program::run(cmd, &what, &cancel))
-            .await
-            .map_err(|e| Error::Source(format!("the load worker crashed: {e}")))??;
-        for line in said.lines().filter(|l| !l.trim().is_empty()) {
-            tracing::warn!(database = %db.name, "pg_restore: {line}");
-        }
+        let restore = Restore {
+            pg_restore: &pg_restore,
+            conn,
+            file: &file,
+            db: &db.name,
+            cancel,
+        };
+        restore.run(dir).await?;
         state.done.push(db.name.clone());
         state.write(dir)?;
         info!(database = %db.name, size = db.size, "database loaded");
     }
     Ok(())
 }
+
+/// One database's `pg_restore`, in the way its dump needs.
+struct Restore<'a> {
+    pg_restore: &'a Path,
+    conn: &'a PgConn,
+    file: &'a Path,
+    db: &'a str,
+    cancel: &'a Cancel,
+}
+
+impl Restore<'_> {
+    /// A plain database: one `pg_restore --create`. One that uses
+    /// TimescaleDB: its documented restore procedure (restore mode on
+    /// while loading, `timescaledb_post_restore()` after), so chunks,
+    /// compressed chunks and continuous aggregates come back whole and its
+    /// background jobs never run against a half-loaded database.
+    async fn run(&self, dir: &Path) -> Result<()> {
+        // Work files beside the staged dump, replaced by each attempt.
+        let work = |ext: &str| dir.join(format!("{}.{ext}", self.file_name()));
+        let toc_file = work("toc");
+        self.tool(
+            &["--create", "--list"],
+            None,
+            Some(&toc_file),
+            "listing the contents of",
+        )
+        .await?;
+        let (create, extension, rest) = (
+            work("create.list"),
+            work("extension.list"),
+            work("rest.list"),
+        );
+        let split = toc::split(&toc_file, &create, &extension, &rest)?;
+        if !split.timescaledb {
+            return self
+                .tool(
+                    &["--create", "--exit-on-error"],
+                    Some(MAINTENANCE_DB),
+                    None,
+                    "pg_restore of",
+                )
+                .await;
+        }
+        info!(database = %self.db, "the dump uses TimescaleDB; loading it in TimescaleDB's restore mode");
+        // 1. The database with its properties, owner, comment and grants.
+        self.tool(
+            &["--create", "--exit-on-error", &use_list(&create)],
+            Some(MAINTENANCE_DB),
+            None,
+            "creating the database of",
+        )
+        .await?;
+        // 2. The extension as dumped (its schema), then restore mode.
+        let ext_sql = work("extension.sql");
+        self.tool(
+            &[&use_list(&extension)],
+            None,
+            Some(&ext_sql),
+            "reading the extension of",
+        )
+        .await?;
+        let sql = crate::config::setting_file::read(&ext_sql, MAX_EXTENSION_SQL)
+            .ctx("reading", &ext_sql)?;
+        // pg_restore's script output has psql meta-commands (`\restrict`
+        // since 15.14) that only psql understands; the SQL is the rest.
+        let sql: String = sql
+            .lines()
+            .filter(|l| !l.starts_with('\\'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let client = self.conn.with_dbname(self.db).connect().await?;
+        let refused = |e| self.refused("preparing TimescaleDB's restore mode in", e);
+        client.batch_execute(&sql).await.map_err(refused)?;
+        let schema: String = client
+            .query_one(
+                "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
+                 WHERE e.extname = 'timescaledb'",
+                &[],
+            )
+            .await
+            .map_err(refused)?
+            .get(0);
+        let schema = quote_ident(&schema);
+        client
+            .batch_execute(&format!("SELECT {schema}.timescaledb_pre_restore()"))
+            .await
+            .map_err(refused)?;
+        drop(client);
+        // 3. Everything else, in restore mode (pre_restore set it for the
+        // database, so pg_restore's own connections have it too).
+        self.tool(
+            &["--exit-on-error", &use_list(&rest)],
+            Some(self.db),
+            None,
+            "pg_restore of",
+        )
+        .await?;
+        // 4. Restore mode off, background jobs back.
+        let client = self.conn.with_dbname(self.db).connect().await?;
+        client
+            .batch_execute(&format!("SELECT {schema}.timescaledb_post_restore()"))
+            .await
+            .map_err(|e| self.refused("finishing TimescaleDB's restore of", e))?;
+        for p in [toc_file, create, extension, rest, ext_sql] {
+            let _ = fs::remove_file(p);
+        }
+        Ok(())
+    }
+
+    fn file_name(&self) -> String {
+        self.file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Runs `pg_restore ARGS FILE` against `dbname` (none: no server, the
+    /// output goes to `out`). A failure that is not a lost connection is
+    /// the server refusing the dump: retrying cannot fix it.
+    async fn tool(
+        &self,
+        args: &[&str],
+        dbname: Option<&str>,
+        out: Option<&Path>,
+        what: &str,
+    ) -> Result<()> {
+        let mut cmd = Command::new(self.pg_restore);
+        cmd.args(args).arg("--no-password");
+        if let Some(d) = dbname {
+            cmd.arg(format!("--dbname={}", conninfo(d)));
+        }
+        match out {
+            Some(p) => {
+                cmd.arg(format!("--file={}", p.display()));
+            }
+            None => {
+                cmd.stdout(Stdio::null());
+            }
+        }
+        cmd.arg(self.file).envs(self.conn.libpq_env());
+        let what = format!("{what} database {:?}", self.db);
+        let cancel = self.cancel.clone();
+        let label = what.clone();
+        let result = tokio::task::spawn_blocking(move || program::run(cmd, &label, &cancel))
+            .await
+            .map_err(|e| Error::Source(format!("the load worker crashed: {e}")))?;
+        match result {
+            Ok(said) => {
+                for line in said.lines().filter(|l| !l.trim().is_empty()) {
+                    tracing::warn!(database = %self.db, "pg_restore: {line}");
+                }
+                Ok(())
+            }
+            Err(Error::Source(m)) if dbname.is_some() && !toc::is_connection_failure(&m) => {
+                Err(Error::LoadRefused { what, cause: m })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A server error in SQL the load runs; a lost connection stays retryable.
+    fn refused(&self, what: &str, e: tokio_postgres::Error) -> Error {
+        match e.as_db_error() {
+            Some(d)
+                if !(d.code().code().starts_with("08") || d.code().code().starts_with("57")) =>
+            {
+                Error::LoadRefused {
+                    what: format!("{what} database {:?}", self.db),
+                    cause: format!("{}: {}", self.conn.describe(), d.message()),
+                }
+            }
+            _ => self.conn.error(e),
+        }
+    }
+}
+
+/// `pg_restore -L` with a list file.
+fn use_list(list: &Path) -> String {
+    format!("--use-list={}", list.display())
+}
+
+/// The extension's SQL as `pg_restore` prints it: a few lines.
+const MAX_EXTENSION_SQL: u64 = 64 * 1024;
 
 /// Tables a person or an app created in `conn`'s database.
 async fn user_tables(conn: &PgConn) -> Result<i64> {

@@ -1,0 +1,608 @@
+//! TimescaleDB, against a real TimescaleDB 2.28 on Debian's PostgreSQL 15
+//! (installed by scripts/setup.sh from the release that
+//! `LIFEBOAT_TEST_TIMESCALEDB_RELEASE` names; `.ci/run` passes it). A
+//! database with a hypertable of 61 daily chunks, 30 of them compressed, a
+//! continuous aggregate with a refresh policy and a foreign key to a plain
+//! table, backed up while a writer commits, comes back exact through both
+//! the physical and the logical mode; a logical dump the server refuses
+//! stops being retried, is reported, and backups go on.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lifeboat_tests::*;
+
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+const PASSWORD: &str = "lifeboat-test-pw";
+const SETTING: &str = "LIFEBOAT_TEST_TIMESCALEDB_RELEASE";
+
+/// Whether the real TimescaleDB is here; says why not, or fails in CI.
+fn timescaledb_present() -> bool {
+    let installed = Path::new("/usr/lib/postgresql/15/lib/timescaledb.so").exists();
+    let required = std::env::var("LIFEBOAT_TEST_REQUIRE_PEERS").as_deref() == Ok("1");
+    match std::env::var(SETTING) {
+        Ok(p) if Path::new(&p).is_file() => {
+            assert!(
+                installed,
+                "{SETTING}={p} is set but TimescaleDB is not installed: run scripts/setup.sh"
+            );
+            true
+        }
+        other => {
+            let why = match other {
+                Ok(p) => format!("{SETTING}={p} is not a file"),
+                Err(_) => format!("{SETTING} is not set"),
+            };
+            assert!(
+                !required,
+                "{why}; CI must pass the TimescaleDB release (../shared/timescaledb)"
+            );
+            eprintln!("SKIPPED: TimescaleDB tests need a real TimescaleDB: {why}");
+            false
+        }
+    }
+}
+
+fn as_postgres(args: &[&str]) -> Command {
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--"]).args(args);
+    c
+}
+
+/// A PostgreSQL 15 cluster of our own on 127.0.0.1, stopped by Drop.
+struct Pg {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    data: PathBuf,
+    backup: PathBuf,
+    port: u16,
+    running: bool,
+}
+
+impl Pg {
+    fn init() -> Pg {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let root = tmp.path().join("pg");
+        fs::create_dir(&root).unwrap();
+        run_ok(Command::new("chown").args(["postgres:postgres", root.to_str().unwrap()]));
+        let pw = root.join("pw");
+        fs::write(&pw, PASSWORD).unwrap();
+        run_ok(Command::new("chown").args(["postgres:postgres", pw.to_str().unwrap()]));
+        let backup = tmp.path().join("backup");
+        fs::create_dir(&backup).unwrap();
+        let pg = Pg {
+            data: root.join("data"),
+            root,
+            backup,
+            _tmp: tmp,
+            port: free_port(),
+            running: false,
+        };
+        pg.initdb();
+        pg
+    }
+
+    fn initdb(&self) {
+        run_ok(&mut as_postgres(&[
+            &format!("{BIN}/initdb"),
+            "-D",
+            self.data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            &format!("--pwfile={}", self.root.join("pw").display()),
+        ]));
+    }
+
+    /// Starts the server, with TimescaleDB preloaded or not.
+    fn start(&mut self, timescaledb: bool) {
+        let mut opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {}",
+            self.port,
+            self.root.display()
+        );
+        if timescaledb {
+            opts.push_str(
+                " -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off",
+            );
+        }
+        let log = self.root.join("server.log");
+        let out = as_postgres(&[
+            &format!("{BIN}/pg_ctl"),
+            "-D",
+            self.data.to_str().unwrap(),
+            "-w",
+            "-t",
+            "120",
+            "-l",
+            log.to_str().unwrap(),
+            "-o",
+            &opts,
+            "start",
+        ])
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "server did not start:\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        self.running = true;
+    }
+
+    fn stop(&mut self) {
+        run_ok(&mut as_postgres(&[
+            &format!("{BIN}/pg_ctl"),
+            "-D",
+            self.data.to_str().unwrap(),
+            "-w",
+            "-m",
+            "fast",
+            "stop",
+        ]));
+        self.running = false;
+    }
+
+    /// A new pod: the old cluster gone, an empty one in its place.
+    fn fresh(&mut self, timescaledb: bool) {
+        self.stop();
+        fs::remove_dir_all(&self.data).unwrap();
+        self.initdb();
+        self.start(timescaledb);
+    }
+
+    fn env(&self, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("LIFEBOAT_SOURCE", "postgres".to_string()),
+            ("LIFEBOAT_PATHS", self.data.display().to_string()),
+            (
+                "LIFEBOAT_TARGETS",
+                format!("file://{}", self.backup.display()),
+            ),
+            ("LIFEBOAT_SCHEDULE", "0 0 1 1 *".into()),
+            ("HOSTNAME", "tsdb-0".into()),
+            ("PGHOST", "127.0.0.1".into()),
+            ("PGPORT", self.port.to_string()),
+            ("PGUSER", "postgres".into()),
+            (
+                "PGPASSWORD_FILE",
+                self.root.join("pw").display().to_string(),
+            ),
+            (
+                "PATH",
+                format!("{BIN}:{}", std::env::var("PATH").unwrap_or_default()),
+            ),
+        ];
+        for (k, v) in extra {
+            env.retain(|(e, _)| e != k);
+            env.push((k, v.clone()));
+        }
+        env
+    }
+
+    fn cmd(&self, name: &str, extra: &[(&'static str, String)]) -> Command {
+        lifeboat(name, &pairs(&self.env(extra)))
+    }
+
+    fn client(&self, db: &str) -> postgres_sync::Client {
+        postgres_sync::Client::connect(self.port, db)
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = as_postgres(&[
+                &format!("{BIN}/pg_ctl"),
+                "-D",
+                self.data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "stop",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        }
+    }
+}
+
+/// A blocking wrapper over tokio-postgres, so the test reads top to bottom.
+mod postgres_sync {
+    pub struct Client {
+        rt: tokio::runtime::Runtime,
+        c: tokio_postgres::Client,
+    }
+
+    impl Client {
+        pub fn connect(port: u16, db: &str) -> Client {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut cfg = tokio_postgres::Config::new();
+            cfg.host("127.0.0.1")
+                .port(port)
+                .user("postgres")
+                .password(super::PASSWORD)
+                .dbname(db);
+            let c = rt.block_on(async {
+                let (c, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(conn);
+                c
+            });
+            Client { rt, c }
+        }
+
+        pub fn exec(&self, sql: &str) {
+            self.rt
+                .block_on(self.c.batch_execute(sql))
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        }
+
+        /// Every row as text columns joined by `|`.
+        pub fn rows(&self, sql: &str) -> Vec<String> {
+            let msgs = self
+                .rt
+                .block_on(self.c.simple_query(sql))
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+            msgs.iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                        (0..r.len())
+                            .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                            .collect::<Vec<_>>()
+                            .join("|"),
+                    ),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        pub fn one(&self, sql: &str) -> String {
+            self.rows(sql).pop().unwrap_or_default()
+        }
+    }
+}
+
+const DB: &str = "metrics";
+
+/// The database users run: sensors (plain table) ← readings (hypertable,
+/// daily chunks over 60 days, the older 30 compressed), an hourly
+/// continuous aggregate with a refresh policy, and `live`, a hypertable
+/// the writer fills during the backup (kept apart so the rest is static).
+fn populate(pg: &Pg) {
+    pg.client("postgres").exec(&format!("CREATE DATABASE {DB}"));
+    // One statement per call: a continuous aggregate cannot be created
+    // inside the transaction a multi-statement call runs in.
+    let c = pg.client(DB);
+    let sql = "CREATE EXTENSION timescaledb;
+         CREATE TABLE sensors (id int PRIMARY KEY, name text NOT NULL);
+         INSERT INTO sensors SELECT g, 'sensor ' || g FROM generate_series(1, 10) g;
+         CREATE TABLE readings (t timestamptz NOT NULL, sensor int NOT NULL REFERENCES sensors(id), v double precision);
+         SELECT create_hypertable('readings', 't', chunk_time_interval => interval '1 day');
+         INSERT INTO readings
+           SELECT t, 1 + (extract(epoch FROM t)::bigint / 600) % 10, (extract(epoch FROM t)::bigint % 997) / 7.0
+           FROM generate_series(timestamptz '2026-09-01', timestamptz '2026-10-31', interval '10 minutes') t;
+         ALTER TABLE readings SET (timescaledb.compress, timescaledb.compress_segmentby = 'sensor');
+         SELECT count(compress_chunk(c)) FROM show_chunks('readings', older_than => timestamptz '2026-10-01') c;
+         CREATE MATERIALIZED VIEW hourly WITH (timescaledb.continuous) AS
+           SELECT time_bucket('1 hour', t) AS bucket, sensor, avg(v) AS avg_v, count(*) AS n
+           FROM readings GROUP BY 1, 2 WITH DATA;
+         SELECT add_continuous_aggregate_policy('hourly', start_offset => NULL,
+           end_offset => interval '1 hour', schedule_interval => interval '1 hour');
+         CREATE TABLE live (t timestamptz NOT NULL, n bigint NOT NULL);
+         SELECT create_hypertable('live', 't', chunk_time_interval => interval '1 hour')";
+    for statement in sql.split(";\n") {
+        c.exec(statement);
+    }
+}
+
+/// What a user checks after a restore, in one comparable list.
+fn facts(pg: &Pg) -> Vec<String> {
+    let c = pg.client(DB);
+    let mut out = Vec::new();
+    let mut add = |what: &str, sql: &str| {
+        for r in c.rows(sql) {
+            out.push(format!("{what}: {r}"));
+        }
+    };
+    add(
+        "rows per chunk",
+        "SELECT tableoid::regclass::text, count(*) FROM readings GROUP BY 1 ORDER BY 1",
+    );
+    add(
+        "chunks",
+        "SELECT count(*), count(*) FILTER (WHERE is_compressed) FROM timescaledb_information.chunks \
+         WHERE hypertable_name = 'readings'",
+    );
+    add(
+        "compressed rows",
+        "SELECT count(*), md5(string_agg(t::text || sensor || v, ',' ORDER BY t, sensor)) \
+         FROM readings WHERE t < '2026-10-01'",
+    );
+    add(
+        "all rows",
+        "SELECT md5(string_agg(t::text || sensor || v, ',' ORDER BY t, sensor)) FROM readings",
+    );
+    add(
+        "jobs",
+        "SELECT proc_name, hypertable_name, schedule_interval FROM timescaledb_information.jobs \
+         WHERE job_id >= 1000 ORDER BY 1, 2",
+    );
+    add(
+        "foreign keys",
+        "SELECT conname FROM pg_constraint WHERE contype = 'f' AND conrelid = 'readings'::regclass",
+    );
+    add("sensors", "SELECT count(*) FROM sensors");
+    out
+}
+
+/// The continuous aggregate agrees with a fresh aggregate of the base table.
+fn aggregate_is_consistent(pg: &Pg) {
+    let c = pg.client(DB);
+    c.exec("CALL refresh_continuous_aggregate('hourly', NULL, NULL)");
+    let differ = c.one(
+        "SELECT count(*) FROM ((SELECT bucket, sensor, round(avg_v::numeric, 9), n FROM hourly
+            EXCEPT SELECT time_bucket('1 hour', t), sensor, round(avg(v)::numeric, 9), count(*) FROM readings GROUP BY 1, 2)
+          UNION ALL
+           (SELECT time_bucket('1 hour', t), sensor, round(avg(v)::numeric, 9), count(*) FROM readings GROUP BY 1, 2
+            EXCEPT SELECT bucket, sensor, round(avg_v::numeric, 9), n FROM hourly)) d",
+    );
+    assert_eq!(differ, "0", "aggregate buckets differ from the base table");
+    let buckets = c.one("SELECT count(*) FROM hourly");
+    assert!(buckets.parse::<i64>().unwrap() > 1000, "{buckets} buckets");
+    // The foreign key holds after the restore.
+    let c2 = pg.client(DB);
+    let r = c2.rows("SELECT 1 FROM sensors WHERE id = 1").len();
+    assert_eq!(r, 1);
+}
+
+/// Commits one row per transaction into `live` until stopped; returns the
+/// number committed.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    committed: Arc<AtomicI64>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(pg: &Pg) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let committed = Arc::new(AtomicI64::new(0));
+        let (s, n, port) = (stop.clone(), committed.clone(), pg.port);
+        let handle = std::thread::spawn(move || {
+            let c = postgres_sync::Client::connect(port, DB);
+            let mut i = 0i64;
+            while !s.load(Ordering::Relaxed) {
+                i += 1;
+                c.exec(&format!(
+                    "INSERT INTO live VALUES (timestamptz '2026-11-01' + {i} * interval '1 second', {i})"
+                ));
+                n.store(i, Ordering::Relaxed);
+            }
+        });
+        while committed.load(Ordering::Relaxed) < 50 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Writer {
+            stop,
+            committed,
+            handle: Some(handle),
+        }
+    }
+
+    fn committed(&self) -> i64 {
+        self.committed.load(Ordering::Relaxed)
+    }
+
+    fn stop(mut self) -> i64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap();
+        self.committed()
+    }
+}
+
+/// `live` holds rows 1..=n with no gap, n between what was committed when
+/// the backup started and when it ended.
+fn live_rows_are_a_prefix(pg: &Pg, at_start: i64, at_end: i64) {
+    let r = pg.client(DB).one(
+        "SELECT count(*) || '|' || coalesce(min(n), 0) || '|' || coalesce(max(n), 0) FROM live",
+    );
+    let f: Vec<i64> = r.split('|').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(f[0], f[2], "live rows have gaps: {r}");
+    assert!(
+        f[0] >= at_start && f[0] <= at_end,
+        "live has {} rows; committed {at_start} at the backup's start, {at_end} at its end",
+        f[0]
+    );
+}
+
+#[test]
+fn physical_backup_under_writes_restores_hypertables_exactly() {
+    if !timescaledb_present() {
+        return;
+    }
+    let mut pg = Pg::init();
+    pg.start(true);
+    populate(&pg);
+    let before = facts(&pg);
+    let w = Writer::start(&pg);
+    let at_start = w.committed();
+    run_ok(pg.cmd("lifeboat-sidecar", &[]).arg("backup-now"));
+    let at_end = w.stop();
+
+    pg.stop();
+    fs::remove_dir_all(&pg.data).unwrap();
+    run_ok(&mut pg.cmd("lifeboat-restore", &[]));
+    pg.start(true);
+    assert_eq!(before, facts(&pg));
+    aggregate_is_consistent(&pg);
+    live_rows_are_a_prefix(&pg, at_start, at_end);
+}
+
+#[test]
+fn logical_backup_under_writes_loads_in_restore_mode_and_is_exact() {
+    if !timescaledb_present() {
+        return;
+    }
+    let mut pg = Pg::init();
+    pg.start(true);
+    populate(&pg);
+    let before = facts(&pg);
+    let vol = pg.root.join("volume");
+    fs::create_dir(&vol).unwrap();
+    let logical = [
+        ("LIFEBOAT_POSTGRES_MODE", "logical".to_string()),
+        ("LIFEBOAT_PATHS", vol.display().to_string()),
+    ];
+    let w = Writer::start(&pg);
+    let at_start = w.committed();
+    run_ok(pg.cmd("lifeboat-sidecar", &logical).arg("backup-now"));
+    let at_end = w.stop();
+
+    pg.fresh(true);
+    run_ok(&mut pg.cmd("lifeboat-restore", &logical));
+    let log = pg.root.join("sidecar.log");
+    load_staged_dump(pg.cmd("lifeboat-sidecar", &logical), &log);
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("loading it in TimescaleDB's restore mode"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("pg_restore: "),
+        "pg_restore complained:\n{text}"
+    );
+    assert_eq!(before, facts(&pg));
+    aggregate_is_consistent(&pg);
+    live_rows_are_a_prefix(&pg, at_start, at_end);
+    // Restore mode is off again, so the policies' background jobs run.
+    assert_eq!(pg.client(DB).one("SHOW timescaledb.restoring"), "off");
+}
+
+/// A notification receiver on 127.0.0.1 that keeps every body.
+fn receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got: Arc<Mutex<Vec<String>>> = Default::default();
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut r = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            seen.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&body).into_owned());
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    (port, got)
+}
+
+/// A new pod whose server lacks TimescaleDB (not preloaded): the load is
+/// refused. The sidecar stops retrying, says so in `/status`, a log error
+/// and a notification, backs up the server as it is, and a restart does
+/// not load the dump over what was written since.
+#[test]
+fn a_dump_the_server_refuses_is_reported_once_and_backups_go_on() {
+    if !timescaledb_present() {
+        return;
+    }
+    let mut pg = Pg::init();
+    pg.start(true);
+    populate(&pg);
+    let vol = pg.root.join("volume");
+    fs::create_dir(&vol).unwrap();
+    let (port, got) = receiver();
+    let env = pg.env(&[
+        ("LIFEBOAT_POSTGRES_MODE", "logical".to_string()),
+        ("LIFEBOAT_PATHS", vol.display().to_string()),
+        (
+            "LIFEBOAT_NOTIFY_URL",
+            format!("http://127.0.0.1:{port}/hook"),
+        ),
+    ]);
+    run_ok(lifeboat("lifeboat-sidecar", &pairs(&env)).arg("backup-now"));
+    pg.fresh(false);
+    run_ok(&mut lifeboat("lifeboat-restore", &pairs(&env)));
+
+    let log = pg.root.join("sidecar.log");
+    let sc = RunningSidecar::start(&pairs(&env), &log);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        let st = sc.status();
+        if !st["load_refused"].is_null() {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refused load was never reported:\n{}",
+            sc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let why = status["load_refused"].as_str().unwrap();
+    assert!(why.contains("retrying cannot fix"), "{why}");
+    assert!(why.contains("timescaledb"), "{why}");
+    assert!(why.contains("load-refused.json"), "{why}");
+    assert_eq!(sc.get("/readyz").0, 503);
+    assert!(vol.join(".lifeboat-pending/load-refused.json").is_file());
+    // Backups of the server as it is run again.
+    let reply = ureq::post(&sc.url("/backup-now"))
+        .timeout(Duration::from_secs(120))
+        .call();
+    assert!(reply.is_ok(), "{reply:?}\n{}", sc.log_text());
+    let text = sc.log_text();
+    assert_eq!(text.matches("retrying cannot fix").count(), 1, "{text}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !got
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|b| b.contains("load_refused"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no load_refused notification"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(sc.stop().success());
+
+    // A restart does not load it again.
+    let again = pg.root.join("again.log");
+    let mut cmd = lifeboat("lifeboat-sidecar", &pairs(&env));
+    cmd.arg("run");
+    run_until_logged(cmd, &again, "next scheduled backup");
+    let text = fs::read_to_string(&again).unwrap();
+    assert!(
+        text.contains("refused this restored dump earlier"),
+        "{text}"
+    );
+    assert!(!text.contains("loading the restored dump"), "{text}");
+}
