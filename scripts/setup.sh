@@ -26,6 +26,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
+# TimescaleDB for tests/timescaledb.rs, installed over Debian's PostgreSQL 15
+# from the release LIFEBOAT_TEST_TIMESCALEDB_RELEASE names (.ci/run passes
+# it). It is built against PostgreSQL 15.20: an older 15.x is upgraded.
+if [ -n "${LIFEBOAT_TEST_TIMESCALEDB_RELEASE:-}" ] && [ -f "$LIFEBOAT_TEST_TIMESCALEDB_RELEASE" ]; then
+  if dpkg --compare-versions "$(dpkg-query -W -f='${Version}' postgresql-15)" lt 15.20; then
+    echo "setup: upgrading postgresql-15 to the release TimescaleDB was built against"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 postgresql-contrib
+  fi
+  if [ ! -e /usr/lib/postgresql/15/lib/timescaledb.so ]; then
+    echo "setup: installing TimescaleDB from $LIFEBOAT_TEST_TIMESCALEDB_RELEASE"
+    zstd -dc "$LIFEBOAT_TEST_TIMESCALEDB_RELEASE" | tar -x --no-overwrite-dir -C /
+  fi
+fi
+
 # A real Jupyter server for the end-to-end notebook test.
 if ! python3 -c 'import jupyter_server' 2>/dev/null; then
   echo "setup: installing jupyter_server from PyPI"
