@@ -1,5 +1,5 @@
 //! ArangoDB dumps against a TEST DOUBLE of ArangoDB's HTTP API: no ArangoDB
-//! server installs here (DESIGN §8), so `FakeArango` below follows the
+//! server installs here (docs/ARCHITECTURE.md §9), so `FakeArango` below follows the
 //! documented endpoints arangodump uses (batch create / prolong / delete,
 //! inventory, dump with `x-arango-replication-checkmore` paging) and those
 //! arangorestore uses (database, collection, index, import). It serves

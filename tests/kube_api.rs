@@ -1,10 +1,13 @@
 //! The sidecar's and the init container's Kubernetes API use, against
 //! `FakeKubeApi`: an in-process FAKE of the few endpoints lifeboat calls
 //! (get/patch/watch one pod, create Events, list ConfigMaps and Secrets in
-//! pages), over real HTTP on 127.0.0.1. No Kubernetes API server can be
-//! installed on this machine (DESIGN §8). The replies follow the API's
-//! documented shapes: objects, `List` with `metadata.continue`, `Status` on
-//! errors, and newline-delimited watch events on a chunked stream.
+//! pages), over real HTTP on 127.0.0.1. A fake can fail on demand in ways a
+//! real API server will not (403s, dropped watches) and starts in
+//! milliseconds; running the examples on a real cluster is a separate,
+//! end-to-end matter (docs/ARCHITECTURE.md §9). The replies follow the
+//! API's documented shapes: objects, `List` with `metadata.continue`,
+//! `Status` on errors, and newline-delimited watch events on a chunked
+//! stream.
 
 use std::collections::BTreeMap;
 use std::fs;

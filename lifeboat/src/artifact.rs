@@ -1,4 +1,4 @@
-//! Names of artifacts and manifests (DESIGN §3):
+//! Names of artifacts and manifests (docs/ARCHITECTURE.md §5):
 //! `<prefix>/<namespace>/<name>/<YYYYMMDDTHHMMSSZ>-<source>.tar.<zst|gz>[.age]` and
 //! `<same stem>.manifest.json` beside it.
 

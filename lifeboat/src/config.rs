@@ -1,6 +1,6 @@
 //! Settings from the environment (`LIFEBOAT_*`, each also as `LIFEBOAT_*_FILE`)
-//! and pod annotations (`lifeboat.dev/*`, which win). Three steps, as DESIGN §9
-//! asks: gather the raw strings ([`Inputs::from_process`], the only I/O), validate
+//! and pod annotations (`lifeboat.dev/*`, which win), in three steps
+//! (docs/ARCHITECTURE.md §2): gather the raw strings ([`Inputs::from_process`], the only I/O), validate
 //! them all at once with no I/O ([`Settings::from_inputs`]), then let the
 //! targets check themselves ([`crate::target::AnyTarget::check`]).
 

@@ -3,7 +3,7 @@
 //! The two binaries (`lifeboat-sidecar`, `lifeboat-restore`) are thin: they parse
 //! configuration, call into this crate, and map [`Error`]s to exit codes.
 //!
-//! The flow (DESIGN §2):
+//! The flow (docs/ARCHITECTURE.md §4):
 //! ```text
 //! Source --(tar entries)--> tar --> compress --> [age encrypt] --> sha256 --> Target upload --> commit manifest
 //! Target --(bytes)--> sha256 check --> [age decrypt] --> decompress --> untar into staging --> verify ok --> move into place
@@ -18,11 +18,13 @@ pub mod cluster;
 pub mod compression;
 pub mod config;
 pub mod dns;
+pub mod durable;
 pub mod encryption;
 pub mod error;
 pub mod hooks;
 pub mod http;
 pub mod json_split;
+pub mod layout;
 pub mod lock;
 pub mod manifest;
 pub mod metrics;

@@ -31,7 +31,7 @@ impl BackupLock {
     pub fn acquire(dir: &Path, name: &str, key: &str) -> Result<BackupLock> {
         use sha2::Digest;
         let digest = hex::encode(sha2::Sha256::digest(key.as_bytes()));
-        let path: PathBuf = dir.join(format!(".lifeboat-{name}-{}.lock", &digest[..12]));
+        let path: PathBuf = dir.join(crate::layout::lock_file_name(name, &digest[..12]));
         let file = match OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -66,7 +66,7 @@ pub enum Layout {
     Paths,
     /// A logical dump under `<source>/` (e.g. `postgres/app.dump`): the init
     /// container verifies and stages it, and the sidecar loads it through
-    /// the server once that answers (DESIGN §4, "pending load").
+    /// the server once that answers (docs/ARCHITECTURE.md, "The pending load").
     Logical,
 }
 

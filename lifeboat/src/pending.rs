@@ -1,4 +1,4 @@
-//! The pending load (DESIGN §4): a logical dump needs a running server.
+//! The pending load (docs/ARCHITECTURE.md, "The pending load"): a logical dump needs a running server.
 //!
 //! The init container verifies the artifact, extracts it into a staging
 //! folder, writes the manifest into it last, and renames it to
@@ -15,13 +15,14 @@ use chrono::Utc;
 use tracing::{info, Instrument};
 
 use crate::config::Settings;
+use crate::durable::{sync_dir, sync_fs, write_synced};
 use crate::error::IoContext;
+use crate::layout::RESTORED_MARKER;
 use crate::manifest::Manifest;
 use crate::progress::Cancel;
-use crate::restore::{sync_fs, write_synced, RESTORED_MARKER};
 use crate::{Error, Result};
 
-pub const PENDING_DIR: &str = ".lifeboat-pending";
+pub use crate::layout::PENDING_DIR;
 /// Written last into the pending folder: its presence means "complete".
 pub const PENDING_MANIFEST: &str = "manifest.json";
 
@@ -143,9 +144,7 @@ pub(crate) fn commit(staging: &Path, root: &Path, m: &Manifest) -> Result<()> {
         remove(&dir)?;
     }
     fs::rename(staging, &dir).ctx("moving the staged dump to", &dir)?;
-    fs::File::open(root)
-        .and_then(|d| d.sync_all())
-        .ctx("syncing", root)
+    sync_dir(root)
 }
 
 /// The source's own facts in a staged manifest (its database list).
@@ -172,9 +171,7 @@ fn remove(dir: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(format!("removing {}", manifest.display()), e)),
     }
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .ctx("syncing", dir)?;
+    sync_dir(dir)?;
     fs::remove_dir_all(dir).ctx("removing", dir)
 }
 

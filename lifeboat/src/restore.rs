@@ -1,4 +1,4 @@
-//! Restore (DESIGN §4): stream the newest artifact into staging folders on
+//! Restore (docs/ARCHITECTURE.md §4 and §6): stream the newest artifact into staging folders on
 //! the same filesystem as each destination, verify everything, and only then
 //! move it into place. A bad artifact is skipped for the next older one.
 
@@ -13,10 +13,12 @@ use chrono::Utc;
 use tracing::{info, warn, Instrument};
 
 use crate::config::{RestoreMode, SourceKind};
+use crate::durable::{sync_dir, sync_fs, write_synced};
 use crate::encryption::Identities;
 use crate::error::IoContext;
+use crate::layout::PENDING_DIR;
 use crate::manifest::{Layout, Manifest};
-use crate::pending::{self, PENDING_DIR};
+use crate::pending;
 use crate::pipe::{self, ChunkReader};
 use crate::progress::{self, mib_per_s, Cancel, Progress};
 use crate::protected::Protected;
@@ -24,12 +26,12 @@ use crate::tar_read::{self, Mapping, Mode, ReadReport};
 use crate::target::{AnyTarget, Stored, Target, READ_PAST_SIZE};
 use crate::{Error, Result};
 
-pub const RESTORED_MARKER: &str = ".lifeboat-restored";
+pub use crate::layout::RESTORED_MARKER;
 /// Present while entries are being moved into place. If a restore dies
 /// between the first and the last move, the next start sees this and
 /// restores again instead of starting the app on half a volume.
-pub const RESTORING_MARKER: &str = ".lifeboat-restoring";
-const STAGING_PREFIX: &str = ".lifeboat-staging-";
+pub use crate::layout::RESTORING_MARKER;
+use crate::layout::STAGING_PREFIX;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -73,9 +75,7 @@ enum State {
 
 /// Names in a restored folder that belong to restore itself.
 fn is_ours(n: &[u8]) -> bool {
-    n == RESTORING_MARKER.as_bytes()
-        || n.starts_with(STAGING_PREFIX.as_bytes())
-        || n == b"lost+found"
+    crate::layout::is_restore_work(n) || n == b"lost+found"
 }
 
 fn state(path: &Path, protected: &Protected) -> Result<State> {
@@ -728,9 +728,7 @@ fn move_all_into_place(
         // without the marker no later start would fix it) ...
         if let (Some(meta), true) = (p.root, as_root) {
             tar_read::apply_dir_meta(p.dest, meta, as_root)?;
-            fs::File::open(p.dest)
-                .and_then(|d| d.sync_all())
-                .ctx("syncing", p.dest)?;
+            sync_dir(p.dest)?;
         }
     }
     for p in places {
@@ -741,9 +739,7 @@ fn move_all_into_place(
         if let Some(meta) = p.root {
             tar_read::apply_dir_meta(p.dest, meta, as_root)?;
         }
-        fs::File::open(p.dest)
-            .and_then(|d| d.sync_all())
-            .ctx("syncing", p.dest)?;
+        sync_dir(p.dest)?;
     }
     Ok(())
 }
@@ -782,41 +778,4 @@ fn move_into_place(p: &Place, replace: bool, protected: &Protected) -> Result<()
     }
     // Whatever was not moved (an entry where a backup folder is mounted).
     fs::remove_dir_all(staging).ctx("removing", staging)
-}
-
-/// Writes a small file durably. A file or symlink already at `path` is
-/// removed first and the new one created exclusively, so nothing is ever
-/// written through a link planted under our marker's name.
-pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    match fs::symlink_metadata(path) {
-        Ok(md) if !md.is_dir() => fs::remove_file(path).ctx("replacing", path)?,
-        _ => {}
-    }
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .ctx("writing", path)?;
-    f.write_all(bytes).ctx("writing", path)?;
-    f.sync_all().ctx("syncing", path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .ctx("syncing", dir)?;
-    }
-    Ok(())
-}
-
-pub(crate) fn sync_fs(path: &Path) -> Result<()> {
-    let f = fs::File::open(path).ctx("opening", path)?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: the descriptor is valid for the life of `f`.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(Error::io(
-            format!("syncing the filesystem of {}", path.display()),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
 }

@@ -460,7 +460,7 @@ impl<'a> Walker<'a> {
         // marker written through it). Backups never contain them.
         if rel
             .components()
-            .any(|c| crate::source::files::is_own_file(c.as_os_str().as_bytes()))
+            .any(|c| crate::layout::is_ours(c.as_os_str().as_bytes()))
         {
             self.warn(format!(
                 "entry {} has a name lifeboat keeps for itself; skipped",

@@ -1,5 +1,5 @@
 //! The `arangodb` source: a logical dump over the HTTP API that arangodump
-//! uses (DESIGN §5), loaded back through the pending load.
+//! uses (docs/ARCHITECTURE.md §2, the source map), loaded back through the pending load.
 //!
 //! Per database: a dump batch (a snapshot the server keeps while its TTL
 //! lasts, prolonged as we go and deleted at the end), the inventory of

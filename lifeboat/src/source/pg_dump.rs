@@ -3,7 +3,7 @@
 //! in the tar. It survives major upgrades and is smaller than PGDATA, but
 //! needs a running server to load: the init container stages it, and the
 //! sidecar loads it with `pg_restore --create` once the server answers
-//! (DESIGN §4, "pending load").
+//! (docs/ARCHITECTURE.md, "The pending load").
 //!
 //! A tar entry's size comes before its bytes, so each database's dump is
 //! spooled to an unlinked file in `TMPDIR` first: memory stays flat, disk

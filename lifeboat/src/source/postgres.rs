@@ -1,5 +1,5 @@
 //! The `postgres` source: a physical backup of a running server that the
-//! init container can restore before the server starts (DESIGN §5).
+//! init container can restore before the server starts (docs/ARCHITECTURE.md §2).
 //!
 //! Over one SQL session kept open for the whole copy: a temporary physical
 //! replication slot (keeps WAL from being recycled during a long copy), the
@@ -192,7 +192,7 @@ impl PostgresSource {
     }
 }
 
-/// The runtime-only parts of PGDATA (DESIGN §5).
+/// The runtime-only parts of PGDATA, which a restored server recreates.
 fn excluded(root: &Path, path: &Path) -> bool {
     let name = path
         .file_name()

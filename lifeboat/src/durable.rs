@@ -1,0 +1,53 @@
+//! Writes that are on disk before we say so: a small file written and
+//! synced with its folder, a whole filesystem synced. Restore and the
+//! pending load use them for markers and records (docs/ARCHITECTURE.md,
+//! "Commit protocol and crash safety").
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::IoContext;
+use crate::{Error, Result};
+
+/// Writes a small file durably. A file or symlink already at `path` is
+/// removed first and the new one created exclusively, so nothing is ever
+/// written through a link planted under our marker's name.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(md) if !md.is_dir() => fs::remove_file(path).ctx("replacing", path)?,
+        _ => {}
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .ctx("writing", path)?;
+    f.write_all(bytes).ctx("writing", path)?;
+    f.sync_all().ctx("syncing", path)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Makes a folder's entries (creations, renames, removals) durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx("syncing", dir)
+}
+
+/// Syncs the whole filesystem `path` is on: after a restore wrote many files.
+pub fn sync_fs(path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(path).ctx("opening", path)?;
+    // SAFETY: the descriptor is valid for the life of `f`.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(Error::io(
+            format!("syncing the filesystem of {}", path.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
