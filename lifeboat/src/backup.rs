@@ -322,7 +322,7 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
         // producer's own result decides whether the bytes are complete.
         let produced = producer
             .await
-            .map_err(|e| Error::Source(format!("the backup worker crashed: {e}")))
+            .map_err(|e| Error::Internal(format!("the backup worker crashed: {e}")))
             .and_then(|r| r);
         // When the upload failed, the producer only saw the pipe close: the
         // upload's error is the cause worth reporting.

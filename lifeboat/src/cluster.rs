@@ -322,7 +322,7 @@ impl Cluster {
     /// One get-then-watch round; returns when the server ends the watch.
     async fn follow(&self, tx: &watch::Sender<BTreeMap<String, String>>) -> Result<()> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-        let api_err = |e: kube::Error| Error::Source(format!("Kubernetes API: {}", describe(&e)));
+        let api_err = |e: kube::Error| Error::Kube(describe(&e));
         let pod = pods.get(&self.pod).await.map_err(api_err)?;
         let version = pod.metadata.resource_version.clone().unwrap_or_default();
         tx.send_if_modified(|cur| replace(cur, pod));
@@ -400,7 +400,7 @@ impl Cluster {
             let page: ObjectList<K> = self
                 .handle
                 .block_on(tokio::time::timeout(CALL_TIMEOUT * 3, api.list(&params)))
-                .map_err(|_| Error::Source(format!("{what}: timed out")))?
+                .map_err(|_| Error::Kube(format!("{what}: timed out")))?
                 .map_err(|e| {
                     let hint = if is_forbidden(&e) {
                         format!(
@@ -410,7 +410,7 @@ impl Cluster {
                     } else {
                         String::new()
                     };
-                    Error::Source(format!("{what}: {}{hint}", describe(&e)))
+                    Error::Kube(format!("{what}: {}{hint}", describe(&e)))
                 })?;
             for obj in page.items {
                 let name = obj.meta().name.clone().unwrap_or_default();

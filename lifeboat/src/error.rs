@@ -25,6 +25,24 @@ pub enum Error {
     #[error("source: {0}")]
     Source(String),
 
+    /// A pre- or post-backup hook failed, did not finish in time, or could
+    /// not be started.
+    #[error("hook {0}")]
+    Hook(String),
+
+    /// The Kubernetes API refused or failed a call lifeboat needed.
+    #[error("Kubernetes API: {0}")]
+    Kube(String),
+
+    /// A worker thread of ours died: a bug, not the data or the settings.
+    #[error("internal error: {0}; this is a bug in lifeboat, please report it with the log")]
+    Internal(String),
+
+    /// A restored dump still waits to be loaded (or was refused), so the
+    /// pod is not ready.
+    #[error("{0}")]
+    NotReady(String),
+
     /// A target could not store or serve an artifact.
     #[error("target {target}: {message}")]
     Target { target: String, message: String },
@@ -92,12 +110,24 @@ impl Error {
         matches!(self, Error::Corrupt { .. } | Error::UnsafeEntry { .. })
     }
 
+    /// The process exit code for this error: 64 (EX_USAGE) for settings a
+    /// person must fix, 1 for everything else. Both binaries use it.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => 64,
+            _ => 1,
+        }
+    }
+
     /// Whether the same operation may succeed later without a person changing anything.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
             Error::Io { .. }
                 | Error::Source(_)
+                | Error::Hook(_)
+                | Error::Kube(_)
+                | Error::Internal(_)
                 | Error::Target { .. }
                 | Error::Cancelled
                 | Error::RestoreStopped { .. }

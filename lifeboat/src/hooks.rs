@@ -37,7 +37,12 @@ async fn run(hook: &Hook, cmd: Command, cancel: &Cancel) -> Result<()> {
         crate::program::run_within(cmd, &what, &cancel, Some(limit)).map(|_| ())
     })
     .await
-    .map_err(|e| Error::Source(format!("{} did not run: {e}", hook.setting)))??;
+    .map_err(|e| Error::Hook(format!("{} did not run: {e}", hook.setting)))?
+    .map_err(|e| match e {
+        Error::Source(m) => Error::Hook(m),
+        e @ Error::Io { .. } => Error::Hook(e.to_string()),
+        other => other,
+    })?;
     info!(
         hook = hook.setting,
         program = %hook.argv[0],

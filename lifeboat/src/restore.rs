@@ -586,7 +586,7 @@ async fn read(
         tar_read::read_artifact(chunks, &manifest, keys.as_ref(), mode, &progress, &cancel)
     })
     .await
-    .map_err(|e| Error::Source(format!("the {what} worker crashed: {e}")))?;
+    .map_err(|e| Error::Internal(format!("the {what} worker crashed: {e}")))?;
     feeder.abort();
     // A stream the store broke off looks like a truncated artifact to the
     // reader; it proves nothing about the artifact, so say what it was.

@@ -150,7 +150,7 @@ pub fn read_artifact<R: Read + Send>(
         (walk_result, decoding.join())
     });
     let (drained, sha256, size) =
-        decoded.map_err(|_| Error::Source("the decompression thread crashed".into()))?;
+        decoded.map_err(|_| Error::Internal("the decompression thread crashed".into()))?;
     if drained.is_ok() {
         check_stored(manifest, &sha256, size)?;
     }

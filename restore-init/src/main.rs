@@ -7,7 +7,6 @@ use clap::Parser;
 use lifeboat::cluster::{self, Reason};
 use lifeboat::config::{Role, Settings};
 use lifeboat::restore::{self, Outcome};
-use lifeboat::Error;
 use tracing::{error, info, warn};
 
 const AFTER_HELP: &str = "\
@@ -55,10 +54,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
-            ExitCode::from(match e {
-                Error::Config(_) => 64,
-                _ => 1,
-            })
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -104,7 +104,7 @@ pub fn ready() -> Result<()> {
             println!("ready");
             Ok(())
         }
-        Some(p) => Err(Error::Source(match &p.refused {
+        Some(p) => Err(Error::NotReady(match &p.refused {
             None => format!(
                 "not ready: restored dump {} in {} is not loaded yet",
                 p.manifest.id,

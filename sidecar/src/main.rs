@@ -11,7 +11,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use lifeboat::config::ENV_VARS;
-use lifeboat::Error;
 
 #[derive(Parser)]
 #[command(
@@ -118,14 +117,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
-            ExitCode::from(exit_code(&e))
+            ExitCode::from(e.exit_code())
         }
-    }
-}
-
-fn exit_code(e: &Error) -> u8 {
-    match e {
-        Error::Config(_) => 64,
-        _ => 1,
     }
 }

@@ -408,7 +408,7 @@ impl Restore<'_> {
         let label = what.clone();
         let result = tokio::task::spawn_blocking(move || program::run(cmd, &label, &cancel))
             .await
-            .map_err(|e| Error::Source(format!("the load worker crashed: {e}")))?;
+            .map_err(|e| Error::Internal(format!("the load worker crashed: {e}")))?;
         match result {
             Ok(said) => {
                 for line in said.lines().filter(|l| !l.trim().is_empty()) {
