@@ -20,6 +20,10 @@ command -v strace >/dev/null || missing+=(strace)
 # scripts/build-static.sh: ldd, chroot (in /usr/sbin, off a non-root PATH).
 command -v ldd >/dev/null || missing+=(libc-bin)
 [ -x /usr/sbin/chroot ] || missing+=(coreutils)
+# The real CouchDB 3.5 release the couchdb tests start (LIFEBOAT_TEST_COUCHDB_RELEASE)
+# carries its own Erlang but links Debian 12's OpenSSL 3 and ICU 72.
+[ -e /usr/lib/x86_64-linux-gnu/libssl.so.3 ] || missing+=(libssl3)
+compgen -G '/usr/lib/x86_64-linux-gnu/libicu*.so.72' >/dev/null || missing+=(libicu72)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   apt-get update -qq

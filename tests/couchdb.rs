@@ -1,6 +1,9 @@
-//! CouchDB logical dumps against a real CouchDB-API server: PouchDB Server
-//! (npm `pouchdb-server`; no real CouchDB installs here, DESIGN §8), started
-//! and stopped by these tests on 127.0.0.1 with an admin configured.
+//! CouchDB logical dumps against real CouchDB-API servers, each test body
+//! run twice: against PouchDB Server (npm `pouchdb-server`) and against a
+//! real Apache CouchDB 3.5 (the release named by
+//! `LIFEBOAT_TEST_COUCHDB_RELEASE`; see `support/couchdb_server.rs` for
+//! what happens without it). Both are started and stopped by these tests on
+//! 127.0.0.1 with an admin configured.
 //!
 //! Round trip through the init container (verify and stage) and the sidecar
 //! (load with `new_edits:false`): every document, revision path, conflict,
@@ -9,130 +12,19 @@
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
 use base64::Engine;
+use lifeboat_tests::couchdb_server::{CouchServer as Couch, Flavor, PASSWORD};
 use lifeboat_tests::*;
 use serde_json::{json, Value};
 
-const ADMIN: &str = "admin";
-const PASSWORD: &str = "couch-test-pw";
-
-/// PouchDB Server from `scripts/setup.sh`'s install, or `POUCHDB_SERVER`.
 /// The volume, the backup folder, and a password file for the admin.
 fn setup(tmp: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let (vol, backup) = volume_and_backup(tmp);
     let pwfile = tmp.join("pw");
     fs::write(&pwfile, PASSWORD).unwrap();
     (vol, backup, pwfile)
-}
-
-fn pouchdb_server() -> PathBuf {
-    if let Some(p) = std::env::var_os("POUCHDB_SERVER") {
-        return p.into();
-    }
-    let p = PathBuf::from("/opt/lifeboat-test-tools/node_modules/.bin/pouchdb-server");
-    assert!(
-        p.exists(),
-        "pouchdb-server is not installed (scripts/setup.sh installs it)"
-    );
-    p
-}
-
-struct Couch {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Couch {
-    /// A server keeping its databases in `dir`, with an admin.
-    fn start(dir: &Path) -> Couch {
-        Couch::start_on(dir, free_port())
-    }
-
-    fn start_on(dir: &Path, port: u16) -> Couch {
-        fs::create_dir_all(dir).unwrap();
-        let child = Command::new(pouchdb_server())
-            .args(["-o", "127.0.0.1", "-p", &port.to_string(), "-n", "-d"])
-            .arg(dir)
-            .arg("-c")
-            .arg(dir.join("config.json"))
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let c = Couch {
-            child: Some(child),
-            port,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while ureq::get(&c.url("")).call().is_err() {
-            assert!(Instant::now() < deadline, "pouchdb-server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // An admin ends "admin party": every request below authenticates.
-        ureq::put(&c.url(&format!("_config/admins/{ADMIN}")))
-            .set("Accept", "application/json")
-            .send_json(json!(PASSWORD))
-            .expect("creating the admin");
-        c
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}/{path}", self.port)
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{ADMIN}:{PASSWORD}"));
-        let req = ureq::request(method, &self.url(path))
-            .set("Accept", "application/json")
-            .set("Authorization", &format!("Basic {auth}"));
-        let resp = match body {
-            Some(b) => req.send_json(b),
-            None => req.call(),
-        };
-        let resp = match resp {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("{method} {path}: {e}"),
-        };
-        let status = resp.status();
-        (status, resp.into_json().unwrap_or(Value::Null))
-    }
-
-    fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let (status, v) = self.call(method, path, body);
-        assert!(status < 300, "{method} {path}: {status} {v}");
-        v
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn env(&self, vol: &Path, backup: &Path, pwfile: &Path) -> Vec<(&'static str, String)> {
-        vec![
-            ("LIFEBOAT_SOURCE", "couchdb".into()),
-            ("LIFEBOAT_PATHS", vol.display().to_string()),
-            ("LIFEBOAT_TARGETS", format!("file://{}", backup.display())),
-            ("LIFEBOAT_SCHEDULE", "0 0 1 1 *".into()),
-            ("LIFEBOAT_COUCHDB_URL", self.url("")),
-            ("COUCHDB_USER", ADMIN.into()),
-            ("COUCHDB_PASSWORD_FILE", pwfile.display().to_string()),
-            ("HOSTNAME", "couch-0".into()),
-        ]
-    }
-}
-
-impl Drop for Couch {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 fn enc(id: &str) -> String {
@@ -191,11 +83,65 @@ fn snapshot(c: &Couch, dbs: &[&str]) -> Vec<Value> {
     out
 }
 
+/// Asserts two snapshots are equal, naming the entries that differ with
+/// long strings (inline attachments) cut short.
+fn assert_same_snapshot(got: &[Value], want: &[Value]) {
+    fn short(v: &Value) -> Value {
+        match v {
+            Value::String(s) if s.len() > 80 => Value::String(format!(
+                "{}… ({} bytes)",
+                &s[..s.floor_char_boundary(60)],
+                s.len()
+            )),
+            Value::Array(a) => Value::Array(a.iter().map(short).collect()),
+            Value::Object(o) => {
+                Value::Object(o.iter().map(|(k, v)| (k.clone(), short(v))).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    let key = |v: &Value| format!("{} {} {}", v["db"], v["id"], v.get("security").is_some());
+    let mut diffs = Vec::new();
+    for w in want {
+        match got.iter().find(|g| key(g) == key(w)) {
+            None => diffs.push(format!("missing after restore: {}", short(w))),
+            Some(g) if g != w => diffs.push(format!(
+                "differs:\n  before: {}\n  after:  {}",
+                short(w),
+                short(g)
+            )),
+            _ => {}
+        }
+    }
+    for g in got
+        .iter()
+        .filter(|g| !want.iter().any(|w| key(w) == key(g)))
+    {
+        diffs.push(format!("extra after restore: {}", short(g)));
+    }
+    assert!(diffs.is_empty(), "snapshots differ:\n{}", diffs.join("\n"));
+    assert_eq!(got.len(), want.len());
+}
+
 #[test]
-fn databases_with_revisions_conflicts_deletions_and_attachments_round_trip() {
+fn databases_with_revisions_conflicts_deletions_and_attachments_round_trip_pouchdb() {
+    round_trip(Flavor::PouchDb);
+}
+
+#[test]
+fn databases_with_revisions_conflicts_deletions_and_attachments_round_trip_couchdb_3_5() {
+    if Flavor::CouchDb35.available(
+        "databases_with_revisions_conflicts_deletions_and_attachments_round_trip_couchdb_3_5",
+    ) {
+        round_trip(Flavor::CouchDb35);
+    }
+}
+
+fn round_trip(flavor: Flavor) {
     let tmp = tempfile::tempdir().unwrap();
     let (vol, backup, pwfile) = setup(tmp.path());
-    let mut couch = Couch::start(&tmp.path().join("couch1"));
+    let mut couch = Couch::start(flavor, &tmp.path().join("couch1"));
+    couch.settle();
 
     // notes: three revisions, a deleted document, a conflict, a design document.
     couch.ok("PUT", "notes", None);
@@ -292,7 +238,7 @@ fn databases_with_revisions_conflicts_deletions_and_attachments_round_trip() {
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("not loaded yet"), "{body}");
     assert_eq!(sc.scrape()["lifeboat_restore_pending"], 1.0);
-    let mut couch = Couch::start_on(&tmp.path().join("couch2"), port);
+    let couch = Couch::start_on(flavor, &tmp.path().join("couch2"), port);
     sc.wait_for("the restored dump to be loaded", 120, |s| {
         s.get("/readyz").0 == 200
     });
@@ -301,24 +247,36 @@ fn databases_with_revisions_conflicts_deletions_and_attachments_round_trip() {
     assert_eq!(m["lifeboat_restore_loads_total{result=\"success\"}"], 1.0);
     assert!(sc.stop().success());
     assert!(!vol.join(".lifeboat-pending").exists());
-    assert_eq!(snapshot(&couch, &dbs), before);
+    assert_same_snapshot(&snapshot(&couch, &dbs), &before);
     run_ok(lifeboat("lifeboat-sidecar", &pairs(&env)).arg("ready"));
 
     // Loading the same dump again (a restore forced over the data) changes nothing.
     let again = with_env(&env, &[("LIFEBOAT_RESTORE", "always".into())]);
     run_ok(&mut lifeboat("lifeboat-restore", &pairs(&again)));
     load_staged_dump(lifeboat("lifeboat-sidecar", &pairs(&env)), &log);
-    assert_eq!(snapshot(&couch, &dbs), before);
-    couch.kill();
+    assert_same_snapshot(&snapshot(&couch, &dbs), &before);
 }
 
 #[test]
-fn server_down_wrong_password_and_a_database_deleted_mid_dump_are_clear_errors() {
+fn server_down_wrong_password_and_a_database_deleted_mid_dump_are_clear_errors_pouchdb() {
+    clear_errors(Flavor::PouchDb);
+}
+
+#[test]
+fn server_down_wrong_password_and_a_database_deleted_mid_dump_are_clear_errors_couchdb_3_5() {
+    if Flavor::CouchDb35.available(
+        "server_down_wrong_password_and_a_database_deleted_mid_dump_are_clear_errors_couchdb_3_5",
+    ) {
+        clear_errors(Flavor::CouchDb35);
+    }
+}
+
+fn clear_errors(flavor: Flavor) {
     let tmp = tempfile::tempdir().unwrap();
     let (vol, backup, pwfile) = setup(tmp.path());
     let wrong = tmp.path().join("wrong");
     fs::write(&wrong, "nope").unwrap();
-    let couch = Couch::start(&tmp.path().join("couch"));
+    let couch = Couch::start(flavor, &tmp.path().join("couch"));
     let env = couch.env(&vol, &backup, &pwfile);
     let hist = history(&backup, "couch-0");
 
@@ -387,11 +345,19 @@ fn server_down_wrong_password_and_a_database_deleted_mid_dump_are_clear_errors()
     assert!(artifacts(&hist).is_empty());
 }
 
+/// On one server only (the data set is large): the real CouchDB when its
+/// release is there (it loads and serves 200k documents in half the time),
+/// else PouchDB Server.
 #[test]
 fn memory_stays_flat_while_dumping_200k_documents() {
+    let test = "memory_stays_flat_while_dumping_200k_documents";
+    memory_200k(Flavor::CouchDb35.or_pouchdb(test));
+}
+
+fn memory_200k(flavor: Flavor) {
     let tmp = tempfile::tempdir().unwrap();
     let (vol, backup, pwfile) = setup(tmp.path());
-    let couch = Couch::start(&tmp.path().join("couch"));
+    let couch = Couch::start(flavor, &tmp.path().join("couch"));
     couch.ok("PUT", "many", None);
     for batch in 0..40 {
         let docs: Vec<Value> = (0..5000)

@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
 
+pub mod couchdb_server;
 pub mod hostile;
 
 /// A built binary of this workspace. `cargo test --workspace` builds them

@@ -34,6 +34,8 @@ pub const DUMP_DIR: &str = "couchdb";
 pub const DOCS_FILE: &str = "docs.ndjson";
 pub const SECURITY_FILE: &str = "security.json";
 pub const DEFAULT_URL: &str = "http://127.0.0.1:5984";
+/// CouchDB's user database (the default `authentication_db`).
+const USERS_DB: &str = "_users";
 /// Changes read per `_changes` request. The reply (ids and revisions) is
 /// held whole; the documents themselves stream one at a time.
 pub const PAGE: usize = 1000;
@@ -378,9 +380,24 @@ pub async fn load(conn: &CouchConn, dir: &Path, m: &Manifest, cancel: &Cancel) -
         let put = conn
             .request(&client, Method::PUT, &[&db.name, "_security"], &[])
             .header("Content-Type", "application/json")
-            .body(security);
-        if let Err((s, body)) = conn.send(put, &what).await? {
-            return Err(conn.status_error(&format!("{what}: _security"), s, &body));
+            .body(security.clone());
+        match conn.send(put, &what).await? {
+            Ok(_) => {}
+            // CouchDB 2+ refuses any edit of `_users`' security object
+            // (PouchDB Server takes it): keep the server's, and say so
+            // when it differs from the backup's.
+            Err((StatusCode::FORBIDDEN, _)) if db.name == USERS_DB => {
+                let now: Option<Value> = conn
+                    .get_json(&client, &[&db.name, "_security"], &[], &what)
+                    .await?;
+                let saved: Option<Value> = serde_json::from_slice(&security).ok();
+                if now != saved {
+                    warn!(database = %db.name, "the server does not let its user database's _security object be edited; it keeps its own, not the backup's");
+                }
+            }
+            Err((s, body)) => {
+                return Err(conn.status_error(&format!("{what}: _security"), s, &body));
+            }
         }
         let docs_path = folder.join(DOCS_FILE);
         let mut lines = BufReader::with_capacity(
