@@ -10,7 +10,6 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use serde::Deserialize;
 
 use crate::annotations::{self, PREFIX};
 use crate::compression::Compression;
@@ -19,6 +18,7 @@ use crate::schedule::{self, Schedule};
 use crate::target::{S3Options, TargetSpec};
 use crate::{Error, Result};
 
+pub mod keys;
 mod ops;
 pub mod setting_file;
 pub use ops::{Hook, Notify, NotifyFormat, NotifyOn, Ops, DEFAULT_LISTEN};
@@ -193,7 +193,7 @@ impl Inputs {
         for (k, v) in &raw {
             // A setting whose own name ends in _FILE (LIFEBOAT_ANNOTATIONS_FILE)
             // is a path, not the file form of another setting.
-            let is_setting = ENV_VARS.iter().any(|(name, _)| name == k);
+            let is_setting = keys::is_setting(k);
             let Some(base) = k.strip_suffix("_FILE").filter(|_| !is_setting) else {
                 env.entry(k.clone()).or_insert_with(|| v.clone());
                 continue;
@@ -285,178 +285,17 @@ impl Inputs {
     }
 }
 
-/// Every `LIFEBOAT_*` variable, for `--help` texts and typo warnings.
-pub const ENV_VARS: &[(&str, &str)] = &[
-    (
-        "LIFEBOAT_SOURCE",
-        "what to back up: files (default), postgres, couchdb or arangodb",
-    ),
-    (
-        "LIFEBOAT_PATHS",
-        "absolute folders, comma-separated (required)",
-    ),
-    (
-        "LIFEBOAT_EXCLUDE",
-        "globs to leave out, e.g. **/.ipynb_checkpoints",
-    ),
-    (
-        "LIFEBOAT_SCHEDULE",
-        "5-field cron in UTC, or @daily etc. (default: 0 2 * * *)",
-    ),
-    (
-        "LIFEBOAT_RETENTION",
-        "default: last=3,daily=7,weekly=4,monthly=6",
-    ),
-    (
-        "LIFEBOAT_TARGETS",
-        "e.g. file:///backup; first is primary (required)",
-    ),
-    (
-        "LIFEBOAT_COMPRESSION",
-        "zstd[:1-19], gzip[:1-9] or none (default: zstd:3)",
-    ),
-    ("LIFEBOAT_RESTORE", "if-empty (default), always or never"),
-    (
-        "LIFEBOAT_NAME",
-        "name of the backup history (default: HOSTNAME)",
-    ),
-    (
-        "LIFEBOAT_NAMESPACE",
-        "its namespace folder (default: POD_NAMESPACE, default)",
-    ),
-    (
-        "LIFEBOAT_ANNOTATIONS_FILE",
-        "default: /etc/lifeboat/annotations",
-    ),
-    (
-        "LIFEBOAT_GRACE_PERIOD",
-        "time a backup may finish after SIGTERM (default: 25s)",
-    ),
-    (
-        "LIFEBOAT_PROGRESS_INTERVAL",
-        "how often long work logs progress (default: 10s)",
-    ),
-    (
-        "LIFEBOAT_POSTGRES_MODE",
-        "physical (default: PGDATA + WAL) or logical (pg_dump per database)",
-    ),
-    (
-        "LIFEBOAT_DATABASES",
-        "logical dumps: databases, comma-separated; !name leaves one out (default: all)",
-    ),
-    (
-        "LIFEBOAT_COUCHDB_URL",
-        "CouchDB's URL (default: http://127.0.0.1:5984)",
-    ),
-    (
-        "LIFEBOAT_ARANGODB_URL",
-        "ArangoDB's URL (default: http://127.0.0.1:8529)",
-    ),
-    ("LIFEBOAT_ARANGODB_USER", "ArangoDB user (default: root)"),
-    (
-        "LIFEBOAT_ARANGODB_PASSWORD",
-        "its password (default: ARANGO_ROOT_PASSWORD)",
-    ),
-    (
-        "LIFEBOAT_S3_ENDPOINT",
-        "S3-compatible endpoint URL, e.g. http://minio:9000",
-    ),
-    (
-        "LIFEBOAT_S3_REGION",
-        "S3 region (default: the AWS chain, else us-east-1)",
-    ),
-    (
-        "LIFEBOAT_S3_PATH_STYLE",
-        "true for path-style URLs (most S3-compatible stores)",
-    ),
-    ("LIFEBOAT_LOG", "log filter, e.g. debug (default: info)"),
-    (
-        "LIFEBOAT_INCLUDE_KUBE",
-        "also store the namespace's configmaps and/or secrets under kubernetes/ (needs the API)",
-    ),
-    (
-        "LIFEBOAT_ALLOW_PLAINTEXT_SECRETS",
-        "true to store Secrets in artifacts without encryption",
-    ),
-    (
-        "LIFEBOAT_AGE_RECIPIENTS",
-        "encrypt artifacts with age to these public keys (age1…, comma-separated)",
-    ),
-    (
-        "LIFEBOAT_AGE_IDENTITY_FILE",
-        "age secret key file (age-keygen's output) for restore and verify of encrypted artifacts",
-    ),
-    (
-        "LIFEBOAT_LISTEN",
-        "/metrics, /healthz, /readyz, /status: :PORT, ADDR:PORT or off (default: :9746)",
-    ),
-    (
-        "LIFEBOAT_STALE_AFTER",
-        "backups count as stale after this, e.g. 36h, 2d (default: twice the schedule's interval)",
-    ),
-    (
-        "LIFEBOAT_VERIFY_SCHEDULE",
-        "cron for re-reading the newest artifact on each target (default: off)",
-    ),
-    (
-        "LIFEBOAT_NOTIFY_URL",
-        "POST a JSON message here when a backup fails",
-    ),
-    (
-        "LIFEBOAT_NOTIFY_ON",
-        "failure (default) or always (also on success)",
-    ),
-    ("LIFEBOAT_NOTIFY_FORMAT", "json (default) or slack"),
-    (
-        "LIFEBOAT_PRE_COMMAND",
-        "program and arguments run before each backup (no shell); failing fails the backup",
-    ),
-    (
-        "LIFEBOAT_POST_COMMAND",
-        "program and arguments run after each backup, with LIFEBOAT_RESULT set",
-    ),
-    (
-        "LIFEBOAT_HOOK_TIMEOUT",
-        "a hook running longer is killed and fails (default: 5m)",
-    ),
-];
+pub use keys::{Key, KEYS};
 
-#[derive(Debug, Default, Deserialize)]
-struct RawEnv {
-    source: Option<String>,
-    paths: Option<String>,
-    exclude: Option<String>,
-    schedule: Option<String>,
-    retention: Option<String>,
-    targets: Option<String>,
-    compression: Option<String>,
-    restore: Option<String>,
-    name: Option<String>,
-    namespace: Option<String>,
-    grace_period: Option<String>,
-    progress_interval: Option<String>,
-    s3_endpoint: Option<String>,
-    s3_region: Option<String>,
-    s3_path_style: Option<String>,
-    postgres_mode: Option<String>,
-    databases: Option<String>,
-    couchdb_url: Option<String>,
-    arangodb_url: Option<String>,
-    arangodb_user: Option<String>,
-    arangodb_password: Option<String>,
-    include_kube: Option<String>,
-    allow_plaintext_secrets: Option<String>,
-    age_recipients: Option<String>,
-    age_identity_file: Option<String>,
-    listen: Option<String>,
-    stale_after: Option<String>,
-    verify_schedule: Option<String>,
-    notify_url: Option<String>,
-    notify_on: Option<String>,
-    notify_format: Option<String>,
-    pre_command: Option<String>,
-    post_command: Option<String>,
-    hook_timeout: Option<String>,
+/// The process's variables, read by their names in the key table.
+pub(crate) struct Raw<'a>(&'a BTreeMap<String, String>);
+
+impl Raw<'_> {
+    /// The value of `name`, which must be in [`KEYS`].
+    pub(crate) fn opt(&self, name: &str) -> Option<String> {
+        debug_assert!(keys::is_setting(name), "{name} is not in the key table");
+        self.0.get(name).cloned()
+    }
 }
 
 /// Validated settings. Built only through [`Settings::from_inputs`].
@@ -514,37 +353,18 @@ impl Settings {
     pub fn from_inputs(inputs: &Inputs, role: Role) -> Result<Settings> {
         let problems = inputs.problems.clone();
         let mut warnings = Vec::new();
-        let lifeboat_env = inputs
-            .env
-            .iter()
-            .filter(|(k, _)| k.starts_with("LIFEBOAT_"))
-            .map(|(k, v)| (k.clone(), v.clone()));
-        let raw: RawEnv = envy::prefixed("LIFEBOAT_")
-            .from_iter(lifeboat_env)
-            .unwrap_or_default();
+        let raw = Raw(&inputs.env);
         for k in inputs.env.keys().filter(|k| k.starts_with("LIFEBOAT_")) {
-            if !ENV_VARS.iter().any(|(v, _)| v == k) {
+            if !keys::is_setting(k) {
                 warnings.push(format!("unknown environment variable {k} is ignored"));
             }
         }
-        const KNOWN_ANNOTATIONS: &[&str] = &[
-            "source",
-            "paths",
-            "exclude",
-            "schedule",
-            "retention",
-            "compression",
-            "restore",
-            "backup-now",
-            "enabled",
-        ];
         for k in inputs.annotations.keys() {
             let short = &k[PREFIX.len()..];
-            if !KNOWN_ANNOTATIONS.contains(&short) {
+            if !keys::known_annotations().any(|a| a == short) {
                 warnings.push(format!(
                     "unknown annotation {k} is ignored (known: {})",
-                    KNOWN_ANNOTATIONS
-                        .iter()
+                    keys::known_annotations()
                         .map(|a| format!("{PREFIX}{a}"))
                         .collect::<Vec<_>>()
                         .join(", ")
@@ -590,7 +410,11 @@ impl Settings {
             }
         }
 
-        let source = match pick(Some("source"), "LIFEBOAT_SOURCE", &raw.source) {
+        let source = match pick(
+            Some("source"),
+            "LIFEBOAT_SOURCE",
+            &raw.opt("LIFEBOAT_SOURCE"),
+        ) {
             None => SourceKind::Files,
             Some(v) => match v.text.trim() {
                 "files" | "" => SourceKind::Files,
@@ -608,7 +432,7 @@ impl Settings {
         };
 
         let mut paths = Vec::new();
-        match pick(Some("paths"), "LIFEBOAT_PATHS", &raw.paths) {
+        match pick(Some("paths"), "LIFEBOAT_PATHS", &raw.opt("LIFEBOAT_PATHS")) {
             None if role == Role::Inspect => {}
             None => problems.0.push(Problem {
                 setting: "LIFEBOAT_PATHS".into(),
@@ -647,7 +471,11 @@ impl Settings {
 
         let mut exclude = Vec::new();
         let mut globs = GlobSetBuilder::new();
-        if let Some(v) = pick(Some("exclude"), "LIFEBOAT_EXCLUDE", &raw.exclude) {
+        if let Some(v) = pick(
+            Some("exclude"),
+            "LIFEBOAT_EXCLUDE",
+            &raw.opt("LIFEBOAT_EXCLUDE"),
+        ) {
             for g in split_list(&v.text) {
                 match Glob::new(g) {
                     Ok(glob) => {
@@ -663,7 +491,11 @@ impl Settings {
         }
         let exclude_set = globs.build().unwrap_or_else(|_| GlobSet::empty());
 
-        let schedule_value = pick(Some("schedule"), "LIFEBOAT_SCHEDULE", &raw.schedule);
+        let schedule_value = pick(
+            Some("schedule"),
+            "LIFEBOAT_SCHEDULE",
+            &raw.opt("LIFEBOAT_SCHEDULE"),
+        );
         let schedule = match &schedule_value {
             None => Schedule::parse(DEFAULT_SCHEDULE).expect("default schedule parses"),
             Some(v) => Schedule::parse(&v.text).unwrap_or_else(|e| {
@@ -674,7 +506,11 @@ impl Settings {
             }),
         };
 
-        let retention = match pick(Some("retention"), "LIFEBOAT_RETENTION", &raw.retention) {
+        let retention = match pick(
+            Some("retention"),
+            "LIFEBOAT_RETENTION",
+            &raw.opt("LIFEBOAT_RETENTION"),
+        ) {
             None => Policy::default(),
             Some(v) => Policy::parse(&v.text).unwrap_or_else(|e| {
                 if role == Role::Backup {
@@ -687,7 +523,7 @@ impl Settings {
         let compression = match pick(
             Some("compression"),
             "LIFEBOAT_COMPRESSION",
-            &raw.compression,
+            &raw.opt("LIFEBOAT_COMPRESSION"),
         ) {
             None => Compression::default(),
             Some(v) => Compression::parse(&v.text).unwrap_or_else(|e| {
@@ -698,7 +534,11 @@ impl Settings {
             }),
         };
 
-        let restore = match pick(Some("restore"), "LIFEBOAT_RESTORE", &raw.restore) {
+        let restore = match pick(
+            Some("restore"),
+            "LIFEBOAT_RESTORE",
+            &raw.opt("LIFEBOAT_RESTORE"),
+        ) {
             None => RestoreMode::IfEmpty,
             Some(v) => match v.text.trim() {
                 "if-empty" | "" => RestoreMode::IfEmpty,
@@ -712,7 +552,7 @@ impl Settings {
         };
 
         let mut targets = Vec::new();
-        match pick(None, "LIFEBOAT_TARGETS", &raw.targets) {
+        match pick(None, "LIFEBOAT_TARGETS", &raw.opt("LIFEBOAT_TARGETS")) {
             None => problems.0.push(Problem {
                 setting: "LIFEBOAT_TARGETS".into(),
                 value: String::new(),
@@ -732,8 +572,7 @@ impl Settings {
         }
 
         let name_value = raw
-            .name
-            .clone()
+            .opt("LIFEBOAT_NAME")
             .map(|text| Value {
                 setting: "LIFEBOAT_NAME".into(),
                 text,
@@ -762,8 +601,7 @@ impl Settings {
             }
         };
         let namespace_value = raw
-            .namespace
-            .clone()
+            .opt("LIFEBOAT_NAMESPACE")
             .map(|text| Value {
                 setting: "LIFEBOAT_NAMESPACE".into(),
                 text,
@@ -799,12 +637,12 @@ impl Settings {
         };
         let grace_period = duration(
             "LIFEBOAT_GRACE_PERIOD",
-            &raw.grace_period,
+            &raw.opt("LIFEBOAT_GRACE_PERIOD"),
             Duration::from_secs(25),
         );
         let progress_interval = duration(
             "LIFEBOAT_PROGRESS_INTERVAL",
-            &raw.progress_interval,
+            &raw.opt("LIFEBOAT_PROGRESS_INTERVAL"),
             Duration::from_secs(10),
         );
         // A zero interval would make the progress ticker spin (and tokio's
@@ -813,7 +651,7 @@ impl Settings {
             problems.fail(
                 &Value {
                     setting: "LIFEBOAT_PROGRESS_INTERVAL".into(),
-                    text: raw.progress_interval.clone().unwrap_or_default(),
+                    text: raw.opt("LIFEBOAT_PROGRESS_INTERVAL").unwrap_or_default(),
                 },
                 "must be at least 1s; e.g. 10s (the default), 1m".into(),
             );
@@ -821,10 +659,10 @@ impl Settings {
 
         let mut s3 = S3Options {
             endpoint: None,
-            region: raw.s3_region.clone(),
+            region: raw.opt("LIFEBOAT_S3_REGION"),
             path_style: false,
         };
-        if let Some(e) = &raw.s3_endpoint {
+        if let Some(e) = &raw.opt("LIFEBOAT_S3_ENDPOINT") {
             if e.starts_with("http://") || e.starts_with("https://") {
                 s3.endpoint = Some(e.trim_end_matches('/').to_string());
             } else {
@@ -837,7 +675,7 @@ impl Settings {
                 );
             }
         }
-        if let Some(p) = &raw.s3_path_style {
+        if let Some(p) = &raw.opt("LIFEBOAT_S3_PATH_STYLE") {
             match p.trim().to_ascii_lowercase().as_str() {
                 "true" | "1" | "yes" => s3.path_style = true,
                 "false" | "0" | "no" | "" => {}
@@ -851,7 +689,7 @@ impl Settings {
             }
         }
 
-        let postgres_mode = match &raw.postgres_mode {
+        let postgres_mode = match &raw.opt("LIFEBOAT_POSTGRES_MODE") {
             None => PgMode::Physical,
             Some(m) => match m.trim() {
                 "physical" | "" => PgMode::Physical,
@@ -868,13 +706,13 @@ impl Settings {
                 }
             },
         };
-        if raw.postgres_mode.is_some() && source != SourceKind::Postgres {
+        if raw.opt("LIFEBOAT_POSTGRES_MODE").is_some() && source != SourceKind::Postgres {
             warnings.push(format!(
                 "LIFEBOAT_POSTGRES_MODE is ignored: the source is {}",
                 source.as_str()
             ));
         }
-        let databases = match &raw.databases {
+        let databases = match &raw.opt("LIFEBOAT_DATABASES") {
             None => DbFilter::default(),
             Some(list) => DbFilter::parse(list).unwrap_or_else(|m| {
                 problems.fail(
@@ -888,29 +726,33 @@ impl Settings {
             }),
         };
         let couchdb = crate::source::CouchConn::new(
-            raw.couchdb_url.as_deref(),
+            raw.opt("LIFEBOAT_COUCHDB_URL").as_deref(),
             inputs.env.get("COUCHDB_USER").map(String::as_str),
             inputs.env.get("COUCHDB_PASSWORD").map(String::as_str),
         )
         .unwrap_or_else(|m| {
-            problems.fail_env("LIFEBOAT_COUCHDB_URL", &raw.couchdb_url, m);
+            problems.fail_env("LIFEBOAT_COUCHDB_URL", &raw.opt("LIFEBOAT_COUCHDB_URL"), m);
             crate::source::CouchConn::new(None, None, None).expect("the default URL parses")
         });
         let arangodb = crate::source::ArangoConn::new(
-            raw.arangodb_url.as_deref(),
-            raw.arangodb_user.as_deref(),
-            raw.arangodb_password
+            raw.opt("LIFEBOAT_ARANGODB_URL").as_deref(),
+            raw.opt("LIFEBOAT_ARANGODB_USER").as_deref(),
+            raw.opt("LIFEBOAT_ARANGODB_PASSWORD")
                 .as_deref()
                 .or(inputs.env.get("ARANGO_ROOT_PASSWORD").map(String::as_str)),
         )
         .unwrap_or_else(|m| {
-            problems.fail_env("LIFEBOAT_ARANGODB_URL", &raw.arangodb_url, m);
+            problems.fail_env(
+                "LIFEBOAT_ARANGODB_URL",
+                &raw.opt("LIFEBOAT_ARANGODB_URL"),
+                m,
+            );
             crate::source::ArangoConn::new(None, None, None).expect("the default URL parses")
         });
         if matches!(source, SourceKind::CouchDb | SourceKind::ArangoDb) && paths.len() > 1 {
             problems.0.push(Problem {
                 setting: "LIFEBOAT_PATHS".into(),
-                value: raw.paths.clone().unwrap_or_default(),
+                value: raw.opt("LIFEBOAT_PATHS").unwrap_or_default(),
                 message: format!(
                     "the {} source takes exactly one path: the data volume, where a restore stages the dump",
                     source.as_str()
@@ -920,7 +762,7 @@ impl Settings {
         if source == SourceKind::Postgres && paths.len() > 1 {
             problems.0.push(Problem {
                 setting: "LIFEBOAT_PATHS".into(),
-                value: raw.paths.clone().unwrap_or_default(),
+                value: raw.opt("LIFEBOAT_PATHS").unwrap_or_default(),
                 message: match postgres_mode {
                     PgMode::Physical => "the postgres source takes exactly one path: PGDATA",
                     PgMode::Logical => "the logical postgres mode takes exactly one path: the volume where a restore stages the dump (PGDATA's parent)",
@@ -1041,7 +883,7 @@ fn access_problems(role: Role, paths: &[PathBuf], targets: &[TargetSpec], proble
 /// read now, so a missing or malformed key stops the process at start
 /// rather than at the first restore.
 fn age_keys(
-    raw: &RawEnv,
+    raw: &Raw,
     problems: &mut Problems,
     warnings: &mut Vec<String>,
 ) -> (
@@ -1052,7 +894,7 @@ fn age_keys(
     fn set(v: &Option<String>) -> Option<&str> {
         v.as_deref().map(str::trim).filter(|t| !t.is_empty())
     }
-    let recipients = set(&raw.age_recipients).and_then(|text| {
+    let recipients = set(&raw.opt("LIFEBOAT_AGE_RECIPIENTS")).and_then(|text| {
         Recipients::parse(text)
             .map_err(|m| {
                 // A secret key pasted here must not be echoed back.
@@ -1069,9 +911,15 @@ fn age_keys(
             })
             .ok()
     });
-    let identities = set(&raw.age_identity_file).and_then(|path| {
+    let identities = set(&raw.opt("LIFEBOAT_AGE_IDENTITY_FILE")).and_then(|path| {
         Identities::load(Path::new(path))
-            .map_err(|m| problems.fail_env("LIFEBOAT_AGE_IDENTITY_FILE", &raw.age_identity_file, m))
+            .map_err(|m| {
+                problems.fail_env(
+                    "LIFEBOAT_AGE_IDENTITY_FILE",
+                    &raw.opt("LIFEBOAT_AGE_IDENTITY_FILE"),
+                    m,
+                )
+            })
             .ok()
     });
     if let (Some(r), Some(i)) = (&recipients, &identities) {
@@ -1090,18 +938,14 @@ fn age_keys(
 /// artifacts unless allowed in plain text, and no backed-up path that
 /// would share the `kubernetes/` folder in the tar.
 fn include_kube(
-    raw: &RawEnv,
+    raw: &Raw,
     paths: &[PathBuf],
     encrypted: bool,
     problems: &mut Problems,
 ) -> Vec<crate::cluster::Exported> {
     use crate::cluster::Exported;
-    let Some(text) = raw
-        .include_kube
-        .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-    else {
+    let value = raw.opt("LIFEBOAT_INCLUDE_KUBE");
+    let Some(text) = value.as_deref().map(str::trim).filter(|t| !t.is_empty()) else {
         return Vec::new();
     };
     let v = Value {
@@ -1121,7 +965,11 @@ fn include_kube(
     }
     kinds.sort();
     kinds.dedup();
-    let allowed = raw.allow_plaintext_secrets.as_deref().map(str::trim) == Some("true");
+    let allowed = raw
+        .opt("LIFEBOAT_ALLOW_PLAINTEXT_SECRETS")
+        .as_deref()
+        .map(str::trim)
+        == Some("true");
     if kinds.contains(&Exported::Secrets) && !allowed && !encrypted {
         problems.fail(
             &v,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lifeboat::annotations;
-use lifeboat::config::{Inputs, Role, Settings, ENV_VARS};
+use lifeboat::config::{Inputs, Role, Settings, KEYS};
 use lifeboat::manifest::Manifest;
 use lifeboat::tar_read::{self, Mapping, Mode};
 use lifeboat::Error;
@@ -59,14 +59,14 @@ proptest! {
     /// a configuration error that names each setting it objects to.
     #[test]
     fn settings_parser_never_panics_and_names_the_setting(
-        values in prop::collection::vec((0..ENV_VARS.len(), "[ -~]{0,30}|.{0,30}"), 0..12),
+        values in prop::collection::vec((0..KEYS.len(), "[ -~]{0,30}|.{0,30}"), 0..12),
         role in prop::sample::select(vec![Role::Backup, Role::Restore, Role::Inspect]),
     ) {
         let mut env = BTreeMap::new();
         env.insert("LIFEBOAT_ANNOTATIONS_FILE".to_string(), "/nonexistent/annotations".to_string());
         env.insert("HOSTNAME".to_string(), "nb-0".to_string());
         for (i, v) in values {
-            let name = ENV_VARS[i].0;
+            let name = KEYS[i].env;
             if name == "LIFEBOAT_ANNOTATIONS_FILE" {
                 continue;
             }

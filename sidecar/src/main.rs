@@ -10,7 +10,6 @@ mod signals;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use lifeboat::config::ENV_VARS;
 
 #[derive(Parser)]
 #[command(
@@ -74,23 +73,7 @@ enum Command {
 }
 
 fn env_help() -> String {
-    let mut s = String::from("Environment (each variable also accepts a _FILE form that names a file holding the value):\n");
-    for (name, what) in ENV_VARS {
-        s.push_str(&format!("  {name:<28} {what}\n"));
-    }
-    s.push_str(
-        "\nLogins use the servers' own variables (also as _FILE): PGHOST, PGPORT, PGUSER,\n",
-    );
-    s.push_str(
-        "PGPASSWORD (postgres); COUCHDB_USER, COUCHDB_PASSWORD (couchdb); ARANGO_ROOT_PASSWORD\n",
-    );
-    s.push_str(
-        "(arangodb). Logical dumps spool one database at a time in TMPDIR (default /tmp).\n",
-    );
-    s.push_str("\nPod annotations lifeboat.dev/{source,paths,exclude,schedule,retention,compression,restore}\n");
-    s.push_str("override the variables; changing lifeboat.dev/backup-now starts a backup.\n");
-    s.push_str("\nExit codes: 0 success, 1 the operation failed, 64 invalid configuration.");
-    s
+    lifeboat::config::keys::env_help()
 }
 
 fn main() -> ExitCode {

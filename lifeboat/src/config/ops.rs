@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 
-use super::{parse_duration, Problems, RawEnv, Value};
+use super::{parse_duration, Problems, Raw, Value};
 use crate::schedule::{self, Schedule};
 
 /// Where `/metrics`, `/healthz`, `/readyz` and `/status` are served.
@@ -106,7 +106,7 @@ impl std::fmt::Debug for Hook {
     }
 }
 
-pub(super) fn parse(raw: &RawEnv, problems: &mut Problems) -> Ops {
+pub(super) fn parse(raw: &Raw, problems: &mut Problems) -> Ops {
     let value = |setting: &str, text: &str| Value {
         setting: setting.into(),
         text: text.into(),
@@ -118,7 +118,7 @@ pub(super) fn parse(raw: &RawEnv, problems: &mut Problems) -> Ops {
             .map(String::from)
     };
 
-    let listen_text = set(&raw.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+    let listen_text = set(&raw.opt("LIFEBOAT_LISTEN")).unwrap_or_else(|| DEFAULT_LISTEN.into());
     let listen = parse_listen(&listen_text).unwrap_or_else(|m| {
         problems.fail(&value("LIFEBOAT_LISTEN", &listen_text), m);
         None
@@ -134,11 +134,19 @@ pub(super) fn parse(raw: &RawEnv, problems: &mut Problems) -> Ops {
         problems.fail(&value(setting, &t), why);
         None
     };
-    let stale_after = positive("LIFEBOAT_STALE_AFTER", &raw.stale_after, "2d, 36h");
-    let timeout =
-        positive("LIFEBOAT_HOOK_TIMEOUT", &raw.hook_timeout, "5m").unwrap_or(DEFAULT_HOOK_TIMEOUT);
+    let stale_after = positive(
+        "LIFEBOAT_STALE_AFTER",
+        &raw.opt("LIFEBOAT_STALE_AFTER"),
+        "2d, 36h",
+    );
+    let timeout = positive(
+        "LIFEBOAT_HOOK_TIMEOUT",
+        &raw.opt("LIFEBOAT_HOOK_TIMEOUT"),
+        "5m",
+    )
+    .unwrap_or(DEFAULT_HOOK_TIMEOUT);
 
-    let verify_schedule = set(&raw.verify_schedule)
+    let verify_schedule = set(&raw.opt("LIFEBOAT_VERIFY_SCHEDULE"))
         .filter(|t| t != "off")
         .and_then(|t| match Schedule::parse(&t) {
             Ok(s) => Some(s),
@@ -151,7 +159,7 @@ pub(super) fn parse(raw: &RawEnv, problems: &mut Problems) -> Ops {
             }
         });
 
-    let on = match set(&raw.notify_on).as_deref() {
+    let on = match set(&raw.opt("LIFEBOAT_NOTIFY_ON")).as_deref() {
         None | Some("failure") => NotifyOn::Failure,
         Some("always") => NotifyOn::Always,
         Some(other) => {
@@ -162,7 +170,7 @@ pub(super) fn parse(raw: &RawEnv, problems: &mut Problems) -> Ops {
             NotifyOn::Failure
         }
     };
-    let format = match set(&raw.notify_format).as_deref() {
+    let format = match set(&raw.opt("LIFEBOAT_NOTIFY_FORMAT")).as_deref() {
         None | Some("json") => NotifyFormat::Json,
         Some("slack") => NotifyFormat::Slack,
         Some(other) => {
@@ -173,7 +181,7 @@ pub(super) fn parse(raw: &RawEnv, problems: &mut Problems) -> Ops {
             NotifyFormat::Json
         }
     };
-    let notify = set(&raw.notify_url).and_then(|t| match Url::parse(&t) {
+    let notify = set(&raw.opt("LIFEBOAT_NOTIFY_URL")).and_then(|t| match Url::parse(&t) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
             Some(Notify { url, on, format })
         }
@@ -205,8 +213,8 @@ pub(super) fn parse(raw: &RawEnv, problems: &mut Problems) -> Ops {
             }
         }
     };
-    let pre_command = hook("LIFEBOAT_PRE_COMMAND", &raw.pre_command);
-    let post_command = hook("LIFEBOAT_POST_COMMAND", &raw.post_command);
+    let pre_command = hook("LIFEBOAT_PRE_COMMAND", &raw.opt("LIFEBOAT_PRE_COMMAND"));
+    let post_command = hook("LIFEBOAT_POST_COMMAND", &raw.opt("LIFEBOAT_POST_COMMAND"));
 
     Ops {
         listen,
