@@ -350,455 +350,47 @@ struct Value {
 }
 
 impl Settings {
+    /// Validates every setting at once: all problems come back together as
+    /// `Error::Config`. Each section below reads its own settings and adds
+    /// its own problems.
     pub fn from_inputs(inputs: &Inputs, role: Role) -> Result<Settings> {
-        let problems = inputs.problems.clone();
-        let mut warnings = Vec::new();
-        let raw = Raw(&inputs.env);
-        for k in inputs.env.keys().filter(|k| k.starts_with("LIFEBOAT_")) {
-            if !keys::is_setting(k) {
-                warnings.push(format!("unknown environment variable {k} is ignored"));
-            }
-        }
-        for k in inputs.annotations.keys() {
-            let short = &k[PREFIX.len()..];
-            if !keys::known_annotations().any(|a| a == short) {
-                warnings.push(format!(
-                    "unknown annotation {k} is ignored (known: {})",
-                    keys::known_annotations()
-                        .map(|a| format!("{PREFIX}{a}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
-        }
-
-        // Annotation first, then environment.
-        let pick = |ann: Option<&str>, env_name: &str, env_val: &Option<String>| -> Option<Value> {
-            if let Some(a) = ann {
-                let key = format!("{PREFIX}{a}");
-                if let Some(v) = inputs.annotations.get(&key) {
-                    return Some(Value {
-                        setting: format!("annotation {key}"),
-                        text: v.clone(),
-                    });
-                }
-            }
-            env_val.as_ref().map(|v| Value {
-                setting: env_name.into(),
-                text: v.clone(),
-            })
+        let r = Reader {
+            inputs,
+            raw: Raw(&inputs.env),
+            role,
         };
-        let mut problems = Problems(problems);
-        // No setting takes a NUL byte; one in a path or URL would otherwise
-        // fail later as an I/O error (exit 1) instead of a setting error.
-        let env_values = inputs
-            .env
-            .iter()
-            .filter(|(k, _)| k.starts_with("LIFEBOAT_") || k.starts_with("PG"))
-            .map(|(k, v)| (k.clone(), v));
-        let annotation_values = inputs
-            .annotations
-            .iter()
-            .map(|(k, v)| (format!("annotation {k}"), v));
-        for (setting, v) in env_values.chain(annotation_values) {
-            if v.contains('\0') {
-                problems.0.push(Problem {
-                    setting,
-                    value: v.replace('\0', "\\0"),
-                    message: "contains a NUL byte (shown as \\0); no setting accepts one".into(),
-                });
-            }
-        }
+        let mut problems = Problems(inputs.problems.clone());
+        let mut warnings = unknown_names(inputs);
+        nul_bytes(inputs, &mut problems);
 
-        let source = match pick(
-            Some("source"),
-            "LIFEBOAT_SOURCE",
-            &raw.opt("LIFEBOAT_SOURCE"),
-        ) {
-            None => SourceKind::Files,
-            Some(v) => match v.text.trim() {
-                "files" | "" => SourceKind::Files,
-                "postgres" => SourceKind::Postgres,
-                "couchdb" => SourceKind::CouchDb,
-                "arangodb" => SourceKind::ArangoDb,
-                _ => {
-                    problems.fail(
-                        &v,
-                        "unknown source; accepted: files, postgres, couchdb, arangodb".into(),
-                    );
-                    SourceKind::Files
-                }
-            },
-        };
-
-        let mut paths = Vec::new();
-        match pick(Some("paths"), "LIFEBOAT_PATHS", &raw.opt("LIFEBOAT_PATHS")) {
-            None if role == Role::Inspect => {}
-            None => problems.0.push(Problem {
-                setting: "LIFEBOAT_PATHS".into(),
-                value: String::new(),
-                message: "required: comma list of absolute paths, e.g. /home/jovyan".into(),
-            }),
-            Some(v) => {
-                for p in split_list(&v.text) {
-                    match check_abs_path(p) {
-                        Ok(p) => paths.push(p),
-                        Err(m) => problems.fail(&v, format!("{p:?} {m}")),
-                    }
-                }
-                if paths.is_empty() && split_list(&v.text).is_empty() {
-                    problems.fail(
-                        &v,
-                        "no paths given; expected comma list of absolute paths".into(),
-                    );
-                }
-                for (i, a) in paths.iter().enumerate() {
-                    for b in &paths[i + 1..] {
-                        if a.starts_with(b) || b.starts_with(a) {
-                            problems.fail(
-                                &v,
-                                format!(
-                                    "{} and {} overlap; list each folder once",
-                                    a.display(),
-                                    b.display()
-                                ),
-                            );
-                        }
-                    }
-                }
-            }
-        }
-
-        let mut exclude = Vec::new();
-        let mut globs = GlobSetBuilder::new();
-        if let Some(v) = pick(
-            Some("exclude"),
-            "LIFEBOAT_EXCLUDE",
-            &raw.opt("LIFEBOAT_EXCLUDE"),
-        ) {
-            for g in split_list(&v.text) {
-                match Glob::new(g) {
-                    Ok(glob) => {
-                        globs.add(glob);
-                        exclude.push(g.to_string());
-                    }
-                    Err(e) if role == Role::Backup => {
-                        problems.fail(&v, format!("glob {g:?} is invalid: {}; accepted: globs like **/.ipynb_checkpoints or *.tmp", e.kind()))
-                    }
-                    Err(_) => {}
-                }
-            }
-        }
-        let exclude_set = globs.build().unwrap_or_else(|_| GlobSet::empty());
-
-        let schedule_value = pick(
-            Some("schedule"),
-            "LIFEBOAT_SCHEDULE",
-            &raw.opt("LIFEBOAT_SCHEDULE"),
-        );
-        let schedule = match &schedule_value {
-            None => Schedule::parse(DEFAULT_SCHEDULE).expect("default schedule parses"),
-            Some(v) => Schedule::parse(&v.text).unwrap_or_else(|e| {
-                if role == Role::Backup {
-                    problems.fail(v, format!("{e}; accepted: {}", schedule::ACCEPTED));
-                }
-                Schedule::parse(DEFAULT_SCHEDULE).expect("default schedule parses")
-            }),
-        };
-
-        let retention = match pick(
-            Some("retention"),
-            "LIFEBOAT_RETENTION",
-            &raw.opt("LIFEBOAT_RETENTION"),
-        ) {
-            None => Policy::default(),
-            Some(v) => Policy::parse(&v.text).unwrap_or_else(|e| {
-                if role == Role::Backup {
-                    problems.fail(&v, format!("{e}; accepted: {}", retention::ACCEPTED));
-                }
-                Policy::default()
-            }),
-        };
-
-        let compression = match pick(
-            Some("compression"),
-            "LIFEBOAT_COMPRESSION",
-            &raw.opt("LIFEBOAT_COMPRESSION"),
-        ) {
-            None => Compression::default(),
-            Some(v) => Compression::parse(&v.text).unwrap_or_else(|e| {
-                if role == Role::Backup {
-                    problems.fail(&v, e);
-                }
-                Compression::default()
-            }),
-        };
-
-        let restore = match pick(
-            Some("restore"),
-            "LIFEBOAT_RESTORE",
-            &raw.opt("LIFEBOAT_RESTORE"),
-        ) {
-            None => RestoreMode::IfEmpty,
-            Some(v) => match v.text.trim() {
-                "if-empty" | "" => RestoreMode::IfEmpty,
-                "always" => RestoreMode::Always,
-                "never" => RestoreMode::Never,
-                _ => {
-                    problems.fail(&v, "accepted: if-empty, always, never".into());
-                    RestoreMode::IfEmpty
-                }
-            },
-        };
-
-        let mut targets = Vec::new();
-        match pick(None, "LIFEBOAT_TARGETS", &raw.opt("LIFEBOAT_TARGETS")) {
-            None => problems.0.push(Problem {
-                setting: "LIFEBOAT_TARGETS".into(),
-                value: String::new(),
-                message: "required: comma list of targets, e.g. file:///backup".into(),
-            }),
-            Some(v) => {
-                for t in split_list(&v.text) {
-                    match TargetSpec::parse(t) {
-                        Ok(spec) => targets.push(spec),
-                        Err(m) => problems.fail(&v, format!("{t:?}: {m}")),
-                    }
-                }
-                if split_list(&v.text).is_empty() {
-                    problems.fail(&v, "no targets given; expected e.g. file:///backup".into());
-                }
-            }
-        }
-
-        let name_value = raw
-            .opt("LIFEBOAT_NAME")
-            .map(|text| Value {
-                setting: "LIFEBOAT_NAME".into(),
-                text,
-            })
-            .or_else(|| {
-                inputs.env.get("HOSTNAME").map(|h| Value {
-                    setting: "HOSTNAME".into(),
-                    text: h.clone(),
-                })
-            });
-        let name = match name_value {
-            None => {
-                problems.0.push(Problem {
-                    setting: "LIFEBOAT_NAME".into(),
-                    value: String::new(),
-                    message: "required when HOSTNAME is not set: the name of this backup history"
-                        .into(),
-                });
-                String::new()
-            }
-            Some(v) => {
-                if let Err(m) = check_component(&v.text) {
-                    problems.fail(&v, m);
-                }
-                v.text
-            }
-        };
-        let namespace_value = raw
-            .opt("LIFEBOAT_NAMESPACE")
-            .map(|text| Value {
-                setting: "LIFEBOAT_NAMESPACE".into(),
-                text,
-            })
-            .or_else(|| {
-                inputs.env.get("POD_NAMESPACE").map(|n| Value {
-                    setting: "POD_NAMESPACE".into(),
-                    text: n.clone(),
-                })
-            });
-        let namespace = match namespace_value {
-            None => "default".to_string(),
-            Some(v) => {
-                if let Err(m) = check_component(&v.text) {
-                    problems.fail(&v, m);
-                }
-                v.text
-            }
-        };
-
-        let mut duration = |name: &str, raw: &Option<String>, default: Duration| match raw {
-            None => default,
-            Some(text) => parse_duration(text).unwrap_or_else(|e| {
-                problems.fail(
-                    &Value {
-                        setting: name.into(),
-                        text: text.clone(),
-                    },
-                    e,
-                );
-                default
-            }),
-        };
-        let grace_period = duration(
-            "LIFEBOAT_GRACE_PERIOD",
-            &raw.opt("LIFEBOAT_GRACE_PERIOD"),
-            Duration::from_secs(25),
-        );
-        let progress_interval = duration(
-            "LIFEBOAT_PROGRESS_INTERVAL",
-            &raw.opt("LIFEBOAT_PROGRESS_INTERVAL"),
-            Duration::from_secs(10),
-        );
-        // A zero interval would make the progress ticker spin (and tokio's
-        // interval panics on it).
-        if progress_interval.is_zero() {
-            problems.fail(
-                &Value {
-                    setting: "LIFEBOAT_PROGRESS_INTERVAL".into(),
-                    text: raw.opt("LIFEBOAT_PROGRESS_INTERVAL").unwrap_or_default(),
-                },
-                "must be at least 1s; e.g. 10s (the default), 1m".into(),
-            );
-        }
-
-        let mut s3 = S3Options {
-            endpoint: None,
-            region: raw.opt("LIFEBOAT_S3_REGION"),
-            path_style: false,
-        };
-        if let Some(e) = &raw.opt("LIFEBOAT_S3_ENDPOINT") {
-            if e.starts_with("http://") || e.starts_with("https://") {
-                s3.endpoint = Some(e.trim_end_matches('/').to_string());
-            } else {
-                problems.fail(
-                    &Value {
-                        setting: "LIFEBOAT_S3_ENDPOINT".into(),
-                        text: e.clone(),
-                    },
-                    "accepted: an http:// or https:// URL, e.g. https://s3.example.com".into(),
-                );
-            }
-        }
-        if let Some(p) = &raw.opt("LIFEBOAT_S3_PATH_STYLE") {
-            match p.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" => s3.path_style = true,
-                "false" | "0" | "no" | "" => {}
-                _ => problems.fail(
-                    &Value {
-                        setting: "LIFEBOAT_S3_PATH_STYLE".into(),
-                        text: p.clone(),
-                    },
-                    "accepted: true or false".into(),
-                ),
-            }
-        }
-
-        let postgres_mode = match &raw.opt("LIFEBOAT_POSTGRES_MODE") {
-            None => PgMode::Physical,
-            Some(m) => match m.trim() {
-                "physical" | "" => PgMode::Physical,
-                "logical" => PgMode::Logical,
-                _ => {
-                    problems.fail(
-                        &Value {
-                            setting: "LIFEBOAT_POSTGRES_MODE".into(),
-                            text: m.clone(),
-                        },
-                        "accepted: physical (PGDATA and WAL, restored before the server starts) or logical (pg_dump per database)".into(),
-                    );
-                    PgMode::Physical
-                }
-            },
-        };
-        if raw.opt("LIFEBOAT_POSTGRES_MODE").is_some() && source != SourceKind::Postgres {
-            warnings.push(format!(
-                "LIFEBOAT_POSTGRES_MODE is ignored: the source is {}",
-                source.as_str()
-            ));
-        }
-        let databases = match &raw.opt("LIFEBOAT_DATABASES") {
-            None => DbFilter::default(),
-            Some(list) => DbFilter::parse(list).unwrap_or_else(|m| {
-                problems.fail(
-                    &Value {
-                        setting: "LIFEBOAT_DATABASES".into(),
-                        text: list.clone(),
-                    },
-                    m,
-                );
-                DbFilter::default()
-            }),
-        };
-        let couchdb = crate::source::CouchConn::new(
-            raw.opt("LIFEBOAT_COUCHDB_URL").as_deref(),
-            inputs.env.get("COUCHDB_USER").map(String::as_str),
-            inputs.env.get("COUCHDB_PASSWORD").map(String::as_str),
-        )
-        .unwrap_or_else(|m| {
-            problems.fail_env("LIFEBOAT_COUCHDB_URL", &raw.opt("LIFEBOAT_COUCHDB_URL"), m);
-            crate::source::CouchConn::new(None, None, None).expect("the default URL parses")
+        let source = source_kind(&r, &mut problems);
+        let paths = paths(&r, &mut problems);
+        let (exclude, exclude_set) = excludes(&r, &mut problems);
+        let schedule = r.parsed(&mut problems, "LIFEBOAT_SCHEDULE", |t| {
+            Schedule::parse(t).map_err(|e| format!("{e}; accepted: {}", schedule::ACCEPTED))
         });
-        let arangodb = crate::source::ArangoConn::new(
-            raw.opt("LIFEBOAT_ARANGODB_URL").as_deref(),
-            raw.opt("LIFEBOAT_ARANGODB_USER").as_deref(),
-            raw.opt("LIFEBOAT_ARANGODB_PASSWORD")
-                .as_deref()
-                .or(inputs.env.get("ARANGO_ROOT_PASSWORD").map(String::as_str)),
-        )
-        .unwrap_or_else(|m| {
-            problems.fail_env(
-                "LIFEBOAT_ARANGODB_URL",
-                &raw.opt("LIFEBOAT_ARANGODB_URL"),
-                m,
-            );
-            crate::source::ArangoConn::new(None, None, None).expect("the default URL parses")
-        });
-        if matches!(source, SourceKind::CouchDb | SourceKind::ArangoDb) && paths.len() > 1 {
-            problems.0.push(Problem {
-                setting: "LIFEBOAT_PATHS".into(),
-                value: raw.opt("LIFEBOAT_PATHS").unwrap_or_default(),
-                message: format!(
-                    "the {} source takes exactly one path: the data volume, where a restore stages the dump",
-                    source.as_str()
-                ),
-            });
-        }
-        if source == SourceKind::Postgres && paths.len() > 1 {
-            problems.0.push(Problem {
-                setting: "LIFEBOAT_PATHS".into(),
-                value: raw.opt("LIFEBOAT_PATHS").unwrap_or_default(),
-                message: match postgres_mode {
-                    PgMode::Physical => "the postgres source takes exactly one path: PGDATA",
-                    PgMode::Logical => "the logical postgres mode takes exactly one path: the volume where a restore stages the dump (PGDATA's parent)",
-                }
-                .into(),
-            });
-        }
-        let postgres = crate::source::PgConn::from_env(&inputs.env).unwrap_or_else(|m| {
-            problems.0.push(Problem {
-                setting: "PGPORT".into(),
-                value: inputs.env.get("PGPORT").cloned().unwrap_or_default(),
-                message: m,
-            });
-            crate::source::PgConn::from_env(&BTreeMap::new()).expect("defaults parse")
-        });
-        let pg_major = match inputs.env.get("PG_MAJOR") {
-            None => None,
-            Some(v) => match v.trim().split('.').next().unwrap_or_default().parse() {
-                Ok(n) => Some(n),
-                Err(_) => {
-                    problems.0.push(Problem {
-                        setting: "PG_MAJOR".into(),
-                        value: v.clone(),
-                        message: "accepted: a major version like 15".into(),
-                    });
-                    None
-                }
-            },
-        };
+        let schedule = schedule.unwrap_or_else(default_schedule);
+        let retention = r
+            .parsed(&mut problems, "LIFEBOAT_RETENTION", |t| {
+                Policy::parse(t).map_err(|e| format!("{e}; accepted: {}", retention::ACCEPTED))
+            })
+            .unwrap_or_default();
+        let compression = r
+            .parsed(&mut problems, "LIFEBOAT_COMPRESSION", Compression::parse)
+            .unwrap_or_default();
+        let restore = restore_mode(&r, &mut problems);
+        let targets = targets(&r, &mut problems);
+        let (name, namespace) = history(&r, &mut problems);
+        let (grace_period, progress_interval) = durations(&r, &mut problems);
+        let s3 = s3_options(&r, &mut problems);
+        let db = databases(&r, source, &paths, &mut problems, &mut warnings);
         access_problems(role, &paths, &targets, &mut problems);
-        let (recipients, identities) = age_keys(&raw, &mut problems, &mut warnings);
-        let include_kube = include_kube(&raw, &paths, recipients.is_some(), &mut problems);
+        let (recipients, identities) = age_keys(&r.raw, &mut problems, &mut warnings);
+        let include_kube = include_kube(&r.raw, &paths, recipients.is_some(), &mut problems);
         // Only a running sidecar or `backup-now` uses these; a restore must
         // not fail over a notification setting.
         let ops = if role == Role::Backup {
-            ops::parse(&raw, &mut problems)
+            ops::parse(&r.raw, &mut problems)
         } else {
             Ops::default()
         };
@@ -821,12 +413,12 @@ impl Settings {
             grace_period,
             progress_interval,
             s3,
-            postgres,
-            pg_major,
-            postgres_mode,
-            databases,
-            couchdb,
-            arangodb,
+            postgres: db.postgres,
+            pg_major: db.pg_major,
+            postgres_mode: db.postgres_mode,
+            databases: db.databases,
+            couchdb: db.couchdb,
+            arangodb: db.arangodb,
             spool_dir: inputs
                 .env
                 .get("TMPDIR")
@@ -843,6 +435,456 @@ impl Settings {
             warnings,
         })
     }
+}
+
+/// What every section reads: the raw inputs and the role they serve.
+struct Reader<'a> {
+    inputs: &'a Inputs,
+    raw: Raw<'a>,
+    role: Role,
+}
+
+impl Reader<'_> {
+    /// A setting's value: its annotation (from the key table) first, then
+    /// its environment variable.
+    fn pick(&self, env: &str) -> Option<Value> {
+        let annotation = KEYS
+            .iter()
+            .find(|k| k.env == env)
+            .and_then(|k| k.annotation);
+        if let Some(a) = annotation {
+            let key = format!("{PREFIX}{a}");
+            if let Some(v) = self.inputs.annotations.get(&key) {
+                return Some(Value {
+                    setting: format!("annotation {key}"),
+                    text: v.clone(),
+                });
+            }
+        }
+        self.raw.opt(env).map(|text| Value {
+            setting: env.into(),
+            text,
+        })
+    }
+
+    /// A backup-only setting parsed by `parse`: `None` when unset, or when
+    /// wrong (then a problem, but only for the backup role: a restore does
+    /// not fail over a bad schedule).
+    fn parsed<T>(
+        &self,
+        problems: &mut Problems,
+        env: &str,
+        parse: impl FnOnce(&str) -> std::result::Result<T, String>,
+    ) -> Option<T> {
+        let v = self.pick(env)?;
+        match parse(&v.text) {
+            Ok(t) => Some(t),
+            Err(m) => {
+                if self.role == Role::Backup {
+                    problems.fail(&v, m);
+                }
+                None
+            }
+        }
+    }
+
+    /// An environment-only setting as a [`Value`], so a problem names it.
+    fn env(&self, name: &str) -> Option<Value> {
+        self.raw.opt(name).map(|text| Value {
+            setting: name.into(),
+            text,
+        })
+    }
+}
+
+fn default_schedule() -> Schedule {
+    Schedule::parse(DEFAULT_SCHEDULE).expect("default schedule parses")
+}
+
+/// Warnings for `LIFEBOAT_*` variables and `lifeboat.dev/*` annotations
+/// that are not settings (typos).
+fn unknown_names(inputs: &Inputs) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for k in inputs.env.keys().filter(|k| k.starts_with("LIFEBOAT_")) {
+        if !keys::is_setting(k) {
+            warnings.push(format!("unknown environment variable {k} is ignored"));
+        }
+    }
+    for k in inputs.annotations.keys() {
+        let short = &k[PREFIX.len()..];
+        if !keys::known_annotations().any(|a| a == short) {
+            warnings.push(format!(
+                "unknown annotation {k} is ignored (known: {})",
+                keys::known_annotations()
+                    .map(|a| format!("{PREFIX}{a}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    warnings
+}
+
+/// No setting takes a NUL byte; one in a path or URL would otherwise fail
+/// later as an I/O error (exit 1) instead of a setting error.
+fn nul_bytes(inputs: &Inputs, problems: &mut Problems) {
+    let env_values = inputs
+        .env
+        .iter()
+        .filter(|(k, _)| k.starts_with("LIFEBOAT_") || k.starts_with("PG"))
+        .map(|(k, v)| (k.clone(), v));
+    let annotation_values = inputs
+        .annotations
+        .iter()
+        .map(|(k, v)| (format!("annotation {k}"), v));
+    for (setting, v) in env_values.chain(annotation_values) {
+        if v.contains('\0') {
+            problems.0.push(Problem {
+                setting,
+                value: v.replace('\0', "\\0"),
+                message: "contains a NUL byte (shown as \\0); no setting accepts one".into(),
+            });
+        }
+    }
+}
+
+fn source_kind(r: &Reader, problems: &mut Problems) -> SourceKind {
+    let Some(v) = r.pick("LIFEBOAT_SOURCE") else {
+        return SourceKind::Files;
+    };
+    match v.text.trim() {
+        "files" | "" => SourceKind::Files,
+        "postgres" => SourceKind::Postgres,
+        "couchdb" => SourceKind::CouchDb,
+        "arangodb" => SourceKind::ArangoDb,
+        _ => {
+            problems.fail(
+                &v,
+                "unknown source; accepted: files, postgres, couchdb, arangodb".into(),
+            );
+            SourceKind::Files
+        }
+    }
+}
+
+/// `LIFEBOAT_PATHS`: absolute, clean, not nested in each other.
+fn paths(r: &Reader, problems: &mut Problems) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    let Some(v) = r.pick("LIFEBOAT_PATHS") else {
+        if r.role != Role::Inspect {
+            problems.0.push(Problem {
+                setting: "LIFEBOAT_PATHS".into(),
+                value: String::new(),
+                message: "required: comma list of absolute paths, e.g. /home/jovyan".into(),
+            });
+        }
+        return paths;
+    };
+    for p in split_list(&v.text) {
+        match check_abs_path(p) {
+            Ok(p) => paths.push(p),
+            Err(m) => problems.fail(&v, format!("{p:?} {m}")),
+        }
+    }
+    if paths.is_empty() && split_list(&v.text).is_empty() {
+        problems.fail(
+            &v,
+            "no paths given; expected comma list of absolute paths".into(),
+        );
+    }
+    for (i, a) in paths.iter().enumerate() {
+        for b in &paths[i + 1..] {
+            if a.starts_with(b) || b.starts_with(a) {
+                problems.fail(
+                    &v,
+                    format!(
+                        "{} and {} overlap; list each folder once",
+                        a.display(),
+                        b.display()
+                    ),
+                );
+            }
+        }
+    }
+    paths
+}
+
+fn excludes(r: &Reader, problems: &mut Problems) -> (Vec<String>, GlobSet) {
+    let mut exclude = Vec::new();
+    let mut globs = GlobSetBuilder::new();
+    if let Some(v) = r.pick("LIFEBOAT_EXCLUDE") {
+        for g in split_list(&v.text) {
+            match Glob::new(g) {
+                Ok(glob) => {
+                    globs.add(glob);
+                    exclude.push(g.to_string());
+                }
+                Err(e) if r.role == Role::Backup => problems.fail(
+                    &v,
+                    format!(
+                        "glob {g:?} is invalid: {}; accepted: globs like **/.ipynb_checkpoints or *.tmp",
+                        e.kind()
+                    ),
+                ),
+                Err(_) => {}
+            }
+        }
+    }
+    (exclude, globs.build().unwrap_or_else(|_| GlobSet::empty()))
+}
+
+fn restore_mode(r: &Reader, problems: &mut Problems) -> RestoreMode {
+    let Some(v) = r.pick("LIFEBOAT_RESTORE") else {
+        return RestoreMode::IfEmpty;
+    };
+    match v.text.trim() {
+        "if-empty" | "" => RestoreMode::IfEmpty,
+        "always" => RestoreMode::Always,
+        "never" => RestoreMode::Never,
+        _ => {
+            problems.fail(&v, "accepted: if-empty, always, never".into());
+            RestoreMode::IfEmpty
+        }
+    }
+}
+
+fn targets(r: &Reader, problems: &mut Problems) -> Vec<TargetSpec> {
+    let mut targets = Vec::new();
+    let Some(v) = r.pick("LIFEBOAT_TARGETS") else {
+        problems.0.push(Problem {
+            setting: "LIFEBOAT_TARGETS".into(),
+            value: String::new(),
+            message: "required: comma list of targets, e.g. file:///backup".into(),
+        });
+        return targets;
+    };
+    for t in split_list(&v.text) {
+        match TargetSpec::parse(t) {
+            Ok(spec) => targets.push(spec),
+            Err(m) => problems.fail(&v, format!("{t:?}: {m}")),
+        }
+    }
+    if split_list(&v.text).is_empty() {
+        problems.fail(&v, "no targets given; expected e.g. file:///backup".into());
+    }
+    targets
+}
+
+/// The history's name and namespace folder: `LIFEBOAT_NAME` else the pod's
+/// `HOSTNAME`; `LIFEBOAT_NAMESPACE` else `POD_NAMESPACE` else `default`.
+fn history(r: &Reader, problems: &mut Problems) -> (String, String) {
+    let from_pod = |name: &str| {
+        r.inputs.env.get(name).map(|text| Value {
+            setting: name.into(),
+            text: text.clone(),
+        })
+    };
+    let name = match r.env("LIFEBOAT_NAME").or_else(|| from_pod("HOSTNAME")) {
+        Some(v) => component(v, problems),
+        None => {
+            problems.0.push(Problem {
+                setting: "LIFEBOAT_NAME".into(),
+                value: String::new(),
+                message: "required when HOSTNAME is not set: the name of this backup history"
+                    .into(),
+            });
+            String::new()
+        }
+    };
+    let namespace = match r
+        .env("LIFEBOAT_NAMESPACE")
+        .or_else(|| from_pod("POD_NAMESPACE"))
+    {
+        Some(v) => component(v, problems),
+        None => "default".to_string(),
+    };
+    (name, namespace)
+}
+
+/// A folder name of the history: a Kubernetes name.
+fn component(v: Value, problems: &mut Problems) -> String {
+    if let Err(m) = check_component(&v.text) {
+        problems.fail(&v, m);
+    }
+    v.text
+}
+
+/// `LIFEBOAT_GRACE_PERIOD` and `LIFEBOAT_PROGRESS_INTERVAL`.
+fn durations(r: &Reader, problems: &mut Problems) -> (Duration, Duration) {
+    let mut duration = |name: &str, default: Duration| match r.env(name) {
+        None => default,
+        Some(v) => parse_duration(&v.text).unwrap_or_else(|e| {
+            problems.fail(&v, e);
+            default
+        }),
+    };
+    let grace_period = duration("LIFEBOAT_GRACE_PERIOD", Duration::from_secs(25));
+    let progress_interval = duration("LIFEBOAT_PROGRESS_INTERVAL", Duration::from_secs(10));
+    // A zero interval would make the progress ticker spin (and tokio's
+    // interval panics on it).
+    if progress_interval.is_zero() {
+        problems.fail(
+            &Value {
+                setting: "LIFEBOAT_PROGRESS_INTERVAL".into(),
+                text: r.raw.opt("LIFEBOAT_PROGRESS_INTERVAL").unwrap_or_default(),
+            },
+            "must be at least 1s; e.g. 10s (the default), 1m".into(),
+        );
+    }
+    (grace_period, progress_interval)
+}
+
+fn s3_options(r: &Reader, problems: &mut Problems) -> S3Options {
+    let mut s3 = S3Options {
+        endpoint: None,
+        region: r.raw.opt("LIFEBOAT_S3_REGION"),
+        path_style: false,
+    };
+    if let Some(v) = r.env("LIFEBOAT_S3_ENDPOINT") {
+        if v.text.starts_with("http://") || v.text.starts_with("https://") {
+            s3.endpoint = Some(v.text.trim_end_matches('/').to_string());
+        } else {
+            problems.fail(
+                &v,
+                "accepted: an http:// or https:// URL, e.g. https://s3.example.com".into(),
+            );
+        }
+    }
+    if let Some(v) = r.env("LIFEBOAT_S3_PATH_STYLE") {
+        match v.text.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => s3.path_style = true,
+            "false" | "0" | "no" | "" => {}
+            _ => problems.fail(&v, "accepted: true or false".into()),
+        }
+    }
+    s3
+}
+
+/// The database sources' settings, and their rules about paths.
+struct DbSettings {
+    postgres_mode: PgMode,
+    databases: DbFilter,
+    couchdb: crate::source::CouchConn,
+    arangodb: crate::source::ArangoConn,
+    postgres: crate::source::PgConn,
+    pg_major: Option<u64>,
+}
+
+fn databases(
+    r: &Reader,
+    source: SourceKind,
+    paths: &[PathBuf],
+    problems: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> DbSettings {
+    let env = &r.inputs.env;
+    let postgres_mode = match r.env("LIFEBOAT_POSTGRES_MODE") {
+        None => PgMode::Physical,
+        Some(v) => match v.text.trim() {
+            "physical" | "" => PgMode::Physical,
+            "logical" => PgMode::Logical,
+            _ => {
+                problems.fail(
+                    &v,
+                    "accepted: physical (PGDATA and WAL, restored before the server starts) or logical (pg_dump per database)".into(),
+                );
+                PgMode::Physical
+            }
+        },
+    };
+    if r.raw.opt("LIFEBOAT_POSTGRES_MODE").is_some() && source != SourceKind::Postgres {
+        warnings.push(format!(
+            "LIFEBOAT_POSTGRES_MODE is ignored: the source is {}",
+            source.as_str()
+        ));
+    }
+    let databases = match r.env("LIFEBOAT_DATABASES") {
+        None => DbFilter::default(),
+        Some(v) => DbFilter::parse(&v.text).unwrap_or_else(|m| {
+            problems.fail(&v, m);
+            DbFilter::default()
+        }),
+    };
+    let couchdb_url = r.raw.opt("LIFEBOAT_COUCHDB_URL");
+    let couchdb = crate::source::CouchConn::new(
+        couchdb_url.as_deref(),
+        env.get("COUCHDB_USER").map(String::as_str),
+        env.get("COUCHDB_PASSWORD").map(String::as_str),
+    )
+    .unwrap_or_else(|m| {
+        problems.fail_env("LIFEBOAT_COUCHDB_URL", &couchdb_url, m);
+        crate::source::CouchConn::new(None, None, None).expect("the default URL parses")
+    });
+    let arangodb_url = r.raw.opt("LIFEBOAT_ARANGODB_URL");
+    let arangodb = crate::source::ArangoConn::new(
+        arangodb_url.as_deref(),
+        r.raw.opt("LIFEBOAT_ARANGODB_USER").as_deref(),
+        r.raw
+            .opt("LIFEBOAT_ARANGODB_PASSWORD")
+            .as_deref()
+            .or(env.get("ARANGO_ROOT_PASSWORD").map(String::as_str)),
+    )
+    .unwrap_or_else(|m| {
+        problems.fail_env("LIFEBOAT_ARANGODB_URL", &arangodb_url, m);
+        crate::source::ArangoConn::new(None, None, None).expect("the default URL parses")
+    });
+    one_path_rules(r, source, postgres_mode, paths, problems);
+    let postgres = crate::source::PgConn::from_env(env).unwrap_or_else(|m| {
+        problems.0.push(Problem {
+            setting: "PGPORT".into(),
+            value: env.get("PGPORT").cloned().unwrap_or_default(),
+            message: m,
+        });
+        crate::source::PgConn::from_env(&BTreeMap::new()).expect("defaults parse")
+    });
+    let pg_major = env.get("PG_MAJOR").and_then(|v| {
+        let n = v.trim().split('.').next().unwrap_or_default().parse().ok();
+        if n.is_none() {
+            problems.0.push(Problem {
+                setting: "PG_MAJOR".into(),
+                value: v.clone(),
+                message: "accepted: a major version like 15".into(),
+            });
+        }
+        n
+    });
+    DbSettings {
+        postgres_mode,
+        databases,
+        couchdb,
+        arangodb,
+        postgres,
+        pg_major,
+    }
+}
+
+/// A database source stages its dump in (or backs up) exactly one path.
+fn one_path_rules(
+    r: &Reader,
+    source: SourceKind,
+    mode: PgMode,
+    paths: &[PathBuf],
+    problems: &mut Problems,
+) {
+    if paths.len() <= 1 {
+        return;
+    }
+    let message = match (source, mode) {
+        (SourceKind::Files, _) => return,
+        (SourceKind::CouchDb | SourceKind::ArangoDb, _) => format!(
+            "the {} source takes exactly one path: the data volume, where a restore stages the dump",
+            source.as_str()
+        ),
+        (SourceKind::Postgres, PgMode::Physical) => {
+            "the postgres source takes exactly one path: PGDATA".into()
+        }
+        (SourceKind::Postgres, PgMode::Logical) => "the logical postgres mode takes exactly one path: the volume where a restore stages the dump (PGDATA's parent)".into(),
+    };
+    problems.0.push(Problem {
+        setting: "LIFEBOAT_PATHS".into(),
+        value: r.raw.opt("LIFEBOAT_PATHS").unwrap_or_default(),
+        message,
+    });
 }
 
 /// Folders this process cannot use as its role needs: a clear start-up
