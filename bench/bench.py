@@ -7,7 +7,10 @@ incompressible model blobs ~40%, a deep tree of 4-16 KB files ~20%, a few
 symlinks), then times each command alternately, several times, and prints
 a Markdown table: median wall time, ratio to each peer, MB/s, peak RSS,
 artifact size. A second data set of 200,000 files of 1 KB measures per-file
-overhead. Run it with bench/run.sh (builds the release binaries first).
+overhead. With --shapes it measures instead the shapes of data whose
+bookkeeping could grow with the data (1,000,000 files in one folder,
+200,000 files with two hard links each): peak RSS of backup and restore.
+Run it with bench/run.sh (builds the release binaries first).
 """
 
 import argparse
@@ -322,6 +325,131 @@ def bench_dataset(args, label, data, work, ours_bin, with_gzip, with_restore, ba
     return "\n\n".join(out)
 
 
+# --- shapes: memory with many names -------------------------------------------
+
+
+def write_one_folder(root, count):
+    """`count` files of a few bytes in one folder: img-0000000.dat, ...
+    Names and contents are fixed, so the data set is the same every time."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    d = os.path.join(root, "one-folder")
+    os.makedirs(d)
+    for i in range(count):
+        fd = os.open(os.path.join(d, f"img-{i:07d}.dat"), flags, 0o644)
+        os.write(fd, b"%07d\n" % i)
+        os.close(fd)
+
+
+def write_hard_links(root, count):
+    """`count` files of 100 bytes under a/, each with a second name under
+    b/ (1,000 per folder). The walk meets every first name before any second
+    one: all `count` inodes wait for their other name at once."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    for i in range(count):
+        sub = f"d{i // 1000:03d}"
+        a = os.path.join(root, "a", sub)
+        b = os.path.join(root, "b", sub)
+        if i % 1000 == 0:
+            os.makedirs(a)
+            os.makedirs(b)
+        first = os.path.join(a, f"f{i:06d}")
+        fd = os.open(first, flags, 0o644)
+        os.write(fd, (b"%06d " % i) * 14 + b"\n\n")
+        os.close(fd)
+        os.link(first, os.path.join(b, f"f{i:06d}"))
+
+
+def count_names(root):
+    n = 0
+    for _, dirs, files in os.walk(root):
+        n += len(dirs) + len(files)
+    return n + 1
+
+
+def bench_shapes(args, work, ours_bin, baseline):
+    """Backup and restore of each shape under /usr/bin/time: peak RSS and
+    wall time, medians of --runs runs, for this build (and --baseline)."""
+    shapes = [
+        (f"{args.shape_files:,} files in one folder", "one-folder", write_one_folder, args.shape_files),
+        (f"{args.shape_links:,} inodes × 2 hard links", "hard-links", write_hard_links, args.shape_links),
+    ]
+    builds = [("lifeboat", ours_bin)] + ([("baseline", baseline)] if baseline else [])
+    rows = []
+    for label, name, write, count in shapes:
+        if not count:
+            continue
+        data = os.path.join(work, name)
+        os.makedirs(data)
+        t = time.monotonic()
+        write(data, count)
+        files = count_names(data)
+        print(f"bench: {label}: generated {files:,} names in {time.monotonic() - t:.0f} s", file=sys.stderr)
+        backup = os.path.join(work, "backup")
+        restored = os.path.join(work, "restored")
+        for build, bin_dir in builds:
+            env_line = (
+                f"LIFEBOAT_PATHS={data} LIFEBOAT_TARGETS=file://{backup} LIFEBOAT_NAME=shape "
+                "LIFEBOAT_LISTEN=off LIFEBOAT_LOG=warn LIFEBOAT_ANNOTATIONS_FILE=/nonexistent"
+            )
+            b_wall, b_rss, r_wall, r_rss = [], [], [], []
+            for r in range(args.runs):
+                shutil.rmtree(backup, ignore_errors=True)
+                os.makedirs(backup)
+                os.sync()
+                wall, rss = measure(f"{env_line} {bin_dir}/lifeboat-sidecar backup-now")
+                b_wall.append(wall)
+                b_rss.append(rss)
+                shutil.rmtree(restored, ignore_errors=True)
+                os.makedirs(restored)
+                os.sync()
+                wall2, rss2 = measure(f"{env_line} {bin_dir}/lifeboat-sidecar restore --to {restored}/x")
+                r_wall.append(wall2)
+                r_rss.append(rss2)
+                print(
+                    f"  run {r + 1}/{args.runs} {build} {name}: backup {wall:.1f} s {rss:.0f} MiB, "
+                    f"restore {wall2:.1f} s {rss2:.0f} MiB",
+                    file=sys.stderr,
+                )
+                if r == 0:
+                    check_restored(data, os.path.join(restored, "x", data.lstrip("/")))
+            shutil.rmtree(restored, ignore_errors=True)
+            rows.append(
+                f"| {label} | {build} | {files:,} | {max(b_rss):.0f} | {max(r_rss):.0f} "
+                f"| {statistics.median(b_wall):.1f} | {statistics.median(r_wall):.1f} |"
+            )
+        shutil.rmtree(backup, ignore_errors=True)
+        shutil.rmtree(data)
+    head = [
+        "**Shapes: peak RSS of backup-now and restore --to** "
+        f"(largest of {args.runs} run(s); wall: median)",
+        "",
+        "| shape | build | names | backup peak RSS MiB | restore peak RSS MiB | backup wall s | restore wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    return "\n".join(head + rows)
+
+
+def check_restored(data, restored):
+    """The restore holds the same names, and hard links share an inode as
+    in the original (a cheap check; tests/memory_shapes.rs compares all)."""
+    def walk(root):
+        seen, groups = set(), {}
+        for dirpath, dirs, files in os.walk(root):
+            rel = os.path.relpath(dirpath, root)
+            # The restore's own marker (.lifeboat-restored) is not data.
+            files = [f for f in files if not f.startswith(".lifeboat-")]
+            for f in files:
+                st = os.lstat(os.path.join(dirpath, f))
+                seen.add(os.path.join(rel, f))
+                if st.st_nlink > 1:
+                    groups.setdefault(st.st_ino, []).append(os.path.join(rel, f))
+            seen.update(os.path.join(rel, d) for d in dirs)
+        return seen, sorted(sorted(g) for g in groups.values())
+
+    if walk(data) != walk(restored):
+        sys.exit(f"bench: the restore of {data} in {restored} differs from it")
+
+
 def idle_rss(ours_bin, work):
     """RSS of a sidecar waiting for its schedule, after it settled."""
     data = os.path.join(work, "idle-data")
@@ -380,6 +508,13 @@ def main():
         help="drop the page cache before every command (root): files come from the disk, "
         "as on a volume the app has not read lately",
     )
+    ap.add_argument(
+        "--shapes",
+        action="store_true",
+        help="only the memory shapes: one folder of --shape-files files, --shape-links files with two hard links each",
+    )
+    ap.add_argument("--shape-files", type=int, default=1_000_000, help="files in the one-folder shape (default 1,000,000)")
+    ap.add_argument("--shape-links", type=int, default=200_000, help="inodes in the hard-link shape (default 200,000)")
     args = ap.parse_args()
     ours_bin = os.path.abspath(args.bin)
     baseline = os.path.abspath(args.baseline) if args.baseline else None
@@ -391,6 +526,11 @@ def main():
     report = [f"Machine: {machine()}", ""]
     if args.cold:
         report += ["Cold page cache: dropped before every command.", ""]
+    if args.shapes:
+        report.append(bench_shapes(args, args.work, ours_bin, baseline))
+        shutil.rmtree(args.work, ignore_errors=True)
+        print("\n".join(report))
+        return
 
     if not args.skip_mixed:
         data = os.path.join(args.work, "mixed")

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the release binaries (as the images ship them) and runs the
 # benchmark: bench/run.sh [--size 1G] [--runs 3] [--tiny 200000] [--no-gzip]
+# or, for memory with many names: bench/run.sh --shapes [--runs 1]
+#   [--shape-files 1000000] [--shape-links 200000] [--baseline DIR]
 # Prints a Markdown table on stdout, progress on stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,4 +11,5 @@ command -v zstd >/dev/null && [ -x /usr/bin/time ] || {
 }
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked \
   --target x86_64-unknown-linux-gnu -p lifeboat-sidecar -p lifeboat-restore >&2
-exec python3 bench/bench.py "$@"
+exec python3 bench/bench.py \
+  --bin "${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release" "$@"

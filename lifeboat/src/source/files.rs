@@ -7,7 +7,7 @@
 //! the tar stream in the walker's order.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -19,6 +19,7 @@ use std::sync::Mutex;
 use globset::GlobSet;
 use tar::{EntryType, Header};
 
+use super::listing::{self, Listing, Sorter};
 use super::read_ahead::{self, Batch, Entry, Fetch, Found, Kind};
 use super::{Source, SourceCtx, SourceReport};
 use crate::error::IoContext;
@@ -50,6 +51,11 @@ pub struct FilesSource {
     /// Files change while read and something else repairs that (PostgreSQL
     /// replays WAL over torn pages): say so at debug level, not as warnings.
     pub changes_expected: bool,
+    /// Bytes of folder listings held in memory ([`listing::LISTING_MEMORY`]);
+    /// a folder with more names is sorted in runs through `spool_dir`.
+    pub listing_memory: usize,
+    /// Where those runs go: `TMPDIR`.
+    pub spool_dir: PathBuf,
 }
 
 impl FilesSource {
@@ -61,6 +67,8 @@ impl FilesSource {
             skip_dirs: Vec::new(),
             filter: None,
             changes_expected: false,
+            listing_memory: listing::LISTING_MEMORY,
+            spool_dir: listing::spool_dir(),
         }
     }
 
@@ -170,8 +178,7 @@ impl Source for FilesSource {
 /// Decides what each path becomes in the archive, in walking order.
 struct Planner<'a> {
     src: &'a FilesSource,
-    /// (device, inode) of files with several links, to their first entry name.
-    links: HashMap<(u64, u64), PathBuf>,
+    links: Links,
     read_ahead: bool,
 }
 
@@ -179,7 +186,7 @@ impl<'a> Planner<'a> {
     fn new(src: &'a FilesSource, read_ahead: bool) -> Self {
         Planner {
             src,
-            links: HashMap::new(),
+            links: Links::default(),
             read_ahead,
         }
     }
@@ -192,16 +199,10 @@ impl<'a> Planner<'a> {
             let target = fs::read_link(&path).ctx("reading the symlink", &path)?;
             Kind::Symlink(target.into_os_string().into_vec())
         } else if ft.is_file() {
-            let first = (meta.nlink() > 1)
-                .then(|| {
-                    let key = (meta.dev(), meta.ino());
-                    let first = self.links.get(&key).cloned();
-                    if first.is_none() {
-                        self.links.insert(key, tar_name(&path));
-                    }
-                    first
-                })
-                .flatten();
+            let first = match meta.nlink() > 1 {
+                true => self.links.first(&path, &meta)?,
+                false => None,
+            };
             match first {
                 Some(first) => Kind::Link(first),
                 None if self.read_ahead && meta.len() <= read_ahead::READ_AHEAD_MAX_FILE => {
@@ -223,6 +224,100 @@ impl<'a> Planner<'a> {
             )));
         };
         Ok(Found::Entry(Entry { path, meta, kind }))
+    }
+}
+
+/// Files with several links whose other names the walk has still to meet:
+/// (device, inode) to the tar name of the first one met, which the others
+/// become hard links to. Compact, as a volume may hold hundreds of
+/// thousands: 24 bytes per file in the map plus its leaf name in `names`;
+/// folder names are kept once per run of files in one folder. A file is
+/// forgotten once as many names were met as it has links, and when none is
+/// left the names are dropped too, so memory grows only with the files whose
+/// other names come much later in the walk (GNU tar keeps every one).
+#[derive(Default)]
+struct Links {
+    pending: HashMap<(u64, u64), Pending>,
+    /// Tar names of folders, each ending with a NUL.
+    folders: Vec<u8>,
+    /// Per pending file: its folder's offset in `folders` (u32, little
+    /// endian), its leaf name, a NUL.
+    names: Vec<u8>,
+    /// The folder of the last name kept, and its offset in `folders`.
+    last_folder: Option<(PathBuf, u32)>,
+}
+
+#[derive(Clone, Copy)]
+struct Pending {
+    /// Offset in `Links::names`.
+    name: u32,
+    /// Names met so far.
+    seen: u32,
+}
+
+impl Links {
+    /// The tar name of the first name met of the file at `path`, or None
+    /// when this is the first (then it is kept for the later ones).
+    fn first(&mut self, path: &Path, meta: &Metadata) -> Result<Option<PathBuf>> {
+        let key = (meta.dev(), meta.ino());
+        if let Some(p) = self.pending.get_mut(&key) {
+            p.seen = p.seen.saturating_add(1);
+            let p = *p;
+            let name = self.name(p.name);
+            // A link made during the walk raises nlink, so it is still met.
+            if u64::from(p.seen) >= meta.nlink() {
+                self.pending.remove(&key);
+                if self.pending.is_empty() {
+                    self.clear();
+                }
+            }
+            return Ok(Some(name));
+        }
+        let too_many = || Error::Source("more hard-linked files than lifeboat can track".into());
+        let (dir, leaf) = match (path.parent(), path.file_name()) {
+            (Some(dir), Some(leaf)) => (dir, leaf.as_bytes()),
+            _ => (Path::new(""), path.as_os_str().as_bytes()),
+        };
+        let folder = match &self.last_folder {
+            Some((last, at)) if last == dir => *at,
+            _ => {
+                let at = u32::try_from(self.folders.len()).map_err(|_| too_many())?;
+                self.folders
+                    .extend_from_slice(tar_name(dir).as_os_str().as_bytes());
+                self.folders.push(0);
+                self.last_folder = Some((dir.to_path_buf(), at));
+                at
+            }
+        };
+        let name = u32::try_from(self.names.len()).map_err(|_| too_many())?;
+        self.names.extend_from_slice(&folder.to_le_bytes());
+        self.names.extend_from_slice(leaf);
+        self.names.push(0);
+        if self.folders.len() > u32::MAX as usize || self.names.len() > u32::MAX as usize {
+            return Err(too_many());
+        }
+        self.pending.insert(key, Pending { name, seen: 1 });
+        Ok(None)
+    }
+
+    /// The tar name kept at `at` in `names`.
+    fn name(&self, at: u32) -> PathBuf {
+        let until_nul = |b: &[u8]| b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        let at = at as usize;
+        let mut folder = [0u8; 4];
+        folder.copy_from_slice(&self.names[at..at + 4]);
+        let folder = &self.folders[u32::from_le_bytes(folder) as usize..];
+        let folder = &folder[..until_nul(folder)];
+        let leaf = &self.names[at + 4..];
+        let leaf = &leaf[..until_nul(leaf)];
+        Path::new(OsStr::from_bytes(folder)).join(OsStr::from_bytes(leaf))
+    }
+
+    fn clear(&mut self) {
+        self.pending.clear();
+        self.folders.clear();
+        self.names.clear();
+        self.last_folder = None;
     }
 }
 
@@ -267,10 +362,10 @@ impl Walker<'_> {
     fn tree(&mut self, root: &Path, root_meta: Metadata) -> Result<()> {
         let found = self.planner.plan(root.to_path_buf(), root_meta)?;
         self.push(found)?;
-        let mut stack: Vec<(PathBuf, std::vec::IntoIter<OsString>)> =
-            vec![(root.to_path_buf(), self.children(root)?.into_iter())];
-        while let Some((dir, iter)) = stack.last_mut() {
-            let Some(name) = iter.next() else {
+        let mut stack: Vec<(PathBuf, Listing)> =
+            vec![(root.to_path_buf(), self.children(root, 0)?)];
+        while let Some((dir, listing)) = stack.last_mut() {
+            let Some(name) = listing.next_name().map_err(|e| sort_failed(dir, e))? else {
                 stack.pop();
                 continue;
             };
@@ -302,8 +397,9 @@ impl Walker<'_> {
             if meta.is_dir() {
                 let found = self.planner.plan(path.clone(), meta)?;
                 self.push(found)?;
-                let children = self.children(&path)?;
-                stack.push((path, children.into_iter()));
+                let held = stack.iter().map(|(_, l)| l.memory()).sum();
+                let children = self.children(&path, held)?;
+                stack.push((path, children));
             } else {
                 let found = self.planner.plan(path, meta)?;
                 self.push(found)?;
@@ -312,24 +408,33 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn children(&mut self, dir: &Path) -> Result<Vec<OsString>> {
+    /// The names in `dir`, sorted, holding at most what is left of the
+    /// listing memory after the `held` bytes of the folders above.
+    fn children(&mut self, dir: &Path, held: usize) -> Result<Listing> {
         let rd = match fs::read_dir(dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.push(Found::Vanished(dir.to_path_buf()))?;
-                return Ok(Vec::new());
+                return Ok(Listing::empty());
             }
             Err(e) => return Err(unreadable(dir, e)),
         };
-        let mut names = Vec::new();
+        let src = self.planner.src;
+        let budget = src
+            .listing_memory
+            .saturating_sub(held)
+            .max(src.listing_memory.min(listing::MIN_LISTING_MEMORY));
+        let mut names = Sorter::new(budget, &src.spool_dir);
         for ent in rd {
-            names.push(ent.map_err(|e| unreadable(dir, e))?.file_name());
+            let name = ent.map_err(|e| unreadable(dir, e))?.file_name();
+            names
+                .push(name.as_bytes())
+                .map_err(|e| sort_failed(dir, e))?;
         }
-        names.sort();
-        Ok(names)
+        Ok(names.finish())
     }
 
-    fn excluded(&self, root: &Path, path: &Path, name: &OsString) -> bool {
+    fn excluded(&self, root: &Path, path: &Path, name: &OsStr) -> bool {
         let src = self.planner.src;
         if is_own_file(name.as_bytes()) || src.skip.iter().any(|s| s == path) {
             return true;
@@ -431,15 +536,16 @@ impl<W: Write> Writer<'_, W> {
 
     /// Writes one entry; `data` holds the bytes of a batch's small files.
     fn write(&mut self, found: Found, data: &[u8]) -> Result<bool> {
-        let (first, carries) = match &found {
-            Found::Entry(e) => (
-                tar_name(&e.path),
-                e.meta.nlink() > 1 && matches!(e.kind, Kind::Small(_) | Kind::Large),
-            ),
-            _ => (PathBuf::new(), false),
+        let first = match &found {
+            Found::Entry(e)
+                if e.meta.nlink() > 1 && matches!(e.kind, Kind::Small(_) | Kind::Large) =>
+            {
+                Some(tar_name(&e.path))
+            }
+            _ => None,
         };
         let written = self.write_entry(found, data)?;
-        if carries && !written {
+        if let (Some(first), false) = (first, written) {
             self.lost_firsts.insert(first, None);
         }
         Ok(written)
@@ -634,6 +740,13 @@ impl<W: Write> Writer<'_, W> {
         };
         self.note(note);
     }
+}
+
+fn sort_failed(dir: &Path, e: io::Error) -> Error {
+    Error::io(
+        format!("sorting the names in {} (spilled to TMPDIR)", dir.display()),
+        e,
+    )
 }
 
 fn unreadable(path: &Path, e: io::Error) -> Error {
@@ -1080,5 +1193,119 @@ mod tests {
             assert_eq!(entries[0], (b.clone(), EntryType::Regular, None, size));
             assert_eq!(entries[1], (c, EntryType::Link, Some(b), 0));
         }
+    }
+
+    /// The whole tar of `root`, walked with `listing_memory` bytes for
+    /// folder listings.
+    fn tar_of(root: &Path, listing_memory: usize) -> Vec<u8> {
+        let mut src = FilesSource::new(vec![root.to_path_buf()], GlobSet::empty());
+        src.listing_memory = listing_memory;
+        let spool = tempfile::tempdir().unwrap();
+        src.spool_dir = spool.path().to_path_buf();
+        let mut tar = tar::Builder::new(Vec::new());
+        let ctx = SourceCtx {
+            progress: Arc::new(Progress::default()),
+            cancel: Default::default(),
+        };
+        src.write_tar(&mut tar, &ctx).unwrap();
+        // Nothing is left in TMPDIR: the runs' file was never linked.
+        assert_eq!(fs::read_dir(spool.path()).unwrap().count(), 0);
+        tar.into_inner().unwrap()
+    }
+
+    /// A folder with more names than the listing memory is sorted in runs
+    /// through TMPDIR, also when folders above it hold their own listings;
+    /// the archive is the same byte for byte.
+    #[test]
+    fn a_folder_too_big_for_the_listing_memory_gives_the_same_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        let big = root.join("m/big");
+        fs::create_dir_all(&big).unwrap();
+        for i in 0..3000u32 {
+            // Names that sort differently from their creation order.
+            let name = format!("{}-{i}", (i * 7919) % 3001);
+            fs::write(big.join(name), i.to_le_bytes()).unwrap();
+        }
+        for i in 0..300 {
+            fs::write(root.join(format!("top-{i}")), b"t").unwrap();
+            fs::write(root.join(format!("m/mid-{i}")), b"m").unwrap();
+        }
+        fs::create_dir(big.join("sub")).unwrap();
+        fs::write(big.join("sub/x"), b"x").unwrap();
+        let in_memory = tar_of(&root, listing::LISTING_MEMORY);
+        let spilled = tar_of(&root, 4096);
+        assert!(in_memory == spilled, "the archives differ");
+        let mut archive = tar::Archive::new(&in_memory[..]);
+        let names: Vec<Vec<u8>> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path_bytes().into_owned())
+            .filter(|n| n.starts_with(tar_name(&big).as_os_str().as_bytes()))
+            .collect();
+        assert_eq!(names.len(), 3003);
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert!(names == sorted, "entries are not in name order");
+    }
+
+    /// Hard links in other folders than their first name, three names of
+    /// one file, and a file whose other name is outside the path: each
+    /// later name links to the first one, and the table empties.
+    #[test]
+    fn hard_links_point_at_the_first_name_and_are_forgotten_once_all_are_met() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        for d in ["a", "b", "c"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for i in 0..50 {
+            let first = root.join(format!("a/f{i:02}"));
+            fs::write(&first, format!("file {i}")).unwrap();
+            fs::hard_link(&first, root.join(format!("b/f{i:02}"))).unwrap();
+            if i % 10 == 0 {
+                fs::hard_link(&first, root.join(format!("c/f{i:02}"))).unwrap();
+            }
+        }
+        fs::write(root.join("a/out"), b"also outside").unwrap();
+        fs::hard_link(root.join("a/out"), dir.path().join("outside")).unwrap();
+
+        let src = FilesSource::new(vec![root.clone()], GlobSet::empty());
+        let mut planner = Planner::new(&src, true);
+        let mut firsts = HashMap::new();
+        for d in ["a", "b", "c"] {
+            let mut names: Vec<_> = fs::read_dir(root.join(d))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            for n in names {
+                let p = root.join(d).join(&n);
+                let meta = fs::symlink_metadata(&p).unwrap();
+                let Found::Entry(e) = planner.plan(p.clone(), meta).unwrap() else {
+                    panic!("not an entry");
+                };
+                match e.kind {
+                    Kind::Link(first) => {
+                        assert_ne!(d, "a");
+                        assert_eq!(first, tar_name(&root.join("a").join(&n)));
+                        firsts.insert(n, first);
+                    }
+                    _ => assert_eq!(d, "a", "{}", p.display()),
+                }
+            }
+            if d == "a" {
+                assert_eq!(planner.links.pending.len(), 51);
+            }
+        }
+        assert_eq!(firsts.len(), 50);
+        // Only the file with a name outside the path is still waiting.
+        assert_eq!(planner.links.pending.len(), 1);
+        assert_eq!(
+            planner
+                .links
+                .name(planner.links.pending.values().next().unwrap().name),
+            tar_name(&root.join("a/out"))
+        );
     }
 }

@@ -4,6 +4,7 @@
 pub mod arangodb;
 pub mod couchdb;
 pub mod files;
+pub mod listing;
 pub mod pg_dump;
 pub mod pg_roles;
 pub mod postgres;
