@@ -3,10 +3,13 @@
 //!
 //! For each database: every change (`_changes?style=all_docs`, in pages)
 //! names each document's leaf revisions, live, deleted and conflicting;
-//! `_bulk_get?revs=true&attachments=true` returns them with their revision
-//! paths and inline attachments, one NDJSON line per leaf revision, which is
-//! exactly what `_bulk_docs` with `new_edits:false` takes back. Loading the
-//! same lines twice changes nothing, so an interrupted load is simply redone.
+//! `_bulk_get?revs=true` returns them with their revision paths, one NDJSON
+//! line per leaf revision, which is exactly what `_bulk_docs` with
+//! `new_edits:false` takes back. Attachments of up to
+//! [`INLINE_ATTACHMENTS_MAX`] per revision are inline in the line (a second
+//! `_bulk_get` with `attachments=true`); bigger ones are tar entries of their
+//! own, streamed both ways (`attachments.rs`). Loading the same lines twice
+//! changes nothing, so an interrupted load is simply redone.
 
 use std::fs;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -29,6 +32,11 @@ use crate::pending::LoadState;
 use crate::progress::{is_cancelled, Cancel};
 use crate::{Error, Result};
 
+mod attachments;
+mod md5;
+
+pub use attachments::{ATTACHMENTS_DIR, FILE_FIELD};
+
 /// The folder inside the tar (and the staged dump) holding this source's files.
 pub const DUMP_DIR: &str = "couchdb";
 pub const DOCS_FILE: &str = "docs.ndjson";
@@ -43,6 +51,11 @@ pub const PAGE: usize = 1000;
 /// `_bulk_docs` request (a bigger single document goes alone).
 pub const LOAD_BATCH_DOCS: usize = 500;
 pub const LOAD_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// A leaf revision whose attachments hold at most this many bytes in all
+/// keeps them inline in its line (base64); any other has each of them as a
+/// file of its own, streamed (`attachments.rs`). This bounds what one
+/// document holds in memory, whatever the size of its attachments.
+pub const INLINE_ATTACHMENTS_MAX: u64 = 64 * 1024;
 
 /// CouchDB's HTTP API, from `LIFEBOAT_COUCHDB_URL` and `COUCHDB_USER` /
 /// `COUCHDB_PASSWORD` (the official image's names).
@@ -144,23 +157,85 @@ fn gone(conn: &CouchConn, db: &str) -> Error {
     ))
 }
 
+/// What the first, attachment-less `_bulk_get` of a page says to do with
+/// a leaf revision.
+enum Attachments {
+    /// None: the line is written as it came.
+    None,
+    /// At most [`INLINE_ATTACHMENTS_MAX`] bytes in all: fetched again with
+    /// them inline (base64), as every attachment was before files.
+    Inline,
+    /// More: each attachment becomes a file of its own.
+    Files,
+}
+
+fn attachments_of(doc: &Value) -> Attachments {
+    match doc.get("_attachments").and_then(Value::as_object) {
+        Some(stubs) if !stubs.is_empty() => {
+            let total = stubs.values().fold(0u64, |sum, s| {
+                sum.saturating_add(s.get("length").and_then(Value::as_u64).unwrap_or(u64::MAX))
+            });
+            if total <= INLINE_ATTACHMENTS_MAX {
+                Attachments::Inline
+            } else {
+                Attachments::Files
+            }
+        }
+        _ => Attachments::None,
+    }
+}
+
+/// One database's `docs.ndjson` being written, with its counts.
+struct Lines<'a> {
+    out: BufWriter<&'a fs::File>,
+    spool: &'a Spool,
+    revisions: u64,
+    deleted: u64,
+}
+
+impl Lines<'_> {
+    fn write(&mut self, doc: &Value, ctx: &SourceCtx) -> Result<()> {
+        if doc.get("_deleted") == Some(&Value::Bool(true)) {
+            self.deleted += 1;
+        }
+        self.revisions += 1;
+        serde_json::to_writer(&mut self.out, doc)
+            .map_err(std::io::Error::from)
+            .and_then(|()| self.out.write_all(b"\n"))
+            .map_err(|e| self.spool.error(e))?;
+        ctx.progress.add_entry();
+        Ok(())
+    }
+}
+
 impl CouchSource {
-    /// Streams every leaf revision of `db` into `spool`, one JSON per line.
-    async fn dump_db(
+    /// Streams every leaf revision of `db` into `spool`, one JSON per line,
+    /// and every attachment too big to be inline into `tar`.
+    #[allow(clippy::too_many_arguments)]
+    fn dump_db<W: Write>(
         &self,
+        rt: &Handle,
         client: &Client,
-        db: &str,
+        (db, dir): (&str, &str),
         spool: &Spool,
+        tar: &mut tar::Builder<W>,
+        report: &mut SourceReport,
         ctx: &SourceCtx,
     ) -> Result<DumpedDb> {
-        let mut out = BufWriter::with_capacity(READ_BUFFER, spool.file());
+        let mut lines = Lines {
+            out: BufWriter::with_capacity(READ_BUFFER, spool.file()),
+            spool,
+            revisions: 0,
+            deleted: 0,
+        };
         let conn = &self.conn;
         let what = format!("reading database {db:?}");
-        let before: DbInfo = conn
-            .get_json(client, &[db], &[], &what)
-            .await?
-            .ok_or_else(|| gone(conn, db))?;
-        let (mut revisions, mut deleted) = (0u64, 0u64);
+        let info = || async {
+            conn.get_json::<DbInfo>(client, &[db], &[], &what)
+                .await?
+                .ok_or_else(|| gone(conn, db))
+        };
+        let before = rt.block_on(info())?;
         let mut since = "0".to_string();
         loop {
             if is_cancelled(&ctx.cancel) {
@@ -168,9 +243,8 @@ impl CouchSource {
             }
             let limit = PAGE.to_string();
             let query = [("style", "all_docs"), ("limit", &limit), ("since", &since)];
-            let page: Changes = conn
-                .get_json(client, &[db, "_changes"], &query, &what)
-                .await?
+            let page: Changes = rt
+                .block_on(conn.get_json(client, &[db, "_changes"], &query, &what))?
                 .ok_or_else(|| gone(conn, db))?;
             let n = page.results.len();
             tracing::debug!(database = %db, since = %since, changes = n, "read a page of changes");
@@ -183,53 +257,42 @@ impl CouchSource {
                         .map(|r| serde_json::json!({ "id": c.id, "rev": r.rev }))
                 })
                 .collect();
-            if !wanted.is_empty() {
-                let req = conn
-                    .request(
-                        client,
-                        Method::POST,
-                        &[db, "_bulk_get"],
-                        &[("revs", "true"), ("attachments", "true")],
-                    )
-                    .json(&serde_json::json!({ "docs": wanted }));
-                let mut resp = match conn.send(req, &what).await? {
-                    Ok(r) => r,
-                    Err((StatusCode::NOT_FOUND, _)) => return Err(gone(conn, db)),
-                    Err((s, body)) => return Err(conn.status_error(&what, s, &body)),
-                };
-                // {"results":[{"id":..,"docs":[{"ok":DOC}|{"error":..}]}]}:
-                // each {"ok":..} opens inside four containers.
-                let mut split = Splitter::new(4);
-                let mut write_err = None;
-                while let Some(chunk) = resp.chunk().await.map_err(|e| conn.error(&what, e))? {
-                    split.feed(&chunk, &mut |obj| {
-                        let v: Value = serde_json::from_slice(obj)
-                            .map_err(|e| conn.error(&what, format!("bad document: {e}")))?;
-                        // A leaf that vanished was replaced by a newer
-                        // revision, which a later page of changes brings.
-                        let Some(doc) = v.get("ok") else {
-                            return Ok(());
-                        };
-                        if doc.get("_deleted") == Some(&Value::Bool(true)) {
-                            deleted += 1;
-                        }
-                        revisions += 1;
-                        let r = serde_json::to_writer(&mut out, doc)
-                            .map_err(std::io::Error::from)
-                            .and_then(|()| out.write_all(b"\n"));
-                        if let Err(e) = r {
-                            write_err.get_or_insert(e);
-                        }
-                        ctx.progress.add_entry();
-                        Ok(())
-                    })?;
-                    ctx.progress.add_bytes(chunk.len() as u64);
+            // Stubs first: what has no attachments is written at once.
+            let (mut inline, mut files) = (Vec::new(), Vec::new());
+            rt.block_on(self.bulk_get(client, db, &wanted, false, ctx, &mut |doc| {
+                match attachments_of(&doc) {
+                    Attachments::None => lines.write(&doc, ctx)?,
+                    Attachments::Inline => inline.push(serde_json::json!({
+                        "id": doc["_id"], "rev": doc["_rev"]
+                    })),
+                    Attachments::Files => files.push((
+                        doc["_id"].as_str().unwrap_or_default().to_string(),
+                        doc["_rev"].as_str().unwrap_or_default().to_string(),
+                    )),
                 }
-                if let Some(e) = write_err {
-                    return Err(spool.error(e));
+                Ok(())
+            }))?;
+            rt.block_on(self.bulk_get(client, db, &inline, true, ctx, &mut |doc| {
+                lines.write(&doc, ctx)
+            }))?;
+            for (id, rev) in &files {
+                if is_cancelled(&ctx.cancel) {
+                    return Err(Error::Cancelled);
                 }
-                if !split.is_complete() {
-                    return Err(conn.error(&what, "the reply of _bulk_get ended early"));
+                let doc = attachments::dump_doc(
+                    conn,
+                    rt,
+                    client,
+                    (db, dir),
+                    (id, rev),
+                    tar,
+                    report,
+                    (&ctx.progress, &ctx.cancel),
+                )?;
+                // A leaf that vanished was replaced by a newer revision,
+                // which a later page of changes brings.
+                if let Some(doc) = doc {
+                    lines.write(&doc, ctx)?;
                 }
             }
             since = seq_text(&page.last_seq);
@@ -237,10 +300,7 @@ impl CouchSource {
                 break;
             }
         }
-        let after: DbInfo = conn
-            .get_json(client, &[db], &[], &what)
-            .await?
-            .ok_or_else(|| gone(conn, db))?;
+        let after = rt.block_on(info())?;
         // A database deleted and created again under the same name starts
         // its sequence anew: what was read so far belongs to another one.
         if let (Some(b), Some(a)) = (
@@ -251,17 +311,71 @@ impl CouchSource {
                 return Err(gone(conn, db));
             }
         }
-        out.flush().map_err(|e| spool.error(e))?;
+        lines.out.flush().map_err(|e| spool.error(e))?;
         let exact = before.update_seq == after.update_seq;
         Ok(DumpedDb {
             name: db.to_string(),
-            dir: safe_file_name(db),
-            revisions,
-            deleted_revisions: deleted,
+            dir: dir.to_string(),
+            revisions: lines.revisions,
+            deleted_revisions: lines.deleted,
             doc_count: after.doc_count,
             doc_del_count: after.doc_del_count,
             exact,
         })
+    }
+
+    /// `_bulk_get` of `wanted` (`{id, rev}`s) with revision paths, and with
+    /// attachments inline if `inline`, else as stubs carrying their
+    /// encoding; `emit` gets each revision found, one at a time as the
+    /// reply streams. A leaf that vanished is left out.
+    async fn bulk_get(
+        &self,
+        client: &Client,
+        db: &str,
+        wanted: &[Value],
+        inline: bool,
+        ctx: &SourceCtx,
+        emit: &mut dyn FnMut(Value) -> Result<()>,
+    ) -> Result<()> {
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let conn = &self.conn;
+        let what = format!("reading database {db:?}");
+        let query: &[(&str, &str)] = if inline {
+            &[("revs", "true"), ("attachments", "true")]
+        } else {
+            &[("revs", "true"), ("att_encoding_info", "true")]
+        };
+        let req = conn
+            .request(client, Method::POST, &[db, "_bulk_get"], query)
+            .json(&serde_json::json!({ "docs": wanted }));
+        let mut resp = match conn.send(req, &what).await? {
+            Ok(r) => r,
+            Err((StatusCode::NOT_FOUND, _)) => return Err(gone(conn, db)),
+            Err((s, body)) => return Err(conn.status_error(&what, s, &body)),
+        };
+        // {"results":[{"id":..,"docs":[{"ok":DOC}|{"error":..}]}]}:
+        // each {"ok":..} opens inside four containers.
+        let mut split = Splitter::new(4);
+        while let Some(chunk) = resp.chunk().await.map_err(|e| conn.error(&what, e))? {
+            split.feed(&chunk, &mut |obj| {
+                let v: Value = serde_json::from_slice(obj)
+                    .map_err(|e| conn.error(&what, format!("bad document: {e}")))?;
+                match v {
+                    Value::Object(mut m) => match m.remove("ok") {
+                        Some(doc) => emit(doc),
+                        None => Ok(()),
+                    },
+                    _ => Ok(()),
+                }
+            })?;
+            ctx.progress.add_bytes(chunk.len() as u64);
+        }
+        if !split.is_complete() {
+            return Err(conn.error(&what, "the reply of _bulk_get ended early"));
+        }
+        Ok(())
     }
 }
 
@@ -310,7 +424,8 @@ impl Source for CouchSource {
         let mut dumped = Vec::new();
         for db in &names {
             let spool = Spool::new(&self.spool_dir, format!("database {db:?}"))?;
-            let d = rt.block_on(self.dump_db(&client, db, &spool, ctx))?;
+            let dir = safe_file_name(db);
+            let d = self.dump_db(&rt, &client, (db, &dir), &spool, tar, &mut report, ctx)?;
             let security: Value = rt
                 .block_on(conn.get_json(&client, &[db, "_security"], &[], "reading _security"))?
                 .ok_or_else(|| gone(conn, db))?;
@@ -408,6 +523,7 @@ pub async fn load(conn: &CouchConn, dir: &Path, m: &Manifest, cancel: &Cancel) -
         let mut in_batch = 0usize;
         let mut line = Vec::new();
         let mut loaded = 0u64;
+        let mut with_files_sent = 0u64;
         loop {
             if is_cancelled(cancel) {
                 return Err(Error::Cancelled);
@@ -417,7 +533,19 @@ pub async fn load(conn: &CouchConn, dir: &Path, m: &Manifest, cancel: &Cancel) -
                 .read_until(b'\n', &mut line)
                 .ctx("reading", &docs_path)?;
             let doc = line.trim_ascii();
-            if !doc.is_empty() {
+            if let Some(with_files) = attachments::has_files(doc) {
+                let sent = attachments::load_doc(
+                    conn,
+                    &client,
+                    &db.name,
+                    &folder,
+                    with_files,
+                    (&what, &m.id),
+                )
+                .await?;
+                loaded += 1;
+                with_files_sent += u64::from(sent);
+            } else if !doc.is_empty() {
                 if in_batch > 0 && batch.len() + doc.len() > LOAD_BATCH_BYTES {
                     post_batch(conn, &client, &db.name, &batch, &what).await?;
                     batch.clear();
@@ -469,7 +597,9 @@ pub async fn load(conn: &CouchConn, dir: &Path, m: &Manifest, cancel: &Cancel) -
         }
         state.done.push(db.name.clone());
         state.write(dir)?;
-        info!(database = %db.name, revisions = loaded, doc_count = info.doc_count, "database loaded");
+        info!(database = %db.name, revisions = loaded, with_attachment_files = with_files_sent,
+            doc_count = info.doc_count, peak_rss_mib = crate::progress::peak_rss_mib().unwrap_or(0),
+            "database loaded");
     }
     Ok(())
 }
