@@ -40,7 +40,7 @@ fn manifest(id: &str, body: &[u8]) -> Manifest {
 async fn upload(t: &AnyTarget, m: &Manifest, body: &[u8]) {
     let mut up = t.begin(&m.artifact).await.unwrap();
     for chunk in body.chunks(1000) {
-        up.write(chunk).await.unwrap();
+        up.write(chunk.to_vec()).await.unwrap();
     }
     up.commit(m).await.unwrap();
 }
@@ -65,7 +65,7 @@ async fn suite(t: AnyTarget) {
 
     // An aborted upload leaves nothing.
     let mut up = t.begin("20260101T000000Z-files.tar.zst").await.unwrap();
-    up.write(b"half").await.unwrap();
+    up.write(b"half".to_vec()).await.unwrap();
     up.abort().await;
     assert!(ids(&t).await.is_empty());
     assert!(t.leftovers().await.unwrap().is_empty());
@@ -73,7 +73,7 @@ async fn suite(t: AnyTarget) {
     // An upload never committed (the process died) is not listed, only a
     // leftover. Larger than one S3 part, so S3 has a multipart upload open.
     let mut up = t.begin("20260101T000001Z-files.tar.zst").await.unwrap();
-    up.write(&vec![7u8; lifeboat::target::s3::PART_SIZE_MIN + 1])
+    up.write(vec![7u8; lifeboat::target::s3::PART_SIZE_MIN + 1])
         .await
         .unwrap();
     drop(up);
@@ -187,8 +187,8 @@ async fn two_uploads_of_one_name_never_overwrite_each_other() {
     let m = manifest("20260101T000000Z-files", &a);
     let mut up_a = t.begin(&m.artifact).await.unwrap();
     let mut up_b = t.begin(&m.artifact).await.unwrap();
-    up_a.write(&a).await.unwrap();
-    up_b.write(&b).await.unwrap();
+    up_a.write(a.clone()).await.unwrap();
+    up_b.write(b.clone()).await.unwrap();
     up_a.commit(&m).await.unwrap();
     let mb = manifest("20260101T000000Z-files", &b);
     assert!(

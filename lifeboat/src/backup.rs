@@ -311,7 +311,7 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
             // The producer only sends Ok chunks; errors come from its result.
             let Ok(chunk) = chunk else { continue };
             stored.update(&chunk);
-            if let Err(e) = upload.write(&chunk).await {
+            if let Err(e) = upload.write(chunk).await {
                 upload_error = Some(e);
                 break;
             }
@@ -461,21 +461,27 @@ pub async fn copy(from: &AnyTarget, to: &AnyTarget, m: &Manifest) -> Result<()> 
     let mut src = from.open(m).await?;
     let mut up = to.begin(&m.artifact).await?;
     let mut copied = HashCount::default();
-    let mut buf = vec![0u8; pipe::CHUNK_SIZE];
-    loop {
-        let n = match src.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) => {
-                up.abort().await;
-                return Err(Error::io(
-                    format!("reading {} from {}", m.artifact, from.describe()),
-                    e,
-                ));
+    let mut end = false;
+    while !end {
+        // Whole chunks, handed to the upload without a copy.
+        let mut chunk = Vec::with_capacity(pipe::CHUNK_SIZE);
+        while !end && chunk.len() < pipe::CHUNK_SIZE {
+            match src.read_buf(&mut chunk).await {
+                Ok(n) => end = n == 0,
+                Err(e) => {
+                    up.abort().await;
+                    return Err(Error::io(
+                        format!("reading {} from {}", m.artifact, from.describe()),
+                        e,
+                    ));
+                }
             }
-        };
-        copied.update(&buf[..n]);
-        if let Err(e) = up.write(&buf[..n]).await {
+        }
+        if chunk.is_empty() {
+            break;
+        }
+        copied.update(&chunk);
+        if let Err(e) = up.write(chunk).await {
             up.abort().await;
             return Err(e);
         }
@@ -549,7 +555,7 @@ async fn remove_leftovers(
 ) -> Result<()> {
     for l in target.leftovers().await? {
         if remove(l.modified) {
-            target.remove_leftover(&l.name).await?;
+            target.remove_leftover(&l).await?;
             info!(file = %l.name, target = %target.describe(), "removed uncommitted leftover");
         }
     }

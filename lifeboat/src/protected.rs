@@ -24,10 +24,7 @@ impl Protected {
         Protected(
             targets
                 .iter()
-                .filter_map(|t| match t {
-                    AnyTarget::Dir(d) => fs::metadata(d.base()).ok(),
-                    AnyTarget::S3(_) => None,
-                })
+                .filter_map(|t| fs::metadata(t.local_folder()?).ok())
                 .map(|m| (m.dev(), m.ino()))
                 .collect(),
         )

@@ -1,15 +1,14 @@
-//! A folder target, usually a mounted backup PVC. Writes to a hidden temp
-//! name, fsyncs, renames, fsyncs the folder, then writes the manifest the
-//! same way: a crash at any moment leaves the old state or the new one.
+//! A folder blob store, usually a mounted backup PVC. Every blob is written
+//! to a hidden temp name, fsynced, published without replacing (a hard
+//! link), and the folder fsynced: a crash at any moment leaves the old state
+//! or the new one, plus at worst a temp file (an incomplete upload).
 
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use tokio::fs;
 
-use super::{ByteStream, Leftover, Listing, Small, Stored, Target, Upload};
-use crate::artifact::{self, MANIFEST_SUFFIX};
-use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
+use super::blobs::{Blobs, Entry, Opened, Put, Small};
 use crate::writeback::Writeback;
 use crate::{Error, Result};
 
@@ -48,16 +47,18 @@ async fn publish(tmp: &Path, dst: &Path, replace: bool) -> std::io::Result<()> {
     }
 }
 
-pub struct DirTarget {
+/// A folder holding one pod's history.
+#[derive(Clone)]
+pub struct DirBlobs {
     /// The configured folder (the mount point of the backup volume).
     base: PathBuf,
     /// `<base>/<namespace>/<name>`: this pod's history.
     root: PathBuf,
 }
 
-impl DirTarget {
+impl DirBlobs {
     pub fn new(base: PathBuf, root: PathBuf) -> Self {
-        DirTarget { base, root }
+        DirBlobs { base, root }
     }
 
     pub fn root(&self) -> &Path {
@@ -87,21 +88,28 @@ impl DirTarget {
         self.err(format!("{what} {}: {e}{hint}", path.display()))
     }
 
+    /// Makes the folder's entries (new names, removals) durable.
+    async fn sync_root(&self) -> Result<()> {
+        sync_dir(&self.root)
+            .await
+            .map_err(|e| self.io_err("syncing", &self.root, e))
+    }
+
     /// Writes `bytes` under `name` durably: temp file, fsync, rename, fsync folder.
-    async fn write_durable(&self, name: &str, bytes: &[u8], replace: bool) -> Result<()> {
+    async fn write_durable(&self, name: &str, bytes: Vec<u8>, replace: bool) -> Result<()> {
         let tmp = self.root.join(partial_name(name));
         let dst = self.root.join(name);
         // Plain blocking writes: tokio's File keeps a failed background
         // write's error for the *next* call, so `write_all` then `sync_all`
         // can both succeed on a full disk and publish an empty manifest.
-        let (t, data) = (tmp.clone(), bytes.to_vec());
+        let t = tmp.clone();
         let written = tokio::task::spawn_blocking(move || {
             use std::io::Write;
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(&t)?;
-            f.write_all(&data)?;
+            f.write_all(&bytes)?;
             f.sync_all()
         })
         .await
@@ -115,10 +123,40 @@ impl DirTarget {
             let _ = fs::remove_file(&tmp).await;
             return Err(self.io_err("writing", &dst, e));
         }
-        sync_dir(&self.root)
-            .await
-            .map_err(|e| self.io_err("syncing", &self.root, e))
+        self.sync_root().await
     }
+
+    /// Every entry of the history folder with its metadata (not following
+    /// symlinks); none when the folder does not exist yet.
+    async fn scan(&self) -> Result<Vec<(String, std::fs::Metadata)>> {
+        let root = self.root.clone();
+        let scanned = tokio::task::spawn_blocking(move || scan(&root))
+            .await
+            .map_err(|e| ("listing", self.root.clone(), std::io::Error::other(e)))
+            .and_then(|r| r);
+        scanned.map_err(|(what, path, e)| self.io_err(what, &path, e))
+    }
+}
+
+type ScanError = (&'static str, PathBuf, std::io::Error);
+
+fn scan(root: &Path) -> std::result::Result<Vec<(String, std::fs::Metadata)>, ScanError> {
+    let rd = match std::fs::read_dir(root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(("listing", root.to_path_buf(), e)),
+    };
+    let mut out = Vec::new();
+    for ent in rd {
+        let ent = ent.map_err(|e| ("listing", root.to_path_buf(), e))?;
+        match ent.metadata() {
+            Ok(meta) => out.push((ent.file_name().to_string_lossy().into_owned(), meta)),
+            // Removed since the folder was read (retention, another cleanup).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(("reading", ent.path(), e)),
+        }
+    }
+    Ok(out)
 }
 
 async fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -203,11 +241,35 @@ fn modified(meta: &std::fs::Metadata) -> DateTime<Utc> {
         .unwrap_or_else(|_| Utc::now())
 }
 
-impl Target for DirTarget {
-    type Upload = DirUpload;
+/// A temp file a write never published (the process was killed, the disk
+/// was full): `.<name>.<pid>-<n>.partial`.
+#[derive(Debug, Clone)]
+pub struct DirPartial(String);
+
+impl std::fmt::Display for DirPartial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Blobs for DirBlobs {
+    type Put = DirPut;
+    type Incomplete = DirPartial;
 
     fn describe(&self) -> String {
         format!("file://{}", self.root.display())
+    }
+
+    fn place(&self, name: &str) -> String {
+        self.root.join(name).display().to_string()
+    }
+
+    fn check_is_fatal(&self) -> bool {
+        true
+    }
+
+    fn local_folder(&self) -> Option<&Path> {
+        Some(&self.base)
     }
 
     async fn check(&self) -> Result<()> {
@@ -224,208 +286,126 @@ impl Target for DirTarget {
         Ok(())
     }
 
-    async fn list(&self) -> Result<Listing> {
-        let mut listing = Listing::default();
-        let mut rd = match fs::read_dir(&self.root).await {
-            Ok(rd) => rd,
-            // No history yet is normal on a first deploy; no backup volume at
-            // all is a mount mistake, and must not look like "nothing to restore".
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.base.is_dir() => {
-                return Ok(listing)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(self.err(format!(
-                    "the folder {} does not exist; is the backup volume mounted there?",
-                    self.base.display()
-                )))
-            }
-            Err(e) => return Err(self.io_err("listing", &self.root, e)),
-        };
-        while let Some(ent) = rd
-            .next_entry()
-            .await
-            .map_err(|e| self.io_err("listing", &self.root, e))?
-        {
-            let name = ent.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || !name.ends_with(MANIFEST_SUFFIX) {
-                continue;
-            }
-            let path = ent.path();
-            let bytes = match small(read_regular(&path, MAX_MANIFEST_BYTES).await) {
-                Ok(Small::Bytes(b)) => b,
-                Ok(Small::Gone) => continue,
-                Ok(Small::Refused(e)) => {
-                    listing.problems.push(format!("{}: {e}", path.display()));
-                    continue;
-                }
-                Err(e) => return Err(self.io_err("reading", &path, e)),
-            };
-            let manifest = match super::parse_listed(&name, &bytes) {
-                Ok(m) => m,
-                Err(e) => {
-                    listing
-                        .problems
-                        .push(format!("{}: not a valid manifest: {e}", path.display()));
-                    continue;
-                }
-            };
-            let verified = self.root.join(artifact::verified_name(&manifest.id));
-            let verified_at = read_regular(&verified, super::MAX_VERIFIED_BYTES)
-                .await
-                .ok()
-                .and_then(|b| super::parse_verified(&b));
-            listing.artifacts.push(Stored {
-                manifest,
-                verified_at,
-            });
-        }
-        listing.sort_newest_first();
-        Ok(listing)
+    async fn names(&self) -> Result<Vec<Entry>> {
+        let scanned = self.scan().await?;
+        Ok(scanned
+            .into_iter()
+            .filter(|(name, _)| !name.ends_with(PARTIAL_SUFFIX))
+            .map(|(name, meta)| Entry {
+                modified: modified(&meta),
+                plain: meta.is_file(),
+                name,
+            })
+            .collect())
     }
 
-    async fn begin(&self, artifact_name: &str) -> Result<DirUpload> {
-        artifact::check_file_name(artifact_name).map_err(|e| self.err(e))?;
-        fs::create_dir_all(&self.root)
-            .await
-            .map_err(|e| self.io_err("creating", &self.root, e))?;
-        let dst = self.root.join(artifact_name);
-        if fs::try_exists(&dst).await.unwrap_or(false) {
-            return Err(self.err(format!(
-                "{} exists already; refusing to overwrite",
-                dst.display()
-            )));
+    async fn confirm_empty(&self) -> Result<()> {
+        // No history yet is normal on a first deploy; no backup volume at
+        // all is a mount mistake, and must not look like "nothing to restore".
+        if self.base.is_dir() {
+            return Ok(());
         }
-        let tmp = self.root.join(partial_name(artifact_name));
-        let file = fs::File::create(&tmp)
-            .await
-            .map_err(|e| self.io_err("creating", &tmp, e))?
-            .into_std()
-            .await;
-        Ok(DirUpload {
-            target: DirTarget::new(self.base.clone(), self.root.clone()),
-            file: Some((file, Writeback::default())),
-            tmp,
-            dst,
-        })
+        Err(self.err(format!(
+            "the folder {} does not exist; is the backup volume mounted there?",
+            self.base.display()
+        )))
     }
 
-    async fn open(&self, m: &Manifest) -> Result<ByteStream> {
-        let path = self.root.join(&m.artifact);
+    async fn get_small(&self, name: &str, cap: u64) -> Result<Small> {
+        let path = self.root.join(name);
+        small(read_regular(&path, cap).await).map_err(|e| self.io_err("reading", &path, e))
+    }
+
+    async fn open(&self, name: &str) -> Result<Opened> {
+        let path = self.root.join(name);
         let p = path.clone();
         let opened = tokio::task::spawn_blocking(move || open_regular(&p))
             .await
             .map_err(std::io::Error::other)
             .and_then(|r| r);
         match opened {
-            Ok((f, _)) => Ok(Box::pin(fs::File::from_std(f))),
-            // Not there, or not a plain file (a symlink to /dev/zero, a FIFO):
-            // this artifact can never be read, whatever we retry.
+            Ok((f, _)) => Ok(Opened::Stream(Box::pin(fs::File::from_std(f)))),
+            // Not there, or not a plain file (a symlink to /dev/zero, a FIFO).
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData
                 ) =>
             {
-                Err(Error::Corrupt {
-                    id: m.id.clone(),
-                    reason: format!("{}: {e}", path.display()),
-                })
+                Ok(Opened::Unreadable(format!("{}: {e}", path.display())))
             }
             Err(e) => Err(self.io_err("opening", &path, e)),
         }
     }
 
-    async fn delete(&self, m: &Manifest) -> Result<()> {
-        for name in [
-            artifact::manifest_name(&m.id),
-            m.artifact.clone(),
-            artifact::verified_name(&m.id),
-        ] {
-            let path = self.root.join(&name);
-            match fs::remove_file(&path).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(self.io_err("deleting", &path, e)),
-            }
-            // The manifest's removal must be durable before the data goes.
-            if name.ends_with(MANIFEST_SUFFIX) {
-                sync_dir(&self.root)
-                    .await
-                    .map_err(|e| self.io_err("syncing", &self.root, e))?;
-            }
+    async fn put_small(&self, name: &str, bytes: Vec<u8>, replace: bool) -> Result<()> {
+        self.write_durable(name, bytes, replace).await
+    }
+
+    async fn put_new(&self, name: &str) -> Result<DirPut> {
+        fs::create_dir_all(&self.root)
+            .await
+            .map_err(|e| self.io_err("creating", &self.root, e))?;
+        let dst = self.root.join(name);
+        if fs::try_exists(&dst).await.unwrap_or(false) {
+            return Err(self.err(format!(
+                "{} exists already; refusing to overwrite",
+                dst.display()
+            )));
+        }
+        let tmp = self.root.join(partial_name(name));
+        let file = fs::File::create(&tmp)
+            .await
+            .map_err(|e| self.io_err("creating", &tmp, e))?
+            .into_std()
+            .await;
+        Ok(DirPut {
+            blobs: self.clone(),
+            file: Some((file, Writeback::default())),
+            tmp,
+            dst,
+        })
+    }
+
+    async fn delete(&self, name: &str, durable: bool) -> Result<()> {
+        let path = self.root.join(name);
+        match fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.io_err("deleting", &path, e)),
+        }
+        if durable {
+            self.sync_root().await?;
         }
         Ok(())
     }
 
-    async fn mark_verified(&self, m: &Manifest, at: DateTime<Utc>) -> Result<()> {
-        self.write_durable(
-            &artifact::verified_name(&m.id),
-            &super::verified_record(m, at),
-            true,
-        )
-        .await
+    async fn incomplete(&self) -> Result<Vec<(DirPartial, DateTime<Utc>)>> {
+        let scanned = self.scan().await?;
+        Ok(scanned
+            .into_iter()
+            .filter(|(name, meta)| meta.is_file() && name.ends_with(PARTIAL_SUFFIX))
+            .map(|(name, meta)| (DirPartial(name), modified(&meta)))
+            .collect())
     }
 
-    async fn leftovers(&self) -> Result<Vec<Leftover>> {
-        let mut out = Vec::new();
-        let mut rd = match fs::read_dir(&self.root).await {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(self.io_err("listing", &self.root, e)),
-        };
-        let mut names = Vec::new();
-        while let Some(ent) = rd
-            .next_entry()
-            .await
-            .map_err(|e| self.io_err("listing", &self.root, e))?
-        {
-            let meta = ent
-                .metadata()
-                .await
-                .map_err(|e| self.io_err("reading", &ent.path(), e))?;
-            if meta.is_file() {
-                names.push((
-                    ent.file_name().to_string_lossy().into_owned(),
-                    modified(&meta),
-                ));
-            }
-        }
-        let committed: std::collections::HashSet<&str> = names
-            .iter()
-            .filter_map(|(n, _)| n.strip_suffix(MANIFEST_SUFFIX))
-            .filter(|n| !n.starts_with('.'))
-            .collect();
-        for (name, modified) in &names {
-            if name.ends_with(PARTIAL_SUFFIX) || super::is_orphan(name, &committed) {
-                out.push(Leftover {
-                    name: name.clone(),
-                    modified: *modified,
-                });
-            }
-        }
-        Ok(out)
-    }
-
-    async fn remove_leftover(&self, name: &str) -> Result<()> {
-        if name.contains('/') {
-            return Err(self.err(format!("refusing to remove {name:?}: not a file name")));
-        }
-        let path = self.root.join(name);
+    async fn abort_incomplete(&self, partial: &DirPartial) -> Result<()> {
+        let path = self.root.join(&partial.0);
         fs::remove_file(&path)
             .await
             .map_err(|e| self.io_err("removing", &path, e))
     }
 }
 
-pub struct DirUpload {
-    target: DirTarget,
+pub struct DirPut {
+    blobs: DirBlobs,
     /// Away while a blocking write runs; gone after a write that crashed.
     file: Option<(std::fs::File, Writeback)>,
     tmp: PathBuf,
     dst: PathBuf,
 }
 
-impl DirUpload {
+impl DirPut {
     /// Runs `f` on the file in the blocking pool (plain `write` and
     /// `sync_file_range` calls would stall the async workers).
     async fn with_file<T: Send + 'static>(
@@ -448,48 +428,32 @@ impl DirUpload {
     }
 }
 
-impl Upload for DirUpload {
-    async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+impl Put for DirPut {
+    /// Writes the chunk where it is: it moves to the blocking thread whole.
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
         use std::io::Write;
-        let data = chunk.to_vec();
         let res = self
             .with_file(move |f, wb| {
-                f.write_all(&data)?;
-                wb.wrote(f, data.len() as u64);
+                f.write_all(&chunk)?;
+                wb.wrote(f, chunk.len() as u64);
                 Ok(())
             })
             .await;
-        res.map_err(|e| self.target.io_err("writing", &self.tmp, e))
+        res.map_err(|e| self.blobs.io_err("writing", &self.tmp, e))
     }
 
-    async fn commit(mut self, manifest: &Manifest) -> Result<()> {
+    async fn finish(mut self) -> Result<()> {
         let res = async {
             self.with_file(|f, _| f.sync_all()).await?;
             self.file = None;
             publish(&self.tmp, &self.dst, false).await
         }
         .await;
-        let t = &self.target;
         if let Err(e) = res {
             let _ = fs::remove_file(&self.tmp).await;
-            return Err(t.io_err("committing", &self.dst, e));
+            return Err(self.blobs.io_err("committing", &self.dst, e));
         }
-        sync_dir(t.root())
-            .await
-            .map_err(|e| t.io_err("syncing", t.root(), e))?;
-        if let Err(e) = t
-            .write_durable(
-                &artifact::manifest_name(&manifest.id),
-                &manifest.to_json(),
-                false,
-            )
-            .await
-        {
-            // Without its manifest the artifact does not count; do not leave it behind.
-            let _ = fs::remove_file(&self.dst).await;
-            return Err(e);
-        }
-        Ok(())
+        self.blobs.sync_root().await
     }
 
     async fn abort(self) {

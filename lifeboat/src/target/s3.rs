@@ -1,9 +1,10 @@
-//! An S3 (or S3-compatible) target. Uploads stream from the pipeline as a
-//! multipart upload with a bounded number of parts in memory; the manifest is
-//! put only after the upload completed, so a store that dies mid-upload
-//! leaves no committed artifact.
+//! An S3 (or S3-compatible) blob store. A big blob streams from the
+//! pipeline as a multipart upload with a bounded number of parts in memory
+//! and is visible only once the upload completed; one smaller than a part is
+//! a single PUT.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+use std::path::Path;
 use std::time::Duration;
 
 use aws_sdk_s3::config::http::HttpResponse;
@@ -11,6 +12,8 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::abort_multipart_upload::AbortMultipartUploadError;
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::primitives::ByteStream as Body;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
@@ -18,9 +21,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
-use super::{ByteStream, Leftover, Listing, Small, Stored, Target, Upload};
-use crate::artifact::{self, MANIFEST_SUFFIX};
-use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
+use super::blobs::{Blobs, Entry, Opened, Put, Small};
 use crate::{Error, Result};
 
 /// Size of the first 1,000 parts. S3 needs at least 5 MiB for all but the
@@ -131,7 +132,9 @@ fn pem_of(der: &[u8]) -> Vec<u8> {
     out
 }
 
-pub struct S3Target {
+/// One pod's history in a bucket.
+#[derive(Clone)]
+pub struct S3Blobs {
     client: Client,
     /// The same client with short timeouts, for requests whose answer is
     /// small (list, manifests, heads, deletes) or streamed (an artifact's
@@ -144,7 +147,7 @@ pub struct S3Target {
     root: String,
 }
 
-impl S3Target {
+impl S3Blobs {
     pub fn new(client: Client, bucket: String, root: String) -> Self {
         let quick = Client::from_conf(
             client
@@ -159,7 +162,7 @@ impl S3Target {
                 )
                 .build(),
         );
-        S3Target {
+        S3Blobs {
             client,
             quick,
             bucket,
@@ -185,12 +188,13 @@ impl S3Target {
         sdk_error(&self.describe(), &self.bucket, op, e)
     }
 
-    /// Reads a small object (a manifest, a verified record) whole, refusing
-    /// one larger than `cap` before reading it: the store decides nothing
-    /// about our memory. A failed request is an error (see [`Small`]).
-    async fn get_small(&self, key: &str, cap: u64) -> Result<Small> {
-        use tokio::io::AsyncReadExt;
-        let out = match self
+    /// A GET on the quick client, `None` when there is no such key. Its
+    /// timeouts end when the response headers arrive (a streamed body is
+    /// read after the operation returns), so a store that never answers
+    /// fails within a minute, while a body, however long, is guarded by the
+    /// SDK's stalled-stream protection.
+    async fn get_object(&self, key: &str) -> Result<Option<GetObjectOutput>> {
+        match self
             .quick
             .get_object()
             .bucket(&self.bucket)
@@ -198,42 +202,39 @@ impl S3Target {
             .send()
             .await
         {
-            Ok(out) => out,
-            Err(e) if e.code() == Some("NoSuchKey") => return Ok(Small::Gone),
-            Err(e) => return Err(self.sdk_err(&format!("GetObject {key}"), e)),
-        };
-        let too_big = |n: u64| {
-            Small::Refused(format!(
-                "{n} bytes or more, more than the {cap} such an object may have"
-            ))
-        };
-        if let Some(n) = out.content_length().filter(|n| *n as u64 > cap) {
-            return Ok(too_big(n as u64));
+            Ok(out) => Ok(Some(out)),
+            Err(e) if e.code() == Some("NoSuchKey") => Ok(None),
+            Err(e) => Err(self.sdk_err(&format!("GetObject {key}"), e)),
         }
-        let mut data = Vec::new();
-        out.body
-            .into_async_read()
-            .take(cap + 1)
-            .read_to_end(&mut data)
-            .await
-            .map_err(|e| self.err(format!("reading {key}: {e}")))?;
-        if data.len() as u64 > cap {
-            return Ok(too_big(data.len() as u64));
-        }
-        Ok(Small::Bytes(data))
     }
 
-    async fn put_small(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
-        let key = self.key(name);
-        self.quick
+    /// One PUT of a whole object: a manifest or record on the quick client,
+    /// an artifact smaller than a part on the patient one.
+    async fn put_object(&self, client: &Client, key: &str, bytes: Vec<u8>) -> Result<()> {
+        client
             .put_object()
             .bucket(&self.bucket)
-            .key(&key)
+            .key(key)
             .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .body(Body::from(bytes))
             .send()
             .await
             .map_err(|e| self.sdk_err(&format!("PutObject {key}"), e))?;
+        Ok(())
+    }
+
+    async fn abort_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> std::result::Result<(), SdkError<AbortMultipartUploadError, HttpResponse>> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await?;
         Ok(())
     }
 
@@ -307,11 +308,38 @@ where
     }
 }
 
-impl Target for S3Target {
-    type Upload = S3Upload;
+/// A multipart upload a killed process never completed or aborted.
+#[derive(Debug, Clone)]
+pub struct MultipartUpload {
+    /// The blob it would have become.
+    name: String,
+    upload_id: String,
+}
+
+impl std::fmt::Display for MultipartUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "upload:{}:{}", self.upload_id, self.name)
+    }
+}
+
+impl Blobs for S3Blobs {
+    type Put = S3Put;
+    type Incomplete = MultipartUpload;
 
     fn describe(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.root)
+    }
+
+    fn place(&self, name: &str) -> String {
+        self.key(name)
+    }
+
+    fn check_is_fatal(&self) -> bool {
+        false
+    }
+
+    fn local_folder(&self) -> Option<&Path> {
+        None
     }
 
     async fn check(&self) -> Result<()> {
@@ -324,56 +352,67 @@ impl Target for S3Target {
         Ok(())
     }
 
-    async fn list(&self) -> Result<Listing> {
+    async fn names(&self) -> Result<Vec<Entry>> {
         let keys = self.keys().await?;
-        let mut listing = Listing::default();
-        let names: HashSet<&str> = keys.iter().map(|(k, _)| self.name_of(k)).collect();
-        for (key, _) in &keys {
-            let name = self.name_of(key);
-            if name.starts_with('.') || !name.ends_with(MANIFEST_SUFFIX) {
-                continue;
-            }
-            let bytes = match self.get_small(key, MAX_MANIFEST_BYTES).await? {
-                Small::Bytes(b) => b,
-                Small::Gone => continue,
-                Small::Refused(e) => {
-                    listing.problems.push(format!("{key}: {e}"));
-                    continue;
-                }
-            };
-            let manifest = match super::parse_listed(name, &bytes) {
-                Ok(m) => m,
-                Err(e) => {
-                    listing
-                        .problems
-                        .push(format!("{key}: not a valid manifest: {e}"));
-                    continue;
-                }
-            };
-            let vname = artifact::verified_name(&manifest.id);
-            let verified_at = if names.contains(vname.as_str()) {
-                match self
-                    .get_small(&self.key(&vname), super::MAX_VERIFIED_BYTES)
-                    .await
-                {
-                    Ok(Small::Bytes(b)) => super::parse_verified(&b),
-                    _ => None,
-                }
-            } else {
-                None
-            };
-            listing.artifacts.push(Stored {
-                manifest,
-                verified_at,
-            });
-        }
-        listing.sort_newest_first();
-        Ok(listing)
+        Ok(keys
+            .into_iter()
+            .map(|(key, modified)| Entry {
+                name: self.name_of(&key).to_string(),
+                modified,
+                plain: true,
+            })
+            .collect())
     }
 
-    async fn begin(&self, artifact_name: &str) -> Result<S3Upload> {
-        artifact::check_file_name(artifact_name).map_err(|e| self.err(e))?;
-        let key = self.key(artifact_name);
+    async fn confirm_empty(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Refuses an object larger than `cap` before reading it: the store
+    /// decides nothing about our memory.
+    async fn get_small(&self, name: &str, cap: u64) -> Result<Small> {
+        use tokio::io::AsyncReadExt;
+        let key = self.key(name);
+        let Some(out) = self.get_object(&key).await? else {
+            return Ok(Small::Gone);
+        };
+        let too_big = |n: u64| {
+            Small::Refused(format!(
+                "{n} bytes or more, more than the {cap} such an object may have"
+            ))
+        };
+        if let Some(n) = out.content_length().filter(|n| *n as u64 > cap) {
+            return Ok(too_big(n as u64));
+        }
+        let mut data = Vec::new();
+        out.body
+            .into_async_read()
+            .take(cap + 1)
+            .read_to_end(&mut data)
+            .await
+            .map_err(|e| self.err(format!("reading {key}: {e}")))?;
+        if data.len() as u64 > cap {
+            return Ok(too_big(data.len() as u64));
+        }
+        Ok(Small::Bytes(data))
+    }
+
+    async fn open(&self, name: &str) -> Result<Opened> {
+        let key = self.key(name);
+        Ok(match self.get_object(&key).await? {
+            Some(out) => Opened::Stream(Box::pin(out.body.into_async_read())),
+            None => Opened::Unreadable(format!("{key} does not exist in bucket {:?}", self.bucket)),
+        })
+    }
+
+    /// A PUT replaces whatever is there: `replace` cannot be refused here.
+    async fn put_small(&self, name: &str, bytes: Vec<u8>, _replace: bool) -> Result<()> {
+        self.put_object(&self.quick, &self.key(name), bytes).await
+    }
+
+    /// The existence check is a check, not an atomic guarantee.
+    async fn put_new(&self, name: &str) -> Result<S3Put> {
+        let key = self.key(name);
         let exists = self
             .client
             .head_object()
@@ -385,8 +424,8 @@ impl Target for S3Target {
         if exists {
             return Err(self.err(format!("{key} exists already; refusing to overwrite")));
         }
-        Ok(S3Upload {
-            target: S3Target::new(self.client.clone(), self.bucket.clone(), self.root.clone()),
+        Ok(S3Put {
+            blobs: self.clone(),
             key,
             buf: Vec::with_capacity(PART_SIZE_MIN),
             upload_id: None,
@@ -396,69 +435,13 @@ impl Target for S3Target {
         })
     }
 
-    async fn open(&self, m: &Manifest) -> Result<ByteStream> {
-        let key = self.key(&m.artifact);
-        // The quick client: its timeouts end when the response headers
-        // arrive (a streamed body is read after the operation returns), so
-        // a store that never answers fails within a minute, while the body,
-        // however long, is guarded by the SDK's stalled-stream protection.
-        let out = self
-            .quick
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await;
-        match out {
-            Ok(out) => Ok(Box::pin(out.body.into_async_read())),
-            // The manifest is there but its artifact is not: no retry brings
-            // it back, so it counts as a bad artifact, not a store problem.
-            Err(e) if e.code() == Some("NoSuchKey") => Err(Error::Corrupt {
-                id: m.id.clone(),
-                reason: format!("{key} does not exist in bucket {:?}", self.bucket),
-            }),
-            Err(e) => Err(self.sdk_err(&format!("GetObject {key}"), e)),
-        }
+    /// Every request is durable when it returns: `durable` asks nothing more.
+    async fn delete(&self, name: &str, _durable: bool) -> Result<()> {
+        self.delete_key(&self.key(name)).await
     }
 
-    async fn delete(&self, m: &Manifest) -> Result<()> {
-        // The manifest first: a crash in between leaves a leftover, never a
-        // manifest that points at nothing.
-        for name in [
-            artifact::manifest_name(&m.id),
-            m.artifact.clone(),
-            artifact::verified_name(&m.id),
-        ] {
-            self.delete_key(&self.key(&name)).await?;
-        }
-        Ok(())
-    }
-
-    async fn mark_verified(&self, m: &Manifest, at: DateTime<Utc>) -> Result<()> {
-        self.put_small(
-            &artifact::verified_name(&m.id),
-            super::verified_record(m, at),
-        )
-        .await
-    }
-
-    async fn leftovers(&self) -> Result<Vec<Leftover>> {
-        let keys = self.keys().await?;
-        let committed: HashSet<&str> = keys
-            .iter()
-            .filter_map(|(k, _)| self.name_of(k).strip_suffix(MANIFEST_SUFFIX))
-            .collect();
+    async fn incomplete(&self) -> Result<Vec<(MultipartUpload, DateTime<Utc>)>> {
         let mut out = Vec::new();
-        for (key, modified) in &keys {
-            let name = self.name_of(key);
-            if super::is_orphan(name, &committed) {
-                out.push(Leftover {
-                    name: name.to_string(),
-                    modified: *modified,
-                });
-            }
-        }
-        // Multipart uploads a killed sidecar never completed or aborted.
         let mut key_marker: Option<String> = None;
         let mut id_marker: Option<String> = None;
         loop {
@@ -476,14 +459,15 @@ impl Target for S3Target {
                 let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
                     continue;
                 };
-                let modified = u
+                let started = u
                     .initiated()
                     .and_then(|t| DateTime::from_timestamp(t.secs(), 0))
                     .unwrap_or_else(Utc::now);
-                out.push(Leftover {
-                    name: format!("{UPLOAD_PREFIX}{id}:{}", self.name_of(key)),
-                    modified,
-                });
+                let upload = MultipartUpload {
+                    name: self.name_of(key).to_string(),
+                    upload_id: id.to_string(),
+                };
+                out.push((upload, started));
             }
             if page.is_truncated() != Some(true) {
                 break;
@@ -497,31 +481,16 @@ impl Target for S3Target {
         Ok(out)
     }
 
-    async fn remove_leftover(&self, name: &str) -> Result<()> {
-        if let Some(rest) = name.strip_prefix(UPLOAD_PREFIX) {
-            let (id, file) = rest
-                .split_once(':')
-                .ok_or_else(|| self.err(format!("not an upload leftover: {name}")))?;
-            let key = self.key(file);
-            self.client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(&key)
-                .upload_id(id)
-                .send()
-                .await
-                .map_err(|e| self.sdk_err(&format!("AbortMultipartUpload {key}"), e))?;
-            return Ok(());
-        }
-        self.delete_key(&self.key(name)).await
+    async fn abort_incomplete(&self, upload: &MultipartUpload) -> Result<()> {
+        let key = self.key(&upload.name);
+        self.abort_multipart(&key, &upload.upload_id)
+            .await
+            .map_err(|e| self.sdk_err(&format!("AbortMultipartUpload {key}"), e))
     }
 }
 
-/// Leftover names for unfinished multipart uploads: `upload:<id>:<file>`.
-const UPLOAD_PREFIX: &str = "upload:";
-
-pub struct S3Upload {
-    target: S3Target,
+pub struct S3Put {
+    blobs: S3Blobs,
     key: String,
     buf: Vec<u8>,
     upload_id: Option<String>,
@@ -530,12 +499,12 @@ pub struct S3Upload {
     done: Vec<CompletedPart>,
 }
 
-impl S3Upload {
+impl S3Put {
     async fn start_multipart(&mut self) -> Result<String> {
         if let Some(id) = &self.upload_id {
             return Ok(id.clone());
         }
-        let t = &self.target;
+        let t = &self.blobs;
         let out = t
             .client
             .create_multipart_upload()
@@ -566,11 +535,11 @@ impl S3Upload {
             Vec::with_capacity(part_size(self.next_part)),
         ));
         let (client, bucket, key) = (
-            self.target.client.clone(),
-            self.target.bucket.clone(),
+            self.blobs.client.clone(),
+            self.blobs.bucket.clone(),
             self.key.clone(),
         );
-        let describe = self.target.describe();
+        let describe = self.blobs.describe();
         self.in_flight.push_back(tokio::spawn(async move {
             let out = client
                 .upload_part()
@@ -598,27 +567,18 @@ impl S3Upload {
         if let Some(h) = self.in_flight.pop_front() {
             let part = h
                 .await
-                .map_err(|e| self.target.err(format!("part upload task failed: {e}")))??;
+                .map_err(|e| self.blobs.err(format!("part upload task failed: {e}")))??;
             self.done.push(part);
         }
         Ok(())
     }
 
     async fn complete(&mut self) -> Result<()> {
-        let t = &self.target;
+        let t = &self.blobs;
         if self.upload_id.is_none() {
             // Small artifact: one PutObject, no multipart upload at all.
             let body = std::mem::take(&mut self.buf);
-            t.client
-                .put_object()
-                .bucket(&t.bucket)
-                .key(&self.key)
-                .checksum_algorithm(ChecksumAlgorithm::Crc32)
-                .body(Body::from(body))
-                .send()
-                .await
-                .map_err(|e| t.sdk_err(&format!("PutObject {}", self.key), e))?;
-            return Ok(());
+            return t.put_object(&t.client, &self.key, body).await;
         }
         if !self.buf.is_empty() {
             self.send_part().await?;
@@ -626,7 +586,7 @@ impl S3Upload {
         while !self.in_flight.is_empty() {
             self.finish_oldest().await?;
         }
-        let t = &self.target;
+        let t = &self.blobs;
         let mut parts = std::mem::take(&mut self.done);
         parts.sort_by_key(|p| p.part_number());
         t.client
@@ -646,8 +606,10 @@ impl S3Upload {
     }
 }
 
-impl Upload for S3Upload {
-    async fn write(&mut self, mut chunk: &[u8]) -> Result<()> {
+impl Put for S3Put {
+    /// Fills the part being built; a full part goes out on its own task.
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
+        let mut chunk = &chunk[..];
         while !chunk.is_empty() {
             let want = part_size(self.next_part) - self.buf.len();
             let n = want.min(chunk.len());
@@ -660,15 +622,9 @@ impl Upload for S3Upload {
         Ok(())
     }
 
-    async fn commit(mut self, manifest: &Manifest) -> Result<()> {
+    async fn finish(mut self) -> Result<()> {
         if let Err(e) = self.complete().await {
             self.abort().await;
-            return Err(e);
-        }
-        let name = artifact::manifest_name(&manifest.id);
-        if let Err(e) = self.target.put_small(&name, manifest.to_json()).await {
-            // Without its manifest the artifact does not count; do not leave it behind.
-            let _ = self.target.delete_key(&self.key).await;
             return Err(e);
         }
         Ok(())
@@ -679,16 +635,7 @@ impl Upload for S3Upload {
             h.abort();
         }
         if let Some(id) = self.upload_id.take() {
-            let t = &self.target;
-            if let Err(e) = t
-                .client
-                .abort_multipart_upload()
-                .bucket(&t.bucket)
-                .key(&self.key)
-                .upload_id(id)
-                .send()
-                .await
-            {
+            if let Err(e) = self.blobs.abort_multipart(&self.key, &id).await {
                 tracing::warn!(key = %self.key, error = %DisplayErrorContext(&e), "could not abort the multipart upload; it is cleaned up after a day");
             }
         }

@@ -1,0 +1,669 @@
+//! The artifact protocol, written once over any [`Blobs`] store
+//! (docs/ARCHITECTURE.md, "Commit protocol and crash safety"). An artifact
+//! exists only once its manifest, written last, exists: commit puts the
+//! artifact, then the manifest; delete removes the manifest first; a listing
+//! starts from manifests and reports the ones it cannot read instead of
+//! failing; what no manifest covers is a leftover.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use tokio::io::AsyncReadExt;
+
+use super::blobs::{Blobs, ByteStream, Entry, Opened, Put, Small};
+use crate::artifact::{self, MANIFEST_SUFFIX};
+use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
+use crate::{Error, Result};
+
+/// The largest verified record read from a store (ours are ~150 bytes).
+pub const MAX_VERIFIED_BYTES: u64 = 64 * 1024;
+
+/// Bytes read from a store past an artifact's recorded `size`: enough to
+/// tell "appended to" from "exact", never the appended gigabytes.
+pub const READ_PAST_SIZE: u64 = 64 * 1024;
+
+/// A committed artifact as a target lists it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub manifest: Manifest,
+    /// When `verify` last re-read it successfully.
+    pub verified_at: Option<DateTime<Utc>>,
+}
+
+/// What `list` found: committed artifacts newest first, and manifests it
+/// could not read (reported, never fatal: one bad file must not hide the rest).
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub artifacts: Vec<Stored>,
+    pub problems: Vec<String>,
+}
+
+impl Listing {
+    /// Newest first; of two equally new, the one that passed `verify`
+    /// first (a restore tries them in this order).
+    pub fn sort_newest_first(&mut self) {
+        let key = |s: &Stored| (s.manifest.started_at, s.verified_at.is_some());
+        self.artifacts
+            .sort_by(|a, b| (key(b), &b.manifest.id).cmp(&(key(a), &a.manifest.id)));
+    }
+}
+
+/// A listed manifest: its own checks ([`Manifest::from_json`]), and its id
+/// must be the one its file name carries, so a manifest copied or crafted
+/// under another name cannot speak for an artifact that is not its own.
+pub fn parse_listed(file_name: &str, bytes: &[u8]) -> std::result::Result<Manifest, String> {
+    let m = Manifest::from_json(bytes)?;
+    if file_name != artifact::manifest_name(&m.id) {
+        return Err(format!(
+            "its id {:?} does not match its file name {file_name:?}",
+            m.id
+        ));
+    }
+    Ok(m)
+}
+
+/// The record `verify` leaves beside a manifest (the manifest stays immutable).
+pub fn verified_record(m: &Manifest, at: DateTime<Utc>) -> Vec<u8> {
+    serde_json::json!({ "id": m.id, "sha256": m.sha256, "verified_at": at })
+        .to_string()
+        .into_bytes()
+}
+
+/// When a verified record says the artifact was last verified.
+pub fn parse_verified(bytes: &[u8]) -> Option<DateTime<Utc>> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    v.get("verified_at")?.as_str()?.parse().ok()
+}
+
+/// Whether a stored file belongs to no committed artifact: an artifact or a
+/// verified record whose manifest is missing. `committed` holds the ids.
+pub fn is_orphan(name: &str, committed: &HashSet<&str>) -> bool {
+    if name.starts_with('.') {
+        return false;
+    }
+    if let Some(id) = name.strip_suffix(artifact::VERIFIED_SUFFIX) {
+        return !committed.contains(id);
+    }
+    name.contains(".tar") && !committed.contains(name.split(".tar").next().unwrap_or_default())
+}
+
+/// Something written but never committed (a crash, a kill, a full disk).
+#[derive(Debug, Clone)]
+pub struct Leftover<U> {
+    /// What it is called in messages.
+    pub name: String,
+    pub modified: DateTime<Utc>,
+    what: Left<U>,
+}
+
+#[derive(Debug, Clone)]
+enum Left<U> {
+    /// A blob no manifest covers.
+    Blob,
+    /// An upload never finished or aborted.
+    Upload(U),
+}
+
+// The futures are used through the concrete types, whose Send-ness the
+// compiler sees, so the usual warning about unnameable Send bounds does not apply.
+#[allow(async_fn_in_trait)]
+pub trait Target {
+    type Upload: Upload;
+    /// An upload of the store's own that was never finished.
+    type Incomplete;
+
+    /// Where this is, for messages (`file:///backup/ns/pod`).
+    fn describe(&self) -> String;
+    /// A cheap check at start: can we write here?
+    async fn check(&self) -> Result<()>;
+    async fn list(&self) -> Result<Listing>;
+    /// Starts an artifact upload; nothing is visible until `commit`.
+    async fn begin(&self, artifact: &str) -> Result<Self::Upload>;
+    /// The artifact's bytes, at most [`READ_PAST_SIZE`] past its `size`.
+    async fn open(&self, manifest: &Manifest) -> Result<ByteStream>;
+    /// Removes the manifest first, so a crash leaves a leftover, not a broken commit.
+    async fn delete(&self, manifest: &Manifest) -> Result<()>;
+    async fn mark_verified(&self, manifest: &Manifest, at: DateTime<Utc>) -> Result<()>;
+    async fn leftovers(&self) -> Result<Vec<Leftover<Self::Incomplete>>>;
+    async fn remove_leftover(&self, leftover: &Leftover<Self::Incomplete>) -> Result<()>;
+}
+
+/// An upload in progress. Chunks rather than `AsyncWrite`: every caller
+/// writes whole chunks from the pipe, handed over without a copy.
+#[allow(async_fn_in_trait)]
+pub trait Upload {
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<()>;
+    /// Makes the artifact durable and visible, manifest last.
+    async fn commit(self, manifest: &Manifest) -> Result<()>;
+    /// Removes what was written. Best effort: leftovers are cleaned later.
+    async fn abort(self);
+}
+
+/// One pod's history of artifacts in a blob store.
+pub struct Artifacts<B> {
+    blobs: B,
+}
+
+impl<B: Blobs> Artifacts<B> {
+    pub fn new(blobs: B) -> Self {
+        Artifacts { blobs }
+    }
+
+    /// Whether a failed start check should stop the sidecar (see
+    /// [`Blobs::check_is_fatal`]).
+    pub fn check_is_fatal(&self) -> bool {
+        self.blobs.check_is_fatal()
+    }
+
+    /// The local folder this history lives in, if any (see [`Blobs::local_folder`]).
+    pub fn local_folder(&self) -> Option<&Path> {
+        self.blobs.local_folder()
+    }
+
+    fn err(&self, message: String) -> Error {
+        Error::Target {
+            target: self.blobs.describe(),
+            message,
+        }
+    }
+
+    /// A listed manifest: `None` when it went away meanwhile, `Err` with the
+    /// problem when it cannot be used.
+    async fn read_manifest(
+        &self,
+        name: &str,
+    ) -> Result<Option<std::result::Result<Manifest, String>>> {
+        let place = self.blobs.place(name);
+        Ok(
+            match self.blobs.get_small(name, MAX_MANIFEST_BYTES).await? {
+                Small::Gone => None,
+                Small::Refused(e) => Some(Err(format!("{place}: {e}"))),
+                Small::Bytes(b) => Some(
+                    parse_listed(name, &b)
+                        .map_err(|e| format!("{place}: not a valid manifest: {e}")),
+                ),
+            },
+        )
+    }
+
+    /// When the artifact was last verified; a record that cannot be read
+    /// only loses that fact.
+    async fn verified_at(&self, m: &Manifest, names: &HashSet<&str>) -> Option<DateTime<Utc>> {
+        let name = artifact::verified_name(&m.id);
+        if !names.contains(name.as_str()) {
+            return None;
+        }
+        match self.blobs.get_small(&name, MAX_VERIFIED_BYTES).await {
+            Ok(Small::Bytes(b)) => parse_verified(&b),
+            _ => None,
+        }
+    }
+}
+
+impl<B: Blobs> Target for Artifacts<B> {
+    type Upload = ArtifactUpload<B>;
+    type Incomplete = B::Incomplete;
+
+    fn describe(&self) -> String {
+        self.blobs.describe()
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.blobs.check().await
+    }
+
+    async fn list(&self) -> Result<Listing> {
+        let entries = self.blobs.names().await?;
+        if entries.is_empty() {
+            self.blobs.confirm_empty().await?;
+        }
+        let names: HashSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        let mut listing = Listing::default();
+        for e in entries.iter().filter(|e| is_manifest_name(&e.name)) {
+            match self.read_manifest(&e.name).await? {
+                None => {}
+                Some(Err(problem)) => listing.problems.push(problem),
+                Some(Ok(manifest)) => {
+                    let verified_at = self.verified_at(&manifest, &names).await;
+                    listing.artifacts.push(Stored {
+                        manifest,
+                        verified_at,
+                    });
+                }
+            }
+        }
+        listing.sort_newest_first();
+        Ok(listing)
+    }
+
+    async fn begin(&self, name: &str) -> Result<ArtifactUpload<B>> {
+        artifact::check_file_name(name).map_err(|e| self.err(e))?;
+        let put = self.blobs.put_new(name).await?;
+        Ok(ArtifactUpload {
+            blobs: self.blobs.clone(),
+            name: name.to_string(),
+            put,
+        })
+    }
+
+    async fn open(&self, m: &Manifest) -> Result<ByteStream> {
+        match self.blobs.open(&m.artifact).await? {
+            // Appended gigabytes are noticed after READ_PAST_SIZE, not read.
+            Opened::Stream(s) => Ok(Box::pin(s.take(m.size.saturating_add(READ_PAST_SIZE)))),
+            // The manifest is there but its artifact cannot be read: no retry
+            // brings it back, so it counts as a bad artifact, not a store problem.
+            Opened::Unreadable(reason) => Err(Error::Corrupt {
+                id: m.id.clone(),
+                reason,
+            }),
+        }
+    }
+
+    async fn delete(&self, m: &Manifest) -> Result<()> {
+        // The manifest's removal is durable before the data goes: a crash in
+        // between leaves a leftover, never a manifest that points at nothing.
+        self.blobs
+            .delete(&artifact::manifest_name(&m.id), true)
+            .await?;
+        self.blobs.delete(&m.artifact, false).await?;
+        self.blobs
+            .delete(&artifact::verified_name(&m.id), false)
+            .await
+    }
+
+    async fn mark_verified(&self, m: &Manifest, at: DateTime<Utc>) -> Result<()> {
+        let record = verified_record(m, at);
+        self.blobs
+            .put_small(&artifact::verified_name(&m.id), record, true)
+            .await
+    }
+
+    async fn leftovers(&self) -> Result<Vec<Leftover<B::Incomplete>>> {
+        let entries: Vec<Entry> = self.blobs.names().await?;
+        let plain = || entries.iter().filter(|e| e.plain);
+        let committed: HashSet<&str> = plain()
+            .filter_map(|e| e.name.strip_suffix(MANIFEST_SUFFIX))
+            .filter(|id| !id.starts_with('.'))
+            .collect();
+        let mut out: Vec<_> = plain()
+            .filter(|e| is_orphan(&e.name, &committed))
+            .map(|e| Leftover {
+                name: e.name.clone(),
+                modified: e.modified,
+                what: Left::Blob,
+            })
+            .collect();
+        for (upload, started) in self.blobs.incomplete().await? {
+            out.push(Leftover {
+                name: upload.to_string(),
+                modified: started,
+                what: Left::Upload(upload),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn remove_leftover(&self, leftover: &Leftover<B::Incomplete>) -> Result<()> {
+        match &leftover.what {
+            Left::Blob => self.blobs.delete(&leftover.name, false).await,
+            Left::Upload(upload) => self.blobs.abort_incomplete(upload).await,
+        }
+    }
+}
+
+fn is_manifest_name(name: &str) -> bool {
+    !name.starts_with('.') && name.ends_with(MANIFEST_SUFFIX)
+}
+
+/// An artifact being written into a blob store.
+pub struct ArtifactUpload<B: Blobs> {
+    blobs: B,
+    name: String,
+    put: B::Put,
+}
+
+impl<B: Blobs> Upload for ArtifactUpload<B> {
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
+        self.put.write(chunk).await
+    }
+
+    async fn commit(self, manifest: &Manifest) -> Result<()> {
+        self.put.finish().await?;
+        let name = artifact::manifest_name(&manifest.id);
+        if let Err(e) = self.blobs.put_small(&name, manifest.to_json(), false).await {
+            // Without its manifest the artifact does not count; do not leave it behind.
+            let _ = self.blobs.delete(&self.name, false).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn abort(self) {
+        self.put.abort().await;
+    }
+}
+
+/// The protocol against a store in memory that records what it is asked,
+/// so the order of puts and deletes is pinned independently of any backend.
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct State {
+        blobs: BTreeMap<String, Vec<u8>>,
+        uploads: Vec<String>,
+        log: Vec<String>,
+        refuse_puts: bool,
+    }
+
+    #[derive(Clone, Default)]
+    struct Mem(Arc<Mutex<State>>);
+
+    impl Mem {
+        fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+            f(&mut self.0.lock().unwrap())
+        }
+        fn log(&self, line: String) {
+            self.with(|s| s.log.push(line));
+        }
+        fn take_log(&self) -> Vec<String> {
+            self.with(|s| std::mem::take(&mut s.log))
+        }
+        fn insert(&self, name: &str, bytes: &[u8]) {
+            self.with(|s| s.blobs.insert(name.into(), bytes.to_vec()));
+        }
+        fn refused(&self, why: &str) -> Error {
+            Error::Target {
+                target: self.describe(),
+                message: why.into(),
+            }
+        }
+    }
+
+    struct MemPut {
+        mem: Mem,
+        name: String,
+        buf: Vec<u8>,
+    }
+
+    impl Blobs for Mem {
+        type Put = MemPut;
+        type Incomplete = String;
+        fn describe(&self) -> String {
+            "mem://h".into()
+        }
+        fn place(&self, name: &str) -> String {
+            format!("mem://h/{name}")
+        }
+        fn check_is_fatal(&self) -> bool {
+            false
+        }
+        fn local_folder(&self) -> Option<&Path> {
+            None
+        }
+        async fn check(&self) -> Result<()> {
+            Ok(())
+        }
+        async fn names(&self) -> Result<Vec<Entry>> {
+            let names: Vec<String> = self.with(|s| s.blobs.keys().cloned().collect());
+            Ok(names
+                .into_iter()
+                .map(|name| Entry {
+                    name,
+                    modified: Utc::now(),
+                    plain: true,
+                })
+                .collect())
+        }
+        async fn confirm_empty(&self) -> Result<()> {
+            Ok(())
+        }
+        async fn get_small(&self, name: &str, cap: u64) -> Result<Small> {
+            Ok(match self.with(|s| s.blobs.get(name).cloned()) {
+                None => Small::Gone,
+                Some(b) if b.len() as u64 > cap => Small::Refused("too big".into()),
+                Some(b) => Small::Bytes(b),
+            })
+        }
+        async fn open(&self, name: &str) -> Result<Opened> {
+            Ok(match self.with(|s| s.blobs.get(name).cloned()) {
+                None => Opened::Unreadable(format!("{name} is missing")),
+                Some(b) => Opened::Stream(Box::pin(std::io::Cursor::new(b))),
+            })
+        }
+        async fn put_small(&self, name: &str, bytes: Vec<u8>, replace: bool) -> Result<()> {
+            self.log(format!("put {name}"));
+            if self.with(|s| s.refuse_puts || (!replace && s.blobs.contains_key(name))) {
+                return Err(self.refused("refused"));
+            }
+            self.insert(name, &bytes);
+            Ok(())
+        }
+        async fn put_new(&self, name: &str) -> Result<MemPut> {
+            if self.with(|s| s.blobs.contains_key(name)) {
+                return Err(self.refused("exists"));
+            }
+            self.log(format!("put-new {name}"));
+            self.with(|s| s.uploads.push(name.into()));
+            Ok(MemPut {
+                mem: self.clone(),
+                name: name.into(),
+                buf: Vec::new(),
+            })
+        }
+        async fn delete(&self, name: &str, durable: bool) -> Result<()> {
+            let how = if durable { " (durable)" } else { "" };
+            self.log(format!("delete {name}{how}"));
+            self.with(|s| s.blobs.remove(name));
+            Ok(())
+        }
+        async fn incomplete(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
+            let uploads = self.with(|s| s.uploads.clone());
+            Ok(uploads.into_iter().map(|u| (u, Utc::now())).collect())
+        }
+        async fn abort_incomplete(&self, upload: &String) -> Result<()> {
+            self.log(format!("abort {upload}"));
+            self.with(|s| s.uploads.retain(|u| u != upload));
+            Ok(())
+        }
+    }
+
+    impl Put for MemPut {
+        async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
+            self.buf.extend_from_slice(&chunk);
+            Ok(())
+        }
+        async fn finish(self) -> Result<()> {
+            self.mem.log(format!("finish {}", self.name));
+            self.mem.insert(&self.name, &self.buf);
+            self.mem.with(|s| s.uploads.retain(|u| *u != self.name));
+            Ok(())
+        }
+        async fn abort(self) {
+            self.mem.with(|s| s.uploads.retain(|u| *u != self.name));
+        }
+    }
+
+    const ID: &str = "20260102T000000Z-files";
+
+    fn manifest(id: &str, size: u64) -> Manifest {
+        let json = serde_json::json!({
+            "format": "lifeboat/v1", "id": id, "artifact": format!("{id}.tar.zst"),
+            "name": "n", "namespace": "ns", "source": "files", "layout": "paths",
+            "paths": ["/data"], "started_at": "2026-01-02T00:00:00Z",
+            "finished_at": "2026-01-02T00:00:00Z", "compression": "zstd:3",
+            "encryption": "none", "size": size, "sha256": "00", "entries": 1, "bytes_in": 1,
+            "warnings": [], "tool_version": "t", "source_meta": {}
+        });
+        Manifest::from_json(json.to_string().as_bytes()).unwrap()
+    }
+
+    async fn committed(t: &Artifacts<Mem>, m: &Manifest, body: &[u8]) {
+        let mut up = t.begin(&m.artifact).await.unwrap();
+        up.write(body.to_vec()).await.unwrap();
+        up.commit(m).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_manifest_is_written_last_and_deleted_first() {
+        let mem = Mem::default();
+        let t = Artifacts::new(mem.clone());
+        let m = manifest(ID, 4);
+        committed(&t, &m, b"data").await;
+        assert_eq!(
+            mem.take_log(),
+            [
+                format!("put-new {ID}.tar.zst"),
+                format!("finish {ID}.tar.zst"),
+                format!("put {ID}.manifest.json"),
+            ]
+        );
+        let at = Utc::now();
+        t.mark_verified(&m, at).await.unwrap();
+        let listing = t.list().await.unwrap();
+        assert_eq!(listing.artifacts[0].verified_at, Some(at));
+        mem.take_log();
+        t.delete(&m).await.unwrap();
+        assert_eq!(
+            mem.take_log(),
+            [
+                format!("delete {ID}.manifest.json (durable)"),
+                format!("delete {ID}.tar.zst"),
+                format!("delete {ID}.verified.json"),
+            ]
+        );
+        assert!(mem.with(|s| s.blobs.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn a_manifest_that_cannot_be_stored_takes_its_artifact_along() {
+        let mem = Mem::default();
+        let t = Artifacts::new(mem.clone());
+        let mut up = t.begin(&format!("{ID}.tar.zst")).await.unwrap();
+        up.write(b"data".to_vec()).await.unwrap();
+        mem.with(|s| s.refuse_puts = true);
+        assert!(up.commit(&manifest(ID, 4)).await.is_err());
+        assert!(mem.with(|s| s.blobs.is_empty()));
+        assert!(t.begin("../x.tar").await.is_err(), "not a plain file name");
+    }
+
+    #[tokio::test]
+    async fn a_listing_reports_what_it_cannot_use_and_lists_the_rest() {
+        let mem = Mem::default();
+        let t = Artifacts::new(mem.clone());
+        committed(&t, &manifest(ID, 4), b"data").await;
+        let other = "20260103T000000Z-files";
+        mem.insert(
+            &format!("{other}.manifest.json"),
+            &manifest(ID, 4).to_json(),
+        );
+        mem.insert("20260104T000000Z-files.manifest.json", b"{ not json");
+        let big = vec![b' '; MAX_VERIFIED_BYTES as usize + 1];
+        mem.insert(&format!("{ID}.verified.json"), &big);
+        mem.insert(".hidden.manifest.json", b"ignored");
+        let listing = t.list().await.unwrap();
+        assert_eq!(listing.artifacts.len(), 1);
+        assert_eq!(listing.artifacts[0].verified_at, None, "record too big");
+        assert_eq!(listing.problems.len(), 2, "{:?}", listing.problems);
+        assert!(listing.problems[0].starts_with(&format!(
+            "mem://h/{other}.manifest.json: not a valid manifest: its id"
+        )));
+    }
+
+    #[tokio::test]
+    async fn leftovers_are_what_no_manifest_covers_and_unfinished_uploads() {
+        let mem = Mem::default();
+        let t = Artifacts::new(mem.clone());
+        committed(&t, &manifest(ID, 4), b"data").await;
+        mem.insert("20260105T000000Z-files.tar.zst", b"orphan");
+        mem.insert("20260106T000000Z-files.verified.json", b"{}");
+        mem.insert(".lifeboat-probe-1", b"not ours to judge");
+        let _never_finished = t.begin("20260107T000000Z-files.tar").await.unwrap();
+        let mut names: Vec<String> = t
+            .leftovers()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "20260105T000000Z-files.tar.zst",
+                "20260106T000000Z-files.verified.json",
+                "20260107T000000Z-files.tar",
+            ]
+        );
+        for l in t.leftovers().await.unwrap() {
+            t.remove_leftover(&l).await.unwrap();
+        }
+        assert!(t.leftovers().await.unwrap().is_empty());
+        assert_eq!(t.list().await.unwrap().artifacts.len(), 1);
+        assert!(mem
+            .take_log()
+            .contains(&"abort 20260107T000000Z-files.tar".to_string()));
+    }
+
+    #[tokio::test]
+    async fn an_artifact_is_read_at_most_a_little_past_its_size() {
+        let mem = Mem::default();
+        let t = Artifacts::new(mem.clone());
+        let m = manifest(ID, 10);
+        mem.insert(&m.artifact, &vec![1u8; 10 + READ_PAST_SIZE as usize + 1000]);
+        let mut read = Vec::new();
+        t.open(&m)
+            .await
+            .unwrap()
+            .read_to_end(&mut read)
+            .await
+            .unwrap();
+        assert_eq!(read.len() as u64, 10 + READ_PAST_SIZE);
+        let missing = manifest("20260108T000000Z-files", 1);
+        assert!(matches!(t.open(&missing).await, Err(Error::Corrupt { .. })));
+    }
+
+    fn stored(id: &str, started: &str, verified: bool) -> Stored {
+        let json = serde_json::json!({
+            "format": "lifeboat/v1", "id": id, "artifact": format!("{id}.tar.zst"),
+            "name": "n", "namespace": "ns", "source": id.rsplit('-').next().unwrap(),
+            "layout": if id.ends_with("-files") { "paths" } else { "logical" }, "paths": ["/data"],
+            "started_at": started, "finished_at": started, "compression": "zstd:3",
+            "encryption": "none", "size": 1, "sha256": "00", "entries": 1, "bytes_in": 1,
+            "warnings": [], "tool_version": "t", "source_meta": {}
+        });
+        Stored {
+            manifest: Manifest::from_json(json.to_string().as_bytes()).unwrap(),
+            verified_at: verified.then(Utc::now),
+        }
+    }
+
+    #[test]
+    fn of_two_equally_new_the_verified_comes_first() {
+        let mut l = Listing {
+            artifacts: vec![
+                stored("20261123T020000Z-files", "2026-11-23T02:00:00Z", false),
+                stored("20261123T020000Z-couchdb", "2026-11-23T02:00:00Z", true),
+                stored("20261122T020000Z-files", "2026-11-22T02:00:00Z", true),
+                stored("20261124T020000Z-files", "2026-11-24T02:00:00Z", false),
+            ],
+            problems: vec![],
+        };
+        l.sort_newest_first();
+        let ids: Vec<&str> = l.artifacts.iter().map(|a| a.manifest.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "20261124T020000Z-files",
+                "20261123T020000Z-couchdb",
+                "20261123T020000Z-files",
+                "20261122T020000Z-files"
+            ]
+        );
+    }
+}
