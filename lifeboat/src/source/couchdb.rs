@@ -157,6 +157,16 @@ fn gone(conn: &CouchConn, db: &str) -> Error {
     ))
 }
 
+/// A request about `db` failed without an answer (a timeout, a dropped
+/// connection): a server may do that to a request on a database deleted
+/// under it. Say so when the database is gone; else the error as it was.
+async fn gone_or(conn: &CouchConn, client: &Client, db: &str, what: &str, e: Error) -> Error {
+    match conn.get_json::<Value>(client, &[db], &[], what).await {
+        Ok(None) => gone(conn, db),
+        _ => e,
+    }
+}
+
 /// What the first, attachment-less `_bulk_get` of a page says to do with
 /// a leaf revision.
 enum Attachments {
@@ -350,15 +360,21 @@ impl CouchSource {
         let req = conn
             .request(client, Method::POST, &[db, "_bulk_get"], query)
             .json(&serde_json::json!({ "docs": wanted }));
-        let mut resp = match conn.send(req, &what).await? {
-            Ok(r) => r,
-            Err((StatusCode::NOT_FOUND, _)) => return Err(gone(conn, db)),
-            Err((s, body)) => return Err(conn.status_error(&what, s, &body)),
+        let mut resp = match conn.send(req, &what).await {
+            Ok(Ok(r)) => r,
+            Ok(Err((StatusCode::NOT_FOUND, _))) => return Err(gone(conn, db)),
+            Ok(Err((s, body))) => return Err(conn.status_error(&what, s, &body)),
+            Err(e) => return Err(gone_or(conn, client, db, &what, e).await),
         };
         // {"results":[{"id":..,"docs":[{"ok":DOC}|{"error":..}]}]}:
         // each {"ok":..} opens inside four containers.
         let mut split = Splitter::new(4);
-        while let Some(chunk) = resp.chunk().await.map_err(|e| conn.error(&what, e))? {
+        loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => return Err(gone_or(conn, client, db, &what, conn.error(&what, e)).await),
+            };
             split.feed(&chunk, &mut |obj| {
                 let v: Value = serde_json::from_slice(obj)
                     .map_err(|e| conn.error(&what, format!("bad document: {e}")))?;
