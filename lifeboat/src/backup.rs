@@ -36,7 +36,9 @@ pub struct Job {
 }
 
 impl Job {
-    pub async fn open(settings: &Settings) -> Self {
+    /// `component`: who this process reports as to the Kubernetes API
+    /// (`LIFEBOAT_INCLUDE_KUBE` connects to it).
+    pub async fn open(settings: &Settings, component: &'static str) -> Self {
         let targets = crate::target::open_all(settings).await;
         // Never back up a backup folder that lies inside a backed-up path.
         let skip = settings
@@ -91,7 +93,7 @@ impl Job {
         let cluster = if settings.include_kube.is_empty() {
             None
         } else {
-            crate::cluster::get("sidecar").await
+            crate::cluster::get(component).await
         };
         Job {
             source,

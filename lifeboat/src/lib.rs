@@ -17,6 +17,7 @@ pub mod cli;
 pub mod cluster;
 pub mod compression;
 pub mod config;
+pub mod daemon;
 pub mod dns;
 pub mod durable;
 pub mod encryption;

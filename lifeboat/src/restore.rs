@@ -357,10 +357,60 @@ fn fits(m: &Manifest, s: &crate::config::Settings) -> std::result::Result<(), St
     Ok(())
 }
 
+/// Which artifact `restore --to` puts back: `id`, else the newest started
+/// before `before`, else the newest.
+#[derive(Debug, Default)]
+pub struct Wanted {
+    pub id: Option<String>,
+    pub before: Option<chrono::DateTime<Utc>>,
+}
+
+/// `restore --to DIR`: the wanted artifact, newest first across all targets
+/// with the copies of one artifact together (as the init container orders
+/// them), into `dir` (see [`restore_one_to`]). A candidate proven bad lets
+/// the next one be tried; any other failure stops: an older artifact is not
+/// what was asked for. Returns the id restored.
+pub async fn restore_to(
+    targets: &[AnyTarget],
+    dir: &Path,
+    wanted: &Wanted,
+    s: &crate::config::Settings,
+) -> Result<String> {
+    let (all, mut failures) = candidates(targets).await?;
+    let mut tried = 0;
+    let chosen = all
+        .iter()
+        .filter(|(_, a)| match (&wanted.id, wanted.before) {
+            (Some(id), _) => &a.manifest.id == id,
+            (None, Some(b)) => a.manifest.started_at < b,
+            (None, None) => true,
+        });
+    for (t, a) in chosen {
+        tried += 1;
+        let keys = s.identities.as_ref();
+        match restore_one_to(t, a, dir, s.source, keys, s.progress_interval).await {
+            Ok(()) => {
+                info!(id = %a.manifest.id, to = %dir.display(), "restored");
+                return Ok(a.manifest.id.clone());
+            }
+            Err(e) if e.proves_artifact_bad() => {
+                warn!(id = %a.manifest.id, target = %t.describe(), error = %e, "artifact skipped: it is bad; trying the next candidate");
+                failures.push(format!("{} on {}: {e}", a.manifest.id, t.describe()));
+            }
+            // A missing key, a full disk, a stalled store: say why and stop.
+            Err(e) => return Err(e),
+        }
+    }
+    match &wanted.id {
+        Some(id) if tried == 0 => Err(Error::NotFound(id.clone())),
+        _ => Err(Error::NothingRestorable { tried, failures }),
+    }
+}
+
 /// Restore one artifact into a folder for inspection (`restore --to DIR`):
 /// each backed-up path lands at `DIR/<path>`, like `tar -xf - -C DIR`.
 /// An artifact of another source than `source` is refused.
-pub async fn restore_to(
+async fn restore_one_to(
     target: &AnyTarget,
     stored: &Stored,
     dir: &Path,
@@ -629,6 +679,66 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<R> {
         }
         r
     }
+}
+
+/// Which artifacts [`verify_targets`] re-reads on each target.
+#[derive(Clone, Copy, Debug)]
+pub enum Pick<'a> {
+    Newest,
+    Id(&'a str),
+    All,
+}
+
+/// What [`verify_targets`] met on a target.
+pub enum Verified<'a> {
+    /// The target could not be listed.
+    Unlisted(Error),
+    /// A manifest that cannot be read or parsed: it hides its artifact.
+    Unreadable(&'a str),
+    /// An artifact re-read by [`verify`].
+    Read {
+        manifest: &'a Manifest,
+        result: Result<ReadReport>,
+    },
+}
+
+/// Lists each target and [`verify`]s the picked artifacts, telling `seen`
+/// (with the target's index) what it met, in order. An error from `seen`
+/// stops the walk and is returned.
+pub async fn verify_targets(
+    targets: &[AnyTarget],
+    pick: Pick<'_>,
+    keys: Option<&Identities>,
+    every: std::time::Duration,
+    mut seen: impl FnMut(usize, &AnyTarget, Verified<'_>) -> Result<()>,
+) -> Result<()> {
+    for (i, t) in targets.iter().enumerate() {
+        let listing = match t.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                seen(i, t, Verified::Unlisted(e))?;
+                continue;
+            }
+        };
+        for p in &listing.problems {
+            seen(i, t, Verified::Unreadable(p))?;
+        }
+        let chosen: Vec<&Stored> = match pick {
+            Pick::Id(id) => listing
+                .artifacts
+                .iter()
+                .filter(|a| a.manifest.id == id)
+                .collect(),
+            Pick::All => listing.artifacts.iter().collect(),
+            Pick::Newest => listing.artifacts.iter().take(1).collect(),
+        };
+        for a in chosen {
+            let result = verify(t, &a.manifest, keys, every).await;
+            let manifest = &a.manifest;
+            seen(i, t, Verified::Read { manifest, result })?;
+        }
+    }
+    Ok(())
 }
 
 /// Re-reads an artifact end to end without writing anything but the

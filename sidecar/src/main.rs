@@ -3,9 +3,6 @@
 //! decided here and only here.
 
 mod commands;
-mod run;
-mod serve;
-mod signals;
 
 use std::process::ExitCode;
 
@@ -88,7 +85,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command.unwrap_or(Command::Run) {
-            Command::Run => run::run().await,
+            Command::Run => commands::run().await,
             Command::BackupNow => commands::backup_now().await,
             Command::Ready => commands::ready(),
             Command::List { json } => commands::list(json).await,

@@ -1,6 +1,7 @@
 //! The sidecar's HTTP endpoint on `LIFEBOAT_LISTEN`: `/metrics`, `/healthz`,
 //! `/readyz`, `/status`, and `POST /backup-now` from loopback only (the
-//! pod's own containers; `lifeboat-sidecar backup-now` uses it).
+//! pod's own containers; the sidecar's `backup-now` command uses it, see
+//! [`ask`]).
 //!
 //! HTTP/1.1 written by hand, one request per connection: four read-only
 //! pages and one trigger do not need a server framework, and every
@@ -11,13 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use lifeboat::manifest::Manifest;
-use lifeboat::status::Status;
-use lifeboat::{Error, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{debug, info};
+
+use crate::manifest::Manifest;
+use crate::status::Status;
+use crate::{Error, Result};
 
 /// Connections open at once (each costs a task and up to `REQUEST_MAX`);
 /// one more is closed at once rather than queued, so idle connections can
@@ -38,7 +40,7 @@ pub type Reply = oneshot::Sender<std::result::Result<Manifest, String>>;
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
-        Error::Config(vec![lifeboat::config::Problem {
+        Error::Config(vec![crate::config::Problem {
             setting: "LIFEBOAT_LISTEN".into(),
             value: addr.to_string(),
             message: format!(
@@ -48,12 +50,34 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     })
 }
 
-pub fn spawn(listener: TcpListener, status: Arc<Status>, requests: mpsc::Sender<Reply>) {
+/// What every connection shares.
+struct Shared {
+    status: Arc<Status>,
+    requests: mpsc::Sender<Reply>,
+    /// Permits for `backup-now` requests waiting for their backup.
+    waiting: Arc<Semaphore>,
+    /// The command a person runs (`kubectl exec … -- <command> backup-now`).
+    command: &'static str,
+}
+
+/// Serves the endpoint on its own task. `requests` takes `backup-now`
+/// requests to the loop; `command` is named in the advice to a refused one.
+pub fn spawn(
+    listener: TcpListener,
+    status: Arc<Status>,
+    requests: mpsc::Sender<Reply>,
+    command: &'static str,
+) {
     if let Ok(a) = listener.local_addr() {
         info!(address = %a, "serving /metrics, /healthz, /readyz, /status");
     }
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let waiting = Arc::new(Semaphore::new(MAX_WAITING_BACKUPS));
+    let shared = Arc::new(Shared {
+        status,
+        requests,
+        waiting: Arc::new(Semaphore::new(MAX_WAITING_BACKUPS)),
+        command,
+    });
     tokio::spawn(async move {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -69,9 +93,9 @@ pub fn spawn(listener: TcpListener, status: Arc<Status>, requests: mpsc::Sender<
                 debug!(peer = %peer, "too many connections; closed");
                 continue;
             };
-            let (status, requests, waiting) = (status.clone(), requests.clone(), waiting.clone());
+            let shared = shared.clone();
             tokio::spawn(async move {
-                serve(stream, peer, &status, &requests, permit, &waiting).await;
+                serve(stream, peer, &shared, permit).await;
             });
         }
     });
@@ -121,10 +145,8 @@ fn reason(code: u16) -> &'static str {
 async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
-    status: &Status,
-    requests: &mpsc::Sender<Reply>,
+    shared: &Shared,
     permit: tokio::sync::OwnedSemaphorePermit,
-    waiting: &Arc<Semaphore>,
 ) {
     let mut head_only = false;
     let response = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
@@ -133,8 +155,8 @@ async fn serve(
         Ok(Some((method, path))) if path == "/backup-now" && method == "POST" => {
             // Waits apart from the connections probes need.
             drop(permit);
-            match waiting.clone().try_acquire_owned() {
-                Ok(_waiting) => backup_now(peer, status, requests).await,
+            match shared.waiting.clone().try_acquire_owned() {
+                Ok(_waiting) => backup_now(peer, shared).await,
                 Err(_) => Response::json(
                     503,
                     serde_json::json!({"error": format!("{MAX_WAITING_BACKUPS} backup-now requests are waiting already; try again when they are done")}),
@@ -143,7 +165,7 @@ async fn serve(
         }
         Ok(Some((method, path))) => {
             head_only = method == "HEAD";
-            route(&method, &path, peer, status, requests).await
+            route(&method, &path, peer, shared).await
         }
     };
     let head = format!(
@@ -182,18 +204,13 @@ async fn read_head(stream: &mut TcpStream) -> Option<(String, String)> {
     Some((method.to_string(), path.to_string()))
 }
 
-async fn route(
-    method: &str,
-    path: &str,
-    peer: SocketAddr,
-    status: &Status,
-    requests: &mpsc::Sender<Reply>,
-) -> Response {
+async fn route(method: &str, path: &str, peer: SocketAddr, shared: &Shared) -> Response {
+    let status = &shared.status;
     let get = method == "GET" || method == "HEAD";
     match (path, get) {
         ("/metrics", true) => Response {
             code: 200,
-            content_type: lifeboat::metrics::CONTENT_TYPE,
+            content_type: crate::metrics::CONTENT_TYPE,
             body: status.metrics(Utc::now()),
         },
         ("/healthz", true) => Response::text(200, "ok"),
@@ -206,7 +223,7 @@ async fn route(
             content_type: "application/json",
             body: status.to_json(Utc::now()) + "\n",
         },
-        ("/backup-now", _) if method == "POST" => backup_now(peer, status, requests).await,
+        ("/backup-now", _) if method == "POST" => backup_now(peer, shared).await,
         ("/metrics" | "/healthz" | "/readyz" | "/status" | "/backup-now", _) => {
             Response::text(405, "method not allowed")
         }
@@ -228,23 +245,23 @@ fn is_loopback(ip: std::net::IpAddr) -> bool {
     }
 }
 
-async fn backup_now(peer: SocketAddr, status: &Status, requests: &mpsc::Sender<Reply>) -> Response {
+async fn backup_now(peer: SocketAddr, shared: &Shared) -> Response {
     // The port is open to the cluster for scraping; starting backups is
     // for the pod's own containers.
     if !is_loopback(peer.ip()) {
         return Response::json(
             403,
-            serde_json::json!({"error": "backup-now is accepted from inside the pod only (loopback); run `kubectl exec <pod> -c lifeboat -- lifeboat-sidecar backup-now`"}),
+            serde_json::json!({"error": format!("backup-now is accepted from inside the pod only (loopback); run `kubectl exec <pod> -c lifeboat -- {} backup-now`", shared.command)}),
         );
     }
-    if let Err(why) = status.backup_blocked() {
+    if let Err(why) = shared.status.backup_blocked() {
         return Response::json(
             409,
             serde_json::json!({"error": format!("{why}; a backup now would record the server without it")}),
         );
     }
     let (tx, rx) = oneshot::channel();
-    if requests.send(tx).await.is_err() {
+    if shared.requests.send(tx).await.is_err() {
         return Response::json(503, serde_json::json!({"error": "the sidecar is stopping"}));
     }
     match rx.await {
@@ -257,5 +274,36 @@ async fn backup_now(peer: SocketAddr, status: &Status, requests: &mpsc::Sender<R
             503,
             serde_json::json!({"error": "the sidecar stopped before the backup finished"}),
         ),
+    }
+}
+
+/// The client side: `POST /backup-now` on a running sidecar's endpoint;
+/// waits for the backup that serves it (a running one, or one it starts).
+/// `None` when nothing listens.
+pub async fn ask(addr: SocketAddr) -> Result<Option<String>> {
+    let url = format!("http://{addr}/backup-now");
+    let failed = |why: String| Error::Source(format!("the running sidecar at {addr}: {why}"));
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        // Loopback: an HTTP_PROXY in the pod's environment must not see it.
+        .no_proxy()
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    debug!(address = %addr, "asking the running sidecar for a backup");
+    let reply = match client.post(&url).send().await {
+        Ok(r) => r,
+        Err(e) if e.is_connect() => return Ok(None),
+        Err(e) => return Err(failed(format!("no answer: {e}"))),
+    };
+    let code = reply.status();
+    let body: serde_json::Value = reply
+        .json()
+        .await
+        .map_err(|e| failed(format!("unreadable answer ({code}): {e}")))?;
+    let text = |k: &str| body.get(k).and_then(|v| v.as_str()).map(String::from);
+    match (code.is_success(), text("id"), text("error")) {
+        (true, Some(id), _) => Ok(Some(id)),
+        (_, _, Some(e)) => Err(Error::Source(format!("backup failed: {e}"))),
+        _ => Err(failed(format!("unexpected answer {code}: {body}"))),
     }
 }
