@@ -498,20 +498,7 @@ fn annotations_come_through_the_api_when_the_file_is_not_mounted() {
         .stderr(fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let wait_for = |needle: &str| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let text = fs::read_to_string(&log).unwrap_or_default();
-            if text.contains(needle) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never logged {needle:?}:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let wait_for = |needle: &str| wait_for_log(&log, needle);
     let text = wait_for("lifeboat sidecar started");
     assert!(
         text.contains("following this pod's annotations through the API"),
@@ -649,20 +636,7 @@ fn backup_now_annotation_is_served_while_another_annotation_is_invalid() {
         .stderr(fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let wait_for = |needle: &str| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let text = fs::read_to_string(&log).unwrap_or_default();
-            if text.contains(needle) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never logged {needle:?}:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let wait_for = |needle: &str| wait_for_log(&log, needle);
     wait_for("next scheduled backup");
     fs::write(
         &ann,
@@ -688,4 +662,20 @@ fn backup_now_annotation_is_served_while_another_annotation_is_invalid() {
         "{text}"
     );
     assert_eq!(artifacts(&backup.join(NS).join(POD)).len(), 1);
+}
+
+/// Waits up to 60 s for `needle` in the log file; returns the log.
+fn wait_for_log(log: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never logged {needle:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

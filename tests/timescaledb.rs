@@ -249,6 +249,15 @@ mod postgres_sync {
                 .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
         }
 
+        /// Runs `sql`; the server's error message when it fails.
+        pub fn try_exec(&self, sql: &str) -> Result<(), String> {
+            self.rt.block_on(self.c.batch_execute(sql)).map_err(|e| {
+                e.as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_else(|| e.to_string())
+            })
+        }
+
         /// Every row as text columns joined by `|`.
         pub fn rows(&self, sql: &str) -> Vec<String> {
             let msgs = self
@@ -361,10 +370,12 @@ fn aggregate_is_consistent(pg: &Pg) {
     assert_eq!(differ, "0", "aggregate buckets differ from the base table");
     let buckets = c.one("SELECT count(*) FROM hourly");
     assert!(buckets.parse::<i64>().unwrap() > 1000, "{buckets} buckets");
-    // The foreign key holds after the restore.
-    let c2 = pg.client(DB);
-    let r = c2.rows("SELECT 1 FROM sensors WHERE id = 1").len();
-    assert_eq!(r, 1);
+    // The foreign key is enforced after the restore: a reading of an
+    // unknown sensor is refused.
+    let refused = c
+        .try_exec("INSERT INTO readings VALUES ('2026-10-15', 999, 1.0)")
+        .expect_err("the foreign key to sensors must refuse sensor 999");
+    assert!(refused.contains("foreign key"), "{refused}");
 }
 
 /// Commits one row per transaction into `live` until stopped; returns the
