@@ -23,7 +23,7 @@ use crate::pipe::{self, ChunkReader};
 use crate::progress::{self, mib_per_s, Cancel, Progress};
 use crate::protected::Protected;
 use crate::tar_read::{self, Mapping, Mode, ReadReport};
-use crate::target::{AnyTarget, Stored, Target, READ_PAST_SIZE};
+use crate::target::{AnyTarget, Stored, Target};
 use crate::{Error, Result};
 
 pub use crate::layout::RESTORED_MARKER;
@@ -609,15 +609,10 @@ async fn read(
     every: std::time::Duration,
     what: &'static str,
 ) -> Result<ReadReport> {
-    use tokio::io::AsyncReadExt;
-    // Never read far past the recorded size: 3 GiB appended to an artifact
-    // is noticed after READ_PAST_SIZE bytes, not at their end.
+    // `open` never reads far past the recorded size (READ_PAST_SIZE).
     let failed = StoreFailure::default();
     let reader = Watched {
-        inner: target
-            .open(m)
-            .await?
-            .take(m.size.saturating_add(READ_PAST_SIZE)),
+        inner: target.open(m).await?,
         failed: failed.clone(),
     };
     let (tx, rx) = pipe::channel();
