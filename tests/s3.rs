@@ -199,7 +199,7 @@ fn a_store_killed_mid_upload_leaves_nothing_committed_and_the_next_backup_works(
 
     // A stale multipart upload from the killed run is aborted once a day old.
     rt.block_on(async {
-        let spec = lifeboat::target::TargetSpec::parse(targets).unwrap();
+        let spec = lifeboat::store::TargetSpec::parse(targets).unwrap();
         let t = spec.open("default", "nb-0", &w.weed.options()).await;
         lifeboat::backup::clean_leftovers(&t, chrono::Utc::now() + chrono::Duration::days(2))
             .await

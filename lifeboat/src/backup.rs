@@ -18,7 +18,7 @@ use crate::source::{
     AnySource, ArangoSource, CouchSource, FilesSource, PgDumpSource, PostgresSource, Source,
     SourceCtx, SourceReport,
 };
-use crate::target::{AnyTarget, Target, TargetSpec, Upload};
+use crate::store::{AnyTarget, Target, TargetSpec, Upload};
 use crate::{Error, Result};
 
 /// Uncommitted files younger than this may belong to a backup still running
@@ -39,7 +39,7 @@ impl Job {
     /// `component`: who this process reports as to the Kubernetes API
     /// (`LIFEBOAT_INCLUDE_KUBE` connects to it).
     pub async fn open(settings: &Settings, component: &'static str) -> Self {
-        let targets = crate::target::open_all(settings).await;
+        let targets = crate::store::open_all(settings).await;
         // Never back up a backup folder that lies inside a backed-up path.
         let skip = settings
             .targets

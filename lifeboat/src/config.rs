@@ -2,7 +2,7 @@
 //! and pod annotations (`lifeboat.dev/*`, which win), in three steps
 //! (docs/ARCHITECTURE.md §2): gather the raw strings ([`Inputs::from_process`], the only I/O), validate
 //! them all at once with no I/O ([`Settings::from_inputs`]), then let the
-//! targets check themselves ([`crate::target::AnyTarget::check`]).
+//! targets check themselves ([`crate::store::AnyTarget::check`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,7 +15,7 @@ use crate::annotations::{self, PREFIX};
 use crate::compression::Compression;
 use crate::retention::{self, Policy};
 use crate::schedule::{self, Schedule};
-use crate::target::{S3Options, TargetSpec};
+use crate::store::{S3Options, TargetSpec};
 use crate::{Error, Result};
 
 pub mod keys;

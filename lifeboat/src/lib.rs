@@ -40,8 +40,8 @@ pub mod retention;
 pub mod schedule;
 pub mod source;
 pub mod status;
+pub mod store;
 pub mod tar_read;
-pub mod target;
 pub mod writeback;
 
 pub use error::{Error, Result};

@@ -11,8 +11,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::error::IoContext;
+use crate::store::AnyTarget;
 use crate::tar_read::{self, DirMeta};
-use crate::target::AnyTarget;
 use crate::{Error, Result};
 
 #[derive(Debug, Default, Clone)]

@@ -22,8 +22,8 @@ use crate::pending;
 use crate::pipe::{self, ChunkReader};
 use crate::progress::{self, mib_per_s, Cancel, Progress};
 use crate::protected::Protected;
+use crate::store::{AnyTarget, Stored, Target};
 use crate::tar_read::{self, Mapping, Mode, ReadReport};
-use crate::target::{AnyTarget, Stored, Target};
 use crate::{Error, Result};
 
 pub use crate::layout::RESTORED_MARKER;
@@ -131,7 +131,7 @@ fn check_not_symlink(paths: &[PathBuf]) -> Result<()> {
 }
 
 /// Lists one target, retrying a failure that may pass.
-async fn list_with_retry(target: &AnyTarget) -> Result<crate::target::Listing> {
+async fn list_with_retry(target: &AnyTarget) -> Result<crate::store::Listing> {
     let mut pause = FIRST_RETRY_PAUSE;
     for attempt in 1.. {
         match target.list().await {

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::manifest::Manifest;
-use crate::target::{AnyTarget, Target};
+use crate::store::{AnyTarget, Target};
 
 /// Whether backups are stale: the last success (or, with none yet, the
 /// start of this process) lies further back than `limit`. No limit (a

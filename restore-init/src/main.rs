@@ -87,7 +87,7 @@ async fn restore(s: &Settings) -> lifeboat::Result<()> {
     for w in &s.warnings {
         warn!("{w}");
     }
-    let targets = lifeboat::target::open_all(s).await;
+    let targets = lifeboat::store::open_all(s).await;
     match restore::restore_newest(&targets, s).await? {
         Outcome::Restored {
             id,

@@ -447,8 +447,8 @@ impl Seaweed {
         ]
     }
 
-    pub fn options(&self) -> lifeboat::target::S3Options {
-        lifeboat::target::S3Options {
+    pub fn options(&self) -> lifeboat::store::S3Options {
+        lifeboat::store::S3Options {
             endpoint: Some(self.endpoint()),
             region: Some("us-east-1".into()),
             path_style: true,
@@ -464,7 +464,7 @@ impl Seaweed {
 
     pub async fn client(&self) -> aws_sdk_s3::Client {
         Self::export_credentials();
-        lifeboat::target::s3::client(&self.options()).await
+        lifeboat::store::s3::client(&self.options()).await
     }
 
     /// Creates a bucket, retrying while the filer finishes starting.

@@ -15,7 +15,7 @@ use crate::manifest::Manifest;
 use crate::progress::Cancel;
 use crate::restore::{self, Pick, Verified};
 use crate::status::{Status, Verification};
-use crate::target::Target;
+use crate::store::Target;
 use crate::Result;
 
 /// The wall clock: schedules, `/status` times and staleness read it.
@@ -77,7 +77,7 @@ impl Work for Job {
 
     async fn verify_newest(&self, status: &Status, clock: &dyn Clock) {
         let s = &self.settings;
-        let seen = |i: usize, t: &crate::target::AnyTarget, v: Verified<'_>| {
+        let seen = |i: usize, t: &crate::store::AnyTarget, v: Verified<'_>| {
             match v {
                 Verified::Unlisted(e) => {
                     warn!(target = %t.describe(), "scheduled verification cannot list the target: {e}")

@@ -6,7 +6,7 @@
 use chrono::{Duration, TimeZone, Utc};
 use lifeboat::backup::clean_leftovers;
 use lifeboat::manifest::{Manifest, FORMAT};
-use lifeboat::target::{AnyTarget, Target, TargetSpec, Upload};
+use lifeboat::store::{AnyTarget, Target, TargetSpec, Upload};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
@@ -73,7 +73,7 @@ async fn suite(t: AnyTarget) {
     // An upload never committed (the process died) is not listed, only a
     // leftover. Larger than one S3 part, so S3 has a multipart upload open.
     let mut up = t.begin("20260101T000001Z-files.tar.zst").await.unwrap();
-    up.write(vec![7u8; lifeboat::target::s3::PART_SIZE_MIN + 1])
+    up.write(vec![7u8; lifeboat::store::s3::PART_SIZE_MIN + 1])
         .await
         .unwrap();
     drop(up);

@@ -9,7 +9,7 @@
 //!   commit, listing with problems, verified records, deletion order,
 //!   leftovers.
 //!
-//! Every store must pass the shared suite in `tests/target_suite.rs`.
+//! Every store must pass the shared suite in `tests/store_suite.rs`.
 
 mod any;
 pub mod blobs;
