@@ -39,7 +39,7 @@ impl Job {
     /// `component`: who this process reports as to the Kubernetes API
     /// (`LIFEBOAT_INCLUDE_KUBE` connects to it).
     pub async fn open(settings: &Settings, component: &'static str) -> Self {
-        let targets = crate::store::open_all(settings).await;
+        let targets = settings.open_targets().await;
         // Never back up a backup folder that lies inside a backed-up path.
         let skip = settings
             .targets

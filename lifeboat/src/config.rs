@@ -5,7 +5,6 @@
 //! targets check themselves ([`crate::store::AnyTarget::check`]).
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -23,43 +22,10 @@ mod ops;
 pub mod setting_file;
 pub use ops::{Hook, Notify, NotifyFormat, NotifyOn, Ops, DEFAULT_LISTEN};
 
+pub use crate::problem::{format_problems, hide_url_credentials, Problem};
+
 pub const DEFAULT_ANNOTATIONS_FILE: &str = "/etc/lifeboat/annotations";
 pub const DEFAULT_SCHEDULE: &str = "0 2 * * *";
-
-/// One wrong setting: which, the value given, and what would be right.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub setting: String,
-    pub value: String,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let value = hide_url_credentials(&self.value);
-        write!(f, "{}={:?}: {}", self.setting, value, self.message)
-    }
-}
-
-/// A value with any `scheme://user:password@` part hidden, also when it
-/// does not parse as a URL (a password with an unencoded `/` in it is
-/// exactly what makes it fail to parse, and must not be echoed).
-pub fn hide_url_credentials(v: &str) -> std::borrow::Cow<'_, str> {
-    let Some(i) = v.find("://") else {
-        return v.into();
-    };
-    match v[i + 3..].rfind('@') {
-        Some(j) => format!("{}://(credentials hidden)@{}", &v[..i], &v[i + 3 + j + 1..]).into(),
-        None => v.into(),
-    }
-}
-
-pub fn format_problems(ps: &[Problem]) -> String {
-    ps.iter()
-        .map(|p| format!("  - {p}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 /// What the process is about to do; a restore does not need a valid schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -350,6 +316,15 @@ struct Value {
 }
 
 impl Settings {
+    /// Opens every configured target for this pod's history, in order.
+    pub async fn open_targets(&self) -> Vec<crate::store::AnyTarget> {
+        let mut out = Vec::new();
+        for spec in &self.targets {
+            out.push(spec.open(&self.namespace, &self.name, &self.s3).await);
+        }
+        out
+    }
+
     /// Validates every setting at once: all problems come back together as
     /// `Error::Config`. Each section below reads its own settings and adds
     /// its own problems.

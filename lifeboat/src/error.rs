@@ -9,8 +9,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Settings are wrong. Every problem is listed, one per line.
-    #[error("invalid configuration ({} problem{}):\n{}", .0.len(), if .0.len() == 1 { "" } else { "s" }, crate::config::format_problems(.0))]
-    Config(Vec<crate::config::Problem>),
+    #[error("invalid configuration ({} problem{}):\n{}", .0.len(), if .0.len() == 1 { "" } else { "s" }, crate::problem::format_problems(.0))]
+    Config(Vec<crate::problem::Problem>),
 
     /// A local file operation failed; `what` says which and where.
     #[error("{what}: {source}")]

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pending;
 pub mod pipe;
+pub mod problem;
 pub mod program;
 pub mod progress;
 pub mod protected;

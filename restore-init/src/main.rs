@@ -87,7 +87,7 @@ async fn restore(s: &Settings) -> lifeboat::Result<()> {
     for w in &s.warnings {
         warn!("{w}");
     }
-    let targets = lifeboat::store::open_all(s).await;
+    let targets = s.open_targets().await;
     match restore::restore_newest(&targets, s).await? {
         Outcome::Restored {
             id,

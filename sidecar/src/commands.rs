@@ -47,7 +47,7 @@ pub fn ready() -> Result<()> {
 
 pub async fn list(json: bool) -> Result<()> {
     let s = settings(Role::Inspect).await?;
-    for t in lifeboat::store::open_all(&s).await {
+    for t in s.open_targets().await {
         let listing = t.list().await?;
         for p in &listing.problems {
             warn!(target = %t.describe(), "unreadable manifest: {p}");
@@ -92,7 +92,7 @@ pub async fn verify(id: Option<String>, all: bool) -> Result<()> {
         (None, false) => Pick::Newest,
     };
     let (mut checked, mut failed) = (0, 0);
-    let targets = lifeboat::store::open_all(&s).await;
+    let targets = s.open_targets().await;
     let keys = s.identities.as_ref();
     restore::verify_targets(&targets, pick, keys, s.progress_interval, |_, t, v| {
         match v {
@@ -139,7 +139,7 @@ pub async fn verify(id: Option<String>, all: bool) -> Result<()> {
 
 pub async fn restore(to: PathBuf, id: Option<String>, before: Option<DateTime<Utc>>) -> Result<()> {
     let s = settings(Role::Inspect).await?;
-    let targets = lifeboat::store::open_all(&s).await;
+    let targets = s.open_targets().await;
     let id = restore::restore_to(&targets, &to, &Wanted { id, before }, &s).await?;
     println!("{id}");
     Ok(())

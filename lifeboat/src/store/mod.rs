@@ -101,18 +101,6 @@ impl TargetSpec {
     }
 }
 
-/// Opens every configured target for this pod's history, in order.
-pub async fn open_all(settings: &crate::config::Settings) -> Vec<AnyTarget> {
-    let mut out = Vec::new();
-    for spec in &settings.targets {
-        out.push(
-            spec.open(&settings.namespace, &settings.name, &settings.s3)
-                .await,
-        );
-    }
-    out
-}
-
 impl std::fmt::Display for TargetSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
