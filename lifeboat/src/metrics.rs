@@ -85,7 +85,9 @@ fn flag(b: bool) -> f64 {
     }
 }
 
-pub fn render(s: &State, stale: bool) -> String {
+/// The `/metrics` page for `s` at `now` (staleness depends on the clock).
+pub fn render(s: &State, now: DateTime<Utc>) -> String {
+    let stale = s.is_stale(now);
     let mut o = Out(String::with_capacity(4096));
     o.family(
         "lifeboat_info",
@@ -265,7 +267,7 @@ mod rule_tests {
             error: None,
         };
         status.verified(0, v);
-        let served = status.metrics(Utc::now());
+        let served = status.read(|s| super::render(s, Utc::now()));
         let rule = include_str!("../../manifests/prometheusrule.yaml");
         let mut names: Vec<&str> = rule
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))

@@ -1,6 +1,8 @@
 //! What the running sidecar knows about its backups, for `/status`,
 //! `/metrics` and `/readyz`: one small state behind a mutex, updated by the
-//! loop after each piece of work and read by the HTTP endpoint.
+//! loop after each piece of work and read by the HTTP endpoint. This module
+//! is the state only; `metrics` renders it (`metrics::render`), and the
+//! endpoint (`daemon::serve`) puts the two together.
 //!
 //! Staleness is a pure function of (last success, start, limit, now), so it
 //! is tested on a fixed clock.
@@ -220,6 +222,12 @@ impl Status {
         self.with(|s| s.clone())
     }
 
+    /// Reads the state under the lock without copying it (`/metrics`
+    /// renders it this way).
+    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        self.with(|s| f(s))
+    }
+
     pub fn settings_changed(&self, settings: &Settings, now: DateTime<Utc>) {
         self.with(|s| apply_settings(s, settings, now));
     }
@@ -334,7 +342,7 @@ impl Status {
     }
 
     pub fn is_stale(&self, now: DateTime<Utc>) -> bool {
-        self.with(|s| stale_of(s, now))
+        self.with(|s| s.is_stale(now))
     }
 
     /// Whether a backup must wait: a restored dump that the server has not
@@ -362,25 +370,25 @@ impl Status {
         self.with(|s| {
             let r = Report {
                 now,
-                stale: stale_of(s, now),
+                stale: s.is_stale(now),
                 state: s,
             };
             serde_json::to_string_pretty(&r).unwrap_or_default()
         })
     }
-
-    pub fn metrics(&self, now: DateTime<Utc>) -> String {
-        self.with(|s| crate::metrics::render(s, stale_of(s, now)))
-    }
 }
 
-fn stale_of(s: &State, now: DateTime<Utc>) -> bool {
-    is_stale(
-        s.last_success.as_ref().map(|l| l.finished_at),
-        s.started_at,
-        s.stale_after_s.map(Duration::from_secs),
-        now,
-    )
+impl State {
+    /// [`is_stale`] for this state at `now`: what `/status` reports as
+    /// `stale` and `/metrics` as `lifeboat_stale`.
+    pub fn is_stale(&self, now: DateTime<Utc>) -> bool {
+        is_stale(
+            self.last_success.as_ref().map(|l| l.finished_at),
+            self.started_at,
+            self.stale_after_s.map(Duration::from_secs),
+            now,
+        )
+    }
 }
 
 fn apply_settings(s: &mut State, settings: &Settings, now: DateTime<Utc>) {

@@ -9,20 +9,24 @@ use lifeboat::config::{Role, Settings};
 use lifeboat::restore::{self, Outcome};
 use tracing::{error, info, warn};
 
-const AFTER_HELP: &str = "\
-Environment (each also as a _FILE form):
-  LIFEBOAT_PATHS        comma list of absolute paths to restore (required); a logical
-                        dump (couchdb, arangodb, postgres logical mode) is verified
-                        and staged in the first one as .lifeboat-pending/ for the
-                        sidecar to load
-  LIFEBOAT_TARGETS      comma list of targets to restore from, in order (required)
-  LIFEBOAT_RESTORE      if-empty (default): only when every path is missing or empty;
-                        always: replace what is there; never: do nothing
-  LIFEBOAT_NAME         name of the backup history (default: HOSTNAME, the pod name)
-  LIFEBOAT_NAMESPACE    namespace folder of the history (default: POD_NAMESPACE or default)
-  LIFEBOAT_ANNOTATIONS_FILE  downward-API annotations (lifeboat.dev/restore, /paths override)
-  PG_MAJOR              for postgres: refuse artifacts of another major version
-  LIFEBOAT_LOG          log filter (default info)
+const ABOUT: &str =
+    "Init container: restores the newest verified backup into an empty volume before the app starts.";
+
+const LONG_ABOUT: &str = "\
+Init container: restores the newest verified backup into an empty volume before the app starts.
+
+With LIFEBOAT_RESTORE=if-empty (the default) it restores only when every path is missing or
+empty; always replaces what is there; never does nothing. Candidates are the artifacts on
+every target, newest first; one that does not verify is skipped for the next older. A files
+(or physical postgres) artifact is put back under LIFEBOAT_PATHS; a logical dump (couchdb,
+arangodb, postgres logical mode) is verified and staged in the first path as
+.lifeboat-pending/ for the sidecar to load once the server answers.";
+
+/// What the init container reads beyond the settings table, and its exit codes.
+const AFTER_SETTINGS: &str = "\
+Also read: PG_MAJOR (postgres: refuse a physical artifact of another major version);
+HOSTNAME and POD_NAMESPACE (defaults of LIFEBOAT_NAME and LIFEBOAT_NAMESPACE); POD_NAME and
+POD_NAMESPACE (Kubernetes Events and, without the annotations file, the annotations).
 
 Exit codes:
   0   the app may start: restored, nothing to restore (first deploy), or skipped
@@ -31,12 +35,21 @@ Exit codes:
       as it was and no older artifact is restored in its place
   64  invalid configuration";
 
+/// The settings part comes from the one key table (`lifeboat::config::keys`).
+fn after_help() -> String {
+    format!(
+        "{}\n{AFTER_SETTINGS}",
+        lifeboat::config::keys::restore_env_help()
+    )
+}
+
 #[derive(Parser)]
 #[command(
     name = "lifeboat-restore",
     version,
-    about = "Init container: restores the newest verified backup into an empty volume before the app starts.",
-    after_help = AFTER_HELP
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = after_help(),
 )]
 struct Cli {}
 

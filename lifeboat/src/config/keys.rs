@@ -1,5 +1,6 @@
 //! The one table of settings: every `LIFEBOAT_*` variable, the pod annotation
-//! that overrides it, and its help line. `--help`, the unknown-variable and
+//! that overrides it, its help line and whether the restore init container
+//! reads it. Both binaries' `--help`, the unknown-variable and
 //! unknown-annotation warnings and the settings' reader all come from here,
 //! so they cannot disagree.
 
@@ -11,6 +12,10 @@ pub struct Key {
     /// The `lifeboat.dev/<annotation>` that wins over the variable, if any.
     pub annotation: Option<&'static str>,
     pub help: &'static str,
+    /// The restore init container uses it too (what and where to restore,
+    /// from which targets, with which key); without it, only the sidecar's
+    /// work depends on it. `lifeboat-restore --help` lists exactly these.
+    pub restore: bool,
 }
 
 pub const KEYS: &[Key] = &[
@@ -18,181 +23,217 @@ pub const KEYS: &[Key] = &[
         env: "LIFEBOAT_SOURCE",
         annotation: Some("source"),
         help: "what to back up: files (default), postgres, couchdb or arangodb",
+        restore: true,
     },
     Key {
         env: "LIFEBOAT_PATHS",
         annotation: Some("paths"),
         help: "absolute folders, comma-separated (required)",
+        restore: true,
     },
     Key {
         env: "LIFEBOAT_EXCLUDE",
         annotation: Some("exclude"),
         help: "globs to leave out, e.g. **/.ipynb_checkpoints",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_SCHEDULE",
         annotation: Some("schedule"),
         help: "5-field cron in UTC, or @daily etc. (default: 0 2 * * *)",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_RETENTION",
         annotation: Some("retention"),
         help: "default: last=3,daily=7,weekly=4,monthly=6",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_TARGETS",
         annotation: None,
         help: "e.g. file:///backup; first is primary (required)",
+        restore: true,
     },
     Key {
         env: "LIFEBOAT_COMPRESSION",
         annotation: Some("compression"),
         help: "zstd[:1-19], gzip[:1-9] or none (default: zstd:3)",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_RESTORE",
         annotation: Some("restore"),
         help: "if-empty (default), always or never",
+        restore: true,
     },
     Key {
         env: "LIFEBOAT_NAME",
         annotation: None,
         help: "name of the backup history (default: HOSTNAME)",
+        restore: true,
     },
     Key {
         env: "LIFEBOAT_NAMESPACE",
         annotation: None,
         help: "its namespace folder (default: POD_NAMESPACE, default)",
+        restore: true,
     },
     Key {
         env: "LIFEBOAT_ANNOTATIONS_FILE",
         annotation: None,
-        help: "default: /etc/lifeboat/annotations",
+        help: "downward-API annotations (default: /etc/lifeboat/annotations)",
+        restore: true,
     },
     Key {
         env: "LIFEBOAT_GRACE_PERIOD",
         annotation: None,
         help: "time a backup may finish after SIGTERM (default: 25s)",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_PROGRESS_INTERVAL",
         annotation: None,
         help: "how often long work logs progress (default: 10s)",
+        restore: true,
     },
     Key {
         env: "LIFEBOAT_POSTGRES_MODE",
         annotation: None,
         help: "physical (default: PGDATA + WAL) or logical (pg_dump per database)",
+        restore: true,
     },
     Key {
         env: "LIFEBOAT_DATABASES",
         annotation: None,
         help: "logical dumps: databases, comma-separated; !name leaves one out (default: all)",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_COUCHDB_URL",
         annotation: None,
         help: "CouchDB's URL (default: http://127.0.0.1:5984)",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_ARANGODB_URL",
         annotation: None,
         help: "ArangoDB's URL (default: http://127.0.0.1:8529)",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_ARANGODB_USER",
         annotation: None,
         help: "ArangoDB user (default: root)",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_ARANGODB_PASSWORD",
         annotation: None,
         help: "its password (default: ARANGO_ROOT_PASSWORD)",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_S3_ENDPOINT",
         annotation: None,
         help: "S3-compatible endpoint URL, e.g. http://minio:9000",
+        restore: true,
     },
     Key {
         env: "LIFEBOAT_S3_REGION",
         annotation: None,
         help: "S3 region (default: the AWS chain, else us-east-1)",
+        restore: true,
     },
     Key {
         env: "LIFEBOAT_S3_PATH_STYLE",
         annotation: None,
         help: "true for path-style URLs (most S3-compatible stores)",
+        restore: true,
     },
     Key {
         env: "LIFEBOAT_LOG",
         annotation: None,
         help: "log filter, e.g. debug (default: info)",
+        restore: true,
     },
     Key {
         env: "LIFEBOAT_INCLUDE_KUBE",
         annotation: None,
         help: "also store the namespace's configmaps and/or secrets under kubernetes/ (needs the API)",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_ALLOW_PLAINTEXT_SECRETS",
         annotation: None,
         help: "true to store Secrets in artifacts without encryption",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_AGE_RECIPIENTS",
         annotation: None,
         help: "encrypt artifacts with age to these public keys (age1…, comma-separated)",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_AGE_IDENTITY_FILE",
         annotation: None,
         help: "age secret key file (age-keygen's output) for restore and verify of encrypted artifacts",
+        restore: true,
     },
     Key {
         env: "LIFEBOAT_LISTEN",
         annotation: None,
         help: "/metrics, /healthz, /readyz, /status: :PORT, ADDR:PORT or off (default: :9746)",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_STALE_AFTER",
         annotation: None,
         help: "backups count as stale after this, e.g. 36h, 2d (default: twice the schedule's interval)",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_VERIFY_SCHEDULE",
         annotation: None,
         help: "cron for re-reading the newest artifact on each target (default: off)",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_NOTIFY_URL",
         annotation: None,
         help: "POST a JSON message here when a backup fails",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_NOTIFY_ON",
         annotation: None,
         help: "failure (default) or always (also on success)",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_NOTIFY_FORMAT",
         annotation: None,
         help: "json (default) or slack",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_PRE_COMMAND",
         annotation: None,
         help: "program and arguments run before each backup (no shell); failing fails the backup",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_POST_COMMAND",
         annotation: None,
         help: "program and arguments run after each backup, with LIFEBOAT_RESULT set",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_HOOK_TIMEOUT",
         annotation: None,
         help: "a hook running longer is killed and fails (default: 5m)",
+        restore: false,
     },
 ];
 
@@ -212,14 +253,25 @@ pub fn is_setting(name: &str) -> bool {
     KEYS.iter().any(|k| k.env == name)
 }
 
-/// The environment part of the binaries' `--help`.
+const ENV_HEADING: &str =
+    "Environment (each variable also accepts a _FILE form that names a file holding the value):\n";
+
+/// One `--help` line per key.
+fn key_lines<'a>(keys: impl Iterator<Item = &'a Key>) -> String {
+    keys.map(|k| format!("  {:<28} {}\n", k.env, k.help))
+        .collect()
+}
+
+/// `lifeboat.dev/{a,b}`: the annotations that override these keys.
+fn overrides<'a>(keys: impl Iterator<Item = &'a Key>) -> String {
+    let names: Vec<&str> = keys.filter_map(|k| k.annotation).collect();
+    format!("{}{{{}}}", crate::annotations::PREFIX, names.join(","))
+}
+
+/// The environment part of the sidecar's `--help`: every key.
 pub fn env_help() -> String {
-    let mut s = String::from(
-        "Environment (each variable also accepts a _FILE form that names a file holding the value):\n",
-    );
-    for k in KEYS {
-        s.push_str(&format!("  {:<28} {}\n", k.env, k.help));
-    }
+    let mut s = String::from(ENV_HEADING);
+    s.push_str(&key_lines(KEYS.iter()));
     s.push_str(
         "\nLogins use the servers' own variables (also as _FILE): PGHOST, PGPORT, PGUSER,\n",
     );
@@ -229,14 +281,27 @@ pub fn env_help() -> String {
     s.push_str(
         "(arangodb). Logical dumps spool one database at a time in TMPDIR (default /tmp).\n",
     );
-    let overrides: Vec<&str> = KEYS.iter().filter_map(|k| k.annotation).collect();
-    s.push_str(&format!(
-        "\nPod annotations {}{{{}}}\n",
-        crate::annotations::PREFIX,
-        overrides.join(",")
-    ));
+    s.push_str(&format!("\nPod annotations {}\n", overrides(KEYS.iter())));
     s.push_str("override the variables; changing lifeboat.dev/backup-now starts a backup.\n");
     s.push_str("\nExit codes: 0 success, 1 the operation failed, 64 invalid configuration.");
+    s
+}
+
+/// The keys the restore init container reads (marked `restore`).
+pub fn restore_keys() -> impl Iterator<Item = &'static Key> {
+    KEYS.iter().filter(|k| k.restore)
+}
+
+/// The environment part of the restore init container's `--help`: the
+/// keys marked `restore`, and the annotations that override them. The
+/// binary adds what it alone reads and its exit codes.
+pub fn restore_env_help() -> String {
+    let mut s = String::from(ENV_HEADING);
+    s.push_str(&key_lines(restore_keys()));
+    s.push_str(&format!(
+        "\nPod annotations {} override the variables.\n",
+        overrides(restore_keys())
+    ));
     s
 }
 
@@ -252,5 +317,26 @@ mod tests {
         assert_eq!(names.len(), KEYS.len());
         assert!(KEYS.iter().all(|k| k.env.starts_with("LIFEBOAT_")));
         assert_eq!(known_annotations().count(), 9);
+    }
+
+    #[test]
+    fn restore_help_lists_the_restore_keys_and_no_other() {
+        let help = restore_env_help();
+        for k in KEYS {
+            let listed = help.contains(&format!("  {} ", k.env));
+            assert_eq!(listed, k.restore, "{} in:\n{help}", k.env);
+        }
+        // What a restore cannot do without, and what only a backup reads.
+        let names: Vec<&str> = restore_keys().map(|k| k.env).collect();
+        for needed in ["LIFEBOAT_PATHS", "LIFEBOAT_TARGETS", "LIFEBOAT_RESTORE"] {
+            assert!(names.contains(&needed), "{needed}");
+        }
+        for backup_only in ["LIFEBOAT_SCHEDULE", "LIFEBOAT_RETENTION", "LIFEBOAT_LISTEN"] {
+            assert!(!names.contains(&backup_only), "{backup_only}");
+        }
+        assert!(
+            help.contains("lifeboat.dev/{source,paths,restore}"),
+            "{help}"
+        );
     }
 }

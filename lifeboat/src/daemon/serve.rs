@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{debug, info};
 
 use crate::manifest::Manifest;
+use crate::metrics;
 use crate::status::Status;
 use crate::{Error, Result};
 
@@ -210,8 +211,8 @@ async fn route(method: &str, path: &str, peer: SocketAddr, shared: &Shared) -> R
     match (path, get) {
         ("/metrics", true) => Response {
             code: 200,
-            content_type: crate::metrics::CONTENT_TYPE,
-            body: status.metrics(Utc::now()),
+            content_type: metrics::CONTENT_TYPE,
+            body: status.read(|s| metrics::render(s, Utc::now())),
         },
         ("/healthz", true) => Response::text(200, "ok"),
         ("/readyz", true) => match status.ready() {
