@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 
 pub const PREFIX: &str = "lifeboat.dev/";
+/// The annotation the sidecar patches after each committed backup.
+pub const LAST_BACKUP: &str = "lifeboat.dev/last-backup";
 
 /// Parses the whole file. Lines that do not parse are returned as errors with
 /// their line number; keys without our prefix are ignored by callers.

@@ -9,6 +9,33 @@ use crate::compression::Compression;
 pub const MANIFEST_SUFFIX: &str = ".manifest.json";
 /// Suffix of a record written when `verify` re-read an artifact successfully.
 pub const VERIFIED_SUFFIX: &str = ".verified.json";
+/// Appended to the artifact's name when it is encrypted with age.
+pub const ENCRYPTED_EXTENSION: &str = ".age";
+/// Where exported objects live in the tar: `kubernetes/<kind>/<name>.yaml`.
+pub const KUBE_TAR_DIR: &str = "kubernetes";
+
+/// `KUBE_TAR_DIR` as an origin path, the form restore mappings and
+/// `LIFEBOAT_PATHS` use.
+pub fn kube_tar_origin() -> std::path::PathBuf {
+    std::path::Path::new("/").join(KUBE_TAR_DIR)
+}
+/// A database name as a file name: readable, but never a path. `/`, `%`,
+/// control characters and a leading dot are written as `%XX`.
+pub fn safe_file_name(name: &str) -> String {
+    let mut out = String::new();
+    for (i, ch) in name.chars().enumerate() {
+        if ch == '/' || ch == '%' || ch.is_control() || (i == 0 && ch == '.') {
+            let mut b = [0u8; 4];
+            for byte in ch.encode_utf8(&mut b).bytes() {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
 const STAMP: &str = "%Y%m%dT%H%M%SZ";
 
 /// The id of an artifact: its UTC start stamp and the source kind.
@@ -18,11 +45,7 @@ pub fn id(started: DateTime<Utc>, source: &str) -> String {
 
 /// `<id>.tar.zst`, with `.age` appended when encrypted.
 pub fn file_name(id: &str, compression: Compression, encrypted: bool) -> String {
-    let age = if encrypted {
-        crate::encryption::EXTENSION
-    } else {
-        ""
-    };
+    let age = if encrypted { ENCRYPTED_EXTENSION } else { "" };
     format!("{id}{}{age}", compression.extension())
 }
 

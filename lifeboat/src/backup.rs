@@ -9,15 +9,12 @@ use chrono::{DateTime, Duration, Utc};
 use tracing::{info, warn, Instrument};
 
 use crate::artifact;
-use crate::config::{PgMode, Settings, SourceKind};
+use crate::config::Settings;
 use crate::manifest::{self, Manifest};
 use crate::pipe::{self, ChunkWriter};
 use crate::progress::{self, mib_per_s, Cancel, Progress};
 use crate::retention;
-use crate::source::{
-    AnySource, ArangoSource, CouchSource, FilesSource, PgDumpSource, PostgresSource, Source,
-    SourceCtx, SourceReport,
-};
+use crate::source::{AnySource, FilesSource, Source, SourceCtx, SourceKind, SourceReport};
 use crate::store::{AnyTarget, Target, TargetSpec, Upload};
 use crate::{Error, Result};
 
@@ -64,32 +61,7 @@ impl Job {
                 (m.dev(), m.ino())
             })
             .collect();
-        let source = match settings.source {
-            SourceKind::Files => AnySource::Files(files),
-            SourceKind::CouchDb => AnySource::CouchDb(CouchSource {
-                conn: settings.couchdb.clone(),
-                databases: settings.databases.clone(),
-                paths: settings.paths.clone(),
-                spool_dir: settings.spool_dir.clone(),
-            }),
-            SourceKind::ArangoDb => AnySource::ArangoDb(ArangoSource {
-                conn: settings.arangodb.clone(),
-                databases: settings.databases.clone(),
-                paths: settings.paths.clone(),
-                spool_dir: settings.spool_dir.clone(),
-            }),
-            SourceKind::Postgres => match settings.postgres_mode {
-                PgMode::Physical => {
-                    AnySource::Postgres(PostgresSource::new(files, settings.postgres.clone()))
-                }
-                PgMode::Logical => AnySource::PgDump(PgDumpSource {
-                    conn: settings.postgres.clone(),
-                    databases: settings.databases.clone(),
-                    paths: settings.paths.clone(),
-                    spool_dir: settings.spool_dir.clone(),
-                }),
-            },
-        };
+        let source = settings.source.source(&settings.paths, files);
         let cluster = if settings.include_kube.is_empty() {
             None
         } else {
@@ -149,7 +121,7 @@ impl Job {
             ));
         }
         let lock = crate::lock::BackupLock::acquire(
-            &self.settings.spool_dir,
+            &self.settings.source.spool_dir,
             &self.settings.name,
             &self.targets[0].describe(),
         )?;
@@ -251,7 +223,7 @@ async fn sync(
 /// (a manual one right after a scheduled one) must not collide.
 async fn fresh_id(
     target: &AnyTarget,
-    source: &str,
+    source: &SourceKind,
     now: DateTime<Utc>,
 ) -> Result<(String, DateTime<Utc>)> {
     let listing = target.list().await?;
@@ -270,7 +242,7 @@ async fn fresh_id(
     // start, so a manifest never says it started after it finished.
     let mut t = now;
     loop {
-        let id = artifact::id(t, source);
+        let id = artifact::id(t, source.as_str());
         if !taken(&id) {
             return Ok((id, now));
         }
@@ -280,7 +252,7 @@ async fn fresh_id(
 
 async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Manifest> {
     let source_kind = job.source.kind();
-    let (id, started_at) = fresh_id(target, source_kind, Utc::now()).await?;
+    let (id, started_at) = fresh_id(target, &source_kind, Utc::now()).await?;
     let recipients = job.settings.recipients.clone();
     let file_name = artifact::file_name(&id, job.settings.compression, recipients.is_some());
     let span = tracing::info_span!("backup", id = %id, target = %target.describe());
@@ -290,7 +262,7 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
             Some(_) => crate::encryption::AGE,
             None => crate::encryption::NONE,
         };
-        info!(source = source_kind, paths = ?job.source.paths(), compression = %settings.compression, encryption, "backup started");
+        info!(source = %source_kind, paths = ?job.source.paths(), compression = %settings.compression, encryption, "backup started");
         let clock = Instant::now();
         let progress = Arc::new(Progress::default());
         let _report = progress::report(progress.clone(), settings.progress_interval, "backup");
@@ -348,7 +320,7 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
             artifact: file_name.clone(),
             name: settings.name.clone(),
             namespace: settings.namespace.clone(),
-            source: source_kind.into(),
+            source: source_kind,
             layout: job.source.layout(),
             paths: job.source.paths(),
             started_at,

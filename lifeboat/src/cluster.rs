@@ -26,16 +26,8 @@ use tracing::{debug, info, warn};
 use crate::annotations::PREFIX;
 use crate::error::{Error, Result};
 
-/// The annotation the sidecar patches after each committed backup.
-pub const LAST_BACKUP: &str = "lifeboat.dev/last-backup";
-/// Where exported objects live in the tar: `kubernetes/<kind>/<name>.yaml`.
-pub const TAR_DIR: &str = "kubernetes";
-
-/// `TAR_DIR` as an origin path, the form restore mappings and
-/// `LIFEBOAT_PATHS` use.
-pub fn tar_origin() -> std::path::PathBuf {
-    std::path::Path::new("/").join(TAR_DIR)
-}
+use crate::annotations::LAST_BACKUP;
+use crate::artifact::KUBE_TAR_DIR;
 /// Objects per list request while exporting, so memory stays bounded by a
 /// page (each object is at most 1 MiB) however many the namespace holds.
 pub const EXPORT_PAGE: u32 = 20;
@@ -44,21 +36,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before watching the pod again after the watch broke.
 const REWATCH_PAUSE: Duration = Duration::from_secs(5);
 
-/// What `LIFEBOAT_INCLUDE_KUBE` can name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Exported {
-    ConfigMaps,
-    Secrets,
-}
-
-impl Exported {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Exported::ConfigMaps => "configmaps",
-            Exported::Secrets => "secrets",
-        }
-    }
-}
+use crate::config::Exported;
 
 /// Which Event to post.
 #[derive(Debug, Clone, Copy)]
@@ -417,9 +395,9 @@ impl Cluster {
                 let yaml =
                     to_yaml(obj).map_err(|e| Error::Source(format!("{what}: {name}: {e}")))?;
                 let path = format!(
-                    "{TAR_DIR}/{}/{}.yaml",
+                    "{KUBE_TAR_DIR}/{}/{}.yaml",
                     kind.as_str(),
-                    crate::source::safe_file_name(&name)
+                    crate::artifact::safe_file_name(&name)
                 );
                 let mut h = tar::Header::new_gnu();
                 h.set_size(yaml.len() as u64);

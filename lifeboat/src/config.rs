@@ -4,125 +4,47 @@
 //! them all at once with no I/O ([`Settings::from_inputs`]), then let the
 //! targets check themselves ([`crate::store::AnyTarget::check`]).
 
-use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use crate::annotations::{self, PREFIX};
+use crate::annotations::PREFIX;
 use crate::compression::Compression;
 use crate::retention::{self, Policy};
 use crate::schedule::{self, Schedule};
 use crate::store::{S3Options, TargetSpec};
 use crate::{Error, Result};
 
+mod inputs;
 pub mod keys;
 mod ops;
-pub mod setting_file;
+mod reader;
+mod sources;
+
+pub use inputs::{Inputs, DEFAULT_ANNOTATIONS_FILE};
+pub use keys::{Key, KEYS};
 pub use ops::{Hook, Notify, NotifyFormat, NotifyOn, Ops, DEFAULT_LISTEN};
+pub use reader::{parse_duration, Role, MAX_DURATION};
+use reader::{Problems, Raw, Reader, Value};
 
 pub use crate::problem::{format_problems, hide_url_credentials, Problem};
+pub use crate::source::{DbFilter, PgMode, SourceKind, SourceSettings};
 
-pub const DEFAULT_ANNOTATIONS_FILE: &str = "/etc/lifeboat/annotations";
 pub const DEFAULT_SCHEDULE: &str = "0 2 * * *";
 
-/// What the process is about to do; a restore does not need a valid schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Backup,
-    Restore,
-    /// `list`, `verify`, `restore --to`: only targets and the history's name matter.
-    Inspect,
+/// What `LIFEBOAT_INCLUDE_KUBE` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Exported {
+    ConfigMaps,
+    Secrets,
 }
 
-/// How the postgres source backs up (`LIFEBOAT_POSTGRES_MODE`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum PgMode {
-    /// PGDATA and WAL: restored before the server starts, same major only.
-    #[default]
-    Physical,
-    /// `pg_dump` per database: loaded after the server starts, any newer major.
-    Logical,
-}
-
-/// Which databases a logical dump covers (`LIFEBOAT_DATABASES`): names to
-/// include (all when none), and `!name` to leave out.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DbFilter {
-    pub include: Option<Vec<String>>,
-    pub exclude: Vec<String>,
-}
-
-impl DbFilter {
-    pub fn parse(list: &str) -> std::result::Result<DbFilter, String> {
-        let mut f = DbFilter::default();
-        for item in split_list(list) {
-            match item.strip_prefix('!') {
-                Some(name) if !name.is_empty() => f.exclude.push(name.to_string()),
-                Some(_) => return Err("\"!\" must be followed by a database name".into()),
-                None => f
-                    .include
-                    .get_or_insert_with(Vec::new)
-                    .push(item.to_string()),
-            }
-        }
-        if f.include.is_none() && f.exclude.is_empty() {
-            return Err("no database named; expected a comma list like app,analytics or !_replicator, or leave it unset for all".into());
-        }
-        Ok(f)
-    }
-
-    /// The databases to dump out of those that exist. A listed one that
-    /// does not exist is an error: a typo must not silently skip data.
-    pub fn select(&self, existing: &[String]) -> std::result::Result<Vec<String>, String> {
-        let picked = match &self.include {
-            None => existing.to_vec(),
-            Some(list) => {
-                let missing: Vec<&String> = list.iter().filter(|n| !existing.contains(n)).collect();
-                if !missing.is_empty() {
-                    return Err(format!(
-                        "database(s) {missing:?} named in LIFEBOAT_DATABASES do not exist (there are: {})",
-                        existing.join(", ")
-                    ));
-                }
-                list.clone()
-            }
-        };
-        Ok(picked
-            .into_iter()
-            .filter(|n| !self.exclude.contains(n))
-            .collect())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceKind {
-    Files,
-    Postgres,
-    CouchDb,
-    ArangoDb,
-}
-
-impl SourceKind {
-    /// The kind a manifest's `source` names, if it is one we know.
-    pub fn from_name(name: &str) -> Option<Self> {
-        [
-            SourceKind::Files,
-            SourceKind::Postgres,
-            SourceKind::CouchDb,
-            SourceKind::ArangoDb,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == name)
-    }
-
+impl Exported {
     pub fn as_str(self) -> &'static str {
         match self {
-            SourceKind::Files => "files",
-            SourceKind::Postgres => "postgres",
-            SourceKind::CouchDb => "couchdb",
-            SourceKind::ArangoDb => "arangodb",
+            Exported::ConfigMaps => "configmaps",
+            Exported::Secrets => "secrets",
         }
     }
 }
@@ -134,140 +56,11 @@ pub enum RestoreMode {
     Never,
 }
 
-/// The raw strings, gathered once from the process environment and files.
-#[derive(Debug, Clone, Default)]
-pub struct Inputs {
-    pub env: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
-    /// Problems found while reading (`_FILE` unreadable, annotations file garbled).
-    pub problems: Vec<Problem>,
-}
-
-impl Inputs {
-    /// Reads the environment, resolves `*_FILE` variables, and reads the
-    /// annotations file (missing is fine: it is optional).
-    pub fn from_process() -> Self {
-        let env: BTreeMap<String, String> = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .collect();
-        Self::from_env(env)
-    }
-
-    pub fn from_env(raw: BTreeMap<String, String>) -> Self {
-        let mut env = BTreeMap::new();
-        let mut problems = Vec::new();
-        for (k, v) in &raw {
-            // A setting whose own name ends in _FILE (LIFEBOAT_ANNOTATIONS_FILE)
-            // is a path, not the file form of another setting.
-            let is_setting = keys::is_setting(k);
-            let Some(base) = k.strip_suffix("_FILE").filter(|_| !is_setting) else {
-                env.entry(k.clone()).or_insert_with(|| v.clone());
-                continue;
-            };
-            if raw.contains_key(base) {
-                problems.push(Problem {
-                    setting: k.clone(),
-                    value: v.clone(),
-                    message: format!("both {base} and {k} are set; set only one"),
-                });
-                continue;
-            }
-            match setting_file::read(Path::new(v), setting_file::MAX_SETTING_FILE) {
-                Ok(s) => {
-                    env.insert(
-                        base.to_string(),
-                        s.trim_end_matches(['\n', '\r']).to_string(),
-                    );
-                }
-                Err(e) if k.starts_with("LIFEBOAT_") || k.starts_with("PG") => {
-                    problems.push(Problem {
-                        setting: k.clone(),
-                        value: v.clone(),
-                        message: format!("cannot read the file: {e}"),
-                    })
-                }
-                Err(_) => {}
-            }
-        }
-        let mut inputs = Inputs {
-            env,
-            annotations: BTreeMap::new(),
-            problems,
-        };
-        inputs.reload_annotations();
-        inputs
-    }
-
-    pub fn annotations_file(&self) -> PathBuf {
-        PathBuf::from(
-            self.env
-                .get("LIFEBOAT_ANNOTATIONS_FILE")
-                .map(String::as_str)
-                .unwrap_or(DEFAULT_ANNOTATIONS_FILE),
-        )
-    }
-
-    /// Re-reads the annotations file. Returns whether anything changed.
-    pub fn reload_annotations(&mut self) -> bool {
-        let path = self.annotations_file();
-        self.problems
-            .retain(|p| p.setting != "LIFEBOAT_ANNOTATIONS_FILE");
-        let parsed = match setting_file::read(&path, setting_file::MAX_ANNOTATIONS_FILE) {
-            Ok(text) => match annotations::parse(&text) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.problems.push(Problem {
-                        setting: "LIFEBOAT_ANNOTATIONS_FILE".into(),
-                        value: path.display().to_string(),
-                        message: format!("cannot parse: {e}; expected one key=\"value\" per line"),
-                    });
-                    return false;
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => {
-                self.problems.push(Problem {
-                    setting: "LIFEBOAT_ANNOTATIONS_FILE".into(),
-                    value: path.display().to_string(),
-                    message: format!("cannot read: {e}"),
-                });
-                return false;
-            }
-        };
-        self.set_annotations(parsed)
-    }
-
-    /// Takes the pod's annotations (from the file or the API). Returns
-    /// whether a setting may have changed: `lifeboat.dev/last-backup` is
-    /// written by the sidecar itself and does not count.
-    pub fn set_annotations(&mut self, all: BTreeMap<String, String>) -> bool {
-        let ours: BTreeMap<String, String> = all
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(PREFIX) && k != crate::cluster::LAST_BACKUP)
-            .collect();
-        let changed = ours != self.annotations;
-        self.annotations = ours;
-        changed
-    }
-}
-
-pub use keys::{Key, KEYS};
-
-/// The process's variables, read by their names in the key table.
-pub(crate) struct Raw<'a>(&'a BTreeMap<String, String>);
-
-impl Raw<'_> {
-    /// The value of `name`, which must be in [`KEYS`].
-    pub(crate) fn opt(&self, name: &str) -> Option<String> {
-        debug_assert!(keys::is_setting(name), "{name} is not in the key table");
-        self.0.get(name).cloned()
-    }
-}
-
 /// Validated settings. Built only through [`Settings::from_inputs`].
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub source: SourceKind,
+    /// Which source, and its own settings.
+    pub source: SourceSettings,
     pub paths: Vec<PathBuf>,
     pub exclude: Vec<String>,
     pub exclude_set: GlobSet,
@@ -281,24 +74,10 @@ pub struct Settings {
     pub grace_period: Duration,
     pub progress_interval: Duration,
     pub s3: S3Options,
-    /// `PG*` connection settings, for the postgres source.
-    pub postgres: crate::source::PgConn,
-    /// `PG_MAJOR`: restore refuses postgres artifacts of another major version.
-    pub pg_major: Option<u64>,
-    /// `LIFEBOAT_POSTGRES_MODE`.
-    pub postgres_mode: PgMode,
-    /// `LIFEBOAT_DATABASES`: which databases a logical dump covers.
-    pub databases: DbFilter,
-    /// `LIFEBOAT_COUCHDB_URL` and `COUCHDB_USER` / `COUCHDB_PASSWORD`.
-    pub couchdb: crate::source::CouchConn,
-    /// `LIFEBOAT_ARANGODB_*` (password also from `ARANGO_ROOT_PASSWORD`).
-    pub arangodb: crate::source::ArangoConn,
-    /// Where dumps wait for their tar header: `TMPDIR`, else `/tmp`.
-    pub spool_dir: PathBuf,
     /// The current value of `lifeboat.dev/backup-now`, if set.
     pub backup_now: Option<String>,
     /// `LIFEBOAT_INCLUDE_KUBE`: `configmaps` and/or `secrets`, in that order.
-    pub include_kube: Vec<crate::cluster::Exported>,
+    pub include_kube: Vec<Exported>,
     /// `LIFEBOAT_AGE_RECIPIENTS`: new artifacts are encrypted to these.
     pub recipients: Option<crate::encryption::Recipients>,
     /// `LIFEBOAT_AGE_IDENTITY_FILE`, read at start: keys for encrypted artifacts.
@@ -307,12 +86,6 @@ pub struct Settings {
     pub ops: Ops,
     /// Not wrong, but worth a log line (unknown variables or annotations).
     pub warnings: Vec<String>,
-}
-
-/// A value with where it came from, so a problem names the right setting.
-struct Value {
-    setting: String,
-    text: String,
 }
 
 impl Settings {
@@ -338,7 +111,6 @@ impl Settings {
         let mut warnings = unknown_names(inputs);
         nul_bytes(inputs, &mut problems);
 
-        let source = source_kind(&r, &mut problems);
         let paths = paths(&r, &mut problems);
         let (exclude, exclude_set) = excludes(&r, &mut problems);
         let schedule = r.parsed(&mut problems, "LIFEBOAT_SCHEDULE", |t| {
@@ -358,7 +130,7 @@ impl Settings {
         let (name, namespace) = history(&r, &mut problems);
         let (grace_period, progress_interval) = durations(&r, &mut problems);
         let s3 = s3_options(&r, &mut problems);
-        let db = databases(&r, source, &paths, &mut problems, &mut warnings);
+        let source = sources::source_settings(&r, &paths, &mut problems, &mut warnings);
         access_problems(role, &paths, &targets, &mut problems);
         let (recipients, identities) = age_keys(&r.raw, &mut problems, &mut warnings);
         let include_kube = include_kube(&r.raw, &paths, recipients.is_some(), &mut problems);
@@ -388,17 +160,6 @@ impl Settings {
             grace_period,
             progress_interval,
             s3,
-            postgres: db.postgres,
-            pg_major: db.pg_major,
-            postgres_mode: db.postgres_mode,
-            databases: db.databases,
-            couchdb: db.couchdb,
-            arangodb: db.arangodb,
-            spool_dir: inputs
-                .env
-                .get("TMPDIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/tmp")),
             backup_now: inputs
                 .annotations
                 .get(&format!("{PREFIX}backup-now"))
@@ -408,66 +169,6 @@ impl Settings {
             identities,
             ops,
             warnings,
-        })
-    }
-}
-
-/// What every section reads: the raw inputs and the role they serve.
-struct Reader<'a> {
-    inputs: &'a Inputs,
-    raw: Raw<'a>,
-    role: Role,
-}
-
-impl Reader<'_> {
-    /// A setting's value: its annotation (from the key table) first, then
-    /// its environment variable.
-    fn pick(&self, env: &str) -> Option<Value> {
-        let annotation = KEYS
-            .iter()
-            .find(|k| k.env == env)
-            .and_then(|k| k.annotation);
-        if let Some(a) = annotation {
-            let key = format!("{PREFIX}{a}");
-            if let Some(v) = self.inputs.annotations.get(&key) {
-                return Some(Value {
-                    setting: format!("annotation {key}"),
-                    text: v.clone(),
-                });
-            }
-        }
-        self.raw.opt(env).map(|text| Value {
-            setting: env.into(),
-            text,
-        })
-    }
-
-    /// A backup-only setting parsed by `parse`: `None` when unset, or when
-    /// wrong (then a problem, but only for the backup role: a restore does
-    /// not fail over a bad schedule).
-    fn parsed<T>(
-        &self,
-        problems: &mut Problems,
-        env: &str,
-        parse: impl FnOnce(&str) -> std::result::Result<T, String>,
-    ) -> Option<T> {
-        let v = self.pick(env)?;
-        match parse(&v.text) {
-            Ok(t) => Some(t),
-            Err(m) => {
-                if self.role == Role::Backup {
-                    problems.fail(&v, m);
-                }
-                None
-            }
-        }
-    }
-
-    /// An environment-only setting as a [`Value`], so a problem names it.
-    fn env(&self, name: &str) -> Option<Value> {
-        self.raw.opt(name).map(|text| Value {
-            setting: name.into(),
-            text,
         })
     }
 }
@@ -519,25 +220,6 @@ fn nul_bytes(inputs: &Inputs, problems: &mut Problems) {
                 value: v.replace('\0', "\\0"),
                 message: "contains a NUL byte (shown as \\0); no setting accepts one".into(),
             });
-        }
-    }
-}
-
-fn source_kind(r: &Reader, problems: &mut Problems) -> SourceKind {
-    let Some(v) = r.pick("LIFEBOAT_SOURCE") else {
-        return SourceKind::Files;
-    };
-    match v.text.trim() {
-        "files" | "" => SourceKind::Files,
-        "postgres" => SourceKind::Postgres,
-        "couchdb" => SourceKind::CouchDb,
-        "arangodb" => SourceKind::ArangoDb,
-        _ => {
-            problems.fail(
-                &v,
-                "unknown source; accepted: files, postgres, couchdb, arangodb".into(),
-            );
-            SourceKind::Files
         }
     }
 }
@@ -735,133 +417,6 @@ fn s3_options(r: &Reader, problems: &mut Problems) -> S3Options {
     s3
 }
 
-/// The database sources' settings, and their rules about paths.
-struct DbSettings {
-    postgres_mode: PgMode,
-    databases: DbFilter,
-    couchdb: crate::source::CouchConn,
-    arangodb: crate::source::ArangoConn,
-    postgres: crate::source::PgConn,
-    pg_major: Option<u64>,
-}
-
-fn databases(
-    r: &Reader,
-    source: SourceKind,
-    paths: &[PathBuf],
-    problems: &mut Problems,
-    warnings: &mut Vec<String>,
-) -> DbSettings {
-    let env = &r.inputs.env;
-    let postgres_mode = match r.env("LIFEBOAT_POSTGRES_MODE") {
-        None => PgMode::Physical,
-        Some(v) => match v.text.trim() {
-            "physical" | "" => PgMode::Physical,
-            "logical" => PgMode::Logical,
-            _ => {
-                problems.fail(
-                    &v,
-                    "accepted: physical (PGDATA and WAL, restored before the server starts) or logical (pg_dump per database)".into(),
-                );
-                PgMode::Physical
-            }
-        },
-    };
-    if r.raw.opt("LIFEBOAT_POSTGRES_MODE").is_some() && source != SourceKind::Postgres {
-        warnings.push(format!(
-            "LIFEBOAT_POSTGRES_MODE is ignored: the source is {}",
-            source.as_str()
-        ));
-    }
-    let databases = match r.env("LIFEBOAT_DATABASES") {
-        None => DbFilter::default(),
-        Some(v) => DbFilter::parse(&v.text).unwrap_or_else(|m| {
-            problems.fail(&v, m);
-            DbFilter::default()
-        }),
-    };
-    let couchdb_url = r.raw.opt("LIFEBOAT_COUCHDB_URL");
-    let couchdb = crate::source::CouchConn::new(
-        couchdb_url.as_deref(),
-        env.get("COUCHDB_USER").map(String::as_str),
-        env.get("COUCHDB_PASSWORD").map(String::as_str),
-    )
-    .unwrap_or_else(|m| {
-        problems.fail_env("LIFEBOAT_COUCHDB_URL", &couchdb_url, m);
-        crate::source::CouchConn::new(None, None, None).expect("the default URL parses")
-    });
-    let arangodb_url = r.raw.opt("LIFEBOAT_ARANGODB_URL");
-    let arangodb = crate::source::ArangoConn::new(
-        arangodb_url.as_deref(),
-        r.raw.opt("LIFEBOAT_ARANGODB_USER").as_deref(),
-        r.raw
-            .opt("LIFEBOAT_ARANGODB_PASSWORD")
-            .as_deref()
-            .or(env.get("ARANGO_ROOT_PASSWORD").map(String::as_str)),
-    )
-    .unwrap_or_else(|m| {
-        problems.fail_env("LIFEBOAT_ARANGODB_URL", &arangodb_url, m);
-        crate::source::ArangoConn::new(None, None, None).expect("the default URL parses")
-    });
-    one_path_rules(r, source, postgres_mode, paths, problems);
-    let postgres = crate::source::PgConn::from_env(env).unwrap_or_else(|m| {
-        problems.0.push(Problem {
-            setting: "PGPORT".into(),
-            value: env.get("PGPORT").cloned().unwrap_or_default(),
-            message: m,
-        });
-        crate::source::PgConn::from_env(&BTreeMap::new()).expect("defaults parse")
-    });
-    let pg_major = env.get("PG_MAJOR").and_then(|v| {
-        let n = v.trim().split('.').next().unwrap_or_default().parse().ok();
-        if n.is_none() {
-            problems.0.push(Problem {
-                setting: "PG_MAJOR".into(),
-                value: v.clone(),
-                message: "accepted: a major version like 15".into(),
-            });
-        }
-        n
-    });
-    DbSettings {
-        postgres_mode,
-        databases,
-        couchdb,
-        arangodb,
-        postgres,
-        pg_major,
-    }
-}
-
-/// A database source stages its dump in (or backs up) exactly one path.
-fn one_path_rules(
-    r: &Reader,
-    source: SourceKind,
-    mode: PgMode,
-    paths: &[PathBuf],
-    problems: &mut Problems,
-) {
-    if paths.len() <= 1 {
-        return;
-    }
-    let message = match (source, mode) {
-        (SourceKind::Files, _) => return,
-        (SourceKind::CouchDb | SourceKind::ArangoDb, _) => format!(
-            "the {} source takes exactly one path: the data volume, where a restore stages the dump",
-            source.as_str()
-        ),
-        (SourceKind::Postgres, PgMode::Physical) => {
-            "the postgres source takes exactly one path: PGDATA".into()
-        }
-        (SourceKind::Postgres, PgMode::Logical) => "the logical postgres mode takes exactly one path: the volume where a restore stages the dump (PGDATA's parent)".into(),
-    };
-    problems.0.push(Problem {
-        setting: "LIFEBOAT_PATHS".into(),
-        value: r.raw.opt("LIFEBOAT_PATHS").unwrap_or_default(),
-        message,
-    });
-}
-
 /// Folders this process cannot use as its role needs: a clear start-up
 /// error instead of a "Permission denied" at the first backup or in the
 /// middle of a restore.
@@ -959,8 +514,7 @@ fn include_kube(
     paths: &[PathBuf],
     encrypted: bool,
     problems: &mut Problems,
-) -> Vec<crate::cluster::Exported> {
-    use crate::cluster::Exported;
+) -> Vec<Exported> {
     let value = raw.opt("LIFEBOAT_INCLUDE_KUBE");
     let Some(text) = value.as_deref().map(str::trim).filter(|t| !t.is_empty()) else {
         return Vec::new();
@@ -995,7 +549,7 @@ fn include_kube(
     }
     if let Some(p) = paths
         .iter()
-        .find(|p| p.starts_with(crate::cluster::tar_origin()))
+        .find(|p| p.starts_with(crate::artifact::kube_tar_origin()))
     {
         problems.fail(
             &v,
@@ -1003,27 +557,6 @@ fn include_kube(
         );
     }
     kinds
-}
-
-struct Problems(Vec<Problem>);
-
-impl Problems {
-    fn fail(&mut self, v: &Value, message: String) {
-        self.0.push(Problem {
-            setting: v.setting.clone(),
-            value: v.text.clone(),
-            message,
-        });
-    }
-
-    /// A problem with an environment variable's value (empty when unset).
-    fn fail_env(&mut self, setting: &str, value: &Option<String>, message: String) {
-        self.0.push(Problem {
-            setting: setting.into(),
-            value: value.clone().unwrap_or_default(),
-            message,
-        });
-    }
 }
 
 fn split_list(s: &str) -> Vec<&str> {
@@ -1066,38 +599,10 @@ fn check_component(s: &str) -> Result<(), String> {
     }
 }
 
-/// The longest duration any setting takes. Longer ones are mistakes (a
-/// number of milliseconds, a copied `u64::MAX`), and adding them to a clock
-/// would overflow it.
-pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86400);
-
-/// `90`, `90s`, `5m`, `1h`, `2d`; at most [`MAX_DURATION`].
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    const ACCEPTED: &str = "accepted: a whole number of seconds, or with a unit: 30s, 5m, 1h, 2d";
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, 's')) => (&t[..i], 1),
-        Some((i, 'm')) => (&t[..i], 60),
-        Some((i, 'h')) => (&t[..i], 3600),
-        Some((i, 'd')) => (&t[..i], 86400),
-        _ => (t, 1),
-    };
-    let n = num
-        .trim()
-        .parse::<u64>()
-        .map_err(|_| ACCEPTED.to_string())?;
-    match n.checked_mul(mult).map(Duration::from_secs) {
-        Some(d) if d <= MAX_DURATION => Ok(d),
-        _ => Err(format!(
-            "longer than {}d, the most any duration setting takes; {ACCEPTED}",
-            MAX_DURATION.as_secs() / 86400
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn inputs(pairs: &[(&str, &str)]) -> Inputs {
         let mut env: BTreeMap<String, String> = pairs

@@ -18,8 +18,7 @@ use crate::manifest::Manifest;
 pub const AGE: &str = "age";
 /// The manifest's `encryption` value for a plain artifact.
 pub const NONE: &str = "none";
-/// Appended to the artifact's file name (`….tar.zst.age`).
-pub const EXTENSION: &str = ".age";
+pub use crate::artifact::ENCRYPTED_EXTENSION as EXTENSION;
 
 /// What a recipient must look like, for error messages.
 const RECIPIENT_FORM: &str = "age1… public keys as age-keygen prints them, comma-separated";

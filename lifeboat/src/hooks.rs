@@ -17,7 +17,7 @@ fn command(hook: &Hook, settings: &Settings, phase: &str) -> Command {
         .env("LIFEBOAT_PHASE", phase)
         .env("LIFEBOAT_NAME", &settings.name)
         .env("LIFEBOAT_NAMESPACE", &settings.namespace)
-        .env("LIFEBOAT_SOURCE", settings.source.as_str());
+        .env("LIFEBOAT_SOURCE", settings.source.kind.as_str());
     // What the hook prints belongs in the container log, beside ours, and
     // never on stdout, where `backup-now` prints the artifact id.
     use std::os::fd::AsFd;

@@ -39,6 +39,7 @@ pub mod protected;
 pub mod restore;
 pub mod retention;
 pub mod schedule;
+pub mod small_file;
 pub mod source;
 pub mod status;
 pub mod store;

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::SourceKind;
+use crate::source::kind::SourceKind;
 
 pub const FORMAT: &str = "lifeboat/v1";
 
@@ -18,7 +18,7 @@ pub struct Manifest {
     pub artifact: String,
     pub name: String,
     pub namespace: String,
-    pub source: String,
+    pub source: SourceKind,
     /// How the tar is laid out and put back; absent in older manifests.
     #[serde(default)]
     pub layout: Layout,
@@ -107,12 +107,12 @@ impl Manifest {
 
     /// The checks of [`Manifest::from_json`] beyond the JSON shape.
     fn check(&self) -> Result<(), String> {
-        let kind = SourceKind::from_name(&self.source).ok_or_else(|| {
-            format!(
-                "source {:?} is not one of files, postgres, couchdb, arangodb",
-                self.source
-            )
-        })?;
+        if let SourceKind::Unknown(name) = &self.source {
+            return Err(format!(
+                "source {name:?} is not one of files, postgres, couchdb, arangodb"
+            ));
+        }
+        let kind = &self.source;
         // The id names the manifest, the artifact and the verified record:
         // only the canonical `<stamp>-<source>` form, which has no `/` or `.`.
         let canonical = crate::artifact::id_time(&self.id)
@@ -127,7 +127,7 @@ impl Manifest {
         crate::artifact::check_file_name(&self.artifact)?;
         let ext = self.artifact.strip_prefix(self.id.as_str()).unwrap_or("");
         let ext = ext
-            .strip_suffix(crate::encryption::EXTENSION)
+            .strip_suffix(crate::artifact::ENCRYPTED_EXTENSION)
             .unwrap_or(ext);
         if ![".tar", ".tar.zst", ".tar.gz"].contains(&ext) {
             return Err(format!(
@@ -138,7 +138,7 @@ impl Manifest {
         let layout_fits = match kind {
             SourceKind::Files => self.layout == Layout::Paths,
             SourceKind::CouchDb | SourceKind::ArangoDb => self.layout == Layout::Logical,
-            SourceKind::Postgres => true,
+            SourceKind::Postgres | SourceKind::Unknown(_) => true,
         };
         if !layout_fits {
             return Err(format!(

@@ -44,7 +44,7 @@ pub fn body(
                 "name": settings.name,
                 "namespace": settings.namespace,
                 "pod": pod,
-                "source": settings.source.as_str(),
+                "source": settings.source.kind.as_str(),
                 "at": chrono::Utc::now(),
             });
             match result {
@@ -140,7 +140,7 @@ pub fn load_refused(settings: &Settings, id: &str, error: &str) -> Option<Messag
             "name": settings.name,
             "namespace": settings.namespace,
             "pod": std::env::var("POD_NAME").ok(),
-            "source": settings.source.as_str(),
+            "source": settings.source.kind.as_str(),
             "at": chrono::Utc::now(),
             "id": id,
             "error": error,

@@ -20,6 +20,7 @@ use crate::error::IoContext;
 use crate::layout::RESTORED_MARKER;
 use crate::manifest::Manifest;
 use crate::progress::Cancel;
+use crate::source::Load;
 use crate::{Error, Result};
 
 pub use crate::layout::PENDING_DIR;
@@ -30,36 +31,6 @@ pub const PENDING_MANIFEST: &str = "manifest.json";
 /// sidecar stops retrying and backs up the server as it is, and the staged
 /// dump stays until a person removes this file (to retry) or the folder.
 pub const LOAD_REFUSED: &str = "load-refused.json";
-
-/// Records which databases a load has started and finished, so a load cut
-/// short resumes: finished ones are skipped, a started one is redone.
-const LOAD_STATE: &str = "load-state.json";
-
-/// Progress of a load, kept in the pending folder.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub(crate) struct LoadState {
-    pub started: Vec<String>,
-    pub done: Vec<String>,
-}
-
-impl LoadState {
-    pub fn read(dir: &Path) -> Result<LoadState> {
-        let p = dir.join(LOAD_STATE);
-        match fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
-                id: "pending load".into(),
-                reason: format!("{}: {e}", p.display()),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LoadState::default()),
-            Err(e) => Err(Error::io(format!("reading {}", p.display()), e)),
-        }
-    }
-
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        let json = serde_json::to_vec(self).expect("state serializes");
-        write_synced(&dir.join(LOAD_STATE), &json)
-    }
-}
 
 /// A staged dump waiting to be loaded.
 #[derive(Debug)]
@@ -108,7 +79,7 @@ pub fn find(root: &Path) -> Result<Option<Pending>> {
         id: "pending load".into(),
         reason: format!("{}: {reason}", path.display()),
     })?;
-    let refused = match crate::config::setting_file::read(&dir.join(LOAD_REFUSED), 64 * 1024) {
+    let refused = match crate::small_file::read(&dir.join(LOAD_REFUSED), 64 * 1024) {
         Ok(text) => Some(
             serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
@@ -147,22 +118,6 @@ pub(crate) fn commit(staging: &Path, root: &Path, m: &Manifest) -> Result<()> {
     sync_dir(root)
 }
 
-/// The source's own facts in a staged manifest (its database list).
-pub(crate) fn source_meta<T: serde::de::DeserializeOwned>(m: &Manifest) -> Result<T> {
-    serde_json::from_value(m.source_meta.clone()).map_err(|e| Error::Corrupt {
-        id: m.id.clone(),
-        reason: format!("source_meta has no usable database list: {e}"),
-    })
-}
-
-/// A file or folder name from a manifest: never a path out of the staging.
-pub(crate) fn check_name(m: &Manifest, name: &str) -> Result<()> {
-    crate::artifact::check_file_name(name).map_err(|reason| Error::Corrupt {
-        id: m.id.clone(),
-        reason,
-    })
-}
-
 /// Removes a pending folder so that no crash can leave it looking complete.
 fn remove(dir: &Path) -> Result<()> {
     let manifest = dir.join(PENDING_MANIFEST);
@@ -182,22 +137,15 @@ pub async fn load(p: &Pending, settings: &Settings, cancel: &Cancel) -> Result<(
     let span = tracing::info_span!("load", id = %m.id, source = %m.source);
     async move {
         info!(dir = %p.dir.display(), "loading the restored dump into the server");
-        match m.source.as_str() {
-            "postgres" => {
-                crate::source::pg_dump::load(&settings.postgres, &p.dir, m, cancel).await?
-            }
-            "couchdb" => crate::source::couchdb::load(&settings.couchdb, &p.dir, m, cancel).await?,
-            "arangodb" => {
-                crate::source::arangodb::load(&settings.arangodb, &p.dir, m, cancel).await?
-            }
-            other => {
-                return Err(Error::Source(format!(
-                    "{} holds a {other} dump, which this sidecar cannot load (its source is {})",
-                    p.dir.display(),
-                    settings.source.as_str()
-                )))
-            }
-        }
+        let Some(loader) = settings.source.loader(&m.source) else {
+            return Err(Error::Source(format!(
+                "{} holds a {} dump, which this sidecar cannot load (its source is {})",
+                p.dir.display(),
+                m.source,
+                settings.source.kind
+            )));
+        };
+        loader.load(&p.dir, m, cancel).await?;
         let marker = serde_json::json!({
             "id": m.id,
             "restored_at": Utc::now(),
@@ -215,10 +163,8 @@ pub async fn load(p: &Pending, settings: &Settings, cancel: &Cancel) -> Result<(
 
 /// Whether the server behind `settings`' source answers, so a load can start.
 pub async fn server_ready(p: &Pending, settings: &Settings) -> Result<()> {
-    match p.manifest.source.as_str() {
-        "postgres" => crate::source::pg_dump::ready(&settings.postgres).await,
-        "couchdb" => crate::source::couchdb::ready(&settings.couchdb).await,
-        "arangodb" => crate::source::arangodb::ready(&settings.arangodb).await,
-        _ => Ok(()),
+    match settings.source.loader(&p.manifest.source) {
+        Some(loader) => loader.ready().await,
+        None => Ok(()),
     }
 }

@@ -245,7 +245,7 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
                     },
                 ),
                 Layout::Logical => (
-                    vec![(logical_origin(s.source), paths[0].clone())],
+                    vec![(logical_origin(&s.source.kind), paths[0].clone())],
                     Finish::StageForLoad { root: &paths[0] },
                 ),
             };
@@ -318,15 +318,14 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
 /// must be the configured one, and a physical PostgreSQL one must be of
 /// the server's major version.
 fn fits(m: &Manifest, s: &crate::config::Settings) -> std::result::Result<(), String> {
-    if m.source != s.source.as_str() {
+    if m.source != s.source.kind {
         return Err(format!(
             "artifact is a {} backup, but this pod's LIFEBOAT_SOURCE is {}; refused",
-            m.source,
-            s.source.as_str()
+            m.source, s.source.kind
         ));
     }
-    if m.source == "postgres" {
-        let want = match s.postgres_mode {
+    if m.source == SourceKind::Postgres {
+        let want = match s.source.postgres_mode {
             crate::config::PgMode::Physical => Layout::Paths,
             crate::config::PgMode::Logical => Layout::Logical,
         };
@@ -349,7 +348,7 @@ fn fits(m: &Manifest, s: &crate::config::Settings) -> std::result::Result<(), St
     // better a clear error now than a crash loop later. A logical dump loads
     // into a newer server, so only physical ones are checked.
     let major = crate::source::postgres::artifact_major(&m.source_meta);
-    if let (Some(want), Some(got), Layout::Paths) = (s.pg_major, major, m.layout) {
+    if let (Some(want), Some(got), Layout::Paths) = (s.source.pg_major, major, m.layout) {
         if want != got {
             return Err(format!("taken on PostgreSQL {got}, but PG_MAJOR is {want}"));
         }
@@ -388,7 +387,7 @@ pub async fn restore_to(
     for (t, a) in chosen {
         tried += 1;
         let keys = s.identities.as_ref();
-        match restore_one_to(t, a, dir, s.source, keys, s.progress_interval).await {
+        match restore_one_to(t, a, dir, &s.source.kind, keys, s.progress_interval).await {
             Ok(()) => {
                 info!(id = %a.manifest.id, to = %dir.display(), "restored");
                 return Ok(a.manifest.id.clone());
@@ -414,12 +413,12 @@ async fn restore_one_to(
     target: &AnyTarget,
     stored: &Stored,
     dir: &Path,
-    source: SourceKind,
+    source: &SourceKind,
     keys: Option<&Identities>,
     progress_every: std::time::Duration,
 ) -> Result<()> {
     let m = &stored.manifest;
-    if m.source != source.as_str() {
+    if m.source != *source {
         return Err(Error::Corrupt {
             id: m.id.clone(),
             reason: format!(
@@ -446,8 +445,8 @@ async fn restore_one_to(
     };
     if m.kubernetes.is_some() {
         dests.push((
-            crate::cluster::tar_origin(),
-            dir.join(crate::cluster::TAR_DIR),
+            crate::artifact::kube_tar_origin(),
+            dir.join(crate::artifact::KUBE_TAR_DIR),
         ));
     }
     for (_, d) in &dests {
@@ -478,7 +477,7 @@ async fn restore_one_to(
 
 /// Where a logical dump's entries come from: `<source>/…` in the tar. Named
 /// by the configured source, never by the manifest.
-fn logical_origin(source: SourceKind) -> PathBuf {
+fn logical_origin(source: &SourceKind) -> PathBuf {
     Path::new("/").join(source.as_str())
 }
 
@@ -516,8 +515,8 @@ async fn restore_one(
         for (origin, _) in dests {
             let covered = match m.layout {
                 Layout::Paths => m.paths.iter().any(|p| Path::new(p) == origin),
-                Layout::Logical => *origin == Path::new("/").join(&m.source),
-            } || (m.kubernetes.is_some() && *origin == crate::cluster::tar_origin());
+                Layout::Logical => *origin == Path::new("/").join(m.source.as_str()),
+            } || (m.kubernetes.is_some() && *origin == crate::artifact::kube_tar_origin());
             if !covered {
                 return Err(Error::Corrupt {
                     id: m.id.clone(),
@@ -540,7 +539,7 @@ async fn restore_one(
             let staging = match finish {
                 Finish::MoveIntoPlace { .. } => staging_root.clone(),
                 Finish::StageForLoad { .. } => {
-                    let s = staging_root.join(&m.source);
+                    let s = staging_root.join(m.source.as_str());
                     fs::create_dir(&s).ctx("creating the staging folder", &s)?;
                     s
                 }

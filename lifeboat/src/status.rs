@@ -173,7 +173,7 @@ impl Status {
             version: env!("CARGO_PKG_VERSION"),
             name: settings.name.clone(),
             namespace: settings.namespace.clone(),
-            source: settings.source.as_str(),
+            source: settings.source.kind.label(),
             schedule: String::new(),
             next_run: None,
             verify_schedule: None,

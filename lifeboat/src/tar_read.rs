@@ -115,7 +115,7 @@ pub fn read_artifact<R: Read + Send>(
         (Err(p @ KeyProblem::Unknown { .. }), _) => return Err(corrupt(p.to_string())),
         (Err(p), Mode::Verify) => return checksum_only(reader, manifest, p.to_string()),
         (Err(p), Mode::Extract(_)) => {
-            return Err(Error::Config(vec![crate::config::Problem {
+            return Err(Error::Config(vec![crate::problem::Problem {
                 setting: "LIFEBOAT_AGE_IDENTITY_FILE".into(),
                 value: keys
                     .map(|k| k.file().display().to_string())
@@ -365,7 +365,7 @@ impl<'a> Walker<'a> {
 
     fn warn(&mut self, w: String) {
         tracing::warn!(id = %self.manifest.id, "{w}");
-        if self.report.warnings.len() < crate::source::MAX_WARNINGS {
+        if self.report.warnings.len() < crate::source::seam::MAX_WARNINGS {
             self.report.warnings.push(w);
         }
     }
@@ -446,7 +446,8 @@ impl<'a> Walker<'a> {
         let Some((idx, rel)) = map_name(name, mappings) else {
             // Exported Kubernetes objects the manifest declares are for a
             // person to apply; only `restore --to` asks for them.
-            if self.manifest.kubernetes.is_some() && name.starts_with(crate::cluster::TAR_DIR) {
+            if self.manifest.kubernetes.is_some() && name.starts_with(crate::artifact::KUBE_TAR_DIR)
+            {
                 return Ok(());
             }
             self.warn(format!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 
-use super::{parse_duration, Problems, Raw, Value};
+use super::reader::{parse_duration, Problems, Raw, Value};
 use crate::schedule::{self, Schedule};
 
 /// Where `/metrics`, `/healthz`, `/readyz` and `/status` are served.

@@ -116,7 +116,7 @@ fn manifest(n: usize, started_at: DateTime<Utc>, finished_at: DateTime<Utc>) -> 
         id,
         name: "web-0".into(),
         namespace: "default".into(),
-        source: "files".into(),
+        source: crate::source::SourceKind::Files,
         layout: Default::default(),
         paths: vec!["/data".into()],
         started_at,

@@ -20,15 +20,18 @@ use serde_json::{json, Value};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
-use super::files::READ_BUFFER;
-use super::{append_stream, safe_file_name, Source, SourceCtx, SourceReport, Spool};
-use crate::config::DbFilter;
+use super::databases::DbFilter;
+use super::kind::SourceKind;
+use super::seam::{
+    append_stream, path_strings, Source, SourceCtx, SourceReport, Spool, READ_BUFFER,
+};
+use crate::artifact::safe_file_name;
 use crate::error::IoContext;
 use crate::http::{Endpoint, Kind};
 use crate::json_split::MAX_OBJECT;
 use crate::manifest::{Layout, Manifest};
-use crate::pending::LoadState;
 use crate::progress::{is_cancelled, Cancel};
+use crate::source::load::LoadState;
 use crate::{Error, Result};
 
 pub const DUMP_DIR: &str = "arangodb";
@@ -408,8 +411,8 @@ fn document_of(line: &[u8]) -> serde_json::Result<Option<Value>> {
 }
 
 impl Source for ArangoSource {
-    fn kind(&self) -> &'static str {
-        "arangodb"
+    fn kind(&self) -> SourceKind {
+        SourceKind::ArangoDb
     }
 
     fn layout(&self) -> Layout {
@@ -417,7 +420,7 @@ impl Source for ArangoSource {
     }
 
     fn paths(&self) -> Vec<String> {
-        super::path_strings(&self.paths)
+        path_strings(&self.paths)
     }
 
     fn write_tar<W: Write>(
@@ -481,7 +484,7 @@ pub async fn ready(conn: &ArangoConn) -> Result<()> {
 /// created with its properties and indexes, its documents imported with
 /// `onDuplicate=replace` so a redone load gives the same result.
 pub async fn load(conn: &ArangoConn, dir: &Path, m: &Manifest, cancel: &Cancel) -> Result<()> {
-    let meta: ArangoMeta = crate::pending::source_meta(m)?;
+    let meta: ArangoMeta = super::load::source_meta(m)?;
     let client = conn.client()?;
     let mut state = LoadState::read(dir)?;
     for db in &meta.databases {
@@ -489,7 +492,7 @@ pub async fn load(conn: &ArangoConn, dir: &Path, m: &Manifest, cancel: &Cancel) 
             info!(database = %db.name, "already loaded by an earlier attempt");
             continue;
         }
-        crate::pending::check_name(m, &db.dir)?;
+        super::load::check_name(m, &db.dir)?;
         let what = format!("loading database {:?}", db.name);
         if db.name != "_system" {
             let req = conn
@@ -504,7 +507,7 @@ pub async fn load(conn: &ArangoConn, dir: &Path, m: &Manifest, cancel: &Cancel) 
         let mut ordered: Vec<&DumpedCollection> = db.collections.iter().collect();
         ordered.sort_by_key(|c| c.r#type);
         for c in ordered {
-            crate::pending::check_name(m, &c.file)?;
+            super::load::check_name(m, &c.file)?;
             let structure_path = folder.join(format!("{}.structure.json", c.file));
             let structure: Value =
                 serde_json::from_slice(&fs::read(&structure_path).ctx("reading", &structure_path)?)

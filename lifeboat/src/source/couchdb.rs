@@ -21,27 +21,28 @@ use serde_json::Value;
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
-use super::files::READ_BUFFER;
-use super::{append_stream, safe_file_name, Source, SourceCtx, SourceReport, Spool};
-use crate::config::DbFilter;
+use super::databases::DbFilter;
+use super::kind::SourceKind;
+use super::seam::{
+    append_stream, path_strings, Source, SourceCtx, SourceReport, Spool, READ_BUFFER,
+};
+use crate::artifact::safe_file_name;
 use crate::error::IoContext;
-use crate::http::{Endpoint, Kind};
 use crate::json_split::Splitter;
 use crate::manifest::{Layout, Manifest};
-use crate::pending::LoadState;
 use crate::progress::{is_cancelled, Cancel};
+use crate::source::load::LoadState;
 use crate::{Error, Result};
 
 mod attachments;
+mod conn;
 mod md5;
 
 pub use attachments::{ATTACHMENTS_DIR, FILE_FIELD};
+pub use conn::{CouchConn, DEFAULT_URL, DUMP_DIR};
 
-/// The folder inside the tar (and the staged dump) holding this source's files.
-pub const DUMP_DIR: &str = "couchdb";
 pub const DOCS_FILE: &str = "docs.ndjson";
 pub const SECURITY_FILE: &str = "security.json";
-pub const DEFAULT_URL: &str = "http://127.0.0.1:5984";
 /// CouchDB's user database (the default `authentication_db`).
 const USERS_DB: &str = "_users";
 /// Changes read per `_changes` request. The reply (ids and revisions) is
@@ -56,37 +57,6 @@ pub const LOAD_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// file of its own, streamed (`attachments.rs`). This bounds what one
 /// document holds in memory, whatever the size of its attachments.
 pub const INLINE_ATTACHMENTS_MAX: u64 = 64 * 1024;
-
-/// CouchDB's HTTP API, from `LIFEBOAT_COUCHDB_URL` and `COUCHDB_USER` /
-/// `COUCHDB_PASSWORD` (the official image's names).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CouchConn(pub Endpoint);
-
-const KIND: Kind = Kind {
-    name: "CouchDB",
-    default_url: DEFAULT_URL,
-    unreachable_hint: "is CouchDB running? check LIFEBOAT_COUCHDB_URL",
-    auth_hint:
-        "check COUCHDB_USER and COUCHDB_PASSWORD / COUCHDB_PASSWORD_FILE; backups need an admin",
-    reason_fields: &["error", "reason"],
-};
-
-impl CouchConn {
-    pub fn new(
-        url: Option<&str>,
-        user: Option<&str>,
-        password: Option<&str>,
-    ) -> std::result::Result<Self, String> {
-        Endpoint::new(KIND, url, user, password).map(CouchConn)
-    }
-}
-
-impl std::ops::Deref for CouchConn {
-    type Target = Endpoint;
-    fn deref(&self) -> &Endpoint {
-        &self.0
-    }
-}
 
 #[derive(Debug, Deserialize)]
 struct DbInfo {
@@ -406,8 +376,8 @@ fn seq_number(v: &Value) -> Option<u64> {
 }
 
 impl Source for CouchSource {
-    fn kind(&self) -> &'static str {
-        "couchdb"
+    fn kind(&self) -> SourceKind {
+        SourceKind::CouchDb
     }
 
     fn layout(&self) -> Layout {
@@ -415,7 +385,7 @@ impl Source for CouchSource {
     }
 
     fn paths(&self) -> Vec<String> {
-        super::path_strings(&self.paths)
+        path_strings(&self.paths)
     }
 
     fn write_tar<W: Write>(
@@ -490,7 +460,7 @@ pub async fn ready(conn: &CouchConn) -> Result<()> {
 /// restores `_security`, posts the revisions with `new_edits:false` in
 /// bounded batches, and checks the document counts.
 pub async fn load(conn: &CouchConn, dir: &Path, m: &Manifest, cancel: &Cancel) -> Result<()> {
-    let meta: CouchMeta = crate::pending::source_meta(m)?;
+    let meta: CouchMeta = super::load::source_meta(m)?;
     let client = conn.client()?;
     let mut state = LoadState::read(dir)?;
     for db in &meta.databases {
@@ -498,7 +468,7 @@ pub async fn load(conn: &CouchConn, dir: &Path, m: &Manifest, cancel: &Cancel) -
             info!(database = %db.name, "already loaded by an earlier attempt");
             continue;
         }
-        crate::pending::check_name(m, &db.dir)?;
+        super::load::check_name(m, &db.dir)?;
         let what = format!("loading database {:?}", db.name);
         let create = conn.request(&client, Method::PUT, &[&db.name], &[]);
         match conn.send(create, &what).await? {

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::{self, File, Metadata};
+use std::fs::{self, Metadata};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -19,22 +19,21 @@ use std::sync::Mutex;
 use globset::GlobSet;
 use tar::{EntryType, Header};
 
+use super::kind::SourceKind;
 use super::listing::{self, Listing, Sorter};
+use super::open::{open_walked, replaced};
 use super::read_ahead::{self, Batch, Entry, Fetch, Found, Kind};
-use super::{Source, SourceCtx, SourceReport};
+use super::seam::{path_strings, Source, SourceCtx, SourceReport, READ_BUFFER};
 use crate::error::IoContext;
 use crate::progress::is_cancelled;
 use crate::{Error, Result};
-
-/// Read buffer per file. Large sequential reads keep syscalls few on big files.
-pub const READ_BUFFER: usize = 256 * 1024;
 
 /// Names lifeboat itself leaves in a data folder; never part of a backup.
 pub fn is_own_file(name: &[u8]) -> bool {
     name.starts_with(b".lifeboat-staging-")
         || name == b".lifeboat-restored"
         || name == b".lifeboat-restoring"
-        || name == crate::pending::PENDING_DIR.as_bytes()
+        || name == crate::layout::PENDING_DIR.as_bytes()
 }
 
 pub struct FilesSource {
@@ -118,12 +117,12 @@ impl FilesSource {
 }
 
 impl Source for FilesSource {
-    fn kind(&self) -> &'static str {
-        "files"
+    fn kind(&self) -> SourceKind {
+        SourceKind::Files
     }
 
     fn paths(&self) -> Vec<String> {
-        super::path_strings(&self.paths)
+        path_strings(&self.paths)
     }
 
     fn write_tar<W: Write>(
@@ -852,84 +851,6 @@ impl<R: Read> Read for ExactSize<'_, R> {
 
 /// Why a walked file was not opened: it is no longer the regular file the
 /// walk saw (a symlink, a FIFO, a folder or another file now has its name).
-#[derive(Debug)]
-pub(super) struct Replaced(String);
-
-impl std::fmt::Display for Replaced {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Replaced {}
-
-/// The reason, when `e` says a walked file was replaced.
-pub(super) fn replaced(e: &io::Error) -> Option<String> {
-    e.get_ref()
-        .and_then(|r| r.downcast_ref::<Replaced>())
-        .map(|r| r.0.clone())
-}
-
-/// Opens a file the walk saw as regular, as a regular file or not at all:
-/// without following a symlink and without blocking on a FIFO that took
-/// its name since, and checked by `fstat` to be a regular file. The app may
-/// swap names at any moment; we must never read anything but the volume's
-/// own files (a link to `/proc/self/environ` would put the sidecar's
-/// secrets in the artifact). A different inode than the walk saw is read
-/// and reported as a change by the caller.
-pub(super) fn open_walked(path: &Path) -> io::Result<File> {
-    let file = match open_noatime(path, libc::O_NOFOLLOW | libc::O_NONBLOCK) {
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(io::Error::other(Replaced(
-                "was replaced by a symlink while the backup ran".into(),
-            )))
-        }
-        r => r?,
-    };
-    let now = file.metadata()?;
-    let kind = now.file_type();
-    let what = if !kind.is_file() {
-        Some(if kind.is_dir() {
-            "a folder"
-        } else if kind.is_fifo() {
-            "a FIFO"
-        } else if kind.is_socket() {
-            "a socket"
-        } else {
-            "a device node"
-        })
-    } else {
-        // Another regular file under the same name (written to a temp name
-        // and renamed over, as PostgreSQL does with pg_filenode.map) is the
-        // volume's own current file: read it; `changed` reports it.
-        None
-    };
-    match what {
-        Some(w) => Err(io::Error::other(Replaced(format!(
-            "was replaced by {w} while the backup ran"
-        )))),
-        None => Ok(file),
-    }
-}
-
-/// Opens a file to read without touching its access time: reading a whole
-/// volume would otherwise dirty every inode the app has not read since its
-/// last change, and those writes land on the app's disk. O_NOATIME is only
-/// allowed to the file's owner (or CAP_FOWNER); others open it plainly.
-pub(super) fn open_noatime(path: &Path, flags: i32) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let open = |extra: i32| {
-        fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(flags | extra)
-            .open(path)
-    };
-    match open(libc::O_NOATIME) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
-        r => r,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

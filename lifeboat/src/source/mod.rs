@@ -1,231 +1,34 @@
-//! Sources produce a consistent set of tar entries. One trait for the seam,
-//! one enum for the closed set of implementations.
+//! Sources produce a consistent set of tar entries, and the logical ones
+//! load them back into a running server. The seams are in `seam.rs`
+//! (backup) and `load.rs` (restore); this file holds the closed set of
+//! implementations and re-exports what callers use (docs/ARCHITECTURE.md §3).
 
+mod any;
 pub mod arangodb;
 pub mod couchdb;
+pub mod databases;
 pub mod files;
+pub mod kind;
 pub mod listing;
+pub mod load;
+mod open;
 pub mod pg_dump;
 pub mod pg_roles;
 pub mod postgres;
 pub mod read_ahead;
+pub mod seam;
+pub mod settings;
 
-use std::io::Write;
-use std::sync::Arc;
-
-use crate::manifest::Layout;
-use crate::progress::{Cancel, Progress};
-use crate::{Error, Result};
-
+pub use any::{AnyLoader, AnySource};
 pub use arangodb::{ArangoConn, ArangoSource};
 pub use couchdb::{CouchConn, CouchSource};
+pub use databases::DbFilter;
 pub use files::FilesSource;
+pub use kind::SourceKind;
+pub use load::Load;
 pub use pg_dump::PgDumpSource;
 pub use postgres::{PgConn, PostgresSource};
-
-/// What a source reports once all its entries are written.
-#[derive(Debug, Default, Clone)]
-pub struct SourceReport {
-    pub entries: u64,
-    pub bytes_in: u64,
-    pub warnings: Vec<String>,
-    pub meta: serde_json::Value,
-}
-
-/// At most this many warnings go into a manifest; the rest are counted.
-/// A volume full of churning temp files must not make a manifest huge.
-pub const MAX_WARNINGS: usize = 100;
-
-impl SourceReport {
-    pub fn warn(&mut self, w: String) {
-        tracing::warn!("{w}");
-        if self.warnings.len() < MAX_WARNINGS {
-            self.warnings.push(w);
-        } else if self.warnings.len() == MAX_WARNINGS {
-            self.warnings
-                .push("more warnings were left out; see the sidecar's log".into());
-        }
-    }
-}
-
-pub struct SourceCtx {
-    pub progress: Arc<Progress>,
-    pub cancel: Cancel,
-}
-
-pub trait Source {
-    /// `files`, `postgres`, ...: the suffix of artifact ids.
-    fn kind(&self) -> &'static str;
-    /// Whether entries are files under their paths or a logical dump.
-    fn layout(&self) -> Layout {
-        Layout::Paths
-    }
-    /// Absolute paths this source covers, for the manifest.
-    fn paths(&self) -> Vec<String>;
-    /// Writes every entry into `tar`. Runs on a blocking thread.
-    fn write_tar<W: Write>(
-        &self,
-        tar: &mut tar::Builder<W>,
-        ctx: &SourceCtx,
-    ) -> Result<SourceReport>;
-}
-
-/// A database name as a file name: readable, but never a path. `/`, `%`,
-/// control characters and a leading dot are written as `%XX`.
-pub fn safe_file_name(name: &str) -> String {
-    let mut out = String::new();
-    for (i, ch) in name.chars().enumerate() {
-        if ch == '/' || ch == '%' || ch.is_control() || (i == 0 && ch == '.') {
-            let mut b = [0u8; 4];
-            for byte in ch.encode_utf8(&mut b).bytes() {
-                out.push_str(&format!("%{byte:02X}"));
-            }
-        } else {
-            out.push(ch);
-        }
-    }
-    out
-}
-
-/// Writes one entry that is not a file on disk (a dump, generated SQL),
-/// readable by the user who restores it and dated now.
-pub fn append_stream<W: Write>(
-    tar: &mut tar::Builder<W>,
-    report: &mut SourceReport,
-    name: &str,
-    size: u64,
-    data: impl std::io::Read,
-) -> Result<()> {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o600);
-    // SAFETY: geteuid/getegid have no preconditions and cannot fail.
-    h.set_uid(unsafe { libc::geteuid() } as u64);
-    h.set_gid(unsafe { libc::getegid() } as u64);
-    h.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
-    h.set_size(size);
-    tar.append_data(&mut h, name, data)
-        .map_err(|e| Error::io(format!("writing the tar entry {name}"), e))?;
-    report.entries += 1;
-    report.bytes_in += size;
-    Ok(())
-}
-
-/// A dump whose size is known only at its end, waiting for its tar header
-/// (which comes first): an unlinked file in `TMPDIR`, so memory stays flat,
-/// the disk holds one dump at a time, and a crash leaves nothing behind.
-pub struct Spool {
-    file: std::fs::File,
-    /// What is being spooled, for errors: `database "app"`.
-    what: String,
-    dir: std::path::PathBuf,
-}
-
-impl Spool {
-    pub fn new(dir: &std::path::Path, what: impl Into<String>) -> Result<Spool> {
-        let what = what.into();
-        match tempfile::tempfile_in(dir) {
-            Ok(file) => Ok(Spool {
-                file,
-                what,
-                dir: dir.to_path_buf(),
-            }),
-            Err(e) => Err(Spool::error_for(&what, dir, e)),
-        }
-    }
-
-    fn error_for(what: &str, dir: &std::path::Path, e: std::io::Error) -> Error {
-        Error::io(
-            format!(
-                "spooling {what} to {} (TMPDIR; it must hold the largest dump)",
-                dir.display()
-            ),
-            e,
-        )
-    }
-
-    pub fn error(&self, e: std::io::Error) -> Error {
-        Spool::error_for(&self.what, &self.dir, e)
-    }
-
-    /// The file, to write into (`&File` is `Write`) or hand to a child.
-    pub fn file(&self) -> &std::fs::File {
-        &self.file
-    }
-
-    /// Appends what was spooled as the tar entry `name`; returns its size.
-    pub fn append_to<W: Write>(
-        self,
-        tar: &mut tar::Builder<W>,
-        report: &mut SourceReport,
-        name: &str,
-    ) -> Result<u64> {
-        use std::io::Seek;
-        let mut file = self.file;
-        let size = file
-            .metadata()
-            .map_err(|e| Spool::error_for(&self.what, &self.dir, e))?
-            .len();
-        file.rewind()
-            .map_err(|e| Spool::error_for(&self.what, &self.dir, e))?;
-        let reader = std::io::BufReader::with_capacity(files::READ_BUFFER, file);
-        append_stream(tar, report, name, size, reader)?;
-        Ok(size)
-    }
-}
-
-/// Paths as the manifest lists them.
-pub fn path_strings(paths: &[std::path::PathBuf]) -> Vec<String> {
-    paths.iter().map(|p| p.display().to_string()).collect()
-}
-
-pub enum AnySource {
-    Files(FilesSource),
-    Postgres(PostgresSource),
-    PgDump(PgDumpSource),
-    CouchDb(CouchSource),
-    ArangoDb(ArangoSource),
-}
-
-impl Source for AnySource {
-    fn kind(&self) -> &'static str {
-        match self {
-            AnySource::Files(s) => s.kind(),
-            AnySource::Postgres(s) => s.kind(),
-            AnySource::PgDump(s) => s.kind(),
-            AnySource::CouchDb(s) => s.kind(),
-            AnySource::ArangoDb(s) => s.kind(),
-        }
-    }
-    fn paths(&self) -> Vec<String> {
-        match self {
-            AnySource::Files(s) => s.paths(),
-            AnySource::Postgres(s) => s.paths(),
-            AnySource::PgDump(s) => s.paths(),
-            AnySource::CouchDb(s) => s.paths(),
-            AnySource::ArangoDb(s) => s.paths(),
-        }
-    }
-    fn layout(&self) -> Layout {
-        match self {
-            AnySource::Files(s) => s.layout(),
-            AnySource::Postgres(s) => s.layout(),
-            AnySource::PgDump(s) => s.layout(),
-            AnySource::CouchDb(s) => s.layout(),
-            AnySource::ArangoDb(s) => s.layout(),
-        }
-    }
-    fn write_tar<W: Write>(
-        &self,
-        tar: &mut tar::Builder<W>,
-        ctx: &SourceCtx,
-    ) -> Result<SourceReport> {
-        match self {
-            AnySource::Files(s) => s.write_tar(tar, ctx),
-            AnySource::Postgres(s) => s.write_tar(tar, ctx),
-            AnySource::PgDump(s) => s.write_tar(tar, ctx),
-            AnySource::CouchDb(s) => s.write_tar(tar, ctx),
-            AnySource::ArangoDb(s) => s.write_tar(tar, ctx),
-        }
-    }
-}
+pub use seam::{
+    append_stream, path_strings, Source, SourceCtx, SourceReport, Spool, MAX_WARNINGS, READ_BUFFER,
+};
+pub use settings::{PgMode, SourceSettings};

@@ -19,13 +19,15 @@ use tracing::info;
 
 mod toc;
 
+use super::databases::DbFilter;
+use super::kind::SourceKind;
 use super::pg_roles::{self, quote_ident};
-use super::{append_stream, PgConn, Source, SourceCtx, SourceReport, Spool};
-use crate::config::DbFilter;
+use super::postgres::PgConn;
+use super::seam::{append_stream, path_strings, Source, SourceCtx, SourceReport, Spool};
 use crate::error::IoContext;
 use crate::manifest::{Layout, Manifest};
-use crate::pending::LoadState;
 use crate::progress::Cancel;
+use crate::source::load::LoadState;
 use crate::{program, Error, Result};
 
 /// The folder inside the tar (and the staged dump) holding this source's files.
@@ -60,7 +62,7 @@ struct LogicalMeta {
 
 /// `<database>.dump`, with the name made safe as a file name.
 pub fn dump_file_name(db: &str) -> String {
-    format!("{}.dump", super::safe_file_name(db))
+    format!("{}.dump", crate::artifact::safe_file_name(db))
 }
 
 /// A libpq connection string naming only the database; host, port and user
@@ -89,8 +91,8 @@ pub fn check_tools() -> std::result::Result<(), String> {
 }
 
 impl Source for PgDumpSource {
-    fn kind(&self) -> &'static str {
-        "postgres"
+    fn kind(&self) -> SourceKind {
+        SourceKind::Postgres
     }
 
     fn layout(&self) -> Layout {
@@ -98,7 +100,7 @@ impl Source for PgDumpSource {
     }
 
     fn paths(&self) -> Vec<String> {
-        super::path_strings(&self.paths)
+        path_strings(&self.paths)
     }
 
     fn write_tar<W: std::io::Write>(
@@ -189,7 +191,7 @@ impl Source for PgDumpSource {
 /// recreated by `pg_restore --create`.
 pub async fn load(conn: &PgConn, dir: &Path, m: &Manifest, cancel: &Cancel) -> Result<()> {
     let pg_restore = program::find("pg_restore").ok_or_else(|| missing_tool("pg_restore"))?;
-    let meta: LogicalMeta = crate::pending::source_meta(m)?;
+    let meta: LogicalMeta = super::load::source_meta(m)?;
     let admin = conn.with_dbname(MAINTENANCE_DB);
     let client = admin.connect().await?;
     let version_num: i64 = client
@@ -213,7 +215,7 @@ pub async fn load(conn: &PgConn, dir: &Path, m: &Manifest, cancel: &Cancel) -> R
             info!(database = %db.name, "already loaded by an earlier attempt");
             continue;
         }
-        crate::pending::check_name(m, &db.file)?;
+        super::load::check_name(m, &db.file)?;
         let exists = !client
             .query("SELECT 1 FROM pg_database WHERE datname = $1", &[&db.name])
             .await
@@ -324,8 +326,7 @@ impl Restore<'_> {
             "reading the extension of",
         )
         .await?;
-        let sql = crate::config::setting_file::read(&ext_sql, MAX_EXTENSION_SQL)
-            .ctx("reading", &ext_sql)?;
+        let sql = crate::small_file::read(&ext_sql, MAX_EXTENSION_SQL).ctx("reading", &ext_sql)?;
         // pg_restore's script output has psql meta-commands (`\restrict`
         // since 15.14) that only psql understands; the SQL is the rest.
         let sql: String = sql

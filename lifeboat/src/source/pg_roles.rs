@@ -9,7 +9,7 @@
 
 use tokio_postgres::Client;
 
-use super::PgConn;
+use super::postgres::PgConn;
 use crate::Result;
 
 /// Roles with smaller oids are created by `initdb` (FirstNormalObjectId).

@@ -17,7 +17,9 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio_postgres::{Client, NoTls};
 
-use super::{FilesSource, Source, SourceCtx, SourceReport};
+use super::files::FilesSource;
+use super::kind::SourceKind;
+use super::seam::{Source, SourceCtx, SourceReport};
 use crate::error::IoContext;
 use crate::{Error, Result};
 
@@ -230,8 +232,8 @@ fn is_wal_segment(name: &str) -> bool {
 }
 
 impl Source for PostgresSource {
-    fn kind(&self) -> &'static str {
-        "postgres"
+    fn kind(&self) -> SourceKind {
+        SourceKind::Postgres
     }
 
     fn paths(&self) -> Vec<String> {

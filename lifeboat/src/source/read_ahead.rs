@@ -138,10 +138,10 @@ pub(super) fn fill(batch: &mut Batch) {
         else {
             continue;
         };
-        *fetch = match super::files::open_walked(path) {
+        *fetch = match super::open::open_walked(path) {
             Ok(file) => read_small(file, meta.len(), data),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Fetch::Vanished,
-            Err(e) => match super::files::replaced(&e) {
+            Err(e) => match super::open::replaced(&e) {
                 Some(why) => Fetch::Replaced(why),
                 None => Fetch::Failed(e),
             },

@@ -23,12 +23,12 @@ use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 use tracing::{debug, info};
 
+use super::conn::{CouchConn, DUMP_DIR};
 use super::md5::{couch_digest, Md5};
-use super::{CouchConn, DUMP_DIR};
+use crate::artifact::safe_file_name;
 use crate::error::IoContext;
 use crate::progress::{is_cancelled, Cancel, Progress};
-use crate::source::files::READ_BUFFER;
-use crate::source::{append_stream, safe_file_name, SourceReport};
+use crate::source::seam::{append_stream, SourceReport, READ_BUFFER};
 use crate::{Error, Result};
 
 /// Field of an attachment stub in `docs.ndjson` naming its file.

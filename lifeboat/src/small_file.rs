@@ -1,5 +1,6 @@
-//! Reading a setting's value from a file (`LIFEBOAT_*_FILE`, a Secret
-//! mount) or the annotations file: only a regular file (a symlink to one is
+//! Reading a small file we do not control: a setting's value from a file
+//! (`LIFEBOAT_*_FILE`, a Secret mount), the annotations file, a record in a
+//! staged dump. Only a regular file (a symlink to one is
 //! fine: Kubernetes mounts Secrets and downward-API files through links),
 //! opened without blocking (a FIFO must not hang start-up), up to a cap
 //! (`/dev/zero` must not grow until the memory limit), as UTF-8 text.
