@@ -6,183 +6,19 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lifeboat_tests::postgres_server::{connect, PgServer, Settings, BIN, PASSWORD};
 use lifeboat_tests::*;
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
-const PASSWORD: &str = "lifeboat-test-pw";
-
-struct Pg {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    data: PathBuf,
-    backup: PathBuf,
-    port: u16,
-    running: bool,
-}
-
-fn as_postgres(args: &[&str]) -> Command {
-    let mut c = Command::new("runuser");
-    c.args(["-u", "postgres", "--"]).args(args);
-    c
-}
-
-impl Pg {
-    fn init() -> Pg {
-        assert!(
-            Path::new(BIN).join("initdb").exists(),
-            "PostgreSQL 15 is not installed (scripts/setup.sh installs it)"
-        );
-        let tmp = tempfile::tempdir().unwrap();
-        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let root = tmp.path().join("pg");
-        fs::create_dir(&root).unwrap();
-        run_ok(Command::new("chown").args(["postgres:postgres", root.to_str().unwrap()]));
-        let pwfile = root.join("pw");
-        fs::write(&pwfile, PASSWORD).unwrap();
-        run_ok(Command::new("chown").args(["postgres:postgres", pwfile.to_str().unwrap()]));
-        let data = root.join("data");
-        let backup = tmp.path().join("backup");
-        fs::create_dir(&backup).unwrap();
-        let mut pg = Pg {
-            _tmp: tmp,
-            root,
-            data,
-            backup,
-            port: free_port(),
-            running: false,
-        };
-        pg.initdb();
-        pg.start();
-        pg
-    }
-
-    /// A new, empty cluster in PGDATA, as a fresh pod's image creates one.
-    fn initdb(&self) {
-        run_ok(&mut as_postgres(&[
-            &format!("{BIN}/initdb"),
-            "-D",
-            self.data.to_str().unwrap(),
-            "-U",
-            "postgres",
-            "--auth-local=trust",
-            "--auth-host=scram-sha-256",
-            &format!("--pwfile={}", self.root.join("pw").display()),
-        ]));
-    }
-
-    fn start(&mut self) {
-        let opts = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {}",
-            self.port,
-            self.root.display()
-        );
-        let log = self.root.join("server.log");
-        let out = as_postgres(&[
-            &format!("{BIN}/pg_ctl"),
-            "-D",
-            self.data.to_str().unwrap(),
-            "-w",
-            "-t",
-            "120",
-            "-l",
-            log.to_str().unwrap(),
-            "-o",
-            &opts,
-            "start",
-        ])
-        .output()
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "server did not start:\n{}",
-            fs::read_to_string(&log).unwrap_or_default()
-        );
-        self.running = true;
-    }
-
-    fn stop(&mut self) {
-        run_ok(&mut as_postgres(&[
-            &format!("{BIN}/pg_ctl"),
-            "-D",
-            self.data.to_str().unwrap(),
-            "-w",
-            "-m",
-            "fast",
-            "stop",
-        ]));
-        self.running = false;
-    }
-
-    fn env(&self) -> Vec<(&'static str, String)> {
-        let pwfile = self.root.join("pw");
-        vec![
-            ("LIFEBOAT_SOURCE", "postgres".into()),
-            ("LIFEBOAT_PATHS", self.data.to_str().unwrap().into()),
-            (
-                "LIFEBOAT_TARGETS",
-                format!("file://{}", self.backup.display()),
-            ),
-            ("HOSTNAME", "pg-0".into()),
-            ("PGHOST", "127.0.0.1".into()),
-            ("PGPORT", self.port.to_string()),
-            ("PGUSER", "postgres".into()),
-            ("PGPASSWORD_FILE", pwfile.to_str().unwrap().into()),
-        ]
-    }
-
-    fn cmd(&self, name: &str, extra: &[(&'static str, &str)]) -> Command {
-        let mut env = self.env();
-        for (k, v) in extra {
-            env.retain(|(e, _)| e != k);
-            env.push((k, v.to_string()));
-        }
-        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        lifeboat(name, &pairs)
-    }
-
-    async fn client(&self) -> tokio_postgres::Client {
-        self.client_of("postgres").await
-    }
-
-    async fn client_of(&self, db: &str) -> tokio_postgres::Client {
-        let mut c = tokio_postgres::Config::new();
-        c.host("127.0.0.1")
-            .port(self.port)
-            .user("postgres")
-            .password(PASSWORD)
-            .dbname(db);
-        let (client, conn) = c.connect(tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(conn);
-        client
-    }
-
-    fn wipe(&self) {
-        fs::remove_dir_all(&self.data).unwrap();
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        if self.running {
-            let _ = as_postgres(&[
-                &format!("{BIN}/pg_ctl"),
-                "-D",
-                self.data.to_str().unwrap(),
-                "-m",
-                "immediate",
-                "stop",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        }
-    }
+/// A started cluster of our own whose backups go to the history `pg-0`.
+fn server() -> PgServer {
+    let mut pg = PgServer::init("pg-0", Settings::PLAIN);
+    pg.start();
+    pg
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -201,10 +37,10 @@ const CONSISTENT: &str = "SELECT count(*) FROM accounts a FULL JOIN \
 
 #[test]
 fn a_backup_taken_under_writes_restores_to_a_consistent_server() {
-    let mut pg = Pg::init();
+    let mut pg = server();
     let rt = rt();
     rt.block_on(async {
-        let c = pg.client().await;
+        let c = pg.client("postgres").await;
         c.batch_execute(
             "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, note text);
              CREATE TABLE ledger (id bigint PRIMARY KEY, account bigint NOT NULL, payload text);
@@ -220,7 +56,7 @@ fn a_backup_taken_under_writes_restores_to_a_consistent_server() {
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (committed, stop) = (committed.clone(), stop.clone());
-        let client = rt.block_on(pg.client());
+        let client = rt.block_on(pg.client("postgres"));
         rt.spawn(async move {
             let mut n: i64 = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -290,7 +126,7 @@ fn a_backup_taken_under_writes_restores_to_a_consistent_server() {
     pg.start();
 
     let (count, inconsistent) = rt.block_on(async {
-        let c = pg.client().await;
+        let c = pg.client("postgres").await;
         let count: i64 = c
             .query_one(
                 "SELECT count(*) FROM accounts WHERE id <= $1",
@@ -334,7 +170,7 @@ fn a_backup_taken_under_writes_restores_to_a_consistent_server() {
 
     // A second backup of the restored server, restored again.
     rt.block_on(async {
-        pg.client()
+        pg.client("postgres")
             .await
             .batch_execute("INSERT INTO accounts VALUES (-1, 42, 'after restore')")
             .await
@@ -346,7 +182,7 @@ fn a_backup_taken_under_writes_restores_to_a_consistent_server() {
     run_ok(&mut pg.cmd("lifeboat-restore", &[]));
     pg.start();
     let balance: i64 = rt.block_on(async {
-        pg.client()
+        pg.client("postgres")
             .await
             .query_one("SELECT balance FROM accounts WHERE id = -1", &[])
             .await
@@ -358,9 +194,9 @@ fn a_backup_taken_under_writes_restores_to_a_consistent_server() {
 
 #[test]
 fn a_killed_backup_leaves_the_server_ready_for_the_next() {
-    let pg = Pg::init();
+    let pg = server();
     rt().block_on(async {
-        pg.client()
+        pg.client("postgres")
             .await
             .batch_execute("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 300000) g")
             .await
@@ -398,7 +234,7 @@ fn a_killed_backup_leaves_the_server_ready_for_the_next() {
 
 #[test]
 fn wrong_password_unreachable_server_and_wrong_path_are_clear_errors() {
-    let pg = Pg::init();
+    let pg = server();
     let wrong_pw = pg.root.join("wrong-pw");
     fs::write(&wrong_pw, "nope").unwrap();
     let cases: Vec<(Vec<(&'static str, String)>, &str)> = vec![
@@ -435,7 +271,7 @@ fn wrong_password_unreachable_server_and_wrong_path_are_clear_errors() {
 
 #[test]
 fn an_artifact_of_another_major_version_is_refused() {
-    let mut pg = Pg::init();
+    let mut pg = server();
     run_ok(pg.cmd("lifeboat-sidecar", &[]).arg("backup-now"));
     pg.stop();
     pg.wipe();
@@ -464,10 +300,10 @@ fn ident(name: &str) -> String {
 
 /// Every row of every table in `public` of each database, as text, plus the
 /// role's password hash: what a user would compare after a restore.
-async fn logical_snapshot(pg: &Pg) -> Vec<String> {
+async fn logical_snapshot(pg: &PgServer) -> Vec<String> {
     let mut out = Vec::new();
     for db in ["app", WEIRD_DB] {
-        let c = pg.client_of(db).await;
+        let c = pg.client(db).await;
         let tables: Vec<String> = c
             .query(
                 "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
@@ -493,7 +329,7 @@ async fn logical_snapshot(pg: &Pg) -> Vec<String> {
             out.push(format!("{db}.{t}:\n{rows}"));
         }
     }
-    let c = pg.client().await;
+    let c = pg.client("postgres").await;
     let role: String = c
         .query_one(
             "SELECT rolname || ' ' || rolcanlogin || ' ' || rolpassword FROM pg_authid WHERE rolname = 'app_owner'",
@@ -517,12 +353,12 @@ async fn logical_snapshot(pg: &Pg) -> Vec<String> {
 
 #[test]
 fn logical_mode_round_trips_two_databases_through_the_pending_load() {
-    let mut pg = Pg::init();
+    let mut pg = server();
     let vol = pg.root.join("volume");
     fs::create_dir(&vol).unwrap();
     let rt = rt();
     rt.block_on(async {
-        let c = pg.client().await;
+        let c = pg.client("postgres").await;
         for sql in [
             "CREATE ROLE app_owner LOGIN PASSWORD 'app-secret'",
             "CREATE DATABASE app OWNER app_owner",
@@ -532,7 +368,7 @@ fn logical_mode_round_trips_two_databases_through_the_pending_load() {
         c.batch_execute(&format!("CREATE DATABASE {}", ident(WEIRD_DB)))
             .await
             .unwrap();
-        pg.client_of("app")
+        pg.client("app")
             .await
             .batch_execute(
                 "SET ROLE app_owner;
@@ -543,7 +379,7 @@ fn logical_mode_round_trips_two_databases_through_the_pending_load() {
             )
             .await
             .unwrap();
-        pg.client_of(WEIRD_DB)
+        pg.client(WEIRD_DB)
             .await
             .batch_execute(
                 "CREATE TABLE \"Quoted Table\" (k text PRIMARY KEY, v jsonb);
@@ -624,7 +460,7 @@ fn logical_mode_round_trips_two_databases_through_the_pending_load() {
     pg.initdb();
     pg.start();
     rt.block_on(async {
-        pg.client()
+        pg.client("postgres")
             .await
             .batch_execute("CREATE DATABASE app")
             .await
@@ -643,7 +479,7 @@ fn logical_mode_round_trips_two_databases_through_the_pending_load() {
 
     // Data lifeboat did not load is never dropped to make room.
     rt.block_on(async {
-        pg.client_of("app")
+        pg.client("app")
             .await
             .batch_execute("CREATE TABLE someone_elses (x int)")
             .await
@@ -657,7 +493,7 @@ fn logical_mode_round_trips_two_databases_through_the_pending_load() {
     );
     assert!(vol.join(".lifeboat-pending/manifest.json").is_file());
     rt.block_on(async {
-        pg.client_of("app")
+        pg.client("app")
             .await
             .batch_execute("DROP TABLE someone_elses")
             .await
@@ -675,14 +511,7 @@ fn logical_mode_round_trips_two_databases_through_the_pending_load() {
     assert_eq!(before, after);
     // The role came back with its password: the app can log in.
     rt.block_on(async {
-        let mut c = tokio_postgres::Config::new();
-        c.host("127.0.0.1")
-            .port(pg.port)
-            .user("app_owner")
-            .password("app-secret")
-            .dbname("app");
-        let (client, conn) = c.connect(tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(conn);
+        let client = connect(pg.port, "app_owner", "app-secret", "app").await;
         let n: i64 = client
             .query_one("SELECT count(*) FROM recent", &[])
             .await

@@ -10,17 +10,14 @@
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lifeboat_tests::postgres_server::{PgServer, Settings, SyncClient, BIN};
 use lifeboat_tests::*;
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
-const PASSWORD: &str = "lifeboat-test-pw";
 const SETTING: &str = "LIFEBOAT_TEST_TIMESCALEDB_RELEASE";
 
 /// Whether the real TimescaleDB is here; says why not, or fails in CI.
@@ -50,237 +47,18 @@ fn timescaledb_present() -> bool {
     }
 }
 
-fn as_postgres(args: &[&str]) -> Command {
-    let mut c = Command::new("runuser");
-    c.args(["-u", "postgres", "--"]).args(args);
-    c
-}
-
-/// A PostgreSQL 15 cluster of our own on 127.0.0.1, stopped by Drop.
-struct Pg {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    data: PathBuf,
-    backup: PathBuf,
-    port: u16,
-    running: bool,
-}
-
-impl Pg {
-    fn init() -> Pg {
-        let tmp = tempfile::tempdir().unwrap();
-        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let root = tmp.path().join("pg");
-        fs::create_dir(&root).unwrap();
-        run_ok(Command::new("chown").args(["postgres:postgres", root.to_str().unwrap()]));
-        let pw = root.join("pw");
-        fs::write(&pw, PASSWORD).unwrap();
-        run_ok(Command::new("chown").args(["postgres:postgres", pw.to_str().unwrap()]));
-        let backup = tmp.path().join("backup");
-        fs::create_dir(&backup).unwrap();
-        let pg = Pg {
-            data: root.join("data"),
-            root,
-            backup,
-            _tmp: tmp,
-            port: free_port(),
-            running: false,
-        };
-        pg.initdb();
-        pg
-    }
-
-    fn initdb(&self) {
-        run_ok(&mut as_postgres(&[
-            &format!("{BIN}/initdb"),
-            "-D",
-            self.data.to_str().unwrap(),
-            "-U",
-            "postgres",
-            "--auth-local=trust",
-            "--auth-host=scram-sha-256",
-            &format!("--pwfile={}", self.root.join("pw").display()),
-        ]));
-    }
-
-    /// Starts the server, with TimescaleDB preloaded or not.
-    fn start(&mut self, timescaledb: bool) {
-        let mut opts = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {}",
-            self.port,
-            self.root.display()
-        );
-        if timescaledb {
-            opts.push_str(
-                " -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off",
-            );
-        }
-        let log = self.root.join("server.log");
-        let out = as_postgres(&[
-            &format!("{BIN}/pg_ctl"),
-            "-D",
-            self.data.to_str().unwrap(),
-            "-w",
-            "-t",
-            "120",
-            "-l",
-            log.to_str().unwrap(),
-            "-o",
-            &opts,
-            "start",
-        ])
-        .output()
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "server did not start:\n{}",
-            fs::read_to_string(&log).unwrap_or_default()
-        );
-        self.running = true;
-    }
-
-    fn stop(&mut self) {
-        run_ok(&mut as_postgres(&[
-            &format!("{BIN}/pg_ctl"),
-            "-D",
-            self.data.to_str().unwrap(),
-            "-w",
-            "-m",
-            "fast",
-            "stop",
-        ]));
-        self.running = false;
-    }
-
-    /// A new pod: the old cluster gone, an empty one in its place.
-    fn fresh(&mut self, timescaledb: bool) {
-        self.stop();
-        fs::remove_dir_all(&self.data).unwrap();
-        self.initdb();
-        self.start(timescaledb);
-    }
-
-    fn env(&self, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
-        let mut env = vec![
-            ("LIFEBOAT_SOURCE", "postgres".to_string()),
-            ("LIFEBOAT_PATHS", self.data.display().to_string()),
-            (
-                "LIFEBOAT_TARGETS",
-                format!("file://{}", self.backup.display()),
-            ),
-            ("LIFEBOAT_SCHEDULE", "0 0 1 1 *".into()),
-            ("HOSTNAME", "tsdb-0".into()),
-            ("PGHOST", "127.0.0.1".into()),
-            ("PGPORT", self.port.to_string()),
-            ("PGUSER", "postgres".into()),
-            (
-                "PGPASSWORD_FILE",
-                self.root.join("pw").display().to_string(),
-            ),
-            (
-                "PATH",
-                format!("{BIN}:{}", std::env::var("PATH").unwrap_or_default()),
-            ),
-        ];
-        for (k, v) in extra {
-            env.retain(|(e, _)| e != k);
-            env.push((k, v.clone()));
-        }
-        env
-    }
-
-    fn cmd(&self, name: &str, extra: &[(&'static str, String)]) -> Command {
-        lifeboat(name, &pairs(&self.env(extra)))
-    }
-
-    fn client(&self, db: &str) -> postgres_sync::Client {
-        postgres_sync::Client::connect(self.port, db)
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        if self.running {
-            let _ = as_postgres(&[
-                &format!("{BIN}/pg_ctl"),
-                "-D",
-                self.data.to_str().unwrap(),
-                "-m",
-                "immediate",
-                "stop",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        }
-    }
-}
-
-/// A blocking wrapper over tokio-postgres, so the test reads top to bottom.
-mod postgres_sync {
-    pub struct Client {
-        rt: tokio::runtime::Runtime,
-        c: tokio_postgres::Client,
-    }
-
-    impl Client {
-        pub fn connect(port: u16, db: &str) -> Client {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let mut cfg = tokio_postgres::Config::new();
-            cfg.host("127.0.0.1")
-                .port(port)
-                .user("postgres")
-                .password(super::PASSWORD)
-                .dbname(db);
-            let c = rt.block_on(async {
-                let (c, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
-                tokio::spawn(conn);
-                c
-            });
-            Client { rt, c }
-        }
-
-        pub fn exec(&self, sql: &str) {
-            self.rt
-                .block_on(self.c.batch_execute(sql))
-                .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-        }
-
-        /// Runs `sql`; the server's error message when it fails.
-        pub fn try_exec(&self, sql: &str) -> Result<(), String> {
-            self.rt.block_on(self.c.batch_execute(sql)).map_err(|e| {
-                e.as_db_error()
-                    .map(|d| d.message().to_string())
-                    .unwrap_or_else(|| e.to_string())
-            })
-        }
-
-        /// Every row as text columns joined by `|`.
-        pub fn rows(&self, sql: &str) -> Vec<String> {
-            let msgs = self
-                .rt
-                .block_on(self.c.simple_query(sql))
-                .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-            msgs.iter()
-                .filter_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => Some(
-                        (0..r.len())
-                            .map(|i| r.get(i).unwrap_or("NULL").to_string())
-                            .collect::<Vec<_>>()
-                            .join("|"),
-                    ),
-                    _ => None,
-                })
-                .collect()
-        }
-
-        pub fn one(&self, sql: &str) -> String {
-            self.rows(sql).pop().unwrap_or_default()
-        }
-    }
+/// A cluster of our own with TimescaleDB preloaded and pg_dump on PATH,
+/// backing up PGDATA to the history `tsdb-0`; initdb'd, not started.
+fn server() -> PgServer {
+    let mut pg = PgServer::init("tsdb-0", Settings::TIMESCALEDB);
+    pg.env.extend([
+        ("LIFEBOAT_SCHEDULE", "0 0 1 1 *".to_string()),
+        (
+            "PATH",
+            format!("{BIN}:{}", std::env::var("PATH").unwrap_or_default()),
+        ),
+    ]);
+    pg
 }
 
 const DB: &str = "metrics";
@@ -289,11 +67,12 @@ const DB: &str = "metrics";
 /// daily chunks over 60 days, the older 30 compressed), an hourly
 /// continuous aggregate with a refresh policy, and `live`, a hypertable
 /// the writer fills during the backup (kept apart so the rest is static).
-fn populate(pg: &Pg) {
-    pg.client("postgres").exec(&format!("CREATE DATABASE {DB}"));
+fn populate(pg: &PgServer) {
+    pg.sync_client("postgres")
+        .exec(&format!("CREATE DATABASE {DB}"));
     // One statement per call: a continuous aggregate cannot be created
     // inside the transaction a multi-statement call runs in.
-    let c = pg.client(DB);
+    let c = pg.sync_client(DB);
     let sql = "CREATE EXTENSION timescaledb;
          CREATE TABLE sensors (id int PRIMARY KEY, name text NOT NULL);
          INSERT INTO sensors SELECT g, 'sensor ' || g FROM generate_series(1, 10) g;
@@ -317,8 +96,8 @@ fn populate(pg: &Pg) {
 }
 
 /// What a user checks after a restore, in one comparable list.
-fn facts(pg: &Pg) -> Vec<String> {
-    let c = pg.client(DB);
+fn facts(pg: &PgServer) -> Vec<String> {
+    let c = pg.sync_client(DB);
     let mut out = Vec::new();
     let mut add = |what: &str, sql: &str| {
         for r in c.rows(sql) {
@@ -357,8 +136,8 @@ fn facts(pg: &Pg) -> Vec<String> {
 }
 
 /// The continuous aggregate agrees with a fresh aggregate of the base table.
-fn aggregate_is_consistent(pg: &Pg) {
-    let c = pg.client(DB);
+fn aggregate_is_consistent(pg: &PgServer) {
+    let c = pg.sync_client(DB);
     c.exec("CALL refresh_continuous_aggregate('hourly', NULL, NULL)");
     let differ = c.one(
         "SELECT count(*) FROM ((SELECT bucket, sensor, round(avg_v::numeric, 9), n FROM hourly
@@ -387,12 +166,12 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(pg: &Pg) -> Writer {
+    fn start(pg: &PgServer) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let committed = Arc::new(AtomicI64::new(0));
         let (s, n, port) = (stop.clone(), committed.clone(), pg.port);
         let handle = std::thread::spawn(move || {
-            let c = postgres_sync::Client::connect(port, DB);
+            let c = SyncClient::connect(port, DB);
             let mut i = 0i64;
             while !s.load(Ordering::Relaxed) {
                 i += 1;
@@ -425,8 +204,8 @@ impl Writer {
 
 /// `live` holds rows 1..=n with no gap, n between what was committed when
 /// the backup started and when it ended.
-fn live_rows_are_a_prefix(pg: &Pg, at_start: i64, at_end: i64) {
-    let r = pg.client(DB).one(
+fn live_rows_are_a_prefix(pg: &PgServer, at_start: i64, at_end: i64) {
+    let r = pg.sync_client(DB).one(
         "SELECT count(*) || '|' || coalesce(min(n), 0) || '|' || coalesce(max(n), 0) FROM live",
     );
     let f: Vec<i64> = r.split('|').map(|x| x.parse().unwrap()).collect();
@@ -438,50 +217,86 @@ fn live_rows_are_a_prefix(pg: &Pg, at_start: i64, at_end: i64) {
     );
 }
 
+/// A started server with TimescaleDB preloaded and the database users run
+/// populated; `None` (the test skips) without a real TimescaleDB.
+fn populated_server() -> Option<PgServer> {
+    if !timescaledb_present() {
+        return None;
+    }
+    let mut pg = server();
+    pg.start();
+    populate(&pg);
+    Some(pg)
+}
+
+/// `<root>/volume`, created: the pod's volume the logical mode stages its
+/// dump in.
+fn volume(pg: &PgServer) -> PathBuf {
+    let vol = pg.root.join("volume");
+    fs::create_dir(&vol).unwrap();
+    vol
+}
+
+/// A backup taken while a writer commits, and what its restore must give.
+struct UnderWrites {
+    /// The facts before the backup (the writer touches only `live`).
+    before: Vec<String>,
+    /// Rows the writer had committed when the backup started and ended.
+    at_start: i64,
+    at_end: i64,
+}
+
+impl UnderWrites {
+    /// `backup-now` (with `extra` set) while the writer commits.
+    fn backup(pg: &PgServer, extra: &[(&'static str, &str)]) -> UnderWrites {
+        let before = facts(pg);
+        let w = Writer::start(pg);
+        let at_start = w.committed();
+        run_ok(pg.cmd("lifeboat-sidecar", extra).arg("backup-now"));
+        let at_end = w.stop();
+        UnderWrites {
+            before,
+            at_start,
+            at_end,
+        }
+    }
+
+    /// The restored server holds what was there before the backup, its
+    /// aggregate agrees with its base table, and `live` one prefix.
+    fn assert_restored(&self, pg: &PgServer) {
+        assert_eq!(self.before, facts(pg));
+        aggregate_is_consistent(pg);
+        live_rows_are_a_prefix(pg, self.at_start, self.at_end);
+    }
+}
+
 #[test]
 fn physical_backup_under_writes_restores_hypertables_exactly() {
-    if !timescaledb_present() {
+    let Some(mut pg) = populated_server() else {
         return;
-    }
-    let mut pg = Pg::init();
-    pg.start(true);
-    populate(&pg);
-    let before = facts(&pg);
-    let w = Writer::start(&pg);
-    let at_start = w.committed();
-    run_ok(pg.cmd("lifeboat-sidecar", &[]).arg("backup-now"));
-    let at_end = w.stop();
+    };
+    let taken = UnderWrites::backup(&pg, &[]);
 
     pg.stop();
-    fs::remove_dir_all(&pg.data).unwrap();
+    pg.wipe();
     run_ok(&mut pg.cmd("lifeboat-restore", &[]));
-    pg.start(true);
-    assert_eq!(before, facts(&pg));
-    aggregate_is_consistent(&pg);
-    live_rows_are_a_prefix(&pg, at_start, at_end);
+    pg.start();
+    taken.assert_restored(&pg);
 }
 
 #[test]
 fn logical_backup_under_writes_loads_in_restore_mode_and_is_exact() {
-    if !timescaledb_present() {
+    let Some(mut pg) = populated_server() else {
         return;
-    }
-    let mut pg = Pg::init();
-    pg.start(true);
-    populate(&pg);
-    let before = facts(&pg);
-    let vol = pg.root.join("volume");
-    fs::create_dir(&vol).unwrap();
+    };
+    let vol = volume(&pg);
     let logical = [
-        ("LIFEBOAT_POSTGRES_MODE", "logical".to_string()),
-        ("LIFEBOAT_PATHS", vol.display().to_string()),
+        ("LIFEBOAT_POSTGRES_MODE", "logical"),
+        ("LIFEBOAT_PATHS", vol.to_str().unwrap()),
     ];
-    let w = Writer::start(&pg);
-    let at_start = w.committed();
-    run_ok(pg.cmd("lifeboat-sidecar", &logical).arg("backup-now"));
-    let at_end = w.stop();
+    let taken = UnderWrites::backup(&pg, &logical);
 
-    pg.fresh(true);
+    pg.fresh();
     run_ok(&mut pg.cmd("lifeboat-restore", &logical));
     let log = pg.root.join("sidecar.log");
     load_staged_dump(pg.cmd("lifeboat-sidecar", &logical), &log);
@@ -494,11 +309,9 @@ fn logical_backup_under_writes_loads_in_restore_mode_and_is_exact() {
         !text.contains("pg_restore: "),
         "pg_restore complained:\n{text}"
     );
-    assert_eq!(before, facts(&pg));
-    aggregate_is_consistent(&pg);
-    live_rows_are_a_prefix(&pg, at_start, at_end);
+    taken.assert_restored(&pg);
     // Restore mode is off again, so the policies' background jobs run.
-    assert_eq!(pg.client(DB).one("SHOW timescaledb.restoring"), "off");
+    assert_eq!(pg.sync_client(DB).one("SHOW timescaledb.restoring"), "off");
 }
 
 /// A notification receiver on 127.0.0.1 that keeps every body.
@@ -541,25 +354,21 @@ fn receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
 /// not load the dump over what was written since.
 #[test]
 fn a_dump_the_server_refuses_is_reported_once_and_backups_go_on() {
-    if !timescaledb_present() {
+    let Some(mut pg) = populated_server() else {
         return;
-    }
-    let mut pg = Pg::init();
-    pg.start(true);
-    populate(&pg);
-    let vol = pg.root.join("volume");
-    fs::create_dir(&vol).unwrap();
+    };
+    let vol = volume(&pg);
     let (port, got) = receiver();
-    let env = pg.env(&[
-        ("LIFEBOAT_POSTGRES_MODE", "logical".to_string()),
-        ("LIFEBOAT_PATHS", vol.display().to_string()),
-        (
-            "LIFEBOAT_NOTIFY_URL",
-            format!("http://127.0.0.1:{port}/hook"),
-        ),
+    let hook = format!("http://127.0.0.1:{port}/hook");
+    let env = pg.env_with(&[
+        ("LIFEBOAT_POSTGRES_MODE", "logical"),
+        ("LIFEBOAT_PATHS", vol.to_str().unwrap()),
+        ("LIFEBOAT_NOTIFY_URL", hook.as_str()),
     ]);
     run_ok(lifeboat("lifeboat-sidecar", &pairs(&env)).arg("backup-now"));
-    pg.fresh(false);
+    // The new pod's server does not preload TimescaleDB.
+    pg.settings = Settings::PLAIN;
+    pg.fresh();
     run_ok(&mut lifeboat("lifeboat-restore", &pairs(&env)));
 
     let log = pg.root.join("sidecar.log");

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 pub mod couchdb_server;
 pub mod hostile;
+pub mod postgres_server;
 
 /// A built binary of this workspace. `cargo test --workspace` builds them
 /// because the binary crates have integration tests of their own.
@@ -190,17 +191,17 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 pub fn set_mtime(p: &Path, secs: i64) {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
-    let ts = [
-        libc::timespec {
-            tv_sec: secs as libc::time_t,
-            tv_nsec: 0,
-        },
-        libc::timespec {
-            tv_sec: secs as libc::time_t,
-            tv_nsec: 0,
-        },
-    ];
+    set_mtime_ns(p, secs, 0);
+}
+
+/// Sets the access and modification times of `p` (not following a
+/// symlink) to `secs` seconds and `nsec` nanoseconds after the epoch.
+pub fn set_mtime_ns(p: &Path, secs: i64, nsec: i64) {
+    let t = libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: nsec as libc::c_long,
+    };
+    let ts = [t, t];
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
     // SAFETY: valid C string and timespec array; AT_SYMLINK_NOFOLLOW touches the link itself.
     let r = unsafe {
@@ -211,7 +212,13 @@ pub fn set_mtime(p: &Path, secs: i64) {
             libc::AT_SYMLINK_NOFOLLOW,
         )
     };
-    assert_eq!(r, 0, "utimensat {}: {:?}", p.display(), t);
+    assert_eq!(
+        r,
+        0,
+        "utimensat {} to {secs}.{nsec:09}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Every name in a folder, hidden ones included, sorted.
