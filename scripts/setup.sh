@@ -75,7 +75,8 @@ if ! python3 -m pip show kubernetes-validate 2>/dev/null | grep -q '^Version: 1.
   python3 -m pip install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.0'
 fi
 
-# A CouchDB-API server (no real CouchDB installs here; DESIGN §8).
+# PouchDB Server, a second CouchDB-API server beside the real CouchDB 3.5
+# (tests/couchdb.rs runs its tests against both).
 POUCHDB_PREFIX=/opt/lifeboat-test-tools
 if [ ! -x "$POUCHDB_PREFIX/node_modules/.bin/pouchdb-server" ]; then
   echo "setup: installing pouchdb-server from npm into $POUCHDB_PREFIX"

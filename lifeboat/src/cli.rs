@@ -2,6 +2,10 @@
 
 use std::io::IsTerminal;
 
+/// The operator's command (`kubectl exec … -- lifeboat-sidecar list`), as
+/// the advice in the library's messages names it: spelled here only.
+pub const SIDECAR_COMMAND: &str = "lifeboat-sidecar";
+
 /// `tracing` to stderr, filtered by `LIFEBOAT_LOG` (default `info`), fields
 /// first, then a short sentence; colours only on a terminal.
 pub fn init_logging() {

@@ -67,7 +67,7 @@ pub enum Error {
     /// Restoring the newest good artifact failed for a reason that may pass
     /// (a store that stalls, a full or failing disk) after every retry. No
     /// older artifact is tried: that would bring back older data unasked.
-    #[error("{what} failed after {attempts} attempts: {cause}; no older artifact was tried (it would bring back older data). Live data was left as it was: fix the cause and restart the pod, or pick an artifact by hand with `lifeboat-sidecar restore --to DIR --id ID`")]
+    #[error("{what} failed after {attempts} attempts: {cause}; no older artifact was tried (it would bring back older data). Live data was left as it was: fix the cause and restart the pod, or pick an artifact by hand with `{cmd} restore --to DIR --id ID`", cmd = crate::cli::SIDECAR_COMMAND)]
     RestoreStopped {
         what: String,
         cause: String,
@@ -85,7 +85,7 @@ pub enum Error {
     VerifyFailed { failed: usize, checked: usize },
 
     /// An artifact or ID asked for by name does not exist.
-    #[error("no committed artifact with id {0:?} (run `lifeboat-sidecar list`)")]
+    #[error("no committed artifact with id {0:?} (run `{cmd} list`)", cmd = crate::cli::SIDECAR_COMMAND)]
     NotFound(String),
 
     /// The work was cancelled (shutdown); nothing was committed.

@@ -8,6 +8,7 @@ use tracing::{info, warn};
 
 use crate::config::{Hook, Settings};
 use crate::manifest::Manifest;
+use crate::program::Owner;
 use crate::progress::Cancel;
 use crate::{Error, Result};
 
@@ -34,15 +35,10 @@ async fn run(hook: &Hook, cmd: Command, cancel: &Cancel) -> Result<()> {
     let cancel = cancel.clone();
     let started = std::time::Instant::now();
     tokio::task::spawn_blocking(move || {
-        crate::program::run_within(cmd, &what, &cancel, Some(limit)).map(|_| ())
+        crate::program::run_within(cmd, &what, &cancel, Some(limit), Owner::Hook).map(|_| ())
     })
     .await
-    .map_err(|e| Error::Hook(format!("{} did not run: {e}", hook.setting)))?
-    .map_err(|e| match e {
-        Error::Source(m) => Error::Hook(m),
-        e @ Error::Io { .. } => Error::Hook(e.to_string()),
-        other => other,
-    })?;
+    .map_err(|e| Error::Hook(format!("{} did not run: {e}", hook.setting)))??;
     info!(
         hook = hook.setting,
         program = %hook.argv[0],

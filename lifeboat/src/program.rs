@@ -30,19 +30,46 @@ pub fn find(name: &str) -> Option<PathBuf> {
         })
 }
 
-/// Runs `cmd` to the end on this (blocking) thread; stdout is whatever the
-/// caller set. Returns the tool's stderr (its warnings) on success.
-pub fn run(cmd: Command, what: &str, cancel: &Cancel) -> Result<String> {
-    run_within(cmd, what, cancel, None)
+/// Whose program it is, which decides the error its failure is: a
+/// database tool's (`pg_dump`, `pg_restore`) is the source's, retried like
+/// any source failure; a hook's is `Error::Hook`, the user's own program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Source,
+    Hook,
 }
 
-/// [`run`], killing the tool once `limit` has passed (hooks must not hang
-/// the schedule).
+impl Owner {
+    fn failed(self, message: String) -> Error {
+        match self {
+            Owner::Source => Error::Source(message),
+            Owner::Hook => Error::Hook(message),
+        }
+    }
+
+    fn io(self, what: String, e: std::io::Error) -> Error {
+        match self {
+            Owner::Source => Error::io(what, e),
+            Owner::Hook => Error::Hook(Error::io(what, e).to_string()),
+        }
+    }
+}
+
+/// Runs a database tool to the end on this (blocking) thread; stdout is
+/// whatever the caller set. Returns the tool's stderr (its warnings) on
+/// success.
+pub fn run(cmd: Command, what: &str, cancel: &Cancel) -> Result<String> {
+    run_within(cmd, what, cancel, None, Owner::Source)
+}
+
+/// [`run`] for `owner`, killing the program once `limit` has passed (hooks
+/// must not hang the schedule).
 pub fn run_within(
     mut cmd: Command,
     what: &str,
     cancel: &Cancel,
     limit: Option<Duration>,
+    owner: Owner,
 ) -> Result<String> {
     let deadline = limit.map(|l| (std::time::Instant::now() + l, l));
     cmd.stdin(Stdio::null()).stderr(Stdio::piped());
@@ -58,14 +85,14 @@ pub fn run_within(
     }
     let mut child = cmd
         .spawn()
-        .map_err(|e| Error::io(format!("starting {what}"), e))?;
+        .map_err(|e| owner.io(format!("starting {what}"), e))?;
     let stderr = child.stderr.take().expect("stderr is piped");
     let reader = std::thread::spawn(move || tail(stderr));
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) => {}
-            Err(e) => return Err(Error::io(format!("waiting for {what}"), e)),
+            Err(e) => return Err(owner.io(format!("waiting for {what}"), e)),
         }
         if is_cancelled(cancel) {
             let _ = child.kill();
@@ -76,7 +103,7 @@ pub fn run_within(
             let _ = child.kill();
             let _ = child.wait();
             let said = reader.join().unwrap_or_default();
-            return Err(Error::Source(format!(
+            return Err(owner.failed(format!(
                 "{what} did not finish within {}s and was killed{}{}",
                 l.as_secs(),
                 if said.trim().is_empty() {
@@ -94,7 +121,7 @@ pub fn run_within(
     if status.success() {
         Ok(said.to_string())
     } else {
-        Err(Error::Source(format!(
+        Err(owner.failed(format!(
             "{what} failed ({status}){}{said}",
             if said.is_empty() { "" } else { ": " }
         )))
@@ -150,9 +177,14 @@ mod tests {
             "hook",
             &Default::default(),
             Some(Duration::from_millis(300)),
+            Owner::Hook,
         )
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+        assert!(
+            matches!(e, Error::Hook(_)),
+            "a hook's failure is the hook's: {e:?}"
+        );
+        let e = e.to_string();
         assert!(t.elapsed() < Duration::from_secs(10), "{e}");
         assert!(
             e.contains("did not finish within") && e.contains("started"),

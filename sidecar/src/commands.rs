@@ -13,7 +13,7 @@ use tracing::warn;
 
 /// This binary, as the library names it in Events and advice.
 pub const CALLER: Caller = Caller {
-    command: "lifeboat-sidecar",
+    command: lifeboat::cli::SIDECAR_COMMAND,
     component: "sidecar",
 };
 

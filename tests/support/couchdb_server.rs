@@ -1,5 +1,5 @@
 //! CouchDB-API servers for `tests/couchdb.rs`, started and stopped by the
-//! tests on 127.0.0.1 with an admin configured (DESIGN §8):
+//! tests on 127.0.0.1 with an admin configured:
 //!
 //! - PouchDB Server (npm `pouchdb-server`, installed by `scripts/setup.sh`,
 //!   or `POUCHDB_SERVER`);

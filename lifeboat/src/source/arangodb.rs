@@ -11,7 +11,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::{Client, Method, RequestBuilder, StatusCode};
@@ -20,16 +20,13 @@ use serde_json::{json, Value};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
-use super::databases::DbFilter;
 use super::kind::SourceKind;
-use super::seam::{
-    append_stream, path_strings, Source, SourceCtx, SourceReport, Spool, READ_BUFFER,
-};
+use super::seam::{append_stream, Dump, Logical, SourceCtx, SourceReport, Spool, READ_BUFFER};
 use crate::artifact::safe_file_name;
 use crate::error::IoContext;
 use crate::http::{Endpoint, Kind};
 use crate::json_split::MAX_OBJECT;
-use crate::manifest::{Layout, Manifest};
+use crate::manifest::Manifest;
 use crate::progress::{is_cancelled, Cancel};
 use crate::source::load::LoadState;
 use crate::{Error, Result};
@@ -112,17 +109,22 @@ pub struct DumpedDb {
     pub collections: Vec<DumpedCollection>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The manifest's `source_meta` for an ArangoDB dump, written and read as this type.
+#[derive(Debug, Serialize, Deserialize)]
 struct ArangoMeta {
+    #[serde(default)]
+    server: ArangoServer,
     databases: Vec<DumpedDb>,
 }
 
-pub struct ArangoSource {
-    pub conn: ArangoConn,
-    pub databases: DbFilter,
-    pub paths: Vec<PathBuf>,
-    pub spool_dir: PathBuf,
+/// What answered the dump (`/_api/version`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ArangoServer {
+    version: Option<Value>,
+    server: Option<Value>,
 }
+
+pub type ArangoSource = Logical<ArangoConn>;
 
 fn gone(conn: &ArangoConn, what: &str) -> Error {
     Error::Source(format!(
@@ -410,26 +412,16 @@ fn document_of(line: &[u8]) -> serde_json::Result<Option<Value>> {
     })
 }
 
-impl Source for ArangoSource {
-    fn kind(&self) -> SourceKind {
-        SourceKind::ArangoDb
-    }
+impl Dump for ArangoConn {
+    const KIND: SourceKind = SourceKind::ArangoDb;
 
-    fn layout(&self) -> Layout {
-        Layout::Logical
-    }
-
-    fn paths(&self) -> Vec<String> {
-        path_strings(&self.paths)
-    }
-
-    fn write_tar<W: Write>(
-        &self,
+    fn dump<W: Write>(
+        this: &ArangoSource,
         tar: &mut tar::Builder<W>,
         ctx: &SourceCtx,
     ) -> Result<SourceReport> {
         let rt = Handle::current();
-        let conn = &self.conn;
+        let conn = &this.conn;
         let client = conn.client()?;
         let version = rt
             .block_on(conn.fetch_json::<Value>(
@@ -451,20 +443,23 @@ impl Source for ArangoSource {
                     .collect()
             })
             .unwrap_or_default();
-        let names = self
+        let names = this
             .databases
             .select(&existing)
             .map_err(|m| Error::Source(format!("{}: {m}", conn.describe())))?;
         let mut report = SourceReport::default();
         let mut dumped = Vec::new();
         for db in &names {
-            dumped.push(rt.block_on(self.dump_db(&client, db, tar, &mut report, ctx))?);
+            dumped.push(rt.block_on(this.dump_db(&client, db, tar, &mut report, ctx))?);
         }
-        report.meta = json!({
-            "server": { "version": version.get("version"), "server": version.get("server") },
-            "databases": dumped,
-        });
-        Ok(report)
+        let meta = ArangoMeta {
+            server: ArangoServer {
+                version: version.get("version").cloned(),
+                server: version.get("server").cloned(),
+            },
+            databases: dumped,
+        };
+        Ok(report.with_meta(&meta))
     }
 }
 
@@ -484,15 +479,9 @@ pub async fn ready(conn: &ArangoConn) -> Result<()> {
 /// created with its properties and indexes, its documents imported with
 /// `onDuplicate=replace` so a redone load gives the same result.
 pub async fn load(conn: &ArangoConn, dir: &Path, m: &Manifest, cancel: &Cancel) -> Result<()> {
-    let meta: ArangoMeta = super::load::source_meta(m)?;
+    let (meta, mut state): (ArangoMeta, LoadState) = super::load::resume(dir, m)?;
     let client = conn.client()?;
-    let mut state = LoadState::read(dir)?;
-    for db in &meta.databases {
-        if state.done.contains(&db.name) {
-            info!(database = %db.name, "already loaded by an earlier attempt");
-            continue;
-        }
-        super::load::check_name(m, &db.dir)?;
+    for db in super::load::to_load(&state, m, &meta.databases, |d| (&d.name, &d.dir))? {
         let what = format!("loading database {:?}", db.name);
         if db.name != "_system" {
             let req = conn
@@ -542,8 +531,7 @@ pub async fn load(conn: &ArangoConn, dir: &Path, m: &Manifest, cancel: &Cancel) 
             }
             info!(database = %db.name, collection = %c.name, documents = n, "collection loaded");
         }
-        state.done.push(db.name.clone());
-        state.write(dir)?;
+        state.finish(dir, &db.name)?;
     }
     Ok(())
 }

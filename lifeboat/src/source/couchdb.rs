@@ -1,5 +1,5 @@
 //! The `couchdb` source: a logical dump over CouchDB's HTTP API, loaded back
-//! through the pending load (DESIGN §4, §5).
+//! through the pending load (docs/ARCHITECTURE.md, "The pending load").
 //!
 //! For each database: every change (`_changes?style=all_docs`, in pages)
 //! names each document's leaf revisions, live, deleted and conflicting;
@@ -13,7 +13,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use reqwest::{Client, Method, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -21,15 +21,12 @@ use serde_json::Value;
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
-use super::databases::DbFilter;
 use super::kind::SourceKind;
-use super::seam::{
-    append_stream, path_strings, Source, SourceCtx, SourceReport, Spool, READ_BUFFER,
-};
+use super::seam::{append_stream, Dump, Logical, SourceCtx, SourceReport, Spool, READ_BUFFER};
 use crate::artifact::safe_file_name;
 use crate::error::IoContext;
 use crate::json_split::Splitter;
-use crate::manifest::{Layout, Manifest};
+use crate::manifest::Manifest;
 use crate::progress::{is_cancelled, Cancel};
 use crate::source::load::LoadState;
 use crate::{Error, Result};
@@ -99,19 +96,23 @@ pub struct DumpedDb {
     pub exact: bool,
 }
 
-#[derive(Debug, Deserialize)]
+/// The manifest's `source_meta` for a CouchDB dump, written and read as this type.
+#[derive(Debug, Serialize, Deserialize)]
 struct CouchMeta {
+    #[serde(default)]
+    server: CouchServer,
     databases: Vec<DumpedDb>,
 }
 
-pub struct CouchSource {
-    pub conn: CouchConn,
-    /// `LIFEBOAT_DATABASES`; every database (system ones too) by default.
-    pub databases: DbFilter,
-    pub paths: Vec<PathBuf>,
-    /// Where a database's NDJSON waits for its tar header (`TMPDIR`).
-    pub spool_dir: PathBuf,
+/// What answered the dump: CouchDB's or PouchDB Server's welcome.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CouchServer {
+    couchdb: Option<Value>,
+    version: Option<Value>,
+    vendor: Option<Value>,
 }
+
+pub type CouchSource = Logical<CouchConn>;
 
 fn seq_text(v: &Value) -> String {
     match v {
@@ -375,26 +376,16 @@ fn seq_number(v: &Value) -> Option<u64> {
     }
 }
 
-impl Source for CouchSource {
-    fn kind(&self) -> SourceKind {
-        SourceKind::CouchDb
-    }
+impl Dump for CouchConn {
+    const KIND: SourceKind = SourceKind::CouchDb;
 
-    fn layout(&self) -> Layout {
-        Layout::Logical
-    }
-
-    fn paths(&self) -> Vec<String> {
-        path_strings(&self.paths)
-    }
-
-    fn write_tar<W: Write>(
-        &self,
+    fn dump<W: Write>(
+        this: &CouchSource,
         tar: &mut tar::Builder<W>,
         ctx: &SourceCtx,
     ) -> Result<SourceReport> {
         let rt = Handle::current();
-        let conn = &self.conn;
+        let conn = &this.conn;
         let client = conn.client()?;
         let welcome: Value = rt
             .block_on(conn.get_json(&client, &[], &[], "connecting"))?
@@ -402,16 +393,16 @@ impl Source for CouchSource {
         let existing: Vec<String> = rt
             .block_on(conn.get_json(&client, &["_all_dbs"], &[], "listing databases"))?
             .unwrap_or_default();
-        let names = self
+        let names = this
             .databases
             .select(&existing)
             .map_err(|m| Error::Source(format!("{}: {m}", conn.describe())))?;
         let mut report = SourceReport::default();
         let mut dumped = Vec::new();
         for db in &names {
-            let spool = Spool::new(&self.spool_dir, format!("database {db:?}"))?;
+            let spool = Spool::new(&this.spool_dir, format!("database {db:?}"))?;
             let dir = safe_file_name(db);
-            let d = self.dump_db(&rt, &client, (db, &dir), &spool, tar, &mut report, ctx)?;
+            let d = this.dump_db(&rt, &client, (db, &dir), &spool, tar, &mut report, ctx)?;
             let security: Value = rt
                 .block_on(conn.get_json(&client, &[db, "_security"], &[], "reading _security"))?
                 .ok_or_else(|| gone(conn, db))?;
@@ -436,15 +427,18 @@ impl Source for CouchSource {
             info!(database = %db, revisions = d.revisions, doc_count = d.doc_count, size, "database dumped");
             dumped.push(d);
         }
-        report.meta = serde_json::json!({
-            "server": {
-                "couchdb": welcome.get("couchdb").or(welcome.get("express-pouchdb")),
-                "version": welcome.get("version"),
-                "vendor": welcome.get("vendor"),
+        let meta = CouchMeta {
+            server: CouchServer {
+                couchdb: welcome
+                    .get("couchdb")
+                    .or(welcome.get("express-pouchdb"))
+                    .cloned(),
+                version: welcome.get("version").cloned(),
+                vendor: welcome.get("vendor").cloned(),
             },
-            "databases": dumped,
-        });
-        Ok(report)
+            databases: dumped,
+        };
+        Ok(report.with_meta(&meta))
     }
 }
 
@@ -460,36 +454,65 @@ pub async fn ready(conn: &CouchConn) -> Result<()> {
 /// restores `_security`, posts the revisions with `new_edits:false` in
 /// bounded batches, and checks the document counts.
 pub async fn load(conn: &CouchConn, dir: &Path, m: &Manifest, cancel: &Cancel) -> Result<()> {
-    let meta: CouchMeta = super::load::source_meta(m)?;
+    let (meta, mut state): (CouchMeta, LoadState) = super::load::resume(dir, m)?;
     let client = conn.client()?;
-    let mut state = LoadState::read(dir)?;
-    for db in &meta.databases {
-        if state.done.contains(&db.name) {
-            info!(database = %db.name, "already loaded by an earlier attempt");
-            continue;
-        }
-        super::load::check_name(m, &db.dir)?;
+    for db in super::load::to_load(&state, m, &meta.databases, |d| (&d.name, &d.dir))? {
         let what = format!("loading database {:?}", db.name);
-        let create = conn.request(&client, Method::PUT, &[&db.name], &[]);
-        match conn.send(create, &what).await? {
-            Ok(_) | Err((StatusCode::PRECONDITION_FAILED, _)) => {}
-            Err((s, body)) => return Err(conn.status_error(&what, s, &body)),
-        }
         let folder = dir.join(DUMP_DIR).join(&db.dir);
+        let load = DbLoad {
+            conn,
+            client: &client,
+            db,
+            folder: &folder,
+            what: &what,
+        };
+        load.create().await?;
+        let (loaded, with_files_sent) = load.docs(&m.id, cancel).await?;
+        let info = load.check_counts().await?;
+        state.finish(dir, &db.name)?;
+        info!(database = %db.name, revisions = loaded, with_attachment_files = with_files_sent,
+            doc_count = info.doc_count, peak_rss_mib = crate::progress::peak_rss_mib().unwrap_or(0),
+            "database loaded");
+    }
+    Ok(())
+}
+
+/// One database of a staged dump being loaded.
+struct DbLoad<'a> {
+    conn: &'a CouchConn,
+    client: &'a Client,
+    db: &'a DumpedDb,
+    /// `couchdb/<dir>` in the staged dump.
+    folder: &'a Path,
+    /// `loading database "x"`, for errors.
+    what: &'a str,
+}
+
+impl DbLoad<'_> {
+    /// Creates the database (an existing one is fine) and restores its
+    /// `_security` object.
+    async fn create(&self) -> Result<()> {
+        let (conn, client, db, folder, what) =
+            (self.conn, self.client, self.db, self.folder, self.what);
+        let create = conn.request(client, Method::PUT, &[&db.name], &[]);
+        match conn.send(create, what).await? {
+            Ok(_) | Err((StatusCode::PRECONDITION_FAILED, _)) => {}
+            Err((s, body)) => return Err(conn.status_error(what, s, &body)),
+        }
         let security_path = folder.join(SECURITY_FILE);
         let security = fs::read(&security_path).ctx("reading", &security_path)?;
         let put = conn
-            .request(&client, Method::PUT, &[&db.name, "_security"], &[])
+            .request(client, Method::PUT, &[&db.name, "_security"], &[])
             .header("Content-Type", "application/json")
             .body(security.clone());
-        match conn.send(put, &what).await? {
+        match conn.send(put, what).await? {
             Ok(_) => {}
             // CouchDB 2+ refuses any edit of `_users`' security object
             // (PouchDB Server takes it): keep the server's, and say so
             // when it differs from the backup's.
             Err((StatusCode::FORBIDDEN, _)) if db.name == USERS_DB => {
                 let now: Option<Value> = conn
-                    .get_json(&client, &[&db.name, "_security"], &[], &what)
+                    .get_json(client, &[&db.name, "_security"], &[], what)
                     .await?;
                 let saved: Option<Value> = serde_json::from_slice(&security).ok();
                 if now != saved {
@@ -500,6 +523,15 @@ pub async fn load(conn: &CouchConn, dir: &Path, m: &Manifest, cancel: &Cancel) -
                 return Err(conn.status_error(&format!("{what}: _security"), s, &body));
             }
         }
+        Ok(())
+    }
+
+    /// Posts every revision of `docs.ndjson` in bounded batches (a document
+    /// with attachment files goes alone). Returns the revisions loaded and
+    /// how many of them carried attachment files.
+    async fn docs(&self, id: &str, cancel: &Cancel) -> Result<(u64, u64)> {
+        let (conn, client, db, folder, what) =
+            (self.conn, self.client, self.db, self.folder, self.what);
         let docs_path = folder.join(DOCS_FILE);
         let mut lines = BufReader::with_capacity(
             READ_BUFFER,
@@ -520,20 +552,14 @@ pub async fn load(conn: &CouchConn, dir: &Path, m: &Manifest, cancel: &Cancel) -
                 .ctx("reading", &docs_path)?;
             let doc = line.trim_ascii();
             if let Some(with_files) = attachments::has_files(doc) {
-                let sent = attachments::load_doc(
-                    conn,
-                    &client,
-                    &db.name,
-                    &folder,
-                    with_files,
-                    (&what, &m.id),
-                )
-                .await?;
+                let sent =
+                    attachments::load_doc(conn, client, &db.name, folder, with_files, (what, id))
+                        .await?;
                 loaded += 1;
                 with_files_sent += u64::from(sent);
             } else if !doc.is_empty() {
                 if in_batch > 0 && batch.len() + doc.len() > LOAD_BATCH_BYTES {
-                    post_batch(conn, &client, &db.name, &batch, &what).await?;
+                    post_batch(conn, client, &db.name, &batch, what).await?;
                     batch.clear();
                     in_batch = 0;
                 }
@@ -543,7 +569,7 @@ pub async fn load(conn: &CouchConn, dir: &Path, m: &Manifest, cancel: &Cancel) -
                 loaded += 1;
             }
             if in_batch > 0 && (in_batch >= LOAD_BATCH_DOCS || n == 0) {
-                post_batch(conn, &client, &db.name, &batch, &what).await?;
+                post_batch(conn, client, &db.name, &batch, what).await?;
                 batch.clear();
                 in_batch = 0;
             }
@@ -551,8 +577,15 @@ pub async fn load(conn: &CouchConn, dir: &Path, m: &Manifest, cancel: &Cancel) -
                 break;
             }
         }
+        Ok((loaded, with_files_sent))
+    }
+
+    /// Checks the server's counts against the backup's, when the dump was
+    /// exact (nothing was written while it ran).
+    async fn check_counts(&self) -> Result<DbInfo> {
+        let (conn, client, db, what) = (self.conn, self.client, self.db, self.what);
         let info: DbInfo = conn
-            .get_json(&client, &[&db.name], &[], &what)
+            .get_json(client, &[&db.name], &[], what)
             .await?
             .ok_or_else(|| {
                 Error::Source(format!(
@@ -575,19 +608,14 @@ pub async fn load(conn: &CouchConn, dir: &Path, m: &Manifest, cancel: &Cancel) -
             if let (Some(got), Some(want)) = (info.doc_del_count, db.doc_del_count) {
                 if got < want {
                     return Err(Error::Source(format!(
-                        "{}: {what}: {got} deleted documents after the load, the backup recorded {want}",
-                        conn.describe()
-                    )));
+                    "{}: {what}: {got} deleted documents after the load, the backup recorded {want}",
+                    conn.describe()
+                )));
                 }
             }
         }
-        state.done.push(db.name.clone());
-        state.write(dir)?;
-        info!(database = %db.name, revisions = loaded, with_attachment_files = with_files_sent,
-            doc_count = info.doc_count, peak_rss_mib = crate::progress::peak_rss_mib().unwrap_or(0),
-            "database loaded");
+        Ok(info)
     }
-    Ok(())
 }
 
 /// Posts `[doc,doc,...` (without its closing bracket) as one `_bulk_docs`

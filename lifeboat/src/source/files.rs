@@ -28,14 +28,6 @@ use crate::error::IoContext;
 use crate::progress::is_cancelled;
 use crate::{Error, Result};
 
-/// Names lifeboat itself leaves in a data folder; never part of a backup.
-pub fn is_own_file(name: &[u8]) -> bool {
-    name.starts_with(b".lifeboat-staging-")
-        || name == b".lifeboat-restored"
-        || name == b".lifeboat-restoring"
-        || name == crate::layout::PENDING_DIR.as_bytes()
-}
-
 pub struct FilesSource {
     pub paths: Vec<PathBuf>,
     pub exclude: GlobSet,
@@ -121,10 +113,6 @@ impl Source for FilesSource {
         SourceKind::Files
     }
 
-    fn paths(&self) -> Vec<String> {
-        path_strings(&self.paths)
-    }
-
     fn write_tar<W: Write>(
         &self,
         tar: &mut tar::Builder<W>,
@@ -171,6 +159,10 @@ impl Source for FilesSource {
             written.and(walked)
         })?;
         Ok(writer.report)
+    }
+
+    fn paths(&self) -> Vec<String> {
+        path_strings(&self.paths)
     }
 }
 
@@ -435,7 +427,8 @@ impl Walker<'_> {
 
     fn excluded(&self, root: &Path, path: &Path, name: &OsStr) -> bool {
         let src = self.planner.src;
-        if is_own_file(name.as_bytes()) || src.skip.iter().any(|s| s == path) {
+        // Names lifeboat itself leaves in a data folder are never backed up.
+        if crate::layout::is_ours(name.as_bytes()) || src.skip.iter().any(|s| s == path) {
             return true;
         }
         if src.filter.is_some_and(|f| f(root, path)) {

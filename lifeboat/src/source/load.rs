@@ -7,6 +7,8 @@ use std::fs;
 use std::future::Future;
 use std::path::Path;
 
+use tracing::info;
+
 use crate::durable::write_synced;
 use crate::manifest::Manifest;
 use crate::progress::Cancel;
@@ -55,6 +57,41 @@ impl LoadState {
         let json = serde_json::to_vec(self).expect("state serializes");
         write_synced(&dir.join(LOAD_STATE), &json)
     }
+
+    /// Records `name` as loaded, durably, before the next database starts.
+    pub fn finish(&mut self, dir: &Path, name: &str) -> Result<()> {
+        self.done.push(name.to_string());
+        self.write(dir)
+    }
+}
+
+/// Where a load of the dump staged in `dir` starts: the manifest's
+/// `source_meta` as the source's own type, and what earlier attempts did.
+pub fn resume<T: serde::de::DeserializeOwned>(dir: &Path, m: &Manifest) -> Result<(T, LoadState)> {
+    Ok((source_meta(m)?, LoadState::read(dir)?))
+}
+
+/// The databases still to load, in the dump's order. Those an earlier
+/// attempt finished are skipped (and said so); every staged name (`names`
+/// gives a database's name and its file or folder) is checked before any
+/// database is loaded, so a bad manifest changes nothing on the server.
+pub fn to_load<'a, D>(
+    state: &LoadState,
+    m: &Manifest,
+    dbs: &'a [D],
+    names: impl Fn(&D) -> (&str, &str),
+) -> Result<Vec<&'a D>> {
+    let mut out = Vec::new();
+    for db in dbs {
+        let (name, staged) = names(db);
+        check_name(m, staged)?;
+        if state.done.iter().any(|d| d == name) {
+            info!(database = %name, "already loaded by an earlier attempt");
+        } else {
+            out.push(db);
+        }
+    }
+    Ok(out)
 }
 
 /// The source's own facts in a staged manifest (its database list).

@@ -10,7 +10,7 @@
 //! holds one database's dump at a time, and nothing is left behind.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
@@ -19,13 +19,12 @@ use tracing::info;
 
 mod toc;
 
-use super::databases::DbFilter;
 use super::kind::SourceKind;
 use super::pg_roles::{self, quote_ident};
 use super::postgres::PgConn;
-use super::seam::{append_stream, path_strings, Source, SourceCtx, SourceReport, Spool};
+use super::seam::{append_stream, Dump, Logical, SourceCtx, SourceReport, Spool};
 use crate::error::IoContext;
-use crate::manifest::{Layout, Manifest};
+use crate::manifest::Manifest;
 use crate::progress::Cancel;
 use crate::source::load::LoadState;
 use crate::{program, Error, Result};
@@ -37,14 +36,7 @@ pub const ROLES_FILE: &str = "roles.sql";
 /// and it is never one of the databases being replaced.
 const MAINTENANCE_DB: &str = "template1";
 
-pub struct PgDumpSource {
-    pub conn: PgConn,
-    /// `LIFEBOAT_DATABASES`; all non-template databases by default.
-    pub databases: DbFilter,
-    pub paths: Vec<PathBuf>,
-    /// Where a dump waits for its tar header (`TMPDIR`).
-    pub spool_dir: PathBuf,
-}
+pub type PgDumpSource = Logical<PgConn>;
 
 /// One database in `source_meta.databases`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,8 +47,22 @@ pub struct DumpedDb {
     pub size: u64,
 }
 
-#[derive(Debug, Deserialize)]
+/// The manifest's `source_meta` for a logical PostgreSQL dump, written and
+/// read as this type (a load needs only `databases`).
+#[derive(Debug, Serialize, Deserialize)]
 struct LogicalMeta {
+    #[serde(default)]
+    mode: String,
+    #[serde(default)]
+    server_version: String,
+    #[serde(default)]
+    server_version_num: i64,
+    #[serde(default)]
+    major: i64,
+    #[serde(default)]
+    pg_dump_version: String,
+    #[serde(default)]
+    roles: usize,
     databases: Vec<DumpedDb>,
 }
 
@@ -90,27 +96,17 @@ pub fn check_tools() -> std::result::Result<(), String> {
     Ok(())
 }
 
-impl Source for PgDumpSource {
-    fn kind(&self) -> SourceKind {
-        SourceKind::Postgres
-    }
+impl Dump for PgConn {
+    const KIND: SourceKind = SourceKind::Postgres;
 
-    fn layout(&self) -> Layout {
-        Layout::Logical
-    }
-
-    fn paths(&self) -> Vec<String> {
-        path_strings(&self.paths)
-    }
-
-    fn write_tar<W: std::io::Write>(
-        &self,
+    fn dump<W: std::io::Write>(
+        this: &PgDumpSource,
         tar: &mut tar::Builder<W>,
         ctx: &SourceCtx,
     ) -> Result<SourceReport> {
         let pg_dump = program::find("pg_dump").ok_or_else(|| missing_tool("pg_dump"))?;
         let rt = Handle::current();
-        let conn = &self.conn;
+        let conn = &this.conn;
         let client = rt.block_on(conn.connect())?;
         let sql = |q: &str| rt.block_on(client.query(q, &[])).map_err(|e| conn.error(e));
         let version: String = sql("SHOW server_version")?[0].get(0);
@@ -124,7 +120,7 @@ impl Source for PgDumpSource {
         .iter()
         .map(|r| r.get(0))
         .collect();
-        let names = self
+        let names = this
             .databases
             .select(&existing)
             .map_err(|m| Error::Source(format!("{}: {m}", conn.describe())))?;
@@ -151,7 +147,7 @@ impl Source for PgDumpSource {
             if crate::progress::is_cancelled(&ctx.cancel) {
                 return Err(Error::Cancelled);
             }
-            let spool = Spool::new(&self.spool_dir, format!("the dump of {db:?}"))?;
+            let spool = Spool::new(&this.spool_dir, format!("the dump of {db:?}"))?;
             let mut cmd = Command::new(&pg_dump);
             cmd.args(["--format=custom", "--no-password"])
                 .arg(format!("--dbname={}", conninfo(db)))
@@ -172,16 +168,16 @@ impl Source for PgDumpSource {
                 size,
             });
         }
-        report.meta = serde_json::json!({
-            "mode": "logical",
-            "server_version": version,
-            "server_version_num": version_num,
-            "major": version_num / 10000,
-            "pg_dump_version": tool_version,
-            "roles": roles.count,
-            "databases": dumped,
-        });
-        Ok(report)
+        let meta = LogicalMeta {
+            mode: "logical".into(),
+            server_version: version,
+            server_version_num: version_num,
+            major: version_num / 10000,
+            pg_dump_version: tool_version,
+            roles: roles.count,
+            databases: dumped,
+        };
+        Ok(report.with_meta(&meta))
     }
 }
 
@@ -191,7 +187,7 @@ impl Source for PgDumpSource {
 /// recreated by `pg_restore --create`.
 pub async fn load(conn: &PgConn, dir: &Path, m: &Manifest, cancel: &Cancel) -> Result<()> {
     let pg_restore = program::find("pg_restore").ok_or_else(|| missing_tool("pg_restore"))?;
-    let meta: LogicalMeta = super::load::source_meta(m)?;
+    let (meta, mut state): (LogicalMeta, LoadState) = super::load::resume(dir, m)?;
     let admin = conn.with_dbname(MAINTENANCE_DB);
     let client = admin.connect().await?;
     let version_num: i64 = client
@@ -209,13 +205,7 @@ pub async fn load(conn: &PgConn, dir: &Path, m: &Manifest, cancel: &Cancel) -> R
         })?;
         info!("roles loaded");
     }
-    let mut state = LoadState::read(dir)?;
-    for db in &meta.databases {
-        if state.done.contains(&db.name) {
-            info!(database = %db.name, "already loaded by an earlier attempt");
-            continue;
-        }
-        super::load::check_name(m, &db.file)?;
+    for db in super::load::to_load(&state, m, &meta.databases, |d| (&d.name, &d.file))? {
         let exists = !client
             .query("SELECT 1 FROM pg_database WHERE datname = $1", &[&db.name])
             .await
@@ -259,8 +249,7 @@ pub async fn load(conn: &PgConn, dir: &Path, m: &Manifest, cancel: &Cancel) -> R
             cancel,
         };
         restore.run(dir).await?;
-        state.done.push(db.name.clone());
-        state.write(dir)?;
+        state.finish(dir, &db.name)?;
         info!(database = %db.name, size = db.size, "database loaded");
     }
     Ok(())

@@ -253,18 +253,85 @@ impl Source for PostgresSource {
             )));
         }
         let rt = Handle::current();
-        let conn = &self.conn;
-        let sql = |client: &Client, q: &str| -> Result<Vec<tokio_postgres::Row>> {
-            rt.block_on(client.query(q, &[])).map_err(|e| conn.error(e))
-        };
         // One session for the whole backup: if it breaks, the server ends
         // the backup by itself and stays in normal mode.
-        let client = rt.block_on(conn.connect())?;
-        let version_num: i32 = sql(&client, "SHOW server_version_num")?[0]
+        let client = rt.block_on(self.conn.connect())?;
+        let session = Session {
+            rt: &rt,
+            client: &client,
+            conn: &self.conn,
+        };
+        let started = session.start()?;
+        let mut report = self.files.write_tar(tar, ctx)?;
+        let stopped = session.stop(started.version_num)?;
+        let wal_files = self.append_wal(tar, ctx, &mut report, &pgdata, &stopped)?;
+        append_label_files(tar, &mut report, &pgdata, &stopped)?;
+        if let Some(slot) = &started.slot {
+            let _ = rt.block_on(client.query("SELECT pg_drop_replication_slot($1)", &[slot]));
+        }
+        tracing::info!(
+            stop_lsn = stopped.stop_lsn,
+            wal_files,
+            "PostgreSQL backup stopped"
+        );
+        let timeline = &stopped.start_wal[..8];
+        report.meta = serde_json::json!({
+            "server_version": started.version,
+            "server_version_num": started.version_num,
+            "major": started.version_num / 10000,
+            "start_lsn": started.start_lsn,
+            "stop_lsn": stopped.stop_lsn,
+            "timeline": u32::from_str_radix(timeline, 16).unwrap_or(0),
+            "system_identifier": stopped.system_id,
+            "start_wal": stopped.start_wal,
+            "stop_wal": stopped.stop_wal,
+            "label": label_field(&stopped.labelfile, "LABEL:").unwrap_or_default(),
+        });
+        Ok(report)
+    }
+}
+
+/// The one SQL session a physical backup runs in.
+struct Session<'a> {
+    rt: &'a Handle,
+    client: &'a Client,
+    conn: &'a PgConn,
+}
+
+/// What `pg_backup_start` left us.
+struct Started {
+    version_num: i32,
+    version: String,
+    /// The temporary replication slot holding WAL, when the user may create one.
+    slot: Option<String>,
+    start_lsn: String,
+}
+
+/// What `pg_backup_stop` returned, and the WAL span the backup needs.
+struct Stopped {
+    stop_lsn: String,
+    labelfile: String,
+    spcmap: Option<String>,
+    system_id: String,
+    start_wal: String,
+    stop_wal: String,
+}
+
+impl Session<'_> {
+    fn sql(&self, q: &str) -> Result<Vec<tokio_postgres::Row>> {
+        self.rt
+            .block_on(self.client.query(q, &[]))
+            .map_err(|e| self.conn.error(e))
+    }
+
+    /// Checks the version, takes a temporary slot if allowed, starts the backup.
+    fn start(&self) -> Result<Started> {
+        let (rt, client, conn) = (self.rt, self.client, self.conn);
+        let version_num: i32 = self.sql("SHOW server_version_num")?[0]
             .get::<_, String>(0)
             .parse()
             .unwrap_or(0);
-        let version: String = sql(&client, "SHOW server_version")?[0].get(0);
+        let version: String = self.sql("SHOW server_version")?[0].get(0);
         if version_num < 120000 {
             return Err(Error::Source(format!(
                 "{}: PostgreSQL {version} is older than 12, which lifeboat supports",
@@ -298,9 +365,17 @@ impl Source for PostgresSource {
             slot = with_slot,
             "PostgreSQL backup started"
         );
+        Ok(Started {
+            version_num,
+            version,
+            slot: with_slot.then_some(slot),
+            start_lsn,
+        })
+    }
 
-        let mut report = self.files.write_tar(tar, ctx)?;
-
+    /// Stops the backup and names the first and last WAL segment it needs.
+    fn stop(&self, version_num: i32) -> Result<Stopped> {
+        let (rt, client, conn) = (self.rt, self.client, self.conn);
         let stop_sql = if version_num >= 150000 {
             "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
         } else {
@@ -315,20 +390,38 @@ impl Source for PostgresSource {
             .block_on(client.query_one("SELECT pg_walfile_name($1::text::pg_lsn)", &[&stop_lsn]))
             .map_err(|e| conn.error(e))?
             .get(0);
-        let system_id: String = sql(
-            &client,
-            "SELECT system_identifier::text FROM pg_control_system()",
-        )?[0]
-            .get(0);
+        let system_id: String =
+            self.sql("SELECT system_identifier::text FROM pg_control_system()")?[0].get(0);
         let start_wal = start_wal_file(&labelfile).ok_or_else(|| {
             Error::Source(format!(
                 "unexpected backup label from the server: {labelfile:?}"
             ))
         })?;
+        Ok(Stopped {
+            stop_lsn,
+            labelfile,
+            spcmap,
+            system_id,
+            start_wal,
+            stop_wal,
+        })
+    }
+}
 
-        // The WAL from the start segment through the stop segment, read now
-        // that the stop has written the end-of-backup record, plus timeline
-        // history files, which recovery on a later timeline needs.
+impl PostgresSource {
+    /// The WAL from the start segment through the stop segment, read now
+    /// that the stop has written the end-of-backup record, plus timeline
+    /// history files, which recovery on a later timeline needs. Returns how
+    /// many files were added.
+    fn append_wal<W: std::io::Write>(
+        &self,
+        tar: &mut tar::Builder<W>,
+        ctx: &SourceCtx,
+        report: &mut SourceReport,
+        pgdata: &Path,
+        stopped: &Stopped,
+    ) -> Result<usize> {
+        let (start_wal, stop_wal) = (&stopped.start_wal, &stopped.stop_wal);
         let wal_dir = pgdata.join("pg_wal");
         let mut names: Vec<String> = fs::read_dir(&wal_dir)
             .ctx("listing", &wal_dir)?
@@ -336,7 +429,6 @@ impl Source for PostgresSource {
             .collect();
         names.sort();
         // Fixed-width hex names: text order is timeline, then position.
-        let timeline = &start_wal[..8];
         let wanted: Vec<&String> = names
             .iter()
             .filter(|n| {
@@ -346,7 +438,7 @@ impl Source for PostgresSource {
                     || n.ends_with(".history")
             })
             .collect();
-        for expect in [&start_wal, &stop_wal] {
+        for expect in [start_wal, stop_wal] {
             if !names.contains(expect) {
                 return Err(Error::Source(format!(
                     "WAL segment {expect} is gone from {} before it could be copied; the backup is not usable (give the user REPLICATION rights so a slot keeps WAL)",
@@ -356,47 +448,38 @@ impl Source for PostgresSource {
         }
         for n in &wanted {
             self.files
-                .append_file(tar, ctx, &mut report, &wal_dir.join(n.as_str()))?;
+                .append_file(tar, ctx, report, &wal_dir.join(n.as_str()))?;
         }
-        let root_meta = fs::metadata(&pgdata).ctx("reading", &pgdata)?;
+        Ok(wanted.len())
+    }
+}
+
+/// `backup_label` (and `tablespace_map`, when there are tablespaces), which
+/// recovery reads first: written into PGDATA as the stop returned them.
+fn append_label_files<W: std::io::Write>(
+    tar: &mut tar::Builder<W>,
+    report: &mut SourceReport,
+    pgdata: &Path,
+    stopped: &Stopped,
+) -> Result<()> {
+    let root_meta = fs::metadata(pgdata).ctx("reading", pgdata)?;
+    FilesSource::append_bytes(
+        tar,
+        report,
+        &pgdata.join("backup_label"),
+        stopped.labelfile.as_bytes(),
+        &root_meta,
+    )?;
+    if let Some(map) = stopped.spcmap.as_ref().filter(|m| !m.is_empty()) {
         FilesSource::append_bytes(
             tar,
-            &mut report,
-            &pgdata.join("backup_label"),
-            labelfile.as_bytes(),
+            report,
+            &pgdata.join("tablespace_map"),
+            map.as_bytes(),
             &root_meta,
         )?;
-        if let Some(map) = spcmap.filter(|m| !m.is_empty()) {
-            FilesSource::append_bytes(
-                tar,
-                &mut report,
-                &pgdata.join("tablespace_map"),
-                map.as_bytes(),
-                &root_meta,
-            )?;
-        }
-        if with_slot {
-            let _ = rt.block_on(client.query("SELECT pg_drop_replication_slot($1)", &[&slot]));
-        }
-        tracing::info!(
-            stop_lsn,
-            wal_files = wanted.len(),
-            "PostgreSQL backup stopped"
-        );
-        report.meta = serde_json::json!({
-            "server_version": version,
-            "server_version_num": version_num,
-            "major": version_num / 10000,
-            "start_lsn": start_lsn,
-            "stop_lsn": stop_lsn,
-            "timeline": u32::from_str_radix(timeline, 16).unwrap_or(0),
-            "system_identifier": system_id,
-            "start_wal": start_wal,
-            "stop_wal": stop_wal,
-            "label": label_field(&labelfile, "LABEL:").unwrap_or_default(),
-        });
-        Ok(report)
     }
+    Ok(())
 }
 
 /// The major version an artifact was taken on, if it is a postgres one.

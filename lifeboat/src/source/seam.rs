@@ -2,8 +2,10 @@
 //! what it reports, and the helpers sources share to write tar entries.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::databases::DbFilter;
 use super::kind::SourceKind;
 use crate::manifest::Layout;
 use crate::progress::{Cancel, Progress};
@@ -26,6 +28,13 @@ pub struct SourceReport {
 pub const MAX_WARNINGS: usize = 100;
 
 impl SourceReport {
+    /// The report with the source's own facts (`source_meta`), written
+    /// from the source's typed meta.
+    pub fn with_meta(mut self, meta: &impl serde::Serialize) -> SourceReport {
+        self.meta = serde_json::to_value(meta).expect("source_meta serializes");
+        self
+    }
+
     pub fn warn(&mut self, w: String) {
         tracing::warn!("{w}");
         if self.warnings.len() < MAX_WARNINGS {
@@ -149,4 +158,50 @@ impl Spool {
 /// Paths as the manifest lists them.
 pub fn path_strings(paths: &[std::path::PathBuf]) -> Vec<String> {
     paths.iter().map(|p| p.display().to_string()).collect()
+}
+
+/// A logical source: the server it dumps, which databases, its one path
+/// (where a restore stages the dump) and where dumps spool (`TMPDIR`).
+/// CouchDB, ArangoDB and PostgreSQL's `pg_dump` differ only in [`Dump`].
+#[derive(Debug, Clone)]
+pub struct Logical<C> {
+    pub conn: C,
+    /// `LIFEBOAT_DATABASES`; every database by default.
+    pub databases: DbFilter,
+    pub paths: Vec<PathBuf>,
+    /// Where a dump waits for its tar header.
+    pub spool_dir: PathBuf,
+}
+
+/// The server side of a logical source: how its databases are dumped.
+pub trait Dump: Sized {
+    const KIND: SourceKind;
+    /// Writes every selected database under `<kind>/` in the tar.
+    fn dump<W: Write>(
+        source: &Logical<Self>,
+        tar: &mut tar::Builder<W>,
+        ctx: &SourceCtx,
+    ) -> Result<SourceReport>;
+}
+
+impl<C: Dump> Source for Logical<C> {
+    fn kind(&self) -> SourceKind {
+        C::KIND
+    }
+
+    fn layout(&self) -> Layout {
+        Layout::Logical
+    }
+
+    fn paths(&self) -> Vec<String> {
+        path_strings(&self.paths)
+    }
+
+    fn write_tar<W: Write>(
+        &self,
+        tar: &mut tar::Builder<W>,
+        ctx: &SourceCtx,
+    ) -> Result<SourceReport> {
+        C::dump(self, tar, ctx)
+    }
 }

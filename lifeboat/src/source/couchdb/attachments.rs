@@ -317,45 +317,7 @@ pub async fn load_doc(
         debug!(database = %db, id, rev, "already loaded");
         return Ok(false);
     }
-    let mut parts = Vec::new();
-    let stubs = doc
-        .get_mut("_attachments")
-        .and_then(Value::as_object_mut)
-        .expect("has_files checked");
-    for (name, stub) in stubs.iter_mut() {
-        let Some(obj) = stub.as_object_mut() else {
-            continue;
-        };
-        let Some(rel) = obj.remove(FILE_FIELD) else {
-            continue;
-        };
-        let rel = rel.as_str().unwrap_or_default().to_string();
-        let length = obj.get("length").and_then(Value::as_u64).ok_or_else(|| {
-            corrupt(format!(
-                "attachment {name:?} of {id:?} in database {db:?} has no length"
-            ))
-        })?;
-        let (file, path) = open_staged(folder, &rel).map_err(corrupt)?;
-        let size = file.metadata().ctx("reading", &path)?.len();
-        if size != length {
-            return Err(corrupt(format!(
-                "{} holds {size} bytes, its line says {length}",
-                path.display()
-            )));
-        }
-        obj.insert("follows".into(), true.into());
-        parts.push(Part {
-            file,
-            path,
-            length,
-            name: name.clone(),
-            content_type: obj
-                .get("content_type")
-                .and_then(Value::as_str)
-                .map(String::from),
-            digest: obj.get("digest").and_then(Value::as_str).map(String::from),
-        });
-    }
+    let parts = staged_parts(&mut doc, folder, db, &id, &corrupt)?;
     let total: u64 = parts.iter().map(|p| p.length).sum();
     let boundary = boundary(&id, &rev);
     let json = serde_json::to_vec(&doc).expect("JSON serializes");
@@ -409,6 +371,57 @@ pub async fn load_doc(
             mib_per_s = crate::progress::mib_per_s(total, secs), "document with attachments loaded");
     }
     Ok(true)
+}
+
+/// The staged files of a revision's attachments, in the order of
+/// `_attachments`, each stub marked `follows` in `doc`.
+fn staged_parts(
+    doc: &mut Value,
+    folder: &Path,
+    db: &str,
+    id: &str,
+    corrupt: &dyn Fn(String) -> Error,
+) -> Result<Vec<Part>> {
+    let mut parts = Vec::new();
+    let stubs = doc
+        .get_mut("_attachments")
+        .and_then(Value::as_object_mut)
+        .expect("has_files checked");
+    for (name, stub) in stubs.iter_mut() {
+        let Some(obj) = stub.as_object_mut() else {
+            continue;
+        };
+        let Some(rel) = obj.remove(FILE_FIELD) else {
+            continue;
+        };
+        let rel = rel.as_str().unwrap_or_default().to_string();
+        let length = obj.get("length").and_then(Value::as_u64).ok_or_else(|| {
+            corrupt(format!(
+                "attachment {name:?} of {id:?} in database {db:?} has no length"
+            ))
+        })?;
+        let (file, path) = open_staged(folder, &rel).map_err(corrupt)?;
+        let size = file.metadata().ctx("reading", &path)?.len();
+        if size != length {
+            return Err(corrupt(format!(
+                "{} holds {size} bytes, its line says {length}",
+                path.display()
+            )));
+        }
+        obj.insert("follows".into(), true.into());
+        parts.push(Part {
+            file,
+            path,
+            length,
+            name: name.clone(),
+            content_type: obj
+                .get("content_type")
+                .and_then(Value::as_str)
+                .map(String::from),
+            digest: obj.get("digest").and_then(Value::as_str).map(String::from),
+        });
+    }
+    Ok(parts)
 }
 
 /// A staged attachment file named by a line: inside `folder` (no `..`, no
