@@ -309,6 +309,67 @@ pub fn restore_env_help() -> String {
 mod tests {
     use super::*;
 
+    /// The README's settings table documents exactly the key table: every
+    /// variable in a row, each with its overriding annotation in the same
+    /// row, and no variable or annotation the table does not know.
+    #[test]
+    fn the_readme_documents_every_setting_and_no_other() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("## Configuration")
+            .expect("a Configuration section");
+        let rows: Vec<&str> = readme[start..]
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2)
+            .collect();
+        assert!(rows.len() > 20, "found {} rows", rows.len());
+        let names_in = |cell: &str, prefix: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .filter(|n| n.starts_with(prefix))
+                .map(String::from)
+                .collect()
+        };
+        let mut documented = Vec::new();
+        for row in &rows {
+            let cells: Vec<&str> = row.split('|').collect();
+            let (vars, annotations) = (
+                names_in(cells[2], "LIFEBOAT_"),
+                names_in(cells[3], "lifeboat.dev/"),
+            );
+            for v in &vars {
+                let key = KEYS.iter().find(|k| k.env == v).unwrap_or_else(|| {
+                    panic!("the README documents {v}, which is not in the key table")
+                });
+                if let Some(a) = key.annotation {
+                    let a = format!("lifeboat.dev/{a}");
+                    assert!(
+                        annotations.contains(&a),
+                        "the README's row for {v} lacks {a}"
+                    );
+                }
+            }
+            for a in &annotations {
+                let short = &a["lifeboat.dev/".len()..];
+                assert!(
+                    known_annotations().any(|k| k == short),
+                    "the README documents {a}, which lifeboat does not know"
+                );
+            }
+            documented.extend(vars);
+        }
+        for k in KEYS {
+            assert!(
+                documented.iter().any(|d| d == k.env),
+                "{} is missing from the README's settings table",
+                k.env
+            );
+        }
+    }
+
     #[test]
     fn every_variable_once_and_every_override_names_one() {
         let mut names: Vec<&str> = KEYS.iter().map(|k| k.env).collect();
