@@ -89,6 +89,15 @@ fn flag(b: bool) -> f64 {
 pub fn render(s: &State, now: DateTime<Utc>) -> String {
     let stale = s.is_stale(now);
     let mut o = Out(String::with_capacity(4096));
+    sidecar_metrics(&mut o, s, stale);
+    backup_metrics(&mut o, s);
+    target_metrics(&mut o, s);
+    o.0
+}
+
+/// What the sidecar is and does: its identity, its schedule and whether
+/// backups are stale, and the work running now.
+fn sidecar_metrics(o: &mut Out, s: &State, stale: bool) {
     o.family(
         "lifeboat_info",
         "gauge",
@@ -140,6 +149,10 @@ pub fn render(s: &State, now: DateTime<Utc>) -> String {
         "1 while a restored dump waits to be loaded (the pod is not ready).",
         Some(flag(s.pending_load.is_some())),
     );
+}
+
+/// The newest committed backup, the last attempt, and the result counters.
+fn backup_metrics(o: &mut Out, s: &State) {
     o.gauge(
         "lifeboat_last_success_timestamp_seconds",
         "When the newest committed backup finished (Unix time).",
@@ -192,6 +205,11 @@ pub fn render(s: &State, now: DateTime<Utc>) -> String {
         "Loads of a restored dump into the server, by result.",
         s.loads,
     );
+}
+
+/// One gauge per target for each family: listing, newest artifact,
+/// backlog and scheduled verification.
+fn target_metrics(o: &mut Out, s: &State) {
     let targets = || s.targets.iter().map(|t| (t.target.as_str(), t));
     o.per_target(
         "lifeboat_artifacts",
@@ -223,7 +241,6 @@ pub fn render(s: &State, now: DateTime<Utc>) -> String {
         "1 when the last scheduled verification on each target passed.",
         targets().map(|(n, t)| (n, t.last_verify.as_ref().map(|v| flag(v.ok)))),
     );
-    o.0
 }
 
 #[cfg(test)]

@@ -233,72 +233,25 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
             skipped.push(format!("{} on {}: {reason}", m.id, target.describe()));
             continue;
         }
-        let mut pause = FIRST_RETRY_PAUSE;
-        for attempt in 1..=ATTEMPTS {
-            let (dests, finish) = match m.layout {
-                Layout::Paths => (
-                    paths.iter().map(|p| (p.clone(), p.clone())).collect(),
-                    Finish::MoveIntoPlace {
-                        replace,
-                        protected: &protected,
-                        skipped: &skipped,
-                    },
-                ),
-                Layout::Logical => (
-                    vec![(logical_origin(&s.source.kind), paths[0].clone())],
-                    Finish::StageForLoad { root: &paths[0] },
-                ),
-            };
-            let result = restore_one(
-                target,
-                stored,
-                &dests,
-                finish,
-                s.identities.as_ref(),
-                s.progress_interval,
-            )
-            .await;
-            let (id, target) = (m.id.clone(), target.describe());
-            match result {
-                Ok(()) if m.layout == Layout::Logical => {
-                    return Ok(Outcome::Staged {
+        match try_candidate(target, stored, s, &protected, &mut replace, &mut skipped).await? {
+            Tried::Done => {
+                let (id, target) = (m.id.clone(), target.describe());
+                return Ok(if m.layout == Layout::Logical {
+                    Outcome::Staged {
                         id,
                         target,
                         skipped,
-                    })
-                }
-                Ok(()) => {
-                    return Ok(Outcome::Restored {
-                        id,
-                        target,
-                        skipped,
-                    })
-                }
-                // A missing or wrong age key is not damage: a person fixes
-                // the key and restarts.
-                Err(e @ Error::Config(_)) => return Err(e),
-                Err(e) if e.proves_artifact_bad() => {
-                    warn!(id = %id, target = %target, error = %e, "artifact skipped: it is bad; trying the next candidate (a copy on another target, or an older artifact)");
-                    skipped.push(format!("{id} on {target}: {e}"));
-                    break;
-                }
-                Err(e) if attempt < ATTEMPTS => {
-                    // A failure while moving into place leaves the markers
-                    // and part of the artifact: the next attempt replaces.
-                    if paths.iter().any(|p| {
-                        fs::symlink_metadata(p.join(RESTORING_MARKER)).is_ok_and(|m| m.is_file())
-                    }) {
-                        replace = true;
                     }
-                    warn!(id = %id, target = %target, error = %e, attempt, "restore failed for a reason that may pass; trying the same artifact again in {}s", pause.as_secs());
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-                Err(e) => {
-                    warn!(id = %id, target = %target, error = %e, "restore failed {ATTEMPTS} times; only another copy of the same artifact may be tried");
-                    stalled = Some((id, e));
-                }
+                } else {
+                    Outcome::Restored {
+                        id,
+                        target,
+                        skipped,
+                    }
+                });
             }
+            Tried::Bad => {}
+            Tried::Stalled(e) => stalled = Some((m.id.clone(), e)),
         }
     }
     if let Some((id, e)) = stalled {
@@ -312,6 +265,86 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
         tried,
         failures: skipped,
     })
+}
+
+/// How [`try_candidate`] left one candidate, when it did not stop the restore.
+enum Tried {
+    /// Restored (or, a logical dump, staged for its load).
+    Done,
+    /// Proven bad, and recorded in `skipped`: the next candidate may be tried.
+    Bad,
+    /// Failed [`ATTEMPTS`] times for reasons that may pass: only another
+    /// copy of the same artifact may be tried.
+    Stalled(Error),
+}
+
+/// Restores one candidate, trying it again (up to [`ATTEMPTS`] times, with
+/// a growing pause) after a failure that may pass. Only a configuration
+/// error is returned as an error.
+async fn try_candidate(
+    target: &AnyTarget,
+    stored: &Stored,
+    s: &crate::config::Settings,
+    protected: &Protected,
+    replace: &mut bool,
+    skipped: &mut Vec<String>,
+) -> Result<Tried> {
+    let (m, paths) = (&stored.manifest, &s.paths);
+    let mut pause = FIRST_RETRY_PAUSE;
+    for attempt in 1..=ATTEMPTS {
+        let (dests, finish) = match m.layout {
+            Layout::Paths => (
+                paths.iter().map(|p| (p.clone(), p.clone())).collect(),
+                Finish::MoveIntoPlace {
+                    replace: *replace,
+                    protected,
+                    skipped: skipped.as_slice(),
+                },
+            ),
+            Layout::Logical => (
+                vec![(logical_origin(&s.source.kind), paths[0].clone())],
+                Finish::StageForLoad { root: &paths[0] },
+            ),
+        };
+        let result = restore_one(
+            target,
+            stored,
+            &dests,
+            finish,
+            s.identities.as_ref(),
+            s.progress_interval,
+        )
+        .await;
+        let (id, target) = (m.id.clone(), target.describe());
+        match result {
+            Ok(()) => return Ok(Tried::Done),
+            // A missing or wrong age key is not damage: a person fixes
+            // the key and restarts.
+            Err(e @ Error::Config(_)) => return Err(e),
+            Err(e) if e.proves_artifact_bad() => {
+                warn!(id = %id, target = %target, error = %e, "artifact skipped: it is bad; trying the next candidate (a copy on another target, or an older artifact)");
+                skipped.push(format!("{id} on {target}: {e}"));
+                return Ok(Tried::Bad);
+            }
+            Err(e) if attempt < ATTEMPTS => {
+                // A failure while moving into place leaves the markers
+                // and part of the artifact: the next attempt replaces.
+                if paths.iter().any(|p| {
+                    fs::symlink_metadata(p.join(RESTORING_MARKER)).is_ok_and(|m| m.is_file())
+                }) {
+                    *replace = true;
+                }
+                warn!(id = %id, target = %target, error = %e, attempt, "restore failed for a reason that may pass; trying the same artifact again in {}s", pause.as_secs());
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err(e) => {
+                warn!(id = %id, target = %target, error = %e, "restore failed {ATTEMPTS} times; only another copy of the same artifact may be tried");
+                return Ok(Tried::Stalled(e));
+            }
+        }
+    }
+    unreachable!("the last attempt returns")
 }
 
 /// Whether an artifact may be restored into this pod at all: its source

@@ -443,32 +443,9 @@ impl<'a> Walker<'a> {
         name: &Path,
         mappings: &'a [Mapping],
     ) -> Result<()> {
-        let Some((idx, rel)) = map_name(name, mappings) else {
-            // Exported Kubernetes objects the manifest declares are for a
-            // person to apply; only `restore --to` asks for them.
-            if self.manifest.kubernetes.is_some() && name.starts_with(crate::artifact::KUBE_TAR_DIR)
-            {
-                return Ok(());
-            }
-            self.warn(format!(
-                "entry {} is outside the configured paths; skipped",
-                name.display()
-            ));
+        let Some((idx, rel)) = self.destination(name, mappings) else {
             return Ok(());
         };
-        // Our own markers decide what the next start does: an artifact must
-        // never bring one in (a `.lifeboat-restored` symlink would have the
-        // marker written through it). Backups never contain them.
-        if rel
-            .components()
-            .any(|c| crate::layout::is_ours(c.as_os_str().as_bytes()))
-        {
-            self.warn(format!(
-                "entry {} has a name lifeboat keeps for itself; skipped",
-                name.display()
-            ));
-            return Ok(());
-        }
         let m = &mappings[idx];
         let (mtime, mtime_nsec) = entry_mtime(entry);
         let h = entry.header();
@@ -497,111 +474,17 @@ impl<'a> Walker<'a> {
             .to_path_buf();
         self.enter(&m.staging, &parent, name)?;
         match kind {
-            EntryType::Directory => {
-                match fs::symlink_metadata(&dest) {
-                    // Listed twice, or after its content: the newer metadata wins.
-                    Ok(md) if md.is_dir() => {
-                        self.reopen(&dest, &md)?;
-                    }
-                    Ok(_) => {
-                        return Err(self.unsafe_entry(
-                            name,
-                            "is a folder where the archive already put something else",
-                        ))
-                    }
-                    Err(_) => fs::create_dir(&dest).ctx("creating", &dest)?,
-                }
-                self.open.push(OpenDir {
-                    path: dest,
-                    meta: Some(meta),
-                });
-            }
+            EntryType::Directory => self.extract_dir(dest, meta, name)?,
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                remove_non_dir(&dest)?;
-                // create_new refuses to follow a symlink planted at `dest`.
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&dest)
-                    .ctx("creating", &dest)?;
-                let n = copy_out(entry, entry.size(), &mut f).map_err(|e| {
-                    // An errno comes from our own write (a full or failing
-                    // disk: may pass, not the artifact's fault); a decoding
-                    // error has none. A store's broken stream is told apart
-                    // in `restore::read`.
-                    if e.kind() == io::ErrorKind::StorageFull
-                        || e.raw_os_error() == Some(libc::ENOSPC)
-                    {
-                        Error::io(
-                            format!("writing {} (the volume is full)", dest.display()),
-                            e,
-                        )
-                    } else if e.raw_os_error().is_some() {
-                        Error::io(format!("writing {}", dest.display()), e)
-                    } else {
-                        self.corrupt(format!("damaged data in {}: {e}", name.display()))
-                    }
-                })?;
-                self.report.bytes_in += n;
-                self.progress.add_bytes(n);
-                self.chown(&dest, meta)?;
-                f.set_permissions(fs::Permissions::from_mode(meta.mode))
-                    .ctx("setting the mode of", &dest)?;
-                let t = meta.mtime();
-                filetime::set_file_handle_times(&f, Some(t), Some(t))
-                    .ctx("setting the mtime of", &dest)?;
+                self.extract_file(entry, &dest, meta, name)?
             }
             EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| {
-                        self.corrupt(format!("symlink {} has no target", name.display()))
-                    })?
-                    .into_owned();
-                // Kept verbatim, whatever it points at (`/opt/conda`,
-                // `../shared`, nothing), as `tar -x` does: dropping a user's
-                // links is data loss. Safety does not come from the link's
-                // text but from never writing through one (see `enter`).
-                let target = PathBuf::from(OsStr::from_bytes(&target));
-                remove_non_dir(&dest)?;
-                std::os::unix::fs::symlink(&target, &dest).ctx("creating the symlink", &dest)?;
-                self.chown(&dest, meta)?;
-                let t = meta.mtime();
-                filetime::set_symlink_file_times(&dest, t, t).ctx("setting the mtime of", &dest)?;
+                let target = self.link_target(entry, "symlink", name)?;
+                self.extract_symlink(&dest, &target, meta)?
             }
             EntryType::Link => {
-                let raw = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| {
-                        self.corrupt(format!("hard link {} has no target", name.display()))
-                    })?
-                    .into_owned();
-                let target = clean_name(&raw).map_err(|r| {
-                    self.unsafe_entry(name, &format!("is a hard link whose target {r}"))
-                })?;
-                let src = match map_name(&target, mappings) {
-                    Some((j, trel)) if j == idx && !trel.as_os_str().is_empty() => {
-                        m.staging.join(trel)
-                    }
-                    _ => {
-                        return Err(
-                            self.unsafe_entry(name, "is a hard link to a file outside its folder")
-                        )
-                    }
-                };
-                match fs::symlink_metadata(&src) {
-                    Ok(md) if md.is_file() => {}
-                    _ => {
-                        return Err(self.unsafe_entry(
-                            name,
-                            "is a hard link to something that is not a file restored before it",
-                        ))
-                    }
-                }
-                self.check_real_dirs(&m.staging, src.parent().expect("has parent"), name)?;
-                remove_non_dir(&dest)?;
-                fs::hard_link(&src, &dest).ctx("creating the hard link", &dest)?;
+                let target = self.link_target(entry, "hard link", name)?;
+                self.extract_hard_link(&target, &dest, name, idx, mappings)?
             }
             other => {
                 self.warn(format!(
@@ -611,6 +494,165 @@ impl<'a> Walker<'a> {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Which mapping `name` belongs to and its path inside that mapping's
+    /// folder, or None (with a warning where one is due) for an entry that
+    /// is not restored.
+    fn destination(&mut self, name: &Path, mappings: &[Mapping]) -> Option<(usize, PathBuf)> {
+        let Some((idx, rel)) = map_name(name, mappings) else {
+            // Exported Kubernetes objects the manifest declares are for a
+            // person to apply; only `restore --to` asks for them.
+            if self.manifest.kubernetes.is_some() && name.starts_with(crate::artifact::KUBE_TAR_DIR)
+            {
+                return None;
+            }
+            self.warn(format!(
+                "entry {} is outside the configured paths; skipped",
+                name.display()
+            ));
+            return None;
+        };
+        // Our own markers decide what the next start does: an artifact must
+        // never bring one in (a `.lifeboat-restored` symlink would have the
+        // marker written through it). Backups never contain them.
+        if rel
+            .components()
+            .any(|c| crate::layout::is_ours(c.as_os_str().as_bytes()))
+        {
+            self.warn(format!(
+                "entry {} has a name lifeboat keeps for itself; skipped",
+                name.display()
+            ));
+            return None;
+        }
+        Some((idx, rel))
+    }
+
+    /// A folder entry: created, or reopened if already there; it stays open
+    /// (its metadata applied when the walk leaves it).
+    fn extract_dir(&mut self, dest: PathBuf, meta: DirMeta, name: &Path) -> Result<()> {
+        match fs::symlink_metadata(&dest) {
+            // Listed twice, or after its content: the newer metadata wins.
+            Ok(md) if md.is_dir() => {
+                self.reopen(&dest, &md)?;
+            }
+            Ok(_) => {
+                return Err(self.unsafe_entry(
+                    name,
+                    "is a folder where the archive already put something else",
+                ))
+            }
+            Err(_) => fs::create_dir(&dest).ctx("creating", &dest)?,
+        }
+        self.open.push(OpenDir {
+            path: dest,
+            meta: Some(meta),
+        });
+        Ok(())
+    }
+
+    /// A regular (or contiguous, or sparse) file: written to a new file at
+    /// `dest`, then given its owner, mode and mtime.
+    fn extract_file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<R>,
+        dest: &Path,
+        meta: DirMeta,
+        name: &Path,
+    ) -> Result<()> {
+        remove_non_dir(dest)?;
+        // create_new refuses to follow a symlink planted at `dest`.
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dest)
+            .ctx("creating", dest)?;
+        let n = copy_out(entry, entry.size(), &mut f).map_err(|e| {
+            // An errno comes from our own write (a full or failing
+            // disk: may pass, not the artifact's fault); a decoding
+            // error has none. A store's broken stream is told apart
+            // in `restore::read`.
+            if e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::ENOSPC) {
+                Error::io(
+                    format!("writing {} (the volume is full)", dest.display()),
+                    e,
+                )
+            } else if e.raw_os_error().is_some() {
+                Error::io(format!("writing {}", dest.display()), e)
+            } else {
+                self.corrupt(format!("damaged data in {}: {e}", name.display()))
+            }
+        })?;
+        self.report.bytes_in += n;
+        self.progress.add_bytes(n);
+        self.chown(dest, meta)?;
+        f.set_permissions(fs::Permissions::from_mode(meta.mode))
+            .ctx("setting the mode of", dest)?;
+        let t = meta.mtime();
+        filetime::set_file_handle_times(&f, Some(t), Some(t)).ctx("setting the mtime of", dest)?;
+        Ok(())
+    }
+
+    /// The target a link entry (`what`: a symlink or a hard link) must name.
+    fn link_target<R: Read>(
+        &self,
+        entry: &tar::Entry<R>,
+        what: &str,
+        name: &Path,
+    ) -> Result<Vec<u8>> {
+        Ok(entry
+            .link_name_bytes()
+            .ok_or_else(|| self.corrupt(format!("{what} {} has no target", name.display())))?
+            .into_owned())
+    }
+
+    /// A symlink entry, created with its target text as stored.
+    fn extract_symlink(&mut self, dest: &Path, target: &[u8], meta: DirMeta) -> Result<()> {
+        // Kept verbatim, whatever it points at (`/opt/conda`,
+        // `../shared`, nothing), as `tar -x` does: dropping a user's
+        // links is data loss. Safety does not come from the link's
+        // text but from never writing through one (see `enter`).
+        let target = PathBuf::from(OsStr::from_bytes(target));
+        remove_non_dir(dest)?;
+        std::os::unix::fs::symlink(&target, dest).ctx("creating the symlink", dest)?;
+        self.chown(dest, meta)?;
+        let t = meta.mtime();
+        filetime::set_symlink_file_times(dest, t, t).ctx("setting the mtime of", dest)?;
+        Ok(())
+    }
+
+    /// A hard link entry: allowed only to a file restored before it, in the
+    /// same mapping's folder, reached through real folders only.
+    fn extract_hard_link(
+        &mut self,
+        raw: &[u8],
+        dest: &Path,
+        name: &Path,
+        idx: usize,
+        mappings: &[Mapping],
+    ) -> Result<()> {
+        let m = &mappings[idx];
+        let target = clean_name(raw)
+            .map_err(|r| self.unsafe_entry(name, &format!("is a hard link whose target {r}")))?;
+        let src = match map_name(&target, mappings) {
+            Some((j, trel)) if j == idx && !trel.as_os_str().is_empty() => m.staging.join(trel),
+            _ => return Err(self.unsafe_entry(name, "is a hard link to a file outside its folder")),
+        };
+        match fs::symlink_metadata(&src) {
+            Ok(md) if md.is_file() => {}
+            _ => {
+                return Err(self.unsafe_entry(
+                    name,
+                    "is a hard link to something that is not a file restored before it",
+                ))
+            }
+        }
+        self.check_real_dirs(&m.staging, src.parent().expect("has parent"), name)?;
+        remove_non_dir(dest)?;
+        fs::hard_link(&src, dest).ctx("creating the hard link", dest)?;
         Ok(())
     }
 
