@@ -228,7 +228,7 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
             }
             stalled = Some((id, e));
         }
-        if let Err(reason) = fits(m, s) {
+        if let Err(reason) = s.source.fits(m) {
             warn!(id = %m.id, target = %target.describe(), "{reason}; trying the next candidate");
             skipped.push(format!("{} on {}: {reason}", m.id, target.describe()));
             continue;
@@ -345,48 +345,6 @@ async fn try_candidate(
         }
     }
     unreachable!("the last attempt returns")
-}
-
-/// Whether an artifact may be restored into this pod at all: its source
-/// must be the configured one, and a physical PostgreSQL one must be of
-/// the server's major version.
-fn fits(m: &Manifest, s: &crate::config::Settings) -> std::result::Result<(), String> {
-    if m.source != s.source.kind {
-        return Err(format!(
-            "artifact is a {} backup, but this pod's LIFEBOAT_SOURCE is {}; refused",
-            m.source, s.source.kind
-        ));
-    }
-    if m.source == SourceKind::Postgres {
-        let want = match s.source.postgres_mode {
-            crate::config::PgMode::Physical => Layout::Paths,
-            crate::config::PgMode::Logical => Layout::Logical,
-        };
-        if m.layout != want {
-            let name = |l: Layout| {
-                if l == Layout::Paths {
-                    "physical"
-                } else {
-                    "logical"
-                }
-            };
-            return Err(format!(
-                "artifact is a {} PostgreSQL backup, but LIFEBOAT_POSTGRES_MODE is {}; refused",
-                name(m.layout),
-                name(want),
-            ));
-        }
-    }
-    // A server refuses a data directory of another major version at start;
-    // better a clear error now than a crash loop later. A logical dump loads
-    // into a newer server, so only physical ones are checked.
-    let major = crate::source::postgres::artifact_major(&m.source_meta);
-    if let (Some(want), Some(got), Layout::Paths) = (s.source.pg_major, major, m.layout) {
-        if want != got {
-            return Err(format!("taken on PostgreSQL {got}, but PG_MAJOR is {want}"));
-        }
-    }
-    Ok(())
 }
 
 /// Which artifact `restore --to` puts back: `id`, else the newest started

@@ -13,6 +13,7 @@ use super::files::FilesSource;
 use super::kind::SourceKind;
 use super::pg_dump::PgDumpSource;
 use super::postgres::{PgConn, PostgresSource};
+use crate::manifest::{Layout, Manifest};
 
 /// How the postgres source backs up (`LIFEBOAT_POSTGRES_MODE`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -90,5 +91,47 @@ impl SourceSettings {
             SourceKind::ArangoDb => Some(AnyLoader::ArangoDb(&self.arangodb)),
             SourceKind::Files | SourceKind::Unknown(_) => None,
         }
+    }
+
+    /// Whether an artifact may be restored into this pod at all: its source
+    /// must be the configured one, and a physical PostgreSQL one must be of
+    /// the server's major version.
+    pub fn fits(&self, m: &Manifest) -> Result<(), String> {
+        if m.source != self.kind {
+            return Err(format!(
+                "artifact is a {} backup, but this pod's LIFEBOAT_SOURCE is {}; refused",
+                m.source, self.kind
+            ));
+        }
+        if m.source == SourceKind::Postgres {
+            let want = match self.postgres_mode {
+                PgMode::Physical => Layout::Paths,
+                PgMode::Logical => Layout::Logical,
+            };
+            if m.layout != want {
+                let name = |l: Layout| {
+                    if l == Layout::Paths {
+                        "physical"
+                    } else {
+                        "logical"
+                    }
+                };
+                return Err(format!(
+                    "artifact is a {} PostgreSQL backup, but LIFEBOAT_POSTGRES_MODE is {}; refused",
+                    name(m.layout),
+                    name(want),
+                ));
+            }
+        }
+        // A server refuses a data directory of another major version at start;
+        // better a clear error now than a crash loop later. A logical dump loads
+        // into a newer server, so only physical ones are checked.
+        let major = super::postgres::artifact_major(&m.source_meta);
+        if let (Some(want), Some(got), Layout::Paths) = (self.pg_major, major, m.layout) {
+            if want != got {
+                return Err(format!("taken on PostgreSQL {got}, but PG_MAJOR is {want}"));
+            }
+        }
+        Ok(())
     }
 }
