@@ -160,9 +160,14 @@ impl Manifest {
     }
 }
 
+/// At most this many warnings go into a manifest (a backup's or a
+/// verification's); the rest are counted. A volume full of churning temp
+/// files must not make a manifest huge.
+pub const MAX_WARNINGS: usize = 100;
+
 /// The largest manifest read from a store (and written: a backup whose
 /// manifest would be larger fails). Most are a few KiB (warnings are capped
-/// at `source::MAX_WARNINGS`); a CouchDB or ArangoDB manifest lists each
+/// at `MAX_WARNINGS`); a CouchDB or ArangoDB manifest lists each
 /// database in `source_meta` (~250 bytes), so this holds ~130,000 of them.
 /// Anything larger is not one of ours, and reading it whole would let a
 /// store decide our memory.

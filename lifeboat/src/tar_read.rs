@@ -365,7 +365,7 @@ impl<'a> Walker<'a> {
 
     fn warn(&mut self, w: String) {
         tracing::warn!(id = %self.manifest.id, "{w}");
-        if self.report.warnings.len() < crate::source::seam::MAX_WARNINGS {
+        if self.report.warnings.len() < crate::manifest::MAX_WARNINGS {
             self.report.warnings.push(w);
         }
     }

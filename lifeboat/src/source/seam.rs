@@ -23,9 +23,7 @@ pub struct SourceReport {
     pub meta: serde_json::Value,
 }
 
-/// At most this many warnings go into a manifest; the rest are counted.
-/// A volume full of churning temp files must not make a manifest huge.
-pub const MAX_WARNINGS: usize = 100;
+pub use crate::manifest::MAX_WARNINGS;
 
 impl SourceReport {
     /// The report with the source's own facts (`source_meta`), written
