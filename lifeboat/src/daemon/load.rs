@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info};
 
-use super::{Clock, Shutdown};
+use super::shutdown::Shutdown;
+use super::work::Clock;
 use crate::cluster::{self, Reason};
 use crate::config::Settings;
 use crate::pending::{self, Pending};
