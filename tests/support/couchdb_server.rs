@@ -158,27 +158,57 @@ pub struct CouchServer {
 
 impl CouchServer {
     /// A server keeping its databases in `dir`, with an admin.
+    ///
+    /// A port found free can be taken by another test's server before ours
+    /// binds it; ours then exits and "up" is answered by the other one
+    /// (seen in CI: the admin PUT got that server's 401). PouchDB Server is
+    /// started again on another port then. CouchDB writes its port into its
+    /// ini once, so it is started once.
     pub fn start(flavor: Flavor, dir: &Path) -> CouchServer {
-        CouchServer::start_on(flavor, dir, free_port())
+        for _ in 0..5 {
+            let mut s = CouchServer::unstarted(flavor, dir, free_port());
+            match s.spawn() {
+                Ok(()) => return s,
+                Err(e) => eprintln!(
+                    "{} on port {}: {e}; trying another port",
+                    flavor.name(),
+                    s.port
+                ),
+            }
+        }
+        panic!("{}: no free port worked in 5 tries", flavor.name())
     }
 
     pub fn start_on(flavor: Flavor, dir: &Path, port: u16) -> CouchServer {
+        let mut s = CouchServer::unstarted(flavor, dir, port);
+        if let Err(e) = s.spawn() {
+            panic!("{} on port {port}: {e}", flavor.name());
+        }
+        s
+    }
+
+    fn unstarted(flavor: Flavor, dir: &Path, port: u16) -> CouchServer {
         fs::create_dir_all(dir).unwrap();
-        let mut s = CouchServer {
+        CouchServer {
             flavor,
             port,
             dir: dir.to_path_buf(),
             child: None,
             epmd: None,
-        };
-        match flavor {
-            Flavor::PouchDb => s.spawn_pouchdb(),
-            Flavor::CouchDb35 => s.spawn_couchdb(),
         }
-        s
     }
 
-    fn spawn_pouchdb(&mut self) {
+    fn spawn(&mut self) -> Result<(), String> {
+        match self.flavor {
+            Flavor::PouchDb => self.spawn_pouchdb(),
+            Flavor::CouchDb35 => {
+                self.spawn_couchdb();
+                Ok(())
+            }
+        }
+    }
+
+    fn spawn_pouchdb(&mut self) -> Result<(), String> {
         let dir = &self.dir;
         let child = Command::new(pouchdb_server())
             .args(["-o", "127.0.0.1", "-p", &self.port.to_string(), "-n", "-d"])
@@ -193,10 +223,17 @@ impl CouchServer {
         self.child = Some(child);
         self.wait_until("up", |s| ureq::get(&s.url("")).call().is_ok());
         // An admin ends "admin party": every request below authenticates.
-        ureq::put(&self.url(&format!("_config/admins/{ADMIN}")))
+        // A fresh server of ours accepts it; a refusal means another server
+        // answered on the port.
+        let created = ureq::put(&self.url(&format!("_config/admins/{ADMIN}")))
             .set("Accept", "application/json")
-            .send_json(json!(PASSWORD))
-            .expect("creating the admin");
+            .send_json(json!(PASSWORD));
+        let exited = self.child.as_mut().unwrap().try_wait().unwrap();
+        match (created, exited) {
+            (Ok(_), None) => Ok(()),
+            (_, Some(status)) => Err(format!("exited ({status}); another server has the port")),
+            (Err(e), None) => Err(format!("creating the admin: {e}")),
+        }
     }
 
     fn spawn_couchdb(&mut self) {
