@@ -93,25 +93,24 @@ impl Inputs {
             Ok(text) => match annotations::parse(&text) {
                 Ok(m) => m,
                 Err(e) => {
-                    self.problems.push(Problem {
-                        setting: "LIFEBOAT_ANNOTATIONS_FILE".into(),
-                        value: path.display().to_string(),
-                        message: format!("cannot parse: {e}; expected one key=\"value\" per line"),
-                    });
-                    return false;
+                    let message = format!("cannot parse: {e}; expected one key=\"value\" per line");
+                    return self.annotations_problem(&path, message);
                 }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => {
-                self.problems.push(Problem {
-                    setting: "LIFEBOAT_ANNOTATIONS_FILE".into(),
-                    value: path.display().to_string(),
-                    message: format!("cannot read: {e}"),
-                });
-                return false;
-            }
+            Err(e) => return self.annotations_problem(&path, format!("cannot read: {e}")),
         };
         self.set_annotations(parsed)
+    }
+
+    /// Records why the annotations file could not be used; nothing changed.
+    fn annotations_problem(&mut self, path: &Path, message: String) -> bool {
+        self.problems.push(Problem {
+            setting: "LIFEBOAT_ANNOTATIONS_FILE".into(),
+            value: path.display().to_string(),
+            message,
+        });
+        false
     }
 
     /// Takes the pod's annotations (from the file or the API). Returns
