@@ -17,3 +17,7 @@ disk_report "after the tests"
 # The release binaries the images ship: static, < 20 MB, names resolve in
 # an empty root (prints both sizes).
 bash scripts/build-static.sh
+# Every example on a real Kubernetes cluster, from those static binaries
+# (tests/e2e/run.sh: LIFEBOAT_E2E_K8S or KUBECONFIG; skipped, and said so,
+# without either).
+bash tests/e2e/run.sh

@@ -33,8 +33,10 @@ struct State {
     configmaps: usize,
     secrets: usize,
     list_calls: usize,
-    /// Answer 403 to these: "pods/get", "pods/patch", "events".
+    /// Answer 403 to these: "pods/get", "pods/patch", "pods/watch", "events".
     forbidden: Vec<&'static str>,
+    /// The User-Agent of every request.
+    user_agents: Vec<String>,
 }
 
 struct FakeKubeApi {
@@ -110,10 +112,24 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
             reply(&mut w, c, &b);
             continue;
         }
+        state
+            .lock()
+            .unwrap()
+            .user_agents
+            .push(req.header("user-agent").to_string());
         if req.method == "GET"
             && path == format!("/api/v1/namespaces/{NS}/pods")
             && q.get("watch").map(String::as_str) == Some("true")
         {
+            if state.lock().unwrap().forbidden.contains(&"pods/watch") {
+                let (c, b) = status(
+                    403,
+                    "Forbidden",
+                    "pods is forbidden: User \"system:serviceaccount:apps:default\" cannot watch resource \"pods\"",
+                );
+                reply(&mut w, c, &b);
+                continue;
+            }
             watch(
                 w,
                 state,
@@ -531,6 +547,53 @@ fn annotations_come_through_the_api_when_the_file_is_not_mounted() {
         .unwrap()
         .annotations
         .contains_key("lifeboat.dev/last-backup"));
+}
+
+/// A Role with `get` but not `watch` on pods costs one warning, after which
+/// the sidecar reads the pod every 30 s (it used to warn every 5 s, for
+/// ever). Every request names lifeboat in its User-Agent.
+#[test]
+fn a_role_without_watch_costs_one_warning_and_requests_name_lifeboat() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vol, _backup) = volume_and_backup(tmp.path());
+    fs::write(vol.join("a"), b"data").unwrap();
+    let api = FakeKubeApi::start(State {
+        forbidden: vec!["pods/watch"],
+        ..Default::default()
+    });
+    api.set_annotation("lifeboat.dev/schedule", "0 0 1 1 *");
+    let env = api.pod_env(tmp.path());
+    let log = tmp.path().join("sidecar.log");
+    let mut child = lifeboat("lifeboat-sidecar", &pairs(&env))
+        .arg("run")
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_log(&log, "reading its annotations every 30s instead");
+    // Two of the old 5 s retries.
+    std::thread::sleep(Duration::from_secs(11));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let text = fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.matches("watching this pod is not allowed").count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.contains("the Role in manifests/rbac.yaml grants watch on pods"),
+        "{text}"
+    );
+    let agents = api.state.lock().unwrap().user_agents.clone();
+    assert!(!agents.is_empty());
+    let version = env!("CARGO_PKG_VERSION");
+    for a in &agents {
+        assert!(
+            a.starts_with(&format!("lifeboat/{version} (")),
+            "User-Agent {a:?}"
+        );
+    }
 }
 
 /// Restore's Events say what a person must know: a `RestoreCompleted` that

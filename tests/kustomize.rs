@@ -236,7 +236,7 @@ fn rbac_manifest_is_the_base_role_and_grants_only_what_is_used() {
             ("events".into(), vec!["create".into()]),
             (
                 "pods".into(),
-                vec!["get".into(), "list".into(), "watch".into(), "patch".into()]
+                vec!["get".into(), "watch".into(), "patch".into()]
             ),
         ]
     );

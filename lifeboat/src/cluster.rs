@@ -35,6 +35,15 @@ pub const EXPORT_PAGE: u32 = 20;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before watching the pod again after the watch broke.
 const REWATCH_PAUSE: Duration = Duration::from_secs(5);
+/// How often the pod is read when the Role allows `get` but not `watch`.
+const POLL_EVERY: Duration = Duration::from_secs(30);
+
+/// Which call of [`Cluster::follow`] failed.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Get,
+    Watch,
+}
 
 use crate::config::Exported;
 
@@ -117,7 +126,7 @@ async fn connect(component: &'static str) -> Option<Cluster> {
     // the S3 client's aws-lc), so it cannot pick a default itself; an Err
     // only means one is installed already.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let client = match tokio::time::timeout(CALL_TIMEOUT, kube::Client::try_default()).await {
+    let client = match tokio::time::timeout(CALL_TIMEOUT, client(component)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             warn!("no Kubernetes API configuration ({e}): {off}");
@@ -132,7 +141,7 @@ async fn connect(component: &'static str) -> Option<Cluster> {
     let found = match tokio::time::timeout(CALL_TIMEOUT, pods.get(&pod)).await {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
-            warn!(pod = %pod, namespace = %namespace, "cannot read this pod through the Kubernetes API ({}): {off}", describe(&e));
+            warn!(pod = %pod, namespace = %namespace, "cannot read this pod through the Kubernetes API ({}): {off}", describe_forbidden(&e, "get on pods", true));
             return None;
         }
         Err(_) => {
@@ -154,13 +163,37 @@ async fn connect(component: &'static str) -> Option<Cluster> {
     })
 }
 
-/// A kube error as one line; a 403 names the Role that grants the right.
-fn describe(e: &kube::Error) -> String {
+/// A client from the pod's service account (or KUBECONFIG), whose requests
+/// name lifeboat in their User-Agent, so an API server's audit log and
+/// rate limits tell them apart from the app's.
+async fn client(component: &'static str) -> std::result::Result<kube::Client, String> {
+    let mut config = kube::Config::infer().await.map_err(|e| e.to_string())?;
+    let agent = format!("lifeboat/{} ({component})", env!("CARGO_PKG_VERSION"));
+    let agent = http::HeaderValue::from_str(&agent).map_err(|e| e.to_string())?;
+    config.headers.push((http::header::USER_AGENT, agent));
+    kube::Client::try_from(config).map_err(|e| e.to_string())
+}
+
+/// A kube error as one line. A 403 says which right is missing and whether
+/// the Role lifeboat ships grants it (`what`: "get on pods"; `shipped`: the
+/// Role in manifests/rbac.yaml has it).
+fn describe_forbidden(e: &kube::Error, what: &str, shipped: bool) -> String {
     match e {
-        kube::Error::Api(s) if s.code == 403 => format!(
-            "403 Forbidden: {}; the Role in manifests/rbac.yaml grants what lifeboat uses",
+        kube::Error::Api(s) if s.code == 403 && shipped => format!(
+            "403 Forbidden: {}; the Role in manifests/rbac.yaml grants {what}: check that it and its RoleBinding to this pod's ServiceAccount are applied",
             s.message
         ),
+        kube::Error::Api(s) if s.code == 403 => format!(
+            "403 Forbidden: {}; add {what} to the Role (manifests/rbac.yaml does not grant it)",
+            s.message
+        ),
+        other => describe(other),
+    }
+}
+
+/// A kube error as one line.
+fn describe(e: &kube::Error) -> String {
+    match e {
         kube::Error::Api(s) => format!("{} {}: {}", s.code, s.reason, s.message),
         other => other.to_string(),
     }
@@ -234,7 +267,7 @@ impl Cluster {
                 self.events_forbidden.store(true, Ordering::Relaxed);
                 warn!(
                     "posting Events is not allowed ({}); not trying again",
-                    describe(&e)
+                    describe_forbidden(&e, "create on events", true)
                 );
             }
             Ok(Err(e)) => warn!(
@@ -267,7 +300,7 @@ impl Cluster {
                 self.patch_forbidden.store(true, Ordering::Relaxed);
                 warn!(
                     "patching {LAST_BACKUP} on the pod is not allowed ({}); not trying again",
-                    describe(&e)
+                    describe_forbidden(&e, "patch on pods", true)
                 );
             }
             Ok(Err(e)) => warn!("patching {LAST_BACKUP} failed: {}", describe(&e)),
@@ -277,52 +310,76 @@ impl Cluster {
 
     /// The pod's `lifeboat.dev/*` annotations, kept current by a watch: for
     /// pods without the downward-API file. The watch reconnects on its own.
+    /// A Role without `watch` costs one warning, then the pod is read every
+    /// [`POLL_EVERY`] instead; without `get` it is not followed at all.
     pub fn watch_annotations(self: &Arc<Self>) -> watch::Receiver<BTreeMap<String, String>> {
         let (tx, rx) = watch::channel(self.annotations.clone());
         let me = self.clone();
         tokio::spawn(async move {
+            let mut can_watch = true;
             loop {
-                if let Err(e) = me.follow(&tx).await {
-                    warn!(
-                        "watching this pod's annotations failed ({e}); retrying in {}s",
-                        REWATCH_PAUSE.as_secs()
-                    );
+                let pause = if can_watch { REWATCH_PAUSE } else { POLL_EVERY };
+                match me.follow(&tx, can_watch).await {
+                    Ok(()) => {}
+                    Err((Step::Watch, e)) if is_forbidden(&e) => {
+                        warn!(
+                            "watching this pod is not allowed ({}); reading its annotations every {}s instead",
+                            describe_forbidden(&e, "watch on pods", true),
+                            POLL_EVERY.as_secs()
+                        );
+                        can_watch = false;
+                    }
+                    Err((Step::Get, e)) if is_forbidden(&e) => {
+                        warn!(
+                            "reading this pod is no longer allowed ({}); changed lifeboat.dev/* annotations take effect after a restart",
+                            describe_forbidden(&e, "get on pods", true)
+                        );
+                        return;
+                    }
+                    Err((_, e)) => warn!(
+                        "following this pod's annotations failed ({}); retrying in {}s",
+                        describe(&e),
+                        pause.as_secs()
+                    ),
                 }
                 if tx.is_closed() {
                     return;
                 }
-                tokio::time::sleep(REWATCH_PAUSE).await;
+                tokio::time::sleep(pause).await;
             }
         });
         rx
     }
 
-    /// One get-then-watch round; returns when the server ends the watch.
-    async fn follow(&self, tx: &watch::Sender<BTreeMap<String, String>>) -> Result<()> {
+    /// One get, then (with `watch`) a watch until the server ends it.
+    async fn follow(
+        &self,
+        tx: &watch::Sender<BTreeMap<String, String>>,
+        watch: bool,
+    ) -> std::result::Result<(), (Step, kube::Error)> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-        let api_err = |e: kube::Error| Error::Kube(describe(&e));
-        let pod = pods.get(&self.pod).await.map_err(api_err)?;
+        let pod = pods.get(&self.pod).await.map_err(|e| (Step::Get, e))?;
         let version = pod.metadata.resource_version.clone().unwrap_or_default();
         tx.send_if_modified(|cur| replace(cur, pod));
+        if !watch {
+            return Ok(());
+        }
         let params = WatchParams::default()
             .fields(&format!("metadata.name={}", self.pod))
             .timeout(290);
+        let watch_err = |e| (Step::Watch, e);
         let mut stream = pods
             .watch(&params, &version)
             .await
-            .map_err(api_err)?
+            .map_err(watch_err)?
             .boxed();
-        while let Some(ev) = stream.try_next().await.map_err(api_err)? {
+        while let Some(ev) = stream.try_next().await.map_err(watch_err)? {
             match ev {
                 WatchEvent::Added(p) | WatchEvent::Modified(p) => {
                     tx.send_if_modified(|cur| replace(cur, p));
                 }
-                WatchEvent::Error(s) => {
-                    return Err(Error::Source(format!(
-                        "watch ended: {} {}",
-                        s.code, s.message
-                    )));
-                }
+                // 410 Gone and the like: start again from a fresh get.
+                WatchEvent::Error(s) => return Err((Step::Watch, kube::Error::Api(s))),
                 WatchEvent::Deleted(_) | WatchEvent::Bookmark(_) => {}
             }
         }
@@ -380,15 +437,8 @@ impl Cluster {
                 .block_on(tokio::time::timeout(CALL_TIMEOUT * 3, api.list(&params)))
                 .map_err(|_| Error::Kube(format!("{what}: timed out")))?
                 .map_err(|e| {
-                    let hint = if is_forbidden(&e) {
-                        format!(
-                            " (the Role needs `list` on {}, beyond manifests/rbac.yaml)",
-                            kind.as_str()
-                        )
-                    } else {
-                        String::new()
-                    };
-                    Error::Kube(format!("{what}: {}{hint}", describe(&e)))
+                    let right = format!("list on {}", kind.as_str());
+                    Error::Kube(format!("{what}: {}", describe_forbidden(&e, &right, false)))
                 })?;
             for obj in page.items {
                 let name = obj.meta().name.clone().unwrap_or_default();

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 pub mod couchdb_server;
 pub mod hostile;
+pub mod kube_cluster;
 pub mod postgres_server;
 
 /// A built binary of this workspace. `cargo test --workspace` builds them
