@@ -4,7 +4,7 @@
 //! pages), over real HTTP on 127.0.0.1. A fake can fail on demand in ways a
 //! real API server will not (403s, dropped watches) and starts in
 //! milliseconds; running the examples on a real cluster is a separate,
-//! end-to-end matter (docs/ARCHITECTURE.md §9). The replies follow the
+//! end-to-end matter (tests/e2e.rs, docs/ARCHITECTURE.md §9). The replies follow the
 //! API's documented shapes: objects, `List` with `metadata.continue`,
 //! `Status` on errors, and newline-delimited watch events on a chunked
 //! stream.
