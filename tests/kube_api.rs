@@ -582,7 +582,7 @@ fn a_role_without_watch_costs_one_warning_and_requests_name_lifeboat() {
         "{text}"
     );
     assert!(
-        text.contains("the Role in manifests/rbac.yaml grants watch on pods"),
+        text.contains("the Role lifeboat ships (kustomize/base/rbac.yaml, manifests/rbac.yaml) grants watch on pods"),
         "{text}"
     );
     let agents = api.state.lock().unwrap().user_agents.clone();

@@ -180,7 +180,7 @@ async fn client(component: &'static str) -> std::result::Result<kube::Client, St
 fn describe_forbidden(e: &kube::Error, what: &str, shipped: bool) -> String {
     match e {
         kube::Error::Api(s) if s.code == 403 && shipped => format!(
-            "403 Forbidden: {}; the Role in manifests/rbac.yaml grants {what}: check that it and its RoleBinding to this pod's ServiceAccount are applied",
+            "403 Forbidden: {}; the Role lifeboat ships (kustomize/base/rbac.yaml, manifests/rbac.yaml) grants {what}: the Role in this namespace lacks it, or is not bound to this pod's ServiceAccount",
             s.message
         ),
         kube::Error::Api(s) if s.code == 403 => format!(
@@ -311,16 +311,17 @@ impl Cluster {
     /// The pod's `lifeboat.dev/*` annotations, kept current by a watch: for
     /// pods without the downward-API file. The watch reconnects on its own.
     /// A Role without `watch` costs one warning, then the pod is read every
-    /// [`POLL_EVERY`] instead; without `get` it is not followed at all.
+    /// [`POLL_EVERY`] instead; a refused `get` is warned about once and tried
+    /// again at that pace.
     pub fn watch_annotations(self: &Arc<Self>) -> watch::Receiver<BTreeMap<String, String>> {
         let (tx, rx) = watch::channel(self.annotations.clone());
         let me = self.clone();
         tokio::spawn(async move {
             let mut can_watch = true;
+            let mut get_refused = false;
             loop {
-                let pause = if can_watch { REWATCH_PAUSE } else { POLL_EVERY };
                 match me.follow(&tx, can_watch).await {
-                    Ok(()) => {}
+                    Ok(()) => get_refused = false,
                     Err((Step::Watch, e)) if is_forbidden(&e) => {
                         warn!(
                             "watching this pod is not allowed ({}); reading its annotations every {}s instead",
@@ -330,21 +331,28 @@ impl Cluster {
                         can_watch = false;
                     }
                     Err((Step::Get, e)) if is_forbidden(&e) => {
-                        warn!(
-                            "reading this pod is no longer allowed ({}); changed lifeboat.dev/* annotations take effect after a restart",
-                            describe_forbidden(&e, "get on pods", true)
-                        );
-                        return;
+                        // Perhaps the Role is being re-applied: keep trying,
+                        // slowly, and say it once.
+                        if can_watch || !get_refused {
+                            warn!(
+                                "reading this pod is not allowed ({}); trying again every {}s",
+                                describe_forbidden(&e, "get on pods", true),
+                                POLL_EVERY.as_secs()
+                            );
+                        }
+                        get_refused = true;
+                        can_watch = false;
                     }
                     Err((_, e)) => warn!(
                         "following this pod's annotations failed ({}); retrying in {}s",
                         describe(&e),
-                        pause.as_secs()
+                        if can_watch { REWATCH_PAUSE } else { POLL_EVERY }.as_secs()
                     ),
                 }
                 if tx.is_closed() {
                     return;
                 }
+                let pause = if can_watch { REWATCH_PAUSE } else { POLL_EVERY };
                 tokio::time::sleep(pause).await;
             }
         });

@@ -11,10 +11,12 @@
 # etcd, containerd, runc and the CNI plugins come from Debian
 # (tests/e2e/run.sh installs them).
 #
-# `down` stops everything by the PIDs `up` recorded and undoes every change
-# to the host: the bridge, the NAT rule and sysctls, the kubelet's and CNI's
-# iptables chains, network namespaces, mounts and the kubepods cgroups. It is
-# safe to run twice, and after an `up` that failed half-way.
+# `down` stops everything by the PIDs `up` recorded (and containerd's shims,
+# which carry its socket path) and undoes every change to the host: the
+# bridge, the NAT rule, the sysctls the kubelet and `up` set, the iptables
+# chains and network namespaces that appeared while it ran, mounts, the
+# kubepods cgroups. It is safe to run twice, and after an `up` that failed
+# half-way.
 #
 # Why each setting is what it is: docs/E2E.md.
 set -euo pipefail
@@ -26,6 +28,7 @@ POD_CIDR=10.244.77.0/24
 SERVICE_CIDR=10.96.77.0/24
 SERVICE_IP=10.96.77.1
 NODE=lifeboat-e2e
+KUBELET_SYSCTLS="vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes"
 
 log() { echo "cluster.sh: $*" >&2; }
 
@@ -121,7 +124,20 @@ binaries() {
 network() {
   # What `down` restores.
   cat /proc/sys/net/ipv4/ip_forward >"$STATE/saved-ip_forward"
+  # The kubelet sets these itself (protectKernelDefaults: false); `down`
+  # puts them back.
+  local k
+  for k in $KUBELET_SYSCTLS; do
+    sysctl -n "$k" >"$STATE/saved-sysctl-$k" 2>/dev/null || rm -f "$STATE/saved-sysctl-$k"
+  done
   ip netns list 2>/dev/null | awk '{print $1}' >"$STATE/saved-netns"
+  local ipt table
+  for ipt in iptables ip6tables; do
+    command -v "$ipt" >/dev/null || continue
+    for table in filter nat mangle; do
+      "$ipt" -t "$table" -S 2>/dev/null | awk -v t="$table" '/^-N / {print t " " $2}'
+    done >"$STATE/saved-chains-$ipt"
+  done
   [ -e /var/lib/cni ] || : >"$STATE/made-var-lib-cni"
   ip link add "$BRIDGE" type bridge
   ip addr add "$BRIDGE_IP/24" dev "$BRIDGE"
@@ -199,8 +215,8 @@ EOF
 }
 
 up() {
-  local src=${1:?K8S_BIN_DIR} state=${2:?STATE_DIR}
-  STATE=$state
+  local src=${1:?K8S_BIN_DIR}
+  STATE=$(realpath -m "${2:?STATE_DIR}")
   if [ -e "$STATE/pids" ]; then
     log "$STATE holds a cluster already (run: cluster.sh down $STATE)"
     exit 1
@@ -295,7 +311,9 @@ stop_pid() {
   local name=$1 pidfile=$STATE/pids/$1 pid i
   [ -f "$pidfile" ] || return 0
   pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
+  # Only the process we started: its command line names the state folder
+  # or the binary we copied there (etcd's names its data folder).
+  if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$STATE"; then
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
@@ -304,27 +322,40 @@ stop_pid() {
 }
 
 down() {
-  STATE=${1:?STATE_DIR}
+  # Best effort at every step: one that fails must not keep the later ones
+  # from running (each failure that matters is logged).
+  set +e +o pipefail
+  STATE=$(realpath -m "${1:?STATE_DIR}")
+  if [ ! -e "$STATE" ]; then log "$STATE is gone already"; return 0; fi
   [ -e "$STATE/.lifeboat-e2e" ] || { log "$STATE is not a cluster.sh state folder"; exit 1; }
   local sock=$STATE/containerd/containerd.sock
-  # Pods first, so the app containers get their SIGTERM.
+  # Controllers first, so nothing recreates the pods; then the pods, so the
+  # app containers get their SIGTERM.
+  stop_pid kube-controller-manager
+  stop_pid kube-scheduler
   if [ -f "$STATE/pids/kubelet" ] && kill -0 "$(cat "$STATE/pids/kubelet")" 2>/dev/null; then
     timeout 60 kubectl --kubeconfig "$STATE/kubeconfig" delete pods --all --all-namespaces \
-      --grace-period=5 --wait=true >/dev/null 2>&1 || true
+      --grace-period=5 --wait=true >/dev/null 2>&1 || log "deleting the pods did not finish; killing their containers"
   fi
   stop_pid kubelet
   if [ -S "$sock" ]; then
-    local t
+    local t c
     for t in $(ctr --address "$sock" -n k8s.io tasks ls -q 2>/dev/null); do
       ctr --address "$sock" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
     done
     sleep 1
+    # Deleting the tasks and containers removes the shims' and runc's state
+    # under /run/containerd.
+    for t in $(ctr --address "$sock" -n k8s.io tasks ls -q 2>/dev/null); do
+      ctr --address "$sock" -n k8s.io tasks delete -f "$t" >/dev/null 2>&1 || true
+    done
+    for c in $(ctr --address "$sock" -n k8s.io containers ls -q 2>/dev/null); do
+      ctr --address "$sock" -n k8s.io containers rm "$c" >/dev/null 2>&1 || true
+    done
   fi
   stop_pid containerd
   # The shims outlive containerd; they carry its socket on their command line.
   pkill -KILL -f "containerd-shim.*-address $sock" 2>/dev/null || true
-  stop_pid kube-scheduler
-  stop_pid kube-controller-manager
   stop_pid kube-apiserver
   stop_pid etcd
   # Mounts under the state folder (overlay roots, secret tmpfs, shm), deepest first.
@@ -339,7 +370,7 @@ down() {
     done
   fi
   rm -rf /var/lib/cni/results/lifeboat-e2e-* 2>/dev/null || true
-  [ -f "$STATE/made-var-lib-cni" ] && rm -rf /var/lib/cni
+  if [ -f "$STATE/made-var-lib-cni" ]; then rm -rf /var/lib/cni; fi
   if [ -f "$STATE/api-port" ]; then
     iptables -t nat -D PREROUTING -i "$BRIDGE" -d "$SERVICE_IP" -p tcp --dport 443 \
       -j DNAT --to-destination "127.0.0.1:$(cat "$STATE/api-port")" -m comment --comment lifeboat-e2e 2>/dev/null || true
@@ -350,12 +381,32 @@ down() {
   if [ -f "$STATE/saved-ip_forward" ]; then
     sysctl -q -w "net.ipv4.ip_forward=$(cat "$STATE/saved-ip_forward")" || true
   fi
+  local k
+  for k in $KUBELET_SYSCTLS; do
+    if [ -f "$STATE/saved-sysctl-$k" ]; then
+      sysctl -q -w "$k=$(cat "$STATE/saved-sysctl-$k")" || log "could not restore $k"
+    fi
+  done
   # The kubelet's cgroups (cgroupfs driver, v1: one tree per controller).
   local c
   for c in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
-    [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+    [ -d "$c" ] || continue
+    # Container processes whose shim is gone would keep the cgroup busy.
+    find "$c" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u | xargs -r kill -KILL 2>/dev/null || true
+    sleep 0.2
+    find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+    [ -d "$c" ] && log "could not remove the cgroup $c"
   done
-  rm -rf "$STATE"
+  rm -f /var/log/containers/*_lifeboat-e2e* 2>/dev/null || true
+  find /var/log/containers -xtype l -delete 2>/dev/null || true
+  local left=""
+  ip link show "$BRIDGE" >/dev/null 2>&1 && left+=" the bridge $BRIDGE;"
+  iptables -t nat -S PREROUTING 2>/dev/null | grep -q lifeboat-e2e && left+=" the NAT rule;"
+  rm -rf "$STATE" || left+=" $STATE;"
+  if [ -n "$left" ]; then
+    log "stopped, but left:$left"
+    return 1
+  fi
   log "stopped; host restored"
 }
 
@@ -364,17 +415,19 @@ down() {
 remove_chains() {
   local ipt=$1 table chain
   command -v "$ipt" >/dev/null || return 0
+  local before=$STATE/saved-chains-$ipt
+  [ -f "$before" ] || return 0
   for table in filter nat mangle; do
-    { "$ipt" -t "$table" -S 2>/dev/null | grep -E '^-A .* -j (KUBE|CNI)-' || true; } | sed 's/^-A/-D/' | while read -r rule; do
-      # shellcheck disable=SC2086
-      "$ipt" -t "$table" $rule 2>/dev/null || true
+    local ours
+    ours=$("$ipt" -t "$table" -S 2>/dev/null | awk '/^-N (KUBE|CNI)-/ {print $2}' | grep -vxF -f <(grep "^$table " "$before" | cut -d' ' -f2) || true)
+    for chain in $ours; do
+      # Jumps to the chain from elsewhere (kept as printed: eval keeps quoted comments whole).
+      "$ipt" -t "$table" -S 2>/dev/null | grep -E -- "-j $chain( |\$)" | grep -v "^-A $chain " | sed 's/^-A/-D/' | while read -r rule; do
+        eval "\"\$ipt\" -t \"\$table\" $rule" 2>/dev/null || true
+      done
     done
-    for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk '/^-N (KUBE|CNI)-/ {print $2}'); do
-      "$ipt" -t "$table" -F "$chain" 2>/dev/null || true
-    done
-    for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk '/^-N (KUBE|CNI)-/ {print $2}'); do
-      "$ipt" -t "$table" -X "$chain" 2>/dev/null || true
-    done
+    for chain in $ours; do "$ipt" -t "$table" -F "$chain" 2>/dev/null || true; done
+    for chain in $ours; do "$ipt" -t "$table" -X "$chain" 2>/dev/null || true; done
   done
 }
 

