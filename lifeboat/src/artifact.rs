@@ -9,6 +9,8 @@ use crate::compression::Compression;
 pub const MANIFEST_SUFFIX: &str = ".manifest.json";
 /// Suffix of a record written when `verify` re-read an artifact successfully.
 pub const VERIFIED_SUFFIX: &str = ".verified.json";
+/// Suffix of the record a restore drill leaves (`crate::drill`).
+pub const DRILL_SUFFIX: &str = ".drill.json";
 /// Appended to the artifact's name when it is encrypted with age.
 pub const ENCRYPTED_EXTENSION: &str = ".age";
 /// Where exported objects live in the tar: `kubernetes/<kind>/<name>.yaml`.
@@ -55,6 +57,10 @@ pub fn manifest_name(id: &str) -> String {
 
 pub fn verified_name(id: &str) -> String {
     format!("{id}{VERIFIED_SUFFIX}")
+}
+
+pub fn drill_name(id: &str) -> String {
+    format!("{id}{DRILL_SUFFIX}")
 }
 
 /// The time encoded in an id, if it is one of ours.

@@ -88,6 +88,17 @@ pub enum Error {
     #[error("no committed artifact with id {0:?} (run `{cmd} list`)", cmd = crate::cli::SIDECAR_COMMAND)]
     NotFound(String),
 
+    /// A restore drill could not be carried out (nothing restored, the
+    /// artifact gone, its record not written).
+    #[error("restore drill: {0}")]
+    Drill(String),
+
+    /// A restore drill ran and the user's check did not pass.
+    #[error(
+        "the restore drill of {id} FAILED: LIFEBOAT_DRILL_CHECK did not pass; it printed: {output}"
+    )]
+    DrillFailed { id: String, output: String },
+
     /// The work was cancelled (shutdown); nothing was committed.
     #[error("cancelled before completion; nothing was committed")]
     Cancelled,

@@ -23,6 +23,7 @@ pub mod compression;
 pub mod config;
 pub mod daemon;
 pub mod dns;
+pub mod drill;
 pub mod durable;
 pub mod encryption;
 pub mod error;

@@ -241,6 +241,21 @@ fn target_metrics(o: &mut Out, s: &State) {
         "1 when the last scheduled verification on each target passed.",
         targets().map(|(n, t)| (n, t.last_verify.as_ref().map(|v| flag(v.ok)))),
     );
+    o.per_target(
+        "lifeboat_last_drill_success_timestamp_seconds",
+        "When a restore drill of an artifact on each target last passed (Unix time).",
+        targets().map(|(n, t)| (n, t.last_drill_success_at.map(ts))),
+    );
+    o.per_target(
+        "lifeboat_last_drill_success",
+        "1 when the newest restore drill on each target passed, 0 when it failed.",
+        targets().map(|(n, t)| (n, t.last_drill.as_ref().map(|d| flag(d.passed)))),
+    );
+    o.per_target(
+        "lifeboat_last_drill_restore_seconds",
+        "How long the newest restore drill's restore took.",
+        targets().map(|(n, t)| (n, t.last_drill.as_ref().map(|d| d.restore_seconds))),
+    );
 }
 
 #[cfg(test)]

@@ -233,6 +233,18 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
             skipped.push(format!("{} on {}: {reason}", m.id, target.describe()));
             continue;
         }
+        if let Some(d) = stored.drill.as_ref().filter(|d| !d.passed) {
+            // A drill restored it and the app's own check failed: as proven
+            // bad as a wrong checksum (docs/ARCHITECTURE.md §6).
+            let reason = format!(
+                "it failed a restore drill at {} (check `{}`)",
+                d.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                d.check
+            );
+            warn!(id = %m.id, target = %target.describe(), "{reason}; trying the next candidate");
+            skipped.push(format!("{} on {}: {reason}", m.id, target.describe()));
+            continue;
+        }
         match try_candidate(target, stored, s, &protected, &mut replace, &mut skipped).await? {
             Tried::Done => {
                 let (id, target) = (m.id.clone(), target.describe());

@@ -115,6 +115,41 @@ pub struct TargetState {
     /// Why the last listing failed, when it did.
     pub error: Option<String>,
     pub last_verify: Option<Verification>,
+    /// The newest restore drill of any artifact on this target.
+    pub last_drill: Option<DrillState>,
+    /// When a drill on this target last passed.
+    pub last_drill_success_at: Option<DateTime<Utc>>,
+}
+
+/// A restore drill's result as `/status` shows it (README, "Restore drills").
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DrillState {
+    pub id: String,
+    pub at: DateTime<Utc>,
+    pub passed: bool,
+    pub restore_seconds: f64,
+    pub check: String,
+    /// The end of the check's output, when it failed.
+    pub output_tail: Option<String>,
+}
+
+impl DrillState {
+    /// The newest drill record among `artifacts`, and when one last passed.
+    pub fn newest(
+        artifacts: &[crate::store::Stored],
+    ) -> (Option<DrillState>, Option<DateTime<Utc>>) {
+        let records = || artifacts.iter().filter_map(|a| a.drill.as_ref());
+        let newest = records().max_by_key(|d| d.at).map(|d| DrillState {
+            id: d.id.clone(),
+            at: d.at,
+            passed: d.passed,
+            restore_seconds: d.restore_seconds,
+            check: d.check.clone(),
+            output_tail: (!d.passed).then(|| d.output_tail.clone()),
+        });
+        let passed = records().filter(|d| d.passed).map(|d| d.at).max();
+        (newest, passed)
+    }
 }
 
 /// What is running right now.
@@ -202,6 +237,8 @@ impl Status {
                     backlog: 0,
                     error: None,
                     last_verify: None,
+                    last_drill: None,
+                    last_drill_success_at: None,
                 })
                 .collect(),
         };
@@ -325,6 +362,8 @@ impl Status {
                         ts.newest = newest.map(|a| a.manifest.id.clone());
                         ts.newest_started_at = newest.map(|a| a.manifest.started_at);
                         ts.newest_verified_at = newest.and_then(|a| a.verified_at);
+                        (ts.last_drill, ts.last_drill_success_at) =
+                            DrillState::newest(&l.artifacts);
                         ts.error = None;
                         if i == 0 {
                             if let Some(a) = newest {

@@ -26,7 +26,9 @@ arangodb, postgres logical mode) is verified and staged in the first path as
 const AFTER_SETTINGS: &str = "\
 Also read: PG_MAJOR (postgres: refuse a physical artifact of another major version);
 HOSTNAME and POD_NAMESPACE (defaults of LIFEBOAT_NAME and LIFEBOAT_NAMESPACE); POD_NAME and
-POD_NAMESPACE (Kubernetes Events and, without the annotations file, the annotations).
+POD_NAMESPACE (Kubernetes Events and, without the annotations file, the annotations);
+LIFEBOAT_DRILL_REPORT (in a restore drill's pod: a file where the restored artifact's id and
+the restore's seconds are written for `lifeboat-sidecar drill check`).
 
 Exit codes:
   0   the app may start: restored, nothing to restore (first deploy), or skipped
@@ -72,6 +74,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// In a drill's pod: what was restored and how long it took, for the check.
+/// A drill with nothing restored has nothing to check: that is a failure.
+fn drill_report(outcome: &Outcome, seconds: f64, path: &std::path::Path) -> lifeboat::Result<()> {
+    let (id, target) = match outcome {
+        Outcome::Restored { id, target, .. } | Outcome::Staged { id, target, .. } => (id, target),
+        Outcome::NoArtifacts => {
+            return Err(lifeboat::Error::Drill(
+                "no artifacts to restore: nothing to drill".into(),
+            ))
+        }
+        Outcome::Skipped(why) => {
+            return Err(lifeboat::Error::Drill(format!(
+                "nothing was restored ({why}); a drill's volume must be empty"
+            )))
+        }
+    };
+    lifeboat::drill::Restored {
+        id: id.clone(),
+        target: target.clone(),
+        seconds,
+    }
+    .write(path)
+}
+
 /// Newer artifacts that were skipped, for the Event a person reads.
 fn skipped_note(skipped: &[String]) -> String {
     if skipped.is_empty() {
@@ -101,7 +127,12 @@ async fn restore(s: &Settings) -> lifeboat::Result<()> {
         warn!("{w}");
     }
     let targets = s.open_targets().await;
-    match restore::restore_newest(&targets, s).await? {
+    let started = std::time::Instant::now();
+    let outcome = restore::restore_newest(&targets, s).await?;
+    if let Some(path) = std::env::var_os("LIFEBOAT_DRILL_REPORT").filter(|p| !p.is_empty()) {
+        drill_report(&outcome, started.elapsed().as_secs_f64(), path.as_ref())?;
+    }
+    match outcome {
         Outcome::Restored {
             id,
             target,

@@ -9,7 +9,7 @@ use lifeboat::daemon::{self, Caller};
 use lifeboat::restore::{self, Pick, Verified, Wanted};
 use lifeboat::store::Target;
 use lifeboat::{Error, Result};
-use tracing::warn;
+use tracing::{info, warn};
 
 /// This binary, as the library names it in Events and advice.
 pub const CALLER: Caller = Caller {
@@ -60,13 +60,13 @@ pub async fn list(json: bool) -> Result<()> {
         }
         println!("{}", t.describe());
         println!(
-            "{:<28} {:<20} {:>10} {:>8} {:<8} VERIFIED",
-            "ID", "STARTED (UTC)", "SIZE", "ENTRIES", "SOURCE"
+            "{:<28} {:<20} {:>10} {:>8} {:<8} {:<20} DRILLED",
+            "ID", "STARTED (UTC)", "SIZE", "ENTRIES", "SOURCE", "VERIFIED"
         );
         for a in &listing.artifacts {
             let m = &a.manifest;
             println!(
-                "{:<28} {:<20} {:>10} {:>8} {:<8} {}",
+                "{:<28} {:<20} {:>10} {:>8} {:<8} {:<20} {}",
                 m.id,
                 m.started_at.format("%Y-%m-%d %H:%M:%S"),
                 human(m.size),
@@ -74,6 +74,10 @@ pub async fn list(json: bool) -> Result<()> {
                 m.source,
                 a.verified_at
                     .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_else(|| "no".into()),
+                a.drill
+                    .as_ref()
+                    .map(|d| d.summary())
                     .unwrap_or_else(|| "no".into())
             );
         }
@@ -157,5 +161,99 @@ fn human(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// `drill check`'s settings: from the environment (the drill component
+/// sets them from the `lifeboat` ConfigMap) or the command line.
+#[derive(clap::Args)]
+pub struct DrillCheck {
+    /// The check, quoted as in a shell but not run by one (add `sh -c '…'`
+    /// for a shell), run in the app's image: e.g. `psql -c 'select count(*) from orders'`.
+    #[arg(long, env = "LIFEBOAT_DRILL_CHECK", value_parser = argv)]
+    check: Argv,
+    /// Run until it passes before the check runs once (e.g. `pg_isready`);
+    /// without it the check itself is retried until it passes.
+    #[arg(long, env = "LIFEBOAT_DRILL_READY", value_parser = argv)]
+    ready: Option<Argv>,
+    /// How long the app may take to come up and pass (30s, 5m, 1h).
+    #[arg(long, env = "LIFEBOAT_DRILL_TIMEOUT", default_value = "5m", value_parser = duration)]
+    timeout: std::time::Duration,
+    /// What lifeboat-restore wrote in this pod (LIFEBOAT_DRILL_REPORT).
+    #[arg(
+        long,
+        env = "LIFEBOAT_DRILL_REPORT",
+        default_value = "/drill/restored.json"
+    )]
+    report: std::path::PathBuf,
+}
+
+/// A command line split as a shell would (one value for clap, not many).
+#[derive(Debug, Clone)]
+pub struct Argv(Vec<String>);
+
+fn argv(s: &str) -> std::result::Result<Argv, String> {
+    match shell_words::split(s) {
+        Ok(v) if !v.is_empty() => Ok(Argv(v)),
+        Ok(_) => Err("empty: give a program and its arguments".into()),
+        Err(e) => Err(format!("{e}: quote as in a shell")),
+    }
+}
+
+fn duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    lifeboat::config::parse_duration(s)
+}
+
+pub fn drill_install(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let me = std::env::current_exe().map_err(|e| Error::io("finding this program", e))?;
+    let to = dir.join("lifeboat-sidecar");
+    let tmp = dir.join(".lifeboat-sidecar.tmp");
+    std::fs::copy(&me, &tmp)
+        .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)))
+        .and_then(|()| std::fs::rename(&tmp, &to))
+        .map_err(|e| Error::io(format!("copying {} to {}", me.display(), to.display()), e))?;
+    println!("{}", to.display());
+    Ok(())
+}
+
+pub async fn drill_check(args: DrillCheck) -> Result<()> {
+    let s = settings(Role::Inspect).await?;
+    let restored = lifeboat::drill::Restored::read(&args.report)?;
+    let targets = s.open_targets().await;
+    let manifest = lifeboat::drill::manifest_of(&targets, &restored).await?;
+    let span = tracing::info_span!("drill", id = %restored.id, target = %restored.target);
+    let _guard = span.enter();
+    info!(
+        restore_seconds = restored.seconds,
+        timeout_s = args.timeout.as_secs(),
+        "drill: artifact restored; waiting for the app and running LIFEBOAT_DRILL_CHECK"
+    );
+    let check_text = shell_words::join(&args.check.0);
+    let check = lifeboat::drill::Check {
+        argv: args.check.0,
+        ready: args.ready.map(|r| r.0),
+        timeout: args.timeout,
+        every: std::time::Duration::from_secs(5),
+    };
+    let (passed, output) = tokio::task::spawn_blocking(move || check.run())
+        .await
+        .map_err(|e| Error::Internal(format!("the drill's check did not run: {e}")))?;
+    let record = lifeboat::drill::DrillRecord::new(
+        &manifest,
+        passed,
+        restored.seconds,
+        &check_text,
+        &output,
+    );
+    lifeboat::drill::record(&targets, &restored, &record).await?;
+    if passed {
+        info!(restore_seconds = restored.seconds, "drill PASSED");
+        Ok(())
+    } else {
+        Err(Error::DrillFailed {
+            id: restored.id,
+            output: record.output_tail.trim().to_string(),
+        })
     }
 }

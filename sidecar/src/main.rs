@@ -53,6 +53,14 @@ enum Command {
     /// loaded, so the pod stays out of Service endpoints until the data is in.
     #[command(after_long_help = env_help())]
     Ready,
+    /// Restore drills, run by the drill component's CronJob (README, "Restore
+    /// drills"): `install` copies this binary where the app's image can run
+    /// it; `check` runs the user's check against the app started on the
+    /// restored data and records the result beside the artifact.
+    Drill {
+        #[command(subcommand)]
+        step: DrillStep,
+    },
     /// Restore an artifact into an empty folder, for inspection or a manual fix.
     /// Each backed-up path lands below DIR (e.g. DIR/home/jovyan).
     #[command(after_long_help = env_help())]
@@ -67,6 +75,22 @@ enum Command {
         #[arg(long, value_name = "TIME")]
         before: Option<chrono::DateTime<chrono::Utc>>,
     },
+}
+
+#[derive(Subcommand)]
+enum DrillStep {
+    /// Copies this (static) binary into DIR, for the check container, which
+    /// runs the app's own image.
+    Install {
+        /// A folder shared with the check container (an emptyDir).
+        dir: std::path::PathBuf,
+    },
+    /// Waits for the app, runs the check once it is up, and records
+    /// pass/fail, the restore's seconds and the output's end as
+    /// `<id>.drill.json` beside the restored artifact. Exits 1 if the check
+    /// failed.
+    #[command(after_long_help = env_help())]
+    Check(commands::DrillCheck),
 }
 
 fn env_help() -> String {
@@ -91,6 +115,12 @@ fn main() -> ExitCode {
             Command::List { json } => commands::list(json).await,
             Command::Verify { id, all } => commands::verify(id, all).await,
             Command::Restore { to, id, before } => commands::restore(to, id, before).await,
+            Command::Drill {
+                step: DrillStep::Install { dir },
+            } => commands::drill_install(&dir),
+            Command::Drill {
+                step: DrillStep::Check(args),
+            } => commands::drill_check(args).await,
         }
     });
     match result {

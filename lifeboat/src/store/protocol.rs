@@ -13,6 +13,7 @@ use tokio::io::AsyncReadExt;
 
 use super::blobs::{Blobs, ByteStream, Entry, Opened, Put, Small};
 use crate::artifact::{self, MANIFEST_SUFFIX};
+use crate::drill::{DrillRecord, MAX_DRILL_BYTES};
 use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
 use crate::{Error, Result};
 
@@ -29,6 +30,15 @@ pub struct Stored {
     pub manifest: Manifest,
     /// When `verify` last re-read it successfully.
     pub verified_at: Option<DateTime<Utc>>,
+    /// What the newest restore drill of it found.
+    pub drill: Option<DrillRecord>,
+}
+
+impl Stored {
+    /// A drill proved it does not bring the app back.
+    pub fn failed_drill(&self) -> bool {
+        self.drill.as_ref().is_some_and(|d| !d.passed)
+    }
 }
 
 /// What `list` found: committed artifacts newest first, and manifests it
@@ -40,10 +50,14 @@ pub struct Listing {
 }
 
 impl Listing {
-    /// Newest first; of two equally new, the one that passed `verify`
-    /// first (a restore tries them in this order).
+    /// Newest first; of two equally new, the one that passed a drill
+    /// first, then the one that passed `verify` (a restore tries them in
+    /// this order).
     pub fn sort_newest_first(&mut self) {
-        let key = |s: &Stored| (s.manifest.started_at, s.verified_at.is_some());
+        let key = |s: &Stored| {
+            let drilled = s.drill.as_ref().is_some_and(|d| d.passed);
+            (s.manifest.started_at, drilled, s.verified_at.is_some())
+        };
         self.artifacts
             .sort_by(|a, b| (key(b), &b.manifest.id).cmp(&(key(a), &a.manifest.id)));
     }
@@ -82,8 +96,10 @@ pub fn is_orphan(name: &str, committed: &HashSet<&str>) -> bool {
     if name.starts_with('.') {
         return false;
     }
-    if let Some(id) = name.strip_suffix(artifact::VERIFIED_SUFFIX) {
-        return !committed.contains(id);
+    for suffix in [artifact::VERIFIED_SUFFIX, artifact::DRILL_SUFFIX] {
+        if let Some(id) = name.strip_suffix(suffix) {
+            return !committed.contains(id);
+        }
     }
     name.contains(".tar") && !committed.contains(name.split(".tar").next().unwrap_or_default())
 }
@@ -125,6 +141,8 @@ pub trait Target {
     /// Removes the manifest first, so a crash leaves a leftover, not a broken commit.
     async fn delete(&self, manifest: &Manifest) -> Result<()>;
     async fn mark_verified(&self, manifest: &Manifest, at: DateTime<Utc>) -> Result<()>;
+    /// Leaves a drill's record beside the artifact (replacing an older one).
+    async fn record_drill(&self, manifest: &Manifest, record: &DrillRecord) -> Result<()>;
     async fn leftovers(&self) -> Result<Vec<Leftover<Self::Incomplete>>>;
     async fn remove_leftover(&self, leftover: &Leftover<Self::Incomplete>) -> Result<()>;
 }
@@ -187,6 +205,19 @@ impl<B: Blobs> Artifacts<B> {
         )
     }
 
+    /// The artifact's drill record; one that cannot be read, or speaks for
+    /// other bytes, only loses that fact.
+    async fn drill(&self, m: &Manifest, names: &HashSet<&str>) -> Option<DrillRecord> {
+        let name = artifact::drill_name(&m.id);
+        if !names.contains(name.as_str()) {
+            return None;
+        }
+        match self.blobs.get_small(&name, MAX_DRILL_BYTES).await {
+            Ok(Small::Bytes(b)) => DrillRecord::parse_for(&b, m),
+            _ => None,
+        }
+    }
+
     /// When the artifact was last verified; a record that cannot be read
     /// only loses that fact.
     async fn verified_at(&self, m: &Manifest, names: &HashSet<&str>) -> Option<DateTime<Utc>> {
@@ -226,9 +257,11 @@ impl<B: Blobs> Target for Artifacts<B> {
                 Some(Err(problem)) => listing.problems.push(problem),
                 Some(Ok(manifest)) => {
                     let verified_at = self.verified_at(&manifest, &names).await;
+                    let drill = self.drill(&manifest, &names).await;
                     listing.artifacts.push(Stored {
                         manifest,
                         verified_at,
+                        drill,
                     });
                 }
             }
@@ -269,13 +302,20 @@ impl<B: Blobs> Target for Artifacts<B> {
         self.blobs.delete(&m.artifact, false).await?;
         self.blobs
             .delete(&artifact::verified_name(&m.id), false)
-            .await
+            .await?;
+        self.blobs.delete(&artifact::drill_name(&m.id), false).await
     }
 
     async fn mark_verified(&self, m: &Manifest, at: DateTime<Utc>) -> Result<()> {
         let record = verified_record(m, at);
         self.blobs
             .put_small(&artifact::verified_name(&m.id), record, true)
+            .await
+    }
+
+    async fn record_drill(&self, m: &Manifest, record: &DrillRecord) -> Result<()> {
+        self.blobs
+            .put_small(&artifact::drill_name(&m.id), record.to_json(), true)
             .await
     }
 
@@ -525,8 +565,12 @@ mod tests {
         );
         let at = Utc::now();
         t.mark_verified(&m, at).await.unwrap();
+        let drill = DrillRecord::new(&m, false, 2.0, "test -f /data/x", "no such file");
+        t.record_drill(&m, &drill).await.unwrap();
         let listing = t.list().await.unwrap();
         assert_eq!(listing.artifacts[0].verified_at, Some(at));
+        assert_eq!(listing.artifacts[0].drill, Some(drill));
+        assert!(listing.artifacts[0].failed_drill());
         mem.take_log();
         t.delete(&m).await.unwrap();
         assert_eq!(
@@ -535,6 +579,7 @@ mod tests {
                 format!("delete {ID}.manifest.json (durable)"),
                 format!("delete {ID}.tar.zst"),
                 format!("delete {ID}.verified.json"),
+                format!("delete {ID}.drill.json"),
             ]
         );
         assert!(mem.with(|s| s.blobs.is_empty()));
@@ -565,10 +610,16 @@ mod tests {
         mem.insert("20260104T000000Z-files.manifest.json", b"{ not json");
         let big = vec![b' '; MAX_VERIFIED_BYTES as usize + 1];
         mem.insert(&format!("{ID}.verified.json"), &big);
+        // A drill record for other bytes under this id does not count.
+        let mut other_bytes = manifest(ID, 4);
+        other_bytes.sha256 = "11".into();
+        let foreign = DrillRecord::new(&other_bytes, true, 1.0, "true", "");
+        mem.insert(&format!("{ID}.drill.json"), &foreign.to_json());
         mem.insert(".hidden.manifest.json", b"ignored");
         let listing = t.list().await.unwrap();
         assert_eq!(listing.artifacts.len(), 1);
         assert_eq!(listing.artifacts[0].verified_at, None, "record too big");
+        assert_eq!(listing.artifacts[0].drill, None, "record for other bytes");
         assert_eq!(listing.problems.len(), 2, "{:?}", listing.problems);
         assert!(listing.problems[0].starts_with(&format!(
             "mem://h/{other}.manifest.json: not a valid manifest: its id"
@@ -640,6 +691,7 @@ mod tests {
         Stored {
             manifest: Manifest::from_json(json.to_string().as_bytes()).unwrap(),
             verified_at: verified.then(Utc::now),
+            drill: None,
         }
     }
 
@@ -665,5 +717,18 @@ mod tests {
                 "20261122T020000Z-files"
             ]
         );
+        // A passed drill outranks a verify among equally new ones.
+        let mut drilled = stored("20261123T020000Z-postgres", "2026-11-23T02:00:00Z", false);
+        drilled.drill = Some(DrillRecord::new(&drilled.manifest, true, 1.0, "true", ""));
+        l.artifacts.push(drilled);
+        l.sort_newest_first();
+        assert_eq!(l.artifacts[1].manifest.id, "20261123T020000Z-postgres");
+    }
+
+    #[test]
+    fn a_drill_record_without_its_manifest_is_a_leftover() {
+        let committed: HashSet<&str> = ["20261123T020000Z-files"].into_iter().collect();
+        assert!(!is_orphan("20261123T020000Z-files.drill.json", &committed));
+        assert!(is_orphan("20261122T020000Z-files.drill.json", &committed));
     }
 }

@@ -1,0 +1,224 @@
+//! Restore drills with the real binaries, outside Kubernetes: the drill
+//! pod's steps run here one after the other. `lifeboat-restore` with
+//! `LIFEBOAT_DRILL_REPORT` restores into an empty volume and reports what it
+//! restored; `lifeboat-sidecar drill check` runs the user's check and records
+//! the result beside the artifact. A drill of an artifact that is whole
+//! (its checksum is right) but lacks what the app needs fails, is shown by
+//! `list`, and the next restore skips it for the older artifact that passes.
+//! The same on a real cluster, through the drill component: tests/e2e.rs.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lifeboat_tests::*;
+
+struct Pod {
+    tmp: tempfile::TempDir,
+    data: PathBuf,
+    backup: PathBuf,
+}
+
+impl Pod {
+    fn new() -> Pod {
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, backup) = (tmp.path().join("data"), tmp.path().join("backup"));
+        fs::create_dir_all(&data).unwrap();
+        fs::create_dir_all(&backup).unwrap();
+        Pod { tmp, data, backup }
+    }
+
+    fn cmd(&self, name: &str, extra: &[(&str, &str)]) -> Command {
+        let targets = format!("file://{}", self.backup.display());
+        let mut env = vec![
+            ("LIFEBOAT_PATHS", self.data.to_str().unwrap()),
+            ("LIFEBOAT_TARGETS", targets.as_str()),
+            ("HOSTNAME", "orders-0"),
+        ];
+        env.extend_from_slice(extra);
+        lifeboat(name, &env)
+    }
+
+    fn backup(&self) -> String {
+        stdout(&run_ok(self.cmd("lifeboat-sidecar", &[]).arg("backup-now")))
+            .trim()
+            .to_string()
+    }
+
+    /// The drill pod: an empty volume where the app's was, the restore with
+    /// its report, then the check. The live volume is set aside meanwhile.
+    fn drill(&self, check: &str) -> (std::process::Output, String) {
+        let live = self.tmp.path().join("live");
+        fs::rename(&self.data, &live).unwrap();
+        let report = self.tmp.path().join("restored.json");
+        let _ = fs::remove_file(&report);
+        let report_s = report.to_str().unwrap();
+        let restore = run_ok(
+            self.cmd("lifeboat-restore", &[("LIFEBOAT_DRILL_REPORT", report_s)])
+                .env("POD_NAME", "orders-drill-x1"),
+        );
+        let check_out = self
+            .cmd(
+                "lifeboat-sidecar",
+                &[
+                    ("LIFEBOAT_DRILL_REPORT", report_s),
+                    ("LIFEBOAT_DRILL_CHECK", check),
+                    ("LIFEBOAT_DRILL_TIMEOUT", "3s"),
+                ],
+            )
+            .env("POD_NAME", "orders-drill-x1")
+            .args(["drill", "check"])
+            .output()
+            .unwrap();
+        fs::remove_dir_all(&self.data).unwrap();
+        fs::rename(&live, &self.data).unwrap();
+        (check_out, stderr(&restore))
+    }
+
+    fn list(&self) -> String {
+        stdout(&run_ok(self.cmd("lifeboat-sidecar", &[]).arg("list")))
+    }
+}
+
+fn row<'a>(list: &'a str, id: &str) -> &'a str {
+    list.lines()
+        .find(|l| l.starts_with(id))
+        .unwrap_or_else(|| panic!("{id} not listed:\n{list}"))
+}
+
+#[test]
+fn a_failed_drill_is_recorded_listed_and_skipped_by_the_next_restore() {
+    let pod = Pod::new();
+    let orders = pod.data.join("orders.csv");
+    let rows: String = (1..=5000).map(|i| format!("{i},item {i}\n")).collect();
+    fs::write(&orders, &rows).unwrap();
+    fs::write(pod.data.join("v"), "version 0").unwrap();
+    let good = pod.backup();
+    // Whole and checksummed, but the table is gone: only a drill tells.
+    fs::remove_file(&orders).unwrap();
+    fs::write(pod.data.join("v"), "version 1").unwrap();
+    let broken = pod.backup();
+    assert!(broken > good);
+    fs::write(&orders, &rows).unwrap();
+    let check = format!("test -s {}", orders.display());
+
+    // The drill restores the newest and its check fails: exit 1, recorded.
+    let (out, restore_log) = pod.drill(&check);
+    assert!(restore_log.contains(&broken), "{restore_log}");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("the restore drill of {broken} FAILED")),
+        "{err}"
+    );
+    let list = pod.list();
+    let header = list
+        .lines()
+        .find(|l| l.starts_with("ID "))
+        .unwrap_or_default();
+    assert!(header.ends_with("DRILLED"), "{list}");
+    assert!(row(&list, &broken).contains("FAILED 20"), "{list}");
+    assert!(row(&list, &good).trim_end().ends_with("no"), "{list}");
+    let record = history(&pod.backup, "orders-0").join(format!("{broken}.drill.json"));
+    let r: serde_json::Value = serde_json::from_slice(&fs::read(&record).unwrap()).unwrap();
+    assert_eq!(r["passed"], false);
+    assert_eq!(r["check"], check.as_str());
+    assert_eq!(r["pod"], "orders-drill-x1");
+    assert!(r["restore_seconds"].as_f64().unwrap() > 0.0);
+
+    // The init container of a new pod skips it for the older artifact.
+    fs::remove_dir_all(&pod.data).unwrap();
+    let out = run_ok(&mut pod.cmd("lifeboat-restore", &[]));
+    let err = stderr(&out);
+    assert!(err.contains("it failed a restore drill at"), "{err}");
+    assert!(err.contains(&good), "{err}");
+    assert_eq!(fs::read_to_string(&orders).unwrap(), rows);
+    assert_eq!(fs::read_to_string(pod.data.join("v")).unwrap(), "version 0");
+
+    // The next drill skips it too, and passes on the older one.
+    let (out, restore_log) = pod.drill(&check);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(restore_log.contains(&good), "{restore_log}");
+    let list = pod.list();
+    assert!(row(&list, &good).contains("passed 20"), "{list}");
+    assert!(row(&list, &broken).contains("FAILED 20"), "{list}");
+
+    // The sidecar serves the newest drill as metrics and in /status.
+    let log = pod.tmp.path().join("sidecar.log");
+    let targets = format!("file://{}", pod.backup.display());
+    let sc = RunningSidecar::start(
+        &[
+            ("LIFEBOAT_PATHS", pod.data.to_str().unwrap()),
+            ("LIFEBOAT_TARGETS", targets.as_str()),
+            ("HOSTNAME", "orders-0"),
+            ("LIFEBOAT_SCHEDULE", "0 0 1 1 *"),
+        ],
+        &log,
+    );
+    let (_, metrics) = sc.get("/metrics");
+    let value = |name: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    assert_eq!(
+        value("lifeboat_last_drill_success{"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(value("lifeboat_last_drill_success_timestamp_seconds{").unwrap() > 1.7e9);
+    assert!(
+        value("lifeboat_last_drill_restore_seconds{").is_some(),
+        "{metrics}"
+    );
+    let status = sc.status();
+    let drill = &status["targets"][0]["last_drill"];
+    assert_eq!(drill["id"], good.as_str(), "{status}");
+    assert_eq!(drill["passed"], true);
+}
+
+#[test]
+fn a_drill_without_its_report_or_check_says_what_is_missing() {
+    let pod = Pod::new();
+    fs::write(pod.data.join("a"), "x").unwrap();
+    pod.backup();
+    let missing = pod.tmp.path().join("nothing.json");
+    fails_with(
+        pod.cmd(
+            "lifeboat-sidecar",
+            &[
+                ("LIFEBOAT_DRILL_REPORT", missing.to_str().unwrap()),
+                ("LIFEBOAT_DRILL_CHECK", "true"),
+            ],
+        )
+        .args(["drill", "check"]),
+        1,
+        "lifeboat-restore writes it when LIFEBOAT_DRILL_REPORT names it",
+    );
+    let out = pod
+        .cmd(
+            "lifeboat-sidecar",
+            &[("LIFEBOAT_DRILL_CHECK", "psql -c 'unclosed")],
+        )
+        .args(["drill", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("quote as in a shell"),
+        "{}",
+        stderr(&out)
+    );
+    // A drill whose volume is not empty restores nothing, and fails.
+    let report = pod.tmp.path().join("r.json");
+    fails_with(
+        &mut pod.cmd(
+            "lifeboat-restore",
+            &[("LIFEBOAT_DRILL_REPORT", report.to_str().unwrap())],
+        ),
+        1,
+        "a drill's volume must be empty",
+    );
+    let _ = Path::new(&report);
+}
