@@ -75,6 +75,22 @@ impl Pod {
         (check_out, stderr(&restore))
     }
 
+    fn sidecar(&self, log: &Path) -> RunningSidecar {
+        self.sidecar_with(log, &[])
+    }
+
+    fn sidecar_with(&self, log: &Path, extra: &[(&str, &str)]) -> RunningSidecar {
+        let targets = format!("file://{}", self.backup.display());
+        let mut env = vec![
+            ("LIFEBOAT_PATHS", self.data.to_str().unwrap()),
+            ("LIFEBOAT_TARGETS", targets.as_str()),
+            ("HOSTNAME", "orders-0"),
+            ("LIFEBOAT_SCHEDULE", "0 0 1 1 *"),
+        ];
+        env.extend_from_slice(extra);
+        RunningSidecar::start(&env, log)
+    }
+
     fn list(&self) -> String {
         stdout(&run_ok(self.cmd("lifeboat-sidecar", &[]).arg("list")))
     }
@@ -126,6 +142,32 @@ fn a_failed_drill_is_recorded_listed_and_skipped_by_the_next_restore() {
     assert_eq!(r["pod"], "orders-drill-x1");
     assert!(r["restore_seconds"].as_f64().unwrap() > 0.0);
 
+    // The app pod's sidecar says so: an ERROR line (and, in a cluster, a
+    // DrillFailed Event and a notification), and its metrics.
+    {
+        let (port, got) = receiver();
+        let url = format!("http://127.0.0.1:{port}/hook");
+        let log = pod.tmp.path().join("sidecar-failed.log");
+        let sc = pod.sidecar_with(&log, &[("LIFEBOAT_NOTIFY_URL", url.as_str())]);
+        let text = wait_for_log(&log, "a restore drill FAILED");
+        assert!(text.contains(&broken), "{text}");
+        wait_for_log(&log, "notification sent");
+        let bodies = got.lock().unwrap().clone();
+        assert_eq!(
+            bodies.len(),
+            1,
+            "one notification per failed drill: {bodies:?}"
+        );
+        assert_eq!(bodies[0]["event"], "drill_failed");
+        assert_eq!(bodies[0]["id"], broken.as_str());
+        assert_eq!(bodies[0]["check"], check.as_str());
+        let (_, metrics) = sc.get("/metrics");
+        assert!(
+            metrics.contains("lifeboat_last_drill_success{") && metrics.contains("} 0"),
+            "{metrics}"
+        );
+    }
+
     // The init container of a new pod skips it for the older artifact.
     fs::remove_dir_all(&pod.data).unwrap();
     let out = run_ok(&mut pod.cmd("lifeboat-restore", &[]));
@@ -145,16 +187,7 @@ fn a_failed_drill_is_recorded_listed_and_skipped_by_the_next_restore() {
 
     // The sidecar serves the newest drill as metrics and in /status.
     let log = pod.tmp.path().join("sidecar.log");
-    let targets = format!("file://{}", pod.backup.display());
-    let sc = RunningSidecar::start(
-        &[
-            ("LIFEBOAT_PATHS", pod.data.to_str().unwrap()),
-            ("LIFEBOAT_TARGETS", targets.as_str()),
-            ("HOSTNAME", "orders-0"),
-            ("LIFEBOAT_SCHEDULE", "0 0 1 1 *"),
-        ],
-        &log,
-    );
+    let sc = pod.sidecar(&log);
     let (_, metrics) = sc.get("/metrics");
     let value = |name: &str| -> Option<f64> {
         metrics
@@ -220,5 +253,47 @@ fn a_drill_without_its_report_or_check_says_what_is_missing() {
         1,
         "a drill's volume must be empty",
     );
-    let _ = Path::new(&report);
+}
+
+type Bodies = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+
+/// A notification receiver on 127.0.0.1 that answers 200 and keeps the bodies.
+fn receiver() -> (u16, Bodies) {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got: Bodies = Default::default();
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let Some(req) = read_request(&mut std::io::BufReader::new(&stream)) else {
+                continue;
+            };
+            if let Ok(v) = serde_json::from_slice(&req.body) {
+                seen.lock().unwrap().push(v);
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    (port, got)
+}
+
+/// Waits up to 30 s for `needle` in the log file; returns the log.
+fn wait_for_log(log: &Path, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never logged {needle:?}:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

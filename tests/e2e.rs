@@ -30,6 +30,11 @@ struct App {
     /// A logical dump the sidecar loads after the restore (pod not Ready
     /// before), rather than files the init container puts back.
     logical: bool,
+    /// The example has the drill component: a drill must pass.
+    drill: bool,
+    /// Also drill an artifact that is whole but lacks the app's data: the
+    /// drill must fail, and the next restore skip it.
+    break_for_drill: Option<fn(&Cluster, &App)>,
     /// Shell-free commands in the app container.
     is_empty: fn(&Cluster, &App) -> bool,
     write: fn(&Cluster, &App),
@@ -353,6 +358,43 @@ fn roundtrip(app: &App) {
         "{test}: the data changed under the backups"
     );
 
+    let mut broken = None;
+    if app.drill {
+        step("restore drill");
+        assert!(
+            run_drill(&c, app, "drill-1"),
+            "{test}: the drill of the good backup failed"
+        );
+        let list = c.exec(ns, &pod, "lifeboat", &["lifeboat-sidecar", "list"]);
+        let newest = list
+            .lines()
+            .find(|l| l.starts_with("20"))
+            .unwrap_or_default();
+        assert!(
+            newest.contains("passed 20"),
+            "{test}: the newest artifact should show a passed drill:\n{list}"
+        );
+        if let Some(breaks) = app.break_for_drill {
+            step("a whole artifact without the data: its drill fails");
+            breaks(&c, app);
+            let bad = backup_now(&c, app);
+            assert!(
+                !run_drill(&c, app, "drill-2"),
+                "{test}: the drill of {bad} passed"
+            );
+            let list = c.exec(ns, &pod, "lifeboat", &["lifeboat-sidecar", "list"]);
+            let row = list
+                .lines()
+                .find(|l| l.starts_with(&bad))
+                .unwrap_or_default();
+            assert!(
+                row.contains("FAILED 20"),
+                "{test}: {bad} should show a failed drill:\n{list}"
+            );
+            broken = Some(bad);
+        }
+    }
+
     step("losing the data: delete the StatefulSet and its claim");
     let stop_order = watch_stop_order(&c, app);
     c.run(&[
@@ -399,6 +441,29 @@ fn roundtrip(app: &App) {
         restored.as_str() >= scheduled.as_str(),
         "{test}: restored {restored}, older than the newest backup {scheduled}:\n{restore_log}"
     );
+    if let Some(bad) = &broken {
+        assert_ne!(
+            &restored, bad,
+            "{test}: restored the artifact that failed its drill"
+        );
+        assert!(
+            restore_log.contains("it failed a restore drill"),
+            "{test}: the init container should say why it skipped {bad}:\n{restore_log}"
+        );
+        // The new pod's sidecar lists the failed drill and says so.
+        c.wait("a DrillFailed Event", Duration::from_secs(60), || {
+            let n = c
+                .events(ns, &pod, "DrillFailed")
+                .into_iter()
+                .filter(|e| e["involvedObject"]["uid"] == uid.as_str())
+                .count();
+            if n > 0 {
+                Ok(())
+            } else {
+                Err("none yet".to_string())
+            }
+        });
+    }
     let completed: Vec<_> = c
         .events(ns, &pod, "RestoreCompleted")
         .into_iter()
@@ -447,6 +512,64 @@ fn restored_id(log: &str) -> Option<String> {
         .take_while(|c| !c.is_whitespace())
         .collect();
     Some(id.trim_matches('"').to_string())
+}
+
+/// Runs the example's drill CronJob now, as `kubectl create job --from`
+/// does; whether the Job succeeded.
+fn run_drill(c: &Cluster, app: &App, job: &str) -> bool {
+    c.run(&[
+        "-n",
+        app.ns,
+        "create",
+        "job",
+        job,
+        "--from=cronjob/lifeboat-drill",
+    ]);
+    let passed = c.wait(
+        &format!("the drill Job {job}"),
+        Duration::from_secs(360),
+        || {
+            let j = c
+                .try_get(app.ns, &format!("job/{job}"))?
+                .ok_or("no Job yet")?;
+            let done = |kind: &str| {
+                j["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|cond| cond["type"] == kind && cond["status"] == "True")
+            };
+            if done("Complete") {
+                Ok(true)
+            } else if done("Failed") {
+                Ok(false)
+            } else {
+                Err(format!("{}", j["status"]))
+            }
+        },
+    );
+    let logs = c.output(&[
+        "-n",
+        app.ns,
+        "logs",
+        &format!("job/{job}"),
+        "-c",
+        "lifeboat-drill",
+    ]);
+    eprintln!(
+        "e2e {}: drill {job} {}: {}",
+        app.example,
+        if passed { "passed" } else { "failed" },
+        String::from_utf8_lossy(&logs.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+    );
+    passed
+}
+
+fn postgres_break(c: &Cluster, app: &App) {
+    psql_once(c, app, "drop table orders");
 }
 
 fn last_backup(c: &Cluster, app: &App) -> Option<String> {
@@ -678,6 +801,8 @@ fn postgres_example_on_a_real_cluster() {
         uid: 999,
         gid: 999,
         logical: false,
+        drill: true,
+        break_for_drill: Some(postgres_break),
         is_empty: postgres_is_empty,
         write: postgres_write,
         read: postgres_read,
@@ -694,6 +819,8 @@ fn jupyter_example_on_a_real_cluster() {
         uid: 1000,
         gid: 100,
         logical: false,
+        drill: true,
+        break_for_drill: None,
         is_empty: jupyter_is_empty,
         write: jupyter_write,
         read: jupyter_read,
@@ -710,6 +837,8 @@ fn couchdb_example_on_a_real_cluster() {
         uid: 5984,
         gid: 5984,
         logical: true,
+        drill: false,
+        break_for_drill: None,
         is_empty: couchdb_is_empty,
         write: couchdb_write,
         read: couchdb_read,

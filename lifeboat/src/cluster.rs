@@ -56,6 +56,8 @@ pub enum Reason {
     /// The init container stopped: the app does not start until a person acts
     /// or a retry succeeds.
     RestoreFailed,
+    /// A restore drill's check did not pass on an artifact.
+    DrillFailed,
 }
 
 impl Reason {
@@ -65,11 +67,12 @@ impl Reason {
             Reason::BackupFailed => "BackupFailed",
             Reason::RestoreCompleted => "RestoreCompleted",
             Reason::RestoreFailed => "RestoreFailed",
+            Reason::DrillFailed => "DrillFailed",
         }
     }
     fn event_type(self) -> &'static str {
         match self {
-            Reason::BackupFailed | Reason::RestoreFailed => "Warning",
+            Reason::BackupFailed | Reason::RestoreFailed | Reason::DrillFailed => "Warning",
             _ => "Normal",
         }
     }

@@ -158,6 +158,36 @@ pub fn load_refused(settings: &Settings, id: &str, error: &str) -> Option<Messag
     })
 }
 
+/// The message for a failed restore drill (`event: "drill_failed"`):
+/// always sent when notifications are on, as a failure is.
+pub fn drill_failed(settings: &Settings, d: &crate::status::DrillState) -> Option<Message> {
+    let n = settings.ops.notify.as_ref()?;
+    let output = d.output_tail.as_deref().unwrap_or_default().trim();
+    let body = match n.format {
+        NotifyFormat::Json => json!({
+            "event": "drill_failed",
+            "name": settings.name,
+            "namespace": settings.namespace,
+            "pod": std::env::var("POD_NAME").ok(),
+            "source": settings.source.kind.as_str(),
+            "at": d.at,
+            "id": d.id,
+            "check": d.check,
+            "output": output,
+        }),
+        NotifyFormat::Slack => json!({
+            "text": format!(
+                ":x: lifeboat restore drill of {} for {}/{} FAILED: `{}` did not pass: {output}",
+                d.id, settings.namespace, settings.name, d.check
+            ),
+        }),
+    };
+    Some(Message {
+        notify: n.clone(),
+        body,
+    })
+}
+
 impl Message {
     /// Sends it, retrying, and logs how it went.
     pub async fn deliver(self) {

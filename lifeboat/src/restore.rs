@@ -844,11 +844,28 @@ fn move_all_into_place(
         // ... and again after it, because every change inside the folder
         // moves its mtime.
         if let Some(meta) = p.root {
-            tar_read::apply_dir_meta(p.dest, meta, as_root)?;
+            apply_root_meta(p.dest, meta, as_root)?;
         }
         sync_dir(p.dest)?;
     }
     Ok(())
+}
+
+/// A path's own mode and mtime from the artifact. Not as root, they can be
+/// set only on a folder of ours: a volume's root that belongs to root (an
+/// emptyDir, a claim whose fsGroup gives us the group only) keeps the mode
+/// and mtime the volume has, with a warning; what is inside is restored.
+fn apply_root_meta(dest: &Path, meta: tar_read::DirMeta, as_root: bool) -> Result<()> {
+    match tar_read::apply_dir_meta(dest, meta, as_root) {
+        Err(Error::Io { source, .. }) if !as_root && source.raw_os_error() == Some(libc::EPERM) => {
+            warn!(
+                path = %dest.display(),
+                "not running as root, and the volume's root folder is not ours: it keeps its own mode and mtime"
+            );
+            Ok(())
+        }
+        r => r,
+    }
 }
 
 /// Moves one destination's staged entries into place (see [`move_all_into_place`]).

@@ -278,6 +278,7 @@ def postgres_image(out, embedded):
             layer.link("/usr/local/pgsql/" + link["target"].removeprefix("native/"),
                        os.path.basename(link["source"]))
     layer.file("/usr/local/bin/psql", "/usr/lib/postgresql/15/bin/psql", 0o755)
+    layer.file("/usr/local/bin/pg_isready", "/usr/lib/postgresql/15/bin/pg_isready", 0o755)
     layer.data("/usr/local/bin/docker-entrypoint.sh", POSTGRES_ENTRYPOINT, 0o755)
     layer.dir("/var/lib/postgresql", 0o755, 999, 999)
     layer.elf_deps()

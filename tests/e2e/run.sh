@@ -91,8 +91,10 @@ state=
 child=
 cleanup() {
   local rc=$?
+  # Every step of the teardown runs, whatever the one before returned.
+  set +e
   trap - EXIT INT TERM
-  [ -n "$child" ] && kill "$child" 2>/dev/null
+  if [ -n "$child" ]; then kill "$child" 2>/dev/null; fi
   if [ -n "$state" ]; then
     bash tests/e2e/cluster.sh down "$state" || rc=1
   fi

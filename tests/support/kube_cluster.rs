@@ -64,23 +64,37 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `kubectl ARGS` with a request timeout, so a stuck API server fails
+    /// the test instead of hanging it.
     pub fn output(&self, args: &[&str]) -> Output {
         self.kubectl()
+            .arg("--request-timeout=120s")
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run kubectl {}: {e}", args.join(" ")))
     }
 
-    /// `kubectl -n NS get KIND/NAME -o json`, parsed; `None` when it does
-    /// not exist.
-    pub fn get(&self, ns: &str, what: &str) -> Option<serde_json::Value> {
+    /// `kubectl -n NS get KIND/NAME -o json`, parsed; `Ok(None)` when it
+    /// does not exist, `Err` on any other failure (for polling loops to
+    /// retry: an API server under load times out now and then).
+    pub fn try_get(&self, ns: &str, what: &str) -> Result<Option<serde_json::Value>, String> {
         let out = self.output(&["-n", ns, "get", what, "-o", "json"]);
         if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains("NotFound"), "kubectl get {what}: {err}");
-            return None;
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            return if err.contains("NotFound") {
+                Ok(None)
+            } else {
+                Err(format!("kubectl get {what}: {err}"))
+            };
         }
-        Some(serde_json::from_slice(&out.stdout).expect("kubectl -o json"))
+        serde_json::from_slice(&out.stdout)
+            .map(Some)
+            .map_err(|e| format!("kubectl get {what} -o json: {e}"))
+    }
+
+    /// [`Cluster::try_get`] that must not fail.
+    pub fn get(&self, ns: &str, what: &str) -> Option<serde_json::Value> {
+        self.try_get(ns, what).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Polls `check` every second until it returns `Some`, or fails the
@@ -106,7 +120,7 @@ impl Cluster {
     /// Waits until the pod is Ready; returns it.
     pub fn wait_ready(&self, ns: &str, pod: &str, limit: Duration) -> serde_json::Value {
         self.wait(&format!("pod {ns}/{pod} to be Ready"), limit, || {
-            let Some(p) = self.get(ns, &format!("pod/{pod}")) else {
+            let Some(p) = self.try_get(ns, &format!("pod/{pod}"))? else {
                 return Err("no pod yet".into());
             };
             if condition(&p, "Ready") == Some("True") {
@@ -122,7 +136,7 @@ impl Cluster {
         self.wait(
             &format!("{ns}/{what} to be deleted"),
             limit,
-            || match self.get(ns, what) {
+            || match self.try_get(ns, what)? {
                 None => Ok(()),
                 Some(_) => Err("still there".into()),
             },
@@ -139,8 +153,19 @@ impl Cluster {
         let Some(base) = &self.hostpath else { return };
         let name = format!("e2e-{ns}-{claim}");
         let dir = base.join(&name);
-        let _ = self.output(&["delete", "pv", &name, "--wait=true", "--ignore-not-found"]);
-        let _ = std::fs::remove_dir_all(&dir);
+        self.run(&[
+            "delete",
+            "pv",
+            &name,
+            "--wait=true",
+            "--timeout=120s",
+            "--ignore-not-found",
+        ]);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("removing the old volume {}: {e}", dir.display()),
+        }
         std::fs::create_dir_all(&dir).expect("hostPath folder");
         std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown hostPath");
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o2775))

@@ -104,6 +104,7 @@ pub async fn run(caller: Caller) -> Result<()> {
         requests,
         shutdown,
         annotations: Annotations::new(inputs, from_api),
+        drill_announced: None,
     };
     if let Some(p) = pending {
         let cx = load::Ctx {
@@ -118,6 +119,7 @@ pub async fn run(caller: Caller) -> Result<()> {
         }
     }
     d.work.refresh(&d.status).await;
+    d.announce_drill().await;
     d.warn_if_stale();
     d.run().await;
     drop(request_tx);

@@ -25,6 +25,34 @@ pub fn log_failure(r: &Result<Manifest>) {
     }
 }
 
+/// A failed restore drill, seen in the listing: an ERROR line, a
+/// `DrillFailed` Warning Event and a notification.
+pub async fn drill_failed(
+    component: &'static str,
+    settings: &Settings,
+    d: &crate::status::DrillState,
+) {
+    let output = d.output_tail.as_deref().unwrap_or_default().trim();
+    error!(
+        id = %d.id,
+        at = %d.at.to_rfc3339(),
+        check = %d.check,
+        "a restore drill FAILED: this artifact did not bring the app back and restores skip it; the check printed: {output}"
+    );
+    if let Some(c) = cluster::get(component).await {
+        let msg = format!(
+            "restore drill of {} FAILED at {}: `{}` did not pass: {output}",
+            d.id,
+            d.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            d.check
+        );
+        c.event(Reason::DrillFailed, &msg).await;
+    }
+    if let Some(m) = notify::drill_failed(settings, d) {
+        m.deliver().await;
+    }
+}
+
 /// Tells the cluster how a backup went: an Event on the pod, and the
 /// `lifeboat.dev/last-backup` annotation after a success. A cancelled backup
 /// (shutdown) is not a failure worth a Warning. Returns the notification

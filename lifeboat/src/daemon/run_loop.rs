@@ -35,6 +35,11 @@ const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How often a stale backup history is said again in the log.
 pub const STALE_WARNING: Duration = Duration::from_secs(3600);
 
+/// How often the targets are listed between backups to notice what a
+/// restore drill (another pod) recorded. A listing reads every manifest, so
+/// not more often: a failed drill is an Event within the hour.
+pub const DRILL_REFRESH: Duration = Duration::from_secs(3600);
+
 /// What the loop does next.
 enum Next {
     Backup {
@@ -61,6 +66,8 @@ pub(super) struct Daemon<O: Open> {
     pub requests: mpsc::Receiver<Reply>,
     pub shutdown: Shutdown,
     pub annotations: Annotations,
+    /// The failed drill last announced (id, time), so each is said once.
+    pub drill_announced: Option<(String, DateTime<Utc>)>,
 }
 
 impl<O: Open> Daemon<O> {
@@ -69,9 +76,11 @@ impl<O: Open> Daemon<O> {
         let mut poll = tokio::time::interval(ANNOTATIONS_POLL);
         let mut backlog_retry = tokio::time::interval(BACKLOG_RETRY);
         let mut stale_check = tokio::time::interval(STALE_WARNING);
+        let mut drill_refresh = tokio::time::interval(DRILL_REFRESH);
         // An interval's first tick is immediate; these wait a whole period.
         backlog_retry.tick().await;
         stale_check.tick().await;
+        drill_refresh.tick().await;
         loop {
             let now = self.clock.now();
             let next = self.settings.schedule.next_after(now);
@@ -106,6 +115,10 @@ impl<O: Open> Daemon<O> {
                         self.work.refresh(&self.status).await;
                     }
                     _ = stale_check.tick() => self.warn_if_stale(),
+                    _ = drill_refresh.tick() => {
+                        self.work.refresh(&self.status).await;
+                        self.announce_drill().await;
+                    }
                     _ = poll.tick() => {
                         if let Some(w) = self.reload().await {
                             break w;
@@ -239,7 +252,25 @@ impl<O: Open> Daemon<O> {
         }
         self.status.backlog(&work.backlog());
         work.refresh(&self.status).await;
+        self.announce_drill().await;
         false
+    }
+
+    /// A restore drill that failed since the last look: logged, an Event on
+    /// the pod and a notification, once each (README, "Restore drills").
+    pub(super) async fn announce_drill(&mut self) {
+        let newest = self
+            .status
+            .read(|s| s.targets.first().and_then(|t| t.last_drill.clone()));
+        let Some(d) = newest.filter(|d| !d.passed) else {
+            return;
+        };
+        let key = (d.id.clone(), d.at);
+        if self.drill_announced.as_ref() == Some(&key) {
+            return;
+        }
+        self.drill_announced = Some(key);
+        super::report::drill_failed(self.component, &self.settings, &d).await;
     }
 
     /// `LIFEBOAT_VERIFY_SCHEDULE`: re-reads the newest artifact on each

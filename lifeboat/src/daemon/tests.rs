@@ -239,6 +239,7 @@ async fn harness(
         requests,
         shutdown,
         annotations: Annotations::new(inputs, Some(from_api)),
+        drill_announced: None,
     };
     let handles = Handles {
         requests: request_tx,
