@@ -5,10 +5,11 @@
 //!
 //! A drill restores an artifact into a scratch volume in a separate pod,
 //! starts the app's own image on it and runs a check the user wrote. Its
-//! record says whether that check passed. Restore prefers, of two equally
-//! new artifacts, one that passed a drill, and skips one that failed: a
-//! failed drill is proof that the artifact does not bring the app back, as
-//! a wrong checksum is.
+//! record says whether that check passed. Restore skips an artifact whose
+//! drill failed: a failed drill is taken as proof that the artifact does not
+//! bring the app back, as a wrong checksum is. (`list` ranks a passed drill
+//! first among equally new artifacts; restore's candidates are ordered by
+//! time and id only.)
 
 use std::io::Read;
 use std::path::Path;

@@ -51,8 +51,8 @@ pub struct Listing {
 
 impl Listing {
     /// Newest first; of two equally new, the one that passed a drill
-    /// first, then the one that passed `verify` (a restore tries them in
-    /// this order).
+    /// first, then the one that passed `verify` (the order `list` shows;
+    /// `restore::candidates` orders across targets by time and id).
     pub fn sort_newest_first(&mut self) {
         let key = |s: &Stored| {
             let drilled = s.drill.as_ref().is_some_and(|d| d.passed);
