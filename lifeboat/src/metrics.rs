@@ -299,7 +299,18 @@ mod rule_tests {
             error: None,
         };
         status.verified(0, v);
-        let served = status.read(|s| super::render(s, Utc::now()));
+        // A drill seen in the listing (refresh_targets sets these).
+        let mut state = status.snapshot();
+        state.targets[0].last_drill = Some(crate::status::DrillState {
+            id: "x".into(),
+            at: Utc::now(),
+            passed: false,
+            restore_seconds: 1.5,
+            check: "true".into(),
+            output_tail: Some(String::new()),
+        });
+        state.targets[0].last_drill_success_at = Some(Utc::now());
+        let served = super::render(&state, Utc::now());
         let rule = include_str!("../../manifests/prometheusrule.yaml");
         let mut names: Vec<&str> = rule
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))

@@ -250,8 +250,18 @@ pub fn known_annotations() -> impl Iterator<Item = &'static str> {
 
 /// Whether `name` is one of the settings.
 pub fn is_setting(name: &str) -> bool {
-    KEYS.iter().any(|k| k.env == name)
+    KEYS.iter().any(|k| k.env == name) || DRILL_SETTINGS.contains(&name)
 }
+
+/// Read only by `lifeboat-sidecar drill check` (its own flags, README
+/// "Restore drills"), but set in the `lifeboat` ConfigMap every container
+/// reads: not a typo to warn about.
+pub const DRILL_SETTINGS: [&str; 4] = [
+    "LIFEBOAT_DRILL_CHECK",
+    "LIFEBOAT_DRILL_READY",
+    "LIFEBOAT_DRILL_TIMEOUT",
+    "LIFEBOAT_DRILL_REPORT",
+];
 
 const ENV_HEADING: &str =
     "Environment (each variable also accepts a _FILE form that names a file holding the value):\n";
@@ -308,6 +318,14 @@ pub fn restore_env_help() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The drill's settings share the ConfigMap: no "unknown variable"
+    /// warning in every sidecar for them, still one for a typo.
+    #[test]
+    fn drill_settings_are_not_typos() {
+        assert!(DRILL_SETTINGS.iter().all(|s| is_setting(s)));
+        assert!(!is_setting("LIFEBOAT_DRILL_CHEK"));
+    }
 
     /// The README's settings table documents exactly the key table: every
     /// variable in a row, each with its overriding annotation in the same
