@@ -24,6 +24,7 @@ pub mod config;
 pub mod daemon;
 pub mod dns;
 pub mod drill;
+pub mod drill_targets;
 pub mod durable;
 pub mod encryption;
 pub mod error;

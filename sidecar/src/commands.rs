@@ -221,7 +221,7 @@ pub async fn drill_check(args: DrillCheck) -> Result<()> {
     let s = settings(Role::Inspect).await?;
     let restored = lifeboat::drill::Restored::read(&args.report)?;
     let targets = s.open_targets().await;
-    let manifest = lifeboat::drill::manifest_of(&targets, &restored).await?;
+    let manifest = lifeboat::drill_targets::manifest_of(&targets, &restored).await?;
     let span = tracing::info_span!("drill", id = %restored.id, target = %restored.target);
     let _guard = span.enter();
     info!(
@@ -246,7 +246,7 @@ pub async fn drill_check(args: DrillCheck) -> Result<()> {
         &check_text,
         &output,
     );
-    lifeboat::drill::record(&targets, &restored, &record).await?;
+    lifeboat::drill_targets::record(&targets, &restored, &record).await?;
     if passed {
         info!(restore_seconds = restored.seconds, "drill PASSED");
         Ok(())
