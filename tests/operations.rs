@@ -453,12 +453,7 @@ fn scheduled_verification_records_verified_at_and_catches_a_corrupted_artifact()
     assert_eq!(record["id"], id.as_str());
     assert_eq!(record["sha256"], manifest_before["sha256"]);
     let listed = stdout(&run_ok(lifeboat("lifeboat-sidecar", &env).arg("list")));
-    // ID, date, time, size (number and unit), entries, source, VERIFIED.
-    let verified_cells: Vec<&str> = listed
-        .lines()
-        .filter(|l| l.starts_with("20"))
-        .filter_map(|l| l.split_whitespace().nth(7))
-        .collect();
+    let verified_cells = verified_column(&listed);
     assert!(
         !verified_cells.is_empty() && !verified_cells.contains(&"no"),
         "{listed}"

@@ -242,13 +242,8 @@ fn retention_and_list_and_verify_after_several_backups() {
     let out = run_ok(cmd("lifeboat-sidecar", &env).args(["verify", "--all"]));
     assert_eq!(stdout(&out).matches("ok ").count(), 2, "{}", stdout(&out));
     let out = run_ok(cmd("lifeboat-sidecar", &env).arg("list"));
-    // ID, date, time, size (number and unit), entries, source, VERIFIED.
     let table = stdout(&out);
-    let verified: Vec<&str> = table
-        .lines()
-        .filter(|l| l.starts_with("20"))
-        .filter_map(|l| l.split_whitespace().nth(7))
-        .collect();
+    let verified = verified_column(&table);
     assert!(
         verified.len() == 2 && !verified.contains(&"no"),
         "verified column: {table}"

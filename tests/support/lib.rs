@@ -812,3 +812,12 @@ impl Drop for RunningSidecar {
         }
     }
 }
+
+/// The VERIFIED cell of each artifact row of `lifeboat-sidecar list`: ID,
+/// date, time, size (number and unit), entries, source, then VERIFIED.
+pub fn verified_column(list: &str) -> Vec<&str> {
+    list.lines()
+        .filter(|l| l.starts_with("20"))
+        .filter_map(|l| l.split_whitespace().nth(7))
+        .collect()
+}
