@@ -133,54 +133,45 @@ pub fn message(settings: &Settings, result: &Result<Manifest, Error>) -> Option<
 /// The message for a restored dump the server refused (`event:
 /// "load_refused"`): always sent when notifications are on, as a failure is.
 pub fn load_refused(settings: &Settings, id: &str, error: &str) -> Option<Message> {
-    let n = settings.ops.notify.as_ref()?;
-    let body = match n.format {
-        NotifyFormat::Json => json!({
-            "event": "load_refused",
-            "name": settings.name,
-            "namespace": settings.namespace,
-            "pod": std::env::var("POD_NAME").ok(),
-            "source": settings.source.kind.as_str(),
-            "at": chrono::Utc::now(),
-            "id": id,
-            "error": error,
-        }),
-        NotifyFormat::Slack => json!({
-            "text": format!(
-                ":x: lifeboat could not load restored dump {id} into {}/{}: {error}",
-                settings.namespace, settings.name
-            ),
-        }),
-    };
-    Some(Message {
-        notify: n.clone(),
-        body,
-    })
+    let text = format!(
+        ":x: lifeboat could not load restored dump {id} into {}/{}: {error}",
+        settings.namespace, settings.name
+    );
+    let fields = json!({ "at": chrono::Utc::now(), "id": id, "error": error });
+    event_message(settings, "load_refused", fields, text)
 }
 
 /// The message for a failed restore drill (`event: "drill_failed"`):
 /// always sent when notifications are on, as a failure is.
 pub fn drill_failed(settings: &Settings, d: &crate::status::DrillState) -> Option<Message> {
-    let n = settings.ops.notify.as_ref()?;
     let output = d.output_tail.as_deref().unwrap_or_default().trim();
+    let text = format!(
+        ":x: lifeboat restore drill of {} for {}/{} FAILED: `{}` did not pass: {output}",
+        d.id, settings.namespace, settings.name, d.check
+    );
+    let fields = json!({ "at": d.at, "id": d.id, "check": d.check, "output": output });
+    event_message(settings, "drill_failed", fields, text)
+}
+
+/// A message outside the backup results: the pod's common fields plus
+/// `fields` as JSON, or `text` for Slack.
+fn event_message(settings: &Settings, event: &str, fields: Value, text: String) -> Option<Message> {
+    let n = settings.ops.notify.as_ref()?;
     let body = match n.format {
-        NotifyFormat::Json => json!({
-            "event": "drill_failed",
-            "name": settings.name,
-            "namespace": settings.namespace,
-            "pod": std::env::var("POD_NAME").ok(),
-            "source": settings.source.kind.as_str(),
-            "at": d.at,
-            "id": d.id,
-            "check": d.check,
-            "output": output,
-        }),
-        NotifyFormat::Slack => json!({
-            "text": format!(
-                ":x: lifeboat restore drill of {} for {}/{} FAILED: `{}` did not pass: {output}",
-                d.id, settings.namespace, settings.name, d.check
-            ),
-        }),
+        NotifyFormat::Json => {
+            let mut body = json!({
+                "event": event,
+                "name": settings.name,
+                "namespace": settings.namespace,
+                "pod": std::env::var("POD_NAME").ok(),
+                "source": settings.source.kind.as_str(),
+            });
+            if let (Some(b), Value::Object(f)) = (body.as_object_mut(), fields) {
+                b.extend(f);
+            }
+            body
+        }
+        NotifyFormat::Slack => json!({ "text": text }),
     };
     Some(Message {
         notify: n.clone(),
