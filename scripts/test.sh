@@ -8,16 +8,23 @@ bash scripts/setup.sh
 # The S3 tests write ~2.5 GiB at their peak (a 1 GiB volume, its artifact in
 # SeaweedFS, the others beside); a full disk shows up as odd S3 errors, so
 # say how much room there was.
+# How long each step took, so a slow CI run says where its time went.
+t0=$(date +%s)
+step() { local now; now=$(date +%s); echo "test.sh: $1 took $((now - t0)) s"; t0=$now; }
 disk_report() { echo "test.sh: free disk $1: $(df -Ph . "${TMPDIR:-/tmp}" | awk 'NR>1 {print $6 " " $4}' | paste -sd, -)"; }
 disk_report "before the build"
 cargo build --workspace --bins --locked
+step "setup and the debug build"
 disk_report "before the tests"
 cargo test --workspace --locked
+step "cargo test"
 disk_report "after the tests"
 # The release binaries the images ship: static, < 20 MB, names resolve in
 # an empty root (prints both sizes).
 bash scripts/build-static.sh
+step "the static build"
 # Every example on a real Kubernetes cluster, from those static binaries
 # (tests/e2e/run.sh: LIFEBOAT_E2E_K8S or KUBECONFIG; skipped, and said so,
 # without either).
 bash tests/e2e/run.sh
+step "the e2e suite"
