@@ -5,12 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# The S3 tests write ~2.5 GiB at their peak (a 1 GiB volume, its artifact in
-# SeaweedFS, the others beside); a full disk shows up as odd S3 errors, so
-# say how much room there was.
 # How long each step took, so a slow CI run says where its time went.
 t0=$(date +%s)
 step() { local now; now=$(date +%s); echo "test.sh: $1 took $((now - t0)) s"; t0=$now; }
+# The S3 tests write ~2.5 GiB at their peak (a 1 GiB volume, its artifact in
+# SeaweedFS, the others beside); a full disk shows up as odd S3 errors, so
+# say how much room there was.
 disk_report() { echo "test.sh: free disk $1: $(df -Ph . "${TMPDIR:-/tmp}" | awk 'NR>1 {print $6 " " $4}' | paste -sd, -)"; }
 disk_report "before the build"
 cargo build --workspace --bins --locked
