@@ -17,6 +17,8 @@ struct Pod {
     tmp: tempfile::TempDir,
     data: PathBuf,
     backup: PathBuf,
+    /// LIFEBOAT_TARGETS: `backup`, and a secondary beside it for some tests.
+    targets: String,
 }
 
 impl Pod {
@@ -25,11 +27,26 @@ impl Pod {
         let (data, backup) = (tmp.path().join("data"), tmp.path().join("backup"));
         fs::create_dir_all(&data).unwrap();
         fs::create_dir_all(&backup).unwrap();
-        Pod { tmp, data, backup }
+        let targets = format!("file://{}", backup.display());
+        Pod {
+            tmp,
+            data,
+            backup,
+            targets,
+        }
+    }
+
+    /// With a secondary target `<tmp>/secondary`, which each backup copies to.
+    fn with_secondary() -> (Pod, PathBuf) {
+        let mut pod = Pod::new();
+        let secondary = pod.tmp.path().join("secondary");
+        fs::create_dir_all(&secondary).unwrap();
+        pod.targets = format!("{},file://{}", pod.targets, secondary.display());
+        (pod, secondary)
     }
 
     fn cmd(&self, name: &str, extra: &[(&str, &str)]) -> Command {
-        let targets = format!("file://{}", self.backup.display());
+        let targets = self.targets.clone();
         let mut env = vec![
             ("LIFEBOAT_PATHS", self.data.to_str().unwrap()),
             ("LIFEBOAT_TARGETS", targets.as_str()),
@@ -80,7 +97,7 @@ impl Pod {
     }
 
     fn sidecar_with(&self, log: &Path, extra: &[(&str, &str)]) -> RunningSidecar {
-        let targets = format!("file://{}", self.backup.display());
+        let targets = self.targets.clone();
         let mut env = vec![
             ("LIFEBOAT_PATHS", self.data.to_str().unwrap()),
             ("LIFEBOAT_TARGETS", targets.as_str()),
@@ -138,6 +155,7 @@ fn a_failed_drill_is_recorded_listed_and_skipped_by_the_next_restore() {
     let record = history(&pod.backup, "orders-0").join(format!("{broken}.drill.json"));
     let r: serde_json::Value = serde_json::from_slice(&fs::read(&record).unwrap()).unwrap();
     assert_eq!(r["passed"], false);
+    assert_eq!(r["verdict"], "failed");
     assert_eq!(r["check"], check.as_str());
     assert_eq!(r["pod"], "orders-drill-x1");
     assert!(r["restore_seconds"].as_f64().unwrap() > 0.0);
@@ -149,7 +167,7 @@ fn a_failed_drill_is_recorded_listed_and_skipped_by_the_next_restore() {
         let url = format!("http://127.0.0.1:{port}/hook");
         let log = pod.tmp.path().join("sidecar-failed.log");
         let sc = pod.sidecar_with(&log, &[("LIFEBOAT_NOTIFY_URL", url.as_str())]);
-        let text = wait_for_log(&log, "a restore drill FAILED");
+        let text = wait_for_log(&log, "a restore drill FAILED: the app's check failed");
         assert!(text.contains(&broken), "{text}");
         wait_for_log(&log, "notification sent");
         let bodies = got.lock().unwrap().clone();
@@ -161,6 +179,7 @@ fn a_failed_drill_is_recorded_listed_and_skipped_by_the_next_restore() {
         assert_eq!(bodies[0]["event"], "drill_failed");
         assert_eq!(bodies[0]["id"], broken.as_str());
         assert_eq!(bodies[0]["check"], check.as_str());
+        assert_eq!(bodies[0]["verdict"], "failed");
         let (_, metrics) = sc.get("/metrics");
         assert!(
             metrics.contains("lifeboat_last_drill_success{") && metrics.contains("} 0"),
@@ -209,6 +228,99 @@ fn a_failed_drill_is_recorded_listed_and_skipped_by_the_next_restore() {
     let drill = &status["targets"][0]["last_drill"];
     assert_eq!(drill["id"], good.as_str(), "{status}");
     assert_eq!(drill["passed"], true);
+    drop(sc);
+
+    // Retention keeps the newest artifact that passed a drill (and so its
+    // record and the drill metrics), even where the policy would drop it.
+    fs::write(pod.data.join("v"), "version 2").unwrap();
+    let out = run_ok(
+        pod.cmd("lifeboat-sidecar", &[("LIFEBOAT_RETENTION", "last=1")])
+            .arg("backup-now"),
+    );
+    let newest = stdout(&out).trim().to_string();
+    let list = pod.list();
+    assert!(list.contains(&newest), "{list}");
+    assert!(row(&list, &good).contains("passed 20"), "{list}");
+    assert!(
+        !list.contains(&broken),
+        "retention drops the failed one:\n{list}"
+    );
+}
+
+/// A verdict speaks for the artifact's bytes, wherever a copy is: a failed
+/// drill whose record is beside one copy only (writeback copies artifacts,
+/// not records) keeps every copy out of restores. A drill that could not
+/// tell condemns nothing. And a person can take a failed verdict back.
+#[test]
+fn a_failed_verdict_follows_the_bytes_and_an_inconclusive_one_condemns_nothing() {
+    let (pod, secondary) = Pod::with_secondary();
+    let orders = pod.data.join("orders.csv");
+    fs::write(&orders, "1,first\n").unwrap();
+    fs::write(pod.data.join("v"), "version 0").unwrap();
+    let good = pod.backup();
+    fs::remove_file(&orders).unwrap();
+    fs::write(pod.data.join("v"), "version 1").unwrap();
+    let broken = pod.backup();
+    let second = history(&secondary, "orders-0");
+    assert!(
+        second.join(format!("{broken}.manifest.json")).exists(),
+        "the secondary holds a copy: {:?}",
+        names(&second)
+    );
+    fs::write(&orders, "1,first\n").unwrap();
+    let check = format!("test -s {}", orders.display());
+
+    // A check that cannot start says nothing about the data.
+    let (out, _) = pod.drill("/nonexistent/check --orders");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("the restore drill of {broken} INCONCLUSIVE"))
+            && err.contains("cannot start /nonexistent/check"),
+        "{err}"
+    );
+    assert!(row(&pod.list(), &broken).contains("INCONCLUSIVE 20"));
+    let restore_into_empty = |extra: &[(&str, &str)]| {
+        fs::remove_dir_all(&pod.data).unwrap();
+        stderr(&run_ok(&mut pod.cmd("lifeboat-restore", extra)))
+    };
+    let log = restore_into_empty(&[]);
+    assert!(!log.contains("failed a restore drill"), "{log}");
+    assert_eq!(fs::read_to_string(pod.data.join("v")).unwrap(), "version 1");
+
+    // The drill that says no: recorded beside both copies; then the
+    // secondary's record is lost, as if writeback had copied it later.
+    fs::write(&orders, "1,first\n").unwrap();
+    let (out, _) = pod.drill(&check);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let on_secondary = second.join(format!("{broken}.drill.json"));
+    assert!(on_secondary.exists(), "{:?}", names(&second));
+    fs::remove_file(&on_secondary).unwrap();
+    let log = restore_into_empty(&[]);
+    assert_eq!(
+        log.matches("it failed a restore drill at").count(),
+        2,
+        "both copies skipped: {log}"
+    );
+    assert!(
+        log.contains("LIFEBOAT_RESTORE_FAILED_DRILLS=allow"),
+        "{log}"
+    );
+    assert_eq!(fs::read_to_string(pod.data.join("v")).unwrap(), "version 0");
+    assert!(log.contains(&good), "{log}");
+
+    // Taken back by a person: restored as the newest again.
+    let log = restore_into_empty(&[("LIFEBOAT_RESTORE_FAILED_DRILLS", "allow")]);
+    assert!(log.contains("restoring it anyway"), "{log}");
+    assert_eq!(fs::read_to_string(pod.data.join("v")).unwrap(), "version 1");
+    fails_with(
+        &mut pod.cmd(
+            "lifeboat-restore",
+            &[("LIFEBOAT_RESTORE_FAILED_DRILLS", "yes")],
+        ),
+        64,
+        "LIFEBOAT_RESTORE_FAILED_DRILLS",
+    );
 }
 
 #[test]
@@ -280,20 +392,4 @@ fn receiver() -> (u16, Bodies) {
         }
     });
     (port, got)
-}
-
-/// Waits up to 30 s for `needle` in the log file; returns the log.
-fn wait_for_log(log: &Path, needle: &str) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let text = fs::read_to_string(log).unwrap_or_default();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never logged {needle:?}:\n{text}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
 }

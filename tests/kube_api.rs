@@ -726,19 +726,3 @@ fn backup_now_annotation_is_served_while_another_annotation_is_invalid() {
     );
     assert_eq!(artifacts(&backup.join(NS).join(POD)).len(), 1);
 }
-
-/// Waits up to 60 s for `needle` in the log file; returns the log.
-fn wait_for_log(log: &Path, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = fs::read_to_string(log).unwrap_or_default();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never logged {needle:?}:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}

@@ -491,9 +491,19 @@ pub async fn apply_retention(target: &AnyTarget, policy: &retention::Policy) -> 
         .iter()
         .find(|a| a.verified_at.is_some())
         .map(|a| a.manifest.id.clone());
+    // Likewise the newest that a restore drill brought back: and with it
+    // its record, so the drill metrics do not vanish between drills.
+    let newest_drilled = listing
+        .artifacts
+        .iter()
+        .find(|a| a.passed_drill())
+        .map(|a| a.manifest.id.clone());
     for mut d in retention::plan(&times, policy) {
         if Some(&d.id) == newest_verified.as_ref() {
             d.reasons.push("newest verified".into());
+        }
+        if Some(&d.id) == newest_drilled.as_ref() {
+            d.reasons.push("newest that passed a restore drill".into());
         }
         if d.keep() {
             tracing::debug!(id = %d.id, reasons = %d.reasons.join(", "), "retention keeps");

@@ -213,6 +213,9 @@ fn ours(all: BTreeMap<String, String>) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The longest Event message we post (the API caps them at 1 KiB).
+pub const EVENT_MAX: usize = 1000;
+
 impl Cluster {
     /// Posts an Event on the pod. Failures are logged, never returned: an
     /// Event is a courtesy, the backup's result does not depend on it.
@@ -223,8 +226,8 @@ impl Cluster {
         let now = Utc::now();
         // The API caps messages at 1 KiB; cut on a character boundary.
         let mut message = message.to_string();
-        if message.len() > 1000 {
-            let mut cut = 1000;
+        if message.len() > EVENT_MAX {
+            let mut cut = EVENT_MAX;
             while !message.is_char_boundary(cut) {
                 cut -= 1;
             }

@@ -69,6 +69,9 @@ pub struct Settings {
     pub targets: Vec<TargetSpec>,
     pub compression: Compression,
     pub restore: RestoreMode,
+    /// `LIFEBOAT_RESTORE_FAILED_DRILLS=allow`: a failed drill's verdict is
+    /// taken back for restores (README, "Restore drills").
+    pub restore_failed_drills: bool,
     pub name: String,
     pub namespace: String,
     pub grace_period: Duration,
@@ -126,6 +129,7 @@ impl Settings {
             .parsed(&mut problems, "LIFEBOAT_COMPRESSION", Compression::parse)
             .unwrap_or_default();
         let restore = restore_mode(&r, &mut problems);
+        let restore_failed_drills = failed_drills(&r, &mut problems);
         let targets = targets(&r, &mut problems);
         let (name, namespace) = history(&r, &mut problems);
         let (grace_period, progress_interval) = durations(&r, &mut problems);
@@ -155,6 +159,7 @@ impl Settings {
             targets,
             compression,
             restore,
+            restore_failed_drills,
             name,
             namespace,
             grace_period,
@@ -301,6 +306,24 @@ fn restore_mode(r: &Reader, problems: &mut Problems) -> RestoreMode {
         _ => {
             problems.fail(&v, "accepted: if-empty, always, never".into());
             RestoreMode::IfEmpty
+        }
+    }
+}
+
+fn failed_drills(r: &Reader, problems: &mut Problems) -> bool {
+    let Some(v) = r.pick("LIFEBOAT_RESTORE_FAILED_DRILLS") else {
+        return false;
+    };
+    match v.text.trim() {
+        "skip" | "" => false,
+        "allow" => true,
+        _ => {
+            problems.fail(
+                &v,
+                "accepted: skip (restores pass over an artifact whose drill failed) or allow"
+                    .into(),
+            );
+            false
         }
     }
 }

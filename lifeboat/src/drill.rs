@@ -5,15 +5,15 @@
 //!
 //! A drill restores an artifact into a scratch volume in a separate pod,
 //! starts the app's own image on it and runs a check the user wrote. Its
-//! record says whether that check passed. Restore skips an artifact whose
-//! drill failed: a failed drill is taken as proof that the artifact does not
-//! bring the app back, as a wrong checksum is. (`list` ranks a passed drill
-//! first among equally new artifacts; restore's candidates are ordered by
-//! time and id only.)
+//! record gives a [`Verdict`]. Only `failed` (the app came up and the
+//! check ran and said no) is taken as proof that the artifact does not
+//! bring the app back, as a wrong checksum is: restore skips it. A drill
+//! that says nothing about the data (the check could not start, the app
+//! never became ready, the check was killed) is `inconclusive`: it alerts
+//! like a failure, but restores still use the artifact.
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::manifest::Manifest;
+use crate::program::{self, Ended, Output};
 use crate::{Error, Result};
 
 /// The largest drill record read from a store (ours are well under 8 KiB:
@@ -29,6 +30,42 @@ pub const MAX_DRILL_BYTES: u64 = 64 * 1024;
 /// How much of the check's output a record keeps: its end, where the error is.
 pub const OUTPUT_TAIL: usize = 4 * 1024;
 
+/// What a drill says about the artifact it restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// The app came up on it and the check passed.
+    Passed,
+    /// The check ran against the app started on it and did not pass:
+    /// restores skip the artifact.
+    Failed,
+    /// The drill could not tell: the check or READY could not start, READY
+    /// never passed, or the check was killed. Restores still use it.
+    Inconclusive,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Passed => "passed",
+            Verdict::Failed => "failed",
+            Verdict::Inconclusive => "inconclusive",
+        }
+    }
+
+    /// What it means for the artifact, in a few words (logs, Events,
+    /// notifications).
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Verdict::Passed => "the app came back on this artifact",
+            Verdict::Failed => "the app's check failed on this artifact, so restores skip it",
+            Verdict::Inconclusive => {
+                "the drill could not tell (the check did not run against a ready app); restores still use this artifact: fix the drill and run it again"
+            }
+        }
+    }
+}
+
 /// What one drill found.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DrillRecord {
@@ -36,7 +73,12 @@ pub struct DrillRecord {
     /// under the same id does not count.
     pub id: String,
     pub sha256: String,
+    /// `verdict == passed`, for readers that only look for a yes.
     pub passed: bool,
+    /// Missing in records of the first drills, which knew only passed and
+    /// failed: [`DrillRecord::verdict`] reads it from `passed` then.
+    #[serde(default, rename = "verdict")]
+    pub verdict_kind: Option<Verdict>,
     /// When the check finished.
     pub at: DateTime<Utc>,
     /// The restore's wall time in the drill pod.
@@ -55,7 +97,7 @@ impl DrillRecord {
     /// on a character boundary.
     pub fn new(
         m: &Manifest,
-        passed: bool,
+        verdict: Verdict,
         restore_seconds: f64,
         check: &str,
         output: &str,
@@ -63,7 +105,8 @@ impl DrillRecord {
         DrillRecord {
             id: m.id.clone(),
             sha256: m.sha256.clone(),
-            passed,
+            passed: verdict == Verdict::Passed,
+            verdict_kind: Some(verdict),
             at: Utc::now(),
             restore_seconds,
             check: check.to_string(),
@@ -83,9 +126,22 @@ impl DrillRecord {
         (r.id == m.id && r.sha256 == m.sha256).then_some(r)
     }
 
-    /// One word and a time for `list`: `passed 2026-12-01 10:00:00`.
+    pub fn verdict(&self) -> Verdict {
+        match (self.verdict_kind, self.passed) {
+            (Some(v), _) => v,
+            (None, true) => Verdict::Passed,
+            (None, false) => Verdict::Failed,
+        }
+    }
+
+    /// One word and a time for `list`: `passed 2026-12-01 10:00:00`;
+    /// the verdicts that need a person in capitals.
     pub fn summary(&self) -> String {
-        let verdict = if self.passed { "passed" } else { "FAILED" };
+        let verdict = match self.verdict() {
+            Verdict::Passed => "passed",
+            Verdict::Failed => "FAILED",
+            Verdict::Inconclusive => "INCONCLUSIVE",
+        };
         format!("{verdict} {}", self.at.format("%Y-%m-%d %H:%M:%S"))
     }
 }
@@ -144,39 +200,57 @@ pub struct Check {
 
 impl Check {
     /// Runs the drill's check against the app started on the restored data:
-    /// whether it passed, and what it printed last.
-    pub fn run(&self) -> (bool, String) {
+    /// the verdict, and what was printed last (ending with why).
+    ///
+    /// With `ready`, READY is retried until it passes and the check then
+    /// runs once: its exit says passed or failed; READY never passing is
+    /// inconclusive (the app did not come up, which may be the cluster's
+    /// doing). Without `ready`, the check is retried until it passes; one
+    /// that still exits non-zero at the deadline has failed.
+    pub fn run(&self) -> (Verdict, String) {
         let deadline = Instant::now() + self.timeout;
-        let (gate, then_once) = match &self.ready {
-            Some(ready) => (ready, true),
-            None => (&self.argv, false),
+        let (gate, name) = match &self.ready {
+            Some(ready) => (ready, "LIFEBOAT_DRILL_READY"),
+            None => (&self.argv, "LIFEBOAT_DRILL_CHECK"),
         };
         let mut tries = 0u32;
-        let passed = loop {
+        let gate_passed = loop {
             tries += 1;
             let left = deadline.saturating_duration_since(Instant::now());
-            let (ok, out) = run_once(gate, left);
-            if ok {
-                break out;
+            let run = run_once(gate, left);
+            if run.passed() {
+                break run;
+            }
+            if let Some(why) = run.inconclusive_at_once() {
+                warn!("{name} could not run: {why}");
+                return (
+                    Verdict::Inconclusive,
+                    format!("{}\n{name} could not run: {why}", run.output),
+                );
             }
             if Instant::now() + self.every >= deadline {
-                let what = if then_once {
-                    "LIFEBOAT_DRILL_READY"
+                let verdict = if self.ready.is_some() || !run.exited() {
+                    Verdict::Inconclusive
                 } else {
-                    "LIFEBOAT_DRILL_CHECK"
+                    Verdict::Failed
                 };
-                warn!(
-                    tries,
-                    "{what} did not pass within {}s",
-                    self.timeout.as_secs()
+                let why = format!(
+                    "{name} did not pass within {}s ({tries} tries){}",
+                    self.timeout.as_secs(),
+                    if self.ready.is_some() {
+                        "; the app did not come up, the check did not run"
+                    } else {
+                        ""
+                    }
                 );
-                return (false, out);
+                warn!("{why}");
+                return (verdict, format!("{}\n{why}", run.output));
             }
             std::thread::sleep(self.every);
         };
-        if !then_once {
+        if self.ready.is_none() {
             info!(tries, "LIFEBOAT_DRILL_CHECK passed");
-            return (true, passed);
+            return (Verdict::Passed, gate_passed.output);
         }
         info!(
             tries,
@@ -185,73 +259,73 @@ impl Check {
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(self.every);
-        run_once(&self.argv, left)
+        let run = run_once(&self.argv, left);
+        let verdict = if run.passed() {
+            Verdict::Passed
+        } else if run.exited() {
+            Verdict::Failed
+        } else {
+            Verdict::Inconclusive
+        };
+        (verdict, run.output)
     }
 }
 
-/// One run of a program, its stdout and stderr together (the end kept),
-/// killed after `limit`.
-fn run_once(argv: &[String], limit: Duration) -> (bool, String) {
+/// One run of a drill's program.
+struct Run {
+    ended: std::result::Result<Ended, String>,
+    /// Stdout and stderr together (the end kept), then how it ended.
+    output: String,
+}
+
+impl Run {
+    fn passed(&self) -> bool {
+        matches!(&self.ended, Ok(Ended::Exited(s)) if s.success())
+    }
+
+    /// It ran to its own end (not killed, not unstartable).
+    fn exited(&self) -> bool {
+        matches!(&self.ended, Ok(Ended::Exited(s)) if s.code().is_some())
+    }
+
+    /// Why trying again is pointless: the program cannot be started.
+    fn inconclusive_at_once(&self) -> Option<&str> {
+        self.ended.as_ref().err().map(String::as_str)
+    }
+}
+
+/// One run of a program, killed (with anything it started) after `limit`.
+fn run_once(argv: &[String], limit: Duration) -> Run {
     let Some((program, args)) = argv.split_first() else {
-        return (false, "empty command".into());
-    };
-    let (mut reader, writer) = match std::io::pipe() {
-        Ok(p) => p,
-        Err(e) => return (false, format!("cannot make a pipe: {e}")),
+        return Run {
+            ended: Err("the command is empty".into()),
+            output: String::new(),
+        };
     };
     let mut cmd = Command::new(program);
-    cmd.args(args).stdin(Stdio::null());
-    match writer.try_clone() {
-        Ok(w) => cmd.stdout(w).stderr(writer),
-        Err(e) => return (false, format!("cannot make a pipe: {e}")),
-    };
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return (false, format!("cannot start {program}: {e}")),
-    };
-    // Our copies of the pipe's write end went into `cmd`: drop it so the
-    // reader sees the end once the program exits.
-    drop(cmd);
-    let collect = std::thread::spawn(move || {
-        let mut kept = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            kept.extend_from_slice(&buf[..n]);
-            if kept.len() > 2 * OUTPUT_TAIL {
-                kept.drain(..kept.len() - OUTPUT_TAIL);
+    cmd.args(args);
+    match program::supervise(cmd, &Default::default(), Some(limit), Output::Merged) {
+        Err(e) => Run {
+            ended: Err(format!("cannot start {program}: {e}")),
+            output: String::new(),
+        },
+        Ok((ended, out)) => {
+            let how = match &ended {
+                Ended::Exited(st) if st.success() => String::new(),
+                Ended::Exited(st) => format!("\n{program} exited with {st}"),
+                Ended::TimedOut(l) => format!("\n{program} was killed after {}s", l.as_secs()),
+                Ended::Cancelled => format!("\n{program} was cancelled"),
+            };
+            Run {
+                ended: Ok(ended),
+                output: format!("{out}{how}"),
             }
         }
-        String::from_utf8_lossy(&kept).into_owned()
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-            Err(_) => break None,
-        }
-    };
-    let out = collect.join().unwrap_or_default();
-    match status {
-        Some(st) if st.success() => (true, out),
-        Some(st) => (false, format!("{out}\n{program} exited with {st}")),
-        None => (
-            false,
-            format!("{out}\n{program} was killed after {}s", limit.as_secs()),
-        ),
     }
 }
 
 /// The last `max` bytes of `s`, starting on a character boundary.
-fn tail(s: &str, max: usize) -> &str {
+pub fn tail(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
@@ -282,7 +356,7 @@ mod tests {
     #[test]
     fn a_record_counts_only_for_its_own_bytes() {
         let m = manifest();
-        let r = DrillRecord::new(&m, true, 1.5, "test -f /data/x", "ok\n");
+        let r = DrillRecord::new(&m, Verdict::Passed, 1.5, "test -f /data/x", "ok\n");
         assert_eq!(DrillRecord::parse_for(&r.to_json(), &m), Some(r.clone()));
         let mut other = m.clone();
         other.sha256 = "cd".repeat(32);
@@ -314,8 +388,8 @@ mod tests {
             timeout: Duration::from_secs(20),
             every: Duration::from_millis(50),
         };
-        let (ok, out) = check.run();
-        assert!(ok, "{out}");
+        let (verdict, out) = check.run();
+        assert_eq!(verdict, Verdict::Passed, "{out}");
         assert!(out.contains("count: 5000"), "{out}");
 
         let never = Check {
@@ -324,10 +398,11 @@ mod tests {
             timeout: Duration::from_millis(400),
             every: Duration::from_millis(100),
         };
-        let (ok, out) = never.run();
-        assert!(!ok);
+        let (verdict, out) = never.run();
+        assert_eq!(verdict, Verdict::Failed, "it ran and said no: {out}");
         assert!(out.contains("relation orders does not exist"), "{out}");
         assert!(out.contains("exited with"), "{out}");
+        assert!(out.contains("LIFEBOAT_DRILL_CHECK did not pass"), "{out}");
     }
 
     #[test]
@@ -344,8 +419,8 @@ mod tests {
             timeout: Duration::from_secs(5),
             every: Duration::from_millis(50),
         };
-        let (ok, _) = check.run();
-        assert!(!ok);
+        let (verdict, _) = check.run();
+        assert_eq!(verdict, Verdict::Failed);
         assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\n", "run once");
         let missing = Check {
             argv: argv("/nonexistent/psql -c 'select 1'"),
@@ -353,9 +428,56 @@ mod tests {
             timeout: Duration::from_millis(200),
             every: Duration::from_millis(100),
         };
-        let (ok, out) = missing.run();
-        assert!(!ok);
+        let (verdict, out) = missing.run();
+        assert_eq!(
+            verdict,
+            Verdict::Inconclusive,
+            "says nothing about the data"
+        );
         assert!(out.contains("cannot start /nonexistent/psql"), "{out}");
+    }
+
+    #[test]
+    fn an_app_that_never_comes_up_is_inconclusive() {
+        let check = Check {
+            argv: argv("true"),
+            ready: Some(argv("sh -c 'echo no response >&2; exit 2'")),
+            timeout: Duration::from_millis(400),
+            every: Duration::from_millis(100),
+        };
+        let (verdict, out) = check.run();
+        assert_eq!(verdict, Verdict::Inconclusive);
+        assert!(
+            out.contains("LIFEBOAT_DRILL_READY did not pass") && !out.contains("CHECK did not"),
+            "READY's timeout is not the check's failure: {out}"
+        );
+        // A check killed at the deadline did not say no either.
+        let hung = Check {
+            argv: argv("sleep 30"),
+            ready: Some(argv("true")),
+            timeout: Duration::from_millis(300),
+            every: Duration::from_millis(100),
+        };
+        let (verdict, out) = hung.run();
+        assert_eq!(verdict, Verdict::Inconclusive, "{out}");
+        assert!(out.contains("was killed"), "{out}");
+    }
+
+    #[test]
+    fn a_record_of_the_first_drills_reads_its_verdict_from_passed() {
+        let m = manifest();
+        let mut v =
+            serde_json::to_value(DrillRecord::new(&m, Verdict::Failed, 1.0, "c", "")).unwrap();
+        v.as_object_mut().unwrap().remove("verdict");
+        let r = DrillRecord::parse_for(v.to_string().as_bytes(), &m).unwrap();
+        assert_eq!(r.verdict(), Verdict::Failed);
+        let r = DrillRecord::new(&m, Verdict::Inconclusive, 1.0, "c", "");
+        assert!(!r.passed);
+        assert!(r
+            .to_json()
+            .windows(24)
+            .any(|w| w == b"\"verdict\":\"inconclusive\""));
+        assert!(r.summary().starts_with("INCONCLUSIVE "));
     }
 
     #[test]
@@ -380,7 +502,7 @@ mod tests {
             "{}ERROR: relation \"orders\" does not exist",
             "é".repeat(5000)
         );
-        let r = DrillRecord::new(&m, false, 0.1, "psql -c 'select 1'", &long);
+        let r = DrillRecord::new(&m, Verdict::Failed, 0.1, "psql -c 'select 1'", &long);
         assert!(r.output_tail.len() <= OUTPUT_TAIL);
         assert!(r.output_tail.ends_with("does not exist"));
         assert!(r.summary().starts_with("FAILED "));

@@ -9,39 +9,62 @@ use crate::manifest::Manifest;
 use crate::store::{AnyTarget, Target};
 use crate::{Error, Result};
 
-/// Leaves `record` beside the artifact on every target that lists it.
-/// Fails when no target does (the restored artifact is gone, or the
-/// record could not be written anywhere).
-pub async fn record(
-    targets: &[AnyTarget],
-    restored: &Restored,
-    record: &DrillRecord,
-) -> Result<()> {
+/// The artifact a drill restored, as the targets list it.
+pub struct Drilled<'a> {
+    pub manifest: Manifest,
+    /// The targets that hold a copy with the same bytes (id and checksum):
+    /// the record is written beside each.
+    holders: Vec<&'a AnyTarget>,
+}
+
+/// Finds the artifact the drill's restore reported, on every target (one
+/// listing each, before the check runs). Fails when no target lists it.
+pub async fn locate<'a>(targets: &'a [AnyTarget], restored: &Restored) -> Result<Drilled<'a>> {
+    let mut copies: Vec<(&AnyTarget, Manifest)> = Vec::new();
+    for t in targets {
+        match t.list().await {
+            Ok(l) => copies.extend(
+                l.artifacts
+                    .into_iter()
+                    .filter(|a| a.manifest.id == restored.id)
+                    .map(|a| (t, a.manifest)),
+            ),
+            Err(e) => {
+                warn!(target = %t.describe(), "cannot list the target; the drill's record will not be written there: {e}");
+            }
+        }
+    }
+    // The bytes drilled are the copy on the target restored from; a copy
+    // with other bytes under the same id is not what the drill saw.
+    let Some(manifest) = copies
+        .iter()
+        .find(|(t, _)| t.describe() == restored.target)
+        .or(copies.first())
+        .map(|(_, m)| m.clone())
+    else {
+        return Err(Error::Drill(format!(
+            "the drilled artifact {} ({}) is on no target",
+            restored.id, restored.target
+        )));
+    };
+    let holders = copies
+        .into_iter()
+        .filter(|(_, m)| m.sha256 == manifest.sha256)
+        .map(|(t, _)| t)
+        .collect();
+    Ok(Drilled { manifest, holders })
+}
+
+/// Leaves `record` beside every copy of the drilled artifact. Fails when it
+/// could be written nowhere.
+pub async fn record(drilled: &Drilled<'_>, record: &DrillRecord) -> Result<()> {
     let mut written = 0;
     let mut last_err = None;
-    for t in targets {
-        let listing = match t.list().await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(target = %t.describe(), "cannot list the target to record the drill: {e}");
-                last_err = Some(e);
-                continue;
-            }
-        };
-        let Some(stored) = listing
-            .artifacts
-            .iter()
-            .find(|a| a.manifest.id == restored.id)
-        else {
-            continue;
-        };
-        if stored.manifest.sha256 != record.sha256 {
-            continue;
-        }
-        match t.record_drill(&stored.manifest, record).await {
+    for t in &drilled.holders {
+        match t.record_drill(&drilled.manifest, record).await {
             Ok(()) => {
                 written += 1;
-                info!(id = %record.id, target = %t.describe(), passed = record.passed, "drill recorded");
+                info!(id = %record.id, target = %t.describe(), verdict = record.verdict().as_str(), "drill recorded");
             }
             Err(e) => {
                 warn!(target = %t.describe(), "recording the drill failed: {e}");
@@ -54,28 +77,8 @@ pub async fn record(
     }
     Err(last_err.unwrap_or_else(|| {
         Error::Drill(format!(
-            "the drilled artifact {} is on no target any more; the drill's result was not recorded",
-            restored.id
+            "no target could take the drill's record of {}",
+            record.id
         ))
     }))
-}
-
-/// The manifest of the artifact the drill restored, from the first target
-/// that lists it.
-pub async fn manifest_of(targets: &[AnyTarget], restored: &Restored) -> Result<Manifest> {
-    for t in targets {
-        if let Ok(l) = t.list().await {
-            if let Some(a) = l
-                .artifacts
-                .into_iter()
-                .find(|a| a.manifest.id == restored.id)
-            {
-                return Ok(a.manifest);
-            }
-        }
-    }
-    Err(Error::Drill(format!(
-        "the drilled artifact {} ({}) is on no target",
-        restored.id, restored.target
-    )))
 }

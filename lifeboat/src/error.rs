@@ -93,11 +93,15 @@ pub enum Error {
     #[error("restore drill: {0}")]
     Drill(String),
 
-    /// A restore drill ran and the user's check did not pass.
+    /// A restore drill ran and did not pass (failed or inconclusive).
     #[error(
-        "the restore drill of {id} FAILED: LIFEBOAT_DRILL_CHECK did not pass; it printed: {output}"
+        "the restore drill of {id} {}: {}; it printed: {output}", .verdict.as_str().to_uppercase(), .verdict.meaning()
     )]
-    DrillFailed { id: String, output: String },
+    DrillFailed {
+        id: String,
+        verdict: crate::drill::Verdict,
+        output: String,
+    },
 
     /// The work was cancelled (shutdown); nothing was committed.
     #[error("cancelled before completion; nothing was committed")]

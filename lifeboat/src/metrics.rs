@@ -248,7 +248,7 @@ fn target_metrics(o: &mut Out, s: &State) {
     );
     o.per_target(
         "lifeboat_last_drill_success",
-        "1 when the newest restore drill on each target passed, 0 when it failed.",
+        "1 when the newest restore drill on each target passed, 0 when it failed or was inconclusive.",
         targets().map(|(n, t)| (n, t.last_drill.as_ref().map(|d| flag(d.passed)))),
     );
     o.per_target(
@@ -305,6 +305,7 @@ mod rule_tests {
             id: "x".into(),
             at: Utc::now(),
             passed: false,
+            verdict: crate::drill::Verdict::Failed,
             restore_seconds: 1.5,
             check: "true".into(),
             output_tail: Some(String::new()),

@@ -146,10 +146,17 @@ pub fn load_refused(settings: &Settings, id: &str, error: &str) -> Option<Messag
 pub fn drill_failed(settings: &Settings, d: &crate::status::DrillState) -> Option<Message> {
     let output = d.output_tail.as_deref().unwrap_or_default().trim();
     let text = format!(
-        ":x: lifeboat restore drill of {} for {}/{} FAILED: `{}` did not pass: {output}",
-        d.id, settings.namespace, settings.name, d.check
+        ":x: lifeboat restore drill of {} for {}/{} {} ({}): `{}` printed: {output}",
+        d.id,
+        settings.namespace,
+        settings.name,
+        d.verdict.as_str().to_uppercase(),
+        d.verdict.meaning(),
+        d.check
     );
-    let fields = json!({ "at": d.at, "id": d.id, "check": d.check, "output": output });
+    let fields = json!({
+        "at": d.at, "id": d.id, "check": d.check, "output": output, "verdict": d.verdict,
+    });
     event_message(settings, "drill_failed", fields, text)
 }
 

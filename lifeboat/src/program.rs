@@ -1,13 +1,15 @@
-//! Running the external tools a logical dump needs (`pg_dump`, `pg_restore`):
-//! found on `PATH`, killed when we die or are cancelled, and their stderr
-//! kept (bounded) so an error can say what the tool said.
+//! Running external programs: the tools a logical dump needs (`pg_dump`,
+//! `pg_restore`), hooks and a restore drill's check. Found on `PATH`,
+//! killed (with whatever they started) when we die, are cancelled or their
+//! time is up, and their output kept (bounded) so an error can say what
+//! the program said.
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::progress::{is_cancelled, Cancel};
 use crate::{Error, Result};
@@ -65,83 +67,157 @@ pub fn run(cmd: Command, what: &str, cancel: &Cancel) -> Result<String> {
 /// [`run`] for `owner`, killing the program once `limit` has passed (hooks
 /// must not hang the schedule).
 pub fn run_within(
-    mut cmd: Command,
+    cmd: Command,
     what: &str,
     cancel: &Cancel,
     limit: Option<Duration>,
     owner: Owner,
 ) -> Result<String> {
-    let deadline = limit.map(|l| (std::time::Instant::now() + l, l));
-    cmd.stdin(Stdio::null()).stderr(Stdio::piped());
-    // SAFETY: prctl is async-signal-safe and touches no memory of ours. A
-    // tool must not outlive a killed sidecar and keep loading or dumping.
+    let (ended, said) = supervise(cmd, cancel, limit, Output::Stderr)
+        .map_err(|e| owner.io(format!("starting {what}"), e))?;
+    let said = said.trim();
+    match ended {
+        Ended::Exited(status) if status.success() => Ok(said.to_string()),
+        Ended::Exited(status) => Err(owner.failed(format!(
+            "{what} failed ({status}){}{said}",
+            if said.is_empty() { "" } else { ": " }
+        ))),
+        Ended::TimedOut(l) => Err(owner.failed(format!(
+            "{what} did not finish within {}s and was killed{}{said}",
+            l.as_secs(),
+            if said.is_empty() {
+                ""
+            } else {
+                "; it printed: "
+            },
+        ))),
+        Ended::Cancelled => Err(Error::Cancelled),
+    }
+}
+
+/// Which of a program's output [`supervise`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Its stderr; stdout goes wherever the caller set it (a dump's pipe).
+    Stderr,
+    /// Stdout and stderr as one stream, in the order written (a drill's
+    /// check, whose output a person reads as a whole).
+    Merged,
+}
+
+/// How a supervised program ended.
+#[derive(Debug)]
+pub enum Ended {
+    Exited(std::process::ExitStatus),
+    /// Killed after this limit.
+    TimedOut(Duration),
+    /// Killed because we were asked to stop.
+    Cancelled,
+}
+
+/// Runs `cmd` to its end on this (blocking) thread, in a process group of
+/// its own that is killed with it: on `limit`, on `cancel`, and when
+/// something it left behind still holds its output open after it exited
+/// (`sh -c 'daemon &'`), which would otherwise hang us. It also dies with
+/// us (`PR_SET_PDEATHSIG`): a tool must not outlive a killed sidecar and
+/// keep loading or dumping. Returns how it ended and the end of what it
+/// printed (the last [`STDERR_KEEP`] bytes). Only a failure to start it is
+/// an error.
+pub fn supervise(
+    mut cmd: Command,
+    cancel: &Cancel,
+    limit: Option<Duration>,
+    output: Output,
+) -> std::io::Result<(Ended, String)> {
+    let deadline = limit.map(|l| (Instant::now() + l, l));
+    let (reader, writer) = std::io::pipe()?;
+    cmd.stdin(Stdio::null());
+    if output == Output::Merged {
+        cmd.stdout(writer.try_clone()?);
+    }
+    cmd.stderr(writer);
+    // SAFETY: setpgid and prctl are async-signal-safe and touch no memory
+    // of ours.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            if libc::setpgid(0, 0) != 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| owner.io(format!("starting {what}"), e))?;
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let reader = std::thread::spawn(move || tail(stderr));
-    let status = loop {
+    let mut child = cmd.spawn()?;
+    // Our copies of the pipe's write end are in `cmd`: drop them, so the
+    // reader sees the end once the program (and whatever it started) is gone.
+    drop(cmd);
+    let group = child.id() as libc::pid_t;
+    let kill_group = || {
+        // SAFETY: a plain syscall. The group outlives its leader while any
+        // member lives, so its id cannot name another process's group.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+    };
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (done_tx, done) = std::sync::mpsc::channel();
+    {
+        let kept = kept.clone();
+        std::thread::spawn(move || {
+            tail_into(reader, &kept);
+            let _ = done_tx.send(());
+        });
+    }
+    let ended = loop {
         match child.try_wait() {
-            Ok(Some(status)) => break status,
+            Ok(Some(status)) => break Ended::Exited(status),
             Ok(None) => {}
-            Err(e) => return Err(owner.io(format!("waiting for {what}"), e)),
+            Err(e) => {
+                kill_group();
+                let _ = child.wait();
+                return Err(e);
+            }
         }
         if is_cancelled(cancel) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(Error::Cancelled);
+            break Ended::Cancelled;
         }
-        if let Some((_, l)) = deadline.filter(|(at, _)| std::time::Instant::now() >= *at) {
-            let _ = child.kill();
-            let _ = child.wait();
-            let said = reader.join().unwrap_or_default();
-            return Err(owner.failed(format!(
-                "{what} did not finish within {}s and was killed{}{}",
-                l.as_secs(),
-                if said.trim().is_empty() {
-                    ""
-                } else {
-                    "; it printed: "
-                },
-                said.trim()
-            )));
+        if let Some((_, l)) = deadline.filter(|(at, _)| Instant::now() >= *at) {
+            break Ended::TimedOut(l);
         }
         std::thread::sleep(POLL);
     };
-    let said = reader.join().unwrap_or_default();
-    let said = said.trim();
-    if status.success() {
-        Ok(said.to_string())
-    } else {
-        Err(owner.failed(format!(
-            "{what} failed ({status}){}{said}",
-            if said.is_empty() { "" } else { ": " }
-        )))
+    if !matches!(ended, Ended::Exited(_)) {
+        kill_group();
+        let _ = child.wait();
     }
+    if done.recv_timeout(OUTPUT_GRACE).is_err() {
+        // It exited, but something it started still holds the pipe.
+        tracing::warn!(
+            "a program exited but left processes behind that hold its output; killing them"
+        );
+        kill_group();
+        let _ = done.recv_timeout(OUTPUT_GRACE);
+    }
+    let bytes = kept.lock().map(|k| k.clone()).unwrap_or_default();
+    Ok((ended, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
-/// Reads `r` to its end, keeping the last [`STDERR_KEEP`] bytes.
-fn tail(mut r: impl Read) -> String {
-    let mut kept: Vec<u8> = Vec::new();
+/// How long a program's output may stay open after it exited.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// Reads `r` to its end into `kept`, keeping the last [`STDERR_KEEP`] bytes
+/// (readable by the caller at any time, so a reader that never ends does
+/// not lose what was said).
+fn tail_into(mut r: impl Read, kept: &std::sync::Mutex<Vec<u8>>) {
     let mut buf = [0u8; 4096];
     while let Ok(n) = r.read(&mut buf) {
         if n == 0 {
             break;
         }
-        kept.extend_from_slice(&buf[..n]);
-        if kept.len() > STDERR_KEEP {
-            kept.drain(..kept.len() - STDERR_KEEP);
+        let Ok(mut k) = kept.lock() else { return };
+        k.extend_from_slice(&buf[..n]);
+        if k.len() > STDERR_KEEP {
+            let cut = k.len() - STDERR_KEEP;
+            k.drain(..cut);
         }
     }
-    String::from_utf8_lossy(&kept).into_owned()
 }
 
 #[cfg(test)]
@@ -190,6 +266,34 @@ mod tests {
             e.contains("did not finish within") && e.contains("started"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_program_that_leaves_a_child_behind_does_not_hang_us() {
+        // The background sleep holds stderr open after sh exits.
+        let mut c = Command::new("sh");
+        c.args(["-c", "sleep 60 & echo started >&2"]);
+        let t = std::time::Instant::now();
+        let said = run(c, "hook", &Default::default()).unwrap();
+        assert_eq!(said, "started");
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn merged_output_keeps_both_streams_in_order() {
+        let mut c = Command::new("sh");
+        c.args(["-c", "echo one; echo two >&2; echo three; exit 4"]);
+        let (ended, out) = supervise(c, &Default::default(), None, Output::Merged).unwrap();
+        assert!(matches!(ended, Ended::Exited(s) if s.code() == Some(4)));
+        assert_eq!(out, "one\ntwo\nthree\n");
+        let e = supervise(
+            Command::new("/nonexistent/psql"),
+            &Default::default(),
+            None,
+            Output::Merged,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the same filesystem as each destination, verify everything, and only then
 //! move it into place. A bad artifact is skipped for the next older one.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -13,6 +14,7 @@ use chrono::Utc;
 use tracing::{info, warn, Instrument};
 
 use crate::config::{RestoreMode, SourceKind};
+use crate::drill::DrillRecord;
 use crate::durable::{sync_dir, sync_fs, write_synced};
 use crate::encryption::Identities;
 use crate::error::IoContext;
@@ -150,9 +152,16 @@ async fn list_with_retry(target: &AnyTarget) -> Result<crate::store::Listing> {
 /// Every committed artifact on every target, newest first, with the
 /// copies of one artifact together in the order the targets are
 /// configured; and the manifests that could not be read, one line each.
-/// A target that cannot be listed (after retries) is an error: it may hold
-/// the newest artifact, and restoring an older one from another target
-/// would go unnoticed.
+/// Of equally new artifacts, one that passed a restore drill comes first,
+/// then one that passed `verify` (on any of its copies). A target that
+/// cannot be listed (after retries) is an error: it may hold the newest
+/// artifact, and restoring an older one from another target would go
+/// unnoticed.
+///
+/// A drill's record is written beside the copies the drill found, and
+/// writeback copies artifacts, not records: so each copy gets the newest
+/// record of any copy with the same bytes (id and checksum), and a failed
+/// drill is not escaped by restoring a secondary's copy.
 pub async fn candidates(targets: &[AnyTarget]) -> Result<(Vec<(&AnyTarget, Stored)>, Vec<String>)> {
     let mut out: Vec<(&AnyTarget, Stored)> = Vec::new();
     let mut problems = Vec::new();
@@ -170,11 +179,48 @@ pub async fn candidates(targets: &[AnyTarget]) -> Result<(Vec<(&AnyTarget, Store
         }
         out.extend(listing.artifacts.into_iter().map(|a| (target, a)));
     }
-    // A stable sort keeps the copies of one artifact in target order.
-    out.sort_by(|(_, a), (_, b)| {
-        (b.manifest.started_at, &b.manifest.id).cmp(&(a.manifest.started_at, &a.manifest.id))
-    });
+    share_drill_records(&mut out);
+    // What any copy of an id has earned ranks the id, so its copies stay
+    // together; a stable sort keeps them in target order.
+    let mut earned: HashMap<String, (bool, bool)> = HashMap::new();
+    for (_, a) in &out {
+        let e = earned.entry(a.manifest.id.clone()).or_default();
+        e.0 |= a.passed_drill();
+        e.1 |= a.verified_at.is_some();
+    }
+    let rank = |a: &Stored| {
+        let (drilled, verified) = earned.get(&a.manifest.id).copied().unwrap_or_default();
+        (
+            a.manifest.started_at,
+            drilled,
+            verified,
+            a.manifest.id.clone(),
+        )
+    };
+    out.sort_by_cached_key(|(_, a)| std::cmp::Reverse(rank(a)));
     Ok((out, problems))
+}
+
+/// Gives every copy the newest drill record of any copy with its bytes.
+fn share_drill_records(all: &mut [(&AnyTarget, Stored)]) {
+    let mut newest: HashMap<(String, String), DrillRecord> = HashMap::new();
+    for (_, a) in all.iter() {
+        if let Some(d) = &a.drill {
+            let key = (a.manifest.id.clone(), a.manifest.sha256.clone());
+            match newest.get(&key) {
+                Some(seen) if seen.at >= d.at => {}
+                _ => {
+                    newest.insert(key, d.clone());
+                }
+            }
+        }
+    }
+    for (_, a) in all.iter_mut() {
+        let key = (a.manifest.id.clone(), a.manifest.sha256.clone());
+        if let Some(d) = newest.get(&key) {
+            a.drill = Some(d.clone());
+        }
+    }
 }
 
 /// Restore into the configured paths, as the init container does.
@@ -233,17 +279,22 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
             skipped.push(format!("{} on {}: {reason}", m.id, target.describe()));
             continue;
         }
-        if let Some(d) = stored.drill.as_ref().filter(|d| !d.passed) {
+        if let Some(d) = stored.drill.as_ref().filter(|_| stored.failed_drill()) {
             // A drill restored it and the app's own check failed: as proven
-            // bad as a wrong checksum (docs/ARCHITECTURE.md §6).
-            let reason = format!(
-                "it failed a restore drill at {} (check `{}`)",
-                d.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                d.check
-            );
-            warn!(id = %m.id, target = %target.describe(), "{reason}; trying the next candidate");
-            skipped.push(format!("{} on {}: {reason}", m.id, target.describe()));
-            continue;
+            // bad as a wrong checksum (docs/ARCHITECTURE.md §6), unless a
+            // person has taken the verdict back.
+            let at = d.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            if s.restore_failed_drills {
+                warn!(id = %m.id, target = %target.describe(), "it failed a restore drill at {at} (check `{}`); restoring it anyway: LIFEBOAT_RESTORE_FAILED_DRILLS=allow", d.check);
+            } else {
+                let reason = format!(
+                    "it failed a restore drill at {at} (check `{}`); to restore it anyway set LIFEBOAT_RESTORE_FAILED_DRILLS=allow (or delete {}.drill.json beside it)",
+                    d.check, m.id
+                );
+                warn!(id = %m.id, target = %target.describe(), "{reason}; trying the next candidate");
+                skipped.push(format!("{} on {}: {reason}", m.id, target.describe()));
+                continue;
+            }
         }
         match try_candidate(target, stored, s, &protected, &mut replace, &mut skipped).await? {
             Tried::Done => {

@@ -127,9 +127,10 @@ pub struct DrillState {
     pub id: String,
     pub at: DateTime<Utc>,
     pub passed: bool,
+    pub verdict: crate::drill::Verdict,
     pub restore_seconds: f64,
     pub check: String,
-    /// The end of the check's output, when it failed.
+    /// The end of the check's output, when it did not pass.
     pub output_tail: Option<String>,
 }
 
@@ -143,6 +144,7 @@ impl DrillState {
             id: d.id.clone(),
             at: d.at,
             passed: d.passed,
+            verdict: d.verdict(),
             restore_seconds: d.restore_seconds,
             check: d.check.clone(),
             output_tail: (!d.passed).then(|| d.output_tail.clone()),

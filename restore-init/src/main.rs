@@ -76,9 +76,17 @@ fn main() -> ExitCode {
 
 /// In a drill's pod: what was restored and how long it took, for the check.
 /// A drill with nothing restored has nothing to check: that is a failure.
+/// So is a logical dump: it is only staged here, and loading it is the
+/// sidecar's work, which a drill pod does not run; the check would find an
+/// empty database and condemn a good artifact.
 fn drill_report(outcome: &Outcome, seconds: f64, path: &std::path::Path) -> lifeboat::Result<()> {
     let (id, target) = match outcome {
-        Outcome::Restored { id, target, .. } | Outcome::Staged { id, target, .. } => (id, target),
+        Outcome::Restored { id, target, .. } => (id, target),
+        Outcome::Staged { id, .. } => {
+            return Err(lifeboat::Error::Drill(format!(
+                "{id} is a logical dump, which a drill cannot check yet (the dump is loaded by the sidecar, and a drill pod has none); drill physical backups (LIFEBOAT_POSTGRES_MODE=physical) or files"
+            )))
+        }
         Outcome::NoArtifacts => {
             return Err(lifeboat::Error::Drill(
                 "no artifacts to restore: nothing to drill".into(),

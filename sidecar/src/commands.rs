@@ -171,7 +171,7 @@ pub struct DrillCheck {
     /// The check, quoted as in a shell but not run by one (add `sh -c '…'`
     /// for a shell), run in the app's image: e.g. `psql -c 'select count(*) from orders'`.
     #[arg(long, env = "LIFEBOAT_DRILL_CHECK", value_parser = argv)]
-    check: Argv,
+    check: Option<Argv>,
     /// Run until it passes before the check runs once (e.g. `pg_isready`);
     /// without it the check itself is retried until it passes.
     #[arg(long, env = "LIFEBOAT_DRILL_READY", value_parser = argv)]
@@ -218,10 +218,18 @@ pub fn drill_install(dir: &std::path::Path) -> Result<()> {
 }
 
 pub async fn drill_check(args: DrillCheck) -> Result<()> {
+    // Said here rather than by clap, whose message names only `--check`.
+    let Some(check_argv) = args.check else {
+        return Err(Error::Config(vec![lifeboat::config::Problem {
+            setting: "LIFEBOAT_DRILL_CHECK".into(),
+            value: String::new(),
+            message: "is not set: give the drill's check in the lifeboat ConfigMap, e.g. LIFEBOAT_DRILL_CHECK=psql -h 127.0.0.1 -U postgres -c 'select count(*) from orders' (README, \"Restore drills\")".into(),
+        }]));
+    };
     let s = settings(Role::Inspect).await?;
     let restored = lifeboat::drill::Restored::read(&args.report)?;
     let targets = s.open_targets().await;
-    let manifest = lifeboat::drill_targets::manifest_of(&targets, &restored).await?;
+    let drilled = lifeboat::drill_targets::locate(&targets, &restored).await?;
     let span = tracing::info_span!("drill", id = %restored.id, target = %restored.target);
     let _guard = span.enter();
     info!(
@@ -229,30 +237,31 @@ pub async fn drill_check(args: DrillCheck) -> Result<()> {
         timeout_s = args.timeout.as_secs(),
         "drill: artifact restored; waiting for the app and running LIFEBOAT_DRILL_CHECK"
     );
-    let check_text = shell_words::join(&args.check.0);
+    let check_text = shell_words::join(&check_argv.0);
     let check = lifeboat::drill::Check {
-        argv: args.check.0,
+        argv: check_argv.0,
         ready: args.ready.map(|r| r.0),
         timeout: args.timeout,
         every: std::time::Duration::from_secs(5),
     };
-    let (passed, output) = tokio::task::spawn_blocking(move || check.run())
+    let (verdict, output) = tokio::task::spawn_blocking(move || check.run())
         .await
         .map_err(|e| Error::Internal(format!("the drill's check did not run: {e}")))?;
     let record = lifeboat::drill::DrillRecord::new(
-        &manifest,
-        passed,
+        &drilled.manifest,
+        verdict,
         restored.seconds,
         &check_text,
         &output,
     );
-    lifeboat::drill_targets::record(&targets, &restored, &record).await?;
-    if passed {
+    lifeboat::drill_targets::record(&drilled, &record).await?;
+    if verdict == lifeboat::drill::Verdict::Passed {
         info!(restore_seconds = restored.seconds, "drill PASSED");
         Ok(())
     } else {
         Err(Error::DrillFailed {
             id: restored.id,
+            verdict,
             output: record.output_tail.trim().to_string(),
         })
     }

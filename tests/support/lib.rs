@@ -553,6 +553,23 @@ pub fn spawn_until_logged(mut cmd: Command, log: &Path, needle: &str) -> std::pr
     }
 }
 
+/// Waits up to 60 s for `needle` in the log file (of a process already
+/// running); returns the log.
+pub fn wait_for_log(log: &Path, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never logged {needle:?}:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// `<tmp>/volume` and `<tmp>/backup`, created: the data volume a logical
 /// dump is staged in, and a file target.
 pub fn volume_and_backup(tmp: &Path) -> (PathBuf, PathBuf) {

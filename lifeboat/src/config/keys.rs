@@ -68,6 +68,12 @@ pub const KEYS: &[Key] = &[
         restore: true,
     },
     Key {
+        env: "LIFEBOAT_RESTORE_FAILED_DRILLS",
+        annotation: Some("restore-failed-drills"),
+        help: "skip (default): restores pass over artifacts that failed a drill; allow: not",
+        restore: true,
+    },
+    Key {
         env: "LIFEBOAT_NAME",
         annotation: None,
         help: "name of the backup history (default: HOSTNAME)",
@@ -395,7 +401,7 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), KEYS.len());
         assert!(KEYS.iter().all(|k| k.env.starts_with("LIFEBOAT_")));
-        assert_eq!(known_annotations().count(), 9);
+        assert_eq!(known_annotations().count(), 10);
     }
 
     #[test]
@@ -414,7 +420,7 @@ mod tests {
             assert!(!names.contains(&backup_only), "{backup_only}");
         }
         assert!(
-            help.contains("lifeboat.dev/{source,paths,restore}"),
+            help.contains("lifeboat.dev/{source,paths,restore,restore-failed-drills}"),
             "{help}"
         );
     }

@@ -10,6 +10,7 @@
 //! target or real time.
 
 mod annotations;
+mod drill_watch;
 mod load;
 mod report;
 mod run_loop;
@@ -67,6 +68,7 @@ pub async fn run(caller: Caller) -> Result<()> {
         _ => None,
     };
     let settings = Settings::from_inputs(&inputs, Role::Backup)?;
+    let drills_configured = inputs.env.contains_key("LIFEBOAT_DRILL_CHECK");
     for w in &settings.warnings {
         warn!("{w}");
     }
@@ -104,7 +106,7 @@ pub async fn run(caller: Caller) -> Result<()> {
         requests,
         shutdown,
         annotations: Annotations::new(inputs, from_api),
-        drill_announced: None,
+        drills: drill_watch::DrillWatch::for_pod(drills_configured),
     };
     if let Some(p) = pending {
         let cx = load::Ctx {

@@ -25,28 +25,39 @@ pub fn log_failure(r: &Result<Manifest>) {
     }
 }
 
-/// A failed restore drill, seen in the listing: an ERROR line, a
-/// `DrillFailed` Warning Event and a notification.
+/// A restore drill that did not pass, seen in the listing: an ERROR line,
+/// a `DrillFailed` Warning Event and a notification. What it means for
+/// restores depends on the verdict.
 pub async fn drill_failed(
     component: &'static str,
     settings: &Settings,
     d: &crate::status::DrillState,
 ) {
     let output = d.output_tail.as_deref().unwrap_or_default().trim();
+    let meaning = d.verdict.meaning();
     error!(
         id = %d.id,
         at = %d.at.to_rfc3339(),
         check = %d.check,
-        "a restore drill FAILED: this artifact did not bring the app back and restores skip it; the check printed: {output}"
+        verdict = d.verdict.as_str(),
+        "a restore drill {}: {meaning}; it printed: {output}",
+        d.verdict.as_str().to_uppercase()
     );
     if let Some(c) = cluster::get(component).await {
-        let msg = format!(
-            "restore drill of {} FAILED at {}: `{}` did not pass: {output}",
+        let head = format!(
+            "restore drill of {} {} at {} ({meaning}); `{}` printed: ",
             d.id,
+            d.verdict.as_str().to_uppercase(),
             d.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             d.check
         );
-        c.event(Reason::DrillFailed, &msg).await;
+        // The Event holds about 1 KiB: keep the output's end, where the
+        // error is, rather than let the API cut it off.
+        let room = cluster::EVENT_MAX.saturating_sub(head.len() + 4);
+        let tail = crate::drill::tail(output, room);
+        let cut = if tail.len() < output.len() { "…" } else { "" };
+        c.event(Reason::DrillFailed, &format!("{head}{cut}{tail}"))
+            .await;
     }
     if let Some(m) = notify::drill_failed(settings, d) {
         m.deliver().await;

@@ -66,8 +66,8 @@ pub(super) struct Daemon<O: Open> {
     pub requests: mpsc::Receiver<Reply>,
     pub shutdown: Shutdown,
     pub annotations: Annotations,
-    /// The failed drill last announced (id, time), so each is said once.
-    pub drill_announced: Option<(String, DateTime<Utc>)>,
+    /// Restore drills: whether to look for them, and which was announced.
+    pub drills: super::drill_watch::DrillWatch,
 }
 
 impl<O: Open> Daemon<O> {
@@ -115,7 +115,7 @@ impl<O: Open> Daemon<O> {
                         self.work.refresh(&self.status).await;
                     }
                     _ = stale_check.tick() => self.warn_if_stale(),
-                    _ = drill_refresh.tick() => {
+                    _ = drill_refresh.tick(), if self.drills.configured => {
                         self.work.refresh(&self.status).await;
                         self.announce_drill().await;
                     }
@@ -256,20 +256,16 @@ impl<O: Open> Daemon<O> {
         false
     }
 
-    /// A restore drill that failed since the last look: logged, an Event on
-    /// the pod and a notification, once each (README, "Restore drills").
+    /// A restore drill that did not pass (failed or inconclusive) since the
+    /// last look: logged, an Event on the pod and a notification, once each
+    /// (README, "Restore drills").
     pub(super) async fn announce_drill(&mut self) {
         let newest = self
             .status
             .read(|s| s.targets.first().and_then(|t| t.last_drill.clone()));
-        let Some(d) = newest.filter(|d| !d.passed) else {
+        let Some(d) = newest.filter(|d| self.drills.take_new(d)) else {
             return;
         };
-        let key = (d.id.clone(), d.at);
-        if self.drill_announced.as_ref() == Some(&key) {
-            return;
-        }
-        self.drill_announced = Some(key);
         super::report::drill_failed(self.component, &self.settings, &d).await;
     }
 

@@ -239,7 +239,7 @@ async fn harness(
         requests,
         shutdown,
         annotations: Annotations::new(inputs, Some(from_api)),
-        drill_announced: None,
+        drills: Default::default(),
     };
     let handles = Handles {
         requests: request_tx,

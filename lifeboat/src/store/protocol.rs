@@ -35,9 +35,17 @@ pub struct Stored {
 }
 
 impl Stored {
-    /// A drill proved it does not bring the app back.
+    /// A drill proved it does not bring the app back (an inconclusive one
+    /// proved nothing).
     pub fn failed_drill(&self) -> bool {
-        self.drill.as_ref().is_some_and(|d| !d.passed)
+        self.drill
+            .as_ref()
+            .is_some_and(|d| d.verdict() == crate::drill::Verdict::Failed)
+    }
+
+    /// A drill brought the app back on it.
+    pub fn passed_drill(&self) -> bool {
+        self.drill.as_ref().is_some_and(|d| d.passed)
     }
 }
 
@@ -55,8 +63,11 @@ impl Listing {
     /// `restore::candidates` orders across targets by time and id).
     pub fn sort_newest_first(&mut self) {
         let key = |s: &Stored| {
-            let drilled = s.drill.as_ref().is_some_and(|d| d.passed);
-            (s.manifest.started_at, drilled, s.verified_at.is_some())
+            (
+                s.manifest.started_at,
+                s.passed_drill(),
+                s.verified_at.is_some(),
+            )
         };
         self.artifacts
             .sort_by(|a, b| (key(b), &b.manifest.id).cmp(&(key(a), &a.manifest.id)));
@@ -565,7 +576,13 @@ mod tests {
         );
         let at = Utc::now();
         t.mark_verified(&m, at).await.unwrap();
-        let drill = DrillRecord::new(&m, false, 2.0, "test -f /data/x", "no such file");
+        let drill = DrillRecord::new(
+            &m,
+            crate::drill::Verdict::Failed,
+            2.0,
+            "test -f /data/x",
+            "no such file",
+        );
         t.record_drill(&m, &drill).await.unwrap();
         let listing = t.list().await.unwrap();
         assert_eq!(listing.artifacts[0].verified_at, Some(at));
@@ -613,7 +630,8 @@ mod tests {
         // A drill record for other bytes under this id does not count.
         let mut other_bytes = manifest(ID, 4);
         other_bytes.sha256 = "11".into();
-        let foreign = DrillRecord::new(&other_bytes, true, 1.0, "true", "");
+        let foreign =
+            DrillRecord::new(&other_bytes, crate::drill::Verdict::Passed, 1.0, "true", "");
         mem.insert(&format!("{ID}.drill.json"), &foreign.to_json());
         mem.insert(".hidden.manifest.json", b"ignored");
         let listing = t.list().await.unwrap();
@@ -719,7 +737,13 @@ mod tests {
         );
         // A passed drill outranks a verify among equally new ones.
         let mut drilled = stored("20261123T020000Z-postgres", "2026-11-23T02:00:00Z", false);
-        drilled.drill = Some(DrillRecord::new(&drilled.manifest, true, 1.0, "true", ""));
+        drilled.drill = Some(DrillRecord::new(
+            &drilled.manifest,
+            crate::drill::Verdict::Passed,
+            1.0,
+            "true",
+            "",
+        ));
         l.artifacts.push(drilled);
         l.sort_newest_first();
         assert_eq!(l.artifacts[1].manifest.id, "20261123T020000Z-postgres");
