@@ -173,6 +173,8 @@ fn every_example_renders_validates_and_wires_the_pod_as_designed() {
         }
         sidecars.push((name.clone(), s));
 
+        drill_pod_is_wired(&name, &objs, workloads[0]);
+
         // manifests/<example>.yaml is this rendering, for users without kustomize.
         let plain = root().join("manifests").join(format!("{name}.yaml"));
         let committed = fs::read_to_string(&plain).unwrap_or_default();
@@ -200,6 +202,82 @@ fn every_example_renders_validates_and_wires_the_pod_as_designed() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+/// The drill component's CronJob, where an example has one: the app's own
+/// container as a native sidecar on a bounded scratch volume, never the
+/// live claim; pinned beside the pods that mount a backup claim; the
+/// kustomize plumbing not emitted; none on clusters without native sidecars.
+fn drill_pod_is_wired(name: &str, objs: &[Value], workload: &Value) {
+    assert!(
+        !objs
+            .iter()
+            .any(|o| o["metadata"]["name"] == "lifeboat-drill-plumbing"),
+        "{name}: the plumbing ConfigMap is local to kustomize"
+    );
+    let Some(cron) = objs.iter().find(|o| o["kind"] == "CronJob") else {
+        return;
+    };
+    assert!(
+        !name.ends_with("-classic"),
+        "{name}: drills need native sidecars"
+    );
+    let spec = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    let app = &workload["spec"]["template"]["spec"]["containers"][0];
+    let init = &spec["initContainers"];
+    assert_eq!(
+        names(init),
+        [
+            "lifeboat-tools",
+            "lifeboat-restore",
+            app["name"].as_str().unwrap()
+        ],
+        "{name}"
+    );
+    assert_eq!(init[2]["image"], app["image"], "{name}: the app's image");
+    assert_eq!(
+        init[2]["restartPolicy"], "Always",
+        "{name}: a native sidecar"
+    );
+    let check = container(&spec["containers"], "lifeboat-drill").unwrap();
+    assert_eq!(
+        check["image"], app["image"],
+        "{name}: the check in the app's image"
+    );
+    assert_eq!(
+        check["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    for c in ["lifeboat-tools", "lifeboat-restore"] {
+        let sc = &container(init, c).unwrap()["securityContext"];
+        assert_eq!(sc["runAsNonRoot"], true, "{name}/{c}");
+    }
+    let volume = |v: &str| {
+        spec["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == v)
+            .unwrap_or_else(|| panic!("{name}: volume {v}"))
+            .clone()
+    };
+    let claim_size =
+        &workload["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"];
+    assert_eq!(
+        &volume("data")["emptyDir"]["sizeLimit"],
+        claim_size,
+        "{name}: scratch bounded by the data claim"
+    );
+    let backup = volume("lifeboat-backup");
+    if backup["persistentVolumeClaim"].is_mapping() {
+        let term =
+            &spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
+        assert_eq!(
+            term["labelSelector"]["matchLabels"]["lifeboat.dev/enabled"], "true",
+            "{name}: beside the pods that mount the claim"
+        );
+        assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
     }
 }
 
