@@ -644,7 +644,6 @@ fn watch_stop_order(c: &Cluster, app: &App) -> (String, String) {
     let mut stdout = watch.stdout.take().expect("watch stdout");
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
     let sink = seen.clone();
-    let first = seen.clone();
     let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 8192];
         while let Ok(n) = stdout.read(&mut buf) {
@@ -656,15 +655,18 @@ fn watch_stop_order(c: &Cluster, app: &App) -> (String, String) {
                 .extend_from_slice(&buf[..n]);
         }
     });
+    let watch_says = |event: &str, limit: Duration| {
+        c.wait(&format!("the watch's {event} event"), limit, || {
+            let text = String::from_utf8_lossy(&seen.lock().expect("watch buffer")).into_owned();
+            if text.contains(&format!("\"{event}\"")) {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        })
+    };
     // Delete only once the watch has the pod, or it may start too late.
-    c.wait("the watch's first event", Duration::from_secs(60), || {
-        let text = String::from_utf8_lossy(&first.lock().expect("watch buffer")).into_owned();
-        if text.contains("\"ADDED\"") {
-            Ok(())
-        } else {
-            Err("not yet".to_string())
-        }
-    });
+    watch_says("ADDED", Duration::from_secs(60));
     c.run(&[
         "-n",
         app.ns,
@@ -677,14 +679,7 @@ fn watch_stop_order(c: &Cluster, app: &App) -> (String, String) {
     c.wait_gone(app.ns, &format!("pod/{pod}"), Duration::from_secs(200));
     // The watch may trail the get that found the pod gone: wait for its
     // DELETED event, which carries the final status.
-    c.wait("the watch's DELETED event", Duration::from_secs(30), || {
-        let text = String::from_utf8_lossy(&seen.lock().expect("watch buffer")).into_owned();
-        if text.contains("\"DELETED\"") {
-            Ok(())
-        } else {
-            Err("not yet".to_string())
-        }
-    });
+    watch_says("DELETED", Duration::from_secs(30));
     let _ = watch.kill();
     let _ = watch.wait();
     let _ = reader.join();

@@ -372,6 +372,20 @@ mod tests {
         shell_words::split(s).unwrap()
     }
 
+    fn check(
+        argv: Vec<String>,
+        ready: Option<Vec<String>>,
+        timeout_ms: u64,
+        every_ms: u64,
+    ) -> Check {
+        Check {
+            argv,
+            ready,
+            timeout: Duration::from_millis(timeout_ms),
+            every: Duration::from_millis(every_ms),
+        }
+    }
+
     #[test]
     fn a_check_is_retried_until_it_passes_or_the_time_is_up() {
         let dir = tempfile::tempdir().unwrap();
@@ -382,22 +396,17 @@ mod tests {
              [ $n -ge 3 ] && echo 'count: 5000' && exit 0; echo 'not yet' >&2; exit 1",
             f = flag.display()
         );
-        let check = Check {
-            argv: vec!["sh".into(), "-c".into(), script],
-            ready: None,
-            timeout: Duration::from_secs(20),
-            every: Duration::from_millis(50),
-        };
-        let (verdict, out) = check.run();
+        let c = check(vec!["sh".into(), "-c".into(), script], None, 20000, 50);
+        let (verdict, out) = c.run();
         assert_eq!(verdict, Verdict::Passed, "{out}");
         assert!(out.contains("count: 5000"), "{out}");
 
-        let never = Check {
-            argv: argv("sh -c 'echo relation orders does not exist >&2; exit 3'"),
-            ready: None,
-            timeout: Duration::from_millis(400),
-            every: Duration::from_millis(100),
-        };
+        let never = check(
+            argv("sh -c 'echo relation orders does not exist >&2; exit 3'"),
+            None,
+            400,
+            100,
+        );
         let (verdict, out) = never.run();
         assert_eq!(verdict, Verdict::Failed, "it ran and said no: {out}");
         assert!(out.contains("relation orders does not exist"), "{out}");
@@ -409,25 +418,20 @@ mod tests {
     fn with_a_ready_command_the_check_runs_once() {
         let dir = tempfile::tempdir().unwrap();
         let count = dir.path().join("checks");
-        let check = Check {
-            argv: vec![
+        let c = check(
+            vec![
                 "sh".into(),
                 "-c".into(),
                 format!("echo x >> {}; exit 1", count.display()),
             ],
-            ready: Some(argv("true")),
-            timeout: Duration::from_secs(5),
-            every: Duration::from_millis(50),
-        };
-        let (verdict, _) = check.run();
+            Some(argv("true")),
+            5000,
+            50,
+        );
+        let (verdict, _) = c.run();
         assert_eq!(verdict, Verdict::Failed);
         assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\n", "run once");
-        let missing = Check {
-            argv: argv("/nonexistent/psql -c 'select 1'"),
-            ready: None,
-            timeout: Duration::from_millis(200),
-            every: Duration::from_millis(100),
-        };
+        let missing = check(argv("/nonexistent/psql -c 'select 1'"), None, 200, 100);
         let (verdict, out) = missing.run();
         assert_eq!(
             verdict,
@@ -439,25 +443,20 @@ mod tests {
 
     #[test]
     fn an_app_that_never_comes_up_is_inconclusive() {
-        let check = Check {
-            argv: argv("true"),
-            ready: Some(argv("sh -c 'echo no response >&2; exit 2'")),
-            timeout: Duration::from_millis(400),
-            every: Duration::from_millis(100),
-        };
-        let (verdict, out) = check.run();
+        let c = check(
+            argv("true"),
+            Some(argv("sh -c 'echo no response >&2; exit 2'")),
+            400,
+            100,
+        );
+        let (verdict, out) = c.run();
         assert_eq!(verdict, Verdict::Inconclusive);
         assert!(
             out.contains("LIFEBOAT_DRILL_READY did not pass") && !out.contains("CHECK did not"),
             "READY's timeout is not the check's failure: {out}"
         );
         // A check killed at the deadline did not say no either.
-        let hung = Check {
-            argv: argv("sleep 30"),
-            ready: Some(argv("true")),
-            timeout: Duration::from_millis(300),
-            every: Duration::from_millis(100),
-        };
+        let hung = check(argv("sleep 30"), Some(argv("true")), 300, 100);
         let (verdict, out) = hung.run();
         assert_eq!(verdict, Verdict::Inconclusive, "{out}");
         assert!(out.contains("was killed"), "{out}");

@@ -907,8 +907,16 @@ fn move_all_into_place(
 /// emptyDir, a claim whose fsGroup gives us the group only) keeps the mode
 /// and mtime the volume has, with a warning; what is inside is restored.
 fn apply_root_meta(dest: &Path, meta: tar_read::DirMeta, as_root: bool) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // Only the expected refusal is forgiven: a folder that belongs to
+    // someone else (an emptyDir or an fsGroup volume's root is root's).
+    // EPERM on a folder of our own says something is wrong, and is an error.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let not_ours = || fs::metadata(dest).is_ok_and(|m| m.uid() != unsafe { libc::geteuid() });
     match tar_read::apply_dir_meta(dest, meta, as_root) {
-        Err(Error::Io { source, .. }) if !as_root && source.raw_os_error() == Some(libc::EPERM) => {
+        Err(Error::Io { source, .. })
+            if !as_root && source.raw_os_error() == Some(libc::EPERM) && not_ours() =>
+        {
             warn!(
                 path = %dest.display(),
                 "not running as root, and the volume's root folder is not ours: it keeps its own mode and mtime"
