@@ -206,7 +206,7 @@ fn a_failed_drill_is_recorded_listed_and_skipped_by_the_next_restore() {
 
     // The sidecar serves the newest drill as metrics and in /status.
     let log = pod.tmp.path().join("sidecar.log");
-    let sc = pod.sidecar(&log);
+    let sc = pod.sidecar_with(&log, &[("LIFEBOAT_DRILL_CHECK", check.as_str())]);
     let (_, metrics) = sc.get("/metrics");
     let value = |name: &str| -> Option<f64> {
         metrics
@@ -228,6 +228,9 @@ fn a_failed_drill_is_recorded_listed_and_skipped_by_the_next_restore() {
     let drill = &status["targets"][0]["last_drill"];
     assert_eq!(drill["id"], good.as_str(), "{status}");
     assert_eq!(drill["passed"], true);
+    assert_eq!(drill["verdict"], "passed");
+    assert_eq!(status["drill_stale"], false, "passed just now: {status}");
+    assert_eq!(value("lifeboat_drill_stale"), Some(0.0), "{metrics}");
     drop(sc);
 
     // Retention keeps the newest artifact that passed a drill (and so its
@@ -392,4 +395,32 @@ fn receiver() -> (u16, Bodies) {
         }
     });
     (port, got)
+}
+
+/// Drills configured but none ever passed (the CronJob never ran, or every
+/// drill failed): stale once LIFEBOAT_DRILL_STALE_AFTER has passed since the
+/// sidecar started, so LifeboatDrillStale fires; without drills, no metric.
+#[test]
+fn drills_that_never_pass_go_stale() {
+    let pod = Pod::new();
+    fs::write(pod.data.join("a"), "x").unwrap();
+    pod.backup();
+    let log = pod.tmp.path().join("plain.log");
+    let sc = pod.sidecar(&log);
+    let (_, metrics) = sc.get("/metrics");
+    assert!(!metrics.contains("lifeboat_drill_stale"), "{metrics}");
+    assert_eq!(sc.status()["drill_stale"], serde_json::Value::Null);
+    drop(sc);
+    let log = pod.tmp.path().join("drills.log");
+    let sc = pod.sidecar_with(
+        &log,
+        &[
+            ("LIFEBOAT_DRILL_CHECK", "test -f /data/a"),
+            ("LIFEBOAT_DRILL_STALE_AFTER", "1s"),
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (_, metrics) = sc.get("/metrics");
+    assert!(metrics.contains("\nlifeboat_drill_stale 1"), "{metrics}");
+    assert_eq!(sc.status()["drill_stale"], true);
 }

@@ -87,9 +87,9 @@ fn flag(b: bool) -> f64 {
 
 /// The `/metrics` page for `s` at `now` (staleness depends on the clock).
 pub fn render(s: &State, now: DateTime<Utc>) -> String {
-    let stale = s.is_stale(now);
+    let (stale, drill_stale) = (s.is_stale(now), s.is_drill_stale(now));
     let mut o = Out(String::with_capacity(4096));
-    sidecar_metrics(&mut o, s, stale);
+    sidecar_metrics(&mut o, s, stale, drill_stale);
     backup_metrics(&mut o, s);
     target_metrics(&mut o, s);
     o.0
@@ -97,7 +97,7 @@ pub fn render(s: &State, now: DateTime<Utc>) -> String {
 
 /// What the sidecar is and does: its identity, its schedule and whether
 /// backups are stale, and the work running now.
-fn sidecar_metrics(o: &mut Out, s: &State, stale: bool) {
+fn sidecar_metrics(o: &mut Out, s: &State, stale: bool, drill_stale: Option<bool>) {
     o.family(
         "lifeboat_info",
         "gauge",
@@ -133,6 +133,11 @@ fn sidecar_metrics(o: &mut Out, s: &State, stale: bool) {
         "lifeboat_stale",
         "1 when the last successful backup is older than lifeboat_stale_after_seconds.",
         Some(flag(stale)),
+    );
+    o.gauge(
+        "lifeboat_drill_stale",
+        "1 when restore drills are configured and none passed within LIFEBOAT_DRILL_STALE_AFTER (from the sidecar's start while none ever did).",
+        drill_stale.map(flag),
     );
     o.gauge(
         "lifeboat_next_run_timestamp_seconds",
@@ -282,6 +287,8 @@ mod rule_tests {
             ("LIFEBOAT_TARGETS", "file:///backup,s3://bucket"),
             ("HOSTNAME", "web-0"),
             ("LIFEBOAT_ANNOTATIONS_FILE", "/nonexistent/a"),
+            // Drills configured: lifeboat_drill_stale is served.
+            ("LIFEBOAT_DRILL_CHECK", "true"),
         ];
         let inputs = Inputs::from_env(
             env.iter()

@@ -175,6 +175,9 @@ pub struct State {
     pub started_at: DateTime<Utc>,
     /// Effective `LIFEBOAT_STALE_AFTER` in seconds.
     pub stale_after_s: Option<u64>,
+    /// Effective `LIFEBOAT_DRILL_STALE_AFTER` in seconds, when drills are
+    /// configured for this pod.
+    pub drill_stale_after_s: Option<u64>,
     /// Longest gap between upcoming runs, in seconds.
     pub schedule_interval_s: Option<u64>,
     pub last_success: Option<Success>,
@@ -196,6 +199,8 @@ pub struct State {
 struct Report<'a> {
     now: DateTime<Utc>,
     stale: bool,
+    /// Drills configured, and none passed within their limit.
+    drill_stale: Option<bool>,
     #[serde(flatten)]
     state: &'a State,
 }
@@ -216,6 +221,7 @@ impl Status {
             verify_schedule: None,
             started_at: now,
             stale_after_s: None,
+            drill_stale_after_s: None,
             schedule_interval_s: None,
             last_success: None,
             last_attempt: None,
@@ -412,6 +418,7 @@ impl Status {
             let r = Report {
                 now,
                 stale: s.is_stale(now),
+                drill_stale: s.is_drill_stale(now),
                 state: s,
             };
             serde_json::to_string_pretty(&r).unwrap_or_default()
@@ -430,6 +437,15 @@ impl State {
             now,
         )
     }
+
+    /// Whether restore drills are stale: configured, and no drill on the
+    /// primary passed within `LIFEBOAT_DRILL_STALE_AFTER` (measured from
+    /// this process's start while none ever did). `None` without drills.
+    pub fn is_drill_stale(&self, now: DateTime<Utc>) -> Option<bool> {
+        let limit = self.drill_stale_after_s.map(Duration::from_secs)?;
+        let passed = self.targets.first().and_then(|t| t.last_drill_success_at);
+        Some(is_stale(passed, self.started_at, Some(limit), now))
+    }
 }
 
 fn apply_settings(s: &mut State, settings: &Settings, now: DateTime<Utc>) {
@@ -440,6 +456,7 @@ fn apply_settings(s: &mut State, settings: &Settings, now: DateTime<Utc>) {
         .as_ref()
         .map(|v| v.as_str().into());
     s.stale_after_s = stale_limit(settings, now).map(|d| d.as_secs());
+    s.drill_stale_after_s = settings.ops.drill_stale_after.map(|d| d.as_secs());
     s.schedule_interval_s = settings
         .schedule
         .interval(now)

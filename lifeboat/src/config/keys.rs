@@ -259,11 +259,14 @@ pub fn is_setting(name: &str) -> bool {
     KEYS.iter().any(|k| k.env == name) || DRILL_SETTINGS.contains(&name)
 }
 
-/// Read only by `lifeboat-sidecar drill check` (its own flags, README
-/// "Restore drills"), but set in the `lifeboat` ConfigMap every container
-/// reads: not a typo to warn about.
-pub const DRILL_SETTINGS: [&str; 4] = [
+/// The restore drills' settings (README, "Restore drills"): read by
+/// `lifeboat-sidecar drill check` (its own flags), and by the sidecar for
+/// whether drills are configured and when they are stale
+/// (`LIFEBOAT_DRILL_CHECK`, `LIFEBOAT_DRILL_STALE_AFTER`). Set in the
+/// `lifeboat` ConfigMap every container reads: not a typo to warn about.
+pub const DRILL_SETTINGS: [&str; 5] = [
     "LIFEBOAT_DRILL_CHECK",
+    "LIFEBOAT_DRILL_STALE_AFTER",
     "LIFEBOAT_DRILL_READY",
     "LIFEBOAT_DRILL_TIMEOUT",
     "LIFEBOAT_DRILL_REPORT",

@@ -11,6 +11,8 @@ use crate::schedule::{self, Schedule};
 
 /// Where `/metrics`, `/healthz`, `/readyz` and `/status` are served.
 pub const DEFAULT_LISTEN: &str = ":9746";
+/// Twice the drill component's weekly schedule.
+pub const DEFAULT_DRILL_STALE_AFTER: Duration = Duration::from_secs(14 * 86400);
 /// A hook that runs longer than this is killed and counts as failed.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -20,6 +22,10 @@ pub struct Ops {
     pub listen: Option<SocketAddr>,
     /// `LIFEBOAT_STALE_AFTER`; `None` means twice the schedule's interval.
     pub stale_after: Option<Duration>,
+    /// When restore drills count as stale: `LIFEBOAT_DRILL_STALE_AFTER`, by
+    /// default [`DEFAULT_DRILL_STALE_AFTER`]. `None` when no drills are
+    /// configured for this pod (no `LIFEBOAT_DRILL_CHECK`).
+    pub drill_stale_after: Option<Duration>,
     /// `LIFEBOAT_VERIFY_SCHEDULE`: when to re-read the newest artifacts.
     pub verify_schedule: Option<Schedule>,
     pub notify: Option<Notify>,
@@ -139,6 +145,16 @@ pub(super) fn parse(raw: &Raw, problems: &mut Problems) -> Ops {
         &raw.opt("LIFEBOAT_STALE_AFTER"),
         "2d, 36h",
     );
+    // Drills are configured where their check is: the drill component's
+    // settings share the lifeboat ConfigMap with the sidecar.
+    let drill_stale_after = set(&raw.opt("LIFEBOAT_DRILL_CHECK")).map(|_| {
+        positive(
+            "LIFEBOAT_DRILL_STALE_AFTER",
+            &raw.opt("LIFEBOAT_DRILL_STALE_AFTER"),
+            "14d",
+        )
+        .unwrap_or(DEFAULT_DRILL_STALE_AFTER)
+    });
     let timeout = positive(
         "LIFEBOAT_HOOK_TIMEOUT",
         &raw.opt("LIFEBOAT_HOOK_TIMEOUT"),
@@ -219,6 +235,7 @@ pub(super) fn parse(raw: &Raw, problems: &mut Problems) -> Ops {
     Ops {
         listen,
         stale_after,
+        drill_stale_after,
         verify_schedule,
         notify,
         pre_command,

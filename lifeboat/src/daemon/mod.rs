@@ -68,7 +68,6 @@ pub async fn run(caller: Caller) -> Result<()> {
         _ => None,
     };
     let settings = Settings::from_inputs(&inputs, Role::Backup)?;
-    let drills_configured = inputs.env.contains_key("LIFEBOAT_DRILL_CHECK");
     for w in &settings.warnings {
         warn!("{w}");
     }
@@ -96,6 +95,7 @@ pub async fn run(caller: Caller) -> Result<()> {
         verify_schedule = settings.ops.verify_schedule.as_ref().map(|s| s.as_str()),
         "lifeboat sidecar started"
     );
+    let drills = drill_watch::DrillWatch::for_pod(settings.ops.drill_stale_after.is_some());
     let mut d = Daemon {
         component: caller.component,
         open,
@@ -106,7 +106,7 @@ pub async fn run(caller: Caller) -> Result<()> {
         requests,
         shutdown,
         annotations: Annotations::new(inputs, from_api),
-        drills: drill_watch::DrillWatch::for_pod(drills_configured),
+        drills,
     };
     if let Some(p) = pending {
         let cx = load::Ctx {
