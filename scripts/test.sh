@@ -25,9 +25,11 @@ step "setup and the debug builds"
 # (target/release, target/x86_64-unknown-linux-gnu) do not block the tests'.
 static_log=target/build-static.log
 mkdir -p target
-nice -n 19 bash scripts/build-static.sh > "$static_log" 2>&1 &
+# In a session of its own, so that stopping it (when the tests fail) stops
+# cargo and every rustc under it too.
+setsid nice -n 19 bash scripts/build-static.sh > "$static_log" 2>&1 &
 static_pid=$!
-trap 'pkill -P "$static_pid" 2>/dev/null; kill "$static_pid" 2>/dev/null || true' EXIT
+trap 'kill -TERM -- "-$static_pid" 2>/dev/null || true' EXIT
 disk_report "before the tests"
 cargo test --workspace --locked
 step "cargo test"

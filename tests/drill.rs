@@ -399,14 +399,25 @@ fn receiver() -> (u16, Bodies) {
 
 /// Drills configured but none ever passed (the CronJob never ran, or every
 /// drill failed): stale once LIFEBOAT_DRILL_STALE_AFTER has passed since the
-/// sidecar started, so LifeboatDrillStale fires; without drills, no metric.
+/// sidecar started, so LifeboatDrillStale fires; for a pod whose history is
+/// not the one drilled, no metric.
 #[test]
 fn drills_that_never_pass_go_stale() {
     let pod = Pod::new();
     fs::write(pod.data.join("a"), "x").unwrap();
     pod.backup();
+    // The drill restores another history (orders-1 of a StatefulSet whose
+    // first pod this is not): this sidecar does not wait for drills.
     let log = pod.tmp.path().join("plain.log");
-    let sc = pod.sidecar(&log);
+    let sc = pod.sidecar_with(
+        &log,
+        &[
+            ("LIFEBOAT_DRILL_CHECK", "test -f /data/a"),
+            ("LIFEBOAT_DRILL_NAME", "orders-1"),
+            ("LIFEBOAT_DRILL_STALE_AFTER", "1s"),
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     let (_, metrics) = sc.get("/metrics");
     assert!(!metrics.contains("lifeboat_drill_stale"), "{metrics}");
     assert_eq!(sc.status()["drill_stale"], serde_json::Value::Null);

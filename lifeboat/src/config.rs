@@ -141,7 +141,7 @@ impl Settings {
         // Only a running sidecar or `backup-now` uses these; a restore must
         // not fail over a notification setting.
         let ops = if role == Role::Backup {
-            ops::parse(&r.raw, &mut problems)
+            ops::parse(&r.raw, &name, &mut problems)
         } else {
             Ops::default()
         };

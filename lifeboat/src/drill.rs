@@ -66,6 +66,13 @@ impl Verdict {
     }
 }
 
+fn lenient_verdict<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Verdict>, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(v.and_then(|v| serde_json::from_value(v).ok()))
+}
+
 /// What one drill found.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DrillRecord {
@@ -73,11 +80,16 @@ pub struct DrillRecord {
     /// under the same id does not count.
     pub id: String,
     pub sha256: String,
-    /// `verdict == passed`, for readers that only look for a yes.
+    /// `verdict == passed`, for readers that only look for a yes. Left out
+    /// of an inconclusive record: the first drills' readers, which knew only
+    /// passed and failed and would read `false` as failed, then ignore the
+    /// record, which is what inconclusive means.
+    #[serde(default)]
     pub passed: bool,
-    /// Missing in records of the first drills, which knew only passed and
-    /// failed: [`DrillRecord::verdict`] reads it from `passed` then.
-    #[serde(default, rename = "verdict")]
+    /// Missing in records of the first drills: [`DrillRecord::verdict`]
+    /// reads it from `passed` then. A verdict this version does not know
+    /// reads as missing too.
+    #[serde(default, rename = "verdict", deserialize_with = "lenient_verdict")]
     pub verdict_kind: Option<Verdict>,
     /// When the check finished.
     pub at: DateTime<Utc>,
@@ -115,8 +127,15 @@ impl DrillRecord {
         }
     }
 
+    /// The stored form: without `passed` when inconclusive (see the field).
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if self.verdict() == Verdict::Inconclusive {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("passed");
+            }
+        }
+        serde_json::to_vec(&v).unwrap_or_default()
     }
 
     /// A stored record, if it is one and speaks for `m` (same id and
@@ -203,10 +222,13 @@ impl Check {
     /// the verdict, and what was printed last (ending with why).
     ///
     /// With `ready`, READY is retried until it passes and the check then
-    /// runs once: its exit says passed or failed; READY never passing is
-    /// inconclusive (the app did not come up, which may be the cluster's
-    /// doing). Without `ready`, the check is retried until it passes; one
-    /// that still exits non-zero at the deadline has failed.
+    /// runs: passing once passes; failing twice in a row (a pause apart, so
+    /// one dropped connection does not condemn an artifact) fails; READY
+    /// never passing is inconclusive (the app did not come up, which may be
+    /// the cluster's doing). Without `ready`, the check is retried until it
+    /// passes; one that still exits non-zero at the deadline has failed.
+    /// A program that cannot be found or run (including a shell's 126 and
+    /// 127) or is killed says nothing about the data: inconclusive.
     pub fn run(&self) -> (Verdict, String) {
         let deadline = Instant::now() + self.timeout;
         let (gate, name) = match &self.ready {
@@ -256,18 +278,29 @@ impl Check {
             tries,
             "LIFEBOAT_DRILL_READY passed; running LIFEBOAT_DRILL_CHECK"
         );
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(self.every);
-        let run = run_once(&self.argv, left);
-        let verdict = if run.passed() {
-            Verdict::Passed
-        } else if run.exited() {
-            Verdict::Failed
-        } else {
-            Verdict::Inconclusive
-        };
-        (verdict, run.output)
+        let mut output = String::new();
+        for attempt in 1..=2 {
+            if attempt == 2 {
+                warn!("LIFEBOAT_DRILL_CHECK did not pass; trying it once more");
+                std::thread::sleep(self.every);
+            }
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(self.every);
+            let run = run_once(&self.argv, left);
+            if run.passed() {
+                return (Verdict::Passed, run.output);
+            }
+            if let Some(why) = run.inconclusive_at_once() {
+                let out = format!("{}\nLIFEBOAT_DRILL_CHECK could not run: {why}", run.output);
+                return (Verdict::Inconclusive, out);
+            }
+            if !run.exited() {
+                return (Verdict::Inconclusive, run.output);
+            }
+            output = run.output;
+        }
+        (Verdict::Failed, output)
     }
 }
 
@@ -288,9 +321,16 @@ impl Run {
         matches!(&self.ended, Ok(Ended::Exited(s)) if s.code().is_some())
     }
 
-    /// Why trying again is pointless: the program cannot be started.
+    /// Why trying again is pointless: the program cannot be started, or a
+    /// shell said it could not find or run it (126, 127).
     fn inconclusive_at_once(&self) -> Option<&str> {
-        self.ended.as_ref().err().map(String::as_str)
+        match &self.ended {
+            Err(why) => Some(why),
+            Ok(Ended::Exited(s)) if matches!(s.code(), Some(126 | 127)) => {
+                Some("a shell could not find or run the program (exit 126 or 127)")
+            }
+            Ok(_) => None,
+        }
     }
 }
 
@@ -415,7 +455,7 @@ mod tests {
     }
 
     #[test]
-    fn with_a_ready_command_the_check_runs_once() {
+    fn with_a_ready_command_a_failing_check_is_tried_twice_then_fails() {
         let dir = tempfile::tempdir().unwrap();
         let count = dir.path().join("checks");
         let c = check(
@@ -430,7 +470,7 @@ mod tests {
         );
         let (verdict, _) = c.run();
         assert_eq!(verdict, Verdict::Failed);
-        assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\n", "run once");
+        assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\nx\n", "twice");
         let missing = check(argv("/nonexistent/psql -c 'select 1'"), None, 200, 100);
         let (verdict, out) = missing.run();
         assert_eq!(
@@ -460,6 +500,14 @@ mod tests {
         let (verdict, out) = hung.run();
         assert_eq!(verdict, Verdict::Inconclusive, "{out}");
         assert!(out.contains("was killed"), "{out}");
+        // A check behind a shell whose program is not in the image (127),
+        // and one that cannot start after READY: the reason is kept.
+        let shell = check(argv("sh -c 'no-such-psql -c 1'"), None, 300, 100);
+        assert_eq!(shell.run().0, Verdict::Inconclusive);
+        let unstartable = check(argv("/nonexistent/psql"), Some(argv("true")), 300, 100);
+        let (verdict, out) = unstartable.run();
+        assert_eq!(verdict, Verdict::Inconclusive);
+        assert!(out.contains("cannot start /nonexistent/psql"), "{out}");
     }
 
     #[test]
@@ -472,6 +520,24 @@ mod tests {
         assert_eq!(r.verdict(), Verdict::Failed);
         let r = DrillRecord::new(&m, Verdict::Inconclusive, 1.0, "c", "");
         assert!(!r.passed);
+        let stored: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
+        assert!(
+            stored.get("passed").is_none(),
+            "first readers ignore it: {stored}"
+        );
+        assert_eq!(
+            DrillRecord::parse_for(&r.to_json(), &m).unwrap().verdict(),
+            Verdict::Inconclusive
+        );
+        let mut future = stored.clone();
+        future["verdict"] = "partly".into();
+        future["passed"] = false.into();
+        let read = DrillRecord::parse_for(future.to_string().as_bytes(), &m).unwrap();
+        assert_eq!(
+            read.verdict(),
+            Verdict::Failed,
+            "an unknown verdict falls back to passed"
+        );
         assert!(r
             .to_json()
             .windows(24)

@@ -35,15 +35,15 @@ pub async fn locate<'a>(targets: &'a [AnyTarget], restored: &Restored) -> Result
         }
     }
     // The bytes drilled are the copy on the target restored from; a copy
-    // with other bytes under the same id is not what the drill saw.
+    // with other bytes under the same id is not what the drill saw, so
+    // without that target's listing no verdict is recorded.
     let Some(manifest) = copies
         .iter()
         .find(|(t, _)| t.describe() == restored.target)
-        .or(copies.first())
         .map(|(_, m)| m.clone())
     else {
         return Err(Error::Drill(format!(
-            "the drilled artifact {} ({}) is on no target",
+            "the drilled artifact {} is not listed on {}, where it was restored from; the drill's result was not recorded",
             restored.id, restored.target
         )));
     };

@@ -136,12 +136,17 @@ pub fn supervise(
         cmd.stdout(writer.try_clone()?);
     }
     cmd.stderr(writer);
-    // SAFETY: setpgid and prctl are async-signal-safe and touch no memory
-    // of ours.
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: setpgid, prctl and getppid are async-signal-safe, and nothing
+    // here allocates or touches memory of ours.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setpgid(0, 0) != 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // We died between the fork and the prctl: the signal will not come.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
@@ -152,8 +157,11 @@ pub fn supervise(
     drop(cmd);
     let group = child.id() as libc::pid_t;
     let kill_group = || {
-        // SAFETY: a plain syscall. The group outlives its leader while any
-        // member lives, so its id cannot name another process's group.
+        // SAFETY: a plain syscall. Called while the leader is unreaped or
+        // after it exited with members left: the group's id stays reserved
+        // while any member lives. (Once all are gone, the kill is harmless
+        // unless the id was handed to a new group meanwhile: not within
+        // the seconds this takes.)
         unsafe { libc::kill(-group, libc::SIGKILL) };
     };
     let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -193,10 +201,29 @@ pub fn supervise(
             "a program exited but left processes behind that hold its output; killing them"
         );
         kill_group();
+        // Where we are PID 1 (a container's entrypoint) they are ours to
+        // reap once they die; elsewhere waitpid finds none at once. One
+        // that left the group (setsid) keeps the pipe, and the reader
+        // thread, until it exits; we go on without its output.
+        reap_group(group);
         let _ = done.recv_timeout(OUTPUT_GRACE);
     }
     let bytes = kept.lock().map(|k| k.clone()).unwrap_or_default();
     Ok((ended, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// Reaps the dead of process group `group` that are our children, for up
+/// to a second.
+fn reap_group(group: libc::pid_t) {
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        // SAFETY: a plain syscall on a group we started.
+        match unsafe { libc::waitpid(-group, std::ptr::null_mut(), libc::WNOHANG) } {
+            0 => std::thread::sleep(Duration::from_millis(20)),
+            n if n > 0 => {}
+            _ => return,
+        }
+    }
 }
 
 /// How long a program's output may stay open after it exited.

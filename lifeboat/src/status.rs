@@ -143,13 +143,17 @@ impl DrillState {
         let newest = records().max_by_key(|d| d.at).map(|d| DrillState {
             id: d.id.clone(),
             at: d.at,
-            passed: d.passed,
+            passed: d.verdict() == crate::drill::Verdict::Passed,
             verdict: d.verdict(),
             restore_seconds: d.restore_seconds,
             check: d.check.clone(),
-            output_tail: (!d.passed).then(|| d.output_tail.clone()),
+            output_tail: (d.verdict() != crate::drill::Verdict::Passed)
+                .then(|| d.output_tail.clone()),
         });
-        let passed = records().filter(|d| d.passed).map(|d| d.at).max();
+        let passed = records()
+            .filter(|d| d.verdict() == crate::drill::Verdict::Passed)
+            .map(|d| d.at)
+            .max();
         (newest, passed)
     }
 }

@@ -264,8 +264,9 @@ pub fn is_setting(name: &str) -> bool {
 /// whether drills are configured and when they are stale
 /// (`LIFEBOAT_DRILL_CHECK`, `LIFEBOAT_DRILL_STALE_AFTER`). Set in the
 /// `lifeboat` ConfigMap every container reads: not a typo to warn about.
-pub const DRILL_SETTINGS: [&str; 5] = [
+pub const DRILL_SETTINGS: [&str; 6] = [
     "LIFEBOAT_DRILL_CHECK",
+    "LIFEBOAT_DRILL_NAME",
     "LIFEBOAT_DRILL_STALE_AFTER",
     "LIFEBOAT_DRILL_READY",
     "LIFEBOAT_DRILL_TIMEOUT",

@@ -112,7 +112,9 @@ impl std::fmt::Debug for Hook {
     }
 }
 
-pub(super) fn parse(raw: &Raw, problems: &mut Problems) -> Ops {
+/// `name` is the backup history's (`LIFEBOAT_NAME`): drills are watched
+/// only by the sidecar of the history they drill.
+pub(super) fn parse(raw: &Raw, name: &str, problems: &mut Problems) -> Ops {
     let value = |setting: &str, text: &str| Value {
         setting: setting.into(),
         text: text.into(),
@@ -145,22 +147,13 @@ pub(super) fn parse(raw: &Raw, problems: &mut Problems) -> Ops {
         &raw.opt("LIFEBOAT_STALE_AFTER"),
         "2d, 36h",
     );
-    // Drills are configured where their check is: the drill component's
-    // settings share the lifeboat ConfigMap with the sidecar.
-    let drill_stale_after = set(&raw.opt("LIFEBOAT_DRILL_CHECK")).map(|_| {
-        positive(
-            "LIFEBOAT_DRILL_STALE_AFTER",
-            &raw.opt("LIFEBOAT_DRILL_STALE_AFTER"),
-            "14d",
-        )
-        .unwrap_or(DEFAULT_DRILL_STALE_AFTER)
-    });
     let timeout = positive(
         "LIFEBOAT_HOOK_TIMEOUT",
         &raw.opt("LIFEBOAT_HOOK_TIMEOUT"),
         "5m",
     )
     .unwrap_or(DEFAULT_HOOK_TIMEOUT);
+    let drill_stale_after = drill_stale_after(raw, name, problems);
 
     let verify_schedule = set(&raw.opt("LIFEBOAT_VERIFY_SCHEDULE"))
         .filter(|t| t != "off")
@@ -241,6 +234,31 @@ pub(super) fn parse(raw: &Raw, problems: &mut Problems) -> Ops {
         pre_command,
         post_command,
     }
+}
+
+/// When restore drills count as stale, for the sidecar of the history they
+/// drill: drills are configured where their check is (the drill
+/// component's settings share the lifeboat ConfigMap with the sidecar), for
+/// the one history the drill restores (`LIFEBOAT_DRILL_NAME`, which the
+/// component sets to `<statefulset>-0`; `off` where no drill runs).
+fn drill_stale_after(raw: &Raw, name: &str, problems: &mut Problems) -> Option<Duration> {
+    let set = |v: Option<String>| v.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+    let other_history = matches!(set(raw.opt("LIFEBOAT_DRILL_NAME")), Some(n) if n != name);
+    set(raw.opt("LIFEBOAT_DRILL_CHECK")).filter(|_| !other_history)?;
+    let Some(text) = set(raw.opt("LIFEBOAT_DRILL_STALE_AFTER")) else {
+        return Some(DEFAULT_DRILL_STALE_AFTER);
+    };
+    let why = match parse_duration(&text) {
+        Ok(d) if !d.is_zero() => return Some(d),
+        Ok(_) => "must be longer than 0; e.g. 14d".to_string(),
+        Err(m) => m,
+    };
+    let v = Value {
+        setting: "LIFEBOAT_DRILL_STALE_AFTER".into(),
+        text,
+    };
+    problems.fail(&v, why);
+    Some(DEFAULT_DRILL_STALE_AFTER)
 }
 
 /// `:9746` (every interface), `127.0.0.1:9746`, `[::]:9746`, or `off`.

@@ -45,7 +45,9 @@ impl Stored {
 
     /// A drill brought the app back on it.
     pub fn passed_drill(&self) -> bool {
-        self.drill.as_ref().is_some_and(|d| d.passed)
+        self.drill
+            .as_ref()
+            .is_some_and(|d| d.verdict() == crate::drill::Verdict::Passed)
     }
 }
 
