@@ -92,10 +92,6 @@ impl Pod {
         (check_out, stderr(&restore))
     }
 
-    fn sidecar(&self, log: &Path) -> RunningSidecar {
-        self.sidecar_with(log, &[])
-    }
-
     fn sidecar_with(&self, log: &Path, extra: &[(&str, &str)]) -> RunningSidecar {
         let targets = self.targets.clone();
         let mut env = vec![
