@@ -145,6 +145,16 @@ impl DrillRecord {
         (r.id == m.id && r.sha256 == m.sha256).then_some(r)
     }
 
+    /// The app came back on it.
+    pub fn has_passed(&self) -> bool {
+        self.verdict() == Verdict::Passed
+    }
+
+    /// It was proven not to bring the app back.
+    pub fn has_failed(&self) -> bool {
+        self.verdict() == Verdict::Failed
+    }
+
     pub fn verdict(&self) -> Verdict {
         match (self.verdict_kind, self.passed) {
             (Some(v), _) => v,

@@ -279,7 +279,7 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
             skipped.push(format!("{} on {}: {reason}", m.id, target.describe()));
             continue;
         }
-        if let Some(d) = stored.drill.as_ref().filter(|_| stored.failed_drill()) {
+        if let Some(d) = stored.drill.as_ref().filter(|d| d.has_failed()) {
             // A drill restored it and the app's own check failed: as proven
             // bad as a wrong checksum (docs/ARCHITECTURE.md §6), unless a
             // person has taken the verdict back.

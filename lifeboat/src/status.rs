@@ -143,17 +143,13 @@ impl DrillState {
         let newest = records().max_by_key(|d| d.at).map(|d| DrillState {
             id: d.id.clone(),
             at: d.at,
-            passed: d.verdict() == crate::drill::Verdict::Passed,
+            passed: d.has_passed(),
             verdict: d.verdict(),
             restore_seconds: d.restore_seconds,
             check: d.check.clone(),
-            output_tail: (d.verdict() != crate::drill::Verdict::Passed)
-                .then(|| d.output_tail.clone()),
+            output_tail: (!d.has_passed()).then(|| d.output_tail.clone()),
         });
-        let passed = records()
-            .filter(|d| d.verdict() == crate::drill::Verdict::Passed)
-            .map(|d| d.at)
-            .max();
+        let passed = records().filter(|d| d.has_passed()).map(|d| d.at).max();
         (newest, passed)
     }
 }

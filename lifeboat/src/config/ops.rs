@@ -119,12 +119,6 @@ pub(super) fn parse(raw: &Raw, name: &str, problems: &mut Problems) -> Ops {
         setting: setting.into(),
         text: text.into(),
     };
-    let set = |v: &Option<String>| {
-        v.as_deref()
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(String::from)
-    };
 
     let listen_text = set(&raw.opt("LIFEBOAT_LISTEN")).unwrap_or_else(|| DEFAULT_LISTEN.into());
     let listen = parse_listen(&listen_text).unwrap_or_else(|m| {
@@ -132,27 +126,9 @@ pub(super) fn parse(raw: &Raw, name: &str, problems: &mut Problems) -> Ops {
         None
     });
 
-    let mut positive = |setting: &str, raw: &Option<String>, example: &str| {
-        let t = set(raw)?;
-        let why = match parse_duration(&t) {
-            Ok(d) if !d.is_zero() => return Some(d),
-            Ok(_) => format!("must be longer than 0; e.g. {example}"),
-            Err(m) => m,
-        };
-        problems.fail(&value(setting, &t), why);
-        None
-    };
-    let stale_after = positive(
-        "LIFEBOAT_STALE_AFTER",
-        &raw.opt("LIFEBOAT_STALE_AFTER"),
-        "2d, 36h",
-    );
-    let timeout = positive(
-        "LIFEBOAT_HOOK_TIMEOUT",
-        &raw.opt("LIFEBOAT_HOOK_TIMEOUT"),
-        "5m",
-    )
-    .unwrap_or(DEFAULT_HOOK_TIMEOUT);
+    let stale_after = positive(raw, "LIFEBOAT_STALE_AFTER", "2d, 36h", problems);
+    let timeout =
+        positive(raw, "LIFEBOAT_HOOK_TIMEOUT", "5m", problems).unwrap_or(DEFAULT_HOOK_TIMEOUT);
     let drill_stale_after = drill_stale_after(raw, name, problems);
 
     let verify_schedule = set(&raw.opt("LIFEBOAT_VERIFY_SCHEDULE"))
@@ -242,23 +218,37 @@ pub(super) fn parse(raw: &Raw, name: &str, problems: &mut Problems) -> Ops {
 /// the one history the drill restores (`LIFEBOAT_DRILL_NAME`, which the
 /// component sets to `<statefulset>-0`; `off` where no drill runs).
 fn drill_stale_after(raw: &Raw, name: &str, problems: &mut Problems) -> Option<Duration> {
-    let set = |v: Option<String>| v.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
-    let other_history = matches!(set(raw.opt("LIFEBOAT_DRILL_NAME")), Some(n) if n != name);
-    set(raw.opt("LIFEBOAT_DRILL_CHECK")).filter(|_| !other_history)?;
-    let Some(text) = set(raw.opt("LIFEBOAT_DRILL_STALE_AFTER")) else {
-        return Some(DEFAULT_DRILL_STALE_AFTER);
-    };
-    let why = match parse_duration(&text) {
+    let other_history = matches!(set(&raw.opt("LIFEBOAT_DRILL_NAME")), Some(n) if n != name);
+    set(&raw.opt("LIFEBOAT_DRILL_CHECK")).filter(|_| !other_history)?;
+    Some(
+        positive(raw, "LIFEBOAT_DRILL_STALE_AFTER", "14d", problems)
+            .unwrap_or(DEFAULT_DRILL_STALE_AFTER),
+    )
+}
+
+/// A setting's text, trimmed; `None` when unset or blank.
+fn set(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+}
+
+/// A duration setting that must be longer than 0; a bad value is a problem
+/// naming the setting, the value and an `example`.
+fn positive(raw: &Raw, setting: &str, example: &str, problems: &mut Problems) -> Option<Duration> {
+    let t = set(&raw.opt(setting))?;
+    let why = match parse_duration(&t) {
         Ok(d) if !d.is_zero() => return Some(d),
-        Ok(_) => "must be longer than 0; e.g. 14d".to_string(),
+        Ok(_) => format!("must be longer than 0; e.g. {example}"),
         Err(m) => m,
     };
     let v = Value {
-        setting: "LIFEBOAT_DRILL_STALE_AFTER".into(),
-        text,
+        setting: setting.into(),
+        text: t,
     };
     problems.fail(&v, why);
-    Some(DEFAULT_DRILL_STALE_AFTER)
+    None
 }
 
 /// `:9746` (every interface), `127.0.0.1:9746`, `[::]:9746`, or `off`.

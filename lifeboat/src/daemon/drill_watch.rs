@@ -1,7 +1,7 @@
 //! What the sidecar does about restore drills (README, "Restore drills"):
 //! it notices a drill that did not pass in the listing and says so once
-//! (an ERROR, a `DrillFailed` Event, a notification), and it re-reads the
-//! listing hourly only when drills are configured for this pod.
+//! (an ERROR, a `DrillFailed` Event, a notification). (Whether drills are
+//! configured for this pod is `Ops::drill_stale_after`.)
 //!
 //! "Once" holds across restarts of the sidecar container: the last drill
 //! announced is kept in a file in `TMPDIR` (the pod's emptyDir, which a
@@ -16,9 +16,6 @@ const ANNOUNCED_FILE: &str = "lifeboat-drill-announced";
 
 #[derive(Debug, Default)]
 pub(super) struct DrillWatch {
-    /// Drills are configured for this pod (`LIFEBOAT_DRILL_CHECK` is in its
-    /// environment: the drill component shares the `lifeboat` ConfigMap).
-    pub configured: bool,
     /// Where the last announcement is remembered; none in tests.
     file: Option<PathBuf>,
     /// The drill last announced, `<id> <time>`.
@@ -26,15 +23,13 @@ pub(super) struct DrillWatch {
 }
 
 impl DrillWatch {
-    /// For the sidecar: `configured` from its environment, the memory in
-    /// `TMPDIR`.
-    pub fn for_pod(configured: bool) -> DrillWatch {
+    /// For the sidecar: the memory in `TMPDIR`.
+    pub fn for_pod() -> DrillWatch {
         let file = std::env::temp_dir().join(ANNOUNCED_FILE);
         let announced = std::fs::read_to_string(&file)
             .ok()
             .map(|s| s.trim().to_string());
         DrillWatch {
-            configured,
             file: Some(file),
             announced,
         }
@@ -88,7 +83,6 @@ mod tests {
         let file = dir.path().join(ANNOUNCED_FILE);
         let failed = drill("20261201T020000Z-files", false);
         let mut w = DrillWatch {
-            configured: true,
             file: Some(file.clone()),
             announced: None,
         };
@@ -100,7 +94,6 @@ mod tests {
         assert!(!w.take_new(&failed));
         // A restarted container reads what it announced.
         let mut again = DrillWatch {
-            configured: true,
             file: Some(file.clone()),
             announced: std::fs::read_to_string(&file).ok(),
         };

@@ -95,7 +95,6 @@ pub async fn run(caller: Caller) -> Result<()> {
         verify_schedule = settings.ops.verify_schedule.as_ref().map(|s| s.as_str()),
         "lifeboat sidecar started"
     );
-    let drills = drill_watch::DrillWatch::for_pod(settings.ops.drill_stale_after.is_some());
     let mut d = Daemon {
         component: caller.component,
         open,
@@ -106,7 +105,7 @@ pub async fn run(caller: Caller) -> Result<()> {
         requests,
         shutdown,
         annotations: Annotations::new(inputs, from_api),
-        drills,
+        drills: drill_watch::DrillWatch::for_pod(),
     };
     if let Some(p) = pending {
         let cx = load::Ctx {

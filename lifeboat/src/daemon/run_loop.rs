@@ -115,7 +115,7 @@ impl<O: Open> Daemon<O> {
                         self.work.refresh(&self.status).await;
                     }
                     _ = stale_check.tick() => self.warn_if_stale(),
-                    _ = drill_refresh.tick(), if self.drills.configured => {
+                    _ = drill_refresh.tick(), if self.settings.ops.drill_stale_after.is_some() => {
                         self.work.refresh(&self.status).await;
                         self.announce_drill().await;
                     }

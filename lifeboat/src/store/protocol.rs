@@ -38,16 +38,12 @@ impl Stored {
     /// A drill proved it does not bring the app back (an inconclusive one
     /// proved nothing).
     pub fn failed_drill(&self) -> bool {
-        self.drill
-            .as_ref()
-            .is_some_and(|d| d.verdict() == crate::drill::Verdict::Failed)
+        self.drill.as_ref().is_some_and(DrillRecord::has_failed)
     }
 
     /// A drill brought the app back on it.
     pub fn passed_drill(&self) -> bool {
-        self.drill
-            .as_ref()
-            .is_some_and(|d| d.verdict() == crate::drill::Verdict::Passed)
+        self.drill.as_ref().is_some_and(DrillRecord::has_passed)
     }
 }
 
