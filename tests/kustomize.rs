@@ -226,6 +226,20 @@ fn drill_pod_is_wired(name: &str, objs: &[Value], workload: &Value) {
         !name.ends_with("-classic"),
         "{name}: drills need native sidecars"
     );
+    // When: the StatefulSet's annotation (the component adds the weekly
+    // default), in UTC, and the same value for the sidecar's staleness.
+    let schedule = &workload["metadata"]["annotations"]["lifeboat.dev/drill-schedule"];
+    assert!(schedule.is_string(), "{name}: {:?}", workload["metadata"]);
+    assert_eq!(&cron["spec"]["schedule"], schedule, "{name}");
+    assert_eq!(cron["spec"]["timeZone"], "Etc/UTC", "{name}");
+    let config = objs
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["data"]["LIFEBOAT_DRILL_NAME"].is_string())
+        .unwrap_or_else(|| panic!("{name}: the lifeboat ConfigMap"));
+    assert_eq!(
+        &config["data"]["LIFEBOAT_DRILL_SCHEDULE"], schedule,
+        "{name}"
+    );
     let spec = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"];
     let app = &workload["spec"]["template"]["spec"]["containers"][0];
     let init = &spec["initContainers"];
@@ -282,6 +296,71 @@ fn drill_pod_is_wired(name: &str, objs: &[Value], workload: &Value) {
         );
         assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
     }
+}
+
+/// The drill's schedule is the StatefulSet's `lifeboat.dev/drill-schedule`
+/// annotation: copied into the CronJob and `LIFEBOAT_DRILL_SCHEDULE`; the
+/// weekly default only where it is missing, without touching the
+/// StatefulSet's other annotations.
+#[test]
+fn the_drill_schedule_is_the_statefulsets_annotation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let example = root().join("kustomize/examples/postgres");
+    // The example's own annotation (the default, spelled out) taken out.
+    let example_annotation = "  annotations:\n    # When components/drill restores a backup to prove it (UTC; here the\n    # default, weekly). On the StatefulSet itself, not its pod template.\n    lifeboat.dev/drill-schedule: \"0 3 * * 0\"\n";
+    let statefulset = fs::read_to_string(example.join("postgres.yaml")).unwrap();
+    assert!(statefulset.contains(example_annotation), "{statefulset}");
+    let statefulset = statefulset.replacen(example_annotation, "", 1);
+    let overlay = |annotations: &str| {
+        let dir = tempfile::tempdir_in(tmp.path()).unwrap();
+        let annotated = statefulset.replacen(
+            "kind: StatefulSet\nmetadata:\n",
+            &format!("kind: StatefulSet\nmetadata:\n  annotations:\n{annotations}"),
+            1,
+        );
+        assert_ne!(
+            annotated, statefulset,
+            "postgres.yaml has no StatefulSet header"
+        );
+        fs::write(dir.path().join("postgres.yaml"), annotated).unwrap();
+        let kustomization = fs::read_to_string(example.join("kustomization.yaml"))
+            .unwrap()
+            // kustomize takes only relative paths: up to / and down again.
+            .replace(
+                "../../",
+                &format!(
+                    "{}{}/kustomize/",
+                    "../".repeat(dir.path().components().count() - 1),
+                    root().display().to_string().trim_start_matches('/')
+                ),
+            )
+            .replace("  - namespace.yaml\n", "");
+        fs::write(dir.path().join("kustomization.yaml"), kustomization).unwrap();
+        let objs = docs(&render(dir.path()));
+        let of = |kind: &str| objs.iter().find(|o| o["kind"] == kind).unwrap().clone();
+        let config = objs
+            .iter()
+            .find(|o| o["data"]["LIFEBOAT_DRILL_NAME"].is_string())
+            .unwrap()
+            .clone();
+        (of("StatefulSet"), of("CronJob"), config)
+    };
+
+    let (sts, cron, config) = overlay("    lifeboat.dev/drill-schedule: \"30 4 * * 6\"\n");
+    assert_eq!(cron["spec"]["schedule"], "30 4 * * 6");
+    assert_eq!(config["data"]["LIFEBOAT_DRILL_SCHEDULE"], "30 4 * * 6");
+    assert_eq!(
+        sts["metadata"]["annotations"]["lifeboat.dev/drill-schedule"],
+        "30 4 * * 6"
+    );
+
+    let (sts, cron, config) = overlay("    team.example.com/owner: data\n");
+    assert_eq!(cron["spec"]["schedule"], "0 3 * * 0", "the weekly default");
+    assert_eq!(config["data"]["LIFEBOAT_DRILL_SCHEDULE"], "0 3 * * 0");
+    assert_eq!(
+        sts["metadata"]["annotations"]["team.example.com/owner"],
+        "data"
+    );
 }
 
 #[test]

@@ -193,7 +193,13 @@ fn unknown_names(inputs: &Inputs) -> Vec<String> {
     }
     for k in inputs.annotations.keys() {
         let short = &k[PREFIX.len()..];
-        if !keys::known_annotations().any(|a| a == short) {
+        if short == keys::DRILL_SCHEDULE_ANNOTATION {
+            warnings.push(format!(
+                "annotation {k} on the pod is ignored: it belongs on the StatefulSet itself \
+                 (its metadata.annotations), where components/drill reads it when the \
+                 overlay is built"
+            ));
+        } else if !keys::known_annotations().any(|a| a == short) {
             warnings.push(format!(
                 "unknown annotation {k} is ignored (known: {})",
                 keys::known_annotations()
@@ -703,7 +709,7 @@ mod tests {
     fn annotations_override_env_and_file_forms_work() {
         let dir = tempfile::tempdir().unwrap();
         let ann = dir.path().join("annotations");
-        std::fs::write(&ann, "lifeboat.dev/schedule=\"*/5 * * * *\"\nlifeboat.dev/backup-now=\"1\"\nlifeboat.dev/colour=\"red\"\n").unwrap();
+        std::fs::write(&ann, "lifeboat.dev/schedule=\"*/5 * * * *\"\nlifeboat.dev/backup-now=\"1\"\nlifeboat.dev/colour=\"red\"\nlifeboat.dev/drill-schedule=\"@daily\"\n").unwrap();
         let targets = dir.path().join("targets");
         std::fs::write(&targets, "file:///backup\n").unwrap();
         let i = inputs(&[
@@ -718,6 +724,13 @@ mod tests {
         assert_eq!(s.backup_now.as_deref(), Some("1"));
         assert_eq!(s.targets.len(), 1);
         assert!(s.warnings.iter().any(|w| w.contains("lifeboat.dev/colour")));
+        assert!(
+            s.warnings
+                .iter()
+                .any(|w| w.contains("drill-schedule on the pod") && w.contains("StatefulSet")),
+            "{:?}",
+            s.warnings
+        );
 
         std::fs::write(&ann, "lifeboat.dev/schedule=\"61 * * * *\"\n").unwrap();
         let mut i = i;

@@ -247,6 +247,11 @@ pub const KEYS: &[Key] = &[
 /// backup, `enabled` is the label-like switch the kustomize components select on.
 pub const OTHER_ANNOTATIONS: &[&str] = &["backup-now", "enabled"];
 
+/// The drill CronJob's schedule: an annotation of the StatefulSet, read by
+/// kustomize (`components/drill`), never by a pod; one on a pod is a
+/// mistake worth its own warning.
+pub const DRILL_SCHEDULE_ANNOTATION: &str = "drill-schedule";
+
 /// Every `lifeboat.dev/*` annotation lifeboat knows (without the prefix).
 pub fn known_annotations() -> impl Iterator<Item = &'static str> {
     KEYS.iter()
@@ -262,11 +267,13 @@ pub fn is_setting(name: &str) -> bool {
 /// The restore drills' settings (README, "Restore drills"): read by
 /// `lifeboat-sidecar drill check` (its own flags), and by the sidecar for
 /// whether drills are configured and when they are stale
-/// (`LIFEBOAT_DRILL_CHECK`, `LIFEBOAT_DRILL_STALE_AFTER`). Set in the
-/// `lifeboat` ConfigMap every container reads: not a typo to warn about.
-pub const DRILL_SETTINGS: [&str; 6] = [
+/// (`LIFEBOAT_DRILL_CHECK`, `LIFEBOAT_DRILL_NAME`, `LIFEBOAT_DRILL_SCHEDULE`,
+/// `LIFEBOAT_DRILL_STALE_AFTER`). Set in the `lifeboat` ConfigMap every
+/// container reads: not a typo to warn about.
+pub const DRILL_SETTINGS: [&str; 7] = [
     "LIFEBOAT_DRILL_CHECK",
     "LIFEBOAT_DRILL_NAME",
+    "LIFEBOAT_DRILL_SCHEDULE",
     "LIFEBOAT_DRILL_STALE_AFTER",
     "LIFEBOAT_DRILL_READY",
     "LIFEBOAT_DRILL_TIMEOUT",

@@ -4,6 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use reqwest::Url;
 
 use super::reader::{parse_duration, Problems, Raw, Value};
@@ -11,7 +12,7 @@ use crate::schedule::{self, Schedule};
 
 /// Where `/metrics`, `/healthz`, `/readyz` and `/status` are served.
 pub const DEFAULT_LISTEN: &str = ":9746";
-/// Twice the drill component's weekly schedule.
+/// Twice the drill component's default weekly schedule.
 pub const DEFAULT_DRILL_STALE_AFTER: Duration = Duration::from_secs(14 * 86400);
 /// A hook that runs longer than this is killed and counts as failed.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(300);
@@ -23,7 +24,8 @@ pub struct Ops {
     /// `LIFEBOAT_STALE_AFTER`; `None` means twice the schedule's interval.
     pub stale_after: Option<Duration>,
     /// When restore drills count as stale: `LIFEBOAT_DRILL_STALE_AFTER`, by
-    /// default [`DEFAULT_DRILL_STALE_AFTER`]. `None` when no drills are
+    /// default twice the longest gap of `LIFEBOAT_DRILL_SCHEDULE`, without
+    /// one [`DEFAULT_DRILL_STALE_AFTER`]. `None` when no drills are
     /// configured for this pod (no `LIFEBOAT_DRILL_CHECK`).
     pub drill_stale_after: Option<Duration>,
     /// `LIFEBOAT_VERIFY_SCHEDULE`: when to re-read the newest artifacts.
@@ -129,7 +131,7 @@ pub(super) fn parse(raw: &Raw, name: &str, problems: &mut Problems) -> Ops {
     let stale_after = positive(raw, "LIFEBOAT_STALE_AFTER", "2d, 36h", problems);
     let timeout =
         positive(raw, "LIFEBOAT_HOOK_TIMEOUT", "5m", problems).unwrap_or(DEFAULT_HOOK_TIMEOUT);
-    let drill_stale_after = drill_stale_after(raw, name, problems);
+    let drill_stale_after = drill_stale_after(raw, name, Utc::now(), problems);
 
     let verify_schedule = set(&raw.opt("LIFEBOAT_VERIFY_SCHEDULE"))
         .filter(|t| t != "off")
@@ -216,12 +218,42 @@ pub(super) fn parse(raw: &Raw, name: &str, problems: &mut Problems) -> Ops {
 /// drill: drills are configured where their check is (the drill
 /// component's settings share the lifeboat ConfigMap with the sidecar), for
 /// the one history the drill restores (`LIFEBOAT_DRILL_NAME`, which the
-/// component sets to `<statefulset>-0`; `off` where no drill runs).
-fn drill_stale_after(raw: &Raw, name: &str, problems: &mut Problems) -> Option<Duration> {
+/// component sets to `<statefulset>-0`; `off` where no drill runs). By
+/// default twice the longest gap of the drill CronJob's schedule, which the
+/// component copies into `LIFEBOAT_DRILL_SCHEDULE`, as backups are stale
+/// after twice theirs.
+fn drill_stale_after(
+    raw: &Raw,
+    name: &str,
+    now: DateTime<Utc>,
+    problems: &mut Problems,
+) -> Option<Duration> {
     let other_history = matches!(set(&raw.opt("LIFEBOAT_DRILL_NAME")), Some(n) if n != name);
     set(&raw.opt("LIFEBOAT_DRILL_CHECK")).filter(|_| !other_history)?;
+    let schedule = set(&raw.opt("LIFEBOAT_DRILL_SCHEDULE")).and_then(|t| {
+        Schedule::parse(&t)
+            .map_err(|e| {
+                let v = Value {
+                    setting: "LIFEBOAT_DRILL_SCHEDULE".into(),
+                    text: t.clone(),
+                };
+                problems.fail(
+                    &v,
+                    format!(
+                        "{e}; accepted: {} (the drill component copies it from the \
+                         StatefulSet's lifeboat.dev/drill-schedule annotation)",
+                        schedule::ACCEPTED
+                    ),
+                );
+            })
+            .ok()
+    });
+    let twice_the_interval = schedule
+        .and_then(|s| s.interval(now))
+        .and_then(|gap| (gap * 2).to_std().ok());
     Some(
         positive(raw, "LIFEBOAT_DRILL_STALE_AFTER", "14d", problems)
+            .or(twice_the_interval)
             .unwrap_or(DEFAULT_DRILL_STALE_AFTER),
     )
 }
@@ -293,6 +325,48 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(ops.loopback(), Some("127.0.0.1:9746".parse().unwrap()));
+    }
+
+    fn drill_stale(vars: &[(&str, &str)]) -> (Option<Duration>, Vec<String>) {
+        let env: std::collections::BTreeMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut problems = Problems(Vec::new());
+        // A Monday: the next runs of a weekly schedule are 7 days apart.
+        let now = "2026-11-30T12:00:00Z".parse().unwrap();
+        let d = drill_stale_after(&Raw(&env), "orders-0", now, &mut problems);
+        let shown = problems.0.iter().map(|p| p.to_string()).collect();
+        (d, shown)
+    }
+
+    #[test]
+    fn drills_are_stale_after_twice_their_schedule() {
+        let check = ("LIFEBOAT_DRILL_CHECK", "test -s /data/a");
+        let day = Duration::from_secs(86400);
+        assert_eq!(drill_stale(&[check]).0, Some(14 * day), "no schedule");
+        let weekly = ("LIFEBOAT_DRILL_SCHEDULE", "0 3 * * 0");
+        assert_eq!(drill_stale(&[check, weekly]).0, Some(14 * day));
+        let daily = ("LIFEBOAT_DRILL_SCHEDULE", "@daily");
+        assert_eq!(drill_stale(&[check, daily]).0, Some(2 * day));
+        let own = ("LIFEBOAT_DRILL_STALE_AFTER", "3d");
+        assert_eq!(drill_stale(&[check, daily, own]).0, Some(3 * day));
+        // Not this pod's drill, or no drill: no schedule read at all.
+        let other = ("LIFEBOAT_DRILL_NAME", "orders-1");
+        let bad = ("LIFEBOAT_DRILL_SCHEDULE", "weekly");
+        assert_eq!(drill_stale(&[check, other, bad]), (None, vec![]));
+        assert_eq!(drill_stale(&[bad]), (None, vec![]));
+        let (d, problems) = drill_stale(&[check, bad]);
+        assert_eq!(d, Some(14 * day));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let p = &problems[0];
+        assert!(
+            p.contains("LIFEBOAT_DRILL_SCHEDULE")
+                && p.contains("\"weekly\"")
+                && p.contains("@weekly")
+                && p.contains("lifeboat.dev/drill-schedule"),
+            "{p}"
+        );
     }
 
     #[test]
