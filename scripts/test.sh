@@ -31,8 +31,18 @@ setsid nice -n 19 bash scripts/build-static.sh > "$static_log" 2>&1 &
 static_pid=$!
 trap 'kill -TERM -- "-$static_pid" 2>/dev/null || true' EXIT
 disk_report "before the tests"
-cargo test --workspace --locked
-step "cargo test"
+# cargo-nextest (on the CI machine; .config/nextest.toml says why and how):
+# four tests at a time across every test binary. Without it, cargo test.
+# Neither runs doc tests here: there are none (`cargo test --doc` would
+# spend a minute and a half finding that out); add it if you write one.
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked
+  step "the tests (cargo nextest)"
+else
+  echo "test.sh: cargo-nextest is not installed; running cargo test, one binary after another (slower)"
+  cargo test --workspace --locked --tests --bins --lib
+  step "the tests (cargo test)"
+fi
 disk_report "after the tests"
 if ! wait "$static_pid"; then
   cat "$static_log"

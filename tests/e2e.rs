@@ -204,14 +204,16 @@ fn jupyter_read(c: &Cluster, app: &App) -> String {
 
 // ---- CouchDB: documents through the HTTP API ------------------------------
 
-fn couch(c: &Cluster, app: &App, args: &[&str]) -> String {
+/// `curl` in the app's container with a JSON body and `login`: once for a
+/// write (`-X`), retried while the app starts for a read.
+fn curl(c: &Cluster, app: &App, login: &str, args: &[&str]) -> String {
     let mut all = vec![
         "curl",
         "-fsS",
         "--max-time",
         "60",
         "-u",
-        "admin:change-me",
+        login,
         "-H",
         "Content-Type: application/json",
     ];
@@ -221,6 +223,10 @@ fn couch(c: &Cluster, app: &App, args: &[&str]) -> String {
     } else {
         app.exec_when_up(c, &all)
     }
+}
+
+fn couch(c: &Cluster, app: &App, args: &[&str]) -> String {
+    curl(c, app, "admin:change-me", args)
 }
 
 fn couchdb_is_empty(c: &Cluster, app: &App) -> bool {
@@ -256,6 +262,110 @@ fn couchdb_read(c: &Cluster, app: &App) -> String {
     ))
     .expect("json");
     all["rows"].to_string()
+}
+
+// ---- ArangoDB (a stand-in): documents through the HTTP API -----------------
+
+/// The ArangoDB of this suite is a TEST DOUBLE of its HTTP API
+/// (`arangodb-standin`, `lifeboat_tests::fake_arango`): no ArangoDB server
+/// installs here. It answers the endpoints lifeboat's dump and load use, and
+/// these reads and writes, as ArangoDB documents them.
+fn arango(c: &Cluster, app: &App, args: &[&str]) -> String {
+    curl(c, app, "root:change-me", args)
+}
+
+fn arangodb_is_empty(c: &Cluster, app: &App) -> bool {
+    let status = app.exec_when_up(
+        c,
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-u",
+            "root:change-me",
+            "http://127.0.0.1:8529/_api/collection/orders/count",
+        ],
+    );
+    status.trim() == "404"
+}
+
+fn arangodb_write(c: &Cluster, app: &App) {
+    arango(
+        c,
+        app,
+        &[
+            "-X",
+            "POST",
+            "http://127.0.0.1:8529/_api/collection",
+            "-d",
+            r#"{"name": "orders", "type": 2}"#,
+        ],
+    );
+    let lines: String = (1..=300)
+        .map(|i| {
+            format!(
+                "{}\n",
+                serde_json::json!({"_key": format!("order-{i:04}"), "item": format!("item {i} ü"), "qty": i})
+            )
+        })
+        .collect();
+    arango(
+        c,
+        app,
+        &[
+            "-X",
+            "POST",
+            "http://127.0.0.1:8529/_api/import?collection=orders&type=documents&onDuplicate=replace",
+            "--data-binary",
+            &lines,
+        ],
+    );
+}
+
+/// Every document of `orders`, read the way arangodump does (a batch, then
+/// the collection's dump).
+fn arangodb_read(c: &Cluster, app: &App) -> String {
+    let batch: serde_json::Value = serde_json::from_str(&arango(
+        c,
+        app,
+        &[
+            "-X",
+            "POST",
+            "http://127.0.0.1:8529/_api/replication/batch",
+            "-d",
+            r#"{"ttl": 60}"#,
+        ],
+    ))
+    .expect("json");
+    let id = batch["id"].as_str().expect("batch id");
+    let dump = arango(
+        c,
+        app,
+        &[&format!(
+            "http://127.0.0.1:8529/_api/replication/dump?collection=orders&batchId={id}&chunkSize=16777216"
+        )],
+    );
+    arango(
+        c,
+        app,
+        &[
+            "-X",
+            "DELETE",
+            &format!("http://127.0.0.1:8529/_api/replication/batch/{id}"),
+        ],
+    );
+    let mut docs: Vec<String> = dump
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json line")["data"].to_string()
+        })
+        .collect();
+    docs.sort();
+    assert_eq!(docs.len(), 300, "orders holds {} documents", docs.len());
+    docs.join("\n")
 }
 
 // ---- the flow every app goes through --------------------------------------
@@ -837,5 +947,23 @@ fn couchdb_example_on_a_real_cluster() {
         is_empty: couchdb_is_empty,
         write: couchdb_write,
         read: couchdb_read,
+    });
+}
+
+#[test]
+fn arangodb_example_on_a_real_cluster() {
+    roundtrip(&App {
+        example: "arangodb",
+        ns: "arangodb",
+        set: "arangodb",
+        container: "arangodb",
+        uid: 1000,
+        gid: 1000,
+        logical: true,
+        drill: false,
+        break_for_drill: None,
+        is_empty: arangodb_is_empty,
+        write: arangodb_write,
+        read: arangodb_read,
     });
 }

@@ -49,13 +49,7 @@ impl FakeKubeApi {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(Mutex::new(state));
-        let s = state.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let s = s.clone();
-                std::thread::spawn(move || serve(conn, &s));
-            }
-        });
+        serve_connections(listener, state.clone(), serve);
         FakeKubeApi { state, port }
     }
 

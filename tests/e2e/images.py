@@ -21,6 +21,10 @@ import` and `kind load image-archive` take): a manifest.json, a config JSON
   an entrypoint that writes COUCHDB_USER/COUCHDB_PASSWORD as the admin, as
   the official image does; uid 5984.
 
+- arangodb: a TEST DOUBLE of ArangoDB's HTTP API (no ArangoDB installs
+  here): the `arangodb-standin` binary of tests/ (LIFEBOAT_E2E_ARANGODB_STANDIN)
+  on port 8529 with ARANGO_ROOT_PASSWORD, plus curl; data in memory.
+
 App images are assembled from files on this machine: each binary with the
 shared libraries `ldd` names, at the same paths, plus busybox for a shell.
 Why not debootstrap: docs/E2E.md.
@@ -356,13 +360,23 @@ def couchdb_image(out, work, release):
          user="5984:5984")
 
 
+def arangodb_image(out, standin):
+    layer = base_layer([("arangodb", 1000, 1000, "/var/lib/arangodb3")])
+    layer.file("/usr/local/bin/arangodb-standin", standin, 0o755)
+    layer.file("/usr/local/bin/curl", "/usr/bin/curl", 0o755)
+    layer.dir("/var/lib/arangodb3", 0o775, 1000, 1000)
+    layer.elf_deps()
+    save(out, "lifeboat-e2e/arangodb:standin", layer, ["/usr/local/bin/arangodb-standin"],
+         env=["PATH=/usr/local/bin:/bin"], user="1000:1000")
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit("usage: images.py OUT_DIR STATIC_BIN_DIR")
     out, static_dir = sys.argv[1], sys.argv[2]
     work = os.path.join(out, "work")
     os.makedirs(work, exist_ok=True)
-    wanted = os.environ.get("LIFEBOAT_E2E_IMAGES", "pause,lifeboat,postgres,jupyter,couchdb").split(",")
+    wanted = os.environ.get("LIFEBOAT_E2E_IMAGES", "pause,lifeboat,postgres,jupyter,couchdb,arangodb").split(",")
     if "pause" in wanted:
         pause_image(out, work)
     if "lifeboat" in wanted:
@@ -380,6 +394,11 @@ def main():
         if not release or not os.path.exists(release):
             sys.exit(f"images.py: LIFEBOAT_TEST_COUCHDB_RELEASE={release!r} is not a CouchDB release archive")
         couchdb_image(out, work, release)
+    if "arangodb" in wanted:
+        standin = os.environ.get("LIFEBOAT_E2E_ARANGODB_STANDIN")
+        if not standin or not os.access(standin, os.X_OK):
+            sys.exit(f"images.py: LIFEBOAT_E2E_ARANGODB_STANDIN={standin!r} is not the built arangodb-standin binary")
+        arangodb_image(out, standin)
 
 
 if __name__ == "__main__":

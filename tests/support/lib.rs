@@ -13,6 +13,7 @@ use std::process::{Command, Output};
 use sha2::{Digest, Sha256};
 
 pub mod couchdb_server;
+pub mod fake_arango;
 pub mod hostile;
 pub mod kube_cluster;
 pub mod postgres_server;
@@ -630,6 +631,21 @@ pub fn with_env(
         .collect();
     e.extend(extra.iter().cloned());
     e
+}
+
+/// Serves every connection to `listener` on a thread of its own with
+/// `serve`, which sees the shared `state`: the fakes' accept loop.
+pub fn serve_connections<S: Send + 'static>(
+    listener: std::net::TcpListener,
+    state: std::sync::Arc<std::sync::Mutex<S>>,
+    serve: fn(std::net::TcpStream, &std::sync::Mutex<S>),
+) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let s = state.clone();
+            std::thread::spawn(move || serve(conn, &s));
+        }
+    });
 }
 
 /// One HTTP/1.1 request as the test doubles and fakes of HTTP servers read
