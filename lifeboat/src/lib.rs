@@ -17,6 +17,7 @@ pub mod access;
 pub mod annotations;
 pub mod artifact;
 pub mod backup;
+pub mod chain;
 pub mod cli;
 pub mod cluster;
 pub mod compression;

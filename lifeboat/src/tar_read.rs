@@ -14,12 +14,14 @@ use std::sync::Arc;
 use filetime::FileTime;
 use tar::EntryType;
 
+use crate::chain::dumpdir;
 use crate::compression::Compression;
 use crate::encryption::{self, Access, Identities, KeyProblem};
 use crate::error::IoContext;
 use crate::manifest::Manifest;
 use crate::pipe::{Chunk, ChunkReader, HashReader, Spares};
 use crate::progress::{is_cancelled, Cancel, Progress};
+use crate::source::listing;
 use crate::{Error, Result};
 
 /// One configured path and where its entries go while staged.
@@ -391,10 +393,14 @@ impl<'a> Walker<'a> {
             }
             self.progress.add_entry();
             // A tar bomb: stop at the size the manifest promised, not at a full disk.
+            // A folder list (an incremental link's `D` entry) is never
+            // written out: read as a stream, it does not count.
+            let listed = is_dumpdir(entry.header());
             let size = entry
                 .header()
                 .size()
                 .map_err(|e| self.corrupt(format!("bad size in {}: {e}", name.display())))?;
+            let size = if listed { 0 } else { size };
             if self.report.bytes_in + size > self.manifest.bytes_in {
                 return Err(self.corrupt(format!(
                     "entries hold more than the {} bytes the manifest records",
@@ -402,6 +408,14 @@ impl<'a> Walker<'a> {
                 )));
             }
             match &self.mode {
+                Mode::Verify if listed => {
+                    let mut list = dumpdir::Reader::new(&mut entry);
+                    while list
+                        .next_entry()
+                        .map_err(|r| self.corrupt(format!("{}: {r}", name.display())))?
+                        .is_some()
+                    {}
+                }
                 Mode::Verify => {
                     let n = io::copy(&mut entry, &mut io::sink()).map_err(|e| {
                         self.corrupt(format!("damaged data in {}: {e}", name.display()))
@@ -457,14 +471,18 @@ impl<'a> Walker<'a> {
             mtime_nsec,
         };
         let kind = h.entry_type();
+        let listed = is_dumpdir(h);
         if rel.as_os_str().is_empty() {
-            if kind != EntryType::Directory {
+            if kind != EntryType::Directory && !listed {
                 return Err(self.unsafe_entry(
                     name,
                     "replaces a configured path with something that is not a folder",
                 ));
             }
             self.report.roots[idx] = Some(meta);
+            if listed {
+                self.purge(&m.staging, entry, name)?;
+            }
             return Ok(());
         }
         let dest = m.staging.join(&rel);
@@ -474,6 +492,10 @@ impl<'a> Walker<'a> {
             .to_path_buf();
         self.enter(&m.staging, &parent, name)?;
         match kind {
+            _ if listed => {
+                self.extract_dir(dest.clone(), meta, name)?;
+                self.purge(&dest, entry, name)?;
+            }
             EntryType::Directory => self.extract_dir(dest, meta, name)?,
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 self.extract_file(entry, &dest, meta, name)?
@@ -550,6 +572,49 @@ impl<'a> Walker<'a> {
             path: dest,
             meta: Some(meta),
         });
+        Ok(())
+    }
+
+    /// An incremental link's folder: removes from `dir` (in staging, made
+    /// by the links before) what the folder list in `entry` does not name,
+    /// and what it says is a folder but is not, or is a stored file but is
+    /// a folder, as `tar -x -G` does. Both sides are sorted by name and
+    /// merged, so a folder of any size costs a bounded listing.
+    fn purge<R: Read>(&self, dir: &Path, entry: &mut R, name: &Path) -> Result<()> {
+        let bad_list = |r: String| self.corrupt(format!("{}: {r}", name.display()));
+        let mut list = dumpdir::Reader::new(entry);
+        let spool = listing::spool_dir();
+        let mut sorter = listing::Sorter::new(listing::MIN_LISTING_MEMORY, &spool);
+        for ent in fs::read_dir(dir).ctx("listing", dir)? {
+            let ent = ent.ctx("listing", dir)?;
+            sorter
+                .push(ent.file_name().as_bytes())
+                .ctx("sorting the names of", dir)?;
+        }
+        let mut on_disk = sorter.finish();
+        let mut wanted = list.next_entry().map_err(bad_list)?;
+        while let Some(have) = on_disk.next_name().ctx("sorting the names of", dir)? {
+            let have = have.as_bytes();
+            while matches!(&wanted, Some((_, w)) if w.as_slice() < have) {
+                wanted = list.next_entry().map_err(bad_list)?;
+            }
+            let path = dir.join(OsStr::from_bytes(have));
+            let keep = match &wanted {
+                Some((flag, w)) if w.as_slice() == have => match fs::symlink_metadata(&path) {
+                    Ok(md) => match flag {
+                        dumpdir::Flag::Folder => md.is_dir(),
+                        dumpdir::Flag::Stored => !md.is_dir(),
+                        dumpdir::Flag::Earlier => true,
+                    },
+                    Err(_) => true,
+                },
+                _ => false,
+            };
+            if !keep {
+                remove_any(&path)?;
+            }
+        }
+        while list.next_entry().map_err(bad_list)?.is_some() {}
         Ok(())
     }
 
@@ -805,6 +870,23 @@ fn parse_pax_time(value: &[u8]) -> Option<(u64, u32)> {
         n * 10 + frac.get(i).map_or(0, |d| u32::from(d - b'0'))
     });
     Some((secs, nanos))
+}
+
+/// Whether an entry is a folder with a GNU dumpdir (an incremental link's
+/// `D` entry).
+fn is_dumpdir(h: &tar::Header) -> bool {
+    h.entry_type().as_byte() == dumpdir::TYPEFLAG
+}
+
+/// Removes what a link's folder list no longer names: a folder with all it
+/// holds (never following a symlink inside it), or anything else.
+fn remove_any(p: &Path) -> Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(md) if md.is_dir() => fs::remove_dir_all(p).ctx("removing", p),
+        Ok(_) => fs::remove_file(p).ctx("removing", p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", p.display()), e)),
+    }
 }
 
 fn remove_non_dir(p: &Path) -> Result<()> {

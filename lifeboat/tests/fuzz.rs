@@ -207,7 +207,7 @@ fn tar_entry() -> impl Strategy<Value = TarEntry> {
     let piece = prop::sample::select(vec!["data", "a", "b", "..", ".", "", "/", "/tmp", "l"]);
     let path = prop::collection::vec(piece, 1..5).prop_map(|v| v.join("/"));
     let kind = prop::sample::select(vec![
-        b'0', b'5', b'2', b'1', b'3', b'4', b'6', b'L', b'x', b'S',
+        b'0', b'5', b'2', b'1', b'3', b'4', b'6', b'L', b'x', b'S', b'D',
     ]);
     (
         path.clone(),

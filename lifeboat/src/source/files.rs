@@ -19,11 +19,13 @@ use std::sync::Mutex;
 use globset::GlobSet;
 use tar::{EntryType, Header};
 
+use super::increment::{rel_bytes, Increment, Todo};
 use super::kind::SourceKind;
 use super::listing::{self, Listing, Sorter};
 use super::open::{open_walked, replaced};
 use super::read_ahead::{self, Batch, Entry, Fetch, Found, Kind};
 use super::seam::{path_strings, Source, SourceCtx, SourceReport, READ_BUFFER};
+use crate::chain::dumpdir;
 use crate::error::IoContext;
 use crate::progress::is_cancelled;
 use crate::{Error, Result};
@@ -47,6 +49,10 @@ pub struct FilesSource {
     pub listing_memory: usize,
     /// Where those runs go: `TMPDIR`.
     pub spool_dir: PathBuf,
+    /// An incremental link's state, old and new (docs/ARCHITECTURE.md,
+    /// "Incremental chains"); `None` for a full backup. The walk takes it
+    /// and gives it back, so the caller can finish the new state after.
+    pub increment: Mutex<Option<Increment>>,
 }
 
 impl FilesSource {
@@ -60,7 +66,16 @@ impl FilesSource {
             changes_expected: false,
             listing_memory: listing::LISTING_MEMORY,
             spool_dir: listing::spool_dir(),
+            increment: Mutex::new(None),
         }
+    }
+
+    /// The increment given back by the walk, to finish its new state.
+    pub fn take_increment(&self) -> Option<Increment> {
+        self.increment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Writes one more file (found after the walk, e.g. WAL) as an entry.
@@ -142,6 +157,7 @@ impl Source for FilesSource {
                 jobs: jobs_tx,
                 batch: None,
                 seq: 0,
+                increment: self.take_increment(),
             };
             let walker = s.spawn(move || walker.run());
             for _ in 0..read_ahead::READERS {
@@ -321,12 +337,24 @@ struct Walker<'a> {
     jobs: SyncSender<Batch>,
     batch: Option<Batch>,
     seq: u64,
+    /// Set for an incremental link: folders become `D` entries with their
+    /// list, and only what changed is stored.
+    increment: Option<Increment>,
+}
+
+/// A folder the walk is in: its names, and in an incremental link what to
+/// do with each (by its place in the listing).
+struct Open {
+    dir: PathBuf,
+    listing: Listing,
+    todo: Option<Vec<Todo>>,
+    at: usize,
 }
 
 impl Walker<'_> {
     fn run(mut self) -> Result<()> {
         let src = self.planner.src;
-        for root in &src.paths {
+        for (index, root) in src.paths.iter().enumerate() {
             let meta = fs::symlink_metadata(root).map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound => Error::Source(format!(
                     "path {} does not exist; check LIFEBOAT_PATHS and the volume mount",
@@ -343,28 +371,34 @@ impl Walker<'_> {
             // Restore maps each path on its own, so a hard link may only
             // point at a name inside the same path.
             self.planner.links.clear();
-            self.tree(root, meta)?;
+            self.tree(index as u32, root, meta)?;
         }
-        self.flush()
+        self.flush()?;
+        *src.increment.lock().unwrap_or_else(|p| p.into_inner()) = self.increment.take();
+        Ok(())
     }
 
     /// Depth-first with an explicit stack, so a very deep tree cannot overflow
     /// the thread's stack.
-    fn tree(&mut self, root: &Path, root_meta: Metadata) -> Result<()> {
-        let found = self.planner.plan(root.to_path_buf(), root_meta)?;
-        self.push(found)?;
-        let mut stack: Vec<(PathBuf, Listing)> =
-            vec![(root.to_path_buf(), self.children(root, 0)?)];
-        while let Some((dir, listing)) = stack.last_mut() {
-            let Some(name) = listing.next_name().map_err(|e| sort_failed(dir, e))? else {
+    fn tree(&mut self, index: u32, root: &Path, root_meta: Metadata) -> Result<()> {
+        let mut stack = vec![self.enter(index, root, root, root_meta, 0)?];
+        while let Some(top) = stack.last_mut() {
+            let Some(name) = top
+                .listing
+                .next_name()
+                .map_err(|e| sort_failed(&top.dir, e))?
+            else {
                 stack.pop();
                 continue;
             };
+            let todo = top.todo.as_ref().map(|t| t.get(top.at).copied());
+            top.at += 1;
             if is_cancelled(&self.ctx.cancel) {
                 return Err(Error::Cancelled);
             }
-            let path = dir.join(&name);
-            if self.excluded(root, &path, &name) {
+            let path = top.dir.join(&name);
+            let src = self.planner.src;
+            if todo == Some(Some(Todo::Skip)) || excluded(src, root, &path, &name) {
                 continue;
             }
             let meta = match fs::symlink_metadata(&path) {
@@ -375,28 +409,83 @@ impl Walker<'_> {
                 }
                 Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
             };
-            if meta.is_dir()
-                && self
-                    .planner
-                    .src
-                    .skip_dirs
-                    .contains(&(meta.dev(), meta.ino()))
-            {
+            if meta.is_dir() && src.skip_dirs.contains(&(meta.dev(), meta.ino())) {
                 tracing::debug!(path = %path.display(), "the backup folder is inside a backed-up path; left out");
                 continue;
             }
+            if todo == Some(Some(Todo::MeetLink)) {
+                // Stored by an earlier link; a later name may link to it.
+                if meta.is_file() && meta.nlink() > 1 {
+                    self.planner.links.first(&path, &meta)?;
+                }
+                continue;
+            }
             if meta.is_dir() {
-                let found = self.planner.plan(path.clone(), meta)?;
-                self.push(found)?;
-                let held = stack.iter().map(|(_, l)| l.memory()).sum();
-                let children = self.children(&path, held)?;
-                stack.push((path, children));
+                let held = stack.iter().map(|o| o.listing.memory()).sum();
+                let open = self.enter(index, root, &path, meta, held)?;
+                stack.push(open);
             } else {
                 let found = self.planner.plan(path, meta)?;
                 self.push(found)?;
             }
         }
         Ok(())
+    }
+
+    /// A folder met: its entry, then its names to walk. In an incremental
+    /// link the names are compared with the chain's state first, and the
+    /// entry carries the folder's list.
+    fn enter(
+        &mut self,
+        index: u32,
+        root: &Path,
+        dir: &Path,
+        meta: Metadata,
+        held: usize,
+    ) -> Result<Open> {
+        let found = self.planner.plan(dir.to_path_buf(), meta)?;
+        if self.increment.is_none() {
+            self.push(found)?;
+            let listing = self.children(dir, held)?;
+            return Ok(Open {
+                dir: dir.to_path_buf(),
+                listing,
+                todo: None,
+                at: 0,
+            });
+        }
+        let mut listing = self.children(dir, held)?;
+        let src = self.planner.src;
+        let mut leave_out = |p: &Path, n: &OsStr, md: &Metadata| {
+            excluded(src, root, p, n)
+                || (md.is_dir() && src.skip_dirs.contains(&(md.dev(), md.ino())))
+        };
+        let increment = self.increment.as_mut().expect("checked above");
+        let folder = increment.folder(
+            index,
+            rel_bytes(root, dir),
+            dir,
+            &mut listing,
+            &mut leave_out,
+            &src.spool_dir,
+        )?;
+        let found = match found {
+            Found::Entry(mut e) => {
+                e.kind = Kind::ListedDir {
+                    len: folder.list_len,
+                    list: folder.list,
+                };
+                Found::Entry(e)
+            }
+            other => other,
+        };
+        self.push(found)?;
+        Ok(Open {
+            dir: dir.to_path_buf(),
+            listing,
+            todo: Some(folder.todo),
+            at: 0,
+        })
     }
 
     /// The names in `dir`, sorted, holding at most what is left of the
@@ -423,19 +512,6 @@ impl Walker<'_> {
                 .map_err(|e| sort_failed(dir, e))?;
         }
         Ok(names.finish())
-    }
-
-    fn excluded(&self, root: &Path, path: &Path, name: &OsStr) -> bool {
-        let src = self.planner.src;
-        // Names lifeboat itself leaves in a data folder are never backed up.
-        if crate::layout::is_ours(name.as_bytes()) || src.skip.iter().any(|s| s == path) {
-            return true;
-        }
-        if src.filter.is_some_and(|f| f(root, path)) {
-            return true;
-        }
-        let rel = path.strip_prefix(root).unwrap_or(path);
-        src.exclude.is_match(path) || src.exclude.is_match(rel)
     }
 
     fn push(&mut self, found: Found) -> Result<()> {
@@ -468,6 +544,20 @@ impl Walker<'_> {
         batch.data.reserve(batch.reserved);
         self.jobs.send(batch).map_err(|_| stopped())
     }
+}
+
+/// Whether the walk leaves `path` (`name` in its folder) of the
+/// configured path `root` out.
+fn excluded(src: &FilesSource, root: &Path, path: &Path, name: &OsStr) -> bool {
+    // Names lifeboat itself leaves in a data folder are never backed up.
+    if crate::layout::is_ours(name.as_bytes()) || src.skip.iter().any(|s| s == path) {
+        return true;
+    }
+    if src.filter.is_some_and(|f| f(root, path)) {
+        return true;
+    }
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    src.exclude.is_match(path) || src.exclude.is_match(rel)
 }
 
 /// The walker learns the tar writer stopped; the writer reports why.
@@ -571,6 +661,12 @@ impl<W: Write> Writer<'_, W> {
                 self.tar
                     .append_data(&mut h, &name, io::empty())
                     .map_err(tar_err)?;
+            }
+            Kind::ListedDir { len, list } => {
+                h.set_entry_type(EntryType::new(dumpdir::TYPEFLAG));
+                h.set_size(len);
+                append_mtime_nanos(self.tar, &meta).map_err(tar_err)?;
+                self.tar.append_data(&mut h, &name, list).map_err(tar_err)?;
             }
             Kind::Symlink(target) => {
                 h.set_entry_type(EntryType::Symlink);

@@ -188,6 +188,7 @@ impl<'a> Sorter<'a> {
             .map(|(off, len)| {
                 Source::Run(Run {
                     file: file.clone(),
+                    start: off,
                     off,
                     end: off + len,
                     buf: Vec::with_capacity(buffer),
@@ -225,6 +226,28 @@ impl Listing {
         }
     }
 
+    /// Starts again from the first name: an incremental link reads a
+    /// folder's names twice (its folder list first, then its content).
+    pub fn rewind(&mut self) {
+        match self {
+            Listing::Memory(m) => m.next = 0,
+            Listing::Merge(m) => {
+                for s in &mut m.sources {
+                    match s {
+                        Source::Memory(mem) => mem.next = 0,
+                        Source::Run(r) => {
+                            r.off = r.start;
+                            r.buf.clear();
+                            r.lo = 0;
+                        }
+                    }
+                }
+                m.heap.clear();
+                m.started = false;
+            }
+        }
+    }
+
     /// Bytes it holds, for the walker's budget.
     pub fn memory(&self) -> usize {
         match self {
@@ -259,6 +282,8 @@ impl Memory {
 /// A sorted run in the spill file, read through `buf[lo..]`.
 struct Run {
     file: std::sync::Arc<File>,
+    /// Where the run begins (for [`Listing::rewind`]).
+    start: u64,
     /// Next offset to read, and the run's end.
     off: u64,
     end: u64,
@@ -385,9 +410,20 @@ mod tests {
         let mut l = s.finish();
         let spilled = matches!(l, Listing::Merge(_));
         let mut out = Vec::new();
+        // Halfway, then again from the start after a rewind: the same names.
+        for _ in 0..names.len() / 2 {
+            l.next_name().unwrap();
+        }
+        l.rewind();
         while let Some(n) = l.next_name().unwrap() {
             out.push(n.into_vec());
         }
+        let mut again = Vec::new();
+        l.rewind();
+        while let Some(n) = l.next_name().unwrap() {
+            again.push(n.into_vec());
+        }
+        assert!(again == out, "a rewound listing gives the same names");
         (out, spilled)
     }
 

@@ -58,6 +58,12 @@ pub struct Entry {
 
 pub enum Kind {
     Dir,
+    /// A folder of an incremental link: a GNU `D` entry whose data is the
+    /// list of its names (`chain::dumpdir`), `len` bytes.
+    ListedDir {
+        len: u64,
+        list: Box<dyn std::io::Read + Send>,
+    },
     /// The link's target, byte for byte.
     Symlink(Vec<u8>),
     /// A hard link to the entry of that name, written before.

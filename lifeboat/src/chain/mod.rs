@@ -1,0 +1,11 @@
+//! Incremental chains (docs/ARCHITECTURE.md, "Incremental chains"): a full
+//! backup, then links that hold only what changed, each a plain GNU
+//! incremental tar that `tar -x -G` applies in order.
+//!
+//! - `dumpdir.rs`: the `D` entries that list what each folder held, so that
+//!   applying a link removes what was deleted;
+//! - `state.rs`: what the next link compares the volume with, stored
+//!   beside each link.
+
+pub mod dumpdir;
+pub mod state;
