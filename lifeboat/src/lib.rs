@@ -27,6 +27,7 @@ pub mod dns;
 pub mod drill;
 pub mod drill_targets;
 pub mod durable;
+pub mod duration;
 pub mod encryption;
 pub mod error;
 pub mod hooks;

@@ -5,7 +5,10 @@
 //! - `dumpdir.rs`: the `D` entries that list what each folder held, so that
 //!   applying a link removes what was deleted;
 //! - `state.rs`: what the next link compares the volume with, stored
-//!   beside each link.
+//!   beside each link;
+//! - `plan.rs`: whether the next backup is full, a new chain's first link,
+//!   or the next link (`LIFEBOAT_FULL_EVERY`).
 
 pub mod dumpdir;
+pub mod plan;
 pub mod state;
