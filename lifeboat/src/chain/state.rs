@@ -384,7 +384,11 @@ mod tests {
 
     fn meta(n: u64) -> Meta {
         Meta {
-            kind: if n.is_multiple_of(3) { Kind::Folder } else { Kind::File },
+            kind: if n.is_multiple_of(3) {
+                Kind::Folder
+            } else {
+                Kind::File
+            },
             size: n * 10,
             mtime: (1_700_000_000 + n as i64, 123_456_789),
             ctime: (1_700_000_100 + n as i64, 5),
