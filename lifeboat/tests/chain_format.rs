@@ -85,6 +85,24 @@ fn link(root: &Path, stored: &dyn Fn(&Path) -> bool) -> (Vec<u8>, u64) {
     (tar.into_inner().unwrap(), entries)
 }
 
+/// `tar -x -G` of link `n` into `into`, as a user restores by hand.
+fn gnu_tar_apply(tar: &[u8], work: &Path, n: usize, into: &Path) {
+    let file = work.join(format!("link-{n}.tar"));
+    fs::write(&file, tar).unwrap();
+    let out = Command::new("tar")
+        .args(["-x", "-G", "-f"])
+        .arg(&file)
+        .arg("-C")
+        .arg(into)
+        .output()
+        .expect("GNU tar");
+    assert!(
+        out.status.success(),
+        "tar -x -G link {n}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// What a user compares: every path with its type and content.
 fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
@@ -174,20 +192,7 @@ fn a_chain_applied_by_gnu_tar_and_by_the_restore_gives_the_last_links_tree() {
     }];
     let progress = Arc::new(lifeboat::progress::Progress::default());
     for (n, ((tar, entries), want)) in links.iter().zip(&expected).enumerate() {
-        let file = work.path().join(format!("link-{n}.tar"));
-        fs::write(&file, tar).unwrap();
-        let out = Command::new("tar")
-            .args(["-x", "-G", "-f"])
-            .arg(&file)
-            .arg("-C")
-            .arg(&by_hand)
-            .output()
-            .expect("GNU tar");
-        assert!(
-            out.status.success(),
-            "tar -x -G link {n}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        gnu_tar_apply(tar, work.path(), n, &by_hand);
         assert_eq!(&tree(&by_hand.join("data")), want, "GNU tar after link {n}");
 
         let m = manifest(tar, *entries, n);
@@ -365,20 +370,7 @@ fn the_walk_stores_only_what_changed_and_the_chain_restores_each_state() {
     let progress = Arc::new(lifeboat::progress::Progress::default());
     let in_tar = by_hand.join(vol.strip_prefix("/").unwrap());
     for (n, ((tar, entries, bytes_in), want)) in links.iter().zip(&states).enumerate() {
-        let file = work.path().join(format!("link-{n}.tar"));
-        fs::write(&file, tar).unwrap();
-        let out = Command::new("tar")
-            .args(["-x", "-G", "-f"])
-            .arg(&file)
-            .arg("-C")
-            .arg(&by_hand)
-            .output()
-            .expect("GNU tar");
-        assert!(
-            out.status.success(),
-            "tar -x -G link {n}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        gnu_tar_apply(tar, work.path(), n, &by_hand);
         assert_eq!(&tree(&in_tar), want, "GNU tar after link {n}");
         let mut m = manifest(tar, *entries, n);
         m.paths = vec![vol.display().to_string()];
