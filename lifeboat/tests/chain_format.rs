@@ -103,6 +103,13 @@ fn gnu_tar_apply(tar: &[u8], work: &Path, n: usize, into: &Path) {
     );
 }
 
+/// The restore's reader over link `n`, which must pass.
+fn read_link(tar: &[u8], m: &Manifest, mode: Mode<'_>, n: usize) {
+    let progress = Arc::new(lifeboat::progress::Progress::default());
+    tar_read::read_artifact(tar, m, None, mode, &progress, &Default::default())
+        .unwrap_or_else(|e| panic!("link {n}: {e}"));
+}
+
 /// What a user compares: every path with its type and content.
 fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
@@ -190,30 +197,13 @@ fn a_chain_applied_by_gnu_tar_and_by_the_restore_gives_the_last_links_tree() {
         origin: PathBuf::from("/data"),
         staging: staging.clone(),
     }];
-    let progress = Arc::new(lifeboat::progress::Progress::default());
     for (n, ((tar, entries), want)) in links.iter().zip(&expected).enumerate() {
         gnu_tar_apply(tar, work.path(), n, &by_hand);
         assert_eq!(&tree(&by_hand.join("data")), want, "GNU tar after link {n}");
 
         let m = manifest(tar, *entries, n);
-        tar_read::read_artifact(
-            &tar[..],
-            &m,
-            None,
-            Mode::Verify,
-            &progress,
-            &Default::default(),
-        )
-        .unwrap_or_else(|e| panic!("verify link {n}: {e}"));
-        tar_read::read_artifact(
-            &tar[..],
-            &m,
-            None,
-            Mode::Extract(&mappings),
-            &progress,
-            &Default::default(),
-        )
-        .unwrap_or_else(|e| panic!("restore link {n}: {e}"));
+        read_link(tar, &m, Mode::Verify, n);
+        read_link(tar, &m, Mode::Extract(&mappings), n);
         assert_eq!(&tree(&staging), want, "the restore after link {n}");
     }
 }
@@ -367,7 +357,6 @@ fn the_walk_stores_only_what_changed_and_the_chain_restores_each_state() {
         origin: vol.clone(),
         staging: staging.clone(),
     }];
-    let progress = Arc::new(lifeboat::progress::Progress::default());
     let in_tar = by_hand.join(vol.strip_prefix("/").unwrap());
     for (n, ((tar, entries, bytes_in), want)) in links.iter().zip(&states).enumerate() {
         gnu_tar_apply(tar, work.path(), n, &by_hand);
@@ -375,15 +364,7 @@ fn the_walk_stores_only_what_changed_and_the_chain_restores_each_state() {
         let mut m = manifest(tar, *entries, n);
         m.paths = vec![vol.display().to_string()];
         m.bytes_in = *bytes_in;
-        tar_read::read_artifact(
-            &tar[..],
-            &m,
-            None,
-            Mode::Extract(&mappings),
-            &progress,
-            &Default::default(),
-        )
-        .unwrap_or_else(|e| panic!("restore link {n}: {e}"));
+        read_link(tar, &m, Mode::Extract(&mappings), n);
         assert_eq!(&tree(&staging), want, "the restore after link {n}");
     }
 }
