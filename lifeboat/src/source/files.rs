@@ -409,7 +409,7 @@ impl Walker<'_> {
                 }
                 Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
             };
-            if meta.is_dir() && src.skip_dirs.contains(&(meta.dev(), meta.ino())) {
+            if is_backup_folder(src, &meta) {
                 tracing::debug!(path = %path.display(), "the backup folder is inside a backed-up path; left out");
                 continue;
             }
@@ -457,8 +457,7 @@ impl Walker<'_> {
         let mut listing = self.children(dir, held)?;
         let src = self.planner.src;
         let mut leave_out = |p: &Path, n: &OsStr, md: &Metadata| {
-            excluded(src, root, p, n)
-                || (md.is_dir() && src.skip_dirs.contains(&(md.dev(), md.ino())))
+            excluded(src, root, p, n) || is_backup_folder(src, md)
         };
         let increment = self.increment.as_mut().expect("checked above");
         let folder = increment.folder(
@@ -558,6 +557,11 @@ fn excluded(src: &FilesSource, root: &Path, path: &Path, name: &OsStr) -> bool {
     }
     let rel = path.strip_prefix(root).unwrap_or(path);
     src.exclude.is_match(path) || src.exclude.is_match(rel)
+}
+
+/// Whether `md` is the backup folder itself, met inside a backed-up path.
+fn is_backup_folder(src: &FilesSource, md: &Metadata) -> bool {
+    md.is_dir() && src.skip_dirs.contains(&(md.dev(), md.ino()))
 }
 
 /// The walker learns the tar writer stopped; the writer reports why.
