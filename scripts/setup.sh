@@ -17,6 +17,8 @@ command -v age >/dev/null || missing+=(age)
 # tests/restore_faults.rs kills a restore at each of its renames with
 # strace's fault injection (a real SIGKILL at an exact point).
 command -v strace >/dev/null || missing+=(strace)
+# tests/s3.rs makes a self-signed certificate for SeaweedFS's HTTPS port.
+command -v openssl >/dev/null || missing+=(openssl)
 # scripts/build-static.sh: ldd, chroot (in /usr/sbin, off a non-root PATH).
 command -v ldd >/dev/null || missing+=(libc-bin)
 [ -x /usr/sbin/chroot ] || missing+=(coreutils)

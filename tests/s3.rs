@@ -307,3 +307,55 @@ fn a_missing_bucket_or_wrong_key_is_named_clearly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("access denied"), "{}", stderr(&out));
 }
+
+/// HTTPS to a store whose certificate no public CA signed: trusted once
+/// `SSL_CERT_FILE` names it (as the README tells users with a private CA),
+/// refused before it with a message about the certificate. The whole TLS
+/// path of the static binaries (rustls with ring, the bundled roots plus
+/// the system's) runs here against a real server.
+#[test]
+fn https_to_a_store_behind_a_private_ca_trusts_ssl_cert_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("home/jovyan");
+    fill(&data, 2);
+    let before = snapshot(&data);
+    let weed = Seaweed::start_https(&tmp.path().join("weed"));
+    rt().block_on(weed.create_bucket("tls"));
+    let (endpoint, cert) = weed.https();
+    let cmd = |name: &str, ca: Option<&Path>| {
+        let mut env = weed.env();
+        env.retain(|(k, _)| *k != "LIFEBOAT_S3_ENDPOINT");
+        env.push(("LIFEBOAT_S3_ENDPOINT", endpoint.clone()));
+        env.push(("LIFEBOAT_PATHS", data.display().to_string()));
+        env.push(("LIFEBOAT_TARGETS", "s3://tls".into()));
+        env.push(("HOSTNAME", "nb-0".into()));
+        let mut c = lifeboat(name, &pairs(&env));
+        // No system store on the test's side either: only the bundled
+        // roots, or the file the user names.
+        c.env_remove("SSL_CERT_DIR");
+        match ca {
+            Some(ca) => c.env("SSL_CERT_FILE", ca),
+            None => c.env("SSL_CERT_FILE", tmp.path().join("no-such-ca.pem")),
+        };
+        c
+    };
+    let out = cmd("lifeboat-sidecar", None)
+        .arg("backup-now")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).to_lowercase().contains("certificate"),
+        "the refusal should name the certificate: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("no-such-ca.pem") && stderr(&out).contains("SSL_CERT_FILE"),
+        "the unreadable SSL_CERT_FILE should be named: {}",
+        stderr(&out)
+    );
+    run_ok(cmd("lifeboat-sidecar", Some(cert)).arg("backup-now"));
+    fs::remove_dir_all(&data).unwrap();
+    run_ok(&mut cmd("lifeboat-restore", Some(cert)));
+    assert_same(&before, &snapshot(&data));
+}

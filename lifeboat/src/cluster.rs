@@ -125,10 +125,11 @@ async fn connect(component: &'static str) -> Option<Cluster> {
         return None;
     };
     let off = "no Events and no lifeboat.dev/last-backup annotation; backups and restores are not affected";
-    // rustls links both crypto backends here (kube's pulls in ring beside
-    // the S3 client's aws-lc), so it cannot pick a default itself; an Err
-    // only means one is installed already.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // One crypto backend (ring) for every TLS client in the binary: kube's,
+    // the S3 client's and reqwest's. Installing it as the process default
+    // keeps kube's TLS working should another backend ever be linked in
+    // beside it; an Err only means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = match tokio::time::timeout(CALL_TIMEOUT, client(component)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {

@@ -332,6 +332,9 @@ pub struct Seaweed {
     child: Option<std::process::Child>,
     dir: PathBuf,
     pub port: u16,
+    /// The HTTPS port and the CA that signed its certificate, with
+    /// [`Seaweed::start_https`].
+    https: Option<(u16, PathBuf)>,
 }
 
 pub const S3_KEY: &str = "lifeboat-test-key";
@@ -362,6 +365,79 @@ impl Seaweed {
 
     /// Starts (or restarts) a server on `port` with the data in `dir`.
     pub fn start_on(dir: &Path, port: u16) -> Seaweed {
+        Self::spawn(dir, port, None)
+    }
+
+    /// Starts a server that also speaks HTTPS, with a certificate for
+    /// 127.0.0.1 signed by a throwaway CA (`ca.pem`) made by the `openssl`
+    /// CLI: a store behind a private CA, which users trust through
+    /// `SSL_CERT_FILE`.
+    pub fn start_https(dir: &Path) -> Seaweed {
+        fs::create_dir_all(dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let st = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("run openssl (Debian package openssl; scripts/setup.sh installs it)");
+            assert!(st.success(), "openssl {args:?} failed: {st}");
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &[
+                    "req",
+                    "-x509",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=lifeboat test CA",
+                ],
+                &ec[..],
+                &["-keyout", "ca.key", "-out", "ca.pem"],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req", "-subj", "/CN=127.0.0.1"],
+                &ec[..],
+                &["-keyout", "key.pem", "-out", "server.csr"],
+            ]
+            .concat(),
+        );
+        fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "cert.pem",
+        ]);
+        let tls = (free_port(), dir.join("cert.pem"), dir.join("key.pem"));
+        let mut s = Self::spawn(dir, free_port_block(), Some(tls));
+        s.https.as_mut().unwrap().1 = dir.join("ca.pem");
+        s
+    }
+
+    fn spawn(dir: &Path, port: u16, tls: Option<(u16, PathBuf, PathBuf)>) -> Seaweed {
         fs::create_dir_all(dir.join("data")).unwrap();
         let creds = dir.join("s3.json");
         fs::write(
@@ -397,6 +473,13 @@ impl Seaweed {
             .arg(format!("-master.port={}", port + 1))
             .arg(format!("-volume.port={}", port + 2))
             .arg(format!("-filer.port={}", port + 3))
+            .args(tls.iter().flat_map(|(p, cert, key)| {
+                [
+                    format!("-s3.port.https={p}"),
+                    format!("-s3.cert.file={}", cert.display()),
+                    format!("-s3.key.file={}", key.display()),
+                ]
+            }))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -405,10 +488,16 @@ impl Seaweed {
             child: Some(child),
             dir: dir.to_path_buf(),
             port,
+            https: tls.map(|(p, cert, _)| (p, cert)),
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && s.head_ok() {
+            let https_up = s
+                .https
+                .as_ref()
+                .is_none_or(|(p, _)| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok());
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && s.head_ok() && https_up
+            {
                 return s;
             }
             if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
@@ -442,6 +531,13 @@ impl Seaweed {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// `https://127.0.0.1:<port>` and the CA certificate to trust, for a server
+    /// started with [`Seaweed::start_https`].
+    pub fn https(&self) -> (String, &Path) {
+        let (p, cert) = self.https.as_ref().expect("started with start_https");
+        (format!("https://127.0.0.1:{p}"), cert)
     }
 
     /// Environment for our binaries to reach this server.

@@ -98,18 +98,13 @@ pub async fn client(opts: &S3Options) -> Client {
 /// store: a private CA via `SSL_CERT_FILE`), and names resolved without libc:
 /// the release image is `scratch`, with neither certificates nor NSS.
 fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
-    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
-    let system_store = ["SSL_CERT_FILE", "SSL_CERT_DIR"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some())
-        || std::path::Path::new("/etc/ssl/certs").is_dir();
-    let mut trust = TrustStore::empty().with_native_roots(system_store);
-    for der in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
-        trust.add_pem_certificate(pem_of(der));
-    }
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext};
     let builder = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc));
-    match TlsContext::builder().with_trust_store(trust).build() {
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring));
+    match TlsContext::builder()
+        .with_trust_store(trust_store())
+        .build()
+    {
         Ok(ctx) => builder.tls_context(ctx),
         Err(e) => {
             tracing::warn!("bundled root certificates not usable ({e}); using the system's only");
@@ -117,6 +112,40 @@ fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
         }
     }
     .build_with_resolver(crate::dns::Dns)
+}
+
+/// The bundled public roots plus whatever the system offers
+/// (`SSL_CERT_FILE`, `SSL_CERT_DIR`, `/etc/ssl/certs`), each certificate
+/// checked here first: the SDK panics on a certificate it cannot parse, and
+/// (in debug builds) on "native roots" that turn out to be none, which is
+/// just what a mistyped `SSL_CERT_FILE` or a `scratch` image gives.
+fn trust_store() -> aws_smithy_http_client::tls::TrustStore {
+    use rustls::pki_types::CertificateDer;
+    let mut trust = aws_smithy_http_client::tls::TrustStore::empty().with_native_roots(false);
+    let mut check = rustls::RootCertStore::empty();
+    let mut add = |der: &[u8]| {
+        if check.add(CertificateDer::from(der.to_vec())).is_ok() {
+            trust.add_pem_certificate(pem_of(der));
+            true
+        } else {
+            false
+        }
+    };
+    for der in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
+        add(der);
+    }
+    let system = rustls_native_certs::load_native_certs();
+    for e in &system.errors {
+        tracing::warn!(
+            "CA certificates of the system not loaded: {e}; only the bundled public roots and \
+             any other system certificates are trusted (check SSL_CERT_FILE / SSL_CERT_DIR)"
+        );
+    }
+    let skipped = system.certs.iter().filter(|c| !add(c)).count();
+    if skipped > 0 {
+        tracing::warn!("{skipped} CA certificate(s) of the system are not usable and were skipped");
+    }
+    trust
 }
 
 /// DER to PEM, the only form the SDK's trust store takes.
