@@ -33,6 +33,10 @@ fn manifest(id: &str, body: &[u8]) -> Manifest {
         tool_version: "test".into(),
         source_meta: serde_json::json!({}),
         kubernetes: None,
+        level: 0,
+        base: None,
+        chain: None,
+        state: None,
         layout: Default::default(),
     }
 }

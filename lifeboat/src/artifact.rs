@@ -11,6 +11,9 @@ pub const MANIFEST_SUFFIX: &str = ".manifest.json";
 pub const VERIFIED_SUFFIX: &str = ".verified.json";
 /// Suffix of the record a restore drill leaves (`crate::drill`).
 pub const DRILL_SUFFIX: &str = ".drill.json";
+/// Suffix of the state an incremental chain's link leaves for the next
+/// (`crate::chain::state`, zstd-compressed).
+pub const STATE_SUFFIX: &str = ".state.zst";
 /// Appended to the artifact's name when it is encrypted with age.
 pub const ENCRYPTED_EXTENSION: &str = ".age";
 /// Where exported objects live in the tar: `kubernetes/<kind>/<name>.yaml`.
@@ -61,6 +64,16 @@ pub fn verified_name(id: &str) -> String {
 
 pub fn drill_name(id: &str) -> String {
     format!("{id}{DRILL_SUFFIX}")
+}
+
+pub fn state_name(id: &str) -> String {
+    format!("{id}{STATE_SUFFIX}")
+}
+
+/// Whether `id` is the canonical `<stamp>-<source>` id of a `source`
+/// artifact (no `/` or `.`: it names files).
+pub fn is_canonical_id(id: &str, source: &str) -> bool {
+    id_time(id).is_some_and(|t| self::id(t, source) == id)
 }
 
 /// The time encoded in an id, if it is one of ours.

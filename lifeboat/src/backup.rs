@@ -11,7 +11,7 @@ use tracing::{info, warn, Instrument};
 use crate::artifact;
 use crate::config::Settings;
 use crate::manifest::{self, Manifest};
-use crate::pipe::{self, ChunkWriter};
+use crate::pipe::{self, ChunkWriter, HashCount};
 use crate::progress::{self, mib_per_s, Cancel, Progress};
 use crate::retention;
 use crate::source::{AnySource, FilesSource, Source, SourceCtx, SourceKind, SourceReport};
@@ -336,6 +336,10 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
             tool_version: crate::TOOL_VERSION.into(),
             source_meta: report.meta,
             kubernetes,
+            level: 0,
+            base: None,
+            chain: None,
+            state: None,
         };
         // A manifest restore would refuse as too large must not be committed:
         // the artifact would look backed up and never restore.
@@ -363,26 +367,6 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
     }
     .instrument(span)
     .await
-}
-
-/// The sha256 and size of the stored bytes, as they go to the target.
-#[derive(Default)]
-struct HashCount {
-    hasher: sha2::Sha256,
-    count: u64,
-}
-
-impl HashCount {
-    fn update(&mut self, bytes: &[u8]) {
-        use sha2::Digest;
-        self.hasher.update(bytes);
-        self.count += bytes.len() as u64;
-    }
-
-    fn finish(self) -> (String, u64) {
-        use sha2::Digest;
-        (hex::encode(self.hasher.finalize()), self.count)
-    }
 }
 
 /// The blocking half: tar -> compressor -> [age] -> pipe.
@@ -431,29 +415,21 @@ fn produce(
 /// Copies a committed artifact from one target to another, verifying the
 /// bytes against the manifest before committing the copy.
 pub async fn copy(from: &AnyTarget, to: &AnyTarget, m: &Manifest) -> Result<()> {
-    use tokio::io::AsyncReadExt;
     let mut src = from.open(m).await?;
     let mut up = to.begin(&m.artifact).await?;
     let mut copied = HashCount::default();
-    let mut end = false;
-    while !end {
-        // Whole chunks, handed to the upload without a copy.
-        let mut chunk = Vec::with_capacity(pipe::CHUNK_SIZE);
-        while !end && chunk.len() < pipe::CHUNK_SIZE {
-            match src.read_buf(&mut chunk).await {
-                Ok(n) => end = n == 0,
-                Err(e) => {
-                    up.abort().await;
-                    return Err(Error::io(
-                        format!("reading {} from {}", m.artifact, from.describe()),
-                        e,
-                    ));
-                }
+    loop {
+        let chunk = match pipe::read_chunk(&mut src).await {
+            Ok(c) if c.is_empty() => break,
+            Ok(c) => c,
+            Err(e) => {
+                up.abort().await;
+                return Err(Error::io(
+                    format!("reading {} from {}", m.artifact, from.describe()),
+                    e,
+                ));
             }
-        }
-        if chunk.is_empty() {
-            break;
-        }
+        };
         copied.update(&chunk);
         if let Err(e) = up.write(chunk).await {
             up.abort().await;
@@ -471,8 +447,36 @@ pub async fn copy(from: &AnyTarget, to: &AnyTarget, m: &Manifest) -> Result<()> 
             ),
         });
     }
-    up.commit(m).await?;
+    // A link's state goes along, so that a secondary that becomes the
+    // primary continues the chain. One that cannot be copied is left out:
+    // the link restores as well without it, and the next backup there
+    // starts a new chain; holding back the copy for it would leave the
+    // secondary behind for good.
+    let mut m = m.clone();
+    if let Err(e) = copy_state(from, to, &m).await {
+        warn!(id = %m.id, target = %to.describe(), error = %e, "the link's chain state was not copied; the copy restores as well without it");
+        m.state = None;
+    }
+    up.commit(&m).await?;
     info!(id = %m.id, target = %to.describe(), "copied to secondary target");
+    Ok(())
+}
+
+/// Copies the chain state a link left, checked against its manifest.
+async fn copy_state(from: &AnyTarget, to: &AnyTarget, m: &Manifest) -> Result<()> {
+    let (Some(want), Some(src)) = (&m.state, from.open_state(m).await?) else {
+        return Ok(());
+    };
+    let got = to.put_state(&m.id, src).await?;
+    if got.sha256 != want.sha256 || got.size != want.size {
+        return Err(Error::Corrupt {
+            id: m.id.clone(),
+            reason: format!(
+                "its chain state on {} does not match its manifest",
+                from.describe()
+            ),
+        });
+    }
     Ok(())
 }
 

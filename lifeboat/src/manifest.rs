@@ -54,7 +54,41 @@ pub struct Manifest {
     /// `kubernetes/<kind>/<name>.yaml` (e.g. `{"configmaps": 3}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<std::collections::BTreeMap<String, u64>>,
+    /// In an incremental chain (`LIFEBOAT_FULL_EVERY`): 0 for the chain's
+    /// full first link, N for the N-th link after it. Absent (0) outside
+    /// chains.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub level: u32,
+    /// A link's base: the id of the link before it, which a restore applies
+    /// first. Absent at level 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// The id of the chain's first (level 0) link; absent outside chains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
+    /// What the next link of the chain compares the volume with, stored
+    /// beside the artifact. Not needed to restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateBlob>,
 }
+
+/// The chain state a link left (docs/ARCHITECTURE.md, "Incremental chains").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateBlob {
+    /// `<id>.state.zst`, beside the artifact.
+    pub file: String,
+    pub size: u64,
+    /// Hex SHA-256 of the stored bytes.
+    pub sha256: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// More links than this in one chain is not one of ours (a chain restarts
+/// at `LIFEBOAT_FULL_EVERY`, and a count there is at most this).
+pub const MAX_LEVEL: u32 = 100_000;
 
 /// What the entries of an artifact are, which decides how it is restored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,10 +149,7 @@ impl Manifest {
         let kind = &self.source;
         // The id names the manifest, the artifact and the verified record:
         // only the canonical `<stamp>-<source>` form, which has no `/` or `.`.
-        let canonical = crate::artifact::id_time(&self.id)
-            .map(|t| crate::artifact::id(t, kind.as_str()))
-            .filter(|c| *c == self.id);
-        if canonical.is_none() {
+        if !crate::artifact::is_canonical_id(&self.id, kind.as_str()) {
             return Err(format!(
                 "id {:?} is not of the form YYYYMMDDTHHMMSSZ-{}",
                 self.id, self.source
@@ -156,7 +187,74 @@ impl Manifest {
                 ));
             }
         }
+        self.check_chain()
+    }
+
+    /// A link's fields name other artifacts and a file beside it: each
+    /// must be a canonical id of the same history, older than this one,
+    /// so that following `base` always ends, at the chain's first link.
+    fn check_chain(&self) -> Result<(), String> {
+        let Some(chain) = &self.chain else {
+            if self.level != 0 || self.base.is_some() || self.state.is_some() {
+                return Err("has level, base or state but no chain".into());
+            }
+            return Ok(());
+        };
+        if self.source != SourceKind::Files {
+            return Err(format!(
+                "a {} artifact cannot be part of an incremental chain",
+                self.source
+            ));
+        }
+        let id_of_files = |what: &str, id: &str| {
+            if crate::artifact::is_canonical_id(id, "files") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{what} {id:?} is not of the form YYYYMMDDTHHMMSSZ-files"
+                ))
+            }
+        };
+        id_of_files("chain", chain)?;
+        if self.level > MAX_LEVEL {
+            return Err(format!("level {} is more than {MAX_LEVEL}", self.level));
+        }
+        match (&self.base, self.level) {
+            (None, 0) if chain == &self.id => {}
+            (None, 0) => {
+                return Err(format!(
+                    "a chain's first link (level 0) must be its own chain, not {chain:?}"
+                ))
+            }
+            (Some(_), 0) => return Err("a level 0 link has no base".into()),
+            (None, _) => return Err(format!("level {} has no base", self.level)),
+            (Some(base), _) => {
+                id_of_files("base", base)?;
+                // Ids sort by time: the base is older, the chain's first
+                // no newer than the base.
+                if base.as_str() >= self.id.as_str() || chain.as_str() > base.as_str() {
+                    return Err(format!(
+                        "base {base:?} and chain {chain:?} must be older than the link {:?}, the chain no newer than the base",
+                        self.id
+                    ));
+                }
+            }
+        }
+        if let Some(st) = &self.state {
+            if st.file != crate::artifact::state_name(&self.id) {
+                return Err(format!(
+                    "state file {:?} is not {:?}",
+                    st.file,
+                    crate::artifact::state_name(&self.id)
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// A link that holds only changes: it restores only on top of its base.
+    pub fn is_increment(&self) -> bool {
+        self.level > 0
     }
 }
 
@@ -271,5 +369,95 @@ mod tests {
         assert!(Manifest::from_json(&big)
             .unwrap_err()
             .contains("more than a manifest"));
+    }
+
+    #[test]
+    fn chain_fields_are_checked() {
+        let id = "20260101T020000Z-files";
+        let with = |fields: serde_json::Value| {
+            let mut v: serde_json::Value = serde_json::from_slice(&json(
+                id,
+                &format!("{id}.tar.zst"),
+                "files",
+                "paths",
+                &["/d"],
+            ))
+            .unwrap();
+            for (k, x) in fields.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            Manifest::from_json(v.to_string().as_bytes())
+        };
+        let state =
+            serde_json::json!({"file": format!("{id}.state.zst"), "size": 9, "sha256": "00"});
+        let first = "20260101T000000Z-files";
+        let base = "20260101T010000Z-files";
+        let m = with(serde_json::json!({"level": 2, "base": base, "chain": first, "state": state}))
+            .unwrap();
+        assert!(m.is_increment());
+        assert_eq!(m.base.as_deref(), Some(base));
+        let back = Manifest::from_json(&m.to_json()).unwrap();
+        assert_eq!(back, m);
+        assert!(with(serde_json::json!({"chain": id, "state": state})).is_ok());
+        // A plain full backup writes none of the fields.
+        let plain = with(serde_json::json!({})).unwrap();
+        let text = String::from_utf8(plain.to_json()).unwrap();
+        for field in ["\"level\"", "\"base\"", "\"chain\"", "\"state\""] {
+            assert!(!text.contains(field), "{text}");
+        }
+        for (bad, why) in [
+            (serde_json::json!({"level": 1, "base": base}), "no chain"),
+            (serde_json::json!({"state": state}), "no chain"),
+            (serde_json::json!({"chain": first}), "its own chain"),
+            (serde_json::json!({"chain": id, "base": base}), "no base"),
+            (
+                serde_json::json!({"level": 1, "chain": first}),
+                "has no base",
+            ),
+            (
+                serde_json::json!({"level": 1, "base": "../x", "chain": first}),
+                "base",
+            ),
+            (
+                serde_json::json!({"level": 1, "base": "20260101T030000Z-files", "chain": first}),
+                "older",
+            ),
+            (
+                serde_json::json!({"level": 1, "base": id, "chain": first}),
+                "older",
+            ),
+            (
+                serde_json::json!({"level": 1, "base": first, "chain": base}),
+                "older",
+            ),
+            (
+                serde_json::json!({"level": 1, "base": base, "chain": "20260101T000000Z-couchdb"}),
+                "chain",
+            ),
+            (
+                serde_json::json!({"level": 1, "base": base, "chain": first,
+                "state": {"file": "../../etc/passwd", "size": 1, "sha256": "00"}}),
+                "state file",
+            ),
+            (
+                serde_json::json!({"level": 200000, "base": base, "chain": first}),
+                "more than",
+            ),
+        ] {
+            let e = with(bad.clone()).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let couch = "20260101T020000Z-couchdb";
+        let mut v: serde_json::Value = serde_json::from_slice(&json(
+            couch,
+            &format!("{couch}.tar.zst"),
+            "couchdb",
+            "logical",
+            &["/d"],
+        ))
+        .unwrap();
+        v["chain"] = couch.into();
+        let e = Manifest::from_json(v.to_string().as_bytes()).unwrap_err();
+        assert!(e.contains("cannot be part of an incremental chain"), "{e}");
     }
 }

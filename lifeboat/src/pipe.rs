@@ -220,6 +220,37 @@ impl<R: Read> Read for HashReader<R> {
     }
 }
 
+/// The sha256 and size of bytes as they go to (or come from) a store.
+#[derive(Default)]
+pub struct HashCount {
+    hasher: Sha256,
+    count: u64,
+}
+
+impl HashCount {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        self.count += bytes.len() as u64;
+    }
+
+    /// The hex sha256 and the count.
+    pub fn finish(self) -> (String, u64) {
+        (hex::encode(self.hasher.finalize()), self.count)
+    }
+}
+
+/// The next whole chunk of `src` (up to [`CHUNK_SIZE`]; shorter only at
+/// the end, empty there), to hand to an upload without a copy.
+pub async fn read_chunk<R: AsyncRead + Unpin>(src: &mut R) -> io::Result<Vec<u8>> {
+    let mut chunk = Vec::with_capacity(CHUNK_SIZE);
+    while chunk.len() < CHUNK_SIZE {
+        if src.read_buf(&mut chunk).await? == 0 {
+            break;
+        }
+    }
+    Ok(chunk)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -132,6 +132,10 @@ fn manifest(n: usize, started_at: DateTime<Utc>, finished_at: DateTime<Utc>) -> 
         tool_version: crate::TOOL_VERSION.into(),
         source_meta: serde_json::Value::Null,
         kubernetes: None,
+        level: 0,
+        base: None,
+        chain: None,
+        state: None,
     }
 }
 

@@ -14,7 +14,8 @@ use tokio::io::AsyncReadExt;
 use super::blobs::{Blobs, ByteStream, Entry, Opened, Put, Small};
 use crate::artifact::{self, MANIFEST_SUFFIX};
 use crate::drill::{DrillRecord, MAX_DRILL_BYTES};
-use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
+use crate::manifest::{Manifest, StateBlob, MAX_MANIFEST_BYTES};
+use crate::pipe::{self, HashCount};
 use crate::{Error, Result};
 
 /// The largest verified record read from a store (ours are ~150 bytes).
@@ -105,7 +106,11 @@ pub fn is_orphan(name: &str, committed: &HashSet<&str>) -> bool {
     if name.starts_with('.') {
         return false;
     }
-    for suffix in [artifact::VERIFIED_SUFFIX, artifact::DRILL_SUFFIX] {
+    for suffix in [
+        artifact::VERIFIED_SUFFIX,
+        artifact::DRILL_SUFFIX,
+        artifact::STATE_SUFFIX,
+    ] {
         if let Some(id) = name.strip_suffix(suffix) {
             return !committed.contains(id);
         }
@@ -147,6 +152,13 @@ pub trait Target {
     async fn begin(&self, artifact: &str) -> Result<Self::Upload>;
     /// The artifact's bytes, at most [`READ_PAST_SIZE`] past its `size`.
     async fn open(&self, manifest: &Manifest) -> Result<ByteStream>;
+    /// Stores the chain state a link leaves for the next (`<id>.state.zst`),
+    /// before the link's manifest: until that is committed it is a leftover
+    /// like any uncommitted blob. Returns what the manifest records of it.
+    async fn put_state(&self, id: &str, bytes: ByteStream) -> Result<StateBlob>;
+    /// The state a link left, at most [`READ_PAST_SIZE`] past its recorded
+    /// size; `None` when its manifest records none.
+    async fn open_state(&self, manifest: &Manifest) -> Result<Option<ByteStream>>;
     /// Removes the manifest first, so a crash leaves a leftover, not a broken commit.
     async fn delete(&self, manifest: &Manifest) -> Result<()>;
     async fn mark_verified(&self, manifest: &Manifest, at: DateTime<Utc>) -> Result<()>;
@@ -302,6 +314,45 @@ impl<B: Blobs> Target for Artifacts<B> {
         }
     }
 
+    async fn put_state(&self, id: &str, mut bytes: ByteStream) -> Result<StateBlob> {
+        let file = artifact::state_name(id);
+        let mut put = self.blobs.put_new(&file).await?;
+        let mut stored = HashCount::default();
+        loop {
+            let chunk = match pipe::read_chunk(&mut bytes).await {
+                Ok(c) if c.is_empty() => break,
+                Ok(c) => c,
+                Err(e) => {
+                    put.abort().await;
+                    return Err(Error::io(format!("reading the state for {file}"), e));
+                }
+            };
+            stored.update(&chunk);
+            if let Err(e) = put.write(chunk).await {
+                put.abort().await;
+                return Err(e);
+            }
+        }
+        put.finish().await?;
+        let (sha256, size) = stored.finish();
+        Ok(StateBlob { file, size, sha256 })
+    }
+
+    async fn open_state(&self, m: &Manifest) -> Result<Option<ByteStream>> {
+        let Some(st) = &m.state else {
+            return Ok(None);
+        };
+        match self.blobs.open(&st.file).await? {
+            Opened::Stream(s) => Ok(Some(Box::pin(
+                s.take(st.size.saturating_add(READ_PAST_SIZE)),
+            ))),
+            Opened::Unreadable(reason) => Err(Error::Corrupt {
+                id: m.id.clone(),
+                reason: format!("its chain state: {reason}"),
+            }),
+        }
+    }
+
     async fn delete(&self, m: &Manifest) -> Result<()> {
         // The manifest's removal is durable before the data goes: a crash in
         // between leaves a leftover, never a manifest that points at nothing.
@@ -309,6 +360,9 @@ impl<B: Blobs> Target for Artifacts<B> {
             .delete(&artifact::manifest_name(&m.id), true)
             .await?;
         self.blobs.delete(&m.artifact, false).await?;
+        if let Some(st) = &m.state {
+            self.blobs.delete(&st.file, false).await?;
+        }
         self.blobs
             .delete(&artifact::verified_name(&m.id), false)
             .await?;
@@ -748,9 +802,64 @@ mod tests {
     }
 
     #[test]
-    fn a_drill_record_without_its_manifest_is_a_leftover() {
+    fn a_drill_record_or_a_state_without_its_manifest_is_a_leftover() {
         let committed: HashSet<&str> = ["20261123T020000Z-files"].into_iter().collect();
         assert!(!is_orphan("20261123T020000Z-files.drill.json", &committed));
         assert!(is_orphan("20261122T020000Z-files.drill.json", &committed));
+        assert!(!is_orphan("20261123T020000Z-files.state.zst", &committed));
+        assert!(is_orphan("20261122T020000Z-files.state.zst", &committed));
+    }
+
+    #[tokio::test]
+    async fn a_links_state_is_stored_before_its_manifest_and_deleted_after_it() {
+        let mem = Mem::default();
+        let t = Artifacts::new(mem.clone());
+        let mut m = manifest(ID, 4);
+        let state: ByteStream = Box::pin(std::io::Cursor::new(b"state".to_vec()));
+        let blob = t.put_state(ID, state).await.unwrap();
+        assert_eq!(blob.file, format!("{ID}.state.zst"));
+        assert_eq!(blob.size, 5);
+        assert_eq!(
+            blob.sha256,
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"state"))
+        );
+        // Before its manifest, the state is a leftover like any other blob.
+        let left: Vec<String> = t
+            .leftovers()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        assert_eq!(left, [format!("{ID}.state.zst")]);
+        m.chain = Some(ID.into());
+        m.state = Some(blob);
+        committed(&t, &m, b"data").await;
+        assert_eq!(
+            mem.take_log(),
+            [
+                format!("put-new {ID}.state.zst"),
+                format!("finish {ID}.state.zst"),
+                format!("put-new {ID}.tar.zst"),
+                format!("finish {ID}.tar.zst"),
+                format!("put {ID}.manifest.json"),
+            ]
+        );
+        assert!(t.leftovers().await.unwrap().is_empty());
+        let listed = t.list().await.unwrap().artifacts.remove(0).manifest;
+        let mut back = Vec::new();
+        t.open_state(&listed)
+            .await
+            .unwrap()
+            .unwrap()
+            .read_to_end(&mut back)
+            .await
+            .unwrap();
+        assert_eq!(back, b"state");
+        t.delete(&m).await.unwrap();
+        let log = mem.take_log();
+        assert_eq!(log[0], format!("delete {ID}.manifest.json (durable)"));
+        assert!(log.contains(&format!("delete {ID}.state.zst")), "{log:?}");
+        assert!(mem.with(|s| s.blobs.is_empty()));
     }
 }
