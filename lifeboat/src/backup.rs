@@ -10,6 +10,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::artifact;
 use crate::config::Settings;
+use crate::incremental;
 use crate::manifest::{self, Manifest};
 use crate::pipe::{self, ChunkWriter, HashCount};
 use crate::progress::{self, mib_per_s, Cancel, Progress};
@@ -223,10 +224,10 @@ async fn sync(
 /// (a manual one right after a scheduled one) must not collide.
 async fn fresh_id(
     target: &AnyTarget,
+    listing: &crate::store::Listing,
     source: &SourceKind,
     now: DateTime<Utc>,
 ) -> Result<(String, DateTime<Utc>)> {
-    let listing = target.list().await?;
     // A backup killed between storing its artifact and its manifest leaves
     // the artifact under its id until cleanup; a new one must not collide
     // with it (begin refuses to overwrite). Unlistable leftovers only cost
@@ -252,13 +253,12 @@ async fn fresh_id(
 
 async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Manifest> {
     let source_kind = job.source.kind();
-    let (id, started_at) = fresh_id(target, &source_kind, Utc::now()).await?;
-    let recipients = job.settings.recipients.clone();
-    let file_name = artifact::file_name(&id, job.settings.compression, recipients.is_some());
+    let listing = target.list().await?;
+    let (id, started_at) = fresh_id(target, &listing, &source_kind, Utc::now()).await?;
     let span = tracing::info_span!("backup", id = %id, target = %target.describe());
     async move {
         let settings = &job.settings;
-        let encryption = match &recipients {
+        let encryption = match &settings.recipients {
             Some(_) => crate::encryption::AGE,
             None => crate::encryption::NONE,
         };
@@ -266,98 +266,40 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
         let clock = Instant::now();
         let progress = Arc::new(Progress::default());
         let _report = progress::report(progress.clone(), settings.progress_interval, "backup");
-
-        let mut upload = target.begin(&file_name).await?;
-        let (tx, mut rx) = pipe::channel();
-        let producer = {
-            let job = job.clone();
-            let ctx = SourceCtx { progress: progress.clone(), cancel: cancel.clone() };
-            // The source's own log lines belong to this backup too.
-            let span = tracing::Span::current();
-            tokio::task::spawn_blocking(move || span.in_scope(|| produce(&job, tx, &ctx)))
+        // An incremental link (LIFEBOAT_FULL_EVERY): the files source walks
+        // with the chain's state; any other backup without one.
+        let files = match &job.source {
+            AnySource::Files(f) => Some(f),
+            _ => None,
         };
-
-        let mut upload_error = None;
-        // Hashed here, not in the producer: its thread walks, reads and feeds
-        // the compressor and is the one that bounds the backup's speed.
-        let mut stored = HashCount::default();
-        while let Some(chunk) = rx.recv().await {
-            // The producer only sends Ok chunks; errors come from its result.
-            let Ok(chunk) = chunk else { continue };
-            stored.update(&chunk);
-            if let Err(e) = upload.write(chunk).await {
-                upload_error = Some(e);
-                break;
+        let mut prepared = match files {
+            Some(f) => {
+                let paths = job.source.paths();
+                let every = settings.full_every;
+                incremental::prepare(target, &listing, every, &paths, &id, &f.spool_dir, started_at)
+                    .await
             }
-        }
-        // Closing our end makes a blocked producer fail fast.
-        drop(rx);
-        // A pipe closed early looks like a clean end of stream: the
-        // producer's own result decides whether the bytes are complete.
-        let produced = producer
-            .await
-            .map_err(|e| Error::Internal(format!("the backup worker crashed: {e}")))
-            .and_then(|r| r);
-        // When the upload failed, the producer only saw the pipe close: the
-        // upload's error is the cause worth reporting.
-        let (report, kubernetes) = match (produced, upload_error) {
-            (Ok(p), None) => p,
-            (_, Some(e)) | (Err(e), None) => {
-                upload.abort().await;
-                warn!(error = %e, "backup failed; nothing was committed");
-                return Err(e);
-            }
+            None => None,
         };
-        if crate::progress::is_cancelled(&cancel) {
-            upload.abort().await;
-            return Err(Error::Cancelled);
+        if let Some(f) = files {
+            *f.increment.lock().unwrap_or_else(|p| p.into_inner()) =
+                prepared.as_mut().and_then(|p| p.increment.take());
         }
-
-        let (sha256, size) = stored.finish();
-        let manifest = Manifest {
-            format: manifest::FORMAT.into(),
-            id: id.clone(),
-            artifact: file_name.clone(),
-            name: settings.name.clone(),
-            namespace: settings.namespace.clone(),
-            source: source_kind,
-            layout: job.source.layout(),
-            paths: job.source.paths(),
-            started_at,
-            finished_at: Utc::now(),
-            compression: settings.compression.to_string(),
-            encryption: encryption.into(),
-            recipients: recipients.as_ref().map(|r| r.names()).unwrap_or_default(),
-            size,
-            sha256,
-            entries: report.entries,
-            bytes_in: report.bytes_in,
-            warnings: report.warnings,
-            tool_version: crate::TOOL_VERSION.into(),
-            source_meta: report.meta,
-            kubernetes,
-            level: 0,
-            base: None,
-            chain: None,
-            state: None,
-        };
-        // A manifest restore would refuse as too large must not be committed:
-        // the artifact would look backed up and never restore.
-        let json_len = manifest.to_json().len() as u64;
-        if json_len > crate::manifest::MAX_MANIFEST_BYTES {
-            upload.abort().await;
-            return Err(Error::Source(format!(
-                "the manifest would be {json_len} bytes, more than restore reads ({}); back up fewer databases per pod (LIFEBOAT_DATABASES)",
-                crate::manifest::MAX_MANIFEST_BYTES
-            )));
+        let started = Started { id: &id, started_at, encryption, progress: &progress };
+        let result = write_and_commit(&job, target, &started, prepared, files, cancel).await;
+        // What the walk left of an increment after a failure goes; its
+        // files in TMPDIR have no names and vanish with it.
+        if let Some(f) = files {
+            drop(f.take_increment());
         }
-        upload.commit(&manifest).await?;
+        let manifest = result?;
         let took = clock.elapsed();
         info!(
             size = manifest.size,
             bytes_in = manifest.bytes_in,
             entries = manifest.entries,
             warnings = manifest.warnings.len(),
+            level = manifest.level,
             seconds = took.as_secs_f64(),
             mib_per_s = mib_per_s(manifest.bytes_in, took),
             peak_rss_mib = progress::peak_rss_mib().unwrap_or(0),
@@ -367,6 +309,134 @@ async fn backup(job: Arc<Job>, target: &AnyTarget, cancel: Cancel) -> Result<Man
     }
     .instrument(span)
     .await
+}
+
+/// What a backup settled before writing its bytes.
+struct Started<'a> {
+    id: &'a str,
+    started_at: DateTime<Utc>,
+    encryption: &'static str,
+    progress: &'a Arc<Progress>,
+}
+
+/// The backup's bytes to the target, then (for a chain's link) its state,
+/// and its manifest last.
+async fn write_and_commit(
+    job: &Arc<Job>,
+    target: &AnyTarget,
+    started: &Started<'_>,
+    prepared: Option<incremental::Prepared>,
+    files: Option<&FilesSource>,
+    cancel: Cancel,
+) -> Result<Manifest> {
+    let settings = &job.settings;
+    let recipients = settings.recipients.as_ref();
+    let file_name = artifact::file_name(started.id, settings.compression, recipients.is_some());
+    let mut upload = target.begin(&file_name).await?;
+    let (tx, mut rx) = pipe::channel();
+    let producer = {
+        let job = job.clone();
+        let ctx = SourceCtx {
+            progress: started.progress.clone(),
+            cancel: cancel.clone(),
+        };
+        // The source's own log lines belong to this backup too.
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| produce(&job, tx, &ctx)))
+    };
+
+    let mut upload_error = None;
+    // Hashed here, not in the producer: its thread walks, reads and feeds
+    // the compressor and is the one that bounds the backup's speed.
+    let mut stored = HashCount::default();
+    while let Some(chunk) = rx.recv().await {
+        // The producer only sends Ok chunks; errors come from its result.
+        let Ok(chunk) = chunk else { continue };
+        stored.update(&chunk);
+        if let Err(e) = upload.write(chunk).await {
+            upload_error = Some(e);
+            break;
+        }
+    }
+    // Closing our end makes a blocked producer fail fast.
+    drop(rx);
+    // A pipe closed early looks like a clean end of stream: the
+    // producer's own result decides whether the bytes are complete.
+    let produced = producer
+        .await
+        .map_err(|e| Error::Internal(format!("the backup worker crashed: {e}")))
+        .and_then(|r| r);
+    // When the upload failed, the producer only saw the pipe close: the
+    // upload's error is the cause worth reporting.
+    let (report, kubernetes) = match (produced, upload_error) {
+        (Ok(p), None) => p,
+        (_, Some(e)) | (Err(e), None) => {
+            upload.abort().await;
+            warn!(error = %e, "backup failed; nothing was committed");
+            return Err(e);
+        }
+    };
+    if crate::progress::is_cancelled(&cancel) {
+        upload.abort().await;
+        return Err(Error::Cancelled);
+    }
+    // A link whose state could not be stored still restores; the next
+    // backup then starts a new chain.
+    let (place, state) = match prepared {
+        None => (None, None),
+        Some(p) => {
+            let place = p.place.clone();
+            let walked = files.and_then(|f| f.take_increment());
+            match p.store_state(walked, target, started.id).await {
+                Ok(blob) => (Some(place), Some(blob)),
+                Err(e) => {
+                    warn!(error = %e, "the chain's state was not stored; this link restores, and the next backup starts a new chain");
+                    (Some(place), None)
+                }
+            }
+        }
+    };
+
+    let (sha256, size) = stored.finish();
+    let manifest = Manifest {
+        format: manifest::FORMAT.into(),
+        id: started.id.to_string(),
+        artifact: file_name,
+        name: settings.name.clone(),
+        namespace: settings.namespace.clone(),
+        source: job.source.kind(),
+        layout: job.source.layout(),
+        paths: job.source.paths(),
+        started_at: started.started_at,
+        finished_at: Utc::now(),
+        compression: settings.compression.to_string(),
+        encryption: started.encryption.into(),
+        recipients: recipients.map(|r| r.names()).unwrap_or_default(),
+        size,
+        sha256,
+        entries: report.entries,
+        bytes_in: report.bytes_in,
+        warnings: report.warnings,
+        tool_version: crate::TOOL_VERSION.into(),
+        source_meta: report.meta,
+        kubernetes,
+        level: place.as_ref().map_or(0, |p| p.level),
+        base: place.as_ref().and_then(|p| p.base.clone()),
+        chain: place.map(|p| p.chain),
+        state,
+    };
+    // A manifest restore would refuse as too large must not be committed:
+    // the artifact would look backed up and never restore.
+    let json_len = manifest.to_json().len() as u64;
+    if json_len > crate::manifest::MAX_MANIFEST_BYTES {
+        upload.abort().await;
+        return Err(Error::Source(format!(
+            "the manifest would be {json_len} bytes, more than restore reads ({}); back up fewer databases per pod (LIFEBOAT_DATABASES)",
+            crate::manifest::MAX_MANIFEST_BYTES
+        )));
+    }
+    upload.commit(&manifest).await?;
+    Ok(manifest)
 }
 
 /// The blocking half: tar -> compressor -> [age] -> pipe.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::annotations::PREFIX;
+use crate::chain::plan::FullEvery;
 use crate::compression::Compression;
 use crate::retention::{self, Policy};
 use crate::schedule::{self, Schedule};
@@ -68,6 +69,8 @@ pub struct Settings {
     pub retention: Policy,
     pub targets: Vec<TargetSpec>,
     pub compression: Compression,
+    /// `LIFEBOAT_FULL_EVERY`: incremental chains; `None`: every backup full.
+    pub full_every: Option<FullEvery>,
     pub restore: RestoreMode,
     /// `LIFEBOAT_RESTORE_FAILED_DRILLS=allow`: a failed drill's verdict is
     /// taken back for restores (README, "Restore drills").
@@ -138,6 +141,7 @@ impl Settings {
         access_problems(role, &paths, &targets, &mut problems);
         let (recipients, identities) = age_keys(&r.raw, &mut problems, &mut warnings);
         let include_kube = include_kube(&r.raw, &paths, recipients.is_some(), &mut problems);
+        let full_every = full_every(&r, &source.kind, recipients.is_some(), &mut problems);
         // Only a running sidecar or `backup-now` uses these; a restore must
         // not fail over a notification setting.
         let ops = if role == Role::Backup {
@@ -158,6 +162,7 @@ impl Settings {
             retention,
             targets,
             compression,
+            full_every,
             restore,
             restore_failed_drills,
             name,
@@ -175,6 +180,50 @@ impl Settings {
             ops,
             warnings,
         })
+    }
+}
+
+/// `LIFEBOAT_FULL_EVERY`: incremental chains, for the files source and
+/// without encryption (README, "Incremental backups").
+fn full_every(
+    r: &Reader,
+    source: &SourceKind,
+    encrypted: bool,
+    problems: &mut Problems,
+) -> Option<FullEvery> {
+    let every = r
+        .parsed(problems, "LIFEBOAT_FULL_EVERY", FullEvery::parse)
+        .flatten()?;
+    let v = r.pick("LIFEBOAT_FULL_EVERY")?;
+    let refuse = |why: String| Problem {
+        setting: v.setting.clone(),
+        value: v.text.clone(),
+        message: why,
+    };
+    let problem = if *source != SourceKind::Files {
+        Some(refuse(format!(
+            "incremental chains are for LIFEBOAT_SOURCE=files; every {source} backup is full \
+             (for PostgreSQL, continuous WAL archiving is what keeps data between base backups); \
+             unset it or set it to off"
+        )))
+    } else if encrypted {
+        Some(refuse(
+            "incremental chains cannot be combined with LIFEBOAT_AGE_RECIPIENTS: the next link \
+             compares the volume with the chain's state (every file's name, size and times), \
+             which the sidecar would have to store unencrypted, as it holds no key to decrypt \
+             it; unset one of the two"
+                .into(),
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(p) if r.role == Role::Backup => {
+            problems.0.push(p);
+            None
+        }
+        Some(_) => None,
+        None => Some(every),
     }
 }
 
@@ -691,6 +740,64 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn full_every_is_for_unencrypted_files_backups() {
+        let with = |extra: &[(&str, &str)]| {
+            let mut env = vec![
+                ("LIFEBOAT_PATHS", "/data"),
+                ("LIFEBOAT_TARGETS", "file:///backup"),
+                ("HOSTNAME", "nb-0"),
+            ];
+            env.extend_from_slice(extra);
+            Settings::from_inputs(&inputs(&env), Role::Backup)
+        };
+        assert_eq!(with(&[]).unwrap().full_every, None);
+        assert_eq!(
+            with(&[("LIFEBOAT_FULL_EVERY", "24")]).unwrap().full_every,
+            Some(FullEvery::Links(24))
+        );
+        assert_eq!(
+            with(&[("LIFEBOAT_FULL_EVERY", "7d")]).unwrap().full_every,
+            Some(FullEvery::Age(Duration::from_secs(7 * 86400)))
+        );
+        assert_eq!(
+            with(&[("LIFEBOAT_FULL_EVERY", "off")]).unwrap().full_every,
+            None
+        );
+        for (extra, needle) in [
+            (
+                vec![("LIFEBOAT_FULL_EVERY", "1")],
+                "LIFEBOAT_FULL_EVERY=\"1\": 1 backups per chain is every backup full; accepted: off",
+            ),
+            (
+                vec![("LIFEBOAT_FULL_EVERY", "daily")],
+                "LIFEBOAT_FULL_EVERY=\"daily\":",
+            ),
+            (
+                vec![("LIFEBOAT_FULL_EVERY", "24h"), ("LIFEBOAT_SOURCE", "couchdb")],
+                "LIFEBOAT_FULL_EVERY=\"24h\": incremental chains are for LIFEBOAT_SOURCE=files; every couchdb backup is full",
+            ),
+            (
+                vec![
+                    ("LIFEBOAT_FULL_EVERY", "24h"),
+                    ("LIFEBOAT_AGE_RECIPIENTS", "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"),
+                ],
+                "cannot be combined with LIFEBOAT_AGE_RECIPIENTS",
+            ),
+        ] {
+            let text = with(&extra).unwrap_err().to_string();
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        // A restore does not read it.
+        let i = inputs(&[
+            ("LIFEBOAT_PATHS", "/data"),
+            ("LIFEBOAT_TARGETS", "/backup"),
+            ("LIFEBOAT_FULL_EVERY", "nonsense"),
+            ("HOSTNAME", "nb-0"),
+        ]);
+        assert!(Settings::from_inputs(&i, Role::Restore).is_ok());
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod encryption;
 pub mod error;
 pub mod hooks;
 pub mod http;
+pub mod incremental;
 pub mod json_split;
 pub mod layout;
 pub mod lock;

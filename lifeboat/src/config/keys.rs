@@ -56,6 +56,12 @@ pub const KEYS: &[Key] = &[
         restore: true,
     },
     Key {
+        env: "LIFEBOAT_FULL_EVERY",
+        annotation: Some("full-every"),
+        help: "incremental chains (files source): a full backup every 24h, 7d or N backups; off (default): every backup full",
+        restore: false,
+    },
+    Key {
         env: "LIFEBOAT_COMPRESSION",
         annotation: Some("compression"),
         help: "zstd[:1-19], gzip[:1-9] or none (default: zstd:3)",
@@ -412,7 +418,7 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), KEYS.len());
         assert!(KEYS.iter().all(|k| k.env.starts_with("LIFEBOAT_")));
-        assert_eq!(known_annotations().count(), 10);
+        assert_eq!(known_annotations().count(), 11);
     }
 
     #[test]
