@@ -215,6 +215,22 @@ def table(title, cases, data_bytes, ours):
     return "\n".join(lines)
 
 
+class Fresh:
+    """A new empty folder under `parent` for every run. Deleting the last
+    run's tree first would bill the next run for it: ext4 without a journal
+    skips inodes deleted in the last minutes when it allocates new ones
+    (`recently_deleted` in the kernel), which made restores slower run
+    after run. Real restores go to an empty volume."""
+
+    def __init__(self, parent, name):
+        self.parent, self.name, self.n, self.path = parent, name, 0, None
+
+    def prepare(self):
+        self.n += 1
+        self.path = os.path.join(self.parent, f"{self.name}-{self.n}")
+        os.makedirs(self.path)
+
+
 def newest_artifact(backup):
     found = []
     for dirpath, _, files in os.walk(backup):
@@ -279,22 +295,7 @@ def bench_dataset(args, label, data, work, ours_bin, with_gzip, with_restore, ba
     if with_restore:
         restored = os.path.join(work, "restored")
 
-        class Fresh:
-            """A new empty folder for every run. Deleting the last run's tree
-            first would bill the next run for it: ext4 without a journal
-            skips inodes deleted in the last minutes when it allocates new
-            ones (`recently_deleted` in the kernel), which made restores
-            slower run after run. Real restores go to an empty volume."""
-
-            def __init__(self, name):
-                self.name, self.n, self.path = name, 0, None
-
-            def prepare(self):
-                self.n += 1
-                self.path = os.path.join(restored, f"{self.name}-{self.n}")
-                os.makedirs(self.path)
-
-        d_ours, d_peer, d_base = Fresh("ours"), Fresh("peer"), Fresh("baseline")
+        d_ours, d_peer, d_base = Fresh(restored, "ours"), Fresh(restored, "peer"), Fresh(restored, "baseline")
         r_ours = Case(
             "lifeboat restore (verified)",
             lambda: f"{env_line} {ours_bin}/lifeboat-sidecar restore --to {d_ours.path}/x",
@@ -322,6 +323,172 @@ def bench_dataset(args, label, data, work, ours_bin, with_gzip, with_restore, ba
         if os.path.exists(f):
             os.remove(f)
     shutil.rmtree(backup, ignore_errors=True)
+    return "\n\n".join(out)
+
+
+# --- incremental chains ---------------------------------------------------------
+
+
+def files_under(root):
+    out = []
+    for dirpath, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                out.append(p)
+    return out
+
+
+def change_some(root, fraction, seed):
+    """Rewrites `fraction` of the files (a random sample, whatever their
+    size; each keeps its size, its bytes change), and deletes and renames
+    three others. Returns (files changed, bytes of those files)."""
+    rng = random.Random(seed)
+    files = files_under(root)
+    picked = rng.sample(files, max(1, int(len(files) * fraction)))
+    changed = 0
+    for p in picked:
+        size = os.path.getsize(p)
+        with open(p, "r+b") as f:
+            at = rng.randint(0, max(0, size - 4096))
+            f.seek(at)
+            f.write(rng.randbytes(min(4096, size)))
+        changed += size
+    chosen = set(picked)
+    rest = [p for p in files if p not in chosen]
+    for p in rng.sample(rest, 6)[:3]:
+        os.remove(p)
+    for p in rng.sample([p for p in rest if os.path.exists(p)], 3):
+        os.rename(p, p + ".renamed")
+    return len(picked), changed
+
+
+def stored_bytes(history, ids):
+    """Artifact plus state bytes of the given ids in a history folder."""
+    total = 0
+    for name in os.listdir(history):
+        if any(name.startswith(i) for i in ids) and (".tar" in name or name.endswith(".state.zst")):
+            total += os.path.getsize(os.path.join(history, name))
+    return total
+
+
+def bench_incremental(args, work, ours_bin):
+    """Full backups against incremental links (LIFEBOAT_FULL_EVERY), side
+    by side: a link after 1% of a mixed volume changed, a link of many
+    unchanged small files, and the restore of a full + 23 links against
+    one full artifact of the same final tree."""
+    size = parse_size(args.size)
+    out = []
+
+    def env_line(backup, chain):
+        every = "1000" if chain else "off"
+        return (
+            f"LIFEBOAT_TARGETS=file://{backup} LIFEBOAT_NAME=bench LIFEBOAT_LISTEN=off "
+            "LIFEBOAT_LOG=warn LIFEBOAT_ANNOTATIONS_FILE=/nonexistent LIFEBOAT_RETENTION=last=1000 "
+            f"LIFEBOAT_FULL_EVERY={every}"
+        )
+
+    def history(backup):
+        return os.path.join(backup, "default", "bench")
+
+    def ids(backup):
+        return sorted(n[: -len(".manifest.json")] for n in os.listdir(history(backup)) if n.endswith(".manifest.json"))
+
+    def one_link_against_full(label, data, change):
+        """The chain's first link of the data as it is, then `change`,
+        then, timed and alternating: a full backup of the changed data
+        and the next link (each run from a hard-linked copy of the chain
+        with only its first link: the store never rewrites a file)."""
+        base = os.path.join(work, "chain-base")
+        shutil.rmtree(base, ignore_errors=True)
+        os.makedirs(base)
+        subprocess.run(f"LIFEBOAT_PATHS={data} {env_line(base, True)} {ours_bin}/lifeboat-sidecar backup-now",
+                       shell=True, check=True, capture_output=True)
+        what = change()
+        full_dir, link_dir = os.path.join(work, "full"), os.path.join(work, "link")
+
+        def fresh_full():
+            shutil.rmtree(full_dir, ignore_errors=True)
+            os.makedirs(full_dir)
+
+        def fresh_link():
+            shutil.rmtree(link_dir, ignore_errors=True)
+            subprocess.run(["cp", "-al", base, link_dir], check=True)
+
+        first = ids(base)
+        full = Case("full backup", lambda: f"LIFEBOAT_PATHS={data} {env_line(full_dir, False)} {ours_bin}/lifeboat-sidecar backup-now",
+                    prepare=fresh_full, size=lambda: stored_bytes(history(full_dir), ids(full_dir)))
+        link = Case("incremental link", lambda: f"LIFEBOAT_PATHS={data} {env_line(link_dir, True)} {ours_bin}/lifeboat-sidecar backup-now",
+                    prepare=fresh_link, size=lambda: stored_bytes(history(link_dir), [i for i in ids(link_dir) if i not in first]))
+        print(f"bench: incremental, {label}: {args.runs} runs each, alternating", file=sys.stderr)
+        run_cases([full, link], args.runs, args.cold)
+        wall = statistics.median(link.walls) / statistics.median(full.walls)
+        lines = [f"**Incremental: {label}**", "", what, "",
+                 "| backup | median s | peak RSS MiB | stored MB (artifact + state) |", "|---|---|---|---|"]
+        for c in (full, link):
+            lines.append(f"| {c.name} | {statistics.median(c.walls):.2f} | {max(c.rss):.0f} | {c.artifact / 1e6:.2f} |")
+        lines += ["", f"link ÷ full: {wall:.3f}× the wall time, {link.artifact / full.artifact * 100:.2f} % of the stored bytes"]
+        for d in (base, full_dir, link_dir):
+            shutil.rmtree(d, ignore_errors=True)
+        return "\n".join(lines)
+
+    data = os.path.join(work, "inc-mixed")
+    os.makedirs(data)
+    write_mixed(data, size, seed=1)
+
+    def one_percent():
+        n, b = change_some(data, 0.01, seed=7)
+        return (f"{tree_bytes(data) / 1e6:.0f} MB mixed; changed: {n} files (1 %, a random sample) holding "
+                f"{b / 1e6:.1f} MB, plus 3 deleted and 3 renamed")
+
+    out.append(one_link_against_full("1 % of a mixed volume changed", data, one_percent))
+
+    # A full + 23 links, against one full artifact of the same final tree.
+    chain_dir, full_dir = os.path.join(work, "chain23"), os.path.join(work, "full23")
+    for d in (chain_dir, full_dir):
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+    back = lambda d, chain: subprocess.run(
+        f"LIFEBOAT_PATHS={data} {env_line(d, chain)} {ours_bin}/lifeboat-sidecar backup-now",
+        shell=True, check=True, capture_output=True)
+    back(chain_dir, True)
+    for k in range(23):
+        change_some(data, 0.01, seed=100 + k)
+        back(chain_dir, True)
+    back(full_dir, False)
+    restored = os.path.join(work, "restored")
+
+    d_chain, d_full = Fresh(restored, "chain"), Fresh(restored, "full")
+    r_chain = Case("restore of a full + 23 links", lambda: f"LIFEBOAT_PATHS={data} {env_line(chain_dir, True)} {ours_bin}/lifeboat-sidecar restore --to {d_chain.path}/x", prepare=d_chain.prepare)
+    r_full = Case("restore of one full artifact", lambda: f"LIFEBOAT_PATHS={data} {env_line(full_dir, False)} {ours_bin}/lifeboat-sidecar restore --to {d_full.path}/x", prepare=d_full.prepare)
+    print("bench: incremental, restore of a chain: runs alternating", file=sys.stderr)
+    run_cases([r_chain, r_full], args.runs, args.cold)
+    for d in (d_chain, d_full):
+        got = os.path.join(d.path, "x", data.lstrip("/"))
+        check_restored(data, got)
+        # And the bytes: GNU diff, which does not follow links.
+        subprocess.run(["diff", "-r", "-q", "--no-dereference", "-x", ".lifeboat-restored", data, got], check=True)
+    chain_bytes = stored_bytes(history(chain_dir), ids(chain_dir))
+    full_bytes = stored_bytes(history(full_dir), ids(full_dir))
+    lines = ["**Incremental: restore of a chain**", "",
+             f"24 backups, 1 % of the files changed before each; the chain stores {chain_bytes / 1e6:.0f} MB, "
+             f"one full artifact of the final tree {full_bytes / 1e6:.0f} MB (both restored trees checked equal to the volume)", "",
+             "| restore | median s | peak RSS MiB |", "|---|---|---|"]
+    for c in (r_chain, r_full):
+        lines.append(f"| {c.name} | {statistics.median(c.walls):.2f} | {max(c.rss):.0f} |")
+    lines += ["", f"chain ÷ full: {statistics.median(r_chain.walls) / statistics.median(r_full.walls):.2f}× the wall time"]
+    out.append("\n".join(lines))
+    for d in (chain_dir, full_dir, restored, data):
+        shutil.rmtree(d, ignore_errors=True)
+
+    if args.tiny:
+        tiny = os.path.join(work, "inc-tiny")
+        os.makedirs(tiny)
+        write_tiny(tiny, args.tiny, seed=2)
+        out.append(one_link_against_full(f"{args.tiny} small files, none changed", tiny,
+                                         lambda: f"{args.tiny} files of 1 KB; nothing changed"))
+        shutil.rmtree(tiny, ignore_errors=True)
     return "\n\n".join(out)
 
 
@@ -513,6 +680,12 @@ def main():
         action="store_true",
         help="only the memory shapes: one folder of --shape-files files, --shape-links files with two hard links each",
     )
+    ap.add_argument(
+        "--incremental",
+        action="store_true",
+        help="only incremental chains (LIFEBOAT_FULL_EVERY): a link after 1%% of --size changed, "
+        "a link of --tiny unchanged files, and a full + 23 links restored against one full",
+    )
     ap.add_argument("--shape-files", type=int, default=1_000_000, help="files in the one-folder shape (default 1,000,000)")
     ap.add_argument("--shape-links", type=int, default=200_000, help="inodes in the hard-link shape (default 200,000)")
     args = ap.parse_args()
@@ -526,6 +699,11 @@ def main():
     report = [f"Machine: {machine()}", ""]
     if args.cold:
         report += ["Cold page cache: dropped before every command.", ""]
+    if args.incremental:
+        report.append(bench_incremental(args, args.work, ours_bin))
+        shutil.rmtree(args.work, ignore_errors=True)
+        print("\n".join(report))
+        return
     if args.shapes:
         report.append(bench_shapes(args, args.work, ours_bin, baseline))
         shutil.rmtree(args.work, ignore_errors=True)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the release binaries (as the images ship them) and runs the
 # benchmark: bench/run.sh [--size 1G] [--runs 3] [--tiny 200000] [--no-gzip]
+# or, for incremental chains: bench/run.sh --incremental [--size 1G] [--tiny 200000]
 # or, for memory with many names: bench/run.sh --shapes [--runs 1]
 #   [--shape-files 1000000] [--shape-links 200000] [--baseline DIR]
 # Prints a Markdown table on stdout, progress on stderr.

@@ -10,8 +10,9 @@ use std::process::Command;
 
 use lifeboat_tests::*;
 
-/// Builds a tree with every kind of entry the files source must keep.
-fn build_tree(root: &Path) {
+/// Builds a tree with every kind of entry the files source must keep
+/// (tests/incremental.rs changes it between the links of a chain).
+pub(crate) fn build_tree(root: &Path) {
     let d = |p: &str| fs::create_dir_all(root.join(p)).unwrap();
     let w = |p: &str, data: &[u8]| fs::write(root.join(p), data).unwrap();
     d("notebooks/deep/er");

@@ -22,6 +22,7 @@ mod encryption;
 mod faults;
 mod fidelity;
 mod hostile;
+mod incremental;
 mod jupyter;
 mod kube_api;
 mod kustomize;

@@ -194,7 +194,9 @@ async fn sync(
         .iter()
         .map(|a| (a.manifest.id.clone(), a.manifest.started_at))
         .collect();
-    let kept: std::collections::HashSet<String> = retention::plan(&times, policy)
+    let mut decisions = retention::plan(&times, policy);
+    retention::keep_bases(&mut decisions, &bases_of(&have));
+    let kept: std::collections::HashSet<String> = decisions
         .into_iter()
         .filter(|d| d.keep())
         .map(|d| d.id)
@@ -240,8 +242,19 @@ async fn fresh_id(
                 .any(|l| l.name.split(".tar").next() == Some(id))
     };
     // The id's stamp moves on past taken ones; `started_at` stays the real
-    // start, so a manifest never says it started after it finished.
-    let mut t = now;
+    // start, so a manifest never says it started after it finished. Ids
+    // only grow: after a burst of backups in one second the stamps run
+    // ahead of the clock, and a chain's link must be newer than its base
+    // (as must anything after a clock stepped back).
+    let newest = listing
+        .artifacts
+        .iter()
+        .filter_map(|a| artifact::id_time(&a.manifest.id))
+        .max();
+    let mut t = match newest {
+        Some(n) if n >= now => n + Duration::seconds(1),
+        _ => now,
+    };
     loop {
         let id = artifact::id(t, source.as_str());
         if !taken(&id) {
@@ -572,23 +585,44 @@ pub async fn apply_retention(target: &AnyTarget, policy: &retention::Policy) -> 
         .iter()
         .find(|a| a.passed_drill())
         .map(|a| a.manifest.id.clone());
-    for mut d in retention::plan(&times, policy) {
+    let mut decisions = retention::plan(&times, policy);
+    for d in &mut decisions {
         if Some(&d.id) == newest_verified.as_ref() {
             d.reasons.push("newest verified".into());
         }
         if Some(&d.id) == newest_drilled.as_ref() {
             d.reasons.push("newest that passed a restore drill".into());
         }
+    }
+    // Last: what any kept link builds on stays, whatever kept the link.
+    retention::keep_bases(&mut decisions, &bases_of(&listing));
+    for d in decisions {
         if d.keep() {
             tracing::debug!(id = %d.id, reasons = %d.reasons.join(", "), "retention keeps");
             continue;
         }
         if let Some(a) = listing.artifacts.iter().find(|a| a.manifest.id == d.id) {
             target.delete(&a.manifest).await?;
-            info!(id = %d.id, policy = %policy, target = %target.describe(), "retention deleted artifact");
+            match &a.manifest.chain {
+                Some(chain) => {
+                    info!(id = %d.id, level = a.manifest.level, chain = %chain, policy = %policy, target = %target.describe(), "retention deleted a link of an incremental chain: no kept artifact builds on it")
+                }
+                None => {
+                    info!(id = %d.id, policy = %policy, target = %target.describe(), "retention deleted artifact")
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// Each chain link's base, for [`retention::keep_bases`].
+fn bases_of(listing: &crate::store::Listing) -> std::collections::HashMap<String, String> {
+    listing
+        .artifacts
+        .iter()
+        .filter_map(|a| Some((a.manifest.id.clone(), a.manifest.base.clone()?)))
+        .collect()
 }
 
 /// Removes uncommitted files older than [`LEFTOVER_MAX_AGE`].

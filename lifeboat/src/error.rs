@@ -125,6 +125,15 @@ impl Error {
         matches!(self, Error::Corrupt { .. } | Error::UnsafeEntry { .. })
     }
 
+    /// The id of the artifact this error proves bad: with a chain, the
+    /// link that failed, which may be older than the one asked for.
+    pub fn bad_artifact_id(&self) -> Option<&str> {
+        match self {
+            Error::Corrupt { id, .. } | Error::UnsafeEntry { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+
     /// The process exit code for this error: 64 (EX_USAGE) for settings a
     /// person must fix, 1 for everything else. Both binaries use it.
     pub fn exit_code(&self) -> u8 {

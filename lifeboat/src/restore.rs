@@ -223,6 +223,71 @@ fn share_drill_records(all: &mut [(&AnyTarget, Stored)]) {
     }
 }
 
+/// The links a candidate restores from, oldest first: its chain's first
+/// link and every link up to it, found on the same target by following
+/// `base` (Manifest checks keep each base older, so this ends). A full
+/// artifact is its own one link. `Err` says why the chain cannot be
+/// applied; that proves the candidate unrestorable, not its target down.
+pub fn chain_for(
+    all: &[(&AnyTarget, Stored)],
+    target: &AnyTarget,
+    m: &Manifest,
+) -> std::result::Result<Vec<Manifest>, String> {
+    let mut links = vec![m.clone()];
+    while let Some(base) = links.last().and_then(|l| l.base.clone()) {
+        let link = links.last().expect("one at least");
+        let found = all
+            .iter()
+            .find(|(t, s)| std::ptr::eq(*t, target) && s.manifest.id == base)
+            .map(|(_, s)| &s.manifest);
+        let Some(b) = found else {
+            return Err(format!(
+                "its incremental chain is incomplete: link {base} (level {}), which it builds on, is not on this target",
+                link.level.saturating_sub(1)
+            ));
+        };
+        if b.chain != link.chain || b.level + 1 != link.level || b.paths != link.paths {
+            return Err(format!(
+                "its incremental chain does not fit together: link {} (level {}) names {base} as its base, which is level {} of chain {}",
+                link.id,
+                link.level,
+                b.level,
+                b.chain.as_deref().unwrap_or("(none)")
+            ));
+        }
+        links.push(b.clone());
+    }
+    links.reverse();
+    Ok(links)
+}
+
+/// Links proven bad during this restore, by target and id: a candidate
+/// whose chain holds one is not read again.
+#[derive(Default)]
+struct ProvenBad(std::collections::HashSet<(String, String)>);
+
+impl ProvenBad {
+    fn add(&mut self, target: &AnyTarget, id: &str) {
+        self.0.insert((target.describe(), id.to_string()));
+    }
+
+    /// Why `links` cannot restore, if one of them was proven bad.
+    fn in_chain(&self, target: &AnyTarget, links: &[Manifest]) -> Option<String> {
+        let t = target.describe();
+        let bad = links
+            .iter()
+            .find(|l| self.0.contains(&(t.clone(), l.id.clone())))?;
+        Some(if Some(bad) == links.last() {
+            "it was proven bad above, as a link of a newer one's chain".into()
+        } else {
+            format!(
+                "link {} (level {}) of its incremental chain is bad (see above)",
+                bad.id, bad.level
+            )
+        })
+    }
+}
+
 /// Restore into the configured paths, as the init container does.
 ///
 /// Candidates are every committed artifact on every target, newest first;
@@ -262,6 +327,7 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
     let tried = candidates.len();
     // The id whose copies failed only for reasons that may pass.
     let mut stalled: Option<(String, Error)> = None;
+    let mut bad = ProvenBad::default();
     for (target, stored) in &candidates {
         let m = &stored.manifest;
         if let Some((id, e)) = stalled.take() {
@@ -296,7 +362,29 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
                 continue;
             }
         }
-        match try_candidate(target, stored, s, &protected, &mut replace, &mut skipped).await? {
+        let links = match chain_for(&candidates, target, m) {
+            Ok(links) => links,
+            Err(reason) => {
+                warn!(id = %m.id, target = %target.describe(), "{reason}; trying the next candidate");
+                skipped.push(format!("{} on {}: {reason}", m.id, target.describe()));
+                continue;
+            }
+        };
+        if let Some(reason) = bad.in_chain(target, &links) {
+            warn!(id = %m.id, target = %target.describe(), "{reason}; trying the next candidate");
+            skipped.push(format!("{} on {}: {reason}", m.id, target.describe()));
+            continue;
+        }
+        let tried = try_candidate(
+            target,
+            &links,
+            stored,
+            s,
+            &protected,
+            &mut replace,
+            &mut skipped,
+        );
+        match tried.await? {
             Tried::Done => {
                 let (id, target) = (m.id.clone(), target.describe());
                 return Ok(if m.layout == Layout::Logical {
@@ -313,7 +401,7 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
                     }
                 });
             }
-            Tried::Bad => {}
+            Tried::Bad(id) => bad.add(target, &id),
             Tried::Stalled(e) => stalled = Some((m.id.clone(), e)),
         }
     }
@@ -334,8 +422,10 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
 enum Tried {
     /// Restored (or, a logical dump, staged for its load).
     Done,
-    /// Proven bad, and recorded in `skipped`: the next candidate may be tried.
-    Bad,
+    /// Proven bad, and recorded in `skipped`: the next candidate may be
+    /// tried. The id of the link that was bad (the candidate's own, or,
+    /// in a chain, one it builds on).
+    Bad(String),
     /// Failed [`ATTEMPTS`] times for reasons that may pass: only another
     /// copy of the same artifact may be tried.
     Stalled(Error),
@@ -346,6 +436,7 @@ enum Tried {
 /// error is returned as an error.
 async fn try_candidate(
     target: &AnyTarget,
+    links: &[Manifest],
     stored: &Stored,
     s: &crate::config::Settings,
     protected: &Protected,
@@ -371,6 +462,7 @@ async fn try_candidate(
         };
         let result = restore_one(
             target,
+            links,
             stored,
             &dests,
             finish,
@@ -387,7 +479,8 @@ async fn try_candidate(
             Err(e) if e.proves_artifact_bad() => {
                 warn!(id = %id, target = %target, error = %e, "artifact skipped: it is bad; trying the next candidate (a copy on another target, or an older artifact)");
                 skipped.push(format!("{id} on {target}: {e}"));
-                return Ok(Tried::Bad);
+                let bad = e.bad_artifact_id().unwrap_or(&id).to_string();
+                return Ok(Tried::Bad(bad));
             }
             Err(e) if attempt < ATTEMPTS => {
                 // A failure while moving into place leaves the markers
@@ -438,10 +531,24 @@ pub async fn restore_to(
             (None, Some(b)) => a.manifest.started_at < b,
             (None, None) => true,
         });
+    let mut bad = ProvenBad::default();
     for (t, a) in chosen {
         tried += 1;
         let keys = s.identities.as_ref();
-        match restore_one_to(t, a, dir, &s.source.kind, keys, s.progress_interval).await {
+        let links = match chain_for(&all, t, &a.manifest) {
+            Ok(links) => links,
+            Err(reason) => {
+                warn!(id = %a.manifest.id, target = %t.describe(), "{reason}; trying the next candidate");
+                failures.push(format!("{} on {}: {reason}", a.manifest.id, t.describe()));
+                continue;
+            }
+        };
+        if let Some(reason) = bad.in_chain(t, &links) {
+            warn!(id = %a.manifest.id, target = %t.describe(), "{reason}; trying the next candidate");
+            failures.push(format!("{} on {}: {reason}", a.manifest.id, t.describe()));
+            continue;
+        }
+        match restore_one_to(t, &links, a, dir, &s.source.kind, keys, s.progress_interval).await {
             Ok(()) => {
                 info!(id = %a.manifest.id, to = %dir.display(), "restored");
                 return Ok(a.manifest.id.clone());
@@ -449,6 +556,7 @@ pub async fn restore_to(
             Err(e) if e.proves_artifact_bad() => {
                 warn!(id = %a.manifest.id, target = %t.describe(), error = %e, "artifact skipped: it is bad; trying the next candidate");
                 failures.push(format!("{} on {}: {e}", a.manifest.id, t.describe()));
+                bad.add(t, e.bad_artifact_id().unwrap_or(&a.manifest.id));
             }
             // A missing key, a full disk, a stalled store: say why and stop.
             Err(e) => return Err(e),
@@ -465,6 +573,7 @@ pub async fn restore_to(
 /// An artifact of another source than `source` is refused.
 async fn restore_one_to(
     target: &AnyTarget,
+    links: &[Manifest],
     stored: &Stored,
     dir: &Path,
     source: &SourceKind,
@@ -526,7 +635,7 @@ async fn restore_one_to(
         protected: &Protected::default(),
         skipped: &[],
     };
-    restore_one(target, stored, &dests, finish, keys, progress_every).await
+    restore_one(target, links, stored, &dests, finish, keys, progress_every).await
 }
 
 /// Where a logical dump's entries come from: `<source>/…` in the tar. Named
@@ -551,8 +660,13 @@ enum Finish<'a> {
 
 /// `dests` pairs each backed-up path (or a logical dump's `/<source>`) with
 /// where it goes now (for a logical dump: the folder to stage it in).
+/// `links` is the chain `stored` restores from, oldest first (only
+/// `stored` itself for a full artifact): each is read into the same
+/// staging folders in turn, each verified while it streams, and nothing
+/// moves into place before the last has verified.
 async fn restore_one(
     target: &AnyTarget,
+    links: &[Manifest],
     stored: &Stored,
     dests: &[(PathBuf, PathBuf)],
     finish: Finish<'_>,
@@ -560,12 +674,18 @@ async fn restore_one(
     progress_every: std::time::Duration,
 ) -> Result<()> {
     let m = &stored.manifest;
+    debug_assert_eq!(links.last().map(|l| &l.id), Some(&m.id));
     let span = tracing::info_span!("restore", id = %m.id, target = %target.describe());
     async move {
-        info!(size = m.size, entries = m.entries, "restore started");
+        if links.len() > 1 {
+            info!(size = m.size, entries = m.entries, chain = %links[0].id, links = links.len(), "restore started: an incremental chain, applied link by link");
+        } else {
+            info!(size = m.size, entries = m.entries, "restore started");
+        }
         let clock = Instant::now();
         // An artifact covers its own paths; restoring it into others would
-        // silently skip everything, so say so instead.
+        // silently skip everything, so say so instead. Every link of a
+        // chain covers the same paths (chain_for checks).
         for (origin, _) in dests {
             let covered = match m.layout {
                 Layout::Paths => m.paths.iter().any(|p| Path::new(p) == origin),
@@ -604,16 +724,33 @@ async fn restore_one(
                 staging,
             });
         }
-        let result = read(target, m, keys, Some(mappings.clone()), progress_every, "restore").await;
-        let report = match result {
-            Ok(r) => r,
-            Err(e) => {
-                for dir in &cleanup {
-                    let _ = fs::remove_dir_all(dir);
-                }
-                return Err(e);
+        let mut report: Option<ReadReport> = None;
+        for link in links {
+            if links.len() > 1 {
+                info!(link = %link.id, level = link.level, size = link.size, "applying link");
             }
-        };
+            let result =
+                read(target, link, keys, Some(mappings.clone()), progress_every, "restore").await;
+            match result {
+                // A link that does not list a mapping's own folder leaves
+                // the metadata the link before set.
+                Ok(mut r) => {
+                    if let Some(prev) = report.take() {
+                        for (now, before) in r.roots.iter_mut().zip(prev.roots) {
+                            *now = now.or(before);
+                        }
+                    }
+                    report = Some(r);
+                }
+                Err(e) => {
+                    for dir in &cleanup {
+                        let _ = fs::remove_dir_all(dir);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let report = report.expect("a chain has one link at least");
         // Entry warnings were logged as they happened (tar_read::Walker::warn).
         match finish {
             Finish::MoveIntoPlace {
@@ -780,10 +917,34 @@ pub async fn verify_targets(
             Pick::All => listing.artifacts.iter().collect(),
             Pick::Newest => listing.artifacts.iter().take(1).collect(),
         };
+        // A link restores only with every link before it: checking one
+        // checks its chain, link by link, oldest first (`All` meets each).
+        let listed: Vec<(&AnyTarget, Stored)> =
+            listing.artifacts.iter().map(|a| (t, a.clone())).collect();
+        let mut done = std::collections::HashSet::new();
         for a in chosen {
-            let result = verify(t, &a.manifest, keys, every).await;
-            let manifest = &a.manifest;
-            seen(i, t, Verified::Read { manifest, result })?;
+            let links = match pick {
+                Pick::All => Ok(vec![a.manifest.clone()]),
+                _ => chain_for(&listed, t, &a.manifest),
+            };
+            let links = match links {
+                Ok(links) => links,
+                Err(reason) => {
+                    let result = Err(Error::Corrupt {
+                        id: a.manifest.id.clone(),
+                        reason,
+                    });
+                    let manifest = &a.manifest;
+                    seen(i, t, Verified::Read { manifest, result })?;
+                    continue;
+                }
+            };
+            for manifest in &links {
+                if done.insert(manifest.id.clone()) {
+                    let result = verify(t, manifest, keys, every).await;
+                    seen(i, t, Verified::Read { manifest, result })?;
+                }
+            }
         }
     }
     Ok(())

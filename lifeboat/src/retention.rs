@@ -5,7 +5,7 @@
 //! Buckets work like restic's `--keep-daily` and friends: `daily=7` keeps the
 //! newest artifact of each of the 7 most recent UTC days that have one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
 use chrono::{DateTime, Datelike, Utc};
@@ -125,6 +125,42 @@ pub fn plan(artifacts: &[(String, DateTime<Utc>)], policy: &Policy) -> Vec<Decis
     out
 }
 
+/// Keeps what kept links of incremental chains build on: from each kept
+/// decision (newest first) the chain is followed through `bases` (a
+/// link's id to its base's id), and each link on the way gets a reason
+/// naming the newest kept link that needs it. So a chain is only ever cut
+/// after its newest kept link, never in the middle, and deleting newest
+/// first (the order of `decisions`) never leaves a link without its base.
+pub fn keep_bases(decisions: &mut [Decision], bases: &HashMap<String, String>) {
+    let index: HashMap<String, usize> = decisions
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.id.clone(), i))
+        .collect();
+    let mut needed = vec![false; decisions.len()];
+    for i in 0..decisions.len() {
+        if !decisions[i].keep() {
+            continue;
+        }
+        let by = decisions[i].id.clone();
+        let mut at = i;
+        while let Some(&b) = bases
+            .get(&decisions[at].id)
+            .and_then(|base| index.get(base))
+        {
+            // Links are older than what builds on them: this ends.
+            if needed[b] || b <= at {
+                break;
+            }
+            needed[b] = true;
+            decisions[b]
+                .reasons
+                .push(format!("base of {by} (its incremental chain)"));
+            at = b;
+        }
+    }
+}
+
 fn keep_buckets(
     sorted_newest_first: &mut [Decision],
     count: u32,
@@ -147,6 +183,45 @@ fn keep_buckets(
 mod tests {
     use super::*;
     use chrono::{Duration, TimeZone};
+
+    #[test]
+    fn kept_links_keep_their_whole_chain_and_nothing_else() {
+        // Hourly for two days; a new chain every 24 links (at 00:00).
+        let start = Utc.with_ymd_and_hms(2026, 11, 21, 0, 0, 0).unwrap();
+        let times: Vec<(String, DateTime<Utc>)> = (0..48)
+            .map(|h| start + Duration::hours(h))
+            .map(|t| (crate::artifact::id(t, "files"), t))
+            .collect();
+        let bases: HashMap<String, String> = (1..48)
+            .filter(|h| h % 24 != 0)
+            .map(|h| (times[h].0.clone(), times[h - 1].0.clone()))
+            .collect();
+        let policy = Policy::parse("last=2").unwrap();
+        let mut d = plan(&times, &policy);
+        keep_bases(&mut d, &bases);
+        let kept: Vec<&str> = d
+            .iter()
+            .filter(|d| d.keep())
+            .map(|d| d.id.as_str())
+            .collect();
+        // The newest two links and every link of their chain: today's 24.
+        assert_eq!(kept.len(), 24, "{kept:?}");
+        assert!(d.iter().take(24).all(|d| d.keep()));
+        assert!(d.iter().skip(24).all(|d| !d.keep()));
+        let first = d.iter().find(|d| d.id == times[24].0).unwrap();
+        assert_eq!(
+            first.reasons,
+            [format!("base of {} (its incremental chain)", times[47].0)]
+        );
+        // Yesterday's newest link (kept daily) keeps yesterday's chain whole.
+        let mut d = plan(&times, &Policy::parse("last=1,daily=2").unwrap());
+        keep_bases(&mut d, &bases);
+        assert!(d.iter().all(|d| d.keep()));
+        // Without bases (full backups) nothing more is kept.
+        let mut d = plan(&times, &policy);
+        keep_bases(&mut d, &HashMap::new());
+        assert_eq!(d.iter().filter(|d| d.keep()).count(), 2);
+    }
 
     fn history() -> Vec<(String, DateTime<Utc>)> {
         // One backup at 02:00 every day for 100 days, plus two extra today.

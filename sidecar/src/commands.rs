@@ -60,18 +60,19 @@ pub async fn list(json: bool) -> Result<()> {
         }
         println!("{}", t.describe());
         println!(
-            "{:<28} {:<20} {:>10} {:>8} {:<8} {:<20} DRILLED",
-            "ID", "STARTED (UTC)", "SIZE", "ENTRIES", "SOURCE", "VERIFIED"
+            "{:<28} {:<20} {:>10} {:>8} {:<8} {:<30} {:<20} DRILLED",
+            "ID", "STARTED (UTC)", "SIZE", "ENTRIES", "SOURCE", "KIND", "VERIFIED"
         );
         for a in &listing.artifacts {
             let m = &a.manifest;
             println!(
-                "{:<28} {:<20} {:>10} {:>8} {:<8} {:<20} {}",
+                "{:<28} {:<20} {:>10} {:>8} {:<8} {:<30} {:<20} {}",
                 m.id,
                 m.started_at.format("%Y-%m-%d %H:%M:%S"),
                 human(m.size),
                 m.entries,
                 m.source,
+                kind(m),
                 a.verified_at
                     .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
                     .unwrap_or_else(|| "no".into()),
@@ -86,6 +87,15 @@ pub async fn list(json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `full`, or a chain link: `L<level> of <chain's first id>` (level 0
+/// is the chain's full first link).
+fn kind(m: &lifeboat::manifest::Manifest) -> String {
+    match &m.chain {
+        None => "full".into(),
+        Some(chain) => format!("L{} of {chain}", m.level),
+    }
 }
 
 pub async fn verify(id: Option<String>, all: bool) -> Result<()> {
