@@ -256,6 +256,18 @@ fn a_bad_link_restores_the_state_just_before_it() {
         "{}",
         stderr(&out)
     );
+    // Nor is a link added to that chain: the next backup starts a new one.
+    let out = run_ok(v.cmd("lifeboat-sidecar").arg("backup-now"));
+    let id = stdout(&out).trim().to_string();
+    assert!(
+        stderr(&out).contains(&format!(
+            "link {} of the chain is missing, unreadable or does not fit",
+            ids[2]
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(v.manifest(&id)["chain"], id.as_str());
 }
 
 #[test]

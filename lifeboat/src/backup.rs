@@ -448,6 +448,14 @@ async fn write_and_commit(
             crate::manifest::MAX_MANIFEST_BYTES
         )));
     }
+    // Nor one that `list` would refuse: it would be stored and never seen.
+    if let Err(e) = Manifest::from_json(&manifest.to_json()) {
+        upload.abort().await;
+        return Err(Error::Internal(format!(
+            "the manifest of {} would not be read back ({e}); nothing was committed",
+            manifest.id
+        )));
+    }
     upload.commit(&manifest).await?;
     Ok(manifest)
 }

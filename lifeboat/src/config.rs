@@ -141,7 +141,14 @@ impl Settings {
         access_problems(role, &paths, &targets, &mut problems);
         let (recipients, identities) = age_keys(&r.raw, &mut problems, &mut warnings);
         let include_kube = include_kube(&r.raw, &paths, recipients.is_some(), &mut problems);
-        let full_every = full_every(&r, &source.kind, recipients.is_some(), &mut problems);
+        let exports = !include_kube.is_empty();
+        let full_every = full_every(
+            &r,
+            &source.kind,
+            recipients.is_some(),
+            exports,
+            &mut problems,
+        );
         // Only a running sidecar or `backup-now` uses these; a restore must
         // not fail over a notification setting.
         let ops = if role == Role::Backup {
@@ -189,6 +196,7 @@ fn full_every(
     r: &Reader,
     source: &SourceKind,
     encrypted: bool,
+    exports_kube: bool,
     problems: &mut Problems,
 ) -> Option<FullEvery> {
     let every = r
@@ -212,6 +220,13 @@ fn full_every(
              compares the volume with the chain's state (every file's name, size and times), \
              which the sidecar would have to store unencrypted, as it holds no key to decrypt \
              it; unset one of the two"
+                .into(),
+        ))
+    } else if exports_kube {
+        Some(refuse(
+            "incremental chains cannot be combined with LIFEBOAT_INCLUDE_KUBE: the exported \
+             objects carry no folder lists, so a restored chain would bring back objects \
+             deleted since its first link; unset one of the two"
                 .into(),
         ))
     } else {
@@ -785,6 +800,17 @@ mod tests {
                     ("LIFEBOAT_AGE_RECIPIENTS", "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"),
                 ],
                 "cannot be combined with LIFEBOAT_AGE_RECIPIENTS",
+            ),
+            (
+                vec![
+                    ("LIFEBOAT_FULL_EVERY", "24h"),
+                    ("LIFEBOAT_INCLUDE_KUBE", "configmaps"),
+                ],
+                "cannot be combined with LIFEBOAT_INCLUDE_KUBE",
+            ),
+            (
+                vec![("LIFEBOAT_FULL_EVERY", "100001")],
+                "more than 100000",
             ),
         ] {
             let text = with(&extra).unwrap_err().to_string();

@@ -79,7 +79,15 @@ pub async fn prepare(
     let first = newest
         .flatten()
         .and_then(|n| links.iter().find(|l| l.id == n.chain));
-    let (place, old) = match plan::next(full_every, newest, first, paths, now) {
+    let mut next = plan::next(full_every, newest, first, paths, now);
+    if let Next::Link { base, .. } = &next {
+        // Every link down to the first must be there and fit: a link
+        // added to a chain with a gap would never restore.
+        if let Err(why) = whole_chain(listing, base) {
+            next = Next::Start(why);
+        }
+    }
+    let (place, old) = match next {
         Next::Full => return None,
         Next::Start(why) => {
             info!(reason = %why, "this backup starts a new incremental chain (a full backup)");
@@ -124,6 +132,36 @@ pub async fn prepare(
             warn!(dir = %spool_dir.display(), error = %e, "no room for the chain's state in TMPDIR; this backup is a full one outside any chain");
             None
         }
+    }
+}
+
+/// Whether the chain ending at `newest` is whole in `listing`: each base
+/// listed, one level less, same chain and paths, down to level 0.
+fn whole_chain(listing: &Listing, newest: &str) -> std::result::Result<(), String> {
+    let by_id: std::collections::HashMap<&str, &Manifest> = listing
+        .artifacts
+        .iter()
+        .map(|a| (a.manifest.id.as_str(), &a.manifest))
+        .collect();
+    let mut link = by_id[newest];
+    while let Some(base) = &link.base {
+        match by_id.get(base.as_str()) {
+            Some(b)
+                if b.chain == link.chain && b.level + 1 == link.level && b.paths == link.paths =>
+            {
+                link = b
+            }
+            _ => {
+                return Err(format!(
+                    "link {base} of the chain is missing, unreadable or does not fit"
+                ))
+            }
+        }
+    }
+    if link.level == 0 {
+        Ok(())
+    } else {
+        Err(format!("the chain's link {} has no base", link.id))
     }
 }
 

@@ -86,9 +86,9 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-/// More links than this in one chain is not one of ours (a chain restarts
-/// at `LIFEBOAT_FULL_EVERY`, and a count there is at most this).
-pub const MAX_LEVEL: u32 = 100_000;
+/// More links than this in one chain is not one of ours (a new chain
+/// starts before it).
+pub use crate::chain::plan::MAX_LEVEL;
 
 /// What the entries of an artifact are, which decides how it is restored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

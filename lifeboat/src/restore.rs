@@ -918,16 +918,12 @@ pub async fn verify_targets(
             Pick::Newest => listing.artifacts.iter().take(1).collect(),
         };
         // A link restores only with every link before it: checking one
-        // checks its chain, link by link, oldest first (`All` meets each).
+        // checks its chain, link by link, oldest first; each link once.
         let listed: Vec<(&AnyTarget, Stored)> =
             listing.artifacts.iter().map(|a| (t, a.clone())).collect();
         let mut done = std::collections::HashSet::new();
         for a in chosen {
-            let links = match pick {
-                Pick::All => Ok(vec![a.manifest.clone()]),
-                _ => chain_for(&listed, t, &a.manifest),
-            };
-            let links = match links {
+            let links = match chain_for(&listed, t, &a.manifest) {
                 Ok(links) => links,
                 Err(reason) => {
                     let result = Err(Error::Corrupt {

@@ -18,6 +18,11 @@ pub enum FullEvery {
     Links(u32),
 }
 
+/// The most links one chain has: past it a new chain starts, whatever
+/// `LIFEBOAT_FULL_EVERY` says, and a manifest of a higher level is not one
+/// of ours (`Manifest::check_chain`).
+pub const MAX_LEVEL: u32 = 100_000;
+
 pub const ACCEPTED: &str = "off (every backup is full; the default), a duration such as \
     24h or 7d (a full backup once the chain's first is that old), or a count of at least 2 \
     such as 24 (a full backup every 24 backups)";
@@ -31,6 +36,9 @@ impl FullEvery {
         }
         if t.bytes().all(|b| b.is_ascii_digit()) {
             return match t.parse::<u32>() {
+                Ok(n) if n > MAX_LEVEL => Err(format!(
+                    "{t} backups per chain is more than {MAX_LEVEL}; accepted: {ACCEPTED}"
+                )),
                 Ok(n) if n >= 2 => Ok(Some(FullEvery::Links(n))),
                 Ok(_) => Err(format!(
                     "{t} backups per chain is every backup full; accepted: {ACCEPTED}"
@@ -103,6 +111,11 @@ pub fn next(
     let Some(first) = first.filter(|f| f.id == newest.chain) else {
         return start("the chain's first link is gone");
     };
+    if newest.level >= MAX_LEVEL {
+        return Next::Start(format!(
+            "the chain has {MAX_LEVEL} links, the most one may have"
+        ));
+    }
     match every {
         FullEvery::Age(d) => {
             let age = (now - first.started_at).to_std().unwrap_or_default();
@@ -242,5 +255,21 @@ mod tests {
         assert!(why(Some(Some(&first)), Some(&first), &other).contains("paths changed"));
         let orphan = link("c1", 1, "c0", 1);
         assert!(why(Some(Some(&orphan)), None, &paths).contains("first link is gone"));
+        // Never past the most links a chain may have, whatever the setting.
+        let last = link("cN", MAX_LEVEL, "c0", 1);
+        let n = next(
+            Some(FullEvery::Age(Duration::from_secs(366 * 86400))),
+            Some(Some(&last)),
+            Some(&first),
+            &paths,
+            at(2),
+        );
+        assert!(
+            matches!(&n, Next::Start(w) if w.contains("the most one may have")),
+            "{n:?}"
+        );
+        assert!(FullEvery::parse("100001")
+            .unwrap_err()
+            .contains("more than 100000"));
     }
 }
