@@ -143,26 +143,15 @@ fn whole_chain(listing: &Listing, newest: &str) -> std::result::Result<(), Strin
         .iter()
         .map(|a| (a.manifest.id.as_str(), &a.manifest))
         .collect();
-    let mut link = by_id[newest];
-    while let Some(base) = &link.base {
-        match by_id.get(base.as_str()) {
-            Some(b)
-                if b.chain == link.chain && b.level + 1 == link.level && b.paths == link.paths =>
-            {
-                link = b
-            }
-            _ => {
-                return Err(format!(
-                    "link {base} of the chain is missing, unreadable or does not fit"
-                ))
-            }
-        }
-    }
-    if link.level == 0 {
-        Ok(())
-    } else {
-        Err(format!("the chain's link {} has no base", link.id))
-    }
+    by_id[newest]
+        .chain_links(|id| by_id.get(id).copied())
+        .map(|_| ())
+        .map_err(|gap| {
+            format!(
+                "link {} of the chain is missing, unreadable or does not fit",
+                gap.base()
+            )
+        })
 }
 
 fn start(id: &str) -> Place {

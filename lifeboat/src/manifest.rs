@@ -256,6 +256,63 @@ impl Manifest {
     pub fn is_increment(&self) -> bool {
         self.level > 0
     }
+
+    /// The links this artifact restores from, oldest first (itself alone
+    /// outside chains), each base looked up by id through `find`: every
+    /// base must be there, one level less, of the same chain and paths.
+    /// Ends because [`Manifest::from_json`] keeps each base older.
+    pub fn chain_links<'a>(
+        &'a self,
+        find: impl Fn(&str) -> Option<&'a Manifest>,
+    ) -> Result<Vec<&'a Manifest>, ChainGap> {
+        let mut links = vec![self];
+        let mut link = self;
+        while let Some(base) = &link.base {
+            let Some(b) = find(base) else {
+                return Err(ChainGap::Missing {
+                    base: base.clone(),
+                    level: link.level.saturating_sub(1),
+                });
+            };
+            if b.chain != link.chain || b.level + 1 != link.level || b.paths != link.paths {
+                return Err(ChainGap::Misfit {
+                    link: link.id.clone(),
+                    level: link.level,
+                    base: base.clone(),
+                    base_level: b.level,
+                    base_chain: b.chain.clone(),
+                });
+            }
+            links.push(b);
+            link = b;
+        }
+        links.reverse();
+        Ok(links)
+    }
+}
+
+/// Why [`Manifest::chain_links`] could not follow a chain to its start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainGap {
+    /// `base`, which a link of level `level + 1` builds on, is not there.
+    Missing { base: String, level: u32 },
+    /// `link` names `base` as its base, which is not the link before it.
+    Misfit {
+        link: String,
+        level: u32,
+        base: String,
+        base_level: u32,
+        base_chain: Option<String>,
+    },
+}
+
+impl ChainGap {
+    /// The base that broke the chain.
+    pub fn base(&self) -> &str {
+        match self {
+            ChainGap::Missing { base, .. } | ChainGap::Misfit { base, .. } => base,
+        }
+    }
 }
 
 /// At most this many warnings go into a manifest (a backup's or a

@@ -19,7 +19,7 @@ use crate::durable::{sync_dir, sync_fs, write_synced};
 use crate::encryption::Identities;
 use crate::error::IoContext;
 use crate::layout::PENDING_DIR;
-use crate::manifest::{Layout, Manifest};
+use crate::manifest::{ChainGap, Layout, Manifest};
 use crate::pending;
 use crate::pipe::{self, ChunkReader};
 use crate::progress::{self, mib_per_s, Cancel, Progress};
@@ -233,32 +233,21 @@ pub fn chain_for(
     target: &AnyTarget,
     m: &Manifest,
 ) -> std::result::Result<Vec<Manifest>, String> {
-    let mut links = vec![m.clone()];
-    while let Some(base) = links.last().and_then(|l| l.base.clone()) {
-        let link = links.last().expect("one at least");
-        let found = all
-            .iter()
-            .find(|(t, s)| std::ptr::eq(*t, target) && s.manifest.id == base)
-            .map(|(_, s)| &s.manifest);
-        let Some(b) = found else {
-            return Err(format!(
-                "its incremental chain is incomplete: link {base} (level {}), which it builds on, is not on this target",
-                link.level.saturating_sub(1)
-            ));
-        };
-        if b.chain != link.chain || b.level + 1 != link.level || b.paths != link.paths {
-            return Err(format!(
-                "its incremental chain does not fit together: link {} (level {}) names {base} as its base, which is level {} of chain {}",
-                link.id,
-                link.level,
-                b.level,
-                b.chain.as_deref().unwrap_or("(none)")
-            ));
-        }
-        links.push(b.clone());
+    let on_target = |id: &str| {
+        all.iter()
+            .find(|(t, s)| std::ptr::eq(*t, target) && s.manifest.id == id)
+            .map(|(_, s)| &s.manifest)
+    };
+    match m.chain_links(on_target) {
+        Ok(links) => Ok(links.into_iter().cloned().collect()),
+        Err(ChainGap::Missing { base, level }) => Err(format!(
+            "its incremental chain is incomplete: link {base} (level {level}), which it builds on, is not on this target"
+        )),
+        Err(ChainGap::Misfit { link, level, base, base_level, base_chain }) => Err(format!(
+            "its incremental chain does not fit together: link {link} (level {level}) names {base} as its base, which is level {base_level} of chain {}",
+            base_chain.as_deref().unwrap_or("(none)")
+        )),
     }
-    links.reverse();
-    Ok(links)
 }
 
 /// Links proven bad during this restore, by target and id: a candidate

@@ -606,6 +606,19 @@ mod tests {
         Manifest::from_json(json.to_string().as_bytes()).unwrap()
     }
 
+    /// The names `leftovers` reports, sorted.
+    async fn leftover_names(t: &Artifacts<Mem>) -> Vec<String> {
+        let mut names: Vec<String> = t
+            .leftovers()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        names.sort();
+        names
+    }
+
     async fn committed(t: &Artifacts<Mem>, m: &Manifest, body: &[u8]) {
         let mut up = t.begin(&m.artifact).await.unwrap();
         up.write(body.to_vec()).await.unwrap();
@@ -705,14 +718,7 @@ mod tests {
         mem.insert("20260106T000000Z-files.verified.json", b"{}");
         mem.insert(".lifeboat-probe-1", b"not ours to judge");
         let _never_finished = t.begin("20260107T000000Z-files.tar").await.unwrap();
-        let mut names: Vec<String> = t
-            .leftovers()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|l| l.name)
-            .collect();
-        names.sort();
+        let names = leftover_names(&t).await;
         assert_eq!(
             names,
             [
@@ -824,14 +830,7 @@ mod tests {
             hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"state"))
         );
         // Before its manifest, the state is a leftover like any other blob.
-        let left: Vec<String> = t
-            .leftovers()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|l| l.name)
-            .collect();
-        assert_eq!(left, [format!("{ID}.state.zst")]);
+        assert_eq!(leftover_names(&t).await, [format!("{ID}.state.zst")]);
         m.chain = Some(ID.into());
         m.state = Some(blob);
         committed(&t, &m, b"data").await;
