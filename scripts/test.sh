@@ -13,7 +13,11 @@ step() { local now; now=$(date +%s); echo "test.sh: $1 took $((now - t0)) s"; t0
 # say how much room there was.
 disk_report() { echo "test.sh: free disk $1: $(df -Ph . "${TMPDIR:-/tmp}" | awk 'NR>1 {print $6 " " $4}' | paste -sd, -)"; }
 disk_report "before the build"
-cargo build --workspace --bins --locked
+# One build for the binaries and the tests: `cargo test --workspace` builds
+# every package's binaries (each has integration tests) with the features the
+# tests resolve (lifeboat's dev-dependencies turn on tokio's test-util), so a
+# separate `cargo build --bins` would compile the async stack a second time
+# with other features (~6 CPU-minutes) only for the tests to rebuild it.
 cargo test --workspace --locked --no-run
 step "setup and the debug builds"
 

@@ -85,17 +85,33 @@ if [ ! -x "$pg/native/bin/postgres" ]; then
 fi
 
 # The ArangoDB stand-in (a test double of its HTTP API: no ArangoDB installs
-# here), built like the tests are, wherever the target folder is.
-cargo build --locked -p lifeboat-tests --bin arangodb-standin
-target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+# here) and the e2e test binary, built before the cluster starts (so the build
+# does not compete with it) by the same command scripts/test.sh builds the
+# tests with, wherever the target folder is. Any narrower cargo command
+# (`-p lifeboat-tests`, `--test e2e`) would resolve features without
+# lifeboat's dev-dependencies (tokio's test-util) and rebuild the whole async
+# stack, minutes of CPU, for a binary that differs only in that.
+built=$(cargo test --locked --workspace --no-run --message-format=json)
+executable() {
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] \
+            and sys.argv[2] in m["target"]["kind"] and m.get("executable") \
+            and m["profile"]["test"] == (sys.argv[2] == "test"):
+        print(m["executable"]); break
+else:
+    sys.exit("e2e: cargo built no " + sys.argv[2] + " named " + sys.argv[1])
+' "$1" "$2" <<< "$built"
+}
+standin=$(executable arangodb-standin bin)
+e2e_test=$(executable e2e test)
 
 images=target/e2e/images
 echo "e2e: building the images"
-LIFEBOAT_E2E_EMBEDDED_POSTGRES=$pg LIFEBOAT_E2E_ARANGODB_STANDIN=$target_dir/debug/arangodb-standin \
+LIFEBOAT_E2E_EMBEDDED_POSTGRES=$pg LIFEBOAT_E2E_ARANGODB_STANDIN=$standin \
   python3 tests/e2e/images.py "$images" "$static"
-
-# The test binary before the cluster, so the build does not compete with it.
-cargo test --locked -p lifeboat-tests --test e2e --no-run
 
 state=
 child=
@@ -148,7 +164,8 @@ fi
 
 echo "e2e: running tests/e2e.rs"
 # In the background, so a TERM reaches the trap (and the teardown) at once.
-cargo test --locked -p lifeboat-tests --test e2e -- --test-threads=4 --nocapture &
+# Run where `cargo test` would run it: in the package's folder.
+(cd tests && exec "$e2e_test" --test-threads=4 --nocapture) &
 child=$!
 wait "$child"
 child=

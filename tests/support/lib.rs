@@ -27,7 +27,7 @@ pub fn bin(name: &str) -> PathBuf {
     let p = dir.join(name);
     assert!(
         p.exists(),
-        "{} is not built; run `cargo build --workspace --bins` (scripts/test.sh does)",
+        "{} is not built; run `cargo test --workspace --no-run` (scripts/test.sh does)",
         p.display()
     );
     p
