@@ -25,7 +25,7 @@ use crate::pipe::{self, ChunkReader};
 use crate::progress::{self, mib_per_s, Cancel, Progress};
 use crate::protected::Protected;
 use crate::store::{AnyTarget, Stored, Target};
-use crate::tar_read::{self, Mapping, Mode, ReadReport};
+use crate::tar_read::{self, Mapping, Mode, ReadReport, Step};
 use crate::{Error, Result};
 
 pub use crate::layout::RESTORED_MARKER;
@@ -714,12 +714,17 @@ async fn restore_one(
             });
         }
         let mut report: Option<ReadReport> = None;
-        for link in links {
+        for (i, link) in links.iter().enumerate() {
             if links.len() > 1 {
                 info!(link = %link.id, level = link.level, size = link.size, "applying link");
             }
-            let result =
-                read(target, link, keys, Some(mappings.clone()), progress_every, "restore").await;
+            let step = Step {
+                before: report.as_mut().and_then(|r| r.lists.take()),
+                fresh: i == 0,
+                last: i + 1 == links.len(),
+            };
+            let extract = Some((mappings.clone(), step));
+            let result = read(target, link, keys, extract, progress_every, "restore").await;
             match result {
                 // A link that does not list a mapping's own folder leaves
                 // the metadata the link before set.
@@ -779,12 +784,13 @@ async fn restore_one(
 }
 
 /// Streams an artifact from `target` through [`tar_read::read_artifact`]:
-/// extracting into `mappings`' staging folders, or only checking when `None`.
+/// extracting into `extract`'s staging folders (at that step of its
+/// chain), or only checking when `None`.
 async fn read(
     target: &AnyTarget,
     m: &Manifest,
     keys: Option<&Identities>,
-    mappings: Option<Vec<Mapping>>,
+    extract: Option<(Vec<Mapping>, Step)>,
     every: std::time::Duration,
     what: &'static str,
 ) -> Result<ReadReport> {
@@ -803,11 +809,23 @@ async fn read(
     let keys = keys.cloned();
     let cancel: Cancel = Default::default();
     let res = tokio::task::spawn_blocking(move || {
+        let (mappings, step) = match extract {
+            Some((m, step)) => (Some(m), step),
+            None => (None, Step::only()),
+        };
         let mode = match &mappings {
             Some(m) => Mode::Extract(m),
             None => Mode::Verify,
         };
-        tar_read::read_artifact(chunks, &manifest, keys.as_ref(), mode, &progress, &cancel)
+        tar_read::read_artifact(
+            chunks,
+            &manifest,
+            keys.as_ref(),
+            mode,
+            step,
+            &progress,
+            &cancel,
+        )
     })
     .await
     .map_err(|e| Error::Internal(format!("the {what} worker crashed: {e}")))?;

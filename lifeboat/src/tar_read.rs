@@ -14,6 +14,7 @@ use std::sync::Arc;
 use filetime::FileTime;
 use tar::EntryType;
 
+use crate::chain::digests::{ListDigest, Recorded, Recorder};
 use crate::chain::dumpdir;
 use crate::compression::Compression;
 use crate::encryption::{self, Access, Identities, KeyProblem};
@@ -76,6 +77,35 @@ pub struct ReadReport {
     /// `verify` only: why the artifact, which verified, could not be marked
     /// verified on its target (e.g. a read-only backup volume).
     pub mark_not_recorded: Option<String>,
+    /// An incremental link's folder lists, for the next link ([`Step`]).
+    pub lists: Option<Recorded>,
+}
+
+/// Where an extraction stands in a chain (docs/ARCHITECTURE.md,
+/// "Incremental chains", restore): what the link before left, and which
+/// of the work only the first or the last link needs.
+#[derive(Debug)]
+pub struct Step {
+    /// The folder lists the link before this one applied ([`ReadReport::lists`]);
+    /// a folder whose list is the same is not read from disk again.
+    pub before: Option<Recorded>,
+    /// The staging folders were empty before this link: nothing to purge.
+    pub fresh: bool,
+    /// The chain's last link (or a full artifact): only it gives folders
+    /// their owner, mode and mtime, as every later link lists every folder
+    /// again, and it leaves no lists behind.
+    pub last: bool,
+}
+
+impl Step {
+    /// A full artifact, or a chain of one: into empty staging, and last.
+    pub fn only() -> Step {
+        Step {
+            before: None,
+            fresh: true,
+            last: true,
+        }
+    }
 }
 
 pub enum Mode<'a> {
@@ -102,6 +132,7 @@ pub fn read_artifact<R: Read + Send>(
     manifest: &Manifest,
     keys: Option<&Identities>,
     mode: Mode<'_>,
+    step: Step,
     progress: &Arc<Progress>,
     cancel: &Cancel,
 ) -> Result<ReadReport> {
@@ -138,9 +169,14 @@ pub fn read_artifact<R: Read + Send>(
         let decoding = scope.spawn(move || decode(reader, compression, keys, limit, tx, spares));
         let walk_result = {
             let mut archive = tar::Archive::new(chunks);
-            let mut walker = Walker::new(manifest, mode, progress, cancel, &mut report);
+            let mut walker = Walker::new(manifest, mode, step, progress, cancel, &mut report);
             let r = walker.walk(&mut archive);
+            let lists = walker
+                .recorder
+                .take()
+                .and_then(|r| r.finish().ok().flatten());
             drop(walker);
+            report.lists = lists;
             // Read past the tar's end so a damaged compressed tail is noticed too.
             r.and_then(|()| {
                 io::copy(&mut archive.into_inner(), &mut io::sink())
@@ -322,12 +358,18 @@ struct Walker<'a> {
     open: Vec<OpenDir>,
     as_root: bool,
     warned_owner: bool,
+    /// The link before's folder lists, and this link's for the next.
+    before: Option<Recorded>,
+    recorder: Option<Recorder>,
+    fresh: bool,
+    last: bool,
 }
 
 impl<'a> Walker<'a> {
     fn new(
         manifest: &'a Manifest,
         mode: Mode<'a>,
+        step: Step,
         progress: &'a Arc<Progress>,
         cancel: &'a Cancel,
         report: &'a mut ReadReport,
@@ -337,6 +379,14 @@ impl<'a> Walker<'a> {
             Mode::Verify => 0,
         };
         report.roots = vec![None; n];
+        // Without a place for the lists the next link only loses its
+        // shortcut: it purges every folder.
+        let recorder = match (&mode, step.last) {
+            (Mode::Extract(_), false) => Recorder::new(&listing::spool_dir())
+                .map_err(|e| tracing::debug!("cannot keep folder lists in TMPDIR: {e}"))
+                .ok(),
+            _ => None,
+        };
         Walker {
             manifest,
             mode,
@@ -347,6 +397,10 @@ impl<'a> Walker<'a> {
             // SAFETY: geteuid has no preconditions and cannot fail.
             as_root: unsafe { libc::geteuid() } == 0,
             warned_owner: false,
+            before: step.before,
+            recorder,
+            fresh: step.fresh,
+            last: step.last,
         }
     }
 
@@ -481,7 +535,7 @@ impl<'a> Walker<'a> {
             }
             self.report.roots[idx] = Some(meta);
             if listed {
-                self.purge(&m.staging, entry, name)?;
+                self.folder_list(&m.staging, entry, name, (idx, &rel))?;
             }
             return Ok(());
         }
@@ -494,7 +548,7 @@ impl<'a> Walker<'a> {
         match kind {
             _ if listed => {
                 self.extract_dir(dest.clone(), meta, name)?;
-                self.purge(&dest, entry, name)?;
+                self.folder_list(&dest, entry, name, (idx, &rel))?;
             }
             EntryType::Directory => self.extract_dir(dest, meta, name)?,
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
@@ -557,9 +611,12 @@ impl<'a> Walker<'a> {
     fn extract_dir(&mut self, dest: PathBuf, meta: DirMeta, name: &Path) -> Result<()> {
         match fs::symlink_metadata(&dest) {
             // Listed twice, or after its content: the newer metadata wins.
-            Ok(md) if md.is_dir() => {
+            // A chain's folders get theirs from its last link (all of them
+            // are still ours to write into until then).
+            Ok(md) if md.is_dir() && self.last => {
                 self.reopen(&dest, &md)?;
             }
+            Ok(md) if md.is_dir() => {}
             Ok(_) => {
                 return Err(self.unsafe_entry(
                     name,
@@ -570,9 +627,64 @@ impl<'a> Walker<'a> {
         }
         self.open.push(OpenDir {
             path: dest,
-            meta: Some(meta),
+            meta: self.last.then_some(meta),
         });
         Ok(())
+    }
+
+    /// An incremental link's folder list (a `D` entry's data): recorded
+    /// for the next link, and the folder purged unless nothing can be in
+    /// it that the list does not name: in the chain's first link (into
+    /// empty staging), or when the link before listed the same names
+    /// ([`crate::chain::digests`]).
+    fn folder_list<R: Read>(
+        &mut self,
+        dir: &Path,
+        entry: &mut R,
+        name: &Path,
+        (idx, rel): (usize, &Path),
+    ) -> Result<()> {
+        let bad_list = |r: String| self.corrupt(format!("{}: {r}", name.display()));
+        let spool = listing::spool_dir();
+        let mut list = dumpdir::Reader::new(entry);
+        let mut kept = dumpdir::Builder::new(&spool);
+        let mut digest = ListDigest::default();
+        while let Some((flag, n)) = list.next_entry().map_err(bad_list)? {
+            digest.add(flag, &n);
+            if !self.fresh {
+                kept.push(flag, &n)
+                    .map_err(|e| Error::io("spooling a folder list in TMPDIR".to_string(), e))?;
+            }
+        }
+        let digest = digest.finish();
+        let (root, rel) = (idx as u32, rel.as_os_str().as_bytes());
+        if let Some(r) = &mut self.recorder {
+            if let Err(e) = r.record(root, rel, &digest) {
+                tracing::debug!("cannot keep folder lists in TMPDIR: {e}");
+                self.recorder = None;
+            }
+        }
+        if self.fresh {
+            return Ok(());
+        }
+        let unchanged = match &mut self.before {
+            Some(before) => match before.find(root, rel) {
+                Ok(found) => found == Some(digest),
+                Err(e) => {
+                    tracing::debug!("cannot read the folder lists kept in TMPDIR: {e}");
+                    self.before = None;
+                    false
+                }
+            },
+            None => false,
+        };
+        if unchanged {
+            return Ok(());
+        }
+        let (_, mut spooled) = kept
+            .finish()
+            .map_err(|e| Error::io("spooling a folder list in TMPDIR".to_string(), e))?;
+        self.purge(dir, &mut spooled, name)
     }
 
     /// An incremental link's folder: removes from `dir` (in staging, made

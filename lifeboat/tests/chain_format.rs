@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use lifeboat::chain::dumpdir::{self, Flag};
 use lifeboat::manifest::Manifest;
-use lifeboat::tar_read::{self, Mapping, Mode};
+use lifeboat::tar_read::{self, Mapping, Mode, ReadReport, Step};
 use sha2::Digest;
 
 /// One link of a chain, written the way the backup writes it: every folder
@@ -103,11 +103,11 @@ fn gnu_tar_apply(tar: &[u8], work: &Path, n: usize, into: &Path) {
     );
 }
 
-/// The restore's reader over link `n`, which must pass.
-fn read_link(tar: &[u8], m: &Manifest, mode: Mode<'_>, n: usize) {
+/// The restore's reader over link `n` at `step` of its chain, which must pass.
+fn read_link(tar: &[u8], m: &Manifest, mode: Mode<'_>, step: Step, n: usize) -> ReadReport {
     let progress = Arc::new(lifeboat::progress::Progress::default());
-    tar_read::read_artifact(tar, m, None, mode, &progress, &Default::default())
-        .unwrap_or_else(|e| panic!("link {n}: {e}"));
+    tar_read::read_artifact(tar, m, None, mode, step, &progress, &Default::default())
+        .unwrap_or_else(|e| panic!("link {n}: {e}"))
 }
 
 /// What a user compares: every path with its type and content.
@@ -197,14 +197,33 @@ fn a_chain_applied_by_gnu_tar_and_by_the_restore_gives_the_last_links_tree() {
         origin: PathBuf::from("/data"),
         staging: staging.clone(),
     }];
+    // Each link given the folder lists the one before left, as a restore
+    // does: folders whose list did not change are not purged.
+    let mut before = None;
     for (n, ((tar, entries), want)) in links.iter().zip(&expected).enumerate() {
         gnu_tar_apply(tar, work.path(), n, &by_hand);
         assert_eq!(&tree(&by_hand.join("data")), want, "GNU tar after link {n}");
 
         let m = manifest(tar, *entries, n);
-        read_link(tar, &m, Mode::Verify, n);
-        read_link(tar, &m, Mode::Extract(&mappings), n);
+        read_link(tar, &m, Mode::Verify, Step::only(), n);
+        let step = Step {
+            before: before.take(),
+            fresh: n == 0,
+            last: false,
+        };
+        let report = read_link(tar, &m, Mode::Extract(&mappings), step, n);
+        assert!(report.lists.is_some(), "link {n} left its folder lists");
+        before = report.lists;
         assert_eq!(&tree(&staging), want, "the restore after link {n}");
+    }
+}
+
+/// A link into staging that already holds something: every folder purged.
+fn into_used() -> Step {
+    Step {
+        before: None,
+        fresh: false,
+        last: true,
     }
 }
 
@@ -235,10 +254,17 @@ fn a_hostile_folder_list_is_refused_and_removes_nothing_outside() {
         let tar = tar.into_inner().unwrap();
         let m = manifest(&tar, 1, 0);
         for mode in [Mode::Verify, Mode::Extract(&mappings)] {
-            let e =
-                tar_read::read_artifact(&tar[..], &m, None, mode, &progress, &Default::default())
-                    .unwrap_err()
-                    .to_string();
+            let e = tar_read::read_artifact(
+                &tar[..],
+                &m,
+                None,
+                mode,
+                into_used(),
+                &progress,
+                &Default::default(),
+            )
+            .unwrap_err()
+            .to_string();
             assert!(e.contains(why), "{list:?}: {e}");
         }
         assert_eq!(fs::read_to_string(&outside).unwrap(), "never touched");
@@ -364,7 +390,13 @@ fn the_walk_stores_only_what_changed_and_the_chain_restores_each_state() {
         let mut m = manifest(tar, *entries, n);
         m.paths = vec![vol.display().to_string()];
         m.bytes_in = *bytes_in;
-        read_link(tar, &m, Mode::Extract(&mappings), n);
+        // Without the lists of the link before: every folder is purged.
+        let step = Step {
+            before: None,
+            fresh: n == 0,
+            last: true,
+        };
+        read_link(tar, &m, Mode::Extract(&mappings), step, n);
         assert_eq!(&tree(&staging), want, "the restore after link {n}");
     }
 }

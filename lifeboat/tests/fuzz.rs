@@ -15,7 +15,7 @@ use std::sync::Arc;
 use lifeboat::annotations;
 use lifeboat::config::{Inputs, Role, Settings, KEYS};
 use lifeboat::manifest::Manifest;
-use lifeboat::tar_read::{self, Mapping, Mode};
+use lifeboat::tar_read::{self, Mapping, Mode, Step};
 use lifeboat::Error;
 use proptest::prelude::*;
 use sha2::Digest;
@@ -132,7 +132,7 @@ proptest! {
         let mappings = [Mapping { origin: PathBuf::from("/data"), staging: staging.clone() }];
         let progress = Arc::new(lifeboat::progress::Progress::default());
         for mode in [Mode::Verify, Mode::Extract(&mappings)] {
-            let _ = tar_read::read_artifact(&tar[..], &manifest, None, mode, &progress, &Default::default());
+            let _ = tar_read::read_artifact(&tar[..], &manifest, None, mode, Step::only(), &progress, &Default::default());
         }
         let mut stray = Vec::new();
         walk(dir.path(), &mut |p: &Path| {

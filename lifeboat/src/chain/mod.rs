@@ -6,9 +6,12 @@
 //!   applying a link removes what was deleted;
 //! - `state.rs`: what the next link compares the volume with, stored
 //!   beside each link;
+//! - `digests.rs`: what applying a link leaves for the next, so that a
+//!   restore reads only the folders whose list changed;
 //! - `plan.rs`: whether the next backup is full, a new chain's first link,
 //!   or the next link (`LIFEBOAT_FULL_EVERY`).
 
+pub mod digests;
 pub mod dumpdir;
 pub mod plan;
 pub mod state;
