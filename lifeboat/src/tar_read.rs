@@ -426,9 +426,9 @@ impl<'a> Walker<'a> {
         }
     }
 
-    fn walk<R: Read>(&mut self, archive: &mut tar::Archive<R>) -> Result<()> {
+    fn walk<R: Read + Seek>(&mut self, archive: &mut tar::Archive<R>) -> Result<()> {
         let entries = archive
-            .entries()
+            .entries_with_seek()
             .map_err(|e| self.corrupt(format!("not a tar stream: {e}")))?;
         for entry in entries {
             if is_cancelled(self.cancel) {
