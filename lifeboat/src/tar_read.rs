@@ -171,10 +171,12 @@ pub fn read_artifact<R: Read + Send>(
             let mut archive = tar::Archive::new(chunks);
             let mut walker = Walker::new(manifest, mode, step, progress, cancel, &mut report);
             let r = walker.walk(&mut archive);
-            let lists = walker
-                .recorder
-                .take()
-                .and_then(|r| r.finish().ok().flatten());
+            let lists = walker.recorder.take().and_then(|r| {
+                r.finish()
+                    .map_err(|e| tracing::debug!("cannot keep folder lists in TMPDIR: {e}"))
+                    .ok()
+                    .flatten()
+            });
             drop(walker);
             report.lists = lists;
             // Read past the tar's end so a damaged compressed tail is noticed too.

@@ -85,7 +85,15 @@ impl Recorder {
         self.out.write_all(&(folder.len() as u32).to_le_bytes())?;
         self.out.write_all(folder)?;
         self.out.write_all(digest)?;
-        self.last = Some((root, folder.to_vec()));
+        // One buffer for the whole link, not an allocation per folder.
+        match &mut self.last {
+            Some((r, last)) => {
+                *r = root;
+                last.clear();
+                last.extend_from_slice(folder);
+            }
+            None => self.last = Some((root, folder.to_vec())),
+        }
         Ok(())
     }
 
@@ -177,24 +185,22 @@ mod tests {
     #[test]
     fn the_next_link_finds_what_the_link_before_recorded() {
         let dir = tempfile::tempdir().unwrap();
-        let mut r = Recorder::new(dir.path()).unwrap();
         let d1 = digest(&[(Flag::Stored, b"1")]);
         let d2 = digest(&[(Flag::Stored, b"2")]);
-        for (p, d) in [(&b""[..], &d1), (b"a", &d2), (b"a/b", &d1), (b"a.txt", &d2)] {
-            r.record(0, p, d).unwrap();
-        }
-        let mut got = r.finish().unwrap().expect("in order");
-        assert_eq!(got.find(0, b"").unwrap(), Some(d1));
-        // Not recorded (a new folder): not found, and the next still is.
-        assert_eq!(got.find(0, b"a-new").unwrap(), None);
-        assert_eq!(got.find(0, b"a").unwrap(), None, "asked out of order");
-        let mut got = {
+        let recorded = || {
             let mut r = Recorder::new(dir.path()).unwrap();
             for (p, d) in [(&b""[..], &d1), (b"a", &d2), (b"a/b", &d1), (b"a.txt", &d2)] {
                 r.record(0, p, d).unwrap();
             }
-            r.finish().unwrap().unwrap()
+            r.finish().unwrap().expect("in order")
         };
+        let mut got = recorded();
+        assert_eq!(got.find(0, b"").unwrap(), Some(d1));
+        // Not recorded (a new folder): not found, and the merge has moved
+        // past every folder before it.
+        assert_eq!(got.find(0, b"a-new").unwrap(), None);
+        assert_eq!(got.find(0, b"a").unwrap(), None, "asked out of order");
+        let mut got = recorded();
         assert_eq!(got.find(0, b"a").unwrap(), Some(d2));
         assert_eq!(got.find(0, b"a/a").unwrap(), None);
         assert_eq!(got.find(0, b"a/b").unwrap(), Some(d1));
