@@ -60,6 +60,13 @@ struct OpenDir {
     path: PathBuf,
     /// None for a folder the archive does not list (created as a parent).
     meta: Option<DirMeta>,
+    /// A chain link's folder that the link before left as a real folder
+    /// (it listed it) and that this link has not purged, nor any folder
+    /// above it: every folder it held then is still there, as only a purge
+    /// removes a folder ([`remove_non_dir`] refuses to). So a folder below
+    /// it that this link lists again with the same list needs no look on
+    /// disk ([`Walker::folder_entry`]).
+    intact: bool,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +86,9 @@ pub struct ReadReport {
     pub mark_not_recorded: Option<String>,
     /// An incremental link's folder lists, for the next link ([`Step`]).
     pub lists: Option<Recorded>,
+    /// A chain link's folders taken as the link before left them, without
+    /// a look on disk ([`OpenDir::intact`]).
+    pub folders_unread: u64,
 }
 
 /// Where an extraction stands in a chain (docs/ARCHITECTURE.md,
@@ -358,6 +368,12 @@ struct Walker<'a> {
     /// folder's content right after the folder, so this holds one path's
     /// depth, however many folders the volume has.
     open: Vec<OpenDir>,
+    /// Per mapping: its own folder's list is the same as in the link
+    /// before (nothing purged there), as [`OpenDir::intact`] for the
+    /// folders the walk holds open.
+    root_intact: Vec<bool>,
+    /// Where folder lists too long for memory are spooled (TMPDIR, read once).
+    spool: PathBuf,
     as_root: bool,
     warned_owner: bool,
     /// The link before's folder lists, and this link's for the next.
@@ -396,6 +412,8 @@ impl<'a> Walker<'a> {
             cancel,
             report,
             open: Vec::new(),
+            root_intact: vec![false; n],
+            spool: listing::spool_dir(),
             // SAFETY: geteuid has no preconditions and cannot fail.
             as_root: unsafe { libc::geteuid() } == 0,
             warned_owner: false,
@@ -537,7 +555,11 @@ impl<'a> Walker<'a> {
             }
             self.report.roots[idx] = Some(meta);
             if listed {
-                self.folder_list(&m.staging, entry, name, (idx, &rel))?;
+                let (unchanged, purge) = self.read_list(entry, name, (idx, &rel))?;
+                self.root_intact[idx] = unchanged;
+                if let Some(mut list) = purge {
+                    self.purge(&m.staging, &mut list, name)?;
+                }
             }
             return Ok(());
         }
@@ -549,10 +571,15 @@ impl<'a> Walker<'a> {
         self.enter(&m.staging, &parent, name)?;
         match kind {
             _ if listed => {
-                self.extract_dir(dest.clone(), meta, name)?;
-                self.folder_list(&dest, entry, name, (idx, &rel))?;
+                let parent_intact = if parent == m.staging {
+                    self.root_intact[idx]
+                } else {
+                    matches!(self.open.last(), Some(top) if top.intact
+                        && top.path.as_os_str().as_bytes() == parent.as_os_str().as_bytes())
+                };
+                self.folder_entry(entry, dest, meta, name, (idx, &rel), parent_intact)?
             }
-            EntryType::Directory => self.extract_dir(dest, meta, name)?,
+            EntryType::Directory => self.extract_dir(dest, meta, name, false)?,
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 self.extract_file(entry, &dest, meta, name)?
             }
@@ -610,7 +637,13 @@ impl<'a> Walker<'a> {
 
     /// A folder entry: created, or reopened if already there; it stays open
     /// (its metadata applied when the walk leaves it).
-    fn extract_dir(&mut self, dest: PathBuf, meta: DirMeta, name: &Path) -> Result<()> {
+    fn extract_dir(
+        &mut self,
+        dest: PathBuf,
+        meta: DirMeta,
+        name: &Path,
+        intact: bool,
+    ) -> Result<()> {
         match fs::symlink_metadata(&dest) {
             // Listed twice, or after its content: the newer metadata wins.
             // A chain's folders get theirs from its last link (all of them
@@ -630,32 +663,67 @@ impl<'a> Walker<'a> {
         self.open.push(OpenDir {
             path: dest,
             meta: self.last.then_some(meta),
+            intact,
         });
         Ok(())
     }
 
-    /// An incremental link's folder list (a `D` entry's data): recorded
-    /// for the next link, and the folder purged unless nothing can be in
-    /// it that the list does not name: in the chain's first link (into
-    /// empty staging), or when the link before listed the same names
-    /// ([`crate::chain::digests`]).
-    fn folder_list<R: Read>(
+    /// An incremental link's folder (a `D` entry): the folder as
+    /// [`Self::extract_dir`] makes it, then purged of what its list does not
+    /// name ([`Self::read_list`] says when there is nothing to purge). A
+    /// folder listed the same as in the link before, below folders this link
+    /// has not purged ([`OpenDir::intact`]), is still the real folder the
+    /// link before left: it is not looked at on disk at all, which is most
+    /// of a chain restore's folders in every link but the first.
+    fn folder_entry<R: Read>(
         &mut self,
-        dir: &Path,
+        entry: &mut R,
+        dest: PathBuf,
+        meta: DirMeta,
+        name: &Path,
+        (idx, rel): (usize, &Path),
+        parent_intact: bool,
+    ) -> Result<()> {
+        let (unchanged, purge) = self.read_list(entry, name, (idx, rel))?;
+        let intact = unchanged && parent_intact;
+        // A restore not run as root makes each folder it writes into
+        // writable first ([`Self::reopen`]), which needs its mode.
+        if intact && (self.as_root || !self.last) {
+            self.report.folders_unread += 1;
+            self.open.push(OpenDir {
+                path: dest,
+                meta: self.last.then_some(meta),
+                intact,
+            });
+            return Ok(());
+        }
+        self.extract_dir(dest.clone(), meta, name, intact)?;
+        if let Some(mut list) = purge {
+            self.purge(&dest, &mut list, name)?;
+        }
+        Ok(())
+    }
+
+    /// An incremental link's folder list (a `D` entry's data), recorded for
+    /// the next link. Says whether the link before listed the same names
+    /// ([`crate::chain::digests`]), and gives the list back to purge the
+    /// folder with unless nothing can be in it that the list does not name:
+    /// in the chain's first link (into empty staging), or when unchanged.
+    fn read_list<R: Read>(
+        &mut self,
         entry: &mut R,
         name: &Path,
         (idx, rel): (usize, &Path),
-    ) -> Result<()> {
+    ) -> Result<(bool, Option<Box<dyn Read + Send>>)> {
         let bad_list = |r: String| self.corrupt(format!("{}: {r}", name.display()));
-        let spool = listing::spool_dir();
+        let spooling = |e| Error::io("spooling a folder list in TMPDIR".to_string(), e);
         let mut list = dumpdir::Reader::new(entry);
-        let mut kept = dumpdir::Builder::new(&spool);
+        let mut kept = dumpdir::Builder::new(&self.spool);
         let mut digest = ListDigest::default();
         while let Some((flag, n)) = list.next_entry().map_err(bad_list)? {
             digest.add(flag, &n);
             if !self.fresh {
-                kept.push(flag, &n)
-                    .map_err(|e| Error::io("spooling a folder list in TMPDIR".to_string(), e))?;
+                kept.push(flag, &n).map_err(spooling)?;
             }
         }
         let digest = digest.finish();
@@ -666,27 +734,24 @@ impl<'a> Walker<'a> {
                 self.recorder = None;
             }
         }
-        if self.fresh {
-            return Ok(());
+        // Into empty staging nothing the link before listed is there.
+        let unchanged = !self.fresh
+            && match &mut self.before {
+                Some(before) => match before.find(root, rel) {
+                    Ok(found) => found == Some(digest),
+                    Err(e) => {
+                        tracing::debug!("cannot read the folder lists kept in TMPDIR: {e}");
+                        self.before = None;
+                        false
+                    }
+                },
+                None => false,
+            };
+        if self.fresh || unchanged {
+            return Ok((unchanged, None));
         }
-        let unchanged = match &mut self.before {
-            Some(before) => match before.find(root, rel) {
-                Ok(found) => found == Some(digest),
-                Err(e) => {
-                    tracing::debug!("cannot read the folder lists kept in TMPDIR: {e}");
-                    self.before = None;
-                    false
-                }
-            },
-            None => false,
-        };
-        if unchanged {
-            return Ok(());
-        }
-        let (_, mut spooled) = kept
-            .finish()
-            .map_err(|e| Error::io("spooling a folder list in TMPDIR".to_string(), e))?;
-        self.purge(dir, &mut spooled, name)
+        let (_, spooled) = kept.finish().map_err(spooling)?;
+        Ok((false, Some(spooled)))
     }
 
     /// An incremental link's folder: removes from `dir` (in staging, made
@@ -697,8 +762,7 @@ impl<'a> Walker<'a> {
     fn purge<R: Read>(&self, dir: &Path, entry: &mut R, name: &Path) -> Result<()> {
         let bad_list = |r: String| self.corrupt(format!("{}: {r}", name.display()));
         let mut list = dumpdir::Reader::new(entry);
-        let spool = listing::spool_dir();
-        let mut sorter = listing::Sorter::new(listing::MIN_LISTING_MEMORY, &spool);
+        let mut sorter = listing::Sorter::new(listing::MIN_LISTING_MEMORY, &self.spool);
         for ent in fs::read_dir(dir).ctx("listing", dir)? {
             let ent = ent.ctx("listing", dir)?;
             sorter
@@ -842,15 +906,18 @@ impl<'a> Walker<'a> {
     fn enter(&mut self, staging: &Path, dir: &Path, entry: &Path) -> Result<()> {
         self.leave_until(dir)?;
         let mut cur = match self.open.last() {
-            Some(top) if top.path.starts_with(staging) => top.path.clone(),
+            Some(top) if within(&top.path, staging) => top.path.clone(),
             _ => staging.to_path_buf(),
         };
-        let below = dir
-            .strip_prefix(&cur)
-            .expect("inside staging")
-            .to_path_buf();
-        for c in below.components() {
-            cur.push(c);
+        let below = if within(dir, &cur) {
+            dir.as_os_str().as_bytes()[cur.as_os_str().len()..].to_vec()
+        } else {
+            // Only a staging path given with a trailing `/` gets here.
+            let rel = dir.strip_prefix(&cur).expect("inside staging");
+            rel.as_os_str().as_bytes().to_vec()
+        };
+        for c in below.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            cur.push(OsStr::from_bytes(c));
             let meta = match fs::symlink_metadata(&cur) {
                 // Entered again after the walk had left it (a tar not in
                 // folder order): its metadata is given back on leaving.
@@ -869,6 +936,7 @@ impl<'a> Walker<'a> {
             self.open.push(OpenDir {
                 path: cur.clone(),
                 meta,
+                intact: false,
             });
         }
         Ok(())
@@ -878,7 +946,7 @@ impl<'a> Walker<'a> {
     /// it, giving each its metadata now that nothing more is written into it.
     fn leave_until(&mut self, dir: &Path) -> Result<()> {
         while let Some(top) = self.open.last() {
-            if dir.starts_with(&top.path) {
+            if within(dir, &top.path) {
                 break;
             }
             let top = self.open.pop().expect("just seen");
@@ -938,6 +1006,15 @@ impl<'a> Walker<'a> {
         std::os::unix::fs::lchown(path, Some(meta.uid as u32), Some(meta.gid as u32))
             .ctx("setting the owner of", path)
     }
+}
+
+/// `path` is `dir` or inside it. Compares bytes: the walk's paths are all
+/// a staging folder joined with clean names ([`clean_name`]), so no `.`,
+/// `..` or doubled `/` can make two spellings of one folder, and this is
+/// the walk's most frequent question (once per entry and open folder).
+fn within(path: &Path, dir: &Path) -> bool {
+    let (p, d) = (path.as_os_str().as_bytes(), dir.as_os_str().as_bytes());
+    p.starts_with(d) && (p.len() == d.len() || d.ends_with(b"/") || p[d.len()] == b'/')
 }
 
 pub fn apply_dir_meta(path: &Path, meta: DirMeta, as_root: bool) -> Result<()> {

@@ -187,6 +187,11 @@ fn a_chain_applied_by_gnu_tar_and_by_the_restore_gives_the_last_links_tree() {
     links.push(link(&vol, &|p| p == Path::new("d/back")));
     expected.push(tree(&vol));
 
+    // Link 3: nothing changes; every folder below the top is taken as the
+    // link before left it, without a look on disk.
+    links.push(link(&vol, &|_| false));
+    expected.push(tree(&vol));
+
     // GNU tar, by hand: `tar -x -G` of each link in order.
     let by_hand = work.path().join("by-hand");
     fs::create_dir(&by_hand).unwrap();
@@ -213,6 +218,13 @@ fn a_chain_applied_by_gnu_tar_and_by_the_restore_gives_the_last_links_tree() {
         };
         let report = read_link(tar, &m, Mode::Extract(&mappings), step, n);
         assert!(report.lists.is_some(), "link {n} left its folder lists");
+        // Only link 3 lists folders (`d`, `keep.d`) as the one before did,
+        // below a top folder whose list did not change either.
+        let unread = if n == 3 { 2 } else { 0 };
+        assert_eq!(
+            report.folders_unread, unread,
+            "folders link {n} did not look at"
+        );
         before = report.lists;
         assert_eq!(&tree(&staging), want, "the restore after link {n}");
     }
