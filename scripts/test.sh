@@ -6,13 +6,39 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # How long each step took, so a slow CI run says where its time went.
+# And how much of the two cores' time was left idle (from /proc/stat):
+# idle cores during a step are time a background job could have used.
+cpu_times() { awk '/^cpu / { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
 t0=$(date +%s)
-step() { local now; now=$(date +%s); echo "test.sh: $1 took $((now - t0)) s"; t0=$now; }
+read -r idle0 total0 < <(cpu_times)
+step() {
+  local now idle total
+  now=$(date +%s)
+  read -r idle total < <(cpu_times)
+  echo "test.sh: $1 took $((now - t0)) s, CPU idle $(( (idle - idle0) * 100 / (total - total0 + 1) )) %"
+  t0=$now idle0=$idle total0=$total
+}
 # The S3 tests write ~2.5 GiB at their peak (a 1 GiB volume, its artifact in
 # SeaweedFS, the others beside); a full disk shows up as odd S3 errors, so
 # say how much room there was.
 disk_report() { echo "test.sh: free disk $1: $(df -Ph . "${TMPDIR:-/tmp}" | awk 'NR>1 {print $6 " " $4}' | paste -sd, -)"; }
 disk_report "before the build"
+# The release binaries the images ship (static, < 20 MB, names resolve in
+# an empty root; the log prints both sizes) build in the background from the
+# start, at the lowest priority: they take the CPU the debug build leaves
+# idle (its last crates and links run one at a time) and the tests leave
+# idle (they mostly wait on their peers), so on two cores the builds and
+# the tests side by side take minutes less than one after the other, and the
+# foreground keeps the CPU it needs. Its own lock files (target/release,
+# target/x86_64-unknown-linux-gnu) do not block the debug ones.
+static_log=target/build-static.log
+mkdir -p target
+# In a session of its own, so that stopping it (when the tests fail) stops
+# cargo and every rustc under it too.
+setsid nice -n 19 bash scripts/build-static.sh > "$static_log" 2>&1 &
+static_pid=$!
+trap 'kill -TERM -- "-$static_pid" 2>/dev/null || true' EXIT
+
 # One build for the binaries and the tests: `cargo test --workspace` builds
 # every package's binaries (each has integration tests) with the features the
 # tests resolve (lifeboat's dev-dependencies turn on tokio's test-util), so a
@@ -21,19 +47,6 @@ disk_report "before the build"
 cargo test --workspace --locked --no-run
 step "setup and the debug builds"
 
-# The release binaries the images ship (static, < 20 MB, names resolve in
-# an empty root; the log prints both sizes) build while the tests run: the
-# build is CPU-bound, the tests mostly wait on their peers, so on two cores
-# the two side by side take minutes less than one after the other. At the
-# lowest priority, so the tests keep the CPU they need. Its own lock files
-# (target/release, target/x86_64-unknown-linux-gnu) do not block the tests'.
-static_log=target/build-static.log
-mkdir -p target
-# In a session of its own, so that stopping it (when the tests fail) stops
-# cargo and every rustc under it too.
-setsid nice -n 19 bash scripts/build-static.sh > "$static_log" 2>&1 &
-static_pid=$!
-trap 'kill -TERM -- "-$static_pid" 2>/dev/null || true' EXIT
 disk_report "before the tests"
 # cargo-nextest (on the CI machine; .config/nextest.toml says why and how):
 # four tests at a time across every test binary. Without it, cargo test.
