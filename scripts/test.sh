@@ -35,7 +35,7 @@ static_log=target/build-static.log
 mkdir -p target
 # In a session of its own, so that stopping it (when the tests fail) stops
 # cargo and every rustc under it too.
-setsid nice -n 19 bash scripts/build-static.sh > "$static_log" 2>&1 &
+setsid bash scripts/lowest-priority.sh bash scripts/build-static.sh > "$static_log" 2>&1 &
 static_pid=$!
 trap 'kill -TERM -- "-$static_pid" 2>/dev/null || true' EXIT
 

@@ -890,7 +890,8 @@ pub enum Verified<'a> {
     /// An artifact re-read by [`verify`].
     Read {
         manifest: &'a Manifest,
-        result: Result<ReadReport>,
+        /// Boxed: a report is several times the size of the other variants.
+        result: Result<Box<ReadReport>>,
     },
 }
 
@@ -944,7 +945,7 @@ pub async fn verify_targets(
             };
             for manifest in &links {
                 if done.insert(manifest.id.clone()) {
-                    let result = verify(t, manifest, keys, every).await;
+                    let result = verify(t, manifest, keys, every).await.map(Box::new);
                     seen(i, t, Verified::Read { manifest, result })?;
                 }
             }

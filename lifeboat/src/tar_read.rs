@@ -555,6 +555,9 @@ impl<'a> Walker<'a> {
             }
             self.report.roots[idx] = Some(meta);
             if listed {
+                // What the walk holds open is below this folder, which the
+                // purge may empty: nothing of it may count as intact.
+                self.leave_until(&m.staging)?;
                 let (unchanged, purge) = self.read_list(entry, name, (idx, &rel))?;
                 self.root_intact[idx] = unchanged;
                 if let Some(mut list) = purge {

@@ -412,3 +412,104 @@ fn the_walk_stores_only_what_changed_and_the_chain_restores_each_state() {
         assert_eq!(&tree(&staging), want, "the restore after link {n}");
     }
 }
+
+/// A link that lists a folder twice: first with a list that purges a
+/// subfolder (and a symlink out of staging put in its place), then again
+/// with the list the link before had. The second list is the same as the
+/// link before's, but the folder is no longer as that link left it: the
+/// restore must look at it on disk, and never write through the symlink.
+#[test]
+fn a_folder_listed_twice_is_looked_at_again_and_nothing_is_written_outside() {
+    use std::io::Read as _;
+    let work = tempfile::tempdir().unwrap();
+    let vol = work.path().join("vol");
+    fs::create_dir_all(vol.join("p/a")).unwrap();
+    fs::write(vol.join("p/a/x"), "x").unwrap();
+    let outside = work.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let staging = work.path().join("staging");
+    fs::create_dir(&staging).unwrap();
+    let mappings = [Mapping {
+        origin: PathBuf::from("/data"),
+        staging: staging.clone(),
+    }];
+    let (tar0, entries0) = link(&vol, &|_| true);
+    let first = Step {
+        before: None,
+        fresh: true,
+        last: false,
+    };
+    let report = read_link(
+        &tar0,
+        &manifest(&tar0, entries0, 0),
+        Mode::Extract(&mappings),
+        first,
+        0,
+    );
+
+    let spool = tempfile::tempdir().unwrap();
+    let list = |names: &[(Flag, &str)]| {
+        let mut b = dumpdir::Builder::new(spool.path());
+        for (f, n) in names {
+            b.push(*f, n.as_bytes()).unwrap();
+        }
+        let (_, mut r) = b.finish().unwrap();
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        out
+    };
+    let mut tar = tar::Builder::new(Vec::new());
+    let folder = |tar: &mut tar::Builder<Vec<u8>>, name: &str, data: Vec<u8>| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::new(dumpdir::TYPEFLAG));
+        h.set_mode(0o755);
+        h.set_size(data.len() as u64);
+        tar.append_data(&mut h, name, &data[..]).unwrap();
+    };
+    folder(&mut tar, "data", list(&[(Flag::Folder, "p")]));
+    folder(&mut tar, "data/p", list(&[]));
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_mode(0o777);
+    h.set_size(0);
+    tar.append_link(&mut h, "data/p/a", &outside).unwrap();
+    folder(&mut tar, "data/p", list(&[(Flag::Folder, "a")]));
+    folder(&mut tar, "data/p/a", list(&[(Flag::Earlier, "x")]));
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(5);
+    tar.append_data(&mut h, "data/p/a/passwd", &b"pwned"[..])
+        .unwrap();
+    let tar = tar.into_inner().unwrap();
+    let step = Step {
+        before: report.lists,
+        fresh: false,
+        last: false,
+    };
+    let progress = Arc::new(lifeboat::progress::Progress::default());
+    let result = tar_read::read_artifact(
+        &tar[..],
+        &manifest(&tar, 6, 1),
+        None,
+        Mode::Extract(&mappings),
+        step,
+        &progress,
+        &Default::default(),
+    );
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "written through the symlink"
+    );
+    // Either refused, or the symlink purged by the second list and a real
+    // folder made in its place.
+    if let Ok(report) = result {
+        assert_eq!(report.folders_unread, 0);
+        assert!(
+            report.lists.is_none(),
+            "a link out of order leaves no lists"
+        );
+        assert!(fs::symlink_metadata(staging.join("p/a")).unwrap().is_dir());
+        assert_eq!(fs::read(staging.join("p/a/passwd")).unwrap(), b"pwned");
+    }
+}

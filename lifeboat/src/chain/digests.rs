@@ -109,6 +109,8 @@ impl Recorder {
             input: BufReader::with_capacity(64 * 1024, f),
             current: None,
             started: false,
+            asked: None,
+            spent: false,
         }))
     }
 }
@@ -119,13 +121,35 @@ pub struct Recorded {
     input: BufReader<File>,
     current: Option<(u32, Vec<u8>, Digest)>,
     started: bool,
+    /// The folder asked for last.
+    asked: Option<(u32, Vec<u8>)>,
+    /// Set once a folder was asked for twice or out of walk order.
+    spent: bool,
 }
 
 impl Recorded {
     /// The digest the link before recorded for `folder`, if it listed it.
-    /// Folders must be asked for in walk order; one asked for out of order
-    /// is simply not found.
+    /// Folders must be asked for in walk order, each once. Once one is asked
+    /// for twice or out of order (a link listing a folder again, maybe after
+    /// its first list purged it), nothing more is found in this link: the
+    /// same list as the link before's no longer means the folder is as that
+    /// link left it.
     pub fn find(&mut self, root: u32, folder: &[u8]) -> io::Result<Option<Digest>> {
+        if self.spent {
+            return Ok(None);
+        }
+        match &mut self.asked {
+            Some((r, last)) if walk_order((*r, last), (root, folder)) != Ordering::Less => {
+                self.spent = true;
+                return Ok(None);
+            }
+            Some((r, last)) => {
+                *r = root;
+                last.clear();
+                last.extend_from_slice(folder);
+            }
+            None => self.asked = Some((root, folder.to_vec())),
+        }
         if !self.started {
             self.started = true;
             self.current = self.read_one()?;
@@ -133,7 +157,11 @@ impl Recorded {
         while let Some((r, path, digest)) = &self.current {
             match walk_order((*r, path), (root, folder)) {
                 Ordering::Less => self.current = self.read_one()?,
-                Ordering::Equal => return Ok(Some(*digest)),
+                Ordering::Equal => {
+                    let found = *digest;
+                    self.current = self.read_one()?;
+                    return Ok(Some(found));
+                }
                 Ordering::Greater => return Ok(None),
             }
         }
@@ -200,6 +228,11 @@ mod tests {
         // past every folder before it.
         assert_eq!(got.find(0, b"a-new").unwrap(), None);
         assert_eq!(got.find(0, b"a").unwrap(), None, "asked out of order");
+        assert_eq!(got.find(0, b"a/b").unwrap(), None, "nothing after that");
+        let mut got = recorded();
+        assert_eq!(got.find(0, b"a").unwrap(), Some(d2));
+        assert_eq!(got.find(0, b"a").unwrap(), None, "asked twice");
+        assert_eq!(got.find(0, b"a.txt").unwrap(), None, "nothing after that");
         let mut got = recorded();
         assert_eq!(got.find(0, b"a").unwrap(), Some(d2));
         assert_eq!(got.find(0, b"a/a").unwrap(), None);
