@@ -67,28 +67,48 @@ pub struct Meta {
     pub gid: u32,
 }
 
+/// The fields of an `lstat` a [`Meta`] is made of.
+pub struct Fields {
+    pub mode: u32,
+    pub size: u64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+    pub inode: u64,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 impl Meta {
     /// `None` for what the walk does not store (sockets, FIFOs, devices).
     pub fn of(md: &Metadata) -> Option<Meta> {
-        let ft = md.file_type();
-        let kind = if ft.is_dir() {
-            Kind::Folder
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else if ft.is_file() {
-            Kind::File
-        } else {
-            return None;
+        Meta::from_fields(Fields {
+            mode: md.mode(),
+            size: md.size(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+            ctime: (md.ctime(), md.ctime_nsec()),
+            inode: md.ino(),
+            uid: md.uid(),
+            gid: md.gid(),
+        })
+    }
+
+    /// The same from an `lstat`'s fields (the walk's relative lookups).
+    pub fn from_fields(st: Fields) -> Option<Meta> {
+        let kind = match st.mode & libc::S_IFMT {
+            libc::S_IFDIR => Kind::Folder,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFREG => Kind::File,
+            _ => return None,
         };
         Some(Meta {
             kind,
-            size: if kind == Kind::Folder { 0 } else { md.size() },
-            mtime: (md.mtime(), md.mtime_nsec() as u32),
-            ctime: (md.ctime(), md.ctime_nsec() as u32),
-            inode: md.ino(),
-            mode: md.mode(),
-            uid: md.uid(),
-            gid: md.gid(),
+            size: if kind == Kind::Folder { 0 } else { st.size },
+            mtime: (st.mtime.0, st.mtime.1 as u32),
+            ctime: (st.ctime.0, st.ctime.1 as u32),
+            inode: st.inode,
+            mode: st.mode,
+            uid: st.uid,
+            gid: st.gid,
         })
     }
 

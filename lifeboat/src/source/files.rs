@@ -25,6 +25,7 @@ use super::listing::{self, Listing, Sorter};
 use super::open::{open_walked, replaced};
 use super::read_ahead::{self, Batch, Entry, Fetch, Found, Kind};
 use super::seam::{path_strings, Source, SourceCtx, SourceReport, READ_BUFFER};
+use super::stat_at::Stat;
 use crate::chain::dumpdir;
 use crate::error::IoContext;
 use crate::progress::is_cancelled;
@@ -460,8 +461,9 @@ impl Walker<'_> {
         }
         let mut listing = self.children(dir, held)?;
         let src = self.planner.src;
-        let mut leave_out = |p: &Path, n: &OsStr, md: &Metadata| {
-            excluded(src, root, p, n) || is_backup_folder(src, md)
+        let mut leave_out = |p: &Path, n: &OsStr, st: &Stat| {
+            excluded(src, root, p, n)
+                || (st.is_dir() && src.skip_dirs.contains(&(st.dev(), st.ino())))
         };
         let increment = self.increment.as_mut().expect("checked above");
         let folder = increment.folder(

@@ -6,15 +6,14 @@
 //! time, by the same sorted listing.
 
 use std::ffi::OsStr;
-use std::fs::{self, Metadata};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::listing::Listing;
+use super::stat_at::{self, Stat};
 use crate::chain::dumpdir::{self, Flag};
-use crate::chain::state::{self, Kind, Meta};
+use crate::chain::state::{self, Kind};
 use crate::{Error, Result};
 
 /// The chain's state this link compares with (none for a chain's first
@@ -53,7 +52,7 @@ impl Increment {
         rel: &[u8],
         dir: &Path,
         listing: &mut Listing,
-        leave_out: &mut dyn FnMut(&Path, &OsStr, &Metadata) -> bool,
+        leave_out: &mut dyn FnMut(&Path, &OsStr, &Stat) -> bool,
         spool_dir: &Path,
     ) -> Result<Folder> {
         let state_err = |e: io::Error| Error::io("reading the chain's state".to_string(), e);
@@ -76,9 +75,10 @@ impl Increment {
                 e,
             )
         };
+        let mut folder = stat_at::Folder::open(dir);
         while let Some(name) = listing.next_name().map_err(listing_err)? {
             let path = dir.join(&name);
-            let md = match fs::symlink_metadata(&path) {
+            let md = match folder.lstat(&name) {
                 Ok(md) => md,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     todo.push(Todo::Skip);
@@ -91,7 +91,7 @@ impl Increment {
                 continue;
             }
             // A socket, FIFO or device: the walk says it skips it.
-            let Some(meta) = Meta::of(&md) else {
+            let Some(meta) = md.meta() else {
                 todo.push(Todo::Store);
                 continue;
             };

@@ -19,6 +19,7 @@ pub mod postgres;
 pub mod read_ahead;
 pub mod seam;
 pub mod settings;
+pub mod stat_at;
 
 pub use any::{AnyLoader, AnySource};
 pub use arangodb::{ArangoConn, ArangoSource};
