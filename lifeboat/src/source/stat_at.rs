@@ -29,9 +29,9 @@ pub struct Folder {
 pub struct Stat(libc::stat);
 
 impl Folder {
-    /// `dir`, opened without following a symlink in its place (a folder
-    /// swapped for a link after the walk met it must not send the lookups
-    /// elsewhere).
+    /// `dir`, opened without following a symlink in its place. Where it
+    /// cannot be opened so (gone, swapped for a symlink, no descriptors
+    /// left), its names are looked up by whole path, as the walk always did.
     pub fn open(dir: &Path) -> Folder {
         let mut buf = dir.as_os_str().as_bytes().to_vec();
         let dir_len = buf.len();
