@@ -696,7 +696,7 @@ impl<'a> Walker<'a> {
             self.open.push(OpenDir {
                 path: dest,
                 meta: self.last.then_some(meta),
-                intact,
+                intact: true,
             });
             return Ok(());
         }
