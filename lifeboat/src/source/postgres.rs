@@ -227,10 +227,6 @@ fn label_field<'a>(label: &'a str, key: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-fn is_wal_segment(name: &str) -> bool {
-    name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 impl Source for PostgresSource {
     fn kind(&self) -> SourceKind {
         SourceKind::Postgres
@@ -432,7 +428,7 @@ impl PostgresSource {
         let wanted: Vec<&String> = names
             .iter()
             .filter(|n| {
-                (is_wal_segment(n)
+                (crate::wal::position::is_segment_name(n)
                     && n.as_str() >= start_wal.as_str()
                     && n.as_str() <= stop_wal.as_str())
                     || n.ends_with(".history")

@@ -1,0 +1,272 @@
+//! A span's segments read out of `pg_wal/` as tar entries `pg_wal/<name>`,
+//! each checked to be the segment its name says before a byte is stored.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use super::position::{Lsn, Segment, SegmentSize};
+use super::span::Span;
+use crate::error::IoContext;
+use crate::{Error, Result};
+
+/// The server the segments must belong to: `pg_control_system()`'s
+/// `system_identifier`, and its segment size.
+#[derive(Debug, Clone, Copy)]
+pub struct Server {
+    pub system_id: u64,
+    pub size: SegmentSize,
+}
+
+/// The first page's header of a segment file (`XLogLongPageHeaderData`,
+/// native byte order): where the page sits in the WAL, and the server's
+/// identifier and segment size.
+const LONG_HEADER: usize = 40;
+/// `XLP_LONG_HEADER`: the flag a segment's first page carries.
+const XLP_LONG_HEADER: u16 = 0x0002;
+
+/// Appends `span`'s segments from `pg_wal` to `tar`, each as a whole
+/// segment file: its WAL bytes, then zeros. Returns the WAL bytes stored.
+pub fn append_span<W: io::Write>(
+    tar: &mut tar::Builder<W>,
+    pg_wal: &Path,
+    span: &Span,
+    server: &Server,
+    mtime: u64,
+) -> Result<u64> {
+    let mut stored = 0;
+    for (segment, wal_bytes) in span.segments(server.size) {
+        let name = segment.file_name(server.size);
+        let path = pg_wal.join(&name);
+        // Never through a symlink: the volume is the app's to change.
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .ctx("opening the WAL segment", &path)?;
+        let md = file.metadata().ctx("reading", &path)?;
+        if !md.is_file() || md.len() != server.size.bytes() {
+            return Err(Error::Source(format!(
+                "{} is not a {}-byte WAL segment file; not archived",
+                path.display(),
+                server.size.bytes()
+            )));
+        }
+        check_header(&file, &path, segment, server)?;
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o600);
+        h.set_uid(u64::from(md.uid()));
+        h.set_gid(u64::from(md.gid()));
+        h.set_mtime(mtime);
+        h.set_size(server.size.bytes());
+        let data = Flushed {
+            file: (&file).take(wal_bytes),
+            wal_left: wal_bytes,
+            zeros_left: server.size.bytes() - wal_bytes,
+        };
+        tar.append_data(&mut h, format!("pg_wal/{name}"), data)
+            .map_err(|e| Error::io(format!("archiving the WAL segment {}", path.display()), e))?;
+        stored += wal_bytes;
+    }
+    Ok(stored)
+}
+
+/// A segment file whose first page is not the first page of `segment` on
+/// this server is not that segment: a recycled file under a new name, or
+/// another cluster's. Nothing of it is stored.
+fn check_header(file: &File, path: &Path, segment: Segment, server: &Server) -> Result<()> {
+    let mut page = [0u8; LONG_HEADER];
+    file.read_exact_at(&mut page, 0)
+        .ctx("reading the WAL segment", path)?;
+    let u16_at = |i: usize| u16::from_ne_bytes([page[i], page[i + 1]]);
+    let u32_at = |i: usize| u32::from_ne_bytes(page[i..i + 4].try_into().expect("4 bytes"));
+    let u64_at = |i: usize| u64::from_ne_bytes(page[i..i + 8].try_into().expect("8 bytes"));
+    let (info, tli, pageaddr) = (u16_at(2), u32_at(4), Lsn(u64_at(8)));
+    let (sysid, seg_size) = (u64_at(24), u32_at(32));
+    let expected = server.size.start_of(segment.segno);
+    let wrong = if info & XLP_LONG_HEADER == 0 {
+        Some("its first page has no segment header".to_string())
+    } else if pageaddr != expected {
+        Some(format!("its first page is at {pageaddr}, not {expected}"))
+    } else if sysid != server.system_id {
+        Some(format!(
+            "it belongs to the server {sysid}, not {}",
+            server.system_id
+        ))
+    } else if u64::from(seg_size) != server.size.bytes() {
+        Some(format!("its segment size is {seg_size}"))
+    } else if tli > segment.timeline {
+        Some(format!("its first page is of the later timeline {tli}"))
+    } else {
+        None
+    };
+    match wrong {
+        Some(why) => Err(Error::Source(format!(
+            "{} is not the WAL segment its name says ({why}); not archived",
+            path.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A segment's WAL bytes, which must all be there, then zeros.
+struct Flushed<R> {
+    file: R,
+    wal_left: u64,
+    zeros_left: u64,
+}
+
+impl<R: Read> Read for Flushed<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.wal_left > 0 {
+            let n = self.file.read(out)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{} flushed WAL bytes missing", self.wal_left),
+                ));
+            }
+            self.wal_left -= n as u64;
+            return Ok(n);
+        }
+        let n = out
+            .len()
+            .min(usize::try_from(self.zeros_left).unwrap_or(usize::MAX));
+        out[..n].fill(0);
+        self.zeros_left -= n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const SYSID: u64 = 7_441_204_283_659_113_520;
+
+    fn server() -> Server {
+        Server {
+            system_id: SYSID,
+            size: SegmentSize::new(MIB).unwrap(),
+        }
+    }
+
+    /// A segment file as the server writes one: its long page header, then
+    /// `fill` (the WAL) to the end.
+    fn segment_file(dir: &Path, segment: Segment, sysid: u64, fill: u8) {
+        let size = server().size;
+        let mut bytes = vec![fill; size.bytes() as usize];
+        bytes[..LONG_HEADER].fill(0);
+        bytes[0..2].copy_from_slice(&0xD118u16.to_ne_bytes());
+        bytes[2..4].copy_from_slice(&XLP_LONG_HEADER.to_ne_bytes());
+        bytes[4..8].copy_from_slice(&segment.timeline.to_ne_bytes());
+        bytes[8..16].copy_from_slice(&size.start_of(segment.segno).0.to_ne_bytes());
+        bytes[24..32].copy_from_slice(&sysid.to_ne_bytes());
+        bytes[32..36].copy_from_slice(&(size.bytes() as u32).to_ne_bytes());
+        bytes[36..40].copy_from_slice(&8192u32.to_ne_bytes());
+        std::fs::write(dir.join(segment.file_name(size)), bytes).unwrap();
+    }
+
+    fn seg(segno: u64) -> Segment {
+        Segment { timeline: 1, segno }
+    }
+
+    fn archive(dir: &Path, span: &Span) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut tar = tar::Builder::new(Vec::new());
+        append_span(&mut tar, dir, span, &server(), 0)?;
+        let bytes = tar.into_inner().unwrap();
+        let mut out = Vec::new();
+        let mut a = tar::Archive::new(&bytes[..]);
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().display().to_string();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            out.push((name, data));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn whole_segments_then_the_flushed_head_padded_with_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        segment_file(dir.path(), seg(5), SYSID, 0xAB);
+        segment_file(dir.path(), seg(6), SYSID, 0xCD);
+        // Flushed 1000 bytes into segment 6.
+        let span = Span {
+            timeline: 1,
+            from: Lsn(5 * MIB + 77),
+            to: Lsn(6 * MIB + 1000),
+        };
+        let got = archive(dir.path(), &span).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].0, "pg_wal/000000010000000000000005");
+        assert_eq!(
+            got[0].1,
+            std::fs::read(dir.path().join(&got[0].0[7..])).unwrap()
+        );
+        let (name, data) = &got[1];
+        assert_eq!(name, "pg_wal/000000010000000000000006");
+        assert_eq!(data.len() as u64, MIB);
+        assert!(data[LONG_HEADER..1000].iter().all(|b| *b == 0xCD));
+        assert!(
+            data[1000..].iter().all(|b| *b == 0),
+            "past the flush: zeros"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_the_segment_its_name_says_is_not_archived() {
+        let dir = tempfile::tempdir().unwrap();
+        // A recycled file: segment 2's content under segment 9's name.
+        segment_file(dir.path(), seg(2), SYSID, 1);
+        std::fs::rename(
+            dir.path().join(seg(2).file_name(server().size)),
+            dir.path().join(seg(9).file_name(server().size)),
+        )
+        .unwrap();
+        let span = Span {
+            timeline: 1,
+            from: Lsn(9 * MIB),
+            to: Lsn(9 * MIB + 10),
+        };
+        let e = archive(dir.path(), &span).unwrap_err().to_string();
+        assert!(
+            e.contains("is not the WAL segment its name says") && e.contains("0/200000"),
+            "{e}"
+        );
+        // Another cluster's segment.
+        segment_file(dir.path(), seg(3), SYSID + 1, 1);
+        let span = Span {
+            timeline: 1,
+            from: Lsn(3 * MIB),
+            to: Lsn(3 * MIB + 10),
+        };
+        let e = archive(dir.path(), &span).unwrap_err().to_string();
+        assert!(e.contains("belongs to the server"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_or_short_segment_or_a_symlink_is_an_error_not_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let span = Span {
+            timeline: 1,
+            from: Lsn(4 * MIB),
+            to: Lsn(4 * MIB + 10),
+        };
+        assert!(archive(dir.path(), &span).is_err());
+        segment_file(dir.path(), seg(4), SYSID, 1);
+        let path = dir.path().join(seg(4).file_name(server().size));
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(MIB / 2).unwrap();
+        let e = archive(dir.path(), &span).unwrap_err().to_string();
+        assert!(e.contains("is not a 1048576-byte WAL segment"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        segment_file(dir.path(), seg(1), SYSID, 1);
+        std::os::unix::fs::symlink(seg(1).file_name(server().size), &path).unwrap();
+        assert!(archive(dir.path(), &span).is_err());
+    }
+}
