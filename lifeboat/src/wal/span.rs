@@ -31,8 +31,14 @@ impl Span {
             return None;
         }
         let first = size.segment_of(archived);
-        let to = size.start_of(first + max_segments.max(1)).min(flush);
-        Some(Span {
+        // Past the end of the address space (a huge bound, an absurd
+        // position) the cut is simply the flush.
+        let cut = first
+            .checked_add(max_segments.max(1))
+            .and_then(|s| size.start_of(s))
+            .unwrap_or(flush);
+        let to = cut.min(flush);
+        (to > archived).then_some(Span {
             timeline,
             from: archived,
             to,
@@ -51,8 +57,9 @@ impl Span {
             (1, 0)
         };
         (first..=last).map(move |segno| {
-            let start = size.start_of(segno).0;
-            let end = size.start_of(segno + 1).0.min(self.to.0);
+            // Segments of a span lie below `to`, so their starts exist.
+            let start = segno * size.bytes();
+            let end = start.saturating_add(size.bytes()).min(self.to.0);
             (
                 Segment {
                     timeline: self.timeline,
@@ -106,6 +113,25 @@ mod tests {
             objects,
             vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8], vec![9, 10]]
         );
+    }
+
+    #[test]
+    fn huge_bounds_and_positions_never_make_a_span_that_runs_backwards() {
+        let span = Span::next(
+            1,
+            Lsn(5 << 32),
+            Lsn((5 << 32) + 3 * 16 * MIB),
+            size(),
+            u64::MAX,
+        )
+        .unwrap();
+        assert_eq!(span.to, Lsn((5 << 32) + 3 * 16 * MIB));
+        assert_eq!(span.segments(size()).count(), 3);
+        let top = Lsn(u64::MAX);
+        let span = Span::next(1, Lsn(u64::MAX - 100), top, size(), 8).unwrap();
+        assert!(span.to > span.from);
+        let got: Vec<u64> = span.segments(size()).map(|(_, n)| n).collect();
+        assert_eq!(got, vec![16 * MIB - 1]);
     }
 
     #[test]
