@@ -40,9 +40,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lifeboat::source::postgres::PgConn;
-use lifeboat::wal::position::{Lsn, Segment, SegmentSize};
+use lifeboat::wal::position::{Lsn, Segment};
 use lifeboat::wal::segments::{append_span, Server};
-use lifeboat::wal::slot::{flushed, identity, Held, Slot};
+use lifeboat::wal::slot::{flushed, identity, Flushed, Held, Slot};
 use lifeboat::wal::span::Span;
 use lifeboat_tests::postgres_server::{programs, PgServer, Settings, SyncClient, PASSWORD};
 use lifeboat_tests::*;
@@ -105,30 +105,15 @@ fn proves(major: u32) {
 
     // Row 1, then a moment, then row 2: the target lies between their commits.
     c.exec("INSERT INTO t (id) VALUES (1)");
-    let after_1 = flush_lsn(&c);
+    let after_1 = wal_side(&pg).1.lsn;
     std::thread::sleep(Duration::from_millis(1100));
     let target = c.one("SELECT clock_timestamp()::text");
     std::thread::sleep(Duration::from_millis(1100));
     c.exec("INSERT INTO t (id) VALUES (2)");
-    let flush = flush_lsn(&c);
-    let server = Server {
-        system_id: c
-            .one("SELECT system_identifier::text FROM pg_control_system()")
-            .parse()
-            .unwrap(),
-        size: SegmentSize::new(
-            c.one("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")
-                .parse()
-                .unwrap(),
-        )
-        .unwrap(),
-    };
-    let timeline: u32 = c
-        .one("SELECT timeline_id FROM pg_control_checkpoint()")
-        .parse()
-        .unwrap();
+    let (server, now) = wal_side(&pg);
+    let (flush, timeline) = (now.lsn, now.timeline);
     // From where the base backup's own WAL ends.
-    let base = newest_manifest(&history(&pg.backup, "wal-0"));
+    let base = manifest_of(artifacts(&history(&pg.backup, "wal-0")).last().unwrap());
     let stop: Lsn = base["source_meta"]["stop_lsn"]
         .as_str()
         .unwrap()
@@ -215,23 +200,31 @@ fn ids(c: &SyncClient) -> String {
     c.rows("SELECT id FROM t ORDER BY id").join(",")
 }
 
-/// How far the server has flushed its WAL.
-fn flush_lsn(c: &SyncClient) -> Lsn {
-    c.one("SELECT pg_current_wal_flush_lsn()::text")
-        .parse()
-        .unwrap()
+/// How the sidecar connects to `pg`.
+fn conn(pg: &PgServer) -> PgConn {
+    PgConn {
+        host: "127.0.0.1".into(),
+        port: pg.port,
+        user: "postgres".into(),
+        password: Some(PASSWORD.into()),
+        dbname: "postgres".into(),
+    }
 }
 
-/// The newest manifest in a history folder.
-fn newest_manifest(hist: &Path) -> serde_json::Value {
-    let mut names: Vec<PathBuf> = fs::read_dir(hist)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.to_string_lossy().ends_with(".manifest.json"))
-        .collect();
-    names.sort();
-    serde_json::from_slice(&fs::read(names.last().unwrap()).unwrap()).unwrap()
+/// What the archiver asks the server (`lifeboat::wal::slot`): its identity
+/// and segment size, and how far it has flushed on which timeline.
+fn wal_side(pg: &PgServer) -> (Server, Flushed) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = (pg.client("postgres").await, conn(pg));
+        (
+            identity(&client, &conn).await.unwrap(),
+            flushed(&client, &conn).await.unwrap(),
+        )
+    })
 }
 
 /// A lost volume brought back: the base backup restored by
@@ -320,14 +313,7 @@ fn slot_holds(major: u32) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let client = pg.client("postgres").await;
-        let conn = PgConn {
-            host: "127.0.0.1".into(),
-            port: pg.port,
-            user: "postgres".into(),
-            password: Some(PASSWORD.into()),
-            dbname: "postgres".into(),
-        };
+        let (client, conn) = (pg.client("postgres").await, conn(&pg));
         let server = identity(&client, &conn).await.unwrap();
         let slot = Slot::new("lifeboat_wal", &client, &conn);
         let held = slot.ensure().await.unwrap();

@@ -1,5 +1,5 @@
 //! A PostgreSQL cluster of a test's own (Debian's 15 by default, or another
-//! major's programs, [`versions`]), for `tests/postgres.rs`,
+//! major's programs, [`programs`]), for `tests/postgres.rs`,
 //! `tests/timescaledb.rs` and `tests/wal_recovery.rs`: `initdb` into a temporary
 //! folder owned by `postgres`, started on a free port of 127.0.0.1 (with
 //! `shared_preload_libraries` when the test needs an extension such as

@@ -22,10 +22,8 @@
 
 use std::cmp::Ordering;
 use std::ffi::OsStr;
-use std::fs::Metadata;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -79,20 +77,8 @@ pub struct Fields {
 }
 
 impl Meta {
+    /// What an `lstat` (the walk's, `source/stat_at.rs`) says of a name;
     /// `None` for what the walk does not store (sockets, FIFOs, devices).
-    pub fn of(md: &Metadata) -> Option<Meta> {
-        Meta::from_fields(Fields {
-            mode: md.mode(),
-            size: md.size(),
-            mtime: (md.mtime(), md.mtime_nsec()),
-            ctime: (md.ctime(), md.ctime_nsec()),
-            inode: md.ino(),
-            uid: md.uid(),
-            gid: md.gid(),
-        })
-    }
-
-    /// The same from an `lstat`'s fields (the walk's relative lookups).
     pub fn from_fields(st: Fields) -> Option<Meta> {
         let kind = match st.mode & libc::S_IFMT {
             libc::S_IFDIR => Kind::Folder,
@@ -489,12 +475,26 @@ mod tests {
         assert!(e.to_string().contains("out of walk order"), "{e}");
     }
 
+    /// A [`Meta`] from std's `lstat`.
+    fn meta_of(md: &std::fs::Metadata) -> Option<Meta> {
+        use std::os::unix::fs::MetadataExt;
+        Meta::from_fields(Fields {
+            mode: md.mode(),
+            size: md.size(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+            ctime: (md.ctime(), md.ctime_nsec()),
+            inode: md.ino(),
+            uid: md.uid(),
+            gid: md.gid(),
+        })
+    }
+
     #[test]
     fn meta_of_a_real_file_and_its_changes() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("f");
         std::fs::write(&f, "one").unwrap();
-        let a = Meta::of(&std::fs::symlink_metadata(&f).unwrap()).unwrap();
+        let a = meta_of(&std::fs::symlink_metadata(&f).unwrap()).unwrap();
         assert_eq!((a.kind, a.size), (Kind::File, 3));
         // Same size, mtime put back: the ctime still moves.
         let before =
@@ -502,10 +502,10 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&f, "two").unwrap();
         filetime::set_file_mtime(&f, before).unwrap();
-        let b = Meta::of(&std::fs::symlink_metadata(&f).unwrap()).unwrap();
+        let b = meta_of(&std::fs::symlink_metadata(&f).unwrap()).unwrap();
         assert_eq!((a.size, a.mtime), (b.size, b.mtime));
         assert_ne!(a, b, "ctime tells the change");
-        let d = Meta::of(&std::fs::symlink_metadata(dir.path()).unwrap()).unwrap();
+        let d = meta_of(&std::fs::symlink_metadata(dir.path()).unwrap()).unwrap();
         assert_eq!((d.kind, d.size), (Kind::Folder, 0));
     }
 }

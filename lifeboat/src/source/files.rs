@@ -414,7 +414,7 @@ impl Walker<'_> {
                 }
                 Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
             };
-            if is_backup_folder(src, &meta) {
+            if is_backup_folder(src, meta.is_dir(), (meta.dev(), meta.ino())) {
                 tracing::debug!(path = %path.display(), "the backup folder is inside a backed-up path; left out");
                 continue;
             }
@@ -462,8 +462,7 @@ impl Walker<'_> {
         let mut listing = self.children(dir, held)?;
         let src = self.planner.src;
         let mut leave_out = |p: &Path, n: &OsStr, st: &Stat| {
-            excluded(src, root, p, n)
-                || (st.is_dir() && src.skip_dirs.contains(&(st.dev(), st.ino())))
+            excluded(src, root, p, n) || is_backup_folder(src, st.is_dir(), (st.dev(), st.ino()))
         };
         let increment = self.increment.as_mut().expect("checked above");
         let folder = increment.folder(
@@ -571,9 +570,10 @@ fn excluded(src: &FilesSource, root: &Path, path: &Path, name: &OsStr) -> bool {
     src.exclude.is_match(path) || src.exclude.is_match(rel)
 }
 
-/// Whether `md` is the backup folder itself, met inside a backed-up path.
-fn is_backup_folder(src: &FilesSource, md: &Metadata) -> bool {
-    md.is_dir() && src.skip_dirs.contains(&(md.dev(), md.ino()))
+/// Whether a name (a folder or not, its device and inode) is the backup
+/// folder itself, met inside a backed-up path.
+fn is_backup_folder(src: &FilesSource, is_dir: bool, id: (u64, u64)) -> bool {
+    is_dir && src.skip_dirs.contains(&id)
 }
 
 /// The walker learns the tar writer stopped; the writer reports why.

@@ -125,7 +125,7 @@ impl Stat {
     pub fn gid(&self) -> u32 {
         self.0.st_gid
     }
-    /// What the chain's state records of it; None as [`Meta::of`].
+    /// What the chain's state records of it ([`Meta::from_fields`]).
     pub fn meta(&self) -> Option<Meta> {
         Meta::from_fields(Fields {
             mode: self.mode(),

@@ -2,7 +2,7 @@
 //! each checked to be the segment its name says before a byte is stored.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Take};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -38,7 +38,7 @@ pub fn append_span<W: io::Write>(
     server: &Server,
     mtime: u64,
 ) -> Result<u64> {
-    let mut stored = 0;
+    let mut read = 0;
     for (segment, wal_bytes) in span.segments(server.size) {
         let name = segment.file_name(server.size);
         let path = pg_wal.join(&name);
@@ -66,8 +66,7 @@ pub fn append_span<W: io::Write>(
         h.set_mtime(mtime);
         h.set_size(server.size.bytes());
         let data = Flushed {
-            file: (&file).take(wal_bytes),
-            wal_left: wal_bytes,
+            wal: (&file).take(wal_bytes),
             zeros_left: server.size.bytes() - wal_bytes,
         };
         tar.append_data(&mut h, format!("pg_wal/{name}"), data)
@@ -82,9 +81,9 @@ pub fn append_span<W: io::Write>(
                 path.display()
             )));
         }
-        stored += wal_bytes;
+        read += wal_bytes;
     }
-    Ok(stored)
+    Ok(read)
 }
 
 /// A segment file whose first page is not the first page of `segment` on
@@ -142,22 +141,20 @@ fn read_header(file: &File, path: &Path) -> Result<[u8; LONG_HEADER]> {
 
 /// A segment's WAL bytes, which must all be there, then zeros.
 struct Flushed<R> {
-    file: R,
-    wal_left: u64,
+    wal: Take<R>,
     zeros_left: u64,
 }
 
 impl<R: Read> Read for Flushed<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.wal_left > 0 {
-            let n = self.file.read(out)?;
+        if self.wal.limit() > 0 {
+            let n = self.wal.read(out)?;
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("{} flushed WAL bytes missing", self.wal_left),
+                    format!("{} flushed WAL bytes missing", self.wal.limit()),
                 ));
             }
-            self.wal_left -= n as u64;
             return Ok(n);
         }
         let n = out

@@ -187,25 +187,26 @@ impl<'a> Slot<'a> {
     /// Lets the server recycle WAL before `to`: called only once the
     /// object holding it is committed. Never moves the slot back.
     pub async fn advance(&self, to: Lsn) -> Result<()> {
-        match self.existing().await? {
-            Some((Some(restart), _)) if restart >= to => return Ok(()),
-            Some(_) => {}
-            None => {
-                return Err(Error::Source(format!(
-                    "{}: the replication slot {:?} is gone (dropped by someone?)",
-                    self.conn.describe(),
-                    self.name
-                )))
-            }
-        }
-        self.client
-            .query_one(
-                "SELECT 1 FROM pg_replication_slot_advance($1, $2::text::pg_lsn)",
+        // The server refuses a move back; GREATEST makes one a no-op, in
+        // the same statement that finds the slot.
+        let moved = self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots s, \
+                 pg_replication_slot_advance(s.slot_name, GREATEST(s.restart_lsn, $2::text::pg_lsn)) \
+                 WHERE s.slot_name = $1",
                 &[&self.name, &to.to_string()],
             )
             .await
             .map_err(|e| self.conn.error(e))?;
-        Ok(())
+        match moved {
+            Some(_) => Ok(()),
+            None => Err(Error::Source(format!(
+                "{}: the replication slot {:?} is gone (dropped by someone?)",
+                self.conn.describe(),
+                self.name
+            ))),
+        }
     }
 
     /// How many bytes of WAL the slot holds back from recycling, up to
