@@ -37,6 +37,7 @@ fn manifest(id: &str, body: &[u8]) -> Manifest {
         base: None,
         chain: None,
         state: None,
+        wal: None,
         layout: Default::default(),
     }
 }

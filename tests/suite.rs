@@ -37,4 +37,5 @@ mod secrets;
 mod store_suite;
 mod timescaledb;
 mod untrusted;
+mod wal_archive;
 mod wal_recovery;

@@ -50,7 +50,7 @@ use lifeboat_tests::*;
 /// A started cluster of `major` whose backups go to the history `wal-0`;
 /// None (said on stderr) when that major is not installed here, which CI
 /// (`LIFEBOAT_TEST_REQUIRE_PEERS=1`) does not allow.
-fn server(major: u32) -> Option<PgServer> {
+pub(crate) fn server(major: u32) -> Option<PgServer> {
     let Some(bin) = programs(major) else {
         let required = std::env::var("LIFEBOAT_TEST_REQUIRE_PEERS").as_deref() == Ok("1");
         assert!(
@@ -126,7 +126,15 @@ fn proves(major: u32) {
         let span = Span::next(timeline, archived, upto, server.size, 8).unwrap();
         let path = archive.path().join(format!("wal-{}.tar", objects.len()));
         let mut tar = tar::Builder::new(fs::File::create(&path).unwrap());
-        append_span(&mut tar, &pg.data.join("pg_wal"), &span, &server, 0).unwrap();
+        append_span(
+            &mut tar,
+            &pg.data.join("pg_wal"),
+            "pg_wal",
+            &span,
+            &server,
+            0,
+        )
+        .unwrap();
         tar.into_inner().unwrap();
         objects.push(path);
         archived = span.to;

@@ -12,11 +12,12 @@ use crate::artifact;
 use crate::config::Settings;
 use crate::incremental;
 use crate::manifest::{self, Manifest};
-use crate::pipe::{self, ChunkWriter, HashCount};
+use crate::pipe::{self, HashCount};
 use crate::progress::{self, mib_per_s, Cancel, Progress};
 use crate::retention;
 use crate::source::{AnySource, FilesSource, Source, SourceCtx, SourceKind, SourceReport};
 use crate::store::{AnyTarget, Target, TargetSpec, Upload};
+use crate::tar_upload::{upload_tar, StoredBytes, TarSink};
 use crate::{Error, Result};
 
 /// Uncommitted files younger than this may belong to a backup still running
@@ -346,44 +347,24 @@ async fn write_and_commit(
     let recipients = settings.recipients.as_ref();
     let file_name = artifact::file_name(started.id, settings.compression, recipients.is_some());
     let mut upload = target.begin(&file_name).await?;
-    let (tx, mut rx) = pipe::channel();
     let producer = {
         let job = job.clone();
         let ctx = SourceCtx {
             progress: started.progress.clone(),
             cancel: cancel.clone(),
         };
-        // The source's own log lines belong to this backup too.
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| produce(&job, tx, &ctx)))
+        move |tar: &mut TarSink| produce(&job, tar, &ctx)
     };
-
-    let mut upload_error = None;
-    // Hashed here, not in the producer: its thread walks, reads and feeds
-    // the compressor and is the one that bounds the backup's speed.
-    let mut stored = HashCount::default();
-    while let Some(chunk) = rx.recv().await {
-        // The producer only sends Ok chunks; errors come from its result.
-        let Ok(chunk) = chunk else { continue };
-        stored.update(&chunk);
-        if let Err(e) = upload.write(chunk).await {
-            upload_error = Some(e);
-            break;
-        }
-    }
-    // Closing our end makes a blocked producer fail fast.
-    drop(rx);
-    // A pipe closed early looks like a clean end of stream: the
-    // producer's own result decides whether the bytes are complete.
-    let produced = producer
-        .await
-        .map_err(|e| Error::Internal(format!("the backup worker crashed: {e}")))
-        .and_then(|r| r);
-    // When the upload failed, the producer only saw the pipe close: the
-    // upload's error is the cause worth reporting.
-    let (report, kubernetes) = match (produced, upload_error) {
-        (Ok(p), None) => p,
-        (_, Some(e)) | (Err(e), None) => {
+    let uploaded = upload_tar(
+        &mut upload,
+        settings.compression,
+        recipients.cloned(),
+        producer,
+    )
+    .await;
+    let ((report, kubernetes), stored) = match uploaded {
+        Ok(done) => done,
+        Err(e) => {
             upload.abort().await;
             warn!(error = %e, "backup failed; nothing was committed");
             return Err(e);
@@ -410,7 +391,7 @@ async fn write_and_commit(
         }
     };
 
-    let (sha256, size) = stored.finish();
+    let StoredBytes { sha256, size } = stored;
     let manifest = Manifest {
         format: manifest::FORMAT.into(),
         id: started.id.to_string(),
@@ -437,6 +418,7 @@ async fn write_and_commit(
         base: place.as_ref().and_then(|p| p.base.clone()),
         chain: place.map(|p| p.chain),
         state,
+        wal: None,
     };
     // A manifest restore would refuse as too large must not be committed:
     // the artifact would look backed up and never restore.
@@ -460,46 +442,23 @@ async fn write_and_commit(
     Ok(manifest)
 }
 
-/// The blocking half: tar -> compressor -> [age] -> pipe.
+/// What the producer leaves: the source's report and the exported
+/// Kubernetes objects per kind.
 type Produced = (SourceReport, Option<BTreeMap<String, u64>>);
 
-fn produce(
-    job: &Job,
-    tx: tokio::sync::mpsc::Sender<pipe::Chunk>,
-    ctx: &SourceCtx,
-) -> Result<Produced> {
-    let sink = ChunkWriter::new(tx);
-    // After compression: encrypted bytes do not compress.
-    let sealed = crate::encryption::Sealed::new(sink, job.settings.recipients.as_ref())
-        .map_err(|e| Error::io("starting age encryption", e))?;
-    let encoder = job
-        .settings
-        .compression
-        .encoder(sealed)
-        .map_err(|e| Error::io("starting the compressor", e))?;
-    let mut tar = tar::Builder::new(encoder);
-    tar.follow_symlinks(false);
-    let mut report = job.source.write_tar(&mut tar, ctx)?;
+/// The blocking half's entries: the source, then the Kubernetes objects.
+fn produce(job: &Job, tar: &mut TarSink, ctx: &SourceCtx) -> Result<Produced> {
+    let mut report = job.source.write_tar(tar, ctx)?;
     // Job::run refused to start with objects to export and no API.
     let kubernetes = match &job.cluster {
         Some(c) if !job.settings.include_kube.is_empty() => {
-            let (counts, bytes) = c.export_into(&job.settings.include_kube, &mut tar)?;
+            let (counts, bytes) = c.export_into(&job.settings.include_kube, tar)?;
             report.entries += counts.values().sum::<u64>();
             report.bytes_in += bytes;
             Some(counts)
         }
         _ => None,
     };
-    let write_err = |e| {
-        Error::io(
-            "finishing the artifact stream (the upload may have stopped)",
-            e,
-        )
-    };
-    let encoder = tar.into_inner().map_err(write_err)?;
-    let sealed = encoder.finish().map_err(write_err)?;
-    let chunks = sealed.finish().map_err(write_err)?;
-    chunks.finish().map_err(write_err)?;
     Ok((report, kubernetes))
 }
 

@@ -22,6 +22,7 @@ pub mod keys;
 mod ops;
 mod reader;
 mod sources;
+mod wal;
 
 pub use inputs::{Inputs, DEFAULT_ANNOTATIONS_FILE};
 pub use keys::{Key, KEYS};

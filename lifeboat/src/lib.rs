@@ -16,6 +16,7 @@
 pub mod access;
 pub mod annotations;
 pub mod artifact;
+pub mod artifact_read;
 pub mod backup;
 pub mod chain;
 pub mod cli;
@@ -53,6 +54,7 @@ pub mod source;
 pub mod status;
 pub mod store;
 pub mod tar_read;
+pub mod tar_upload;
 pub mod wal;
 pub mod writeback;
 

@@ -70,6 +70,10 @@ pub struct Manifest {
     /// beside the artifact. Not needed to restore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<StateBlob>,
+    /// A WAL object of a `postgres` pod's continuous archive (id
+    /// `wal-<timeline>-<sequence>`), not a backup: what WAL it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<crate::wal::object::WalSection>,
 }
 
 /// The chain state a link left (docs/ARCHITECTURE.md, "Incremental chains").
@@ -148,8 +152,17 @@ impl Manifest {
         }
         let kind = &self.source;
         // The id names the manifest, the artifact and the verified record:
-        // only the canonical `<stamp>-<source>` form, which has no `/` or `.`.
-        if !crate::artifact::is_canonical_id(&self.id, kind.as_str()) {
+        // only the canonical `<stamp>-<source>` form, or a WAL object's
+        // `wal-<timeline>-<sequence>`, which have no `/` or `.`.
+        if let Some(w) = &self.wal {
+            if *kind != SourceKind::Postgres || self.layout != Layout::Paths || self.chain.is_some()
+            {
+                return Err(
+                    "a WAL object is a postgres artifact of layout paths, outside any chain".into(),
+                );
+            }
+            w.check(&self.id)?;
+        } else if !crate::artifact::is_canonical_id(&self.id, kind.as_str()) {
             return Err(format!(
                 "id {:?} is not of the form YYYYMMDDTHHMMSSZ-{}",
                 self.id, self.source

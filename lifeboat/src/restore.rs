@@ -7,12 +7,12 @@ use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
 use tracing::{info, warn, Instrument};
 
+use crate::artifact_read::read;
 use crate::config::{RestoreMode, SourceKind};
 use crate::drill::DrillRecord;
 use crate::durable::{sync_dir, sync_fs, write_synced};
@@ -21,11 +21,10 @@ use crate::error::IoContext;
 use crate::layout::PENDING_DIR;
 use crate::manifest::{ChainGap, Layout, Manifest};
 use crate::pending;
-use crate::pipe::{self, ChunkReader};
-use crate::progress::{self, mib_per_s, Cancel, Progress};
+use crate::progress::mib_per_s;
 use crate::protected::Protected;
 use crate::store::{AnyTarget, Stored, Target};
-use crate::tar_read::{self, Mapping, Mode, ReadReport, Step};
+use crate::tar_read::{self, Mapping, ReadReport, Step};
 use crate::{Error, Result};
 
 pub use crate::layout::RESTORED_MARKER;
@@ -442,6 +441,7 @@ async fn try_candidate(
                     replace: *replace,
                     protected,
                     skipped: skipped.as_slice(),
+                    wal: s.source.wal.is_some() && m.source == SourceKind::Postgres,
                 },
             ),
             Layout::Logical => (
@@ -623,6 +623,7 @@ async fn restore_one_to(
         replace: false,
         protected: &Protected::default(),
         skipped: &[],
+        wal: false,
     };
     restore_one(target, links, stored, &dests, finish, keys, progress_every).await
 }
@@ -642,9 +643,36 @@ enum Finish<'a> {
         protected: &'a Protected,
         /// Newer artifacts skipped on the way, recorded in the marker.
         skipped: &'a [String],
+        /// A physical PostgreSQL base with `LIFEBOAT_POSTGRES_WAL=on`: the
+        /// archived WAL after it is staged too (`crate::wal::staging`).
+        wal: bool,
     },
     /// A logical dump: the staging folder becomes `<root>/.lifeboat-pending`.
     StageForLoad { root: &'a Path },
+}
+
+/// An artifact covers its own paths; restoring it into others would
+/// silently skip everything, so say so instead. Every link of a chain
+/// covers the same paths (`chain_for` checks).
+fn check_covers(m: &Manifest, dests: &[(PathBuf, PathBuf)]) -> Result<()> {
+    for (origin, _) in dests {
+        let covered = match m.layout {
+            Layout::Paths => m.paths.iter().any(|p| Path::new(p) == origin),
+            Layout::Logical => *origin == Path::new("/").join(m.source.as_str()),
+        } || (m.kubernetes.is_some()
+            && *origin == crate::artifact::kube_tar_origin());
+        if !covered {
+            return Err(Error::Corrupt {
+                id: m.id.clone(),
+                reason: format!(
+                    "does not contain {} (it holds {})",
+                    origin.display(),
+                    m.paths.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `dests` pairs each backed-up path (or a logical dump's `/<source>`) with
@@ -672,25 +700,7 @@ async fn restore_one(
             info!(size = m.size, entries = m.entries, "restore started");
         }
         let clock = Instant::now();
-        // An artifact covers its own paths; restoring it into others would
-        // silently skip everything, so say so instead. Every link of a
-        // chain covers the same paths (chain_for checks).
-        for (origin, _) in dests {
-            let covered = match m.layout {
-                Layout::Paths => m.paths.iter().any(|p| Path::new(p) == origin),
-                Layout::Logical => *origin == Path::new("/").join(m.source.as_str()),
-            } || (m.kubernetes.is_some() && *origin == crate::artifact::kube_tar_origin());
-            if !covered {
-                return Err(Error::Corrupt {
-                    id: m.id.clone(),
-                    reason: format!(
-                        "does not contain {} (it holds {})",
-                        origin.display(),
-                        m.paths.join(", ")
-                    ),
-                });
-            }
-        }
+        check_covers(m, dests)?;
         let mut mappings = Vec::new();
         let mut cleanup = Vec::new();
         for (origin, dest) in dests {
@@ -745,12 +755,22 @@ async fn restore_one(
             }
         }
         let report = report.expect("a chain has one link at least");
+        if let (Finish::MoveIntoPlace { wal: true, .. }, Some((_, dest)), Some(map)) =
+            (&finish, dests.first(), mappings.first())
+        {
+            let wal = crate::wal::staging::stage(target, m, dest, &map.staging, keys, progress_every);
+            if let Err(e) = wal.await {
+                cleanup.iter().for_each(|d| drop(fs::remove_dir_all(d)));
+                return Err(e);
+            }
+        }
         // Entry warnings were logged as they happened (tar_read::Walker::warn).
         match finish {
             Finish::MoveIntoPlace {
                 replace,
                 protected,
                 skipped,
+                wal: _,
             } => {
                 let places: Vec<Place> = dests
                     .iter()
@@ -781,96 +801,6 @@ async fn restore_one(
     }
     .instrument(span)
     .await
-}
-
-/// Streams an artifact from `target` through [`tar_read::read_artifact`]:
-/// extracting into `extract`'s staging folders (at that step of its
-/// chain), or only checking when `None`.
-async fn read(
-    target: &AnyTarget,
-    m: &Manifest,
-    keys: Option<&Identities>,
-    extract: Option<(Vec<Mapping>, Step)>,
-    every: std::time::Duration,
-    what: &'static str,
-) -> Result<ReadReport> {
-    // `open` never reads far past the recorded size (READ_PAST_SIZE).
-    let failed = StoreFailure::default();
-    let reader = Watched {
-        inner: target.open(m).await?,
-        failed: failed.clone(),
-    };
-    let (tx, rx) = pipe::channel();
-    let (chunks, spares) = ChunkReader::recycling(rx, pipe::CHUNK_SIZE);
-    let feeder = tokio::spawn(pipe::feed(reader, tx, spares));
-    let progress = Arc::new(Progress::default());
-    let _report = progress::report(progress.clone(), every, what);
-    let manifest = m.clone();
-    let keys = keys.cloned();
-    let cancel: Cancel = Default::default();
-    let res = tokio::task::spawn_blocking(move || {
-        let (mappings, step) = match extract {
-            Some((m, step)) => (Some(m), step),
-            None => (None, Step::only()),
-        };
-        let mode = match &mappings {
-            Some(m) => Mode::Extract(m),
-            None => Mode::Verify,
-        };
-        tar_read::read_artifact(
-            chunks,
-            &manifest,
-            keys.as_ref(),
-            mode,
-            step,
-            &progress,
-            &cancel,
-        )
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("the {what} worker crashed: {e}")))?;
-    feeder.abort();
-    // A stream the store broke off looks like a truncated artifact to the
-    // reader; it proves nothing about the artifact, so say what it was.
-    match (res, failed.get()) {
-        (Err(e), Some(cause)) if !matches!(e, Error::Config(_)) => Err(Error::Target {
-            target: target.describe(),
-            message: format!("reading {} broke off: {cause}", m.artifact),
-        }),
-        (res, _) => res,
-    }
-}
-
-/// The first error the store's stream returned, if any.
-#[derive(Clone, Default)]
-struct StoreFailure(Arc<std::sync::Mutex<Option<String>>>);
-
-impl StoreFailure {
-    fn get(&self) -> Option<String> {
-        self.0.lock().map(|g| g.clone()).unwrap_or(None)
-    }
-}
-
-/// A store's stream that remembers its first error.
-struct Watched<R> {
-    inner: R,
-    failed: StoreFailure,
-}
-
-impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<R> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let std::task::Poll::Ready(Err(e)) = &r {
-            if let Ok(mut g) = self.failed.0.lock() {
-                g.get_or_insert_with(|| crate::error::error_chain(e));
-            }
-        }
-        r
-    }
 }
 
 /// Which artifacts [`verify_targets`] re-reads on each target.

@@ -116,6 +116,30 @@ pub const KEYS: &[Key] = &[
         restore: true,
     },
     Key {
+        env: "LIFEBOAT_POSTGRES_WAL",
+        annotation: None,
+        help: "on: archive WAL continuously and restore to minutes ago (physical postgres); off (default)",
+        restore: true,
+    },
+    Key {
+        env: "LIFEBOAT_WAL_INTERVAL",
+        annotation: None,
+        help: "with LIFEBOAT_POSTGRES_WAL: how old the newest archived WAL may get (default: 60s)",
+        restore: false,
+    },
+    Key {
+        env: "LIFEBOAT_WAL_SLOT",
+        annotation: None,
+        help: "with LIFEBOAT_POSTGRES_WAL: the replication slot's name (default: lifeboat)",
+        restore: false,
+    },
+    Key {
+        env: "LIFEBOAT_WAL_MAX_RETAINED",
+        annotation: None,
+        help: "with LIFEBOAT_POSTGRES_WAL: WAL the slot may hold before it is dropped (default: 4GiB)",
+        restore: false,
+    },
+    Key {
         env: "LIFEBOAT_DATABASES",
         annotation: None,
         help: "logical dumps: databases, comma-separated; !name leaves one out (default: all)",

@@ -107,7 +107,9 @@ pub(super) fn source_settings(
         }
         n
     });
+    let wal = super::wal::wal_settings(r, &source, postgres_mode, problems);
     SourceSettings {
+        wal,
         kind: source,
         postgres_mode,
         databases,

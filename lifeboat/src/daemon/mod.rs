@@ -18,6 +18,7 @@ pub mod serve;
 mod shutdown;
 #[cfg(test)]
 mod tests;
+mod wal;
 mod work;
 
 use std::sync::atomic::Ordering;
@@ -119,10 +120,17 @@ pub async fn run(caller: Caller) -> Result<()> {
             return Ok(());
         }
     }
+    // After a pending load: WAL of the empty server before it is no use.
+    let archiving = wal::archiver(&d.settings)
+        .await
+        .map(|a| tokio::spawn(wal::run(a, request_tx.clone())));
     d.work.refresh(&d.status).await;
     d.announce_drill().await;
     d.warn_if_stale();
     d.run().await;
+    if let Some(task) = archiving {
+        task.abort();
+    }
     drop(request_tx);
     Ok(())
 }

@@ -136,6 +136,7 @@ fn manifest(n: usize, started_at: DateTime<Utc>, finished_at: DateTime<Utc>) -> 
         base: None,
         chain: None,
         state: None,
+        wal: None,
     }
 }
 

@@ -45,6 +45,9 @@ pub struct SourceSettings {
     pub arangodb: ArangoConn,
     /// Where dumps wait for their tar header: `TMPDIR`, else `/tmp`.
     pub spool_dir: PathBuf,
+    /// `LIFEBOAT_POSTGRES_WAL=on` (physical postgres only): the continuous
+    /// WAL archive's settings.
+    pub wal: Option<crate::wal::settings::WalSettings>,
 }
 
 impl SourceSettings {

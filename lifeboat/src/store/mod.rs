@@ -24,7 +24,7 @@ pub use blobs::{Blobs, ByteStream, Entry, Opened, Put, Small};
 pub use dir::DirBlobs;
 pub use protocol::{
     is_orphan, parse_listed, parse_verified, verified_record, ArtifactUpload, Artifacts, Leftover,
-    Listing, Stored, Target, Upload, MAX_VERIFIED_BYTES, READ_PAST_SIZE,
+    Listing, Stored, Target, Upload, WalListing, MAX_VERIFIED_BYTES, READ_PAST_SIZE,
 };
 pub use s3::{S3Blobs, S3Options};
 

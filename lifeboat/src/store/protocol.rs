@@ -56,6 +56,16 @@ pub struct Listing {
     pub problems: Vec<String>,
 }
 
+/// What `list_wal` found: the WAL objects of a PostgreSQL pod's continuous
+/// archive (`crate::wal`), oldest first, and manifests it could not read.
+/// Kept apart from [`Listing`]: they are not backups, and nothing that
+/// picks, counts or deletes backups may take one for one.
+#[derive(Debug, Default)]
+pub struct WalListing {
+    pub objects: Vec<Manifest>,
+    pub problems: Vec<String>,
+}
+
 impl Listing {
     /// Newest first; of two equally new, the one that passed a drill
     /// first, then the one that passed `verify` (the order `list` shows;
@@ -148,6 +158,8 @@ pub trait Target {
     /// A cheap check at start: can we write here?
     async fn check(&self) -> Result<()>;
     async fn list(&self) -> Result<Listing>;
+    /// The WAL objects (`wal-*` manifests), which `list` leaves out.
+    async fn list_wal(&self) -> Result<WalListing>;
     /// Starts an artifact upload; nothing is visible until `commit`.
     async fn begin(&self, artifact: &str) -> Result<Self::Upload>;
     /// The artifact's bytes, at most [`READ_PAST_SIZE`] past its `size`.
@@ -272,7 +284,10 @@ impl<B: Blobs> Target for Artifacts<B> {
         }
         let names: HashSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
         let mut listing = Listing::default();
-        for e in entries.iter().filter(|e| is_manifest_name(&e.name)) {
+        let backups = entries
+            .iter()
+            .filter(|e| is_manifest_name(&e.name) && !is_wal_name(&e.name));
+        for e in backups {
             match self.read_manifest(&e.name).await? {
                 None => {}
                 Some(Err(problem)) => listing.problems.push(problem),
@@ -288,6 +303,27 @@ impl<B: Blobs> Target for Artifacts<B> {
             }
         }
         listing.sort_newest_first();
+        Ok(listing)
+    }
+
+    async fn list_wal(&self) -> Result<WalListing> {
+        let entries = self.blobs.names().await?;
+        let mut listing = WalListing::default();
+        let objects = entries
+            .iter()
+            .filter(|e| is_manifest_name(&e.name) && is_wal_name(&e.name));
+        for e in objects {
+            match self.read_manifest(&e.name).await? {
+                Some(Ok(m)) if m.wal.is_some() => listing.objects.push(m),
+                Some(Ok(m)) => listing.problems.push(format!(
+                    "{}: named like a WAL object but has no wal section",
+                    m.id
+                )),
+                Some(Err(problem)) => listing.problems.push(problem),
+                None => {}
+            }
+        }
+        listing.objects.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(listing)
     }
 
@@ -413,6 +449,11 @@ impl<B: Blobs> Target for Artifacts<B> {
             Left::Upload(upload) => self.blobs.abort_incomplete(upload).await,
         }
     }
+}
+
+/// A WAL object's file (`crate::wal::object`): never a backup.
+fn is_wal_name(name: &str) -> bool {
+    name.starts_with(crate::wal::object::ID_PREFIX)
 }
 
 fn is_manifest_name(name: &str) -> bool {

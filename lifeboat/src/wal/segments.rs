@@ -26,14 +26,17 @@ const LONG_HEADER: usize = 40;
 /// `XLP_LONG_HEADER`: the flag a segment's first page carries.
 const XLP_LONG_HEADER: u16 = 0x0002;
 
-/// Appends `span`'s segments from `pg_wal` to `tar`, each as a whole
-/// segment file: its WAL bytes, then zeros. Returns the WAL bytes read.
+/// Appends `span`'s segments from `pg_wal` to `tar` as `<entry_dir>/<name>`
+/// (`entry_dir` is where `pg_wal` sits in the tar: PGDATA's path without
+/// its leading `/`, then `pg_wal`), each as a whole segment file: its WAL
+/// bytes, then zeros. Returns the WAL bytes read.
 ///
 /// On an error the tar may end inside an entry: the object it was for
 /// must be thrown away, never committed.
 pub fn append_span<W: io::Write>(
     tar: &mut tar::Builder<W>,
     pg_wal: &Path,
+    entry_dir: &str,
     span: &Span,
     server: &Server,
     mtime: u64,
@@ -69,7 +72,7 @@ pub fn append_span<W: io::Write>(
             wal: (&file).take(wal_bytes),
             zeros_left: server.size.bytes() - wal_bytes,
         };
-        tar.append_data(&mut h, format!("pg_wal/{name}"), data)
+        tar.append_data(&mut h, format!("{entry_dir}/{name}"), data)
             .map_err(|e| Error::io(format!("archiving the WAL segment {}", path.display()), e))?;
         // A segment the slot no longer held (dropped, or invalidated past
         // max_slot_wal_keep_size) may have been recycled while it was read:
@@ -84,6 +87,55 @@ pub fn append_span<W: io::Write>(
         read += wal_bytes;
     }
     Ok(read)
+}
+
+/// The largest timeline history file archived; PostgreSQL's hold a line
+/// per earlier timeline.
+const MAX_HISTORY_BYTES: u64 = 1 << 20;
+
+/// Appends `<timeline>.history` from `pg_wal` (as `<entry_dir>/<name>`),
+/// which a server recovering onto this timeline reads to follow it.
+/// Timeline 1 has none; a missing one is an error (the server writes it
+/// before it uses the timeline). Returns the bytes stored.
+pub fn append_history<W: io::Write>(
+    tar: &mut tar::Builder<W>,
+    pg_wal: &Path,
+    entry_dir: &str,
+    timeline: u32,
+    mtime: u64,
+) -> Result<u64> {
+    if timeline <= 1 {
+        return Ok(0);
+    }
+    let name = format!("{timeline:08X}.history");
+    let path = pg_wal.join(&name);
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .ctx("opening the timeline history file", &path)?;
+    let md = file.metadata().ctx("reading", &path)?;
+    if !md.is_file() || md.len() > MAX_HISTORY_BYTES {
+        return Err(Error::Source(format!(
+            "{} is not a timeline history file (a regular file of at most {MAX_HISTORY_BYTES} bytes)",
+            path.display()
+        )));
+    }
+    let mut bytes = Vec::new();
+    (&file)
+        .take(MAX_HISTORY_BYTES)
+        .read_to_end(&mut bytes)
+        .ctx("reading", &path)?;
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o600);
+    h.set_uid(u64::from(md.uid()));
+    h.set_gid(u64::from(md.gid()));
+    h.set_mtime(mtime);
+    h.set_size(bytes.len() as u64);
+    tar.append_data(&mut h, format!("{entry_dir}/{name}"), bytes.as_slice())
+        .map_err(|e| Error::io(format!("archiving {}", path.display()), e))?;
+    Ok(bytes.len() as u64)
 }
 
 /// A segment file whose first page is not the first page of `segment` on
@@ -203,7 +255,7 @@ mod tests {
 
     fn archive(dir: &Path, span: &Span) -> Result<Vec<(String, Vec<u8>)>> {
         let mut tar = tar::Builder::new(Vec::new());
-        append_span(&mut tar, dir, span, &server(), 0)?;
+        append_span(&mut tar, dir, "pg_wal", span, &server(), 0)?;
         let bytes = tar.into_inner().unwrap();
         let mut out = Vec::new();
         let mut a = tar::Archive::new(&bytes[..]);

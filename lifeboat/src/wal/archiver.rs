@@ -1,0 +1,347 @@
+//! The archiver: every `LIFEBOAT_WAL_INTERVAL` the WAL the server flushed
+//! since the last object goes into a new one, and only once that object is
+//! committed does the slot let the server recycle it (docs/ARCHITECTURE.md,
+//! "Continuous WAL"). Runs in the sidecar beside the backup loop.
+
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+use tracing::{info, warn, Instrument};
+
+use super::object::{self, WalSection};
+use super::position::Lsn;
+use super::segments::{append_history, append_span, Server};
+use super::slot::{flushed, identity, Flushed, Slot};
+use super::span::Span;
+use crate::compression::Compression;
+use crate::encryption::Recipients;
+use crate::manifest::{self, Layout, Manifest};
+use crate::source::postgres::PgConn;
+use crate::source::SourceKind;
+use crate::store::{AnyTarget, Target, Upload};
+use crate::tar_upload::upload_tar;
+use crate::{Error, Result};
+
+pub use super::settings::WalSettings;
+
+/// Segments per object at most: 256 MiB of WAL at the default segment
+/// size, so an object stays bounded however long the sidecar was away.
+pub const MAX_SEGMENTS: u64 = 16;
+
+/// What the archiver needs besides its settings.
+pub struct Archiver {
+    pub settings: WalSettings,
+    pub conn: PgConn,
+    pub pgdata: PathBuf,
+    pub target: AnyTarget,
+    pub compression: Compression,
+    pub recipients: Option<Recipients>,
+    pub name: String,
+    pub namespace: String,
+    /// The newest object this archive holds, once the store was listed.
+    newest: Option<Option<WalSection>>,
+    /// The next object's sequence number.
+    next_sequence: u32,
+    /// The recovery settings of a restore were looked at (and reset).
+    recovery_checked: bool,
+    /// The slot was dropped past the bound: a new one only once the store
+    /// takes writes again.
+    dropped: bool,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pass {
+    /// Nothing new was flushed: no upload.
+    Idle { archived: Lsn },
+    /// Objects committed; the archive now reaches `archived`.
+    Archived { objects: u32, archived: Lsn },
+    /// The server cannot be archived from now (in recovery, a standby).
+    Waiting(String),
+}
+
+/// Why the archive needs a new base backup before its WAL can be restored:
+/// the WAL before now may be gone (a new slot, a lost one, a new timeline
+/// or cluster).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeedsBase(pub String);
+
+impl Archiver {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: WalSettings,
+        conn: PgConn,
+        pgdata: PathBuf,
+        target: AnyTarget,
+        compression: Compression,
+        recipients: Option<Recipients>,
+        name: String,
+        namespace: String,
+    ) -> Archiver {
+        Archiver {
+            settings,
+            conn,
+            pgdata,
+            target,
+            compression,
+            recipients,
+            name,
+            namespace,
+            newest: None,
+            next_sequence: 0,
+            recovery_checked: false,
+            dropped: false,
+        }
+    }
+
+    /// One pass: connect, hold the slot, archive what was flushed (several
+    /// objects after a long absence), advance the slot. `needs_base` is
+    /// told why a new base backup is needed, when one is.
+    pub async fn pass(&mut self, needs_base: &mut Vec<NeedsBase>) -> Result<Pass> {
+        let client = self.conn.connect().await?;
+        if !self.recovery_checked && super::recovery::reset(&client, &self.conn).await? {
+            info!("the server has promoted after a restore from archived WAL; its recovery settings were removed");
+        }
+        let flush = match flushed(&client, &self.conn).await {
+            Ok(f) => f,
+            Err(Error::Source(m)) if m.contains("in recovery") => return Ok(Pass::Waiting(m)),
+            Err(e) => return Err(e),
+        };
+        self.recovery_checked = true;
+        let server = identity(&client, &self.conn).await?;
+        let (slot_name, conn) = (self.settings.slot.clone(), self.conn.clone());
+        let slot = Slot::new(&slot_name, &client, &conn);
+        let retained = slot.retained().await.unwrap_or(0);
+        if retained > self.settings.max_retained {
+            slot.remove().await?;
+            self.dropped = true;
+            return Err(Error::Source(format!(
+                "the replication slot {:?} held {retained} bytes of WAL, more than LIFEBOAT_WAL_MAX_RETAINED ({}); it was dropped so the volume does not fill. \
+                 WAL from here on is not archived until a new base backup; check that the store is reachable",
+                self.settings.slot, self.settings.max_retained
+            )));
+        }
+        if self.dropped {
+            self.target.check().await?;
+            self.dropped = false;
+        }
+        let held = slot.ensure().await?;
+        if held.created {
+            needs_base.push(NeedsBase(format!(
+                "the replication slot {:?} was created",
+                self.settings.slot
+            )));
+        }
+        if held.lost {
+            needs_base.push(NeedsBase(format!(
+                "the replication slot {:?} lost WAL (max_slot_wal_keep_size)",
+                self.settings.slot
+            )));
+        }
+        if self.newest.is_none() {
+            self.read_store().await?;
+        }
+        let mut archived = self.archived_position(&flush, &server, held.restart_lsn, needs_base);
+        let mut objects = 0;
+        while let Some(span) = Span::next(
+            flush.timeline,
+            archived,
+            flush.lsn,
+            server.size,
+            MAX_SEGMENTS,
+        ) {
+            let first_of_timeline = !self.continues(&flush, &server);
+            let section = self.commit(span, &server, first_of_timeline).await?;
+            // Committed: now the server may recycle it.
+            slot.advance(span.to).await?;
+            archived = span.to;
+            self.newest = Some(Some(section));
+            objects += 1;
+        }
+        Ok(if objects == 0 {
+            Pass::Idle { archived }
+        } else {
+            Pass::Archived { objects, archived }
+        })
+    }
+
+    /// The newest object and the next sequence number, from the store.
+    async fn read_store(&mut self) -> Result<()> {
+        let listing = self.target.list_wal().await?;
+        for p in &listing.problems {
+            warn!("WAL archive: {p}");
+        }
+        let newest = listing
+            .objects
+            .iter()
+            .filter_map(|m| m.wal.clone())
+            .max_by_key(|w| w.sequence);
+        self.next_sequence = newest.as_ref().map_or(0, |w| w.sequence.saturating_add(1));
+        self.newest = Some(newest);
+        Ok(())
+    }
+
+    /// Whether the newest object is of this server and timeline.
+    fn continues(&self, flush: &Flushed, server: &Server) -> bool {
+        matches!(&self.newest, Some(Some(w)) if w.timeline == flush.timeline
+            && w.system_identifier == server.system_id.to_string())
+    }
+
+    /// Where the next object starts: where the newest one ended, on this
+    /// timeline of this server; else where the slot holds WAL from.
+    fn archived_position(
+        &self,
+        flush: &Flushed,
+        server: &Server,
+        restart: Lsn,
+        needs_base: &mut Vec<NeedsBase>,
+    ) -> Lsn {
+        let Some(Some(w)) = &self.newest else {
+            return restart;
+        };
+        if !self.continues(flush, server) {
+            needs_base.push(NeedsBase(format!(
+                "the server is on timeline {} of cluster {}, the archive on timeline {} of {}",
+                flush.timeline, server.system_id, w.timeline, w.system_identifier
+            )));
+            return restart;
+        }
+        if restart > w.to {
+            // WAL between the archive's end and the slot's start may be gone.
+            needs_base.push(NeedsBase(format!(
+                "the replication slot starts at {restart}, after the archive's end {}",
+                w.to
+            )));
+            return restart;
+        }
+        if flush.lsn < w.to {
+            // The server crashed and rewrote from inside its last record:
+            // carry the segment (and the one before it) again.
+            let size = server.size;
+            let seg = size.segment_of(flush.lsn);
+            let seg = if size.offset_in(flush.lsn) == 0 {
+                seg.saturating_sub(1)
+            } else {
+                seg
+            };
+            let again = size.start_of(seg).unwrap_or(flush.lsn).max(restart);
+            warn!(flush = %flush.lsn, archived = %w.to, from = %again, "the server's WAL ends before the archive's (a crash?); archiving from {again} again");
+            return again;
+        }
+        w.to
+    }
+
+    /// Writes and commits one object.
+    async fn commit(
+        &mut self,
+        span: Span,
+        server: &Server,
+        with_history: bool,
+    ) -> Result<WalSection> {
+        let section = WalSection {
+            timeline: span.timeline,
+            sequence: self.next_sequence,
+            from: span.from,
+            to: span.to,
+            segment_size: server.size.bytes(),
+            system_identifier: server.system_id.to_string(),
+        };
+        let id = object::id(section.timeline, section.sequence);
+        let tracing_span =
+            tracing::info_span!("wal_object", id = %id, from = %span.from, to = %span.to);
+        async {
+            let started_at = Utc::now();
+            let file_name =
+                crate::artifact::file_name(&id, self.compression, self.recipients.is_some());
+            let mut upload = self.target.begin(&file_name).await?;
+            let (pg_wal, entry_dir) = wal_dir(&self.pgdata);
+            let server = *server;
+            // Entries and file bytes as a restore counts them: whole
+            // segments, zeros included, and the history file.
+            let producer = move |tar: &mut crate::tar_upload::TarSink| {
+                let mtime = started_at.timestamp().max(0) as u64;
+                let mut entries = 0;
+                let mut bytes = 0;
+                if with_history && span.timeline > 1 {
+                    bytes += append_history(tar, &pg_wal, &entry_dir, span.timeline, mtime)?;
+                    entries += 1;
+                }
+                let wal = append_span(tar, &pg_wal, &entry_dir, &span, &server, mtime)?;
+                let segments = span.segments(server.size).count() as u64;
+                entries += segments;
+                bytes += segments * server.size.bytes();
+                Ok((wal, entries, bytes))
+            };
+            let uploaded = upload_tar(
+                &mut upload,
+                self.compression,
+                self.recipients.clone(),
+                producer,
+            )
+            .await;
+            let ((wal_bytes, entries, file_bytes), stored) = match uploaded {
+                Ok(done) => done,
+                Err(e) => {
+                    upload.abort().await;
+                    return Err(e);
+                }
+            };
+            let m = Manifest {
+                format: manifest::FORMAT.into(),
+                id: id.clone(),
+                artifact: file_name,
+                name: self.name.clone(),
+                namespace: self.namespace.clone(),
+                source: SourceKind::Postgres,
+                layout: Layout::Paths,
+                paths: vec![self.pgdata.display().to_string()],
+                started_at,
+                finished_at: Utc::now(),
+                compression: self.compression.to_string(),
+                encryption: if self.recipients.is_some() {
+                    "age"
+                } else {
+                    "none"
+                }
+                .into(),
+                recipients: self
+                    .recipients
+                    .as_ref()
+                    .map(|r| r.names())
+                    .unwrap_or_default(),
+                size: stored.size,
+                sha256: stored.sha256,
+                entries,
+                bytes_in: file_bytes,
+                warnings: vec![],
+                tool_version: crate::TOOL_VERSION.into(),
+                source_meta: serde_json::json!({}),
+                kubernetes: None,
+                level: 0,
+                base: None,
+                chain: None,
+                state: None,
+                wal: Some(section.clone()),
+            };
+            if let Err(e) = Manifest::from_json(&m.to_json()) {
+                upload.abort().await;
+                return Err(Error::Internal(format!(
+                    "the manifest of {id} would not be read back ({e}); nothing was committed"
+                )));
+            }
+            upload.commit(&m).await?;
+            self.next_sequence = self.next_sequence.saturating_add(1);
+            info!(size = stored.size, wal_bytes, "WAL object committed");
+            Ok(section)
+        }
+        .instrument(tracing_span)
+        .await
+    }
+}
+
+/// `pg_wal` on disk, and where it sits in a tar (PGDATA without its
+/// leading `/`, as every `paths` artifact names its entries).
+fn wal_dir(pgdata: &Path) -> (PathBuf, String) {
+    let rel = pgdata.strip_prefix("/").unwrap_or(pgdata);
+    (pgdata.join("pg_wal"), format!("{}/pg_wal", rel.display()))
+}

