@@ -13,7 +13,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use lifeboat_tests::postgres_server::{PgServer, SyncClient};
 use lifeboat_tests::*;
@@ -137,6 +136,11 @@ fn to_the_end(major: u32) {
             .last()
             .is_some_and(|m| lsn(m["wal"]["to"].as_str().unwrap()) >= flushed)
     });
+    // What an operator watches: where the archive reaches, and how old it is.
+    let m = sc.scrape();
+    assert!(m["lifeboat_wal_archived_lsn"] >= flushed as f64, "{m:?}");
+    assert!(m["lifeboat_wal_lag_seconds"] < 30.0, "{m:?}");
+    assert_eq!(sc.status()["wal"]["timeline"], 1);
     assert!(sc.stop().success());
     let objects = wal_objects(&history);
     assert!(objects.len() >= 2, "{objects:?}");
@@ -152,16 +156,7 @@ fn to_the_end(major: u32) {
     let said = stderr(&out);
     assert!(said.contains("archived WAL staged"), "{said}");
     pg.start();
-    let c = pg.sync_client("postgres");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while c.one("SELECT pg_is_in_recovery()") != "f" {
-        assert!(
-            Instant::now() < deadline,
-            "the server did not promote within 60 s:\n{}",
-            fs::read_to_string(pg.root.join("server.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let c = pg.wait_promoted();
     assert_eq!(
         c.one("SELECT count(*) FROM history"),
         "300",

@@ -37,7 +37,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lifeboat::source::postgres::PgConn;
 use lifeboat::wal::position::{Lsn, Segment};
@@ -271,16 +271,7 @@ fn restore(pg: &mut PgServer, objects: &[PathBuf], target: Option<&str>) {
     fs::write(&auto, conf).unwrap();
     own(&auto);
     pg.start();
-    let c = pg.sync_client("postgres");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while c.one("SELECT pg_is_in_recovery()") != "f" {
-        assert!(
-            Instant::now() < deadline,
-            "the server did not promote within 60 s:\n{}",
-            fs::read_to_string(pg.root.join("server.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    pg.wait_promoted();
 }
 
 #[test]

@@ -613,7 +613,9 @@ async fn remove_leftovers(
     remove: impl Fn(DateTime<Utc>) -> bool,
 ) -> Result<()> {
     for l in target.leftovers().await? {
-        if remove(l.modified) {
+        // The WAL archiver writes beside backups without their lock, and
+        // cleans its own (`wal::archiver`).
+        if remove(l.modified) && !l.name.starts_with(crate::wal::object::ID_PREFIX) {
             target.remove_leftover(&l).await?;
             info!(file = %l.name, target = %target.describe(), "removed uncommitted leftover");
         }

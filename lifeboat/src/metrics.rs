@@ -92,7 +92,46 @@ pub fn render(s: &State, now: DateTime<Utc>) -> String {
     sidecar_metrics(&mut o, s, stale, drill_stale);
     backup_metrics(&mut o, s);
     target_metrics(&mut o, s);
+    if let Some(w) = &s.wal {
+        wal_metrics(&mut o, w, now);
+    }
     o.0
+}
+
+/// The continuous WAL archive (README, "Continuous WAL").
+fn wal_metrics(o: &mut Out, w: &crate::status::WalState, now: DateTime<Utc>) {
+    o.gauge(
+        "lifeboat_wal_archived_lsn",
+        "Where the WAL archive reaches, as a byte position.",
+        w.archived_lsn.as_ref().map(|_| w.archived_bytes as f64),
+    );
+    o.gauge(
+        "lifeboat_wal_lag_seconds",
+        "Since the archive last caught up with the server's flushed WAL: the newest archived byte is at most this old.",
+        w.caught_up_at
+            .map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0),
+    );
+    o.family(
+        "lifeboat_wal_objects",
+        "counter",
+        "WAL objects committed by this sidecar.",
+    );
+    o.sample("lifeboat_wal_objects_total", &[], w.objects as f64);
+    o.counts(
+        "lifeboat_wal_passes",
+        "Archiver passes, by result.",
+        w.passes,
+    );
+    o.family(
+        "lifeboat_wal_slot_dropped",
+        "counter",
+        "Times the replication slot was dropped past LIFEBOAT_WAL_MAX_RETAINED (WAL from then until a new base backup is not restorable).",
+    );
+    o.sample(
+        "lifeboat_wal_slot_dropped_total",
+        &[],
+        w.slot_dropped as f64,
+    );
 }
 
 /// What the sidecar is and does: its identity, its schedule and whether

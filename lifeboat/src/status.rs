@@ -192,6 +192,27 @@ pub struct State {
     pub loads: Counts,
     pub verifications: Counts,
     pub targets: Vec<TargetState>,
+    /// The continuous WAL archive (`LIFEBOAT_POSTGRES_WAL=on`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalState>,
+}
+
+/// Where the WAL archive stands (docs/ARCHITECTURE.md, "Continuous WAL").
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WalState {
+    /// The archive reaches this position (`16/B374D848`) ...
+    pub archived_lsn: Option<String>,
+    /// ... as a byte offset, for the metric.
+    pub archived_bytes: u64,
+    pub timeline: Option<u32>,
+    /// When a pass last found nothing flushed that was not archived: the
+    /// newest archived byte is at most this old.
+    pub caught_up_at: Option<DateTime<Utc>>,
+    pub objects: u64,
+    pub passes: Counts,
+    pub last_error: Option<String>,
+    /// Times the slot was dropped past `LIFEBOAT_WAL_MAX_RETAINED`.
+    pub slot_dropped: u64,
 }
 
 /// `State` plus what is derived from the clock when asked.
@@ -231,6 +252,7 @@ impl Status {
             backups: Counts::default(),
             loads: Counts::default(),
             verifications: Counts::default(),
+            wal: settings.source.wal.as_ref().map(|_| WalState::default()),
             targets: settings
                 .targets
                 .iter()
@@ -293,6 +315,35 @@ impl Status {
 
     pub fn idle(&self) {
         self.with(|s| s.running = None);
+    }
+
+    /// A pass of the WAL archiver ended: `Ok((position, bytes, timeline,
+    /// objects))` when it caught up with the server's flush.
+    pub fn wal_pass(
+        &self,
+        result: std::result::Result<(String, u64, u32, u64), String>,
+        slot_dropped: bool,
+        now: DateTime<Utc>,
+    ) {
+        self.with(|s| {
+            let w = s.wal.get_or_insert_with(WalState::default);
+            match result {
+                Ok((lsn, bytes, timeline, objects)) => {
+                    w.archived_lsn = Some(lsn);
+                    w.archived_bytes = bytes;
+                    w.timeline = Some(timeline);
+                    w.caught_up_at = Some(now);
+                    w.objects += objects;
+                    w.passes.success += 1;
+                    w.last_error = None;
+                }
+                Err(e) => {
+                    w.passes.failure += 1;
+                    w.last_error = Some(e);
+                }
+            }
+            w.slot_dropped += u64::from(slot_dropped);
+        });
     }
 
     pub fn pending_load(&self, id: Option<String>) {

@@ -257,6 +257,22 @@ impl PgServer {
     pub fn sync_client(&self, db: &str) -> SyncClient {
         SyncClient::connect(self.port, db)
     }
+
+    /// Waits (at most 60 s) until a server started in recovery has
+    /// promoted; returns a connection to `postgres`.
+    pub fn wait_promoted(&self) -> SyncClient {
+        let c = self.sync_client("postgres");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while c.one("SELECT pg_is_in_recovery()") != "f" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not promote within 60 s:\n{}",
+                fs::read_to_string(self.root.join("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        c
+    }
 }
 
 impl Drop for PgServer {

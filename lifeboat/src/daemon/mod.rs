@@ -123,7 +123,7 @@ pub async fn run(caller: Caller) -> Result<()> {
     // After a pending load: WAL of the empty server before it is no use.
     let archiving = wal::archiver(&d.settings)
         .await
-        .map(|a| tokio::spawn(wal::run(a, request_tx.clone())));
+        .map(|a| tokio::spawn(wal::run(a, request_tx.clone(), d.status.clone())));
     d.work.refresh(&d.status).await;
     d.announce_drill().await;
     d.warn_if_stale();

@@ -5,10 +5,18 @@
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use std::sync::Arc;
+
+use chrono::Utc;
+
 use super::serve::Reply;
 use crate::config::Settings;
+use crate::status::Status;
 use crate::wal::archiver::{Archiver, NeedsBase, Pass};
 use crate::wal::settings::WalSettings;
+
+/// How long after asking for a base backup the archiver may ask again.
+const ASK_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The archiver for these settings, on the primary target; None when WAL
 /// is not archived.
@@ -33,7 +41,7 @@ pub(super) async fn archiver(settings: &Settings) -> Option<Archiver> {
 /// Archives until the task is aborted (the sidecar's exit). An abort in
 /// the middle of an object leaves an upload no manifest covers: a
 /// leftover, never a WAL object.
-pub(super) async fn run(mut a: Archiver, requests: mpsc::Sender<Reply>) {
+pub(super) async fn run(mut a: Archiver, requests: mpsc::Sender<Reply>, status: Arc<Status>) {
     let mut every = tokio::time::interval(a.settings.interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(
@@ -42,11 +50,21 @@ pub(super) async fn run(mut a: Archiver, requests: mpsc::Sender<Reply>) {
         "archiving WAL continuously"
     );
     let mut waiting_said = false;
+    let mut asked: Option<tokio::time::Instant> = None;
+    let mut dropped_before = 0;
     loop {
         every.tick().await;
         let mut asks = Vec::new();
         let result = a.pass(&mut asks).await;
         for NeedsBase(why) in asks {
+            // One request covers every reason until it is served; a
+            // condition that stays (a backup that keeps failing) must not
+            // ask again every interval.
+            if asked.is_some_and(|t| t.elapsed() < ASK_AGAIN_AFTER) {
+                debug!(reason = %why, "a base backup was asked for recently");
+                continue;
+            }
+            asked = Some(tokio::time::Instant::now());
             info!(reason = %why, "asking for a base backup: archived WAL restores only on top of one taken after this");
             // Nobody waits for the answer: the backup reports itself.
             let (reply, _) = oneshot::channel();
@@ -54,12 +72,35 @@ pub(super) async fn run(mut a: Archiver, requests: mpsc::Sender<Reply>) {
                 warn!("the backup queue is full; the base backup waits for the next request or the schedule");
             }
         }
+        let drops = a.drops;
+        let caught_up = match &result {
+            Ok(Pass::Archived {
+                archived,
+                timeline,
+                objects,
+                ..
+            }) => Ok((
+                archived.to_string(),
+                archived.0,
+                *timeline,
+                u64::from(*objects),
+            )),
+            Ok(Pass::Idle { archived, timeline }) => {
+                Ok((archived.to_string(), archived.0, *timeline, 0))
+            }
+            Ok(Pass::Waiting(why)) => Err(why.clone()),
+            Err(e) => Err(e.to_string()),
+        };
+        status.wal_pass(caught_up, drops > dropped_before, Utc::now());
+        dropped_before = drops;
         match result {
-            Ok(Pass::Archived { objects, archived }) => {
+            Ok(Pass::Archived {
+                objects, archived, ..
+            }) => {
                 waiting_said = false;
                 info!(objects, archived = %archived, "WAL archived");
             }
-            Ok(Pass::Idle { archived }) => debug!(archived = %archived, "no new WAL"),
+            Ok(Pass::Idle { archived, .. }) => debug!(archived = %archived, "no new WAL"),
             Ok(Pass::Waiting(why)) => {
                 if !waiting_said {
                     info!(reason = %why, "not archiving WAL yet");

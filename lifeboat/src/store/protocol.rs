@@ -64,6 +64,9 @@ pub struct Listing {
 pub struct WalListing {
     pub objects: Vec<Manifest>,
     pub problems: Vec<String>,
+    /// One past the largest sequence any `wal-*` file names (committed,
+    /// unreadable or left over): the next object's, never one in use.
+    pub next_sequence: u32,
 }
 
 impl Listing {
@@ -308,7 +311,17 @@ impl<B: Blobs> Target for Artifacts<B> {
 
     async fn list_wal(&self) -> Result<WalListing> {
         let entries = self.blobs.names().await?;
-        let mut listing = WalListing::default();
+        let mut listing = WalListing {
+            next_sequence: entries
+                .iter()
+                .filter_map(|e| {
+                    crate::wal::object::parse_id(e.name.split('.').next().unwrap_or_default())
+                })
+                .map(|(_, seq)| seq.saturating_add(1))
+                .max()
+                .unwrap_or(0),
+            ..Default::default()
+        };
         let objects = entries
             .iter()
             .filter(|e| is_manifest_name(&e.name) && is_wal_name(&e.name));
@@ -748,6 +761,40 @@ mod tests {
         assert!(listing.problems[0].starts_with(&format!(
             "mem://h/{other}.manifest.json: not a valid manifest: its id"
         )));
+    }
+
+    #[tokio::test]
+    async fn wal_objects_are_listed_apart_and_the_next_sequence_passes_every_wal_file() {
+        let mem = Mem::default();
+        let t = Artifacts::new(mem.clone());
+        committed(&t, &manifest(ID, 4), b"data").await;
+        // A committed object, and the data of one whose manifest never came.
+        let wal = |seq: u32| {
+            let id = crate::wal::object::id(1, seq);
+            let json = serde_json::json!({
+                "format": "lifeboat/v1", "id": id, "artifact": format!("{id}.tar.zst"),
+                "name": "n", "namespace": "ns", "source": "postgres", "layout": "paths",
+                "paths": ["/data"], "started_at": "2026-01-02T00:00:00Z",
+                "finished_at": "2026-01-02T00:00:00Z", "compression": "zstd:3",
+                "encryption": "none", "size": 4, "sha256": "00", "entries": 1, "bytes_in": 1,
+                "warnings": [], "tool_version": "t", "source_meta": {},
+                "wal": {"timeline": 1, "sequence": seq, "from": "0/1000000", "to": "0/1000100",
+                        "segment_size": 16777216, "system_identifier": "7"}
+            });
+            Manifest::from_json(json.to_string().as_bytes()).unwrap()
+        };
+        committed(&t, &wal(3), b"wal!").await;
+        mem.insert("wal-00000001-00000009.tar.zst", b"cut off");
+        let backups = t.list().await.unwrap();
+        assert_eq!(backups.artifacts.len(), 1, "{backups:?}");
+        assert!(backups.problems.is_empty(), "{backups:?}");
+        let w = t.list_wal().await.unwrap();
+        assert_eq!(w.objects.len(), 1);
+        assert_eq!(w.objects[0].wal.as_ref().unwrap().sequence, 3);
+        assert_eq!(
+            w.next_sequence, 10,
+            "never a sequence a leftover still names"
+        );
     }
 
     #[tokio::test]

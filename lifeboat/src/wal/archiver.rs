@@ -47,15 +47,21 @@ pub struct Archiver {
     /// The slot was dropped past the bound: a new one only once the store
     /// takes writes again.
     dropped: bool,
+    /// Times the slot was dropped past the bound.
+    pub drops: u64,
 }
 
 /// What one pass did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pass {
     /// Nothing new was flushed: no upload.
-    Idle { archived: Lsn },
+    Idle { archived: Lsn, timeline: u32 },
     /// Objects committed; the archive now reaches `archived`.
-    Archived { objects: u32, archived: Lsn },
+    Archived {
+        objects: u32,
+        archived: Lsn,
+        timeline: u32,
+    },
     /// The server cannot be archived from now (in recovery, a standby).
     Waiting(String),
 }
@@ -91,6 +97,7 @@ impl Archiver {
             next_sequence: 0,
             recovery_checked: false,
             dropped: false,
+            drops: 0,
         }
     }
 
@@ -99,8 +106,13 @@ impl Archiver {
     /// told why a new base backup is needed, when one is.
     pub async fn pass(&mut self, needs_base: &mut Vec<NeedsBase>) -> Result<Pass> {
         let client = self.conn.connect().await?;
-        if !self.recovery_checked && super::recovery::reset(&client, &self.conn).await? {
-            info!("the server has promoted after a restore from archived WAL; its recovery settings were removed");
+        if !self.recovery_checked {
+            match super::recovery::reset(&client, &self.conn).await {
+                Ok(true) => info!("the server has promoted after a restore from archived WAL; its recovery settings were removed"),
+                Ok(false) => {}
+                // Archiving matters more; tried again next pass.
+                Err(e) => warn!(error = %e, "could not remove the recovery settings a restore left (ALTER SYSTEM needs a superuser or GRANT ALTER SYSTEM); archiving goes on"),
+            }
         }
         let flush = match flushed(&client, &self.conn).await {
             Ok(f) => f,
@@ -111,16 +123,6 @@ impl Archiver {
         let server = identity(&client, &self.conn).await?;
         let (slot_name, conn) = (self.settings.slot.clone(), self.conn.clone());
         let slot = Slot::new(&slot_name, &client, &conn);
-        let retained = slot.retained().await.unwrap_or(0);
-        if retained > self.settings.max_retained {
-            slot.remove().await?;
-            self.dropped = true;
-            return Err(Error::Source(format!(
-                "the replication slot {:?} held {retained} bytes of WAL, more than LIFEBOAT_WAL_MAX_RETAINED ({}); it was dropped so the volume does not fill. \
-                 WAL from here on is not archived until a new base backup; check that the store is reachable",
-                self.settings.slot, self.settings.max_retained
-            )));
-        }
         if self.dropped {
             self.target.check().await?;
             self.dropped = false;
@@ -139,7 +141,9 @@ impl Archiver {
             )));
         }
         if self.newest.is_none() {
-            self.read_store().await?;
+            if let Err(e) = self.read_store().await {
+                return Err(self.bound(&slot, e).await);
+            }
         }
         let mut archived = self.archived_position(&flush, &server, held.restart_lsn, needs_base);
         let mut objects = 0;
@@ -151,22 +155,60 @@ impl Archiver {
             MAX_SEGMENTS,
         ) {
             let first_of_timeline = !self.continues(&flush, &server);
-            let section = self.commit(span, &server, first_of_timeline).await?;
+            let section = match self.commit(span, &server, first_of_timeline).await {
+                Ok(section) => section,
+                Err(e) => return Err(self.bound(&slot, e).await),
+            };
             // Committed: now the server may recycle it.
             slot.advance(span.to).await?;
             archived = span.to;
             self.newest = Some(Some(section));
             objects += 1;
         }
+        let timeline = flush.timeline;
         Ok(if objects == 0 {
-            Pass::Idle { archived }
+            Pass::Idle { archived, timeline }
         } else {
-            Pass::Archived { objects, archived }
+            Pass::Archived {
+                objects,
+                archived,
+                timeline,
+            }
         })
+    }
+
+    /// After an object could not be stored: when the slot now holds more
+    /// than the bound, drops it so the volume does not fill (a busy
+    /// server that the store keeps up with is never dropped). Returns the
+    /// error to report.
+    async fn bound(&mut self, slot: &Slot<'_>, failed: Error) -> Error {
+        let retained = slot.retained().await.unwrap_or(0);
+        if retained <= self.settings.max_retained {
+            return failed;
+        }
+        if let Err(e) = slot.remove().await {
+            return e;
+        }
+        self.dropped = true;
+        self.drops += 1;
+        tracing::error!(slot = %self.settings.slot, retained, max_retained = self.settings.max_retained, error = %failed, "the replication slot was dropped: it held more WAL than LIFEBOAT_WAL_MAX_RETAINED while the WAL could not be stored");
+        Error::Source(format!(
+            "the replication slot {:?} held {retained} bytes of WAL, more than LIFEBOAT_WAL_MAX_RETAINED ({}), and the WAL could not be stored ({failed}); \
+             the slot was dropped so the volume does not fill. WAL from here on is archived again, after a new base backup, once the store takes writes",
+            self.settings.slot, self.settings.max_retained
+        ))
     }
 
     /// The newest object and the next sequence number, from the store.
     async fn read_store(&mut self) -> Result<()> {
+        // Uploads a killed sidecar left: this archiver is the only writer
+        // of WAL objects, so none of them is in progress.
+        for l in self.target.leftovers().await? {
+            if l.name.starts_with(object::ID_PREFIX) {
+                self.target.remove_leftover(&l).await?;
+                info!(file = %l.name, "removed an uncommitted WAL object");
+            }
+        }
         let listing = self.target.list_wal().await?;
         for p in &listing.problems {
             warn!("WAL archive: {p}");
@@ -176,7 +218,7 @@ impl Archiver {
             .iter()
             .filter_map(|m| m.wal.clone())
             .max_by_key(|w| w.sequence);
-        self.next_sequence = newest.as_ref().map_or(0, |w| w.sequence.saturating_add(1));
+        self.next_sequence = listing.next_sequence;
         self.newest = Some(newest);
         Ok(())
     }

@@ -45,14 +45,7 @@ pub fn append_span<W: io::Write>(
     for (segment, wal_bytes) in span.segments(server.size) {
         let name = segment.file_name(server.size);
         let path = pg_wal.join(&name);
-        // Never through a symlink, and never waiting on a FIFO someone put
-        // there: the volume is the app's to change.
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path)
-            .ctx("opening the WAL segment", &path)?;
-        let md = file.metadata().ctx("reading", &path)?;
+        let (file, md) = open_wal_file(&path)?;
         if !md.is_file() || md.len() != server.size.bytes() {
             return Err(Error::Source(format!(
                 "{} is not a {}-byte WAL segment file; not archived",
@@ -61,13 +54,7 @@ pub fn append_span<W: io::Write>(
             )));
         }
         let header = check_header(&file, &path, segment, server)?;
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o600);
-        h.set_uid(u64::from(md.uid()));
-        h.set_gid(u64::from(md.gid()));
-        h.set_mtime(mtime);
-        h.set_size(server.size.bytes());
+        let mut h = self::header(&md, mtime, server.size.bytes());
         let data = Flushed {
             wal: (&file).take(wal_bytes),
             zeros_left: server.size.bytes() - wal_bytes,
@@ -87,6 +74,31 @@ pub fn append_span<W: io::Write>(
         read += wal_bytes;
     }
     Ok(read)
+}
+
+/// A file in `pg_wal/`, never through a symlink and never waiting on a
+/// FIFO someone put there: the volume is the app's to change.
+fn open_wal_file(path: &Path) -> Result<(File, std::fs::Metadata)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ctx("opening", path)?;
+    let md = file.metadata().ctx("reading", path)?;
+    Ok((file, md))
+}
+
+/// A regular file's tar header: the file's owner, mode 0600 as PostgreSQL
+/// keeps its files, the object's mtime.
+fn header(md: &std::fs::Metadata, mtime: u64, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o600);
+    h.set_uid(u64::from(md.uid()));
+    h.set_gid(u64::from(md.gid()));
+    h.set_mtime(mtime);
+    h.set_size(size);
+    h
 }
 
 /// The largest timeline history file archived; PostgreSQL's hold a line
@@ -109,12 +121,7 @@ pub fn append_history<W: io::Write>(
     }
     let name = format!("{timeline:08X}.history");
     let path = pg_wal.join(&name);
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&path)
-        .ctx("opening the timeline history file", &path)?;
-    let md = file.metadata().ctx("reading", &path)?;
+    let (file, md) = open_wal_file(&path)?;
     if !md.is_file() || md.len() > MAX_HISTORY_BYTES {
         return Err(Error::Source(format!(
             "{} is not a timeline history file (a regular file of at most {MAX_HISTORY_BYTES} bytes)",
@@ -126,13 +133,7 @@ pub fn append_history<W: io::Write>(
         .take(MAX_HISTORY_BYTES)
         .read_to_end(&mut bytes)
         .ctx("reading", &path)?;
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o600);
-    h.set_uid(u64::from(md.uid()));
-    h.set_gid(u64::from(md.gid()));
-    h.set_mtime(mtime);
-    h.set_size(bytes.len() as u64);
+    let mut h = header(&md, mtime, bytes.len() as u64);
     tar.append_data(&mut h, format!("{entry_dir}/{name}"), bytes.as_slice())
         .map_err(|e| Error::io(format!("archiving {}", path.display()), e))?;
     Ok(bytes.len() as u64)

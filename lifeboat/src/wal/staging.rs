@@ -72,6 +72,11 @@ pub async fn stage(
                 warn!("{gap}");
                 staged.problems.push(gap.clone());
             }
+            if plan.objects.is_empty() {
+                // Archived WAL lives on the primary target only: a base
+                // restored from a copy elsewhere recovers to its own end.
+                warn!(target = %target.describe(), base = %base.id, "no archived WAL follows this base backup on this target; the server recovers to the base's end");
+            }
             let pg_wal = staging.join("pg_wal");
             fs::create_dir_all(&pg_wal).ctx("creating", &pg_wal)?;
             for m in &plan.objects {
@@ -134,28 +139,42 @@ async fn stage_one(
         "WAL",
     )
     .await;
-    let moved = read.and_then(|_| move_wal(&own.join("pg_wal"), pg_wal, &m.id));
+    let moved = read.and_then(|_| move_wal(&own.join("pg_wal"), pg_wal, m));
     let _ = fs::remove_dir_all(&own);
     moved
 }
 
-/// Moves segment and history files from `from` into `to`. Anything else an
-/// object holds is not WAL and is left behind (and removed with its
-/// staging folder).
-fn move_wal(from: &Path, to: &Path, id: &str) -> Result<()> {
-    let Ok(entries) = fs::read_dir(from) else {
-        return Err(Error::Corrupt {
-            id: id.into(),
-            reason: "holds no pg_wal folder".into(),
-        });
+/// Moves the files the object's `wal` section speaks for from `from` into
+/// `to`: the segments of its timeline in its span, and history files of
+/// its timeline or earlier ones. Anything else is not this object's WAL and
+/// is left behind (and removed with its staging folder); `from` must be a
+/// real folder, never a link to one elsewhere.
+fn move_wal(from: &Path, to: &Path, m: &Manifest) -> Result<()> {
+    let corrupt = |reason: String| Error::Corrupt {
+        id: m.id.clone(),
+        reason,
     };
-    for e in entries {
+    let Some(w) = &m.wal else {
+        return Err(corrupt("has no wal section".into()));
+    };
+    match fs::symlink_metadata(from) {
+        Ok(md) if md.is_dir() => {}
+        _ => return Err(corrupt("holds no pg_wal folder".into())),
+    }
+    let size = super::position::SegmentSize::new(w.segment_size).map_err(corrupt)?;
+    let first = size.segment_of(w.from);
+    let last = size.segment_of(super::position::Lsn(w.to.0.saturating_sub(1)));
+    let belongs = |name: &str| match super::position::Segment::parse(name, size) {
+        Some(seg) => seg.timeline == w.timeline && (first..=last).contains(&seg.segno),
+        None => history_timeline(name).is_some_and(|t| t <= w.timeline),
+    };
+    for e in fs::read_dir(from).ctx("reading", from)? {
         let e = e.ctx("reading", from)?;
         let name = e.file_name();
         let name = name.to_string_lossy();
-        let is_wal = super::position::is_segment_name(&name) || is_history_name(&name);
-        if !is_wal || !e.file_type().ctx("reading", &e.path())?.is_file() {
-            warn!(id, entry = %name, "not a WAL file; left out");
+        // The entry's own type: a symlink is not followed.
+        if !belongs(&name) || !e.file_type().ctx("reading", &e.path())?.is_file() {
+            warn!(id = %m.id, entry = %name, "not WAL this object speaks for; left out");
             continue;
         }
         let into = to.join(&*name);
@@ -164,11 +183,81 @@ fn move_wal(from: &Path, to: &Path, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// `<8 hex digits>.history`.
-fn is_history_name(name: &str) -> bool {
-    name.strip_suffix(".history").is_some_and(|t| {
-        t.len() == 8
-            && t.bytes()
-                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
-    })
+/// The timeline a `<8 hex digits>.history` file is of.
+fn history_timeline(name: &str) -> Option<u32> {
+    let t = name.strip_suffix(".history")?;
+    let hex = t.len() == 8
+        && t.bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b));
+    hex.then(|| u32::from_str_radix(t, 16).ok()).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object() -> Manifest {
+        let id = object::id(2, 5);
+        let json = serde_json::json!({
+            "format": "lifeboat/v1", "id": id, "artifact": format!("{id}.tar.zst"),
+            "name": "n", "namespace": "ns", "source": "postgres", "layout": "paths",
+            "paths": ["/data"], "started_at": "2026-01-02T00:00:00Z",
+            "finished_at": "2026-01-02T00:00:00Z", "compression": "zstd:3",
+            "encryption": "none", "size": 4, "sha256": "00", "entries": 1, "bytes_in": 1,
+            "warnings": [], "tool_version": "t", "source_meta": {},
+            "wal": {"timeline": 2, "sequence": 5, "from": "0/3000010", "to": "0/4000100",
+                    "segment_size": 16777216, "system_identifier": "7"}
+        });
+        Manifest::from_json(json.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn only_the_wal_an_object_speaks_for_is_moved() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (from, to) = (tmp.path().join("own"), tmp.path().join("pg_wal"));
+        fs::create_dir_all(&from).unwrap();
+        fs::create_dir_all(&to).unwrap();
+        for name in [
+            "000000020000000000000003",
+            "000000020000000000000004",
+            "000000020000000000000005", // past its span
+            "000000010000000000000003", // another timeline
+            "00000002.history",
+            "00000003.history", // a later timeline's
+            "postgresql.conf",
+        ] {
+            fs::write(from.join(name), name).unwrap();
+        }
+        std::os::unix::fs::symlink("/etc/passwd", from.join("000000020000000000000004.partial"))
+            .unwrap();
+        move_wal(&from, &to, &object()).unwrap();
+        let mut moved: Vec<String> = fs::read_dir(&to)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        moved.sort();
+        assert_eq!(
+            moved,
+            [
+                "00000002.history",
+                "000000020000000000000003",
+                "000000020000000000000004",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pg_wal_that_is_a_link_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        fs::create_dir_all(&elsewhere).unwrap();
+        fs::write(elsewhere.join("000000020000000000000003"), "not ours").unwrap();
+        let own = tmp.path().join("own");
+        std::os::unix::fs::symlink(&elsewhere, &own).unwrap();
+        let to = tmp.path().join("pg_wal");
+        fs::create_dir_all(&to).unwrap();
+        let e = move_wal(&own, &to, &object()).unwrap_err();
+        assert!(e.proves_artifact_bad(), "{e}");
+        assert!(elsewhere.join("000000020000000000000003").exists());
+    }
 }
