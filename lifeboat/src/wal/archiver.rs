@@ -10,7 +10,8 @@ use tracing::{info, warn, Instrument};
 
 use super::object::{self, WalSection};
 use super::position::Lsn;
-use super::segments::{append_history, append_span, Server};
+use super::position::Segment;
+use super::segments::{append_history, append_span, tail_sha256, Server};
 use super::slot::{flushed, identity, Flushed, Slot};
 use super::span::Span;
 use crate::compression::Compression;
@@ -256,18 +257,34 @@ impl Archiver {
             )));
             return restart;
         }
-        if flush.lsn < w.to {
-            // The server crashed and rewrote from inside its last record:
-            // carry the segment (and the one before it) again.
-            let size = server.size;
-            let seg = size.segment_of(flush.lsn);
-            let seg = if size.offset_in(flush.lsn) == 0 {
-                seg.saturating_sub(1)
-            } else {
-                seg
-            };
-            let again = size.start_of(seg).unwrap_or(flush.lsn).max(restart);
-            warn!(flush = %flush.lsn, archived = %w.to, from = %again, "the server's WAL ends before the archive's (a crash?); archiving from {again} again");
+        let size = server.size;
+        // The server crashed and rewrote from inside its last record: its
+        // WAL now ends before the archive's, or the archive's last page is
+        // not what the server has there now. Carry the segment holding the
+        // point again, and the one before it (a record may cross into it).
+        let rewritten = if flush.lsn < w.to {
+            Some(flush.lsn)
+        } else {
+            let now = w.tail_sha256.as_ref().and_then(|_| {
+                let last = Segment {
+                    timeline: w.timeline,
+                    segno: size.segment_of(Lsn(w.to.0 - 1)),
+                };
+                tail_sha256(
+                    &self.pgdata.join("pg_wal"),
+                    last,
+                    size,
+                    object::tail_start(w.to, size),
+                    w.to,
+                )
+            });
+            (now.is_some() && now != w.tail_sha256).then_some(Lsn(w.to.0 - 1))
+        };
+        if let Some(point) = rewritten {
+            let seg = size.segment_of(point).saturating_sub(1);
+            let held = size.start_of(size.segment_of(restart)).unwrap_or(restart);
+            let again = size.start_of(seg).unwrap_or(held).max(held);
+            warn!(flush = %flush.lsn, archived = %w.to, from = %again, "the server rewrote WAL the archive holds (it crashed inside a record); archiving from {again} again");
             return again;
         }
         w.to
@@ -280,13 +297,14 @@ impl Archiver {
         server: &Server,
         with_history: bool,
     ) -> Result<WalSection> {
-        let section = WalSection {
+        let mut section = WalSection {
             timeline: span.timeline,
             sequence: self.next_sequence,
             from: span.from,
             to: span.to,
             segment_size: server.size.bytes(),
             system_identifier: server.system_id.to_string(),
+            tail_sha256: None,
         };
         let id = object::id(section.timeline, section.sequence);
         let tracing_span =
@@ -312,7 +330,13 @@ impl Archiver {
                 let segments = span.segments(server.size).count() as u64;
                 entries += segments;
                 bytes += segments * server.size.bytes();
-                Ok((wal, entries, bytes))
+                let last = Segment {
+                    timeline: span.timeline,
+                    segno: server.size.segment_of(Lsn(span.to.0 - 1)),
+                };
+                let tail_from = object::tail_start(span.to, server.size);
+                let tail = tail_sha256(&pg_wal, last, server.size, tail_from, span.to);
+                Ok((wal, entries, bytes, tail))
             };
             let uploaded = upload_tar(
                 &mut upload,
@@ -321,13 +345,14 @@ impl Archiver {
                 producer,
             )
             .await;
-            let ((wal_bytes, entries, file_bytes), stored) = match uploaded {
+            let ((wal_bytes, entries, file_bytes, tail), stored) = match uploaded {
                 Ok(done) => done,
                 Err(e) => {
                     upload.abort().await;
                     return Err(e);
                 }
             };
+            section.tail_sha256 = tail;
             let m = Manifest {
                 format: manifest::FORMAT.into(),
                 id: id.clone(),

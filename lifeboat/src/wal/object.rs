@@ -58,6 +58,26 @@ pub struct WalSection {
     /// follows a base backup of this one. A string, since JSON readers
     /// lose precision on 64-bit numbers.
     pub system_identifier: String,
+    /// Hex SHA-256 of the WAL page that ends at `to` (from the start of the
+    /// page holding the byte before `to`): the next pass compares it with
+    /// `pg_wal/` to notice a server that crashed and rewrote that page
+    /// (`super::archiver`). Absent when it could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail_sha256: Option<String>,
+}
+
+/// The unit [`WalSection::tail_sha256`] covers: PostgreSQL's WAL page
+/// (`XLOG_BLCKSZ`, 8 KiB unless built otherwise; another size only makes
+/// the compared range differ from a page, not wrong).
+pub const TAIL_PAGE: u64 = 8192;
+
+/// Where the tail that ends at `to` starts: the page holding `to - 1`,
+/// never before the segment holding it.
+pub fn tail_start(to: Lsn, size: SegmentSize) -> Lsn {
+    let last = to.0.saturating_sub(1);
+    let page = last - last % TAIL_PAGE;
+    let seg = size.start_of(size.segment_of(Lsn(last))).unwrap_or(Lsn(0));
+    Lsn(page.max(seg.0))
 }
 
 impl WalSection {
@@ -203,6 +223,7 @@ mod tests {
             to: Lsn(to),
             segment_size: SEG,
             system_identifier: "7".into(),
+            tail_sha256: None,
         }
     }
 
@@ -286,6 +307,15 @@ mod tests {
         assert_eq!(p.end, Lsn(SEG + 1000));
         let p = plan(base(SEG + 10), objects[..2].to_vec());
         assert_eq!(p.end, Lsn(SEG + 400), "the newest copy says where WAL ends");
+    }
+
+    #[test]
+    fn the_tail_is_the_page_holding_the_last_byte_within_its_segment() {
+        let size = SegmentSize::new(SEG).unwrap();
+        assert_eq!(tail_start(Lsn(SEG + 8192 + 10), size), Lsn(SEG + 8192));
+        assert_eq!(tail_start(Lsn(SEG + 8192), size), Lsn(SEG));
+        assert_eq!(tail_start(Lsn(2 * SEG), size), Lsn(2 * SEG - 8192));
+        assert_eq!(tail_start(Lsn(1), size), Lsn(0));
     }
 
     #[test]

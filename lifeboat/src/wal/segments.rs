@@ -101,6 +101,29 @@ fn header(md: &std::fs::Metadata, mtime: u64, size: u64) -> tar::Header {
     h
 }
 
+/// Hex SHA-256 of the WAL bytes from `from` to `to` (one segment's, in
+/// `pg_wal`): what [`super::object::WalSection::tail_sha256`] records. None
+/// when the file cannot be read or is not that long.
+pub fn tail_sha256(
+    pg_wal: &Path,
+    segment: Segment,
+    size: SegmentSize,
+    from: Lsn,
+    to: Lsn,
+) -> Option<String> {
+    use sha2::Digest;
+    let start = size.start_of(segment.segno)?;
+    let (file, md) = open_wal_file(&pg_wal.join(segment.file_name(size))).ok()?;
+    let offset = from.0.checked_sub(start.0)?;
+    let len = usize::try_from(to.0.checked_sub(from.0)?).ok()?;
+    if !md.is_file() || offset + len as u64 > size.bytes() {
+        return None;
+    }
+    let mut bytes = vec![0u8; len];
+    file.read_exact_at(&mut bytes, offset).ok()?;
+    Some(hex::encode(sha2::Sha256::digest(&bytes)))
+}
+
 /// The largest timeline history file archived; PostgreSQL's hold a line
 /// per earlier timeline.
 const MAX_HISTORY_BYTES: u64 = 1 << 20;
