@@ -137,13 +137,15 @@ fn bank(c: &SyncClient) {
 }
 
 /// Waits until the archive reaches what the server has flushed now.
-fn wait_archived(sc: &RunningSidecar, c: &SyncClient, history: &Path) {
+/// Returns that flush position.
+fn wait_archived(sc: &RunningSidecar, c: &SyncClient, history: &Path) -> u64 {
     let flushed = lsn(&c.one("SELECT pg_current_wal_flush_lsn()::text"));
     sc.wait_for("the archive to reach the server's flush", 60, |_| {
         wal_objects(history)
             .last()
             .is_some_and(|m| lsn(m["wal"]["to"].as_str().unwrap()) >= flushed)
     });
+    flushed
 }
 
 /// The pod lost and restored with its archived WAL; a connection to the
@@ -199,7 +201,7 @@ fn through_crashes(major: u32) {
             // Killed in the middle of its work: no wait for the archive.
             drop(sc);
         } else {
-            wait_archived(&sc, &c, &history);
+            let _ = wait_archived(&sc, &c, &history);
             drop(sc);
             drop(c);
             pg.kill();
@@ -208,7 +210,7 @@ fn through_crashes(major: u32) {
         sc = RunningSidecar::start(&pairs(&env), &log);
     }
     let c = pg.sync_client("postgres");
-    wait_archived(&sc, &c, &history);
+    let _ = wait_archived(&sc, &c, &history);
     assert!(sc.stop().success());
     let c = lose_and_restore(&mut pg);
     all_transfers_back(&c, n);
@@ -237,12 +239,7 @@ fn to_the_end(major: u32) {
     for n in 150..300 {
         transfer(&c, n);
     }
-    let flushed = lsn(&c.one("SELECT pg_current_wal_flush_lsn()::text"));
-    sc.wait_for("the archive to reach the last transfer", 60, |_| {
-        wal_objects(&history)
-            .last()
-            .is_some_and(|m| lsn(m["wal"]["to"].as_str().unwrap()) >= flushed)
-    });
+    let flushed = wait_archived(&sc, &c, &history);
     // What an operator watches: where the archive reaches, and how old it is.
     let m = sc.scrape();
     assert!(m["lifeboat_wal_archived_lsn"] >= flushed as f64, "{m:?}");
@@ -257,13 +254,7 @@ fn to_the_end(major: u32) {
     );
 
     // The pod is lost: no shutdown checkpoint, the volume gone.
-    pg.kill();
-    pg.wipe();
-    let out = run_ok(&mut pg.cmd("lifeboat-restore", &[("LIFEBOAT_POSTGRES_WAL", "on")]));
-    let said = stderr(&out);
-    assert!(said.contains("archived WAL staged"), "{said}");
-    pg.start();
-    let c = pg.wait_promoted();
+    let c = lose_and_restore(&mut pg);
     assert_eq!(
         c.one("SELECT count(*) FROM history"),
         "300",

@@ -20,19 +20,16 @@ use crate::Result;
 /// The `restore_command` a restore writes.
 pub const RESTORE_COMMAND: &str = "exit 1 # lifeboat: WAL was staged in pg_wal";
 
-/// The settings a restore may add, which [`reset`] takes away again.
-const SETTINGS: &[&str] = &[
-    "restore_command",
-    "recovery_target_time",
-    "recovery_target_action",
-];
+/// The settings a restore adds, which [`reset`] takes away again (no
+/// others: a user's own recovery settings stay).
+const SETTINGS: &[&str] = &["restore_command"];
 
 /// Makes `pgdata` (a staged copy, before it is moved into place) start in
 /// recovery: `recovery.signal`, and the settings appended to
 /// `postgresql.auto.conf` (later lines win, and `ALTER SYSTEM` rewrites the
-/// file without duplicates). With `target_time`, recovery stops there and
-/// the server promotes; without, it replays every staged byte and promotes.
-pub fn write(pgdata: &Path, target_time: Option<&str>) -> Result<()> {
+/// file without duplicates). The server replays every staged byte and
+/// promotes.
+pub fn write(pgdata: &Path) -> Result<()> {
     let signal = pgdata.join("recovery.signal");
     fs::write(&signal, b"").ctx("writing", &signal)?;
     // The server removes it when it promotes; as root, give it the
@@ -46,15 +43,9 @@ pub fn write(pgdata: &Path, target_time: Option<&str>) -> Result<()> {
             .ctx("giving the cluster's owner", &signal)?;
     }
     let auto = pgdata.join("postgresql.auto.conf");
-    let mut lines = format!(
+    let lines = format!(
         "# lifeboat: recovery from the archived WAL; removed once the server has promoted\nrestore_command = '{RESTORE_COMMAND}'\n"
     );
-    if let Some(t) = target_time {
-        lines.push_str(&format!(
-            "recovery_target_time = '{}'\nrecovery_target_action = 'promote'\n",
-            t.replace('\'', "")
-        ));
-    }
     let mut f = OpenOptions::new()
         .append(true)
         .create(true)

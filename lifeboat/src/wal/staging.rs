@@ -26,9 +26,6 @@ pub struct Staged {
     pub objects: usize,
     /// Where the staged WAL ends (the base's own end without objects).
     pub end: Option<super::position::Lsn>,
-    /// Why less than the whole archive was staged, for the log and the
-    /// restored marker.
-    pub problems: Vec<String>,
 }
 
 /// Stages the WAL after `base` (restored into `staging`, the staged copy of
@@ -51,16 +48,15 @@ pub async fn stage(
         .first()
         .ok_or_else(|| Error::Internal("a base backup without a path".into()))?;
     match BaseEnd::of(&base.source_meta) {
-        None => staged.problems.push(format!(
-            "{} records no WAL position (an older backup); no archived WAL follows it",
-            base.id
-        )),
+        None => warn!(
+            base = %base.id,
+            "the base backup records no WAL position (an older backup); no archived WAL follows it"
+        ),
         Some(end) => {
             staged.end = Some(end.stop);
             let listing = target.list_wal().await?;
             for p in listing.problems {
                 warn!("WAL archive: {p}");
-                staged.problems.push(p);
             }
             let objects = listing
                 .objects
@@ -70,7 +66,6 @@ pub async fn stage(
             let plan = object::plan(end, objects);
             if let Some(gap) = &plan.gap {
                 warn!("{gap}");
-                staged.problems.push(gap.clone());
             }
             if plan.objects.is_empty() {
                 // Archived WAL lives on the primary target only: a base
@@ -92,7 +87,6 @@ pub async fn stage(
                             staged.end.map(|l| l.to_string()).unwrap_or_default()
                         );
                         warn!("{why}");
-                        staged.problems.push(why);
                         break;
                     }
                     Err(e) => return Err(e),
@@ -100,7 +94,7 @@ pub async fn stage(
             }
         }
     }
-    recovery::write(staging, None)?;
+    recovery::write(staging)?;
     info!(
         objects = staged.objects,
         end = staged.end.map(|l| l.to_string()),
