@@ -69,6 +69,31 @@ fn postgres_18_archive_survives_killed_sidecars_and_crashed_servers() {
     through_crashes(18);
 }
 
+#[test]
+fn postgres_14_archived_wal_restores_to_a_point_in_time() {
+    to_a_point_in_time(14);
+}
+
+#[test]
+fn postgres_15_archived_wal_restores_to_a_point_in_time() {
+    to_a_point_in_time(15);
+}
+
+#[test]
+fn postgres_16_archived_wal_restores_to_a_point_in_time() {
+    to_a_point_in_time(16);
+}
+
+#[test]
+fn postgres_17_archived_wal_restores_to_a_point_in_time() {
+    to_a_point_in_time(17);
+}
+
+#[test]
+fn postgres_18_archived_wal_restores_to_a_point_in_time() {
+    to_a_point_in_time(18);
+}
+
 const ACCOUNTS: u32 = 10;
 
 /// The sidecar's settings for this test: WAL every second, and a schedule
@@ -151,9 +176,16 @@ fn wait_archived(sc: &RunningSidecar, c: &SyncClient, history: &Path) -> u64 {
 /// The pod lost and restored with its archived WAL; a connection to the
 /// promoted server.
 fn lose_and_restore(pg: &mut PgServer) -> SyncClient {
+    lose_and_restore_with(pg, &[])
+}
+
+/// [`lose_and_restore`] with more settings for the restore.
+fn lose_and_restore_with(pg: &mut PgServer, extra: &[(&'static str, &str)]) -> SyncClient {
     pg.kill();
     pg.wipe();
-    let out = run_ok(&mut pg.cmd("lifeboat-restore", &[("LIFEBOAT_POSTGRES_WAL", "on")]));
+    let mut env = vec![("LIFEBOAT_POSTGRES_WAL", "on")];
+    env.extend_from_slice(extra);
+    let out = run_ok(&mut pg.cmd("lifeboat-restore", &env));
     let said = stderr(&out);
     assert!(said.contains("archived WAL staged"), "{said}");
     pg.start();
@@ -174,22 +206,50 @@ fn all_transfers_back(c: &SyncClient, n: u32) {
     assert_eq!(broken_accounts(c), Vec::<String>::new());
 }
 
+/// A server with the bank's tables, and a sidecar archiving its WAL into
+/// `history` that has taken the base backup its new slot asks for.
+struct Archiving {
+    pg: PgServer,
+    history: PathBuf,
+    log: PathBuf,
+    env: Vec<(&'static str, String)>,
+    sc: RunningSidecar,
+}
+
+fn archiving(major: u32) -> Option<Archiving> {
+    let pg = server(major)?;
+    bank(&pg.sync_client("postgres"));
+    let history = history(&pg.backup, "wal-0");
+    let log = pg.root.join("sidecar.log");
+    let env = wal_env(&pg);
+    let sc = RunningSidecar::start(&pairs(&env), &log);
+    sc.wait_for("the base backup the new slot asks for", 120, |_| {
+        !bases(&history).is_empty()
+    });
+    Some(Archiving {
+        pg,
+        history,
+        log,
+        env,
+        sc,
+    })
+}
+
 /// The sidecar killed (SIGKILL) while it archives, and the server crashed
 /// (immediate shutdown: crash recovery at its next start, which may
 /// rewrite the end of its WAL), in turns; after each, writing goes on. The
 /// archive must stay gap-free and restore every committed transfer.
 fn through_crashes(major: u32) {
-    let Some(mut pg) = server(major) else {
+    let Some(Archiving {
+        mut pg,
+        history,
+        log,
+        env,
+        mut sc,
+    }) = archiving(major)
+    else {
         return;
     };
-    bank(&pg.sync_client("postgres"));
-    let history = history(&pg.backup, "wal-0");
-    let log = pg.root.join("sidecar.log");
-    let env = wal_env(&pg);
-    let mut sc = RunningSidecar::start(&pairs(&env), &log);
-    sc.wait_for("the base backup the new slot asks for", 120, |_| {
-        !bases(&history).is_empty()
-    });
     let mut n = 0;
     for round in 0..4 {
         let c = pg.sync_client("postgres");
@@ -217,19 +277,17 @@ fn through_crashes(major: u32) {
 }
 
 fn to_the_end(major: u32) {
-    let Some(mut pg) = server(major) else {
+    let Some(Archiving {
+        mut pg,
+        history,
+        log,
+        env,
+        sc,
+    }) = archiving(major)
+    else {
         return;
     };
     let c = pg.sync_client("postgres");
-    bank(&c);
-    let history = history(&pg.backup, "wal-0");
-    let log = pg.root.join("sidecar.log");
-    let env = wal_env(&pg);
-    let sc = RunningSidecar::start(&pairs(&env), &log);
-    // The new slot makes the sidecar ask for a base backup at once.
-    sc.wait_for("the base backup the new slot asks for", 120, |_| {
-        !bases(&history).is_empty()
-    });
     // Transfers, with a segment switch in the middle so the archive holds
     // whole segments and the head of the current one.
     for n in 0..150 {
@@ -285,4 +343,88 @@ fn to_the_end(major: u32) {
     assert!(sc.stop().success());
     let auto = fs::read_to_string(pg.data.join("postgresql.auto.conf")).unwrap();
     assert!(!auto.contains("restore_command"), "{auto}");
+}
+
+/// The server's clock now, in RFC 3339 (UTC, microseconds), between two
+/// pauses that keep it clear of the commits on either side.
+fn a_moment_between_commits(c: &SyncClient) -> String {
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let t = c.one(r#"SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    t
+}
+
+/// Restores to chosen times on one archive: between two transfers exactly
+/// the first is back; after the last transfer (only a checkpoint's WAL
+/// after it) all of them; `restore --to DIR --target-time` stages the same
+/// for a person; a time the archive does not reach fails, naming how far
+/// it does reach, and leaves the volume empty.
+fn to_a_point_in_time(major: u32) {
+    let Some(a) = archiving(major) else {
+        return;
+    };
+    let (mut pg, history, sc) = (a.pg, a.history, a.sc);
+    let c = pg.sync_client("postgres");
+    for n in 0..100 {
+        transfer(&c, n);
+    }
+    let between = a_moment_between_commits(&c);
+    for n in 100..200 {
+        transfer(&c, n);
+    }
+    let after_all = a_moment_between_commits(&c);
+    // WAL after the last commit, so the archive is read past that time.
+    c.exec("CHECKPOINT");
+    let _ = wait_archived(&sc, &c, &history);
+    assert!(sc.stop().success());
+    drop(c);
+
+    // For a person: the same staged into a folder.
+    let dir = pg.root.join("inspect");
+    let out = run_ok(pg.cmd("lifeboat-sidecar", &[]).args([
+        "restore",
+        "--to",
+        dir.to_str().unwrap(),
+        "--target-time",
+        &between,
+    ]));
+    let staged = dir.join(pg.data.strip_prefix("/").unwrap());
+    assert!(staged.join("recovery.signal").exists(), "{}", stderr(&out));
+    let auto = fs::read_to_string(staged.join("postgresql.auto.conf")).unwrap();
+    let wanted = between.replace('T', " ").replace('Z', "+00");
+    assert!(
+        auto.contains(&format!("recovery_target_time = '{wanted}'")),
+        "{auto}"
+    );
+
+    let c = lose_and_restore_with(&mut pg, &[("LIFEBOAT_RESTORE_TARGET_TIME", &between)]);
+    all_transfers_back(&c, 100);
+    drop(c);
+    let c = lose_and_restore_with(&mut pg, &[("LIFEBOAT_RESTORE_TARGET_TIME", &after_all)]);
+    all_transfers_back(&c, 200);
+    drop(c);
+
+    pg.kill();
+    pg.wipe();
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let out = pg
+        .cmd(
+            "lifeboat-restore",
+            &[
+                ("LIFEBOAT_POSTGRES_WAL", "on"),
+                ("LIFEBOAT_RESTORE_TARGET_TIME", &later),
+            ],
+        )
+        .output()
+        .unwrap();
+    let said = stderr(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("LIFEBOAT_RESTORE_TARGET_TIME") && said.contains("reaches"),
+        "{said}"
+    );
+    assert!(
+        fs::read_dir(&pg.data).map_or(true, |mut d| d.next().is_none()),
+        "the volume is left empty"
+    );
 }

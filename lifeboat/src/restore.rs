@@ -25,6 +25,7 @@ use crate::progress::mib_per_s;
 use crate::protected::Protected;
 use crate::store::{AnyTarget, Stored, Target};
 use crate::tar_read::{self, Mapping, ReadReport, Step};
+use crate::wal::settings::Until;
 use crate::{Error, Result};
 
 pub use crate::layout::RESTORED_MARKER;
@@ -328,7 +329,7 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
             }
             stalled = Some((id, e));
         }
-        if let Err(reason) = s.source.fits(m) {
+        if let Err(reason) = s.source.fits(m).and_then(|()| before_target_time(s, m)) {
             warn!(id = %m.id, target = %target.describe(), "{reason}; trying the next candidate");
             skipped.push(format!("{} on {}: {reason}", m.id, target.describe()));
             continue;
@@ -406,6 +407,22 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
     })
 }
 
+/// A restore to a point in time starts from a base backup that finished
+/// by then: PostgreSQL cannot stop recovery before the base is consistent.
+fn before_target_time(
+    s: &crate::config::Settings,
+    m: &Manifest,
+) -> std::result::Result<(), String> {
+    match s.source.wal.as_ref().map(|w| &w.until) {
+        Some(Until::Time { at, setting }) if m.finished_at > *at => Err(format!(
+            "it finished at {}, after the target time {setting}={}",
+            m.finished_at.to_rfc3339(),
+            at.to_rfc3339()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// How [`try_candidate`] left one candidate, when it did not stop the restore.
 enum Tried {
     /// Restored (or, a logical dump, staged for its load).
@@ -441,7 +458,12 @@ async fn try_candidate(
                     replace: *replace,
                     protected,
                     skipped: skipped.as_slice(),
-                    wal: s.source.wal.is_some() && m.source == SourceKind::Postgres,
+                    wal: s
+                        .source
+                        .wal
+                        .as_ref()
+                        .filter(|_| m.source == SourceKind::Postgres)
+                        .map(|w| w.until.clone()),
                 },
             ),
             Layout::Logical => (
@@ -493,11 +515,14 @@ async fn try_candidate(
 }
 
 /// Which artifact `restore --to` puts back: `id`, else the newest started
-/// before `before`, else the newest.
+/// before `before`, else the newest; with `target_time`, the newest
+/// PostgreSQL base backup finished by then, and the archived WAL after it
+/// up to that time.
 #[derive(Debug, Default)]
 pub struct Wanted {
     pub id: Option<String>,
     pub before: Option<chrono::DateTime<Utc>>,
+    pub target_time: Option<chrono::DateTime<Utc>>,
 }
 
 /// `restore --to DIR`: the wanted artifact, newest first across all targets
@@ -519,11 +544,19 @@ pub async fn restore_to(
             (Some(id), _) => &a.manifest.id == id,
             (None, Some(b)) => a.manifest.started_at < b,
             (None, None) => true,
+        })
+        .filter(|(_, a)| {
+            wanted
+                .target_time
+                .is_none_or(|t| a.manifest.finished_at <= t)
         });
+    let until = wanted.target_time.map(|at| Until::Time {
+        at,
+        setting: "--target-time".into(),
+    });
     let mut bad = ProvenBad::default();
     for (t, a) in chosen {
         tried += 1;
-        let keys = s.identities.as_ref();
         let links = match chain_for(&all, t, &a.manifest) {
             Ok(links) => links,
             Err(reason) => {
@@ -537,7 +570,7 @@ pub async fn restore_to(
             failures.push(format!("{} on {}: {reason}", a.manifest.id, t.describe()));
             continue;
         }
-        match restore_one_to(t, &links, a, dir, &s.source.kind, keys, s.progress_interval).await {
+        match restore_one_to(t, &links, a, dir, s, until.clone()).await {
             Ok(()) => {
                 info!(id = %a.manifest.id, to = %dir.display(), "restored");
                 return Ok(a.manifest.id.clone());
@@ -559,16 +592,18 @@ pub async fn restore_to(
 
 /// Restore one artifact into a folder for inspection (`restore --to DIR`):
 /// each backed-up path lands at `DIR/<path>`, like `tar -xf - -C DIR`.
-/// An artifact of another source than `source` is refused.
+/// An artifact of another source than the configured one is refused. With
+/// `wal`, a PostgreSQL base gets its archived WAL staged as the init
+/// container's restore would.
 async fn restore_one_to(
     target: &AnyTarget,
     links: &[Manifest],
     stored: &Stored,
     dir: &Path,
-    source: &SourceKind,
-    keys: Option<&Identities>,
-    progress_every: std::time::Duration,
+    s: &crate::config::Settings,
+    wal: Option<Until>,
 ) -> Result<()> {
+    let (source, keys) = (&s.source.kind, s.identities.as_ref());
     let m = &stored.manifest;
     if m.source != *source {
         return Err(Error::Corrupt {
@@ -623,9 +658,18 @@ async fn restore_one_to(
         replace: false,
         protected: &Protected::default(),
         skipped: &[],
-        wal: false,
+        wal,
     };
-    restore_one(target, links, stored, &dests, finish, keys, progress_every).await
+    restore_one(
+        target,
+        links,
+        stored,
+        &dests,
+        finish,
+        keys,
+        s.progress_interval,
+    )
+    .await
 }
 
 /// Where a logical dump's entries come from: `<source>/…` in the tar. Named
@@ -643,9 +687,10 @@ enum Finish<'a> {
         protected: &'a Protected,
         /// Newer artifacts skipped on the way, recorded in the marker.
         skipped: &'a [String],
-        /// A physical PostgreSQL base with `LIFEBOAT_POSTGRES_WAL=on`: the
-        /// archived WAL after it is staged too (`crate::wal::staging`).
-        wal: bool,
+        /// A physical PostgreSQL base with `LIFEBOAT_POSTGRES_WAL=on` (or
+        /// `restore --target-time`): the archived WAL after it is staged
+        /// too, this far (`crate::wal::staging`).
+        wal: Option<Until>,
     },
     /// A logical dump: the staging folder becomes `<root>/.lifeboat-pending`.
     StageForLoad { root: &'a Path },
@@ -755,10 +800,18 @@ async fn restore_one(
             }
         }
         let report = report.expect("a chain has one link at least");
-        if let (Finish::MoveIntoPlace { wal: true, .. }, Some((_, dest)), Some(map)) =
+        if let (Finish::MoveIntoPlace { wal: Some(until), .. }, Some((_, dest)), Some(map)) =
             (&finish, dests.first(), mappings.first())
         {
-            let wal = crate::wal::staging::stage(target, m, dest, &map.staging, keys, progress_every);
+            let wal = crate::wal::staging::stage(
+                target,
+                m,
+                dest,
+                &map.staging,
+                keys,
+                progress_every,
+                until,
+            );
             if let Err(e) = wal.await {
                 cleanup.iter().for_each(|d| drop(fs::remove_dir_all(d)));
                 return Err(e);

@@ -151,10 +151,27 @@ pub async fn verify(id: Option<String>, all: bool) -> Result<()> {
     Ok(())
 }
 
-pub async fn restore(to: PathBuf, id: Option<String>, before: Option<DateTime<Utc>>) -> Result<()> {
+pub async fn restore(
+    to: PathBuf,
+    id: Option<String>,
+    before: Option<DateTime<Utc>>,
+    target_time: Option<DateTime<Utc>>,
+) -> Result<()> {
     let s = settings(Role::Inspect).await?;
+    if target_time.is_some() && !s.source.is_physical_postgres() {
+        return Err(lifeboat::Error::Config(vec![lifeboat::problem::Problem {
+            setting: "--target-time".into(),
+            value: target_time.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            message: "needs LIFEBOAT_SOURCE=postgres in the physical mode (the default): only those backups have archived WAL".into(),
+        }]));
+    }
     let targets = s.open_targets().await;
-    let id = restore::restore_to(&targets, &to, &Wanted { id, before }, &s).await?;
+    let wanted = Wanted {
+        id,
+        before,
+        target_time,
+    };
+    let id = restore::restore_to(&targets, &to, &wanted, &s).await?;
     println!("{id}");
     Ok(())
 }

@@ -74,6 +74,12 @@ enum Command {
         /// Newest artifact started before this time (RFC 3339, e.g. 2026-11-20T00:00:00Z).
         #[arg(long, value_name = "TIME")]
         before: Option<chrono::DateTime<chrono::Utc>>,
+        /// PostgreSQL (physical) with archived WAL: the newest base backup
+        /// finished by this time (RFC 3339), and the WAL up to it, staged in
+        /// DIR's pg_wal with the recovery settings: `postgres -D` on the
+        /// restored PGDATA recovers to exactly that time and promotes.
+        #[arg(long, value_name = "TIME", conflicts_with = "before")]
+        target_time: Option<chrono::DateTime<chrono::Utc>>,
     },
 }
 
@@ -114,7 +120,12 @@ fn main() -> ExitCode {
             Command::Ready => commands::ready(),
             Command::List { json } => commands::list(json).await,
             Command::Verify { id, all } => commands::verify(id, all).await,
-            Command::Restore { to, id, before } => commands::restore(to, id, before).await,
+            Command::Restore {
+                to,
+                id,
+                before,
+                target_time,
+            } => commands::restore(to, id, before, target_time).await,
             Command::Drill {
                 step: DrillStep::Install { dir },
             } => commands::drill_install(&dir),

@@ -140,6 +140,12 @@ pub const KEYS: &[Key] = &[
         restore: false,
     },
     Key {
+        env: "LIFEBOAT_RESTORE_TARGET_TIME",
+        annotation: Some("restore-target-time"),
+        help: "with LIFEBOAT_POSTGRES_WAL: a restore brings back the state at this time (RFC 3339, e.g. 2026-12-01T09:30:00Z), not the newest; unset it once restored",
+        restore: true,
+    },
+    Key {
         env: "LIFEBOAT_DATABASES",
         annotation: None,
         help: "logical dumps: databases, comma-separated; !name leaves one out (default: all)",
@@ -442,7 +448,7 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), KEYS.len());
         assert!(KEYS.iter().all(|k| k.env.starts_with("LIFEBOAT_")));
-        assert_eq!(known_annotations().count(), 11);
+        assert_eq!(known_annotations().count(), 12);
     }
 
     #[test]
@@ -461,7 +467,9 @@ mod tests {
             assert!(!names.contains(&backup_only), "{backup_only}");
         }
         assert!(
-            help.contains("lifeboat.dev/{source,paths,restore,restore-failed-drills}"),
+            help.contains(
+                "lifeboat.dev/{source,paths,restore,restore-failed-drills,restore-target-time}"
+            ),
             "{help}"
         );
     }

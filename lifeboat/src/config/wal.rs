@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::reader::{Problems, Reader};
 use crate::duration::parse_duration;
 use crate::source::{PgMode, SourceKind};
-use crate::wal::settings::WalSettings;
+use crate::wal::settings::{Until, WalSettings};
 use crate::wal::slot::check_slot_name;
 
 /// The shortest interval: each one is a query and, when WAL was written,
@@ -23,9 +23,20 @@ pub(super) fn wal_settings(
     mode: PgMode,
     problems: &mut Problems,
 ) -> Option<WalSettings> {
-    let v = r.env("LIFEBOAT_POSTGRES_WAL")?;
+    let until = until(r, problems);
+    let Some(v) = r.env("LIFEBOAT_POSTGRES_WAL") else {
+        if let Some(t) = r.pick("LIFEBOAT_RESTORE_TARGET_TIME") {
+            problems.fail(&t, "needs LIFEBOAT_POSTGRES_WAL=on: only archived WAL can bring back a point in time between base backups".into());
+        }
+        return None;
+    };
     match v.text.trim() {
-        "" | "off" | "false" => return None,
+        "" | "off" | "false" => {
+            if let Some(t) = r.pick("LIFEBOAT_RESTORE_TARGET_TIME") {
+                problems.fail(&t, "needs LIFEBOAT_POSTGRES_WAL=on: only archived WAL can bring back a point in time between base backups".into());
+            }
+            return None;
+        }
         "on" | "true" => {}
         _ => {
             problems.fail(
@@ -47,7 +58,10 @@ pub(super) fn wal_settings(
         );
         return None;
     }
-    let mut s = WalSettings::default();
+    let mut s = WalSettings {
+        until,
+        ..WalSettings::default()
+    };
     if let Some(v) = r.env("LIFEBOAT_WAL_INTERVAL") {
         match parse_duration(&v.text) {
             Ok(d) if d >= MIN_INTERVAL => s.interval = d,
@@ -72,6 +86,28 @@ pub(super) fn wal_settings(
         }
     }
     Some(s)
+}
+
+/// `LIFEBOAT_RESTORE_TARGET_TIME` (or its annotation): RFC 3339, with a
+/// zone, so that no one restores to the wrong hour.
+fn until(r: &Reader, problems: &mut Problems) -> Until {
+    let Some(v) = r.pick("LIFEBOAT_RESTORE_TARGET_TIME") else {
+        return Until::End;
+    };
+    match chrono::DateTime::parse_from_rfc3339(v.text.trim()) {
+        Ok(t) => Until::Time {
+            at: t.with_timezone(&chrono::Utc),
+            setting: v.setting,
+        },
+        Err(_) if v.text.trim().is_empty() => Until::End,
+        Err(e) => {
+            problems.fail(
+                &v,
+                format!("{e}: not an RFC 3339 time; e.g. 2026-12-01T09:30:00Z or 2026-12-01T10:30:00+01:00"),
+            );
+            Until::End
+        }
+    }
 }
 
 /// `4GiB`, `512MiB`, `1TiB` or a number of bytes.

@@ -51,6 +51,11 @@ pub struct SourceSettings {
 }
 
 impl SourceSettings {
+    /// The physical `postgres` source: the only one with archived WAL.
+    pub fn is_physical_postgres(&self) -> bool {
+        self.kind == SourceKind::Postgres && self.postgres_mode == PgMode::Physical
+    }
+
     /// The source a backup runs over `paths`. `files` is the walker the
     /// caller set up (what to skip); the physical postgres source reads
     /// PGDATA through it.

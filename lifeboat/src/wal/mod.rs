@@ -9,6 +9,8 @@
 //!   removal once the server has promoted;
 //! - `object.rs`: WAL objects in a store: ids, the manifest's `wal` section,
 //!   which objects a restore stages after a base backup;
+//! - `records.rs`: commit and abort times read out of staged WAL, for a
+//!   restore to a point in time;
 //! - `position.rs`: WAL positions (LSNs), segment sizes and segment file names;
 //! - `span.rs`: which segments the next WAL object carries, and up to where;
 //! - `segments.rs`: a span's segments read from `pg_wal/`, checked to be the
@@ -21,6 +23,7 @@
 pub mod archiver;
 pub mod object;
 pub mod position;
+pub mod records;
 pub mod recovery;
 pub mod segments;
 pub mod settings;

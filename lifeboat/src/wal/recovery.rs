@@ -11,6 +11,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
+use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
 use crate::error::IoContext;
@@ -20,16 +21,23 @@ use crate::Result;
 /// The `restore_command` a restore writes.
 pub const RESTORE_COMMAND: &str = "exit 1 # lifeboat: WAL was staged in pg_wal";
 
-/// The settings a restore adds, which [`reset`] takes away again (no
-/// others: a user's own recovery settings stay).
-const SETTINGS: &[&str] = &["restore_command"];
+/// The settings a restore writes, which [`reset`] takes away again (no
+/// others: a user's own recovery settings stay). Each is always written,
+/// the target time empty when recovery runs to the end, so none left in a
+/// base backup's `postgresql.auto.conf` by an earlier restore applies.
+const SETTINGS: &[&str] = &[
+    "restore_command",
+    "recovery_target_time",
+    "recovery_target_action",
+];
 
 /// Makes `pgdata` (a staged copy, before it is moved into place) start in
 /// recovery: `recovery.signal`, and the settings appended to
 /// `postgresql.auto.conf` (later lines win, and `ALTER SYSTEM` rewrites the
 /// file without duplicates). The server replays every staged byte and
-/// promotes.
-pub fn write(pgdata: &Path) -> Result<()> {
+/// promotes; with `target_time`, it stops at that time (before the first
+/// transaction that ended after it) and promotes there.
+pub fn write(pgdata: &Path, target_time: Option<DateTime<Utc>>) -> Result<()> {
     let signal = pgdata.join("recovery.signal");
     fs::write(&signal, b"").ctx("writing", &signal)?;
     // The server removes it when it promotes; as root, give it the
@@ -43,8 +51,12 @@ pub fn write(pgdata: &Path) -> Result<()> {
             .ctx("giving the cluster's owner", &signal)?;
     }
     let auto = pgdata.join("postgresql.auto.conf");
+    // Microseconds, as PostgreSQL keeps commit times, in UTC.
+    let time = target_time
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
+        .unwrap_or_default();
     let lines = format!(
-        "# lifeboat: recovery from the archived WAL; removed once the server has promoted\nrestore_command = '{RESTORE_COMMAND}'\n"
+        "# lifeboat: recovery from the archived WAL; removed once the server has promoted\nrestore_command = '{RESTORE_COMMAND}'\nrecovery_target_time = '{time}'\nrecovery_target_action = 'promote'\n"
     );
     let mut f = OpenOptions::new()
         .append(true)

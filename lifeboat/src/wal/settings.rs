@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 /// `LIFEBOAT_WAL_*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalSettings {
@@ -14,6 +16,23 @@ pub struct WalSettings {
     /// `LIFEBOAT_WAL_MAX_RETAINED`: past this much held WAL the slot is
     /// dropped, so the app's volume never fills because of us.
     pub max_retained: u64,
+    /// `LIFEBOAT_RESTORE_TARGET_TIME`: how far a restore replays.
+    pub until: Until,
+}
+
+/// How far a restore replays the archived WAL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Until {
+    /// All of it: the newest state the archive holds.
+    End,
+    /// The state at a time (`LIFEBOAT_RESTORE_TARGET_TIME`, `restore
+    /// --target-time`): every transaction that ended by then, none after.
+    Time {
+        at: DateTime<Utc>,
+        /// Where the time was given, for the error when the archive does
+        /// not reach it.
+        setting: String,
+    },
 }
 
 impl Default for WalSettings {
@@ -22,6 +41,7 @@ impl Default for WalSettings {
             interval: Duration::from_secs(60),
             slot: "lifeboat".into(),
             max_retained: 4 << 30,
+            until: Until::End,
         }
     }
 }

@@ -8,10 +8,13 @@
 use std::fs;
 use std::path::Path;
 
+use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
 use super::object::{self, BaseEnd};
-use super::recovery;
+use super::position::{Lsn, SegmentSize};
+pub use super::settings::Until;
+use super::{records, recovery};
 use crate::encryption::Identities;
 use crate::error::IoContext;
 use crate::layout::STAGING_PREFIX;
@@ -20,12 +23,25 @@ use crate::store::{AnyTarget, Target};
 use crate::tar_read::{Mapping, Step};
 use crate::{Error, Result};
 
+/// A transaction's time is taken just before its commit record is written
+/// and flushed; an object whose pass began this long after the target holds
+/// every commit up to the target even on a busy disk, so staging stops
+/// after the first such object.
+const FLUSH_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+
 /// What was staged.
 #[derive(Debug, Default)]
 pub struct Staged {
     pub objects: usize,
     /// Where the staged WAL ends (the base's own end without objects).
-    pub end: Option<super::position::Lsn>,
+    pub end: Option<Lsn>,
+    /// Where the first staged object's WAL starts, and its segment size.
+    first: Option<(Lsn, SegmentSize)>,
+    /// When the last staged object's pass began: the server had flushed
+    /// every transaction that ended before then.
+    last_started: Option<DateTime<Utc>>,
+    /// The time recovery stops at, when it stops before the end.
+    pub target_time: Option<DateTime<Utc>>,
 }
 
 /// Stages the WAL after `base` (restored into `staging`, the staged copy of
@@ -41,6 +57,7 @@ pub async fn stage(
     staging: &Path,
     keys: Option<&Identities>,
     every: std::time::Duration,
+    until: &Until,
 ) -> Result<Staged> {
     let mut staged = Staged::default();
     let origin = base
@@ -63,9 +80,18 @@ pub async fn stage(
                 .into_iter()
                 .filter_map(|m| m.wal.clone().map(|w| (w, m)))
                 .collect();
-            let plan = object::plan(end, objects);
+            let mut plan = object::plan(end, objects);
             if let Some(gap) = &plan.gap {
                 warn!("{gap}");
+            }
+            if let Until::Time { at, .. } = until {
+                if let Some(i) = plan
+                    .objects
+                    .iter()
+                    .position(|m| m.started_at > *at + FLUSH_MARGIN)
+                {
+                    plan.objects.truncate(i + 1);
+                }
             }
             if plan.objects.is_empty() {
                 // Archived WAL lives on the primary target only: a base
@@ -78,7 +104,13 @@ pub async fn stage(
                 match stage_one(target, m, origin, dest, &pg_wal, keys, every).await {
                     Ok(()) => {
                         staged.objects += 1;
-                        staged.end = m.wal.as_ref().map(|w| w.to);
+                        if let Some(w) = &m.wal {
+                            staged.end = Some(w.to);
+                            let size =
+                                SegmentSize::new(w.segment_size).unwrap_or(SegmentSize::DEFAULT);
+                            staged.first.get_or_insert((w.covers_from(), size));
+                        }
+                        staged.last_started = Some(m.started_at);
                     }
                     Err(e) if e.proves_artifact_bad() => {
                         let why = format!(
@@ -94,13 +126,66 @@ pub async fn stage(
             }
         }
     }
-    recovery::write(staging)?;
+    if let Until::Time { at, setting } = until {
+        staged.target_time = stop_at(&staged, base, staging, *at, setting)?;
+    }
+    recovery::write(staging, staged.target_time)?;
     info!(
         objects = staged.objects,
         end = staged.end.map(|l| l.to_string()),
+        target_time = staged.target_time.map(|t| t.to_rfc3339()),
         "archived WAL staged; the server replays it and promotes when it starts"
     );
     Ok(staged)
+}
+
+/// Where recovery to `at` stops: at `at` when a transaction ended after it
+/// in the staged WAL (PostgreSQL stops before that one's record, and
+/// refuses to start when there is none); at the end of the staged WAL when
+/// none did but the archive was read past `at` (the end is then the state
+/// at `at`). An archive that ends before `at` cannot give it: that is an
+/// error naming how far it reaches, never a quietly older state.
+fn stop_at(
+    staged: &Staged,
+    base: &Manifest,
+    staging: &Path,
+    at: DateTime<Utc>,
+    setting: &str,
+) -> Result<Option<DateTime<Utc>>> {
+    let reaches = staged.last_started.unwrap_or(base.finished_at);
+    let timeline = BaseEnd::of(&base.source_meta).map(|e| e.timeline);
+    if let (Some((from, size)), Some(to), Some(timeline)) = (staged.first, staged.end, timeline) {
+        let pg_wal = staging.join("pg_wal");
+        if let Some(end) = records::first_end_after(&pg_wal, timeline, size, from, to, at)? {
+            info!(target_time = %at.to_rfc3339(), next_lsn = %end.lsn, next_time = %end.time.to_rfc3339(), "recovery stops at the target time, before the first transaction that ended after it");
+            return Ok(Some(at));
+        }
+    }
+    if reaches > at && base.finished_at <= at {
+        info!(target_time = %at.to_rfc3339(), "no transaction ended between the target time and the end of the archived WAL; recovering to the end, which is the state at the target time");
+        return Ok(None);
+    }
+    let why = if base.finished_at > at {
+        format!(
+            "base backup {} finished at {}, after that time",
+            base.id,
+            base.finished_at.to_rfc3339()
+        )
+    } else {
+        format!(
+            "the WAL archived after base backup {} reaches {} (LSN {}), not that time",
+            base.id,
+            reaches.to_rfc3339(),
+            staged.end.map(|l| l.to_string()).unwrap_or_default()
+        )
+    };
+    Err(crate::Error::Config(vec![crate::problem::Problem {
+        setting: setting.to_string(),
+        value: at.to_rfc3339(),
+        message: format!(
+            "{why}; give an earlier time, or leave it unset to restore to the end of the archive"
+        ),
+    }]))
 }
 
 /// One object: extracted into a staging folder of its own, verified whole,

@@ -1,0 +1,541 @@
+//! WAL records read out of segment files, for what a restore to a point in
+//! time must know before it asks the server for one (docs/ARCHITECTURE.md,
+//! "Continuous WAL", point in time): whether the staged WAL holds a
+//! transaction that ended after the target.
+//!
+//! PostgreSQL stops such a recovery before the first commit or abort
+//! record whose time is after `recovery_target_time`; when the WAL ends
+//! before one, PostgreSQL 14 and later refuse to start ("recovery ended
+//! before configured recovery stop point was reached"). So the restore
+//! looks for that record first, and without it recovers to the end, which
+//! is then the same state.
+//!
+//! The format (PostgreSQL's `xlog_internal.h`, `xlogrecord.h`, stable from
+//! 14 to 18 in what is read here), all in the server's byte order:
+//! - pages of `xlp_xlog_blcksz` bytes (8 KiB), each starting with a header:
+//!   `xlp_magic` u16, `xlp_info` u16, `xlp_tli` u32, `xlp_pageaddr` u64,
+//!   `xlp_rem_len` u32 (24 bytes once aligned), and on a segment's first
+//!   page also `xlp_sysid` u64, `xlp_seg_size` u32, `xlp_xlog_blcksz` u32
+//!   (40 bytes);
+//! - records, each starting at an 8-byte boundary: `xl_tot_len` u32,
+//!   `xl_xid` u32, `xl_prev` u64, `xl_info` u8, `xl_rmid` u8, 2 bytes of
+//!   padding, `xl_crc` u32, then block and data headers, then the data; a
+//!   record runs on across page headers, and a page whose first bytes
+//!   continue a record says so (`XLP_FIRST_IS_CONTRECORD`, `xlp_rem_len`);
+//! - a transaction's commit or abort record (resource manager 1, opcodes
+//!   0x00, 0x20, 0x30, 0x40) has main data that begins with its time,
+//!   microseconds since 2000-01-01 UTC as an i64.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+
+use super::position::{Lsn, Segment, SegmentSize};
+use crate::error::IoContext;
+use crate::{Error, Result};
+
+const XLP_FIRST_IS_CONTRECORD: u16 = 0x0001;
+const XLP_LONG_HEADER: u16 = 0x0002;
+const SHORT_HEADER: u64 = 24;
+const LONG_HEADER: u64 = 40;
+const RECORD_HEADER: usize = 24;
+const RM_XLOG_ID: u8 = 0;
+const RM_XACT_ID: u8 = 1;
+const XLOG_SWITCH: u8 = 0x40;
+const XLOG_XACT_OPMASK: u8 = 0x70;
+/// Commit, abort, commit prepared, abort prepared.
+const XACT_ENDS: [u8; 4] = [0x00, 0x20, 0x30, 0x40];
+/// A commit record lists subtransactions, dropped relations and cache
+/// invalidations; past this it is skipped unread rather than held in
+/// memory (none comes near it in practice), and the scan says so.
+const MAX_XACT_RECORD: u32 = 16 << 20;
+/// Seconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
+const PG_EPOCH_UNIX: i64 = 946_684_800;
+
+/// A transaction's end as its record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XactEnd {
+    /// Where its record starts.
+    pub lsn: Lsn,
+    pub time: DateTime<Utc>,
+}
+
+/// The first commit or abort record after `from` (a segment's start) whose
+/// time is after `after`, among the records that end by `to`, in the
+/// segment files of `timeline` in `pg_wal`. None when there is none: the
+/// WAL ends first.
+pub fn first_end_after(
+    pg_wal: &Path,
+    timeline: u32,
+    size: SegmentSize,
+    from: Lsn,
+    to: Lsn,
+    after: DateTime<Utc>,
+) -> Result<Option<XactEnd>> {
+    let mut wal = Wal::new(pg_wal, timeline, size, from, to);
+    while let Some(rec) = wal.next_record()? {
+        if let Some(time) = rec.time {
+            if time > after {
+                return Ok(Some(XactEnd { lsn: rec.lsn, time }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// One record, as much as the scan keeps of it.
+struct Record {
+    lsn: Lsn,
+    /// A transaction end's time.
+    time: Option<DateTime<Utc>>,
+}
+
+/// How reading on across a page boundary went.
+enum Read {
+    Done,
+    /// The WAL ends (or `to` comes) first.
+    End,
+    /// The next page does not continue the record: the server abandoned
+    /// it (a crash inside it) and wrote on after the page header.
+    Abandoned,
+}
+
+/// A reader of the WAL stream of one timeline from `pg_wal`'s files, one
+/// page in memory at a time.
+struct Wal<'a> {
+    dir: &'a Path,
+    timeline: u32,
+    size: SegmentSize,
+    to: Lsn,
+    /// The next byte to read.
+    pos: Lsn,
+    page: Vec<u8>,
+    /// Where `page` starts in the WAL, once one is loaded.
+    page_at: Option<Lsn>,
+    page_size: u64,
+    magic: Option<u16>,
+    file: Option<(u64, File)>,
+    /// Whether the first page was read (`from` is a page's start, not a
+    /// record's).
+    started: bool,
+}
+
+/// A page header as read.
+struct PageHeader {
+    info: u16,
+    rem_len: u32,
+    len: u64,
+}
+
+impl<'a> Wal<'a> {
+    fn new(dir: &'a Path, timeline: u32, size: SegmentSize, from: Lsn, to: Lsn) -> Wal<'a> {
+        Wal {
+            dir,
+            timeline,
+            size,
+            to,
+            pos: from,
+            page: Vec::new(),
+            page_at: None,
+            page_size: 8192,
+            magic: None,
+            file: None,
+            started: false,
+        }
+    }
+
+    fn corrupt(&self, at: Lsn, why: impl std::fmt::Display) -> Error {
+        Error::Source(format!(
+            "the staged WAL at {at} (timeline {}) cannot be read: {why}",
+            self.timeline
+        ))
+    }
+
+    /// Loads the page starting at `at` and reads its header. None when the
+    /// page is not that page of this timeline's WAL (a recycled file's old
+    /// bytes): the WAL ends before it.
+    fn load(&mut self, at: Lsn) -> Result<Option<PageHeader>> {
+        let segno = self.size.segment_of(at);
+        if self.file.as_ref().map(|(s, _)| *s) != Some(segno) {
+            let name = Segment {
+                timeline: self.timeline,
+                segno,
+            }
+            .file_name(self.size);
+            let path = self.dir.join(name);
+            match File::open(&path) {
+                Ok(f) => self.file = Some((segno, f)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e).ctx("opening the WAL segment", &path),
+            }
+        }
+        let offset = self.size.offset_in(at);
+        if offset == 0 {
+            // A segment's first page says how long pages are.
+            let mut long = [0u8; LONG_HEADER as usize];
+            let file = &self.file.as_ref().expect("opened above").1;
+            if file.read_exact_at(&mut long, 0).is_err() {
+                return Ok(None);
+            }
+            let blcksz = u32::from_ne_bytes(long[36..40].try_into().expect("4 bytes"));
+            let blcksz = u64::from(blcksz);
+            if !(blcksz.is_power_of_two() && (1024..=65536).contains(&blcksz)) {
+                return Ok(None);
+            }
+            self.page_size = blcksz;
+        }
+        self.page.resize(self.page_size as usize, 0);
+        let file = &self.file.as_ref().expect("opened above").1;
+        if file.read_exact_at(&mut self.page, offset).is_err() {
+            return Ok(None);
+        }
+        let p = &self.page;
+        let magic = u16::from_ne_bytes([p[0], p[1]]);
+        let info = u16::from_ne_bytes([p[2], p[3]]);
+        let tli = u32::from_ne_bytes(p[4..8].try_into().expect("4 bytes"));
+        let pageaddr = u64::from_ne_bytes(p[8..16].try_into().expect("8 bytes"));
+        let rem_len = u32::from_ne_bytes(p[16..20].try_into().expect("4 bytes"));
+        if pageaddr != at.0 || magic == 0 || self.magic.is_some_and(|m| m != magic) {
+            return Ok(None);
+        }
+        if tli > self.timeline {
+            return Ok(None);
+        }
+        self.magic = Some(magic);
+        self.page_at = Some(at);
+        let len = if info & XLP_LONG_HEADER != 0 {
+            LONG_HEADER
+        } else {
+            SHORT_HEADER
+        };
+        Ok(Some(PageHeader { info, rem_len, len }))
+    }
+
+    /// Reads `n` bytes of a record from `pos` on, across page headers,
+    /// into `out` (or past them, when `out` is None).
+    fn read(&mut self, mut n: u64, mut out: Option<&mut Vec<u8>>) -> Result<Read> {
+        while n > 0 {
+            if self.pos >= self.to {
+                return Ok(Read::End);
+            }
+            if self.pos.0.is_multiple_of(self.page_size) {
+                let Some(h) = self.load(self.pos)? else {
+                    return Ok(Read::End);
+                };
+                if h.info & XLP_FIRST_IS_CONTRECORD == 0 {
+                    self.pos = Lsn(self.pos.0 + h.len);
+                    return Ok(Read::Abandoned);
+                }
+                self.pos = Lsn(self.pos.0 + h.len);
+                continue;
+            }
+            let page_at = self.page_at.map_or(0, |l| l.0);
+            let in_page = self.pos.0 - page_at;
+            let take = n
+                .min(self.page_size - in_page)
+                .min(self.to.0.saturating_sub(self.pos.0));
+            if take == 0 {
+                return Ok(Read::End);
+            }
+            if let Some(out) = out.as_mut() {
+                let start = in_page as usize;
+                out.extend_from_slice(&self.page[start..start + take as usize]);
+            }
+            self.pos = Lsn(self.pos.0 + take);
+            n -= take;
+        }
+        Ok(Read::Done)
+    }
+
+    /// Moves to where the next record starts: the next 8-byte boundary,
+    /// past a page header there, and past the end of a record that the
+    /// page continues (on the first page read: one that began before
+    /// `from`). False once the WAL ends.
+    fn seek_record(&mut self) -> Result<bool> {
+        loop {
+            if self.started {
+                self.pos = Lsn(self.pos.0.div_ceil(8) * 8);
+            }
+            if self.pos >= self.to {
+                return Ok(false);
+            }
+            if !self.pos.0.is_multiple_of(self.page_size) {
+                return Ok(true);
+            }
+            let Some(h) = self.load(self.pos)? else {
+                return Ok(false);
+            };
+            self.pos = Lsn(self.pos.0 + h.len);
+            self.started = true;
+            if h.info & XLP_FIRST_IS_CONTRECORD == 0 {
+                return Ok(self.pos < self.to);
+            }
+            match self.read(u64::from(h.rem_len), None)? {
+                Read::Done => continue,
+                Read::End => return Ok(false),
+                // A record starts right after the page header passed.
+                Read::Abandoned => return Ok(self.pos < self.to),
+            }
+        }
+    }
+
+    /// The next record that ends by `to`; None once the WAL ends.
+    fn next_record(&mut self) -> Result<Option<Record>> {
+        loop {
+            if !self.seek_record()? {
+                return Ok(None);
+            }
+            let lsn = self.pos;
+            let mut head = Vec::with_capacity(RECORD_HEADER);
+            match self.read(RECORD_HEADER as u64, Some(&mut head))? {
+                Read::Done => {}
+                Read::End => return Ok(None),
+                Read::Abandoned => continue,
+            }
+            let tot_len = u32::from_ne_bytes(head[0..4].try_into().expect("4 bytes"));
+            let (info, rmid) = (head[16], head[17]);
+            if tot_len == 0 {
+                // Zeros: nothing was written here (yet).
+                return Ok(None);
+            }
+            if (tot_len as usize) < RECORD_HEADER {
+                return Err(self.corrupt(lsn, format!("a record of {tot_len} bytes")));
+            }
+            let rest = u64::from(tot_len) - RECORD_HEADER as u64;
+            let is_end = rmid == RM_XACT_ID && XACT_ENDS.contains(&(info & XLOG_XACT_OPMASK));
+            let mut body = Vec::new();
+            let keep = is_end && tot_len <= MAX_XACT_RECORD;
+            if is_end && !keep {
+                tracing::warn!(lsn = %lsn, bytes = tot_len, "a transaction's end record too large to read; its time is not looked at");
+            }
+            match self.read(rest, keep.then_some(&mut body))? {
+                Read::Done => {}
+                Read::End => return Ok(None),
+                Read::Abandoned => continue,
+            }
+            if rmid == RM_XLOG_ID && info & 0xF0 == XLOG_SWITCH {
+                // The rest of the segment is unused.
+                let next = self.size.segment_of(self.pos) + 1;
+                match self.size.start_of(next) {
+                    Some(l) if !self.pos.0.is_multiple_of(self.size.bytes()) => self.pos = l,
+                    _ => {}
+                }
+            }
+            let time = if keep {
+                head.extend_from_slice(&body);
+                Some(xact_time(&head).map_err(|why| self.corrupt(lsn, why))?)
+            } else {
+                None
+            };
+            return Ok(Some(Record { lsn, time }));
+        }
+    }
+}
+
+/// The time in a whole commit or abort record: the first 8 bytes of its
+/// main data, which is the record's last `main_len` bytes. Such a record
+/// carries no block references, only the origin and top-level transaction
+/// headers before the main data's.
+fn xact_time(rec: &[u8]) -> std::result::Result<DateTime<Utc>, String> {
+    let mut i = RECORD_HEADER;
+    let byte = |i: usize| rec.get(i).copied().ok_or("the record ends in its headers");
+    let main_len = loop {
+        match byte(i)? {
+            255 => break usize::from(byte(i + 1)?),
+            254 => {
+                let b = rec
+                    .get(i + 1..i + 5)
+                    .ok_or("the record ends in its headers")?;
+                break u32::from_ne_bytes(b.try_into().expect("4 bytes")) as usize;
+            }
+            253 => i += 3, // replication origin
+            252 => i += 5, // top-level transaction id
+            id => return Err(format!("a transaction end with block header {id}")),
+        }
+    };
+    if main_len < 8 || main_len > rec.len() {
+        return Err(format!("a transaction end with {main_len} bytes of data"));
+    }
+    let start = rec.len() - main_len;
+    let micros = i64::from_ne_bytes(rec[start..start + 8].try_into().expect("8 bytes"));
+    DateTime::from_timestamp(PG_EPOCH_UNIX, 0)
+        .and_then(|epoch| epoch.checked_add_signed(chrono::Duration::microseconds(micros)))
+        .ok_or_else(|| format!("a transaction end at {micros} µs after 2000, out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const PAGE: u64 = 8192;
+
+    /// WAL as a server lays it out: records at 8-byte boundaries, a page
+    /// header on every page, continuation flags; written into segment
+    /// files of timeline 1 with 1 MiB segments.
+    struct Writer {
+        wal: Vec<u8>,
+        starts: Vec<Lsn>,
+    }
+
+    impl Writer {
+        fn new() -> Writer {
+            Writer {
+                wal: Vec::new(),
+                starts: Vec::new(),
+            }
+        }
+
+        fn header(&mut self, rem_len: u32) {
+            let at = self.wal.len() as u64;
+            let long = at.is_multiple_of(MIB);
+            let mut info = if long { XLP_LONG_HEADER } else { 0 };
+            if rem_len > 0 {
+                info |= XLP_FIRST_IS_CONTRECORD;
+            }
+            self.wal.extend_from_slice(&0xD116u16.to_ne_bytes());
+            self.wal.extend_from_slice(&info.to_ne_bytes());
+            self.wal.extend_from_slice(&1u32.to_ne_bytes());
+            self.wal.extend_from_slice(&at.to_ne_bytes());
+            self.wal.extend_from_slice(&rem_len.to_ne_bytes());
+            self.wal.extend_from_slice(&[0; 4]);
+            if long {
+                self.wal.extend_from_slice(&7u64.to_ne_bytes());
+                self.wal.extend_from_slice(&(MIB as u32).to_ne_bytes());
+                self.wal.extend_from_slice(&(PAGE as u32).to_ne_bytes());
+            }
+        }
+
+        /// Appends bytes of a record, page headers as they fall due.
+        fn put(&mut self, mut bytes: &[u8]) {
+            while !bytes.is_empty() {
+                if (self.wal.len() as u64).is_multiple_of(PAGE) {
+                    self.header(bytes.len() as u32);
+                }
+                let room = (PAGE - self.wal.len() as u64 % PAGE) as usize;
+                let n = room.min(bytes.len());
+                self.wal.extend_from_slice(&bytes[..n]);
+                bytes = &bytes[n..];
+            }
+        }
+
+        fn record(&mut self, rmid: u8, info: u8, blocks: &[u8], main: &[u8]) {
+            while !self.wal.len().is_multiple_of(8) {
+                self.wal.push(0);
+            }
+            if (self.wal.len() as u64).is_multiple_of(PAGE) {
+                self.header(0);
+            }
+            self.starts.push(Lsn(self.wal.len() as u64));
+            let mut headers = blocks.to_vec();
+            if main.len() < 256 {
+                headers.extend_from_slice(&[255, main.len() as u8]);
+            } else {
+                headers.push(254);
+                headers.extend_from_slice(&(main.len() as u32).to_ne_bytes());
+            }
+            let tot = (RECORD_HEADER + headers.len() + main.len()) as u32;
+            let mut rec = tot.to_ne_bytes().to_vec();
+            rec.extend_from_slice(&[0; 12]);
+            rec.extend_from_slice(&[info, rmid, 0, 0, 0, 0, 0, 0]);
+            rec.extend_from_slice(&headers);
+            rec.extend_from_slice(main);
+            self.put(&rec);
+        }
+
+        fn commit(&mut self, secs_after_2000: i64, extra: usize) {
+            let mut main = (secs_after_2000 * 1_000_000).to_ne_bytes().to_vec();
+            main.extend(std::iter::repeat_n(0xAB, extra));
+            self.record(RM_XACT_ID, 0x00, &[252, 1, 2, 3, 4], &main);
+        }
+
+        fn other(&mut self, len: usize) {
+            self.record(10, 0x00, &[], &vec![0x5A; len]);
+        }
+
+        fn switch(&mut self) {
+            self.record(RM_XLOG_ID, XLOG_SWITCH, &[], &[]);
+            let next = (self.wal.len() as u64).div_ceil(MIB) * MIB;
+            self.wal.resize(next as usize, 0);
+        }
+
+        fn write(&self, dir: &Path) {
+            let size = SegmentSize::new(MIB).unwrap();
+            for (i, chunk) in self.wal.chunks(MIB as usize).enumerate() {
+                let mut seg = chunk.to_vec();
+                seg.resize(MIB as usize, 0);
+                let name = Segment {
+                    timeline: 1,
+                    segno: i as u64,
+                }
+                .file_name(size);
+                std::fs::write(dir.join(name), seg).unwrap();
+            }
+        }
+    }
+
+    fn at(secs_after_2000: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(PG_EPOCH_UNIX + secs_after_2000, 0).unwrap()
+    }
+
+    fn scan(w: &Writer, from: u64, to: u64, after: i64) -> Option<XactEnd> {
+        let dir = tempfile::tempdir().unwrap();
+        w.write(dir.path());
+        let size = SegmentSize::new(MIB).unwrap();
+        first_end_after(dir.path(), 1, size, Lsn(from), Lsn(to), at(after)).unwrap()
+    }
+
+    #[test]
+    fn the_first_end_after_the_time_is_found_across_pages_and_segments() {
+        let mut w = Writer::new();
+        for i in 0..400 {
+            w.other(700 + i % 13);
+            w.commit(1000 + i as i64, i % 50);
+        }
+        // A commit that runs over a page and a segment boundary.
+        while (w.wal.len() as u64) < MIB - 3200 {
+            w.other(3000);
+        }
+        assert!(w.wal.len() as u64 > MIB - 3200 && (w.wal.len() as u64) < MIB);
+        w.commit(5000, 20_000);
+        w.other(100);
+        w.switch();
+        w.commit(6000, 0);
+        let end = w.wal.len() as u64;
+        let starts = w.starts.clone();
+        let commits: Vec<&Lsn> = starts.iter().skip(1).step_by(2).take(400).collect();
+        assert_eq!(scan(&w, 0, end, 999).map(|e| e.lsn), Some(*commits[0]));
+        assert_eq!(scan(&w, 0, end, 1200).map(|e| e.lsn), Some(*commits[201]));
+        let big = scan(&w, 0, end, 1399).unwrap();
+        assert_eq!(big.time, at(5000));
+        assert_eq!(scan(&w, 0, end, 5000).unwrap().time, at(6000));
+        assert_eq!(scan(&w, 0, end, 6000), None);
+        // A record that does not end by `to` does not count.
+        assert_eq!(scan(&w, 0, big.lsn.0 + 9000, 1399), None);
+        // From the second segment on: the big commit's end is skipped.
+        assert_eq!(scan(&w, MIB, end, 1399).unwrap().time, at(6000));
+    }
+
+    #[test]
+    fn zeros_and_missing_segments_end_the_wal() {
+        let mut w = Writer::new();
+        w.commit(10, 0);
+        let end = w.wal.len() as u64;
+        assert_eq!(scan(&w, 0, 4 * MIB, 0).unwrap().time, at(10));
+        assert_eq!(scan(&w, 0, 4 * MIB, 10), None);
+        assert_eq!(scan(&w, 0, end - 1, 0), None);
+    }
+
+    #[test]
+    fn a_transaction_end_without_its_time_is_an_error() {
+        let mut w = Writer::new();
+        w.record(RM_XACT_ID, 0x00, &[3, 0, 0, 0], &[1; 8]);
+        let dir = tempfile::tempdir().unwrap();
+        w.write(dir.path());
+        let size = SegmentSize::new(MIB).unwrap();
+        let e = first_end_after(dir.path(), 1, size, Lsn(0), Lsn(MIB), at(0)).unwrap_err();
+        assert!(e.to_string().contains("block header 3"), "{e}");
+    }
+}
