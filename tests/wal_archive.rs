@@ -379,6 +379,22 @@ fn to_a_point_in_time(major: u32) {
     assert!(sc.stop().success());
     drop(c);
 
+    // `list` shows the window a restore can be sent into.
+    let out = run_ok(pg.cmd("lifeboat-sidecar", &[]).arg("list"));
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let base = bases(&history)[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let base = base.split('.').next().unwrap().to_string();
+    let window = listed
+        .lines()
+        .find(|l| l.trim_start().starts_with(&base) && l.contains(" … "))
+        .unwrap_or_else(|| panic!("no window for {base} in:\n{listed}"));
+    let to = window.split(" … ").nth(1).unwrap()[..19].replace(' ', "T");
+    assert!(to[..] > after_all[..19], "{window} ends before {after_all}");
+
     // For a person: the same staged into a folder.
     let dir = pg.root.join("inspect");
     let out = run_ok(pg.cmd("lifeboat-sidecar", &[]).args([

@@ -85,8 +85,44 @@ pub async fn list(json: bool) -> Result<()> {
         if listing.artifacts.is_empty() {
             println!("(no committed artifacts)");
         }
+        point_in_time_windows(&t, &listing).await;
     }
     Ok(())
+}
+
+/// For PostgreSQL base backups with archived WAL after them: the times a
+/// restore can be sent to (`LIFEBOAT_RESTORE_TARGET_TIME`), one line each.
+async fn point_in_time_windows(t: &lifeboat::store::AnyTarget, listing: &lifeboat::store::Listing) {
+    let physical = |a: &&lifeboat::store::Stored| {
+        lifeboat::wal::object::BaseEnd::of(&a.manifest.source_meta).is_some()
+    };
+    if !listing.artifacts.iter().any(|a| physical(&a)) {
+        return;
+    }
+    let wal = match t.list_wal().await {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(target = %t.describe(), "archived WAL could not be listed: {e}");
+            return;
+        }
+    };
+    if wal.objects.is_empty() {
+        return;
+    }
+    let fmt = |d: chrono::DateTime<Utc>| d.format("%Y-%m-%d %H:%M:%S").to_string();
+    println!("point in time (UTC), per base backup: any second from … to");
+    for a in listing.artifacts.iter().filter(physical) {
+        if let Some(w) = lifeboat::wal::window::of(&a.manifest, &wal.objects) {
+            println!(
+                "  {:<28} {} … {}  ({} WAL object(s), to {})",
+                a.manifest.id,
+                fmt(w.from),
+                fmt(w.to),
+                w.objects,
+                w.end
+            );
+        }
+    }
 }
 
 /// `full`, or a chain link: `L<level> of <chain's first id>` (level 0

@@ -17,6 +17,7 @@
 //!   segment they are named for, as tar entries;
 //! - `staging.rs`: a restore's WAL: the objects after the base, each
 //!   verified, into the staged `pg_wal/`, and the recovery settings;
+//! - `window.rs`: the times a base backup can be restored to, for `list`;
 //! - `slot.rs`: the server's side over SQL: the replication slot that keeps
 //!   what is not yet archived, and how far the server has flushed.
 
@@ -30,3 +31,4 @@ pub mod settings;
 pub mod slot;
 pub mod span;
 pub mod staging;
+pub mod window;

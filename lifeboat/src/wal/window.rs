@@ -1,0 +1,47 @@
+//! The times a base backup can be restored to with the archived WAL after
+//! it, as `list` shows them (docs/ARCHITECTURE.md, "Continuous WAL", point
+//! in time).
+
+use chrono::{DateTime, Utc};
+
+use super::object::{self, BaseEnd};
+use super::position::Lsn;
+use crate::manifest::Manifest;
+
+/// Any time from `from` to `to` is a target a restore from this base can
+/// reach (`LIFEBOAT_RESTORE_TARGET_TIME`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    /// When the base backup finished: recovery cannot stop before it.
+    pub from: DateTime<Utc>,
+    /// When the last WAL object that continues it began reading the
+    /// server's WAL: everything that ended before then is archived.
+    pub to: DateTime<Utc>,
+    /// The WAL objects that continue it.
+    pub objects: usize,
+    /// Where their WAL ends.
+    pub end: Lsn,
+}
+
+/// The window of `base` given the store's WAL objects; None for a backup
+/// that records no WAL position (another source, an older backup).
+pub fn of(base: &Manifest, wal: &[Manifest]) -> Option<Window> {
+    let end = BaseEnd::of(&base.source_meta)?;
+    let objects = wal
+        .iter()
+        .filter_map(|m| m.wal.clone().map(|w| (w, m)))
+        .collect();
+    let plan = object::plan(end, objects);
+    let to = plan
+        .objects
+        .iter()
+        .map(|m| m.started_at)
+        .max()
+        .map_or(base.finished_at, |t| t.max(base.finished_at));
+    Some(Window {
+        from: base.finished_at,
+        to,
+        objects: plan.objects.len(),
+        end: plan.end,
+    })
+}
