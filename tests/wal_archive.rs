@@ -94,6 +94,31 @@ fn postgres_18_archived_wal_restores_to_a_point_in_time() {
     to_a_point_in_time(18);
 }
 
+#[test]
+fn postgres_14_after_a_point_in_time_restore_the_new_timeline_is_followed() {
+    onto_the_new_timeline(14);
+}
+
+#[test]
+fn postgres_15_after_a_point_in_time_restore_the_new_timeline_is_followed() {
+    onto_the_new_timeline(15);
+}
+
+#[test]
+fn postgres_16_after_a_point_in_time_restore_the_new_timeline_is_followed() {
+    onto_the_new_timeline(16);
+}
+
+#[test]
+fn postgres_17_after_a_point_in_time_restore_the_new_timeline_is_followed() {
+    onto_the_new_timeline(17);
+}
+
+#[test]
+fn postgres_18_after_a_point_in_time_restore_the_new_timeline_is_followed() {
+    onto_the_new_timeline(18);
+}
+
 const ACCOUNTS: u32 = 10;
 
 /// The sidecar's settings for this test: WAL every second, and a schedule
@@ -354,6 +379,18 @@ fn a_moment_between_commits(c: &SyncClient) -> String {
     t
 }
 
+/// Transfers 0 to 199, and a moment between the 100th and the 101st.
+fn transfers_with_a_moment_between(c: &SyncClient) -> String {
+    for n in 0..100 {
+        transfer(c, n);
+    }
+    let between = a_moment_between_commits(c);
+    for n in 100..200 {
+        transfer(c, n);
+    }
+    between
+}
+
 /// Restores to chosen times on one archive: between two transfers exactly
 /// the first is back; after the last transfer (only a checkpoint's WAL
 /// after it) all of them; `restore --to DIR --target-time` stages the same
@@ -365,15 +402,11 @@ fn to_a_point_in_time(major: u32) {
     };
     let (mut pg, history, sc) = (a.pg, a.history, a.sc);
     let c = pg.sync_client("postgres");
-    for n in 0..100 {
-        transfer(&c, n);
-    }
-    let between = a_moment_between_commits(&c);
-    for n in 100..200 {
-        transfer(&c, n);
-    }
+    let between = transfers_with_a_moment_between(&c);
     let after_all = a_moment_between_commits(&c);
-    // WAL after the last commit, so the archive is read past that time.
+    // WAL after the last commit, so the archive is read past that time
+    // (and past the margin a restore leaves for late flushes).
+    std::thread::sleep(std::time::Duration::from_secs(3));
     c.exec("CHECKPOINT");
     let _ = wait_archived(&sc, &c, &history);
     assert!(sc.stop().success());
@@ -443,4 +476,63 @@ fn to_a_point_in_time(major: u32) {
         fs::read_dir(&pg.data).map_or(true, |mut d| d.next().is_none()),
         "the volume is left empty"
     );
+}
+
+/// A restore to a point in time makes timeline 2; the WAL timeline 1 wrote
+/// after that point was abandoned. Until a base backup of timeline 2
+/// exists, a restore starts from timeline 1's base again: it must follow
+/// timeline 2 from its fork and never replay the abandoned transfers.
+fn onto_the_new_timeline(major: u32) {
+    let Some(a) = archiving(major) else {
+        return;
+    };
+    let (mut pg, history, sc) = (a.pg, a.history, a.sc);
+    let c = pg.sync_client("postgres");
+    let between = transfers_with_a_moment_between(&c);
+    let _ = wait_archived(&sc, &c, &history);
+    assert!(sc.stop().success());
+    drop(c);
+    let c = lose_and_restore_with(&mut pg, &[("LIFEBOAT_RESTORE_TARGET_TIME", &between)]);
+    all_transfers_back(&c, 100);
+
+    // Timeline 2 is written and archived.
+    let sc = RunningSidecar::start(&pairs(&a.env), &a.log);
+    for n in 1000..1050 {
+        transfer(&c, n);
+    }
+    sc.wait_for("WAL of timeline 2 to be archived", 60, |_| {
+        wal_objects(&history)
+            .iter()
+            .any(|m| m["wal"]["timeline"] == 2)
+    });
+    let _ = wait_archived(&sc, &c, &history);
+    assert!(sc.stop().success());
+    drop(c);
+    let forks = wal_objects(&history)
+        .into_iter()
+        .filter(|m| m["wal"]["timeline"] == 2)
+        .map(|m| m["wal"]["forks"].clone())
+        .collect::<Vec<_>>();
+    assert!(forks.iter().all(|f| f[0]["timeline"] == 1), "{forks:?}");
+    // The base of timeline 2, if the sidecar got to it, is lost.
+    for later in &bases(&history)[1..] {
+        let id = later.file_name().unwrap().to_string_lossy();
+        let id = id.split('.').next().unwrap().to_string();
+        for e in fs::read_dir(&history).unwrap() {
+            let p = e.unwrap().path();
+            if p.file_name().unwrap().to_string_lossy().starts_with(&id) {
+                fs::remove_file(p).unwrap();
+            }
+        }
+    }
+
+    let c = lose_and_restore(&mut pg);
+    let ns = c.one("SELECT string_agg(n::text, ',' ORDER BY n) FROM history");
+    let wanted: Vec<String> = (0..100).chain(1000..1050).map(|n| n.to_string()).collect();
+    assert_eq!(
+        ns,
+        wanted.join(","),
+        "timeline 1 to the fork, then timeline 2"
+    );
+    assert_eq!(broken_accounts(&c), Vec::<String>::new());
 }

@@ -11,7 +11,7 @@ use tracing::{info, warn, Instrument};
 use super::object::{self, WalSection};
 use super::position::Lsn;
 use super::position::Segment;
-use super::segments::{append_history, append_span, tail_sha256, Server};
+use super::segments::{append_history, append_span, history_forks, tail_sha256, Server};
 use super::slot::{flushed, identity, Flushed, Slot};
 use super::span::Span;
 use crate::compression::Compression;
@@ -115,6 +115,9 @@ impl Archiver {
                 Err(e) => warn!(error = %e, "could not remove the recovery settings a restore left (ALTER SYSTEM needs a superuser or GRANT ALTER SYSTEM); archiving goes on"),
             }
         }
+        // Taken before the position is read: every transaction that had
+        // ended by now is at or before it.
+        let read_at = Utc::now();
         let flush = match flushed(&client, &self.conn).await {
             Ok(f) => f,
             Err(Error::Source(m)) if m.contains("in recovery") => return Ok(Pass::Waiting(m)),
@@ -122,6 +125,7 @@ impl Archiver {
         };
         self.recovery_checked = true;
         let server = identity(&client, &self.conn).await?;
+        let forks = history_forks(&self.pgdata.join("pg_wal"), flush.timeline)?;
         let (slot_name, conn) = (self.settings.slot.clone(), self.conn.clone());
         let slot = Slot::new(&slot_name, &client, &conn);
         if self.dropped {
@@ -146,7 +150,10 @@ impl Archiver {
                 return Err(self.bound(&slot, e).await);
             }
         }
-        let mut archived = self.archived_position(&flush, &server, held.restart_lsn, needs_base);
+        // A new timeline's files begin where its parent ended.
+        let begins = forks.last().map_or(Lsn(0), |f| f.end);
+        let start = held.restart_lsn.max(begins);
+        let mut archived = self.archived_position(&flush, &server, start, needs_base);
         let mut objects = 0;
         while let Some(span) = Span::next(
             flush.timeline,
@@ -156,7 +163,12 @@ impl Archiver {
             MAX_SEGMENTS,
         ) {
             let first_of_timeline = !self.continues(&flush, &server);
-            let section = match self.commit(span, &server, first_of_timeline).await {
+            let about = About {
+                first_of_timeline,
+                flushed_at: (span.to == flush.lsn).then_some(read_at),
+                forks: forks.clone(),
+            };
+            let section = match self.commit(span, &server, about).await {
                 Ok(section) => section,
                 Err(e) => return Err(self.bound(&slot, e).await),
             };
@@ -291,12 +303,8 @@ impl Archiver {
     }
 
     /// Writes and commits one object.
-    async fn commit(
-        &mut self,
-        span: Span,
-        server: &Server,
-        with_history: bool,
-    ) -> Result<WalSection> {
+    async fn commit(&mut self, span: Span, server: &Server, about: About) -> Result<WalSection> {
+        let with_history = about.first_of_timeline;
         let mut section = WalSection {
             timeline: span.timeline,
             sequence: self.next_sequence,
@@ -305,6 +313,8 @@ impl Archiver {
             segment_size: server.size.bytes(),
             system_identifier: server.system_id.to_string(),
             tail_sha256: None,
+            flushed_at: about.flushed_at,
+            forks: about.forks,
         };
         let id = object::id(section.timeline, section.sequence);
         let tracing_span =
@@ -404,6 +414,14 @@ impl Archiver {
         .instrument(tracing_span)
         .await
     }
+}
+
+/// What an object records beside its span.
+struct About {
+    /// The first object of its timeline carries the `.history` file.
+    first_of_timeline: bool,
+    flushed_at: Option<chrono::DateTime<Utc>>,
+    forks: Vec<super::object::Fork>,
 }
 
 /// `pg_wal` on disk, and where it sits in a tar (PGDATA without its

@@ -64,6 +64,58 @@ pub struct WalSection {
     /// (`super::archiver`). Absent when it could not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tail_sha256: Option<String>,
+    /// When the archiver read the server's flush position, on the object
+    /// that ends there (the last of its pass): every transaction that had
+    /// ended by then is in this object or an earlier one. What a restore to
+    /// a point in time counts as the archive's reach (`super::window`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flushed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The timeline's history, from its `.history` file: where each
+    /// earlier timeline it descends from ended, oldest first. Empty on
+    /// timeline 1. A restore follows a base onto this timeline only past
+    /// these points, and never replays an ancestor's WAL beyond its end
+    /// (that WAL was abandoned when this timeline began).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forks: Vec<Fork>,
+}
+
+/// A transaction's time is taken just before its commit record is
+/// written and flushed, so a transaction that ended just before the
+/// archiver read the flush position may be flushed just after it; this
+/// much is left for that (a busy disk's flush included).
+pub const FLUSH_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+
+/// One line of a timeline history file: `timeline` ended at `end`, where
+/// its successor began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fork {
+    pub timeline: u32,
+    #[serde(with = "lsn_text")]
+    pub end: Lsn,
+}
+
+/// The forks a `<timeline>.history` file lists (`<parent timeline>
+/// <switch point> <reason>` per line, `#` comments), oldest first.
+pub fn parse_history(text: &str) -> Result<Vec<Fork>, String> {
+    let mut forks: Vec<Fork> = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let bad = || format!("{line:?} is not a timeline history line");
+        let timeline: u32 = parts.next().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+        let end: Lsn = parts.next().and_then(|l| l.parse().ok()).ok_or_else(bad)?;
+        if forks
+            .last()
+            .is_some_and(|f| f.timeline >= timeline || f.end > end)
+        {
+            return Err(format!("{line:?} does not follow the line before it"));
+        }
+        forks.push(Fork { timeline, end });
+    }
+    Ok(forks)
 }
 
 /// The unit [`WalSection::tail_sha256`] covers: PostgreSQL's WAL page
@@ -104,6 +156,13 @@ impl WalSection {
             ));
         }
         Ok(())
+    }
+
+    /// The time up to which every transaction that ended is in this
+    /// object or an earlier one: its `flushed_at`, less
+    /// [`FLUSH_MARGIN`]. None when it does not end at a pass's flush.
+    pub fn reaches(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.flushed_at.map(|t| t - FLUSH_MARGIN)
     }
 
     /// Where this object's first segment starts: it holds everything from
@@ -162,49 +221,103 @@ pub struct Plan<T> {
     /// The end of contiguous WAL from the base on: recovery replays up to
     /// here.
     pub end: Lsn,
+    /// Each timeline the staged WAL runs on, oldest first, with where its
+    /// part ends (the next one's fork, or `end`); the last is the timeline
+    /// recovery ends on (`recovery_target_timeline`).
+    pub legs: Vec<(u32, Lsn)>,
     /// Set when a later object does not follow on (an object lost from the
     /// store, an archive restarted after its slot was dropped): the WAL
     /// after it is not used, and a person should know why.
     pub gap: Option<String>,
 }
 
-/// The objects that continue `base` on its timeline, in the order they
-/// were written: each must start no later than where the one before it
-/// (or the base) ends, or the WAL stops there. The WAL ends where the last
-/// one ends, even when an older one reached further: after a crash the
-/// server rewrites from inside its last record, and the newest copy of a
-/// segment is the truth. Objects that end before the base does add
-/// nothing. Other clusters' objects are ignored.
+/// The timelines a restore from `base` follows, each with where it ends
+/// (None: the last one, to the end of its archive). The newest timeline
+/// whose history passes through the base's timeline at or after the base's
+/// end, as PostgreSQL's `recovery_target_timeline = 'latest'` would pick:
+/// a restore to a point in time started it, and the WAL its parent wrote
+/// after the fork was abandoned then, never to be replayed again.
+fn lineage(base: BaseEnd, objects: &[&WalSection]) -> Vec<(u32, Option<Lsn>)> {
+    let descends = |w: &WalSection| {
+        w.timeline == base.timeline
+            || w.forks
+                .iter()
+                .any(|f| f.timeline == base.timeline && f.end >= base.stop)
+    };
+    let Some(newest) = objects
+        .iter()
+        .filter(|w| descends(w))
+        .max_by_key(|w| (w.timeline, w.sequence))
+    else {
+        return vec![(base.timeline, None)];
+    };
+    let mut path: Vec<(u32, Option<Lsn>)> = newest
+        .forks
+        .iter()
+        .filter(|f| f.timeline >= base.timeline)
+        .map(|f| (f.timeline, Some(f.end)))
+        .collect();
+    path.push((newest.timeline, None));
+    path
+}
+
+/// The objects that continue `base`, in the order they were written,
+/// along the timelines [`lineage`] picks: each must start no later than
+/// where the one before it (or the base) ends, or the WAL stops there.
+/// On one timeline the WAL ends where the last object ends, even when an
+/// older one reached further: after a crash the server rewrites from
+/// inside its last record, and the newest copy of a segment is the truth.
+/// A timeline's part ends at its fork, and its objects from there on are
+/// left out. Objects that end before the base does add nothing; other
+/// clusters' objects are ignored.
 pub fn plan<T>(base: BaseEnd, objects: Vec<(WalSection, T)>) -> Plan<T> {
     let mut mine: Vec<(WalSection, T)> = objects
         .into_iter()
-        .filter(|(w, _)| {
-            w.timeline == base.timeline
-                && w.system_identifier.parse::<u64>().ok() == Some(base.system_identifier)
-        })
+        .filter(|(w, _)| w.system_identifier.parse::<u64>().ok() == Some(base.system_identifier))
         .collect();
     mine.sort_by_key(|(w, _)| w.sequence);
+    let sections: Vec<&WalSection> = mine.iter().map(|(w, _)| w).collect();
+    let path = lineage(base, &sections);
     let mut end = base.stop;
     let mut out = Vec::new();
+    let mut legs = Vec::new();
     let mut gap = None;
+    let mut by_timeline: std::collections::BTreeMap<u32, Vec<(WalSection, T)>> = Default::default();
     for (w, t) in mine {
-        if w.to <= base.stop {
-            continue;
+        by_timeline.entry(w.timeline).or_default().push((w, t));
+    }
+    'path: for (timeline, fork) in path {
+        let ends_at = fork.unwrap_or(Lsn(u64::MAX));
+        for (w, t) in by_timeline.remove(&timeline).unwrap_or_default() {
+            if w.to <= base.stop || w.from >= ends_at {
+                continue;
+            }
+            if w.covers_from() > end {
+                gap = Some(format!(
+                    "the archived WAL has a gap from {end} to {} (object {}); recovery stops at {end}",
+                    w.covers_from(),
+                    id(w.timeline, w.sequence)
+                ));
+                break;
+            }
+            end = w.to.min(ends_at);
+            out.push(t);
         }
-        if w.covers_from() > end {
-            gap = Some(format!(
-                "the archived WAL has a gap from {end} to {} (object {}); recovery stops at {end}",
-                w.covers_from(),
-                id(w.timeline, w.sequence)
-            ));
-            break;
+        legs.push((timeline, end));
+        if gap.is_some() || fork.is_some_and(|f| end < f) {
+            if gap.is_none() {
+                gap = Some(format!(
+                    "the archived WAL of timeline {timeline} ends at {end}, before timeline {} begins; recovery stops at {end}",
+                    timeline + 1
+                ));
+            }
+            break 'path;
         }
-        end = w.to;
-        out.push(t);
     }
     Plan {
         objects: out,
         end,
+        legs,
         gap,
     }
 }
@@ -224,6 +337,8 @@ mod tests {
             segment_size: SEG,
             system_identifier: "7".into(),
             tail_sha256: None,
+            flushed_at: None,
+            forks: vec![],
         }
     }
 
@@ -278,6 +393,49 @@ mod tests {
         assert_eq!(p.objects, vec!["b", "c"]);
         assert_eq!(p.end, Lsn(3 * SEG));
         assert_eq!(p.gap, None);
+    }
+
+    #[test]
+    fn a_later_timeline_is_followed_from_its_fork_and_the_abandoned_wal_left_out() {
+        let fork = |timeline, end| Fork {
+            timeline,
+            end: Lsn(end),
+        };
+        let on2 = |sequence, from, to| WalSection {
+            timeline: 2,
+            forks: vec![fork(1, SEG + 500)],
+            ..section(sequence, from, to)
+        };
+        let objects = vec![
+            (section(1, SEG + 10, SEG + 300), "a"),
+            (section(2, SEG + 300, SEG + 800), "b: across the fork"),
+            (section(3, SEG + 800, 2 * SEG), "c: abandoned at the fork"),
+            (on2(4, SEG + 500, SEG + 900), "d: timeline 2"),
+            (on2(5, SEG + 900, 2 * SEG + 7), "e"),
+            (
+                WalSection {
+                    timeline: 3,
+                    forks: vec![fork(1, SEG + 20)],
+                    ..section(6, SEG + 20, SEG + 40)
+                },
+                "a sibling that forked before the base's end",
+            ),
+        ];
+        let p = plan(base(SEG + 50), objects);
+        assert_eq!(
+            p.objects,
+            vec!["a", "b: across the fork", "d: timeline 2", "e"]
+        );
+        assert_eq!(p.end, Lsn(2 * SEG + 7));
+        assert_eq!(p.legs, vec![(1, Lsn(SEG + 500)), (2, Lsn(2 * SEG + 7))]);
+        assert_eq!(p.gap, None);
+        assert_eq!(
+            parse_history(
+                "1\t0/1000000\tno recovery target specified\n\n2\t0/2000000\tbefore 2026\n"
+            ),
+            Ok(vec![fork(1, Lsn(0x100_0000).0), fork(2, 0x200_0000)])
+        );
+        assert!(parse_history("2\t0/2000000\tx\n1\t0/1000000\ty\n").is_err());
     }
 
     #[test]

@@ -38,6 +38,7 @@ use crate::{Error, Result};
 
 const XLP_FIRST_IS_CONTRECORD: u16 = 0x0001;
 const XLP_LONG_HEADER: u16 = 0x0002;
+const XLP_FIRST_IS_OVERWRITE_CONTRECORD: u16 = 0x0008;
 const SHORT_HEADER: u64 = 24;
 const LONG_HEADER: u64 = 40;
 const RECORD_HEADER: usize = 24;
@@ -47,10 +48,10 @@ const XLOG_SWITCH: u8 = 0x40;
 const XLOG_XACT_OPMASK: u8 = 0x70;
 /// Commit, abort, commit prepared, abort prepared.
 const XACT_ENDS: [u8; 4] = [0x00, 0x20, 0x30, 0x40];
-/// A commit record lists subtransactions, dropped relations and cache
-/// invalidations; past this it is skipped unread rather than held in
-/// memory (none comes near it in practice), and the scan says so.
-const MAX_XACT_RECORD: u32 = 16 << 20;
+/// How much of a transaction end's record is read to find its main data:
+/// the record header, then at most an origin, a top-level transaction and
+/// the main data's own header.
+const HEADERS_READ: u64 = 16;
 /// Seconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
 const PG_EPOCH_UNIX: i64 = 946_684_800;
 
@@ -84,6 +85,9 @@ pub fn first_end_after(
     }
     Ok(None)
 }
+
+/// A transaction end's time, or why its record does not give one.
+type TimeRead = std::result::Result<DateTime<Utc>, String>;
 
 /// One record, as much as the scan keeps of it.
 struct Record {
@@ -214,8 +218,16 @@ impl<'a> Wal<'a> {
     }
 
     /// Reads `n` bytes of a record from `pos` on, across page headers,
-    /// into `out` (or past them, when `out` is None).
-    fn read(&mut self, mut n: u64, mut out: Option<&mut Vec<u8>>) -> Result<Read> {
+    /// into `out` (or past them, when `out` is None). `owed` is how many
+    /// bytes the record still has from `pos` on, when known: a page that
+    /// continues it must say so (`xlp_rem_len`), as PostgreSQL checks.
+    fn read(
+        &mut self,
+        mut n: u64,
+        mut out: Option<&mut Vec<u8>>,
+        owed: Option<u64>,
+    ) -> Result<Read> {
+        let mut owed = owed;
         while n > 0 {
             if self.pos >= self.to {
                 return Ok(Read::End);
@@ -224,11 +236,20 @@ impl<'a> Wal<'a> {
                 let Some(h) = self.load(self.pos)? else {
                     return Ok(Read::End);
                 };
-                if h.info & XLP_FIRST_IS_CONTRECORD == 0 {
-                    self.pos = Lsn(self.pos.0 + h.len);
-                    return Ok(Read::Abandoned);
-                }
                 self.pos = Lsn(self.pos.0 + h.len);
+                if h.info & XLP_FIRST_IS_CONTRECORD == 0 {
+                    // PostgreSQL 15 and later mark the page where they
+                    // wrote on after a record a crash cut short; without
+                    // that mark the WAL ends here.
+                    return Ok(if h.info & XLP_FIRST_IS_OVERWRITE_CONTRECORD != 0 {
+                        Read::Abandoned
+                    } else {
+                        Read::End
+                    });
+                }
+                if owed.is_some_and(|o| o != u64::from(h.rem_len)) {
+                    return Ok(Read::End);
+                }
                 continue;
             }
             let page_at = self.page_at.map_or(0, |l| l.0);
@@ -245,6 +266,7 @@ impl<'a> Wal<'a> {
             }
             self.pos = Lsn(self.pos.0 + take);
             n -= take;
+            owed = owed.map(|o| o.saturating_sub(take));
         }
         Ok(Read::Done)
     }
@@ -272,13 +294,60 @@ impl<'a> Wal<'a> {
             if h.info & XLP_FIRST_IS_CONTRECORD == 0 {
                 return Ok(self.pos < self.to);
             }
-            match self.read(u64::from(h.rem_len), None)? {
+            match self.read(u64::from(h.rem_len), None, Some(u64::from(h.rem_len)))? {
                 Read::Done => continue,
                 Read::End => return Ok(false),
                 // A record starts right after the page header passed.
                 Read::Abandoned => return Ok(self.pos < self.to),
             }
         }
+    }
+
+    /// Reads the rest of a transaction end's record (`head`: its first
+    /// bytes) and its time, keeping only its headers and the 8 bytes of
+    /// time in memory however long it is. The time is an error when the
+    /// record does not have the shape of a transaction end.
+    fn read_xact_time(
+        &mut self,
+        mut rec: Vec<u8>,
+        tot_len: u64,
+    ) -> Result<(Read, Option<TimeRead>)> {
+        let mut at = rec.len() as u64;
+        let first = (tot_len - at).min(HEADERS_READ);
+        let r = self.read(first, Some(&mut rec), Some(tot_len - at))?;
+        at += first;
+        if !matches!(r, Read::Done) {
+            return Ok((r, None));
+        }
+        let main_at = match main_data_at(&rec, tot_len) {
+            Ok(m) => m,
+            Err(why) => {
+                return Ok((
+                    self.read(tot_len - at, None, Some(tot_len - at))?,
+                    Some(Err(why)),
+                ))
+            }
+        };
+        let mut time = Vec::with_capacity(8);
+        if main_at < at {
+            let end = (main_at + 8).min(at) as usize;
+            time.extend_from_slice(&rec[main_at as usize..end]);
+        } else {
+            let r = self.read(main_at - at, None, Some(tot_len - at))?;
+            at = main_at;
+            if !matches!(r, Read::Done) {
+                return Ok((r, None));
+            }
+        }
+        let need = 8 - time.len() as u64;
+        let r = self.read(need, Some(&mut time), Some(tot_len - at))?;
+        at += need;
+        if !matches!(r, Read::Done) {
+            return Ok((r, None));
+        }
+        let r = self.read(tot_len - at, None, Some(tot_len - at))?;
+        let bytes: [u8; 8] = time.try_into().expect("8 bytes read");
+        Ok((r, Some(pg_time(bytes))))
     }
 
     /// The next record that ends by `to`; None once the WAL ends.
@@ -289,7 +358,7 @@ impl<'a> Wal<'a> {
             }
             let lsn = self.pos;
             let mut head = Vec::with_capacity(RECORD_HEADER);
-            match self.read(RECORD_HEADER as u64, Some(&mut head))? {
+            match self.read(RECORD_HEADER as u64, Some(&mut head), None)? {
                 Read::Done => {}
                 Read::End => return Ok(None),
                 Read::Abandoned => continue,
@@ -305,12 +374,17 @@ impl<'a> Wal<'a> {
             }
             let rest = u64::from(tot_len) - RECORD_HEADER as u64;
             let is_end = rmid == RM_XACT_ID && XACT_ENDS.contains(&(info & XLOG_XACT_OPMASK));
-            let mut body = Vec::new();
-            let keep = is_end && tot_len <= MAX_XACT_RECORD;
-            if is_end && !keep {
-                tracing::warn!(lsn = %lsn, bytes = tot_len, "a transaction's end record too large to read; its time is not looked at");
-            }
-            match self.read(rest, keep.then_some(&mut body))? {
+            let mut time = None;
+            let read = if is_end {
+                let (read, t) = self.read_xact_time(head, u64::from(tot_len))?;
+                time = t
+                    .map(|t| t.map_err(|why| self.corrupt(lsn, why)))
+                    .transpose()?;
+                read
+            } else {
+                self.read(rest, None, Some(rest))?
+            };
+            match read {
                 Read::Done => {}
                 Read::End => return Ok(None),
                 Read::Abandoned => continue,
@@ -323,22 +397,16 @@ impl<'a> Wal<'a> {
                     _ => {}
                 }
             }
-            let time = if keep {
-                head.extend_from_slice(&body);
-                Some(xact_time(&head).map_err(|why| self.corrupt(lsn, why))?)
-            } else {
-                None
-            };
             return Ok(Some(Record { lsn, time }));
         }
     }
 }
 
-/// The time in a whole commit or abort record: the first 8 bytes of its
-/// main data, which is the record's last `main_len` bytes. Such a record
-/// carries no block references, only the origin and top-level transaction
-/// headers before the main data's.
-fn xact_time(rec: &[u8]) -> std::result::Result<DateTime<Utc>, String> {
+/// Where the main data starts in a record of `tot_len` bytes whose
+/// beginning is `rec`: the main data is the record's last `main_len`
+/// bytes. A transaction's end carries no block references, only the
+/// origin and top-level transaction headers before the main data's.
+fn main_data_at(rec: &[u8], tot_len: u64) -> std::result::Result<u64, String> {
     let mut i = RECORD_HEADER;
     let byte = |i: usize| rec.get(i).copied().ok_or("the record ends in its headers");
     let main_len = loop {
@@ -355,11 +423,17 @@ fn xact_time(rec: &[u8]) -> std::result::Result<DateTime<Utc>, String> {
             id => return Err(format!("a transaction end with block header {id}")),
         }
     };
-    if main_len < 8 || main_len > rec.len() {
+    let main_len = main_len as u64;
+    if main_len < 8 || main_len > tot_len - i as u64 {
         return Err(format!("a transaction end with {main_len} bytes of data"));
     }
-    let start = rec.len() - main_len;
-    let micros = i64::from_ne_bytes(rec[start..start + 8].try_into().expect("8 bytes"));
+    Ok(tot_len - main_len)
+}
+
+/// A transaction end's time from its first 8 bytes of main data,
+/// microseconds since 2000-01-01 UTC.
+fn pg_time(bytes: [u8; 8]) -> std::result::Result<DateTime<Utc>, String> {
+    let micros = i64::from_ne_bytes(bytes);
     DateTime::from_timestamp(PG_EPOCH_UNIX, 0)
         .and_then(|epoch| epoch.checked_add_signed(chrono::Duration::microseconds(micros)))
         .ok_or_else(|| format!("a transaction end at {micros} µs after 2000, out of range"))
@@ -389,9 +463,13 @@ mod tests {
         }
 
         fn header(&mut self, rem_len: u32) {
+            self.header_flagged(rem_len, 0);
+        }
+
+        fn header_flagged(&mut self, rem_len: u32, flags: u16) {
             let at = self.wal.len() as u64;
             let long = at.is_multiple_of(MIB);
-            let mut info = if long { XLP_LONG_HEADER } else { 0 };
+            let mut info = flags | if long { XLP_LONG_HEADER } else { 0 };
             if rem_len > 0 {
                 info |= XLP_FIRST_IS_CONTRECORD;
             }
@@ -516,6 +594,62 @@ mod tests {
         assert_eq!(scan(&w, 0, big.lsn.0 + 9000, 1399), None);
         // From the second segment on: the big commit's end is skipped.
         assert_eq!(scan(&w, MIB, end, 1399).unwrap().time, at(6000));
+    }
+
+    /// A record cut short by a crash at a page's end, and the next page
+    /// marked (or not) as written on after it.
+    fn cut_short(overwrite_mark: bool) -> Writer {
+        let mut w = Writer::new();
+        w.commit(5, 0);
+        while (w.wal.len() as u64 % PAGE) < PAGE - 200 {
+            w.other(50);
+        }
+        while !w.wal.len().is_multiple_of(8) {
+            w.wal.push(0);
+        }
+        let mut partial = 5000u32.to_ne_bytes().to_vec();
+        partial.extend_from_slice(&[0; 12]);
+        partial.extend_from_slice(&[0, 10, 0, 0, 0, 0, 0, 0]);
+        w.wal.extend_from_slice(&partial);
+        let room = (PAGE - w.wal.len() as u64 % PAGE) as usize;
+        w.wal.extend(std::iter::repeat_n(0x77, room));
+        let mark = if overwrite_mark {
+            XLP_FIRST_IS_OVERWRITE_CONTRECORD
+        } else {
+            0
+        };
+        w.header_flagged(0, mark);
+        w.commit(20, 0);
+        w
+    }
+
+    #[test]
+    fn a_record_cut_short_ends_the_wal_unless_the_server_marked_writing_on() {
+        let on = cut_short(true);
+        let end = on.wal.len() as u64;
+        assert_eq!(scan(&on, 0, end, 10).unwrap().time, at(20));
+        let off = cut_short(false);
+        assert_eq!(scan(&off, 0, end, 10), None);
+        assert_eq!(scan(&off, 0, end, 0).unwrap().time, at(5));
+    }
+
+    #[test]
+    fn a_record_header_split_over_pages_and_a_huge_commit_are_read() {
+        let mut w = Writer::new();
+        // Ends 8 bytes before the page's end: the next header is split.
+        while (w.wal.len() as u64 % PAGE) < PAGE - 400 {
+            w.other(40);
+        }
+        let start = (w.wal.len() as u64).div_ceil(8) * 8;
+        let page_end = start.div_ceil(PAGE) * PAGE;
+        // Over 255 bytes of data: a 5-byte data header.
+        w.other((page_end - 8 - start - 24 - 5) as usize);
+        assert_eq!(PAGE - w.wal.len() as u64 % PAGE, 8, "set up the split");
+        w.commit(30, 0);
+        w.commit(40, 3 << 20);
+        let end = w.wal.len() as u64;
+        assert_eq!(scan(&w, 0, end, 0).unwrap().time, at(30));
+        assert_eq!(scan(&w, 0, end, 30).unwrap().time, at(40));
     }
 
     #[test]

@@ -21,14 +21,14 @@ use crate::Result;
 /// The `restore_command` a restore writes.
 pub const RESTORE_COMMAND: &str = "exit 1 # lifeboat: WAL was staged in pg_wal";
 
-/// The settings a restore writes, which [`reset`] takes away again (no
-/// others: a user's own recovery settings stay). Each is always written,
-/// the target time empty when recovery runs to the end, so none left in a
-/// base backup's `postgresql.auto.conf` by an earlier restore applies.
+/// The settings a restore may write, which [`reset`] takes away again once
+/// the server has promoted (only when `restore_command` is still ours).
 const SETTINGS: &[&str] = &[
     "restore_command",
     "recovery_target_time",
+    "recovery_target_inclusive",
     "recovery_target_action",
+    "recovery_target_timeline",
 ];
 
 /// Makes `pgdata` (a staged copy, before it is moved into place) start in
@@ -36,8 +36,16 @@ const SETTINGS: &[&str] = &[
 /// `postgresql.auto.conf` (later lines win, and `ALTER SYSTEM` rewrites the
 /// file without duplicates). The server replays every staged byte and
 /// promotes; with `target_time`, it stops at that time (before the first
-/// transaction that ended after it) and promotes there.
-pub fn write(pgdata: &Path, target_time: Option<DateTime<Utc>>) -> Result<()> {
+/// transaction that ended after it) and promotes there. `timeline` is the
+/// one the staged WAL ends on, which the server follows to. A target time
+/// is written only when there is one, or to clear one an earlier restore
+/// left in a base backup's `postgresql.auto.conf` (PostgreSQL refuses two
+/// kinds of target, even an empty one beside a user's own).
+pub fn write(
+    pgdata: &Path,
+    target_time: Option<DateTime<Utc>>,
+    timeline: Option<u32>,
+) -> Result<()> {
     let signal = pgdata.join("recovery.signal");
     fs::write(&signal, b"").ctx("writing", &signal)?;
     // The server removes it when it promotes; as root, give it the
@@ -51,13 +59,26 @@ pub fn write(pgdata: &Path, target_time: Option<DateTime<Utc>>) -> Result<()> {
             .ctx("giving the cluster's owner", &signal)?;
     }
     let auto = pgdata.join("postgresql.auto.conf");
-    // Microseconds, as PostgreSQL keeps commit times, in UTC.
-    let time = target_time
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
-        .unwrap_or_default();
-    let lines = format!(
-        "# lifeboat: recovery from the archived WAL; removed once the server has promoted\nrestore_command = '{RESTORE_COMMAND}'\nrecovery_target_time = '{time}'\nrecovery_target_action = 'promote'\n"
+    let stale = fs::read_to_string(&auto)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.trim_start().starts_with("recovery_target_time"));
+    let mut lines = format!(
+        "# lifeboat: recovery from the archived WAL; removed once the server has promoted\nrestore_command = '{RESTORE_COMMAND}'\n"
     );
+    match target_time {
+        // Microseconds, as PostgreSQL keeps commit times, in UTC; the
+        // staged WAL was scanned with the inclusive rule.
+        Some(t) => lines.push_str(&format!(
+            "recovery_target_time = '{}'\nrecovery_target_inclusive = 'on'\nrecovery_target_action = 'promote'\n",
+            t.format("%Y-%m-%d %H:%M:%S%.6f+00")
+        )),
+        None if stale => lines.push_str("recovery_target_time = ''\n"),
+        None => {}
+    }
+    if let Some(tl) = timeline {
+        lines.push_str(&format!("recovery_target_timeline = '{tl}'\n"));
+    }
     let mut f = OpenOptions::new()
         .append(true)
         .create(true)

@@ -124,26 +124,29 @@ pub fn tail_sha256(
     Some(hex::encode(sha2::Sha256::digest(&bytes)))
 }
 
+/// The forks `<timeline>.history` in `pg_wal` lists (none on timeline 1):
+/// every object of a later timeline records them.
+pub fn history_forks(pg_wal: &Path, timeline: u32) -> Result<Vec<super::object::Fork>> {
+    if timeline <= 1 {
+        return Ok(vec![]);
+    }
+    let (path, bytes, _) = read_history(pg_wal, timeline)?;
+    super::object::parse_history(&String::from_utf8_lossy(&bytes))
+        .map_err(|e| Error::Source(format!("{}: {e}", path.display())))
+}
+
 /// The largest timeline history file archived; PostgreSQL's hold a line
 /// per earlier timeline.
 const MAX_HISTORY_BYTES: u64 = 1 << 20;
 
-/// Appends `<timeline>.history` from `pg_wal` (as `<entry_dir>/<name>`),
-/// which a server recovering onto this timeline reads to follow it.
-/// Timeline 1 has none; a missing one is an error (the server writes it
-/// before it uses the timeline). Returns the bytes stored.
-pub fn append_history<W: io::Write>(
-    tar: &mut tar::Builder<W>,
+/// `<timeline>.history` from `pg_wal`: its path, bytes and metadata. A
+/// missing one is an error: the server writes it before it uses the
+/// timeline.
+fn read_history(
     pg_wal: &Path,
-    entry_dir: &str,
     timeline: u32,
-    mtime: u64,
-) -> Result<u64> {
-    if timeline <= 1 {
-        return Ok(0);
-    }
-    let name = format!("{timeline:08X}.history");
-    let path = pg_wal.join(&name);
+) -> Result<(std::path::PathBuf, Vec<u8>, std::fs::Metadata)> {
+    let path = pg_wal.join(format!("{timeline:08X}.history"));
     let (file, md) = open_wal_file(&path)?;
     if !md.is_file() || md.len() > MAX_HISTORY_BYTES {
         return Err(Error::Source(format!(
@@ -156,6 +159,24 @@ pub fn append_history<W: io::Write>(
         .take(MAX_HISTORY_BYTES)
         .read_to_end(&mut bytes)
         .ctx("reading", &path)?;
+    Ok((path, bytes, md))
+}
+
+/// Appends `<timeline>.history` from `pg_wal` (as `<entry_dir>/<name>`),
+/// which a server recovering onto this timeline reads to follow it.
+/// Timeline 1 has none. Returns the bytes stored.
+pub fn append_history<W: io::Write>(
+    tar: &mut tar::Builder<W>,
+    pg_wal: &Path,
+    entry_dir: &str,
+    timeline: u32,
+    mtime: u64,
+) -> Result<u64> {
+    if timeline <= 1 {
+        return Ok(0);
+    }
+    let (path, bytes, md) = read_history(pg_wal, timeline)?;
+    let name = format!("{timeline:08X}.history");
     let mut h = header(&md, mtime, bytes.len() as u64);
     tar.append_data(&mut h, format!("{entry_dir}/{name}"), bytes.as_slice())
         .map_err(|e| Error::io(format!("archiving {}", path.display()), e))?;

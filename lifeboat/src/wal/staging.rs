@@ -23,25 +23,51 @@ use crate::store::{AnyTarget, Target};
 use crate::tar_read::{Mapping, Step};
 use crate::{Error, Result};
 
-/// A transaction's time is taken just before its commit record is written
-/// and flushed; an object whose pass began this long after the target holds
-/// every commit up to the target even on a busy disk, so staging stops
-/// after the first such object.
-const FLUSH_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
-
 /// What was staged.
 #[derive(Debug, Default)]
 pub struct Staged {
     pub objects: usize,
     /// Where the staged WAL ends (the base's own end without objects).
     pub end: Option<Lsn>,
-    /// Where the first staged object's WAL starts, and its segment size.
-    first: Option<(Lsn, SegmentSize)>,
-    /// When the last staged object's pass began: the server had flushed
-    /// every transaction that ended before then.
-    last_started: Option<DateTime<Utc>>,
+    /// The staged WAL's parts, one per timeline, oldest first.
+    legs: Vec<Leg>,
+    /// Every transaction that ended by then is in the staged WAL
+    /// (`WalSection::reaches`).
+    reaches: Option<DateTime<Utc>>,
     /// The time recovery stops at, when it stops before the end.
     pub target_time: Option<DateTime<Utc>>,
+}
+
+/// The staged WAL of one timeline: from the start of its first object's
+/// first segment to where it ends (at the latest, its fork).
+#[derive(Debug, Clone, Copy)]
+struct Leg {
+    timeline: u32,
+    from: Lsn,
+    to: Lsn,
+    size: SegmentSize,
+}
+
+impl Staged {
+    /// Counts in one staged object; `cap` is where its timeline's part of
+    /// the plan ends.
+    fn add(&mut self, w: &super::object::WalSection, cap: Lsn) {
+        self.objects += 1;
+        let to = w.to.min(cap);
+        match self.legs.last_mut() {
+            Some(l) if l.timeline == w.timeline => l.to = to,
+            _ => self.legs.push(Leg {
+                timeline: w.timeline,
+                from: w.covers_from(),
+                to,
+                size: SegmentSize::new(w.segment_size).unwrap_or(SegmentSize::DEFAULT),
+            }),
+        }
+        self.end = Some(to);
+        if to == w.to {
+            self.reaches = self.reaches.max(w.reaches());
+        }
+    }
 }
 
 /// Stages the WAL after `base` (restored into `staging`, the staged copy of
@@ -80,18 +106,9 @@ pub async fn stage(
                 .into_iter()
                 .filter_map(|m| m.wal.clone().map(|w| (w, m)))
                 .collect();
-            let mut plan = object::plan(end, objects);
+            let plan = object::plan(end, objects);
             if let Some(gap) = &plan.gap {
                 warn!("{gap}");
-            }
-            if let Until::Time { at, .. } = until {
-                if let Some(i) = plan
-                    .objects
-                    .iter()
-                    .position(|m| m.started_at > *at + FLUSH_MARGIN)
-                {
-                    plan.objects.truncate(i + 1);
-                }
             }
             if plan.objects.is_empty() {
                 // Archived WAL lives on the primary target only: a base
@@ -103,14 +120,10 @@ pub async fn stage(
             for m in &plan.objects {
                 match stage_one(target, m, origin, dest, &pg_wal, keys, every).await {
                     Ok(()) => {
-                        staged.objects += 1;
                         if let Some(w) = &m.wal {
-                            staged.end = Some(w.to);
-                            let size =
-                                SegmentSize::new(w.segment_size).unwrap_or(SegmentSize::DEFAULT);
-                            staged.first.get_or_insert((w.covers_from(), size));
+                            let cap = plan.legs.iter().find(|(t, _)| *t == w.timeline);
+                            staged.add(w, cap.map_or(w.to, |(_, end)| *end));
                         }
-                        staged.last_started = Some(m.started_at);
                     }
                     Err(e) if e.proves_artifact_bad() => {
                         let why = format!(
@@ -129,10 +142,16 @@ pub async fn stage(
     if let Until::Time { at, setting } = until {
         staged.target_time = stop_at(&staged, base, staging, *at, setting)?;
     }
-    recovery::write(staging, staged.target_time)?;
+    let timeline = staged
+        .legs
+        .last()
+        .map(|l| l.timeline)
+        .or(BaseEnd::of(&base.source_meta).map(|e| e.timeline));
+    recovery::write(staging, staged.target_time, timeline)?;
     info!(
         objects = staged.objects,
         end = staged.end.map(|l| l.to_string()),
+        timeline,
         target_time = staged.target_time.map(|t| t.to_rfc3339()),
         "archived WAL staged; the server replays it and promotes when it starts"
     );
@@ -152,12 +171,21 @@ fn stop_at(
     at: DateTime<Utc>,
     setting: &str,
 ) -> Result<Option<DateTime<Utc>>> {
-    let reaches = staged.last_started.unwrap_or(base.finished_at);
-    let timeline = BaseEnd::of(&base.source_meta).map(|e| e.timeline);
-    if let (Some((from, size)), Some(to), Some(timeline)) = (staged.first, staged.end, timeline) {
-        let pg_wal = staging.join("pg_wal");
-        if let Some(end) = records::first_end_after(&pg_wal, timeline, size, from, to, at)? {
-            info!(target_time = %at.to_rfc3339(), next_lsn = %end.lsn, next_time = %end.time.to_rfc3339(), "recovery stops at the target time, before the first transaction that ended after it");
+    let reaches = staged.reaches.unwrap_or(base.finished_at);
+    let pg_wal = staging.join("pg_wal");
+    for leg in &staged.legs {
+        let found = records::first_end_after(&pg_wal, leg.timeline, leg.size, leg.from, leg.to, at)
+            .map_err(|e| match e {
+                // WAL that cannot be read now cannot be read on a retry.
+                Error::Source(why) => Error::Config(vec![crate::problem::Problem {
+                    setting: setting.to_string(),
+                    value: at.to_rfc3339(),
+                    message: format!("{why}; leave it unset to restore to the end of the archive"),
+                }]),
+                e => e,
+            })?;
+        if let Some(end) = found {
+            info!(target_time = %at.to_rfc3339(), next_lsn = %end.lsn, next_time = %end.time.to_rfc3339(), timeline = leg.timeline, "recovery stops at the target time, before the first transaction that ended after it");
             return Ok(Some(at));
         }
     }

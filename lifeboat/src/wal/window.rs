@@ -14,8 +14,8 @@ use crate::manifest::Manifest;
 pub struct Window {
     /// When the base backup finished: recovery cannot stop before it.
     pub from: DateTime<Utc>,
-    /// When the last WAL object that continues it began reading the
-    /// server's WAL: everything that ended before then is archived.
+    /// Every transaction that ended by then is archived
+    /// (`WalSection::reaches` of the last object that continues it).
     pub to: DateTime<Utc>,
     /// The WAL objects that continue it.
     pub objects: usize,
@@ -35,7 +35,7 @@ pub fn of(base: &Manifest, wal: &[Manifest]) -> Option<Window> {
     let to = plan
         .objects
         .iter()
-        .map(|m| m.started_at)
+        .filter_map(|m| m.wal.as_ref().and_then(|w| w.reaches()))
         .max()
         .map_or(base.finished_at, |t| t.max(base.finished_at));
     Some(Window {
