@@ -230,7 +230,7 @@ fn wal_side(pg: &PgServer) -> (Server, Flushed) {
         let (client, conn) = (pg.client("postgres").await, conn(pg));
         (
             identity(&client, &conn).await.unwrap(),
-            flushed(&client, &conn).await.unwrap(),
+            flushed(&client, &conn).await.unwrap().expect("a primary"),
         )
     })
 }
@@ -317,7 +317,7 @@ fn slot_holds(major: u32) {
         let slot = Slot::new("lifeboat_wal", &client, &conn);
         let held = slot.ensure().await.unwrap();
         assert!(held.created && !held.lost, "{held:?}");
-        let now = flushed(&client, &conn).await.unwrap();
+        let now = flushed(&client, &conn).await.unwrap().expect("a primary");
         let first = Segment {
             timeline: now.timeline,
             segno: server.size.segment_of(held.restart_lsn),
@@ -355,7 +355,7 @@ fn slot_holds(major: u32) {
         );
 
         // Moved on past what an object holds: the server lets it go.
-        let now = flushed(&client, &conn).await.unwrap();
+        let now = flushed(&client, &conn).await.unwrap().expect("a primary");
         slot.advance(now.lsn).await.unwrap();
         slot.advance(held.restart_lsn).await.unwrap();
         client.batch_execute("CHECKPOINT").await.unwrap();

@@ -12,7 +12,7 @@ use chrono::Utc;
 use super::serve::Reply;
 use crate::config::Settings;
 use crate::status::Status;
-use crate::wal::archiver::{Archiver, NeedsBase, Pass};
+use crate::wal::archiver::{Archiver, NeedsBase, Pass, Setup};
 use crate::wal::settings::WalSettings;
 
 /// How long after asking for a base backup the archiver may ask again.
@@ -26,27 +26,27 @@ pub(super) async fn archiver(settings: &Settings) -> Option<Archiver> {
     let target = spec
         .open(&settings.namespace, &settings.name, &settings.s3)
         .await;
-    Some(Archiver::new(
-        wal,
-        settings.source.postgres.clone(),
-        settings.paths.first()?.clone(),
+    Some(Archiver::new(Setup {
+        settings: wal,
+        conn: settings.source.postgres.clone(),
+        pgdata: settings.paths.first()?.clone(),
         target,
-        settings.compression,
-        settings.recipients.clone(),
-        settings.name.clone(),
-        settings.namespace.clone(),
-    ))
+        compression: settings.compression,
+        recipients: settings.recipients.clone(),
+        name: settings.name.clone(),
+        namespace: settings.namespace.clone(),
+    }))
 }
 
 /// Archives until the task is aborted (the sidecar's exit). An abort in
 /// the middle of an object leaves an upload no manifest covers: a
 /// leftover, never a WAL object.
 pub(super) async fn run(mut a: Archiver, requests: mpsc::Sender<Reply>, status: Arc<Status>) {
-    let mut every = tokio::time::interval(a.settings.interval);
+    let mut every = tokio::time::interval(a.setup.settings.interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(
-        interval_s = a.settings.interval.as_secs(),
-        slot = %a.settings.slot,
+        interval_s = a.setup.settings.interval.as_secs(),
+        slot = %a.setup.settings.slot,
         "archiving WAL continuously"
     );
     let mut waiting_said = false;

@@ -29,8 +29,8 @@ pub use super::settings::WalSettings;
 /// size, so an object stays bounded however long the sidecar was away.
 pub const MAX_SEGMENTS: u64 = 16;
 
-/// What the archiver needs besides its settings.
-pub struct Archiver {
+/// What the archiver is given: where to read, where to store, how.
+pub struct Setup {
     pub settings: WalSettings,
     pub conn: PgConn,
     pub pgdata: PathBuf,
@@ -39,6 +39,11 @@ pub struct Archiver {
     pub recipients: Option<Recipients>,
     pub name: String,
     pub namespace: String,
+}
+
+/// The archiver: its [`Setup`], and what it learned from the store.
+pub struct Archiver {
+    pub setup: Setup,
     /// The newest object this archive holds, once the store was listed.
     newest: Option<Option<WalSection>>,
     /// The next object's sequence number.
@@ -74,26 +79,9 @@ pub enum Pass {
 pub struct NeedsBase(pub String);
 
 impl Archiver {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        settings: WalSettings,
-        conn: PgConn,
-        pgdata: PathBuf,
-        target: AnyTarget,
-        compression: Compression,
-        recipients: Option<Recipients>,
-        name: String,
-        namespace: String,
-    ) -> Archiver {
+    pub fn new(setup: Setup) -> Archiver {
         Archiver {
-            settings,
-            conn,
-            pgdata,
-            target,
-            compression,
-            recipients,
-            name,
-            namespace,
+            setup,
             newest: None,
             next_sequence: 0,
             recovery_checked: false,
@@ -106,9 +94,9 @@ impl Archiver {
     /// objects after a long absence), advance the slot. `needs_base` is
     /// told why a new base backup is needed, when one is.
     pub async fn pass(&mut self, needs_base: &mut Vec<NeedsBase>) -> Result<Pass> {
-        let client = self.conn.connect().await?;
+        let client = self.setup.conn.connect().await?;
         if !self.recovery_checked {
-            match super::recovery::reset(&client, &self.conn).await {
+            match super::recovery::reset(&client, &self.setup.conn).await {
                 Ok(true) => info!("the server has promoted after a restore from archived WAL; its recovery settings were removed"),
                 Ok(false) => {}
                 // Archiving matters more; tried again next pass.
@@ -118,31 +106,32 @@ impl Archiver {
         // Taken before the position is read: every transaction that had
         // ended by now is at or before it.
         let read_at = Utc::now();
-        let flush = match flushed(&client, &self.conn).await {
-            Ok(f) => f,
-            Err(Error::Source(m)) if m.contains("in recovery") => return Ok(Pass::Waiting(m)),
-            Err(e) => return Err(e),
+        let Some(flush) = flushed(&client, &self.setup.conn).await? else {
+            return Ok(Pass::Waiting(format!(
+                "{}: the server is in recovery (a standby, or still replaying); WAL is archived from a primary",
+                self.setup.conn.describe()
+            )));
         };
         self.recovery_checked = true;
-        let server = identity(&client, &self.conn).await?;
-        let forks = history_forks(&self.pgdata.join("pg_wal"), flush.timeline)?;
-        let (slot_name, conn) = (self.settings.slot.clone(), self.conn.clone());
+        let server = identity(&client, &self.setup.conn).await?;
+        let forks = history_forks(&self.setup.pgdata.join("pg_wal"), flush.timeline)?;
+        let (slot_name, conn) = (self.setup.settings.slot.clone(), self.setup.conn.clone());
         let slot = Slot::new(&slot_name, &client, &conn);
         if self.dropped {
-            self.target.check().await?;
+            self.setup.target.check().await?;
             self.dropped = false;
         }
         let held = slot.ensure().await?;
         if held.created {
             needs_base.push(NeedsBase(format!(
                 "the replication slot {:?} was created",
-                self.settings.slot
+                self.setup.settings.slot
             )));
         }
         if held.lost {
             needs_base.push(NeedsBase(format!(
                 "the replication slot {:?} lost WAL (max_slot_wal_keep_size)",
-                self.settings.slot
+                self.setup.settings.slot
             )));
         }
         if self.newest.is_none() {
@@ -196,7 +185,7 @@ impl Archiver {
     /// error to report.
     async fn bound(&mut self, slot: &Slot<'_>, failed: Error) -> Error {
         let retained = slot.retained().await.unwrap_or(0);
-        if retained <= self.settings.max_retained {
+        if retained <= self.setup.settings.max_retained {
             return failed;
         }
         if let Err(e) = slot.remove().await {
@@ -204,11 +193,11 @@ impl Archiver {
         }
         self.dropped = true;
         self.drops += 1;
-        tracing::error!(slot = %self.settings.slot, retained, max_retained = self.settings.max_retained, error = %failed, "the replication slot was dropped: it held more WAL than LIFEBOAT_WAL_MAX_RETAINED while the WAL could not be stored");
+        tracing::error!(slot = %self.setup.settings.slot, retained, max_retained = self.setup.settings.max_retained, error = %failed, "the replication slot was dropped: it held more WAL than LIFEBOAT_WAL_MAX_RETAINED while the WAL could not be stored");
         Error::Source(format!(
             "the replication slot {:?} held {retained} bytes of WAL, more than LIFEBOAT_WAL_MAX_RETAINED ({}), and the WAL could not be stored ({failed}); \
              the slot was dropped so the volume does not fill. WAL from here on is archived again, after a new base backup, once the store takes writes",
-            self.settings.slot, self.settings.max_retained
+            self.setup.settings.slot, self.setup.settings.max_retained
         ))
     }
 
@@ -216,13 +205,13 @@ impl Archiver {
     async fn read_store(&mut self) -> Result<()> {
         // Uploads a killed sidecar left: this archiver is the only writer
         // of WAL objects, so none of them is in progress.
-        for l in self.target.leftovers().await? {
+        for l in self.setup.target.leftovers().await? {
             if l.name.starts_with(object::ID_PREFIX) {
-                self.target.remove_leftover(&l).await?;
+                self.setup.target.remove_leftover(&l).await?;
                 info!(file = %l.name, "removed an uncommitted WAL object");
             }
         }
-        let listing = self.target.list_wal().await?;
+        let listing = self.setup.target.list_wal().await?;
         for p in &listing.problems {
             warn!("WAL archive: {p}");
         }
@@ -283,7 +272,7 @@ impl Archiver {
                     segno: size.segment_of(Lsn(w.to.0 - 1)),
                 };
                 tail_sha256(
-                    &self.pgdata.join("pg_wal"),
+                    &self.setup.pgdata.join("pg_wal"),
                     last,
                     size,
                     object::tail_start(w.to, size),
@@ -321,10 +310,13 @@ impl Archiver {
             tracing::info_span!("wal_object", id = %id, from = %span.from, to = %span.to);
         async {
             let started_at = Utc::now();
-            let file_name =
-                crate::artifact::file_name(&id, self.compression, self.recipients.is_some());
-            let mut upload = self.target.begin(&file_name).await?;
-            let (pg_wal, entry_dir) = wal_dir(&self.pgdata);
+            let file_name = crate::artifact::file_name(
+                &id,
+                self.setup.compression,
+                self.setup.recipients.is_some(),
+            );
+            let mut upload = self.setup.target.begin(&file_name).await?;
+            let (pg_wal, entry_dir) = wal_dir(&self.setup.pgdata);
             let server = *server;
             // Entries and file bytes as a restore counts them: whole
             // segments, zeros included, and the history file.
@@ -350,8 +342,8 @@ impl Archiver {
             };
             let uploaded = upload_tar(
                 &mut upload,
-                self.compression,
-                self.recipients.clone(),
+                self.setup.compression,
+                self.setup.recipients.clone(),
                 producer,
             )
             .await;
@@ -367,21 +359,22 @@ impl Archiver {
                 format: manifest::FORMAT.into(),
                 id: id.clone(),
                 artifact: file_name,
-                name: self.name.clone(),
-                namespace: self.namespace.clone(),
+                name: self.setup.name.clone(),
+                namespace: self.setup.namespace.clone(),
                 source: SourceKind::Postgres,
                 layout: Layout::Paths,
-                paths: vec![self.pgdata.display().to_string()],
+                paths: vec![self.setup.pgdata.display().to_string()],
                 started_at,
                 finished_at: Utc::now(),
-                compression: self.compression.to_string(),
-                encryption: if self.recipients.is_some() {
+                compression: self.setup.compression.to_string(),
+                encryption: if self.setup.recipients.is_some() {
                     "age"
                 } else {
                     "none"
                 }
                 .into(),
                 recipients: self
+                    .setup
                     .recipients
                     .as_ref()
                     .map(|r| r.names())

@@ -77,9 +77,10 @@ pub async fn identity(client: &Client, conn: &PgConn) -> Result<Server> {
     })
 }
 
-/// How far the server has flushed its WAL, and on which timeline. A
-/// standby has no WAL of its own to archive: that is an error naming it.
-pub async fn flushed(client: &Client, conn: &PgConn) -> Result<Flushed> {
+/// How far the server has flushed its WAL, and on which timeline; None
+/// while it is in recovery (a standby, or a restore still replaying): it
+/// has no WAL of its own to archive yet.
+pub async fn flushed(client: &Client, conn: &PgConn) -> Result<Option<Flushed>> {
     let row = client
         .query_one(
             "SELECT pg_is_in_recovery(), \
@@ -92,10 +93,7 @@ pub async fn flushed(client: &Client, conn: &PgConn) -> Result<Flushed> {
     let (in_recovery, lsn, file): (bool, Option<String>, Option<String>) =
         (row.get(0), row.get(1), row.get(2));
     let (Some(lsn), Some(file), false) = (lsn, file, in_recovery) else {
-        return Err(Error::Source(format!(
-            "{}: the server is in recovery (a standby, or still replaying); WAL is archived from a primary",
-            conn.describe()
-        )));
+        return Ok(None);
     };
     let lsn: Lsn = lsn.parse().map_err(Error::Source)?;
     // pg_walfile_name names the current timeline first.
@@ -103,7 +101,7 @@ pub async fn flushed(client: &Client, conn: &PgConn) -> Result<Flushed> {
         .get(..8)
         .and_then(|t| u32::from_str_radix(t, 16).ok())
         .ok_or_else(|| Error::Source(format!("unexpected WAL file name {file:?}")))?;
-    Ok(Flushed { lsn, timeline })
+    Ok(Some(Flushed { lsn, timeline }))
 }
 
 /// The permanent physical slot named `name` on the server `client` talks to.
