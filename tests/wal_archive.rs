@@ -479,8 +479,9 @@ fn to_a_point_in_time(major: u32) {
 }
 
 /// A restore to a point in time makes timeline 2; the WAL timeline 1 wrote
-/// after that point was abandoned. Until a base backup of timeline 2
-/// exists, a restore starts from timeline 1's base again: it must follow
+/// after that point was abandoned, and so was a base backup of timeline 1
+/// taken after it. Until a base backup of timeline 2 exists, a restore
+/// starts from timeline 1's base before the point again: it must follow
 /// timeline 2 from its fork and never replay the abandoned transfers.
 fn onto_the_new_timeline(major: u32) {
     let Some(a) = archiving(major) else {
@@ -492,6 +493,13 @@ fn onto_the_new_timeline(major: u32) {
     let _ = wait_archived(&sc, &c, &history);
     assert!(sc.stop().success());
     drop(c);
+    // A base of timeline 1 after the point restored to: it holds what the
+    // restore undoes, and no restore may use it afterwards.
+    run_ok(
+        pg.cmd("lifeboat-sidecar", &[("LIFEBOAT_POSTGRES_WAL", "on")])
+            .arg("backup-now"),
+    );
+    assert_eq!(bases(&history).len(), 2);
     let c = lose_and_restore_with(&mut pg, &[("LIFEBOAT_RESTORE_TARGET_TIME", &between)]);
     all_transfers_back(&c, 100);
 
@@ -515,7 +523,7 @@ fn onto_the_new_timeline(major: u32) {
         .collect::<Vec<_>>();
     assert!(forks.iter().all(|f| f[0]["timeline"] == 1), "{forks:?}");
     // The base of timeline 2, if the sidecar got to it, is lost.
-    for later in &bases(&history)[1..] {
+    for later in &bases(&history)[2..] {
         let id = later.file_name().unwrap().to_string_lossy();
         let id = id.split('.').next().unwrap().to_string();
         for e in fs::read_dir(&history).unwrap() {
@@ -526,6 +534,8 @@ fn onto_the_new_timeline(major: u32) {
         }
     }
 
+    // The newest base (timeline 1, after the fork) is passed over for the
+    // first one, which follows timeline 2.
     let c = lose_and_restore(&mut pg);
     let ns = c.one("SELECT string_agg(n::text, ',' ORDER BY n) FROM history");
     let wanted: Vec<String> = (0..100).chain(1000..1050).map(|n| n.to_string()).collect();

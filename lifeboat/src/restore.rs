@@ -314,6 +314,7 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
         return Ok(Outcome::NoArtifacts);
     }
     let tried = candidates.len();
+    let mut wal_seen = HashMap::new();
     // The id whose copies failed only for reasons that may pass.
     let mut stalled: Option<(String, Error)> = None;
     let mut bad = ProvenBad::default();
@@ -329,7 +330,7 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
             }
             stalled = Some((id, e));
         }
-        if let Err(reason) = s.source.fits(m).and_then(|()| before_target_time(s, m)) {
+        if let Err(reason) = fits(target, m, s, &mut wal_seen).await {
             warn!(id = %m.id, target = %target.describe(), "{reason}; trying the next candidate");
             skipped.push(format!("{} on {}: {reason}", m.id, target.describe()));
             continue;
@@ -420,6 +421,58 @@ fn before_target_time(
             at.to_rfc3339()
         )),
         _ => Ok(()),
+    }
+}
+
+/// Whether a candidate is one this restore may use at all: of the
+/// configured source, finished by a target time, not abandoned.
+async fn fits(
+    target: &AnyTarget,
+    m: &Manifest,
+    s: &crate::config::Settings,
+    seen: &mut HashMap<String, Vec<crate::wal::object::WalSection>>,
+) -> std::result::Result<(), String> {
+    s.source.fits(m)?;
+    before_target_time(s, m)?;
+    abandoned(target, m, s, seen).await
+}
+
+/// A PostgreSQL base taken on a timeline after a later timeline branched
+/// off it (a restore to a point in time, whose new timeline has no base
+/// backup yet) holds what that restore undid: restoring it would bring that
+/// back. Its archived WAL is listed once per target.
+async fn abandoned(
+    target: &AnyTarget,
+    m: &Manifest,
+    s: &crate::config::Settings,
+    seen: &mut HashMap<String, Vec<crate::wal::object::WalSection>>,
+) -> std::result::Result<(), String> {
+    let Some(base) = crate::wal::object::BaseEnd::of(&m.source_meta) else {
+        return Ok(());
+    };
+    if s.source.wal.is_none() || m.source != SourceKind::Postgres {
+        return Ok(());
+    }
+    let key = target.describe();
+    if !seen.contains_key(&key) {
+        // Staging lists again, and fails there if the store does.
+        let listed = target
+            .list_wal()
+            .await
+            .map(|l| l.objects)
+            .unwrap_or_default();
+        seen.insert(
+            key.clone(),
+            listed.into_iter().filter_map(|m| m.wal).collect(),
+        );
+    }
+    let sections: Vec<&crate::wal::object::WalSection> = seen[&key].iter().collect();
+    match crate::wal::object::abandoned_by(base, &sections) {
+        Some((timeline, fork)) => Err(format!(
+            "it was taken on timeline {} after timeline {timeline} branched off at {fork} (a restore to a point in time): it holds what that restore undid",
+            base.timeline
+        )),
+        None => Ok(()),
     }
 }
 

@@ -114,7 +114,15 @@ impl Archiver {
         };
         self.recovery_checked = true;
         let server = identity(&client, &self.setup.conn).await?;
-        let forks = history_forks(&self.setup.pgdata.join("pg_wal"), flush.timeline)?;
+        let forks = match history_forks(&self.setup.pgdata.join("pg_wal"), flush.timeline) {
+            Ok(f) => f,
+            // Archiving matters more: objects without forks are not
+            // followed onto, but they are kept.
+            Err(e) => {
+                warn!(error = %e, timeline = flush.timeline, "the timeline's history could not be read; its WAL is archived without it, and a restore from an earlier timeline's base does not follow onto it");
+                vec![]
+            }
+        };
         let (slot_name, conn) = (self.setup.settings.slot.clone(), self.setup.conn.clone());
         let slot = Slot::new(&slot_name, &client, &conn);
         if self.dropped {

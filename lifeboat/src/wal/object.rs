@@ -95,7 +95,12 @@ pub struct Fork {
 }
 
 /// The forks a `<timeline>.history` file lists (`<parent timeline>
-/// <switch point> <reason>` per line, `#` comments), oldest first.
+/// <switch point> <reason>` per line, `#` comments), oldest first. Each
+/// end is cut to the smallest end after it: a second restore to an earlier
+/// point from the same base writes a history whose ends go backwards (the
+/// server names the timeline it aimed for as the parent even when it
+/// stopped on an older one), and the WAL a timeline holds ends where any
+/// later fork left it.
 pub fn parse_history(text: &str) -> Result<Vec<Fork>, String> {
     let mut forks: Vec<Fork> = Vec::new();
     for line in text.lines() {
@@ -107,15 +112,33 @@ pub fn parse_history(text: &str) -> Result<Vec<Fork>, String> {
         let bad = || format!("{line:?} is not a timeline history line");
         let timeline: u32 = parts.next().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
         let end: Lsn = parts.next().and_then(|l| l.parse().ok()).ok_or_else(bad)?;
-        if forks
-            .last()
-            .is_some_and(|f| f.timeline >= timeline || f.end > end)
-        {
-            return Err(format!("{line:?} does not follow the line before it"));
+        if forks.last().is_some_and(|f| f.timeline >= timeline) {
+            return Err(format!("{line:?}: timelines must increase"));
         }
         forks.push(Fork { timeline, end });
     }
+    let mut min = Lsn(u64::MAX);
+    for f in forks.iter_mut().rev() {
+        min = min.min(f.end);
+        f.end = min;
+    }
     Ok(forks)
+}
+
+/// The later timeline that branched off `base`'s timeline before the base
+/// ended, if the archive has one: the base holds WAL that a restore to a
+/// point in time abandoned, and restoring it would bring that back.
+pub fn abandoned_by(base: BaseEnd, objects: &[&WalSection]) -> Option<(u32, Lsn)> {
+    objects
+        .iter()
+        .filter(|w| w.system_identifier.parse::<u64>().ok() == Some(base.system_identifier))
+        .flat_map(|w| {
+            w.forks
+                .iter()
+                .filter(|f| f.timeline == base.timeline && f.end < base.stop)
+                .map(|f| (w.timeline, f.end))
+        })
+        .min_by_key(|(_, end)| *end)
 }
 
 /// The unit [`WalSection::tail_sha256`] covers: PostgreSQL's WAL page
@@ -229,6 +252,8 @@ pub struct Plan<T> {
     /// store, an archive restarted after its slot was dropped): the WAL
     /// after it is not used, and a person should know why.
     pub gap: Option<String>,
+    /// Every object's section of this cluster, in or out of the plan.
+    pub all: Vec<WalSection>,
 }
 
 /// The timelines a restore from `base` follows, each with where it ends
@@ -276,7 +301,8 @@ pub fn plan<T>(base: BaseEnd, objects: Vec<(WalSection, T)>) -> Plan<T> {
         .filter(|(w, _)| w.system_identifier.parse::<u64>().ok() == Some(base.system_identifier))
         .collect();
     mine.sort_by_key(|(w, _)| w.sequence);
-    let sections: Vec<&WalSection> = mine.iter().map(|(w, _)| w).collect();
+    let all: Vec<WalSection> = mine.iter().map(|(w, _)| w.clone()).collect();
+    let sections: Vec<&WalSection> = all.iter().collect();
     let path = lineage(base, &sections);
     let mut end = base.stop;
     let mut out = Vec::new();
@@ -319,6 +345,7 @@ pub fn plan<T>(base: BaseEnd, objects: Vec<(WalSection, T)>) -> Plan<T> {
         end,
         legs,
         gap,
+        all,
     }
 }
 
@@ -436,6 +463,21 @@ mod tests {
             Ok(vec![fork(1, Lsn(0x100_0000).0), fork(2, 0x200_0000)])
         );
         assert!(parse_history("2\t0/2000000\tx\n1\t0/1000000\ty\n").is_err());
+        // A second, earlier restore from the same base: ends go backwards.
+        assert_eq!(
+            parse_history("1\t0/30001B0\ta\n2\t0/3000140\tb\n"),
+            Ok(vec![fork(1, 0x300_0140), fork(2, 0x300_0140)])
+        );
+        let later = WalSection {
+            timeline: 2,
+            forks: vec![fork(1, SEG + 40)],
+            ..section(9, SEG + 40, SEG + 90)
+        };
+        assert_eq!(
+            abandoned_by(base(SEG + 50), &[&later]),
+            Some((2, Lsn(SEG + 40)))
+        );
+        assert_eq!(abandoned_by(base(SEG + 30), &[&later]), None);
     }
 
     #[test]

@@ -48,21 +48,17 @@ pub fn write(
 ) -> Result<()> {
     let signal = pgdata.join("recovery.signal");
     fs::write(&signal, b"").ctx("writing", &signal)?;
-    // The server removes it when it promotes; as root, give it the
-    // cluster's owner like every other file there.
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        use std::os::unix::fs::MetadataExt;
-        let version = pgdata.join("PG_VERSION");
-        let md = fs::metadata(&version).ctx("reading", &version)?;
-        std::os::unix::fs::chown(&signal, Some(md.uid()), Some(md.gid()))
-            .ctx("giving the cluster's owner", &signal)?;
-    }
+    // The server removes it when it promotes.
+    give_cluster_owner(pgdata, &signal)?;
     let auto = pgdata.join("postgresql.auto.conf");
     let stale = fs::read_to_string(&auto)
         .unwrap_or_default()
         .lines()
-        .any(|l| l.trim_start().starts_with("recovery_target_time"));
+        .any(|l| {
+            l.trim_start()
+                .strip_prefix("recovery_target_time")
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        });
     let mut lines = format!(
         "# lifeboat: recovery from the archived WAL; removed once the server has promoted\nrestore_command = '{RESTORE_COMMAND}'\n"
     );
@@ -86,6 +82,20 @@ pub fn write(
         .ctx("opening", &auto)?;
     f.write_all(lines.as_bytes()).ctx("writing", &auto)?;
     f.sync_all().ctx("syncing", &auto)
+}
+
+/// As root, gives `path` (a file we wrote into `pgdata`) the cluster's
+/// owner, like every other file there.
+pub fn give_cluster_owner(pgdata: &Path, path: &Path) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        use std::os::unix::fs::MetadataExt;
+        let version = pgdata.join("PG_VERSION");
+        let md = fs::metadata(&version).ctx("reading", &version)?;
+        std::os::unix::fs::chown(path, Some(md.uid()), Some(md.gid()))
+            .ctx("giving the cluster's owner", path)?;
+    }
+    Ok(())
 }
 
 /// Once the server runs as a primary, takes our recovery settings away

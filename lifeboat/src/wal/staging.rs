@@ -45,6 +45,9 @@ struct Leg {
     timeline: u32,
     from: Lsn,
     to: Lsn,
+    /// Where the staged files of this timeline end: past `to` when an
+    /// object runs over the timeline's fork.
+    files_to: Lsn,
     size: SegmentSize,
 }
 
@@ -55,11 +58,15 @@ impl Staged {
         self.objects += 1;
         let to = w.to.min(cap);
         match self.legs.last_mut() {
-            Some(l) if l.timeline == w.timeline => l.to = to,
+            Some(l) if l.timeline == w.timeline => {
+                l.to = to;
+                l.files_to = w.to;
+            }
             _ => self.legs.push(Leg {
                 timeline: w.timeline,
                 from: w.covers_from(),
                 to,
+                files_to: w.to,
                 size: SegmentSize::new(w.segment_size).unwrap_or(SegmentSize::DEFAULT),
             }),
         }
@@ -117,6 +124,7 @@ pub async fn stage(
             }
             let pg_wal = staging.join("pg_wal");
             fs::create_dir_all(&pg_wal).ctx("creating", &pg_wal)?;
+            write_histories(&pg_wal, &plan.all, staging)?;
             for m in &plan.objects {
                 match stage_one(target, m, origin, dest, &pg_wal, keys, every).await {
                     Ok(()) => {
@@ -139,6 +147,11 @@ pub async fn stage(
             }
         }
     }
+    if let Some(last) = staged.legs.last() {
+        if last.files_to > last.to {
+            cut_at(&staging.join("pg_wal"), last)?;
+        }
+    }
     if let Until::Time { at, setting } = until {
         staged.target_time = stop_at(&staged, base, staging, *at, setting)?;
     }
@@ -156,6 +169,73 @@ pub async fn stage(
         "archived WAL staged; the server replays it and promotes when it starts"
     );
     Ok(staged)
+}
+
+/// The staged WAL of the last leg's timeline ends at its `to` (a fork the
+/// restore could not follow: a gap, a bad object): the bytes after it in
+/// its segment become zeros, which end WAL, and its later segments go, so
+/// the server never replays what that timeline wrote after the fork.
+fn cut_at(pg_wal: &Path, leg: &Leg) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let seg = leg.size.segment_of(leg.to);
+    let offset = leg.size.offset_in(leg.to);
+    for e in fs::read_dir(pg_wal).ctx("reading", pg_wal)? {
+        let path = e.ctx("reading", pg_wal)?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let Some(s) = name.and_then(|n| super::position::Segment::parse(&n, leg.size)) else {
+            continue;
+        };
+        if s.timeline != leg.timeline || s.segno < seg {
+            continue;
+        }
+        if s.segno == seg && offset > 0 {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .ctx("opening", &path)?;
+            let zeros = vec![0u8; (leg.size.bytes() - offset) as usize];
+            f.write_all_at(&zeros, offset).ctx("writing", &path)?;
+            f.sync_all().ctx("syncing", &path)?;
+        } else {
+            fs::remove_file(&path).ctx("removing", &path)?;
+        }
+    }
+    warn!(timeline = leg.timeline, at = %leg.to, "the staged WAL of this timeline is cut at its fork: what it wrote after it was abandoned");
+    Ok(())
+}
+
+/// A `<timeline>.history` in `pg_wal` for every later timeline the archive
+/// knows (rebuilt from its objects' forks) that is not there yet: a server
+/// that promotes picks a timeline no history names, and must never pick one
+/// the archive already holds WAL of.
+fn write_histories(pg_wal: &Path, all: &[super::object::WalSection], staging: &Path) -> Result<()> {
+    let mut newest: std::collections::BTreeMap<u32, &super::object::WalSection> =
+        Default::default();
+    for w in all.iter().filter(|w| w.timeline > 1 && !w.forks.is_empty()) {
+        let e = newest.entry(w.timeline).or_insert(w);
+        if w.sequence > e.sequence {
+            *e = w;
+        }
+    }
+    for (timeline, w) in newest {
+        let path = pg_wal.join(format!("{timeline:08X}.history"));
+        if path.exists() {
+            continue;
+        }
+        let text: String = w
+            .forks
+            .iter()
+            .map(|f| {
+                format!(
+                    "{}\t{}\tlifeboat: rebuilt from the archive\n",
+                    f.timeline, f.end
+                )
+            })
+            .collect();
+        fs::write(&path, text).ctx("writing", &path)?;
+        recovery::give_cluster_owner(staging, &path)?;
+    }
+    Ok(())
 }
 
 /// Where recovery to `at` stops: at `at` when a transaction ended after it
