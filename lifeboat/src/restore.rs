@@ -314,7 +314,7 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
         return Ok(Outcome::NoArtifacts);
     }
     let tried = candidates.len();
-    let mut wal_seen = HashMap::new();
+    let mut wal_seen = None;
     // The id whose copies failed only for reasons that may pass.
     let mut stalled: Option<(String, Error)> = None;
     let mut bad = ProvenBad::default();
@@ -330,7 +330,7 @@ pub async fn restore_newest(targets: &[AnyTarget], s: &crate::config::Settings) 
             }
             stalled = Some((id, e));
         }
-        if let Err(reason) = fits(target, m, s, &mut wal_seen).await {
+        if let Err(reason) = fits(targets, m, s, &mut wal_seen).await {
             warn!(id = %m.id, target = %target.describe(), "{reason}; trying the next candidate");
             skipped.push(format!("{} on {}: {reason}", m.id, target.describe()));
             continue;
@@ -427,25 +427,26 @@ fn before_target_time(
 /// Whether a candidate is one this restore may use at all: of the
 /// configured source, finished by a target time, not abandoned.
 async fn fits(
-    target: &AnyTarget,
+    targets: &[AnyTarget],
     m: &Manifest,
     s: &crate::config::Settings,
-    seen: &mut HashMap<String, Vec<crate::wal::object::WalSection>>,
+    seen: &mut Option<Vec<crate::wal::object::WalSection>>,
 ) -> std::result::Result<(), String> {
     s.source.fits(m)?;
     before_target_time(s, m)?;
-    abandoned(target, m, s, seen).await
+    abandoned(targets, m, s, seen).await
 }
 
 /// A PostgreSQL base taken on a timeline after a later timeline branched
 /// off it (a restore to a point in time, whose new timeline has no base
 /// backup yet) holds what that restore undid: restoring it would bring that
-/// back. Its archived WAL is listed once per target.
+/// back. The archived WAL of every target is listed once (WAL lives on the
+/// primary, a base's copies also elsewhere).
 async fn abandoned(
-    target: &AnyTarget,
+    targets: &[AnyTarget],
     m: &Manifest,
     s: &crate::config::Settings,
-    seen: &mut HashMap<String, Vec<crate::wal::object::WalSection>>,
+    seen: &mut Option<Vec<crate::wal::object::WalSection>>,
 ) -> std::result::Result<(), String> {
     let Some(base) = crate::wal::object::BaseEnd::of(&m.source_meta) else {
         return Ok(());
@@ -453,20 +454,19 @@ async fn abandoned(
     if s.source.wal.is_none() || m.source != SourceKind::Postgres {
         return Ok(());
     }
-    let key = target.describe();
-    if !seen.contains_key(&key) {
-        // Staging lists again, and fails there if the store does.
-        let listed = target
-            .list_wal()
-            .await
-            .map(|l| l.objects)
-            .unwrap_or_default();
-        seen.insert(
-            key.clone(),
-            listed.into_iter().filter_map(|m| m.wal).collect(),
-        );
+    if seen.is_none() {
+        let mut all = Vec::new();
+        for t in targets {
+            match t.list_wal().await {
+                Ok(l) => all.extend(l.objects.into_iter().filter_map(|m| m.wal)),
+                Err(e) => {
+                    warn!(target = %t.describe(), error = %e, "archived WAL could not be listed; a base a point-in-time restore abandoned may not be recognised")
+                }
+            }
+        }
+        *seen = Some(all);
     }
-    let sections: Vec<&crate::wal::object::WalSection> = seen[&key].iter().collect();
+    let sections: Vec<&crate::wal::object::WalSection> = seen.iter().flatten().collect();
     match crate::wal::object::abandoned_by(base, &sections) {
         Some((timeline, fork)) => Err(format!(
             "it was taken on timeline {} after timeline {timeline} branched off at {fork} (a restore to a point in time): it holds what that restore undid",

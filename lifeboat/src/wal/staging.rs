@@ -204,35 +204,48 @@ fn cut_at(pg_wal: &Path, leg: &Leg) -> Result<()> {
     Ok(())
 }
 
-/// A `<timeline>.history` in `pg_wal` for every later timeline the archive
-/// knows (rebuilt from its objects' forks) that is not there yet: a server
-/// that promotes picks a timeline no history names, and must never pick one
-/// the archive already holds WAL of.
+/// A `<timeline>.history` in `pg_wal` for every timeline from 2 to the
+/// newest the archive knows (of its objects, or named in their forks) that
+/// has none there yet, rebuilt from the newest object's forks, or a comment
+/// when none recorded them: a server that promotes takes the number after
+/// the first missing history, and must never take one the archive already
+/// holds WAL of. Only the target timeline's history is read, and that one
+/// is real (the base's own, or its first object's, which replaces this).
 fn write_histories(pg_wal: &Path, all: &[super::object::WalSection], staging: &Path) -> Result<()> {
     let mut newest: std::collections::BTreeMap<u32, &super::object::WalSection> =
         Default::default();
-    for w in all.iter().filter(|w| w.timeline > 1 && !w.forks.is_empty()) {
+    for w in all.iter().filter(|w| !w.forks.is_empty()) {
         let e = newest.entry(w.timeline).or_insert(w);
         if w.sequence > e.sequence {
             *e = w;
         }
     }
-    for (timeline, w) in newest {
+    let known = all
+        .iter()
+        .flat_map(|w| std::iter::once(w.timeline).chain(w.forks.iter().map(|f| f.timeline)))
+        .max()
+        .unwrap_or(1);
+    for timeline in 2..=known {
         let path = pg_wal.join(format!("{timeline:08X}.history"));
-        if path.exists() {
+        if fs::symlink_metadata(&path).is_ok_and(|md| md.is_file()) {
             continue;
         }
-        let text: String = w
-            .forks
-            .iter()
-            .map(|f| {
-                format!(
-                    "{}\t{}\tlifeboat: rebuilt from the archive\n",
-                    f.timeline, f.end
-                )
-            })
-            .collect();
-        fs::write(&path, text).ctx("writing", &path)?;
+        let text: String = match newest.get(&timeline) {
+            Some(w) => w
+                .forks
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{}\t{}\tlifeboat: rebuilt from the archive\n",
+                        f.timeline, f.end
+                    )
+                })
+                .collect(),
+            None => format!(
+                "# lifeboat: timeline {timeline} is in the archive; its history was not archived\n"
+            ),
+        };
+        crate::durable::write_synced(&path, text.as_bytes())?;
         recovery::give_cluster_owner(staging, &path)?;
     }
     Ok(())
@@ -431,6 +444,35 @@ mod tests {
                 "000000020000000000000004",
             ]
         );
+    }
+
+    #[test]
+    fn every_timeline_the_archive_knows_gets_a_history_so_none_is_reused() {
+        use super::super::object::Fork;
+        let tmp = tempfile::tempdir().unwrap();
+        let pg_wal = tmp.path().join("pg_wal");
+        fs::create_dir_all(&pg_wal).unwrap();
+        fs::write(tmp.path().join("PG_VERSION"), "17").unwrap();
+        fs::write(pg_wal.join("00000002.history"), "the base's own").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", pg_wal.join("00000004.history")).unwrap();
+        let fork = |timeline, end| Fork {
+            timeline,
+            end: Lsn(end),
+        };
+        let mut on4 = object().wal.unwrap();
+        on4.timeline = 4;
+        on4.forks = vec![fork(1, 0x100), fork(3, 0x200)];
+        write_histories(&pg_wal, &[on4], tmp.path()).unwrap();
+        let read = |n: &str| fs::read_to_string(pg_wal.join(n)).unwrap();
+        assert_eq!(read("00000002.history"), "the base's own");
+        assert!(read("00000003.history").starts_with("# lifeboat: timeline 3"));
+        assert_eq!(
+            read("00000004.history"),
+            "1\t0/100\tlifeboat: rebuilt from the archive\n3\t0/200\tlifeboat: rebuilt from the archive\n"
+        );
+        assert!(!fs::symlink_metadata(pg_wal.join("00000004.history"))
+            .unwrap()
+            .is_symlink());
     }
 
     #[test]
