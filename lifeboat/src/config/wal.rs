@@ -24,19 +24,18 @@ pub(super) fn wal_settings(
     problems: &mut Problems,
 ) -> Option<WalSettings> {
     let until = until(r, problems);
-    let Some(v) = r.env("LIFEBOAT_POSTGRES_WAL") else {
+    let v = r.env("LIFEBOAT_POSTGRES_WAL");
+    let off = v
+        .as_ref()
+        .is_none_or(|v| matches!(v.text.trim(), "" | "off" | "false"));
+    if off {
         if let Some(t) = r.pick("LIFEBOAT_RESTORE_TARGET_TIME") {
             problems.fail(&t, "needs LIFEBOAT_POSTGRES_WAL=on: only archived WAL can bring back a point in time between base backups".into());
         }
         return None;
-    };
+    }
+    let v = v?;
     match v.text.trim() {
-        "" | "off" | "false" => {
-            if let Some(t) = r.pick("LIFEBOAT_RESTORE_TARGET_TIME") {
-                problems.fail(&t, "needs LIFEBOAT_POSTGRES_WAL=on: only archived WAL can bring back a point in time between base backups".into());
-            }
-            return None;
-        }
         "on" | "true" => {}
         _ => {
             problems.fail(

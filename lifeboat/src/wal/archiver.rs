@@ -55,6 +55,8 @@ pub struct Archiver {
     dropped: bool,
     /// Times the slot was dropped past the bound.
     pub drops: u64,
+    /// The last timeline's history forks, once read.
+    forks: Option<(u32, Vec<super::object::Fork>)>,
 }
 
 /// What one pass did.
@@ -87,6 +89,7 @@ impl Archiver {
             recovery_checked: false,
             dropped: false,
             drops: 0,
+            forks: None,
         }
     }
 
@@ -114,15 +117,7 @@ impl Archiver {
         };
         self.recovery_checked = true;
         let server = identity(&client, &self.setup.conn).await?;
-        let forks = match history_forks(&self.setup.pgdata.join("pg_wal"), flush.timeline) {
-            Ok(f) => f,
-            // Archiving matters more: objects without forks are not
-            // followed onto, but they are kept.
-            Err(e) => {
-                warn!(error = %e, timeline = flush.timeline, "the timeline's history could not be read; its WAL is archived without it, and a restore from an earlier timeline's base does not follow onto it");
-                vec![]
-            }
-        };
+        let forks = self.forks(flush.timeline);
         let (slot_name, conn) = (self.setup.settings.slot.clone(), self.setup.conn.clone());
         let slot = Slot::new(&slot_name, &client, &conn);
         if self.dropped {
@@ -185,6 +180,28 @@ impl Archiver {
                 timeline,
             }
         })
+    }
+
+    /// The forks of `timeline`'s history, read once per timeline (a
+    /// history never changes once written), not on every pass.
+    fn forks(&mut self, timeline: u32) -> Vec<super::object::Fork> {
+        if let Some((t, f)) = &self.forks {
+            if *t == timeline {
+                return f.clone();
+            }
+        }
+        match history_forks(&self.setup.pgdata.join("pg_wal"), timeline) {
+            Ok(f) => {
+                self.forks = Some((timeline, f.clone()));
+                f
+            }
+            // Archiving matters more: objects without forks are not
+            // followed onto, but they are kept. Read again next pass.
+            Err(e) => {
+                warn!(error = %e, timeline, "the timeline's history could not be read; its WAL is archived without it, and a restore from an earlier timeline's base does not follow onto it");
+                vec![]
+            }
+        }
     }
 
     /// After an object could not be stored: when the slot now holds more

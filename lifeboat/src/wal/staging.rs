@@ -25,17 +25,17 @@ use crate::{Error, Result};
 
 /// What was staged.
 #[derive(Debug, Default)]
-pub struct Staged {
-    pub objects: usize,
+struct Staged {
+    objects: usize,
     /// Where the staged WAL ends (the base's own end without objects).
-    pub end: Option<Lsn>,
+    end: Option<Lsn>,
     /// The staged WAL's parts, one per timeline, oldest first.
     legs: Vec<Leg>,
     /// Every transaction that ended by then is in the staged WAL
     /// (`WalSection::reaches`).
     reaches: Option<DateTime<Utc>>,
     /// The time recovery stops at, when it stops before the end.
-    pub target_time: Option<DateTime<Utc>>,
+    target_time: Option<DateTime<Utc>>,
 }
 
 /// The staged WAL of one timeline: from the start of its first object's
@@ -91,7 +91,7 @@ pub async fn stage(
     keys: Option<&Identities>,
     every: std::time::Duration,
     until: &Until,
-) -> Result<Staged> {
+) -> Result<()> {
     let mut staged = Staged::default();
     let origin = base
         .paths
@@ -168,7 +168,7 @@ pub async fn stage(
         target_time = staged.target_time.map(|t| t.to_rfc3339()),
         "archived WAL staged; the server replays it and promotes when it starts"
     );
-    Ok(staged)
+    Ok(())
 }
 
 /// The staged WAL of the last leg's timeline ends at its `to` (a fork the
@@ -176,7 +176,6 @@ pub async fn stage(
 /// its segment become zeros, which end WAL, and its later segments go, so
 /// the server never replays what that timeline wrote after the fork.
 fn cut_at(pg_wal: &Path, leg: &Leg) -> Result<()> {
-    use std::os::unix::fs::FileExt;
     let seg = leg.size.segment_of(leg.to);
     let offset = leg.size.offset_in(leg.to);
     for e in fs::read_dir(pg_wal).ctx("reading", pg_wal)? {
@@ -189,12 +188,14 @@ fn cut_at(pg_wal: &Path, leg: &Leg) -> Result<()> {
             continue;
         }
         if s.segno == seg && offset > 0 {
+            // Cut and grown back: zeros to the segment's size, with no
+            // buffer of a segment's size (up to 1 GiB) in memory.
             let f = fs::OpenOptions::new()
                 .write(true)
                 .open(&path)
                 .ctx("opening", &path)?;
-            let zeros = vec![0u8; (leg.size.bytes() - offset) as usize];
-            f.write_all_at(&zeros, offset).ctx("writing", &path)?;
+            f.set_len(offset).ctx("cutting", &path)?;
+            f.set_len(leg.size.bytes()).ctx("cutting", &path)?;
             f.sync_all().ctx("syncing", &path)?;
         } else {
             fs::remove_file(&path).ctx("removing", &path)?;
@@ -473,6 +474,37 @@ mod tests {
         assert!(!fs::symlink_metadata(pg_wal.join("00000004.history"))
             .unwrap()
             .is_symlink());
+    }
+
+    #[test]
+    fn a_timeline_cut_at_its_fork_keeps_nothing_written_after_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mib = 1u64 << 20;
+        let size = SegmentSize::new(mib).unwrap();
+        for name in [
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000010000000000000005",
+            "000000020000000000000004",
+        ] {
+            fs::write(tmp.path().join(name), vec![0xAA; mib as usize]).unwrap();
+        }
+        let leg = Leg {
+            timeline: 1,
+            from: Lsn(3 * mib),
+            to: Lsn(4 * mib + 100),
+            files_to: Lsn(5 * mib + 7),
+            size,
+        };
+        cut_at(tmp.path(), &leg).unwrap();
+        let read = |n: &str| fs::read(tmp.path().join(n)).unwrap();
+        assert!(read("000000010000000000000003").iter().all(|b| *b == 0xAA));
+        let cut = read("000000010000000000000004");
+        assert_eq!(cut.len() as u64, mib);
+        assert!(cut[..100].iter().all(|b| *b == 0xAA));
+        assert!(cut[100..].iter().all(|b| *b == 0));
+        assert!(!tmp.path().join("000000010000000000000005").exists());
+        assert!(read("000000020000000000000004").iter().all(|b| *b == 0xAA));
     }
 
     #[test]
