@@ -119,6 +119,31 @@ fn postgres_18_after_a_point_in_time_restore_the_new_timeline_is_followed() {
     onto_the_new_timeline(18);
 }
 
+#[test]
+fn postgres_14_retention_drops_the_wal_no_kept_base_needs() {
+    retention_follows_the_bases(14);
+}
+
+#[test]
+fn postgres_15_retention_drops_the_wal_no_kept_base_needs() {
+    retention_follows_the_bases(15);
+}
+
+#[test]
+fn postgres_16_retention_drops_the_wal_no_kept_base_needs() {
+    retention_follows_the_bases(16);
+}
+
+#[test]
+fn postgres_17_retention_drops_the_wal_no_kept_base_needs() {
+    retention_follows_the_bases(17);
+}
+
+#[test]
+fn postgres_18_retention_drops_the_wal_no_kept_base_needs() {
+    retention_follows_the_bases(18);
+}
+
 const ACCOUNTS: u32 = 10;
 
 /// The sidecar's settings for this test: WAL every second, and a schedule
@@ -545,4 +570,82 @@ fn onto_the_new_timeline(major: u32) {
         "timeline 1 to the fork, then timeline 2"
     );
     assert_eq!(broken_accounts(&c), Vec::<String>::new());
+}
+
+/// Retention drops the WAL objects no kept base can use, and a restore
+/// still brings back every transfer. A trickle (each batch its own object,
+/// the current segment carried again) leaves superseded objects; a new
+/// base backup with `LIFEBOAT_RETENTION=last=1` leaves the older base and
+/// every object before the new one unneeded. Only the newest object
+/// (the archiver continues from it) and what follows the kept base stay.
+fn retention_follows_the_bases(major: u32) {
+    let Some(a) = archiving(major) else {
+        return;
+    };
+    let (mut pg, history, sc) = (a.pg, a.history, a.sc);
+    let c = pg.sync_client("postgres");
+    let mut n = 0;
+    for batch in 0..5 {
+        if batch == 4 {
+            c.exec("SELECT pg_switch_wal()");
+        }
+        for _ in 0..10 {
+            transfer(&c, n);
+            n += 1;
+        }
+        let _ = wait_archived(&sc, &c, &history);
+    }
+    assert!(sc.stop().success());
+    drop(c);
+    let before = wal_objects(&history);
+    assert!(before.len() >= 5, "{before:?}");
+    let out = run_ok(
+        pg.cmd(
+            "lifeboat-sidecar",
+            &[
+                ("LIFEBOAT_POSTGRES_WAL", "on"),
+                ("LIFEBOAT_RETENTION", "last=1"),
+            ],
+        )
+        .arg("backup-now"),
+    );
+    let said = stderr(&out);
+    assert_eq!(bases(&history).len(), 1, "{said}");
+    assert!(said.contains("retention deleted a WAL object"), "{said}");
+    assert!(said.contains("superseded"), "{said}");
+    assert!(said.contains("before every kept base backup"), "{said}");
+    let base = base_manifest(&history);
+    let stop = lsn(base["source_meta"]["stop_lsn"].as_str().unwrap());
+    let after = wal_objects(&history);
+    assert!(after.len() < before.len(), "{after:?}");
+    let newest = before.last().unwrap()["id"].clone();
+    for m in &after {
+        let to = lsn(m["wal"]["to"].as_str().unwrap());
+        assert!(
+            to > stop || m["id"] == newest,
+            "{m} ends before the kept base"
+        );
+    }
+
+    // The archive goes on from the newest object, and a restore from the
+    // kept base brings every transfer back.
+    let sc = RunningSidecar::start(&pairs(&a.env), &a.log);
+    let c = pg.sync_client("postgres");
+    for _ in 0..10 {
+        transfer(&c, n);
+        n += 1;
+    }
+    let _ = wait_archived(&sc, &c, &history);
+    assert!(sc.stop().success());
+    drop(c);
+    let c = lose_and_restore(&mut pg);
+    all_transfers_back(&c, n);
+}
+
+/// The manifest of the only base backup in the history.
+fn base_manifest(history: &Path) -> serde_json::Value {
+    let base = bases(history);
+    let id = base[0].file_name().unwrap().to_string_lossy();
+    let id = id.split('.').next().unwrap();
+    serde_json::from_slice(&fs::read(history.join(format!("{id}.manifest.json"))).unwrap()).unwrap()
 }

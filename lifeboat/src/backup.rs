@@ -563,6 +563,17 @@ pub async fn apply_retention(target: &AnyTarget, policy: &retention::Policy) -> 
     }
     // Last: what any kept link builds on stays, whatever kept the link.
     retention::keep_bases(&mut decisions, &bases_of(&listing));
+    let kept_bases: Vec<crate::wal::prune::KeptBase> = listing
+        .artifacts
+        .iter()
+        .filter(|a| decisions.iter().any(|d| d.id == a.manifest.id && d.keep()))
+        .filter_map(|a| {
+            Some(crate::wal::prune::KeptBase {
+                end: crate::wal::object::BaseEnd::of(&a.manifest.source_meta)?,
+                started_at: a.manifest.started_at,
+            })
+        })
+        .collect();
     for d in decisions {
         if d.keep() {
             tracing::debug!(id = %d.id, reasons = %d.reasons.join(", "), "retention keeps");
@@ -580,7 +591,8 @@ pub async fn apply_retention(target: &AnyTarget, policy: &retention::Policy) -> 
             }
         }
     }
-    Ok(())
+    // The archived WAL follows the bases: what no kept one can use goes.
+    crate::wal::prune::apply(target, &kept_bases, listing.problems.is_empty()).await
 }
 
 /// Each chain link's base, for [`retention::keep_bases`].

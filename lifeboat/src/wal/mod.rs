@@ -11,6 +11,8 @@
 //!   which objects a restore stages after a base backup;
 //! - `records.rs`: commit and abort times read out of staged WAL, for a
 //!   restore to a point in time;
+//! - `prune.rs`: retention of WAL objects: those no restore from a kept
+//!   base can use;
 //! - `position.rs`: WAL positions (LSNs), segment sizes and segment file names;
 //! - `span.rs`: which segments the next WAL object carries, and up to where;
 //! - `segments.rs`: a span's segments read from `pg_wal/`, checked to be the
@@ -24,6 +26,7 @@
 pub mod archiver;
 pub mod object;
 pub mod position;
+pub mod prune;
 pub mod records;
 pub mod recovery;
 pub mod segments;
