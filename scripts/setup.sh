@@ -19,6 +19,9 @@ command -v age >/dev/null || missing+=(age)
 command -v strace >/dev/null || missing+=(strace)
 # tests/s3.rs makes a self-signed certificate for SeaweedFS's HTTPS port.
 command -v openssl >/dev/null || missing+=(openssl)
+# Prometheus's promtool evaluates manifests/prometheusrule.yaml's alerts on
+# what a real sidecar exports (tests/support/alerts.rs).
+command -v promtool >/dev/null || missing+=(prometheus)
 # scripts/build-static.sh: ldd, chroot (in /usr/sbin, off a non-root PATH).
 command -v ldd >/dev/null || missing+=(libc-bin)
 [ -x /usr/sbin/chroot ] || missing+=(coreutils)

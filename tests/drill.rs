@@ -159,7 +159,7 @@ fn a_failed_drill_is_recorded_listed_and_skipped_by_the_next_restore() {
     // The app pod's sidecar says so: an ERROR line (and, in a cluster, a
     // DrillFailed Event and a notification), and its metrics.
     {
-        let (port, got) = receiver();
+        let (port, got) = notifications::receiver();
         let url = format!("http://127.0.0.1:{port}/hook");
         let log = pod.tmp.path().join("sidecar-failed.log");
         let sc = pod.sidecar_with(&log, &[("LIFEBOAT_NOTIFY_URL", url.as_str())]);
@@ -364,33 +364,6 @@ fn a_drill_without_its_report_or_check_says_what_is_missing() {
         1,
         "a drill's volume must be empty",
     );
-}
-
-type Bodies = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
-
-/// A notification receiver on 127.0.0.1 that answers 200 and keeps the bodies.
-fn receiver() -> (u16, Bodies) {
-    use std::io::Write;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let got: Bodies = Default::default();
-    let seen = got.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let Some(req) = read_request(&mut std::io::BufReader::new(&stream)) else {
-                continue;
-            };
-            if let Ok(v) = serde_json::from_slice(&req.body) {
-                seen.lock().unwrap().push(v);
-            }
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-        }
-    });
-    (port, got)
 }
 
 /// Drills configured but none ever passed (the CronJob never ran, or every

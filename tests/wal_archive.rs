@@ -144,6 +144,31 @@ fn postgres_18_retention_drops_the_wal_no_kept_base_needs() {
     retention_follows_the_bases(18);
 }
 
+#[test]
+fn postgres_14_past_the_bound_the_slot_goes_and_a_new_chain_starts() {
+    past_the_bound(14);
+}
+
+#[test]
+fn postgres_15_past_the_bound_the_slot_goes_and_a_new_chain_starts() {
+    past_the_bound(15);
+}
+
+#[test]
+fn postgres_16_past_the_bound_the_slot_goes_and_a_new_chain_starts() {
+    past_the_bound(16);
+}
+
+#[test]
+fn postgres_17_past_the_bound_the_slot_goes_and_a_new_chain_starts() {
+    past_the_bound(17);
+}
+
+#[test]
+fn postgres_18_past_the_bound_the_slot_goes_and_a_new_chain_starts() {
+    past_the_bound(18);
+}
+
 const ACCOUNTS: u32 = 10;
 
 /// The sidecar's settings for this test: WAL every second, and a schedule
@@ -237,6 +262,8 @@ fn lose_and_restore_with(pg: &mut PgServer, extra: &[(&'static str, &str)]) -> S
     env.extend_from_slice(extra);
     let out = run_ok(&mut pg.cmd("lifeboat-restore", &env));
     let said = stderr(&out);
+    // Shown when the test fails: what the restore chose and staged.
+    eprintln!("lifeboat-restore said:\n{said}");
     assert!(said.contains("archived WAL staged"), "{said}");
     pg.start();
     pg.wait_promoted()
@@ -559,6 +586,10 @@ fn onto_the_new_timeline(major: u32) {
         }
     }
 
+    eprintln!(
+        "the sidecar said:\n{}",
+        fs::read_to_string(&a.log).unwrap_or_default()
+    );
     // The newest base (timeline 1, after the fork) is passed over for the
     // first one, which follows timeline 2.
     let c = lose_and_restore(&mut pg);
@@ -648,4 +679,143 @@ fn base_manifest(history: &Path) -> serde_json::Value {
     let id = base[0].file_name().unwrap().to_string_lossy();
     let id = id.split('.').next().unwrap();
     serde_json::from_slice(&fs::read(history.join(format!("{id}.manifest.json"))).unwrap()).unwrap()
+}
+
+/// The bound, with the sidecar down: the sidecar sets PostgreSQL's own
+/// `max_slot_wal_keep_size` to `LIFEBOAT_WAL_MAX_RETAINED`, so while it is
+/// killed and the server writes more than that, a checkpoint invalidates
+/// the slot and `pg_wal/` stays small. Started again, the sidecar reports
+/// the gap (ERROR, `wal_slot_dropped` notification, the metric, and the
+/// `LifeboatWalSlotDropped` alert fires on it under promtool), makes a new
+/// slot, takes a new base backup, and archives on: a restore brings back
+/// every transfer.
+fn past_the_bound(major: u32) {
+    let Some(mut pg) = server(major) else {
+        return;
+    };
+    bank(&pg.sync_client("postgres"));
+    let history = history(&pg.backup, "wal-0");
+    let log = pg.root.join("sidecar.log");
+    let (port, told) = notifications::receiver();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let mut env = wal_env(&pg);
+    env.push(("LIFEBOAT_WAL_MAX_RETAINED", "64MiB".into()));
+    env.push(("LIFEBOAT_NOTIFY_URL", url));
+    let sc = RunningSidecar::start(&pairs(&env), &log);
+    sc.wait_for("the first base backup", 120, |_| {
+        !bases(&history).is_empty()
+    });
+    let c = pg.sync_client("postgres");
+    assert_eq!(c.one("SHOW max_slot_wal_keep_size"), "64MB");
+    for n in 0..50 {
+        transfer(&c, n);
+    }
+    let _ = wait_archived(&sc, &c, &history);
+    drop(sc);
+
+    // ~100 MiB of WAL with nobody archiving, then a checkpoint: the server
+    // gives up the slot's hold itself.
+    c.exec(
+        "CREATE TABLE filler AS SELECT g, repeat(md5(g::text), 32) AS pad FROM generate_series(1, 90000) g",
+    );
+    c.exec("CHECKPOINT");
+    assert_eq!(
+        c.one("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'lifeboat'"),
+        "lost"
+    );
+    // The slot holds nothing back: pg_wal keeps only what the server keeps
+    // without slots (from the last checkpoint's redo point on, and
+    // segments recycled for reuse), not the ~100 MiB written since.
+    let redo = c.one("SELECT pg_walfile_name(redo_lsn) FROM pg_control_checkpoint()");
+    let oldest = fs::read_dir(pg.data.join("pg_wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .min()
+        .unwrap();
+    assert!(
+        oldest >= redo,
+        "pg_wal still holds {oldest}, before the redo point's {redo}"
+    );
+    for n in 50..60 {
+        transfer(&c, n);
+    }
+
+    let sc = RunningSidecar::start(&pairs(&env), &log);
+    sc.wait_for("the wal_slot_dropped notification", 60, |_| {
+        told.lock()
+            .unwrap()
+            .iter()
+            .any(|b| b["event"] == "wal_slot_dropped")
+    });
+    sc.wait_for("a new base backup", 120, |_| bases(&history).len() == 2);
+    let said = sc.log_text();
+    assert!(
+        said.contains("PostgreSQL invalidated the replication slot"),
+        "{said}"
+    );
+    let body = told
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|b| b["event"] == "wal_slot_dropped")
+        .cloned()
+        .unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_slot_wal_keep_size"),
+        "{body}"
+    );
+    let m = sc.scrape();
+    assert_eq!(m["lifeboat_wal_slot_dropped_total"], 1.0, "{m:?}");
+    assert_eq!(sc.status()["wal"]["slot_dropped"], 1);
+    the_alert_fires_on(m["lifeboat_wal_slot_dropped_timestamp_seconds"]);
+
+    for n in 60..100 {
+        transfer(&c, n);
+    }
+    let _ = wait_archived(&sc, &c, &history);
+    assert!(sc.stop().success());
+    drop(c);
+    let c = lose_and_restore(&mut pg);
+    all_transfers_back(&c, 100);
+}
+
+/// LifeboatWalSlotDropped under promtool, on the drop time the sidecar
+/// exported: scraped at minute 10 of the test's clock (the value moved by
+/// the same amount), the alert fires within the hour after and not later.
+fn the_alert_fires_on(dropped_at: f64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let at = (dropped_at - now + 600.0).round();
+    let labels = [("namespace", "default"), ("pod", "wal-0")];
+    alerts::check(
+        &[alerts::Series {
+            series:
+                r#"lifeboat_wal_slot_dropped_timestamp_seconds{namespace="default",pod="wal-0"}"#
+                    .into(),
+            values: format!("_x9 {at}x200"),
+        }],
+        &[
+            alerts::Expect {
+                at: "5m",
+                alert: "LifeboatWalSlotDropped",
+                labels: None,
+            },
+            alerts::Expect {
+                at: "30m",
+                alert: "LifeboatWalSlotDropped",
+                labels: Some(&labels),
+            },
+            alerts::Expect {
+                at: "80m",
+                alert: "LifeboatWalSlotDropped",
+                labels: None,
+            },
+        ],
+    );
 }

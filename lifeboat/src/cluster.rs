@@ -58,6 +58,9 @@ pub enum Reason {
     RestoreFailed,
     /// A restore drill's check did not pass on an artifact.
     DrillFailed,
+    /// The WAL archive's replication slot was dropped with WAL never
+    /// archived: point-in-time restores have a gap until the next base.
+    WalSlotDropped,
 }
 
 impl Reason {
@@ -68,11 +71,15 @@ impl Reason {
             Reason::RestoreCompleted => "RestoreCompleted",
             Reason::RestoreFailed => "RestoreFailed",
             Reason::DrillFailed => "DrillFailed",
+            Reason::WalSlotDropped => "WalSlotDropped",
         }
     }
     fn event_type(self) -> &'static str {
         match self {
-            Reason::BackupFailed | Reason::RestoreFailed | Reason::DrillFailed => "Warning",
+            Reason::BackupFailed
+            | Reason::RestoreFailed
+            | Reason::DrillFailed
+            | Reason::WalSlotDropped => "Warning",
             _ => "Normal",
         }
     }

@@ -125,12 +125,20 @@ fn wal_metrics(o: &mut Out, w: &crate::status::WalState, now: DateTime<Utc>) {
     o.family(
         "lifeboat_wal_slot_dropped",
         "counter",
-        "Times the replication slot was dropped past LIFEBOAT_WAL_MAX_RETAINED (WAL from then until a new base backup is not restorable).",
+        "Times the replication slot was dropped with WAL never archived (past LIFEBOAT_WAL_MAX_RETAINED, or by the server past max_slot_wal_keep_size): WAL from then until a new base backup is not restorable.",
     );
     o.sample(
         "lifeboat_wal_slot_dropped_total",
         &[],
         w.slot_dropped as f64,
+    );
+    // A time, not only the counter: a drop found in the first pass after
+    // a restart is already 1 at the first scrape, which increase() misses.
+    o.gauge(
+        "lifeboat_wal_slot_dropped_timestamp_seconds",
+        "When this sidecar last found the replication slot dropped with WAL never archived (Unix time).",
+        w.slot_dropped_at
+            .map(|t| t.timestamp_millis() as f64 / 1000.0),
     );
 }
 
@@ -357,6 +365,12 @@ mod rule_tests {
             output_tail: Some(String::new()),
         });
         state.targets[0].last_drill_success_at = Some(Utc::now());
+        // WAL archived, and its slot once dropped (wal_pass sets these).
+        state.wal = Some(crate::status::WalState {
+            slot_dropped: 1,
+            slot_dropped_at: Some(Utc::now()),
+            ..Default::default()
+        });
         let served = super::render(&state, Utc::now());
         let rule = include_str!("../../manifests/prometheusrule.yaml");
         let mut names: Vec<&str> = rule

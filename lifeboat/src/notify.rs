@@ -160,6 +160,17 @@ pub fn drill_failed(settings: &Settings, d: &crate::status::DrillState) -> Optio
     event_message(settings, "drill_failed", fields, text)
 }
 
+/// The message for a WAL slot dropped with WAL never archived (`event:
+/// "wal_slot_dropped"`): always sent when notifications are on.
+pub fn wal_slot_dropped(settings: &Settings, why: &str) -> Option<Message> {
+    let text = format!(
+        ":warning: lifeboat dropped the WAL archive's replication slot of {}/{}: {why}",
+        settings.namespace, settings.name
+    );
+    let fields = json!({ "at": chrono::Utc::now(), "error": why });
+    event_message(settings, "wal_slot_dropped", fields, text)
+}
+
 /// A message outside the backup results: the pod's common fields plus
 /// `fields` as JSON, or `text` for Slack.
 fn event_message(settings: &Settings, event: &str, fields: Value, text: String) -> Option<Message> {

@@ -211,8 +211,38 @@ pub struct WalState {
     pub objects: u64,
     pub passes: Counts,
     pub last_error: Option<String>,
-    /// Times the slot was dropped past `LIFEBOAT_WAL_MAX_RETAINED`.
+    /// Times the slot was dropped with WAL never archived (past
+    /// `LIFEBOAT_WAL_MAX_RETAINED`, or by the server).
     pub slot_dropped: u64,
+    /// When it was last found dropped.
+    pub slot_dropped_at: Option<DateTime<Utc>>,
+    /// The last pass found the server in recovery: nothing to archive.
+    pub waiting: bool,
+    /// The archive is stale once it has not caught up for this long
+    /// ([`wal_stale_after`]).
+    pub stale_after_s: u64,
+}
+
+/// How long the WAL archive may go without catching up with the server
+/// before it counts as stale: ten intervals, at least five minutes (an
+/// upload of a backlog, a store that answers slowly for a while).
+pub fn wal_stale_after(interval: Duration) -> Duration {
+    (interval * 10).max(Duration::from_secs(300))
+}
+
+impl WalState {
+    /// Stale: no pass caught up with the server's flush (with none yet,
+    /// since `started`) for longer than `stale_after_s`, unless the
+    /// server is in recovery and has nothing to archive.
+    pub fn is_stale(&self, started: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        !self.waiting
+            && is_stale(
+                self.caught_up_at,
+                started,
+                Some(Duration::from_secs(self.stale_after_s)),
+                now,
+            )
+    }
 }
 
 /// `State` plus what is derived from the clock when asked.
@@ -222,6 +252,10 @@ struct Report<'a> {
     stale: bool,
     /// Drills configured, and none passed within their limit.
     drill_stale: Option<bool>,
+    /// WAL archived, and it has not caught up within its limit (part of
+    /// `stale` too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wal_stale: Option<bool>,
     #[serde(flatten)]
     state: &'a State,
 }
@@ -252,7 +286,10 @@ impl Status {
             backups: Counts::default(),
             loads: Counts::default(),
             verifications: Counts::default(),
-            wal: settings.source.wal.as_ref().map(|_| WalState::default()),
+            wal: settings.source.wal.as_ref().map(|w| WalState {
+                stale_after_s: wal_stale_after(w.interval).as_secs(),
+                ..WalState::default()
+            }),
             targets: settings
                 .targets
                 .iter()
@@ -322,11 +359,13 @@ impl Status {
     pub fn wal_pass(
         &self,
         result: std::result::Result<(String, u64, u32, u64), String>,
+        waiting: bool,
         slot_dropped: bool,
         now: DateTime<Utc>,
     ) {
         self.with(|s| {
             let w = s.wal.get_or_insert_with(WalState::default);
+            w.waiting = waiting;
             match result {
                 Ok((lsn, bytes, timeline, objects)) => {
                     w.archived_lsn = Some(lsn);
@@ -342,7 +381,10 @@ impl Status {
                     w.last_error = Some(e);
                 }
             }
-            w.slot_dropped += u64::from(slot_dropped);
+            if slot_dropped {
+                w.slot_dropped += 1;
+                w.slot_dropped_at = Some(now);
+            }
         });
     }
 
@@ -470,6 +512,7 @@ impl Status {
                 now,
                 stale: s.is_stale(now),
                 drill_stale: s.is_drill_stale(now),
+                wal_stale: s.is_wal_stale(now),
                 state: s,
             };
             serde_json::to_string_pretty(&r).unwrap_or_default()
@@ -478,15 +521,27 @@ impl Status {
 }
 
 impl State {
-    /// [`is_stale`] for this state at `now`: what `/status` reports as
-    /// `stale` and `/metrics` as `lifeboat_stale`.
+    /// What `/status` reports as `stale` and `/metrics` as
+    /// `lifeboat_stale`: backups are stale ([`State::are_backups_stale`]),
+    /// or the WAL archive is ([`State::is_wal_stale`]).
     pub fn is_stale(&self, now: DateTime<Utc>) -> bool {
+        self.are_backups_stale(now) || self.is_wal_stale(now) == Some(true)
+    }
+
+    /// [`is_stale`] for the base backups.
+    pub fn are_backups_stale(&self, now: DateTime<Utc>) -> bool {
         is_stale(
             self.last_success.as_ref().map(|l| l.finished_at),
             self.started_at,
             self.stale_after_s.map(Duration::from_secs),
             now,
         )
+    }
+
+    /// Whether the WAL archive is stale ([`WalState::is_stale`]); `None`
+    /// when WAL is not archived.
+    pub fn is_wal_stale(&self, now: DateTime<Utc>) -> Option<bool> {
+        self.wal.as_ref().map(|w| w.is_stale(self.started_at, now))
     }
 
     /// Whether restore drills are stale: configured, and no drill on the
@@ -537,5 +592,25 @@ mod tests {
         assert!(is_stale(ok, started, limit, at(2, 31)));
         // No limit (a schedule that never fires): never stale.
         assert!(!is_stale(None, started, None, at(23, 0)));
+    }
+
+    #[test]
+    fn the_wal_archive_is_stale_once_it_has_not_caught_up_for_its_limit() {
+        assert_eq!(wal_stale_after(Duration::from_secs(60)).as_secs(), 600);
+        assert_eq!(wal_stale_after(Duration::from_secs(1)).as_secs(), 300);
+        let started = at(0, 0);
+        let mut w = WalState {
+            stale_after_s: 600,
+            ..WalState::default()
+        };
+        // Never caught up: counted from the start of the process.
+        assert!(!w.is_stale(started, at(0, 10)));
+        assert!(w.is_stale(started, at(0, 11)));
+        w.caught_up_at = Some(at(1, 0));
+        assert!(!w.is_stale(started, at(1, 10)));
+        assert!(w.is_stale(started, at(1, 11)));
+        // A server in recovery has nothing to archive.
+        w.waiting = true;
+        assert!(!w.is_stale(started, at(5, 0)));
     }
 }

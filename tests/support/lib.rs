@@ -12,10 +12,12 @@ use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
 
+pub mod alerts;
 pub mod couchdb_server;
 pub mod fake_arango;
 pub mod hostile;
 pub mod kube_cluster;
+pub mod notifications;
 pub mod postgres_server;
 
 /// A built binary of this workspace. `cargo test --workspace` builds them

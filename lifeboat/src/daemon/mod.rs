@@ -121,9 +121,13 @@ pub async fn run(caller: Caller) -> Result<()> {
         }
     }
     // After a pending load: WAL of the empty server before it is no use.
-    let archiving = wal::archiver(&d.settings)
-        .await
-        .map(|a| tokio::spawn(wal::run(a, request_tx.clone(), d.status.clone())));
+    let archiving = wal::archiver(&d.settings).await.map(|a| {
+        let told = wal::Told {
+            component: d.component,
+            settings: Arc::new(d.settings.clone()),
+        };
+        tokio::spawn(wal::run(a, request_tx.clone(), d.status.clone(), told))
+    });
     d.work.refresh(&d.status).await;
     d.announce_drill().await;
     d.warn_if_stale();

@@ -92,3 +92,16 @@ pub async fn announce(
     }
     notify::message(settings, r)
 }
+
+/// The WAL archive's slot was dropped with WAL never archived (by the
+/// archiver past `LIFEBOAT_WAL_MAX_RETAINED`, or by the server past
+/// `max_slot_wal_keep_size`): a `WalSlotDropped` Warning Event and a
+/// notification (the ERROR line is the archiver's).
+pub async fn wal_slot_dropped(component: &'static str, settings: &Settings, why: &str) {
+    if let Some(c) = cluster::get(component).await {
+        c.event(Reason::WalSlotDropped, why).await;
+    }
+    if let Some(m) = notify::wal_slot_dropped(settings, why) {
+        m.deliver().await;
+    }
+}

@@ -176,12 +176,21 @@ impl<O: Open> Daemon<O> {
     }
 
     pub fn warn_if_stale(&self) {
-        if self.status.is_stale(self.clock.now()) {
-            let st = self.status.snapshot();
+        let now = self.clock.now();
+        let st = self.status.snapshot();
+        if st.are_backups_stale(now) {
             warn!(
                 last_success = st.last_success.as_ref().map(|l| l.finished_at.to_rfc3339()),
                 stale_after_s = st.stale_after_s,
                 "backups are stale: no successful backup within LIFEBOAT_STALE_AFTER"
+            );
+        }
+        if let (Some(true), Some(w)) = (st.is_wal_stale(now), &st.wal) {
+            warn!(
+                caught_up_at = w.caught_up_at.map(|t| t.to_rfc3339()),
+                stale_after_s = w.stale_after_s,
+                last_error = w.last_error.as_deref(),
+                "the WAL archive is stale: it has not caught up with the server within ten LIFEBOAT_WAL_INTERVALs (at least 5 minutes)"
             );
         }
     }

@@ -38,10 +38,22 @@ pub(super) async fn archiver(settings: &Settings) -> Option<Archiver> {
     }))
 }
 
+/// Who is told when the slot is dropped: the component the Event comes
+/// from, and the settings that name the pod and the notification.
+pub(super) struct Told {
+    pub component: &'static str,
+    pub settings: Arc<Settings>,
+}
+
 /// Archives until the task is aborted (the sidecar's exit). An abort in
 /// the middle of an object leaves an upload no manifest covers: a
 /// leftover, never a WAL object.
-pub(super) async fn run(mut a: Archiver, requests: mpsc::Sender<Reply>, status: Arc<Status>) {
+pub(super) async fn run(
+    mut a: Archiver,
+    requests: mpsc::Sender<Reply>,
+    status: Arc<Status>,
+    told: Told,
+) {
     let mut every = tokio::time::interval(a.setup.settings.interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(
@@ -91,7 +103,19 @@ pub(super) async fn run(mut a: Archiver, requests: mpsc::Sender<Reply>, status: 
             Ok(Pass::Waiting(why)) => Err(why.clone()),
             Err(e) => Err(e.to_string()),
         };
-        status.wal_pass(caught_up, drops > dropped_before, Utc::now());
+        let waiting = matches!(result, Ok(Pass::Waiting(_)));
+        status.wal_pass(caught_up, waiting, drops > dropped_before, Utc::now());
+        if drops > dropped_before {
+            if let Some(why) = &a.last_drop {
+                // In the background: a receiver that is down must not
+                // hold up archiving.
+                let (component, settings, why) =
+                    (told.component, told.settings.clone(), why.clone());
+                tokio::spawn(async move {
+                    super::report::wal_slot_dropped(component, &settings, &why).await
+                });
+            }
+        }
         dropped_before = drops;
         match result {
             Ok(Pass::Archived {

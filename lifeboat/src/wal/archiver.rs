@@ -12,7 +12,7 @@ use super::object::{self, WalSection};
 use super::position::Lsn;
 use super::position::Segment;
 use super::segments::{append_history, append_span, history_forks, tail_sha256, Server};
-use super::slot::{flushed, identity, Flushed, Slot};
+use super::slot::{flushed, identity, server_bound, Flushed, ServerBound, Slot};
 use super::span::Span;
 use crate::compression::Compression;
 use crate::encryption::Recipients;
@@ -53,8 +53,12 @@ pub struct Archiver {
     /// The slot was dropped past the bound: a new one only once the store
     /// takes writes again.
     dropped: bool,
-    /// Times the slot was dropped past the bound.
+    /// Times the slot was dropped past the bound, by us or by the server.
     pub drops: u64,
+    /// Why it was dropped the last time, for the Event and notification.
+    pub last_drop: Option<String>,
+    /// The server's own bound (`max_slot_wal_keep_size`) was looked at.
+    server_bound_checked: bool,
     /// The last timeline's history forks, once read.
     forks: Option<(u32, Vec<super::object::Fork>)>,
 }
@@ -89,6 +93,8 @@ impl Archiver {
             recovery_checked: false,
             dropped: false,
             drops: 0,
+            last_drop: None,
+            server_bound_checked: false,
             forks: None,
         }
     }
@@ -116,6 +122,10 @@ impl Archiver {
             )));
         };
         self.recovery_checked = true;
+        if !self.server_bound_checked {
+            self.server_bound_checked = true;
+            self.bound_on_server(&client).await;
+        }
         let server = identity(&client, &self.setup.conn).await?;
         let forks = self.forks(flush.timeline);
         let (slot_name, conn) = (self.setup.settings.slot.clone(), self.setup.conn.clone());
@@ -132,6 +142,11 @@ impl Archiver {
             )));
         }
         if held.lost {
+            self.note_drop(format!(
+                "PostgreSQL invalidated the replication slot {:?}: it held more WAL than max_slot_wal_keep_size while nothing archived it \
+                 (the sidecar was down, or the store unreachable); a new slot was made, and the WAL from the archive's end to the next base backup cannot be restored",
+                self.setup.settings.slot
+            ));
             needs_base.push(NeedsBase(format!(
                 "the replication slot {:?} lost WAL (max_slot_wal_keep_size)",
                 self.setup.settings.slot
@@ -217,13 +232,34 @@ impl Archiver {
             return e;
         }
         self.dropped = true;
-        self.drops += 1;
-        tracing::error!(slot = %self.setup.settings.slot, retained, max_retained = self.setup.settings.max_retained, error = %failed, "the replication slot was dropped: it held more WAL than LIFEBOAT_WAL_MAX_RETAINED while the WAL could not be stored");
-        Error::Source(format!(
+        let why = format!(
             "the replication slot {:?} held {retained} bytes of WAL, more than LIFEBOAT_WAL_MAX_RETAINED ({}), and the WAL could not be stored ({failed}); \
              the slot was dropped so the volume does not fill. WAL from here on is archived again, after a new base backup, once the store takes writes",
             self.setup.settings.slot, self.setup.settings.max_retained
-        ))
+        );
+        self.note_drop(why.clone());
+        Error::Source(why)
+    }
+
+    /// The slot is gone with WAL that was never archived: counted, logged,
+    /// and kept for the loop's Event and notification.
+    fn note_drop(&mut self, why: String) {
+        tracing::error!(slot = %self.setup.settings.slot, "{why}");
+        self.drops += 1;
+        self.last_drop = Some(why);
+    }
+
+    /// Makes the server enforce the bound too, once per process
+    /// ([`server_bound`]); a failure only warns: the sidecar still
+    /// enforces it while it runs.
+    async fn bound_on_server(&self, client: &tokio_postgres::Client) {
+        let max = self.setup.settings.max_retained;
+        match server_bound(client, &self.setup.conn, max).await {
+            Ok(ServerBound::Set(b)) => info!(max_slot_wal_keep_size = b, "set PostgreSQL's max_slot_wal_keep_size to LIFEBOAT_WAL_MAX_RETAINED (ALTER SYSTEM): past it the server drops the slot's hold itself, so the volume cannot fill while the sidecar is down"),
+            Ok(ServerBound::Kept(b)) if b > max => warn!(max_slot_wal_keep_size = b, max_retained = max, "PostgreSQL's max_slot_wal_keep_size is larger than LIFEBOAT_WAL_MAX_RETAINED and is left as set: while the sidecar is down, the slot can hold that much"),
+            Ok(ServerBound::Kept(b)) => info!(max_slot_wal_keep_size = b, "PostgreSQL's max_slot_wal_keep_size is set; it bounds the slot while the sidecar is down"),
+            Err(e) => warn!(error = %e, "could not set PostgreSQL's max_slot_wal_keep_size (ALTER SYSTEM needs a superuser or GRANT ALTER SYSTEM ON PARAMETER max_slot_wal_keep_size): the WAL the slot holds is bounded only while the sidecar runs"),
+        }
     }
 
     /// The newest object and the next sequence number, from the store.

@@ -292,8 +292,8 @@ fn lineage(base: BaseEnd, objects: &[&WalSection]) -> Vec<(u32, Option<Lsn>)> {
 /// On one timeline the WAL ends where the last object ends, even when an
 /// older one reached further: after a crash the server rewrites from
 /// inside its last record, and the newest copy of a segment is the truth.
-/// A timeline's part ends at its fork, and its objects from there on are
-/// left out. Objects that end before the base does add nothing; other
+/// A timeline's part ends at its fork, and its objects whose segments all
+/// lie past the fork are left out. Objects that end before the base does add nothing; other
 /// clusters' objects are ignored.
 pub fn plan<T>(base: BaseEnd, objects: Vec<(WalSection, T)>) -> Plan<T> {
     let mut mine: Vec<(WalSection, T)> = objects
@@ -315,7 +315,10 @@ pub fn plan<T>(base: BaseEnd, objects: Vec<(WalSection, T)>) -> Plan<T> {
     'path: for (timeline, fork) in path {
         let ends_at = fork.unwrap_or(Lsn(u64::MAX));
         for (w, t) in by_timeline.remove(&timeline).unwrap_or_default() {
-            if w.to <= base.stop || w.from >= ends_at {
+            // By the segments it holds, not where it continued from: after
+            // retention dropped the objects it supersedes, a later object
+            // that starts past the fork still holds the fork's segment.
+            if w.to <= base.stop || w.covers_from() >= ends_at {
                 continue;
             }
             if w.covers_from() > end {
@@ -436,7 +439,11 @@ mod tests {
         let objects = vec![
             (section(1, SEG + 10, SEG + 300), "a"),
             (section(2, SEG + 300, SEG + 800), "b: across the fork"),
-            (section(3, SEG + 800, 2 * SEG), "c: abandoned at the fork"),
+            (
+                section(3, SEG + 800, 2 * SEG),
+                "c: holds the fork's segment again",
+            ),
+            (section(7, 2 * SEG, 2 * SEG + 9), "abandoned after the fork"),
             (on2(4, SEG + 500, SEG + 900), "d: timeline 2"),
             (on2(5, SEG + 900, 2 * SEG + 7), "e"),
             (
@@ -451,7 +458,13 @@ mod tests {
         let p = plan(base(SEG + 50), objects);
         assert_eq!(
             p.objects,
-            vec!["a", "b: across the fork", "d: timeline 2", "e"]
+            vec![
+                "a",
+                "b: across the fork",
+                "c: holds the fork's segment again",
+                "d: timeline 2",
+                "e"
+            ]
         );
         assert_eq!(p.end, Lsn(2 * SEG + 7));
         assert_eq!(p.legs, vec![(1, Lsn(SEG + 500)), (2, Lsn(2 * SEG + 7))]);

@@ -104,6 +104,53 @@ pub async fn flushed(client: &Client, conn: &PgConn) -> Result<Option<Flushed>> 
     Ok(Some(Flushed { lsn, timeline }))
 }
 
+/// What the server's own bound on slots is (`max_slot_wal_keep_size`),
+/// after [`server_bound`] looked at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerBound {
+    /// It was unlimited; we set it to `LIFEBOAT_WAL_MAX_RETAINED`.
+    Set(u64),
+    /// Someone set it: respected as it is (bytes).
+    Kept(u64),
+}
+
+/// Makes the server itself drop our slot's hold past the bound, so the
+/// volume cannot fill while the sidecar is down (a crash loop, a node
+/// drain): when `max_slot_wal_keep_size` is unlimited (-1, PostgreSQL's
+/// default) it is set to `max_retained` with `ALTER SYSTEM` and reloaded;
+/// a value someone set is kept. The setting reloads without a restart.
+pub async fn server_bound(
+    client: &Client,
+    conn: &PgConn,
+    max_retained: u64,
+) -> Result<ServerBound> {
+    let row = client
+        .query_one(
+            "SELECT setting::bigint FROM pg_settings WHERE name = 'max_slot_wal_keep_size'",
+            &[],
+        )
+        .await
+        .map_err(|e| conn.error(e))?;
+    // In MB, the setting's unit.
+    let mb: i64 = row.get(0);
+    if mb >= 0 {
+        return Ok(ServerBound::Kept((mb as u64) << 20));
+    }
+    let set = (max_retained >> 20).max(1);
+    // One statement per call: ALTER SYSTEM refuses to run in the implicit
+    // transaction of a multi-statement query.
+    for sql in [
+        format!("ALTER SYSTEM SET max_slot_wal_keep_size = '{set}MB'"),
+        "SELECT pg_reload_conf()".to_string(),
+    ] {
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| conn.error(e))?;
+    }
+    Ok(ServerBound::Set(set << 20))
+}
+
 /// The permanent physical slot named `name` on the server `client` talks to.
 pub struct Slot<'a> {
     name: &'a str,
@@ -121,16 +168,24 @@ impl<'a> Slot<'a> {
     /// physical one is someone else's: an error, never dropped.
     pub async fn ensure(&self) -> Result<Held> {
         check_slot_name(self.name).map_err(Error::Source)?;
-        if let Some((restart, lost)) = self.existing().await? {
-            if let Some(restart_lsn) = restart {
-                return Ok(Held {
-                    restart_lsn,
-                    created: false,
-                    lost,
-                });
+        let mut lost = false;
+        if let Some((restart, was_lost)) = self.existing().await? {
+            match restart {
+                Some(restart_lsn) if !was_lost => {
+                    return Ok(Held {
+                        restart_lsn,
+                        created: false,
+                        lost: false,
+                    })
+                }
+                // Invalidated by the server (past max_slot_wal_keep_size):
+                // it holds nothing any more and never will again, so a new
+                // one replaces it, and the gap is reported.
+                _ if was_lost => lost = true,
+                // Ours, but holding nothing (never reserved): nothing is
+                // lost by making it again, reserving.
+                _ => {}
             }
-            // Ours, but holding nothing (never reserved): nothing is lost
-            // by making it again, reserving.
             self.remove().await?;
         }
         let row = self
@@ -146,7 +201,7 @@ impl<'a> Slot<'a> {
         Ok(Held {
             restart_lsn,
             created: true,
-            lost: false,
+            lost,
         })
     }
 
