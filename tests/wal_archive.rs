@@ -169,6 +169,13 @@ fn postgres_18_past_the_bound_the_slot_goes_and_a_new_chain_starts() {
     past_the_bound(18);
 }
 
+/// The annotation does not depend on the server's version: PostgreSQL 15
+/// (Debian's) only.
+#[test]
+fn postgres_15_the_annotation_starts_and_stops_archiving_in_a_running_sidecar() {
+    the_annotation_turns_it_on_and_off(15);
+}
+
 const ACCOUNTS: u32 = 10;
 
 /// The sidecar's settings for this test: WAL every second, and a schedule
@@ -818,4 +825,58 @@ fn the_alert_fires_on(dropped_at: f64) {
             },
         ],
     );
+}
+
+/// `lifeboat.dev/postgres-wal` in a running sidecar: `on` starts the
+/// archiver (which makes its slot and asks for a base backup, and archives
+/// what is written after it), `off` stops it (nothing more is archived)
+/// and drops its slot.
+fn the_annotation_turns_it_on_and_off(major: u32) {
+    let Some(mut pg) = server(major) else {
+        return;
+    };
+    bank(&pg.sync_client("postgres"));
+    let history = history(&pg.backup, "wal-0");
+    let annotations = pg.root.join("annotations");
+    fs::write(&annotations, "").unwrap();
+    let env = pg.env_with(&[
+        ("LIFEBOAT_WAL_INTERVAL", "1s"),
+        ("LIFEBOAT_SCHEDULE", "0 0 1 1 *"),
+        ("LIFEBOAT_ANNOTATIONS_FILE", annotations.to_str().unwrap()),
+    ]);
+    let sc = RunningSidecar::start(&pairs(&env), &pg.root.join("sidecar.log"));
+    assert!(sc.status().get("wal").is_none(), "{}", sc.status());
+
+    fs::write(&annotations, "lifeboat.dev/postgres-wal=\"on\"\n").unwrap();
+    sc.wait_for("the base backup the new slot asks for", 120, |_| {
+        !bases(&history).is_empty()
+    });
+    let c = pg.sync_client("postgres");
+    for n in 0..30 {
+        transfer(&c, n);
+    }
+    let _ = wait_archived(&sc, &c, &history);
+    assert_eq!(sc.status()["wal"]["timeline"], 1);
+
+    fs::write(&annotations, "lifeboat.dev/postgres-wal=\"off\"\n").unwrap();
+    sc.wait_for("archiving to stop", 30, |s| {
+        s.log_text().contains("WAL archiving stopped")
+    });
+    let archived = wal_objects(&history).len();
+    for n in 30..40 {
+        transfer(&c, n);
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(wal_objects(&history).len(), archived, "{}", sc.log_text());
+    assert!(sc.status().get("wal").is_none(), "{}", sc.status());
+    // Nobody moves the slot on any more: it is gone, and holds no WAL.
+    assert_eq!(
+        c.one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'lifeboat'"),
+        "0"
+    );
+    assert!(sc.stop().success());
+    drop(c);
+    // What was archived while it was on restores: transfers 0 to 29.
+    let c = lose_and_restore(&mut pg);
+    all_transfers_back(&c, 30);
 }

@@ -221,6 +221,10 @@ pub struct WalState {
     /// The archive is stale once it has not caught up for this long
     /// ([`wal_stale_after`]).
     pub stale_after_s: u64,
+    /// When archiving was turned on (the process's start, or an
+    /// annotation's change): what staleness counts from before the first
+    /// pass caught up.
+    pub since: Option<DateTime<Utc>>,
 }
 
 /// How long the WAL archive may go without catching up with the server
@@ -232,13 +236,14 @@ pub fn wal_stale_after(interval: Duration) -> Duration {
 
 impl WalState {
     /// Stale: no pass caught up with the server's flush (with none yet,
-    /// since `started`) for longer than `stale_after_s`, unless the
-    /// server is in recovery and has nothing to archive.
+    /// since archiving was turned on, or `started`) for longer than
+    /// `stale_after_s`, unless the server is in recovery and has nothing to
+    /// archive.
     pub fn is_stale(&self, started: DateTime<Utc>, now: DateTime<Utc>) -> bool {
         !self.waiting
             && is_stale(
                 self.caught_up_at,
-                started,
+                self.since.unwrap_or(started),
                 Some(Duration::from_secs(self.stale_after_s)),
                 now,
             )
@@ -286,10 +291,7 @@ impl Status {
             backups: Counts::default(),
             loads: Counts::default(),
             verifications: Counts::default(),
-            wal: settings.source.wal.as_ref().map(|w| WalState {
-                stale_after_s: wal_stale_after(w.interval).as_secs(),
-                ..WalState::default()
-            }),
+            wal: None,
             targets: settings
                 .targets
                 .iter()
@@ -555,6 +557,16 @@ impl State {
 }
 
 fn apply_settings(s: &mut State, settings: &Settings, now: DateTime<Utc>) {
+    // WAL turned on or off by an annotation: its state comes and goes with
+    // it (an archive no one runs must not count as stale).
+    let was = s.wal.take();
+    s.wal = settings.source.wal.as_ref().map(|w| WalState {
+        stale_after_s: wal_stale_after(w.interval).as_secs(),
+        ..was.unwrap_or(WalState {
+            since: Some(now),
+            ..WalState::default()
+        })
+    });
     s.schedule = settings.schedule.as_str().into();
     s.verify_schedule = settings
         .ops

@@ -18,7 +18,7 @@ fn help_explains_variables_and_exit_codes() {
         "if-empty",
         "_FILE",
         "PG_MAJOR",
-        "lifeboat.dev/{source,paths,restore,restore-failed-drills,restore-target-time}",
+        "lifeboat.dev/{source,paths,restore,restore-failed-drills,postgres-wal,restore-target-time}",
         "Exit codes",
         "64",
     ] {

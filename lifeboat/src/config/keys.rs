@@ -117,7 +117,7 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         env: "LIFEBOAT_POSTGRES_WAL",
-        annotation: None,
+        annotation: Some("postgres-wal"),
         help: "on: archive WAL continuously and restore to minutes ago (physical postgres); off (default)",
         restore: true,
     },
@@ -448,7 +448,7 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), KEYS.len());
         assert!(KEYS.iter().all(|k| k.env.starts_with("LIFEBOAT_")));
-        assert_eq!(known_annotations().count(), 12);
+        assert_eq!(known_annotations().count(), 13);
     }
 
     #[test]
@@ -468,7 +468,7 @@ mod tests {
         }
         assert!(
             help.contains(
-                "lifeboat.dev/{source,paths,restore,restore-failed-drills,restore-target-time}"
+                "lifeboat.dev/{source,paths,restore,restore-failed-drills,postgres-wal,restore-target-time}"
             ),
             "{help}"
         );

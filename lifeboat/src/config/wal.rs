@@ -24,7 +24,7 @@ pub(super) fn wal_settings(
     problems: &mut Problems,
 ) -> Option<WalSettings> {
     let until = until(r, problems);
-    let v = r.env("LIFEBOAT_POSTGRES_WAL");
+    let v = r.pick("LIFEBOAT_POSTGRES_WAL");
     let off = v
         .as_ref()
         .is_none_or(|v| matches!(v.text.trim(), "" | "off" | "false"));

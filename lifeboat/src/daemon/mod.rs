@@ -107,6 +107,7 @@ pub async fn run(caller: Caller) -> Result<()> {
         shutdown,
         annotations: Annotations::new(inputs, from_api),
         drills: drill_watch::DrillWatch::for_pod(),
+        wal: Default::default(),
     };
     if let Some(p) = pending {
         let cx = load::Ctx {
@@ -121,20 +122,17 @@ pub async fn run(caller: Caller) -> Result<()> {
         }
     }
     // After a pending load: WAL of the empty server before it is no use.
-    let archiving = wal::archiver(&d.settings).await.map(|a| {
-        let told = wal::Told {
-            component: d.component,
-            settings: Arc::new(d.settings.clone()),
-        };
-        tokio::spawn(wal::run(a, request_tx.clone(), d.status.clone(), told))
+    d.wal = wal::WalTask::new(wal::Wiring {
+        requests: request_tx.clone(),
+        status: d.status.clone(),
+        component: d.component,
     });
+    d.wal.follow(&d.settings).await;
     d.work.refresh(&d.status).await;
     d.announce_drill().await;
     d.warn_if_stale();
     d.run().await;
-    if let Some(task) = archiving {
-        task.abort();
-    }
+    d.wal.stop();
     drop(request_tx);
     Ok(())
 }

@@ -68,6 +68,8 @@ pub(super) struct Daemon<O: Open> {
     pub annotations: Annotations,
     /// Restore drills: whether to look for them, and which was announced.
     pub drills: super::drill_watch::DrillWatch,
+    /// The WAL archiver, following the settings in force.
+    pub wal: super::wal::WalTask,
 }
 
 impl<O: Open> Daemon<O> {
@@ -163,6 +165,7 @@ impl<O: Open> Daemon<O> {
         };
         self.settings = *new;
         self.work = self.open.open(&self.settings).await;
+        self.wal.follow(&self.settings).await;
         self.status
             .settings_changed(&self.settings, self.clock.now());
         info!(

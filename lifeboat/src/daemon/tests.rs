@@ -245,6 +245,7 @@ async fn harness(
         shutdown,
         annotations: Annotations::new(inputs, Some(from_api)),
         drills: Default::default(),
+        wal: Default::default(),
     };
     let handles = Handles {
         requests: request_tx,
