@@ -133,16 +133,6 @@ fn peak_memory_while_uploading_a_1_gib_artifact_is_bounded() {
     assert_eq!(listed.len(), 1);
 }
 
-async fn open_uploads(weed: &Seaweed, bucket: &str) -> usize {
-    let c = weed.client().await;
-    c.list_multipart_uploads()
-        .bucket(bucket)
-        .send()
-        .await
-        .map(|o| o.uploads().len())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_store_killed_mid_upload_leaves_nothing_committed_and_the_next_backup_works() {
     let mut w = world("killed");
@@ -161,7 +151,7 @@ fn a_store_killed_mid_upload_leaves_nothing_committed_and_the_next_backup_works(
         .unwrap();
     // Kill the store once the multipart upload is under way.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while rt.block_on(open_uploads(&w.weed, "killed")) == 0 {
+    while rt.block_on(w.weed.open_uploads("killed")) == 0 {
         assert!(
             child.try_wait().unwrap().is_none(),
             "backup ended before the store could be killed"
@@ -204,7 +194,7 @@ fn a_store_killed_mid_upload_leaves_nothing_committed_and_the_next_backup_works(
         lifeboat::backup::clean_leftovers(&t, chrono::Utc::now() + chrono::Duration::days(2))
             .await
             .unwrap();
-        assert_eq!(open_uploads(&w.weed, "killed").await, 0);
+        assert_eq!(w.weed.open_uploads("killed").await, 0);
     });
     assert_eq!(
         w.listed(targets).len(),

@@ -627,7 +627,7 @@ async fn remove_leftovers(
     for l in target.leftovers().await? {
         // The WAL archiver writes beside backups without their lock, and
         // cleans its own (`wal::archiver`).
-        if remove(l.modified) && !l.name.starts_with(crate::wal::object::ID_PREFIX) {
+        if remove(l.modified) && !l.blob.starts_with(crate::wal::object::ID_PREFIX) {
             target.remove_leftover(&l).await?;
             info!(file = %l.name, target = %target.describe(), "removed uncommitted leftover");
         }

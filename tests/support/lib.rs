@@ -574,6 +574,50 @@ impl Seaweed {
         lifeboat::store::s3::client(&self.options()).await
     }
 
+    /// Multipart uploads begun and neither completed nor aborted.
+    pub async fn open_uploads(&self, bucket: &str) -> usize {
+        self.open_upload_ids(bucket).await.len()
+    }
+
+    /// The ids of [`Seaweed::open_uploads`].
+    pub async fn open_upload_ids(&self, bucket: &str) -> Vec<String> {
+        let c = self.client().await;
+        c.list_multipart_uploads()
+            .bucket(bucket)
+            .send()
+            .await
+            .map(|o| {
+                o.uploads()
+                    .iter()
+                    .filter_map(|u| u.upload_id().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every key in `bucket` (the first 1000).
+    pub async fn keys(&self, bucket: &str) -> Vec<String> {
+        let c = self.client().await;
+        c.list_objects_v2()
+            .bucket(bucket)
+            .send()
+            .await
+            .map(|o| {
+                o.contents()
+                    .iter()
+                    .filter_map(|k| k.key().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// An object's bytes.
+    pub async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        let c = self.client().await;
+        let o = c.get_object().bucket(bucket).key(key).send().await.unwrap();
+        o.body.collect().await.unwrap().into_bytes().to_vec()
+    }
+
     /// Creates a bucket, retrying while the filer finishes starting.
     pub async fn create_bucket(&self, name: &str) {
         let c = self.client().await;

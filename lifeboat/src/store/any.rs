@@ -1,5 +1,6 @@
 //! The closed set of blob stores ([`AnyBlobs`]), dispatched by `match`.
 
+use super::blobs::Unfinished;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -25,6 +26,15 @@ pub enum AnyPut {
 pub enum AnyIncomplete {
     Dir(DirPartial),
     S3(MultipartUpload),
+}
+
+impl Unfinished for AnyIncomplete {
+    fn blob(&self) -> String {
+        match self {
+            AnyIncomplete::Dir(u) => u.blob(),
+            AnyIncomplete::S3(u) => u.blob(),
+        }
+    }
 }
 
 impl std::fmt::Display for AnyIncomplete {

@@ -45,13 +45,20 @@ pub enum Opened {
     Unreadable(String),
 }
 
+/// An upload never finished: shown in messages as itself, and the blob it
+/// would have become (which tells a WAL object's leftover from a
+/// backup's: they are cleaned by different owners).
+pub trait Unfinished: std::fmt::Display {
+    fn blob(&self) -> String;
+}
+
 // The futures are used through the concrete types, whose Send-ness the
 // compiler sees, so the usual warning about unnameable Send bounds does not apply.
 #[allow(async_fn_in_trait)]
 pub trait Blobs: Clone {
     type Put: Put;
     /// An upload begun and never finished or aborted (a killed process).
-    type Incomplete: std::fmt::Display;
+    type Incomplete: Unfinished;
 
     /// Where this is, for messages (`file:///backup/ns/pod`).
     fn describe(&self) -> String;

@@ -246,6 +246,17 @@ fn modified(meta: &std::fs::Metadata) -> DateTime<Utc> {
 #[derive(Debug, Clone)]
 pub struct DirPartial(String);
 
+impl super::blobs::Unfinished for DirPartial {
+    /// `.<name>.<pid>-<n>.partial` was to become `<name>`.
+    fn blob(&self) -> String {
+        self.0
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(PARTIAL_SUFFIX))
+            .and_then(|n| n.rsplit_once('.'))
+            .map_or_else(|| self.0.clone(), |(name, _)| name.to_string())
+    }
+}
+
 impl std::fmt::Display for DirPartial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -460,6 +471,22 @@ impl Put for DirPut {
         drop(self.file);
         if let Err(e) = fs::remove_file(&self.tmp).await {
             tracing::warn!(file = %self.tmp.display(), error = %e, "could not remove the partial artifact; it is cleaned up later");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::blobs::Unfinished;
+
+    #[test]
+    fn a_partial_file_names_the_blob_it_was_to_become() {
+        for name in [
+            "wal-00000001-00000002.tar.zst",
+            "20261202T090000Z-files.tar",
+        ] {
+            assert_eq!(DirPartial(partial_name(name)).blob(), name);
         }
     }
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use tokio::io::AsyncReadExt;
 
-use super::blobs::{Blobs, ByteStream, Entry, Opened, Put, Small};
+use super::blobs::{Blobs, ByteStream, Entry, Opened, Put, Small, Unfinished};
 use crate::artifact::{self, MANIFEST_SUFFIX};
 use crate::drill::{DrillRecord, MAX_DRILL_BYTES};
 use crate::manifest::{Manifest, StateBlob, MAX_MANIFEST_BYTES};
@@ -136,6 +136,8 @@ pub fn is_orphan(name: &str, committed: &HashSet<&str>) -> bool {
 pub struct Leftover<U> {
     /// What it is called in messages.
     pub name: String,
+    /// The blob it was to become (a WAL object's file begins `wal-`).
+    pub blob: String,
     pub modified: DateTime<Utc>,
     what: Left<U>,
 }
@@ -442,6 +444,7 @@ impl<B: Blobs> Target for Artifacts<B> {
             .filter(|e| is_orphan(&e.name, &committed))
             .map(|e| Leftover {
                 name: e.name.clone(),
+                blob: e.name.clone(),
                 modified: e.modified,
                 what: Left::Blob,
             })
@@ -449,6 +452,7 @@ impl<B: Blobs> Target for Artifacts<B> {
         for (upload, started) in self.blobs.incomplete().await? {
             out.push(Leftover {
                 name: upload.to_string(),
+                blob: upload.blob(),
                 modified: started,
                 what: Left::Upload(upload),
             });
@@ -546,6 +550,12 @@ mod tests {
         mem: Mem,
         name: String,
         buf: Vec<u8>,
+    }
+
+    impl Unfinished for String {
+        fn blob(&self) -> String {
+            self.clone()
+        }
     }
 
     impl Blobs for Mem {

@@ -345,6 +345,12 @@ pub struct MultipartUpload {
     upload_id: String,
 }
 
+impl super::blobs::Unfinished for MultipartUpload {
+    fn blob(&self) -> String {
+        self.name.clone()
+    }
+}
+
 impl std::fmt::Display for MultipartUpload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "upload:{}:{}", self.upload_id, self.name)

@@ -177,7 +177,13 @@ impl Archiver {
             };
             let section = match self.commit(span, &server, about).await {
                 Ok(section) => section,
-                Err(e) => return Err(self.bound(&slot, e).await),
+                Err(e) => {
+                    // Whether a commit cut off by the store landed is not
+                    // known: the next pass lists the store again (its
+                    // sequence, its end) and removes what this one left.
+                    self.newest = None;
+                    return Err(self.bound(&slot, e).await);
+                }
             };
             // Committed: now the server may recycle it.
             slot.advance(span.to).await?;
@@ -267,7 +273,7 @@ impl Archiver {
         // Uploads a killed sidecar left: this archiver is the only writer
         // of WAL objects, so none of them is in progress.
         for l in self.setup.target.leftovers().await? {
-            if l.name.starts_with(object::ID_PREFIX) {
+            if l.blob.starts_with(object::ID_PREFIX) {
                 self.setup.target.remove_leftover(&l).await?;
                 info!(file = %l.name, "removed an uncommitted WAL object");
             }

@@ -97,16 +97,31 @@ pub fn unneeded(
 /// A later object of `w`'s cluster and timeline that holds every segment
 /// `w` holds, from no later a segment and to no earlier a position.
 fn superseded_by<'a>(w: &WalSection, objects: &'a [Listed]) -> Option<&'a WalSection> {
+    let covers = |l: &WalSection, x: &WalSection| {
+        l.timeline == x.timeline
+            && l.system_identifier == x.system_identifier
+            && l.segment_size == x.segment_size
+            && l.forks == x.forks
+            && l.covers_from() <= x.covers_from()
+            && l.to >= x.to
+            && (x.flushed_at.is_none() || l.flushed_at >= x.flushed_at)
+    };
+    let same_line = |l: &WalSection, x: &WalSection| {
+        l.timeline == x.timeline && l.system_identifier == x.system_identifier
+    };
+    // A restore walks a timeline's objects in write order and stops at the
+    // first that does not follow on: `l` may stand in for `w` only if it
+    // also covers every object of that line written between them (those
+    // go too), so the walk reaches `l` straight from what preceded `w`.
     objects
         .iter()
         .map(|o| &o.wal)
+        .filter(|l| l.sequence > w.sequence && covers(l, w))
         .filter(|l| {
-            l.sequence > w.sequence
-                && l.timeline == w.timeline
-                && l.system_identifier == w.system_identifier
-                && l.segment_size == w.segment_size
-                && l.covers_from() <= w.covers_from()
-                && l.to >= w.to
+            objects.iter().map(|o| &o.wal).all(|x| {
+                !(x.sequence > w.sequence && x.sequence < l.sequence && same_line(l, x))
+                    || covers(l, x)
+            })
         })
         .max_by_key(|l| l.sequence)
 }
@@ -202,6 +217,19 @@ mod tests {
         assert_eq!(ids(&out), vec![0, 1]);
         assert!(out[0].1.contains("superseded") && out[0].1.contains("wal-00000001-00000002"));
         // Object 2 holds segment 1, which object 3 does not: it stays.
+    }
+
+    #[test]
+    fn a_copy_that_does_not_cover_the_objects_between_does_not_supersede() {
+        // A, then a small C, then the server crashed and B carried again
+        // from the segment before: without A a restore would stop at C.
+        let objects = [
+            listed(1, 1, SEG + 50, 2 * SEG + 100, "7"),
+            listed(1, 2, 2 * SEG + 100, 2 * SEG + 200, "7"),
+            listed(1, 3, SEG, 2 * SEG + 150, "7"),
+            listed(1, 4, 2 * SEG + 150, 2 * SEG + 160, "7"),
+        ];
+        assert!(unneeded(&objects, &[base(SEG + 10, 0)], true).is_empty());
     }
 
     #[test]
