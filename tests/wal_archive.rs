@@ -876,12 +876,21 @@ fn the_annotation_turns_it_on_and_off(major: u32) {
     ]);
     let sc = RunningSidecar::start(&pairs(&env), &pg.root.join("sidecar.log"));
     assert!(sc.status().get("wal").is_none(), "{}", sc.status());
+    // A replica's slot beside ours: max_slot_wal_keep_size bounds every
+    // slot, so the sidecar leaves it unlimited and says what to run.
+    let c = pg.sync_client("postgres");
+    c.exec("SELECT pg_create_physical_replication_slot('a_replica')");
 
     fs::write(&annotations, "lifeboat.dev/postgres-wal=\"on\"\n").unwrap();
     sc.wait_for("the base backup the new slot asks for", 120, |_| {
         !bases(&history).is_empty()
     });
-    let c = pg.sync_client("postgres");
+    assert_eq!(c.one("SHOW max_slot_wal_keep_size"), "-1");
+    assert!(
+        sc.log_text().contains("other replication slots exist"),
+        "{}",
+        sc.log_text()
+    );
     for n in 0..30 {
         transfer(&c, n);
     }
@@ -904,11 +913,30 @@ fn the_annotation_turns_it_on_and_off(major: u32) {
         c.one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'lifeboat'"),
         "0"
     );
+
+    // A checkpoint while off moves the redo point, where a new slot
+    // starts, past the archive's end.
+    c.exec("SELECT pg_switch_wal()");
+    c.exec("CHECKPOINT");
+    // On again: the archive has a gap (transfers 30 to 39 are not in it),
+    // which a new base backup covers; the user turned it off, so that is
+    // a WARN, not a lost-WAL alert.
+    fs::write(&annotations, "lifeboat.dev/postgres-wal=\"on\"\n").unwrap();
+    sc.wait_for("a second base backup", 120, |_| bases(&history).len() == 2);
+    for n in 40..50 {
+        transfer(&c, n);
+    }
+    let _ = wait_archived(&sc, &c, &history);
+    assert!(
+        sc.log_text().contains("the replication slot was missing"),
+        "{}",
+        sc.log_text()
+    );
+    assert_eq!(sc.status()["wal"]["slot_dropped"], 0, "{}", sc.status());
     assert!(sc.stop().success());
     drop(c);
-    // What was archived while it was on restores: transfers 0 to 29.
     let c = lose_and_restore(&mut pg);
-    all_transfers_back(&c, 30);
+    all_transfers_back(&c, 50);
 }
 
 /// WAL archived to a real S3 server (SeaweedFS), killed while a WAL object

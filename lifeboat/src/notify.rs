@@ -160,11 +160,12 @@ pub fn drill_failed(settings: &Settings, d: &crate::status::DrillState) -> Optio
     event_message(settings, "drill_failed", fields, text)
 }
 
-/// The message for a WAL slot dropped with WAL never archived (`event:
+/// The message for a WAL slot dropped or invalidated with WAL never
+/// archived, by lifeboat or by PostgreSQL, as `why` says (`event:
 /// "wal_slot_dropped"`): always sent when notifications are on.
 pub fn wal_slot_dropped(settings: &Settings, why: &str) -> Option<Message> {
     let text = format!(
-        ":warning: lifeboat dropped the WAL archive's replication slot of {}/{}: {why}",
+        ":warning: the WAL archive of {}/{} lost WAL that was never archived: {why}",
         settings.namespace, settings.name
     );
     let fields = json!({ "at": chrono::Utc::now(), "error": why });

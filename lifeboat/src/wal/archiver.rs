@@ -57,8 +57,19 @@ pub struct Archiver {
     pub drops: u64,
     /// Why it was dropped the last time, for the Event and notification.
     pub last_drop: Option<String>,
-    /// The server's own bound (`max_slot_wal_keep_size`) was looked at.
-    server_bound_checked: bool,
+    /// When the server's own bound (`max_slot_wal_keep_size`) is looked
+    /// at next: None once it was (a failure tries again an hour later, so
+    /// a missing privilege does not put an error in the server's log
+    /// every interval).
+    server_bound_due: Option<std::time::Instant>,
+    /// The slot was found invalidated by the server this pass: the gap it
+    /// left, if the archive has one, is reported as a drop.
+    slot_lost: bool,
+    /// The archiver dropped the slot itself and reported it: the gap the
+    /// next slot finds is that drop, not a new one.
+    drop_reported: bool,
+    /// A drop was reported this pass (one pass reports one).
+    reported_this_pass: bool,
     /// The last timeline's history forks, once read.
     forks: Option<(u32, Vec<super::object::Fork>)>,
 }
@@ -94,7 +105,10 @@ impl Archiver {
             dropped: false,
             drops: 0,
             last_drop: None,
-            server_bound_checked: false,
+            server_bound_due: Some(std::time::Instant::now()),
+            slot_lost: false,
+            drop_reported: false,
+            reported_this_pass: false,
             forks: None,
         }
     }
@@ -103,6 +117,7 @@ impl Archiver {
     /// objects after a long absence), advance the slot. `needs_base` is
     /// told why a new base backup is needed, when one is.
     pub async fn pass(&mut self, needs_base: &mut Vec<NeedsBase>) -> Result<Pass> {
+        self.reported_this_pass = false;
         let client = self.setup.conn.connect().await?;
         if !self.recovery_checked {
             match super::recovery::reset(&client, &self.setup.conn).await {
@@ -122,11 +137,13 @@ impl Archiver {
             )));
         };
         self.recovery_checked = true;
-        if !self.server_bound_checked {
-            self.server_bound_checked = true;
-            self.bound_on_server(&client).await;
-        }
         let server = identity(&client, &self.setup.conn).await?;
+        if self
+            .server_bound_due
+            .is_some_and(|t| t <= std::time::Instant::now())
+        {
+            self.bound_on_server(&client, &server).await;
+        }
         let forks = self.forks(flush.timeline);
         let (slot_name, conn) = (self.setup.settings.slot.clone(), self.setup.conn.clone());
         let slot = Slot::new(&slot_name, &client, &conn);
@@ -141,12 +158,11 @@ impl Archiver {
                 self.setup.settings.slot
             )));
         }
+        self.slot_lost = held.lost;
         if held.lost {
-            self.note_drop(format!(
-                "PostgreSQL invalidated the replication slot {:?}: it held more WAL than max_slot_wal_keep_size while nothing archived it \
-                 (the sidecar was down, or the store unreachable); a new slot was made, and the WAL from the archive's end to the next base backup cannot be restored",
-                self.setup.settings.slot
-            ));
+            // Whether WAL that was never archived is gone is known once
+            // the archive's end is (archived_position).
+            warn!(slot = %self.setup.settings.slot, "PostgreSQL invalidated the replication slot (it held more WAL than max_slot_wal_keep_size while nothing moved it on); a new one was made");
             needs_base.push(NeedsBase(format!(
                 "the replication slot {:?} lost WAL (max_slot_wal_keep_size)",
                 self.setup.settings.slot
@@ -161,6 +177,7 @@ impl Archiver {
         let begins = forks.last().map_or(Lsn(0), |f| f.end);
         let start = held.restart_lsn.max(begins);
         let mut archived = self.archived_position(&flush, &server, start, needs_base);
+        self.drop_reported = false;
         let mut objects = 0;
         while let Some(span) = Span::next(
             flush.timeline,
@@ -238,6 +255,7 @@ impl Archiver {
             return e;
         }
         self.dropped = true;
+        self.drop_reported = true;
         let why = format!(
             "the replication slot {:?} held {retained} bytes of WAL, more than LIFEBOAT_WAL_MAX_RETAINED ({}), and the WAL could not be stored ({failed}); \
              the slot was dropped so the volume does not fill. WAL from here on is archived again, after a new base backup, once the store takes writes",
@@ -247,25 +265,44 @@ impl Archiver {
         Error::Source(why)
     }
 
-    /// The slot is gone with WAL that was never archived: counted, logged,
-    /// and kept for the loop's Event and notification.
+    /// WAL that was never archived is gone (the slot was dropped or
+    /// invalidated): counted, logged, and kept for the loop's Event and
+    /// notification; once per pass.
     fn note_drop(&mut self, why: String) {
         tracing::error!(slot = %self.setup.settings.slot, "{why}");
+        if self.reported_this_pass {
+            return;
+        }
+        self.reported_this_pass = true;
         self.drops += 1;
         self.last_drop = Some(why);
     }
 
-    /// Makes the server enforce the bound too, once per process
-    /// ([`server_bound`]); a failure only warns: the sidecar still
-    /// enforces it while it runs.
-    async fn bound_on_server(&self, client: &tokio_postgres::Client) {
+    /// Makes the server enforce the bound too ([`server_bound`]), once per
+    /// process when it works, else again an hour later; a failure only
+    /// warns: the sidecar still enforces the bound while it runs.
+    async fn bound_on_server(&mut self, client: &tokio_postgres::Client, server: &Server) {
         let max = self.setup.settings.max_retained;
-        match server_bound(client, &self.setup.conn, max).await {
+        let slot = &self.setup.settings.slot;
+        let mb = |b: u64| b >> 20;
+        // Below this the server can invalidate the slot between two
+        // passes of a busy server, with nothing wrong.
+        let few = 4 * server.size.bytes();
+        match server_bound(client, &self.setup.conn, slot, max).await {
             Ok(ServerBound::Set(b)) => info!(max_slot_wal_keep_size = b, "set PostgreSQL's max_slot_wal_keep_size to LIFEBOAT_WAL_MAX_RETAINED (ALTER SYSTEM): past it the server drops the slot's hold itself, so the volume cannot fill while the sidecar is down"),
             Ok(ServerBound::Kept(b)) if b > max => warn!(max_slot_wal_keep_size = b, max_retained = max, "PostgreSQL's max_slot_wal_keep_size is larger than LIFEBOAT_WAL_MAX_RETAINED and is left as set: while the sidecar is down, the slot can hold that much"),
+            Ok(ServerBound::Kept(b)) if b < few => warn!(max_slot_wal_keep_size = b, "PostgreSQL's max_slot_wal_keep_size is less than four WAL segments: under load the server can invalidate the slot between two passes, and the archive gets a gap each time; raise it: ALTER SYSTEM SET max_slot_wal_keep_size = '{}MB'; SELECT pg_reload_conf();", mb(max)),
+            Ok(ServerBound::Kept(b)) if b < max => warn!(max_slot_wal_keep_size = b, max_retained = max, "PostgreSQL's max_slot_wal_keep_size is smaller than LIFEBOAT_WAL_MAX_RETAINED and is left as set (lifeboat never changes a value that is set, including one it set itself with an earlier LIFEBOAT_WAL_MAX_RETAINED): the server invalidates the slot at that size. To follow LIFEBOAT_WAL_MAX_RETAINED: ALTER SYSTEM SET max_slot_wal_keep_size = '{}MB'; SELECT pg_reload_conf();", mb(max)),
             Ok(ServerBound::Kept(b)) => info!(max_slot_wal_keep_size = b, "PostgreSQL's max_slot_wal_keep_size is set; it bounds the slot while the sidecar is down"),
-            Err(e) => warn!(error = %e, "could not set PostgreSQL's max_slot_wal_keep_size (ALTER SYSTEM needs a superuser or GRANT ALTER SYSTEM ON PARAMETER max_slot_wal_keep_size): the WAL the slot holds is bounded only while the sidecar runs"),
+            Ok(ServerBound::Shared(others)) => warn!(other_slots = %others.join(", "), "PostgreSQL's max_slot_wal_keep_size is unlimited and other replication slots exist; it bounds every slot, so lifeboat leaves it alone: while the sidecar is down, its slot holds WAL without bound. Set it to what suits every slot: ALTER SYSTEM SET max_slot_wal_keep_size = '{}MB'; SELECT pg_reload_conf();", mb(max)),
+            Err(e) => {
+                warn!(error = %e, "could not set PostgreSQL's max_slot_wal_keep_size (ALTER SYSTEM needs a superuser or GRANT ALTER SYSTEM ON PARAMETER max_slot_wal_keep_size): the WAL the slot holds is bounded only while the sidecar runs; trying again in an hour");
+                self.server_bound_due =
+                    Some(std::time::Instant::now() + std::time::Duration::from_secs(3600));
+                return;
+            }
         }
+        self.server_bound_due = None;
     }
 
     /// The newest object and the next sequence number, from the store.
@@ -301,7 +338,7 @@ impl Archiver {
     /// Where the next object starts: where the newest one ended, on this
     /// timeline of this server; else where the slot holds WAL from.
     fn archived_position(
-        &self,
+        &mut self,
         flush: &Flushed,
         server: &Server,
         restart: Lsn,
@@ -319,10 +356,20 @@ impl Archiver {
         }
         if restart > w.to {
             // WAL between the archive's end and the slot's start may be gone.
+            let end = w.to;
             needs_base.push(NeedsBase(format!(
-                "the replication slot starts at {restart}, after the archive's end {}",
-                w.to
+                "the replication slot starts at {restart}, after the archive's end {end}"
             )));
+            let slot = &self.setup.settings.slot;
+            if self.slot_lost {
+                self.note_drop(format!(
+                    "PostgreSQL invalidated the replication slot {slot:?}: it held more WAL than max_slot_wal_keep_size while nothing archived it \
+                     (the sidecar was down, or the store unreachable). The WAL from {end} to {restart} was never archived: the archive cannot restore past {end} \
+                     until a new base backup (asked for now); a new slot holds WAL from {restart}"
+                ));
+            } else if !self.drop_reported {
+                warn!(slot = %slot, archive_end = %end, slot_start = %restart, "the replication slot was missing (archiving was turned off for a while, or someone dropped it): the WAL between the archive's end and the new slot's start is not in the archive, and a new base backup starts a new chain");
+            }
             return restart;
         }
         let size = server.size;

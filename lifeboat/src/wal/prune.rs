@@ -38,12 +38,19 @@ pub struct Listed {
     pub finished_at: DateTime<Utc>,
 }
 
-/// What goes, with why: indexes into `objects`, oldest first.
-pub fn unneeded(
-    objects: &[Listed],
-    kept: &[KeptBase],
-    bases_readable: bool,
-) -> Vec<(usize, String)> {
+/// An object that can go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unneeded {
+    /// Its index in the objects judged.
+    pub index: usize,
+    pub reason: String,
+    /// The object that holds its bytes again, when it is superseded: it
+    /// goes only once that one reads back whole.
+    pub rests_on: Option<usize>,
+}
+
+/// What goes, with why, in the order of `objects`.
+pub fn unneeded(objects: &[Listed], kept: &[KeptBase], bases_readable: bool) -> Vec<Unneeded> {
     let newest = objects.iter().map(|o| o.wal.sequence).max();
     let newest_base = kept.iter().map(|b| b.started_at).max();
     let mut out = Vec::new();
@@ -53,14 +60,16 @@ pub fn unneeded(
             continue;
         }
         if let Some(by) = superseded_by(w, objects) {
-            out.push((
-                i,
-                format!(
+            let l = &objects[by].wal;
+            out.push(Unneeded {
+                index: i,
+                reason: format!(
                     "superseded: {} holds its segments again, to {}",
-                    object::id(by.timeline, by.sequence),
-                    by.to
+                    object::id(l.timeline, l.sequence),
+                    l.to
                 ),
-            ));
+                rests_on: Some(by),
+            });
             continue;
         }
         if !bases_readable {
@@ -73,30 +82,33 @@ pub fn unneeded(
             .collect();
         if let Some(first) = mine.iter().map(|b| b.end.stop).min() {
             if w.to <= first {
-                out.push((
-                    i,
-                    format!(
+                out.push(Unneeded {
+                    index: i,
+                    reason: format!(
                         "before every kept base backup: it ends at {}, the oldest kept base stops at {first}",
                         w.to
                     ),
-                ));
+                    rests_on: None,
+                });
             }
         } else if newest_base.is_some_and(|t| o.finished_at < t) {
-            out.push((
-                i,
-                format!(
+            out.push(Unneeded {
+                index: i,
+                reason: format!(
                     "of cluster {}, of which no base backup is kept (the kept ones are of another cluster, and newer)",
                     w.system_identifier
                 ),
-            ));
+                rests_on: None,
+            });
         }
     }
     out
 }
 
-/// A later object of `w`'s cluster and timeline that holds every segment
-/// `w` holds, from no later a segment and to no earlier a position.
-fn superseded_by<'a>(w: &WalSection, objects: &'a [Listed]) -> Option<&'a WalSection> {
+/// The index of a later object of `w`'s cluster and timeline that holds
+/// every segment `w` holds, from no later a segment and to no earlier a
+/// position.
+fn superseded_by(w: &WalSection, objects: &[Listed]) -> Option<usize> {
     let covers = |l: &WalSection, x: &WalSection| {
         l.timeline == x.timeline
             && l.system_identifier == x.system_identifier
@@ -115,15 +127,17 @@ fn superseded_by<'a>(w: &WalSection, objects: &'a [Listed]) -> Option<&'a WalSec
     // go too), so the walk reaches `l` straight from what preceded `w`.
     objects
         .iter()
-        .map(|o| &o.wal)
-        .filter(|l| l.sequence > w.sequence && covers(l, w))
-        .filter(|l| {
+        .enumerate()
+        .map(|(i, o)| (i, &o.wal))
+        .filter(|(_, l)| l.sequence > w.sequence && covers(l, w))
+        .filter(|(_, l)| {
             objects.iter().map(|o| &o.wal).all(|x| {
                 !(x.sequence > w.sequence && x.sequence < l.sequence && same_line(l, x))
                     || covers(l, x)
             })
         })
-        .max_by_key(|l| l.sequence)
+        .max_by_key(|(_, l)| l.sequence)
+        .map(|(i, _)| i)
 }
 
 /// Deletes the WAL objects on `target` that no restore from a kept base
@@ -151,10 +165,40 @@ pub async fn apply(
         .collect();
     let manifests: Vec<&crate::manifest::Manifest> =
         listing.objects.iter().filter(|m| m.wal.is_some()).collect();
-    for (i, reason) in unneeded(&objects, kept, bases_readable) {
-        let m = manifests[i];
+    // Whether each object a superseded one rests on reads back whole:
+    // deleting the only good copy of a segment for a damaged later one
+    // would cut every restore short there. Each is read once.
+    let mut sound: std::collections::HashMap<usize, bool> = Default::default();
+    for u in unneeded(&objects, kept, bases_readable) {
+        let m = manifests[u.index];
+        if let Some(by) = u.rests_on {
+            let later = manifests[by];
+            let ok = match sound.get(&by) {
+                Some(ok) => *ok,
+                None => {
+                    let read = crate::artifact_read::read(
+                        target,
+                        later,
+                        None,
+                        None,
+                        std::time::Duration::from_secs(60),
+                        "verify",
+                    )
+                    .await;
+                    if let Err(e) = &read {
+                        tracing::warn!(id = %later.id, target = %target.describe(), error = %e, "a WAL object did not read back whole; the objects it supersedes are kept");
+                    }
+                    sound.insert(by, read.is_ok());
+                    read.is_ok()
+                }
+            };
+            if !ok {
+                tracing::info!(id = %m.id, superseded_by = %later.id, "retention keeps a superseded WAL object: the later copy did not read back whole");
+                continue;
+            }
+        }
         target.delete(m).await?;
-        tracing::info!(id = %m.id, target = %target.describe(), reason = %reason, "retention deleted a WAL object");
+        tracing::info!(id = %m.id, target = %target.describe(), reason = %u.reason, "retention deleted a WAL object");
     }
     Ok(())
 }
@@ -200,8 +244,8 @@ mod tests {
         }
     }
 
-    fn ids(out: &[(usize, String)]) -> Vec<usize> {
-        out.iter().map(|(i, _)| *i).collect()
+    fn ids(out: &[Unneeded]) -> Vec<usize> {
+        out.iter().map(|u| u.index).collect()
     }
 
     #[test]
@@ -215,7 +259,12 @@ mod tests {
         ];
         let out = unneeded(&objects, &[base(SEG, 0)], true);
         assert_eq!(ids(&out), vec![0, 1]);
-        assert!(out[0].1.contains("superseded") && out[0].1.contains("wal-00000001-00000002"));
+        assert!(
+            out[0].reason.contains("superseded") && out[0].reason.contains("wal-00000001-00000002")
+        );
+        // Each goes only once object 2 reads back whole.
+        assert_eq!(out[0].rests_on, Some(2));
+        assert_eq!(out[1].rests_on, Some(2));
         // Object 2 holds segment 1, which object 3 does not: it stays.
     }
 
@@ -255,7 +304,7 @@ mod tests {
         let out = unneeded(&objects, &kept, true);
         assert_eq!(ids(&out), vec![0]);
         assert!(
-            out[0].1.contains("before every kept base backup"),
+            out[0].reason.contains("before every kept base backup"),
             "{out:?}"
         );
         // An unreadable backup manifest may be a base that needs them.
@@ -271,7 +320,7 @@ mod tests {
         ];
         let out = unneeded(&objects, &[base(SEG + 1, 1)], true);
         assert_eq!(ids(&out), vec![0]);
-        assert!(out[0].1.contains("cluster 99"), "{out:?}");
+        assert!(out[0].reason.contains("cluster 99"), "{out:?}");
         // Its own newer objects, with no base of theirs yet: kept.
         let newer = [
             listed(1, 5, SEG, 2 * SEG, "99"),
@@ -285,5 +334,82 @@ mod tests {
         // An idle server: the base stops after the last archived byte.
         let objects = [listed(1, 0, SEG, SEG + 100, "7")];
         assert!(unneeded(&objects, &[base(2 * SEG, 5)], true).is_empty());
+    }
+
+    /// Commits a WAL object of `w` to `target`: one small file in a real
+    /// tar, with the manifest a restore reads.
+    async fn store(target: &crate::store::AnyTarget, w: &WalSection) -> String {
+        use crate::store::{Target, Upload};
+        let id = object::id(w.timeline, w.sequence);
+        let compression = crate::compression::Compression::None;
+        let file = crate::artifact::file_name(&id, compression, false);
+        let mut up = target.begin(&file).await.unwrap();
+        let (_, stored) = crate::tar_upload::upload_tar(&mut up, compression, None, |tar| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(4);
+            h.set_mode(0o600);
+            h.set_cksum();
+            tar.append_data(&mut h, "pgdata/pg_wal/x", &b"wal!"[..])
+                .unwrap();
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let json = serde_json::json!({
+            "format": "lifeboat/v1", "id": id, "artifact": file,
+            "name": "n", "namespace": "ns", "source": "postgres", "layout": "paths",
+            "paths": ["/pgdata"], "started_at": "2026-12-02T10:00:00Z",
+            "finished_at": "2026-12-02T10:00:00Z", "compression": compression.to_string(),
+            "encryption": "none", "size": stored.size, "sha256": stored.sha256,
+            "entries": 1, "bytes_in": 4, "warnings": [], "tool_version": "t",
+            "source_meta": {}, "wal": w,
+        });
+        let m = crate::manifest::Manifest::from_json(json.to_string().as_bytes()).unwrap();
+        up.commit(&m).await.unwrap();
+        file
+    }
+
+    #[tokio::test]
+    async fn a_superseded_object_stays_while_the_later_copy_does_not_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = crate::store::TargetSpec::Dir(dir.path().into())
+            .open("ns", "n", &Default::default())
+            .await;
+        let objects = [
+            listed(1, 0, SEG, SEG + 100, "7"),
+            listed(1, 1, SEG + 100, SEG + 200, "7"),
+            listed(1, 2, SEG + 200, 2 * SEG + 50, "7"),
+            listed(1, 3, 2 * SEG + 50, 2 * SEG + 60, "7"),
+        ];
+        let mut files = vec![];
+        for o in &objects {
+            files.push(store(&target, &o.wal).await);
+        }
+        let names = || -> Vec<String> {
+            let mut n: Vec<String> = std::fs::read_dir(dir.path().join("ns/n"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".tar"))
+                .collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(), files);
+        // Object 2, which 0 and 1 rest on, is damaged in the store.
+        let damaged = dir.path().join("ns/n").join(&files[2]);
+        let good = std::fs::read(&damaged).unwrap();
+        let mut bad = good.clone();
+        bad[600] ^= 1;
+        std::fs::write(&damaged, &bad).unwrap();
+        apply(&target, &[base(SEG, 0)], true).await.unwrap();
+        assert_eq!(
+            names(),
+            files,
+            "nothing rests on a copy that does not read back"
+        );
+        // Whole again: 0 and 1 go.
+        std::fs::write(&damaged, &good).unwrap();
+        apply(&target, &[base(SEG, 0)], true).await.unwrap();
+        assert_eq!(names(), files[2..]);
     }
 }

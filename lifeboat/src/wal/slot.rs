@@ -112,29 +112,39 @@ pub enum ServerBound {
     Set(u64),
     /// Someone set it: respected as it is (bytes).
     Kept(u64),
+    /// It is unlimited and left so: the setting bounds every slot, and
+    /// these other slots (a replica's, a logical subscriber's) are not
+    /// ours to invalidate.
+    Shared(Vec<String>),
 }
 
 /// Makes the server itself drop our slot's hold past the bound, so the
 /// volume cannot fill while the sidecar is down (a crash loop, a node
 /// drain): when `max_slot_wal_keep_size` is unlimited (-1, PostgreSQL's
-/// default) it is set to `max_retained` with `ALTER SYSTEM` and reloaded;
-/// a value someone set is kept. The setting reloads without a restart.
+/// default) and our slot is the only one, it is set to `max_retained`
+/// with `ALTER SYSTEM` and reloaded; a value someone set is kept. The
+/// setting reloads without a restart.
 pub async fn server_bound(
     client: &Client,
     conn: &PgConn,
+    slot: &str,
     max_retained: u64,
 ) -> Result<ServerBound> {
     let row = client
         .query_one(
-            "SELECT setting::bigint FROM pg_settings WHERE name = 'max_slot_wal_keep_size'",
-            &[],
+            "SELECT (SELECT setting::bigint FROM pg_settings WHERE name = 'max_slot_wal_keep_size'), \
+             ARRAY(SELECT slot_name::text FROM pg_replication_slots WHERE slot_name <> $1 AND NOT temporary ORDER BY 1)",
+            &[&slot],
         )
         .await
         .map_err(|e| conn.error(e))?;
     // In MB, the setting's unit.
-    let mb: i64 = row.get(0);
+    let (mb, others): (i64, Vec<String>) = (row.get(0), row.get(1));
     if mb >= 0 {
         return Ok(ServerBound::Kept((mb as u64) << 20));
+    }
+    if !others.is_empty() {
+        return Ok(ServerBound::Shared(others));
     }
     let set = (max_retained >> 20).max(1);
     // One statement per call: ALTER SYSTEM refuses to run in the implicit
