@@ -122,10 +122,15 @@ impl Job {
                 "LIFEBOAT_INCLUDE_KUBE is set but the Kubernetes API is not usable (see the warning at start); unset it or grant the Role in manifests/rbac.yaml".into(),
             ));
         }
+        // The same bucket on another S3 endpoint is another history.
+        let history = match &self.settings.s3.endpoint {
+            Some(endpoint) => format!("{} at {endpoint}", self.targets[0].describe()),
+            None => self.targets[0].describe(),
+        };
         let lock = crate::lock::BackupLock::acquire(
             &self.settings.source.spool_dir,
             &self.settings.name,
-            &self.targets[0].describe(),
+            &history,
         )?;
         for t in &self.targets {
             if let Err(e) = clean_dead_leftovers(t, &lock).await {

@@ -163,6 +163,89 @@ struct Told {
     pub settings: Arc<Settings>,
 }
 
+/// The base backups the archiver asked for: one request covers every
+/// reason until it is served; a condition that stays must not ask again
+/// every interval, and one that failed (the store was down) is asked for
+/// again, sooner at first, until one is taken: without it the archived
+/// WAL restores nothing.
+#[derive(Default)]
+struct BaseAsked {
+    /// The request in the backup queue, and the answer it will get.
+    pending: Option<oneshot::Receiver<std::result::Result<crate::manifest::Manifest, String>>>,
+    /// When the last one was served.
+    served: Option<tokio::time::Instant>,
+    /// A failed one: why it was asked, when to ask again, and the wait
+    /// after that.
+    failed: Option<(String, tokio::time::Instant, std::time::Duration)>,
+}
+
+/// The first wait before a failed base backup is asked for again; it
+/// doubles up to [`ASK_AGAIN_AFTER`].
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl BaseAsked {
+    fn follow(&mut self, asks: Vec<NeedsBase>, requests: &mpsc::Sender<Reply>) {
+        let now = tokio::time::Instant::now();
+        if let Some(rx) = &mut self.pending {
+            match rx.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => {}
+                Ok(Ok(m)) => {
+                    info!(id = %m.id, "the base backup the WAL archive asked for is taken");
+                    self.pending = None;
+                    self.served = Some(now);
+                    self.failed = None;
+                }
+                answer => {
+                    let error = match answer {
+                        Ok(Err(e)) => e,
+                        _ => "it was not run".into(),
+                    };
+                    let (why, wait) = match self.failed.take() {
+                        Some((why, _, wait)) => (why, (wait * 2).min(ASK_AGAIN_AFTER)),
+                        None => ("asked for before".to_string(), RETRY_FIRST),
+                    };
+                    warn!(error = %error, again_in_s = wait.as_secs(), "the base backup the WAL archive asked for failed; until one is taken, the archived WAL cannot be restored. Asking again later");
+                    self.pending = None;
+                    self.failed = Some((why, now + wait, wait));
+                }
+            }
+        }
+        let mut why = asks.into_iter().map(|NeedsBase(w)| w).next();
+        if self.pending.is_some() {
+            if let Some(w) = why {
+                debug!(reason = %w, "a base backup is already asked for");
+            }
+            return;
+        }
+        if let Some((old, at, _)) = &self.failed {
+            if now < *at {
+                return;
+            }
+            why = why.or(Some(old.clone()));
+        } else if self.served.is_some_and(|t| now - t < ASK_AGAIN_AFTER) {
+            if let Some(w) = why {
+                debug!(reason = %w, "a base backup was taken for the archive recently");
+            }
+            return;
+        }
+        let Some(why) = why else {
+            return;
+        };
+        info!(reason = %why, "asking for a base backup: archived WAL restores only on top of one taken after this");
+        let (reply, rx) = oneshot::channel();
+        if requests.try_send(reply).is_err() {
+            warn!("the backup queue is full; the base backup is asked for again later");
+            let wait = self.failed.as_ref().map_or(RETRY_FIRST, |f| f.2);
+            self.failed = Some((why, now + wait, wait));
+            return;
+        }
+        if let Some(f) = &mut self.failed {
+            f.0 = why;
+        }
+        self.pending = Some(rx);
+    }
+}
+
 /// Archives until the task is aborted (the sidecar's exit). An abort in
 /// the middle of an object leaves an upload no manifest covers: a
 /// leftover, never a WAL object.
@@ -175,28 +258,13 @@ async fn run(mut a: Archiver, requests: mpsc::Sender<Reply>, status: Arc<Status>
         "archiving WAL continuously"
     );
     let mut waiting_said = false;
-    let mut asked: Option<tokio::time::Instant> = None;
+    let mut base = BaseAsked::default();
     let mut dropped_before = 0;
     loop {
         every.tick().await;
         let mut asks = Vec::new();
         let result = a.pass(&mut asks).await;
-        for NeedsBase(why) in asks {
-            // One request covers every reason until it is served; a
-            // condition that stays (a backup that keeps failing) must not
-            // ask again every interval.
-            if asked.is_some_and(|t| t.elapsed() < ASK_AGAIN_AFTER) {
-                debug!(reason = %why, "a base backup was asked for recently");
-                continue;
-            }
-            asked = Some(tokio::time::Instant::now());
-            info!(reason = %why, "asking for a base backup: archived WAL restores only on top of one taken after this");
-            // Nobody waits for the answer: the backup reports itself.
-            let (reply, _) = oneshot::channel();
-            if requests.try_send(reply).is_err() {
-                warn!("the backup queue is full; the base backup waits for the next request or the schedule");
-            }
-        }
+        base.follow(asks, &requests);
         let drops = a.drops;
         let caught_up = match &result {
             Ok(Pass::Archived {
@@ -246,5 +314,65 @@ async fn run(mut a: Archiver, requests: mpsc::Sender<Reply>, status: Arc<Status>
             }
             Err(e) => warn!(error = %e, "archiving WAL failed; trying again next interval"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn ask(why: &str) -> Vec<NeedsBase> {
+        vec![NeedsBase(why.into())]
+    }
+
+    fn done() -> crate::manifest::Manifest {
+        let json = serde_json::json!({
+            "format": "lifeboat/v1", "id": "20261203T000000Z-postgres",
+            "artifact": "20261203T000000Z-postgres.tar.zst",
+            "name": "n", "namespace": "ns", "source": "postgres", "layout": "paths",
+            "paths": ["/data"], "started_at": "2026-12-03T00:00:00Z",
+            "finished_at": "2026-12-03T00:00:00Z", "compression": "zstd:3",
+            "encryption": "none", "size": 1, "sha256": "00", "entries": 1, "bytes_in": 1,
+            "warnings": [], "tool_version": "t", "source_meta": {}
+        });
+        crate::manifest::Manifest::from_json(json.to_string().as_bytes()).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_base_backup_is_asked_for_again_until_one_is_taken() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let mut base = BaseAsked::default();
+        base.follow(ask("the slot was created"), &tx);
+        let reply = rx.try_recv().expect("asked");
+        // While it runs, no second request, whatever the passes find.
+        base.follow(ask("again"), &tx);
+        assert!(rx.try_recv().is_err());
+        reply.send(Err("the store is down".into())).unwrap();
+        // Failed: asked again a minute later, without a new reason, then
+        // after two minutes, and so on.
+        base.follow(vec![], &tx);
+        assert!(rx.try_recv().is_err());
+        tokio::time::advance(Duration::from_secs(61)).await;
+        base.follow(vec![], &tx);
+        let reply = rx.try_recv().expect("asked again");
+        reply.send(Err("still down".into())).unwrap();
+        base.follow(vec![], &tx);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        base.follow(vec![], &tx);
+        assert!(rx.try_recv().is_err(), "the wait doubled");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        base.follow(vec![], &tx);
+        let reply = rx.try_recv().expect("asked a third time");
+        reply.send(Ok(done())).unwrap();
+        // Taken: nothing more, and a new reason within the hour waits for
+        // the schedule.
+        base.follow(vec![], &tx);
+        tokio::time::advance(Duration::from_secs(3000)).await;
+        base.follow(ask("another reason"), &tx);
+        assert!(rx.try_recv().is_err());
+        tokio::time::advance(Duration::from_secs(700)).await;
+        base.follow(ask("another reason"), &tx);
+        assert!(rx.try_recv().is_ok());
     }
 }
