@@ -662,6 +662,38 @@ fn onto_the_new_timeline(major: u32) {
         "the sidecar said:\n{}",
         fs::read_to_string(&a.log).unwrap_or_default()
     );
+    let id_of = |p: &Path| {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        name.split('.').next().unwrap().to_string()
+    };
+    let (first, after_fork) = (id_of(&bases(&history)[0]), id_of(&bases(&history)[1]));
+    // `list` says the base after the fork is abandoned, and `restore --to`
+    // passes over it too.
+    let out = run_ok(pg.cmd("lifeboat-sidecar", &[]).arg("list"));
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains(&after_fork) && l.contains("abandoned: timeline 2 branched off")),
+        "{listed}"
+    );
+    let dir = pg.root.join("inspect");
+    let out =
+        run_ok(
+            pg.cmd("lifeboat-sidecar", &[])
+                .args(["restore", "--to", dir.to_str().unwrap()]),
+        );
+    let said = stderr(&out);
+    assert!(
+        said.lines()
+            .any(|l| l.contains(&after_fork) && l.contains("branched off")),
+        "{said}"
+    );
+    assert!(
+        said.lines()
+            .any(|l| l.contains(&first) && l.contains("restored")),
+        "{said}"
+    );
     // The newest base (timeline 1, after the fork) is passed over for the
     // first one, which follows timeline 2.
     let c = lose_and_restore(&mut pg);

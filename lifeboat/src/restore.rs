@@ -434,7 +434,10 @@ async fn fits(
 ) -> std::result::Result<(), String> {
     s.source.fits(m)?;
     before_target_time(s, m)?;
-    abandoned(targets, m, s, seen).await
+    if s.source.wal.is_none() {
+        return Ok(());
+    }
+    abandoned(targets, m, seen).await
 }
 
 /// A PostgreSQL base taken on a timeline after a later timeline branched
@@ -445,13 +448,12 @@ async fn fits(
 async fn abandoned(
     targets: &[AnyTarget],
     m: &Manifest,
-    s: &crate::config::Settings,
     seen: &mut Option<Vec<crate::wal::object::WalSection>>,
 ) -> std::result::Result<(), String> {
     let Some(base) = crate::wal::object::BaseEnd::of(&m.source_meta) else {
         return Ok(());
     };
-    if s.source.wal.is_none() || m.source != SourceKind::Postgres {
+    if m.source != SourceKind::Postgres {
         return Ok(());
     }
     if seen.is_none() {
@@ -608,8 +610,18 @@ pub async fn restore_to(
         setting: "--target-time".into(),
     });
     let mut bad = ProvenBad::default();
+    let mut wal_seen = None;
     for (t, a) in chosen {
         tried += 1;
+        // Picking the newest: not one a point-in-time restore abandoned
+        // (an id asked for by name is restored as asked).
+        if wanted.id.is_none() {
+            if let Err(reason) = abandoned(targets, &a.manifest, &mut wal_seen).await {
+                warn!(id = %a.manifest.id, target = %t.describe(), "{reason}; trying the next candidate");
+                failures.push(format!("{} on {}: {reason}", a.manifest.id, t.describe()));
+                continue;
+            }
+        }
         let links = match chain_for(&all, t, &a.manifest) {
             Ok(links) => links,
             Err(reason) => {

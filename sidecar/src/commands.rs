@@ -113,6 +113,13 @@ async fn point_in_time_windows(t: &lifeboat::store::AnyTarget, listing: &lifeboa
     println!("point in time (UTC), per base backup: any second from … to");
     for a in listing.artifacts.iter().filter(physical) {
         if let Some(w) = lifeboat::wal::window::of(&a.manifest, &wal.objects) {
+            if let Some((timeline, at)) = w.abandoned_by {
+                println!(
+                    "  {:<28} abandoned: timeline {timeline} branched off at {at}, before it (a restore to a point in time); a restore of the newest passes over it",
+                    a.manifest.id
+                );
+                continue;
+            }
             println!(
                 "  {:<28} {} … {}  ({} WAL object(s), to {})",
                 a.manifest.id,

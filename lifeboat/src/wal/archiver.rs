@@ -439,8 +439,18 @@ impl Archiver {
                 let mut entries = 0;
                 let mut bytes = 0;
                 if with_history && span.timeline > 1 {
-                    bytes += append_history(tar, &pg_wal, &entry_dir, span.timeline, mtime)?;
-                    entries += 1;
+                    // As in `forks`: archiving matters more than the
+                    // history file, which only lets a restore from an
+                    // earlier timeline's base follow onto this one.
+                    match append_history(tar, &pg_wal, &entry_dir, span.timeline, mtime) {
+                        Ok(b) => {
+                            bytes += b;
+                            entries += 1;
+                        }
+                        Err(e) => {
+                            warn!(error = %e, timeline = span.timeline, "the timeline's history file could not be read; this WAL object is stored without it")
+                        }
+                    }
                 }
                 let wal = append_span(tar, &pg_wal, &entry_dir, &span, &server, mtime)?;
                 let segments = span.segments(server.size).count() as u64;

@@ -125,18 +125,41 @@ pub fn parse_history(text: &str) -> Result<Vec<Fork>, String> {
     Ok(forks)
 }
 
-/// The later timeline that branched off `base`'s timeline before the base
-/// ended, if the archive has one: the base holds WAL that a restore to a
-/// point in time abandoned, and restoring it would bring that back.
+/// A later timeline that branched off the base's line before the base
+/// left it, if the archive has one: the base holds WAL that a restore to a
+/// point in time abandoned, and restoring it would bring that back. The
+/// base's line is its timeline up to where it stopped, and before that the
+/// timelines its own history names (from the archive's objects of its
+/// timeline): a later timeline that left one of them earlier than the
+/// base's line did is a restore to before the base, whether it branched
+/// off the base's timeline or off an ancestor (the base is then on a dead
+/// sibling). Later means a higher number: PostgreSQL numbers a new
+/// timeline past every one it knows, and follows the highest.
 pub fn abandoned_by(base: BaseEnd, objects: &[&WalSection]) -> Option<(u32, Lsn)> {
-    objects
+    let mine: Vec<&WalSection> = objects
         .iter()
+        .copied()
         .filter(|w| w.system_identifier.parse::<u64>().ok() == Some(base.system_identifier))
+        .collect();
+    // Where the base's line leaves each timeline on it.
+    let mut line: Vec<Fork> = mine
+        .iter()
+        .find(|w| w.timeline == base.timeline && !w.forks.is_empty())
+        .map(|w| w.forks.clone())
+        .unwrap_or_default();
+    line.retain(|f| f.timeline < base.timeline);
+    line.push(Fork {
+        timeline: base.timeline,
+        end: base.stop,
+    });
+    mine.iter()
+        .filter(|w| w.timeline > base.timeline)
         .flat_map(|w| {
-            w.forks
-                .iter()
-                .filter(|f| f.timeline == base.timeline && f.end < base.stop)
-                .map(|f| (w.timeline, f.end))
+            let line = &line;
+            w.forks.iter().filter_map(move |f| {
+                let left = line.iter().find(|b| b.timeline == f.timeline)?.end;
+                (f.end < left).then_some((w.timeline, f.end))
+            })
         })
         .min_by_key(|(_, end)| *end)
 }
@@ -491,6 +514,54 @@ mod tests {
             Some((2, Lsn(SEG + 40)))
         );
         assert_eq!(abandoned_by(base(SEG + 30), &[&later]), None);
+    }
+
+    #[test]
+    fn a_base_on_a_dead_sibling_timeline_is_abandoned() {
+        let fork = |timeline, end| Fork {
+            timeline,
+            end: Lsn(end),
+        };
+        // Timeline 2 left 1 at SEG + 40; a base was taken on 2; then a
+        // restore to before that, from a base on 1, made timeline 3 at
+        // SEG + 20: the base on 2 holds what that restore undid.
+        let on_two = WalSection {
+            timeline: 2,
+            forks: vec![fork(1, SEG + 40)],
+            ..section(5, SEG + 40, SEG + 90)
+        };
+        let three = WalSection {
+            timeline: 3,
+            forks: vec![fork(1, SEG + 20)],
+            ..section(9, SEG + 20, SEG + 60)
+        };
+        let base_on_two = BaseEnd {
+            timeline: 2,
+            ..base(SEG + 80)
+        };
+        assert_eq!(
+            abandoned_by(base_on_two, &[&on_two, &three]),
+            Some((3, Lsn(SEG + 20)))
+        );
+        // Timeline 3 descends from 2 after the base: the base is on its
+        // line, not abandoned.
+        let after = WalSection {
+            timeline: 3,
+            forks: vec![fork(1, SEG + 40), fork(2, SEG + 85)],
+            ..section(9, SEG + 85, SEG + 99)
+        };
+        assert_eq!(abandoned_by(base_on_two, &[&on_two, &after]), None);
+        // An older sibling (timeline 2 off 1 early) abandons nothing on 3.
+        let base_on_three = BaseEnd {
+            timeline: 3,
+            ..base(SEG + 50)
+        };
+        let early_two = WalSection {
+            timeline: 2,
+            forks: vec![fork(1, SEG + 10)],
+            ..section(5, SEG + 10, SEG + 30)
+        };
+        assert_eq!(abandoned_by(base_on_three, &[&early_two, &three]), None);
     }
 
     #[test]

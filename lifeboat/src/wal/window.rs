@@ -21,16 +21,22 @@ pub struct Window {
     pub objects: usize,
     /// Where their WAL ends.
     pub end: Lsn,
+    /// A later timeline that branched off before the base stopped (a
+    /// restore to a point in time undid part of what it holds): a restore
+    /// that picks the newest passes over it ([`object::abandoned_by`]).
+    pub abandoned_by: Option<(u32, Lsn)>,
 }
 
 /// The window of `base` given the store's WAL objects; None for a backup
 /// that records no WAL position (another source, an older backup).
 pub fn of(base: &Manifest, wal: &[Manifest]) -> Option<Window> {
     let end = BaseEnd::of(&base.source_meta)?;
-    let objects = wal
+    let objects: Vec<_> = wal
         .iter()
         .filter_map(|m| m.wal.clone().map(|w| (w, m)))
         .collect();
+    let sections: Vec<&object::WalSection> = objects.iter().map(|(w, _)| w).collect();
+    let abandoned_by = object::abandoned_by(end, &sections);
     let plan = object::plan(end, objects);
     let to = plan
         .objects
@@ -43,5 +49,6 @@ pub fn of(base: &Manifest, wal: &[Manifest]) -> Option<Window> {
         to,
         objects: plan.objects.len(),
         end: plan.end,
+        abandoned_by,
     })
 }
