@@ -881,6 +881,23 @@ fn past_the_bound(major: u32) {
         transfer(&c, n);
     }
     let _ = wait_archived(&sc, &c, &history);
+    // The gap is recorded on the first object after it, so a sidecar in a
+    // crash loop still reports the loss: killed and started again, it
+    // exports the same time and the alert goes on firing.
+    let gaps: Vec<serde_json::Value> = wal_objects(&history)
+        .iter()
+        .filter_map(|m| m["wal"].get("gap").cloned())
+        .collect();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!(gaps[0]["lost"], true, "{gaps:?}");
+    let dropped_at = m["lifeboat_wal_slot_dropped_timestamp_seconds"];
+    drop(sc);
+    let sc = RunningSidecar::start(&pairs(&env), &log);
+    sc.wait_for("the restarted sidecar to report the loss", 30, |s| {
+        s.scrape()
+            .get("lifeboat_wal_slot_dropped_timestamp_seconds")
+            .is_some_and(|t| (t - dropped_at).abs() < 30.0)
+    });
     assert!(sc.stop().success());
     drop(c);
     let c = lose_and_restore(&mut pg);
@@ -1000,6 +1017,11 @@ fn the_annotation_turns_it_on_and_off(major: u32) {
         sc.log_text()
     );
     assert_eq!(sc.status()["wal"]["slot_dropped"], 0, "{}", sc.status());
+    let gaps: Vec<serde_json::Value> = wal_objects(&history)
+        .iter()
+        .filter_map(|m| m["wal"].get("gap").cloned())
+        .collect();
+    assert!(gaps.len() == 1 && gaps[0]["lost"] == false, "{gaps:?}");
     assert!(sc.stop().success());
     drop(c);
     let c = lose_and_restore(&mut pg);

@@ -390,6 +390,17 @@ impl Status {
         });
     }
 
+    /// WAL found lost before this process (recorded in the store): its
+    /// time, unless this process found a later one.
+    pub fn wal_lost_before(&self, at: DateTime<Utc>) {
+        self.with(|s| {
+            let w = s.wal.get_or_insert_with(WalState::default);
+            if w.slot_dropped_at.is_none_or(|t| t < at) {
+                w.slot_dropped_at = Some(at);
+            }
+        });
+    }
+
     pub fn pending_load(&self, id: Option<String>) {
         self.with(|s| s.pending_load = id);
     }

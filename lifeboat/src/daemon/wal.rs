@@ -284,6 +284,11 @@ async fn run(mut a: Archiver, requests: mpsc::Sender<Reply>, status: Arc<Status>
             Ok(Pass::Waiting(why)) => Err(why.clone()),
             Err(e) => Err(e.to_string()),
         };
+        if let Some(at) = a.lost_found_at.take() {
+            // A loss a sidecar before this one found (a crash loop): the
+            // alert goes on reading its time.
+            status.wal_lost_before(at);
+        }
         let waiting = matches!(result, Ok(Pass::Waiting(_)));
         status.wal_pass(caught_up, waiting, drops > dropped_before, Utc::now());
         if drops > dropped_before {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use chrono::Utc;
 use tracing::{info, warn, Instrument};
 
-use super::object::{self, WalSection};
+use super::object::{self, Gap, WalSection};
 use super::position::Lsn;
 use super::position::Segment;
 use super::segments::{append_history, append_span, history_forks, tail_sha256, Server};
@@ -70,6 +70,13 @@ pub struct Archiver {
     drop_reported: bool,
     /// A drop was reported this pass (one pass reports one).
     reported_this_pass: bool,
+    /// A gap found in the archive, recorded on the next object committed
+    /// (reported once, however many passes fail before that).
+    gap: Option<Gap>,
+    /// When the newest loss recorded in the store was found, from the
+    /// listing: a restarted sidecar goes on reporting it (taken by the
+    /// loop for `/status` and the alert).
+    pub lost_found_at: Option<chrono::DateTime<Utc>>,
     /// The last timeline's history forks, once read.
     forks: Option<(u32, Vec<super::object::Fork>)>,
 }
@@ -109,6 +116,8 @@ impl Archiver {
             slot_lost: false,
             drop_reported: false,
             reported_this_pass: false,
+            gap: None,
+            lost_found_at: None,
             forks: None,
         }
     }
@@ -191,6 +200,7 @@ impl Archiver {
                 first_of_timeline,
                 flushed_at: (span.to == flush.lsn).then_some(read_at),
                 forks: forks.clone(),
+                gap: self.gap,
             };
             let section = match self.commit(span, &server, about).await {
                 Ok(section) => section,
@@ -202,6 +212,7 @@ impl Archiver {
                     return Err(self.bound(&slot, e).await);
                 }
             };
+            self.gap = None;
             // Committed: now the server may recycle it.
             slot.advance(span.to).await?;
             archived = span.to;
@@ -325,6 +336,12 @@ impl Archiver {
             .filter_map(|m| m.wal.clone())
             .max_by_key(|w| w.sequence);
         self.next_sequence = listing.next_sequence;
+        self.lost_found_at = listing
+            .objects
+            .iter()
+            .filter_map(|m| m.wal.as_ref()?.gap.filter(|g| g.lost))
+            .map(|g| g.found_at)
+            .max();
         self.newest = Some(newest);
         Ok(())
     }
@@ -360,6 +377,16 @@ impl Archiver {
             needs_base.push(NeedsBase(format!(
                 "the replication slot starts at {restart}, after the archive's end {end}"
             )));
+            if self.gap.is_some_and(|g| g.from == end) {
+                // Reported when found; a commit since failed.
+                return restart;
+            }
+            self.gap = Some(Gap {
+                from: end,
+                to: restart,
+                found_at: Utc::now(),
+                lost: self.slot_lost || self.drop_reported,
+            });
             let slot = &self.setup.settings.slot;
             if self.slot_lost {
                 self.note_drop(format!(
@@ -418,6 +445,7 @@ impl Archiver {
             tail_sha256: None,
             flushed_at: about.flushed_at,
             forks: about.forks,
+            gap: about.gap,
         };
         let id = object::id(section.timeline, section.sequence);
         let tracing_span =
@@ -439,17 +467,9 @@ impl Archiver {
                 let mut entries = 0;
                 let mut bytes = 0;
                 if with_history && span.timeline > 1 {
-                    // As in `forks`: archiving matters more than the
-                    // history file, which only lets a restore from an
-                    // earlier timeline's base follow onto this one.
-                    match append_history(tar, &pg_wal, &entry_dir, span.timeline, mtime) {
-                        Ok(b) => {
-                            bytes += b;
-                            entries += 1;
-                        }
-                        Err(e) => {
-                            warn!(error = %e, timeline = span.timeline, "the timeline's history file could not be read; this WAL object is stored without it")
-                        }
+                    if let Some(b) = history_into(tar, &pg_wal, &entry_dir, span.timeline, mtime) {
+                        bytes += b;
+                        entries += 1;
                     }
                 }
                 let wal = append_span(tar, &pg_wal, &entry_dir, &span, &server, mtime)?;
@@ -539,6 +559,24 @@ struct About {
     first_of_timeline: bool,
     flushed_at: Option<chrono::DateTime<Utc>>,
     forks: Vec<super::object::Fork>,
+    /// The gap before this object, on the first object after one.
+    gap: Option<Gap>,
+}
+
+/// The timeline's `.history` file into the object, when it can be read
+/// (its size); else a WARN. As in `Archiver::forks`: archiving matters more
+/// than the history, which only lets a restore from an earlier timeline's
+/// base follow onto this one.
+fn history_into(
+    tar: &mut crate::tar_upload::TarSink,
+    pg_wal: &Path,
+    entry_dir: &str,
+    timeline: u32,
+    mtime: u64,
+) -> Option<u64> {
+    append_history(tar, pg_wal, entry_dir, timeline, mtime)
+        .inspect_err(|e| warn!(error = %e, timeline, "the timeline's history file could not be read; this WAL object is stored without it"))
+        .ok()
 }
 
 /// `pg_wal` on disk, and where it sits in a tar (PGDATA without its

@@ -77,6 +77,29 @@ pub struct WalSection {
     /// (that WAL was abandoned when this timeline began).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forks: Vec<Fork>,
+    /// On the first object after a gap in the archive of its line: the WAL
+    /// between the archive's end and where the new slot held WAL from was
+    /// never archived. Kept in the store so that a restarted sidecar still
+    /// reports a recent loss (the alert reads its time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<Gap>,
+}
+
+/// WAL an archive never got ([`WalSection::gap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// The archive's end before the gap.
+    #[serde(with = "lsn_text")]
+    pub from: Lsn,
+    /// Where the new slot held WAL from.
+    #[serde(with = "lsn_text")]
+    pub to: Lsn,
+    /// When the archiver found it.
+    pub found_at: chrono::DateTime<chrono::Utc>,
+    /// WAL was lost (the slot was dropped past the bound, or invalidated
+    /// by the server); false when archiving was off for a while or the
+    /// slot was dropped by hand.
+    pub lost: bool,
 }
 
 /// A transaction's time is taken just before its commit record is
@@ -390,6 +413,7 @@ mod tests {
             segment_size: SEG,
             system_identifier: "7".into(),
             tail_sha256: None,
+            gap: None,
             flushed_at: None,
             forks: vec![],
         }

@@ -226,6 +226,7 @@ mod tests {
                 segment_size: SEG,
                 system_identifier: system.into(),
                 tail_sha256: None,
+                gap: None,
                 flushed_at: None,
                 forks: vec![],
             },
