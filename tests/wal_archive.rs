@@ -888,7 +888,7 @@ fn past_the_bound(major: u32) {
         .iter()
         .filter_map(|m| m["wal"].get("gap").cloned())
         .collect();
-    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!(gaps.len(), 1, "{gaps:?}; log:\n{}", sc.log_text());
     assert_eq!(gaps[0]["lost"], true, "{gaps:?}");
     let dropped_at = m["lifeboat_wal_slot_dropped_timestamp_seconds"];
     drop(sc);

@@ -117,6 +117,10 @@ fn superseded_by(w: &WalSection, objects: &[Listed]) -> Option<usize> {
             && l.covers_from() <= x.covers_from()
             && l.to >= x.to
             && (x.flushed_at.is_none() || l.flushed_at >= x.flushed_at)
+            // The object that records a gap keeps the record (a restarted
+            // sidecar reads the loss back from it) until no kept base
+            // needs it.
+            && x.gap.is_none()
     };
     let same_line = |l: &WalSection, x: &WalSection| {
         l.timeline == x.timeline && l.system_identifier == x.system_identifier
@@ -267,6 +271,26 @@ mod tests {
         assert_eq!(out[0].rests_on, Some(2));
         assert_eq!(out[1].rests_on, Some(2));
         // Object 2 holds segment 1, which object 3 does not: it stays.
+    }
+
+    #[test]
+    fn the_object_that_records_a_gap_is_not_superseded() {
+        let mut objects = [
+            listed(1, 0, SEG, SEG + 100, "7"),
+            listed(1, 1, SEG + 100, SEG + 200, "7"),
+            listed(1, 2, SEG + 200, SEG + 300, "7"),
+        ];
+        objects[0].wal.gap = Some(crate::wal::object::Gap {
+            from: Lsn(SEG / 2),
+            to: Lsn(SEG),
+            found_at: at(0),
+            lost: true,
+        });
+        let out = unneeded(&objects, &[base(SEG, 0)], true);
+        assert_eq!(ids(&out), vec![1]);
+        // Once every kept base stops after it, it goes.
+        let out = unneeded(&objects, &[base(SEG + 150, 0)], true);
+        assert_eq!(ids(&out), vec![0, 1]);
     }
 
     #[test]
