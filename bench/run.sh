@@ -4,6 +4,8 @@
 # or, for incremental chains: bench/run.sh --incremental [--size 1G] [--tiny 200000]
 # or, for memory with many names: bench/run.sh --shapes [--runs 1]
 #   [--shape-files 1000000] [--shape-links 200000] [--baseline DIR]
+# or, for continuous WAL archiving (PostgreSQL 15): bench/run.sh --wal [--quick]
+#   [--scale 20] [--seconds 60] [--runs 2] [--interval 10s] [--idle 300]
 # Prints a Markdown table on stdout, progress on stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,5 +14,9 @@ command -v zstd >/dev/null && [ -x /usr/bin/time ] || {
 }
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked \
   --target x86_64-unknown-linux-gnu -p lifeboat-sidecar -p lifeboat-restore >&2
-exec python3 bench/bench.py \
-  --bin "${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release" "$@"
+bin="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release"
+if [ "${1:-}" = --wal ]; then
+  shift
+  exec python3 bench/wal.py --bin "$bin" "$@"
+fi
+exec python3 bench/bench.py --bin "$bin" "$@"

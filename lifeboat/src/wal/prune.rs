@@ -10,7 +10,8 @@
 //!   an earlier one, so this object's bytes never reach a restored
 //!   `pg_wal/`. (Under a slow trickle each object carries the current
 //!   segment again; without this the stored bytes grow with the square of
-//!   a segment's fill time.)
+//!   a segment's fill time.) Not an object that records a gap
+//!   (`WalSection::gap`): a restarted sidecar reads the loss back from it.
 //! - **before every kept base**: every kept base backup of its cluster
 //!   stops at or after where the object ends, so no restore starts before
 //!   its end; or no kept base is of its cluster and it is older than the
