@@ -415,13 +415,18 @@ fn before_target_time(
     m: &Manifest,
 ) -> std::result::Result<(), String> {
     match s.source.wal.as_ref().map(|w| &w.until) {
-        Some(Until::Time { at, setting }) if m.finished_at > *at => Err(format!(
+        Some(Until::Time { at, setting }) if !finished_by(m, *at) => Err(format!(
             "it finished at {}, after the target time {setting}={}",
             m.finished_at.to_rfc3339(),
             at.to_rfc3339()
         )),
         _ => Ok(()),
     }
+}
+
+/// Whether `m` finished by `at`: recovery to `at` can start from it.
+fn finished_by(m: &Manifest, at: chrono::DateTime<Utc>) -> bool {
+    m.finished_at <= at
 }
 
 /// Whether a candidate is one this restore may use at all: of the
@@ -603,7 +608,7 @@ pub async fn restore_to(
         .filter(|(_, a)| {
             wanted
                 .target_time
-                .is_none_or(|t| a.manifest.finished_at <= t)
+                .is_none_or(|t| finished_by(&a.manifest, t))
         });
     let until = wanted.target_time.map(|at| Until::Time {
         at,
