@@ -20,6 +20,7 @@ Prints a Markdown table on stdout, progress on stderr. Run it with
 """
 
 import argparse
+import datetime
 import json
 import os
 import re
@@ -207,8 +208,9 @@ class Sidecar:
     (`wal_env`) and tests/support (`PgServer::env_with`, `lifeboat`,
     `RunningSidecar::start`) give it, but WAL every `interval`."""
 
-    def __init__(self, bin_dir, cluster, target, interval, log):
+    def __init__(self, bin_dir, cluster, target, interval, quiet_max, log):
         self.port = free_port()
+        self.interval = interval_seconds(interval)
         self.log = log
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(
@@ -226,6 +228,7 @@ class Sidecar:
             PGPASSWORD_FILE=cluster.pwfile,
             LIFEBOAT_POSTGRES_WAL="on",
             LIFEBOAT_WAL_INTERVAL=interval,
+            LIFEBOAT_WAL_QUIET_MAX=quiet_max,
             # A schedule that does not fire: the archiver asks for the
             # base backup its new slot needs.
             LIFEBOAT_SCHEDULE="0 0 1 1 *",
@@ -263,13 +266,25 @@ class Sidecar:
             time.sleep(step)
 
     def wait_caught_up(self, cluster, secs):
-        """Until the archive reaches what the server has flushed now; returns
-        how long that took."""
+        """Until the archive reaches what the server has flushed now, or a
+        pass that began after now found nothing behind it that must be
+        archived (WAL without a commit waits: LIFEBOAT_WAL_QUIET_MAX);
+        returns how long that took."""
+        since = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=self.interval)
         flushed = cluster.flush_lsn()
         t = time.monotonic()
         self.wait_until("the archive to reach the server's flush", secs,
-                        lambda: self.metrics().get("lifeboat_wal_archived_lsn", -1) >= flushed)
+                        lambda: self.metrics().get("lifeboat_wal_archived_lsn", -1) >= flushed
+                        or self.caught_up_since(since))
         return time.monotonic() - t
+
+    def caught_up_since(self, t):
+        """Whether /status says a pass caught up after `t` (UTC)."""
+        try:
+            at = (json.loads(self.get("/status") or "{}").get("wal") or {}).get("caught_up_at")
+        except ValueError:
+            return False
+        return at is not None and datetime.datetime.fromisoformat(at.replace("Z", "+00:00")) > t
 
     def stop(self):
         """SIGTERM; the peak RSS (MiB) it had just before."""
@@ -336,7 +351,8 @@ class Bench:
         self.sidecars += 1
         log = os.path.join(self.work, f"sidecar-{self.sidecars}.log")
         self.logs.append(log)
-        self.sidecar = Sidecar(self.bin, self.cluster, self.target, self.args.interval, log)
+        self.sidecar = Sidecar(self.bin, self.cluster, self.target, self.args.interval,
+                               self.args.quiet_max, log)
         return self.sidecar
 
     def stop_sidecar(self):
@@ -626,7 +642,7 @@ def report(b, args):
         f"Machine: {machine()}",
         f"PostgreSQL: {pg}, default settings",
         f"Load: pgbench -s {a.scale}, -T {a.seconds} -c 4 -j 2, {a.runs} run(s) each side alternated; "
-        f"LIFEBOAT_WAL_INTERVAL={a.interval}; file target",
+        f"LIFEBOAT_WAL_INTERVAL={a.interval}, LIFEBOAT_WAL_QUIET_MAX={a.quiet_max}; file target",
         "",
         "| measure | value | target | |",
         "|---|---|---|---|",
@@ -645,6 +661,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=60, help="seconds per pgbench run (default 60)")
     ap.add_argument("--runs", type=int, default=2, help="runs with the sidecar off, and as many on (default 2)")
     ap.add_argument("--interval", default="10s", help="LIFEBOAT_WAL_INTERVAL (default 10s)")
+    ap.add_argument("--quiet-max", default="10m",
+                    help="LIFEBOAT_WAL_QUIET_MAX (default 10m, the sidecar's default)")
     ap.add_argument("--idle", type=int, default=300, help="seconds of the idle window (default 300)")
     ap.add_argument("--quick", action="store_true", help="smoke run: scale 2, 10 s runs, 1 run each, idle 30 s")
     ap.add_argument("--work", default="/var/tmp", help="where the temporary folder goes (a real disk)")

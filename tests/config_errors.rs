@@ -251,3 +251,34 @@ fn a_nul_byte_in_an_annotation_is_exit_64() {
         );
     }
 }
+
+#[test]
+fn wrong_wal_settings_are_each_named_with_what_is_accepted() {
+    let out = lifeboat(
+        "lifeboat-sidecar",
+        &[
+            ("LIFEBOAT_SOURCE", "postgres"),
+            ("LIFEBOAT_PATHS", "/var/lib/postgresql/data"),
+            ("LIFEBOAT_TARGETS", "file:///backup"),
+            ("LIFEBOAT_POSTGRES_WAL", "on"),
+            ("LIFEBOAT_WAL_INTERVAL", "0s"),
+            ("LIFEBOAT_WAL_QUIET_MAX", "ten minutes"),
+            ("LIFEBOAT_WAL_MAX_RETAINED", "1MiB"),
+            ("LIFEBOAT_WAL_SLOT", "Bad-Name"),
+            ("HOSTNAME", "db-0"),
+        ],
+    )
+    .arg("backup-now")
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = stderr(&out);
+    for needle in [
+        "LIFEBOAT_WAL_INTERVAL=\"0s\": must be at least 1s",
+        "LIFEBOAT_WAL_QUIET_MAX=\"ten minutes\": accepted: a whole number of seconds, or with a unit",
+        "LIFEBOAT_WAL_MAX_RETAINED=\"1MiB\": must be at least 64MiB",
+        "LIFEBOAT_WAL_SLOT=\"Bad-Name\"",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}

@@ -209,6 +209,7 @@ fn wal_env(pg: &PgServer) -> Vec<(&'static str, String)> {
     pg.env_with(&[
         ("LIFEBOAT_POSTGRES_WAL", "on"),
         ("LIFEBOAT_WAL_INTERVAL", "1s"),
+        ("LIFEBOAT_WAL_QUIET_MAX", "30s"),
         ("LIFEBOAT_SCHEDULE", "0 0 1 1 *"),
     ])
 }
@@ -437,6 +438,10 @@ fn to_the_end(major: u32) {
         return;
     };
     let c = pg.sync_client("postgres");
+    // No autoanalyze of the transfers: its commit would make the quiet
+    // stretch below not quiet.
+    c.exec("ALTER SYSTEM SET autovacuum = off");
+    c.exec("SELECT pg_reload_conf()");
     // Transfers, with a segment switch in the middle so the archive holds
     // whole segments and the head of the current one.
     for n in 0..150 {
@@ -452,6 +457,30 @@ fn to_the_end(major: u32) {
     assert!(m["lifeboat_wal_archived_lsn"] >= flushed as f64, "{m:?}");
     assert!(m["lifeboat_wal_lag_seconds"] < 30.0, "{m:?}");
     assert_eq!(sc.status()["wal"]["timeline"], 1);
+
+    // WAL that ends no transaction (checkpoints) waits, up to
+    // LIFEBOAT_WAL_QUIET_MAX (30 s here), instead of carrying the current
+    // segment again every interval; a commit after it does not wait.
+    let before_quiet = wal_objects(&history).len();
+    for _ in 0..3 {
+        c.exec("CHECKPOINT");
+    }
+    let quiet = lsn(&c.one("SELECT pg_current_wal_flush_lsn()::text"));
+    assert!(quiet > flushed, "the checkpoints wrote WAL");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert_eq!(
+        wal_objects(&history).len(),
+        before_quiet,
+        "{}",
+        sc.log_text()
+    );
+    transfer(&c, 300);
+    let committed = lsn(&c.one("SELECT pg_current_wal_flush_lsn()::text"));
+    sc.wait_for("the commit after the quiet WAL to be archived", 15, |_| {
+        wal_objects(&history)
+            .last()
+            .is_some_and(|m| lsn(m["wal"]["to"].as_str().unwrap()) >= committed)
+    });
     assert!(sc.stop().success());
     let objects = wal_objects(&history);
     assert!(objects.len() >= 2, "{objects:?}");
@@ -464,11 +493,11 @@ fn to_the_end(major: u32) {
     let c = lose_and_restore(&mut pg);
     assert_eq!(
         c.one("SELECT count(*) FROM history"),
-        "300",
+        "301",
         "every committed transfer is back"
     );
     assert_eq!(
-        c.one("SELECT string_agg(n::text, ',' ORDER BY n) = (SELECT string_agg(g::text, ',') FROM generate_series(0, 299) g) FROM history"),
+        c.one("SELECT string_agg(n::text, ',' ORDER BY n) = (SELECT string_agg(g::text, ',') FROM generate_series(0, 300) g) FROM history"),
         "t"
     );
     assert_eq!(broken_accounts(&c), Vec::<String>::new());
@@ -483,7 +512,7 @@ fn to_the_end(major: u32) {
     sc.wait_for("the recovery settings to be removed", 60, |_| {
         c.one("SHOW restore_command").is_empty()
     });
-    transfer(&c, 300);
+    transfer(&c, 301);
     sc.wait_for("WAL of timeline 2 to be archived", 60, |_| {
         wal_objects(&history)
             .iter()
@@ -955,6 +984,7 @@ fn the_annotation_turns_it_on_and_off(major: u32) {
     fs::write(&annotations, "").unwrap();
     let env = pg.env_with(&[
         ("LIFEBOAT_WAL_INTERVAL", "1s"),
+        ("LIFEBOAT_WAL_QUIET_MAX", "3s"),
         ("LIFEBOAT_SCHEDULE", "0 0 1 1 *"),
         ("LIFEBOAT_ANNOTATIONS_FILE", annotations.to_str().unwrap()),
     ]);
@@ -1022,6 +1052,11 @@ fn the_annotation_turns_it_on_and_off(major: u32) {
         .filter_map(|m| m["wal"].get("gap").cloned())
         .collect();
     assert!(gaps.len() == 1 && gaps[0]["lost"] == false, "{gaps:?}");
+    // WAL without a commit waits at most LIFEBOAT_WAL_QUIET_MAX (3 s).
+    c.exec("ALTER SYSTEM SET autovacuum = off");
+    c.exec("SELECT pg_reload_conf()");
+    c.exec("CHECKPOINT");
+    let _ = wait_archived(&sc, &c, &history);
     assert!(sc.stop().success());
     drop(c);
     let c = lose_and_restore(&mut pg);

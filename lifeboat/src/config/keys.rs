@@ -128,6 +128,12 @@ pub const KEYS: &[Key] = &[
         restore: false,
     },
     Key {
+        env: "LIFEBOAT_WAL_QUIET_MAX",
+        annotation: None,
+        help: "with LIFEBOAT_POSTGRES_WAL: how long WAL without a commit (checkpoints, autovacuum) may wait before it is archived anyway; 0: never waits (default: 10m)",
+        restore: false,
+    },
+    Key {
         env: "LIFEBOAT_WAL_SLOT",
         annotation: None,
         help: "with LIFEBOAT_POSTGRES_WAL: the replication slot's name (default: lifeboat)",

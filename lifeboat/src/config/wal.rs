@@ -71,6 +71,12 @@ pub(super) fn wal_settings(
             Err(e) => problems.fail(&v, e),
         }
     }
+    if let Some(v) = r.env("LIFEBOAT_WAL_QUIET_MAX") {
+        match parse_duration(&v.text) {
+            Ok(d) => s.quiet_max = d,
+            Err(e) => problems.fail(&v, e),
+        }
+    }
     if let Some(v) = r.env("LIFEBOAT_WAL_SLOT") {
         match check_slot_name(v.text.trim()) {
             Ok(()) => s.slot = v.text.trim().to_string(),

@@ -79,6 +79,9 @@ pub struct Archiver {
     pub lost_found_at: Option<chrono::DateTime<Utc>>,
     /// The last timeline's history forks, once read.
     forks: Option<(u32, Vec<super::object::Fork>)>,
+    /// Since when WAL that ends no transaction waits to be archived
+    /// ([`Archiver::may_wait`]).
+    quiet_since: Option<std::time::Instant>,
 }
 
 /// What one pass did.
@@ -119,6 +122,7 @@ impl Archiver {
             gap: None,
             lost_found_at: None,
             forks: None,
+            quiet_since: None,
         }
     }
 
@@ -187,6 +191,11 @@ impl Archiver {
         let start = held.restart_lsn.max(begins);
         let mut archived = self.archived_position(&flush, &server, start, needs_base);
         self.drop_reported = false;
+        if self.may_wait(&flush, &server, archived) {
+            let timeline = flush.timeline;
+            return Ok(Pass::Idle { archived, timeline });
+        }
+        self.quiet_since = None;
         let mut objects = 0;
         while let Some(span) = Span::next(
             flush.timeline,
@@ -229,6 +238,58 @@ impl Archiver {
                 timeline,
             }
         })
+    }
+
+    /// Whether the WAL flushed since the archive's end may wait for the
+    /// next pass: it ends no transaction and records nothing else a
+    /// restore must bring back ([`super::records::changes_after`]), it
+    /// lies inside one segment (a completed one is archived, so the slot
+    /// lets the server recycle it), it continues the archive with nothing
+    /// to report, and it has not waited `LIFEBOAT_WAL_QUIET_MAX` yet. So a
+    /// server that only checkpoints and vacuums does not cost an upload of
+    /// its current segment every interval; nothing a client committed
+    /// waits (docs/ARCHITECTURE.md, "Continuous WAL").
+    fn may_wait(&mut self, flush: &Flushed, server: &Server, archived: Lsn) -> bool {
+        let max = self.setup.settings.quiet_max;
+        let size = server.size;
+        let ends_at_archive = matches!(&self.newest, Some(Some(w)) if w.to == archived);
+        if max.is_zero()
+            || flush.lsn <= archived
+            || self.gap.is_some()
+            || !ends_at_archive
+            || !self.continues(flush, server)
+            || flush.lsn.0.is_multiple_of(size.bytes())
+            || size.segment_of(Lsn(flush.lsn.0 - 1)) != size.segment_of(archived)
+        {
+            return false;
+        }
+        let since = *self.quiet_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() >= max {
+            return false;
+        }
+        let Some(segment_start) = size.start_of(size.segment_of(archived)) else {
+            return false;
+        };
+        let pg_wal = self.setup.pgdata.join("pg_wal");
+        match super::records::changes_after(
+            &pg_wal,
+            flush.timeline,
+            size,
+            segment_start,
+            flush.lsn,
+            archived,
+        ) {
+            Ok(changes) => {
+                if !changes {
+                    tracing::debug!(archived = %archived, flushed = %flush.lsn, "the WAL since the archive's end ends no transaction; it waits for one, its segment's end or LIFEBOAT_WAL_QUIET_MAX");
+                }
+                !changes
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the WAL since the archive's end could not be read for transaction ends; it is archived now");
+                false
+            }
+        }
     }
 
     /// The forks of `timeline`'s history, read once per timeline (a

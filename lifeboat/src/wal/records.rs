@@ -45,6 +45,8 @@ const RECORD_HEADER: usize = 24;
 const RM_XLOG_ID: u8 = 0;
 const RM_XACT_ID: u8 = 1;
 const XLOG_SWITCH: u8 = 0x40;
+const XLOG_RESTORE_POINT: u8 = 0x70;
+const RM_LOGICALMSG_ID: u8 = 21;
 const XLOG_XACT_OPMASK: u8 = 0x70;
 /// Commit, abort, commit prepared, abort prepared.
 const XACT_ENDS: [u8; 4] = [0x00, 0x20, 0x30, 0x40];
@@ -86,14 +88,55 @@ pub fn first_end_after(
     Ok(None)
 }
 
+/// Whether a record after `after` (a record that ends past it, so that
+/// the WAL up to `after` does not hold it whole), among those that end by
+/// `to`, is one a restore must not lose: any record of a transaction's
+/// (its end, a prepare), a logical message or a named restore point. WAL
+/// without one (checkpoints, standby snapshots, vacuum's pruning, hint
+/// bits) changes nothing a client could see: every change a client makes
+/// ends in a commit. `from` is the segment's start that holds `after`.
+///
+/// A record that cannot be read counts as one that must not be lost.
+pub fn changes_after(
+    pg_wal: &Path,
+    timeline: u32,
+    size: SegmentSize,
+    from: Lsn,
+    to: Lsn,
+    after: Lsn,
+) -> Result<bool> {
+    let mut wal = Wal::new(pg_wal, timeline, size, from, to);
+    while let Some(rec) = wal.next_record()? {
+        if rec.end > after && rec.matters() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// A transaction end's time, or why its record does not give one.
 type TimeRead = std::result::Result<DateTime<Utc>, String>;
 
 /// One record, as much as the scan keeps of it.
 struct Record {
     lsn: Lsn,
+    /// Where the next record may start (the byte after this one).
+    end: Lsn,
+    rmid: u8,
+    info: u8,
     /// A transaction end's time.
     time: Option<DateTime<Utc>>,
+}
+
+impl Record {
+    /// See [`changes_after`].
+    fn matters(&self) -> bool {
+        match self.rmid {
+            RM_XACT_ID | RM_LOGICALMSG_ID => true,
+            RM_XLOG_ID => self.info & 0xF0 == XLOG_RESTORE_POINT,
+            _ => false,
+        }
+    }
 }
 
 /// How reading on across a page boundary went.
@@ -389,6 +432,7 @@ impl<'a> Wal<'a> {
                 Read::End => return Ok(None),
                 Read::Abandoned => continue,
             }
+            let end = self.pos;
             if rmid == RM_XLOG_ID && info & 0xF0 == XLOG_SWITCH {
                 // The rest of the segment is unused.
                 let next = self.size.segment_of(self.pos) + 1;
@@ -397,7 +441,13 @@ impl<'a> Wal<'a> {
                     _ => {}
                 }
             }
-            return Ok(Some(Record { lsn, time }));
+            return Ok(Some(Record {
+                lsn,
+                end,
+                rmid,
+                info,
+                time,
+            }));
         }
     }
 }
@@ -650,6 +700,55 @@ mod tests {
         let end = w.wal.len() as u64;
         assert_eq!(scan(&w, 0, end, 0).unwrap().time, at(30));
         assert_eq!(scan(&w, 0, end, 30).unwrap().time, at(40));
+    }
+
+    fn changes(w: &Writer, to: u64, after: u64) -> bool {
+        let dir = tempfile::tempdir().unwrap();
+        w.write(dir.path());
+        let size = SegmentSize::new(MIB).unwrap();
+        changes_after(dir.path(), 1, size, Lsn(0), Lsn(to), Lsn(after)).unwrap()
+    }
+
+    #[test]
+    fn only_wal_a_client_could_miss_counts_as_a_change() {
+        let mut w = Writer::new();
+        w.commit(10, 0);
+        let archived = w.wal.len() as u64;
+        // Checkpoints, standby snapshots, pruning: nothing a client sees.
+        w.record(RM_XLOG_ID, 0x10, &[], &[0; 80]);
+        w.record(8, 0x10, &[], &[0; 24]);
+        w.other(9000);
+        let background = w.wal.len() as u64;
+        assert!(!changes(&w, background, archived));
+        // A commit that is not flushed whole yet does not count yet.
+        w.commit(20, 0);
+        let committed = w.wal.len() as u64;
+        assert!(!changes(&w, committed - 1, archived));
+        assert!(changes(&w, committed, archived));
+        // One the archive holds whole does not; from before it, it does.
+        assert!(!changes(&w, committed, committed));
+        assert!(changes(&w, background, 0));
+        // A prepare, a logical message, a restore point: each counts.
+        for (rmid, info) in [
+            (RM_XACT_ID, 0x10),
+            (RM_LOGICALMSG_ID, 0),
+            (RM_XLOG_ID, XLOG_RESTORE_POINT),
+        ] {
+            let mut w = Writer::new();
+            w.other(100);
+            let before = w.wal.len() as u64;
+            w.record(rmid, info, &[], &[7; 40]);
+            assert!(
+                changes(&w, w.wal.len() as u64, before),
+                "rmid {rmid} info {info:#x}"
+            );
+        }
+        // A commit begun before the archive's end and ended after it.
+        let mut w = Writer::new();
+        w.other(100);
+        let start = (w.wal.len() as u64).div_ceil(8) * 8;
+        w.commit(30, 500);
+        assert!(changes(&w, w.wal.len() as u64, start + 100));
     }
 
     #[test]

@@ -11,6 +11,11 @@ pub struct WalSettings {
     /// `LIFEBOAT_WAL_INTERVAL`: the newest archived byte is at most this
     /// old (plus an upload) while the store answers.
     pub interval: Duration,
+    /// `LIFEBOAT_WAL_QUIET_MAX`: how long WAL that ends no transaction
+    /// (checkpoints, autovacuum's pruning, standby snapshots) may wait for
+    /// one before it is archived anyway; zero archives it every interval.
+    /// It waits only inside its segment: a completed segment is archived.
+    pub quiet_max: Duration,
     /// `LIFEBOAT_WAL_SLOT`: the replication slot's name.
     pub slot: String,
     /// `LIFEBOAT_WAL_MAX_RETAINED`: past this much held WAL the slot is
@@ -39,6 +44,7 @@ impl Default for WalSettings {
     fn default() -> Self {
         WalSettings {
             interval: Duration::from_secs(60),
+            quiet_max: Duration::from_secs(600),
             slot: "lifeboat".into(),
             max_retained: 4 << 30,
             until: Until::End,
