@@ -168,11 +168,7 @@ fn a_store_killed_mid_upload_leaves_nothing_committed_and_the_next_backup_works(
         "the backup must fail: {}",
         stderr(&out)
     );
-    assert!(
-        stderr(&out).contains("cannot reach the store"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("the S3 endpoint"), "{}", stderr(&out));
 
     // Back up again: nothing was committed, and the next backup succeeds.
     w.weed = Seaweed::start_on(w.weed.dir(), port);
@@ -348,4 +344,48 @@ fn https_to_a_store_behind_a_private_ca_trusts_ssl_cert_file() {
     fs::remove_dir_all(&data).unwrap();
     run_ok(&mut cmd("lifeboat-restore", Some(cert)));
     assert_same(&before, &snapshot(&data));
+}
+
+/// A store nobody answers at: one line that names the endpoint, the cause
+/// in words and what to check, no SDK structs; and no warning about the
+/// EC2 metadata service, which an S3-compatible store never needs. No S3
+/// server here: the endpoint is a free port nothing listens on.
+#[test]
+fn an_unreachable_endpoint_is_one_readable_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("home/jovyan");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("f"), "x").unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let out = lifeboat(
+        "lifeboat-sidecar",
+        &[
+            ("LIFEBOAT_PATHS", data.to_str().unwrap()),
+            ("LIFEBOAT_TARGETS", "s3://lost"),
+            ("LIFEBOAT_S3_ENDPOINT", &endpoint),
+            ("AWS_ACCESS_KEY_ID", "key"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("HOSTNAME", "nb-0"),
+        ],
+    )
+    .arg("backup-now")
+    .output()
+    .unwrap();
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!("cannot reach the S3 endpoint {endpoint}"))
+            && said.to_lowercase().contains("connection refused")
+            && said.contains("check LIFEBOAT_S3_ENDPOINT and the network"),
+        "{said}"
+    );
+    for noise in [
+        "DispatchFailure",
+        "ConnectorError",
+        "hyper",
+        "IMDS",
+        "Some(",
+    ] {
+        assert!(!said.contains(noise), "{noise:?} in:\n{said}");
+    }
 }

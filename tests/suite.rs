@@ -27,6 +27,7 @@ mod jupyter;
 mod kube_api;
 mod kustomize;
 mod memory_shapes;
+mod one_file;
 mod operations;
 mod postgres;
 mod restore_fallback;

@@ -152,11 +152,14 @@ impl Settings {
         );
         // Only a running sidecar or `backup-now` uses these; a restore must
         // not fail over a notification setting.
-        let ops = if role == Role::Backup {
+        let mut ops = if role == Role::Backup {
             ops::parse(&r.raw, &name, &mut problems)
         } else {
             Ops::default()
         };
+        let offset = jitter(&r, &namespace, &name, &mut problems);
+        let schedule = schedule.shifted(offset);
+        ops.verify_schedule = ops.verify_schedule.map(|v| v.shifted(offset));
 
         if !problems.0.is_empty() {
             return Err(Error::Config(problems.0));
@@ -483,6 +486,21 @@ fn durations(r: &Reader, problems: &mut Problems) -> (Duration, Duration) {
         );
     }
     (grace_period, progress_interval)
+}
+
+/// `LIFEBOAT_JITTER`: this pod's runs (backups and verifies) move later by
+/// its own offset within the window (`schedule::jitter_offset`).
+fn jitter(r: &Reader, namespace: &str, name: &str, problems: &mut Problems) -> Duration {
+    let Some(v) = r.env("LIFEBOAT_JITTER") else {
+        return Duration::ZERO;
+    };
+    match parse_duration(&v.text) {
+        Ok(window) => schedule::jitter_offset(&format!("{namespace}/{name}"), window),
+        Err(e) => {
+            problems.fail(&v, format!("{e}; e.g. 1h: each pod's runs move to its own time in the hour after the schedule's"));
+            Duration::ZERO
+        }
+    }
 }
 
 fn s3_options(r: &Reader, problems: &mut Problems) -> S3Options {
@@ -825,6 +843,43 @@ mod tests {
             ("HOSTNAME", "nb-0"),
         ]);
         assert!(Settings::from_inputs(&i, Role::Restore).is_ok());
+    }
+
+    #[test]
+    fn jitter_gives_each_pod_its_own_time_in_the_window() {
+        use chrono::TimeZone;
+        let settings = |name: &str, jitter: &str| {
+            Settings::from_inputs(
+                &inputs(&[
+                    ("LIFEBOAT_PATHS", "/data"),
+                    ("LIFEBOAT_TARGETS", "/backup"),
+                    ("LIFEBOAT_SCHEDULE", "0 2 * * *"),
+                    ("LIFEBOAT_VERIFY_SCHEDULE", "0 12 * * *"),
+                    ("LIFEBOAT_JITTER", jitter),
+                    ("HOSTNAME", name),
+                ]),
+                Role::Backup,
+            )
+        };
+        let midnight = chrono::Utc.with_ymd_and_hms(2026, 12, 3, 0, 0, 0).unwrap();
+        let two = chrono::Utc.with_ymd_and_hms(2026, 12, 3, 2, 0, 0).unwrap();
+        let mut times = std::collections::BTreeSet::new();
+        for name in ["nb-0", "nb-1", "db-0"] {
+            let s = settings(name, "1h").unwrap();
+            let off =
+                schedule::jitter_offset(&format!("default/{name}"), Duration::from_secs(3600));
+            let next = s.schedule.next_after(midnight).unwrap();
+            assert_eq!((next - two).num_seconds(), off.as_secs() as i64);
+            assert_eq!(s.ops.verify_schedule.unwrap().offset(), off);
+            times.insert(next);
+        }
+        assert_eq!(times.len(), 3, "{times:?}");
+        let s = settings("nb-0", "0").unwrap();
+        assert_eq!(s.schedule.next_after(midnight), Some(two));
+        let Err(Error::Config(problems)) = settings("nb-0", "an hour") else {
+            panic!("a bad window is an error");
+        };
+        assert_eq!(problems[0].setting, "LIFEBOAT_JITTER", "{problems:?}");
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub enum Error {
 
     /// Artifacts exist but none could be restored. The app must not start on
     /// an empty volume while a history exists that a person can still rescue.
-    #[error("{tried} artifact(s) found but none verified; the volume was left untouched:\n{}", .failures.join("\n"))]
+    #[error("{}", nothing_restorable(*.tried, .failures))]
     NothingRestorable { tried: usize, failures: Vec<String> },
 
     /// Restoring the newest good artifact failed for a reason that may pass
@@ -180,4 +180,22 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+/// [`Error::NothingRestorable`]'s words: "none verified" only when some
+/// artifact was tried.
+fn nothing_restorable(tried: usize, failures: &[String]) -> String {
+    let lines = failures.join("\n");
+    match (tried, failures.is_empty()) {
+        (0, true) => format!(
+            "no artifact fits what was asked for (`{} list` shows what the targets hold); the volume was left untouched",
+            crate::cli::SIDECAR_COMMAND
+        ),
+        (0, false) => format!(
+            "no artifact could be tried (each was unreadable or does not fit); the volume was left untouched:\n{lines}"
+        ),
+        _ => format!(
+            "{tried} artifact(s) found but none verified; the volume was left untouched:\n{lines}"
+        ),
+    }
 }

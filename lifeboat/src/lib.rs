@@ -40,6 +40,7 @@ pub mod lock;
 pub mod manifest;
 pub mod metrics;
 pub mod notify;
+pub mod path_filter;
 pub mod pending;
 pub mod pipe;
 pub mod problem;

@@ -524,6 +524,7 @@ async fn try_candidate(
                         .as_ref()
                         .filter(|_| m.source == SourceKind::Postgres)
                         .map(|w| w.until.clone()),
+                    only: None,
                 },
             ),
             Layout::Logical => (
@@ -583,6 +584,8 @@ pub struct Wanted {
     pub id: Option<String>,
     pub before: Option<chrono::DateTime<Utc>>,
     pub target_time: Option<chrono::DateTime<Utc>>,
+    /// `--path`: only these entries are written (all is verified).
+    pub only: Option<std::sync::Arc<crate::path_filter::PathFilter>>,
 }
 
 /// `restore --to DIR`: the wanted artifact, newest first across all targets
@@ -640,7 +643,7 @@ pub async fn restore_to(
             failures.push(format!("{} on {}: {reason}", a.manifest.id, t.describe()));
             continue;
         }
-        match restore_one_to(t, &links, a, dir, s, until.clone()).await {
+        match restore_one_to(t, &links, a, dir, s, until.clone(), wanted.only.clone()).await {
             Ok(()) => {
                 info!(id = %a.manifest.id, to = %dir.display(), "restored");
                 return Ok(a.manifest.id.clone());
@@ -672,8 +675,12 @@ async fn restore_one_to(
     dir: &Path,
     s: &crate::config::Settings,
     wal: Option<Until>,
+    only: Option<std::sync::Arc<crate::path_filter::PathFilter>>,
 ) -> Result<()> {
     let (source, keys) = (&s.source.kind, s.identities.as_ref());
+    // A few files of a data directory are for a look, not a server to
+    // recover: no WAL after them.
+    let wal = wal.filter(|_| only.is_none());
     let m = &stored.manifest;
     if m.source != *source {
         return Err(Error::Corrupt {
@@ -729,6 +736,7 @@ async fn restore_one_to(
         protected: &Protected::default(),
         skipped: &[],
         wal,
+        only,
     };
     restore_one(
         target,
@@ -740,6 +748,57 @@ async fn restore_one_to(
         s.progress_interval,
     )
     .await
+}
+
+/// A staging folder in each destination (old ones removed first), and the
+/// mapping that writes into it; the folders to remove on failure.
+fn staging_folders(
+    m: &Manifest,
+    dests: &[(PathBuf, PathBuf)],
+    finish: &Finish<'_>,
+) -> Result<(Vec<Mapping>, Vec<PathBuf>)> {
+    let mut mappings = Vec::new();
+    let mut cleanup = Vec::new();
+    for (origin, dest) in dests {
+        fs::create_dir_all(dest).ctx("creating", dest)?;
+        clear_staging(dest)?;
+        let staging_root = dest.join(format!("{STAGING_PREFIX}{}", m.id));
+        fs::create_dir(&staging_root).ctx("creating the staging folder", &staging_root)?;
+        // A logical dump keeps its `<source>/` folder, as in the tar.
+        let (staging, only) = match finish {
+            Finish::MoveIntoPlace { only, .. } => (staging_root.clone(), only.clone()),
+            Finish::StageForLoad { .. } => {
+                let s = staging_root.join(m.source.as_str());
+                fs::create_dir(&s).ctx("creating the staging folder", &s)?;
+                (s, None)
+            }
+        };
+        cleanup.push(staging_root);
+        mappings.push(Mapping {
+            origin: origin.clone(),
+            staging,
+            only,
+        });
+    }
+    Ok((mappings, cleanup))
+}
+
+/// `--path` that matched no entry of `m`: a person's mistake, said with
+/// what the names look like (the artifact itself is fine).
+fn nothing_matched(only: &crate::path_filter::PathFilter, m: &Manifest) -> Error {
+    let example = m
+        .paths
+        .first()
+        .map(|p| p.trim_start_matches('/').to_string())
+        .unwrap_or_else(|| m.source.as_str().to_string());
+    Error::Config(vec![crate::problem::Problem {
+        setting: "--path".into(),
+        value: only.patterns().join(" "),
+        message: format!(
+            "matches no entry of {}; entries are named as backed up without the leading /, e.g. {example}/…; `tar -tf` on the artifact lists them",
+            m.id
+        ),
+    }])
 }
 
 /// Where a logical dump's entries come from: `<source>/…` in the tar. Named
@@ -761,6 +820,8 @@ enum Finish<'a> {
         /// `restore --target-time`): the archived WAL after it is staged
         /// too, this far (`crate::wal::staging`).
         wal: Option<Until>,
+        /// `restore --to DIR --path`: only these entries.
+        only: Option<std::sync::Arc<crate::path_filter::PathFilter>>,
     },
     /// A logical dump: the staging folder becomes `<root>/.lifeboat-pending`.
     StageForLoad { root: &'a Path },
@@ -816,28 +877,7 @@ async fn restore_one(
         }
         let clock = Instant::now();
         check_covers(m, dests)?;
-        let mut mappings = Vec::new();
-        let mut cleanup = Vec::new();
-        for (origin, dest) in dests {
-            fs::create_dir_all(dest).ctx("creating", dest)?;
-            clear_staging(dest)?;
-            let staging_root = dest.join(format!("{STAGING_PREFIX}{}", m.id));
-            fs::create_dir(&staging_root).ctx("creating the staging folder", &staging_root)?;
-            // A logical dump keeps its `<source>/` folder, as in the tar.
-            let staging = match finish {
-                Finish::MoveIntoPlace { .. } => staging_root.clone(),
-                Finish::StageForLoad { .. } => {
-                    let s = staging_root.join(m.source.as_str());
-                    fs::create_dir(&s).ctx("creating the staging folder", &s)?;
-                    s
-                }
-            };
-            cleanup.push(staging_root);
-            mappings.push(Mapping {
-                origin: origin.clone(),
-                staging,
-            });
-        }
+        let (mappings, cleanup) = staging_folders(m, dests, &finish)?;
         let mut report: Option<ReadReport> = None;
         for (i, link) in links.iter().enumerate() {
             if links.len() > 1 {
@@ -870,6 +910,13 @@ async fn restore_one(
             }
         }
         let report = report.expect("a chain has one link at least");
+        if let Some(only) = mappings.first().and_then(|m| m.only.as_ref()) {
+            if only.matched() == 0 {
+                cleanup.iter().for_each(|d| drop(fs::remove_dir_all(d)));
+                return Err(nothing_matched(only, m));
+            }
+            info!(entries = only.matched(), "restored only what --path names; the whole artifact verified");
+        }
         if let (Finish::MoveIntoPlace { wal: Some(until), .. }, Some((_, dest)), Some(map)) =
             (&finish, dests.first(), mappings.first())
         {
@@ -894,6 +941,7 @@ async fn restore_one(
                 protected,
                 skipped,
                 wal: _,
+                only: _,
             } => {
                 let places: Vec<Place> = dests
                     .iter()

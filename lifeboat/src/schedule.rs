@@ -21,6 +21,9 @@ pub struct Schedule {
     dow: u64,
     /// Classic cron: when both day fields are restricted, either may match.
     dom_or_dow: bool,
+    /// Every run this much later than the expression says
+    /// (`LIFEBOAT_JITTER`, [`jitter_offset`]).
+    offset: Duration,
 }
 
 struct Field {
@@ -95,7 +98,19 @@ impl Schedule {
             months: parse_field(parts[3], &MONTH)?,
             dow,
             dom_or_dow: !parts[2].starts_with('*') && !parts[4].starts_with('*'),
+            offset: Duration::zero(),
         })
+    }
+
+    /// The same schedule with every run `by` later (whole seconds).
+    pub fn shifted(mut self, by: std::time::Duration) -> Self {
+        self.offset = Duration::seconds(i64::try_from(by.as_secs()).unwrap_or(i64::MAX / 1000));
+        self
+    }
+
+    /// How much later than the expression every run is.
+    pub fn offset(&self) -> std::time::Duration {
+        self.offset.to_std().unwrap_or_default()
     }
 
     pub fn as_str(&self) -> &str {
@@ -118,6 +133,15 @@ impl Schedule {
     /// The first scheduled minute strictly after `t`; `None` for a date that
     /// never comes (`0 0 31 2 *`).
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if self.offset.is_zero() {
+            return self.next_minute_after(t);
+        }
+        let next = self.next_minute_after(t.checked_sub_signed(self.offset)?)?;
+        next.checked_add_signed(self.offset)
+    }
+
+    /// [`Schedule::next_after`] without the offset.
+    fn next_minute_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let start = t.with_second(0)?.with_nanosecond(0)? + Duration::minutes(1);
         let mut date = start.date_naive();
         for day in 0..HORIZON_DAYS {
@@ -160,6 +184,25 @@ impl Schedule {
         }
         longest
     }
+}
+
+/// Where in a `window` (`LIFEBOAT_JITTER`) the runs of the history `key`
+/// (`namespace/name`) fall: a stable hash of the key, in whole seconds, so
+/// that hundreds of pods on one schedule spread over the window instead of
+/// meeting the store in the same second, and each pod keeps its own time
+/// across restarts (k8up's `@daily-random` does the same). The hash is
+/// FNV-1a (64 bit) and must never change: every pod's time would move.
+pub fn jitter_offset(key: &str, window: std::time::Duration) -> std::time::Duration {
+    let secs = window.as_secs();
+    if secs == 0 {
+        return std::time::Duration::ZERO;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    std::time::Duration::from_secs(h % secs)
 }
 
 /// How many upcoming runs [`Schedule::interval`] looks at: enough to see a
@@ -224,6 +267,45 @@ mod tests {
 
     fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+    }
+
+    #[test]
+    fn jitter_moves_every_run_by_the_pods_own_offset() {
+        let hour = std::time::Duration::from_secs(3600);
+        let off = jitter_offset("prod/db-0", hour);
+        assert_eq!(off, jitter_offset("prod/db-0", hour), "stable");
+        assert!(off < hour);
+        let daily = Schedule::parse("@daily").unwrap().shifted(off);
+        let t = at(2026, 12, 3, 12, 0, 0);
+        let first = daily.next_after(t).unwrap();
+        assert_eq!(
+            first,
+            at(2026, 12, 4, 0, 0, 0) + Duration::seconds(off.as_secs() as i64)
+        );
+        // Just before its own time, the run is still ahead; just after, the
+        // next day's.
+        assert_eq!(daily.next_after(first - Duration::seconds(1)), Some(first));
+        assert_eq!(daily.next_after(first), Some(first + Duration::hours(24)));
+        assert_eq!(daily.interval(t), Some(Duration::hours(24)));
+        assert_eq!(daily.as_str(), "@daily");
+        assert_eq!(
+            jitter_offset("prod/db-0", std::time::Duration::ZERO),
+            std::time::Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn five_hundred_pods_spread_over_the_window() {
+        let hour = std::time::Duration::from_secs(3600);
+        let mut per_minute = [0u32; 60];
+        for i in 0..500 {
+            let off = jitter_offset(&format!("team-{}/notebook-{i}", i % 7), hour);
+            per_minute[(off.as_secs() / 60) as usize] += 1;
+        }
+        // About 8 a minute; never a crowd in one.
+        let most = per_minute.iter().max().copied().unwrap();
+        let fewest = per_minute.iter().min().copied().unwrap();
+        assert!(most <= 20 && fewest >= 1, "{per_minute:?}");
     }
 
     #[test]

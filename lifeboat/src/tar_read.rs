@@ -32,6 +32,9 @@ pub struct Mapping {
     pub origin: PathBuf,
     /// Where the path's content is written: `<dest>/.lifeboat-staging-<id>`.
     pub staging: PathBuf,
+    /// `restore --path`: only the entries it wants are written (the rest
+    /// is read and verified all the same).
+    pub only: Option<std::sync::Arc<crate::path_filter::PathFilter>>,
 }
 
 /// Metadata of a folder, applied after its content is written (writing
@@ -535,6 +538,15 @@ impl<'a> Walker<'a> {
             return Ok(());
         };
         let m = &mappings[idx];
+        if let Some(only) = &m.only {
+            // The mapping's own folder and a chain's folder lists are
+            // applied whatever the filter: the lists only remove what a
+            // later link deleted. Parents of what is wanted are made as
+            // they are needed.
+            if !rel.as_os_str().is_empty() && !is_dumpdir(entry.header()) && !only.wants(name) {
+                return Ok(());
+            }
+        }
         let (mtime, mtime_nsec) = entry_mtime(entry);
         let h = entry.header();
         let meta = DirMeta {
@@ -883,6 +895,15 @@ impl<'a> Walker<'a> {
         let m = &mappings[idx];
         let target = clean_name(raw)
             .map_err(|r| self.unsafe_entry(name, &format!("is a hard link whose target {r}")))?;
+        if m.only.as_ref().is_some_and(|f| !f.covers(&target)) {
+            self.warn(format!(
+                "{} is a hard link to {}, which --path leaves out; not restored (add --path {} to have both)",
+                name.display(),
+                target.display(),
+                target.display()
+            ));
+            return Ok(());
+        }
         let src = match map_name(&target, mappings) {
             Some((j, trel)) if j == idx && !trel.as_os_str().is_empty() => m.staging.join(trel),
             _ => return Err(self.unsafe_entry(name, "is a hard link to a file outside its folder")),

@@ -201,6 +201,7 @@ fn a_chain_applied_by_gnu_tar_and_by_the_restore_gives_the_last_links_tree() {
     let mappings = [Mapping {
         origin: PathBuf::from("/data"),
         staging: staging.clone(),
+        only: None,
     }];
     // Each link given the folder lists the one before left, as a restore
     // does: folders whose list did not change are not purged.
@@ -250,6 +251,7 @@ fn a_hostile_folder_list_is_refused_and_removes_nothing_outside() {
     let mappings = [Mapping {
         origin: PathBuf::from("/data"),
         staging: staging.clone(),
+        only: None,
     }];
     let progress = Arc::new(lifeboat::progress::Progress::default());
     for (list, why) in [
@@ -394,6 +396,7 @@ fn the_walk_stores_only_what_changed_and_the_chain_restores_each_state() {
     let mappings = [Mapping {
         origin: vol.clone(),
         staging: staging.clone(),
+        only: None,
     }];
     let in_tar = by_hand.join(vol.strip_prefix("/").unwrap());
     for (n, ((tar, entries, bytes_in), want)) in links.iter().zip(&states).enumerate() {
@@ -432,6 +435,7 @@ fn a_folder_listed_twice_is_looked_at_again_and_nothing_is_written_outside() {
     let mappings = [Mapping {
         origin: PathBuf::from("/data"),
         staging: staging.clone(),
+        only: None,
     }];
     let (tar0, entries0) = link(&vol, &|_| true);
     let first = Step {

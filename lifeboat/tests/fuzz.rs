@@ -129,7 +129,7 @@ proptest! {
         let manifest = Manifest::from_json(
             valid_manifest_json(&tar, claimed_entries, claimed_bytes).to_string().as_bytes(),
         ).unwrap();
-        let mappings = [Mapping { origin: PathBuf::from("/data"), staging: staging.clone() }];
+        let mappings = [Mapping { origin: PathBuf::from("/data"), staging: staging.clone(), only: None }];
         let progress = Arc::new(lifeboat::progress::Progress::default());
         for mode in [Mode::Verify, Mode::Extract(&mappings)] {
             let _ = tar_read::read_artifact(&tar[..], &manifest, None, mode, Step::only(), &progress, &Default::default());

@@ -199,7 +199,20 @@ pub async fn restore(
     id: Option<String>,
     before: Option<DateTime<Utc>>,
     target_time: Option<DateTime<Utc>>,
+    paths: Vec<String>,
 ) -> Result<()> {
+    let only = if paths.is_empty() {
+        None
+    } else {
+        let f = lifeboat::path_filter::PathFilter::new(&paths).map_err(|message| {
+            lifeboat::Error::Config(vec![lifeboat::problem::Problem {
+                setting: "--path".into(),
+                value: paths.join(" "),
+                message,
+            }])
+        })?;
+        Some(std::sync::Arc::new(f))
+    };
     let s = settings(Role::Inspect).await?;
     if target_time.is_some() && !s.source.is_physical_postgres() {
         return Err(lifeboat::Error::Config(vec![lifeboat::problem::Problem {
@@ -213,6 +226,7 @@ pub async fn restore(
         id,
         before,
         target_time,
+        only,
     };
     let id = restore::restore_to(&targets, &to, &wanted, &s).await?;
     println!("{id}");

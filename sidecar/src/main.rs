@@ -80,6 +80,12 @@ enum Command {
         /// restored PGDATA recovers to exactly that time and promotes.
         #[arg(long, value_name = "TIME", conflicts_with = "before")]
         target_time: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only this path: a file, or a folder with all below it, named as
+        /// backed up (home/jovyan/analysis.ipynb; a leading / is fine);
+        /// `*` stays in a folder, `**` crosses folders. Repeat for more.
+        /// The whole artifact is still read and its sha256 verified.
+        #[arg(long = "path", value_name = "PATH", conflicts_with = "target_time")]
+        paths: Vec<String>,
     },
 }
 
@@ -125,7 +131,8 @@ fn main() -> ExitCode {
                 id,
                 before,
                 target_time,
-            } => commands::restore(to, id, before, target_time).await,
+                paths,
+            } => commands::restore(to, id, before, target_time, paths).await,
             Command::Drill {
                 step: DrillStep::Install { dir },
             } => commands::drill_install(&dir),

@@ -44,6 +44,12 @@ pub const KEYS: &[Key] = &[
         restore: false,
     },
     Key {
+        env: "LIFEBOAT_JITTER",
+        annotation: None,
+        help: "spread pods on one schedule: each pod's runs move later by its own stable offset within this window, e.g. 1h (default: 0)",
+        restore: false,
+    },
+    Key {
         env: "LIFEBOAT_RETENTION",
         annotation: Some("retention"),
         help: "default: last=3,daily=7,weekly=4,monthly=6",

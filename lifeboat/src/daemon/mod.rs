@@ -90,6 +90,7 @@ pub async fn run(caller: Caller) -> Result<()> {
     }
     info!(
         schedule = settings.schedule.as_str(),
+        jitter_offset_s = settings.schedule.offset().as_secs(),
         paths = ?settings.paths,
         targets = ?settings.targets,
         retention = %settings.retention,

@@ -94,7 +94,12 @@ impl TargetSpec {
                     .copied()
                     .collect::<Vec<_>>()
                     .join("/");
-                let blobs = S3Blobs::new(s3::client(s3).await, bucket.clone(), root);
+                let blobs = S3Blobs::new(
+                    s3::client(s3).await,
+                    bucket.clone(),
+                    root,
+                    s3.endpoint.clone(),
+                );
                 Artifacts::new(AnyBlobs::S3(blobs))
             }
         }

@@ -81,6 +81,16 @@ pub async fn client(opts: &S3Options) -> Client {
         );
     if let Some(r) = &opts.region {
         loader = loader.region(Region::new(r.clone()));
+    } else if opts.endpoint.is_some() {
+        // An S3-compatible store: the region is AWS_REGION's or any, never
+        // the EC2 metadata service's (asking it warns on every start off
+        // EC2, with nothing to act on).
+        loader = loader.region(
+            aws_config::meta::region::RegionProviderChain::first_try(
+                aws_config::environment::region::EnvironmentVariableRegionProvider::new(),
+            )
+            .or_else(Region::new("us-east-1")),
+        );
     }
     let sdk = loader.http_client(http_client()).load().await;
     let mut b = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(opts.path_style);
@@ -174,10 +184,22 @@ pub struct S3Blobs {
     bucket: String,
     /// `<prefix>/<namespace>/<name>` without a trailing slash.
     root: String,
+    /// Where requests go, for errors.
+    at: Where,
 }
 
 impl S3Blobs {
-    pub fn new(client: Client, bucket: String, root: String) -> Self {
+    /// `endpoint`: `LIFEBOAT_S3_ENDPOINT`, None for AWS's own.
+    pub fn new(client: Client, bucket: String, root: String, endpoint: Option<String>) -> Self {
+        let endpoint = endpoint.unwrap_or_else(|| {
+            let region = client.config().region().map_or("us-east-1", |r| r.as_ref());
+            format!("https://s3.{region}.amazonaws.com")
+        });
+        let at = Where {
+            target: format!("s3://{bucket}/{root}"),
+            bucket: bucket.clone(),
+            endpoint,
+        };
         let quick = Client::from_conf(
             client
                 .config()
@@ -196,6 +218,7 @@ impl S3Blobs {
             quick,
             bucket,
             root,
+            at,
         }
     }
 
@@ -214,7 +237,7 @@ impl S3Blobs {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        sdk_error(&self.describe(), &self.bucket, op, e)
+        sdk_error(&self.at, op, e)
     }
 
     /// A GET on the quick client, `None` when there is no such key. Its
@@ -310,31 +333,92 @@ impl S3Blobs {
     }
 }
 
-/// A clear message for an SDK error: the operation, the cause, and a hint
-/// for the usual mistakes.
-pub fn sdk_error<E>(target: &str, bucket: &str, op: &str, e: SdkError<E, HttpResponse>) -> Error
+/// One readable line for an SDK error: what failed, where, why in words,
+/// and the likely fix (README, "S3 and off-cluster copies"); the SDK's
+/// whole chain, with its structs, goes to the debug log only.
+pub fn sdk_error<E>(at: &Where, op: &str, e: SdkError<E, HttpResponse>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let status = e.raw_response().map(|r| r.status().as_u16());
-    let code = e.code().map(str::to_string);
-    let hint = match (&e, status, code.as_deref()) {
-        (SdkError::DispatchFailure(_) | SdkError::TimeoutError(_), _, _) => {
-            " (cannot reach the store: check LIFEBOAT_S3_ENDPOINT and the network; retried at the next run)".to_string()
-        }
-        (_, _, Some("NoSuchBucket")) | (_, Some(404), None) if op.starts_with("HeadBucket") => {
-            format!(" (bucket {bucket:?} does not exist: create it or fix LIFEBOAT_TARGETS)")
-        }
-        (_, _, Some("NoSuchBucket")) => format!(" (bucket {bucket:?} does not exist: create it or fix LIFEBOAT_TARGETS)"),
-        (_, Some(403), _) | (_, _, Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch")) => {
-            " (access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the pod's role)".to_string()
-        }
-        _ => String::new(),
-    };
+    tracing::debug!(target_url = %at.target, op, error = %DisplayErrorContext(&e), "S3 request failed");
     Error::Target {
-        target: target.to_string(),
-        message: format!("{op} failed: {}{hint}", DisplayErrorContext(&e)),
+        target: at.target.clone(),
+        message: format!("{op}: {}", plain(at, &e)),
     }
+}
+
+/// Where an S3 target's requests go, for its errors.
+#[derive(Debug, Clone)]
+pub struct Where {
+    /// The target as `describe` names it (`s3://bucket/prefix/ns/name`).
+    pub target: String,
+    pub bucket: String,
+    /// `LIFEBOAT_S3_ENDPOINT`, or AWS's own.
+    pub endpoint: String,
+}
+
+/// [`sdk_error`]'s words.
+fn plain<E>(at: &Where, e: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let endpoint = &at.endpoint;
+    let bucket = &at.bucket;
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let code = e.code();
+    match e {
+        SdkError::TimeoutError(_) => {
+            return format!("the S3 endpoint {endpoint} did not answer in time: check LIFEBOAT_S3_ENDPOINT and the network; tried again at the next run")
+        }
+        SdkError::DispatchFailure(d) => {
+            let why = if d.is_timeout() {
+                "timed out".to_string()
+            } else {
+                deepest(e)
+            };
+            if why.to_lowercase().contains("certificate") {
+                return format!("the S3 endpoint {endpoint} presented a certificate that is not trusted: {why}: for a private CA set SSL_CERT_FILE to its certificate (README, \"S3 and off-cluster copies\")");
+            }
+            return format!("cannot reach the S3 endpoint {endpoint}: {why}: check LIFEBOAT_S3_ENDPOINT and the network; tried again at the next run");
+        }
+        SdkError::ResponseError(_) => {
+            return format!("the answer from the S3 endpoint {endpoint} broke off: {}: check the network and the store; tried again at the next run", deepest(e));
+        }
+        SdkError::ConstructionFailure(_) => {
+            return format!("the request could not be made ({}): check LIFEBOAT_S3_ENDPOINT, LIFEBOAT_S3_REGION and the credentials", deepest(e));
+        }
+        _ => {}
+    }
+    let said = match (code, e.message()) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c.to_string(),
+        (None, Some(m)) => m.to_string(),
+        (None, None) => deepest(e),
+    };
+    let http = status.map(|s| format!("HTTP {s}, ")).unwrap_or_default();
+    match (status, code) {
+        (_, Some("NoSuchBucket")) | (Some(404), None) => {
+            format!("bucket {bucket:?} does not exist at {endpoint} ({http}{said}): create it or fix LIFEBOAT_TARGETS")
+        }
+        (Some(403), _)
+        | (_, Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch")) => {
+            format!("access denied by {endpoint} ({http}{said}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the pod's role, and that it may use bucket {bucket:?}")
+        }
+        (_, Some("SlowDown" | "ServiceUnavailable" | "InternalError")) | (Some(500..=599), _) => {
+            format!("the store at {endpoint} failed the request ({http}{said}); retried, and tried again at the next run")
+        }
+        _ => format!("the store at {endpoint} refused the request ({http}{said})"),
+    }
+}
+
+/// The innermost cause's words ("Connection refused (os error 111)"):
+/// what a person can act on, without the wrappers around it.
+fn deepest(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
 }
 
 /// A multipart upload a killed process never completed or aborted.
@@ -574,7 +658,7 @@ impl S3Put {
             self.blobs.bucket.clone(),
             self.key.clone(),
         );
-        let describe = self.blobs.describe();
+        let at = self.blobs.at.clone();
         self.in_flight.push_back(tokio::spawn(async move {
             let out = client
                 .upload_part()
@@ -586,9 +670,7 @@ impl S3Put {
                 .body(Body::from(body))
                 .send()
                 .await
-                .map_err(|e| {
-                    sdk_error(&describe, &bucket, &format!("UploadPart {n} of {key}"), e)
-                })?;
+                .map_err(|e| sdk_error(&at, &format!("UploadPart {n} of {key}"), e))?;
             Ok(CompletedPart::builder()
                 .part_number(n)
                 .set_e_tag(out.e_tag().map(str::to_string))

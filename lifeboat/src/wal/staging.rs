@@ -330,6 +330,7 @@ async fn stage_one(
     let mappings = vec![Mapping {
         origin: origin.into(),
         staging: own.clone(),
+        only: None,
     }];
     let read = crate::artifact_read::read(
         target,
