@@ -401,3 +401,77 @@ fn rbac_manifest_is_the_base_role_and_grants_only_what_is_used() {
         ]
     );
 }
+
+/// A user's own workload that runs as its own ServiceAccount (a JupyterHub
+/// user pod, an operator's pod): the components leave the account as it
+/// is, and the README's patch binds lifeboat's Role to it beside the
+/// base's own account.
+#[test]
+fn the_apps_own_service_account_is_kept_and_can_be_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    // kustomize takes no absolute paths: up from the overlay to `/`, then
+    // down to the repository.
+    let up = "../".repeat(tmp.path().components().count() - 1);
+    let k = PathBuf::from(up).join(root().join("kustomize").strip_prefix("/").unwrap());
+    fs::write(
+        tmp.path().join("statefulset.yaml"),
+        "apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: hub
+  labels:
+    lifeboat.dev/enabled: \"true\"
+spec:
+  serviceName: hub
+  selector:
+    matchLabels: {app: hub}
+  template:
+    metadata:
+      labels: {app: hub}
+    spec:
+      serviceAccountName: hub-user
+      containers:
+        - name: notebook
+          image: quay.io/jupyter/minimal-notebook:2024-12-09
+          volumeMounts:
+            - {name: data, mountPath: /home/jovyan}
+  volumeClaimTemplates:
+    - metadata: {name: data}
+      spec:
+        accessModes: [ReadWriteOnce]
+        resources: {requests: {storage: 1Gi}}
+",
+    )
+    .unwrap();
+    fs::write(
+        tmp.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - {base}
+  - statefulset.yaml
+components:
+  - {jupyter}
+  - {pvc}
+patches:
+  - target: {{kind: RoleBinding, name: lifeboat}}
+    patch: |-
+      - op: add
+        path: /subjects/-
+        value: {{kind: ServiceAccount, name: hub-user}}
+",
+            base = k.join("base").display(),
+            jupyter = k.join("components/jupyter").display(),
+            pvc = k.join("components/target-pvc").display(),
+        ),
+    )
+    .unwrap();
+    let objs = docs(&render(tmp.path()));
+    let sts = objs.iter().find(|o| o["kind"] == "StatefulSet").unwrap();
+    let spec = &sts["spec"]["template"]["spec"];
+    assert_eq!(spec["serviceAccountName"], "hub-user");
+    assert!(container(&spec["initContainers"], "lifeboat").is_some());
+    let binding = objs.iter().find(|o| o["kind"] == "RoleBinding").unwrap();
+    assert_eq!(names(&binding["subjects"]), ["lifeboat", "hub-user"]);
+}
