@@ -403,11 +403,13 @@ fn rbac_manifest_is_the_base_role_and_grants_only_what_is_used() {
 }
 
 /// A user's own workload that runs as its own ServiceAccount (a JupyterHub
-/// user pod, an operator's pod): the components leave the account as it
-/// is, and the README's patch binds lifeboat's Role to it beside the
-/// base's own account.
+/// user pod, an operator's pod) on a volume not named `data`: the
+/// components leave the account as it is, the README's patch binds
+/// lifeboat's Role to it beside the base's own account, and the README's
+/// `lifeboat-wiring` merge makes every lifeboat mount (and the drill's
+/// scratch volume, which the copied app container mounts) use its name.
 #[test]
-fn the_apps_own_service_account_is_kept_and_can_be_bound() {
+fn a_users_own_statefulset_keeps_its_account_and_volume_name() {
     let tmp = tempfile::tempdir().unwrap();
     // kustomize takes no absolute paths: up from the overlay to `/`, then
     // down to the repository.
@@ -430,13 +432,14 @@ spec:
       labels: {app: hub}
     spec:
       serviceAccountName: hub-user
+      securityContext: {runAsUser: 1000, fsGroup: 100}
       containers:
         - name: notebook
           image: quay.io/jupyter/minimal-notebook:2024-12-09
           volumeMounts:
-            - {name: data, mountPath: /home/jovyan}
+            - {name: home, mountPath: /home/jovyan}
   volumeClaimTemplates:
-    - metadata: {name: data}
+    - metadata: {name: home}
       spec:
         accessModes: [ReadWriteOnce]
         resources: {requests: {storage: 1Gi}}
@@ -453,7 +456,12 @@ resources:
   - statefulset.yaml
 components:
   - {jupyter}
+  - {drill}
   - {pvc}
+configMapGenerator:
+  - name: lifeboat-wiring
+    behavior: merge
+    literals: [dataVolume=home]
 patches:
   - target: {{kind: RoleBinding, name: lifeboat}}
     patch: |-
@@ -463,6 +471,7 @@ patches:
 ",
             base = k.join("base").display(),
             jupyter = k.join("components/jupyter").display(),
+            drill = k.join("components/drill").display(),
             pvc = k.join("components/target-pvc").display(),
         ),
     )
@@ -471,7 +480,45 @@ patches:
     let sts = objs.iter().find(|o| o["kind"] == "StatefulSet").unwrap();
     let spec = &sts["spec"]["template"]["spec"];
     assert_eq!(spec["serviceAccountName"], "hub-user");
-    assert!(container(&spec["initContainers"], "lifeboat").is_some());
+    for c in ["lifeboat-restore", "lifeboat"] {
+        let c = container(&spec["initContainers"], c).unwrap();
+        assert_eq!(mount(c, "home"), Some("/data"), "{c:?}");
+        assert_eq!(mount(c, "data"), None);
+    }
+    let drill = &objs.iter().find(|o| o["kind"] == "CronJob").unwrap()["spec"]["jobTemplate"]
+        ["spec"]["template"]["spec"];
+    let volumes = names(&drill["volumes"]);
+    assert!(
+        volumes.contains(&"home".to_string()) && !volumes.contains(&"data".to_string()),
+        "{volumes:?}"
+    );
+    assert_eq!(
+        mount(
+            container(&drill["initContainers"], "lifeboat-restore").unwrap(),
+            "home"
+        ),
+        Some("/data")
+    );
+    assert_eq!(
+        mount(
+            container(&drill["containers"], "lifeboat-drill").unwrap(),
+            "home"
+        ),
+        Some("/data")
+    );
+    assert_eq!(
+        mount(
+            container(&drill["initContainers"], "notebook").unwrap(),
+            "home"
+        ),
+        Some("/home/jovyan")
+    );
+    assert!(
+        !objs
+            .iter()
+            .any(|o| o["metadata"]["name"] == "lifeboat-wiring"),
+        "never deployed"
+    );
     let binding = objs.iter().find(|o| o["kind"] == "RoleBinding").unwrap();
     assert_eq!(names(&binding["subjects"]), ["lifeboat", "hub-user"]);
 }

@@ -1124,9 +1124,11 @@ fn store_killed_mid_upload(major: u32) {
             .iter()
             .rfind(|k| is_wal(k))
             .is_some_and(|k| {
-                let m: serde_json::Value =
-                    serde_json::from_slice(&rt.block_on(weed.get("wal", k))).unwrap();
-                lsn(m["wal"]["to"].as_str().unwrap()) >= flushed
+                // Just restarted, SeaweedFS may fail a GET for a while.
+                rt.block_on(weed.try_get("wal", k)).is_some_and(|b| {
+                    let m: serde_json::Value = serde_json::from_slice(&b).unwrap();
+                    lsn(m["wal"]["to"].as_str().unwrap()) >= flushed
+                })
             })
     });
     // The upload the store's death cut off is aborted once it is back

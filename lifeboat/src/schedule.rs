@@ -140,6 +140,20 @@ impl Schedule {
         next.checked_add_signed(self.offset)
     }
 
+    /// The newest scheduled run at or before `t`; None when none is
+    /// found within two of the schedule's longest gaps back.
+    pub fn last_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let gap = self.interval(t)?;
+        let mut run = self.next_after(t.checked_sub_signed(gap * 2)?)?;
+        if run > t {
+            return None;
+        }
+        while let Some(next) = self.next_after(run).filter(|n| *n <= t) {
+            run = next;
+        }
+        Some(run)
+    }
+
     /// [`Schedule::next_after`] without the offset.
     fn next_minute_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let start = t.with_second(0)?.with_nanosecond(0)? + Duration::minutes(1);
@@ -291,6 +305,39 @@ mod tests {
         assert_eq!(
             jitter_offset("prod/db-0", std::time::Duration::ZERO),
             std::time::Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn the_last_run_at_or_before_a_time() {
+        let daily = Schedule::parse("0 2 * * *").unwrap();
+        assert_eq!(
+            daily.last_at_or_before(at(2026, 12, 3, 12, 0, 0)),
+            Some(at(2026, 12, 3, 2, 0, 0))
+        );
+        assert_eq!(
+            daily.last_at_or_before(at(2026, 12, 3, 2, 0, 0)),
+            Some(at(2026, 12, 3, 2, 0, 0))
+        );
+        assert_eq!(
+            daily.last_at_or_before(at(2026, 12, 3, 1, 59, 0)),
+            Some(at(2026, 12, 2, 2, 0, 0))
+        );
+        let shifted = daily.clone().shifted(std::time::Duration::from_secs(600));
+        assert_eq!(
+            shifted.last_at_or_before(at(2026, 12, 3, 2, 5, 0)),
+            Some(at(2026, 12, 2, 2, 10, 0))
+        );
+        let minutely = Schedule::parse("* * * * *").unwrap();
+        assert_eq!(
+            minutely.last_at_or_before(at(2026, 12, 3, 12, 0, 30)),
+            Some(at(2026, 12, 3, 12, 0, 0))
+        );
+        assert_eq!(
+            Schedule::parse("0 0 31 2 *")
+                .unwrap()
+                .last_at_or_before(at(2026, 12, 3, 0, 0, 0)),
+            None
         );
     }
 

@@ -618,6 +618,15 @@ impl Seaweed {
         o.body.collect().await.unwrap().into_bytes().to_vec()
     }
 
+    /// An object's bytes, or None while the server cannot serve it (just
+    /// restarted, its volume servers not registered again: SeaweedFS
+    /// answers 500 InternalError for a while).
+    pub async fn try_get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let c = self.client().await;
+        let o = c.get_object().bucket(bucket).key(key).send().await.ok()?;
+        Some(o.body.collect().await.ok()?.into_bytes().to_vec())
+    }
+
     /// Creates a bucket, retrying while the filer finishes starting.
     pub async fn create_bucket(&self, name: &str) {
         let c = self.client().await;

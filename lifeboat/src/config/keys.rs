@@ -44,6 +44,12 @@ pub const KEYS: &[Key] = &[
         restore: false,
     },
     Key {
+        env: "LIFEBOAT_BACKUP_AT_START",
+        annotation: None,
+        help: "on: back up when the sidecar starts if the history has no backup yet or missed its last scheduled run (first deploy, a pod down over the schedule); off (default)",
+        restore: false,
+    },
+    Key {
         env: "LIFEBOAT_JITTER",
         annotation: None,
         help: "spread pods on one schedule: each pod's runs move later by its own stable offset within this window, e.g. 1h (default: 0)",

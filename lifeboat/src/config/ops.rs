@@ -35,6 +35,9 @@ pub struct Ops {
     pub pre_command: Option<Hook>,
     /// `LIFEBOAT_POST_COMMAND`: runs after each backup, whatever the result.
     pub post_command: Option<Hook>,
+    /// `LIFEBOAT_BACKUP_AT_START`: back up when the sidecar starts if the
+    /// history has no backup yet or missed its last scheduled run.
+    pub backup_at_start: bool,
 }
 
 impl Ops {
@@ -183,6 +186,17 @@ pub(super) fn parse(raw: &Raw, name: &str, problems: &mut Problems) -> Ops {
         }
     });
 
+    let backup_at_start = match set(&raw.opt("LIFEBOAT_BACKUP_AT_START")).as_deref() {
+        None | Some("off" | "false") => false,
+        Some("on" | "true") => true,
+        Some(other) => {
+            problems.fail(
+                &value("LIFEBOAT_BACKUP_AT_START", other),
+                "accepted: off (the default) or on (back up at start when the history has no backup yet or missed its last scheduled run)".into(),
+            );
+            false
+        }
+    };
     let mut hook = |setting: &'static str, raw: &Option<String>| {
         let text = set(raw)?;
         match shell_words::split(&text) {
@@ -211,6 +225,7 @@ pub(super) fn parse(raw: &Raw, name: &str, problems: &mut Problems) -> Ops {
         notify,
         pre_command,
         post_command,
+        backup_at_start,
     }
 }
 

@@ -52,6 +52,9 @@ enum Next {
     Exit,
 }
 
+/// The trigger of a backup taken at start (`LIFEBOAT_BACKUP_AT_START`).
+const AT_START: &str = "start (LIFEBOAT_BACKUP_AT_START)";
+
 /// The trigger of a backup asked for by annotation.
 const BY_ANNOTATION: &str = "annotation lifeboat.dev/backup-now";
 
@@ -83,6 +86,12 @@ impl<O: Open> Daemon<O> {
         backlog_retry.tick().await;
         stale_check.tick().await;
         drill_refresh.tick().await;
+        if let Some(why) = self.due_at_start() {
+            info!(reason = %why, "backing up at start (LIFEBOAT_BACKUP_AT_START=on)");
+            if self.backup(AT_START, vec![], &mut poll).await {
+                return;
+            }
+        }
         loop {
             let now = self.clock.now();
             let next = self.settings.schedule.next_after(now);
@@ -147,6 +156,27 @@ impl<O: Open> Daemon<O> {
                 }
             }
         }
+    }
+
+    /// Why a backup is due as the sidecar starts (`LIFEBOAT_BACKUP_AT_START`):
+    /// the history has none yet (a first deploy), or its newest started
+    /// before the last scheduled run (the pod was down then, or a restore
+    /// brought back an older one). A plain restart backs up nothing.
+    fn due_at_start(&self) -> Option<String> {
+        if !self.settings.ops.backup_at_start {
+            return None;
+        }
+        let Some(last) = self.status.snapshot().last_success.map(|s| s.started_at) else {
+            return Some("this history has no backup yet".into());
+        };
+        let run = self.settings.schedule.last_at_or_before(self.clock.now())?;
+        (last < run).then(|| {
+            format!(
+                "the newest backup started at {}, before the last scheduled run at {}",
+                last.to_rfc3339(),
+                run.to_rfc3339()
+            )
+        })
     }
 
     /// Reads the annotations again; returns the work a change calls for.

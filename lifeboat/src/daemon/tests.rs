@@ -462,3 +462,45 @@ async fn a_second_shutdown_cancels_the_backup_at_once() {
     assert!(ran >= from && ran <= to, "{ran:?}");
     assert_eq!(h.log().cancelled, 1);
 }
+
+/// `LIFEBOAT_BACKUP_AT_START=on`: a history with no backup (a first
+/// deploy) or one whose newest backup predates the last scheduled run (the
+/// pod was down at 02:00) is backed up as the loop starts; one that is up
+/// to date is not, and the schedule goes on as before.
+#[tokio::test(start_paused = true)]
+async fn at_start_a_missing_or_missed_backup_is_taken_at_once() {
+    let on = [("LIFEBOAT_BACKUP_AT_START", "on")];
+    let (mut daemon, h) = harness(at(9, 0, 0), &on, secs(1)).await;
+    drive(&mut daemon, &h, async {
+        sleep(secs(5)).await;
+        assert_eq!(h.backups(), vec![at(9, 0, 0)]);
+        assert_eq!(
+            h.trigger().as_deref(),
+            Some("start (LIFEBOAT_BACKUP_AT_START)")
+        );
+        assert_eq!(
+            h.status.snapshot().next_run,
+            Some(at(2, 0, 0) + chrono::Duration::days(1))
+        );
+    })
+    .await;
+
+    for (newest, taken) in [(at(1, 0, 0), true), (at(2, 0, 5), false)] {
+        let (mut daemon, h) = harness(at(9, 0, 0), &on, secs(1)).await;
+        let m = manifest(1, newest, newest + chrono::Duration::minutes(1));
+        h.status.backup_finished("schedule", newest, Ok(&m), newest);
+        drive(&mut daemon, &h, async {
+            sleep(secs(5)).await;
+            assert_eq!(!h.backups().is_empty(), taken, "newest at {newest}");
+        })
+        .await;
+    }
+
+    // Off (the default): nothing at start, even with no backup at all.
+    let (mut daemon, h) = harness(at(9, 0, 0), &[], secs(1)).await;
+    drive(&mut daemon, &h, async {
+        sleep(secs(5)).await;
+        assert!(h.backups().is_empty());
+    })
+    .await;
+}
