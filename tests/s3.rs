@@ -389,3 +389,49 @@ fn an_unreachable_endpoint_is_one_readable_line() {
         assert!(!said.contains(noise), "{noise:?} in:\n{said}");
     }
 }
+
+/// What a backup costs in requests, as the sidecar logs it after each
+/// one, and that it does not grow with the history: with retention
+/// keeping two, the fourth, fifth and sixth backups each send the same
+/// requests (listing and reading what retention keeps, one object's
+/// upload, one deletion). The figures are printed for the README.
+#[test]
+fn the_request_cost_of_a_backup_does_not_grow_with_the_history() {
+    let w = world("cost");
+    fs::write(w.data.join("notebook.ipynb"), noise(64 << 10, 3)).unwrap();
+    let mut costs = Vec::new();
+    for _ in 0..6 {
+        let out = run_ok(
+            w.cmd(
+                "lifeboat-sidecar",
+                "s3://cost",
+                &[("LIFEBOAT_RETENTION", "last=2")],
+            )
+            .arg("backup-now"),
+        );
+        let err = stderr(&out);
+        let line = err
+            .lines()
+            .find(|l| l.contains("store requests of this backup"))
+            .unwrap_or_else(|| panic!("no request count in:\n{err}"))
+            .to_string();
+        let field = |name: &str| -> u64 {
+            line.split(&format!(" {name}="))
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {line}"))
+        };
+        costs.push((field("requests"), field("retention_requests"), line));
+    }
+    for (n, (total, retention, line)) in costs.iter().enumerate() {
+        println!(
+            "backup {}: {total} requests, {retention} for retention: {line}",
+            n + 1
+        );
+    }
+    let steady: Vec<u64> = costs[3..].iter().map(|c| c.0).collect();
+    assert!(steady.iter().all(|t| *t == steady[0]), "{costs:?}");
+    assert!(costs[5].1 > 0 && costs[5].0 < 40, "{costs:?}");
+    assert_eq!(w.listed("s3://cost").len(), 2);
+}

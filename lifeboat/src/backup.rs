@@ -137,6 +137,7 @@ impl Job {
                 warn!(target = %t.describe(), error = %e, "cleaning up after killed backups failed; retried at the next backup");
             }
         }
+        let before: Vec<_> = self.targets.iter().map(|t| t.requests()).collect();
         crate::hooks::pre(&self.settings, &cancel).await?;
         let primary = &self.targets[0];
         let result = backup(self.clone(), primary, cancel.clone()).await;
@@ -144,12 +145,19 @@ impl Job {
         crate::hooks::post(&self.settings, &result, &Default::default()).await;
         let manifest = result?;
         self.sync_secondaries().await;
-        for t in &self.targets {
+        for (t, before) in self.targets.iter().zip(&before) {
+            let at_retention = t.requests();
             if let Err(e) = apply_retention(t, &self.settings.retention).await {
                 warn!(target = %t.describe(), error = %e, "retention failed; nothing was lost, it runs again after the next backup");
             }
+            let retention = t.requests().since(&at_retention);
             if let Err(e) = clean_leftovers(t, Utc::now()).await {
                 warn!(target = %t.describe(), error = %e, "leftover cleanup failed");
+            }
+            let all = t.requests().since(before);
+            if all.total() > 0 {
+                // What this backup cost on a store that bills requests.
+                info!(target = %t.describe(), requests = all.total(), retention_requests = retention.total(), by_operation = %all, "store requests of this backup");
             }
         }
         Ok(manifest)

@@ -72,6 +72,9 @@ impl Blobs for AnyBlobs {
     fn local_folder(&self) -> Option<&Path> {
         each!(self, b => b.local_folder())
     }
+    fn requests(&self) -> super::requests::Counts {
+        each!(self, b => b.requests())
+    }
     async fn check(&self) -> Result<()> {
         each!(self, b => b.check().await)
     }

@@ -71,6 +71,11 @@ pub trait Blobs: Clone {
     /// The local folder (a mounted backup volume) this store lives in, which
     /// a restore must never count as data or remove.
     fn local_folder(&self) -> Option<&Path>;
+    /// The requests sent to this store so far, by operation; a folder makes
+    /// none (`store/requests.rs`).
+    fn requests(&self) -> super::requests::Counts {
+        Default::default()
+    }
 
     /// A cheap check at start: can we write here?
     async fn check(&self) -> Result<()>;

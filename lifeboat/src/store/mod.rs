@@ -15,6 +15,7 @@ mod any;
 pub mod blobs;
 pub mod dir;
 pub mod protocol;
+pub mod requests;
 pub mod s3;
 
 use std::path::PathBuf;

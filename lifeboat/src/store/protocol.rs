@@ -217,6 +217,11 @@ impl<B: Blobs> Artifacts<B> {
         self.blobs.local_folder()
     }
 
+    /// The requests sent to the store so far (see [`Blobs::requests`]).
+    pub fn requests(&self) -> super::requests::Counts {
+        self.blobs.requests()
+    }
+
     fn err(&self, message: String) -> Error {
         Error::Target {
             target: self.blobs.describe(),

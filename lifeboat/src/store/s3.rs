@@ -186,6 +186,8 @@ pub struct S3Blobs {
     root: String,
     /// Where requests go, for errors.
     at: Where,
+    /// Every request both clients sent.
+    requests: super::requests::Requests,
 }
 
 impl S3Blobs {
@@ -200,6 +202,14 @@ impl S3Blobs {
             bucket: bucket.clone(),
             endpoint,
         };
+        let requests = super::requests::Requests::default();
+        let client = Client::from_conf(
+            client
+                .config()
+                .to_builder()
+                .interceptor(requests.clone())
+                .build(),
+        );
         let quick = Client::from_conf(
             client
                 .config()
@@ -219,6 +229,7 @@ impl S3Blobs {
             bucket,
             root,
             at,
+            requests,
         }
     }
 
@@ -444,6 +455,10 @@ impl std::fmt::Display for MultipartUpload {
 impl Blobs for S3Blobs {
     type Put = S3Put;
     type Incomplete = MultipartUpload;
+
+    fn requests(&self) -> super::requests::Counts {
+        self.requests.now()
+    }
 
     fn describe(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.root)
