@@ -141,12 +141,26 @@ fn only_the_named_files_and_folders_come_back() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(files(&pod.inside(&to)), ["analysis.ipynb", "other.ipynb"]);
 
-    // A hard link whose first name is left out: said, not an error.
+    // A hard link whose first name is left out: said, and as nothing
+    // else came back, the restore fails (exit 64) instead of a silent 0.
     let (out, to) = pod.restore("link", &[&format!("{rel}/project/other-link.ipynb")]);
     let said = stderr(&out);
-    assert!(out.status.success(), "{said}");
+    assert_eq!(out.status.code(), Some(64), "{said}");
     assert!(said.contains("which --path leaves out"), "{said}");
-    assert!(files(&pod.inside(&to)).is_empty());
+    assert!(!to.exists() || files(&to).is_empty());
+    // With its first name, both come back.
+    let (out, to) = pod.restore(
+        "both",
+        &[
+            &format!("{rel}/project/other-link.ipynb"),
+            &format!("{rel}/other.ipynb"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        files(&pod.inside(&to)),
+        ["other.ipynb", "project/other-link.ipynb"]
+    );
 }
 
 #[test]
@@ -157,7 +171,7 @@ fn a_path_that_matches_nothing_says_what_names_look_like() {
     let said = stderr(&out);
     assert_eq!(out.status.code(), Some(64), "{said}");
     assert!(said.contains("--path"), "{said}");
-    assert!(said.contains("matches no entry"), "{said}");
+    assert!(said.contains("matches no file"), "{said}");
     assert!(
         said.contains(&format!(
             "e.g. {}/",
@@ -226,4 +240,10 @@ fn from_a_chain_the_newest_state_of_the_file() {
         fs::read(got.join("analysis.ipynb")).unwrap(),
         b"{\"cells\": [\"newer\"]}"
     );
+    // Only the file the newest link deleted: in the first link, gone in
+    // the chain's state, so nothing comes back, and that is an error.
+    let (out, _) = pod.restore("deleted", &[&format!("{rel}/project/data/a.csv")]);
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(64), "{said}");
+    assert!(said.contains("matches no file"), "{said}");
 }

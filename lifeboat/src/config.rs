@@ -496,10 +496,12 @@ fn jitter(r: &Reader, namespace: &str, name: &str, problems: &mut Problems) -> D
     };
     match parse_duration(&v.text) {
         Ok(window) => schedule::jitter_offset(&format!("{namespace}/{name}"), window),
-        Err(e) => {
+        // A restore must not fail over a scheduling setting.
+        Err(e) if r.role == Role::Backup => {
             problems.fail(&v, format!("{e}; e.g. 1h: each pod's runs move to its own time in the hour after the schedule's"));
             Duration::ZERO
         }
+        Err(_) => Duration::ZERO,
     }
 }
 
@@ -888,6 +890,7 @@ mod tests {
             ("LIFEBOAT_PATHS", "/data"),
             ("LIFEBOAT_TARGETS", "/backup"),
             ("LIFEBOAT_SCHEDULE", "nonsense"),
+            ("LIFEBOAT_JITTER", "an hour"),
             ("HOSTNAME", "nb-0"),
         ]);
         assert!(Settings::from_inputs(&i, Role::Restore).is_ok());

@@ -4,7 +4,6 @@
 //! the writing is filtered (docs/ARCHITECTURE.md, "Restore").
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
@@ -16,9 +15,6 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 pub struct PathFilter {
     patterns: Vec<String>,
     set: GlobSet,
-    /// Entries that matched, so that a pattern matching nothing is an
-    /// error rather than an empty folder.
-    matched: AtomicU64,
 }
 
 impl PathFilter {
@@ -51,29 +47,14 @@ impl PathFilter {
         Ok(PathFilter {
             patterns: kept,
             set,
-            matched: AtomicU64::new(0),
         })
     }
 
     /// Whether the entry `name` (as in the tar) is wanted: it, or a folder
-    /// it lies in, matches a pattern. Counted.
+    /// it lies in, matches a pattern.
     pub fn wants(&self, name: &Path) -> bool {
-        let hit = self.covers(name);
-        if hit {
-            self.matched.fetch_add(1, Ordering::Relaxed);
-        }
-        hit
-    }
-
-    /// [`PathFilter::wants`], not counted.
-    pub fn covers(&self, name: &Path) -> bool {
         name.ancestors()
             .any(|a| !a.as_os_str().is_empty() && self.set.is_match(a))
-    }
-
-    /// Entries that matched so far.
-    pub fn matched(&self) -> u64 {
-        self.matched.load(Ordering::Relaxed)
     }
 
     pub fn patterns(&self) -> &[String] {
@@ -106,7 +87,6 @@ mod tests {
             "* stays in its folder"
         );
         assert!(!f.wants(Path::new("home/jovyan")));
-        assert_eq!(f.matched(), 4);
         let deep = filter(&["home/**/*.ipynb"]);
         assert!(deep.wants(Path::new("home/jovyan/sub/x.ipynb")));
     }

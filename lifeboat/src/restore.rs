@@ -783,6 +783,23 @@ fn staging_folders(
     Ok((mappings, cleanup))
 }
 
+/// Files and links (not folders) in the staging folders: what a `--path`
+/// restore brings back. Never follows a link.
+fn staged_files(mappings: &[Mapping]) -> u64 {
+    let mut n = 0;
+    let mut dirs: Vec<PathBuf> = mappings.iter().map(|m| m.staging.clone()).collect();
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(e.path()),
+                Ok(_) => n += 1,
+                Err(_) => {}
+            }
+        }
+    }
+    n
+}
+
 /// `--path` that matched no entry of `m`: a person's mistake, said with
 /// what the names look like (the artifact itself is fine).
 fn nothing_matched(only: &crate::path_filter::PathFilter, m: &Manifest) -> Error {
@@ -795,7 +812,7 @@ fn nothing_matched(only: &crate::path_filter::PathFilter, m: &Manifest) -> Error
         setting: "--path".into(),
         value: only.patterns().join(" "),
         message: format!(
-            "matches no entry of {}; entries are named as backed up without the leading /, e.g. {example}/…; `tar -tf` on the artifact lists them",
+            "matches no file of {}; entries are named as backed up without the leading /, e.g. {example}/…; `tar -tf` on the artifact lists them (an older artifact: --before or --id)",
             m.id
         ),
     }])
@@ -911,11 +928,15 @@ async fn restore_one(
         }
         let report = report.expect("a chain has one link at least");
         if let Some(only) = mappings.first().and_then(|m| m.only.as_ref()) {
-            if only.matched() == 0 {
+            // What is staged now, not what matched on the way: a file a
+            // later link deleted is gone again, and an older candidate
+            // may not hold what a newer one did.
+            let files = staged_files(&mappings);
+            if files == 0 {
                 cleanup.iter().for_each(|d| drop(fs::remove_dir_all(d)));
                 return Err(nothing_matched(only, m));
             }
-            info!(entries = only.matched(), "restored only what --path names; the whole artifact verified");
+            info!(files, "restored only what --path names; the whole artifact verified");
         }
         if let (Finish::MoveIntoPlace { wal: Some(until), .. }, Some((_, dest)), Some(map)) =
             (&finish, dests.first(), mappings.first())

@@ -140,14 +140,19 @@ impl Schedule {
         next.checked_add_signed(self.offset)
     }
 
-    /// The newest scheduled run at or before `t`; None when none is
-    /// found within two of the schedule's longest gaps back.
+    /// The newest scheduled run at or before `t`; None when there was none
+    /// within [`HORIZON_DAYS`]. Looks back an hour, then twice as far each
+    /// time: a schedule's upcoming gaps say nothing of the gaps before
+    /// (`*/5 2 * * *` at 09:00 ran seven hours ago).
     pub fn last_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let gap = self.interval(t)?;
-        let mut run = self.next_after(t.checked_sub_signed(gap * 2)?)?;
-        if run > t {
-            return None;
-        }
+        let mut back = Duration::hours(1);
+        let mut run = loop {
+            match self.next_after(t.checked_sub_signed(back)?) {
+                Some(run) if run <= t => break run,
+                _ if back > Duration::days(i64::from(HORIZON_DAYS)) => return None,
+                _ => back = back * 2,
+            }
+        };
         while let Some(next) = self.next_after(run).filter(|n| *n <= t) {
             run = next;
         }
@@ -338,6 +343,20 @@ mod tests {
                 .unwrap()
                 .last_at_or_before(at(2026, 12, 3, 0, 0, 0)),
             None
+        );
+    }
+
+    #[test]
+    fn the_last_run_of_sparse_and_clustered_schedules() {
+        let clustered = Schedule::parse("*/5 2 * * *").unwrap();
+        assert_eq!(
+            clustered.last_at_or_before(at(2026, 12, 3, 9, 0, 0)),
+            Some(at(2026, 12, 3, 2, 55, 0))
+        );
+        let yearly = Schedule::parse("@yearly").unwrap();
+        assert_eq!(
+            yearly.last_at_or_before(at(2026, 12, 3, 9, 0, 0)),
+            Some(at(2026, 1, 1, 0, 0, 0))
         );
     }
 

@@ -895,7 +895,7 @@ impl<'a> Walker<'a> {
         let m = &mappings[idx];
         let target = clean_name(raw)
             .map_err(|r| self.unsafe_entry(name, &format!("is a hard link whose target {r}")))?;
-        if m.only.as_ref().is_some_and(|f| !f.covers(&target)) {
+        if m.only.as_ref().is_some_and(|f| !f.wants(&target)) {
             self.warn(format!(
                 "{} is a hard link to {}, which --path leaves out; not restored (add --path {} to have both)",
                 name.display(),

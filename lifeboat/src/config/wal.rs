@@ -74,7 +74,9 @@ pub(super) fn wal_settings(
     if let Some(v) = r.env("LIFEBOAT_WAL_QUIET_MAX") {
         match parse_duration(&v.text) {
             Ok(d) => s.quiet_max = d,
-            Err(e) => problems.fail(&v, e),
+            // Only the archiver reads it: a restore must not fail over it.
+            Err(e) if r.role == super::reader::Role::Backup => problems.fail(&v, e),
+            Err(_) => {}
         }
     }
     if let Some(v) = r.env("LIFEBOAT_WAL_SLOT") {

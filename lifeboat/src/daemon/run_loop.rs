@@ -166,7 +166,14 @@ impl<O: Open> Daemon<O> {
         if !self.settings.ops.backup_at_start {
             return None;
         }
-        let Some(last) = self.status.snapshot().last_success.map(|s| s.started_at) else {
+        let st = self.status.snapshot();
+        if let Some(e) = st.targets.first().and_then(|t| t.error.as_ref()) {
+            // Unknown, not empty: a crash loop against a store that is
+            // down must not back up at every start.
+            warn!(error = %e, "LIFEBOAT_BACKUP_AT_START: the primary target could not be listed, so whether a backup is due is not known; the schedule decides");
+            return None;
+        }
+        let Some(last) = st.last_success.map(|s| s.started_at) else {
             return Some("this history has no backup yet".into());
         };
         let run = self.settings.schedule.last_at_or_before(self.clock.now())?;

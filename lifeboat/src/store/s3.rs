@@ -354,7 +354,7 @@ where
     tracing::debug!(target_url = %at.target, op, error = %DisplayErrorContext(&e), "S3 request failed");
     Error::Target {
         target: at.target.clone(),
-        message: format!("{op}: {}", plain(at, &e)),
+        message: format!("{op}: {}", plain(at, op, &e)),
     }
 }
 
@@ -369,7 +369,7 @@ pub struct Where {
 }
 
 /// [`sdk_error`]'s words.
-fn plain<E>(at: &Where, e: &SdkError<E, HttpResponse>) -> String
+fn plain<E>(at: &Where, op: &str, e: &SdkError<E, HttpResponse>) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -408,7 +408,9 @@ where
     };
     let http = status.map(|s| format!("HTTP {s}, ")).unwrap_or_default();
     match (status, code) {
-        (_, Some("NoSuchBucket")) | (Some(404), None) => {
+        (_, Some("NoSuchBucket")) | (Some(404), None)
+            if code.is_some() || op.starts_with("HeadBucket") =>
+        {
             format!("bucket {bucket:?} does not exist at {endpoint} ({http}{said}): create it or fix LIFEBOAT_TARGETS")
         }
         (Some(403), _)

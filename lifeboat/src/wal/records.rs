@@ -96,7 +96,9 @@ pub fn first_end_after(
 /// bits) changes nothing a client could see: every change a client makes
 /// ends in a commit. `from` is the segment's start that holds `after`.
 ///
-/// A record that cannot be read counts as one that must not be lost.
+/// A record that cannot be read, WAL that cannot be read up to `to`, and a
+/// record continued from the segment before (whose header is not read)
+/// that ends after `after` count as ones that must not be lost.
 pub fn changes_after(
     pg_wal: &Path,
     timeline: u32,
@@ -111,7 +113,13 @@ pub fn changes_after(
             return Ok(true);
         }
     }
-    Ok(false)
+    // A record begun in the segment before, whose kind cannot be told from
+    // here, counts when it ends after `after`; so does WAL the scan could
+    // not read to `to` (a missing file, a page that is not the one it
+    // should be, zeros where flushed WAL should be): only a last record
+    // not yet flushed whole may end the scan early.
+    let continued = wal.continued_end.is_some_and(|end| end > after);
+    Ok(continued || wal.pos < to)
 }
 
 /// A transaction end's time, or why its record does not give one.
@@ -167,6 +175,9 @@ struct Wal<'a> {
     /// Whether the first page was read (`from` is a page's start, not a
     /// record's).
     started: bool,
+    /// Where a record begun before `from` ends, when the first page
+    /// continues one (its kind is not known: its header is before `from`).
+    continued_end: Option<Lsn>,
 }
 
 /// A page header as read.
@@ -190,6 +201,7 @@ impl<'a> Wal<'a> {
             magic: None,
             file: None,
             started: false,
+            continued_end: None,
         }
     }
 
@@ -333,12 +345,18 @@ impl<'a> Wal<'a> {
                 return Ok(false);
             };
             self.pos = Lsn(self.pos.0 + h.len);
+            let first = !self.started;
             self.started = true;
             if h.info & XLP_FIRST_IS_CONTRECORD == 0 {
                 return Ok(self.pos < self.to);
             }
             match self.read(u64::from(h.rem_len), None, Some(u64::from(h.rem_len)))? {
-                Read::Done => continue,
+                Read::Done => {
+                    if first {
+                        self.continued_end = Some(self.pos);
+                    }
+                    continue;
+                }
                 Read::End => return Ok(false),
                 // A record starts right after the page header passed.
                 Read::Abandoned => return Ok(self.pos < self.to),
@@ -749,6 +767,43 @@ mod tests {
         let start = (w.wal.len() as u64).div_ceil(8) * 8;
         w.commit(30, 500);
         assert!(changes(&w, w.wal.len() as u64, start + 100));
+    }
+
+    #[test]
+    fn a_record_from_the_segment_before_and_unreadable_wal_count() {
+        // A commit that begins in the first segment and ends in the
+        // second; the archive ends at the second's start, inside it.
+        let mut w = Writer::new();
+        while (w.wal.len() as u64) < MIB - 3000 {
+            w.other(2000);
+        }
+        w.commit(40, 8000);
+        w.other(100);
+        let end = w.wal.len() as u64;
+        assert!(end > MIB + 4000, "set up the crossing");
+        let dir = tempfile::tempdir().unwrap();
+        w.write(dir.path());
+        let size = SegmentSize::new(MIB).unwrap();
+        let scan = |from: u64, to: u64, after: u64| {
+            changes_after(dir.path(), 1, size, Lsn(from), Lsn(to), Lsn(after)).unwrap()
+        };
+        assert!(
+            scan(MIB, end, MIB),
+            "the commit's end is after the archive's"
+        );
+        assert!(!scan(MIB, end, end), "all of it archived");
+        // Flushed WAL that is not there to read counts too.
+        std::fs::remove_file(
+            dir.path().join(
+                Segment {
+                    timeline: 1,
+                    segno: 1,
+                }
+                .file_name(size),
+            ),
+        )
+        .unwrap();
+        assert!(scan(MIB, end, MIB + 5000));
     }
 
     #[test]
