@@ -102,9 +102,9 @@ impl Schedule {
         })
     }
 
-    /// The same schedule with every run `by` later (whole seconds).
+    /// The same schedule with every run `by` later.
     pub fn shifted(mut self, by: std::time::Duration) -> Self {
-        self.offset = Duration::seconds(i64::try_from(by.as_secs()).unwrap_or(i64::MAX / 1000));
+        self.offset = Duration::from_std(by).unwrap_or_else(|_| Duration::zero());
         self
     }
 

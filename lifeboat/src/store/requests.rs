@@ -35,7 +35,7 @@ impl Counts {
             self.0
                 .iter()
                 .filter_map(|(op, n)| {
-                    let d = n - before.0.get(op).copied().unwrap_or(0);
+                    let d = n.saturating_sub(before.0.get(op).copied().unwrap_or(0));
                     (d > 0).then(|| (op.clone(), d))
                 })
                 .collect(),

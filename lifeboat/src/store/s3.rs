@@ -463,7 +463,7 @@ impl Blobs for S3Blobs {
     }
 
     fn describe(&self) -> String {
-        format!("s3://{}/{}", self.bucket, self.root)
+        self.at.target.clone()
     }
 
     fn place(&self, name: &str) -> String {
