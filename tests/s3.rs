@@ -435,3 +435,171 @@ fn the_request_cost_of_a_backup_does_not_grow_with_the_history() {
     assert!(costs[5].1 > 0 && costs[5].0 < 40, "{costs:?}");
     assert_eq!(w.listed("s3://cost").len(), 2);
 }
+
+/// The object keys (every version, delete markers included) in `bucket`.
+async fn all_versions(c: &aws_sdk_s3::Client, bucket: &str) -> Vec<(String, String)> {
+    let out = c
+        .list_object_versions()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    let versions = out.versions().iter().map(|v| {
+        (
+            v.key().unwrap().to_string(),
+            v.version_id().unwrap().to_string(),
+        )
+    });
+    let markers = out.delete_markers().iter().map(|m| {
+        (
+            m.key().unwrap().to_string(),
+            m.version_id().unwrap().to_string(),
+        )
+    });
+    versions.chain(markers).collect()
+}
+
+/// README, "Immutable buckets and write-only credentials": with
+/// `LIFEBOAT_S3_OBJECT_LOCK` every object carries a retain-until date that
+/// SeaweedFS enforces (its Object Lock is real: a versioned delete with the
+/// sidecar's own credentials is refused). Retention leaves what it no longer
+/// keeps until the lock ends, says so, and then removes every version.
+#[test]
+fn a_locked_history_is_deleted_only_once_its_lock_ends() {
+    let w = world("unused");
+    // One runtime for the client: its connections belong to it.
+    let rt = rt();
+    let c = rt.block_on(async {
+        w.weed.create_locked_bucket("locked").await;
+        w.weed.client().await
+    });
+    fs::write(w.data.join("notebook.ipynb"), noise(300 << 10, 7)).unwrap();
+    let lock = [
+        ("LIFEBOAT_S3_OBJECT_LOCK", "compliance:15s"),
+        ("LIFEBOAT_RETENTION", "last=1"),
+    ];
+    let backup = || {
+        let out = run_ok(
+            w.cmd("lifeboat-sidecar", "s3://locked", &lock)
+                .arg("backup-now"),
+        );
+        stderr(&out)
+    };
+    let started = chrono::Utc::now();
+    backup();
+    let first = w.listed("s3://locked");
+    assert_eq!(first.len(), 1);
+    let manifest_key = format!("default/nb-0/{}.manifest.json", first[0]);
+    let head = rt.block_on(c.head_object().bucket("locked").key(&manifest_key).send());
+    let head = head.unwrap();
+    assert_eq!(
+        head.object_lock_mode(),
+        Some(&aws_sdk_s3::types::ObjectLockMode::Compliance)
+    );
+    let until = head.object_lock_retain_until_date().unwrap().secs();
+    assert!(
+        until >= started.timestamp() + 15 && until <= chrono::Utc::now().timestamp() + 16,
+        "retain-until {until} is not 15 s after the write"
+    );
+
+    // Retention would drop the first now; its lock keeps it.
+    let err = backup();
+    assert!(
+        err.contains("retention deletes this artifact once its object lock ends"),
+        "{err}"
+    );
+    assert!(!err.contains("WARN"), "{err}");
+    assert_eq!(w.listed("s3://locked").len(), 2);
+    // Not even the sidecar's own credentials can remove a locked version.
+    let artifact = rt
+        .block_on(all_versions(&c, "locked"))
+        .into_iter()
+        .find(|(k, _)| k.starts_with(&format!("default/nb-0/{}.tar", first[0])))
+        .unwrap();
+    let refused = rt.block_on(
+        c.delete_object()
+            .bucket("locked")
+            .key(&artifact.0)
+            .version_id(&artifact.1)
+            .send(),
+    );
+    assert!(refused.is_err(), "a locked version was deleted");
+
+    // Once the lock has ended, retention removes both older backups, with
+    // every version of every object they had.
+    let wait = (until - chrono::Utc::now().timestamp() + 2).max(0) as u64;
+    std::thread::sleep(Duration::from_secs(wait));
+    fs::write(w.data.join("later.txt"), "after the lock").unwrap();
+    let before = snapshot(&w.data);
+    let err = backup();
+    assert!(err.contains("retention deleted artifact"), "{err}");
+    let kept = w.listed("s3://locked");
+    assert_eq!(kept.len(), 1);
+    let left: Vec<_> = rt
+        .block_on(all_versions(&c, "locked"))
+        .into_iter()
+        .filter(|(k, _)| !k.contains(&kept[0]))
+        .collect();
+    assert!(left.is_empty(), "versions left behind: {left:?}");
+    fs::remove_dir_all(&w.data).unwrap();
+    run_ok(&mut w.cmd("lifeboat-restore", "s3://locked", &lock));
+    assert_same(&before, &snapshot(&w.data));
+}
+
+/// README, "Immutable buckets and write-only credentials": credentials that
+/// may not delete (here a bucket policy that denies s3:DeleteObject to
+/// everyone, enforced by SeaweedFS). With `LIFEBOAT_RETENTION=off` the
+/// sidecar asks for no delete and warns of nothing; left at a policy, each
+/// backup still commits and the warning says what to set.
+#[test]
+fn write_only_credentials_back_up_and_restore() {
+    let w = world("write-only");
+    let deny = serde_json::json!({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Deny", "Principal": {"AWS": ["*"]},
+        "Action": ["s3:DeleteObject", "s3:DeleteObjectVersion"],
+        "Resource": ["arn:aws:s3:::write-only/*"]}]});
+    rt().block_on(async {
+        let c = w.weed.client().await;
+        c.put_bucket_policy()
+            .bucket("write-only")
+            .policy(deny.to_string())
+            .send()
+            .await
+            .unwrap();
+    });
+    fs::write(w.data.join("notebook.ipynb"), noise(200 << 10, 9)).unwrap();
+    let off = [("LIFEBOAT_RETENTION", "off")];
+    for i in 0..3 {
+        fs::write(w.data.join("n.txt"), format!("{i}")).unwrap();
+        let out = run_ok(
+            w.cmd("lifeboat-sidecar", "s3://write-only", &off)
+                .arg("backup-now"),
+        );
+        let err = stderr(&out);
+        assert!(!err.contains("WARN"), "{err}");
+        assert!(
+            !err.contains("DeleteObject="),
+            "no delete is even asked for: {err}"
+        );
+    }
+    assert_eq!(w.listed("s3://write-only").len(), 3);
+    // Left at a policy, the refused delete is a warning that names the fix.
+    let out = run_ok(
+        w.cmd(
+            "lifeboat-sidecar",
+            "s3://write-only",
+            &[("LIFEBOAT_RETENTION", "last=1")],
+        )
+        .arg("backup-now"),
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("retention failed") && err.contains("set LIFEBOAT_RETENTION=off"),
+        "{err}"
+    );
+    assert_eq!(w.listed("s3://write-only").len(), 4, "nothing lost");
+    let before = snapshot(&w.data);
+    fs::remove_dir_all(&w.data).unwrap();
+    run_ok(&mut w.cmd("lifeboat-restore", "s3://write-only", &off));
+    assert_same(&before, &snapshot(&w.data));
+}

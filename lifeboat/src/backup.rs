@@ -132,7 +132,10 @@ impl Job {
             &self.settings.name,
             &history,
         )?;
-        for t in &self.targets {
+        // With retention off the sidecar deletes nothing (write-only
+        // credentials): the bucket's lifecycle rules clean up.
+        let deletes = self.settings.retention.is_some();
+        for t in self.targets.iter().filter(|_| deletes) {
             if let Err(e) = clean_dead_leftovers(t, &lock).await {
                 warn!(target = %t.describe(), error = %e, "cleaning up after killed backups failed; retried at the next backup");
             }
@@ -147,13 +150,15 @@ impl Job {
         self.sync_secondaries().await;
         for (t, before) in self.targets.iter().zip(&before) {
             let at_retention = t.requests();
-            if let Err(e) = apply_retention(t, &self.settings.retention).await {
-                warn!(target = %t.describe(), error = %e, "retention failed; nothing was lost, it runs again after the next backup");
+            if let Some(policy) = &self.settings.retention {
+                if let Err(e) = apply_retention(t, policy).await {
+                    warn!(target = %t.describe(), error = %e, "retention failed; nothing was lost, it runs again after the next backup");
+                }
+                if let Err(e) = clean_leftovers(t, Utc::now()).await {
+                    warn!(target = %t.describe(), error = %e, "leftover cleanup failed");
+                }
             }
             let retention = t.requests().since(&at_retention);
-            if let Err(e) = clean_leftovers(t, Utc::now()).await {
-                warn!(target = %t.describe(), error = %e, "leftover cleanup failed");
-            }
             let all = t.requests().since(before);
             if all.total() > 0 {
                 // What this backup cost on a store that bills requests.
@@ -183,7 +188,13 @@ impl Job {
     async fn sync_each(&self) -> Vec<usize> {
         let mut backlog = Vec::new();
         for secondary in &self.targets[1..] {
-            match sync(&self.targets[0], secondary, &self.settings.retention).await {
+            match sync(
+                &self.targets[0],
+                secondary,
+                self.settings.retention.as_ref(),
+            )
+            .await
+            {
                 Ok(()) => backlog.push(0),
                 Err((missing, e)) => {
                     backlog.push(missing);
@@ -197,10 +208,11 @@ impl Job {
 
 /// Copies what `to` lacks of what `from` keeps, oldest first. Stops at the
 /// first error (the target is probably down) and reports what is left.
+/// With retention off, everything the primary has.
 async fn sync(
     from: &AnyTarget,
     to: &AnyTarget,
-    policy: &retention::Policy,
+    policy: Option<&retention::Policy>,
 ) -> std::result::Result<(), (usize, Error)> {
     let have = from.list().await.map_err(|e| (0, e))?;
     let times: Vec<(String, DateTime<Utc>)> = have
@@ -208,13 +220,18 @@ async fn sync(
         .iter()
         .map(|a| (a.manifest.id.clone(), a.manifest.started_at))
         .collect();
-    let mut decisions = retention::plan(&times, policy);
-    retention::keep_bases(&mut decisions, &bases_of(&have));
-    let kept: std::collections::HashSet<String> = decisions
-        .into_iter()
-        .filter(|d| d.keep())
-        .map(|d| d.id)
-        .collect();
+    let kept: std::collections::HashSet<String> = match policy {
+        Some(policy) => {
+            let mut decisions = retention::plan(&times, policy);
+            retention::keep_bases(&mut decisions, &bases_of(&have));
+            decisions
+                .into_iter()
+                .filter(|d| d.keep())
+                .map(|d| d.id)
+                .collect()
+        }
+        None => times.into_iter().map(|(id, _)| id).collect(),
+    };
     let mut wanted: Vec<&Manifest> = have
         .artifacts
         .iter()
@@ -587,13 +604,18 @@ pub async fn apply_retention(target: &AnyTarget, policy: &retention::Policy) -> 
             })
         })
         .collect();
+    let mut locked = 0;
     for d in decisions {
         if d.keep() {
             tracing::debug!(id = %d.id, reasons = %d.reasons.join(", "), "retention keeps");
             continue;
         }
         if let Some(a) = listing.artifacts.iter().find(|a| a.manifest.id == d.id) {
-            target.delete(&a.manifest).await?;
+            if let crate::store::Removal::LockedUntil(until) = target.delete(&a.manifest).await? {
+                locked += 1;
+                info!(id = %d.id, locked_until = %until, target = %target.describe(), "retention deletes this artifact once its object lock ends");
+                continue;
+            }
             match &a.manifest.chain {
                 Some(chain) => {
                     info!(id = %d.id, level = a.manifest.level, chain = %chain, policy = %policy, target = %target.describe(), "retention deleted a link of an incremental chain: no kept artifact builds on it")
@@ -603,6 +625,9 @@ pub async fn apply_retention(target: &AnyTarget, policy: &retention::Policy) -> 
                 }
             }
         }
+    }
+    if locked > 0 {
+        info!(artifacts = locked, target = %target.describe(), "retention found artifacts it no longer keeps still under their object lock; they go at a later backup");
     }
     // The archived WAL follows the bases: what no kept one can use goes.
     crate::wal::prune::apply(target, &kept_bases, listing.problems.is_empty()).await
@@ -641,8 +666,14 @@ async fn remove_leftovers(
         // The WAL archiver writes beside backups without their lock, and
         // cleans its own (`wal::archiver`).
         if remove(l.modified) && !l.blob.starts_with(crate::wal::object::ID_PREFIX) {
-            target.remove_leftover(&l).await?;
-            info!(file = %l.name, target = %target.describe(), "removed uncommitted leftover");
+            match target.remove_leftover(&l).await? {
+                crate::store::Removal::Removed => {
+                    info!(file = %l.name, target = %target.describe(), "removed uncommitted leftover")
+                }
+                crate::store::Removal::LockedUntil(until) => {
+                    tracing::debug!(file = %l.name, locked_until = %until, "an uncommitted leftover stays until its object lock ends")
+                }
+            }
         }
     }
     Ok(())

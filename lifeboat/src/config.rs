@@ -67,7 +67,9 @@ pub struct Settings {
     pub exclude: Vec<String>,
     pub exclude_set: GlobSet,
     pub schedule: Schedule,
-    pub retention: Policy,
+    /// `None` with `LIFEBOAT_RETENTION=off`: the sidecar deletes nothing
+    /// (write-only credentials; the bucket's lifecycle rules expire).
+    pub retention: Option<Policy>,
     pub targets: Vec<TargetSpec>,
     pub compression: Compression,
     /// `LIFEBOAT_FULL_EVERY`: incremental chains; `None`: every backup full.
@@ -126,9 +128,14 @@ impl Settings {
         let schedule = schedule.unwrap_or_else(default_schedule);
         let retention = r
             .parsed(&mut problems, "LIFEBOAT_RETENTION", |t| {
-                Policy::parse(t).map_err(|e| format!("{e}; accepted: {}", retention::ACCEPTED))
+                if t.trim().eq_ignore_ascii_case("off") {
+                    return Ok(None);
+                }
+                Policy::parse(t)
+                    .map(Some)
+                    .map_err(|e| format!("{e}; accepted: {}", retention::ACCEPTED))
             })
-            .unwrap_or_default();
+            .unwrap_or(Some(Policy::default()));
         let compression = r
             .parsed(&mut problems, "LIFEBOAT_COMPRESSION", Compression::parse)
             .unwrap_or_default();
@@ -137,7 +144,7 @@ impl Settings {
         let targets = targets(&r, &mut problems);
         let (name, namespace) = history(&r, &mut problems);
         let (grace_period, progress_interval) = durations(&r, &mut problems);
-        let s3 = s3_options(&r, &mut problems);
+        let s3 = s3_options(&r, retention.as_ref(), &mut problems);
         let source = sources::source_settings(&r, &paths, &mut problems, &mut warnings);
         access_problems(role, &paths, &targets, &mut problems);
         let (recipients, identities) = age_keys(&r.raw, &mut problems, &mut warnings);
@@ -505,12 +512,27 @@ fn jitter(r: &Reader, namespace: &str, name: &str, problems: &mut Problems) -> D
     }
 }
 
-fn s3_options(r: &Reader, problems: &mut Problems) -> S3Options {
+fn s3_options(r: &Reader, retention: Option<&Policy>, problems: &mut Problems) -> S3Options {
     let mut s3 = S3Options {
         endpoint: None,
         region: r.raw.opt("LIFEBOAT_S3_REGION"),
         path_style: false,
+        lock: None,
     };
+    if let Some(v) = r.env("LIFEBOAT_S3_OBJECT_LOCK") {
+        let none = Policy {
+            last: 0,
+            daily: 0,
+            weekly: 0,
+            monthly: 0,
+        };
+        match crate::store::ObjectLock::parse(&v.text, retention.unwrap_or(&none)) {
+            Ok(lock) => s3.lock = lock,
+            // Only what writes needs the lock; a restore must not fail on it.
+            Err(e) if r.role == Role::Backup => problems.fail(&v, e),
+            Err(_) => {}
+        }
+    }
     if let Some(v) = r.env("LIFEBOAT_S3_ENDPOINT") {
         if v.text.starts_with("http://") || v.text.starts_with("https://") {
             s3.endpoint = Some(v.text.trim_end_matches('/').to_string());
@@ -741,11 +763,47 @@ mod tests {
         .unwrap();
         assert_eq!(s.paths, vec![PathBuf::from("/data")]);
         assert_eq!(s.schedule.as_str(), "0 2 * * *");
-        assert_eq!(s.retention, Policy::default());
+        assert_eq!(s.retention, Some(Policy::default()));
         assert_eq!(s.compression, Compression::Zstd(3));
         assert_eq!(s.restore, RestoreMode::IfEmpty);
         assert_eq!((s.name.as_str(), s.namespace.as_str()), ("nb-0", "default"));
         assert_eq!(s.grace_period, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn object_lock_and_retention_off_read_as_the_readme_shows() {
+        let base = [
+            ("LIFEBOAT_PATHS", "/data"),
+            ("LIFEBOAT_TARGETS", "s3://bucket"),
+            ("HOSTNAME", "nb-0"),
+        ];
+        let with = |extra: &[(&str, &str)], role| {
+            let mut all = base.to_vec();
+            all.extend_from_slice(extra);
+            Settings::from_inputs(&inputs(&all), role)
+        };
+        let s = with(&[("LIFEBOAT_S3_OBJECT_LOCK", "compliance")], Role::Backup).unwrap();
+        let lock = s.s3.lock.unwrap();
+        assert_eq!(lock.to_string(), "compliance:7d", "the default daily=7");
+        let s = with(&[("LIFEBOAT_RETENTION", "off")], Role::Backup).unwrap();
+        assert_eq!(s.retention, None);
+        let err = with(
+            &[
+                ("LIFEBOAT_RETENTION", "off"),
+                ("LIFEBOAT_S3_OBJECT_LOCK", "governance"),
+            ],
+            Role::Backup,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("LIFEBOAT_S3_OBJECT_LOCK=\"governance\": LIFEBOAT_RETENTION=")
+                && err.contains("e.g. governance:7d"),
+            "{err}"
+        );
+        // A restore writes nothing; a lock setting it cannot read is no reason to fail.
+        let s = with(&[("LIFEBOAT_S3_OBJECT_LOCK", "forever")], Role::Restore).unwrap();
+        assert_eq!(s.s3.lock, None);
     }
 
     #[test]

@@ -559,6 +559,7 @@ impl Seaweed {
             endpoint: Some(self.endpoint()),
             region: Some("us-east-1".into()),
             path_style: true,
+            lock: None,
         }
     }
 
@@ -628,6 +629,22 @@ impl Seaweed {
     }
 
     /// Creates a bucket, retrying while the filer finishes starting.
+    /// A bucket with S3 Object Lock enabled (and so versioning).
+    pub async fn create_locked_bucket(&self, name: &str) {
+        let c = self.client().await;
+        c.create_bucket()
+            .bucket(name)
+            .object_lock_enabled_for_bucket(true)
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "create locked bucket {name}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                )
+            });
+    }
+
     pub async fn create_bucket(&self, name: &str) {
         let c = self.client().await;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

@@ -58,7 +58,7 @@ pub const KEYS: &[Key] = &[
     Key {
         env: "LIFEBOAT_RETENTION",
         annotation: Some("retention"),
-        help: "default: last=3,daily=7,weekly=4,monthly=6",
+        help: "default: last=3,daily=7,weekly=4,monthly=6; off: the sidecar deletes nothing (write-only credentials, expiry by the bucket's lifecycle rules)",
         restore: false,
     },
     Key {
@@ -210,6 +210,12 @@ pub const KEYS: &[Key] = &[
         annotation: None,
         help: "true for path-style URLs (most S3-compatible stores)",
         restore: true,
+    },
+    Key {
+        env: "LIFEBOAT_S3_OBJECT_LOCK",
+        annotation: None,
+        help: "governance or compliance[:PERIOD]: lock every object written for PERIOD (default: the retention's daily window); retention deletes only what the lock allows (default: off)",
+        restore: false,
     },
     Key {
         env: "LIFEBOAT_LOG",

@@ -93,7 +93,7 @@ pub async fn run(caller: Caller) -> Result<()> {
         jitter_offset_s = settings.schedule.offset().as_secs(),
         paths = ?settings.paths,
         targets = ?settings.targets,
-        retention = %settings.retention,
+        retention = %settings.retention.map_or("off".to_string(), |p| p.to_string()),
         verify_schedule = settings.ops.verify_schedule.as_ref().map(|s| s.as_str()),
         "lifeboat sidecar started"
     );

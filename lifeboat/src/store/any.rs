@@ -102,6 +102,9 @@ impl Blobs for AnyBlobs {
     async fn delete(&self, name: &str, durable: bool) -> Result<()> {
         each!(self, b => b.delete(name, durable).await)
     }
+    async fn locked_until(&self, name: &str) -> Result<Option<DateTime<Utc>>> {
+        each!(self, b => b.locked_until(name).await)
+    }
     async fn incomplete(&self) -> Result<Vec<(AnyIncomplete, DateTime<Utc>)>> {
         Ok(match self {
             AnyBlobs::Dir(b) => tag(b.incomplete().await?, AnyIncomplete::Dir),

@@ -102,6 +102,11 @@ pub trait Blobs: Clone {
     /// is on disk before this returns, so whatever is removed next cannot
     /// outlive it in a crash.
     async fn delete(&self, name: &str, durable: bool) -> Result<()>;
+    /// Until when S3 Object Lock keeps the blob from being removed, while
+    /// that is still ahead; `None` for a store or blob without a lock.
+    async fn locked_until(&self, _name: &str) -> Result<Option<DateTime<Utc>>> {
+        Ok(None)
+    }
     /// Uploads begun and never finished or aborted, with when they began.
     async fn incomplete(&self) -> Result<Vec<(Self::Incomplete, DateTime<Utc>)>>;
     async fn abort_incomplete(&self, upload: &Self::Incomplete) -> Result<()>;

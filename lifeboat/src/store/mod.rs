@@ -14,6 +14,7 @@
 mod any;
 pub mod blobs;
 pub mod dir;
+pub mod object_lock;
 pub mod protocol;
 pub mod requests;
 pub mod s3;
@@ -23,9 +24,10 @@ use std::path::PathBuf;
 pub use any::{AnyBlobs, AnyIncomplete, AnyPut};
 pub use blobs::{Blobs, ByteStream, Entry, Opened, Put, Small};
 pub use dir::DirBlobs;
+pub use object_lock::{LockMode, ObjectLock};
 pub use protocol::{
     is_orphan, parse_listed, parse_verified, verified_record, ArtifactUpload, Artifacts, Leftover,
-    Listing, Stored, Target, Upload, WalListing, MAX_VERIFIED_BYTES, READ_PAST_SIZE,
+    Listing, Removal, Stored, Target, Upload, WalListing, MAX_VERIFIED_BYTES, READ_PAST_SIZE,
 };
 pub use s3::{S3Blobs, S3Options};
 
@@ -100,6 +102,7 @@ impl TargetSpec {
                     bucket.clone(),
                     root,
                     s3.endpoint.clone(),
+                    s3.lock,
                 );
                 Artifacts::new(AnyBlobs::S3(blobs))
             }

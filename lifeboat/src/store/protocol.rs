@@ -131,6 +131,15 @@ pub fn is_orphan(name: &str, committed: &HashSet<&str>) -> bool {
     name.contains(".tar") && !committed.contains(name.split(".tar").next().unwrap_or_default())
 }
 
+/// What a removal did. Under S3 Object Lock a blob cannot go before its
+/// retain-until date; that is not a failure, only a removal that waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    /// Nothing was removed; a later run can.
+    LockedUntil(DateTime<Utc>),
+}
+
 /// Something written but never committed (a crash, a kill, a full disk).
 #[derive(Debug, Clone)]
 pub struct Leftover<U> {
@@ -176,13 +185,14 @@ pub trait Target {
     /// The state a link left, at most [`READ_PAST_SIZE`] past its recorded
     /// size; `None` when its manifest records none.
     async fn open_state(&self, manifest: &Manifest) -> Result<Option<ByteStream>>;
-    /// Removes the manifest first, so a crash leaves a leftover, not a broken commit.
-    async fn delete(&self, manifest: &Manifest) -> Result<()>;
+    /// Removes the manifest first, so a crash leaves a leftover, not a
+    /// broken commit; nothing while the manifest's object lock holds.
+    async fn delete(&self, manifest: &Manifest) -> Result<Removal>;
     async fn mark_verified(&self, manifest: &Manifest, at: DateTime<Utc>) -> Result<()>;
     /// Leaves a drill's record beside the artifact (replacing an older one).
     async fn record_drill(&self, manifest: &Manifest, record: &DrillRecord) -> Result<()>;
     async fn leftovers(&self) -> Result<Vec<Leftover<Self::Incomplete>>>;
-    async fn remove_leftover(&self, leftover: &Leftover<Self::Incomplete>) -> Result<()>;
+    async fn remove_leftover(&self, leftover: &Leftover<Self::Incomplete>) -> Result<Removal>;
 }
 
 /// An upload in progress. Chunks rather than `AsyncWrite`: every caller
@@ -409,20 +419,28 @@ impl<B: Blobs> Target for Artifacts<B> {
         }
     }
 
-    async fn delete(&self, m: &Manifest) -> Result<()> {
+    async fn delete(&self, m: &Manifest) -> Result<Removal> {
+        let manifest = artifact::manifest_name(&m.id);
+        // Written last, the manifest is locked longest of the artifact's
+        // own blobs: once it may go, they may too.
+        if let Some(until) = self.blobs.locked_until(&manifest).await? {
+            return Ok(Removal::LockedUntil(until));
+        }
         // The manifest's removal is durable before the data goes: a crash in
         // between leaves a leftover, never a manifest that points at nothing.
-        self.blobs
-            .delete(&artifact::manifest_name(&m.id), true)
-            .await?;
+        self.blobs.delete(&manifest, true).await?;
         self.blobs.delete(&m.artifact, false).await?;
         if let Some(st) = &m.state {
             self.blobs.delete(&st.file, false).await?;
         }
-        self.blobs
-            .delete(&artifact::verified_name(&m.id), false)
-            .await?;
-        self.blobs.delete(&artifact::drill_name(&m.id), false).await
+        // Records written after the manifest may be locked beyond it; one
+        // left is a leftover, removed once its lock ends.
+        for record in [artifact::verified_name(&m.id), artifact::drill_name(&m.id)] {
+            if self.blobs.locked_until(&record).await?.is_none() {
+                self.blobs.delete(&record, false).await?;
+            }
+        }
+        Ok(Removal::Removed)
     }
 
     async fn mark_verified(&self, m: &Manifest, at: DateTime<Utc>) -> Result<()> {
@@ -465,11 +483,17 @@ impl<B: Blobs> Target for Artifacts<B> {
         Ok(out)
     }
 
-    async fn remove_leftover(&self, leftover: &Leftover<B::Incomplete>) -> Result<()> {
+    async fn remove_leftover(&self, leftover: &Leftover<B::Incomplete>) -> Result<Removal> {
         match &leftover.what {
-            Left::Blob => self.blobs.delete(&leftover.name, false).await,
-            Left::Upload(upload) => self.blobs.abort_incomplete(upload).await,
+            Left::Blob => {
+                if let Some(until) = self.blobs.locked_until(&leftover.name).await? {
+                    return Ok(Removal::LockedUntil(until));
+                }
+                self.blobs.delete(&leftover.name, false).await?
+            }
+            Left::Upload(upload) => self.blobs.abort_incomplete(upload).await?,
         }
+        Ok(Removal::Removed)
     }
 }
 

@@ -15,7 +15,9 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::abort_multipart_upload::AbortMultipartUploadError;
 use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::primitives::ByteStream as Body;
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockEnabled, ObjectLockMode,
+};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -62,6 +64,8 @@ pub struct S3Options {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub path_style: bool,
+    /// `LIFEBOAT_S3_OBJECT_LOCK`: how new objects are locked, if at all.
+    pub lock: Option<super::object_lock::ObjectLock>,
 }
 
 /// Builds a client from the standard AWS chain (env keys, web identity /
@@ -188,11 +192,19 @@ pub struct S3Blobs {
     at: Where,
     /// Every request both clients sent.
     requests: super::requests::Requests,
+    /// How every object written is locked (`object_lock.rs`).
+    lock: Option<super::object_lock::ObjectLock>,
 }
 
 impl S3Blobs {
     /// `endpoint`: `LIFEBOAT_S3_ENDPOINT`, None for AWS's own.
-    pub fn new(client: Client, bucket: String, root: String, endpoint: Option<String>) -> Self {
+    pub fn new(
+        client: Client,
+        bucket: String,
+        root: String,
+        endpoint: Option<String>,
+        lock: Option<super::object_lock::ObjectLock>,
+    ) -> Self {
         let endpoint = endpoint.unwrap_or_else(|| {
             let region = client.config().region().map_or("us-east-1", |r| r.as_ref());
             format!("https://s3.{region}.amazonaws.com")
@@ -230,7 +242,60 @@ impl S3Blobs {
             root,
             at,
             requests,
+            lock,
         }
+    }
+
+    /// The lock headers of an object written now.
+    fn lock_now(&self) -> Option<(ObjectLockMode, aws_sdk_s3::primitives::DateTime)> {
+        let lock = self.lock?;
+        let mode = match lock.mode {
+            super::object_lock::LockMode::Governance => ObjectLockMode::Governance,
+            super::object_lock::LockMode::Compliance => ObjectLockMode::Compliance,
+        };
+        let until = lock.retain_until(Utc::now()).timestamp();
+        Some((mode, aws_sdk_s3::primitives::DateTime::from_secs(until)))
+    }
+
+    /// Every version of exactly `key` (and its delete markers): under
+    /// Object Lock the bucket is versioned, and a plain DELETE would only
+    /// hide the object behind a marker while it kept its storage.
+    async fn versions_of(&self, key: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut key_marker: Option<String> = None;
+        let mut version_marker: Option<String> = None;
+        loop {
+            let page = self
+                .quick
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(key)
+                .set_key_marker(key_marker.clone())
+                .set_version_id_marker(version_marker.clone())
+                .send()
+                .await
+                .map_err(|e| self.sdk_err(&format!("ListObjectVersions {key}"), e))?;
+            let versions = page
+                .versions()
+                .iter()
+                .filter(|v| v.key() == Some(key))
+                .filter_map(|v| v.version_id());
+            let markers = page
+                .delete_markers()
+                .iter()
+                .filter(|m| m.key() == Some(key))
+                .filter_map(|m| m.version_id());
+            out.extend(versions.chain(markers).map(str::to_string));
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            version_marker = page.next_version_id_marker().map(str::to_string);
+            if key_marker.is_none() && version_marker.is_none() {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     fn key(&self, name: &str) -> String {
@@ -274,10 +339,13 @@ impl S3Blobs {
     /// One PUT of a whole object: a manifest or record on the quick client,
     /// an artifact smaller than a part on the patient one.
     async fn put_object(&self, client: &Client, key: &str, bytes: Vec<u8>) -> Result<()> {
+        let lock = self.lock_now();
         client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_object_lock_mode(lock.as_ref().map(|l| l.0.clone()))
+            .set_object_lock_retain_until_date(lock.map(|l| l.1))
             .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .body(Body::from(bytes))
             .send()
@@ -302,13 +370,20 @@ impl S3Blobs {
     }
 
     async fn delete_key(&self, key: &str) -> Result<()> {
-        self.quick
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| self.sdk_err(&format!("DeleteObject {key}"), e))?;
+        let versions = match self.lock {
+            Some(_) => self.versions_of(key).await?.into_iter().map(Some).collect(),
+            None => vec![None],
+        };
+        for version in versions {
+            self.quick
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .set_version_id(version)
+                .send()
+                .await
+                .map_err(|e| self.sdk_err(&format!("DeleteObject {key}"), e))?;
+        }
         Ok(())
     }
 
@@ -413,6 +488,9 @@ where
         {
             format!("bucket {bucket:?} does not exist at {endpoint} ({http}{said}): create it or fix LIFEBOAT_TARGETS")
         }
+        (Some(403), _) | (_, Some("AccessDenied")) if op.starts_with("DeleteObject") => {
+            format!("access denied by {endpoint} ({http}{said}): the credentials may not delete in bucket {bucket:?}, or an object lock holds the object; with write-only credentials set LIFEBOAT_RETENTION=off and leave expiry to the bucket's lifecycle rules (README, \"Immutable buckets and write-only credentials\")")
+        }
         (Some(403), _)
         | (_, Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch")) => {
             format!("access denied by {endpoint} ({http}{said}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the pod's role, and that it may use bucket {bucket:?}")
@@ -485,7 +563,55 @@ impl Blobs for S3Blobs {
             .send()
             .await
             .map_err(|e| self.sdk_err("HeadBucket", e))?;
+        let Some(lock) = self.lock else {
+            return Ok(());
+        };
+        // Without it, every locked PUT is refused: say so at start, once.
+        let enabled = self
+            .quick
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .ok()
+            .and_then(|o| o.object_lock_configuration)
+            .and_then(|c| c.object_lock_enabled)
+            == Some(ObjectLockEnabled::Enabled);
+        if !enabled {
+            return Err(self.err(format!(
+                "LIFEBOAT_S3_OBJECT_LOCK={lock}, but bucket {:?} has no Object Lock enabled (or \
+                 its configuration cannot be read): create the bucket with Object Lock \
+                 (aws s3api create-bucket --object-lock-enabled-for-bucket ...) or set \
+                 LIFEBOAT_S3_OBJECT_LOCK=off",
+                self.bucket
+            )));
+        }
         Ok(())
+    }
+
+    async fn locked_until(&self, name: &str) -> Result<Option<DateTime<Utc>>> {
+        if self.lock.is_none() {
+            return Ok(None);
+        }
+        let key = self.key(name);
+        let head = match self
+            .quick
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(h) => h,
+            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(self.sdk_err(&format!("HeadObject {key}"), e)),
+        };
+        Ok(head
+            .object_lock_retain_until_date()
+            .and_then(|t| DateTime::from_timestamp(t.secs(), 0))
+            .filter(|t| *t > Utc::now()))
     }
 
     async fn names(&self) -> Result<Vec<Entry>> {
@@ -641,11 +767,14 @@ impl S3Put {
             return Ok(id.clone());
         }
         let t = &self.blobs;
+        let lock = t.lock_now();
         let out = t
             .client
             .create_multipart_upload()
             .bucket(&t.bucket)
             .key(&self.key)
+            .set_object_lock_mode(lock.as_ref().map(|l| l.0.clone()))
+            .set_object_lock_retain_until_date(lock.map(|l| l.1))
             .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .send()
             .await

@@ -382,9 +382,21 @@ impl Archiver {
         // Uploads a killed sidecar left: this archiver is the only writer
         // of WAL objects, so none of them is in progress.
         for l in self.setup.target.leftovers().await? {
-            if l.blob.starts_with(object::ID_PREFIX) {
-                self.setup.target.remove_leftover(&l).await?;
-                info!(file = %l.name, "removed an uncommitted WAL object");
+            if !l.blob.starts_with(object::ID_PREFIX) {
+                continue;
+            }
+            // A leftover costs storage only: with deletes left to the bucket
+            // (write-only credentials) it must not stop the archive.
+            match self.setup.target.remove_leftover(&l).await {
+                Ok(crate::store::Removal::Removed) => {
+                    info!(file = %l.name, "removed an uncommitted WAL object")
+                }
+                Ok(crate::store::Removal::LockedUntil(until)) => {
+                    tracing::debug!(file = %l.name, locked_until = %until, "an uncommitted WAL object stays until its object lock ends")
+                }
+                Err(e) => {
+                    warn!(file = %l.name, error = %e, "could not remove an uncommitted WAL object; the bucket's lifecycle rules or a later start remove it")
+                }
             }
         }
         let listing = self.setup.target.list_wal().await?;

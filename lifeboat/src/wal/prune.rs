@@ -202,8 +202,14 @@ pub async fn apply(
                 continue;
             }
         }
-        target.delete(m).await?;
-        tracing::info!(id = %m.id, target = %target.describe(), reason = %u.reason, "retention deleted a WAL object");
+        match target.delete(m).await? {
+            crate::store::Removal::Removed => {
+                tracing::info!(id = %m.id, target = %target.describe(), reason = %u.reason, "retention deleted a WAL object")
+            }
+            crate::store::Removal::LockedUntil(until) => {
+                tracing::info!(id = %m.id, target = %target.describe(), locked_until = %until, "retention deletes a WAL object once its object lock ends")
+            }
+        }
     }
     Ok(())
 }
