@@ -187,7 +187,7 @@ fn a_store_killed_mid_upload_leaves_nothing_committed_and_the_next_backup_works(
     rt.block_on(async {
         let spec = lifeboat::store::TargetSpec::parse(targets).unwrap();
         let t = spec.open("default", "nb-0", &w.weed.options()).await;
-        lifeboat::backup::clean_leftovers(&t, chrono::Utc::now() + chrono::Duration::days(2))
+        lifeboat::backup::clean_leftovers(&t, chrono::Utc::now() + chrono::Duration::days(2), true)
             .await
             .unwrap();
         assert_eq!(w.weed.open_uploads("killed").await, 0);
@@ -473,9 +473,11 @@ fn a_locked_history_is_deleted_only_once_its_lock_ends() {
         w.weed.create_locked_bucket("locked").await;
         w.weed.client().await
     });
-    fs::write(w.data.join("notebook.ipynb"), noise(300 << 10, 7)).unwrap();
+    // Over one part: the multipart upload carries the lock too.
+    fs::write(w.data.join("model.bin"), noise(9 << 20, 7)).unwrap();
+    const LOCK_S: i64 = 30;
     let lock = [
-        ("LIFEBOAT_S3_OBJECT_LOCK", "compliance:15s"),
+        ("LIFEBOAT_S3_OBJECT_LOCK", "compliance:30s"),
         ("LIFEBOAT_RETENTION", "last=1"),
     ];
     let backup = || {
@@ -485,21 +487,23 @@ fn a_locked_history_is_deleted_only_once_its_lock_ends() {
         );
         stderr(&out)
     };
-    let started = chrono::Utc::now();
+    let lock_of = |key: &str| {
+        let head = rt
+            .block_on(c.head_object().bucket("locked").key(key).send())
+            .unwrap();
+        let until = head.object_lock_retain_until_date().unwrap().secs();
+        (head.object_lock_mode().cloned(), until)
+    };
+    let started = chrono::Utc::now().timestamp();
     backup();
     let first = w.listed("s3://locked");
     assert_eq!(first.len(), 1);
-    let manifest_key = format!("default/nb-0/{}.manifest.json", first[0]);
-    let head = rt.block_on(c.head_object().bucket("locked").key(&manifest_key).send());
-    let head = head.unwrap();
-    assert_eq!(
-        head.object_lock_mode(),
-        Some(&aws_sdk_s3::types::ObjectLockMode::Compliance)
-    );
-    let until = head.object_lock_retain_until_date().unwrap().secs();
+    let artifact_key = format!("default/nb-0/{}.tar.zst", first[0]);
+    let (mode, until) = lock_of(&artifact_key);
+    assert_eq!(mode, Some(aws_sdk_s3::types::ObjectLockMode::Compliance));
     assert!(
-        until >= started.timestamp() + 15 && until <= chrono::Utc::now().timestamp() + 16,
-        "retain-until {until} is not 15 s after the write"
+        until >= started + LOCK_S && until <= chrono::Utc::now().timestamp() + LOCK_S + 1,
+        "retain-until {until} is not {LOCK_S} s after the write"
     );
 
     // Retention would drop the first now; its lock keeps it.
@@ -509,12 +513,13 @@ fn a_locked_history_is_deleted_only_once_its_lock_ends() {
         "{err}"
     );
     assert!(!err.contains("WARN"), "{err}");
-    assert_eq!(w.listed("s3://locked").len(), 2);
+    let both = w.listed("s3://locked");
+    assert_eq!(both.len(), 2);
     // Not even the sidecar's own credentials can remove a locked version.
     let artifact = rt
         .block_on(all_versions(&c, "locked"))
         .into_iter()
-        .find(|(k, _)| k.starts_with(&format!("default/nb-0/{}.tar", first[0])))
+        .find(|(k, _)| *k == artifact_key)
         .unwrap();
     let refused = rt.block_on(
         c.delete_object()
@@ -525,9 +530,15 @@ fn a_locked_history_is_deleted_only_once_its_lock_ends() {
     );
     assert!(refused.is_err(), "a locked version was deleted");
 
-    // Once the lock has ended, retention removes both older backups, with
-    // every version of every object they had.
-    let wait = (until - chrono::Utc::now().timestamp() + 2).max(0) as u64;
+    // Once both locks have ended (with the margin for clocks, a tenth of
+    // the period), retention removes the older backups with every version
+    // of every object they had.
+    let last = both
+        .iter()
+        .map(|id| lock_of(&format!("default/nb-0/{id}.manifest.json")).1)
+        .max()
+        .unwrap();
+    let wait = (last + LOCK_S / 10 + 2 - chrono::Utc::now().timestamp()).max(0) as u64;
     std::thread::sleep(Duration::from_secs(wait));
     fs::write(w.data.join("later.txt"), "after the lock").unwrap();
     let before = snapshot(&w.data);

@@ -119,9 +119,9 @@ async fn suite(t: AnyTarget) {
     assert_eq!(ids(&t).await, vec![new.id.clone()]);
 
     // Leftovers go only once they are older than a day.
-    clean_leftovers(&t, Utc::now()).await.unwrap();
+    clean_leftovers(&t, Utc::now(), true).await.unwrap();
     assert_eq!(t.leftovers().await.unwrap().len(), 1);
-    clean_leftovers(&t, Utc::now() + Duration::days(2))
+    clean_leftovers(&t, Utc::now() + Duration::days(2), true)
         .await
         .unwrap();
     assert!(t.leftovers().await.unwrap().is_empty());

@@ -135,8 +135,8 @@ impl Job {
         // With retention off the sidecar deletes nothing (write-only
         // credentials): the bucket's lifecycle rules clean up.
         let deletes = self.settings.retention.is_some();
-        for t in self.targets.iter().filter(|_| deletes) {
-            if let Err(e) = clean_dead_leftovers(t, &lock).await {
+        for t in &self.targets {
+            if let Err(e) = clean_dead_leftovers(t, &lock, deletes).await {
                 warn!(target = %t.describe(), error = %e, "cleaning up after killed backups failed; retried at the next backup");
             }
         }
@@ -154,9 +154,9 @@ impl Job {
                 if let Err(e) = apply_retention(t, policy).await {
                     warn!(target = %t.describe(), error = %e, "retention failed; nothing was lost, it runs again after the next backup");
                 }
-                if let Err(e) = clean_leftovers(t, Utc::now()).await {
-                    warn!(target = %t.describe(), error = %e, "leftover cleanup failed");
-                }
+            }
+            if let Err(e) = clean_leftovers(t, Utc::now(), deletes).await {
+                warn!(target = %t.describe(), error = %e, "leftover cleanup failed");
             }
             let retention = t.requests().since(&at_retention);
             let all = t.requests().since(before);
@@ -591,6 +591,20 @@ pub async fn apply_retention(target: &AnyTarget, policy: &retention::Policy) -> 
             d.reasons.push("newest that passed a restore drill".into());
         }
     }
+    // What an object lock still holds stays (it could not go anyway), and
+    // so, below, does what it builds on: a chain must not lose its base
+    // while its newer links wait for their locks.
+    let mut locked = 0;
+    for d in decisions.iter_mut().filter(|d| !d.keep()) {
+        let Some(a) = listing.artifacts.iter().find(|a| a.manifest.id == d.id) else {
+            continue;
+        };
+        if let Some(until) = target.locked_until(&a.manifest).await? {
+            locked += 1;
+            info!(id = %d.id, locked_until = %until, target = %target.describe(), "retention deletes this artifact once its object lock ends");
+            d.reasons.push(format!("object lock until {until}"));
+        }
+    }
     // Last: what any kept link builds on stays, whatever kept the link.
     retention::keep_bases(&mut decisions, &bases_of(&listing));
     let kept_bases: Vec<crate::wal::prune::KeptBase> = listing
@@ -604,17 +618,25 @@ pub async fn apply_retention(target: &AnyTarget, policy: &retention::Policy) -> 
             })
         })
         .collect();
-    let mut locked = 0;
+    // One refused delete must not hold back the others, nor the WAL's.
+    let mut failed = None;
     for d in decisions {
         if d.keep() {
             tracing::debug!(id = %d.id, reasons = %d.reasons.join(", "), "retention keeps");
             continue;
         }
         if let Some(a) = listing.artifacts.iter().find(|a| a.manifest.id == d.id) {
-            if let crate::store::Removal::LockedUntil(until) = target.delete(&a.manifest).await? {
-                locked += 1;
-                info!(id = %d.id, locked_until = %until, target = %target.describe(), "retention deletes this artifact once its object lock ends");
-                continue;
+            match target.delete(&a.manifest).await {
+                Ok(crate::store::Removal::Removed) => {}
+                Ok(crate::store::Removal::LockedUntil(until)) => {
+                    locked += 1;
+                    info!(id = %d.id, locked_until = %until, target = %target.describe(), "retention deletes this artifact once its object lock ends");
+                    continue;
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
             }
             match &a.manifest.chain {
                 Some(chain) => {
@@ -630,7 +652,11 @@ pub async fn apply_retention(target: &AnyTarget, policy: &retention::Policy) -> 
         info!(artifacts = locked, target = %target.describe(), "retention found artifacts it no longer keeps still under their object lock; they go at a later backup");
     }
     // The archived WAL follows the bases: what no kept one can use goes.
-    crate::wal::prune::apply(target, &kept_bases, listing.problems.is_empty()).await
+    let wal = crate::wal::prune::apply(target, &kept_bases, listing.problems.is_empty()).await;
+    match failed {
+        Some(e) => Err(e),
+        None => wal,
+    }
 }
 
 /// Each chain link's base, for [`retention::keep_bases`].
@@ -642,30 +668,40 @@ fn bases_of(listing: &crate::store::Listing) -> std::collections::HashMap<String
         .collect()
 }
 
-/// Removes uncommitted files older than [`LEFTOVER_MAX_AGE`].
-pub async fn clean_leftovers(target: &AnyTarget, now: DateTime<Utc>) -> Result<()> {
-    remove_leftovers(target, |modified| now - modified > LEFTOVER_MAX_AGE).await
+/// Removes uncommitted files older than [`LEFTOVER_MAX_AGE`]; without
+/// `deletes` (`LIFEBOAT_RETENTION=off`) only aborts unfinished uploads.
+pub async fn clean_leftovers(target: &AnyTarget, now: DateTime<Utc>, deletes: bool) -> Result<()> {
+    remove_leftovers(target, deletes, |modified| {
+        now - modified > LEFTOVER_MAX_AGE
+    })
+    .await
 }
 
 /// Removes every uncommitted file: only while this process holds the
 /// history's backup lock, which proves no other backup of this container
 /// is writing there, so each leftover is from one that died. Without this,
 /// a crash loop leaves one partial artifact per attempt for a day.
-async fn clean_dead_leftovers(target: &AnyTarget, lock: &crate::lock::BackupLock) -> Result<()> {
+async fn clean_dead_leftovers(
+    target: &AnyTarget,
+    lock: &crate::lock::BackupLock,
+    deletes: bool,
+) -> Result<()> {
     if !lock.is_held() {
         return Ok(());
     }
-    remove_leftovers(target, |_| true).await
+    remove_leftovers(target, deletes, |_| true).await
 }
 
 async fn remove_leftovers(
     target: &AnyTarget,
+    deletes: bool,
     remove: impl Fn(DateTime<Utc>) -> bool,
 ) -> Result<()> {
     for l in target.leftovers().await? {
         // The WAL archiver writes beside backups without their lock, and
         // cleans its own (`wal::archiver`).
-        if remove(l.modified) && !l.blob.starts_with(crate::wal::object::ID_PREFIX) {
+        let ours = !l.blob.starts_with(crate::wal::object::ID_PREFIX);
+        if remove(l.modified) && ours && (deletes || l.is_upload()) {
             match target.remove_leftover(&l).await? {
                 crate::store::Removal::Removed => {
                     info!(file = %l.name, target = %target.describe(), "removed uncommitted leftover")

@@ -144,7 +144,7 @@ impl Settings {
         let targets = targets(&r, &mut problems);
         let (name, namespace) = history(&r, &mut problems);
         let (grace_period, progress_interval) = durations(&r, &mut problems);
-        let s3 = s3_options(&r, retention.as_ref(), &mut problems);
+        let s3 = s3_options(&r, &mut problems);
         let source = sources::source_settings(&r, &paths, &mut problems, &mut warnings);
         access_problems(role, &paths, &targets, &mut problems);
         let (recipients, identities) = age_keys(&r.raw, &mut problems, &mut warnings);
@@ -512,7 +512,7 @@ fn jitter(r: &Reader, namespace: &str, name: &str, problems: &mut Problems) -> D
     }
 }
 
-fn s3_options(r: &Reader, retention: Option<&Policy>, problems: &mut Problems) -> S3Options {
+fn s3_options(r: &Reader, problems: &mut Problems) -> S3Options {
     let mut s3 = S3Options {
         endpoint: None,
         region: r.raw.opt("LIFEBOAT_S3_REGION"),
@@ -520,16 +520,19 @@ fn s3_options(r: &Reader, retention: Option<&Policy>, problems: &mut Problems) -
         lock: None,
     };
     if let Some(v) = r.env("LIFEBOAT_S3_OBJECT_LOCK") {
-        let none = Policy {
-            last: 0,
-            daily: 0,
-            weekly: 0,
-            monthly: 0,
+        // The period comes from the variable only, never the pod's
+        // `lifeboat.dev/retention` annotation: whoever may annotate the pod
+        // must not shorten the lock. (A bad value is reported by its own check.)
+        let retention = match r.raw.opt("LIFEBOAT_RETENTION") {
+            Some(t) if t.trim().eq_ignore_ascii_case("off") => None,
+            Some(t) => Some(Policy::parse(&t).unwrap_or_default()),
+            None => Some(Policy::default()),
         };
-        match crate::store::ObjectLock::parse(&v.text, retention.unwrap_or(&none)) {
+        match crate::store::ObjectLock::parse(&v.text, retention.as_ref()) {
             Ok(lock) => s3.lock = lock,
-            // Only what writes needs the lock; a restore must not fail on it.
-            Err(e) if r.role == Role::Backup => problems.fail(&v, e),
+            // What writes (a backup, verify's records) must lock as told; a
+            // restore writes nothing to the store and must not fail on it.
+            Err(e) if r.role != Role::Restore => problems.fail(&v, e),
             Err(_) => {}
         }
     }

@@ -153,6 +153,7 @@ async fn archiver(settings: &Settings) -> Option<Archiver> {
         recipients: settings.recipients.clone(),
         name: settings.name.clone(),
         namespace: settings.namespace.clone(),
+        deletes: settings.retention.is_some(),
     }))
 }
 

@@ -33,8 +33,9 @@ pub const ACCEPTED: &str = "off, governance or compliance, optionally with how l
 
 impl ObjectLock {
     /// `off`, `governance`, `compliance`, each mode optionally `:PERIOD`.
-    /// Without a period, the one [`default_period`] derives from `policy`.
-    pub fn parse(text: &str, policy: &Policy) -> Result<Option<ObjectLock>, String> {
+    /// Without a period, the one [`default_period`] derives from `policy`
+    /// (`None`: retention is off).
+    pub fn parse(text: &str, policy: Option<&Policy>) -> Result<Option<ObjectLock>, String> {
         let t = text.trim().to_ascii_lowercase();
         let (mode, period) = match t.split_once(':') {
             Some((m, p)) => (m.trim().to_string(), Some(p.trim().to_string())),
@@ -48,7 +49,8 @@ impl ObjectLock {
         };
         let period = match period {
             Some(p) => crate::duration::parse_duration(&p)?,
-            None => default_period(policy).ok_or_else(|| {
+            None => policy.and_then(default_period).ok_or_else(|| {
+                let policy = policy.map_or("off".to_string(), |p| p.to_string());
                 format!(
                     "LIFEBOAT_RETENTION={policy} keeps no daily, weekly or monthly history to \
                      take the lock's period from: give one, e.g. {}:7d",
@@ -119,11 +121,12 @@ mod tests {
     #[test]
     fn the_period_comes_from_the_policy_unless_given() {
         let p = policy("last=3,daily=7,weekly=4");
-        assert_eq!(ObjectLock::parse("off", &p), Ok(None));
-        let l = ObjectLock::parse("compliance", &p).unwrap().unwrap();
+        let p = Some(&p);
+        assert_eq!(ObjectLock::parse("off", p), Ok(None));
+        let l = ObjectLock::parse("compliance", p).unwrap().unwrap();
         assert_eq!(l.mode, LockMode::Compliance);
         assert_eq!(l.period, Duration::from_secs(7 * 86400));
-        let l = ObjectLock::parse(" Governance:36h ", &p).unwrap().unwrap();
+        let l = ObjectLock::parse(" Governance:36h ", p).unwrap().unwrap();
         assert_eq!(
             (l.mode, l.period),
             (LockMode::Governance, Duration::from_secs(36 * 3600))
@@ -141,13 +144,16 @@ mod tests {
     #[test]
     fn wrong_values_say_what_would_be_right() {
         let p = policy("last=5");
-        let e = ObjectLock::parse("compliance", &p).unwrap_err();
+        let p = Some(&p);
+        let e = ObjectLock::parse("compliance", p).unwrap_err();
         assert!(e.contains("compliance:7d"), "{e}");
-        let e = ObjectLock::parse("legal-hold", &p).unwrap_err();
+        let e = ObjectLock::parse("compliance", None).unwrap_err();
+        assert!(e.starts_with("LIFEBOAT_RETENTION=off keeps no"), "{e}");
+        let e = ObjectLock::parse("legal-hold", p).unwrap_err();
         assert!(e.contains("governance or compliance"), "{e}");
-        assert!(ObjectLock::parse("compliance:soon", &p).is_err());
-        assert!(ObjectLock::parse("compliance:0", &p).is_err());
-        assert!(ObjectLock::parse("off:7d", &p).is_err());
+        assert!(ObjectLock::parse("compliance:soon", p).is_err());
+        assert!(ObjectLock::parse("compliance:0", p).is_err());
+        assert!(ObjectLock::parse("off:7d", p).is_err());
     }
 
     #[test]

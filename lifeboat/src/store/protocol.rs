@@ -151,6 +151,13 @@ pub struct Leftover<U> {
     what: Left<U>,
 }
 
+impl<U> Leftover<U> {
+    /// An upload never finished (removed with an abort, not a delete).
+    pub fn is_upload(&self) -> bool {
+        matches!(self.what, Left::Upload(_))
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Left<U> {
     /// A blob no manifest covers.
@@ -188,6 +195,9 @@ pub trait Target {
     /// Removes the manifest first, so a crash leaves a leftover, not a
     /// broken commit; nothing while the manifest's object lock holds.
     async fn delete(&self, manifest: &Manifest) -> Result<Removal>;
+    /// Until when the artifact's object lock holds it, while it does (its
+    /// manifest's lock: written last, it ends last).
+    async fn locked_until(&self, manifest: &Manifest) -> Result<Option<DateTime<Utc>>>;
     async fn mark_verified(&self, manifest: &Manifest, at: DateTime<Utc>) -> Result<()>;
     /// Leaves a drill's record beside the artifact (replacing an older one).
     async fn record_drill(&self, manifest: &Manifest, record: &DrillRecord) -> Result<()>;
@@ -419,11 +429,17 @@ impl<B: Blobs> Target for Artifacts<B> {
         }
     }
 
+    async fn locked_until(&self, m: &Manifest) -> Result<Option<DateTime<Utc>>> {
+        self.blobs
+            .locked_until(&artifact::manifest_name(&m.id))
+            .await
+    }
+
     async fn delete(&self, m: &Manifest) -> Result<Removal> {
         let manifest = artifact::manifest_name(&m.id);
         // Written last, the manifest is locked longest of the artifact's
         // own blobs: once it may go, they may too.
-        if let Some(until) = self.blobs.locked_until(&manifest).await? {
+        if let Some(until) = self.locked_until(m).await? {
             return Ok(Removal::LockedUntil(until));
         }
         // The manifest's removal is durable before the data goes: a crash in
@@ -549,6 +565,8 @@ mod tests {
         uploads: Vec<String>,
         log: Vec<String>,
         refuse_puts: bool,
+        /// Blobs under an object lock, and until when.
+        locked: BTreeMap<String, DateTime<Utc>>,
     }
 
     #[derive(Clone, Default)]
@@ -658,6 +676,9 @@ mod tests {
             self.with(|s| s.blobs.remove(name));
             Ok(())
         }
+        async fn locked_until(&self, name: &str) -> Result<Option<DateTime<Utc>>> {
+            Ok(self.with(|s| s.locked.get(name).copied()))
+        }
         async fn incomplete(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
             let uploads = self.with(|s| s.uploads.clone());
             Ok(uploads.into_iter().map(|u| (u, Utc::now())).collect())
@@ -757,6 +778,38 @@ mod tests {
                 format!("delete {ID}.drill.json"),
             ]
         );
+        assert!(mem.with(|s| s.blobs.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn a_locked_manifest_keeps_everything_and_a_locked_record_stays_a_leftover() {
+        let mem = Mem::default();
+        let t = Artifacts::new(mem.clone());
+        let m = manifest(ID, 4);
+        committed(&t, &m, b"data").await;
+        t.mark_verified(&m, Utc::now()).await.unwrap();
+        let until = Utc::now() + chrono::TimeDelta::days(1);
+        let manifest_name = format!("{ID}.manifest.json");
+        mem.with(|s| s.locked.insert(manifest_name.clone(), until));
+        mem.take_log();
+        assert_eq!(t.delete(&m).await.unwrap(), Removal::LockedUntil(until));
+        assert!(mem.take_log().is_empty(), "nothing was asked to go");
+        assert_eq!(t.list().await.unwrap().artifacts.len(), 1);
+        // The manifest's lock ended; the record written after it is still held.
+        let verified = format!("{ID}.verified.json");
+        mem.with(|s| {
+            s.locked.remove(&manifest_name);
+            s.locked.insert(verified.clone(), until);
+        });
+        assert_eq!(t.delete(&m).await.unwrap(), Removal::Removed);
+        assert_eq!(leftover_names(&t).await, [verified]);
+        let left = t.leftovers().await.unwrap().remove(0);
+        assert_eq!(
+            t.remove_leftover(&left).await.unwrap(),
+            Removal::LockedUntil(until)
+        );
+        mem.with(|s| s.locked.clear());
+        assert_eq!(t.remove_leftover(&left).await.unwrap(), Removal::Removed);
         assert!(mem.with(|s| s.blobs.is_empty()));
     }
 

@@ -39,6 +39,9 @@ pub struct Setup {
     pub recipients: Option<Recipients>,
     pub name: String,
     pub namespace: String,
+    /// False with `LIFEBOAT_RETENTION=off`: uncommitted objects are left to
+    /// the bucket's lifecycle rules (write-only credentials).
+    pub deletes: bool,
 }
 
 /// The archiver: its [`Setup`], and what it learned from the store.
@@ -382,7 +385,7 @@ impl Archiver {
         // Uploads a killed sidecar left: this archiver is the only writer
         // of WAL objects, so none of them is in progress.
         for l in self.setup.target.leftovers().await? {
-            if !l.blob.starts_with(object::ID_PREFIX) {
+            if !l.blob.starts_with(object::ID_PREFIX) || !(self.setup.deletes || l.is_upload()) {
                 continue;
             }
             // A leftover costs storage only: with deletes left to the bucket
