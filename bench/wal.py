@@ -46,7 +46,7 @@ MB = 1e6
 # limits table says the same, CompleteMultipartUpload). Before each object
 # the store is asked whether the name exists (HeadObject, a GET-class
 # request), and the manifest is one more PutObject after the artifact.
-S3_PART_SIZE = 8 * MiB
+S3_PART_SIZE = 6 * MiB
 S3_RULE = (
     "per WAL object: HeadObject (existence check) + PutObject of the manifest + the artifact: "
     "one PutObject below 8 MiB stored, else CreateMultipartUpload + ceil(size / 8 MiB) UploadPart "

@@ -831,14 +831,14 @@ fn check_audit(c: &Cluster, app: &App) {
     let rbac =
         std::fs::read_to_string(Cluster::repo_path("kustomize/base/rbac.yaml")).expect("rbac.yaml");
     let mut granted = std::collections::BTreeSet::new();
-    for doc in serde_yaml::Deserializer::from_str(&rbac) {
-        let v = serde_yaml::Value::deserialize(doc).expect("rbac yaml");
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(&rbac).expect("rbac yaml");
+    for v in docs {
         if v["kind"] != "Role" {
             continue;
         }
-        for rule in v["rules"].as_sequence().expect("rules") {
-            for r in rule["resources"].as_sequence().expect("resources") {
-                for verb in rule["verbs"].as_sequence().expect("verbs") {
+        for rule in v["rules"].as_array().expect("rules") {
+            for r in rule["resources"].as_array().expect("resources") {
+                for verb in rule["verbs"].as_array().expect("verbs") {
                     granted.insert((
                         r.as_str().unwrap().to_string(),
                         verb.as_str().unwrap().to_string(),
@@ -893,8 +893,6 @@ fn check_audit(c: &Cluster, app: &App) {
         app.example
     );
 }
-
-use serde::Deserialize as _;
 
 #[test]
 fn postgres_example_on_a_real_cluster() {

@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_yaml::Value;
+use serde_json::Value;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -46,13 +46,11 @@ fn render(dir: &Path) -> String {
 }
 
 fn docs(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect()
+    serde_saphyr::from_str_multiple(yaml).unwrap()
 }
 
 fn names(list: &Value) -> Vec<String> {
-    list.as_sequence()
+    list.as_array()
         .map(|s| {
             s.iter()
                 .map(|c| c["name"].as_str().unwrap().to_string())
@@ -62,12 +60,12 @@ fn names(list: &Value) -> Vec<String> {
 }
 
 fn container<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
-    list.as_sequence()?.iter().find(|c| c["name"] == name)
+    list.as_array()?.iter().find(|c| c["name"] == name)
 }
 
 fn mount<'a>(c: &'a Value, volume: &str) -> Option<&'a str> {
     c["volumeMounts"]
-        .as_sequence()?
+        .as_array()?
         .iter()
         .find(|m| m["name"] == volume)
         .and_then(|m| m["mountPath"].as_str())
@@ -115,7 +113,7 @@ fn every_example_renders_validates_and_wires_the_pod_as_designed() {
         };
         let restore = container(init, "lifeboat-restore").unwrap();
         let app = apps
-            .as_sequence()
+            .as_array()
             .unwrap()
             .iter()
             .find(|c| c["name"] != "lifeboat")
@@ -158,7 +156,7 @@ fn every_example_renders_validates_and_wires_the_pod_as_designed() {
             "{name}"
         );
         let podinfo = spec["volumes"]
-            .as_sequence()
+            .as_array()
             .unwrap()
             .iter()
             .find(|v| v["name"] == "lifeboat-podinfo")
@@ -168,7 +166,7 @@ fn every_example_renders_validates_and_wires_the_pod_as_designed() {
         assert_eq!(item["fieldRef"]["fieldPath"], "metadata.annotations");
         assert_eq!(spec["serviceAccountName"], "lifeboat", "{name}");
         let mut s = sidecar.clone();
-        if let Some(m) = s.as_mapping_mut() {
+        if let Some(m) = s.as_object_mut() {
             m.remove("restartPolicy");
         }
         // The ConfigMap's content differs (classic sets LIFEBOAT_DRILL_NAME
@@ -272,7 +270,7 @@ fn drill_pod_is_wired(name: &str, objs: &[Value], workload: &Value) {
     }
     let volume = |v: &str| {
         spec["volumes"]
-            .as_sequence()
+            .as_array()
             .unwrap()
             .iter()
             .find(|x| x["name"] == v)
@@ -287,7 +285,7 @@ fn drill_pod_is_wired(name: &str, objs: &[Value], workload: &Value) {
         "{name}: scratch bounded by the data claim"
     );
     let backup = volume("lifeboat-backup");
-    if backup["persistentVolumeClaim"].is_mapping() {
+    if backup["persistentVolumeClaim"].is_object() {
         let term =
             &spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
         assert_eq!(
@@ -376,13 +374,13 @@ fn rbac_manifest_is_the_base_role_and_grants_only_what_is_used() {
         .find(|d| d["kind"] == "Role")
         .unwrap();
     let rules: Vec<(String, Vec<String>)> = role["rules"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .map(|r| {
             let res = r["resources"][0].as_str().unwrap().to_string();
             let verbs = r["verbs"]
-                .as_sequence()
+                .as_array()
                 .unwrap()
                 .iter()
                 .map(|v| v.as_str().unwrap().to_string())

@@ -4,6 +4,12 @@
 //! downward-API file is not mounted, and the namespace's ConfigMaps and
 //! Secrets exported into the artifact (`LIFEBOAT_INCLUDE_KUBE`).
 //!
+//! The pod is only ever read and patched as metadata (`get_metadata`,
+//! `watch_metadata`, `patch_metadata`, which ask the API server for a
+//! `PartialObjectMetadata`): lifeboat needs its uid and annotations, and
+//! deserializing whole Pods (spec, status) would cost every watch event
+//! and put their types' code into both binaries (README, "Binary size").
+//!
 //! Without `POD_NAME`/`POD_NAMESPACE`, an API server or RBAC, lifeboat backs
 //! up and restores the same and says so once; only an explicit
 //! `LIFEBOAT_INCLUDE_KUBE` makes the API a requirement.
@@ -17,6 +23,7 @@ use chrono::Utc;
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret};
 use kube::api::{ListParams, ObjectList, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::core::PartialObjectMeta;
 use kube::Api;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -149,7 +156,7 @@ async fn connect(component: &'static str) -> Option<Cluster> {
         }
     };
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let found = match tokio::time::timeout(CALL_TIMEOUT, pods.get(&pod)).await {
+    let found = match tokio::time::timeout(CALL_TIMEOUT, pods.get_metadata(&pod)).await {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
             warn!(pod = %pod, namespace = %namespace, "cannot read this pod through the Kubernetes API ({}): {off}", describe_forbidden(&e, "get on pods", true));
@@ -307,7 +314,7 @@ impl Cluster {
         let patch = serde_json::json!({ "metadata": { "annotations": { LAST_BACKUP: value } } });
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
-        let call = pods.patch(&self.pod, &params, &patch);
+        let call = pods.patch_metadata(&self.pod, &params, &patch);
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(_)) => debug!(annotation = LAST_BACKUP, "pod annotated"),
             Ok(Err(e)) if is_forbidden(&e) => {
@@ -380,7 +387,10 @@ impl Cluster {
         watch: bool,
     ) -> std::result::Result<(), (Step, kube::Error)> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-        let pod = pods.get(&self.pod).await.map_err(|e| (Step::Get, e))?;
+        let pod = pods
+            .get_metadata(&self.pod)
+            .await
+            .map_err(|e| (Step::Get, e))?;
         let version = pod.metadata.resource_version.clone().unwrap_or_default();
         tx.send_if_modified(|cur| replace(cur, pod));
         if !watch {
@@ -391,7 +401,7 @@ impl Cluster {
             .timeout(290);
         let watch_err = |e| (Step::Watch, e);
         let mut stream = pods
-            .watch(&params, &version)
+            .watch_metadata(&params, &version)
             .await
             .map_err(watch_err)?
             .boxed();
@@ -505,11 +515,11 @@ fn to_yaml<K: kube::Resource + Serialize>(mut obj: K) -> std::result::Result<Str
     m.generation = None;
     m.self_link = None;
     m.owner_references = None;
-    serde_yaml::to_string(&obj).map_err(|e| e.to_string())
+    serde_saphyr::to_string(&obj).map_err(|e| e.to_string())
 }
 
 /// Puts the pod's `lifeboat.dev/*` annotations into `cur`; whether they changed.
-fn replace(cur: &mut BTreeMap<String, String>, pod: Pod) -> bool {
+fn replace(cur: &mut BTreeMap<String, String>, pod: PartialObjectMeta<Pod>) -> bool {
     let new = ours(pod.metadata.annotations.unwrap_or_default());
     if *cur == new {
         return false;

@@ -28,7 +28,7 @@ pub struct Expect<'a> {
 /// without annotations (promtool compares them too; what matters here is
 /// whether the expression fires).
 fn rules_file(dir: &Path) -> std::path::PathBuf {
-    let crd: serde_yaml::Value = serde_yaml::from_str(
+    let crd: serde_json::Value = serde_saphyr::from_str(
         &fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/prometheusrule.yaml"),
         )
@@ -36,13 +36,14 @@ fn rules_file(dir: &Path) -> std::path::PathBuf {
     )
     .unwrap();
     let mut spec = crd["spec"].clone();
-    for group in spec["groups"].as_sequence_mut().unwrap() {
-        for rule in group["rules"].as_sequence_mut().unwrap() {
-            rule.as_mapping_mut().unwrap().remove("annotations");
+    for group in spec["groups"].as_array_mut().unwrap() {
+        for rule in group["rules"].as_array_mut().unwrap() {
+            rule.as_object_mut().unwrap().remove("annotations");
         }
     }
     let path = dir.join("rules.yaml");
-    fs::write(&path, serde_yaml::to_string(&spec).unwrap()).unwrap();
+    // JSON is YAML too: promtool reads it as such.
+    fs::write(&path, serde_json::to_string_pretty(&spec).unwrap()).unwrap();
     path
 }
 

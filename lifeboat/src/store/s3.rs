@@ -27,16 +27,18 @@ use super::blobs::{Blobs, Entry, Opened, Put, Small};
 use crate::{Error, Result};
 
 /// Size of the first 1,000 parts. S3 needs at least 5 MiB for all but the
-/// last part; 8 MiB keeps requests few without much memory.
-pub const PART_SIZE_MIN: usize = 8 << 20;
+/// last part; 6 MiB is the least for which 10,000 parts still reach S3's
+/// 5 TiB object limit, and three of them (README, "Bounds") keep an upload
+/// under 48 MiB of memory.
+pub const PART_SIZE_MIN: usize = 6 << 20;
 /// Part size doubles after every this many parts, so 10,000 parts hold
-/// ~7.8 TiB (8 MiB x 1,000 x (1 + 2 + ... + 512)); memory stays at the
-/// minimum for artifacts up to ~7.8 GiB and doubles per tier beyond.
+/// ~5.9 TiB (6 MiB x 1,000 x (1 + 2 + ... + 512)); memory stays at the
+/// minimum for artifacts up to ~5.9 GiB and doubles per tier beyond.
 pub const PARTS_PER_TIER: i32 = 1000;
 /// The largest part (S3 allows 5 GiB).
 pub const PART_SIZE_MAX: usize = 4 << 30;
 /// Parts uploading at once. With the one being filled, an upload holds at
-/// most `(PARTS_IN_FLIGHT + 1) * part size` bytes: 24 MiB for most artifacts.
+/// most `(PARTS_IN_FLIGHT + 1) * part size` bytes: 18 MiB for most artifacts.
 pub const PARTS_IN_FLIGHT: usize = 2;
 /// The SDK retries throttling, 5xx and transport errors with exponential
 /// backoff; parts are in memory, so each retry resends the same bytes.
@@ -925,8 +927,8 @@ mod tests {
         assert_eq!(part_size(1000), PART_SIZE_MIN);
         assert_eq!(part_size(1001), 2 * PART_SIZE_MIN);
         assert!(part_size(10_000) <= PART_SIZE_MAX);
-        // Flat memory for everything under ~7.8 GiB.
+        // Flat memory for everything under ~5.9 GiB.
         let first_tier: u64 = (1..=1000).map(|n| part_size(n) as u64).sum();
-        assert!(first_tier > 7 << 30);
+        assert!(first_tier > 5 << 30);
     }
 }
