@@ -570,6 +570,21 @@ impl Blobs for S3Blobs {
             .await
             .map_err(|e| self.sdk_err("HeadBucket", e))?;
         let Some(lock) = self.lock else {
+            // A versioned bucket keeps what a plain DELETE removes, behind a
+            // delete marker: retention would free nothing. Said once, at
+            // start; a store that will not tell is left alone.
+            let versioned = self
+                .quick
+                .get_bucket_versioning()
+                .bucket(&self.bucket)
+                .send()
+                .await
+                .ok()
+                .and_then(|v| v.status)
+                == Some(aws_sdk_s3::types::BucketVersioningStatus::Enabled);
+            if versioned {
+                tracing::warn!(bucket = %self.bucket, "the bucket keeps versions: retention's deletes only hide old backups behind delete markers and free no storage; add a NoncurrentVersionExpiration lifecycle rule, or set LIFEBOAT_S3_OBJECT_LOCK if the bucket has Object Lock (README, \"Immutable buckets and write-only credentials\")");
+            }
             return Ok(());
         };
         // Without it, every locked PUT is refused: say so at start, once.
