@@ -42,14 +42,14 @@ MB = 1e6
 # S3 cost of one stored blob, as lifeboat/src/store/s3.rs uploads it: a blob
 # smaller than one part is a single PutObject; from one part on it is a
 # multipart upload (CreateMultipartUpload, UploadPart per part of
-# PART_SIZE_MIN = 8 MiB, the size of the first 1,000 parts; the README's
+# PART_SIZE_MIN = 6 MiB, the size of the first 1,000 parts; the README's
 # limits table says the same, CompleteMultipartUpload). Before each object
 # the store is asked whether the name exists (HeadObject, a GET-class
 # request), and the manifest is one more PutObject after the artifact.
 S3_PART_SIZE = 6 * MiB
 S3_RULE = (
     "per WAL object: HeadObject (existence check) + PutObject of the manifest + the artifact: "
-    "one PutObject below 8 MiB stored, else CreateMultipartUpload + ceil(size / 8 MiB) UploadPart "
+    "one PutObject below 6 MiB stored, else CreateMultipartUpload + ceil(size / 6 MiB) UploadPart "
     "+ CompleteMultipartUpload (PART_SIZE_MIN in lifeboat/src/store/s3.rs); "
     "PUT-class = every request but the HEAD"
 )

@@ -615,7 +615,8 @@ fn write_only_credentials_back_up_and_restore() {
     assert_same(&before, &snapshot(&w.data));
 
     // A versioned bucket without the lock: retention's deletes would free
-    // nothing, and the sidecar says so as it starts.
+    // nothing, and a sidecar that would delete says so as it starts. (With
+    // retention off it deletes nothing, so there is nothing to say.)
     rt().block_on(async {
         let c = w.weed.client().await;
         c.put_bucket_versioning()
@@ -631,7 +632,11 @@ fn write_only_credentials_back_up_and_restore() {
     });
     let log = w.tmp.path().join("daemon.log");
     let mut daemon = spawn_until_logged(
-        w.cmd("lifeboat-sidecar", "s3://write-only", &off),
+        w.cmd(
+            "lifeboat-sidecar",
+            "s3://write-only",
+            &[("LIFEBOAT_RETENTION", "last=1")],
+        ),
         &log,
         "the bucket keeps versions",
     );

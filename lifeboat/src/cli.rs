@@ -31,11 +31,12 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Buffers of this size and more (an S3 part of 8 MiB, a pipe chunk's
-/// vector) get pages of their own from the kernel and give them back when
-/// freed. glibc's default threshold rises to the largest block freed, after
-/// which such buffers come from the heap and stay in the process: measured
-/// on a 1 GiB backup to S3, 61 MiB peak RSS by default, 53 MiB with this.
+/// Buffers of this size and more (an S3 part, a pipe chunk's vector) get
+/// pages of their own from the kernel and give them back when freed.
+/// glibc's default threshold rises to the largest block freed, after which
+/// such buffers come from the heap and stay in the process: measured on a
+/// 1 GiB backup to S3 with 8 MiB parts, 61 MiB peak RSS by default, 53 MiB
+/// with this (README, "Bounds").
 const MMAP_THRESHOLD: i32 = 1 << 20;
 /// Heaps glibc keeps for threads: by default eight per core, each keeping
 /// what its threads freed; two are enough for two async workers and the

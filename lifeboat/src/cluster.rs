@@ -515,7 +515,12 @@ fn to_yaml<K: kube::Resource + Serialize>(mut obj: K) -> std::result::Result<Str
     m.generation = None;
     m.self_link = None;
     m.owner_references = None;
-    serde_saphyr::to_string(&obj).map_err(|e| e.to_string())
+    // No block scalars (`|`, `>`): a literal block whose first line starts
+    // with a tab (a Makefile, an nginx snippet in a ConfigMap) is refused by
+    // the YAML parser kubectl uses. Quoted strings with escapes always parse.
+    let mut options = serde_saphyr::SerializerOptions::default();
+    options.prefer_block_scalars = false;
+    serde_saphyr::to_string_with_options(&obj, options).map_err(|e| e.to_string())
 }
 
 /// Puts the pod's `lifeboat.dev/*` annotations into `cur`; whether they changed.
@@ -526,4 +531,51 @@ fn replace(cur: &mut BTreeMap<String, String>, pod: PartialObjectMeta<Pod>) -> b
     }
     *cur = new;
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What users put in ConfigMaps comes back from `kubectl apply -f` as it
+    /// was: no line of the YAML is indented with a tab (kubectl's parser
+    /// refuses that), no value is retyped (`true`, `0755`, `1e3`, `null`
+    /// stay strings), and each reads back exactly.
+    #[test]
+    fn exported_yaml_keeps_every_string_and_indents_with_spaces_only() {
+        let values = [
+            ("Makefile", "\tserver {\n\tlisten 80;\n}\n"),
+            ("flag", "true"),
+            ("mode", "0755"),
+            ("number", "1e3"),
+            ("nothing", "null"),
+            ("spaced", "  two  spaces  and a trailing one "),
+            ("long", &"word  ".repeat(30)),
+            ("crlf", "a\r\nb"),
+            ("app.kubernetes.io/name", "x: y # not a comment"),
+        ];
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some("tricky".into());
+        cm.metadata.uid = Some("gone".into());
+        cm.data = Some(
+            values
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        let yaml = to_yaml(cm).unwrap();
+        for line in yaml.lines() {
+            let indent: String = line.chars().take_while(|c| c.is_whitespace()).collect();
+            assert!(
+                !indent.contains('\t'),
+                "tab in the indentation: {line:?}\n{yaml}"
+            );
+        }
+        assert!(!yaml.contains("uid"), "{yaml}");
+        let back: ConfigMap = serde_saphyr::from_str(&yaml).unwrap();
+        let data = back.data.unwrap();
+        for (k, v) in values {
+            assert_eq!(data.get(k).map(String::as_str), Some(v), "{k}\n{yaml}");
+        }
+    }
 }

@@ -144,7 +144,8 @@ impl Settings {
         let targets = targets(&r, &mut problems);
         let (name, namespace) = history(&r, &mut problems);
         let (grace_period, progress_interval) = durations(&r, &mut problems);
-        let s3 = s3_options(&r, &mut problems);
+        let mut s3 = s3_options(&r, &mut problems);
+        s3.deletes = retention.is_some();
         let source = sources::source_settings(&r, &paths, &mut problems, &mut warnings);
         access_problems(role, &paths, &targets, &mut problems);
         let (recipients, identities) = age_keys(&r.raw, &mut problems, &mut warnings);
@@ -518,6 +519,7 @@ fn s3_options(r: &Reader, problems: &mut Problems) -> S3Options {
         region: r.raw.opt("LIFEBOAT_S3_REGION"),
         path_style: false,
         lock: None,
+        deletes: false,
     };
     if let Some(v) = r.env("LIFEBOAT_S3_OBJECT_LOCK") {
         // The period comes from the variable only, never the pod's

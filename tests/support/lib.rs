@@ -560,6 +560,7 @@ impl Seaweed {
             region: Some("us-east-1".into()),
             path_style: true,
             lock: None,
+            deletes: true,
         }
     }
 

@@ -102,7 +102,7 @@ impl TargetSpec {
                     bucket.clone(),
                     root,
                     s3.endpoint.clone(),
-                    s3.lock,
+                    s3,
                 );
                 Artifacts::new(AnyBlobs::S3(blobs))
             }

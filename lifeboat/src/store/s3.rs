@@ -72,6 +72,9 @@ pub struct S3Options {
     pub path_style: bool,
     /// `LIFEBOAT_S3_OBJECT_LOCK`: how new objects are locked, if at all.
     pub lock: Option<super::object_lock::ObjectLock>,
+    /// Retention deletes here (not `LIFEBOAT_RETENTION=off`): only then is
+    /// a versioned bucket worth a warning.
+    pub deletes: bool,
 }
 
 /// Builds a client from the standard AWS chain (env keys, web identity /
@@ -200,6 +203,8 @@ pub struct S3Blobs {
     requests: super::requests::Requests,
     /// How every object written is locked (`object_lock.rs`).
     lock: Option<super::object_lock::ObjectLock>,
+    /// See [`S3Options::deletes`].
+    deletes: bool,
 }
 
 impl S3Blobs {
@@ -209,7 +214,7 @@ impl S3Blobs {
         bucket: String,
         root: String,
         endpoint: Option<String>,
-        lock: Option<super::object_lock::ObjectLock>,
+        opts: &S3Options,
     ) -> Self {
         let endpoint = endpoint.unwrap_or_else(|| {
             let region = client.config().region().map_or("us-east-1", |r| r.as_ref());
@@ -248,7 +253,8 @@ impl S3Blobs {
             root,
             at,
             requests,
-            lock,
+            lock: opts.lock,
+            deletes: opts.deletes,
         }
     }
 
@@ -573,6 +579,9 @@ impl Blobs for S3Blobs {
             // A versioned bucket keeps what a plain DELETE removes, behind a
             // delete marker: retention would free nothing. Said once, at
             // start; a store that will not tell is left alone.
+            if !self.deletes {
+                return Ok(());
+            }
             let versioned = self
                 .quick
                 .get_bucket_versioning()
@@ -583,7 +592,7 @@ impl Blobs for S3Blobs {
                 .and_then(|v| v.status)
                 == Some(aws_sdk_s3::types::BucketVersioningStatus::Enabled);
             if versioned {
-                tracing::warn!(bucket = %self.bucket, "the bucket keeps versions: retention's deletes only hide old backups behind delete markers and free no storage; add a NoncurrentVersionExpiration lifecycle rule, or set LIFEBOAT_S3_OBJECT_LOCK if the bucket has Object Lock (README, \"Immutable buckets and write-only credentials\")");
+                tracing::warn!(bucket = %self.bucket, "the bucket keeps versions: retention's deletes only hide old backups behind delete markers and free no storage unless a NoncurrentVersionExpiration lifecycle rule removes them; add one, or set LIFEBOAT_S3_OBJECT_LOCK if the bucket has Object Lock (README, \"Immutable buckets and write-only credentials\")");
             }
             return Ok(());
         };
