@@ -127,14 +127,11 @@ impl Settings {
         });
         let schedule = schedule.unwrap_or_else(default_schedule);
         let retention = r
-            .parsed(&mut problems, "LIFEBOAT_RETENTION", |t| {
-                if t.trim().eq_ignore_ascii_case("off") {
-                    return Ok(None);
-                }
-                Policy::parse(t)
-                    .map(Some)
-                    .map_err(|e| format!("{e}; accepted: {}", retention::ACCEPTED))
-            })
+            .parsed(
+                &mut problems,
+                "LIFEBOAT_RETENTION",
+                retention::parse_setting,
+            )
             .unwrap_or(Some(Policy::default()));
         let compression = r
             .parsed(&mut problems, "LIFEBOAT_COMPRESSION", Compression::parse)
@@ -525,11 +522,13 @@ fn s3_options(r: &Reader, problems: &mut Problems) -> S3Options {
         // The period comes from the variable only, never the pod's
         // `lifeboat.dev/retention` annotation: whoever may annotate the pod
         // must not shorten the lock. (A bad value is reported by its own check.)
-        let retention = match r.raw.opt("LIFEBOAT_RETENTION") {
-            Some(t) if t.trim().eq_ignore_ascii_case("off") => None,
-            Some(t) => Some(Policy::parse(&t).unwrap_or_default()),
-            None => Some(Policy::default()),
-        };
+        let retention = r
+            .raw
+            .opt("LIFEBOAT_RETENTION")
+            .map_or(Ok(Some(Policy::default())), |t| {
+                retention::parse_setting(&t)
+            })
+            .unwrap_or(Some(Policy::default()));
         match crate::store::ObjectLock::parse(&v.text, retention.as_ref()) {
             Ok(lock) => s3.lock = lock,
             // What writes (a backup, verify's records) must lock as told; a

@@ -8,6 +8,17 @@ use std::time::Duration;
 /// would overflow it.
 pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86400);
 
+/// The form a setting takes, in the largest whole unit: `7d`, `36h`, `90s`;
+/// [`parse_duration`] reads it back to the same value.
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (n, unit) = [(86400, "d"), (3600, "h"), (60, "m")]
+        .into_iter()
+        .find(|(u, _)| s.is_multiple_of(*u))
+        .map_or((s, "s"), |(u, name)| (s / u, name));
+    format!("{n}{unit}")
+}
+
 /// `90`, `90s`, `5m`, `1h`, `2d`; at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     const ACCEPTED: &str = "accepted: a whole number of seconds, or with a unit: 30s, 5m, 1h, 2d";
@@ -29,5 +40,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "longer than {}d, the most any duration setting takes; {ACCEPTED}",
             MAX_DURATION.as_secs() / 86400
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_formatted_duration_reads_back_the_same() {
+        for secs in [0, 1, 90, 300, 3600, 5400, 36 * 3600, 7 * 86400] {
+            let d = Duration::from_secs(secs);
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+        }
+        assert_eq!(format_duration(Duration::from_secs(36 * 3600)), "36h");
     }
 }

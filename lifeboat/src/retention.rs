@@ -69,6 +69,17 @@ impl Policy {
     }
 }
 
+/// `LIFEBOAT_RETENTION`: a policy, or `off` (`None`: the sidecar deletes
+/// nothing).
+pub fn parse_setting(s: &str) -> Result<Option<Policy>, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    Policy::parse(s)
+        .map(Some)
+        .map_err(|e| format!("{e}; accepted: {ACCEPTED}, or off"))
+}
+
 impl fmt::Display for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -630,27 +630,25 @@ impl Seaweed {
     }
 
     /// Creates a bucket, retrying while the filer finishes starting.
-    /// A bucket with S3 Object Lock enabled (and so versioning).
-    pub async fn create_locked_bucket(&self, name: &str) {
-        let c = self.client().await;
-        c.create_bucket()
-            .bucket(name)
-            .object_lock_enabled_for_bucket(true)
-            .send()
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "create locked bucket {name}: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
-                )
-            });
+    pub async fn create_bucket(&self, name: &str) {
+        self.create_bucket_with(name, false).await
     }
 
-    pub async fn create_bucket(&self, name: &str) {
+    /// [`Seaweed::create_bucket`] with S3 Object Lock enabled (and so
+    /// versioning).
+    pub async fn create_locked_bucket(&self, name: &str) {
+        self.create_bucket_with(name, true).await
+    }
+
+    async fn create_bucket_with(&self, name: &str, object_lock: bool) {
         let c = self.client().await;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            match c.create_bucket().bucket(name).send().await {
+            let create = c
+                .create_bucket()
+                .bucket(name)
+                .set_object_lock_enabled_for_bucket(object_lock.then_some(true));
+            match create.send().await {
                 Ok(_) => return,
                 Err(e) if std::time::Instant::now() < deadline => {
                     let _ = e;

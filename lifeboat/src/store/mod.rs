@@ -97,13 +97,7 @@ impl TargetSpec {
                     .copied()
                     .collect::<Vec<_>>()
                     .join("/");
-                let blobs = S3Blobs::new(
-                    s3::client(s3).await,
-                    bucket.clone(),
-                    root,
-                    s3.endpoint.clone(),
-                    s3,
-                );
+                let blobs = S3Blobs::new(s3::client(s3).await, bucket.clone(), root, s3);
                 Artifacts::new(AnyBlobs::S3(blobs))
             }
         }

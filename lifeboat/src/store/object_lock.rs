@@ -27,6 +27,10 @@ pub struct ObjectLock {
     pub period: Duration,
 }
 
+/// How long past its retain-until date an object still counts as locked
+/// (see [`ObjectLock::holds`]).
+pub const CLOCK_MARGIN: Duration = Duration::from_secs(300);
+
 pub const ACCEPTED: &str = "off, governance or compliance, optionally with how long each \
     object stays locked: e.g. compliance:30d (default period: the retention policy's \
     daily window)";
@@ -64,6 +68,17 @@ impl ObjectLock {
         Ok(Some(ObjectLock { mode, period }))
     }
 
+    /// Whether an object locked until `until` is still to be treated as
+    /// locked at `now`. The store judges by its own clock, so a pod whose
+    /// clock runs ahead must not ask for a delete the store still refuses:
+    /// the date counts as passed only [`CLOCK_MARGIN`] later (a tenth of a
+    /// shorter period; those are for trying it out).
+    pub fn holds(&self, until: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        let margin =
+            chrono::TimeDelta::from_std(CLOCK_MARGIN.min(self.period / 10)).unwrap_or_default();
+        until + margin > now
+    }
+
     /// The date an object written at `now` stays locked until, in whole
     /// seconds (S3 keeps no finer).
     pub fn retain_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
@@ -81,12 +96,8 @@ fn mode_name(m: LockMode) -> &'static str {
 
 impl std::fmt::Display for ObjectLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = self.period.as_secs();
-        let (n, unit) = [(86400, "d"), (3600, "h"), (60, "m")]
-            .into_iter()
-            .find(|(u, _)| s.is_multiple_of(*u))
-            .map_or((s, "s"), |(u, name)| (s / u, name));
-        write!(f, "{}:{n}{unit}", mode_name(self.mode))
+        let period = crate::duration::format_duration(self.period);
+        write!(f, "{}:{period}", mode_name(self.mode))
     }
 }
 
@@ -154,6 +165,24 @@ mod tests {
         assert!(ObjectLock::parse("compliance:soon", p).is_err());
         assert!(ObjectLock::parse("compliance:0", p).is_err());
         assert!(ObjectLock::parse("off:7d", p).is_err());
+    }
+
+    #[test]
+    fn a_lock_holds_a_margin_past_its_date() {
+        let until: DateTime<Utc> = "2026-12-03T10:00:00Z".parse().unwrap();
+        let s = chrono::TimeDelta::seconds;
+        let week = ObjectLock {
+            mode: LockMode::Compliance,
+            period: Duration::from_secs(7 * 86400),
+        };
+        assert!(week.holds(until, until + s(299)), "5 minutes for clocks");
+        assert!(!week.holds(until, until + s(300)));
+        let short = ObjectLock {
+            period: Duration::from_secs(30),
+            ..week
+        };
+        assert!(short.holds(until, until + s(2)), "a tenth of 30 s");
+        assert!(!short.holds(until, until + s(3)));
     }
 
     #[test]

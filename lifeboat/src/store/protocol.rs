@@ -268,6 +268,15 @@ impl<B: Blobs> Artifacts<B> {
         )
     }
 
+    /// Removes a blob unless an object lock still holds it.
+    async fn remove(&self, name: &str, durable: bool) -> Result<Removal> {
+        if let Some(until) = self.blobs.locked_until(name).await? {
+            return Ok(Removal::LockedUntil(until));
+        }
+        self.blobs.delete(name, durable).await?;
+        Ok(Removal::Removed)
+    }
+
     /// The artifact's drill record; one that cannot be read, or speaks for
     /// other bytes, only loses that fact.
     async fn drill(&self, m: &Manifest, names: &HashSet<&str>) -> Option<DrillRecord> {
@@ -436,15 +445,14 @@ impl<B: Blobs> Target for Artifacts<B> {
     }
 
     async fn delete(&self, m: &Manifest) -> Result<Removal> {
-        let manifest = artifact::manifest_name(&m.id);
         // Written last, the manifest is locked longest of the artifact's
-        // own blobs: once it may go, they may too.
-        if let Some(until) = self.locked_until(m).await? {
-            return Ok(Removal::LockedUntil(until));
+        // own blobs: once it may go, they may too. Its removal is durable
+        // before the data goes: a crash in between leaves a leftover, never
+        // a manifest that points at nothing.
+        let manifest = self.remove(&artifact::manifest_name(&m.id), true).await?;
+        if manifest != Removal::Removed {
+            return Ok(manifest);
         }
-        // The manifest's removal is durable before the data goes: a crash in
-        // between leaves a leftover, never a manifest that points at nothing.
-        self.blobs.delete(&manifest, true).await?;
         self.blobs.delete(&m.artifact, false).await?;
         if let Some(st) = &m.state {
             self.blobs.delete(&st.file, false).await?;
@@ -452,9 +460,7 @@ impl<B: Blobs> Target for Artifacts<B> {
         // Records written after the manifest may be locked beyond it; one
         // left is a leftover, removed once its lock ends.
         for record in [artifact::verified_name(&m.id), artifact::drill_name(&m.id)] {
-            if self.blobs.locked_until(&record).await?.is_none() {
-                self.blobs.delete(&record, false).await?;
-            }
+            self.remove(&record, false).await?;
         }
         Ok(Removal::Removed)
     }
@@ -501,15 +507,12 @@ impl<B: Blobs> Target for Artifacts<B> {
 
     async fn remove_leftover(&self, leftover: &Leftover<B::Incomplete>) -> Result<Removal> {
         match &leftover.what {
-            Left::Blob => {
-                if let Some(until) = self.blobs.locked_until(&leftover.name).await? {
-                    return Ok(Removal::LockedUntil(until));
-                }
-                self.blobs.delete(&leftover.name, false).await?
+            Left::Blob => self.remove(&leftover.name, false).await,
+            Left::Upload(upload) => {
+                self.blobs.abort_incomplete(upload).await?;
+                Ok(Removal::Removed)
             }
-            Left::Upload(upload) => self.blobs.abort_incomplete(upload).await?,
         }
-        Ok(Removal::Removed)
     }
 }
 

@@ -55,10 +55,6 @@ pub const SMALL_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 /// this long rather than waited for.
 pub const SMALL_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long past an object's retain-until date it is still taken as locked
-/// (a tenth of a shorter lock period: those are for trying it out).
-pub const LOCK_CLOCK_MARGIN: Duration = Duration::from_secs(300);
-
 pub fn part_size(part_number: i32) -> usize {
     let tier = ((part_number - 1) / PARTS_PER_TIER).clamp(0, 9) as u32;
     (PART_SIZE_MIN << tier).min(PART_SIZE_MAX)
@@ -208,15 +204,9 @@ pub struct S3Blobs {
 }
 
 impl S3Blobs {
-    /// `endpoint`: `LIFEBOAT_S3_ENDPOINT`, None for AWS's own.
-    pub fn new(
-        client: Client,
-        bucket: String,
-        root: String,
-        endpoint: Option<String>,
-        opts: &S3Options,
-    ) -> Self {
-        let endpoint = endpoint.unwrap_or_else(|| {
+    /// `opts.endpoint`: `LIFEBOAT_S3_ENDPOINT`, None for AWS's own.
+    pub fn new(client: Client, bucket: String, root: String, opts: &S3Options) -> Self {
+        let endpoint = opts.endpoint.clone().unwrap_or_else(|| {
             let region = client.config().region().map_or("us-east-1", |r| r.as_ref());
             format!("https://s3.{region}.amazonaws.com")
         });
@@ -308,6 +298,52 @@ impl S3Blobs {
             }
         }
         Ok(out)
+    }
+
+    /// Without Object Lock on the bucket every locked PUT is refused: said
+    /// at start, once.
+    async fn check_lock_enabled(&self, lock: super::object_lock::ObjectLock) -> Result<()> {
+        let enabled = self
+            .quick
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .ok()
+            .and_then(|o| o.object_lock_configuration)
+            .and_then(|c| c.object_lock_enabled)
+            == Some(ObjectLockEnabled::Enabled);
+        if !enabled {
+            return Err(self.err(format!(
+                "LIFEBOAT_S3_OBJECT_LOCK={lock}, but bucket {:?} has no Object Lock enabled (or \
+                 its configuration cannot be read): create the bucket with Object Lock \
+                 (aws s3api create-bucket --object-lock-enabled-for-bucket ...) or set \
+                 LIFEBOAT_S3_OBJECT_LOCK=off",
+                self.bucket
+            )));
+        }
+        Ok(())
+    }
+
+    /// A versioned bucket keeps what a plain DELETE removes, behind a delete
+    /// marker: retention would free nothing. Said once, at start, and only
+    /// when retention deletes; a store that will not tell is left alone.
+    async fn warn_if_versioned(&self) {
+        if !self.deletes {
+            return;
+        }
+        let versioned = self
+            .quick
+            .get_bucket_versioning()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .ok()
+            .and_then(|v| v.status)
+            == Some(aws_sdk_s3::types::BucketVersioningStatus::Enabled);
+        if versioned {
+            tracing::warn!(bucket = %self.bucket, "the bucket keeps versions: retention's deletes only hide old backups behind delete markers and free no storage unless a NoncurrentVersionExpiration lifecycle rule removes them; add one, or set LIFEBOAT_S3_OBJECT_LOCK if the bucket has Object Lock (README, \"Immutable buckets and write-only credentials\")");
+        }
     }
 
     fn key(&self, name: &str) -> String {
@@ -575,56 +611,19 @@ impl Blobs for S3Blobs {
             .send()
             .await
             .map_err(|e| self.sdk_err("HeadBucket", e))?;
-        let Some(lock) = self.lock else {
-            // A versioned bucket keeps what a plain DELETE removes, behind a
-            // delete marker: retention would free nothing. Said once, at
-            // start; a store that will not tell is left alone.
-            if !self.deletes {
-                return Ok(());
+        match self.lock {
+            Some(lock) => self.check_lock_enabled(lock).await,
+            None => {
+                self.warn_if_versioned().await;
+                Ok(())
             }
-            let versioned = self
-                .quick
-                .get_bucket_versioning()
-                .bucket(&self.bucket)
-                .send()
-                .await
-                .ok()
-                .and_then(|v| v.status)
-                == Some(aws_sdk_s3::types::BucketVersioningStatus::Enabled);
-            if versioned {
-                tracing::warn!(bucket = %self.bucket, "the bucket keeps versions: retention's deletes only hide old backups behind delete markers and free no storage unless a NoncurrentVersionExpiration lifecycle rule removes them; add one, or set LIFEBOAT_S3_OBJECT_LOCK if the bucket has Object Lock (README, \"Immutable buckets and write-only credentials\")");
-            }
-            return Ok(());
-        };
-        // Without it, every locked PUT is refused: say so at start, once.
-        let enabled = self
-            .quick
-            .get_object_lock_configuration()
-            .bucket(&self.bucket)
-            .send()
-            .await
-            .ok()
-            .and_then(|o| o.object_lock_configuration)
-            .and_then(|c| c.object_lock_enabled)
-            == Some(ObjectLockEnabled::Enabled);
-        if !enabled {
-            return Err(self.err(format!(
-                "LIFEBOAT_S3_OBJECT_LOCK={lock}, but bucket {:?} has no Object Lock enabled (or \
-                 its configuration cannot be read): create the bucket with Object Lock \
-                 (aws s3api create-bucket --object-lock-enabled-for-bucket ...) or set \
-                 LIFEBOAT_S3_OBJECT_LOCK=off",
-                self.bucket
-            )));
         }
-        Ok(())
     }
 
     async fn locked_until(&self, name: &str) -> Result<Option<DateTime<Utc>>> {
         let Some(lock) = self.lock else {
             return Ok(None);
         };
-        let margin = chrono::TimeDelta::from_std(LOCK_CLOCK_MARGIN.min(lock.period / 10))
-            .unwrap_or_default();
         let key = self.key(name);
         let head = match self
             .quick
@@ -640,12 +639,10 @@ impl Blobs for S3Blobs {
             }
             Err(e) => return Err(self.sdk_err(&format!("HeadObject {key}"), e)),
         };
-        // The store judges by its own clock: a pod whose clock runs ahead
-        // must not ask for a delete the store still refuses.
         Ok(head
             .object_lock_retain_until_date()
             .and_then(|t| DateTime::from_timestamp(t.secs(), 0))
-            .filter(|t| *t + margin > Utc::now()))
+            .filter(|t| lock.holds(*t, Utc::now())))
     }
 
     async fn names(&self) -> Result<Vec<Entry>> {
