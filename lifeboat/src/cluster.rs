@@ -4,11 +4,11 @@
 //! downward-API file is not mounted, and the namespace's ConfigMaps and
 //! Secrets exported into the artifact (`LIFEBOAT_INCLUDE_KUBE`).
 //!
-//! The pod is only ever read and patched as metadata (`get_metadata`,
-//! `watch_metadata`, `patch_metadata`, which ask the API server for a
-//! `PartialObjectMetadata`): lifeboat needs its uid and annotations, and
-//! deserializing whole Pods (spec, status) would cost every watch event
-//! and put their types' code into both binaries (README, "Binary size").
+//! The pod is only ever read and patched as metadata (`api::METADATA_ONLY`
+//! asks the API server for a `PartialObjectMetadata`): lifeboat needs its
+//! uid and annotations, and whole Pods (spec, status) would cost every
+//! watch event. The calls are plain REST with JSON values (`api.rs`), not a
+//! general Kubernetes client (README, "Binary size").
 //!
 //! Without `POD_NAME`/`POD_NAMESPACE`, an API server or RBAC, lifeboat backs
 //! up and restores the same and says so once; only an explicit
@@ -20,13 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use futures_util::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret};
-use kube::api::{ListParams, ObjectList, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
-use kube::core::PartialObjectMeta;
-use kube::Api;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde_json::{Map, Value};
 use tokio::sync::{watch, OnceCell};
 use tracing::{debug, info, warn};
 
@@ -35,6 +29,12 @@ use crate::error::{Error, Result};
 
 use crate::annotations::LAST_BACKUP;
 use crate::artifact::KUBE_TAR_DIR;
+
+mod api;
+mod connection;
+mod yaml;
+
+use api::{query_value, Api, ApiError, METADATA_ONLY};
 /// Objects per list request while exporting, so memory stays bounded by a
 /// page (each object is at most 1 MiB) however many the namespace holds.
 pub const EXPORT_PAGE: u32 = 20;
@@ -44,6 +44,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const REWATCH_PAUSE: Duration = Duration::from_secs(5);
 /// How often the pod is read when the Role allows `get` but not `watch`.
 const POLL_EVERY: Duration = Duration::from_secs(30);
+/// How long the API server keeps one watch of the pod open.
+const WATCH_SECONDS: u64 = 290;
 
 /// Which call of [`Cluster::follow`] failed.
 #[derive(Debug, Clone, Copy)]
@@ -93,7 +95,7 @@ impl Reason {
 }
 
 pub struct Cluster {
-    client: kube::Client,
+    api: Api,
     namespace: String,
     pod: String,
     uid: Option<String>,
@@ -139,24 +141,20 @@ async fn connect(component: &'static str) -> Option<Cluster> {
         return None;
     };
     let off = "no Events and no lifeboat.dev/last-backup annotation; backups and restores are not affected";
-    // One crypto backend (ring) for every TLS client in the binary: kube's,
-    // the S3 client's and reqwest's. Installing it as the process default
-    // keeps kube's TLS working should another backend ever be linked in
-    // beside it; an Err only means one is installed already.
+    // One crypto backend (ring) for every TLS client in the binary. Ours
+    // and the S3 client's name it; installing it as the process default
+    // covers reqwest's should another backend ever be linked in beside it;
+    // an Err only means one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = match tokio::time::timeout(CALL_TIMEOUT, client(component)).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
+    let api = match client(component) {
+        Ok(c) => c,
+        Err(e) => {
             warn!("no Kubernetes API configuration ({e}): {off}");
             return None;
         }
-        Err(_) => {
-            warn!("Kubernetes API configuration timed out: {off}");
-            return None;
-        }
     };
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let found = match tokio::time::timeout(CALL_TIMEOUT, pods.get_metadata(&pod)).await {
+    let path = pod_path(&namespace, &pod);
+    let found = match tokio::time::timeout(CALL_TIMEOUT, api.get(&path, METADATA_ONLY)).await {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
             warn!(pod = %pod, namespace = %namespace, "cannot read this pod through the Kubernetes API ({}): {off}", describe_forbidden(&e, "get on pods", true));
@@ -168,10 +166,11 @@ async fn connect(component: &'static str) -> Option<Cluster> {
         }
     };
     debug!(pod = %pod, namespace = %namespace, "Kubernetes API available");
+    let uid = found["metadata"]["uid"].as_str().map(String::from);
     Some(Cluster {
-        client,
-        uid: found.metadata.uid.clone(),
-        annotations: ours(found.metadata.annotations.unwrap_or_default()),
+        api,
+        uid,
+        annotations: ours(&found),
         namespace,
         pod,
         events_forbidden: AtomicBool::new(false),
@@ -184,47 +183,49 @@ async fn connect(component: &'static str) -> Option<Cluster> {
 /// A client from the pod's service account (or KUBECONFIG), whose requests
 /// name lifeboat in their User-Agent, so an API server's audit log and
 /// rate limits tell them apart from the app's.
-async fn client(component: &'static str) -> std::result::Result<kube::Client, String> {
-    let mut config = kube::Config::infer().await.map_err(|e| e.to_string())?;
+fn client(component: &'static str) -> std::result::Result<Api, String> {
+    let connection = connection::infer()?;
     let agent = format!("lifeboat/{} ({component})", env!("CARGO_PKG_VERSION"));
-    let agent = http::HeaderValue::from_str(&agent).map_err(|e| e.to_string())?;
-    config.headers.push((http::header::USER_AGENT, agent));
-    kube::Client::try_from(config).map_err(|e| e.to_string())
+    Ok(Api::new(connection, agent, CALL_TIMEOUT))
+}
+
+fn pod_path(namespace: &str, pod: &str) -> String {
+    format!("/api/v1/namespaces/{namespace}/pods/{pod}")
 }
 
 /// A kube error as one line. A 403 says which right is missing and whether
 /// the Role lifeboat ships grants it (`what`: "get on pods"; `shipped`: the
 /// Role in manifests/rbac.yaml has it).
-fn describe_forbidden(e: &kube::Error, what: &str, shipped: bool) -> String {
+fn describe_forbidden(e: &ApiError, what: &str, shipped: bool) -> String {
     match e {
-        kube::Error::Api(s) if s.code == 403 && shipped => format!(
-            "403 Forbidden: {}; the Role lifeboat ships (kustomize/base/rbac.yaml, manifests/rbac.yaml) grants {what}: the Role in this namespace lacks it, or is not bound to this pod's ServiceAccount",
-            s.message
+        ApiError::Status { code: 403, message, .. } if shipped => format!(
+            "403 Forbidden: {message}; the Role lifeboat ships (kustomize/base/rbac.yaml, manifests/rbac.yaml) grants {what}: the Role in this namespace lacks it, or is not bound to this pod's ServiceAccount",
         ),
-        kube::Error::Api(s) if s.code == 403 => format!(
-            "403 Forbidden: {}; add {what} to the Role (manifests/rbac.yaml does not grant it)",
-            s.message
+        ApiError::Status { code: 403, message, .. } => format!(
+            "403 Forbidden: {message}; add {what} to the Role (manifests/rbac.yaml does not grant it)",
         ),
         other => describe(other),
     }
 }
 
-/// A kube error as one line.
-fn describe(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => format!("{} {}: {}", s.code, s.reason, s.message),
-        other => other.to_string(),
-    }
+/// An API error as one line.
+fn describe(e: &ApiError) -> String {
+    e.to_string()
 }
 
-fn is_forbidden(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 403)
+fn is_forbidden(e: &ApiError) -> bool {
+    e.is_forbidden()
 }
 
-/// Only `lifeboat.dev/*` annotations matter to settings.
-fn ours(all: BTreeMap<String, String>) -> BTreeMap<String, String> {
-    all.into_iter()
+/// The `lifeboat.dev/*` annotations of an object (only they matter to
+/// settings).
+fn ours(object: &Value) -> BTreeMap<String, String> {
+    let Some(all) = object["metadata"]["annotations"].as_object() else {
+        return BTreeMap::new();
+    };
+    all.iter()
         .filter(|(k, _)| k.starts_with(PREFIX))
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
         .collect()
 }
 
@@ -274,15 +275,8 @@ impl Cluster {
             "reportingComponent": format!("lifeboat.dev/{}", self.component),
             "reportingInstance": self.pod,
         });
-        let event: Event = match serde_json::from_value(body) {
-            Ok(e) => e,
-            Err(e) => {
-                warn!("cannot build the {} Event: {e}", reason.as_str());
-                return;
-            }
-        };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
-        match tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), &event)).await {
+        let path = format!("/api/v1/namespaces/{}/events", self.namespace);
+        match tokio::time::timeout(CALL_TIMEOUT, self.api.create(&path, &body)).await {
             Ok(Ok(_)) => debug!(reason = reason.as_str(), "Event posted"),
             Ok(Err(e)) if is_forbidden(&e) => {
                 self.events_forbidden.store(true, Ordering::Relaxed);
@@ -312,9 +306,8 @@ impl Cluster {
         })
         .to_string();
         let patch = serde_json::json!({ "metadata": { "annotations": { LAST_BACKUP: value } } });
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-        let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
-        let call = pods.patch_metadata(&self.pod, &params, &patch);
+        let path = pod_path(&self.namespace, &self.pod);
+        let call = self.api.merge_patch(&path, METADATA_ONLY, &patch);
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(_)) => debug!(annotation = LAST_BACKUP, "pod annotated"),
             Ok(Err(e)) if is_forbidden(&e) => {
@@ -385,37 +378,63 @@ impl Cluster {
         &self,
         tx: &watch::Sender<BTreeMap<String, String>>,
         watch: bool,
-    ) -> std::result::Result<(), (Step, kube::Error)> {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-        let pod = pods
-            .get_metadata(&self.pod)
+    ) -> std::result::Result<(), (Step, ApiError)> {
+        let path = pod_path(&self.namespace, &self.pod);
+        let pod = self
+            .api
+            .get(&path, METADATA_ONLY)
             .await
             .map_err(|e| (Step::Get, e))?;
-        let version = pod.metadata.resource_version.clone().unwrap_or_default();
-        tx.send_if_modified(|cur| replace(cur, pod));
+        let version = pod["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        tx.send_if_modified(|cur| replace(cur, &pod));
         if !watch {
             return Ok(());
         }
-        let params = WatchParams::default()
-            .fields(&format!("metadata.name={}", self.pod))
-            .timeout(290);
+        let path = format!(
+            "/api/v1/namespaces/{}/pods?watch=true&timeoutSeconds={WATCH_SECONDS}&allowWatchBookmarks=true&fieldSelector={}&resourceVersion={}",
+            self.namespace,
+            query_value(&format!("metadata.name={}", self.pod)),
+            query_value(&version),
+        );
         let watch_err = |e| (Step::Watch, e);
-        let mut stream = pods
-            .watch_metadata(&params, &version)
+        // The server ends the watch after WATCH_SECONDS; one that goes
+        // silent past that (a dead connection) is given up on.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(WATCH_SECONDS + 30);
+        let mut events = self
+            .api
+            .watch(&path, METADATA_ONLY)
             .await
-            .map_err(watch_err)?
-            .boxed();
-        while let Some(ev) = stream.try_next().await.map_err(watch_err)? {
-            match ev {
-                WatchEvent::Added(p) | WatchEvent::Modified(p) => {
-                    tx.send_if_modified(|cur| replace(cur, p));
+            .map_err(watch_err)?;
+        loop {
+            let next = tokio::time::timeout_at(deadline, events.next()).await;
+            let Ok(next) = next else {
+                return Ok(());
+            };
+            let Some(ev) = next.map_err(watch_err)? else {
+                return Ok(());
+            };
+            match ev["type"].as_str().unwrap_or_default() {
+                "ADDED" | "MODIFIED" => {
+                    tx.send_if_modified(|cur| replace(cur, &ev["object"]));
                 }
                 // 410 Gone and the like: start again from a fresh get.
-                WatchEvent::Error(s) => return Err((Step::Watch, kube::Error::Api(s))),
-                WatchEvent::Deleted(_) | WatchEvent::Bookmark(_) => {}
+                "ERROR" => {
+                    let s = &ev["object"];
+                    return Err((
+                        Step::Watch,
+                        ApiError::Status {
+                            code: s["code"].as_u64().unwrap_or(500) as u16,
+                            reason: s["reason"].as_str().unwrap_or_default().to_string(),
+                            message: s["message"].as_str().unwrap_or_default().to_string(),
+                        },
+                    ));
+                }
+                _ => {}
             }
         }
-        Ok(())
     }
 
     /// Writes the namespace's objects of `kinds` into the artifact as YAML,
@@ -429,10 +448,7 @@ impl Cluster {
         let mut counts = BTreeMap::new();
         let mut bytes = 0u64;
         for &kind in kinds {
-            let (n, b) = match kind {
-                Exported::ConfigMaps => self.export_kind::<ConfigMap, W>(kind, tar)?,
-                Exported::Secrets => self.export_kind::<Secret, W>(kind, tar)?,
-            };
+            let (n, b) = self.export_kind(kind, tar)?;
             info!(
                 kind = kind.as_str(),
                 objects = n,
@@ -444,38 +460,55 @@ impl Cluster {
         Ok((counts, bytes))
     }
 
-    fn export_kind<K, W>(&self, kind: Exported, tar: &mut tar::Builder<W>) -> Result<(u64, u64)>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + Serialize
-            + std::fmt::Debug,
-        K::DynamicType: Default,
-        W: std::io::Write,
-    {
-        let api: Api<K> = Api::namespaced(self.client.clone(), &self.namespace);
+    fn export_kind<W: std::io::Write>(
+        &self,
+        kind: Exported,
+        tar: &mut tar::Builder<W>,
+    ) -> Result<(u64, u64)> {
+        let (resource, kind_name) = match kind {
+            Exported::ConfigMaps => ("configmaps", "ConfigMap"),
+            Exported::Secrets => ("secrets", "Secret"),
+        };
         let what = format!("listing {} in {}", kind.as_str(), self.namespace);
         let mut token: Option<String> = None;
         let (mut n, mut bytes) = (0u64, 0u64);
         let mtime = Utc::now().timestamp().max(0) as u64;
         loop {
-            let mut params = ListParams::default().limit(EXPORT_PAGE);
+            let mut path = format!(
+                "/api/v1/namespaces/{}/{resource}?limit={EXPORT_PAGE}",
+                self.namespace
+            );
             if let Some(t) = &token {
-                params = params.continue_token(t);
+                path.push_str(&format!("&continue={}", query_value(t)));
             }
-            let page: ObjectList<K> = self
+            let mut page = self
                 .handle
-                .block_on(tokio::time::timeout(CALL_TIMEOUT * 3, api.list(&params)))
+                .block_on(tokio::time::timeout(
+                    CALL_TIMEOUT * 3,
+                    self.api.get(&path, "application/json"),
+                ))
                 .map_err(|_| Error::Kube(format!("{what}: timed out")))?
                 .map_err(|e| {
                     let right = format!("list on {}", kind.as_str());
                     Error::Kube(format!("{what}: {}", describe_forbidden(&e, &right, false)))
                 })?;
-            for obj in page.items {
-                let name = obj.meta().name.clone().unwrap_or_default();
-                let yaml =
-                    to_yaml(obj).map_err(|e| Error::Source(format!("{what}: {name}: {e}")))?;
+            let items = match page["items"].take() {
+                Value::Array(items) => items,
+                Value::Null => Vec::new(),
+                _ => return Err(Error::Kube(format!("{what}: unexpected reply: no items"))),
+            };
+            for obj in items {
+                let Value::Object(obj) = obj else {
+                    return Err(Error::Kube(format!(
+                        "{what}: unexpected reply: an item is not an object"
+                    )));
+                };
+                let name = obj
+                    .get("metadata")
+                    .and_then(|m| m["name"].as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                let yaml = to_yaml(kind_name, obj);
                 let path = format!(
                     "{KUBE_TAR_DIR}/{}/{}.yaml",
                     kind.as_str(),
@@ -496,7 +529,10 @@ impl Cluster {
                 n += 1;
                 bytes += yaml.len() as u64;
             }
-            token = page.metadata.continue_.filter(|t| !t.is_empty());
+            token = page["metadata"]["continue"]
+                .as_str()
+                .filter(|t| !t.is_empty())
+                .map(String::from);
             if token.is_none() {
                 return Ok((n, bytes));
             }
@@ -504,28 +540,33 @@ impl Cluster {
     }
 }
 
-/// An object as `kubectl apply -f` takes it back: what the server assigned
-/// (uid, resourceVersion, managedFields, timestamps) left out.
-fn to_yaml<K: kube::Resource + Serialize>(mut obj: K) -> std::result::Result<String, String> {
-    let m = obj.meta_mut();
-    m.uid = None;
-    m.resource_version = None;
-    m.managed_fields = None;
-    m.creation_timestamp = None;
-    m.generation = None;
-    m.self_link = None;
-    m.owner_references = None;
-    // No block scalars (`|`, `>`): a literal block whose first line starts
-    // with a tab (a Makefile, an nginx snippet in a ConfigMap) is refused by
-    // the YAML parser kubectl uses. Quoted strings with escapes always parse.
-    let mut options = serde_saphyr::SerializerOptions::default();
-    options.prefer_block_scalars = false;
-    serde_saphyr::to_string_with_options(&obj, options).map_err(|e| e.to_string())
+/// What the server assigned and `kubectl apply -f` must not get back.
+const ASSIGNED: [&str; 7] = [
+    "uid",
+    "resourceVersion",
+    "managedFields",
+    "creationTimestamp",
+    "generation",
+    "selfLink",
+    "ownerReferences",
+];
+
+/// An object of a list (whose items carry no `apiVersion` and `kind`) as
+/// `kubectl apply -f` takes it back.
+fn to_yaml(kind: &str, mut obj: Map<String, Value>) -> String {
+    obj.insert("apiVersion".into(), Value::from("v1"));
+    obj.insert("kind".into(), Value::from(kind));
+    if let Some(Value::Object(meta)) = obj.get_mut("metadata") {
+        for k in ASSIGNED {
+            meta.remove(k);
+        }
+    }
+    yaml::to_yaml(&obj)
 }
 
 /// Puts the pod's `lifeboat.dev/*` annotations into `cur`; whether they changed.
-fn replace(cur: &mut BTreeMap<String, String>, pod: PartialObjectMeta<Pod>) -> bool {
-    let new = ours(pod.metadata.annotations.unwrap_or_default());
+fn replace(cur: &mut BTreeMap<String, String>, pod: &Value) -> bool {
+    let new = ours(pod);
     if *cur == new {
         return false;
     }
@@ -553,17 +594,24 @@ mod tests {
             ("long", &"word  ".repeat(30)),
             ("crlf", "a\r\nb"),
             ("app.kubernetes.io/name", "x: y # not a comment"),
+            (
+                "odd",
+                "nel\u{85} ls\u{2028} bom\u{feff} del\u{7f} bell\u{7} emoji\u{1f600} \"q\" \\",
+            ),
+            ("yes", "- [a, b]"),
         ];
-        let mut cm = ConfigMap::default();
-        cm.metadata.name = Some("tricky".into());
-        cm.metadata.uid = Some("gone".into());
-        cm.data = Some(
-            values
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        );
-        let yaml = to_yaml(cm).unwrap();
+        let data: Map<String, Value> = values
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(*v)))
+            .collect();
+        let obj = serde_json::json!({
+            "metadata": {"name": "tricky", "namespace": "apps", "uid": "gone", "resourceVersion": "7"},
+            "data": data,
+        });
+        let Value::Object(obj) = obj else {
+            unreachable!()
+        };
+        let yaml = to_yaml("ConfigMap", obj);
         for line in yaml.lines() {
             let indent: String = line.chars().take_while(|c| c.is_whitespace()).collect();
             assert!(
@@ -571,11 +619,18 @@ mod tests {
                 "tab in the indentation: {line:?}\n{yaml}"
             );
         }
-        assert!(!yaml.contains("uid"), "{yaml}");
-        let back: ConfigMap = serde_saphyr::from_str(&yaml).unwrap();
-        let data = back.data.unwrap();
+        assert!(
+            yaml.starts_with("apiVersion: v1\nkind: ConfigMap\nmetadata:\n"),
+            "{yaml}"
+        );
+        assert!(
+            !yaml.contains("uid") && !yaml.contains("resourceVersion"),
+            "{yaml}"
+        );
+        let back: Value = serde_saphyr::from_str(&yaml).unwrap();
+        assert_eq!(back["metadata"]["name"], "tricky", "{yaml}");
         for (k, v) in values {
-            assert_eq!(data.get(k).map(String::as_str), Some(v), "{k}\n{yaml}");
+            assert_eq!(back["data"][k].as_str(), Some(v), "{k}\n{yaml}");
         }
     }
 }

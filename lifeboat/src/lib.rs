@@ -33,6 +33,7 @@ pub mod encryption;
 pub mod error;
 pub mod hooks;
 pub mod http;
+pub mod https;
 pub mod incremental;
 pub mod json_split;
 pub mod layout;

@@ -1,0 +1,251 @@
+//! The few Kubernetes REST calls lifeboat makes, as plain HTTP with JSON
+//! values: get, merge-patch and watch one pod's metadata, create an Event,
+//! list a namespace's ConfigMaps or Secrets a page at a time. A general
+//! Kubernetes client with typed objects cost more code than everything else
+//! the init container does (README, "Binary size").
+//!
+//! The pod is asked for as `PartialObjectMetadata` (the `Accept` header
+//! below): the API server then sends only its metadata, so a watch event
+//! costs its annotations, not a whole Pod spec and status.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+use super::connection::Connection;
+use crate::https;
+
+/// Ask for metadata only (API servers since v1.15).
+pub const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+const JSON: &str = "application/json";
+const MERGE_PATCH: &str = "application/merge-patch+json";
+/// A list page holds at most a handful of objects of at most 1 MiB each.
+const REPLY_MAX: usize = 64 << 20;
+/// One watch event of a pod's metadata; more means something is wrong.
+const WATCH_LINE_MAX: usize = 4 << 20;
+
+/// A failed call: the API server's `Status` when it sent one, else what
+/// went wrong on the way.
+#[derive(Debug)]
+pub enum ApiError {
+    Status {
+        code: u16,
+        reason: String,
+        message: String,
+    },
+    Other(String),
+}
+
+impl ApiError {
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, ApiError::Status { code: 403, .. })
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiError::Status {
+                code,
+                reason,
+                message,
+            } => write!(f, "{code} {reason}: {message}"),
+            ApiError::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// A `Status` object (or anything else) as an error.
+fn status_error(code: StatusCode, body: &[u8]) -> ApiError {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let text = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
+    ApiError::Status {
+        code: code.as_u16(),
+        reason: text("reason")
+            .or_else(|| code.canonical_reason().map(String::from))
+            .unwrap_or_default(),
+        message: text("message")
+            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into()),
+    }
+}
+
+/// One API server, with lifeboat's User-Agent on every request.
+pub struct Api {
+    client: https::Client,
+    connection: Connection,
+    user_agent: String,
+}
+
+impl Api {
+    pub fn new(connection: Connection, user_agent: String, connect_timeout: Duration) -> Self {
+        Api {
+            client: https::client(connection.tls.clone(), connect_timeout),
+            connection,
+            user_agent,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        accept: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<https::Response, ApiError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.connection.server))
+            .header(header::ACCEPT, accept)
+            .header(header::USER_AGENT, &self.user_agent);
+        if let Some(auth) = self.connection.auth.header().map_err(ApiError::Other)? {
+            req = req.header(header::AUTHORIZATION, auth);
+        }
+        let bytes = match body {
+            Some((content_type, bytes)) => {
+                req = req.header(header::CONTENT_TYPE, content_type);
+                bytes
+            }
+            None => Vec::new(),
+        };
+        let req = req
+            .body(https::Body::new(Bytes::from(bytes)))
+            .map_err(|e| ApiError::Other(format!("building the request for {path}: {e}")))?;
+        let resp = self.client.request(req).await.map_err(|e| {
+            ApiError::Other(format!(
+                "{}{path}: {}",
+                self.connection.server,
+                crate::error::error_chain(&e)
+            ))
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let code = resp.status();
+        let body = https::read_body(resp, 64 << 10).await.unwrap_or_default();
+        Err(status_error(code, &body))
+    }
+
+    async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        accept: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<Value, ApiError> {
+        let resp = self.send(method, path, accept, body).await?;
+        let bytes = https::read_body(resp, REPLY_MAX)
+            .await
+            .map_err(ApiError::Other)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::Other(format!("{path}: unexpected reply: {e}")))
+    }
+
+    pub async fn get(&self, path: &str, accept: &str) -> Result<Value, ApiError> {
+        self.json(Method::GET, path, accept, None).await
+    }
+
+    pub async fn merge_patch(
+        &self,
+        path: &str,
+        accept: &str,
+        patch: &Value,
+    ) -> Result<Value, ApiError> {
+        let body = (MERGE_PATCH, patch.to_string().into_bytes());
+        self.json(Method::PATCH, path, accept, Some(body)).await
+    }
+
+    pub async fn create(&self, path: &str, object: &Value) -> Result<Value, ApiError> {
+        let body = (JSON, object.to_string().into_bytes());
+        self.json(Method::POST, path, JSON, Some(body)).await
+    }
+
+    /// A watch: events (`{"type": …, "object": …}`) one at a time, until
+    /// the server ends the stream.
+    pub async fn watch(&self, path: &str, accept: &str) -> Result<Watch, ApiError> {
+        let resp = self.send(Method::GET, path, accept, None).await?;
+        Ok(Watch {
+            body: resp.into_body(),
+            buf: Vec::new(),
+        })
+    }
+}
+
+/// An open watch stream, read a line (one JSON event) at a time.
+pub struct Watch {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+}
+
+impl Watch {
+    /// The next event, `None` once the server ended the watch.
+    pub async fn next(&mut self) -> Result<Option<Value>, ApiError> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return serde_json::from_slice(&line)
+                    .map(Some)
+                    .map_err(|e| ApiError::Other(format!("unexpected watch event: {e}")));
+            }
+            if self.buf.len() > WATCH_LINE_MAX {
+                return Err(ApiError::Other(format!(
+                    "a watch event longer than {WATCH_LINE_MAX} bytes"
+                )));
+            }
+            let Some(frame) = self.body.frame().await else {
+                // A last event without its newline still counts.
+                if self.buf.iter().all(u8::is_ascii_whitespace) {
+                    return Ok(None);
+                }
+                self.buf.push(b'\n');
+                continue;
+            };
+            let frame = frame.map_err(|e| {
+                ApiError::Other(format!(
+                    "the watch broke: {}",
+                    crate::error::error_chain(&e)
+                ))
+            })?;
+            if let Ok(data) = frame.into_data() {
+                self.buf.extend_from_slice(&data);
+            }
+        }
+    }
+}
+
+/// `s` percent-encoded for a URL's query (a continue token is base64).
+pub fn query_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_reply_reads_as_code_reason_and_message() {
+        let body = br#"{"kind":"Status","status":"Failure","message":"pods \"x\" is forbidden: User cannot get","reason":"Forbidden","code":403}"#;
+        let e = status_error(StatusCode::FORBIDDEN, body);
+        assert!(e.is_forbidden());
+        assert_eq!(
+            e.to_string(),
+            "403 Forbidden: pods \"x\" is forbidden: User cannot get"
+        );
+        let e = status_error(StatusCode::BAD_GATEWAY, b"<html>nope</html>");
+        assert_eq!(e.to_string(), "502 Bad Gateway: <html>nope</html>");
+        assert_eq!(query_value("a+b/c=="), "a%2Bb%2Fc%3D%3D");
+    }
+}
