@@ -8,7 +8,7 @@
 //! CouchDB/ArangoDB over HTTP, PostgreSQL) asks here.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::OnceLock;
 
 use hickory_resolver::TokioResolver;
@@ -53,20 +53,9 @@ pub async fn lookup(host: &str) -> io::Result<Vec<IpAddr>> {
     Ok(found)
 }
 
-/// The adapter each HTTP client library wants.
+/// The adapter the AWS SDK wants (`https::Resolver` is hyper's).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Dns;
-
-impl reqwest::dns::Resolve for Dns {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        Box::pin(async move {
-            let ips = lookup(name.as_str()).await?;
-            let addrs: reqwest::dns::Addrs =
-                Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
-            Ok(addrs)
-        })
-    }
-}
 
 impl aws_smithy_runtime_api::client::dns::ResolveDns for Dns {
     fn resolve_dns<'a>(

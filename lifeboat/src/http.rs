@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use reqwest::{Client, Method, RequestBuilder, Response, StatusCode, Url};
+use url::Url;
+
+use crate::https::{Client, Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -92,11 +94,8 @@ impl Endpoint {
     }
 
     pub fn client(&self) -> Result<Client> {
-        Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .dns_resolver(std::sync::Arc::new(crate::dns::Dns))
-            .build()
+        Client::public(CONNECT_TIMEOUT)
+            .map(|c| c.idle_timeout(READ_TIMEOUT))
             .map_err(|e| self.error("setting up HTTP", e))
     }
 

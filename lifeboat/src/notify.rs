@@ -74,16 +74,14 @@ pub fn body(
 
 /// Posts `body`, retrying transient failures. Returns how many attempts it took.
 pub async fn send(n: &Notify, body: &Value) -> Result<u32, String> {
-    let client = reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .dns_resolver(std::sync::Arc::new(crate::dns::Dns))
-        .build()
-        .map_err(|e| format!("setting up HTTP: {e}"))?;
+    let client = crate::https::Client::public(TIMEOUT)
+        .map_err(|e| format!("setting up HTTP: {e}"))?
+        .timeout(TIMEOUT);
     let mut pause = FIRST_BACKOFF;
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {
         // Errors are shown without their URL: it is often the secret.
-        match client.post(n.url.clone()).json(body).send().await {
+        match client.post(n.url.as_str()).json(body).send().await {
             Ok(r) if r.status().is_success() => return Ok(attempt),
             Ok(r) => {
                 let status = r.status();

@@ -10,13 +10,10 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{header, Method, Request, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::Value;
 
-use super::connection::Connection;
-use crate::https;
+use super::connection::{Auth, Connection};
+use crate::https::{self, Method, StatusCode};
 
 /// Ask for metadata only (API servers since v1.15).
 pub const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
@@ -75,15 +72,17 @@ fn status_error(code: StatusCode, body: &[u8]) -> ApiError {
 /// One API server, with lifeboat's User-Agent on every request.
 pub struct Api {
     client: https::Client,
-    connection: Connection,
+    server: String,
+    auth: Auth,
     user_agent: String,
 }
 
 impl Api {
     pub fn new(connection: Connection, user_agent: String, connect_timeout: Duration) -> Self {
         Api {
-            client: https::client(connection.tls.clone(), connect_timeout),
-            connection,
+            client: https::Client::new(connection.tls, connect_timeout),
+            server: connection.server,
+            auth: connection.auth,
             user_agent,
         }
     }
@@ -93,38 +92,28 @@ impl Api {
         method: Method,
         path: &str,
         accept: &str,
-        body: Option<(&str, Vec<u8>)>,
+        body: Option<(&'static str, Vec<u8>)>,
     ) -> Result<https::Response, ApiError> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.connection.server))
-            .header(header::ACCEPT, accept)
-            .header(header::USER_AGENT, &self.user_agent);
-        if let Some(auth) = self.connection.auth.header().map_err(ApiError::Other)? {
-            req = req.header(header::AUTHORIZATION, auth);
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.server))
+            .header("accept", accept)
+            .header("user-agent", &self.user_agent);
+        if let Some(auth) = self.auth.header().map_err(ApiError::Other)? {
+            req = req.header("authorization", auth);
         }
-        let bytes = match body {
-            Some((content_type, bytes)) => {
-                req = req.header(header::CONTENT_TYPE, content_type);
-                bytes
-            }
-            None => Vec::new(),
-        };
-        let req = req
-            .body(https::Body::new(Bytes::from(bytes)))
-            .map_err(|e| ApiError::Other(format!("building the request for {path}: {e}")))?;
-        let resp = self.client.request(req).await.map_err(|e| {
-            ApiError::Other(format!(
-                "{}{path}: {}",
-                self.connection.server,
-                crate::error::error_chain(&e)
-            ))
-        })?;
+        if let Some((content_type, bytes)) = body {
+            req = req.header("content-type", content_type).body(bytes);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ApiError::Other(format!("{}{path}: {e}", self.server)))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
         let code = resp.status();
-        let body = https::read_body(resp, 64 << 10).await.unwrap_or_default();
+        let body = resp.bytes_up_to(64 << 10).await.unwrap_or_default();
         Err(status_error(code, &body))
     }
 
@@ -133,12 +122,13 @@ impl Api {
         method: Method,
         path: &str,
         accept: &str,
-        body: Option<(&str, Vec<u8>)>,
+        body: Option<(&'static str, Vec<u8>)>,
     ) -> Result<Value, ApiError> {
         let resp = self.send(method, path, accept, body).await?;
-        let bytes = https::read_body(resp, REPLY_MAX)
+        let bytes = resp
+            .bytes_up_to(REPLY_MAX)
             .await
-            .map_err(ApiError::Other)?;
+            .map_err(|e| ApiError::Other(format!("{path}: {e}")))?;
         serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::Other(format!("{path}: unexpected reply: {e}")))
     }
@@ -167,7 +157,7 @@ impl Api {
     pub async fn watch(&self, path: &str, accept: &str) -> Result<Watch, ApiError> {
         let resp = self.send(Method::GET, path, accept, None).await?;
         Ok(Watch {
-            body: resp.into_body(),
+            resp,
             buf: Vec::new(),
         })
     }
@@ -175,7 +165,7 @@ impl Api {
 
 /// An open watch stream, read a line (one JSON event) at a time.
 pub struct Watch {
-    body: hyper::body::Incoming,
+    resp: https::Response,
     buf: Vec<u8>,
 }
 
@@ -197,7 +187,12 @@ impl Watch {
                     "a watch event longer than {WATCH_LINE_MAX} bytes"
                 )));
             }
-            let Some(frame) = self.body.frame().await else {
+            let chunk = self
+                .resp
+                .chunk()
+                .await
+                .map_err(|e| ApiError::Other(format!("the watch broke: {e}")))?;
+            let Some(data) = chunk else {
                 // A last event without its newline still counts.
                 if self.buf.iter().all(u8::is_ascii_whitespace) {
                     return Ok(None);
@@ -205,15 +200,7 @@ impl Watch {
                 self.buf.push(b'\n');
                 continue;
             };
-            let frame = frame.map_err(|e| {
-                ApiError::Other(format!(
-                    "the watch broke: {}",
-                    crate::error::error_chain(&e)
-                ))
-            })?;
-            if let Ok(data) = frame.into_data() {
-                self.buf.extend_from_slice(&data);
-            }
+            self.buf.extend_from_slice(&data);
         }
     }
 }

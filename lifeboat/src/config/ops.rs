@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use reqwest::Url;
+use url::Url;
 
 use super::reader::{parse_duration, Problems, Raw, Value};
 use crate::schedule::{self, Schedule};

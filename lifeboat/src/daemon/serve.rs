@@ -284,12 +284,9 @@ async fn backup_now(peer: SocketAddr, shared: &Shared) -> Response {
 pub async fn ask(addr: SocketAddr) -> Result<Option<String>> {
     let url = format!("http://{addr}/backup-now");
     let failed = |why: String| Error::Source(format!("the running sidecar at {addr}: {why}"));
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        // Loopback: an HTTP_PROXY in the pod's environment must not see it.
-        .no_proxy()
-        .build()
-        .map_err(|e| failed(e.to_string()))?;
+    // Loopback, plain HTTP; no time limit: the answer comes when the
+    // backup is done.
+    let client = crate::https::Client::public(Duration::from_secs(5)).map_err(failed)?;
     debug!(address = %addr, "asking the running sidecar for a backup");
     let reply = match client.post(&url).send().await {
         Ok(r) => r,

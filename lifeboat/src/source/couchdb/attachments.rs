@@ -16,8 +16,8 @@ use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::https::{Client, Method, Response, StatusCode};
 use bytes::{Buf, Bytes};
-use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
@@ -349,7 +349,7 @@ pub async fn load_doc(
             format!("multipart/related; boundary=\"{boundary}\""),
         )
         .header("Content-Length", size)
-        .body(reqwest::Body::wrap(stream.into_inner()));
+        .body_stream(stream.into_inner());
     let about = format!("{what}: document {id:?} revision {rev} with attachments");
     let resp = match conn.send(put, &about).await? {
         Ok(r) => r,
