@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the release binaries the images ship: static glibc (crt-static on
 # the gnu target; no musl target here), then checks what the images rely
-# on: no dynamic loader needed, each under 20 MB, and host names resolve in
+# on: no dynamic loader needed, each within its size budget, and host names resolve in
 # an empty root that holds only the binary, /etc/hosts and /etc/resolv.conf,
 # as in a scratch container. Prints the sizes.
 set -euo pipefail
@@ -10,15 +10,18 @@ target=x86_64-unknown-linux-gnu
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$target" \
   -p lifeboat-sidecar -p lifeboat-restore
 out="target/$target/release"
-limit=$((20 * 1024 * 1024))
+# Budgets in MB (10^6 bytes), README "Binary size": a ratchet, so the
+# binaries do not grow back; the goal for both is 12 MB.
+declare -A budget=([lifeboat-sidecar]=14 [lifeboat-restore]=12)
 for bin in lifeboat-sidecar lifeboat-restore; do
   f="$out/$bin"
+  limit=$((budget[$bin] * 1000 * 1000))
   if ldd "$f" 2>&1 | grep -q "=>"; then
     echo "FAIL: $bin links shared libraries:"; ldd "$f"; exit 1
   fi
   size=$(stat -c %s "$f")
   printf '%s: %s bytes (%s MiB), ldd: %s\n' "$bin" "$size" "$(awk -v s="$size" 'BEGIN { printf "%.1f", s / 1048576 }')" "$(ldd "$f" 2>&1 | tr -d '\t')"
-  if [ "$size" -ge "$limit" ]; then echo "FAIL: $bin is not under 20 MB"; exit 1; fi
+  if [ "$size" -gt "$limit" ]; then echo "FAIL: $bin is over its budget of ${budget[$bin]} MB (README, Binary size)"; exit 1; fi
 done
 # Name resolution without NSS modules (run as root: mknod, chroot): an S3 endpoint named "localhost" on a
 # closed port must fail with "connection refused", not a DNS error.

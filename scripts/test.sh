@@ -23,7 +23,7 @@ step() {
 # say how much room there was.
 disk_report() { echo "test.sh: free disk $1: $(df -Ph . "${TMPDIR:-/tmp}" | awk 'NR>1 {print $6 " " $4}' | paste -sd, -)"; }
 disk_report "before the build"
-# The release binaries the images ship (static, < 20 MB, names resolve in
+# The release binaries the images ship (static, within their size budgets, names resolve in
 # an empty root; the log prints both sizes) build in the background from the
 # start, at the lowest priority: they take the CPU the debug build leaves
 # idle (its last crates and links run one at a time) and the tests leave
