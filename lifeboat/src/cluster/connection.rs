@@ -117,8 +117,7 @@ struct ClusterEntry {
 #[derive(Deserialize)]
 struct NamedUser {
     name: String,
-    #[serde(default)]
-    user: UserEntry,
+    user: Option<UserEntry>,
 }
 
 #[derive(Deserialize, Default)]
@@ -150,7 +149,9 @@ struct ContextEntry {
 fn from_kubeconfig(path: &Path) -> Result<Connection, String> {
     let at = |what: String| format!("kubeconfig {}: {what}", path.display());
     let text = std::fs::read_to_string(path).map_err(|e| at(format!("{e}")))?;
-    let config: Kubeconfig = serde_saphyr::from_str(&text).map_err(|e| at(format!("{e}")))?;
+    let config: Kubeconfig = super::yaml::read(&text)
+        .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()))
+        .map_err(at)?;
     let current = config
         .current_context
         .as_deref()
@@ -173,7 +174,7 @@ fn from_kubeconfig(path: &Path) -> Result<Connection, String> {
             .users
             .iter()
             .find(|u| &u.name == name)
-            .map(|u| &u.user)
+            .map(|u| u.user.as_ref().unwrap_or(&none))
             .ok_or_else(|| at(format!("no user named {name:?}")))?,
         None => &none,
     };
