@@ -12,7 +12,7 @@ RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --targe
 out="target/$target/release"
 # Budgets in MB (10^6 bytes), README "Binary size": a ratchet, so the
 # binaries do not grow back; the goal for both is 12 MB.
-declare -A budget=([lifeboat-sidecar]=14 [lifeboat-restore]=12)
+declare -A budget=([lifeboat-sidecar]=13 [lifeboat-restore]=12)
 for bin in lifeboat-sidecar lifeboat-restore; do
   f="$out/$bin"
   limit=$((budget[$bin] * 1000 * 1000))
