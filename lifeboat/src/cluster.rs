@@ -380,10 +380,13 @@ impl Cluster {
         watch: bool,
     ) -> std::result::Result<(), (Step, ApiError)> {
         let path = pod_path(&self.namespace, &self.pod);
-        let pod = self
-            .api
-            .get(&path, METADATA_ONLY)
+        let timed_out = |step| {
+            let what = format!("no answer within {}s", CALL_TIMEOUT.as_secs());
+            (step, ApiError::Other(what))
+        };
+        let pod = tokio::time::timeout(CALL_TIMEOUT, self.api.get(&path, METADATA_ONLY))
             .await
+            .map_err(|_| timed_out(Step::Get))?
             .map_err(|e| (Step::Get, e))?;
         let version = pod["metadata"]["resourceVersion"]
             .as_str()
@@ -403,10 +406,9 @@ impl Cluster {
         // The server ends the watch after WATCH_SECONDS; one that goes
         // silent past that (a dead connection) is given up on.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(WATCH_SECONDS + 30);
-        let mut events = self
-            .api
-            .watch(&path, METADATA_ONLY)
+        let mut events = tokio::time::timeout(CALL_TIMEOUT, self.api.watch(&path, METADATA_ONLY))
             .await
+            .map_err(|_| timed_out(Step::Watch))?
             .map_err(watch_err)?;
         loop {
             let next = tokio::time::timeout_at(deadline, events.next()).await;

@@ -149,53 +149,86 @@ async fn resolve(conf: &ResolvConf, host: &str) -> io::Result<Vec<IpAddr>> {
             format!("cannot resolve {host}: no nameserver in {RESOLV_CONF}"),
         ));
     }
+    let mut failed = None;
     for name in conf.candidates(host) {
         // IPv4 first: many clusters have no IPv6 route.
         let (v4, v6) = tokio::join!(
             ask(conf, &name, message::A),
             ask(conf, &name, message::AAAA)
         );
-        let (v4, v6) = match (v4, v6) {
-            (Err(e), Err(_)) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("cannot resolve {host}: {e}"),
-                ))
-            }
-            (v4, v6) => (v4.unwrap_or_default(), v6.unwrap_or_default()),
-        };
-        // No such name, or a name without addresses: the next candidate,
-        // as glibc's search does.
-        let found: Vec<IpAddr> = v4.into_iter().chain(v6).flatten().collect();
+        let found: Vec<IpAddr> = [&v4, &v6]
+            .into_iter()
+            .filter_map(|o| match o {
+                Outcome::Found(ips) => Some(ips.iter().copied()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
         if !found.is_empty() {
             return Ok(found);
         }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("cannot resolve {host}: no such host"),
-    ))
-}
-
-/// Asks the servers in turn, `attempts` rounds. `Ok(None)`: no such name;
-/// `Ok(Some(ips))`: the name exists (perhaps without this type).
-async fn ask(conf: &ResolvConf, name: &str, qtype: u16) -> io::Result<Option<Vec<IpAddr>>> {
-    let mut last = io::Error::new(io::ErrorKind::TimedOut, "no DNS server answered");
-    for _ in 0..conf.attempts {
-        for &server in &conf.nameservers {
-            match exchange(server, name, qtype, conf.timeout).await {
-                Ok(Reply::Found(ips)) => return Ok(Some(ips)),
-                Ok(Reply::NoSuchName) => return Ok(None),
-                Ok(Reply::ServerFailed(code)) => {
-                    last =
-                        io::Error::other(format!("the DNS server {server} failed (rcode {code})"));
+        // As glibc's search: no server answering stops it (a later search
+        // domain must not answer for a name the right one would have);
+        // no such name, no addresses or a failing server move on.
+        for o in [v4, v6] {
+            match o {
+                Outcome::Unanswered(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot resolve {host}: {e}"),
+                    ))
                 }
-                Ok(Reply::Truncated) => unreachable!("exchange asks again over TCP"),
-                Err(e) => last = e,
+                Outcome::ServerFailed(why) => failed = Some(why),
+                _ => {}
             }
         }
     }
-    Err(last)
+    Err(match failed {
+        Some(why) => io::Error::other(format!("cannot resolve {host}: {why}")),
+        None => io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("cannot resolve {host}: no such host"),
+        ),
+    })
+}
+
+/// What the servers said about one name and type.
+enum Outcome {
+    /// Addresses (none: the name exists without this type).
+    Found(Vec<IpAddr>),
+    NoSuchName,
+    /// Every server answered, none usefully (SERVFAIL, REFUSED).
+    ServerFailed(String),
+    /// Some server did not answer at all.
+    Unanswered(io::Error),
+}
+
+/// Asks the servers in turn, `attempts` rounds.
+async fn ask(conf: &ResolvConf, name: &str, qtype: u16) -> Outcome {
+    let mut last = Outcome::Unanswered(io::Error::new(
+        io::ErrorKind::TimedOut,
+        "no DNS server answered",
+    ));
+    for _ in 0..conf.attempts {
+        for &server in &conf.nameservers {
+            match exchange(server, name, qtype, conf.timeout).await {
+                Ok(Reply::Found(ips)) => return Outcome::Found(ips),
+                Ok(Reply::NoSuchName) => return Outcome::NoSuchName,
+                Ok(Reply::ServerFailed(code)) => {
+                    last = Outcome::ServerFailed(format!(
+                        "the DNS server {server} failed (rcode {code})"
+                    ));
+                }
+                Ok(Reply::Truncated) => {
+                    last = Outcome::ServerFailed(format!(
+                        "the DNS server {server} sent a truncated answer over TCP"
+                    ));
+                }
+                Err(e) => last = Outcome::Unanswered(e),
+            }
+        }
+    }
+    last
 }
 
 /// One question to one server: over UDP, and again over TCP when the
@@ -230,7 +263,7 @@ async fn exchange(
         loop {
             let n = socket.recv(&mut buf).await?;
             // A datagram that is not the answer (late, stray) is ignored.
-            if let Ok(reply) = message::parse(&buf[..n], id, qtype) {
+            if let Ok(reply) = message::parse(&buf[..n], id, name, qtype) {
                 return io::Result::Ok(reply);
             }
         }
@@ -249,7 +282,7 @@ async fn exchange(
         let len = stream.read_u16().await? as usize;
         let mut buf = vec![0u8; len];
         stream.read_exact(&mut buf).await?;
-        message::parse(&buf, id, qtype).map_err(io::Error::other)
+        message::parse(&buf, id, name, qtype).map_err(io::Error::other)
     };
     tokio::time::timeout(limit, tcp)
         .await

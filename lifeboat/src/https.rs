@@ -147,6 +147,12 @@ impl Client {
         let mut http = HttpConnector::new_with_resolver(Resolver);
         http.enforce_http(false);
         http.set_connect_timeout(Some(connect_timeout));
+        // As reqwest did: small requests go out at once, and a peer that
+        // vanished (a node or API server failover) is noticed by the kernel.
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(15)));
+        http.set_keepalive_interval(Some(Duration::from_secs(15)));
+        http.set_keepalive_retries(Some(3));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -429,20 +435,20 @@ impl Response {
     }
 }
 
+/// A one-shot HTTP server for unit tests of this client's users.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::{BufRead, BufReader, Read, Write};
+pub(crate) mod fake_server {
+    use std::io::{BufRead, BufReader, Read};
     use std::net::TcpListener;
 
-    /// A one-connection HTTP/1.1 server on 127.0.0.1: reads the request
-    /// (headers, then `Content-Length` body bytes), hands it to `answer`,
-    /// which writes the reply (or not).
-    fn serve_once(
+    /// A one-connection HTTP/1.1 server on 127.0.0.1 (its base URL is
+    /// returned): reads the request (headers, then `Content-Length` body
+    /// bytes) and hands it to `answer`, which writes the reply (or not).
+    pub fn serve_once(
         answer: impl FnOnce(String, Vec<u8>, &mut std::net::TcpStream) + Send + 'static,
     ) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/x", listener.local_addr().unwrap());
+        let url = format!("http://{}", listener.local_addr().unwrap());
         std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
             let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -464,6 +470,14 @@ mod tests {
         });
         url
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake_server::serve_once;
+    use super::*;
+    use std::io::Write;
+    use std::net::TcpListener;
 
     fn client() -> Client {
         Client::public(Duration::from_secs(2)).unwrap()
@@ -475,7 +489,7 @@ mod tests {
         let started = Instant::now();
         let err = client()
             .idle_timeout(Duration::from_millis(300))
-            .get(&url)
+            .get(format!("{url}/x"))
             .send()
             .await
             .err()
@@ -505,7 +519,7 @@ mod tests {
         let started = Instant::now();
         let resp = client()
             .idle_timeout(Duration::from_millis(300))
-            .request(Method::PUT, &url)
+            .request(Method::PUT, format!("{url}/x"))
             .basic_auth("u", Some("pw"))
             .header("Content-Length", 8000u64)
             .body_stream(http_body_util::StreamBody::new(pieces))
@@ -527,7 +541,7 @@ mod tests {
             stream.write_all(reply.as_bytes()).unwrap();
             stream.write_all(&body).unwrap();
         });
-        let resp = client().get(&url).send().await.unwrap();
+        let resp = client().get(format!("{url}/x")).send().await.unwrap();
         let err = resp.bytes_up_to(4096).await.err().unwrap();
         assert!(err.to_string().contains("larger than 4096 bytes"), "{err}");
 

@@ -77,11 +77,22 @@ pub async fn send(n: &Notify, body: &Value) -> Result<u32, String> {
     let client = crate::https::Client::public(TIMEOUT)
         .map_err(|e| format!("setting up HTTP: {e}"))?
         .timeout(TIMEOUT);
+    // `https://user:pw@host/…`: the credentials go as Basic auth, not in
+    // the request line (nor in the connection pool's key).
+    let mut url = n.url.clone();
+    let user = url.username().to_string();
+    let password = url.password().map(String::from);
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
     let mut pause = FIRST_BACKOFF;
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {
+        let mut req = client.post(url.as_str()).json(body);
+        if !user.is_empty() || password.is_some() {
+            req = req.basic_auth(&user, password.as_ref());
+        }
         // Errors are shown without their URL: it is often the secret.
-        match client.post(n.url.as_str()).json(body).send().await {
+        match req.send().await {
             Ok(r) if r.status().is_success() => return Ok(attempt),
             Ok(r) => {
                 let status = r.status();
@@ -240,5 +251,33 @@ mod tests {
         );
         let text = b["text"].as_str().unwrap();
         assert!(text.contains("default/web-0") && text.contains("disk on fire"));
+    }
+
+    /// `https://user:pw@host/…` sends Basic auth, and the credentials are
+    /// not in the request line.
+    #[tokio::test]
+    async fn credentials_in_the_url_go_as_basic_auth() {
+        use std::io::Write;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let base = crate::https::fake_server::serve_once(move |head, _, stream| {
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .unwrap();
+            tx.send(head).unwrap();
+        });
+        let base = base.trim_start_matches("http://");
+        let n = Notify {
+            url: url::Url::parse(&format!("http://hook:s3cret@{base}/hook")).unwrap(),
+            on: crate::config::NotifyOn::Always,
+            format: NotifyFormat::Json,
+        };
+        assert_eq!(send(&n, &serde_json::json!({"ok": true})).await, Ok(1));
+        let head = rx.recv().unwrap();
+        assert!(head.starts_with("POST /hook HTTP/1.1\r\n"), "{head}");
+        assert!(
+            head.contains("authorization: Basic aG9vazpzM2NyZXQ="),
+            "{head}"
+        );
+        assert!(!head.contains("s3cret"), "{head}");
     }
 }

@@ -21,6 +21,8 @@ const JSON: &str = "application/json";
 const MERGE_PATCH: &str = "application/merge-patch+json";
 /// A list page holds at most a handful of objects of at most 1 MiB each.
 const REPLY_MAX: usize = 64 << 20;
+/// Tries of a call the API server answers "busy".
+const BUSY_RETRIES: u32 = 3;
 /// One watch event of a pod's metadata; more means something is wrong.
 const WATCH_LINE_MAX: usize = 4 << 20;
 
@@ -87,6 +89,9 @@ impl Api {
         }
     }
 
+    /// One call, tried again (as client-go and kube-rs do) when the API
+    /// server says it is busy: 429, 503 or 504, after its `Retry-After`
+    /// (capped) or a short pause. The caller's timeout bounds it all.
     async fn send(
         &self,
         method: Method,
@@ -94,12 +99,44 @@ impl Api {
         accept: &str,
         body: Option<(&'static str, Vec<u8>)>,
     ) -> Result<https::Response, ApiError> {
+        let mut pause = Duration::from_millis(500);
+        for _ in 1..BUSY_RETRIES {
+            match self
+                .send_once(method.clone(), path, accept, body.clone())
+                .await
+            {
+                Err((
+                    ApiError::Status {
+                        code: 429 | 503 | 504,
+                        ..
+                    },
+                    wait,
+                )) => {
+                    tokio::time::sleep(wait.unwrap_or(pause).min(Duration::from_secs(5))).await;
+                    pause *= 2;
+                }
+                other => return other.map_err(|(e, _)| e),
+            }
+        }
+        self.send_once(method, path, accept, body)
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    /// One try; an error status comes with the server's `Retry-After`.
+    async fn send_once(
+        &self,
+        method: Method,
+        path: &str,
+        accept: &str,
+        body: Option<(&'static str, Vec<u8>)>,
+    ) -> Result<https::Response, (ApiError, Option<Duration>)> {
         let mut req = self
             .client
             .request(method, format!("{}{path}", self.server))
             .header("accept", accept)
             .header("user-agent", &self.user_agent);
-        if let Some(auth) = self.auth.header().map_err(ApiError::Other)? {
+        if let Some(auth) = self.auth.header().map_err(|e| (ApiError::Other(e), None))? {
             req = req.header("authorization", auth);
         }
         if let Some((content_type, bytes)) = body {
@@ -108,13 +145,18 @@ impl Api {
         let resp = req
             .send()
             .await
-            .map_err(|e| ApiError::Other(format!("{}{path}: {e}", self.server)))?;
+            .map_err(|e| (ApiError::Other(format!("{}{path}: {e}", self.server)), None))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
         let code = resp.status();
+        let wait = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let body = resp.bytes_up_to(64 << 10).await.unwrap_or_default();
-        Err(status_error(code, &body))
+        Err((status_error(code, &body), wait))
     }
 
     async fn json(
@@ -234,5 +276,78 @@ mod tests {
         let e = status_error(StatusCode::BAD_GATEWAY, b"<html>nope</html>");
         assert_eq!(e.to_string(), "502 Bad Gateway: <html>nope</html>");
         assert_eq!(query_value("a+b/c=="), "a%2Bb%2Fc%3D%3D");
+    }
+
+    /// A FAKE API server (HTTP/1.1 on 127.0.0.1, keep-alive): answers
+    /// each request with the next status of `script` and counts them.
+    fn busy_server(script: Vec<u16>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            let mut script = script.into_iter();
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    if line != "\r\n" {
+                        continue;
+                    }
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let code = script.next().unwrap_or(200);
+                    let body = if code == 200 {
+                        "{}".to_string()
+                    } else {
+                        format!(
+                            r#"{{"kind":"Status","reason":"TooManyRequests","message":"busy","code":{code}}}"#
+                        )
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 {code} X\r\nretry-after: 0\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    stream.write_all(reply.as_bytes()).unwrap();
+                }
+            }
+        });
+        (url, count)
+    }
+
+    fn api(server: String) -> Api {
+        let connection = Connection {
+            server,
+            tls: https::public_tls().unwrap(),
+            auth: Auth::None,
+        };
+        Api::new(connection, "lifeboat/test".into(), Duration::from_secs(2))
+    }
+
+    #[tokio::test]
+    async fn a_busy_api_server_is_asked_again_a_few_times() {
+        use std::sync::atomic::Ordering;
+        let (url, count) = busy_server(vec![429, 503]);
+        let v = api(url).get("/api/v1/x", JSON).await.unwrap();
+        assert_eq!(v, serde_json::json!({}));
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+
+        let (url, count) = busy_server(vec![504, 504, 504, 504]);
+        let err = api(url).get("/api/v1/x", JSON).await.unwrap_err();
+        assert!(err.to_string().starts_with("504 "), "{err}");
+        assert_eq!(count.load(Ordering::SeqCst), BUSY_RETRIES as usize);
+
+        let (url, count) = busy_server(vec![403]);
+        assert!(api(url)
+            .get("/api/v1/x", JSON)
+            .await
+            .unwrap_err()
+            .is_forbidden());
+        assert_eq!(count.load(Ordering::SeqCst), 1, "a refusal is not busy");
     }
 }

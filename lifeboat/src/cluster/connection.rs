@@ -51,13 +51,26 @@ pub struct Connection {
 /// order `kubectl` and client-go follow when `KUBECONFIG` is unset.
 pub fn infer() -> Result<Connection, String> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    if let Some(list) = env("KUBECONFIG") {
-        let first = list.split(':').find(|p| !p.is_empty()).unwrap_or(&list);
-        return from_kubeconfig(Path::new(first));
-    }
-    if let Some(host) = env("KUBERNETES_SERVICE_HOST") {
+    let pod = env("KUBERNETES_SERVICE_HOST").map(|host| {
         let port = env("KUBERNETES_SERVICE_PORT").unwrap_or_else(|| "443".into());
-        return in_cluster(&host, &port, Path::new(SERVICE_ACCOUNT));
+        in_cluster(&host, &port, Path::new(SERVICE_ACCOUNT))
+    });
+    if let Some(list) = env("KUBECONFIG") {
+        // Only the first file of a list is read (kubectl merges them).
+        let first = list.split(':').find(|p| !p.is_empty()).unwrap_or(&list);
+        return match (from_kubeconfig(Path::new(first)), pod) {
+            (Ok(c), _) => Ok(c),
+            // A broken KUBECONFIG in a pod: the service account, as
+            // client-go's in-cluster fallback does.
+            (Err(e), Some(Ok(c))) => {
+                tracing::warn!("{e}; using the pod's service account instead");
+                Ok(c)
+            }
+            (Err(e), _) => Err(e),
+        };
+    }
+    if let Some(pod) = pod {
+        return pod;
     }
     let home = env("HOME").map(|h| Path::new(&h).join(".kube/config"));
     match home {
@@ -132,6 +145,9 @@ struct UserEntry {
     client_key_data: Option<String>,
     exec: Option<serde::de::IgnoredAny>,
     auth_provider: Option<serde::de::IgnoredAny>,
+    username: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "as")]
+    impersonate: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -178,6 +194,13 @@ fn from_kubeconfig(path: &Path) -> Result<Connection, String> {
             .ok_or_else(|| at(format!("no user named {name:?}")))?,
         None => &none,
     };
+    if user.username.is_some() || user.impersonate.is_some() {
+        return Err(at(
+            "username/password and impersonation (as) are not supported; give the user a \
+             token, tokenFile or client certificate"
+                .into(),
+        ));
+    }
     if user.exec.is_some() || user.auth_provider.is_some() {
         return Err(at(
             "the user authenticates through an exec or auth-provider plugin, which lifeboat \

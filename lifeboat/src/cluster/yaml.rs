@@ -158,6 +158,8 @@ fn uncommented(text: &str) -> &str {
             None if c == b'#' && after(b" ") => return text[..i].trim_end(),
             None if (c == b'"' || c == b'\'') && after(b" -:[{,") => quote = Some(c),
             Some(b'"') if c == b'\\' => i += 1,
+            // `''` inside single quotes is a quote, not the end.
+            Some(b'\'') if c == b'\'' && b.get(i + 1) == Some(&b'\'') => i += 1,
             Some(q) if c == q => quote = None,
             _ => {}
         }
@@ -340,10 +342,12 @@ fn read_scalar(text: &str, no: usize) -> Result<Value, String> {
             Value::String(t[1..t.len() - 1].replace("''", "'"))
         }
         t if t.starts_with(['"', '\'', '{', '[', '&', '*', '!', '|', '>', '%', '@', '`']) => {
+            // The value is not shown: it may be a token.
             return Err(fail(
                 no,
-                &format!("{t:?}: only plain and quoted values are read here"),
-            ))
+                "only plain and quoted values are read here (no anchors, tags, flow \
+                 collections or block scalars)",
+            ));
         }
         t => Value::String(t.to_string()),
     })
@@ -392,7 +396,7 @@ mod tests {
 
     #[test]
     fn a_kubeconfig_as_kubectl_and_installers_write_it_is_read() {
-        let text = "# written by kind\napiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: LS0tLS1CRUdJTg==\n    server: https://127.0.0.1:6443\n  name: kind-kind\ncontexts:\n- context:\n    cluster: kind-kind\n    user: \"kind-kind\"\n  name: kind-kind # the only one\ncurrent-context: 'kind-kind'\nkind: Config\npreferences: {}\nusers:\n-   name: kind-kind\n    user:\n      token: \"a#b: c\"\n      insecure: true\n";
+        let text = "# written by kind\napiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: LS0tLS1CRUdJTg==\n    server: https://127.0.0.1:6443\n  name: kind-kind\ncontexts:\n- context:\n    cluster: kind-kind\n    user: \"kind-kind\"\n  name: kind-kind # the only one\ncurrent-context: 'kind-kind'\nkind: Config\npreferences: {}\nusers:\n-   name: kind-kind\n    user:\n      token: \"a#b: c\"\n      insecure: true\n      other: 'ab''c #d'\n";
         let v = read(text).unwrap();
         assert_eq!(
             v["clusters"][0]["cluster"]["server"],
@@ -405,6 +409,7 @@ mod tests {
         assert_eq!(v["preferences"], serde_json::json!({}));
         assert_eq!(v["users"][0]["user"]["token"], "a#b: c");
         assert_eq!(v["users"][0]["user"]["insecure"], true);
+        assert_eq!(v["users"][0]["user"]["other"], "ab'c #d");
         // What this writer writes, this reader reads back.
         let obj = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "x", "labels": {"a": "b"}},

@@ -68,7 +68,7 @@ fn skip_name(m: &[u8], mut at: usize) -> Result<usize, String> {
 
 /// Reads the reply to the query `id` for `qtype`. `Err` when it is not a
 /// reply to that query (a stray or forged datagram) or is malformed.
-pub fn parse(m: &[u8], id: u16, qtype: u16) -> Result<Reply, String> {
+pub fn parse(m: &[u8], id: u16, name: &str, qtype: u16) -> Result<Reply, String> {
     if u16_at(m, 0)? != id {
         return Err("a DNS reply to another query".into());
     }
@@ -85,10 +85,16 @@ pub fn parse(m: &[u8], id: u16, qtype: u16) -> Result<Reply, String> {
         rcode => return Ok(Reply::ServerFailed(rcode)),
     }
     let (questions, answers) = (u16_at(m, 4)?, u16_at(m, 6)?);
-    let mut at = 12;
-    for _ in 0..questions {
-        at = skip_name(m, at)? + 4;
+    if questions != 1 {
+        return Err("a DNS reply without our question".into());
     }
+    let at = skip_name(m, 12)? + 4;
+    // The question must come back as asked (names compare without case).
+    let echoed = m.get(12..at).ok_or("a DNS reply cut short")?;
+    if !echoed.eq_ignore_ascii_case(&query(id, name, qtype)?[12..]) {
+        return Err("a DNS reply to another question".into());
+    }
+    let mut at = at;
     let mut found = Vec::new();
     for _ in 0..answers {
         at = skip_name(m, at)?;
@@ -101,11 +107,11 @@ pub fn parse(m: &[u8], id: u16, qtype: u16) -> Result<Reply, String> {
         if class != CLASS_IN || rtype != qtype {
             continue; // CNAMEs on the way: the resolver followed them.
         }
-        match data.len() {
-            4 => found.push(IpAddr::V4(Ipv4Addr::new(
+        match (data.len(), qtype) {
+            (4, A) => found.push(IpAddr::V4(Ipv4Addr::new(
                 data[0], data[1], data[2], data[3],
             ))),
-            16 => {
+            (16, AAAA) => {
                 let mut b = [0u8; 16];
                 b.copy_from_slice(data);
                 found.push(IpAddr::V6(Ipv6Addr::from(b)));
@@ -123,26 +129,38 @@ mod tests {
 
     #[test]
     fn queries_and_replies_round_trip() {
-        let q = query(0x1234, "minio.storage.svc.cluster.local.", A).unwrap();
+        const NAME: &str = "minio.storage.svc.cluster.local.";
+        let q = query(0x1234, NAME, A).unwrap();
         assert_eq!(&q[..4], &[0x12, 0x34, 0x01, 0x00]);
         assert_eq!(q[12], 5);
         let ip: IpAddr = "10.96.0.7".parse().unwrap();
         let r = reply(&q, 0, &[ip], false);
-        assert_eq!(parse(&r, 0x1234, A).unwrap(), Reply::Found(vec![ip]));
-        assert!(parse(&r, 0x1235, A).is_err(), "another query's id");
+        assert_eq!(parse(&r, 0x1234, NAME, A).unwrap(), Reply::Found(vec![ip]));
+        assert!(parse(&r, 0x1235, NAME, A).is_err(), "another query's id");
+        assert!(
+            parse(&r, 0x1234, "minio.other", A).is_err(),
+            "another question"
+        );
+        assert!(parse(&r, 0x1234, NAME, AAAA).is_err(), "another type");
+        let upper = query(0x1234, "MINIO.storage.svc.cluster.local", A).unwrap();
+        let r2 = reply(&upper, 0, &[ip], false);
+        assert_eq!(parse(&r2, 0x1234, NAME, A).unwrap(), Reply::Found(vec![ip]));
         assert_eq!(
-            parse(&reply(&q, 3, &[], false), 0x1234, A).unwrap(),
+            parse(&reply(&q, 3, &[], false), 0x1234, NAME, A).unwrap(),
             Reply::NoSuchName
         );
         assert_eq!(
-            parse(&reply(&q, 2, &[], false), 0x1234, A).unwrap(),
+            parse(&reply(&q, 2, &[], false), 0x1234, NAME, A).unwrap(),
             Reply::ServerFailed(2)
         );
         assert_eq!(
-            parse(&reply(&q, 0, &[], true), 0x1234, A).unwrap(),
+            parse(&reply(&q, 0, &[], true), 0x1234, NAME, A).unwrap(),
             Reply::Truncated
         );
-        assert!(parse(&r[..r.len() - 2], 0x1234, A).is_err(), "cut short");
+        assert!(
+            parse(&r[..r.len() - 2], 0x1234, NAME, A).is_err(),
+            "cut short"
+        );
         assert!(query(1, "a..b", A).is_err());
         assert!(query(1, &"x".repeat(64), A).is_err());
     }
