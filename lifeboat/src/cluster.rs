@@ -204,17 +204,8 @@ fn describe_forbidden(e: &ApiError, what: &str, shipped: bool) -> String {
         ApiError::Status { code: 403, message, .. } => format!(
             "403 Forbidden: {message}; add {what} to the Role (manifests/rbac.yaml does not grant it)",
         ),
-        other => describe(other),
+        other => other.to_string(),
     }
-}
-
-/// An API error as one line.
-fn describe(e: &ApiError) -> String {
-    e.to_string()
-}
-
-fn is_forbidden(e: &ApiError) -> bool {
-    e.is_forbidden()
 }
 
 /// The `lifeboat.dev/*` annotations of an object (only they matter to
@@ -278,18 +269,14 @@ impl Cluster {
         let path = format!("/api/v1/namespaces/{}/events", self.namespace);
         match tokio::time::timeout(CALL_TIMEOUT, self.api.create(&path, &body)).await {
             Ok(Ok(_)) => debug!(reason = reason.as_str(), "Event posted"),
-            Ok(Err(e)) if is_forbidden(&e) => {
+            Ok(Err(e)) if e.is_forbidden() => {
                 self.events_forbidden.store(true, Ordering::Relaxed);
                 warn!(
                     "posting Events is not allowed ({}); not trying again",
                     describe_forbidden(&e, "create on events", true)
                 );
             }
-            Ok(Err(e)) => warn!(
-                reason = reason.as_str(),
-                "posting the Event failed: {}",
-                describe(&e)
-            ),
+            Ok(Err(e)) => warn!(reason = reason.as_str(), "posting the Event failed: {}", e),
             Err(_) => warn!(reason = reason.as_str(), "posting the Event timed out"),
         }
     }
@@ -310,14 +297,14 @@ impl Cluster {
         let call = self.api.merge_patch(&path, METADATA_ONLY, &patch);
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(_)) => debug!(annotation = LAST_BACKUP, "pod annotated"),
-            Ok(Err(e)) if is_forbidden(&e) => {
+            Ok(Err(e)) if e.is_forbidden() => {
                 self.patch_forbidden.store(true, Ordering::Relaxed);
                 warn!(
                     "patching {LAST_BACKUP} on the pod is not allowed ({}); not trying again",
                     describe_forbidden(&e, "patch on pods", true)
                 );
             }
-            Ok(Err(e)) => warn!("patching {LAST_BACKUP} failed: {}", describe(&e)),
+            Ok(Err(e)) => warn!("patching {LAST_BACKUP} failed: {}", e),
             Err(_) => warn!("patching {LAST_BACKUP} timed out"),
         }
     }
@@ -336,7 +323,7 @@ impl Cluster {
             loop {
                 match me.follow(&tx, can_watch).await {
                     Ok(()) => get_refused = false,
-                    Err((Step::Watch, e)) if is_forbidden(&e) => {
+                    Err((Step::Watch, e)) if e.is_forbidden() => {
                         warn!(
                             "watching this pod is not allowed ({}); reading its annotations every {}s instead",
                             describe_forbidden(&e, "watch on pods", true),
@@ -344,7 +331,7 @@ impl Cluster {
                         );
                         can_watch = false;
                     }
-                    Err((Step::Get, e)) if is_forbidden(&e) => {
+                    Err((Step::Get, e)) if e.is_forbidden() => {
                         // Perhaps the Role is being re-applied: keep trying,
                         // slowly, and say it once.
                         if can_watch || !get_refused {
@@ -359,7 +346,7 @@ impl Cluster {
                     }
                     Err((_, e)) => warn!(
                         "following this pod's annotations failed ({}); retrying in {}s",
-                        describe(&e),
+                        e,
                         if can_watch { REWATCH_PAUSE } else { POLL_EVERY }.as_secs()
                     ),
                 }

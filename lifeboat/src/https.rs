@@ -75,15 +75,26 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// TLS trusting the bundled public roots (`webpki-root-certs`).
-pub fn public_tls() -> Result<rustls::ClientConfig, String> {
+/// The bundled public roots (`webpki-root-certs`).
+pub fn public_roots() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     roots.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
+    roots
+}
+
+/// TLS with the ring provider trusting `roots`; the caller says who we are.
+pub fn tls_trusting(
+    roots: rustls::RootCertStore,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, String> {
     Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS set-up: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(roots))
+}
+
+/// TLS trusting the bundled public roots, without a client certificate.
+pub fn public_tls() -> Result<rustls::ClientConfig, String> {
+    Ok(tls_trusting(public_roots())?.with_no_client_auth())
 }
 
 /// A whole buffer as a request body.

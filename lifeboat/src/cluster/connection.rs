@@ -283,9 +283,9 @@ fn tls_config(
     ca: Option<&[u8]>,
     identity: Option<(Vec<u8>, Vec<u8>)>,
 ) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca {
+    let roots = match ca {
         Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
             for cert in CertificateDer::pem_slice_iter(pem) {
                 let cert = cert.map_err(|e| format!("the CA certificate is not PEM: {e}"))?;
                 roots
@@ -295,16 +295,11 @@ fn tls_config(
             if roots.is_empty() {
                 return Err("the CA file holds no certificate".into());
             }
+            roots
         }
-        None => {
-            let bundled = webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned();
-            roots.add_parsable_certificates(bundled);
-        }
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(crate::https::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS set-up: {e}"))?
-        .with_root_certificates(roots);
+        None => crate::https::public_roots(),
+    };
+    let builder = crate::https::tls_trusting(roots)?;
     match identity {
         None => Ok(builder.with_no_client_auth()),
         Some((cert, key)) => {
