@@ -2,6 +2,8 @@
 
 use std::io::IsTerminal;
 
+use tracing_subscriber::filter::Targets;
+
 /// The operator's command (`kubectl exec … -- lifeboat-sidecar list`), as
 /// the advice in the library's messages names it: spelled here only.
 pub const SIDECAR_COMMAND: &str = "lifeboat-sidecar";
@@ -9,14 +11,42 @@ pub const SIDECAR_COMMAND: &str = "lifeboat-sidecar";
 /// `tracing` to stderr, filtered by `LIFEBOAT_LOG` (default `info`), fields
 /// first, then a short sentence; colours only on a terminal.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let (filter, refused) = log_filter(std::env::var("LIFEBOAT_LOG").ok().as_deref());
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal());
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
         .init();
+    if let Some(why) = refused {
+        tracing::warn!("{why}");
+    }
+}
+
+/// `LIFEBOAT_LOG`: a level (`debug`), or a default level and levels per
+/// module (`info,lifeboat::store=debug`). A value that is none of these
+/// logs at `info` and says why, rather than keeping the process from
+/// starting. `Targets`, not `EnvFilter`: the latter's span and field
+/// filters bring a regex engine (0.5 MB of each binary, README "Binary size").
+fn log_filter(value: Option<&str>) -> (Targets, Option<String>) {
+    let info = Targets::new().with_default(tracing::Level::INFO);
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return (info, None);
+    };
+    match v.parse::<Targets>() {
+        Ok(t) => (t, None),
+        Err(e) => (
+            info,
+            Some(format!(
+                "LIFEBOAT_LOG={v:?} is not a log filter ({e}); logging at info. Accepted: a level (error, warn, info, debug, trace, off), or levels per module like info,lifeboat=debug"
+            )),
+        ),
+    }
 }
 
 /// Two async workers are plenty for one pipeline: the heavy lifting (tar,
@@ -52,5 +82,41 @@ fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         libc::mallopt(libc::M_ARENA_MAX, ARENA_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::level_filters::LevelFilter;
+    use tracing::Level;
+
+    #[test]
+    fn the_log_filter_takes_levels_and_levels_per_module() {
+        let (t, refused) = log_filter(None);
+        assert!(refused.is_none());
+        assert!(t.would_enable("lifeboat", &Level::INFO));
+        assert!(!t.would_enable("lifeboat", &Level::DEBUG));
+
+        let (t, refused) = log_filter(Some("DEBUG"));
+        assert!(refused.is_none());
+        assert!(t.would_enable("aws_sdk_s3", &Level::DEBUG));
+
+        let (t, _) = log_filter(Some("warn,lifeboat::store=trace"));
+        assert!(t.would_enable("lifeboat::store::s3", &Level::TRACE));
+        assert!(!t.would_enable("lifeboat::backup", &Level::INFO));
+        assert_eq!(
+            log_filter(Some("off")).0.default_level(),
+            Some(LevelFilter::OFF)
+        );
+    }
+
+    #[test]
+    fn a_wrong_log_filter_logs_at_info_and_says_why() {
+        let (t, refused) = log_filter(Some("lifeboat=loud"));
+        assert!(t.would_enable("lifeboat", &Level::INFO));
+        let why = refused.expect("refused");
+        assert!(why.contains("LIFEBOAT_LOG=\"lifeboat=loud\""), "{why}");
+        assert!(why.contains("info,lifeboat=debug"), "{why}");
     }
 }

@@ -7,7 +7,7 @@
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use crate::glob::{Glob, GlobSet};
 
 use crate::annotations::PREFIX;
 use crate::chain::plan::FullEvery;
@@ -352,26 +352,25 @@ fn paths(r: &Reader, problems: &mut Problems) -> Vec<PathBuf> {
 
 fn excludes(r: &Reader, problems: &mut Problems) -> (Vec<String>, GlobSet) {
     let mut exclude = Vec::new();
-    let mut globs = GlobSetBuilder::new();
+    let mut globs = Vec::new();
     if let Some(v) = r.pick("LIFEBOAT_EXCLUDE") {
         for g in split_list(&v.text) {
             match Glob::new(g) {
                 Ok(glob) => {
-                    globs.add(glob);
+                    globs.push(glob);
                     exclude.push(g.to_string());
                 }
                 Err(e) if r.role == Role::Backup => problems.fail(
                     &v,
                     format!(
-                        "glob {g:?} is invalid: {}; accepted: globs like **/.ipynb_checkpoints or *.tmp",
-                        e.kind()
+                        "glob {g:?} is invalid: {e}; accepted: globs like **/.ipynb_checkpoints or *.tmp"
                     ),
                 ),
                 Err(_) => {}
             }
         }
     }
-    (exclude, globs.build().unwrap_or_else(|_| GlobSet::empty()))
+    (exclude, GlobSet::new(globs))
 }
 
 fn restore_mode(r: &Reader, problems: &mut Problems) -> RestoreMode {

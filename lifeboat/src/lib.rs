@@ -31,6 +31,7 @@ pub mod durable;
 pub mod duration;
 pub mod encryption;
 pub mod error;
+pub mod glob;
 pub mod hooks;
 pub mod http;
 pub mod https;

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use crate::glob::{Glob, GlobSet};
 
 /// The `--path` patterns, as entry names are written in a tar: the
 /// backed-up path without its leading `/` (`home/jovyan/analysis.ipynb`).
@@ -22,7 +22,7 @@ impl PathFilter {
     /// well write the path as it was in the pod); an error names the one
     /// that is wrong.
     pub fn new(patterns: &[String]) -> Result<PathFilter, String> {
-        let mut set = GlobSetBuilder::new();
+        let mut set = Vec::new();
         let mut kept = Vec::new();
         for p in patterns {
             let t = p.trim().trim_start_matches('/').trim_end_matches('/');
@@ -36,14 +36,12 @@ impl PathFilter {
                     "--path {p:?} climbs out with ..; name the path as it was backed up, e.g. home/jovyan/analysis.ipynb"
                 ));
             }
-            let glob = GlobBuilder::new(t)
-                .literal_separator(true)
-                .build()
-                .map_err(|e| format!("--path {p:?} is not a valid pattern: {}", e.kind()))?;
-            set.add(glob);
+            let glob = Glob::build(t, true)
+                .map_err(|e| format!("--path {p:?} is not a valid pattern: {e}"))?;
+            set.push(glob);
             kept.push(t.to_string());
         }
-        let set = set.build().map_err(|e| format!("--path: {e}"))?;
+        let set = GlobSet::new(set);
         Ok(PathFilter {
             patterns: kept,
             set,

@@ -308,7 +308,7 @@ fn walked_link(vol: &Path, old: Option<&[u8]>, n: usize) -> (Vec<u8>, u64, u64, 
         r
     });
     let out: Box<dyn Write + Send> = Box::new(fs::File::create(&state_file).unwrap());
-    let src = FilesSource::new(vec![vol.to_path_buf()], globset::GlobSet::empty());
+    let src = FilesSource::new(vec![vol.to_path_buf()], lifeboat::glob::GlobSet::empty());
     *src.increment.lock().unwrap() = Some(Increment {
         old,
         new: state::Writer::new(out, &header).unwrap(),

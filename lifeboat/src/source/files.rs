@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Mutex;
 
-use globset::GlobSet;
+use crate::glob::GlobSet;
 use tar::{EntryType, Header};
 
 use super::increment::{rel_bytes, Increment, Todo};
@@ -560,9 +560,6 @@ fn excluded(src: &FilesSource, root: &Path, path: &Path, name: &OsStr) -> bool {
     if src.filter.is_some_and(|f| f(root, path)) {
         return true;
     }
-    // globset prepares a path for matching (a copy, its base name) before it
-    // looks whether it has any glob: with none (the default) that was two
-    // allocations per name for nothing, twice per name in an incremental link.
     if src.exclude.is_empty() {
         return false;
     }
