@@ -38,14 +38,33 @@ fn log_filter(value: Option<&str>) -> (Targets, Option<String>) {
     let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
         return (info, None);
     };
-    match v.parse::<Targets>() {
-        Ok(t) => (t, None),
-        Err(e) => (
+    let refuse = |why: &str| {
+        Some(format!(
+            "LIFEBOAT_LOG={v:?} is not a log filter ({why}); logging at info. Accepted: a level (error, warn, info, debug, trace, off), or levels per module like info,lifeboat=debug"
+        ))
+    };
+    // Targets reads an empty directive as "errors only" and a span filter
+    // as a module that never logs; EnvFilter skipped the one and honoured
+    // the other, so either would silently change what a user sees.
+    let directives: Vec<&str> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if let Some(d) = directives.iter().find(|d| d.contains(['[', '{', '"'])) {
+        return (
             info,
-            Some(format!(
-                "LIFEBOAT_LOG={v:?} is not a log filter ({e}); logging at info. Accepted: a level (error, warn, info, debug, trace, off), or levels per module like info,lifeboat=debug"
+            refuse(&format!(
+                "{d:?}: span and field filters are not supported; name a module"
             )),
-        ),
+        );
+    }
+    if let Some(d) = directives.iter().find(|d| d.ends_with('=')) {
+        return (info, refuse(&format!("{d:?} names no level")));
+    }
+    match directives.join(",").parse::<Targets>() {
+        Ok(t) => (t, None),
+        Err(e) => (info, refuse(&e.to_string())),
     }
 }
 
@@ -98,6 +117,14 @@ mod tests {
         assert!(t.would_enable("lifeboat", &Level::INFO));
         assert!(!t.would_enable("lifeboat", &Level::DEBUG));
 
+        // A trailing or doubled comma is not a directive of its own.
+        let (t, refused) = log_filter(Some("debug,"));
+        assert!(refused.is_none());
+        assert!(t.would_enable("lifeboat", &Level::DEBUG));
+        let (t, _) = log_filter(Some("info,,lifeboat=debug"));
+        assert!(t.would_enable("aws_sdk_s3", &Level::INFO));
+        assert!(t.would_enable("lifeboat", &Level::DEBUG));
+
         let (t, refused) = log_filter(Some("DEBUG"));
         assert!(refused.is_none());
         assert!(t.would_enable("aws_sdk_s3", &Level::DEBUG));
@@ -113,6 +140,15 @@ mod tests {
 
     #[test]
     fn a_wrong_log_filter_logs_at_info_and_says_why() {
+        for (value, named) in [
+            ("info,[backup]=debug", "span and field filters"),
+            ("lifeboat[restore]=trace", "span and field filters"),
+            ("lifeboat=", "names no level"),
+        ] {
+            let (t, refused) = log_filter(Some(value));
+            assert!(t.would_enable("lifeboat", &Level::INFO));
+            assert!(refused.expect(value).contains(named), "{value}");
+        }
         let (t, refused) = log_filter(Some("lifeboat=loud"));
         assert!(t.would_enable("lifeboat", &Level::INFO));
         let why = refused.expect("refused");

@@ -7,7 +7,7 @@
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use crate::glob::{Glob, GlobSet};
+use crate::glob::{Glob, GlobError, GlobSet};
 
 use crate::annotations::PREFIX;
 use crate::chain::plan::FullEvery;
@@ -360,12 +360,22 @@ fn excludes(r: &Reader, problems: &mut Problems) -> (Vec<String>, GlobSet) {
                     globs.push(glob);
                     exclude.push(g.to_string());
                 }
-                Err(e) if r.role == Role::Backup => problems.fail(
-                    &v,
-                    format!(
-                        "glob {g:?} is invalid: {e}; accepted: globs like **/.ipynb_checkpoints or *.tmp"
-                    ),
-                ),
+                Err(e) if r.role == Role::Backup => {
+                    let split = if matches!(
+                        e,
+                        GlobError::UnclosedAlternates | GlobError::UnopenedAlternates
+                    ) {
+                        " (the list is split at commas, so {a,b} cannot be used here: list each glob)"
+                    } else {
+                        ""
+                    };
+                    problems.fail(
+                        &v,
+                        format!(
+                            "glob {g:?} is invalid: {e}{split}; accepted: globs like **/.ipynb_checkpoints or *.tmp"
+                        ),
+                    )
+                }
                 Err(_) => {}
             }
         }

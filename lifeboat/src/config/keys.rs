@@ -220,7 +220,7 @@ pub const KEYS: &[Key] = &[
     Key {
         env: "LIFEBOAT_LOG",
         annotation: None,
-        help: "log filter, e.g. debug (default: info)",
+        help: "log filter: a level (error, warn, info, debug, trace, off) or levels per module, e.g. info,lifeboat::store=debug (default: info)",
         restore: true,
     },
     Key {

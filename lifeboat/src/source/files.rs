@@ -560,6 +560,7 @@ fn excluded(src: &FilesSource, root: &Path, path: &Path, name: &OsStr) -> bool {
     if src.filter.is_some_and(|f| f(root, path)) {
         return true;
     }
+    // No globs (the default): not even the relative path is worked out.
     if src.exclude.is_empty() {
         return false;
     }
