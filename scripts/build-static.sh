@@ -11,8 +11,8 @@ RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --targe
   -p lifeboat-sidecar -p lifeboat-restore
 out="target/$target/release"
 # Budgets in MB (10^6 bytes), README "Binary size": a ratchet, so the
-# binaries do not grow back; the goal for both is 12 MB.
-declare -A budget=([lifeboat-sidecar]=13 [lifeboat-restore]=12)
+# binaries do not grow back (11.3 and 8.1 MB when they were set).
+declare -A budget=([lifeboat-sidecar]=12 [lifeboat-restore]=10)
 for bin in lifeboat-sidecar lifeboat-restore; do
   f="$out/$bin"
   limit=$((budget[$bin] * 1000 * 1000))
@@ -36,10 +36,12 @@ mknod -m 444 "$root/dev/random" c 1 8
 cp "$out/lifeboat-sidecar" "$root/"
 echo "127.0.0.1 localhost" > "$root/etc/hosts"
 echo "nameserver 127.0.0.1" > "$root/etc/resolv.conf"
-log=$(env -i HOSTNAME=probe LIFEBOAT_PATHS=/tmp LIFEBOAT_TARGETS=s3://probe-bucket \
+# Path style, so the name asked is localhost itself (virtual-host style asks
+# for probe-bucket.localhost, which only a DNS server could answer).
+log=$(env -i HOSTNAME=probe LIFEBOAT_PATHS=/tmp LIFEBOAT_TARGETS=s3://probe-bucket LIFEBOAT_S3_PATH_STYLE=true \
   LIFEBOAT_S3_ENDPOINT=http://localhost:9 AWS_ACCESS_KEY_ID=a AWS_SECRET_ACCESS_KEY=b \
   LIFEBOAT_S3_REGION=us-east-1 timeout 120 "$chroot_bin" "$root" /lifeboat-sidecar list 2>&1 || true)
-if echo "$log" | grep -qi "dns error\|name resolution"; then
+if echo "$log" | grep -qi "dns error\|name resolution\|cannot resolve"; then
   echo "FAIL: the static binary cannot resolve localhost in an empty root:"; echo "$log"; exit 1
 fi
 if ! echo "$log" | grep -qi "refused"; then

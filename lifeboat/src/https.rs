@@ -1,8 +1,8 @@
-//! The one HTTP(S) client of lifeboat's own calls (the Kubernetes API,
-//! CouchDB, ArangoDB, the notification webhook, `backup-now` to a running
-//! sidecar), over the hyper stack the AWS SDK already links. A second HTTP
-//! library beside it doubled that code in the binaries (README, "Binary
-//! size"; docs/ARCHITECTURE.md §2).
+//! The one HTTP(S) client of the binary: lifeboat's own calls (the
+//! Kubernetes API, CouchDB, ArangoDB, the notification webhook,
+//! `backup-now` to a running sidecar) and, through `store/s3_http.rs`, the
+//! S3 client's requests. A second HTTP library beside it doubled that code
+//! in the binaries (README, "Binary size"; docs/ARCHITECTURE.md §2).
 //!
 //! Names resolve through [`crate::dns`] (static glibc cannot); TLS is rustls
 //! with the ring provider and the public roots unless the caller gives its
@@ -35,7 +35,7 @@ use serde::Serialize;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A request body: a whole buffer or a stream.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
-type Hyper = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector<Resolver>>, Body>;
+type Hyper = hyper_util::client::legacy::Client<Connector, Body>;
 
 /// The most of a reply read whole ([`Response::bytes`], [`Response::json`]):
 /// replies read that way are small documents; a server sending more must
@@ -97,6 +97,28 @@ pub fn public_tls() -> Result<rustls::ClientConfig, String> {
     Ok(tls_trusting(public_roots())?.with_no_client_auth())
 }
 
+/// How every request of the binary reaches its server: http:// and
+/// https:// (with `tls`), names through [`crate::dns`], HTTP/1.1. The S3
+/// client's requests too (`store/s3_http.rs`).
+pub type Connector = HttpsConnector<HttpConnector<Resolver>>;
+
+pub fn connector(tls: rustls::ClientConfig, connect_timeout: Option<Duration>) -> Connector {
+    let mut http = HttpConnector::new_with_resolver(Resolver);
+    http.enforce_http(false);
+    http.set_connect_timeout(connect_timeout);
+    // As reqwest did: small requests go out at once, and a peer that
+    // vanished (a node or API server failover) is noticed by the kernel.
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(15)));
+    http.set_keepalive_interval(Some(Duration::from_secs(15)));
+    http.set_keepalive_retries(Some(3));
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
+}
+
 /// A whole buffer as a request body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
@@ -155,20 +177,7 @@ pub struct Client {
 impl Client {
     /// A client speaking http:// and https:// with `tls`.
     pub fn new(tls: rustls::ClientConfig, connect_timeout: Duration) -> Self {
-        let mut http = HttpConnector::new_with_resolver(Resolver);
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(connect_timeout));
-        // As reqwest did: small requests go out at once, and a peer that
-        // vanished (a node or API server failover) is noticed by the kernel.
-        http.set_nodelay(true);
-        http.set_keepalive(Some(Duration::from_secs(15)));
-        http.set_keepalive_interval(Some(Duration::from_secs(15)));
-        http.set_keepalive_retries(Some(3));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let https = connector(tls, Some(connect_timeout));
         Client {
             hyper: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https),
             idle: None,

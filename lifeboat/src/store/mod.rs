@@ -18,6 +18,7 @@ pub mod object_lock;
 pub mod protocol;
 pub mod requests;
 pub mod s3;
+mod s3_http;
 
 use std::path::PathBuf;
 

@@ -115,44 +115,22 @@ pub async fn client(opts: &S3Options) -> Client {
 
 /// HTTPS with bundled root certificates (plus the system's, where there is a
 /// store: a private CA via `SSL_CERT_FILE`), and names resolved without libc:
-/// the release image is `scratch`, with neither certificates nor NSS.
+/// the release image is `scratch`, with neither certificates nor NSS. The
+/// requests go through lifeboat's one HTTP client (`s3_http.rs`).
 fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
-    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext};
-    let builder = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring));
-    match TlsContext::builder()
-        .with_trust_store(trust_store())
-        .build()
-    {
-        Ok(ctx) => builder.tls_context(ctx),
-        Err(e) => {
-            tracing::warn!("bundled root certificates not usable ({e}); using the system's only");
-            builder
-        }
-    }
-    .build_with_resolver(crate::dns::Dns)
+    let tls = crate::https::tls_trusting(trust_store())
+        // Not input: ring offers TLS 1.2 and 1.3, the safe default versions.
+        .expect("the ring provider supports the default TLS versions")
+        .with_no_client_auth();
+    super::s3_http::client(tls)
 }
 
 /// The bundled public roots plus whatever the system offers
-/// (`SSL_CERT_FILE`, `SSL_CERT_DIR`, `/etc/ssl/certs`), each certificate
-/// checked here first: the SDK panics on a certificate it cannot parse, and
-/// (in debug builds) on "native roots" that turn out to be none, which is
-/// just what a mistyped `SSL_CERT_FILE` or a `scratch` image gives.
-fn trust_store() -> aws_smithy_http_client::tls::TrustStore {
-    use rustls::pki_types::CertificateDer;
-    let mut trust = aws_smithy_http_client::tls::TrustStore::empty().with_native_roots(false);
-    let mut check = rustls::RootCertStore::empty();
-    let mut add = |der: &[u8]| {
-        if check.add(CertificateDer::from(der.to_vec())).is_ok() {
-            trust.add_pem_certificate(pem_of(der));
-            true
-        } else {
-            false
-        }
-    };
-    for der in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
-        add(der);
-    }
+/// (`SSL_CERT_FILE`, `SSL_CERT_DIR`, `/etc/ssl/certs`); a certificate that
+/// cannot be read is skipped and counted, a store that cannot be read is
+/// named: both are just what a mistyped `SSL_CERT_FILE` gives.
+fn trust_store() -> rustls::RootCertStore {
+    let mut roots = crate::https::public_roots();
     let system = rustls_native_certs::load_native_certs();
     for e in &system.errors {
         tracing::warn!(
@@ -160,24 +138,11 @@ fn trust_store() -> aws_smithy_http_client::tls::TrustStore {
              any other system certificates are trusted (check SSL_CERT_FILE / SSL_CERT_DIR)"
         );
     }
-    let skipped = system.certs.iter().filter(|c| !add(c)).count();
+    let (_, skipped) = roots.add_parsable_certificates(system.certs);
     if skipped > 0 {
         tracing::warn!("{skipped} CA certificate(s) of the system are not usable and were skipped");
     }
-    trust
-}
-
-/// DER to PEM, the only form the SDK's trust store takes.
-fn pem_of(der: &[u8]) -> Vec<u8> {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = b"-----BEGIN CERTIFICATE-----\n".to_vec();
-    for line in b64.as_bytes().chunks(64) {
-        out.extend_from_slice(line);
-        out.push(b'\n');
-    }
-    out.extend_from_slice(b"-----END CERTIFICATE-----\n");
-    out
+    roots
 }
 
 /// One pod's history in a bucket.
