@@ -302,23 +302,6 @@ fn query_id() -> u16 {
     h.finish() as u16
 }
 
-/// The adapter the AWS SDK wants (`https::Resolver` is hyper's).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Dns;
-
-impl aws_smithy_runtime_api::client::dns::ResolveDns for Dns {
-    fn resolve_dns<'a>(
-        &'a self,
-        name: &'a str,
-    ) -> aws_smithy_runtime_api::client::dns::DnsFuture<'a> {
-        aws_smithy_runtime_api::client::dns::DnsFuture::new(async move {
-            lookup(name)
-                .await
-                .map_err(aws_smithy_runtime_api::client::dns::ResolveDnsError::new)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,25 +98,73 @@ pub fn public_tls() -> Result<rustls::ClientConfig, String> {
 }
 
 /// How every request of the binary reaches its server: http:// and
-/// https:// (with `tls`), names through [`crate::dns`], HTTP/1.1. The S3
+/// https:// (with `tls`), names through [`crate::dns`], HTTP/1.1, the whole
+/// connection (name, TCP, TLS handshake) within one deadline. The S3
 /// client's requests too (`store/s3_http.rs`).
-pub type Connector = HttpsConnector<HttpConnector<Resolver>>;
+pub type Connector = Deadline<HttpsConnector<HttpConnector<Resolver>>>;
 
 pub fn connector(tls: rustls::ClientConfig, connect_timeout: Option<Duration>) -> Connector {
     let mut http = HttpConnector::new_with_resolver(Resolver);
     http.enforce_http(false);
-    http.set_connect_timeout(connect_timeout);
     // As reqwest did: small requests go out at once, and a peer that
     // vanished (a node or API server failover) is noticed by the kernel.
     http.set_nodelay(true);
     http.set_keepalive(Some(Duration::from_secs(15)));
     http.set_keepalive_interval(Some(Duration::from_secs(15)));
     http.set_keepalive_retries(Some(3));
-    hyper_rustls::HttpsConnectorBuilder::new()
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http)
+        .wrap_connector(http);
+    Deadline {
+        inner: https,
+        limit: connect_timeout,
+    }
+}
+
+/// A connector whose every connection is made within `limit`, name lookup
+/// and TLS handshake included. hyper-util's own connect timeout covers
+/// only the TCP connect, shared out among the addresses: a server that
+/// takes the connection and never finishes the handshake would hold a
+/// request until its whole-request limit.
+#[derive(Clone, Debug)]
+pub struct Deadline<C> {
+    inner: C,
+    limit: Option<Duration>,
+}
+
+impl<C> tower_service::Service<http::Uri> for Deadline<C>
+where
+    C: tower_service::Service<http::Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connect = self.inner.call(uri);
+        let limit = self.limit;
+        Box::pin(async move {
+            let Some(limit) = limit else {
+                return connect.await.map_err(Into::into);
+            };
+            match tokio::time::timeout(limit, connect).await {
+                Ok(done) => done.map_err(Into::into),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {limit:?}"),
+                )
+                .into()),
+            }
+        })
+    }
 }
 
 /// A whole buffer as a request body.
@@ -551,6 +599,31 @@ mod tests {
         let got = resp.bytes().await.unwrap();
         assert_eq!(got.len(), 8000);
         assert_eq!(got[7999], b'h');
+    }
+
+    /// A server that takes the TCP connection and never answers the TLS
+    /// handshake is given up on at the connect limit, as a connection that
+    /// is never made.
+    #[tokio::test]
+    async fn a_stalled_tls_handshake_ends_at_the_connect_limit() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("https://{}/", listener.local_addr().unwrap());
+        let held = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+        let started = Instant::now();
+        let err = Client::public(Duration::from_millis(400))
+            .unwrap()
+            .get(&url)
+            .send()
+            .await
+            .err()
+            .unwrap();
+        assert!(err.is_connect(), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(held.join());
     }
 
     #[tokio::test]
