@@ -14,6 +14,7 @@ Run it with bench/run.sh (builds the release binaries first).
 """
 
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -121,6 +122,100 @@ def write_mixed(root, total, seed):
     os.symlink("does-not-exist", os.path.join(root, "dangling"))
 
 
+def write_incompressible(root, total, seed):
+    """What will not shrink: packed model weights and archives (random
+    bytes, 8 .. 64 MiB, ~70%), gzip-compressed logs (~20%, real deflate
+    streams of text), and small random files (4 .. 16 KiB, ~10%)."""
+    rng = random.Random(seed)
+    made = 0
+    blob_dir = os.path.join(root, "models")
+    os.makedirs(blob_dir)
+    budget = total * 70 // 100
+    i = 0
+    while budget > 0:
+        size = min(budget, rng.randint(8 * MiB, 64 * MiB))
+        with open(os.path.join(blob_dir, f"weights-{i:03d}.safetensors"), "wb") as f:
+            left = size
+            while left:
+                n = min(left, 4 * MiB)
+                f.write(rng.randbytes(n))
+                left -= n
+        budget -= size
+        made += size
+        i += 1
+    logs = os.path.join(root, "logs")
+    os.makedirs(logs)
+    budget = total * 20 // 100
+    i = 0
+    while budget > 0:
+        text = (" ".join(rng.choices(WORDS, k=rng.randint(400_000, 1_600_000))) + "\n").encode()
+        # Random words compress ~3:1; the .gz is what lands on the volume.
+        packed = gzip.compress(text + rng.randbytes(len(text) // 3), compresslevel=6)[:budget]
+        with open(os.path.join(logs, f"app-{i:03d}.log.gz"), "wb") as f:
+            f.write(packed)
+        budget -= len(packed)
+        made += len(packed)
+        i += 1
+    budget = total - made
+    i = 0
+    while budget > 0:
+        d = os.path.join(root, "thumbs", f"d{i // 500:03d}")
+        os.makedirs(d, exist_ok=True)
+        size = min(budget, rng.randint(4 * 1024, 16 * 1024))
+        with open(os.path.join(d, f"t{i:06d}.jpg"), "wb") as f:
+            f.write(rng.randbytes(size))
+        budget -= size
+        i += 1
+
+
+def write_text(root, total, seed):
+    """What compresses well: notebooks (~60%), JSON records (~25%) and a
+    tree of 4 .. 16 KiB text files (~15%)."""
+    rng = random.Random(seed)
+    made = 0
+    nb_dir = os.path.join(root, "notebooks")
+    os.makedirs(nb_dir)
+    budget = total * 60 // 100
+    i = 0
+    while budget > 0:
+        data = notebook(rng, min(budget, rng.randint(64 * 1024, 2 * MiB)))
+        with open(os.path.join(nb_dir, f"analysis-{i:04d}.ipynb"), "wb") as f:
+            f.write(data)
+        budget -= len(data)
+        made += len(data)
+        i += 1
+    js = os.path.join(root, "records")
+    os.makedirs(js)
+    budget = total * 25 // 100
+    i = 0
+    while budget > 0:
+        rows = [
+            {"id": rng.randint(0, 1 << 40), "name": " ".join(rng.choices(WORDS, k=3)),
+             "score": rng.random(), "tags": rng.choices(WORDS, k=rng.randint(0, 5))}
+            for _ in range(rng.randint(2_000, 20_000))
+        ]
+        data = "\n".join(json.dumps(r) for r in rows).encode()[:budget]
+        with open(os.path.join(js, f"part-{i:04d}.jsonl"), "wb") as f:
+            f.write(data)
+        budget -= len(data)
+        made += len(data)
+        i += 1
+    budget = total - made
+    i = 0
+    while budget > 0:
+        d = os.path.join(root, "tree", *[f"d{rng.randint(0, 7)}" for _ in range(rng.randint(2, 5))])
+        os.makedirs(d, exist_ok=True)
+        size = min(budget, rng.randint(4 * 1024, 16 * 1024))
+        data = (" ".join(rng.choices(WORDS, k=size // 5)) + "\n").encode()[:size]
+        with open(os.path.join(d, f"f{i:06d}.txt"), "wb") as f:
+            f.write(data)
+        budget -= len(data)
+        i += 1
+
+
+DATA_SETS = {"mixed": write_mixed, "incompressible": write_incompressible, "text": write_text}
+
+
 def write_tiny(root, count, seed):
     rng = random.Random(seed)
     for i in range(count):
@@ -146,18 +241,21 @@ def tree_bytes(root):
 
 def measure(cmd, env=None):
     """Runs `cmd` (a shell line) under /usr/bin/time -v; returns wall
-    seconds and the peak RSS in MiB of its largest process."""
+    seconds, the peak RSS in MiB of its largest process, and the CPU
+    seconds (user + system) of all its processes."""
     full = ["/usr/bin/time", "-v", "bash", "-c", cmd]
     t0 = time.monotonic()
     p = subprocess.run(full, env=env, capture_output=True, text=True)
     wall = time.monotonic() - t0
     if p.returncode != 0:
         sys.exit(f"bench: command failed ({p.returncode}): {cmd}\n{p.stdout}\n{p.stderr}")
-    rss = 0
+    rss = cpu = 0
     for line in p.stderr.splitlines():
         if "Maximum resident set size" in line:
             rss = int(line.split(":")[1]) / 1024
-    return wall, rss
+        elif "User time (seconds)" in line or "System time (seconds)" in line:
+            cpu += float(line.split(":")[1])
+    return wall, rss, cpu
 
 
 class Case:
@@ -168,6 +266,7 @@ class Case:
         self.size = size  # () -> artifact bytes
         self.walls = []
         self.rss = []
+        self.cpu = []
         self.artifact = None
 
 
@@ -189,12 +288,13 @@ def run_cases(cases, runs, cold=False):
             os.sync()
             if cold:
                 drop_page_cache()
-            wall, rss = measure(c.run())
+            wall, rss, cpu = measure(c.run())
             c.walls.append(wall)
             c.rss.append(rss)
+            c.cpu.append(cpu)
             if c.size:
                 c.artifact = c.size()
-            print(f"  run {r + 1}/{runs} {c.name}: {wall:.2f} s, {rss:.0f} MiB", file=sys.stderr)
+            print(f"  run {r + 1}/{runs} {c.name}: {wall:.2f} s, {cpu:.2f} CPU s, {rss:.0f} MiB", file=sys.stderr)
 
 
 def table(title, cases, data_bytes, ours):
@@ -203,14 +303,26 @@ def table(title, cases, data_bytes, ours):
     def cell(text):
         return text.replace("|", "\\|")
 
-    head = "| command | median s | " + " | ".join(f"lifeboat ÷ {cell(p.name)}" for p in peers) + " | MB/s | peak RSS MiB | artifact MB |"
-    lines = [f"**{title}**", "", head, "|" + "---|" * (head.count("|") - 1)]
+    my_cpu = statistics.median(ours.cpu)
+    head = (
+        "| command | median s | "
+        + " | ".join(f"lifeboat ÷ {cell(p.name)}" for p in peers)
+        + " | CPU s | "
+        + " | ".join(f"CPU ÷ {cell(p.name)}" for p in peers)
+        + " | MB/s | peak RSS MiB | artifact MB |"
+    )
+    columns = 6 + 2 * len(peers)
+    lines = [f"**{title}**", "", head, "|" + "---|" * columns]
     for c in cases:
         med = statistics.median(c.walls)
+        cpu = statistics.median(c.cpu)
         ratios = " | ".join(f"{mine / statistics.median(p.walls):.2f}" if c is ours else "" for p in peers)
+        cpu_ratios = " | ".join(
+            f"{my_cpu / max(statistics.median(p.cpu), 1e-9):.2f}" if c is ours else "" for p in peers
+        )
         art = f"{c.artifact / 1e6:.1f}" if c.artifact else ""
         lines.append(
-            f"| {cell(c.name)} | {med:.2f} | {ratios} | {data_bytes / 1e6 / med:.0f} | {max(c.rss):.0f} | {art} |"
+            f"| {cell(c.name)} | {med:.2f} | {ratios} | {cpu:.2f} | {cpu_ratios} | {data_bytes / 1e6 / med:.0f} | {max(c.rss):.0f} | {art} |"
         )
     return "\n".join(lines)
 
@@ -571,13 +683,13 @@ def bench_shapes(args, work, ours_bin, baseline):
                 shutil.rmtree(backup, ignore_errors=True)
                 os.makedirs(backup)
                 os.sync()
-                wall, rss = measure(f"{env_line} {bin_dir}/lifeboat-sidecar backup-now")
+                wall, rss, _ = measure(f"{env_line} {bin_dir}/lifeboat-sidecar backup-now")
                 b_wall.append(wall)
                 b_rss.append(rss)
                 shutil.rmtree(restored, ignore_errors=True)
                 os.makedirs(restored)
                 os.sync()
-                wall2, rss2 = measure(f"{env_line} {bin_dir}/lifeboat-sidecar restore --to {restored}/x")
+                wall2, rss2, _ = measure(f"{env_line} {bin_dir}/lifeboat-sidecar restore --to {restored}/x")
                 r_wall.append(wall2)
                 r_rss.append(rss2)
                 print(
@@ -669,14 +781,21 @@ def machine():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="1G", help="mixed data set size (default 1G)")
+    ap.add_argument("--size", default="1G", help="size of each data set of --sets (default 1G)")
+    ap.add_argument(
+        "--sets",
+        default="mixed",
+        help="comma list of data sets, each backed up and restored: mixed (notebooks, incompressible "
+        "model files, a tree of small files), incompressible (packed models, .gz logs, small random "
+        "files), text (notebooks, JSON lines, small text files); default mixed",
+    )
     ap.add_argument("--runs", type=int, default=3, help="runs of each command (default 3)")
     ap.add_argument("--tiny", type=int, default=200_000, help="files in the 1 KB data set (0: skip)")
     ap.add_argument("--no-gzip", action="store_true", help="skip tar -czf (slow)")
     ap.add_argument("--work", default="/var/tmp/lifeboat-bench", help="scratch folder (on a real disk)")
     ap.add_argument("--bin", default="target/x86_64-unknown-linux-gnu/release", help="folder with the release binaries")
     ap.add_argument("--baseline", help="folder with another build of the binaries to compare in the same runs")
-    ap.add_argument("--skip-mixed", action="store_true", help="only the tiny-files data set")
+    ap.add_argument("--skip-mixed", action="store_true", help="no --sets, only the tiny-files data set")
     ap.add_argument(
         "--cold",
         action="store_true",
@@ -718,13 +837,19 @@ def main():
         print("\n".join(report))
         return
 
-    if not args.skip_mixed:
-        data = os.path.join(args.work, "mixed")
+    sets = [] if args.skip_mixed else [s.strip() for s in args.sets.split(",") if s.strip()]
+    unknown = [s for s in sets if s not in DATA_SETS]
+    if unknown:
+        sys.exit(f"bench: --sets {','.join(unknown)}: unknown; accepted: {', '.join(DATA_SETS)}")
+    for n, name in enumerate(sets):
+        data = os.path.join(args.work, name)
         os.makedirs(data)
         t = time.monotonic()
-        write_mixed(data, size, seed=1)
-        print(f"bench: generated {tree_bytes(data) / 1e6:.0f} MB mixed data in {time.monotonic() - t:.0f} s", file=sys.stderr)
-        report.append(bench_dataset(args, "mixed", data, args.work, ours_bin, not args.no_gzip, True, baseline))
+        DATA_SETS[name](data, size, seed=1)
+        print(f"bench: generated {tree_bytes(data) / 1e6:.0f} MB {name} data in {time.monotonic() - t:.0f} s", file=sys.stderr)
+        if n:
+            report.append("")
+        report.append(bench_dataset(args, name, data, args.work, ours_bin, not args.no_gzip, True, baseline))
         shutil.rmtree(data)
 
     if args.tiny:
