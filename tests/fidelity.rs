@@ -320,3 +320,63 @@ fn verify_on_a_read_only_target_says_ok_and_that_the_mark_was_not_recorded() {
         "{err}"
     );
 }
+
+/// Packed files (here random bytes, as model weights and archives are)
+/// are stored raw and text is compressed, in one artifact: it restores
+/// byte for byte through lifeboat and by hand with `zstd -dc | tar -x`, and
+/// it is no larger than compressing everything (issue 26).
+#[test]
+fn packed_files_stored_raw_beside_compressed_text_restore_byte_for_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, backup) = (tmp.path().join("data"), tmp.path().join("backup"));
+    fs::create_dir_all(data.join("models")).unwrap();
+    fs::create_dir_all(data.join("notes")).unwrap();
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    };
+    let text = b"epoch 7 loss 0.0412 accuracy 0.981\n".repeat(150_000);
+    // Text, two packed files in a row, text between, a packed one last.
+    fs::write(data.join("notes/a.log"), &text).unwrap();
+    fs::write(data.join("models/w1.bin"), noise(5 << 20)).unwrap();
+    fs::write(data.join("models/w2.bin"), noise((6 << 20) + 333)).unwrap();
+    fs::write(data.join("notes/b.log"), &text[..(3 << 20)]).unwrap();
+    fs::write(data.join("z.safetensors"), noise((4 << 20) + 1)).unwrap();
+    let before = snapshot(&data);
+
+    let mut env = env(&data, &backup);
+    env.push(("LIFEBOAT_LOG", "lifeboat=debug".to_string()));
+    let out = run_ok(cmd("lifeboat-sidecar", &env).arg("backup-now"));
+    let log = stderr(&out);
+    assert_eq!(log.matches("stored raw").count(), 3, "{log}");
+    let art = artifacts(&history(&backup, "fid-0")).remove(0);
+    let packed = (5 << 20) + (6 << 20) + 333 + (4 << 20) + 1;
+    let size = fs::metadata(&art).unwrap().len() as usize;
+    assert!(
+        size < packed + packed / 100,
+        "{size} bytes for {packed} packed"
+    );
+
+    let by_hand = tmp.path().join("by-hand");
+    fs::create_dir(&by_hand).unwrap();
+    run_ok(Command::new("sh").arg("-c").arg(format!(
+        "zstd -dc '{}' | tar -xpf - -C '{}'",
+        art.display(),
+        by_hand.display()
+    )));
+    assert_same(
+        &before,
+        &snapshot(&by_hand.join(data.strip_prefix("/").unwrap())),
+    );
+
+    fs::remove_dir_all(&data).unwrap();
+    run_ok(&mut cmd("lifeboat-restore", &env));
+    assert_same(&before, &snapshot(&data));
+}

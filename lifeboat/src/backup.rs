@@ -379,11 +379,15 @@ async fn write_and_commit(
     let mut upload = target.begin(&file_name).await?;
     let producer = {
         let job = job.clone();
-        let ctx = SourceCtx {
-            progress: started.progress.clone(),
-            cancel: cancel.clone(),
-        };
-        move |tar: &mut TarSink| produce(&job, tar, &ctx)
+        let (progress, cancel) = (started.progress.clone(), cancel.clone());
+        move |tar: &mut TarSink| {
+            let ctx = SourceCtx {
+                progress,
+                cancel,
+                raw: tar.get_mut().raw_hint(),
+            };
+            produce(&job, tar, &ctx)
+        }
     };
     let uploaded = upload_tar(
         &mut upload,

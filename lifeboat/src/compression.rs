@@ -3,6 +3,8 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -59,7 +61,7 @@ impl Compression {
 
     pub fn encoder<W: Write>(self, w: W) -> io::Result<Encoder<W>> {
         Ok(match self {
-            Compression::Zstd(level) => Encoder::Zstd(zstd_encoder(w, level)?),
+            Compression::Zstd(level) => Encoder::Zstd(Zstd::new(w, level, RawHint::default())?),
             Compression::Gzip(level) => Encoder::Gzip(flate2::write::GzEncoder::new(
                 w,
                 flate2::Compression::new(level),
@@ -116,7 +118,7 @@ impl fmt::Display for Compression {
 }
 
 pub enum Encoder<W: Write> {
-    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Zstd(Zstd<W>),
     Gzip(flate2::write::GzEncoder<W>),
     None(W),
 }
@@ -128,6 +130,16 @@ impl<W: Write> Encoder<W> {
             Encoder::Zstd(e) => e.finish(),
             Encoder::Gzip(e) => e.finish(),
             Encoder::None(w) => Ok(w),
+        }
+    }
+
+    /// The switch a producer sets while it writes bytes that will not
+    /// shrink (compressing them only costs CPU): they are stored as they
+    /// are. Only zstd streams heed it; what comes back is the same either way.
+    pub fn raw_hint(&self) -> RawHint {
+        match self {
+            Encoder::Zstd(z) => z.hint.clone(),
+            Encoder::Gzip(_) | Encoder::None(_) => RawHint::default(),
         }
     }
 }
@@ -149,6 +161,129 @@ impl<W: Write> Write for Encoder<W> {
     }
 }
 
+/// A zstd stream that is one or more frames: compressed frames, and frames
+/// of raw blocks for bytes stored as they are. A zstd stream may hold
+/// several frames back to back; `zstd -dc` and every streaming decoder
+/// read them as one (docs/ARCHITECTURE.md, "Being changed", issue 26).
+pub struct Zstd<W: Write> {
+    level: i32,
+    state: Option<ZstdState<W>>,
+    hint: RawHint,
+}
+
+/// Set by the thread that writes into the encoder, read by the encoder on
+/// every write: the bytes written while it is on are stored raw. The switch
+/// happens at the next byte, so turning it off and on again around a tar
+/// header costs nothing, and consecutive raw files share one raw frame.
+#[derive(Clone, Debug, Default)]
+pub struct RawHint(Arc<AtomicBool>);
+
+impl RawHint {
+    pub fn set(&self, raw: bool) {
+        self.0.store(raw, Ordering::Relaxed);
+    }
+    fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+enum ZstdState<W: Write> {
+    Compressing(zstd::stream::write::Encoder<'static, W>),
+    /// Inside a frame of raw blocks, its header written.
+    Raw(W),
+}
+
+/// A raw frame's window: 128 KiB, the largest block, so a decoder needs no
+/// bigger buffer for it however long the frame.
+const RAW_WINDOW_LOG: u8 = 17;
+const RAW_BLOCK_MAX: usize = 1 << RAW_WINDOW_LOG;
+
+/// Frame header (RFC 8878 §3.1.1): the magic number; a descriptor with no
+/// content size, no checksum, no dictionary and not single-segment; then
+/// the window descriptor (exponent = window log − 10, mantissa 0).
+const RAW_FRAME_HEADER: [u8; 6] = [0x28, 0xB5, 0x2F, 0xFD, 0x00, (RAW_WINDOW_LOG - 10) << 3];
+
+/// The block that ends a raw frame: last, raw, 0 bytes.
+const RAW_FRAME_END: [u8; 3] = [0x01, 0x00, 0x00];
+
+impl<W: Write> Zstd<W> {
+    fn new(w: W, level: i32, hint: RawHint) -> io::Result<Self> {
+        Ok(Zstd {
+            level,
+            state: Some(ZstdState::Compressing(zstd_encoder(w, level)?)),
+            hint,
+        })
+    }
+
+    fn broken() -> io::Error {
+        io::Error::other("the zstd stream failed earlier")
+    }
+
+    /// Switches to what the hint says, if it is not that already.
+    fn follow_hint(&mut self) -> io::Result<()> {
+        let raw = self.hint.get();
+        match self.state.as_ref().ok_or_else(Self::broken)? {
+            ZstdState::Raw(_) if raw => return Ok(()),
+            ZstdState::Compressing(_) if !raw => return Ok(()),
+            _ => {}
+        }
+        let state = self.state.take().ok_or_else(Self::broken)?;
+        self.state = Some(match (state, raw) {
+            (ZstdState::Compressing(e), true) => {
+                // The compressed frame ends here (its workers drain); the
+                // raw frame begins.
+                let mut w = e.finish()?;
+                w.write_all(&RAW_FRAME_HEADER)?;
+                ZstdState::Raw(w)
+            }
+            (ZstdState::Raw(mut w), false) => {
+                w.write_all(&RAW_FRAME_END)?;
+                ZstdState::Compressing(zstd_encoder(w, self.level)?)
+            }
+            (same, _) => same,
+        });
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        match self.state.take().ok_or_else(Self::broken)? {
+            ZstdState::Compressing(e) => e.finish(),
+            ZstdState::Raw(mut w) => {
+                w.write_all(&RAW_FRAME_END)?;
+                Ok(w)
+            }
+        }
+    }
+}
+
+impl<W: Write> Write for Zstd<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        self.follow_hint()?;
+        match self.state.as_mut().ok_or_else(Self::broken)? {
+            ZstdState::Compressing(e) => e.write(buf),
+            ZstdState::Raw(w) => {
+                // One block per call, at most the largest block: the bytes
+                // go straight through, 3 bytes of header each.
+                let n = buf.len().min(RAW_BLOCK_MAX);
+                let head = ((n as u32) << 3).to_le_bytes();
+                w.write_all(&head[..3])?;
+                w.write_all(&buf[..n])?;
+                Ok(n)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.state.as_mut().ok_or_else(Self::broken)? {
+            ZstdState::Compressing(e) => e.flush(),
+            ZstdState::Raw(w) => w.flush(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +301,106 @@ mod tests {
             assert!(Compression::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Compression::Zstd(3).to_string(), "zstd:3");
+    }
+
+    fn random(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Compressed, raw, compressed again, and a raw end: one stream that
+    /// reads back whole, through our decoder and through `zstd -dc`, with
+    /// the raw part stored at 3 bytes per 128 KiB.
+    #[test]
+    fn raw_stretches_between_compressed_frames_read_back_as_one_stream() {
+        let text: Vec<u8> = b"notebook cell output 42\n".repeat(40_000);
+        let noise = random(3 << 20, 7);
+        let mut e = Compression::Zstd(3).encoder(Vec::new()).unwrap();
+        let hint = e.raw_hint();
+        let mut want = Vec::new();
+        e.write_all(&text).unwrap();
+        want.extend_from_slice(&text);
+        hint.set(true);
+        hint.set(true);
+        // Writes of every size, including ones larger than a block.
+        for piece in [
+            &noise[..1],
+            &noise[1..513],
+            &noise[513..(300 << 10)],
+            &noise[(300 << 10)..],
+        ] {
+            e.write_all(piece).unwrap();
+        }
+        want.extend_from_slice(&noise);
+        hint.set(false);
+        e.write_all(&text).unwrap();
+        want.extend_from_slice(&text);
+        hint.set(true);
+        e.write_all(&noise[..1000]).unwrap();
+        want.extend_from_slice(&noise[..1000]);
+        let stored = e.finish().unwrap();
+
+        let mut got = Vec::new();
+        Compression::Zstd(3)
+            .decoder(&stored[..])
+            .unwrap()
+            .read_to_end(&mut got)
+            .unwrap();
+        assert!(
+            got == want,
+            "read back {} bytes, wrote {}",
+            got.len(),
+            want.len()
+        );
+        // The raw parts cost their headers and nothing else.
+        let text_part = zstd::encode_all(&text[..], 3).unwrap().len();
+        assert!(
+            stored.len() < noise.len() + 1000 + 3 * text_part + 200,
+            "{}",
+            stored.len()
+        );
+
+        let mut zstd_cli = std::process::Command::new("zstd");
+        zstd_cli
+            .args(["-dc"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        match zstd_cli.spawn() {
+            Ok(mut child) => {
+                let mut stdin = child.stdin.take().unwrap();
+                let feed = std::thread::spawn(move || stdin.write_all(&stored));
+                let out = child.wait_with_output().unwrap();
+                feed.join().unwrap().unwrap();
+                assert!(out.status.success());
+                assert!(
+                    out.stdout == want,
+                    "zstd -dc gave {} bytes",
+                    out.stdout.len()
+                );
+            }
+            Err(e) => eprintln!("skipped: zstd -dc not run ({e})"),
+        }
+    }
+
+    #[test]
+    fn a_stream_that_is_only_raw_is_a_valid_stream() {
+        let mut e = Compression::Zstd(3).encoder(Vec::new()).unwrap();
+        e.raw_hint().set(true);
+        e.write_all(b"abc").unwrap();
+        let stored = e.finish().unwrap();
+        let mut got = Vec::new();
+        Compression::Zstd(3)
+            .decoder(&stored[..])
+            .unwrap()
+            .read_to_end(&mut got)
+            .unwrap();
+        assert_eq!(got, b"abc");
     }
 }

@@ -317,6 +317,7 @@ fn walked_link(vol: &Path, old: Option<&[u8]>, n: usize) -> (Vec<u8>, u64, u64, 
     let ctx = SourceCtx {
         progress: Arc::new(lifeboat::progress::Progress::default()),
         cancel: Default::default(),
+        raw: Default::default(),
     };
     let report = src.write_tar(&mut tar, &ctx).unwrap();
     let inc = src

@@ -773,10 +773,19 @@ impl<W: Write> Writer<'_, W> {
         h.set_entry_type(EntryType::Regular);
         h.set_size(meta.len());
         let ctx = self.ctx;
+        // Bytes that will not shrink go into the artifact raw; the hint is
+        // off again for whatever comes next (the encoder switches lazily).
+        let raw = super::incompressible::will_not_shrink(&file, meta.len());
         let mut body = ExactSize::new(BufReader::with_capacity(READ_BUFFER, file), meta.len(), ctx);
         append_mtime_nanos(self.tar, meta)
             .map_err(|e| Error::io(format!("writing the tar entry for {}", path.display()), e))?;
-        if let Err(e) = self.tar.append_data(&mut h, name, &mut body) {
+        ctx.raw.set(raw);
+        let appended = self.tar.append_data(&mut h, name, &mut body);
+        ctx.raw.set(false);
+        if raw {
+            tracing::debug!(path = %path.display(), bytes = meta.len(), "stored raw: its bytes will not shrink");
+        }
+        if let Err(e) = appended {
             if is_cancelled(&self.ctx.cancel) {
                 return Err(Error::Cancelled);
             }
@@ -964,6 +973,7 @@ mod tests {
         let ctx = SourceCtx {
             progress: Arc::new(Progress::default()),
             cancel: Default::default(),
+            raw: Default::default(),
         };
         let mut r = ExactSize::new(data, promised, &ctx);
         let mut out = Vec::new();
@@ -1012,6 +1022,7 @@ mod tests {
         let ctx = SourceCtx {
             progress: Arc::new(Progress::default()),
             cancel: Default::default(),
+            raw: Default::default(),
         };
         let report = src.write_tar(&mut tar, &ctx).unwrap();
         assert_eq!(report.entries, 2);
@@ -1077,6 +1088,7 @@ mod tests {
         let ctx = SourceCtx {
             progress: Arc::new(Progress::default()),
             cancel: Default::default(),
+            raw: Default::default(),
         };
         src.write_tar(&mut tar, &ctx).unwrap();
         let atime = fs::metadata(&f).unwrap().atime();
@@ -1114,6 +1126,7 @@ mod tests {
         let ctx = SourceCtx {
             progress: Arc::new(Progress::default()),
             cancel: Default::default(),
+            raw: Default::default(),
         };
         let mut w = Writer {
             tar: &mut tar,
@@ -1230,6 +1243,7 @@ mod tests {
         let ctx = SourceCtx {
             progress: Arc::new(Progress::default()),
             cancel: Default::default(),
+            raw: Default::default(),
         };
         src.write_tar(&mut tar, &ctx).unwrap();
         // Nothing is left in TMPDIR: the runs' file was never linked.

@@ -8,6 +8,7 @@ pub mod arangodb;
 pub mod couchdb;
 pub mod databases;
 pub mod files;
+mod incompressible;
 pub mod increment;
 pub mod kind;
 pub mod listing;

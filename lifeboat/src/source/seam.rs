@@ -47,6 +47,9 @@ impl SourceReport {
 pub struct SourceCtx {
     pub progress: Arc<Progress>,
     pub cancel: Cancel,
+    /// On while a source writes bytes that will not shrink: the encoder
+    /// stores them raw (`compression::RawHint`).
+    pub raw: crate::compression::RawHint,
 }
 
 pub trait Source {
