@@ -68,6 +68,16 @@ def notebook(rng, target):
     return json.dumps(doc, indent=1).encode()
 
 
+def write_random(path, size, rng):
+    """A file of `size` random bytes (packed model weights), in 4 MiB writes."""
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 4 * MiB)
+            f.write(rng.randbytes(n))
+            left -= n
+
+
 def write_mixed(root, total, seed):
     rng = random.Random(seed)
     made = 0
@@ -91,12 +101,7 @@ def write_mixed(root, total, seed):
     i = 0
     while budget > 0:
         size = min(budget, rng.randint(8 * MiB, 64 * MiB))
-        with open(os.path.join(blob_dir, f"weights-{i:03d}.bin"), "wb") as f:
-            left = size
-            while left:
-                n = min(left, 4 * MiB)
-                f.write(rng.randbytes(n))
-                left -= n
+        write_random(os.path.join(blob_dir, f"weights-{i:03d}.bin"), size, rng)
         budget -= size
         made += size
         i += 1
@@ -134,12 +139,7 @@ def write_incompressible(root, total, seed):
     i = 0
     while budget > 0:
         size = min(budget, rng.randint(8 * MiB, 64 * MiB))
-        with open(os.path.join(blob_dir, f"weights-{i:03d}.safetensors"), "wb") as f:
-            left = size
-            while left:
-                n = min(left, 4 * MiB)
-                f.write(rng.randbytes(n))
-                left -= n
+        write_random(os.path.join(blob_dir, f"weights-{i:03d}.safetensors"), size, rng)
         budget -= size
         made += size
         i += 1

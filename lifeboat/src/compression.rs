@@ -303,6 +303,17 @@ mod tests {
         assert_eq!(Compression::Zstd(3).to_string(), "zstd:3");
     }
 
+    /// A zstd stream read back as restore reads it.
+    fn read_back(stored: &[u8]) -> Vec<u8> {
+        let mut got = Vec::new();
+        Compression::Zstd(3)
+            .decoder(stored)
+            .unwrap()
+            .read_to_end(&mut got)
+            .unwrap();
+        got
+    }
+
     fn random(n: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
         (0..n)
@@ -347,12 +358,7 @@ mod tests {
         want.extend_from_slice(&noise[..1000]);
         let stored = e.finish().unwrap();
 
-        let mut got = Vec::new();
-        Compression::Zstd(3)
-            .decoder(&stored[..])
-            .unwrap()
-            .read_to_end(&mut got)
-            .unwrap();
+        let got = read_back(&stored);
         assert!(
             got == want,
             "read back {} bytes, wrote {}",
@@ -395,12 +401,6 @@ mod tests {
         e.raw_hint().set(true);
         e.write_all(b"abc").unwrap();
         let stored = e.finish().unwrap();
-        let mut got = Vec::new();
-        Compression::Zstd(3)
-            .decoder(&stored[..])
-            .unwrap()
-            .read_to_end(&mut got)
-            .unwrap();
-        assert_eq!(got, b"abc");
+        assert_eq!(read_back(&stored), b"abc");
     }
 }
