@@ -403,9 +403,9 @@ fn close_range(ranges: &mut [(u8, u8)], b: u8) -> Result<(), GlobError> {
     Ok(())
 }
 
-/// What the tokens mean, as a small regular expression over bytes.
-#[derive(Debug)]
-enum Node {
+/// One byte taken: a leaf of the pattern, and a step of the program.
+#[derive(Debug, Clone)]
+enum Step {
     Byte(u8),
     /// Any one byte; not `/` when `no_sep`.
     Any {
@@ -415,39 +415,58 @@ enum Node {
         negated: bool,
         ranges: Vec<(u8, u8)>,
     },
+}
+
+impl Step {
+    fn takes(&self, b: u8) -> bool {
+        match self {
+            Step::Byte(x) => *x == b,
+            Step::Any { no_sep } => !(*no_sep && b == b'/'),
+            Step::Class { negated, ranges } => {
+                ranges.iter().any(|&(lo, hi)| lo <= b && b <= hi) != *negated
+            }
+        }
+    }
+}
+
+/// What the tokens mean, as a small regular expression over bytes.
+#[derive(Debug)]
+enum Node {
+    One(Step),
     Seq(Vec<Node>),
     Alt(Vec<Node>),
     Star(Box<Node>),
 }
 
 fn nodes(tokens: &[Token], sep: bool) -> Vec<Node> {
-    let any_run = |no_sep| Node::Star(Box::new(Node::Any { no_sep }));
+    let byte = |b| Node::One(Step::Byte(b));
+    let any_run = |no_sep| Node::Star(Box::new(Node::One(Step::Any { no_sep })));
     let mut out = Vec::new();
     for t in tokens {
         match t {
-            Token::Literal(c) => out.extend(c.encode_utf8(&mut [0; 4]).bytes().map(Node::Byte)),
-            Token::Any => out.push(Node::Any { no_sep: sep }),
+            Token::Literal(c) => out.extend(c.encode_utf8(&mut [0; 4]).bytes().map(byte)),
+            Token::Any => out.push(Node::One(Step::Any { no_sep: sep })),
             Token::ZeroOrMore => out.push(any_run(sep)),
             // (?:/?|.*/)
             Token::RecursivePrefix => out.push(Node::Alt(vec![
                 Node::Seq(Vec::new()),
-                Node::Byte(b'/'),
-                Node::Seq(vec![any_run(false), Node::Byte(b'/')]),
+                byte(b'/'),
+                Node::Seq(vec![any_run(false), byte(b'/')]),
             ])),
             // /.*
             Token::RecursiveSuffix => {
-                out.push(Node::Byte(b'/'));
+                out.push(byte(b'/'));
                 out.push(any_run(false));
             }
             // (?:/|/.*/)
             Token::RecursiveZeroOrMore => out.push(Node::Alt(vec![
-                Node::Byte(b'/'),
-                Node::Seq(vec![Node::Byte(b'/'), any_run(false), Node::Byte(b'/')]),
+                byte(b'/'),
+                Node::Seq(vec![byte(b'/'), any_run(false), byte(b'/')]),
             ])),
-            Token::Class { negated, ranges } => out.push(Node::Class {
+            Token::Class { negated, ranges } => out.push(Node::One(Step::Class {
                 negated: *negated,
                 ranges: ranges.clone(),
-            }),
+            })),
             Token::Alternates(branches) => {
                 // An empty branch is dropped, as globset drops it: `{,a}`
                 // is `a`, and `{}` is nothing at all.
@@ -468,14 +487,7 @@ fn nodes(tokens: &[Token], sep: bool) -> Vec<Node> {
 
 #[derive(Debug, Clone)]
 enum Inst {
-    Byte(u8),
-    Any {
-        no_sep: bool,
-    },
-    Class {
-        negated: bool,
-        ranges: Vec<(u8, u8)>,
-    },
+    One(Step),
     Split(usize, usize),
     Jmp(usize),
     Match,
@@ -483,12 +495,7 @@ enum Inst {
 
 fn emit(node: &Node, prog: &mut Vec<Inst>) {
     match node {
-        Node::Byte(b) => prog.push(Inst::Byte(*b)),
-        Node::Any { no_sep } => prog.push(Inst::Any { no_sep: *no_sep }),
-        Node::Class { negated, ranges } => prog.push(Inst::Class {
-            negated: *negated,
-            ranges: ranges.clone(),
-        }),
+        Node::One(step) => prog.push(Inst::One(step.clone())),
         Node::Seq(ns) => ns.iter().for_each(|n| emit(n, prog)),
         Node::Alt(ns) => {
             let mut to_end = Vec::new();
@@ -533,15 +540,7 @@ fn run(prog: &[Inst], input: &[u8]) -> bool {
         }
         next.clear();
         for &pc in &now.list {
-            let takes = match &prog[pc] {
-                Inst::Byte(x) => *x == b,
-                Inst::Any { no_sep } => !(*no_sep && b == b'/'),
-                Inst::Class { negated, ranges } => {
-                    ranges.iter().any(|&(lo, hi)| lo <= b && b <= hi) != *negated
-                }
-                Inst::Match | Inst::Split(..) | Inst::Jmp(_) => false,
-            };
-            if takes {
+            if matches!(&prog[pc], Inst::One(step) if step.takes(b)) {
                 next.add(prog, pc + 1);
             }
         }
