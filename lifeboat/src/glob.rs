@@ -89,7 +89,6 @@ impl std::error::Error for GlobError {}
 /// One compiled pattern.
 #[derive(Debug, Clone)]
 pub struct Glob {
-    pattern: String,
     shape: Shape,
 }
 
@@ -143,18 +142,7 @@ impl Glob {
                 prog,
             }
         };
-        Ok(Glob {
-            pattern: pattern.to_string(),
-            shape,
-        })
-    }
-
-    pub fn pattern(&self) -> &str {
-        &self.pattern
-    }
-
-    pub fn is_match(&self, path: &Path) -> bool {
-        self.is_match_bytes(path.as_os_str().as_bytes())
+        Ok(Glob { shape })
     }
 
     pub fn is_match_bytes(&self, path: &[u8]) -> bool {
