@@ -18,6 +18,12 @@
 # kubepods cgroups. It is safe to run twice, and after an `up` that failed
 # half-way.
 #
+# A run killed outright (SIGKILL, a CI job cut off at its time limit) never
+# reaches `down`: its bridge, NAT rule, mounts and state folder stay. The
+# next `up` finds such a leftover through $OWNER (or the /tmp/lifeboat-e2e.*
+# folders run.sh makes) and takes it down first, but only when none of the
+# processes it recorded still live; a cluster that runs is never touched.
+#
 # Why each setting is what it is: docs/E2E.md.
 set -euo pipefail
 
@@ -28,6 +34,7 @@ POD_CIDR=10.244.77.0/24
 SERVICE_CIDR=10.96.77.0/24
 SERVICE_IP=10.96.77.1
 NODE=lifeboat-e2e
+OWNER=/run/lifeboat-e2e.state
 KUBELET_SYSCTLS="vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes"
 
 log() { echo "cluster.sh: $*" >&2; }
@@ -142,6 +149,7 @@ network() {
   ip link add "$BRIDGE" type bridge
   ip addr add "$BRIDGE_IP/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
+  echo "$STATE" >"$OWNER"
   sysctl -q -w net.ipv4.ip_forward=1
   sysctl -q -w "net.ipv4.conf.$BRIDGE.route_localnet=1"
   # No kube-proxy: pods reach the API server at the service IP through this
@@ -222,8 +230,7 @@ up() {
     exit 1
   fi
   if ip link show "$BRIDGE" >/dev/null 2>&1; then
-    log "the bridge $BRIDGE exists already: another e2e cluster runs here (cluster.sh down STATE_DIR)"
-    exit 1
+    reclaim
   fi
   mkdir -p "$STATE"/{pids,logs,etcd,kubelet,pod-logs,audit}
   : >"$STATE/.lifeboat-e2e"
@@ -307,13 +314,50 @@ EOF
   log "node $NODE Ready; KUBECONFIG=$STATE/kubeconfig"
 }
 
+# True when the process recorded as $2 in state folder $1 runs and is the
+# one we started: its command line names that folder (etcd's names its data
+# folder, the others the binary copied there). A zombie's is empty.
+running() {
+  local pid
+  pid=$(cat "$1/pids/$2" 2>/dev/null) || return 1
+  kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$1"
+}
+
+# True when any process recorded in state folder $1 still runs.
+alive() {
+  local pidfile
+  for pidfile in "$1"/pids/*; do
+    [ -f "$pidfile" ] && running "$1" "$(basename "$pidfile")" && return 0
+  done
+  return 1
+}
+
+# The bridge exists: take down what a killed run left, or refuse when a
+# cluster still runs.
+reclaim() {
+  local old candidates=()
+  [ -f "$OWNER" ] && candidates+=("$(cat "$OWNER")")
+  for old in /tmp/lifeboat-e2e.*; do candidates+=("$old"); done
+  for old in "${candidates[@]}"; do
+    [ -e "$old/.lifeboat-e2e" ] && [ "$old" != "$STATE" ] || continue
+    if alive "$old"; then
+      log "another e2e cluster runs here, from $old: stop it with cluster.sh down $old"
+      exit 1
+    fi
+    log "a run that was killed left its cluster in $old; taking it down first"
+    bash "${BASH_SOURCE[0]}" down "$old" || log "taking down $old left something behind (above)"
+  done
+  if ip link show "$BRIDGE" >/dev/null 2>&1; then
+    log "the bridge $BRIDGE exists and no cluster.sh state folder owns it; if no e2e cluster runs here, remove it: ip link del $BRIDGE"
+    exit 1
+  fi
+}
+
 stop_pid() {
   local name=$1 pidfile=$STATE/pids/$1 pid i
   [ -f "$pidfile" ] || return 0
   pid=$(cat "$pidfile")
-  # Only the process we started: its command line names the state folder
-  # or the binary we copied there (etcd's names its data folder).
-  if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$STATE"; then
+  if running "$STATE" "$name"; then
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
@@ -333,7 +377,7 @@ down() {
   # app containers get their SIGTERM.
   stop_pid kube-controller-manager
   stop_pid kube-scheduler
-  if [ -f "$STATE/pids/kubelet" ] && kill -0 "$(cat "$STATE/pids/kubelet")" 2>/dev/null; then
+  if running "$STATE" kubelet && running "$STATE" kube-apiserver; then
     timeout 60 kubectl --kubeconfig "$STATE/kubeconfig" delete pods --all --all-namespaces \
       --grace-period=5 --wait=true >/dev/null 2>&1 || log "deleting the pods did not finish; killing their containers"
   fi
@@ -378,6 +422,7 @@ down() {
   remove_chains iptables
   remove_chains ip6tables
   ip link del "$BRIDGE" 2>/dev/null || true
+  if [ "$(cat "$OWNER" 2>/dev/null)" = "$STATE" ]; then rm -f "$OWNER"; fi
   if [ -f "$STATE/saved-ip_forward" ]; then
     sysctl -q -w "net.ipv4.ip_forward=$(cat "$STATE/saved-ip_forward")" || true
   fi
