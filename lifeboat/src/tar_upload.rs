@@ -36,10 +36,11 @@ where
     F: FnOnce(&mut TarSink) -> Result<R> + Send + 'static,
 {
     let (tx, mut rx) = pipe::channel();
+    let (sink, returns) = ChunkWriter::recycling(tx);
     // The producer's own log lines belong to the caller's span too.
     let span = tracing::Span::current();
     let producer = tokio::task::spawn_blocking(move || {
-        span.in_scope(|| write_tar(tx, compression, recipients.as_ref(), produce))
+        span.in_scope(|| write_tar(sink, compression, recipients.as_ref(), produce))
     });
     let mut upload_error = None;
     // Hashed here, not in the producer: its thread walks, reads and feeds
@@ -49,9 +50,12 @@ where
         // The producer only sends Ok chunks; errors come from its result.
         let Ok(chunk) = chunk else { continue };
         stored.update(&chunk);
-        if let Err(e) = upload.write(chunk).await {
-            upload_error = Some(e);
-            break;
+        match upload.write(chunk).await {
+            Ok(used) => returns.give(used),
+            Err(e) => {
+                upload_error = Some(e);
+                break;
+            }
         }
     }
     // Closing our end makes a blocked producer fail fast.
@@ -75,12 +79,11 @@ where
 
 /// The blocking half: tar -> compressor -> [age] -> pipe.
 fn write_tar<R>(
-    tx: tokio::sync::mpsc::Sender<pipe::Chunk>,
+    sink: ChunkWriter,
     compression: Compression,
     recipients: Option<&Recipients>,
     produce: impl FnOnce(&mut TarSink) -> Result<R>,
 ) -> Result<R> {
-    let sink = ChunkWriter::new(tx);
     // After compression: encrypted bytes do not compress.
     let sealed =
         Sealed::new(sink, recipients).map_err(|e| Error::io("starting age encryption", e))?;

@@ -131,7 +131,7 @@ fn tag<U>(
 }
 
 impl Put for AnyPut {
-    async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<Vec<u8>> {
         match self {
             AnyPut::Dir(p) => p.write(chunk).await,
             AnyPut::S3(p) => p.write(chunk).await,

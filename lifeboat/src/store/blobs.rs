@@ -117,7 +117,9 @@ pub trait Blobs: Clone {
 /// they are (a folder) takes them without copying.
 #[allow(async_fn_in_trait)]
 pub trait Put {
-    async fn write(&mut self, chunk: Vec<u8>) -> Result<()>;
+    /// Takes the chunk's bytes and hands the buffer back, emptied, for the
+    /// caller to fill again (an empty `Vec` when the store kept it).
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<Vec<u8>>;
     /// Makes the blob durable and visible, never replacing one that appeared
     /// meanwhile where the store can refuse that. On failure nothing of it
     /// stays visible (what is left is an incomplete upload at worst).

@@ -441,13 +441,14 @@ impl DirPut {
 
 impl Put for DirPut {
     /// Writes the chunk where it is: it moves to the blocking thread whole.
-    async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
+    async fn write(&mut self, mut chunk: Vec<u8>) -> Result<Vec<u8>> {
         use std::io::Write;
         let res = self
             .with_file(move |f, wb| {
                 f.write_all(&chunk)?;
                 wb.wrote(f, chunk.len() as u64);
-                Ok(())
+                chunk.clear();
+                Ok(chunk)
             })
             .await;
         res.map_err(|e| self.blobs.io_err("writing", &self.tmp, e))

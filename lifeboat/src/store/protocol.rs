@@ -209,7 +209,9 @@ pub trait Target {
 /// writes whole chunks from the pipe, handed over without a copy.
 #[allow(async_fn_in_trait)]
 pub trait Upload {
-    async fn write(&mut self, chunk: Vec<u8>) -> Result<()>;
+    /// Takes the chunk's bytes and hands the buffer back, emptied, for the
+    /// pipe to fill again (see [`Put::write`]).
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<Vec<u8>>;
     /// Makes the artifact durable and visible, manifest last.
     async fn commit(self, manifest: &Manifest) -> Result<()>;
     /// Removes what was written. Best effort: leftovers are cleaned later.
@@ -533,7 +535,7 @@ pub struct ArtifactUpload<B: Blobs> {
 }
 
 impl<B: Blobs> Upload for ArtifactUpload<B> {
-    async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<Vec<u8>> {
         self.put.write(chunk).await
     }
 
@@ -694,9 +696,10 @@ mod tests {
     }
 
     impl Put for MemPut {
-        async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
+        async fn write(&mut self, mut chunk: Vec<u8>) -> Result<Vec<u8>> {
             self.buf.extend_from_slice(&chunk);
-            Ok(())
+            chunk.clear();
+            Ok(chunk)
         }
         async fn finish(self) -> Result<()> {
             self.mem.log(format!("finish {}", self.name));

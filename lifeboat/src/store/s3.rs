@@ -867,18 +867,19 @@ impl S3Put {
 
 impl Put for S3Put {
     /// Fills the part being built; a full part goes out on its own task.
-    async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
-        let mut chunk = &chunk[..];
-        while !chunk.is_empty() {
+    async fn write(&mut self, mut chunk: Vec<u8>) -> Result<Vec<u8>> {
+        let mut left = &chunk[..];
+        while !left.is_empty() {
             let want = part_size(self.next_part) - self.buf.len();
-            let n = want.min(chunk.len());
-            self.buf.extend_from_slice(&chunk[..n]);
-            chunk = &chunk[n..];
+            let n = want.min(left.len());
+            self.buf.extend_from_slice(&left[..n]);
+            left = &left[n..];
             if self.buf.len() == part_size(self.next_part) {
                 self.send_part().await?;
             }
         }
-        Ok(())
+        chunk.clear();
+        Ok(chunk)
     }
 
     async fn finish(mut self) -> Result<()> {
