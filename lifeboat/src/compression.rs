@@ -90,19 +90,17 @@ pub const ZSTD_JOB_SIZE: u32 = 1024 * 1024;
 /// Most zstd workers, whatever the machine: memory grows with each one.
 pub const ZSTD_MAX_WORKERS: u32 = 4;
 
-/// A zstd stream compressed on every core (up to [`ZSTD_MAX_WORKERS`]) in
-/// jobs of [`ZSTD_JOB_SIZE`]. The output is one ordinary zstd frame,
-/// byte-compatible with `zstd -dc`.
-fn zstd_encoder<W: Write>(
-    w: W,
-    level: i32,
-) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
-    let mut e = zstd::stream::write::Encoder::new(w, level)?;
+/// A zstd context compressing on every core (up to [`ZSTD_MAX_WORKERS`])
+/// in jobs of [`ZSTD_JOB_SIZE`]. Each frame it writes is an ordinary zstd
+/// frame, byte-compatible with `zstd -dc`.
+fn zstd_context(level: i32) -> io::Result<zstd::stream::raw::Encoder<'static>> {
+    use zstd::stream::raw::CParameter;
+    let mut e = zstd::stream::raw::Encoder::new(level)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let workers = cores.min(ZSTD_MAX_WORKERS);
     if workers > 1 {
-        e.multithread(workers)?;
-        e.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
+        e.set_parameter(CParameter::NbWorkers(workers))?;
+        e.set_parameter(CParameter::JobSize(ZSTD_JOB_SIZE))?;
     }
     Ok(e)
 }
@@ -165,10 +163,20 @@ impl<W: Write> Write for Encoder<W> {
 /// of raw blocks for bytes stored as they are. A zstd stream may hold
 /// several frames back to back; `zstd -dc` and every streaming decoder
 /// read them as one (docs/ARCHITECTURE.md, "Being changed", issue 26).
+///
+/// One compression context serves every compressed frame: a new one would
+/// start its worker threads and fault in its tables again at each switch,
+/// which a volume of alternating packed and text files pays per file.
 pub struct Zstd<W: Write> {
-    level: i32,
-    state: Option<ZstdState<W>>,
+    w: W,
+    ctx: zstd::stream::raw::Encoder<'static>,
+    /// What the context produced, on its way to `w`.
+    out: Vec<u8>,
+    state: State,
     hint: RawHint,
+    /// Set when a write to `w` or the context failed: the stream is cut
+    /// somewhere unknown.
+    broken: bool,
 }
 
 /// Set by the thread that writes into the encoder, read by the encoder on
@@ -187,10 +195,14 @@ impl RawHint {
     }
 }
 
-enum ZstdState<W: Write> {
-    Compressing(zstd::stream::write::Encoder<'static, W>),
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Between frames: the next byte starts one of either kind.
+    Between,
+    /// Inside a compressed frame.
+    Compressing,
     /// Inside a frame of raw blocks, its header written.
-    Raw(W),
+    Raw,
 }
 
 /// A raw frame's window: 128 KiB, the largest block, so a decoder needs no
@@ -209,78 +221,134 @@ const RAW_FRAME_END: [u8; 3] = [0x01, 0x00, 0x00];
 impl<W: Write> Zstd<W> {
     fn new(w: W, level: i32, hint: RawHint) -> io::Result<Self> {
         Ok(Zstd {
-            level,
-            state: Some(ZstdState::Compressing(zstd_encoder(w, level)?)),
+            w,
+            ctx: zstd_context(level)?,
+            out: Vec::with_capacity(zstd::zstd_safe::CCtx::out_size()),
+            state: State::Between,
             hint,
+            broken: false,
         })
     }
 
-    fn broken() -> io::Error {
-        io::Error::other("the zstd stream failed earlier")
+    /// Writes all of `bytes` to `w`, marking the stream broken if that fails.
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let res = self.w.write_all(bytes);
+        self.broken |= res.is_err();
+        res
     }
 
-    /// Switches to what the hint says, if it is not that already.
-    fn follow_hint(&mut self) -> io::Result<()> {
-        let raw = self.hint.get();
-        match self.state.as_ref().ok_or_else(Self::broken)? {
-            ZstdState::Raw(_) if raw => return Ok(()),
-            ZstdState::Compressing(_) if !raw => return Ok(()),
-            _ => {}
+    /// Runs one step of the context into `out` and writes what it made.
+    /// Returns the context's hint (0: nothing left to flush or end).
+    fn step(
+        &mut self,
+        f: impl FnOnce(
+            &mut zstd::stream::raw::Encoder<'static>,
+            &mut zstd::stream::raw::OutBuffer<'_, Vec<u8>>,
+        ) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        let hint = f(
+            &mut self.ctx,
+            &mut zstd::stream::raw::OutBuffer::around(&mut out),
+        );
+        let written = match hint {
+            Ok(_) => self.put(&out),
+            Err(_) => {
+                self.broken = true;
+                Ok(())
+            }
+        };
+        self.out = out;
+        written?;
+        hint
+    }
+
+    /// Ends the frame being written, if any, so the next begins clean.
+    fn end_frame(&mut self) -> io::Result<()> {
+        use zstd::stream::raw::Operation;
+        match self.state {
+            State::Between => {}
+            State::Raw => self.put(&RAW_FRAME_END)?,
+            State::Compressing => {
+                // The workers drain; the context stays for the next frame.
+                while self.step(|c, o| c.finish(o, false))? != 0 {}
+                self.ctx.reinit()?;
+            }
         }
-        let state = self.state.take().ok_or_else(Self::broken)?;
-        self.state = Some(match (state, raw) {
-            (ZstdState::Compressing(e), true) => {
-                // The compressed frame ends here (its workers drain); the
-                // raw frame begins.
-                let mut w = e.finish()?;
-                w.write_all(&RAW_FRAME_HEADER)?;
-                ZstdState::Raw(w)
-            }
-            (ZstdState::Raw(mut w), false) => {
-                w.write_all(&RAW_FRAME_END)?;
-                ZstdState::Compressing(zstd_encoder(w, self.level)?)
-            }
-            (same, _) => same,
-        });
+        self.state = State::Between;
+        Ok(())
+    }
+
+    /// Moves to the frame kind the hint asks for, if it is not that already.
+    fn follow_hint(&mut self) -> io::Result<()> {
+        let want = if self.hint.get() {
+            State::Raw
+        } else {
+            State::Compressing
+        };
+        if self.state == want {
+            return Ok(());
+        }
+        self.end_frame()?;
+        if want == State::Raw {
+            self.put(&RAW_FRAME_HEADER)?;
+        }
+        self.state = want;
         Ok(())
     }
 
     fn finish(mut self) -> io::Result<W> {
-        match self.state.take().ok_or_else(Self::broken)? {
-            ZstdState::Compressing(e) => e.finish(),
-            ZstdState::Raw(mut w) => {
-                w.write_all(&RAW_FRAME_END)?;
-                Ok(w)
-            }
+        if self.broken {
+            return Err(io::Error::other("the zstd stream failed earlier"));
         }
+        // An empty stream is still one (empty) compressed frame, as before.
+        if self.state == State::Between {
+            self.state = State::Compressing;
+        }
+        self.end_frame()?;
+        Ok(self.w)
     }
 }
 
 impl<W: Write> Write for Zstd<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use zstd::stream::raw::{InBuffer, Operation};
         if buf.is_empty() {
             return Ok(0);
         }
+        if self.broken {
+            return Err(io::Error::other("the zstd stream failed earlier"));
+        }
         self.follow_hint()?;
-        match self.state.as_mut().ok_or_else(Self::broken)? {
-            ZstdState::Compressing(e) => e.write(buf),
-            ZstdState::Raw(w) => {
+        match self.state {
+            State::Raw => {
                 // One block per call, at most the largest block: the bytes
                 // go straight through, 3 bytes of header each.
                 let n = buf.len().min(RAW_BLOCK_MAX);
                 let head = ((n as u32) << 3).to_le_bytes();
-                w.write_all(&head[..3])?;
-                w.write_all(&buf[..n])?;
+                self.put(&head[..3])?;
+                self.put(&buf[..n])?;
                 Ok(n)
             }
+            _ => loop {
+                // The context takes input until its output buffer is
+                // full; a step that took nothing only emptied that buffer.
+                let mut src = InBuffer::around(buf);
+                self.step(|c, o| c.run(&mut src, o))?;
+                if src.pos() > 0 {
+                    return Ok(src.pos());
+                }
+            },
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match self.state.as_mut().ok_or_else(Self::broken)? {
-            ZstdState::Compressing(e) => e.flush(),
-            ZstdState::Raw(w) => w.flush(),
+        use zstd::stream::raw::Operation;
+        if self.state == State::Compressing {
+            while self.step(|c, o| c.flush(o))? != 0 {}
         }
+        self.w.flush()
     }
 }
 
@@ -373,6 +441,14 @@ mod tests {
             stored.len()
         );
 
+        if let Some(out) = zstd_cli_reads(stored) {
+            assert!(out == want, "zstd -dc gave {} bytes", out.len());
+        }
+    }
+
+    /// What `zstd -dc` makes of `stored`; None (said on stderr) where the
+    /// zstd program is missing.
+    fn zstd_cli_reads(stored: Vec<u8>) -> Option<Vec<u8>> {
         let mut zstd_cli = std::process::Command::new("zstd");
         zstd_cli
             .args(["-dc"])
@@ -385,13 +461,41 @@ mod tests {
                 let out = child.wait_with_output().unwrap();
                 feed.join().unwrap().unwrap();
                 assert!(out.status.success());
-                assert!(
-                    out.stdout == want,
-                    "zstd -dc gave {} bytes",
-                    out.stdout.len()
-                );
+                Some(out.stdout)
             }
-            Err(e) => eprintln!("skipped: zstd -dc not run ({e})"),
+            Err(e) => {
+                eprintln!("skipped: zstd -dc not run ({e})");
+                None
+            }
+        }
+    }
+
+    /// A volume of alternating packed and text files: hundreds of frame
+    /// switches through the one context, flushes between, every piece back
+    /// in order through both decoders.
+    #[test]
+    fn hundreds_of_switches_read_back_in_order() {
+        let noise = random(1 << 20, 11);
+        let mut e = Compression::Zstd(3).encoder(Vec::new()).unwrap();
+        let hint = e.raw_hint();
+        let mut want = Vec::new();
+        for i in 0..300usize {
+            let text = format!("cell {i}: loss {}\n", i * 7).repeat(1 + i % 50);
+            hint.set(false);
+            e.write_all(text.as_bytes()).unwrap();
+            want.extend_from_slice(text.as_bytes());
+            if i % 7 == 0 {
+                e.flush().unwrap();
+            }
+            let piece = &noise[(i * 3001) % 4096..][..(i * 977) % (200 << 10)];
+            hint.set(i % 5 != 0);
+            e.write_all(piece).unwrap();
+            want.extend_from_slice(piece);
+        }
+        let stored = e.finish().unwrap();
+        assert!(read_back(&stored) == want);
+        if let Some(out) = zstd_cli_reads(stored) {
+            assert!(out == want, "zstd -dc gave {} bytes", out.len());
         }
     }
 

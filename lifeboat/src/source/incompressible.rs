@@ -9,8 +9,10 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 /// Smaller files are compressed whatever they hold: ending a compressed
-/// frame stalls zstd's workers, which a small file does not pay back.
-pub const RAW_MIN: u64 = 4 << 20;
+/// frame waits for zstd's workers to drain their jobs (one job is 1 MiB,
+/// `compression::ZSTD_JOB_SIZE`), which a smaller file does not pay back.
+/// The samples read are then at most a sixteenth of the file.
+pub const RAW_MIN: u64 = 1 << 20;
 
 /// Samples spread over the file, away from its start and end (headers and
 /// indexes of packed formats often compress).
@@ -94,6 +96,8 @@ mod tests {
     fn packed_bytes_are_stored_raw_and_text_is_compressed() {
         let (f, len) = file_of(&noise(6 << 20));
         assert!(will_not_shrink(f.as_file(), len));
+        let (f, len) = file_of(&noise(RAW_MIN as usize));
+        assert!(will_not_shrink(f.as_file(), len));
 
         let text = b"{\"cell\": 1, \"output\": \"loss 0.25\"}\n".repeat(200_000);
         let (f, len) = file_of(&text);
@@ -108,7 +112,7 @@ mod tests {
         assert!(!will_not_shrink(f.as_file(), len));
 
         // Small files are never judged.
-        let (f, len) = file_of(&noise(1 << 20));
+        let (f, len) = file_of(&noise((RAW_MIN - 1) as usize));
         assert!(!will_not_shrink(f.as_file(), len));
     }
 }
