@@ -273,7 +273,10 @@ impl<W: Write> Zstd<W> {
             State::Compressing => {
                 // The workers drain; the context stays for the next frame.
                 while self.step(|c, o| c.finish(o, false))? != 0 {}
-                self.ctx.reinit()?;
+                if let Err(e) = self.ctx.reinit() {
+                    self.broken = true;
+                    return Err(e);
+                }
             }
         }
         self.state = State::Between;
@@ -345,6 +348,9 @@ impl<W: Write> Write for Zstd<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         use zstd::stream::raw::Operation;
+        if self.broken {
+            return Err(io::Error::other("the zstd stream failed earlier"));
+        }
         if self.state == State::Compressing {
             while self.step(|c, o| c.flush(o))? != 0 {}
         }
@@ -497,6 +503,50 @@ mod tests {
         if let Some(out) = zstd_cli_reads(stored) {
             assert!(out == want, "zstd -dc gave {} bytes", out.len());
         }
+    }
+
+    /// A sink that takes `left` bytes, then fails every write.
+    struct FailsAfter {
+        left: usize,
+    }
+
+    impl Write for FailsAfter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.left == 0 {
+                return Err(io::Error::other("disk full"));
+            }
+            let n = buf.len().min(self.left);
+            self.left -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Once the sink failed, the stream is cut somewhere unknown: nothing
+    /// after that may look like success, in either kind of frame.
+    #[test]
+    fn after_a_failed_write_every_call_fails() {
+        for raw in [false, true] {
+            let mut e = Compression::Zstd(3)
+                .encoder(FailsAfter { left: 100 })
+                .unwrap();
+            e.raw_hint().set(raw);
+            let noise = random(4 << 20, 3);
+            assert!(e.write_all(&noise).is_err(), "raw {raw}");
+            assert!(e.write(b"more").is_err(), "raw {raw}");
+            assert!(e.flush().is_err(), "raw {raw}");
+            assert!(e.finish().is_err(), "raw {raw}");
+        }
+    }
+
+    #[test]
+    fn an_empty_stream_is_a_valid_stream() {
+        let e = Compression::Zstd(3).encoder(Vec::new()).unwrap();
+        let stored = e.finish().unwrap();
+        assert!(!stored.is_empty());
+        assert!(read_back(&stored).is_empty());
     }
 
     #[test]

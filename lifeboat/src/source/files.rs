@@ -775,11 +775,20 @@ impl<W: Write> Writer<'_, W> {
         let ctx = self.ctx;
         // Bytes that will not shrink go into the artifact raw; the hint is
         // off again for whatever comes next (the encoder switches lazily).
+        // The entry's headers (its PAX mtime too) go raw with it: a KiB
+        // stored as it is costs nothing, while a compressed frame for it
+        // would drain zstd's workers twice per file, and consecutive raw
+        // files would no longer share one raw frame.
         let raw = super::incompressible::will_not_shrink(&file, meta.len());
         let mut body = ExactSize::new(BufReader::with_capacity(READ_BUFFER, file), meta.len(), ctx);
-        append_mtime_nanos(self.tar, meta)
-            .map_err(|e| Error::io(format!("writing the tar entry for {}", path.display()), e))?;
         ctx.raw.set(raw);
+        if let Err(e) = append_mtime_nanos(self.tar, meta) {
+            ctx.raw.set(false);
+            return Err(Error::io(
+                format!("writing the tar entry for {}", path.display()),
+                e,
+            ));
+        }
         let appended = self.tar.append_data(&mut h, name, &mut body);
         ctx.raw.set(false);
         if raw {
