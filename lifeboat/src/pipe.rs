@@ -28,7 +28,7 @@ pub fn channel() -> (mpsc::Sender<Chunk>, mpsc::Receiver<Chunk>) {
 pub struct ChunkWriter {
     tx: mpsc::Sender<Chunk>,
     buf: Vec<u8>,
-    spare: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
+    spare: Option<Spares>,
     /// Buffers allocated, the first included.
     fresh: usize,
 }
@@ -51,21 +51,19 @@ impl ChunkWriter {
     /// files spent a sixth of its CPU faulting in and zeroing a thousand
     /// fresh megabytes and unmapping them again.
     pub fn recycling(tx: mpsc::Sender<Chunk>) -> (Self, Returns) {
-        // Every buffer of the pipe can be on its way back at once: the
-        // queue, the one being filled and the one being written.
-        let (back, spare) = std::sync::mpsc::sync_channel(QUEUE_DEPTH + 2);
+        let (returns, spares) = recycle(CHUNK_SIZE);
         let writer = ChunkWriter {
-            spare: Some(spare),
+            spare: Some(spares),
             ..ChunkWriter::new(tx)
         };
-        (writer, Returns(back))
+        (writer, returns)
     }
 
     fn send(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let next = match self.spare.as_ref().and_then(|s| s.try_recv().ok()) {
+        let next = match self.spare.as_ref().and_then(Spares::reuse) {
             Some(mut spare) => {
                 spare.clear();
                 spare
@@ -108,18 +106,32 @@ impl Write for ChunkWriter {
     }
 }
 
-/// The consumer's way to hand a written chunk back to a recycling
-/// [`ChunkWriter`].
+/// The end that hands used buffers back to be filled again: the consumer
+/// of a recycling [`ChunkWriter`], or a recycling [`ChunkReader`] itself.
 pub struct Returns(std::sync::mpsc::SyncSender<Vec<u8>>);
 
 impl Returns {
     /// Gives `buf` back to be filled again; one the store kept (empty, no
     /// capacity) or one too many is dropped.
     pub fn give(&self, buf: Vec<u8>) {
-        if buf.capacity() >= CHUNK_SIZE {
+        if buf.capacity() > 0 {
             let _ = self.0.try_send(buf);
         }
     }
+}
+
+/// A pair of ends through which a pipe's buffers go round. Every buffer of
+/// the pipe can be on its way back at once: the queue, the one being
+/// filled and the one being used.
+fn recycle(size: usize) -> (Returns, Spares) {
+    let (back, spare) = std::sync::mpsc::sync_channel(QUEUE_DEPTH + 2);
+    (
+        Returns(back),
+        Spares {
+            rx: Some(spare),
+            size,
+        },
+    )
 }
 
 /// Blocking reader end: yields the chunks a [`feed`] task sends.
@@ -127,7 +139,7 @@ pub struct ChunkReader {
     rx: mpsc::Receiver<Chunk>,
     cur: Vec<u8>,
     pos: usize,
-    back: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    back: Option<Returns>,
     /// Bytes read or skipped so far: the stream position [`Seek`] reports.
     consumed: u64,
 }
@@ -146,16 +158,10 @@ impl ChunkReader {
     /// A reader that hands each chunk it has used up back to the producer,
     /// which fills it again through the returned [`Spares`].
     pub fn recycling(rx: mpsc::Receiver<Chunk>, chunk_size: usize) -> (Self, Spares) {
-        // Every buffer of the pipe can be on its way back at once: the queue,
-        // the one being filled and the one being read.
-        let (back, spare) = std::sync::mpsc::sync_channel(QUEUE_DEPTH + 2);
+        let (back, spares) = recycle(chunk_size);
         let reader = ChunkReader {
             back: Some(back),
             ..ChunkReader::new(rx)
-        };
-        let spares = Spares {
-            rx: Some(spare),
-            size: chunk_size,
         };
         (reader, spares)
     }
@@ -172,10 +178,8 @@ impl ChunkReader {
                     let used = std::mem::replace(&mut self.cur, chunk);
                     self.pos = 0;
                     if let Some(back) = &self.back {
-                        if used.capacity() > 0 {
-                            // Full or gone: the producer allocates or has stopped.
-                            let _ = back.try_send(used);
-                        }
+                        // Full or gone: the producer allocates or has stopped.
+                        back.give(used);
                     }
                 }
             }
@@ -248,9 +252,14 @@ impl Spares {
         Spares { rx: None, size }
     }
 
+    /// A buffer handed back, if one waits.
+    fn reuse(&self) -> Option<Vec<u8>> {
+        self.rx.as_ref().and_then(|rx| rx.try_recv().ok())
+    }
+
     /// A buffer of the chunk size, returned one if there is one.
     pub fn take(&self) -> Vec<u8> {
-        match self.rx.as_ref().and_then(|rx| rx.try_recv().ok()) {
+        match self.reuse() {
             Some(mut buf) => {
                 buf.resize(self.size, 0);
                 buf
