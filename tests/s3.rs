@@ -171,7 +171,7 @@ fn a_store_killed_mid_upload_leaves_nothing_committed_and_the_next_backup_works(
     assert!(stderr(&out).contains("the S3 endpoint"), "{}", stderr(&out));
 
     // Back up again: nothing was committed, and the next backup succeeds.
-    w.weed = Seaweed::start_on(w.weed.dir(), port);
+    w.weed = Seaweed::restart_on(w.weed.dir(), port, "killed");
     assert!(w.listed(targets).is_empty());
     run_ok(
         w.cmd(
@@ -224,7 +224,7 @@ fn a_secondary_that_was_down_for_three_backups_catches_up_in_order() {
         );
         ids.push(stdout(&out).trim().to_string());
     }
-    w.weed = Seaweed::start_on(w.weed.dir(), port);
+    w.weed = Seaweed::restart_on(w.weed.dir(), port, "airgap");
     fs::write(w.data.join("f"), "v3").unwrap();
     let out = run_ok(
         w.cmd("lifeboat-sidecar", &targets, KEEP_ALL)

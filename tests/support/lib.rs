@@ -629,6 +629,53 @@ impl Seaweed {
         Some(o.body.collect().await.ok()?.into_bytes().to_vec())
     }
 
+    /// Starts the server again on its old `port` and data, and waits
+    /// until `bucket` is served again. Just restarted, SeaweedFS answers
+    /// on its S3 port before its filer has the buckets back: a list
+    /// answers 404 NotFound and a write 500 for a while, which a test
+    /// would otherwise take for lifeboat's failure.
+    pub fn restart_on(dir: &Path, port: u16, bucket: &str) -> Seaweed {
+        let s = Self::start_on(dir, port);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(s.wait_served(bucket));
+        s
+    }
+
+    async fn wait_served(&self, bucket: &str) {
+        let c = self.client().await;
+        let probe = "lifeboat-test-probe";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let listed = c.list_objects_v2().bucket(bucket).max_keys(1).send().await;
+            let put = match listed {
+                Ok(_) => c
+                    .put_object()
+                    .bucket(bucket)
+                    .key(probe)
+                    .body(Vec::new().into())
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(e).to_string()),
+                Err(e) => Err(aws_sdk_s3::error::DisplayErrorContext(e).to_string()),
+            };
+            match put {
+                Ok(()) => {
+                    let _ = c.delete_object().bucket(bucket).key(probe).send().await;
+                    return;
+                }
+                Err(e) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "bucket {bucket} not served 60 s after the restart: {e}"
+                ),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    }
+
     /// Creates a bucket, retrying while the filer finishes starting.
     pub async fn create_bucket(&self, name: &str) {
         self.create_bucket_with(name, false).await
