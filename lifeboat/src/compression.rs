@@ -167,6 +167,12 @@ impl<W: Write> Write for Encoder<W> {
 /// One compression context serves every compressed frame: a new one would
 /// start its worker threads and fault in its tables again at each switch,
 /// which a volume of alternating packed and text files pays per file.
+///
+/// After a raw stretch, compressible bytes are held back until there are
+/// [`HOLD_MAX`] of them: the few between two raw files (the tar headers,
+/// one file's padding) become a small frame of their own, compressed on
+/// this thread, so a run of small packed files costs no drain of the
+/// workers per file and no raw headers.
 pub struct Zstd<W: Write> {
     w: W,
     ctx: zstd::stream::raw::Encoder<'static>,
@@ -177,7 +183,18 @@ pub struct Zstd<W: Write> {
     /// Set when a write to `w` or the context failed: the stream is cut
     /// somewhere unknown.
     broken: bool,
+    /// Compressible bytes held back after a raw stretch ([`State::Holding`]).
+    held: Vec<u8>,
+    /// Compresses the held bytes as one frame; made at the first use.
+    small: Option<zstd::bulk::Compressor<'static>>,
+    level: i32,
 }
+
+/// Compressible bytes after a raw stretch that are held back to become a
+/// small frame of their own, if a raw stretch comes again before more
+/// come: a run of small packed files has a KiB or two of tar headers and
+/// padding between them.
+pub const HOLD_MAX: usize = 64 << 10;
 
 /// Set by the thread that writes into the encoder, read by the encoder on
 /// every write: the bytes written while it is on are stored raw. The switch
@@ -203,6 +220,8 @@ enum State {
     Compressing,
     /// Inside a frame of raw blocks, its header written.
     Raw,
+    /// After a raw frame ended: compressible bytes go to `held`.
+    Holding,
 }
 
 /// A raw frame's window: 128 KiB, the largest block, so a decoder needs no
@@ -227,6 +246,9 @@ impl<W: Write> Zstd<W> {
             state: State::Between,
             hint,
             broken: false,
+            held: Vec::new(),
+            small: None,
+            level,
         })
     }
 
@@ -270,6 +292,7 @@ impl<W: Write> Zstd<W> {
         match self.state {
             State::Between => {}
             State::Raw => self.put(&RAW_FRAME_END)?,
+            State::Holding => self.put_held()?,
             State::Compressing => {
                 // The workers drain; the context stays for the next frame.
                 while self.step(|c, o| c.finish(o, false))? != 0 {}
@@ -283,22 +306,63 @@ impl<W: Write> Zstd<W> {
         Ok(())
     }
 
-    /// Moves to the frame kind the hint asks for, if it is not that already.
-    fn follow_hint(&mut self) -> io::Result<()> {
-        let want = if self.hint.get() {
-            State::Raw
-        } else {
-            State::Compressing
-        };
-        if self.state == want {
+    /// Writes the held bytes, if any, as one frame compressed on this
+    /// thread.
+    fn put_held(&mut self) -> io::Result<()> {
+        if self.held.is_empty() {
             return Ok(());
         }
-        self.end_frame()?;
-        if want == State::Raw {
-            self.put(&RAW_FRAME_HEADER)?;
+        let level = self.level;
+        let small = match &mut self.small {
+            Some(c) => c,
+            None => self.small.insert(zstd::bulk::Compressor::new(level)?),
+        };
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        out.reserve(zstd::zstd_safe::compress_bound(self.held.len()));
+        let made = small.compress_to_buffer(&self.held[..], &mut out);
+        self.broken |= made.is_err();
+        let written = made.and_then(|_| self.put(&out));
+        self.out = out;
+        self.held.clear();
+        written
+    }
+
+    /// Moves to the frame kind the hint asks for, if it is not that already.
+    fn follow_hint(&mut self) -> io::Result<()> {
+        let raw = self.hint.get();
+        match (self.state, raw) {
+            (State::Raw, true) | (State::Compressing | State::Holding, false) => Ok(()),
+            (State::Raw, false) => {
+                self.put(&RAW_FRAME_END)?;
+                self.state = State::Holding;
+                Ok(())
+            }
+            (State::Between, false) => {
+                self.state = State::Compressing;
+                Ok(())
+            }
+            (State::Between | State::Compressing | State::Holding, true) => {
+                self.end_frame()?;
+                self.put(&RAW_FRAME_HEADER)?;
+                self.state = State::Raw;
+                Ok(())
+            }
         }
-        self.state = want;
-        Ok(())
+    }
+
+    /// Feeds `buf` to the context; returns how much of it was taken.
+    fn compress(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use zstd::stream::raw::{InBuffer, Operation};
+        loop {
+            // The context takes input until its output buffer is full; a
+            // step that took nothing only emptied that buffer.
+            let mut src = InBuffer::around(buf);
+            self.step(|c, o| c.run(&mut src, o))?;
+            if src.pos() > 0 {
+                return Ok(src.pos());
+            }
+        }
     }
 
     fn finish(mut self) -> io::Result<W> {
@@ -316,7 +380,6 @@ impl<W: Write> Zstd<W> {
 
 impl<W: Write> Write for Zstd<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        use zstd::stream::raw::{InBuffer, Operation};
         if buf.is_empty() {
             return Ok(0);
         }
@@ -334,15 +397,24 @@ impl<W: Write> Write for Zstd<W> {
                 self.put(&buf[..n])?;
                 Ok(n)
             }
-            _ => loop {
-                // The context takes input until its output buffer is
-                // full; a step that took nothing only emptied that buffer.
-                let mut src = InBuffer::around(buf);
-                self.step(|c, o| c.run(&mut src, o))?;
-                if src.pos() > 0 {
-                    return Ok(src.pos());
+            State::Holding if self.held.len() + buf.len() <= HOLD_MAX => {
+                self.held.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            State::Holding => {
+                // Too many to be headers between raw files: a compressed
+                // frame of the workers' after all, held bytes first.
+                let held = std::mem::take(&mut self.held);
+                self.state = State::Compressing;
+                let mut at = 0;
+                while at < held.len() {
+                    at += self.compress(&held[at..])?;
                 }
-            },
+                self.held = held;
+                self.held.clear();
+                self.compress(buf)
+            }
+            State::Compressing | State::Between => self.compress(buf),
         }
     }
 
@@ -351,10 +423,53 @@ impl<W: Write> Write for Zstd<W> {
         if self.broken {
             return Err(io::Error::other("the zstd stream failed earlier"));
         }
-        if self.state == State::Compressing {
-            while self.step(|c, o| c.flush(o))? != 0 {}
+        match self.state {
+            State::Compressing => while self.step(|c, o| c.flush(o))? != 0 {},
+            State::Holding => self.put_held()?,
+            State::Between | State::Raw => {}
         }
         self.w.flush()
+    }
+}
+
+/// For tests that check what went raw: the frames of a zstd stream, and
+/// bytes that will not shrink.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// `n` xorshift bytes: the same for the same seed, and incompressible.
+    pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    pub struct Frame {
+        /// A frame of raw blocks, as `Zstd` writes them.
+        pub raw: bool,
+        pub stored: usize,
+        pub bytes: Vec<u8>,
+    }
+
+    pub fn frames(mut stream: &[u8]) -> Vec<Frame> {
+        let mut all = Vec::new();
+        while !stream.is_empty() {
+            let n = zstd::zstd_safe::find_frame_compressed_size(stream).expect("a whole frame");
+            let bytes = zstd::stream::decode_all(&stream[..n]).expect("a frame that reads back");
+            let raw = stream.starts_with(&super::RAW_FRAME_HEADER) && n > bytes.len();
+            all.push(Frame {
+                raw,
+                stored: n,
+                bytes,
+            });
+            stream = &stream[n..];
+        }
+        all
     }
 }
 
@@ -388,25 +503,13 @@ mod tests {
         got
     }
 
-    fn random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
     /// Compressed, raw, compressed again, and a raw end: one stream that
     /// reads back whole, through our decoder and through `zstd -dc`, with
     /// the raw part stored at 3 bytes per 128 KiB.
     #[test]
     fn raw_stretches_between_compressed_frames_read_back_as_one_stream() {
         let text: Vec<u8> = b"notebook cell output 42\n".repeat(40_000);
-        let noise = random(3 << 20, 7);
+        let noise = testing::noise(3 << 20, 7);
         let mut e = Compression::Zstd(3).encoder(Vec::new()).unwrap();
         let hint = e.raw_hint();
         let mut want = Vec::new();
@@ -481,7 +584,7 @@ mod tests {
     /// in order through both decoders.
     #[test]
     fn hundreds_of_switches_read_back_in_order() {
-        let noise = random(1 << 20, 11);
+        let noise = testing::noise(1 << 20, 11);
         let mut e = Compression::Zstd(3).encoder(Vec::new()).unwrap();
         let hint = e.raw_hint();
         let mut want = Vec::new();
@@ -533,7 +636,7 @@ mod tests {
                 .encoder(FailsAfter { left: 100 })
                 .unwrap();
             e.raw_hint().set(raw);
-            let noise = random(4 << 20, 3);
+            let noise = testing::noise(4 << 20, 3);
             assert!(e.write_all(&noise).is_err(), "raw {raw}");
             assert!(e.write(b"more").is_err(), "raw {raw}");
             assert!(e.flush().is_err(), "raw {raw}");
@@ -556,5 +659,83 @@ mod tests {
         e.write_all(b"abc").unwrap();
         let stored = e.finish().unwrap();
         assert_eq!(read_back(&stored), b"abc");
+    }
+
+    /// A run of small packed pieces with a few KiB of headers between
+    /// them: the pieces go raw, each gap is one small compressed frame of
+    /// its own (no frame of the workers, so no drain per piece), and
+    /// compressible bytes past HOLD_MAX after a raw stretch become an
+    /// ordinary frame again. Everything reads back in order.
+    #[test]
+    fn headers_between_raw_pieces_become_small_frames() {
+        let noise = testing::noise(2 << 20, 5);
+        let mut e = Compression::Zstd(3).encoder(Vec::new()).unwrap();
+        let hint = e.raw_hint();
+        let mut want = Vec::new();
+        let header = |i: usize| {
+            format!(
+                "{:0>1536}",
+                format!("thumbs/t{i:06}.jpg mtime=1733280000.{i:09}")
+            )
+        };
+        for i in 0..100usize {
+            let h = header(i);
+            e.write_all(h.as_bytes()).unwrap();
+            want.extend_from_slice(h.as_bytes());
+            let piece = &noise[i * 8192..][..8192];
+            hint.set(true);
+            e.write_all(piece).unwrap();
+            hint.set(false);
+            want.extend_from_slice(piece);
+        }
+        let text = b"notebook cell output 42\n".repeat(HOLD_MAX / 10);
+        e.write_all(&text).unwrap();
+        want.extend_from_slice(&text);
+        let stored = e.finish().unwrap();
+        assert!(read_back(&stored) == want);
+
+        let frames = testing::frames(&stored);
+        // The first header starts the stream's ordinary frame; then 100
+        // raw frames with 99 small frames between them, and the text.
+        assert_eq!(frames.len(), 1 + 100 + 99 + 1);
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(f.raw, i % 2 == 1, "frame {i}");
+            if f.raw {
+                assert_eq!(f.bytes.len(), 8192, "frame {i}");
+            } else if (2..frames.len() - 1).contains(&i) {
+                assert_eq!(f.bytes.len(), 1536, "frame {i}");
+                assert!(f.stored < 300, "frame {i}: {} bytes", f.stored);
+            }
+        }
+        assert_eq!(frames.last().unwrap().bytes.len(), text.len());
+        // The raw pieces cost their frame and block headers; the headers
+        // between them a few dozen bytes each.
+        assert!(stored.len() < 100 * (8192 + 12 + 300), "{}", stored.len());
+        if let Some(out) = zstd_cli_reads(stored) {
+            assert!(out == want, "zstd -dc gave {} bytes", out.len());
+        }
+    }
+
+    /// Held bytes are written by a flush, and the stream goes on.
+    #[test]
+    fn a_flush_writes_what_is_held() {
+        let mut e = Compression::Zstd(3).encoder(Vec::new()).unwrap();
+        let hint = e.raw_hint();
+        hint.set(true);
+        e.write_all(&testing::noise(5000, 9)).unwrap();
+        hint.set(false);
+        e.write_all(b"held back").unwrap();
+        e.flush().unwrap();
+        let Encoder::Zstd(z) = &e else { panic!("zstd") };
+        let flushed = z.w.clone();
+        assert_eq!(
+            testing::frames(&flushed).last().unwrap().bytes,
+            b"held back"
+        );
+        e.write_all(b" and more").unwrap();
+        let stored = e.finish().unwrap();
+        let mut want = testing::noise(5000, 9);
+        want.extend_from_slice(b"held back and more");
+        assert!(read_back(&stored) == want);
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, Metadata};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -27,6 +27,7 @@ use super::read_ahead::{self, Batch, Entry, Fetch, Found, Kind};
 use super::seam::{path_strings, Source, SourceCtx, SourceReport, READ_BUFFER};
 use super::stat_at::Stat;
 use crate::chain::dumpdir;
+use crate::compression::RawHint;
 use crate::error::IoContext;
 use crate::progress::is_cancelled;
 use crate::{Error, Result};
@@ -89,15 +90,9 @@ impl FilesSource {
     ) -> Result<bool> {
         let meta = fs::symlink_metadata(path).ctx("reading", path)?;
         let found = Planner::new(self, false).plan(path.to_path_buf(), meta)?;
-        let mut writer = Writer {
-            tar,
-            ctx,
-            report: std::mem::take(report),
-            changes_expected: self.changes_expected,
-            lost_firsts: HashMap::new(),
-        };
-        let r = writer.write(found, &[]);
-        *report = writer.report;
+        let mut writer = Writer::new(tar, ctx, std::mem::take(report), self.changes_expected);
+        let r = writer.write(found, &[], 0);
+        *report = std::mem::take(&mut writer.report);
         r
     }
 
@@ -143,13 +138,7 @@ impl Source for FilesSource {
         for _ in 0..read_ahead::BATCHES_AHEAD {
             let _ = free_tx.send(Batch::default());
         }
-        let mut writer = Writer {
-            tar,
-            ctx,
-            report: SourceReport::default(),
-            changes_expected: self.changes_expected,
-            lost_firsts: HashMap::new(),
-        };
+        let mut writer = Writer::new(tar, ctx, SourceReport::default(), self.changes_expected);
         std::thread::scope(|s| {
             let walker = Walker {
                 planner: Planner::new(self, true),
@@ -175,7 +164,7 @@ impl Source for FilesSource {
                 .unwrap_or_else(|_| Err(Error::Source("the folder walker crashed".into())));
             written.and(walked)
         })?;
-        Ok(writer.report)
+        Ok(std::mem::take(&mut writer.report))
     }
 
     fn paths(&self) -> Vec<String> {
@@ -590,9 +579,89 @@ struct Writer<'a, W: Write> {
     /// carries it instead (None until a later link has been stored with
     /// its data): a link entry must never name an entry that is not there.
     lost_firsts: HashMap<PathBuf, Option<PathBuf>>,
+    /// The last entry with bytes was stored raw: the stream is in a raw
+    /// stretch, which a packed file of any size can stay in for free.
+    raw_now: bool,
+    /// The buffer large files are read into, reused from file to file.
+    buf: Vec<u8>,
 }
 
-impl<W: Write> Writer<'_, W> {
+/// Small packed files (`Fetch::Read::packed`) are stored raw, when the
+/// stream is not in a raw stretch already, only in a run of at least this
+/// many bytes within a batch: leaving a compressed frame waits for zstd's
+/// workers, which a lone thumbnail among text files does not pay back.
+const SMALL_RUN_MIN: u64 = 256 << 10;
+
+/// A file's entry with its bytes written straight after its header: no
+/// 8 KiB staging copy (`io::copy` inside `tar::Builder::append_data`), and
+/// big blocks for the encoder. `body` returns how many bytes it wrote; the
+/// entry is padded to its 512-byte boundary after them. With `raw`, only
+/// the body is stored raw (`compression::RawHint`): headers and padding
+/// compress to a few dozen bytes.
+fn append_body<W: Write>(
+    tar: &mut tar::Builder<W>,
+    h: &mut Header,
+    name: &Path,
+    (hint, raw): (&RawHint, bool),
+    body: impl FnOnce(&mut W) -> io::Result<u64>,
+) -> io::Result<()> {
+    // The header (with a long name's extension entries) and nothing else:
+    // append_data pads only what it copied, here nothing.
+    tar.append_data(h, name, io::empty())?;
+    let w = tar.get_mut();
+    hint.set(raw);
+    let n = body(w);
+    hint.set(false);
+    let n = n?;
+    let pad = (512 - n % 512) % 512;
+    w.write_all(&[0u8; 512][..pad as usize])
+}
+
+impl<'a, W: Write> Writer<'a, W> {
+    fn new(
+        tar: &'a mut tar::Builder<W>,
+        ctx: &'a SourceCtx,
+        report: SourceReport,
+        changes_expected: bool,
+    ) -> Self {
+        Writer {
+            tar,
+            ctx,
+            report,
+            changes_expected,
+            lost_firsts: HashMap::new(),
+            raw_now: false,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Per entry of a batch, the bytes of small packed files from it to
+    /// the end of its run (entries of only a header do not end a run).
+    fn packed_runs(found: &[Found]) -> Vec<u64> {
+        let mut runs = vec![0u64; found.len()];
+        let mut run = 0u64;
+        for (i, f) in found.iter().enumerate().rev() {
+            run = match f {
+                Found::Entry(Entry {
+                    kind:
+                        Kind::Small(Fetch::Read {
+                            len, packed: true, ..
+                        }),
+                    ..
+                }) => run + *len as u64,
+                Found::Entry(Entry {
+                    kind: Kind::Dir | Kind::Symlink(_) | Kind::Link(_),
+                    ..
+                })
+                | Found::Warning(_)
+                | Found::Vanished(_) => run,
+                _ => 0,
+            };
+            runs[i] = run;
+        }
+        runs
+    }
+
     /// Takes the read batches in the walker's order and gives them back to
     /// the walker empty. Ends when the readers are done.
     fn write_batches(&mut self, done: Receiver<Batch>, free: mpsc::Sender<Batch>) -> Result<()> {
@@ -615,8 +684,9 @@ impl<W: Write> Writer<'_, W> {
                 return Err(Error::Cancelled);
             }
             let Batch { found, data, .. } = &mut batch;
-            for f in found.drain(..) {
-                self.write(f, data)?;
+            let runs = Self::packed_runs(found);
+            for (f, run) in found.drain(..).zip(runs) {
+                self.write(f, data, run)?;
             }
             batch.recycle();
             // The walker may have finished; then the batch is simply dropped.
@@ -630,8 +700,9 @@ impl<W: Write> Writer<'_, W> {
         Ok(())
     }
 
-    /// Writes one entry; `data` holds the bytes of a batch's small files.
-    fn write(&mut self, found: Found, data: &[u8]) -> Result<bool> {
+    /// Writes one entry; `data` holds the bytes of a batch's small files,
+    /// `run` the bytes of the run of small packed files it starts.
+    fn write(&mut self, found: Found, data: &[u8], run: u64) -> Result<bool> {
         let first = match &found {
             Found::Entry(e)
                 if e.meta.nlink() > 1 && matches!(e.kind, Kind::Small(_) | Kind::Large) =>
@@ -640,14 +711,14 @@ impl<W: Write> Writer<'_, W> {
             }
             _ => None,
         };
-        let written = self.write_entry(found, data)?;
+        let written = self.write_entry(found, data, run)?;
         if let (Some(first), false) = (first, written) {
             self.lost_firsts.insert(first, None);
         }
         Ok(written)
     }
 
-    fn write_entry(&mut self, found: Found, data: &[u8]) -> Result<bool> {
+    fn write_entry(&mut self, found: Found, data: &[u8], run: u64) -> Result<bool> {
         let Entry { path, meta, kind } = match found {
             Found::Entry(e) => e,
             Found::Warning(w) => {
@@ -708,19 +779,31 @@ impl<W: Write> Writer<'_, W> {
                     self.lost_firsts.insert(first, Some(name.clone()));
                 }
             },
-            Kind::Small(Fetch::Read { start, len, after }) => {
+            Kind::Small(Fetch::Read {
+                start,
+                len,
+                after,
+                packed,
+            }) => {
                 h.set_entry_type(EntryType::Regular);
                 h.set_size(meta.len());
-                let ctx = self.ctx;
-                let mut body = ExactSize::new(&data[start..start + len], meta.len(), ctx);
+                self.raw_now = packed && (self.raw_now || run >= SMALL_RUN_MIN);
                 append_mtime_nanos(self.tar, &meta).map_err(tar_err)?;
-                self.tar
-                    .append_data(&mut h, &name, &mut body)
-                    .map_err(tar_err)?;
+                // What was read, cut or padded with zeros to the walked size.
+                let kept = len.min(meta.len() as usize);
+                let padded = meta.len() - kept as u64;
+                let raw = (&self.ctx.raw, self.raw_now);
+                append_body(self.tar, &mut h, &name, raw, |w| {
+                    w.write_all(&data[start..start + kept])?;
+                    write_zeros(w, padded)?;
+                    Ok(meta.len())
+                })
+                .map_err(tar_err)?;
+                self.ctx.progress.add_bytes(meta.len());
                 // The reader took one byte more than walked when it could.
                 let grew =
                     len as u64 > meta.len() || after.as_ref().is_some_and(|a| a.len() > meta.len());
-                self.changed(&path, &meta, body.padded, grew, after.as_ref());
+                self.changed(&path, &meta, padded, grew, after.as_ref());
                 self.report.bytes_in += meta.len();
             }
             Kind::Small(Fetch::Vanished) => {
@@ -773,36 +856,34 @@ impl<W: Write> Writer<'_, W> {
         h.set_entry_type(EntryType::Regular);
         h.set_size(meta.len());
         let ctx = self.ctx;
-        // Bytes that will not shrink go into the artifact raw; the hint is
-        // off again for whatever comes next (the encoder switches lazily).
-        // The entry's headers (its PAX mtime too) go raw with it: a KiB
-        // stored as it is costs nothing, while a compressed frame for it
-        // would drain zstd's workers twice per file, and consecutive raw
-        // files would no longer share one raw frame.
-        let raw = super::incompressible::will_not_shrink(&file, meta.len());
-        let mut body = ExactSize::new(BufReader::with_capacity(READ_BUFFER, file), meta.len(), ctx);
-        ctx.raw.set(raw);
-        if let Err(e) = append_mtime_nanos(self.tar, meta) {
-            ctx.raw.set(false);
-            return Err(Error::io(
-                format!("writing the tar entry for {}", path.display()),
-                e,
-            ));
-        }
-        let appended = self.tar.append_data(&mut h, name, &mut body);
-        ctx.raw.set(false);
+        // Bytes that will not shrink go into the artifact raw (the encoder
+        // switches lazily, at the next byte); the headers between two raw
+        // files become a small frame of their own (`compression::Zstd`).
+        let raw = super::incompressible::will_not_shrink(&file, meta.len(), self.raw_now);
+        self.raw_now = raw;
         if raw {
             tracing::debug!(path = %path.display(), bytes = meta.len(), "stored raw: its bytes will not shrink");
         }
+        append_mtime_nanos(self.tar, meta)
+            .map_err(|e| Error::io(format!("writing the tar entry for {}", path.display()), e))?;
+        let mut file = file;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(READ_BUFFER, 0);
+        let mut padded = 0;
+        let appended = append_body(self.tar, &mut h, name, (&ctx.raw, raw), |w| {
+            padded = copy_exact(&mut file, w, meta.len(), &mut buf, ctx)?;
+            Ok(meta.len())
+        });
+        self.buf = buf;
         if let Err(e) = appended {
             if is_cancelled(&self.ctx.cancel) {
                 return Err(Error::Cancelled);
             }
             return Err(Error::io(format!("reading {}", path.display()), e));
         }
-        let grew = matches!(body.inner.read(&mut [0u8; 1]), Ok(1));
-        let after = body.inner.get_ref().metadata().ok();
-        self.changed(path, meta, body.padded, grew, after.as_ref());
+        let grew = matches!(file.read(&mut [0u8; 1]), Ok(1));
+        let after = file.metadata().ok();
+        self.changed(path, meta, padded, grew, after.as_ref());
         self.report.bytes_in += meta.len();
         Ok(true)
     }
@@ -930,48 +1011,48 @@ pub fn tar_name(path: &Path) -> PathBuf {
     path.strip_prefix("/").unwrap_or(path).to_path_buf()
 }
 
-/// Yields exactly `remaining` bytes: cuts a file that grew, pads one that shrank.
-struct ExactSize<'a, R> {
-    inner: R,
-    remaining: u64,
-    padded: u64,
-    ctx: &'a SourceCtx,
-}
-
-impl<'a, R: Read> ExactSize<'a, R> {
-    fn new(inner: R, size: u64, ctx: &'a SourceCtx) -> Self {
-        ExactSize {
-            inner,
-            remaining: size,
-            padded: 0,
-            ctx,
-        }
-    }
-}
-
-impl<R: Read> Read for ExactSize<'_, R> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.remaining == 0 {
-            return Ok(0);
-        }
-        if is_cancelled(&self.ctx.cancel) {
+/// Copies exactly `len` bytes of `r` to `w` through `buf`: cuts a file
+/// that grew, pads one that shrank with zeros. Returns the bytes padded.
+fn copy_exact<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    len: u64,
+    buf: &mut [u8],
+    ctx: &SourceCtx,
+) -> io::Result<u64> {
+    let mut left = len;
+    while left > 0 {
+        if is_cancelled(&ctx.cancel) {
             return Err(io::Error::other("cancelled"));
         }
-        let want = out.len().min(self.remaining as usize);
-        let mut n = self.inner.read(&mut out[..want])?;
-        if n == 0 {
-            out[..want].fill(0);
-            n = want;
-            self.padded += n as u64;
-        }
-        self.remaining -= n as u64;
-        self.ctx.progress.add_bytes(n as u64);
-        Ok(n)
+        let want = left.min(buf.len() as u64) as usize;
+        let n = match r.read(&mut buf[..want]) {
+            Ok(0) => {
+                write_zeros(w, left)?;
+                ctx.progress.add_bytes(left);
+                return Ok(left);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..n])?;
+        left -= n as u64;
+        ctx.progress.add_bytes(n as u64);
     }
+    Ok(0)
 }
 
-/// Why a walked file was not opened: it is no longer the regular file the
-/// walk saw (a symlink, a FIFO, a folder or another file now has its name).
+fn write_zeros<W: Write>(w: &mut W, mut n: u64) -> io::Result<()> {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        w.write_all(&ZEROS[..k])?;
+        n -= k as u64;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -984,10 +1065,9 @@ mod tests {
             cancel: Default::default(),
             raw: Default::default(),
         };
-        let mut r = ExactSize::new(data, promised, &ctx);
         let mut out = Vec::new();
-        r.read_to_end(&mut out).unwrap();
-        (out, r.padded)
+        let padded = copy_exact(&mut &data[..], &mut out, promised, &mut [0; 2], &ctx).unwrap();
+        (out, padded)
     }
 
     #[test]
@@ -1137,17 +1217,11 @@ mod tests {
             cancel: Default::default(),
             raw: Default::default(),
         };
-        let mut w = Writer {
-            tar: &mut tar,
-            ctx: &ctx,
-            report: SourceReport::default(),
-            changes_expected: false,
-            lost_firsts: HashMap::new(),
-        };
+        let mut w = Writer::new(&mut tar, &ctx, SourceReport::default(), false);
         let written = batch
             .found
             .drain(..)
-            .map(|f| w.write(f, &batch.data).unwrap())
+            .map(|f| w.write(f, &batch.data, 0).unwrap())
             .collect();
         let warnings = w.report.warnings;
         (tar.into_inner().unwrap(), written, warnings)
@@ -1354,5 +1428,81 @@ mod tests {
                 .name(planner.links.pending.values().next().unwrap().name),
             tar_name(&root.join("a/out"))
         );
+    }
+
+    /// What a volume's packed files become: a large packed file raw, the
+    /// small packed files after it raw too (the stream is in a raw
+    /// stretch), a run of them after text raw, a lone one among text
+    /// compressed; the tar headers, PAX records and padding never raw.
+    /// The frames read back to the tar an uncompressed backup writes.
+    #[test]
+    fn packed_files_go_raw_alone_when_large_and_in_runs_when_small() {
+        use crate::compression::{testing::frames, Compression};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        let mut seed = 0;
+        let mut noise = |n: usize| {
+            seed += 1;
+            crate::compression::testing::noise(n, seed)
+        };
+        let text =
+            |n: usize| b"cell 7: loss 0.0412 accuracy 0.981\n".repeat(n / 30 + 1)[..n].to_vec();
+        let mut files: Vec<(String, Vec<u8>, bool)> = Vec::new();
+        files.push(("a.log".into(), text(300 << 10), false));
+        files.push(("b.bin".into(), noise((2 << 20) + 7), true));
+        for i in 0..10 {
+            files.push((format!("c/{i:02}.jpg"), noise(5000 + i * 100), true));
+        }
+        for i in 0..5 {
+            files.push((format!("d/{i:02}.txt"), text(3000), false));
+        }
+        for i in 0..40 {
+            files.push((format!("e/{i:02}.jpg"), noise(8192 + i), true));
+        }
+        for i in 0..6 {
+            let (name, data) = match i {
+                3 => (format!("f/{i:02}.jpg"), noise(9000)),
+                _ => (format!("f/{i:02}.txt"), text(4000)),
+            };
+            files.push((name, data, false));
+        }
+        for (name, data, _) in &files {
+            let p = root.join(name);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, data).unwrap();
+        }
+        let src = FilesSource::new(vec![root.clone()], GlobSet::empty());
+        let written = |c: Compression| {
+            let e = c.encoder(Vec::new()).unwrap();
+            let ctx = SourceCtx {
+                progress: Arc::new(Progress::default()),
+                cancel: Default::default(),
+                raw: e.raw_hint(),
+            };
+            let mut tar = tar::Builder::new(e);
+            src.write_tar(&mut tar, &ctx).unwrap();
+            tar.into_inner().unwrap().finish().unwrap()
+        };
+        let stored = written(Compression::Zstd(3));
+        let frames = frames(&stored);
+        let all: Vec<u8> = frames.iter().flat_map(|f| f.bytes.clone()).collect();
+        assert!(
+            all == written(Compression::None),
+            "the frames read back to the tar"
+        );
+        let raw: Vec<&[u8]> = frames
+            .iter()
+            .filter(|f| f.raw)
+            .map(|f| &f.bytes[..])
+            .collect();
+        for (name, data, want_raw) in &files {
+            assert_eq!(raw.contains(&&data[..]), *want_raw, "{name}");
+        }
+        for r in &raw {
+            assert!(
+                !r.windows(6).any(|w| w == b"mtime="),
+                "a PAX record went raw"
+            );
+        }
     }
 }

@@ -34,10 +34,16 @@ thread_local! {
 /// Whether `file` (of `len` bytes) looks like data that will not shrink.
 /// Reads a few samples with `pread`, so the file's position is untouched;
 /// any failure reads as "compress it", the old way.
-pub fn will_not_shrink(file: &File, len: u64) -> bool {
-    if len < RAW_MIN {
+///
+/// `staying_raw` says the stream is in a raw stretch already: keeping it
+/// raw costs no frame switch, so files from [`STAYING_MIN`] are judged
+/// (with fewer samples, a smaller file pays back less judging).
+pub fn will_not_shrink(file: &File, len: u64, staying_raw: bool) -> bool {
+    let min = if staying_raw { STAYING_MIN } else { RAW_MIN };
+    if len < min {
         return false;
     }
+    let samples = (len / SAMPLE_SPACING).clamp(2, SAMPLES);
     JUDGE.with(|j| {
         let mut j = j.borrow_mut();
         if j.is_none() {
@@ -50,8 +56,8 @@ pub fn will_not_shrink(file: &File, len: u64) -> bool {
             return false;
         };
         let (mut read, mut packed) = (0usize, 0usize);
-        for i in 1..=SAMPLES {
-            let at = len / (SAMPLES + 1) * i;
+        for i in 1..=samples {
+            let at = len / (samples + 1) * i;
             let Ok(n) = file.read_at(sample, at) else {
                 return false;
             };
@@ -69,6 +75,72 @@ pub fn will_not_shrink(file: &File, len: u64) -> bool {
     })
 }
 
+/// Files the read-ahead holds in memory are judged from all their bytes,
+/// but only from this size: below it a tar header outweighs what a raw
+/// copy saves, and too few bytes say little about their spread.
+pub const SMALL_MIN: usize = 2 << 10;
+
+/// In a raw stretch, streamed files from this size are judged too.
+pub const STAYING_MIN: u64 = 16 << 10;
+
+/// A file of `len` bytes gets one sample per this many bytes, between 2
+/// and [`SAMPLES`].
+const SAMPLE_SPACING: u64 = 128 << 10;
+
+/// Order-0 entropy, in bits per byte, from which bytes count as packed:
+/// zstd's Huffman-coded literals could at best take them to 97.5 % of
+/// their size, the same bar as [`KEEP_PERCENT`] (matches aside: a small
+/// packed file seldom repeats itself).
+const ENTROPY_MIN: f64 = 7.8;
+
+/// Distinct byte values in the first KiB below which the bytes are
+/// surely not packed: text uses a few dozen; random bytes show ~251.
+const DISTINCT_MIN: usize = 200;
+
+/// Whether a small file's bytes, already in memory, look packed (JPEG,
+/// PNG, gzip, encrypted): nearly every byte value equally likely. Far
+/// cheaper than compressing them: a count of byte values, and for text a
+/// look at the first KiB only. The writer stores such files raw only in
+/// a run worth a frame switch (`source::files`).
+pub fn looks_packed(bytes: &[u8]) -> bool {
+    if bytes.len() < SMALL_MIN {
+        return false;
+    }
+    let mut head = [false; 256];
+    for &b in &bytes[..1024] {
+        head[usize::from(b)] = true;
+    }
+    if head.iter().filter(|&&s| s).count() < DISTINCT_MIN {
+        return false;
+    }
+    // Four tables, so consecutive equal bytes do not wait on each other.
+    let mut counts = [[0u32; 256]; 4];
+    let mut quads = bytes.chunks_exact(4);
+    for q in &mut quads {
+        for (table, &b) in counts.iter_mut().zip(q) {
+            table[usize::from(b)] += 1;
+        }
+    }
+    for &b in quads.remainder() {
+        counts[0][usize::from(b)] += 1;
+    }
+    let [c0, c1, c2, c3] = &counts;
+    let n = bytes.len() as f64;
+    let (mut bits, mut distinct) = (0.0f64, 0u32);
+    for (((a, b), c), d) in c0.iter().zip(c1).zip(c2).zip(c3) {
+        let c = a + b + c + d;
+        if c > 0 {
+            let p = f64::from(c) / n;
+            bits -= p * p.log2();
+            distinct += 1;
+        }
+    }
+    // Miller-Madow: a sample's entropy falls short of its source's by
+    // about (values seen - 1) / (2 n ln 2); 0.045 bits at 4 KiB.
+    bits += f64::from(distinct.saturating_sub(1)) / (2.0 * n * std::f64::consts::LN_2);
+    bits >= ENTROPY_MIN
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,27 +153,19 @@ mod tests {
     }
 
     fn noise(n: usize) -> Vec<u8> {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 32) as u8
-            })
-            .collect()
+        crate::compression::testing::noise(n, 0x9E37_79B9_7F4A_7C15)
     }
 
     #[test]
     fn packed_bytes_are_stored_raw_and_text_is_compressed() {
         let (f, len) = file_of(&noise(6 << 20));
-        assert!(will_not_shrink(f.as_file(), len));
+        assert!(will_not_shrink(f.as_file(), len, false));
         let (f, len) = file_of(&noise(RAW_MIN as usize));
-        assert!(will_not_shrink(f.as_file(), len));
+        assert!(will_not_shrink(f.as_file(), len, false));
 
         let text = b"{\"cell\": 1, \"output\": \"loss 0.25\"}\n".repeat(200_000);
         let (f, len) = file_of(&text);
-        assert!(!will_not_shrink(f.as_file(), len));
+        assert!(!will_not_shrink(f.as_file(), len, false));
 
         // Mostly noise but with text in the middle: compressed, to keep
         // the artifact's size.
@@ -109,10 +173,47 @@ mod tests {
         let third = mixed.len() / 3;
         mixed[third..2 * third].copy_from_slice(&text[..third]);
         let (f, len) = file_of(&mixed);
-        assert!(!will_not_shrink(f.as_file(), len));
+        assert!(!will_not_shrink(f.as_file(), len, false));
 
         // Small files are never judged.
         let (f, len) = file_of(&noise((RAW_MIN - 1) as usize));
-        assert!(!will_not_shrink(f.as_file(), len));
+        assert!(!will_not_shrink(f.as_file(), len, false));
+    }
+
+    #[test]
+    fn small_files_are_judged_by_the_spread_of_their_bytes() {
+        use std::io::Write as _;
+        for n in [SMALL_MIN, 8 << 10, 64 << 10] {
+            assert!(looks_packed(&noise(n)), "{n} random bytes");
+        }
+        let words = b"the quick brown fox jumps over the lazy dog 0123456789\n".repeat(400);
+        assert!(!looks_packed(&words));
+        // A gzip stream of text: packed, as a .gz log or a PNG's deflate is.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        let mut text = Vec::new();
+        for i in 0..20_000u32 {
+            text.extend_from_slice(
+                format!(
+                    "{} req={} {}\n",
+                    i % 97,
+                    i.wrapping_mul(2_654_435_761),
+                    i % 13
+                )
+                .as_bytes(),
+            );
+        }
+        gz.write_all(&text).unwrap();
+        let gz = gz.finish().unwrap();
+        assert!(gz.len() > 16 << 10, "{}", gz.len());
+        assert!(looks_packed(&gz[..16 << 10]));
+        // Every byte value but unevenly used (half the bytes zero, as in
+        // machine code or sparse tables): compressed.
+        let uneven: Vec<u8> = noise(64 << 10)
+            .chunks(2)
+            .map(|p| if p[1] & 1 == 1 { p[0] } else { 0 })
+            .collect();
+        assert!(!looks_packed(&uneven));
+        // Too small to say.
+        assert!(!looks_packed(&noise(SMALL_MIN - 1)));
     }
 }

@@ -78,10 +78,13 @@ pub enum Fetch {
     Pending,
     /// `data[start..start + len]` of the batch; `len` may differ from the
     /// walked size when the file changed. `after` is `fstat` after the read.
+    /// `packed`: its bytes look like they will not shrink
+    /// (`incompressible::looks_packed`), judged here, off the writer's thread.
     Read {
         start: usize,
         len: usize,
         after: Option<Metadata>,
+        packed: bool,
     },
     Vanished,
     /// No longer the regular file the walk saw; why, for the warning.
@@ -184,6 +187,7 @@ fn read_small(mut file: File, size: u64, data: &mut Vec<u8>) -> Fetch {
             start,
             len: got,
             after: file.metadata().ok(),
+            packed: super::incompressible::looks_packed(&data[start..]),
         },
         Err(e) => {
             data.truncate(start);
@@ -202,7 +206,9 @@ mod tests {
         std::fs::write(&p, content).unwrap();
         let mut data = b"before".to_vec();
         match read_small(File::open(&p).unwrap(), walked, &mut data) {
-            Fetch::Read { start, len, after } => {
+            Fetch::Read {
+                start, len, after, ..
+            } => {
                 assert_eq!(start, 6);
                 assert_eq!(after.unwrap().len(), content.len() as u64);
                 (data[start..].to_vec(), len)
