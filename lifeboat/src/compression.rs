@@ -198,8 +198,9 @@ pub const HOLD_MAX: usize = 64 << 10;
 
 /// Set by the thread that writes into the encoder, read by the encoder on
 /// every write: the bytes written while it is on are stored raw. The switch
-/// happens at the next byte, so turning it off and on again around a tar
-/// header costs nothing, and consecutive raw files share one raw frame.
+/// happens at the next byte. Turned off for the tar headers between two raw
+/// files, it costs one small frame for them (see [`Zstd`]'s holding), not
+/// a drain of the workers.
 #[derive(Clone, Debug, Default)]
 pub struct RawHint(Arc<AtomicBool>);
 
@@ -452,6 +453,9 @@ pub(crate) mod testing {
     pub struct Frame {
         /// A frame of raw blocks, as `Zstd` writes them.
         pub raw: bool,
+        /// Its header gives the content size: a frame made in one call
+        /// (the held bytes), not by the workers' streaming context.
+        pub sized: bool,
         pub stored: usize,
         pub bytes: Vec<u8>,
     }
@@ -462,8 +466,13 @@ pub(crate) mod testing {
             let n = zstd::zstd_safe::find_frame_compressed_size(stream).expect("a whole frame");
             let bytes = zstd::stream::decode_all(&stream[..n]).expect("a frame that reads back");
             let raw = stream.starts_with(&super::RAW_FRAME_HEADER) && n > bytes.len();
+            let sized = matches!(
+                zstd::zstd_safe::get_frame_content_size(&stream[..n]),
+                Ok(Some(_))
+            );
             all.push(Frame {
                 raw,
+                sized,
                 stored: n,
                 bytes,
             });
@@ -688,7 +697,12 @@ mod tests {
             hint.set(false);
             want.extend_from_slice(piece);
         }
+        // Past HOLD_MAX after a raw stretch: the workers' frame again,
+        // with the held header first.
         let text = b"notebook cell output 42\n".repeat(HOLD_MAX / 10);
+        let h = header(100);
+        e.write_all(h.as_bytes()).unwrap();
+        want.extend_from_slice(h.as_bytes());
         e.write_all(&text).unwrap();
         want.extend_from_slice(&text);
         let stored = e.finish().unwrap();
@@ -700,14 +714,17 @@ mod tests {
         assert_eq!(frames.len(), 1 + 100 + 99 + 1);
         for (i, f) in frames.iter().enumerate() {
             assert_eq!(f.raw, i % 2 == 1, "frame {i}");
+            let between = !f.raw && (2..frames.len() - 1).contains(&i);
+            // Made in one call on this thread, not by the workers.
+            assert_eq!(f.sized, between, "frame {i}");
             if f.raw {
                 assert_eq!(f.bytes.len(), 8192, "frame {i}");
-            } else if (2..frames.len() - 1).contains(&i) {
+            } else if between {
                 assert_eq!(f.bytes.len(), 1536, "frame {i}");
                 assert!(f.stored < 300, "frame {i}: {} bytes", f.stored);
             }
         }
-        assert_eq!(frames.last().unwrap().bytes.len(), text.len());
+        assert_eq!(frames.last().unwrap().bytes.len(), 1536 + text.len());
         // The raw pieces cost their frame and block headers; the headers
         // between them a few dozen bytes each.
         assert!(stored.len() < 100 * (8192 + 12 + 300), "{}", stored.len());

@@ -1431,7 +1431,7 @@ mod tests {
     }
 
     /// What a volume's packed files become: a large packed file raw, the
-    /// small packed files after it raw too (the stream is in a raw
+    /// smaller packed files after it raw too (the stream is in a raw
     /// stretch), a run of them after text raw, a lone one among text
     /// compressed; the tar headers, PAX records and padding never raw.
     /// The frames read back to the tar an uncompressed backup writes.
@@ -1450,6 +1450,9 @@ mod tests {
         let mut files: Vec<(String, Vec<u8>, bool)> = Vec::new();
         files.push(("a.log".into(), text(300 << 10), false));
         files.push(("b.bin".into(), noise((2 << 20) + 7), true));
+        // Streamed, too small to be judged after text, judged in the
+        // raw stretch b.bin began.
+        files.push(("bb.bin".into(), noise(100 << 10), true));
         for i in 0..10 {
             files.push((format!("c/{i:02}.jpg"), noise(5000 + i * 100), true));
         }

@@ -1,17 +1,20 @@
-//! Whether a large file's bytes will shrink, judged before its entry is
-//! written: packed model weights, archives, media and compressed columns
-//! cost a zstd backup most of its CPU for nothing. Such a file's bytes are
-//! stored raw in the artifact (`compression::RawHint`); what comes back is
-//! the same either way (docs/ARCHITECTURE.md, "Being changed", issue 26).
+//! Whether a file's bytes will shrink, judged before its entry is written:
+//! packed model weights, archives, media and compressed columns cost a zstd
+//! backup most of its CPU for nothing. Large files are judged from samples
+//! read with `pread`, small ones from their bytes in memory. Such a file's
+//! bytes are stored raw in the artifact (`compression::RawHint`); what
+//! comes back is the same either way (docs/ARCHITECTURE.md, "Being
+//! changed", issue 26).
 
 use std::cell::RefCell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-/// Smaller files are compressed whatever they hold: ending a compressed
-/// frame waits for zstd's workers to drain their jobs (one job is 1 MiB,
-/// `compression::ZSTD_JOB_SIZE`), which a smaller file does not pay back.
-/// The samples read are then at most a sixteenth of the file.
+/// Streamed files from this size are judged whatever came before them;
+/// smaller ones only in a raw stretch ([`STAYING_MIN`]): ending a
+/// compressed frame waits for zstd's workers to drain their jobs (one job
+/// is 1 MiB, `compression::ZSTD_JOB_SIZE`), which a smaller file does not
+/// pay back. The samples read are then at most a sixteenth of the file.
 pub const RAW_MIN: u64 = 1 << 20;
 
 /// Samples spread over the file, away from its start and end (headers and
@@ -80,7 +83,9 @@ pub fn will_not_shrink(file: &File, len: u64, staying_raw: bool) -> bool {
 /// copy saves, and too few bytes say little about their spread.
 pub const SMALL_MIN: usize = 2 << 10;
 
-/// In a raw stretch, streamed files from this size are judged too.
+/// In a raw stretch, streamed files from this size are judged too. In a
+/// walk, streamed files are larger than the read-ahead's (64 KiB) anyway;
+/// files appended one by one (WAL, a hard link's carrier) may be smaller.
 pub const STAYING_MIN: u64 = 16 << 10;
 
 /// A file of `len` bytes gets one sample per this many bytes, between 2
@@ -93,24 +98,27 @@ const SAMPLE_SPACING: u64 = 128 << 10;
 /// packed file seldom repeats itself).
 const ENTROPY_MIN: f64 = 7.8;
 
-/// Distinct byte values in the first KiB below which the bytes are
-/// surely not packed: text uses a few dozen; random bytes show ~251.
+/// Distinct byte values in a KiB from the middle below which the bytes
+/// are surely not packed: text uses a few dozen; random bytes show ~251.
+/// (The middle, not the start: a JPEG's EXIF header or a PNG's chunks
+/// use few values, its entropy-coded data all of them.)
 const DISTINCT_MIN: usize = 200;
 
 /// Whether a small file's bytes, already in memory, look packed (JPEG,
 /// PNG, gzip, encrypted): nearly every byte value equally likely. Far
 /// cheaper than compressing them: a count of byte values, and for text a
-/// look at the first KiB only. The writer stores such files raw only in
-/// a run worth a frame switch (`source::files`).
+/// look at one KiB only. The writer stores such files raw only in a raw
+/// stretch or a run worth a frame switch (`source::files`).
 pub fn looks_packed(bytes: &[u8]) -> bool {
     if bytes.len() < SMALL_MIN {
         return false;
     }
-    let mut head = [false; 256];
-    for &b in &bytes[..1024] {
-        head[usize::from(b)] = true;
+    let mid = bytes.len() / 2 - 512;
+    let mut seen = [false; 256];
+    for &b in &bytes[mid..mid + 1024] {
+        seen[usize::from(b)] = true;
     }
-    if head.iter().filter(|&&s| s).count() < DISTINCT_MIN {
+    if seen.iter().filter(|&&s| s).count() < DISTINCT_MIN {
         return false;
     }
     // Four tables, so consecutive equal bytes do not wait on each other.
@@ -213,6 +221,11 @@ mod tests {
             .map(|p| if p[1] & 1 == 1 { p[0] } else { 0 })
             .collect();
         assert!(!looks_packed(&uneven));
+        // A JPEG-like file: a header of few byte values (EXIF), then
+        // entropy-coded data.
+        let mut jpeg = b"JFIF\0Exif\0\0MM\0*camera model 2024:11:30 ".repeat(24);
+        jpeg.extend_from_slice(&noise(15 << 10));
+        assert!(looks_packed(&jpeg));
         // Too small to say.
         assert!(!looks_packed(&noise(SMALL_MIN - 1)));
     }
