@@ -19,23 +19,73 @@ fn a_full_backup_disk_fails_the_backup_cleanly_and_the_next_one_succeeds() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    fs::create_dir_all(&data).unwrap();
-    fs::write(data.join("small.bin"), noise(1 << 20, 1)).unwrap();
     let backup = tmp.path().join("backup");
     let disk = Tmpfs::mount(&backup, "6m");
-    let env = [
+    full_disk_fails_cleanly(tmp.path(), &backup, &[], || disk.resize("32m"));
+}
+
+/// The same on ext4, where the artifact is written past the page cache
+/// (`direct_write.rs`): a direct write that finds the disk full fails the
+/// backup as cleanly as a buffered one.
+#[test]
+fn a_full_ext4_disk_written_past_the_page_cache_fails_cleanly_too() {
+    if !is_root() {
+        eprintln!("skipped: loop-mounting an ext4 image needs root (CI runs as root)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let backup = tmp.path().join("backup");
+    let _disk = Ext4Image::mount(&tmp.path().join("disk.img"), &backup, 40);
+    // Leave about 6 MiB free, as on the tmpfs above.
+    let filler = backup.join("filler");
+    let free = fs2_free(&backup);
+    fs::write(&filler, vec![1u8; (free - (6 << 20)) as usize]).unwrap();
+    let log = [("LIFEBOAT_LOG", "info,lifeboat::direct_write=debug")];
+    let out = full_disk_fails_cleanly(tmp.path(), &backup, &log, || {
+        fs::remove_file(&filler).unwrap()
+    });
+    assert!(out.contains("past the page cache (O_DIRECT)"), "{out}");
+}
+
+/// Free bytes of the filesystem at `dir`, as `df` counts them.
+fn fs2_free(dir: &Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A backup that fits, one that does not (nothing committed, nothing left
+/// behind, the older artifact untouched), then `make_room` and a backup
+/// that succeeds, verifies and restores. Returns the stderr of the runs.
+fn full_disk_fails_cleanly(
+    tmp: &Path,
+    backup: &Path,
+    extra: &[(&str, &str)],
+    make_room: impl FnOnce(),
+) -> String {
+    let data = tmp.join("data");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("small.bin"), noise(1 << 20, 1)).unwrap();
+    let mut env = vec![
         ("LIFEBOAT_PATHS", data.to_str().unwrap()),
         ("LIFEBOAT_TARGETS", backup.to_str().unwrap()),
         ("LIFEBOAT_RETENTION", "last=1"),
         ("HOSTNAME", "nb-0"),
     ];
-    let first = stdout(&run_ok(
-        lifeboat("lifeboat-sidecar", &env).arg("backup-now"),
-    ))
-    .trim()
-    .to_string();
-    let history = history(&backup, "nb-0");
+    env.extend_from_slice(extra);
+    let out = run_ok(lifeboat("lifeboat-sidecar", &env).arg("backup-now"));
+    let mut log = stderr(&out);
+    let first = stdout(&out).trim().to_string();
+    let history = history(backup, "nb-0");
     let before = names(&history);
     let first_artifact = history.join(format!("{first}.tar.zst"));
     let first_sha = sha(&first_artifact);
@@ -59,22 +109,21 @@ fn a_full_backup_disk_fails_the_backup_cleanly_and_the_next_one_succeeds() {
 
     // Space comes back: the next backup succeeds, and only then does
     // retention remove the older one.
-    disk.resize("32m");
-    let second = stdout(&run_ok(
-        lifeboat("lifeboat-sidecar", &env).arg("backup-now"),
-    ))
-    .trim()
-    .to_string();
+    make_room();
+    let out = run_ok(lifeboat("lifeboat-sidecar", &env).arg("backup-now"));
+    log.push_str(&stderr(&out));
+    let second = stdout(&out).trim().to_string();
     assert_ne!(first, second);
     assert!(!first_artifact.exists());
     run_ok(lifeboat("lifeboat-sidecar", &env).args(["verify", "--all"]));
-    let restored = tmp.path().join("restored");
+    let restored = tmp.join("restored");
     run_ok(
         lifeboat("lifeboat-sidecar", &env)
             .args(["restore", "--to"])
             .arg(&restored),
     );
     assert_same_tree(&data, &restored.join(data.strip_prefix("/").unwrap()));
+    log
 }
 
 /// The release containers run as uid 65532 (images/Dockerfile); a volume

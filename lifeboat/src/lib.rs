@@ -24,6 +24,7 @@ pub mod cluster;
 pub mod compression;
 pub mod config;
 pub mod daemon;
+pub mod direct_write;
 pub mod dns;
 pub mod drill;
 pub mod drill_targets;

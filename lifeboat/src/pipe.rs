@@ -15,7 +15,8 @@ pub const CHUNK_SIZE: usize = 1 << 20;
 /// Chunks that may wait in the pipe. With the one being filled and the one
 /// being written, a pipe holds at most `(QUEUE_DEPTH + 2) * CHUNK_SIZE` = 6 MiB,
 /// whatever the size of the data (a recycling writer's pipe one chunk more:
-/// see [`ChunkWriter::recycling`]).
+/// see [`ChunkWriter::recycling`]; a folder target's one more again, the
+/// chunk it writes while the next is hashed).
 pub const QUEUE_DEPTH: usize = 4;
 
 pub type Chunk = io::Result<Vec<u8>>;

@@ -268,6 +268,46 @@ impl Drop for Tmpfs {
     }
 }
 
+/// An ext4 filesystem of `size` in an image file, loop-mounted at a
+/// folder (needs root), unmounted when dropped: a local disk as a backup
+/// target, which lifeboat writes past the page cache.
+pub struct Ext4Image(pub PathBuf);
+
+impl Ext4Image {
+    pub fn mount(image: &Path, dir: &Path, size_mib: u64) -> Ext4Image {
+        fs::create_dir_all(dir).unwrap();
+        fs::File::create(image)
+            .unwrap()
+            .set_len(size_mib << 20)
+            .unwrap();
+        let st = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(image)
+            .status()
+            .expect("run mkfs.ext4 (Debian package e2fsprogs)");
+        assert!(st.success(), "mkfs.ext4 {}", image.display());
+        let st = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(image)
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "mount -o loop {} at {}",
+            image.display(),
+            dir.display()
+        );
+        Ext4Image(dir.to_path_buf())
+    }
+}
+
+impl Drop for Ext4Image {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// A bind mount (`mount --bind from to`), unmounted when dropped.
 pub struct BindMount(pub PathBuf);
 

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use tokio::fs;
 
 use super::blobs::{Blobs, Entry, Opened, Put, Small};
-use crate::writeback::Writeback;
+use crate::direct_write::DirectWrite;
 use crate::{Error, Result};
 
 const PARTIAL_SUFFIX: &str = ".partial";
@@ -372,7 +372,7 @@ impl Blobs for DirBlobs {
             .await;
         Ok(DirPut {
             blobs: self.clone(),
-            file: Some((file, Writeback::default())),
+            file: Some(Writing::Idle(DirectWrite::new(file))),
             tmp,
             dst,
         })
@@ -410,54 +410,62 @@ impl Blobs for DirBlobs {
 
 pub struct DirPut {
     blobs: DirBlobs,
-    /// Away while a blocking write runs; gone after a write that crashed.
-    file: Option<(std::fs::File, Writeback)>,
+    /// The file, or the write of a chunk under way on a blocking thread;
+    /// gone after a write that crashed and once finished.
+    file: Option<Writing>,
     tmp: PathBuf,
     dst: PathBuf,
 }
 
+type Written = (DirectWrite, std::io::Result<Vec<u8>>);
+
+/// One chunk is written while the next is hashed: both take about as long
+/// (a direct write waits for the disk), so one after the other would
+/// leave a core idle half the time.
+enum Writing {
+    Idle(DirectWrite),
+    Busy(tokio::task::JoinHandle<Written>),
+}
+
 impl DirPut {
-    /// Runs `f` on the file in the blocking pool (plain `write` and
-    /// `sync_file_range` calls would stall the async workers).
-    async fn with_file<T: Send + 'static>(
-        &mut self,
-        f: impl FnOnce(&mut std::fs::File, &mut Writeback) -> std::io::Result<T> + Send + 'static,
-    ) -> std::io::Result<T> {
-        let Some((mut file, mut wb)) = self.file.take() else {
-            return Err(std::io::Error::other(
+    /// Waits for the write under way, if any: the file, and the chunk it
+    /// wrote (empty when none was under way). A failed write fails here.
+    async fn settle(&mut self) -> std::io::Result<(DirectWrite, Vec<u8>)> {
+        match self.file.take() {
+            None => Err(std::io::Error::other(
                 "an earlier write to this file crashed",
-            ));
-        };
-        let (state, res) = tokio::task::spawn_blocking(move || {
-            let res = f(&mut file, &mut wb);
-            ((file, wb), res)
-        })
-        .await
-        .map_err(std::io::Error::other)?;
-        self.file = Some(state);
-        res
+            )),
+            Some(Writing::Idle(file)) => Ok((file, Vec::new())),
+            Some(Writing::Busy(write)) => {
+                let (file, res) = write.await.map_err(std::io::Error::other)?;
+                Ok((file, res?))
+            }
+        }
     }
 }
 
 impl Put for DirPut {
-    /// Writes the chunk where it is: it moves to the blocking thread whole.
+    /// Starts writing the chunk on a blocking thread (plain `write` calls
+    /// would stall the async workers) and hands back the one before it.
     async fn write(&mut self, mut chunk: Vec<u8>) -> Result<Vec<u8>> {
-        use std::io::Write;
-        let res = self
-            .with_file(move |f, wb| {
-                f.write_all(&chunk)?;
-                wb.wrote(f, chunk.len() as u64);
-                chunk.clear();
-                Ok(chunk)
-            })
-            .await;
-        res.map_err(|e| self.blobs.io_err("writing", &self.tmp, e))
+        let (mut file, written) = self
+            .settle()
+            .await
+            .map_err(|e| self.blobs.io_err("writing", &self.tmp, e))?;
+        self.file = Some(Writing::Busy(tokio::task::spawn_blocking(move || {
+            let res = file.write_all(&chunk);
+            chunk.clear();
+            (file, res.map(|()| chunk))
+        })));
+        Ok(written)
     }
 
     async fn finish(mut self) -> Result<()> {
         let res = async {
-            self.with_file(|f, _| f.sync_all()).await?;
-            self.file = None;
+            let (file, _) = self.settle().await?;
+            tokio::task::spawn_blocking(move || file.finish())
+                .await
+                .map_err(std::io::Error::other)??;
             publish(&self.tmp, &self.dst, false).await
         }
         .await;
@@ -468,8 +476,10 @@ impl Put for DirPut {
         self.blobs.sync_root().await
     }
 
-    async fn abort(self) {
-        drop(self.file);
+    async fn abort(mut self) {
+        // A write under way ends (and the file is closed) before the
+        // partial file is removed.
+        let _ = self.settle().await;
         if let Err(e) = fs::remove_file(&self.tmp).await {
             tracing::warn!(file = %self.tmp.display(), error = %e, "could not remove the partial artifact; it is cleaned up later");
         }
