@@ -16,8 +16,9 @@
 //! write, the same bytes are written through the cache as before, with
 //! [`Writeback`] (docs/ARCHITECTURE.md §5, folder target).
 
+use std::borrow::Borrow;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::os::fd::AsRawFd;
 
 use crate::writeback::Writeback;
@@ -59,21 +60,22 @@ impl Aligned {
     }
 }
 
-/// A new, empty file written front to back.
-pub struct DirectWrite {
-    file: File,
+/// A new, empty file written front to back: owned (`File`), or borrowed
+/// (`&File`) by a caller that goes on using it after [`Self::finish`].
+pub struct DirectWrite<F: Borrow<File> = File> {
+    file: F,
     /// `Some` while writes go past the cache.
     direct: Option<(Aligned, usize)>,
     /// For writes through the cache.
     writeback: Writeback,
 }
 
-impl DirectWrite {
+impl<F: Borrow<File>> DirectWrite<F> {
     /// Writes to `file` (new and empty) past the cache when its filesystem
     /// is a local disk's and the kernel takes `O_DIRECT` for it.
-    pub fn new(file: File) -> Self {
-        let direct =
-            (on_local_disk(&file) && set_direct(&file, true).is_ok()).then(|| (Aligned::new(), 0));
+    pub fn new(file: F) -> Self {
+        let direct = (on_local_disk(file.borrow()) && set_direct(file.borrow(), true).is_ok())
+            .then(|| (Aligned::new(), 0));
         tracing::debug!(
             "writing {}",
             match direct {
@@ -88,9 +90,9 @@ impl DirectWrite {
         }
     }
 
-    /// Through the cache, whatever the filesystem (for tests).
-    #[cfg(test)]
-    fn buffered(file: File) -> Self {
+    /// Through the cache, whatever the filesystem: small files, which a
+    /// direct write would make wait for the disk one by one.
+    pub fn buffered(file: F) -> Self {
         DirectWrite {
             file,
             direct: None,
@@ -102,11 +104,16 @@ impl DirectWrite {
         self.direct.is_some()
     }
 
+    fn out(&self) -> &File {
+        self.file.borrow()
+    }
+
     pub fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             let Some((buf, filled)) = &mut self.direct else {
-                self.file.write_all(data)?;
-                self.writeback.wrote(&self.file, data.len() as u64);
+                let mut out = self.file.borrow();
+                out.write_all(data)?;
+                self.writeback.wrote(out, data.len() as u64);
                 return Ok(());
             };
             let n = data.len().min(BUFFER - *filled);
@@ -120,6 +127,25 @@ impl DirectWrite {
         Ok(())
     }
 
+    /// Leaves `n` bytes of zeros as a hole: the file position moves on.
+    /// Holes come at block boundaries (`tar_read::SPARSE_BLOCK`), or at
+    /// the end; before one elsewhere, the bytes gathered go through the
+    /// cache and so does the rest of the file.
+    pub fn skip(&mut self, n: u64) -> io::Result<()> {
+        self.flush_blocks()?;
+        if matches!(self.direct, Some((_, filled)) if filled > 0) {
+            self.through_cache(0)?;
+        }
+        let mut out = self.out();
+        out.seek(io::SeekFrom::Current(n as i64))?;
+        if self.direct.is_none() {
+            // A hole moves the writeback along too: its range has
+            // nothing to write, and what follows lies that much further.
+            self.writeback.wrote(self.file.borrow(), n);
+        }
+        Ok(())
+    }
+
     /// Writes the whole blocks gathered; a partial last block stays.
     fn flush_blocks(&mut self) -> io::Result<()> {
         let Some((buf, filled)) = &mut self.direct else {
@@ -128,7 +154,8 @@ impl DirectWrite {
         let whole = *filled / BLOCK * BLOCK;
         let mut at = 0;
         while at < whole {
-            match self.file.write(&buf.bytes()[at..whole]) {
+            let mut out = self.file.borrow();
+            match out.write(&buf.bytes()[at..whole]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => at += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -137,12 +164,7 @@ impl DirectWrite {
                 // the rest through the cache.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     tracing::debug!("direct write refused ({e}); writing through the page cache");
-                    set_direct(&self.file, false)?;
-                    let rest = &buf.bytes()[at..*filled];
-                    self.file.write_all(rest)?;
-                    self.writeback.wrote(&self.file, rest.len() as u64);
-                    self.direct = None;
-                    return Ok(());
+                    return self.through_cache(at);
                 }
                 Err(e) => return Err(e),
             }
@@ -152,17 +174,25 @@ impl DirectWrite {
         Ok(())
     }
 
+    /// Writes the gathered bytes from `from` on through the cache, and
+    /// everything after them.
+    fn through_cache(&mut self, from: usize) -> io::Result<()> {
+        let Some((buf, filled)) = self.direct.take() else {
+            return Ok(());
+        };
+        let mut out = self.file.borrow();
+        set_direct(out, false)?;
+        let rest = &buf.bytes()[from..filled];
+        out.write_all(rest)?;
+        self.writeback.wrote(out, rest.len() as u64);
+        Ok(())
+    }
+
     /// Writes what is left (the last partial block through the cache) and
-    /// makes the file durable.
-    pub fn finish(mut self) -> io::Result<File> {
+    /// leaves the file as opened: without `O_DIRECT`, not yet synced.
+    pub fn finish(mut self) -> io::Result<F> {
         self.flush_blocks()?;
-        if let Some((buf, filled)) = self.direct.take() {
-            if filled > 0 {
-                set_direct(&self.file, false)?;
-                self.file.write_all(&buf.bytes()[..filled])?;
-            }
-        }
-        self.file.sync_all()?;
+        self.through_cache(0)?;
         Ok(self.file)
     }
 }

@@ -5,7 +5,7 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Seek};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -17,6 +17,7 @@ use tar::EntryType;
 use crate::chain::digests::{ListDigest, Recorded, Recorder};
 use crate::chain::dumpdir;
 use crate::compression::Compression;
+use crate::direct_write::DirectWrite;
 use crate::encryption::{self, Access, Identities, KeyProblem};
 use crate::error::IoContext;
 use crate::manifest::Manifest;
@@ -1157,17 +1158,26 @@ pub const WRITE_BUFFER: usize = 256 * 1024;
 /// ext4 and xfs by default: a smaller hole would still take a whole block.
 pub const SPARSE_BLOCK: usize = 4096;
 
+/// Restored files from this size are written past the page cache where
+/// the disk allows (`direct_write.rs`); smaller ones through it, as a
+/// direct write waits for the disk, file by file.
+pub const DIRECT_MIN: u64 = 1 << 20;
+
 /// Copies an entry's body into `f` in writes of at most [`WRITE_BUFFER`],
 /// seeking over every aligned [`SPARSE_BLOCK`] of zeros instead of writing
-/// it, and handing each step to the disk as it goes (see
-/// [`crate::writeback`]), so the final `syncfs` has little left and dirty
-/// pages stay bounded. `f` must be new and empty: a hole reads as zeros.
+/// it. Large files go past the page cache on a local disk; the rest is
+/// handed to the disk step by step as it goes (see [`crate::writeback`]),
+/// so the final `syncfs` has little left and dirty pages stay bounded.
+/// `f` must be new and empty: a hole reads as zeros.
 fn copy_out(entry: &mut impl Read, size: u64, f: &mut fs::File) -> io::Result<u64> {
     // Sized to the file: most files are small, and a 256 KiB allocation per
     // file would be an mmap and munmap each. Every fill but the last is
     // whole, so each starts at a multiple of SPARSE_BLOCK in the file.
     let mut buf = vec![0u8; (size as usize).clamp(1, WRITE_BUFFER)];
-    let mut wb = crate::writeback::Writeback::default();
+    let mut out = match size >= DIRECT_MIN {
+        true => DirectWrite::new(&*f),
+        false => DirectWrite::buffered(&*f),
+    };
     let mut total = 0u64;
     // Whether the last bytes were skipped: the file then ends short of
     // `total` until `set_len` puts the end where it belongs.
@@ -1190,18 +1200,16 @@ fn copy_out(entry: &mut impl Read, size: u64, f: &mut fs::File) -> io::Result<u6
                 end = block_end(end);
             }
             if zero {
-                f.seek(io::SeekFrom::Current((end - at) as i64))?;
+                out.skip((end - at) as u64)?;
             } else {
-                f.write_all(&data[at..end])?;
+                out.write_all(&data[at..end])?;
             }
-            // A hole moves the writeback along too: its range has nothing
-            // to write, and the data after it lies that much further on.
-            wb.wrote(f, (end - at) as u64);
             ends_in_hole = zero;
             at = end;
         }
         total += filled as u64;
     }
+    out.finish()?;
     if ends_in_hole {
         f.set_len(total)?;
     }
@@ -1265,6 +1273,21 @@ mod tests {
         restore("data-at-the-end", &body);
         restore("small-zeros", &[0u8; 100]);
         restore("empty", &[]);
+
+        // Large enough to be written past the page cache (on a local
+        // disk): the same holes, and data around them.
+        let mut body = vec![0u8; 5 * DIRECT_MIN as usize + 100];
+        body[..3 * SPARSE_BLOCK + 11].fill(4);
+        body[2 * DIRECT_MIN as usize + 7] = 5;
+        let stored = restore("large-holes", &body);
+        assert!(stored <= 16 * SPARSE_BLOCK as u64, "{stored} bytes stored");
+        let n = body.len();
+        body[n - 1] = 6;
+        restore("large-data-at-the-end", &body);
+        let noise: Vec<u8> = (0..3 * DIRECT_MIN + 4097)
+            .map(|i| (i * 7 + i / 251) as u8)
+            .collect();
+        restore("large-dense", &noise);
     }
 
     #[test]

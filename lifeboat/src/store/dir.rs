@@ -463,7 +463,7 @@ impl Put for DirPut {
     async fn finish(mut self) -> Result<()> {
         let res = async {
             let (file, _) = self.settle().await?;
-            tokio::task::spawn_blocking(move || file.finish())
+            tokio::task::spawn_blocking(move || file.finish()?.sync_all())
                 .await
                 .map_err(std::io::Error::other)??;
             publish(&self.tmp, &self.dst, false).await
