@@ -33,6 +33,16 @@ pub struct Writeback {
 }
 
 impl Writeback {
+    /// For a file whose first `offset` bytes are on disk already (written
+    /// past the page cache): only what comes after is tracked.
+    pub fn from_offset(offset: u64) -> Self {
+        Writeback {
+            written: offset,
+            started: offset,
+            settled: offset,
+        }
+    }
+
     /// Records `n` more bytes written (or skipped as a hole: the count is
     /// the offset reached in the file); every [`STEP`] starts writeback of the
     /// new step and waits for the one [`LAG`] steps back. Errors are not fatal here:

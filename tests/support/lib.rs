@@ -281,7 +281,9 @@ impl Ext4Image {
             .set_len(size_mib << 20)
             .unwrap();
         let st = Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
+            // 4 KiB blocks as on a real disk (a small image would get 1 KiB),
+            // and no blocks reserved for root, so `df` tells what is free.
+            .args(["-q", "-F", "-b", "4096", "-m", "0"])
             .arg(image)
             .status()
             .expect("run mkfs.ext4 (Debian package e2fsprogs)");
