@@ -614,6 +614,8 @@ mod tests {
 
     #[test]
     fn classes_alternates_and_escapes() {
+        // As globset's matcher (its set's extension shortcut says no).
+        assert!(m("*.", ".."));
         assert!(m("file[0-9].txt", "file7.txt"));
         assert!(!m("file[!0-9].txt", "file7.txt"));
         assert!(m("file[!0-9].txt", "filex.txt"));
@@ -719,8 +721,12 @@ mod tests {
                         let one = t.compile_matcher();
                         let ours_set = GlobSet::new(vec![o.clone()]);
                         for path in &paths {
-                            let want = set.is_match(path);
-                            prop_assert_eq!(want, one.is_match(path));
+                            let want = one.is_match(path);
+                            // globset's set takes shortcuts that can part
+                            // from its own matcher ("*." on ".." is false
+                            // in a set, true alone, found in CI); the
+                            // matcher's answer is the glob's meaning.
+                            prop_assume!(want == set.is_match(path));
                             prop_assert_eq!(
                                 want, o.is_match_bytes(path.as_bytes()),
                                 "pattern {:?} path {:?} sep {}", p, path, sep
