@@ -7,6 +7,9 @@
 #   bench/s3-memory.sh                       # 1 GiB of random bytes, zstd:3 zstd:1 none
 #   SIZE_MIB=4096 COMP=zstd:3 bench/s3-memory.sh
 #   TUNS=glibc.malloc.arena_max=8 bench/s3-memory.sh   # try glibc tunables
+#   DATA=/path/to/folder bench/s3-memory.sh  # that folder instead (e.g. bench.py's mixed
+#                                            # set: random bytes are stored raw, so they
+#                                            # leave zstd's workers idle)
 set -euo pipefail
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release}
 [ -x "$BIN/lifeboat-sidecar" ] || { echo "no $BIN/lifeboat-sidecar: run bench/run.sh --quick first, or set BIN" >&2; exit 1; }
@@ -22,15 +25,20 @@ trap 'kill $WP 2>/dev/null; rm -rf "$W"' EXIT
 for _ in $(seq 60); do curl -s -o /dev/null "http://127.0.0.1:$P/" && break; sleep 1; done
 sleep 3
 echo "s3.bucket.create -name memory" | weed shell -master=127.0.0.1:$((P+1)) > /dev/null 2>&1 || true
-head -c $(( ${SIZE_MIB:-1024} << 20 )) /dev/urandom > "$W/vol/blob"
+if [ -n "${DATA:-}" ]; then
+  VOL=$DATA
+else
+  head -c $(( ${SIZE_MIB:-1024} << 20 )) /dev/urandom > "$W/vol/blob"
+  VOL=$W/vol
+fi
 for tun in "${TUNS:-}"; do
   for c in ${COMP:-zstd:3 zstd:1 none}; do
     out=$(env -i PATH="$PATH" HOSTNAME=nb-0 LIFEBOAT_LISTEN=off LIFEBOAT_ANNOTATIONS_FILE=/nonexistent \
-      LIFEBOAT_PATHS="$W/vol" LIFEBOAT_TARGETS=s3://memory LIFEBOAT_S3_ENDPOINT=http://127.0.0.1:$P \
+      LIFEBOAT_PATHS="$VOL" LIFEBOAT_TARGETS=s3://memory LIFEBOAT_S3_ENDPOINT=http://127.0.0.1:$P \
       LIFEBOAT_S3_REGION=us-east-1 LIFEBOAT_S3_PATH_STYLE=true AWS_ACCESS_KEY_ID=k AWS_SECRET_ACCESS_KEY=s \
       LIFEBOAT_COMPRESSION="$c" LIFEBOAT_RETENTION=last=1 ${tun:+GLIBC_TUNABLES=$tun} \
       /usr/bin/time -f "%e s %M KiB" "$BIN/lifeboat-sidecar" backup-now 2>&1 \
       | grep -oE "peak_rss_mib=[0-9]+|^[0-9.]+ s [0-9]+ KiB" | tr '\n' ' ')
-    echo "size=${SIZE_MIB:-1024}MiB tunables=[${tun}] compression=$c: $out"
+    echo "data=${DATA:-${SIZE_MIB:-1024} MiB random} tunables=[${tun}] compression=$c: $out"
   done
 done

@@ -90,6 +90,14 @@ pub const ZSTD_JOB_SIZE: u32 = 1024 * 1024;
 /// Most zstd workers, whatever the machine: memory grows with each one.
 pub const ZSTD_MAX_WORKERS: u32 = 4;
 
+/// zstd's `overlapLog` for the workers: 1 is none, each job starts with an
+/// empty history. By default (6 at level 3) every 1 MiB job first re-reads
+/// and hashes the last 256 KiB of the job before it, and zstd holds one
+/// more job's input for that: on the bench's data sets, none costs 0.1 %
+/// of artifact size and saves ~5 % of a backup's CPU and one job of memory
+/// (README "Bounds").
+pub const ZSTD_OVERLAP_LOG: u32 = 1;
+
 /// A zstd context compressing on every core (up to [`ZSTD_MAX_WORKERS`])
 /// in jobs of [`ZSTD_JOB_SIZE`]. Each frame it writes is an ordinary zstd
 /// frame, byte-compatible with `zstd -dc`.
@@ -101,6 +109,7 @@ fn zstd_context(level: i32) -> io::Result<zstd::stream::raw::Encoder<'static>> {
     if workers > 1 {
         e.set_parameter(CParameter::NbWorkers(workers))?;
         e.set_parameter(CParameter::JobSize(ZSTD_JOB_SIZE))?;
+        e.set_parameter(CParameter::OverlapSizeLog(ZSTD_OVERLAP_LOG))?;
     }
     Ok(e)
 }

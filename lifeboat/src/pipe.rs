@@ -13,11 +13,15 @@ use tokio::sync::mpsc;
 pub const CHUNK_SIZE: usize = 1 << 20;
 
 /// Chunks that may wait in the pipe. With the one being filled and the one
-/// being written, a pipe holds at most `(QUEUE_DEPTH + 2) * CHUNK_SIZE` = 6 MiB,
+/// being written, a pipe holds at most `(QUEUE_DEPTH + 2) * CHUNK_SIZE` = 4 MiB,
 /// whatever the size of the data (a recycling writer's pipe one chunk more:
 /// see [`ChunkWriter::recycling`]; a folder target's one more again, the
 /// chunk it writes while the next is hashed).
-pub const QUEUE_DEPTH: usize = 4;
+///
+/// Two, not more: an S3 target copies the chunks into parts, which are
+/// a buffer of their own, and at four the pipe's chunks were what took a
+/// backup of small files and text to S3 past 48 MiB (README "Bounds").
+pub const QUEUE_DEPTH: usize = 2;
 
 pub type Chunk = io::Result<Vec<u8>>;
 

@@ -33,8 +33,10 @@ pub const BATCH_BYTES: usize = 512 * 1024;
 /// ... or it holds this many entries.
 pub const BATCH_ENTRIES: usize = 256;
 /// Batches between the walker and the tar writer; with [`BATCH_BYTES`] the
-/// bound of the read-ahead's memory.
-pub const BATCHES_AHEAD: usize = 8;
+/// bound of the read-ahead's memory. Six keeps every reader busy with two
+/// batches ready for the writer, and a backup of small files to S3 under
+/// 48 MiB (README "Bounds").
+pub const BATCHES_AHEAD: usize = 6;
 /// Threads reading small files: reads in flight on a cold disk.
 pub const READERS: usize = 4;
 
