@@ -31,7 +31,7 @@ pub async fn read(
         inner: target.open(m).await?,
         failed: failed.clone(),
     };
-    let (tx, rx) = pipe::channel();
+    let (tx, rx) = pipe::read_channel();
     let (chunks, spares) = ChunkReader::recycling(rx, pipe::CHUNK_SIZE);
     let feeder = tokio::spawn(pipe::feed(reader, tx, spares));
     let progress = Arc::new(Progress::default());

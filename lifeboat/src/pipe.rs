@@ -23,10 +23,20 @@ pub const CHUNK_SIZE: usize = 1 << 20;
 /// backup of small files and text to S3 past 48 MiB (README "Bounds").
 pub const QUEUE_DEPTH: usize = 2;
 
+/// Chunks of an artifact read ahead of restore's decompression: reading
+/// from a store (S3 above all) gains from more in flight, and a restore
+/// holds no parts of its own (at most 6 MiB per pipe).
+pub const READ_QUEUE_DEPTH: usize = 4;
+
 pub type Chunk = io::Result<Vec<u8>>;
 
 pub fn channel() -> (mpsc::Sender<Chunk>, mpsc::Receiver<Chunk>) {
     mpsc::channel(QUEUE_DEPTH)
+}
+
+/// The pipe from a store's stream to restore's reader ([`READ_QUEUE_DEPTH`]).
+pub fn read_channel() -> (mpsc::Sender<Chunk>, mpsc::Receiver<Chunk>) {
+    mpsc::channel(READ_QUEUE_DEPTH)
 }
 
 /// Blocking writer end: fills chunks and sends them when full.
@@ -56,7 +66,7 @@ impl ChunkWriter {
     /// files spent a sixth of its CPU faulting in and zeroing a thousand
     /// fresh megabytes and unmapping them again.
     pub fn recycling(tx: mpsc::Sender<Chunk>) -> (Self, Returns) {
-        let (returns, spares) = recycle(CHUNK_SIZE);
+        let (returns, spares) = recycle(CHUNK_SIZE, QUEUE_DEPTH);
         let writer = ChunkWriter {
             spare: Some(spares),
             ..ChunkWriter::new(tx)
@@ -128,8 +138,8 @@ impl Returns {
 /// A pair of ends through which a pipe's buffers go round. Every buffer of
 /// the pipe can be on its way back at once: the queue, the one being
 /// filled and the one being used.
-fn recycle(size: usize) -> (Returns, Spares) {
-    let (back, spare) = std::sync::mpsc::sync_channel(QUEUE_DEPTH + 2);
+fn recycle(size: usize, depth: usize) -> (Returns, Spares) {
+    let (back, spare) = std::sync::mpsc::sync_channel(depth + 2);
     (
         Returns(back),
         Spares {
@@ -161,9 +171,10 @@ impl ChunkReader {
     }
 
     /// A reader that hands each chunk it has used up back to the producer,
-    /// which fills it again through the returned [`Spares`].
+    /// which fills it again through the returned [`Spares`]; `rx` comes
+    /// from [`read_channel`].
     pub fn recycling(rx: mpsc::Receiver<Chunk>, chunk_size: usize) -> (Self, Spares) {
-        let (back, spares) = recycle(chunk_size);
+        let (back, spares) = recycle(chunk_size, READ_QUEUE_DEPTH);
         let reader = ChunkReader {
             back: Some(back),
             ..ChunkReader::new(rx)
@@ -375,7 +386,7 @@ mod tests {
         let data: Vec<u8> = (0..(3 * CHUNK_SIZE + 12345))
             .map(|i| (i * 7 % 251) as u8)
             .collect();
-        let (tx, rx) = channel();
+        let (tx, rx) = read_channel();
         let src = data.clone();
         let (reader, spares) = ChunkReader::recycling(rx, CHUNK_SIZE);
         let feeder = tokio::spawn(async move { feed(&src[..], tx, spares).await });
