@@ -66,7 +66,7 @@ impl ChunkWriter {
     /// files spent a sixth of its CPU faulting in and zeroing a thousand
     /// fresh megabytes and unmapping them again.
     pub fn recycling(tx: mpsc::Sender<Chunk>) -> (Self, Returns) {
-        let (returns, spares) = recycle(CHUNK_SIZE, QUEUE_DEPTH);
+        let (returns, spares) = recycle(CHUNK_SIZE, tx.max_capacity());
         let writer = ChunkWriter {
             spare: Some(spares),
             ..ChunkWriter::new(tx)
@@ -136,8 +136,8 @@ impl Returns {
 }
 
 /// A pair of ends through which a pipe's buffers go round. Every buffer of
-/// the pipe can be on its way back at once: the queue, the one being
-/// filled and the one being used.
+/// the pipe can be on its way back at once: the queue (`depth`, the
+/// channel's own capacity), the one being filled and the one being used.
 fn recycle(size: usize, depth: usize) -> (Returns, Spares) {
     let (back, spare) = std::sync::mpsc::sync_channel(depth + 2);
     (
@@ -171,10 +171,9 @@ impl ChunkReader {
     }
 
     /// A reader that hands each chunk it has used up back to the producer,
-    /// which fills it again through the returned [`Spares`]; `rx` comes
-    /// from [`read_channel`].
+    /// which fills it again through the returned [`Spares`].
     pub fn recycling(rx: mpsc::Receiver<Chunk>, chunk_size: usize) -> (Self, Spares) {
-        let (back, spares) = recycle(chunk_size, READ_QUEUE_DEPTH);
+        let (back, spares) = recycle(chunk_size, rx.max_capacity());
         let reader = ChunkReader {
             back: Some(back),
             ..ChunkReader::new(rx)

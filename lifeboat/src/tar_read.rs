@@ -663,26 +663,22 @@ impl<'a> Walker<'a> {
         // Made first and looked at only when something is there already
         // (one path lookup per folder less in a fresh staging folder).
         match fs::create_dir(&dest) {
-            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                match fs::symlink_metadata(&dest) {
-                    // Listed twice, or after its content: the newer metadata
-                    // wins. A chain's folders get theirs from its last link
-                    // (all of them are still ours to write into until then).
-                    Ok(md) if md.is_dir() && self.last => {
-                        self.reopen(&dest, &md)?;
-                    }
-                    Ok(md) if md.is_dir() => {}
-                    Ok(_) => {
-                        return Err(self.unsafe_entry(
-                            name,
-                            "is a folder where the archive already put something else",
-                        ))
-                    }
-                    Err(e) => return Err(Error::io(format!("creating {}", dest.display()), e)),
+                let md = fs::symlink_metadata(&dest).ctx("creating", &dest)?;
+                if !md.is_dir() {
+                    return Err(self.unsafe_entry(
+                        name,
+                        "is a folder where the archive already put something else",
+                    ));
+                }
+                // Listed twice, or after its content: the newer metadata
+                // wins. A chain's folders get theirs from its last link
+                // (all of them are still ours to write into until then).
+                if self.last {
+                    self.reopen(&dest, &md)?;
                 }
             }
-            Err(e) => return Err(Error::io(format!("creating {}", dest.display()), e)),
+            made => made.ctx("creating", &dest)?,
         }
         self.open.push(OpenDir {
             path: dest,
