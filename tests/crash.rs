@@ -22,7 +22,7 @@ fn setup(blob_mib: usize) -> Setup {
     let backup = tmp.path().join("backup");
     fs::create_dir_all(&data).unwrap();
     fs::create_dir_all(&backup).unwrap();
-    fs::write(data.join("blob"), noise(blob_mib << 20, 3)).unwrap();
+    fs::write(data.join("blob"), slow_to_compress(blob_mib << 20)).unwrap();
     fs::write(data.join("v"), "good").unwrap();
     let annotations = tmp.path().join("annotations");
     Setup {
@@ -33,9 +33,20 @@ fn setup(blob_mib: usize) -> Setup {
     }
 }
 
+/// Hex digits of random bytes: they halve under zstd, so lifeboat compresses
+/// them (random bytes it would store raw, fast), and at level 19 slowly.
+fn slow_to_compress(len: usize) -> Vec<u8> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    noise(len.div_ceil(2), 3)
+        .iter()
+        .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]])
+        .take(len)
+        .collect()
+}
+
 impl Setup {
-    /// zstd at level 19 on incompressible data is slow, which gives the
-    /// test a long window in which the backup is surely in flight.
+    /// zstd at level 19 on `slow_to_compress` data gives the test a long
+    /// window in which the backup is surely in flight.
     fn cmd(&self, name: &str, compression: &str) -> Command {
         lifeboat(
             name,

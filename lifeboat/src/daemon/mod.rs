@@ -168,7 +168,12 @@ pub async fn backup_now(caller: Caller, s: &Settings) -> Result<String> {
         _ = shutdown.recv() => {
             warn!("interrupted; cancelling the backup");
             cancel.store(true, Ordering::Relaxed);
-            running.await
+            let r = running.await;
+            if r.is_ok() {
+                // See run_loop: the cancel stops only the source.
+                warn!("the backup had read everything before the cancel reached it and is committed");
+            }
+            r
         }
     };
     if let Some(message) = announce(caller.component, s, &r).await {

@@ -278,6 +278,11 @@ impl<O: Open> Daemon<O> {
                 }
             }
         };
+        if cancel.load(Ordering::Relaxed) && result.is_ok() {
+            // The cancel stops the source; one that came after the last
+            // byte was read finds the artifact already being committed.
+            warn!("the backup had read everything before the cancel reached it and is committed");
+        }
         self.status.backup_finished(
             trigger,
             started,
