@@ -98,16 +98,36 @@ pub const ZSTD_MAX_WORKERS: u32 = 4;
 /// (README "Bounds").
 pub const ZSTD_OVERLAP_LOG: u32 = 1;
 
-/// A zstd context compressing on every core (up to [`ZSTD_MAX_WORKERS`])
-/// in jobs of [`ZSTD_JOB_SIZE`]. Each frame it writes is an ordinary zstd
-/// frame, byte-compatible with `zstd -dc`.
+/// Memory the zstd workers' compression contexts may take together. A
+/// context's tables grow with the level: at level 3 one takes ~1 MiB, at
+/// level 19 ~80 MiB, so one worker per core at level 19 would take 320 MiB
+/// on 4 cores, past the sidecar's 256 MiB limit in the kustomize overlay
+/// (measured on 2 cores: a backup at `zstd:19` peaked at 179 MiB).
+pub const ZSTD_CONTEXTS_MEMORY: usize = 100 << 20;
+
+/// How many zstd workers compress at `level` on `cores` cores: one per core,
+/// at most [`ZSTD_MAX_WORKERS`], and no more than fit in
+/// [`ZSTD_CONTEXTS_MEMORY`] (at least one: a single context may be larger).
+pub fn zstd_workers(level: i32, cores: u32) -> u32 {
+    // SAFETY: a pure function of its argument, with no memory shared.
+    let each = unsafe { zstd::zstd_safe::zstd_sys::ZSTD_estimateCCtxSize(level) };
+    let fit = u32::try_from(ZSTD_CONTEXTS_MEMORY / each.max(1)).unwrap_or(u32::MAX);
+    cores.min(ZSTD_MAX_WORKERS).min(fit).max(1)
+}
+
+/// A zstd context compressing on every core ([`zstd_workers`]) in jobs of
+/// [`ZSTD_JOB_SIZE`]. Each frame it writes is an ordinary zstd frame,
+/// byte-compatible with `zstd -dc`.
 fn zstd_context(level: i32) -> io::Result<zstd::stream::raw::Encoder<'static>> {
     use zstd::stream::raw::CParameter;
     let mut e = zstd::stream::raw::Encoder::new(level)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let workers = cores.min(ZSTD_MAX_WORKERS);
-    if workers > 1 {
-        e.set_parameter(CParameter::NbWorkers(workers))?;
+    // With more than one core the work goes to worker threads in 1 MiB
+    // jobs even when only one worker fits: a single context's own search
+    // over its whole window was 5x slower at level 19 (83 s against 15 s
+    // for 48 MiB), where a job starts with an empty history.
+    if cores > 1 {
+        e.set_parameter(CParameter::NbWorkers(zstd_workers(level, cores)))?;
         e.set_parameter(CParameter::JobSize(ZSTD_JOB_SIZE))?;
         e.set_parameter(CParameter::OverlapSizeLog(ZSTD_OVERLAP_LOG))?;
     }
@@ -494,6 +514,24 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn high_levels_get_fewer_zstd_workers_so_their_contexts_fit() {
+        for cores in [1, 2, 4, 64] {
+            assert_eq!(zstd_workers(3, cores), cores.min(ZSTD_MAX_WORKERS));
+            for level in 1..=19 {
+                let n = zstd_workers(level, cores);
+                assert!((1..=cores.min(ZSTD_MAX_WORKERS)).contains(&n));
+                // SAFETY: as in zstd_workers.
+                let each = unsafe { zstd::zstd_safe::zstd_sys::ZSTD_estimateCCtxSize(level) };
+                assert!(
+                    n == 1 || n as usize * each <= ZSTD_CONTEXTS_MEMORY,
+                    "{level}: {n}"
+                );
+            }
+        }
+        assert_eq!(zstd_workers(19, 64), 1);
+    }
 
     #[test]
     fn parses_levels_and_rejects_others() {
