@@ -421,6 +421,7 @@ def bench_dataset(args, label, data, work, ours_bin, with_gzip, with_restore, ba
         restored = os.path.join(work, "restored")
 
         d_ours, d_peer, d_base = Fresh(restored, "ours"), Fresh(restored, "peer"), Fresh(restored, "baseline")
+        d_synced = Fresh(restored, "peer-synced")
         r_ours = Case(
             "lifeboat restore (verified)",
             lambda: f"{env_line} {ours_bin}/lifeboat-sidecar restore --to {d_ours.path}/x",
@@ -431,7 +432,15 @@ def bench_dataset(args, label, data, work, ours_bin, with_gzip, with_restore, ba
             lambda: f"zstd -dc {out_zst} | tar -xf - -C {d_peer.path}",
             prepare=lambda: (d_peer.prepare(), warm(out_zst, args.cold)),
         )
-        restores = [r_ours, r_peer]
+        # lifeboat's restore ends with its files on disk (syncfs) before it
+        # says done; tar leaves them dirty in the page cache. The same
+        # pipeline followed by `sync -f` is the like-for-like peer.
+        r_synced = Case(
+            "zstd -dc | tar -xf - && sync -f",
+            lambda: f"zstd -dc {out_zst} | tar -xf - -C {d_synced.path} && sync -f {d_synced.path}",
+            prepare=lambda: (d_synced.prepare(), warm(out_zst, args.cold)),
+        )
+        restores = [r_ours, r_peer, r_synced]
         if baseline:
             restores.append(
                 Case(
