@@ -844,21 +844,22 @@ impl<'a> Walker<'a> {
             made => made,
         }
         .ctx("creating", dest)?;
-        let n = copy_out(entry, entry.size(), &mut f).map_err(|e| {
-            // An errno comes from our own write (a full or failing
-            // disk: may pass, not the artifact's fault); a decoding
-            // error has none. A store's broken stream is told apart
-            // in `restore::read`.
-            if e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::ENOSPC) {
+        let n = copy_out(entry, entry.size(), &mut f).map_err(|e| match e {
+            // Our own write failed (a full or failing disk): may pass, and
+            // not the artifact's fault, whatever the error (a write of
+            // nothing has no errno). A store's broken stream is told
+            // apart in `restore::read`.
+            CopyError::Write(e)
+                if e.kind() == io::ErrorKind::StorageFull
+                    || e.raw_os_error() == Some(libc::ENOSPC) =>
+            {
                 Error::io(
                     format!("writing {} (the volume is full)", dest.display()),
                     e,
                 )
-            } else if e.raw_os_error().is_some() {
-                Error::io(format!("writing {}", dest.display()), e)
-            } else {
-                self.corrupt(format!("damaged data in {}: {e}", name.display()))
             }
+            CopyError::Write(e) => Error::io(format!("writing {}", dest.display()), e),
+            CopyError::Read(e) => self.corrupt(format!("damaged data in {}: {e}", name.display())),
         })?;
         self.report.bytes_in += n;
         self.progress.add_bytes(n);
@@ -1192,7 +1193,21 @@ pub const DIRECT_MIN: u64 = 1 << 20;
 /// handed to the disk step by step as it goes (see [`crate::writeback`]),
 /// so the final `syncfs` has little left and dirty pages stay bounded.
 /// `f` must be new and empty: a hole reads as zeros.
-fn copy_out(entry: &mut impl Read, size: u64, f: &mut fs::File) -> io::Result<u64> {
+/// Where copying a file's bytes failed.
+#[derive(Debug)]
+enum CopyError {
+    /// Reading them from the archive: they do not decode.
+    Read(io::Error),
+    /// Writing them to the file: the disk's doing.
+    Write(io::Error),
+}
+
+fn copy_out(
+    entry: &mut impl Read,
+    size: u64,
+    f: &mut fs::File,
+) -> std::result::Result<u64, CopyError> {
+    use CopyError::Write;
     // Sized to the file: most files are small, and a 256 KiB allocation per
     // file would be an mmap and munmap each. Every fill but the last is
     // whole, so each starts at a multiple of SPARSE_BLOCK in the file.
@@ -1208,7 +1223,7 @@ fn copy_out(entry: &mut impl Read, size: u64, f: &mut fs::File) -> io::Result<u6
     loop {
         // Filled, not one read: the archive hands out at most a tar block at
         // a time near entry boundaries.
-        let filled = read_full(entry, &mut buf)?;
+        let filled = read_full(entry, &mut buf).map_err(CopyError::Read)?;
         if filled == 0 {
             break;
         }
@@ -1223,18 +1238,18 @@ fn copy_out(entry: &mut impl Read, size: u64, f: &mut fs::File) -> io::Result<u6
                 end = block_end(end);
             }
             if zero {
-                out.skip((end - at) as u64)?;
+                out.skip((end - at) as u64).map_err(Write)?;
             } else {
-                out.write_all(&data[at..end])?;
+                out.write_all(&data[at..end]).map_err(Write)?;
             }
             ends_in_hole = zero;
             at = end;
         }
         total += filled as u64;
     }
-    out.finish()?;
+    out.finish().map_err(Write)?;
     if ends_in_hole {
-        f.set_len(total)?;
+        f.set_len(total).map_err(Write)?;
     }
     Ok(total)
 }
@@ -1277,7 +1292,7 @@ mod tests {
                 .create_new(true)
                 .open(&path)
                 .unwrap();
-            let n = copy_out(&mut &body[..], body.len() as u64, &mut f).unwrap();
+            let n = copy_out(&mut &body[..], body.len() as u64, &mut f).expect("copied");
             assert_eq!(n, body.len() as u64);
             drop(f);
             assert!(fs::read(&path).unwrap() == body, "{name}: content differs");
@@ -1311,6 +1326,31 @@ mod tests {
             .map(|i| (i * 7 + i / 251) as u8)
             .collect();
         restore("large-dense", &noise);
+    }
+
+    /// A failed read is the archive's fault (an older artifact may be
+    /// tried), a failed write the disk's (it may pass): told apart by
+    /// where it happened, not by whether the error carries an errno.
+    #[test]
+    fn a_failed_read_and_a_failed_write_are_told_apart() {
+        struct Failing;
+        impl Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut f = fs::File::create_new(&path).unwrap();
+        assert!(matches!(
+            copy_out(&mut Failing, 10, &mut f),
+            Err(CopyError::Read(_))
+        ));
+        let mut read_only = fs::File::open(&path).unwrap();
+        assert!(matches!(
+            copy_out(&mut &b"abc"[..], 3, &mut read_only),
+            Err(CopyError::Write(_))
+        ));
     }
 
     #[test]
