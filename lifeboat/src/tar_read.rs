@@ -1187,12 +1187,6 @@ pub const SPARSE_BLOCK: usize = 4096;
 /// direct write waits for the disk, file by file.
 pub const DIRECT_MIN: u64 = 1 << 20;
 
-/// Copies an entry's body into `f` in writes of at most [`WRITE_BUFFER`],
-/// seeking over every aligned [`SPARSE_BLOCK`] of zeros instead of writing
-/// it. Large files go past the page cache on a local disk; the rest is
-/// handed to the disk step by step as it goes (see [`crate::writeback`]),
-/// so the final `syncfs` has little left and dirty pages stay bounded.
-/// `f` must be new and empty: a hole reads as zeros.
 /// Where copying a file's bytes failed.
 #[derive(Debug)]
 enum CopyError {
@@ -1202,6 +1196,12 @@ enum CopyError {
     Write(io::Error),
 }
 
+/// Copies an entry's body into `f` in writes of at most [`WRITE_BUFFER`],
+/// seeking over every aligned [`SPARSE_BLOCK`] of zeros instead of writing
+/// it. Large files go past the page cache on a local disk; the rest is
+/// handed to the disk step by step as it goes (see [`crate::writeback`]),
+/// so the final `syncfs` has little left and dirty pages stay bounded.
+/// `f` must be new and empty: a hole reads as zeros.
 fn copy_out(
     entry: &mut impl Read,
     size: u64,
