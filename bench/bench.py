@@ -420,33 +420,48 @@ def bench_dataset(args, label, data, work, ours_bin, with_gzip, with_restore, ba
     if with_restore:
         restored = os.path.join(work, "restored")
 
-        d_ours, d_peer, d_base = Fresh(restored, "ours"), Fresh(restored, "peer"), Fresh(restored, "baseline")
-        d_synced = Fresh(restored, "peer-synced")
-        r_ours = Case(
+        def restore_case(name, key, command, artifact):
+            """A restore into a new folder every run (`Fresh`), `command`
+            given that folder, its artifact read once before (`warm`)."""
+            d = Fresh(restored, key)
+            return Case(
+                name,
+                lambda: command(d.path),
+                prepare=lambda: (d.prepare(), warm(artifact(), args.cold)),
+            )
+
+        ours_artifact = lambda: newest_artifact(backup)
+        r_ours = restore_case(
             "lifeboat restore (verified)",
-            lambda: f"{env_line} {ours_bin}/lifeboat-sidecar restore --to {d_ours.path}/x",
-            prepare=lambda: (d_ours.prepare(), warm(newest_artifact(backup), args.cold)),
+            "ours",
+            lambda p: f"{env_line} {ours_bin}/lifeboat-sidecar restore --to {p}/x",
+            ours_artifact,
         )
-        r_peer = Case(
-            "zstd -dc | tar -xf -",
-            lambda: f"zstd -dc {out_zst} | tar -xf - -C {d_peer.path}",
-            prepare=lambda: (d_peer.prepare(), warm(out_zst, args.cold)),
-        )
-        # lifeboat's restore ends with its files on disk (syncfs) before it
-        # says done; tar leaves them dirty in the page cache. The same
-        # pipeline followed by `sync -f` is the like-for-like peer.
-        r_synced = Case(
-            "zstd -dc | tar -xf - && sync -f",
-            lambda: f"zstd -dc {out_zst} | tar -xf - -C {d_synced.path} && sync -f {d_synced.path}",
-            prepare=lambda: (d_synced.prepare(), warm(out_zst, args.cold)),
-        )
-        restores = [r_ours, r_peer, r_synced]
+        restores = [
+            r_ours,
+            restore_case(
+                "zstd -dc | tar -xf -",
+                "peer",
+                lambda p: f"zstd -dc {out_zst} | tar -xf - -C {p}",
+                lambda: out_zst,
+            ),
+            # lifeboat's restore ends with its files on disk (syncfs) before
+            # it says done; tar leaves them dirty in the page cache. The same
+            # pipeline followed by `sync -f` is the like-for-like peer.
+            restore_case(
+                "zstd -dc | tar -xf - && sync -f",
+                "peer-synced",
+                lambda p: f"zstd -dc {out_zst} | tar -xf - -C {p} && sync -f {p}",
+                lambda: out_zst,
+            ),
+        ]
         if baseline:
             restores.append(
-                Case(
+                restore_case(
                     "lifeboat restore (baseline)",
-                    lambda: f"{env_line} {baseline}/lifeboat-sidecar restore --to {d_base.path}/x",
-                    prepare=lambda: (d_base.prepare(), warm(newest_artifact(backup), args.cold)),
+                    "baseline",
+                    lambda p: f"{env_line} {baseline}/lifeboat-sidecar restore --to {p}/x",
+                    ours_artifact,
                 )
             )
         print(f"bench: {label}: restore, {args.runs} runs each, alternating", file=sys.stderr)

@@ -854,7 +854,11 @@ impl<'a> Walker<'a> {
                     || e.raw_os_error() == Some(libc::ENOSPC) =>
             {
                 Error::io(
-                    format!("writing {} (the volume is full)", dest.display()),
+                    format!(
+                        "writing {} (the volume is full: the artifact's files take {} bytes; grow the volume or free room on it)",
+                        dest.display(),
+                        self.manifest.bytes_in
+                    ),
                     e,
                 )
             }

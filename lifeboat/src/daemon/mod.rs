@@ -169,10 +169,7 @@ pub async fn backup_now(caller: Caller, s: &Settings) -> Result<String> {
             warn!("interrupted; cancelling the backup");
             cancel.store(true, Ordering::Relaxed);
             let r = running.await;
-            if r.is_ok() {
-                // See run_loop: the cancel stops only the source.
-                warn!("the backup had read everything before the cancel reached it and is committed");
-            }
+            report::log_late_cancel(true, &r);
             r
         }
     };

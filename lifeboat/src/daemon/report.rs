@@ -2,7 +2,7 @@
 //! alike: the failure in the log, an Event and the `lifeboat.dev/last-backup`
 //! annotation, and the notification.
 
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::cluster::{self, Reason};
 use crate::config::Settings;
@@ -11,6 +11,14 @@ use crate::notify::{self, Message};
 use crate::{Error, Result};
 
 /// The loop's log line for a failed backup (a cancel is not a failure).
+/// A backup asked to cancel that committed all the same: the cancel stops
+/// only the source, and this one had read everything when it came.
+pub fn log_late_cancel(cancelled: bool, r: &Result<Manifest>) {
+    if cancelled && r.is_ok() {
+        warn!("the backup had read everything before the cancel reached it and is committed");
+    }
+}
+
 pub fn log_failure(r: &Result<Manifest>) {
     if let Err(e) = r {
         if matches!(e, Error::Cancelled) {

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::annotations::{Annotations, Change};
-use super::report::{announce, log_failure};
+use super::report::{announce, log_failure, log_late_cancel};
 use super::serve::Reply;
 use super::shutdown::Shutdown;
 use super::work::{Clock, Open, Work};
@@ -278,11 +278,7 @@ impl<O: Open> Daemon<O> {
                 }
             }
         };
-        if cancel.load(Ordering::Relaxed) && result.is_ok() {
-            // The cancel stops the source; one that came after the last
-            // byte was read finds the artifact already being committed.
-            warn!("the backup had read everything before the cancel reached it and is committed");
-        }
+        log_late_cancel(cancel.load(Ordering::Relaxed), &result);
         self.status.backup_finished(
             trigger,
             started,
