@@ -6,6 +6,8 @@ use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::frame_pool::FramePool;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     Zstd(i32),
@@ -81,22 +83,17 @@ impl Compression {
     }
 }
 
-/// Bytes of input each zstd worker compresses at a time. zstd's default
-/// (4 windows, 8 MiB at level 3) would hold ~50 MiB across workers; 1 MiB
-/// keeps every worker busy at a fraction of that, and the jobs overlap by
-/// part of a window so the ratio barely moves.
-pub const ZSTD_JOB_SIZE: u32 = 1024 * 1024;
+/// Bytes of input each zstd worker compresses at a time, into a frame of
+/// their own ([`crate::frame_pool`]). zstd's own default job (8 MiB at
+/// level 3) would hold ~50 MiB across workers; 1 MiB keeps every worker
+/// busy at a fraction of that. Each job starts with an empty history: on
+/// the bench's data sets that costs 0.1 % of artifact size against jobs
+/// that re-read the last 256 KiB of the one before, which cost ~5 % of a
+/// backup's CPU and one more job of memory (README "Bounds").
+pub const ZSTD_JOB_SIZE: usize = 1024 * 1024;
 
 /// Most zstd workers, whatever the machine: memory grows with each one.
 pub const ZSTD_MAX_WORKERS: u32 = 4;
-
-/// zstd's `overlapLog` for the workers: 1 is none, each job starts with an
-/// empty history. By default (6 at level 3) every 1 MiB job first re-reads
-/// and hashes the last 256 KiB of the job before it, and zstd holds one
-/// more job's input for that: on the bench's data sets, none costs 0.1 %
-/// of artifact size and saves ~5 % of a backup's CPU and one job of memory
-/// (README "Bounds").
-pub const ZSTD_OVERLAP_LOG: u32 = 1;
 
 /// Memory the zstd workers' compression contexts may take together. A
 /// context's tables grow with the level: at level 3 one takes ~1 MiB, at
@@ -115,23 +112,14 @@ pub fn zstd_workers(level: i32, cores: u32) -> u32 {
     cores.min(ZSTD_MAX_WORKERS).min(fit).max(1)
 }
 
-/// A zstd context compressing on every core ([`zstd_workers`]) in jobs of
-/// [`ZSTD_JOB_SIZE`]. Each frame it writes is an ordinary zstd frame,
-/// byte-compatible with `zstd -dc`.
-fn zstd_context(level: i32) -> io::Result<zstd::stream::raw::Encoder<'static>> {
-    use zstd::stream::raw::CParameter;
-    let mut e = zstd::stream::raw::Encoder::new(level)?;
+/// Worker threads compressing at `level` ([`zstd_workers`]) in jobs of
+/// [`ZSTD_JOB_SIZE`], each an ordinary zstd frame `zstd -dc` reads. Even
+/// on one core the work goes to a worker in jobs: a single context's own
+/// search over its whole window was 5x slower at level 19 (83 s against
+/// 15 s for 48 MiB), where a job starts with an empty history.
+fn zstd_pool(level: i32) -> io::Result<FramePool> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    // With more than one core the work goes to worker threads in 1 MiB
-    // jobs even when only one worker fits: a single context's own search
-    // over its whole window was 5x slower at level 19 (83 s against 15 s
-    // for 48 MiB), where a job starts with an empty history.
-    if cores > 1 {
-        e.set_parameter(CParameter::NbWorkers(zstd_workers(level, cores)))?;
-        e.set_parameter(CParameter::JobSize(ZSTD_JOB_SIZE))?;
-        e.set_parameter(CParameter::OverlapSizeLog(ZSTD_OVERLAP_LOG))?;
-    }
-    Ok(e)
+    FramePool::new(level, zstd_workers(level, cores), ZSTD_JOB_SIZE)
 }
 
 impl fmt::Display for Compression {
@@ -193,9 +181,10 @@ impl<W: Write> Write for Encoder<W> {
 /// several frames back to back; `zstd -dc` and every streaming decoder
 /// read them as one (docs/ARCHITECTURE.md, "Being changed", issue 26).
 ///
-/// One compression context serves every compressed frame: a new one would
-/// start its worker threads and fault in its tables again at each switch,
-/// which a volume of alternating packed and text files pays per file.
+/// Compressible bytes go to worker threads ([`FramePool`]) in jobs, each a
+/// frame. One pool serves the whole stream: a new one would start its
+/// threads and fault in its tables again at each switch, which a volume of
+/// alternating packed and text files pays per file.
 ///
 /// After a raw stretch, compressible bytes are held back until there are
 /// [`HOLD_MAX`] of them: the few between two raw files (the tar headers,
@@ -204,8 +193,8 @@ impl<W: Write> Write for Encoder<W> {
 /// workers per file and no raw headers.
 pub struct Zstd<W: Write> {
     w: W,
-    ctx: zstd::stream::raw::Encoder<'static>,
-    /// What the context produced, on its way to `w`.
+    pool: FramePool,
+    /// The small frame of held bytes, on its way to `w`.
     out: Vec<u8>,
     state: State,
     hint: RawHint,
@@ -271,8 +260,8 @@ impl<W: Write> Zstd<W> {
     fn new(w: W, level: i32, hint: RawHint) -> io::Result<Self> {
         Ok(Zstd {
             w,
-            ctx: zstd_context(level)?,
-            out: Vec::with_capacity(zstd::zstd_safe::CCtx::out_size()),
+            pool: zstd_pool(level)?,
+            out: Vec::new(),
             state: State::Between,
             hint,
             broken: false,
@@ -289,48 +278,14 @@ impl<W: Write> Zstd<W> {
         res
     }
 
-    /// Runs one step of the context into `out` and writes what it made.
-    /// Returns the context's hint (0: nothing left to flush or end).
-    fn step(
-        &mut self,
-        f: impl FnOnce(
-            &mut zstd::stream::raw::Encoder<'static>,
-            &mut zstd::stream::raw::OutBuffer<'_, Vec<u8>>,
-        ) -> io::Result<usize>,
-    ) -> io::Result<usize> {
-        let mut out = std::mem::take(&mut self.out);
-        out.clear();
-        let hint = f(
-            &mut self.ctx,
-            &mut zstd::stream::raw::OutBuffer::around(&mut out),
-        );
-        let written = match hint {
-            Ok(_) => self.put(&out),
-            Err(_) => {
-                self.broken = true;
-                Ok(())
-            }
-        };
-        self.out = out;
-        written?;
-        hint
-    }
-
     /// Ends the frame being written, if any, so the next begins clean.
     fn end_frame(&mut self) -> io::Result<()> {
-        use zstd::stream::raw::Operation;
         match self.state {
             State::Between => {}
             State::Raw => self.put(&RAW_FRAME_END)?,
             State::Holding => self.put_held()?,
-            State::Compressing => {
-                // The workers drain; the context stays for the next frame.
-                while self.step(|c, o| c.finish(o, false))? != 0 {}
-                if let Err(e) = self.ctx.reinit() {
-                    self.broken = true;
-                    return Err(e);
-                }
-            }
+            // The workers drain; the pool stays for the next frame.
+            State::Compressing => self.drain()?,
         }
         self.state = State::Between;
         Ok(())
@@ -381,18 +336,18 @@ impl<W: Write> Zstd<W> {
         }
     }
 
-    /// Feeds `buf` to the context; returns how much of it was taken.
+    /// Feeds `buf` to the workers; returns how much of it was taken.
     fn compress(&mut self, buf: &[u8]) -> io::Result<usize> {
-        use zstd::stream::raw::{InBuffer, Operation};
-        loop {
-            // The context takes input until its output buffer is full; a
-            // step that took nothing only emptied that buffer.
-            let mut src = InBuffer::around(buf);
-            self.step(|c, o| c.run(&mut src, o))?;
-            if src.pos() > 0 {
-                return Ok(src.pos());
-            }
-        }
+        let taken = self.pool.write(buf, &mut self.w);
+        self.broken |= taken.is_err();
+        taken
+    }
+
+    /// Writes every frame of the workers still out.
+    fn drain(&mut self) -> io::Result<()> {
+        let drained = self.pool.drain(&mut self.w);
+        self.broken |= drained.is_err();
+        drained
     }
 
     fn finish(mut self) -> io::Result<W> {
@@ -401,7 +356,8 @@ impl<W: Write> Zstd<W> {
         }
         // An empty stream is still one (empty) compressed frame, as before.
         if self.state == State::Between {
-            self.state = State::Compressing;
+            let empty = zstd::bulk::compress(&[], self.level)?;
+            self.put(&empty)?;
         }
         self.end_frame()?;
         Ok(self.w)
@@ -449,12 +405,11 @@ impl<W: Write> Write for Zstd<W> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        use zstd::stream::raw::Operation;
         if self.broken {
             return Err(io::Error::other("the zstd stream failed earlier"));
         }
         match self.state {
-            State::Compressing => while self.step(|c, o| c.flush(o))? != 0 {},
+            State::Compressing => self.drain()?,
             State::Holding => self.put_held()?,
             State::Between | State::Raw => {}
         }
@@ -482,9 +437,6 @@ pub(crate) mod testing {
     pub struct Frame {
         /// A frame of raw blocks, as `Zstd` writes them.
         pub raw: bool,
-        /// Its header gives the content size: a frame made in one call
-        /// (the held bytes), not by the workers' streaming context.
-        pub sized: bool,
         pub stored: usize,
         pub bytes: Vec<u8>,
     }
@@ -495,13 +447,8 @@ pub(crate) mod testing {
             let n = zstd::zstd_safe::find_frame_compressed_size(stream).expect("a whole frame");
             let bytes = zstd::stream::decode_all(&stream[..n]).expect("a frame that reads back");
             let raw = stream.starts_with(&super::RAW_FRAME_HEADER) && n > bytes.len();
-            let sized = matches!(
-                zstd::zstd_safe::get_frame_content_size(&stream[..n]),
-                Ok(Some(_))
-            );
             all.push(Frame {
                 raw,
-                sized,
                 stored: n,
                 bytes,
             });
@@ -762,8 +709,6 @@ mod tests {
         for (i, f) in frames.iter().enumerate() {
             assert_eq!(f.raw, i % 2 == 1, "frame {i}");
             let between = !f.raw && (2..frames.len() - 1).contains(&i);
-            // Made in one call on this thread, not by the workers.
-            assert_eq!(f.sized, between, "frame {i}");
             if f.raw {
                 assert_eq!(f.bytes.len(), 8192, "frame {i}");
             } else if between {

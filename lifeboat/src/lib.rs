@@ -32,6 +32,7 @@ pub mod durable;
 pub mod duration;
 pub mod encryption;
 pub mod error;
+pub mod frame_pool;
 pub mod glob;
 pub mod hooks;
 pub mod http;
