@@ -20,6 +20,8 @@ use std::borrow::Borrow;
 use std::fs::File;
 use std::io::{self, Seek, Write};
 use std::os::fd::AsRawFd;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use crate::writeback::Writeback;
 
@@ -68,6 +70,75 @@ pub struct DirectWrite<F: Borrow<File> = File> {
     direct: Option<(Aligned, usize)>,
     /// For writes through the cache.
     writeback: Writeback,
+    /// Asked for by [`Self::write_behind`]: full buffers are written on a
+    /// thread of their own (started at the second) while the next fills.
+    behind_wanted: bool,
+    behind: Option<Behind>,
+}
+
+/// The thread that writes a full buffer past the cache while the caller
+/// fills the next: the copy into the aligned buffer and the wait for the
+/// disk no longer take turns. It writes through its own descriptor of the
+/// same open file, so the file position is shared; the caller touches the
+/// file only once the buffer out is back ([`DirectWrite::settle_behind`]).
+struct Behind {
+    to: Option<mpsc::SyncSender<Aligned>>,
+    back: mpsc::Receiver<(Aligned, usize, io::Result<()>)>,
+    /// A buffer is out.
+    busy: bool,
+    /// The buffer that came back, to be filled next.
+    spare: Option<Aligned>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Behind {
+    fn start(file: &File) -> io::Result<Self> {
+        let file = file.try_clone()?;
+        let (to, full) = mpsc::sync_channel::<Aligned>(1);
+        let (done, back) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("lifeboat-write".into())
+            .spawn(move || {
+                for buf in full {
+                    let (at, res) = write_whole(&file, buf.bytes());
+                    if done.send((buf, at, res)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Behind {
+            to: Some(to),
+            back,
+            busy: false,
+            spare: None,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Behind {
+    fn drop(&mut self) {
+        // The write out, if any, ends before the file may be closed or removed.
+        self.to = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Writes all of `bytes` at the file position; returns how many were
+/// written, and the error that stopped it.
+fn write_whole(file: &File, bytes: &[u8]) -> (usize, io::Result<()>) {
+    let mut at = 0;
+    while at < bytes.len() {
+        match (&*file).write(&bytes[at..]) {
+            Ok(0) => return (at, Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (at, Err(e)),
+        }
+    }
+    (at, Ok(()))
 }
 
 impl<F: Borrow<File>> DirectWrite<F> {
@@ -87,7 +158,17 @@ impl<F: Borrow<File>> DirectWrite<F> {
             file,
             direct,
             writeback: Writeback::default(),
+            behind_wanted: false,
+            behind: None,
         }
+    }
+
+    /// Writes full buffers on a thread of its own while the next fills:
+    /// for a long file whose writer has other work between writes (a
+    /// backup's artifact, hashed chunk by chunk on the caller's side).
+    pub fn write_behind(mut self) -> Self {
+        self.behind_wanted = true;
+        self
     }
 
     /// Through the cache, whatever the filesystem: small files, which a
@@ -97,6 +178,8 @@ impl<F: Borrow<File>> DirectWrite<F> {
             file,
             direct: None,
             writeback: Writeback::default(),
+            behind_wanted: false,
+            behind: None,
         }
     }
 
@@ -121,7 +204,7 @@ impl<F: Borrow<File>> DirectWrite<F> {
             *filled += n;
             data = &data[n..];
             if *filled == BUFFER {
-                self.flush_blocks()?;
+                self.flush_full()?;
             }
         }
         Ok(())
@@ -134,6 +217,10 @@ impl<F: Borrow<File>> DirectWrite<F> {
     /// elsewhere, the next direct write is refused and the rest goes
     /// through the cache too.
     pub fn skip(&mut self, n: u64) -> io::Result<()> {
+        self.settle_behind()?;
+        // After a hole the next full buffer is written here again, where a
+        // refused direct write can fall back at once.
+        self.behind = None;
         self.flush_blocks()?;
         if matches!(self.direct, Some((_, filled)) if filled > 0) {
             self.through_cache(0)?;
@@ -146,6 +233,75 @@ impl<F: Borrow<File>> DirectWrite<F> {
             self.writeback.wrote(self.file.borrow(), n);
         }
         Ok(())
+    }
+
+    /// Writes a full buffer: on the write-behind thread when there is one
+    /// (the first full buffer is written here, where a refused direct write
+    /// can still fall back), else here.
+    fn flush_full(&mut self) -> io::Result<()> {
+        if !self.behind_wanted || self.direct.is_none() {
+            return self.flush_blocks();
+        }
+        if self.behind.is_none() {
+            self.flush_blocks()?;
+            if self.direct.is_some() {
+                self.behind = Some(Behind::start(self.file.borrow())?);
+            }
+            return Ok(());
+        }
+        self.settle_behind()?;
+        let (Some(behind), Some((_, filled))) = (&mut self.behind, &self.direct) else {
+            // The write that came back was refused: the rest goes through
+            // the cache, this buffer included.
+            return self.flush_blocks();
+        };
+        debug_assert_eq!(*filled, BUFFER);
+        let next = behind.spare.take().unwrap_or_else(Aligned::new);
+        let Some((full, _)) = self.direct.replace((next, 0)) else {
+            return Ok(());
+        };
+        let sent = behind.to.as_ref().map(|to| to.send(full).is_ok());
+        if sent != Some(true) {
+            return Err(io::Error::other("the artifact's write thread stopped"));
+        }
+        behind.busy = true;
+        Ok(())
+    }
+
+    /// Waits for the buffer out on the write-behind thread, if any. A
+    /// refused direct write sends what it did not write through the cache,
+    /// and the rest after it.
+    fn settle_behind(&mut self) -> io::Result<()> {
+        let Some(behind) = &mut self.behind else {
+            return Ok(());
+        };
+        if !behind.busy {
+            return Ok(());
+        }
+        behind.busy = false;
+        let (buf, at, res) = behind
+            .back
+            .recv()
+            .map_err(|_| io::Error::other("the artifact's write thread stopped"))?;
+        match res {
+            Ok(()) => {
+                behind.spare = Some(buf);
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::debug!("direct write refused ({e}); writing through the page cache");
+                self.behind = None;
+                let out = self.file.borrow();
+                set_direct(out, false)?;
+                self.writeback = Writeback::from_offset((&*out).stream_position()?);
+                let mut out = self.file.borrow();
+                out.write_all(&buf.bytes()[at..])?;
+                self.writeback.wrote(out, (BUFFER - at) as u64);
+                // What was gathered since follows, through the cache too.
+                self.through_cache(0)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes the whole blocks gathered; a partial last block stays.
@@ -195,6 +351,8 @@ impl<F: Borrow<File>> DirectWrite<F> {
     /// Writes what is left (the last partial block through the cache) and
     /// leaves the file as opened: without `O_DIRECT`, not yet synced.
     pub fn finish(mut self) -> io::Result<F> {
+        self.settle_behind()?;
+        self.behind = None;
         self.flush_blocks()?;
         self.through_cache(0)?;
         Ok(self.file)
@@ -245,8 +403,8 @@ mod tests {
 
     /// Files of awkward sizes, written in pieces of awkward sizes, read
     /// back exactly, past the cache where this machine's filesystem allows
-    /// (ext4 in CI) and through it; `finish` leaves the file without
-    /// `O_DIRECT`.
+    /// (ext4 in CI) and through it, with and without the write-behind
+    /// thread; `finish` leaves the file without `O_DIRECT`.
     #[test]
     fn every_size_reads_back_exactly() {
         let dir = tempfile::tempdir().unwrap();
@@ -264,8 +422,14 @@ mod tests {
         .enumerate()
         {
             let data = bytes(size, i as u8);
-            for (mode, piece) in [(true, 1000), (true, BUFFER), (false, 7777)] {
-                let path = dir.path().join(format!("f{i}-{piece}"));
+            for (mode, piece, behind) in [
+                (true, 1000, false),
+                (true, BUFFER, false),
+                (false, 7777, false),
+                (true, 1000, true),
+                (true, BUFFER, true),
+            ] {
+                let path = dir.path().join(format!("f{i}-{piece}-{behind}"));
                 let file = File::create(&path).unwrap();
                 let local = on_local_disk(&file);
                 let mut w = if mode {
@@ -273,6 +437,9 @@ mod tests {
                 } else {
                     DirectWrite::buffered(file)
                 };
+                if behind {
+                    w = w.write_behind();
+                }
                 assert_eq!(w.is_direct(), mode && local, "{size} in {piece}");
                 for p in data.chunks(piece) {
                     w.write_all(p).unwrap();
@@ -291,6 +458,21 @@ mod tests {
         flags & libc::O_DIRECT != 0
     }
 
+    /// A new file in `dir`, if `dir` is on a filesystem that takes direct
+    /// writes; else the test says it skipped.
+    fn file_on_local_disk(dir: &tempfile::TempDir) -> Option<(std::path::PathBuf, File)> {
+        let path = dir.path().join("f");
+        let file = File::create(&path).unwrap();
+        if !on_local_disk(&file) {
+            eprintln!(
+                "skipped: {} is not on ext4, XFS or btrfs",
+                dir.path().display()
+            );
+            return None;
+        }
+        Some((path, file))
+    }
+
     /// A refused direct write in the middle of a file: what was written
     /// directly stays, the rest goes through the cache after it, and
     /// holes on either side stay holes. The kernel is made to refuse by a
@@ -299,16 +481,10 @@ mod tests {
     #[test]
     fn a_refused_direct_write_goes_on_through_the_cache() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let file = File::create(&path).unwrap();
-        if !on_local_disk(&file) {
-            eprintln!(
-                "skipped: {} is not on ext4, XFS or btrfs",
-                dir.path().display()
-            );
+        let Some((path, file)) = file_on_local_disk(&dir) else {
             return;
-        }
-        let mut w = DirectWrite::new(&file);
+        };
+        let mut w = DirectWrite::new(&file).write_behind();
         assert!(w.is_direct());
         let mut want = bytes(2 * BUFFER, 1);
         w.write_all(&want).unwrap();
@@ -326,6 +502,30 @@ mod tests {
         want.extend_from_slice(&[0; 5000]);
         w.finish().unwrap();
         file.set_len(want.len() as u64).unwrap();
+        assert!(std::fs::read(&path).unwrap() == want);
+    }
+
+    /// A direct write refused on the write-behind thread: the buffer it
+    /// did not write, and everything after it, go through the cache. The
+    /// refusal is forced by moving the shared file position off a block
+    /// boundary behind the writer's back.
+    #[test]
+    fn a_write_refused_behind_goes_on_through_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((path, file)) = file_on_local_disk(&dir) else {
+            return;
+        };
+        let mut w = DirectWrite::new(&file).write_behind();
+        let mut want = bytes(BUFFER, 1);
+        // The first full buffer is written in the caller's thread.
+        w.write_all(&want).unwrap();
+        (&file).seek(io::SeekFrom::Current(5)).unwrap();
+        want.extend_from_slice(&[0; 5]);
+        let rest = bytes(3 * BUFFER + 100, 2);
+        w.write_all(&rest).unwrap();
+        want.extend_from_slice(&rest);
+        assert!(!w.is_direct());
+        w.finish().unwrap();
         assert!(std::fs::read(&path).unwrap() == want);
     }
 }

@@ -372,7 +372,7 @@ impl Blobs for DirBlobs {
             .await;
         Ok(DirPut {
             blobs: self.clone(),
-            file: Some(Writing::Idle(DirectWrite::new(file))),
+            file: Some(Writing::Idle(DirectWrite::new(file).write_behind())),
             tmp,
             dst,
         })
