@@ -25,11 +25,9 @@
 //!   otherwise the compressed bytes carry this user's uid and cannot be
 //!   rewritten without recompressing. zstd is deterministic for the same
 //!   input, level and library version (Cargo.lock fixes zstd-sys).
-//!   lifeboat compresses on several workers when it sees more than one
-//!   core; zstd's multi-threaded output is the same for any number of
-//!   workers and may differ from the single-threaded one in general, but
-//!   not for an input this small (one job): the digest below was checked
-//!   both ways (`taskset -c 0` and two cores), so it holds on any machine.
+//!   lifeboat compresses in jobs of 1 MiB, each an independent frame made
+//!   in one call (`frame_pool`), so which worker made it, and how many
+//!   there are, does not change a byte: the digest holds on any machine.
 //!
 //! When a change of the artifact is intended, the failure message prints
 //! the new listing and digests to paste here.
@@ -73,7 +71,7 @@ f 0755 1000:100 1699974800 18 tmp/lifeboat-test-artifact-bytes/home/jovyan/run.s
 const TAR_SHA256: &str = "ae544ad7a76d93a1b3a07068b5460144256070a0cecc3fa915e394be56173a02";
 /// sha256 of the default (zstd:3) artifact, owners fixed. The same whether
 /// the sidecar compresses on one thread or on several (see the top).
-const ZSTD_SHA256: &str = "6dba33a516e015d073c00bfb1a9be24ecdbd579c2e8a0c7dc69270afb5d18f1c";
+const ZSTD_SHA256: &str = "8997e1ca6f8addf7b4a10b1bcc84e3bcecd585a40cd2d8eb6fa6a777a8b7f313";
 
 /// Holds an exclusive `flock` on [`LOCK`] until dropped.
 struct Lock {
