@@ -291,7 +291,8 @@ fn a_crafted_tree_gives_the_pinned_artifact_bytes() {
         assert_eq!(fixed, tar_bytes, "as root the owners are the fixed ones");
     }
 
-    // The default compression: the same tar, in one zstd frame.
+    // The default compression: the same tar, in one zstd frame (the tree
+    // is under one 1 MiB job).
     let zst_bytes = backup(&tmp.path().join("zstd"), "zstd:3");
     let unpacked = zstd::decode_all(&zst_bytes[..]).unwrap();
     assert!(

@@ -65,15 +65,17 @@ impl Aligned {
 /// A new, empty file written front to back: owned (`File`), or borrowed
 /// (`&File`) by a caller that goes on using it after [`Self::finish`].
 pub struct DirectWrite<F: Borrow<File> = File> {
+    /// Asked for by [`Self::write_behind`]: full buffers are written on a
+    /// thread of their own (started at the second) while the next fills.
+    /// First: fields drop in order, so the write out, if any, ends before
+    /// `file` is closed.
+    behind: Option<Behind>,
+    behind_wanted: bool,
     file: F,
     /// `Some` while writes go past the cache.
     direct: Option<(Aligned, usize)>,
     /// For writes through the cache.
     writeback: Writeback,
-    /// Asked for by [`Self::write_behind`]: full buffers are written on a
-    /// thread of their own (started at the second) while the next fills.
-    behind_wanted: bool,
-    behind: Option<Behind>,
 }
 
 /// The thread that writes a full buffer past the cache while the caller
@@ -118,7 +120,8 @@ impl Behind {
 
 impl Drop for Behind {
     fn drop(&mut self) {
-        // The write out, if any, ends before the file may be closed or removed.
+        // The write out, if any, ends here: the caller may close or remove
+        // the file next.
         self.to = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -245,7 +248,15 @@ impl<F: Borrow<File>> DirectWrite<F> {
         if self.behind.is_none() {
             self.flush_blocks()?;
             if self.direct.is_some() {
-                self.behind = Some(Behind::start(self.file.borrow())?);
+                match Behind::start(self.file.borrow()) {
+                    Ok(behind) => self.behind = Some(behind),
+                    // No descriptor or thread to spare: written here, as
+                    // without write-behind.
+                    Err(e) => {
+                        tracing::debug!("no write-behind thread ({e}); writing in turn");
+                        self.behind_wanted = false;
+                    }
+                }
             }
             return Ok(());
         }
@@ -291,14 +302,17 @@ impl<F: Borrow<File>> DirectWrite<F> {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::debug!("direct write refused ({e}); writing through the page cache");
                 self.behind = None;
-                let out = self.file.borrow();
-                set_direct(out, false)?;
-                self.writeback = Writeback::from_offset((&*out).stream_position()?);
                 let mut out = self.file.borrow();
+                set_direct(out, false)?;
+                self.writeback = Writeback::from_offset(out.stream_position()?);
                 out.write_all(&buf.bytes()[at..])?;
                 self.writeback.wrote(out, (BUFFER - at) as u64);
                 // What was gathered since follows, through the cache too.
-                self.through_cache(0)
+                if let Some((gathered, filled)) = self.direct.take() {
+                    out.write_all(&gathered.bytes()[..filled])?;
+                    self.writeback.wrote(out, filled as u64);
+                }
+                Ok(())
             }
             Err(e) => Err(e),
         }

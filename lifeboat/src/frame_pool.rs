@@ -8,7 +8,9 @@
 //! 64 % of a backup of text, the cores 75 % (`perf`, 100 ms buckets), where
 //! `tar | zstd -T0` keeps them at 95 %. Here the workers take the next job
 //! from a queue themselves, and the feeding thread waits only when
-//! [`FramePool::in_flight_max`] jobs are out.
+//! [`FramePool::in_flight_max`] jobs are out (frames done but not yet
+//! written count: it then waits for the oldest, which the one waiting job
+//! keeps from idling a worker).
 //!
 //! A frame per job is what ZSTDMT's jobs were already: each started with an
 //! empty history (`compression::ZSTD_JOB_SIZE`); a frame adds its header,
@@ -212,8 +214,9 @@ fn work(
         };
         output.clear();
         output.reserve(zstd::zstd_safe::compress_bound(input.len()));
-        // A panic here would leave the feeding thread waiting for this
-        // frame for ever: it becomes the job's error instead.
+        // Where panics unwind (tests; release builds abort), a panic here
+        // would leave the feeding thread waiting for this frame for ever:
+        // it becomes the job's error instead.
         let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             compressor.compress_to_buffer(&input[..], &mut output)
         }));

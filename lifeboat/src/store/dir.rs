@@ -478,10 +478,27 @@ impl Put for DirPut {
 
     async fn abort(mut self) {
         // A write under way ends (and the file is closed) before the
-        // partial file is removed.
-        let _ = self.settle().await;
+        // partial file is removed. Closing waits for the write-behind
+        // thread's write, if one is out: not on an async worker.
+        if let Ok((file, _)) = self.settle().await {
+            let _ = tokio::task::spawn_blocking(move || drop(file)).await;
+        }
         if let Err(e) = fs::remove_file(&self.tmp).await {
             tracing::warn!(file = %self.tmp.display(), error = %e, "could not remove the partial artifact; it is cleaned up later");
+        }
+    }
+}
+
+impl Drop for DirPut {
+    /// Dropped without `finish` or `abort` (a cancelled backup): closing
+    /// the file may wait for the write-behind thread's write, which is
+    /// not for an async worker.
+    fn drop(&mut self) {
+        if let Some(Writing::Idle(file)) = self.file.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || drop(file))),
+                Err(_) => drop(file),
+            }
         }
     }
 }
