@@ -21,7 +21,16 @@ weed mini -dir="$W/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=fals
   -s3.port=$P -s3.config="$W/s3.json" -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 \
   -master.port=$((P+1)) -volume.port=$((P+2)) -filer.port=$((P+3)) > "$W/weed.log" 2>&1 &
 WP=$!
-trap 'kill $WP 2>/dev/null; rm -rf "$W"' EXIT
+# weed mini may not end on SIGTERM (it outlived every run before this
+# was seen): it gets 5 s, then SIGKILL, before its folder goes.
+stop_weed() {
+  kill "$WP" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$WP" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$WP" 2>/dev/null || true
+  wait "$WP" 2>/dev/null || true
+  rm -rf "$W"
+}
+trap stop_weed EXIT
 for _ in $(seq 60); do curl -s -o /dev/null "http://127.0.0.1:$P/" && break; sleep 1; done
 sleep 3
 echo "s3.bucket.create -name memory" | weed shell -master=127.0.0.1:$((P+1)) > /dev/null 2>&1 || true
