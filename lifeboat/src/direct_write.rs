@@ -324,22 +324,16 @@ impl<F: Borrow<File>> DirectWrite<F> {
             return Ok(());
         };
         let whole = *filled / BLOCK * BLOCK;
-        let mut at = 0;
-        while at < whole {
-            let mut out = self.file.borrow();
-            match out.write(&buf.bytes()[at..whole]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => at += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // A block size above BLOCK, or a filesystem that takes the
-                // flag but not the write (a refused write writes nothing):
-                // the rest through the cache.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    tracing::debug!("direct write refused ({e}); writing through the page cache");
-                    return self.through_cache(at);
-                }
-                Err(e) => return Err(e),
+        match write_whole(self.file.borrow(), &buf.bytes()[..whole]) {
+            (_, Ok(())) => {}
+            // A block size above BLOCK, or a filesystem that takes the
+            // flag but not the write (a refused write writes nothing):
+            // the rest through the cache.
+            (at, Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::debug!("direct write refused ({e}); writing through the page cache");
+                return self.through_cache(at);
             }
+            (_, Err(e)) => return Err(e),
         }
         buf.bytes_mut().copy_within(whole..*filled, 0);
         *filled -= whole;
