@@ -290,6 +290,47 @@ fn a_tar_returning_to_a_folder_still_restores_its_mtime() {
     }
 }
 
+/// Not hostile, only foreign: a tar that lists paths again. Small files are
+/// written by helper threads while the walk reads on (file_writes.rs), so
+/// this checks the walk still ends as `tar -x` would: the last entry for a
+/// path wins whatever it replaces, and a hard link finds the file written
+/// just before it.
+#[test]
+fn a_path_listed_again_ends_as_its_last_entry() {
+    use std::os::unix::fs::MetadataExt;
+    let w = world();
+    let rel = w.rel();
+    let n = |s: &str| format!("{rel}/{s}");
+    let (root, a, f, g, h, s) = (n(""), n("a/"), n("a/f"), n("a/g"), n("a/h"), n("a/s"));
+    let big = vec![b'x'; 300 * 1024];
+    let entries = [
+        e(root.as_bytes(), EntryType::Directory, b"", b""),
+        e(a.as_bytes(), EntryType::Directory, b"", b""),
+        e(f.as_bytes(), EntryType::Regular, b"", b"first"),
+        e(f.as_bytes(), EntryType::Regular, b"", b"second"),
+        e(g.as_bytes(), EntryType::Regular, b"", b"a file first"),
+        e(g.as_bytes(), EntryType::Symlink, b"f", b""),
+        e(h.as_bytes(), EntryType::Link, f.as_bytes(), b""),
+        e(s.as_bytes(), EntryType::Symlink, b"nowhere", b""),
+        e(s.as_bytes(), EntryType::Regular, b"", &big),
+        e(s.as_bytes(), EntryType::Regular, b"", b"small again"),
+    ];
+    plant(&w.backup, &w.data, &entries);
+    let out = w.restore();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let at = |s: &str| w.data.join(s);
+    assert_eq!(fs::read(at("a/f")).unwrap(), b"second");
+    assert_eq!(fs::read_link(at("a/g")).unwrap(), Path::new("f"));
+    assert_eq!(fs::read(at("a/h")).unwrap(), b"second");
+    assert_eq!(
+        fs::metadata(at("a/h")).unwrap().ino(),
+        fs::metadata(at("a/f")).unwrap().ino()
+    );
+    assert_eq!(fs::read(at("a/s")).unwrap(), b"small again");
+    assert_eq!(fs::metadata(at("a")).unwrap().mtime(), 1_700_000_000);
+    w.outside_untouched();
+}
+
 #[test]
 fn a_symlink_inside_cannot_be_used_to_write_elsewhere() {
     let w = world();

@@ -11,8 +11,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::error::IoContext;
+use crate::file_out::{self, DirMeta};
 use crate::store::AnyTarget;
-use crate::tar_read::{self, DirMeta};
 use crate::{Error, Result};
 
 #[derive(Debug, Default, Clone)]
@@ -115,7 +115,7 @@ impl Protected {
                     mtime: s.mtime().max(0) as u64,
                     mtime_nsec: s.mtime_nsec().clamp(0, 999_999_999) as u32,
                 };
-                tar_read::apply_dir_meta(dst, meta, as_root)
+                file_out::apply_dir_meta(dst, meta, as_root)
             }
             Ok(_) => Err(Error::io(
                 format!("restoring into {}", dst.display()),

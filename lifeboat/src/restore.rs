@@ -18,13 +18,14 @@ use crate::drill::DrillRecord;
 use crate::durable::{sync_dir, sync_fs, write_synced};
 use crate::encryption::Identities;
 use crate::error::IoContext;
+use crate::file_out;
 use crate::layout::PENDING_DIR;
 use crate::manifest::{ChainGap, Layout, Manifest};
 use crate::pending;
 use crate::progress::mib_per_s;
 use crate::protected::Protected;
 use crate::store::{AnyTarget, Stored, Target};
-use crate::tar_read::{self, Mapping, ReadReport, Step};
+use crate::tar_read::{Mapping, ReadReport, Step};
 use crate::wal::settings::Until;
 use crate::{Error, Result};
 
@@ -1133,7 +1134,7 @@ fn clear_staging(dest: &Path) -> Result<()> {
 struct Place<'a> {
     staging: &'a Path,
     dest: &'a Path,
-    root: Option<tar_read::DirMeta>,
+    root: Option<file_out::DirMeta>,
 }
 
 /// Moves staged entries into every destination, all or none as far as a
@@ -1172,7 +1173,7 @@ fn move_all_into_place(
         // init container's owner would keep PostgreSQL from starting, and
         // without the marker no later start would fix it) ...
         if let (Some(meta), true) = (p.root, as_root) {
-            tar_read::apply_dir_meta(p.dest, meta, as_root)?;
+            file_out::apply_dir_meta(p.dest, meta, as_root)?;
             sync_dir(p.dest)?;
         }
     }
@@ -1193,14 +1194,14 @@ fn move_all_into_place(
 /// set only on a folder of ours: a volume's root that belongs to root (an
 /// emptyDir, a claim whose fsGroup gives us the group only) keeps the mode
 /// and mtime the volume has, with a warning; what is inside is restored.
-fn apply_root_meta(dest: &Path, meta: tar_read::DirMeta, as_root: bool) -> Result<()> {
+fn apply_root_meta(dest: &Path, meta: file_out::DirMeta, as_root: bool) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     // Only the expected refusal is forgiven: a folder that belongs to
     // someone else (an emptyDir or an fsGroup volume's root is root's).
     // EPERM on a folder of our own says something is wrong, and is an error.
     // SAFETY: geteuid has no preconditions and cannot fail.
     let not_ours = || fs::metadata(dest).is_ok_and(|m| m.uid() != unsafe { libc::geteuid() });
-    match tar_read::apply_dir_meta(dest, meta, as_root) {
+    match file_out::apply_dir_meta(dest, meta, as_root) {
         Err(Error::Io { source, .. })
             if !as_root && source.raw_os_error() == Some(libc::EPERM) && not_ours() =>
         {
