@@ -214,7 +214,7 @@ impl<F: Borrow<File>> DirectWrite<F> {
     }
 
     /// Leaves `n` bytes of zeros as a hole: the file position moves on.
-    /// Holes come at block boundaries (`tar_read::SPARSE_BLOCK`), or at
+    /// Holes come at block boundaries (`file_out::SPARSE_BLOCK`), or at
     /// the end. Before one elsewhere, the bytes gathered go through the
     /// cache and so does the rest of the file; after one that ends
     /// elsewhere, the next direct write is refused and the rest goes

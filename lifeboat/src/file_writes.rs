@@ -66,9 +66,11 @@ impl Writes {
     /// error of a file written before that failed.
     pub fn file(&mut self, file: NewFile, body: Vec<u8>) -> Result<()> {
         let key = key(&file.dest);
+        // One folder's files on one helper: see `JobPool::submit`.
+        let folder = file.dest.parent().map_or(0, self::key);
         let seq = self
             .pool
-            .submit(body.len(), move || file.write_from(&body))?;
+            .submit(body.len(), folder, move || file.write_from(&body))?;
         self.out.push_back((seq, key));
         *self.busy.entry(key).or_default() += 1;
         Ok(())

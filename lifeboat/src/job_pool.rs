@@ -51,8 +51,9 @@ impl Shared {
 }
 
 pub struct JobPool {
-    /// `None` once the pool is being dropped: the threads then end.
-    jobs: Option<Sender<Job>>,
+    /// Each thread's queue; emptied when the pool is dropped: the threads
+    /// then end.
+    lanes: Vec<Sender<Job>>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     submitted: u64,
@@ -65,20 +66,22 @@ impl JobPool {
     /// `max_cost` bytes of them out at once (one job may cost more: it then
     /// goes out alone).
     pub fn new(name: &str, threads: usize, max_jobs: usize, max_cost: usize) -> Result<Self> {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         });
-        let mut handles = Vec::new();
+        let (mut handles, mut lanes) = (Vec::new(), Vec::new());
         for _ in 0..threads.max(1) {
-            let (queue, shared) = (queue.clone(), shared.clone());
+            let (lane, queue) = mpsc::channel::<Job>();
+            let shared = shared.clone();
             let spawned = std::thread::Builder::new()
                 .name(name.into())
                 .spawn(move || work(&queue, &shared));
             match spawned {
-                Ok(h) => handles.push(h),
+                Ok(h) => {
+                    handles.push(h);
+                    lanes.push(lane);
+                }
                 // Fewer helpers are only slower; none at all is an error.
                 Err(e) if handles.is_empty() => {
                     return Err(Error::io(format!("starting a {name} thread"), e))
@@ -87,7 +90,7 @@ impl JobPool {
             }
         }
         Ok(JobPool {
-            jobs: Some(jobs),
+            lanes,
             shared,
             threads: handles,
             submitted: 0,
@@ -96,11 +99,15 @@ impl JobPool {
         })
     }
 
-    /// Queues `work`, waiting first for room. Returns its number, or the
-    /// error of a job that failed before.
+    /// Queues `work` in lane `lane`, waiting first for room. Jobs of one
+    /// lane run one after the other on one thread, in turn (a restore's
+    /// lane is the folder: files created in one folder at once only wait
+    /// for each other on the folder's lock, spinning). Returns its number,
+    /// or the error of a job that failed before.
     pub fn submit(
         &mut self,
         cost: usize,
+        lane: u64,
         work: impl FnOnce() -> Result<()> + Send + 'static,
     ) -> Result<u64> {
         let seq = self.submitted;
@@ -116,9 +123,8 @@ impl JobPool {
             cost,
             work: Box::new(work),
         };
-        self.jobs
-            .as_ref()
-            .expect("only dropping takes the sender")
+        let n = self.lanes.len() as u64;
+        self.lanes[(lane % n) as usize]
             .send(job)
             .map_err(|_| Error::Internal("the file writing threads have ended".into()))?;
         self.submitted += 1;
@@ -178,17 +184,16 @@ impl Drop for JobPool {
         // Jobs still queued are not run: dropping without waiting means
         // the restore is being abandoned.
         self.shared.lock().stop = true;
-        self.jobs = None;
+        self.lanes.clear();
         for h in self.threads.drain(..) {
             let _ = h.join();
         }
     }
 }
 
-fn work(queue: &Mutex<Receiver<Job>>, shared: &Shared) {
+fn work(queue: &Receiver<Job>, shared: &Shared) {
     loop {
-        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
-        let Ok(job) = next else { return };
+        let Ok(job) = queue.recv() else { return };
         let stopped = shared.lock().stop;
         let result = match stopped {
             true => Ok(()),
@@ -232,7 +237,7 @@ mod tests {
         let ran = Arc::new(AtomicUsize::new(0));
         for i in 0..40u64 {
             let ran = ran.clone();
-            pool.submit(1, move || {
+            pool.submit(1, i, move || {
                 // Later jobs end first now and then.
                 std::thread::sleep(Duration::from_millis((40 - i) % 3));
                 ran.fetch_add(1, Ordering::SeqCst);
@@ -250,9 +255,9 @@ mod tests {
     fn most_at_once(mut pool: JobPool, n: usize, cost: usize) -> usize {
         let out = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
-        for _ in 0..n {
+        for k in 0..n {
             let (out, most) = (out.clone(), most.clone());
-            pool.submit(cost, move || {
+            pool.submit(cost, k as u64, move || {
                 let now = out.fetch_add(1, Ordering::SeqCst) + 1;
                 most.fetch_max(now, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(1));
@@ -278,12 +283,12 @@ mod tests {
     fn a_failed_job_is_the_next_answer_and_stops_the_rest() {
         let mut pool = JobPool::new("test", 2, 4, 1 << 20).unwrap();
         let ran = Arc::new(AtomicUsize::new(0));
-        pool.submit(1, || Err(Error::Internal("disk on fire".into())))
+        pool.submit(1, 0, || Err(Error::Internal("disk on fire".into())))
             .unwrap();
         let mut failed = None;
         for _ in 0..20 {
             let ran = ran.clone();
-            let r = pool.submit(1, move || {
+            let r = pool.submit(1, 0, move || {
                 ran.fetch_add(1, Ordering::SeqCst);
                 Ok(())
             });
@@ -299,6 +304,6 @@ mod tests {
         assert!(failed.to_string().contains("disk on fire"), "{failed}");
         // And it stays failed.
         assert!(pool.wait_for(u64::MAX).is_err());
-        assert!(pool.submit(1, || Ok(())).is_err());
+        assert!(pool.submit(1, 0, || Ok(())).is_err());
     }
 }
