@@ -5,7 +5,9 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
 
 use crate::error::IoContext;
 use crate::{Error, Result};
@@ -36,6 +38,18 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .ctx("syncing", dir)
+}
+
+/// Syncs the filesystems of `paths` every `every` until `stop` ends (its
+/// sender is dropped): data written meanwhile goes to disk while the writer
+/// is busy with something else. Failures are left to the final
+/// [`sync_fs`], which is the one that counts.
+pub fn sync_fs_every(paths: &[PathBuf], every: Duration, stop: &Receiver<()>) {
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+        for p in paths {
+            let _ = sync_fs(p);
+        }
+    }
 }
 
 /// Syncs the whole filesystem `path` is on: after a restore wrote many files.

@@ -320,6 +320,9 @@ mod tests {
         restore("large-dense", &noise);
     }
 
+    /// A failed read is the archive's fault (an older artifact may be
+    /// tried), a failed write the disk's (it may pass): told apart by
+    /// where it happened, not by whether the error carries an errno.
     #[test]
     fn a_failed_read_and_a_failed_write_are_told_apart() {
         struct Failing;

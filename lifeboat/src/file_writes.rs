@@ -79,7 +79,7 @@ impl Writes {
     /// The walk has left folder `path`: its metadata now, or once the
     /// files queued before are written.
     pub fn dir_left(&mut self, path: PathBuf, meta: DirMeta) -> Result<()> {
-        if self.metas.is_empty() && self.pool.done_below() == self.pool.next_seq() {
+        if self.metas.is_empty() && self.pool.done_below()? == self.pool.next_seq() {
             return apply_dir_meta(&path, meta, self.as_root);
         }
         *self.busy.entry(key(&path)).or_default() += 1;
@@ -88,7 +88,8 @@ impl Writes {
     }
 
     /// Moves on what waited for files now written: gives their folders
-    /// their metadata. Waits only when too many folders wait.
+    /// their metadata. Waits only when too many folders wait. Returns the
+    /// error of a file that failed.
     pub fn settle(&mut self) -> Result<()> {
         if self.out.is_empty() && self.metas.is_empty() {
             return Ok(());
@@ -97,7 +98,9 @@ impl Writes {
             let needed = self.metas.front().expect("not empty").0;
             self.pool.wait_for(needed)?;
         }
-        let done = self.pool.done_below();
+        // Also where a failed file is noticed: the walk stops at the
+        // next entry, as it did when it wrote every file itself.
+        let done = self.pool.done_below()?;
         while let Some(&(seq, key)) = self.out.front() {
             if seq >= done {
                 break;
@@ -234,8 +237,7 @@ mod tests {
         assert_eq!(fs::read(&f).unwrap(), b"again");
     }
 
-    /// A file that cannot be written fails the restore, even when the walk
-    /// has moved past it by the end.
+    /// A file that cannot be written fails the restore.
     #[test]
     fn a_failed_file_is_reported_by_the_end() {
         let tmp = tempfile::tempdir().unwrap();
@@ -243,8 +245,8 @@ mod tests {
         let missing = tmp.path().join("no-such-folder/f");
         w.file(new_file(missing, 1), b"x".to_vec()).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
-        w.settle().unwrap();
-        let e = w.drain().unwrap_err();
+        // Noticed at the walk's next entry, or at its end.
+        let e = w.settle().and_then(|()| w.drain()).unwrap_err();
         assert!(e.to_string().contains("no-such-folder/f"), "{e}");
     }
 }

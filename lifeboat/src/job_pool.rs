@@ -137,10 +137,10 @@ impl JobPool {
         self.submitted
     }
 
-    /// Every job numbered below this has ended (without failing, or the
-    /// next [`Self::submit`] or [`Self::wait_for`] says so).
-    pub fn done_below(&self) -> u64 {
-        self.shared.lock().done_below
+    /// Every job numbered below this has ended; or the error of one that
+    /// failed.
+    pub fn done_below(&self) -> Result<u64> {
+        self.wait_while(|_, _| false).map(|s| s.done_below)
     }
 
     /// Waits until every job numbered below `seq` has ended. Returns the
@@ -244,10 +244,10 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-            assert!(pool.done_below() <= pool.next_seq());
+            assert!(pool.done_below().unwrap() <= pool.next_seq());
         }
         pool.wait_for(pool.next_seq()).unwrap();
-        assert_eq!(pool.done_below(), 40);
+        assert_eq!(pool.done_below().unwrap(), 40);
         assert_eq!(ran.load(Ordering::SeqCst), 40);
     }
 

@@ -16,6 +16,7 @@ use tar::EntryType;
 use crate::chain::digests::{ListDigest, Recorded, Recorder};
 use crate::chain::dumpdir;
 use crate::compression::Compression;
+use crate::durable;
 use crate::encryption::{self, Access, Identities, KeyProblem};
 use crate::error::IoContext;
 use crate::file_out::{
@@ -115,6 +116,13 @@ pub enum Mode<'a> {
 pub const DECODED_CHUNK: usize = 256 * 1024;
 pub const DECODED_QUEUE: usize = 4;
 
+/// How often the staging folders' filesystems are synced while a restore
+/// writes into them. Walking a tree of small folders keeps a core busy and
+/// leaves the disk idle; syncing as it goes moves most of the final
+/// `syncfs` there (mixed set on the root ext4, 3 alternating runs: 1.99 s
+/// against 2.20 s; every 700 ms: 2.11 s).
+pub const SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// Reads `reader` to its end. Returns an error if the stored bytes do not
 /// match the manifest, or the stream or tar is damaged, or an entry is unsafe.
 ///
@@ -162,7 +170,13 @@ pub fn read_artifact<R: Read + Send>(
     };
     let (tx, rx) = tokio::sync::mpsc::channel(DECODED_QUEUE);
     let (chunks, spares) = ChunkReader::recycling(rx, DECODED_CHUNK);
+    // Ended (dropped) when the walk is done.
+    let (walking, walk_done) = std::sync::mpsc::channel::<()>();
     let (walk_result, decoded) = std::thread::scope(|scope| {
+        if let Mode::Extract(m) = &mode {
+            let stagings: Vec<PathBuf> = m.iter().map(|m| m.staging.clone()).collect();
+            scope.spawn(move || durable::sync_fs_every(&stagings, SYNC_EVERY, &walk_done));
+        }
         let limit = decoded_limit(manifest);
         let decoding = scope.spawn(move || decode(reader, compression, keys, limit, tx, spares));
         let walk_result = {
@@ -185,6 +199,7 @@ pub fn read_artifact<R: Read + Send>(
             })
             // The queue's end drops here: a decoder still sending stops.
         };
+        drop(walking);
         (walk_result, decoding.join())
     });
     let (drained, sha256, size) =
@@ -1171,10 +1186,6 @@ mod tests {
         );
         assert!(clean_name(b"./").is_err());
     }
-
-    /// A failed read is the archive's fault (an older artifact may be
-    /// tried), a failed write the disk's (it may pass): told apart by
-    /// where it happened, not by whether the error carries an errno.
 
     #[test]
     fn pax_times() {
