@@ -380,9 +380,21 @@ mod tests {
     /// UDP, so the address must come over TCP.
     #[tokio::test]
     async fn search_domains_are_tried_in_order_and_a_truncated_answer_is_asked_again_over_tcp() {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+        // One port for both: a free UDP port may be taken for TCP by
+        // another test running beside this one, so try a few.
+        let mut tries = 0;
+        let (udp, addr, tcp) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(tcp) => break (udp, addr, tcp),
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    eprintln!("port {addr} is taken for TCP ({e}); trying another");
+                }
+                Err(e) => panic!("no port free for both UDP and TCP: {e}"),
+            }
+        };
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
         let answer = move |q: &[u8], over_tcp: bool| {
             let wanted = b"\x05minio\x07storage\x07cluster\x05local\x00";
