@@ -45,23 +45,37 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// is busy with something else. Failures are left to the final
 /// [`sync_fs`], which is the one that counts.
 pub fn sync_fs_every(paths: &[PathBuf], every: Duration, stop: &Receiver<()>) {
-    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
-        for p in paths {
-            let _ = sync_fs(p);
+    use std::os::unix::fs::MetadataExt;
+    // Opened once, one per filesystem: paths on one filesystem need one call.
+    let mut filesystems: Vec<(u64, fs::File)> = Vec::new();
+    for p in paths {
+        if let Ok(f) = fs::File::open(p) {
+            match f.metadata() {
+                Ok(md) if filesystems.iter().any(|(dev, _)| *dev == md.dev()) => {}
+                Ok(md) => filesystems.push((md.dev(), f)),
+                Err(_) => {}
+            }
         }
+    }
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+        for (_, f) in &filesystems {
+            let _ = syncfs(f);
+        }
+    }
+}
+
+/// `syncfs(2)` on the filesystem `f` is on.
+fn syncfs(f: &fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is valid for the life of `f`.
+    match unsafe { libc::syncfs(f.as_raw_fd()) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 
 /// Syncs the whole filesystem `path` is on: after a restore wrote many files.
 pub fn sync_fs(path: &Path) -> Result<()> {
-    use std::os::fd::AsRawFd;
     let f = fs::File::open(path).ctx("opening", path)?;
-    // SAFETY: the descriptor is valid for the life of `f`.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(Error::io(
-            format!("syncing the filesystem of {}", path.display()),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    syncfs(&f).map_err(|e| Error::io(format!("syncing the filesystem of {}", path.display()), e))
 }

@@ -195,6 +195,9 @@ fn work(queue: &Receiver<Job>, shared: &Shared) {
     loop {
         let Ok(job) = queue.recv() else { return };
         let stopped = shared.lock().stop;
+        // Where panics unwind (tests; release builds abort), a panic in a
+        // job would leave the walk waiting for it for ever: it becomes the
+        // job's error instead.
         let result = match stopped {
             true => Ok(()),
             false => std::panic::catch_unwind(std::panic::AssertUnwindSafe(job.work))

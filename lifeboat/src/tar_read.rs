@@ -842,24 +842,25 @@ impl<'a> Walker<'a> {
                 entry.header().entry_type(),
                 EntryType::Regular | EntryType::Continuous
             );
-        let n = match &mut self.writes {
-            Some(_) if small => {
+        let damaged =
+            |w: &Self, e: io::Error| w.corrupt(format!("damaged data in {}: {e}", name.display()));
+        let n = match self.writes.is_some() && small {
+            true => {
                 let mut body = vec![0u8; size as usize];
-                let got = read_full(entry, &mut body).map_err(|e| {
-                    self.corrupt(format!("damaged data in {}: {e}", name.display()))
-                })?;
-                if got as u64 != size {
-                    return Err(self.corrupt(format!("{} ends early", name.display())));
+                match read_full(entry, &mut body) {
+                    Ok(got) if got as u64 == size => {}
+                    Ok(_) => return Err(self.corrupt(format!("{} ends early", name.display()))),
+                    Err(e) => return Err(damaged(self, e)),
                 }
-                self.writes.as_mut().expect("matched").file(out, body)?;
+                if let Some(w) = &mut self.writes {
+                    w.file(out, body)?;
+                }
                 size
             }
-            _ => {
+            false => {
                 let mut f = out.create()?;
                 let n = copy_out(entry, size, &mut f).map_err(|e| match e {
-                    CopyError::Read(e) => {
-                        self.corrupt(format!("damaged data in {}: {e}", name.display()))
-                    }
+                    CopyError::Read(e) => damaged(self, e),
                     CopyError::Write(e) => out.write_failed(e),
                 })?;
                 out.written(&f)?;
