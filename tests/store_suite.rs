@@ -4,6 +4,7 @@
 //! SeaweedFS server on 127.0.0.1.
 
 use chrono::{Duration, TimeZone, Utc};
+use lifeboat::aligned::AlignedBuf;
 use lifeboat::backup::clean_leftovers;
 use lifeboat::manifest::{Manifest, FORMAT};
 use lifeboat::store::{AnyTarget, Target, TargetSpec, Upload};
@@ -45,7 +46,7 @@ fn manifest(id: &str, body: &[u8]) -> Manifest {
 async fn upload(t: &AnyTarget, m: &Manifest, body: &[u8]) {
     let mut up = t.begin(&m.artifact).await.unwrap();
     for chunk in body.chunks(1000) {
-        up.write(chunk.to_vec()).await.unwrap();
+        up.write(AlignedBuf::from_slice(chunk)).await.unwrap();
     }
     up.commit(m).await.unwrap();
 }
@@ -70,7 +71,7 @@ async fn suite(t: AnyTarget) {
 
     // An aborted upload leaves nothing.
     let mut up = t.begin("20260101T000000Z-files.tar.zst").await.unwrap();
-    up.write(b"half".to_vec()).await.unwrap();
+    up.write(AlignedBuf::from_slice(b"half")).await.unwrap();
     up.abort().await;
     assert!(ids(&t).await.is_empty());
     assert!(t.leftovers().await.unwrap().is_empty());
@@ -78,9 +79,13 @@ async fn suite(t: AnyTarget) {
     // An upload never committed (the process died) is not listed, only a
     // leftover. Larger than one S3 part, so S3 has a multipart upload open.
     let mut up = t.begin("20260101T000001Z-files.tar.zst").await.unwrap();
-    up.write(vec![7u8; lifeboat::store::s3::PART_SIZE_MIN + 1])
-        .await
-        .unwrap();
+    up.write(AlignedBuf::from_slice(&vec![
+        7u8;
+        lifeboat::store::s3::PART_SIZE_MIN
+            + 1
+    ]))
+    .await
+    .unwrap();
     drop(up);
     assert!(ids(&t).await.is_empty());
     assert_eq!(t.leftovers().await.unwrap().len(), 1);
@@ -192,8 +197,8 @@ async fn two_uploads_of_one_name_never_overwrite_each_other() {
     let m = manifest("20260101T000000Z-files", &a);
     let mut up_a = t.begin(&m.artifact).await.unwrap();
     let mut up_b = t.begin(&m.artifact).await.unwrap();
-    up_a.write(a.clone()).await.unwrap();
-    up_b.write(b.clone()).await.unwrap();
+    up_a.write(AlignedBuf::from_slice(&a)).await.unwrap();
+    up_b.write(AlignedBuf::from_slice(&b)).await.unwrap();
     up_a.commit(&m).await.unwrap();
     let mb = manifest("20260101T000000Z-files", &b);
     assert!(

@@ -159,6 +159,66 @@ impl<W: Write> Encoder<W> {
     }
 }
 
+impl<W: Write> Encoder<W> {
+    /// Stores the next raw block of a zstd stream's raw stretch with
+    /// `fill`, which reads at most the `usize` it is given straight into
+    /// `W`'s buffer after the block's header (made by the function it is
+    /// given, once the count is known). `None` when the stream is not in a
+    /// raw stretch (the hint is off, or not zstd) or `fill` cannot: the
+    /// caller writes as usual. See [`ArtifactOut`].
+    pub fn raw_block_with(
+        &mut self,
+        max: usize,
+        fill: impl FnOnce(&mut W, usize, fn(usize) -> [u8; 3]) -> Option<io::Result<usize>>,
+    ) -> Option<io::Result<usize>> {
+        let Encoder::Zstd(z) = self else {
+            return None;
+        };
+        if z.broken {
+            return Some(Err(io::Error::other("the zstd stream failed earlier")));
+        }
+        if let Err(e) = z.follow_hint() {
+            return Some(Err(e));
+        }
+        if z.state != State::Raw {
+            return None;
+        }
+        let got = fill(&mut z.w, max.min(RAW_BLOCK_MAX), raw_block_header)?;
+        z.broken |= got.is_err();
+        Some(got)
+    }
+}
+
+/// What a source writes its tar into: a `Write` that may also take a
+/// packed file's bytes straight from the file into the artifact's
+/// outgoing chunk, stored raw, without a copy through the source's own
+/// buffer (the backup's stream: `tar_upload::TarSink`'s encoder).
+pub trait ArtifactOut: Write {
+    /// Reads up to `max` bytes of `r` into the stream as raw bytes, where
+    /// this stream can without a copy; `None` where it cannot (the caller
+    /// reads and writes as usual). Ok(0) at the end of `r`.
+    fn read_raw(&mut self, _r: &mut dyn Read, _max: usize) -> Option<io::Result<usize>> {
+        None
+    }
+}
+
+impl ArtifactOut for Vec<u8> {}
+/// Tests that look at the frames a source's bytes became.
+#[cfg(test)]
+impl ArtifactOut for Encoder<Vec<u8>> {}
+impl ArtifactOut for io::Sink {}
+impl<A: ArtifactOut + ?Sized> ArtifactOut for &mut A {
+    fn read_raw(&mut self, r: &mut dyn Read, max: usize) -> Option<io::Result<usize>> {
+        (**self).read_raw(r, max)
+    }
+}
+
+/// A raw block's header (RFC 8878 §3.1.1.2): not last, raw, `n` bytes.
+fn raw_block_header(n: usize) -> [u8; 3] {
+    let h = ((n as u32) << 3).to_le_bytes();
+    [h[0], h[1], h[2]]
+}
+
 impl<W: Write> Write for Encoder<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
@@ -378,8 +438,7 @@ impl<W: Write> Write for Zstd<W> {
                 // One block per call, at most the largest block: the bytes
                 // go straight through, 3 bytes of header each.
                 let n = buf.len().min(RAW_BLOCK_MAX);
-                let head = ((n as u32) << 3).to_le_bytes();
-                self.put(&head[..3])?;
+                self.put(&raw_block_header(n))?;
                 self.put(&buf[..n])?;
                 Ok(n)
             }

@@ -23,11 +23,8 @@ use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use crate::aligned::{AlignedBuf, BLOCK};
 use crate::writeback::Writeback;
-
-/// Offsets, lengths and the buffer's address of a direct write are
-/// multiples of this: every disk's logical block (512 or 4096 bytes).
-pub const BLOCK: usize = 4096;
 
 /// Bytes gathered before one direct write: the pipe's chunk size, so a
 /// write costs one system call per chunk as before.
@@ -40,26 +37,8 @@ const LOCAL_DISKS: [u32; 3] = [
     0x9123_683E, // btrfs
 ];
 
-/// A [`BLOCK`]-aligned byte buffer of [`BUFFER`] bytes.
-struct Aligned(Vec<Page>);
-
-#[repr(C, align(4096))]
-#[derive(Clone, Copy)]
-struct Page([u8; BLOCK]);
-
-impl Aligned {
-    fn new() -> Self {
-        Aligned(vec![Page([0; BLOCK]); BUFFER / BLOCK])
-    }
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `Page` is plain bytes with no padding (size = align =
-        // BLOCK), so the pages are BUFFER initialized bytes in a row.
-        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<u8>(), BUFFER) }
-    }
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `bytes`; the borrow is exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<u8>(), BUFFER) }
-    }
+fn new_buffer() -> AlignedBuf {
+    AlignedBuf::new(BUFFER)
 }
 
 /// A new, empty file written front to back: owned (`File`), or borrowed
@@ -72,8 +51,9 @@ pub struct DirectWrite<F: Borrow<File> = File> {
     behind: Option<Behind>,
     behind_wanted: bool,
     file: F,
-    /// `Some` while writes go past the cache.
-    direct: Option<(Aligned, usize)>,
+    /// `Some` while writes go past the cache: the bytes gathered for the
+    /// next direct write.
+    direct: Option<AlignedBuf>,
     /// For writes through the cache.
     writeback: Writeback,
 }
@@ -84,25 +64,25 @@ pub struct DirectWrite<F: Borrow<File> = File> {
 /// same open file, so the file position is shared; the caller touches the
 /// file only once the buffer out is back ([`DirectWrite::settle_behind`]).
 struct Behind {
-    to: Option<mpsc::SyncSender<Aligned>>,
-    back: mpsc::Receiver<(Aligned, usize, io::Result<()>)>,
+    to: Option<mpsc::SyncSender<AlignedBuf>>,
+    back: mpsc::Receiver<(AlignedBuf, usize, io::Result<()>)>,
     /// A buffer is out.
     busy: bool,
     /// The buffer that came back, to be filled next.
-    spare: Option<Aligned>,
+    spare: Option<AlignedBuf>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Behind {
     fn start(file: &File) -> io::Result<Self> {
         let file = file.try_clone()?;
-        let (to, full) = mpsc::sync_channel::<Aligned>(1);
+        let (to, full) = mpsc::sync_channel::<AlignedBuf>(1);
         let (done, back) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("lifeboat-write".into())
             .spawn(move || {
                 for buf in full {
-                    let (at, res) = write_whole(&file, buf.bytes());
+                    let (at, res) = write_whole(&file, &buf);
                     if done.send((buf, at, res)).is_err() {
                         return;
                     }
@@ -149,7 +129,7 @@ impl<F: Borrow<File>> DirectWrite<F> {
     /// is a local disk's and the kernel takes `O_DIRECT` for it.
     pub fn new(file: F) -> Self {
         let direct = (on_local_disk(file.borrow()) && set_direct(file.borrow(), true).is_ok())
-            .then(|| (Aligned::new(), 0));
+            .then(new_buffer);
         tracing::debug!(
             "writing {}",
             match direct {
@@ -196,21 +176,49 @@ impl<F: Borrow<File>> DirectWrite<F> {
 
     pub fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
-            let Some((buf, filled)) = &mut self.direct else {
+            let Some(buf) = &mut self.direct else {
                 let mut out = self.file.borrow();
                 out.write_all(data)?;
                 self.writeback.wrote(out, data.len() as u64);
                 return Ok(());
             };
-            let n = data.len().min(BUFFER - *filled);
-            buf.bytes_mut()[*filled..*filled + n].copy_from_slice(&data[..n]);
-            *filled += n;
+            let n = buf.extend_from_slice(data);
             data = &data[n..];
-            if *filled == BUFFER {
+            if buf.is_full() {
                 self.flush_full()?;
             }
         }
         Ok(())
+    }
+
+    /// Writes `chunk` and hands back a buffer to fill again. A full chunk
+    /// ([`BUFFER`] bytes) that starts at a block boundary, once the
+    /// write-behind thread runs, goes to the disk as it is, without a copy:
+    /// the thread writes it while the caller goes on, and the buffer handed
+    /// back is the one it wrote before. Anything else is copied as by
+    /// [`Self::write_all`], and `chunk` comes back emptied.
+    pub fn write_chunk(&mut self, mut chunk: AlignedBuf) -> io::Result<AlignedBuf> {
+        let at_boundary = matches!(&self.direct, Some(buf) if buf.is_empty());
+        if chunk.len() != BUFFER || !at_boundary || self.behind.is_none() {
+            self.write_all(&chunk)?;
+            chunk.clear();
+            return Ok(chunk);
+        }
+        self.settle_behind()?;
+        // A write refused behind sent the rest through the cache: this too.
+        let (Some(behind), Some(_)) = (&mut self.behind, &self.direct) else {
+            self.write_all(&chunk)?;
+            chunk.clear();
+            return Ok(chunk);
+        };
+        let mut back = behind.spare.take().unwrap_or_else(new_buffer);
+        back.clear();
+        let sent = behind.to.as_ref().map(|to| to.send(chunk).is_ok());
+        if sent != Some(true) {
+            return Err(io::Error::other("the artifact's write thread stopped"));
+        }
+        behind.busy = true;
+        Ok(back)
     }
 
     /// Leaves `n` bytes of zeros as a hole: the file position moves on.
@@ -225,7 +233,7 @@ impl<F: Borrow<File>> DirectWrite<F> {
         // refused direct write can fall back at once.
         self.behind = None;
         self.flush_blocks()?;
-        if matches!(self.direct, Some((_, filled)) if filled > 0) {
+        if matches!(&self.direct, Some(buf) if !buf.is_empty()) {
             self.through_cache(0)?;
         }
         let mut out = self.out();
@@ -261,14 +269,15 @@ impl<F: Borrow<File>> DirectWrite<F> {
             return Ok(());
         }
         self.settle_behind()?;
-        let (Some(behind), Some((_, filled))) = (&mut self.behind, &self.direct) else {
+        let (Some(behind), Some(gathered)) = (&mut self.behind, &self.direct) else {
             // The write that came back was refused: the rest goes through
             // the cache, this buffer included.
             return self.flush_blocks();
         };
-        debug_assert_eq!(*filled, BUFFER);
-        let next = behind.spare.take().unwrap_or_else(Aligned::new);
-        let Some((full, _)) = self.direct.replace((next, 0)) else {
+        debug_assert!(gathered.is_full());
+        let mut next = behind.spare.take().unwrap_or_else(new_buffer);
+        next.clear();
+        let Some(full) = self.direct.replace(next) else {
             return Ok(());
         };
         let sent = behind.to.as_ref().map(|to| to.send(full).is_ok());
@@ -305,12 +314,12 @@ impl<F: Borrow<File>> DirectWrite<F> {
                 let mut out = self.file.borrow();
                 set_direct(out, false)?;
                 self.writeback = Writeback::from_offset(out.stream_position()?);
-                out.write_all(&buf.bytes()[at..])?;
-                self.writeback.wrote(out, (BUFFER - at) as u64);
+                out.write_all(&buf[at..])?;
+                self.writeback.wrote(out, (buf.len() - at) as u64);
                 // What was gathered since follows, through the cache too.
-                if let Some((gathered, filled)) = self.direct.take() {
-                    out.write_all(&gathered.bytes()[..filled])?;
-                    self.writeback.wrote(out, filled as u64);
+                if let Some(gathered) = self.direct.take() {
+                    out.write_all(&gathered)?;
+                    self.writeback.wrote(out, gathered.len() as u64);
                 }
                 Ok(())
             }
@@ -320,11 +329,11 @@ impl<F: Borrow<File>> DirectWrite<F> {
 
     /// Writes the whole blocks gathered; a partial last block stays.
     fn flush_blocks(&mut self) -> io::Result<()> {
-        let Some((buf, filled)) = &mut self.direct else {
+        let Some(buf) = &mut self.direct else {
             return Ok(());
         };
-        let whole = *filled / BLOCK * BLOCK;
-        match write_whole(self.file.borrow(), &buf.bytes()[..whole]) {
+        let whole = buf.len() / BLOCK * BLOCK;
+        match write_whole(self.file.borrow(), &buf[..whole]) {
             (_, Ok(())) => {}
             // A block size above BLOCK, or a filesystem that takes the
             // flag but not the write (a refused write writes nothing):
@@ -335,22 +344,21 @@ impl<F: Borrow<File>> DirectWrite<F> {
             }
             (_, Err(e)) => return Err(e),
         }
-        buf.bytes_mut().copy_within(whole..*filled, 0);
-        *filled -= whole;
+        buf.drain_front(whole);
         Ok(())
     }
 
     /// Writes the gathered bytes from `from` on through the cache, and
     /// everything after them.
     fn through_cache(&mut self, from: usize) -> io::Result<()> {
-        let Some((buf, filled)) = self.direct.take() else {
+        let Some(buf) = self.direct.take() else {
             return Ok(());
         };
         let mut out = self.file.borrow();
         set_direct(out, false)?;
         // What is before here went past the cache: writeback starts here.
         self.writeback = Writeback::from_offset(out.stream_position()?);
-        let rest = &buf.bytes()[from..filled];
+        let rest = &buf[from..];
         out.write_all(rest)?;
         self.writeback.wrote(out, rest.len() as u64);
         Ok(())
@@ -533,6 +541,76 @@ mod tests {
         w.write_all(&rest).unwrap();
         want.extend_from_slice(&rest);
         assert!(!w.is_direct());
+        w.finish().unwrap();
+        assert!(std::fs::read(&path).unwrap() == want);
+    }
+
+    /// Whole chunks handed over with `write_chunk` go to the disk as they
+    /// are once the write-behind thread runs: what comes back is another
+    /// buffer (the one written before), not the chunk emptied. A piece of
+    /// another size, and the whole chunks after it while the file position
+    /// is off a buffer boundary, are copied; a write refused behind sends
+    /// the chunk it did not write, and all after it, through the cache.
+    /// The file reads back exactly either way.
+    #[test]
+    fn whole_chunks_are_written_as_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((path, file)) = file_on_local_disk(&dir) else {
+            return;
+        };
+        let mut w = DirectWrite::new(&file).write_behind();
+        let mut want = Vec::new();
+        let put = |w: &mut DirectWrite<&File>, want: &mut Vec<u8>, data: Vec<u8>| {
+            want.extend_from_slice(&data);
+            let chunk = AlignedBuf::from_slice(&data);
+            let at = chunk.as_ptr();
+            let back = w.write_chunk(chunk).unwrap();
+            assert!(back.is_empty());
+            back.as_ptr() != at
+        };
+        // The first is written on this thread (where a refusal falls back).
+        assert!(!put(&mut w, &mut want, bytes(BUFFER, 1)));
+        assert!(
+            put(&mut w, &mut want, bytes(BUFFER, 2)),
+            "handed to the thread"
+        );
+        assert!(
+            put(&mut w, &mut want, bytes(BUFFER, 3)),
+            "handed to the thread"
+        );
+        assert!(!put(&mut w, &mut want, bytes(100, 4)), "a piece is copied");
+        assert!(
+            !put(&mut w, &mut want, bytes(BUFFER, 5)),
+            "off a boundary: copied"
+        );
+        assert!(w.is_direct());
+        // Back on a boundary: as they are again.
+        let fill = bytes(BUFFER - 100, 6);
+        w.write_all(&fill).unwrap();
+        want.extend_from_slice(&fill);
+        assert!(
+            put(&mut w, &mut want, bytes(BUFFER, 7)),
+            "on a boundary again"
+        );
+        w.finish().unwrap();
+        assert!(std::fs::read(&path).unwrap() == want);
+
+        // Refused behind: the shared file position is moved off a block
+        // boundary while no write is out (after the first, written here).
+        let path = dir.path().join("g");
+        let file = File::create(&path).unwrap();
+        let mut w = DirectWrite::new(&file).write_behind();
+        let mut want = Vec::new();
+        for (seed, moved) in [(1, true), (2, false), (3, false)] {
+            let data = bytes(BUFFER, seed);
+            want.extend_from_slice(&data);
+            w.write_chunk(AlignedBuf::from_slice(&data)).unwrap();
+            if moved {
+                (&file).seek(io::SeekFrom::Current(5)).unwrap();
+                want.extend_from_slice(&[0; 5]);
+            }
+        }
+        assert!(!w.is_direct(), "refused: the rest went through the cache");
         w.finish().unwrap();
         assert!(std::fs::read(&path).unwrap() == want);
     }

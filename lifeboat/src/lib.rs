@@ -14,6 +14,7 @@
 #![warn(clippy::too_many_lines)]
 
 pub mod access;
+pub mod aligned;
 pub mod annotations;
 pub mod artifact;
 pub mod artifact_read;

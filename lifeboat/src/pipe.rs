@@ -5,6 +5,8 @@
 use std::io::{self, Read, Write};
 
 use sha2::{Digest, Sha256};
+
+use crate::aligned::AlignedBuf;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
@@ -30,7 +32,10 @@ pub const READ_QUEUE_DEPTH: usize = 4;
 
 pub type Chunk = io::Result<Vec<u8>>;
 
-pub fn channel() -> (mpsc::Sender<Chunk>, mpsc::Receiver<Chunk>) {
+/// The pipe from a producer's [`ChunkWriter`] to an upload. Its chunks are
+/// aligned ([`AlignedBuf`]), so a folder target writes them to the disk
+/// as they are; errors come from the producer's own result, not the pipe.
+pub fn channel() -> (mpsc::Sender<AlignedBuf>, mpsc::Receiver<AlignedBuf>) {
     mpsc::channel(QUEUE_DEPTH)
 }
 
@@ -41,18 +46,18 @@ pub fn read_channel() -> (mpsc::Sender<Chunk>, mpsc::Receiver<Chunk>) {
 
 /// Blocking writer end: fills chunks and sends them when full.
 pub struct ChunkWriter {
-    tx: mpsc::Sender<Chunk>,
-    buf: Vec<u8>,
-    spare: Option<Spares>,
+    tx: mpsc::Sender<AlignedBuf>,
+    buf: AlignedBuf,
+    spare: Option<Spares<AlignedBuf>>,
     /// Buffers allocated, the first included.
     fresh: usize,
 }
 
 impl ChunkWriter {
-    pub fn new(tx: mpsc::Sender<Chunk>) -> Self {
+    pub fn new(tx: mpsc::Sender<AlignedBuf>) -> Self {
         ChunkWriter {
             tx,
-            buf: Vec::with_capacity(CHUNK_SIZE),
+            buf: AlignedBuf::new(CHUNK_SIZE),
             spare: None,
             fresh: 1,
         }
@@ -65,7 +70,7 @@ impl ChunkWriter {
     /// each new one was pages of its own: a backup of 1 GiB of packed
     /// files spent a sixth of its CPU faulting in and zeroing a thousand
     /// fresh megabytes and unmapping them again.
-    pub fn recycling(tx: mpsc::Sender<Chunk>) -> (Self, Returns) {
+    pub fn recycling(tx: mpsc::Sender<AlignedBuf>) -> (Self, Returns<AlignedBuf>) {
         let (returns, spares) = recycle(CHUNK_SIZE, tx.max_capacity());
         let writer = ChunkWriter {
             spare: Some(spares),
@@ -78,19 +83,21 @@ impl ChunkWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let next = match self.spare.as_ref().and_then(Spares::reuse) {
+        // A buffer of another size (a store had none to hand back) is dropped.
+        let reused = self.spare.as_ref().and_then(Spares::reuse);
+        let next = match reused.filter(|b| b.capacity() == CHUNK_SIZE) {
             Some(mut spare) => {
                 spare.clear();
                 spare
             }
             None => {
                 self.fresh += 1;
-                Vec::with_capacity(CHUNK_SIZE)
+                AlignedBuf::new(CHUNK_SIZE)
             }
         };
         let full = std::mem::replace(&mut self.buf, next);
         self.tx
-            .blocking_send(Ok(full))
+            .blocking_send(full)
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
     }
 
@@ -106,11 +113,54 @@ impl ChunkWriter {
     }
 }
 
+impl ChunkWriter {
+    /// Reads up to `max` bytes of `r` straight into the chunk being filled,
+    /// after a header of `H` bytes that `head` makes once the count is
+    /// known: a file's bytes go into the artifact without a copy through
+    /// another buffer. Ok(0) at the end of `r` (and no header). Never
+    /// splits the header from its bytes: `None` when fewer than `H + 1`
+    /// bytes are left in the chunk, and the caller writes as usual. The
+    /// chunks sent stay whole ([`CHUNK_SIZE`]), as a folder target needs to
+    /// write them as they are.
+    pub fn read_block<const H: usize>(
+        &mut self,
+        r: &mut dyn Read,
+        max: usize,
+        head: impl FnOnce(usize) -> [u8; H],
+    ) -> Option<io::Result<usize>> {
+        let room = self.buf.capacity() - self.buf.len();
+        if room <= H {
+            return None;
+        }
+        let want = max.min(room - H);
+        let got = loop {
+            match r.read(&mut self.buf.unfilled()[H..H + want]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        let n = match got {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
+        if n == 0 {
+            return Some(Ok(0));
+        }
+        self.buf.unfilled()[..H].copy_from_slice(&head(n));
+        self.buf.advance(H + n);
+        if self.buf.is_full() {
+            if let Err(e) = self.send() {
+                return Some(Err(e));
+            }
+        }
+        Some(Ok(n))
+    }
+}
+
 impl Write for ChunkWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(CHUNK_SIZE - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == CHUNK_SIZE {
+        let n = self.buf.extend_from_slice(data);
+        if self.buf.is_full() {
             self.send()?;
         }
         Ok(n)
@@ -123,22 +173,19 @@ impl Write for ChunkWriter {
 
 /// The end that hands used buffers back to be filled again: the consumer
 /// of a recycling [`ChunkWriter`], or a recycling [`ChunkReader`] itself.
-pub struct Returns(std::sync::mpsc::SyncSender<Vec<u8>>);
+pub struct Returns<B = Vec<u8>>(std::sync::mpsc::SyncSender<B>);
 
-impl Returns {
-    /// Gives `buf` back to be filled again; one the store kept (empty, no
-    /// capacity) or one too many is dropped.
-    pub fn give(&self, buf: Vec<u8>) {
-        if buf.capacity() > 0 {
-            let _ = self.0.try_send(buf);
-        }
+impl<B> Returns<B> {
+    /// Gives `buf` back to be filled again; one too many is dropped.
+    pub fn give(&self, buf: B) {
+        let _ = self.0.try_send(buf);
     }
 }
 
 /// A pair of ends through which a pipe's buffers go round. Every buffer of
 /// the pipe can be on its way back at once: the queue (`depth`, the
 /// channel's own capacity), the one being filled and the one being used.
-fn recycle(size: usize, depth: usize) -> (Returns, Spares) {
+fn recycle<B>(size: usize, depth: usize) -> (Returns<B>, Spares<B>) {
     let (back, spare) = std::sync::mpsc::sync_channel(depth + 2);
     (
         Returns(back),
@@ -256,20 +303,22 @@ impl io::Seek for ChunkReader {
 /// allocating on one thread and freeing on another, which glibc's malloc
 /// answers with memory kept in each thread's arena: a restore of 4 GiB grew
 /// by ~10 MiB that way.
-pub struct Spares {
-    rx: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
+pub struct Spares<B = Vec<u8>> {
+    rx: Option<std::sync::mpsc::Receiver<B>>,
     size: usize,
+}
+
+impl<B> Spares<B> {
+    /// A buffer handed back, if one waits.
+    fn reuse(&self) -> Option<B> {
+        self.rx.as_ref().and_then(|rx| rx.try_recv().ok())
+    }
 }
 
 impl Spares {
     /// Fresh buffers every time, for a reader that does not hand them back.
     pub fn none(size: usize) -> Self {
         Spares { rx: None, size }
-    }
-
-    /// A buffer handed back, if one waits.
-    fn reuse(&self) -> Option<Vec<u8>> {
-        self.rx.as_ref().and_then(|rx| rx.try_recv().ok())
     }
 
     /// A buffer of the chunk size, returned one if there is one.
@@ -366,12 +415,14 @@ impl HashCount {
 
 /// The next whole chunk of `src` (up to [`CHUNK_SIZE`]; shorter only at
 /// the end, empty there), to hand to an upload without a copy.
-pub async fn read_chunk<R: AsyncRead + Unpin>(src: &mut R) -> io::Result<Vec<u8>> {
-    let mut chunk = Vec::with_capacity(CHUNK_SIZE);
-    while chunk.len() < CHUNK_SIZE {
-        if src.read_buf(&mut chunk).await? == 0 {
+pub async fn read_chunk<R: AsyncRead + Unpin>(src: &mut R) -> io::Result<AlignedBuf> {
+    let mut chunk = AlignedBuf::new(CHUNK_SIZE);
+    while !chunk.is_full() {
+        let n = src.read(chunk.unfilled()).await?;
+        if n == 0 {
             break;
         }
+        chunk.advance(n);
     }
     Ok(chunk)
 }
@@ -420,9 +471,9 @@ mod tests {
             fresh
         });
         let mut got = Vec::new();
-        while let Some(chunk) = rx.recv().await {
-            let chunk = chunk.unwrap();
+        while let Some(mut chunk) = rx.recv().await {
             got.extend_from_slice(&chunk);
+            chunk.clear();
             returns.give(chunk);
         }
         let fresh = producer.await.unwrap();

@@ -3,7 +3,7 @@
 //! WAL objects both go through here; what differs is only what writes the
 //! tar and what the manifest says.
 
-use crate::compression::{Compression, Encoder};
+use crate::compression::{ArtifactOut, Compression, Encoder};
 use crate::encryption::{Recipients, Sealed};
 use crate::pipe::{self, ChunkWriter, HashCount};
 use crate::store::Upload;
@@ -11,6 +11,21 @@ use crate::{Error, Result};
 
 /// Where a producer writes its entries.
 pub type TarSink = tar::Builder<Encoder<Sealed<ChunkWriter>>>;
+
+/// A packed file's bytes are read straight into the pipe's chunk, where
+/// nothing comes between the zstd stream and the pipe (not encrypted).
+impl ArtifactOut for Encoder<Sealed<ChunkWriter>> {
+    fn read_raw(
+        &mut self,
+        r: &mut dyn std::io::Read,
+        max: usize,
+    ) -> Option<std::io::Result<usize>> {
+        self.raw_block_with(max, |sealed, max, head| match sealed {
+            Sealed::Plain(chunks) => chunks.read_block(r, max, head),
+            Sealed::Age(_) => None,
+        })
+    }
+}
 
 /// The stored bytes, as the manifest records them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +62,6 @@ where
     // the compressor and is the one that bounds the speed.
     let mut stored = HashCount::default();
     while let Some(chunk) = rx.recv().await {
-        // The producer only sends Ok chunks; errors come from its result.
-        let Ok(chunk) = chunk else { continue };
         stored.update(&chunk);
         match upload.write(chunk).await {
             Ok(used) => returns.give(used),
@@ -104,4 +117,73 @@ fn write_tar<R>(
     let chunks = sealed.finish().map_err(write_err)?;
     chunks.finish().map_err(write_err)?;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aligned::AlignedBuf;
+    use crate::compression::testing::{frames, noise};
+    use crate::pipe::CHUNK_SIZE;
+    use std::io::Write;
+
+    /// Text, then a packed file read in place (`read_raw`) in pieces of
+    /// awkward sizes, whose raw blocks meet the chunks' ends at every
+    /// offset, then text again: the stream reads back as what went in, the
+    /// packed bytes are stored raw, and every chunk sent but the last is
+    /// whole (a folder target writes whole chunks as they are).
+    #[test]
+    fn packed_bytes_read_in_place_read_back_and_keep_the_chunks_whole() {
+        let text: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| format!("line {} of text\n", i % 977).into_bytes())
+            .collect();
+        let packed = noise(5 * CHUNK_SIZE + 12_345, 7);
+        let (tx, mut rx) = pipe::channel();
+        let sealed = Sealed::new(ChunkWriter::new(tx), None).unwrap();
+        let mut e = Compression::Zstd(3).encoder(sealed).unwrap();
+        let hint = e.raw_hint();
+        let (text2, packed2) = (text.clone(), packed.clone());
+        let writer = std::thread::spawn(move || {
+            e.write_all(&text2).unwrap();
+            hint.set(true);
+            let mut r = &packed2[..];
+            let mut in_place = 0;
+            for piece in [1, 2, 3, 4, 5, 4093, 131_072, 1_000_000].iter().cycle() {
+                match e.read_raw(&mut r, *piece) {
+                    Some(Ok(0)) => break,
+                    Some(Ok(n)) => in_place += n,
+                    Some(Err(e)) => panic!("{e}"),
+                    // A header would not fit in the chunk: written as usual.
+                    None => {
+                        let n = (*piece).min(r.len());
+                        e.write_all(&r[..n]).unwrap();
+                        r = &r[n..];
+                    }
+                }
+            }
+            hint.set(false);
+            e.write_all(&text2).unwrap();
+            e.finish().unwrap().finish().unwrap().finish().unwrap();
+            in_place
+        });
+        let mut chunks: Vec<AlignedBuf> = Vec::new();
+        while let Some(c) = rx.blocking_recv() {
+            chunks.push(c);
+        }
+        let in_place = writer.join().unwrap();
+        assert!(in_place > packed.len() * 9 / 10, "{in_place} read in place");
+        let (last, whole) = chunks.split_last().unwrap();
+        assert!(whole.iter().all(|c| c.len() == CHUNK_SIZE));
+        assert!(last.len() <= CHUNK_SIZE);
+        let stream: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let back = zstd::stream::decode_all(&stream[..]).unwrap();
+        let want = [&text[..], &packed[..], &text[..]].concat();
+        assert!(back == want, "the stream reads back as written");
+        let raw: usize = frames(&stream)
+            .iter()
+            .filter(|f| f.raw)
+            .map(|f| f.bytes.len())
+            .sum();
+        assert_eq!(raw, packed.len(), "the packed bytes, and only they, raw");
+    }
 }

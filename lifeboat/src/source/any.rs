@@ -2,7 +2,6 @@
 //! server a staged dump loads into. Each dispatches to its one
 //! implementation; adding a database adds a variant here.
 
-use std::io::Write;
 use std::path::Path;
 
 use super::arangodb::{self, ArangoConn, ArangoSource};
@@ -13,6 +12,7 @@ use super::load::Load;
 use super::pg_dump::{self, PgDumpSource};
 use super::postgres::{PgConn, PostgresSource};
 use super::seam::{Source, SourceCtx, SourceReport};
+use crate::compression::ArtifactOut;
 use crate::manifest::{Layout, Manifest};
 use crate::progress::Cancel;
 use crate::Result;
@@ -54,7 +54,7 @@ impl Source for AnySource {
             AnySource::ArangoDb(s) => s.layout(),
         }
     }
-    fn write_tar<W: Write>(
+    fn write_tar<W: ArtifactOut>(
         &self,
         tar: &mut tar::Builder<W>,
         ctx: &SourceCtx,

@@ -27,7 +27,7 @@ use super::read_ahead::{self, Batch, Entry, Fetch, Found, Kind};
 use super::seam::{path_strings, Source, SourceCtx, SourceReport, READ_BUFFER};
 use super::stat_at::Stat;
 use crate::chain::dumpdir;
-use crate::compression::RawHint;
+use crate::compression::{ArtifactOut, RawHint};
 use crate::error::IoContext;
 use crate::progress::is_cancelled;
 use crate::{Error, Result};
@@ -81,7 +81,7 @@ impl FilesSource {
     }
 
     /// Writes one more file (found after the walk, e.g. WAL) as an entry.
-    pub fn append_file<W: Write>(
+    pub fn append_file<W: ArtifactOut>(
         &self,
         tar: &mut tar::Builder<W>,
         ctx: &SourceCtx,
@@ -124,7 +124,7 @@ impl Source for FilesSource {
         SourceKind::Files
     }
 
-    fn write_tar<W: Write>(
+    fn write_tar<W: ArtifactOut>(
         &self,
         tar: &mut tar::Builder<W>,
         ctx: &SourceCtx,
@@ -569,7 +569,7 @@ fn stopped() -> Error {
 }
 
 /// The calling thread's part: entries into the tar stream, in order.
-struct Writer<'a, W: Write> {
+struct Writer<'a, W: ArtifactOut> {
     tar: &'a mut tar::Builder<W>,
     ctx: &'a SourceCtx,
     report: SourceReport,
@@ -598,7 +598,7 @@ const SMALL_RUN_MIN: u64 = 256 << 10;
 /// entry is padded to its 512-byte boundary after them. With `raw`, only
 /// the body is stored raw (`compression::RawHint`): headers and padding
 /// compress to a few dozen bytes.
-fn append_body<W: Write>(
+fn append_body<W: ArtifactOut>(
     tar: &mut tar::Builder<W>,
     h: &mut Header,
     name: &Path,
@@ -617,7 +617,7 @@ fn append_body<W: Write>(
     w.write_all(&[0u8; 512][..pad as usize])
 }
 
-impl<'a, W: Write> Writer<'a, W> {
+impl<'a, W: ArtifactOut> Writer<'a, W> {
     fn new(
         tar: &'a mut tar::Builder<W>,
         ctx: &'a SourceCtx,
@@ -1013,7 +1013,11 @@ pub fn tar_name(path: &Path) -> PathBuf {
 
 /// Copies exactly `len` bytes of `r` to `w` through `buf`: cuts a file
 /// that grew, pads one that shrank with zeros. Returns the bytes padded.
-fn copy_exact<R: Read, W: Write>(
+///
+/// Bytes stored raw are read straight into the artifact's outgoing chunk
+/// where the stream can take them so ([`ArtifactOut::read_raw`]), else
+/// through `buf`.
+fn copy_exact<R: Read, W: ArtifactOut>(
     r: &mut R,
     w: &mut W,
     len: u64,
@@ -1026,7 +1030,13 @@ fn copy_exact<R: Read, W: Write>(
             return Err(io::Error::other("cancelled"));
         }
         let want = left.min(buf.len() as u64) as usize;
-        let n = match r.read(&mut buf[..want]) {
+        let read = match w.read_raw(r, want) {
+            Some(read) => read,
+            None => r
+                .read(&mut buf[..want])
+                .and_then(|n| w.write_all(&buf[..n]).map(|()| n)),
+        };
+        let n = match read {
             Ok(0) => {
                 write_zeros(w, left)?;
                 ctx.progress.add_bytes(left);
@@ -1036,7 +1046,6 @@ fn copy_exact<R: Read, W: Write>(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        w.write_all(&buf[..n])?;
         left -= n as u64;
         ctx.progress.add_bytes(n as u64);
     }
@@ -1104,6 +1113,7 @@ mod tests {
                 Ok(())
             }
         }
+        impl ArtifactOut for Shrinker {}
         let mut tar = tar::Builder::new(Shrinker {
             path: root.join("f"),
             done: false,

@@ -20,6 +20,7 @@ use tokio_postgres::{Client, NoTls};
 use super::files::FilesSource;
 use super::kind::SourceKind;
 use super::seam::{Source, SourceCtx, SourceReport};
+use crate::compression::ArtifactOut;
 use crate::error::IoContext;
 use crate::{Error, Result};
 
@@ -236,7 +237,7 @@ impl Source for PostgresSource {
         self.files.paths()
     }
 
-    fn write_tar<W: std::io::Write>(
+    fn write_tar<W: ArtifactOut>(
         &self,
         tar: &mut tar::Builder<W>,
         ctx: &SourceCtx,
@@ -409,7 +410,7 @@ impl PostgresSource {
     /// that the stop has written the end-of-backup record, plus timeline
     /// history files, which recovery on a later timeline needs. Returns how
     /// many files were added.
-    fn append_wal<W: std::io::Write>(
+    fn append_wal<W: ArtifactOut>(
         &self,
         tar: &mut tar::Builder<W>,
         ctx: &SourceCtx,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::databases::DbFilter;
 use super::kind::SourceKind;
+use crate::compression::ArtifactOut;
 use crate::manifest::Layout;
 use crate::progress::{Cancel, Progress};
 use crate::{Error, Result};
@@ -62,7 +63,7 @@ pub trait Source {
     /// Absolute paths this source covers, for the manifest.
     fn paths(&self) -> Vec<String>;
     /// Writes every entry into `tar`. Runs on a blocking thread.
-    fn write_tar<W: Write>(
+    fn write_tar<W: ArtifactOut>(
         &self,
         tar: &mut tar::Builder<W>,
         ctx: &SourceCtx,
@@ -198,7 +199,7 @@ impl<C: Dump> Source for Logical<C> {
         path_strings(&self.paths)
     }
 
-    fn write_tar<W: Write>(
+    fn write_tar<W: ArtifactOut>(
         &self,
         tar: &mut tar::Builder<W>,
         ctx: &SourceCtx,

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use super::blobs::{Blobs, Entry, Opened, Put, Small};
 use super::dir::{DirBlobs, DirPartial, DirPut};
 use super::s3::{MultipartUpload, S3Blobs, S3Put};
+use crate::aligned::AlignedBuf;
 use crate::{Error, Result};
 
 /// The stores lifeboat has.
@@ -131,7 +132,7 @@ fn tag<U>(
 }
 
 impl Put for AnyPut {
-    async fn write(&mut self, chunk: Vec<u8>) -> Result<Vec<u8>> {
+    async fn write(&mut self, chunk: AlignedBuf) -> Result<AlignedBuf> {
         match self {
             AnyPut::Dir(p) => p.write(chunk).await,
             AnyPut::S3(p) => p.write(chunk).await,

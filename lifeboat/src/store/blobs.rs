@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 
 use tokio::io::AsyncRead;
 
+use crate::aligned::AlignedBuf;
 use crate::Result;
 
 /// A big blob's bytes as a store serves them.
@@ -118,8 +119,9 @@ pub trait Blobs: Clone {
 #[allow(async_fn_in_trait)]
 pub trait Put {
     /// Takes the chunk's bytes and hands the buffer back, emptied, for the
-    /// caller to fill again (an empty `Vec` when the store kept it).
-    async fn write(&mut self, chunk: Vec<u8>) -> Result<Vec<u8>>;
+    /// caller to fill again (one of no capacity when the store has none
+    /// to hand back yet: a folder's first chunk is still being written).
+    async fn write(&mut self, chunk: AlignedBuf) -> Result<AlignedBuf>;
     /// Makes the blob durable and visible, never replacing one that appeared
     /// meanwhile where the store can refuse that. On failure nothing of it
     /// stays visible (what is left is an incomplete upload at worst).

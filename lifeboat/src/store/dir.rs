@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use tokio::fs;
 
 use super::blobs::{Blobs, Entry, Opened, Put, Small};
+use crate::aligned::AlignedBuf;
 use crate::direct_write::DirectWrite;
 use crate::{Error, Result};
 
@@ -417,7 +418,7 @@ pub struct DirPut {
     dst: PathBuf,
 }
 
-type Written = (DirectWrite, std::io::Result<Vec<u8>>);
+type Written = (DirectWrite, std::io::Result<AlignedBuf>);
 
 /// One chunk is written while the next is hashed: both take about as long
 /// (a direct write waits for the disk), so one after the other would
@@ -428,17 +429,18 @@ enum Writing {
 }
 
 impl DirPut {
-    /// Waits for the write under way, if any: the file, and the chunk it
-    /// wrote (empty when none was under way). A failed write fails here.
-    async fn settle(&mut self) -> std::io::Result<(DirectWrite, Vec<u8>)> {
+    /// Waits for the write under way, if any: the file, and the buffer it
+    /// handed back (none when no write was under way). A failed write
+    /// fails here.
+    async fn settle(&mut self) -> std::io::Result<(DirectWrite, Option<AlignedBuf>)> {
         match self.file.take() {
             None => Err(std::io::Error::other(
                 "an earlier write to this file crashed",
             )),
-            Some(Writing::Idle(file)) => Ok((file, Vec::new())),
+            Some(Writing::Idle(file)) => Ok((file, None)),
             Some(Writing::Busy(write)) => {
                 let (file, res) = write.await.map_err(std::io::Error::other)?;
-                Ok((file, res?))
+                Ok((file, Some(res?)))
             }
         }
     }
@@ -447,17 +449,17 @@ impl DirPut {
 impl Put for DirPut {
     /// Starts writing the chunk on a blocking thread (plain `write` calls
     /// would stall the async workers) and hands back the one before it.
-    async fn write(&mut self, mut chunk: Vec<u8>) -> Result<Vec<u8>> {
+    async fn write(&mut self, chunk: AlignedBuf) -> Result<AlignedBuf> {
         let (mut file, written) = self
             .settle()
             .await
             .map_err(|e| self.blobs.io_err("writing", &self.tmp, e))?;
         self.file = Some(Writing::Busy(tokio::task::spawn_blocking(move || {
-            let res = file.write_all(&chunk);
-            chunk.clear();
-            (file, res.map(|()| chunk))
+            let res = file.write_chunk(chunk);
+            (file, res)
         })));
-        Ok(written)
+        // The first chunk has none to hand back: an empty buffer says so.
+        Ok(written.unwrap_or_else(|| AlignedBuf::new(0)))
     }
 
     async fn finish(mut self) -> Result<()> {

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use tokio::io::AsyncReadExt;
 
 use super::blobs::{Blobs, ByteStream, Entry, Opened, Put, Small, Unfinished};
+use crate::aligned::AlignedBuf;
 use crate::artifact::{self, MANIFEST_SUFFIX};
 use crate::drill::{DrillRecord, MAX_DRILL_BYTES};
 use crate::manifest::{Manifest, StateBlob, MAX_MANIFEST_BYTES};
@@ -211,7 +212,7 @@ pub trait Target {
 pub trait Upload {
     /// Takes the chunk's bytes and hands the buffer back, emptied, for the
     /// pipe to fill again (see [`Put::write`]).
-    async fn write(&mut self, chunk: Vec<u8>) -> Result<Vec<u8>>;
+    async fn write(&mut self, chunk: AlignedBuf) -> Result<AlignedBuf>;
     /// Makes the artifact durable and visible, manifest last.
     async fn commit(self, manifest: &Manifest) -> Result<()>;
     /// Removes what was written. Best effort: leftovers are cleaned later.
@@ -535,7 +536,7 @@ pub struct ArtifactUpload<B: Blobs> {
 }
 
 impl<B: Blobs> Upload for ArtifactUpload<B> {
-    async fn write(&mut self, chunk: Vec<u8>) -> Result<Vec<u8>> {
+    async fn write(&mut self, chunk: AlignedBuf) -> Result<AlignedBuf> {
         self.put.write(chunk).await
     }
 
@@ -696,7 +697,7 @@ mod tests {
     }
 
     impl Put for MemPut {
-        async fn write(&mut self, mut chunk: Vec<u8>) -> Result<Vec<u8>> {
+        async fn write(&mut self, mut chunk: AlignedBuf) -> Result<AlignedBuf> {
             self.buf.extend_from_slice(&chunk);
             chunk.clear();
             Ok(chunk)
@@ -741,7 +742,7 @@ mod tests {
 
     async fn committed(t: &Artifacts<Mem>, m: &Manifest, body: &[u8]) {
         let mut up = t.begin(&m.artifact).await.unwrap();
-        up.write(body.to_vec()).await.unwrap();
+        up.write(AlignedBuf::from_slice(body)).await.unwrap();
         up.commit(m).await.unwrap();
     }
 
@@ -824,7 +825,7 @@ mod tests {
         let mem = Mem::default();
         let t = Artifacts::new(mem.clone());
         let mut up = t.begin(&format!("{ID}.tar.zst")).await.unwrap();
-        up.write(b"data".to_vec()).await.unwrap();
+        up.write(AlignedBuf::from_slice(b"data")).await.unwrap();
         mem.with(|s| s.refuse_puts = true);
         assert!(up.commit(&manifest(ID, 4)).await.is_err());
         assert!(mem.with(|s| s.blobs.is_empty()));

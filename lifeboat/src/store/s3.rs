@@ -24,6 +24,7 @@ use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
 use super::blobs::{Blobs, Entry, Opened, Put, Small};
+use crate::aligned::AlignedBuf;
 use crate::{Error, Result};
 
 /// Size of the first 1,000 parts. S3 needs at least 5 MiB for all but the
@@ -867,7 +868,7 @@ impl S3Put {
 
 impl Put for S3Put {
     /// Fills the part being built; a full part goes out on its own task.
-    async fn write(&mut self, mut chunk: Vec<u8>) -> Result<Vec<u8>> {
+    async fn write(&mut self, mut chunk: AlignedBuf) -> Result<AlignedBuf> {
         let mut left = &chunk[..];
         while !left.is_empty() {
             let want = part_size(self.next_part) - self.buf.len();
