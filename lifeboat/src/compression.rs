@@ -258,8 +258,10 @@ pub struct Zstd<W: Write> {
     out: Vec<u8>,
     state: State,
     hint: RawHint,
-    /// Set when a write to `w` or the context failed: the stream is cut
-    /// somewhere unknown.
+    /// Set when a write to `w` or the context failed, or a raw block read
+    /// in place did (`raw_block_with`; a failed read of the file leaves
+    /// the stream whole, but the backup stops then anyway): the stream is
+    /// cut somewhere unknown.
     broken: bool,
     /// Compressible bytes held back after a raw stretch ([`State::Holding`]).
     held: Vec<u8>,

@@ -6,9 +6,10 @@
 //! again. On the virtual machines lifeboat runs on, fresh pages are the
 //! expensive part: writing 1 GiB through the cache and `fdatasync` cost
 //! 1.30 s of system time here, with `O_DIRECT` 0.11 s, and the disk wrote
-//! no slower. The bytes go to the disk from an aligned buffer of this
-//! writer's own ([`BLOCK`]-aligned, [`BUFFER`] long); only the last partial
-//! block of the file is written through the cache.
+//! no slower. A caller's whole aligned chunk goes to the disk as it is
+//! ([`DirectWrite::write_chunk`]); other bytes are gathered in an aligned
+//! buffer of this writer's own ([`BLOCK`]-aligned, [`BUFFER`] long). Only
+//! the last partial block of the file is written through the cache.
 //!
 //! Only on ext4, XFS and btrfs: on network filesystems (NFS, EFS, CephFS)
 //! a direct write is a synchronous round trip each, and tmpfs or FUSE may
@@ -59,8 +60,8 @@ pub struct DirectWrite<F: Borrow<File> = File> {
 }
 
 /// The thread that writes a full buffer past the cache while the caller
-/// fills the next: the copy into the aligned buffer and the wait for the
-/// disk no longer take turns. It writes through its own descriptor of the
+/// fills the next (or hashes the next chunk): the caller's work and the
+/// wait for the disk no longer take turns. It writes through its own descriptor of the
 /// same open file, so the file position is shared; the caller touches the
 /// file only once the buffer out is back ([`DirectWrite::settle_behind`]).
 struct Behind {
@@ -191,12 +192,13 @@ impl<F: Borrow<File>> DirectWrite<F> {
         Ok(())
     }
 
-    /// Writes `chunk` and hands back a buffer to fill again. A full chunk
-    /// ([`BUFFER`] bytes) that starts at a block boundary, once the
+    /// Writes `chunk` and hands back an empty buffer to fill again. A full
+    /// chunk ([`BUFFER`] bytes) at a buffer boundary of the file, once the
     /// write-behind thread runs, goes to the disk as it is, without a copy:
     /// the thread writes it while the caller goes on, and the buffer handed
-    /// back is the one it wrote before. Anything else is copied as by
-    /// [`Self::write_all`], and `chunk` comes back emptied.
+    /// back is the one it wrote before (a new one the first time). Anything
+    /// else is copied as by [`Self::write_all`], and `chunk` comes back
+    /// emptied.
     pub fn write_chunk(&mut self, mut chunk: AlignedBuf) -> io::Result<AlignedBuf> {
         let at_boundary = matches!(&self.direct, Some(buf) if buf.is_empty());
         if chunk.len() != BUFFER || !at_boundary || self.behind.is_none() {
@@ -566,7 +568,10 @@ mod tests {
             let at = chunk.as_ptr();
             let back = w.write_chunk(chunk).unwrap();
             assert!(back.is_empty());
-            back.as_ptr() != at
+            let handed = back.as_ptr() != at;
+            // A buffer another chunk can be filled into, never one of none.
+            assert!(!handed || back.capacity() == BUFFER, "{}", back.capacity());
+            handed
         };
         // The first is written on this thread (where a refusal falls back).
         assert!(!put(&mut w, &mut want, bytes(BUFFER, 1)));

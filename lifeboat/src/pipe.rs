@@ -17,8 +17,9 @@ pub const CHUNK_SIZE: usize = 1 << 20;
 /// Chunks that may wait in the pipe. With the one being filled and the one
 /// being written, a pipe holds at most `(QUEUE_DEPTH + 2) * CHUNK_SIZE` = 4 MiB,
 /// whatever the size of the data (a recycling writer's pipe one chunk more:
-/// see [`ChunkWriter::recycling`]; a folder target's one more again, the
-/// chunk it writes while the next is hashed).
+/// see [`ChunkWriter::recycling`]; a folder target's two more, the chunk
+/// handed to its write and the one its write-behind thread writes while
+/// the next is hashed).
 ///
 /// Two, not more: an S3 target copies the chunks into parts, which are
 /// a buffer of their own, and at four the pipe's chunks were what took a
@@ -128,6 +129,8 @@ impl ChunkWriter {
         max: usize,
         head: impl FnOnce(usize) -> [u8; H],
     ) -> Option<io::Result<usize>> {
+        // 0 would read as the end of `r`: the caller pads with zeros.
+        debug_assert!(max > 0, "a block of no bytes asked for");
         let room = self.buf.capacity() - self.buf.len();
         if room <= H {
             return None;
@@ -508,6 +511,55 @@ mod tests {
             io::ErrorKind::UnexpectedEof,
             "ends inside: not a clean end"
         );
+    }
+
+    /// A block read in place: its header made from the count read (a short
+    /// read included), an interrupted read tried again, nothing at the end
+    /// of the reader, and `None` once a header and a byte no longer fit,
+    /// so a header is never apart from its bytes. Chunks go out whole.
+    #[test]
+    fn a_block_read_in_place_carries_its_own_count_and_never_splits() {
+        struct Reads(Vec<io::Result<Vec<u8>>>);
+        impl Read for Reads {
+            fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+                let Some(next) = self.0.pop() else {
+                    return Ok(0);
+                };
+                let bytes = next?;
+                out[..bytes.len()].copy_from_slice(&bytes);
+                Ok(bytes.len())
+            }
+        }
+        let interrupted = || Err(io::Error::from(io::ErrorKind::Interrupted));
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut w = ChunkWriter::new(tx);
+        w.write_all(&vec![9u8; CHUNK_SIZE - 10]).unwrap();
+        let head = |n: usize| [b'h', n as u8, 0];
+        // Asked for 5, a short read of 2 after an interruption.
+        let mut r = Reads(vec![Ok(b"ab".to_vec()), interrupted()]);
+        assert_eq!(w.read_block(&mut r, 5, head).unwrap().unwrap(), 2);
+        assert_eq!(
+            w.read_block(&mut r, 5, head).unwrap().unwrap(),
+            0,
+            "the end"
+        );
+        // 5 left: a header and 2 bytes fill the chunk, which goes out.
+        let mut r = Reads(vec![Ok(b"cd".to_vec())]);
+        assert_eq!(w.read_block(&mut r, 9, head).unwrap().unwrap(), 2);
+        let full = rx.try_recv().unwrap();
+        assert_eq!(full.len(), CHUNK_SIZE);
+        assert_eq!(&full[CHUNK_SIZE - 10..], b"h\x02\0abh\x02\0cd" as &[u8]);
+        // A failed read writes nothing.
+        let mut r = Reads(vec![Err(io::Error::other("disk"))]);
+        assert!(w.read_block(&mut r, 9, head).unwrap().is_err());
+        // 3 bytes short of full: no room for a header and a byte.
+        w.write_all(&vec![9u8; CHUNK_SIZE - 3]).unwrap();
+        let mut r = Reads(vec![Ok(b"e".to_vec())]);
+        assert!(w.read_block(&mut r, 9, head).is_none());
+        w.write_all(b"xyz").unwrap();
+        let full = rx.try_recv().unwrap();
+        assert_eq!(full.len(), CHUNK_SIZE);
+        assert_eq!(&full[CHUNK_SIZE - 4..], [9, b'x', b'y', b'z']);
     }
 
     #[tokio::test]

@@ -127,11 +127,35 @@ mod tests {
     use crate::pipe::CHUNK_SIZE;
     use std::io::Write;
 
+    /// A file as the kernel may give it: short reads of varying length,
+    /// and now and then an interrupted one.
+    struct Uneven<'a> {
+        rest: &'a [u8],
+        calls: usize,
+    }
+
+    impl std::io::Read for Uneven<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            self.calls += 1;
+            if self.calls.is_multiple_of(7) {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            let n = out
+                .len()
+                .min(self.rest.len())
+                .min([1000, 3, 70_000][self.calls % 3]);
+            out[..n].copy_from_slice(&self.rest[..n]);
+            self.rest = &self.rest[n..];
+            Ok(n)
+        }
+    }
+
     /// Text, then a packed file read in place (`read_raw`) in pieces of
-    /// awkward sizes, whose raw blocks meet the chunks' ends at every
-    /// offset, then text again: the stream reads back as what went in, the
-    /// packed bytes are stored raw, and every chunk sent but the last is
-    /// whole (a folder target writes whole chunks as they are).
+    /// awkward sizes, with short and interrupted reads, then text again:
+    /// the stream reads back as what went in, the packed bytes are stored
+    /// raw, and every chunk sent but the last is whole (a folder target
+    /// writes whole chunks as they are). (When a header and a byte no
+    /// longer fit in a chunk is `pipe`'s own test.)
     #[test]
     fn packed_bytes_read_in_place_read_back_and_keep_the_chunks_whole() {
         let text: Vec<u8> = (0..300_000u32)
@@ -146,7 +170,10 @@ mod tests {
         let writer = std::thread::spawn(move || {
             e.write_all(&text2).unwrap();
             hint.set(true);
-            let mut r = &packed2[..];
+            let mut r = Uneven {
+                rest: &packed2[..],
+                calls: 0,
+            };
             let mut in_place = 0;
             for piece in [1, 2, 3, 4, 5, 4093, 131_072, 1_000_000].iter().cycle() {
                 match e.read_raw(&mut r, *piece) {
@@ -155,9 +182,9 @@ mod tests {
                     Some(Err(e)) => panic!("{e}"),
                     // A header would not fit in the chunk: written as usual.
                     None => {
-                        let n = (*piece).min(r.len());
-                        e.write_all(&r[..n]).unwrap();
-                        r = &r[n..];
+                        let n = (*piece).min(r.rest.len());
+                        e.write_all(&r.rest[..n]).unwrap();
+                        r.rest = &r.rest[n..];
                     }
                 }
             }

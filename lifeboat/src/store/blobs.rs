@@ -118,7 +118,8 @@ pub trait Blobs: Clone {
 /// they are (a folder) takes them without copying.
 #[allow(async_fn_in_trait)]
 pub trait Put {
-    /// Takes the chunk's bytes and hands the buffer back, emptied, for the
+    /// Takes the chunk's bytes and hands a buffer back, emptied (this one,
+    /// or one written earlier), for the
     /// caller to fill again (one of no capacity when the store has none
     /// to hand back yet: a folder's first chunk is still being written).
     async fn write(&mut self, chunk: AlignedBuf) -> Result<AlignedBuf>;

@@ -446,6 +446,10 @@ impl DirPut {
     }
 }
 
+/// Whole chunks go to the disk as they are only if a chunk is the direct
+/// writer's buffer size: otherwise every chunk would be copied, silently.
+const _: () = assert!(crate::direct_write::BUFFER == crate::pipe::CHUNK_SIZE);
+
 impl Put for DirPut {
     /// Starts writing the chunk on a blocking thread (plain `write` calls
     /// would stall the async workers) and hands back the one before it.

@@ -210,7 +210,8 @@ pub trait Target {
 /// writes whole chunks from the pipe, handed over without a copy.
 #[allow(async_fn_in_trait)]
 pub trait Upload {
-    /// Takes the chunk's bytes and hands the buffer back, emptied, for the
+    /// Takes the chunk's bytes and hands a buffer back, emptied (this one,
+    /// or one written earlier), for the
     /// pipe to fill again (see [`Put::write`]).
     async fn write(&mut self, chunk: AlignedBuf) -> Result<AlignedBuf>;
     /// Makes the artifact durable and visible, manifest last.
