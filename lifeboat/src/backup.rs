@@ -502,8 +502,9 @@ pub async fn copy(from: &AnyTarget, to: &AnyTarget, m: &Manifest) -> Result<()> 
     let mut src = from.open(m).await?;
     let mut up = to.begin(&m.artifact).await?;
     let mut copied = HashCount::default();
+    let mut spare = None;
     loop {
-        let chunk = match pipe::read_chunk(&mut src).await {
+        let chunk = match pipe::read_chunk(&mut src, spare.take()).await {
             Ok(c) if c.is_empty() => break,
             Ok(c) => c,
             Err(e) => {
@@ -515,9 +516,12 @@ pub async fn copy(from: &AnyTarget, to: &AnyTarget, m: &Manifest) -> Result<()> 
             }
         };
         copied.update(&chunk);
-        if let Err(e) = up.write(chunk).await {
-            up.abort().await;
-            return Err(e);
+        match up.write(chunk).await {
+            Ok(back) => spare = back,
+            Err(e) => {
+                up.abort().await;
+                return Err(e);
+            }
         }
     }
     let (sha, size) = copied.finish();

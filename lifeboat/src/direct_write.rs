@@ -61,9 +61,10 @@ pub struct DirectWrite<F: Borrow<File> = File> {
 
 /// The thread that writes a full buffer past the cache while the caller
 /// fills the next (or hashes the next chunk): the caller's work and the
-/// wait for the disk no longer take turns. It writes through its own descriptor of the
-/// same open file, so the file position is shared; the caller touches the
-/// file only once the buffer out is back ([`DirectWrite::settle_behind`]).
+/// wait for the disk no longer take turns. It writes through its own
+/// descriptor of the same open file, so the file position is shared; the
+/// caller touches the file only once the buffer out is back
+/// ([`DirectWrite::settle_behind`]).
 struct Behind {
     to: Option<mpsc::SyncSender<AlignedBuf>>,
     back: mpsc::Receiver<(AlignedBuf, usize, io::Result<()>)>,
@@ -96,6 +97,23 @@ impl Behind {
             spare: None,
             thread: Some(thread),
         })
+    }
+}
+
+impl Behind {
+    /// Sends `full` to be written, and leaves in its place the buffer that
+    /// came back last, emptied (a new one the first time). Called once the
+    /// buffer out before, if any, is back (`settle_behind`).
+    fn hand(&mut self, full: &mut AlignedBuf) -> io::Result<()> {
+        let mut next = self.spare.take().unwrap_or_else(new_buffer);
+        next.clear();
+        let full = std::mem::replace(full, next);
+        let sent = self.to.as_ref().map(|to| to.send(full).is_ok());
+        if sent != Some(true) {
+            return Err(io::Error::other("the artifact's write thread stopped"));
+        }
+        self.busy = true;
+        Ok(())
     }
 }
 
@@ -201,26 +219,18 @@ impl<F: Borrow<File>> DirectWrite<F> {
     /// emptied.
     pub fn write_chunk(&mut self, mut chunk: AlignedBuf) -> io::Result<AlignedBuf> {
         let at_boundary = matches!(&self.direct, Some(buf) if buf.is_empty());
-        if chunk.len() != BUFFER || !at_boundary || self.behind.is_none() {
-            self.write_all(&chunk)?;
-            chunk.clear();
-            return Ok(chunk);
+        if chunk.len() == BUFFER && at_boundary && self.behind.is_some() {
+            self.settle_behind()?;
+            // A write refused behind sent the rest through the cache: then
+            // this chunk goes there too, below.
+            if let (Some(behind), Some(_)) = (&mut self.behind, &self.direct) {
+                behind.hand(&mut chunk)?;
+                return Ok(chunk);
+            }
         }
-        self.settle_behind()?;
-        // A write refused behind sent the rest through the cache: this too.
-        let (Some(behind), Some(_)) = (&mut self.behind, &self.direct) else {
-            self.write_all(&chunk)?;
-            chunk.clear();
-            return Ok(chunk);
-        };
-        let mut back = behind.spare.take().unwrap_or_else(new_buffer);
-        back.clear();
-        let sent = behind.to.as_ref().map(|to| to.send(chunk).is_ok());
-        if sent != Some(true) {
-            return Err(io::Error::other("the artifact's write thread stopped"));
-        }
-        behind.busy = true;
-        Ok(back)
+        self.write_all(&chunk)?;
+        chunk.clear();
+        Ok(chunk)
     }
 
     /// Leaves `n` bytes of zeros as a hole: the file position moves on.
@@ -271,23 +281,13 @@ impl<F: Borrow<File>> DirectWrite<F> {
             return Ok(());
         }
         self.settle_behind()?;
-        let (Some(behind), Some(gathered)) = (&mut self.behind, &self.direct) else {
+        let (Some(behind), Some(gathered)) = (&mut self.behind, &mut self.direct) else {
             // The write that came back was refused: the rest goes through
             // the cache, this buffer included.
             return self.flush_blocks();
         };
         debug_assert!(gathered.is_full());
-        let mut next = behind.spare.take().unwrap_or_else(new_buffer);
-        next.clear();
-        let Some(full) = self.direct.replace(next) else {
-            return Ok(());
-        };
-        let sent = behind.to.as_ref().map(|to| to.send(full).is_ok());
-        if sent != Some(true) {
-            return Err(io::Error::other("the artifact's write thread stopped"));
-        }
-        behind.busy = true;
-        Ok(())
+        behind.hand(gathered)
     }
 
     /// Waits for the buffer out on the write-behind thread, if any. A

@@ -206,13 +206,16 @@ async fn fetch_state(
     let file = tempfile::tempfile_in(spool_dir).map_err(spool_err)?;
     let mut out = tokio::fs::File::from_std(file.try_clone().map_err(spool_err)?);
     let mut got = HashCount::default();
+    let mut spare = None;
     loop {
-        let chunk = pipe::read_chunk(&mut src).await.map_err(|e| {
-            Error::io(
-                format!("reading {} from {}", want.file, target.describe()),
-                e,
-            )
-        })?;
+        let chunk = pipe::read_chunk(&mut src, spare.take())
+            .await
+            .map_err(|e| {
+                Error::io(
+                    format!("reading {} from {}", want.file, target.describe()),
+                    e,
+                )
+            })?;
         if chunk.is_empty() {
             break;
         }
@@ -220,6 +223,7 @@ async fn fetch_state(
         tokio::io::AsyncWriteExt::write_all(&mut out, &chunk)
             .await
             .map_err(spool_err)?;
+        spare = Some(chunk);
     }
     tokio::io::AsyncWriteExt::flush(&mut out)
         .await

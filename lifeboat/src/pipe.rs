@@ -84,9 +84,7 @@ impl ChunkWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        // A buffer of another size (a store had none to hand back) is dropped.
-        let reused = self.spare.as_ref().and_then(Spares::reuse);
-        let next = match reused.filter(|b| b.capacity() == CHUNK_SIZE) {
+        let next = match self.spare.as_ref().and_then(Spares::reuse) {
             Some(mut spare) => {
                 spare.clear();
                 spare
@@ -417,9 +415,17 @@ impl HashCount {
 }
 
 /// The next whole chunk of `src` (up to [`CHUNK_SIZE`]; shorter only at
-/// the end, empty there), to hand to an upload without a copy.
-pub async fn read_chunk<R: AsyncRead + Unpin>(src: &mut R) -> io::Result<AlignedBuf> {
-    let mut chunk = AlignedBuf::new(CHUNK_SIZE);
+/// the end, empty there), to hand to an upload without a copy. Read into
+/// `spare` (a buffer an upload handed back) when there is one: a new
+/// buffer is zeroed first.
+pub async fn read_chunk<R: AsyncRead + Unpin>(
+    src: &mut R,
+    spare: Option<AlignedBuf>,
+) -> io::Result<AlignedBuf> {
+    let mut chunk = spare
+        .filter(|b| b.capacity() == CHUNK_SIZE)
+        .unwrap_or_else(|| AlignedBuf::new(CHUNK_SIZE));
+    chunk.clear();
     while !chunk.is_full() {
         let n = src.read(chunk.unfilled()).await?;
         if n == 0 {

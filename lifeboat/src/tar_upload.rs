@@ -64,7 +64,8 @@ where
     while let Some(chunk) = rx.recv().await {
         stored.update(&chunk);
         match upload.write(chunk).await {
-            Ok(used) => returns.give(used),
+            Ok(Some(used)) => returns.give(used),
+            Ok(None) => {}
             Err(e) => {
                 upload_error = Some(e);
                 break;

@@ -132,7 +132,7 @@ fn tag<U>(
 }
 
 impl Put for AnyPut {
-    async fn write(&mut self, chunk: AlignedBuf) -> Result<AlignedBuf> {
+    async fn write(&mut self, chunk: AlignedBuf) -> Result<Option<AlignedBuf>> {
         match self {
             AnyPut::Dir(p) => p.write(chunk).await,
             AnyPut::S3(p) => p.write(chunk).await,

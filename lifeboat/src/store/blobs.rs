@@ -118,11 +118,11 @@ pub trait Blobs: Clone {
 /// they are (a folder) takes them without copying.
 #[allow(async_fn_in_trait)]
 pub trait Put {
-    /// Takes the chunk's bytes and hands a buffer back, emptied (this one,
-    /// or one written earlier), for the
-    /// caller to fill again (one of no capacity when the store has none
-    /// to hand back yet: a folder's first chunk is still being written).
-    async fn write(&mut self, chunk: AlignedBuf) -> Result<AlignedBuf>;
+    /// Takes the chunk's bytes and hands a buffer back, emptied, for the
+    /// caller to fill again: this one, or one written earlier; none while
+    /// a store still holds every buffer it was given (a folder's first
+    /// chunk is still being written).
+    async fn write(&mut self, chunk: AlignedBuf) -> Result<Option<AlignedBuf>>;
     /// Makes the blob durable and visible, never replacing one that appeared
     /// meanwhile where the store can refuse that. On failure nothing of it
     /// stays visible (what is left is an incomplete upload at worst).

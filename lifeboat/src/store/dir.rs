@@ -453,7 +453,7 @@ const _: () = assert!(crate::direct_write::BUFFER == crate::pipe::CHUNK_SIZE);
 impl Put for DirPut {
     /// Starts writing the chunk on a blocking thread (plain `write` calls
     /// would stall the async workers) and hands back the one before it.
-    async fn write(&mut self, chunk: AlignedBuf) -> Result<AlignedBuf> {
+    async fn write(&mut self, chunk: AlignedBuf) -> Result<Option<AlignedBuf>> {
         let (mut file, written) = self
             .settle()
             .await
@@ -462,8 +462,7 @@ impl Put for DirPut {
             let res = file.write_chunk(chunk);
             (file, res)
         })));
-        // The first chunk has none to hand back: an empty buffer says so.
-        Ok(written.unwrap_or_else(|| AlignedBuf::new(0)))
+        Ok(written)
     }
 
     async fn finish(mut self) -> Result<()> {

@@ -210,10 +210,9 @@ pub trait Target {
 /// writes whole chunks from the pipe, handed over without a copy.
 #[allow(async_fn_in_trait)]
 pub trait Upload {
-    /// Takes the chunk's bytes and hands a buffer back, emptied (this one,
-    /// or one written earlier), for the
-    /// pipe to fill again (see [`Put::write`]).
-    async fn write(&mut self, chunk: AlignedBuf) -> Result<AlignedBuf>;
+    /// Takes the chunk's bytes and hands a buffer back, emptied, for the
+    /// pipe to fill again, or none yet (see [`Put::write`]).
+    async fn write(&mut self, chunk: AlignedBuf) -> Result<Option<AlignedBuf>>;
     /// Makes the artifact durable and visible, manifest last.
     async fn commit(self, manifest: &Manifest) -> Result<()>;
     /// Removes what was written. Best effort: leftovers are cleaned later.
@@ -407,8 +406,9 @@ impl<B: Blobs> Target for Artifacts<B> {
         let file = artifact::state_name(id);
         let mut put = self.blobs.put_new(&file).await?;
         let mut stored = HashCount::default();
+        let mut spare = None;
         loop {
-            let chunk = match pipe::read_chunk(&mut bytes).await {
+            let chunk = match pipe::read_chunk(&mut bytes, spare.take()).await {
                 Ok(c) if c.is_empty() => break,
                 Ok(c) => c,
                 Err(e) => {
@@ -417,9 +417,12 @@ impl<B: Blobs> Target for Artifacts<B> {
                 }
             };
             stored.update(&chunk);
-            if let Err(e) = put.write(chunk).await {
-                put.abort().await;
-                return Err(e);
+            match put.write(chunk).await {
+                Ok(back) => spare = back,
+                Err(e) => {
+                    put.abort().await;
+                    return Err(e);
+                }
             }
         }
         put.finish().await?;
@@ -537,7 +540,7 @@ pub struct ArtifactUpload<B: Blobs> {
 }
 
 impl<B: Blobs> Upload for ArtifactUpload<B> {
-    async fn write(&mut self, chunk: AlignedBuf) -> Result<AlignedBuf> {
+    async fn write(&mut self, chunk: AlignedBuf) -> Result<Option<AlignedBuf>> {
         self.put.write(chunk).await
     }
 
@@ -698,10 +701,10 @@ mod tests {
     }
 
     impl Put for MemPut {
-        async fn write(&mut self, mut chunk: AlignedBuf) -> Result<AlignedBuf> {
+        async fn write(&mut self, mut chunk: AlignedBuf) -> Result<Option<AlignedBuf>> {
             self.buf.extend_from_slice(&chunk);
             chunk.clear();
-            Ok(chunk)
+            Ok(Some(chunk))
         }
         async fn finish(self) -> Result<()> {
             self.mem.log(format!("finish {}", self.name));

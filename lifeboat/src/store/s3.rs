@@ -868,7 +868,7 @@ impl S3Put {
 
 impl Put for S3Put {
     /// Fills the part being built; a full part goes out on its own task.
-    async fn write(&mut self, mut chunk: AlignedBuf) -> Result<AlignedBuf> {
+    async fn write(&mut self, mut chunk: AlignedBuf) -> Result<Option<AlignedBuf>> {
         let mut left = &chunk[..];
         while !left.is_empty() {
             let want = part_size(self.next_part) - self.buf.len();
@@ -880,7 +880,7 @@ impl Put for S3Put {
             }
         }
         chunk.clear();
-        Ok(chunk)
+        Ok(Some(chunk))
     }
 
     async fn finish(mut self) -> Result<()> {
