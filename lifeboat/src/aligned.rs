@@ -7,8 +7,21 @@
 //! The bytes are zeroed once, when the buffer is made, and stay
 //! initialized: a reader fills the part after [`AlignedBuf::len`] through
 //! [`AlignedBuf::unfilled`] with no `unsafe` on the caller's side.
+//!
+//! A buffer of [`HALF_HUGE`] (every pipe chunk and direct-write buffer) is
+//! half of a 2 MiB page the kernel may back with one huge page, shared
+//! with the next such buffer made on the same thread. Its bytes are then
+//! one run of physical memory: the disk takes a direct write of it as one
+//! request instead of two (a virtio disk splits at 254 pieces, and 1 MiB
+//! of small pages is 256), and the kernel pins one page instead of 256.
+//! On the bench machine that took the writing thread's CPU from 154 to
+//! 57 ms for 1 GiB and a backup's wall by a tenth (docs/ARCHITECTURE.md,
+//! "Huge pages").
 
+use std::cell::RefCell;
 use std::ops::Deref;
+use std::ptr::NonNull;
+use std::sync::{Arc, Weak};
 
 /// Offsets, lengths and addresses of a direct write are multiples of this:
 /// every disk's logical block (512 or 4096 bytes).
@@ -18,17 +31,122 @@ pub const BLOCK: usize = 4096;
 #[derive(Clone, Copy)]
 struct Page([u8; BLOCK]);
 
+/// A huge page's size on x86-64 and (4 KiB pages) arm64.
+const HUGE: usize = 2 << 20;
+
+/// The size of a buffer made as half a huge page.
+pub const HALF_HUGE: usize = HUGE / 2;
+
 /// `capacity` bytes (a multiple of [`BLOCK`]), the first `len` of them in use.
 pub struct AlignedBuf {
-    pages: Vec<Page>,
+    memory: Memory,
     len: usize,
+}
+
+enum Memory {
+    Pages(Vec<Page>),
+    /// Half of `page`, from `at`, owned by this buffer alone.
+    Half {
+        page: Arc<HugePage>,
+        at: usize,
+    },
+}
+
+/// A 2 MiB mapping on a 2 MiB boundary, which the kernel is asked to back
+/// with a huge page (where it has transparent huge pages; where not, it
+/// is small pages as any other memory). Unmapped when both halves are
+/// dropped.
+struct HugePage(NonNull<u8>);
+
+// SAFETY: the mapping is plain memory; each half is reached only through
+// the one `AlignedBuf` that owns it.
+unsafe impl Send for HugePage {}
+unsafe impl Sync for HugePage {}
+
+impl HugePage {
+    fn map() -> Option<Arc<Self>> {
+        let (rw, private) = (
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        );
+        // SAFETY: a fresh anonymous mapping, checked below; the parts
+        // before and after the aligned 2 MiB are unmapped at once, so
+        // exactly that 2 MiB stays, zero-filled by the kernel.
+        unsafe {
+            let got = libc::mmap(std::ptr::null_mut(), 2 * HUGE, rw, private, -1, 0);
+            if got == libc::MAP_FAILED {
+                return None;
+            }
+            let base = got as usize;
+            let start = base.next_multiple_of(HUGE);
+            if start > base {
+                libc::munmap(got, start - base);
+            }
+            libc::munmap((start + HUGE) as *mut libc::c_void, base + HUGE - start);
+            // Only a hint: without huge pages this is small pages.
+            libc::madvise(start as *mut libc::c_void, HUGE, libc::MADV_HUGEPAGE);
+            NonNull::new(start as *mut u8).map(|p| Arc::new(HugePage(p)))
+        }
+    }
+}
+
+impl HugePage {
+    /// The half from `at` (0 or [`HALF_HUGE`]).
+    fn half(&self, at: usize) -> *mut u8 {
+        debug_assert!(at == 0 || at == HALF_HUGE);
+        // SAFETY: `at` is inside the 2 MiB mapping.
+        unsafe { self.0.as_ptr().add(at) }
+    }
+}
+
+impl Drop for HugePage {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, which no buffer uses any more.
+        unsafe { libc::munmap(self.0.as_ptr().cast(), HUGE) };
+    }
+}
+
+thread_local! {
+    /// The page whose second half no buffer has taken yet. Weak: a page
+    /// whose first half is dropped is unmapped, not kept for a buffer
+    /// that may never come (an idle sidecar holds none). Per thread, so
+    /// the buffers one pipe makes in a row pair up.
+    static SECOND_HALF: RefCell<Weak<HugePage>> = const { RefCell::new(Weak::new()) };
+}
+
+impl Memory {
+    fn new(capacity: usize) -> Self {
+        let pages = capacity.div_ceil(BLOCK);
+        if pages * BLOCK == HALF_HUGE {
+            if let Some(half) = Self::half() {
+                return half;
+            }
+        }
+        Memory::Pages(vec![Page([0; BLOCK]); pages])
+    }
+
+    fn half() -> Option<Self> {
+        SECOND_HALF.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            if let Some(page) = slot.upgrade() {
+                *slot = Weak::new();
+                return Some(Memory::Half {
+                    page,
+                    at: HALF_HUGE,
+                });
+            }
+            let page = HugePage::map()?;
+            *slot = Arc::downgrade(&page);
+            Some(Memory::Half { page, at: 0 })
+        })
+    }
 }
 
 impl AlignedBuf {
     /// An empty buffer of `capacity` bytes, rounded up to whole blocks.
     pub fn new(capacity: usize) -> Self {
         AlignedBuf {
-            pages: vec![Page([0; BLOCK]); capacity.div_ceil(BLOCK)],
+            memory: Memory::new(capacity),
             len: 0,
         }
     }
@@ -41,7 +159,26 @@ impl AlignedBuf {
     }
 
     pub fn capacity(&self) -> usize {
-        self.pages.len() * BLOCK
+        match &self.memory {
+            Memory::Pages(pages) => pages.len() * BLOCK,
+            Memory::Half { .. } => HALF_HUGE,
+        }
+    }
+
+    /// The first byte, to write through (a pointer from a shared borrow
+    /// of the pages must not be written through: [`Self::start_ref`]).
+    fn start(&mut self) -> *mut u8 {
+        match &mut self.memory {
+            Memory::Pages(pages) => pages.as_mut_ptr().cast(),
+            Memory::Half { page, at } => page.half(*at),
+        }
+    }
+
+    fn start_ref(&self) -> *const u8 {
+        match &self.memory {
+            Memory::Pages(pages) => pages.as_ptr().cast(),
+            Memory::Half { page, at } => page.half(*at),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -62,16 +199,17 @@ impl AlignedBuf {
 
     /// Every byte of the buffer, in use or not.
     fn all(&self) -> &[u8] {
-        // SAFETY: `Page` is plain bytes with no padding (size = align =
-        // BLOCK), so the pages are `capacity` initialized bytes in a row.
-        unsafe { std::slice::from_raw_parts(self.pages.as_ptr().cast::<u8>(), self.capacity()) }
+        // SAFETY: `capacity` initialized bytes in a row: `Page` is plain
+        // bytes with no padding (size = align = BLOCK), and a mapping is
+        // zero-filled by the kernel. A half is this buffer's alone.
+        unsafe { std::slice::from_raw_parts(self.start_ref(), self.capacity()) }
     }
 
     fn all_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `all`; the borrow is exclusive.
-        unsafe {
-            std::slice::from_raw_parts_mut(self.pages.as_mut_ptr().cast::<u8>(), self.capacity())
-        }
+        // SAFETY: as in `all`; the borrow of the buffer, and so of its
+        // bytes, is exclusive.
+        let capacity = self.capacity();
+        unsafe { std::slice::from_raw_parts_mut(self.start(), capacity) }
     }
 
     /// Appends as much of `bytes` as fits; returns how much that was.
@@ -149,5 +287,41 @@ mod tests {
         b.clear();
         assert!(b.is_empty());
         assert_eq!(&AlignedBuf::from_slice(b"xyz")[..], b"xyz");
+    }
+
+    /// Two buffers of half a huge page made in a row on one thread share
+    /// one 2 MiB page, each its own half; a page whose first half is gone
+    /// is not kept for a second (a new buffer starts a new page).
+    #[test]
+    fn buffers_of_half_a_huge_page_pair_up_and_stay_apart() {
+        let mut first = AlignedBuf::new(HALF_HUGE);
+        let mut second = AlignedBuf::new(HALF_HUGE - BLOCK + 1);
+        assert_eq!(
+            first.as_ptr() as usize % HUGE,
+            0,
+            "on a huge page's boundary"
+        );
+        assert_eq!(
+            second.as_ptr() as usize,
+            first.as_ptr() as usize + HALF_HUGE
+        );
+        assert_eq!(
+            (first.capacity(), second.capacity()),
+            (HALF_HUGE, HALF_HUGE)
+        );
+        assert!(first.unfilled().iter().all(|&b| b == 0), "zeroed");
+        first.extend_from_slice(&[1; HALF_HUGE]);
+        second.extend_from_slice(&[2; HALF_HUGE]);
+        assert!(first.iter().all(|&b| b == 1) && second.iter().all(|&b| b == 2));
+        drop(second);
+        let mut third = AlignedBuf::new(HALF_HUGE);
+        assert_eq!(third.as_ptr() as usize % HUGE, 0, "a new page: {third:?}");
+        assert!(first.iter().all(|&b| b == 1), "the first half untouched");
+        third.extend_from_slice(b"abc");
+        assert_eq!(&third[..], b"abc");
+        drop((first, third));
+        let other = AlignedBuf::new(HALF_HUGE + BLOCK);
+        assert_eq!(other.capacity(), HALF_HUGE + BLOCK, "other sizes are pages");
+        assert_eq!(other.as_ptr() as usize % BLOCK, 0);
     }
 }
