@@ -8,15 +8,17 @@
 //! initialized: a reader fills the part after [`AlignedBuf::len`] through
 //! [`AlignedBuf::unfilled`] with no `unsafe` on the caller's side.
 //!
-//! A buffer of [`HALF_HUGE`] (every pipe chunk and direct-write buffer) is
-//! half of a 2 MiB page the kernel may back with one huge page, shared
-//! with the next such buffer made on the same thread. Its bytes are then
-//! one run of physical memory: the disk takes a direct write of it as one
-//! request instead of two (a virtio disk splits at 254 pieces, and 1 MiB
-//! of small pages is 256), and the kernel pins one page instead of 256.
-//! On the bench machine that took the writing thread's CPU from 154 to
-//! 57 ms for 1 GiB and a backup's wall by a tenth (docs/ARCHITECTURE.md,
-//! "Huge pages").
+//! A backup pipe's chunk ([`AlignedBuf::half_huge`]) is half of a 2 MiB
+//! mapping the kernel may back with one huge page, shared with the next
+//! such buffer made on the same thread. Its bytes are then one run of
+//! physical memory: the disk takes a direct write of it as one request
+//! instead of two (a virtio disk splits at 254 pieces, and 1 MiB of small
+//! pages is 256), and the kernel pins one folio instead of 256 pages. On
+//! the bench machine that took the writing thread's CPU from 154 to 57 ms
+//! for 1 GiB and a backup's wall by a tenth (docs/ARCHITECTURE.md, "Huge
+//! pages"). Only the backup pipe's buffers, which go round for the whole
+//! backup: a restore's buffers live one file each, and a huge page per
+//! file would be a fault, 2 MiB zeroed and maybe a compaction per file.
 
 use std::cell::RefCell;
 use std::ops::Deref;
@@ -34,7 +36,7 @@ struct Page([u8; BLOCK]);
 /// A huge page's size on x86-64 and (4 KiB pages) arm64.
 const HUGE: usize = 2 << 20;
 
-/// The size of a buffer made as half a huge page.
+/// The size of a buffer made by [`AlignedBuf::half_huge`].
 pub const HALF_HUGE: usize = HUGE / 2;
 
 /// `capacity` bytes (a multiple of [`BLOCK`]), the first `len` of them in use.
@@ -69,23 +71,29 @@ impl HugePage {
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
         );
-        // SAFETY: a fresh anonymous mapping, checked below; the parts
-        // before and after the aligned 2 MiB are unmapped at once, so
-        // exactly that 2 MiB stays, zero-filled by the kernel.
+        // SAFETY: a fresh anonymous mapping of 4 MiB, checked below. The
+        // head before the first 2 MiB boundary in it (0 to 2 MiB - 4 KiB)
+        // and the tail after the 2 MiB from there (4 KiB to 2 MiB, never
+        // 0) are unmapped at once, so exactly that 2 MiB stays,
+        // zero-filled by the kernel. Pointers are offsets from the
+        // mapping's own.
         unsafe {
             let got = libc::mmap(std::ptr::null_mut(), 2 * HUGE, rw, private, -1, 0);
             if got == libc::MAP_FAILED {
                 return None;
             }
-            let base = got as usize;
-            let start = base.next_multiple_of(HUGE);
-            if start > base {
-                libc::munmap(got, start - base);
+            let head = (got as usize).next_multiple_of(HUGE) - got as usize;
+            let start = got.cast::<u8>().add(head);
+            if head > 0 {
+                let r = libc::munmap(got, head);
+                debug_assert_eq!(r, 0, "unmapping the head");
             }
-            libc::munmap((start + HUGE) as *mut libc::c_void, base + HUGE - start);
+            let r = libc::munmap(start.add(HUGE).cast(), HUGE - head);
+            debug_assert_eq!(r, 0, "unmapping the tail");
             // Only a hint: without huge pages this is small pages.
-            libc::madvise(start as *mut libc::c_void, HUGE, libc::MADV_HUGEPAGE);
-            NonNull::new(start as *mut u8).map(|p| Arc::new(HugePage(p)))
+            libc::madvise(start.cast(), HUGE, libc::MADV_HUGEPAGE);
+            // Not null: mmap never maps page 0 for us.
+            Some(Arc::new(HugePage(NonNull::new_unchecked(start))))
         }
     }
 }
@@ -102,7 +110,8 @@ impl HugePage {
 impl Drop for HugePage {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `map`, which no buffer uses any more.
-        unsafe { libc::munmap(self.0.as_ptr().cast(), HUGE) };
+        let r = unsafe { libc::munmap(self.0.as_ptr().cast(), HUGE) };
+        debug_assert_eq!(r, 0, "unmapping a huge page");
     }
 }
 
@@ -110,35 +119,36 @@ thread_local! {
     /// The page whose second half no buffer has taken yet. Weak: a page
     /// whose first half is dropped is unmapped, not kept for a buffer
     /// that may never come (an idle sidecar holds none). Per thread, so
-    /// the buffers one pipe makes in a row pair up.
+    /// the chunks a pipe's producer makes in a row pair up. (A second
+    /// half dropped before its first is not handed out again: the page
+    /// stays whole until the first goes too.)
     static SECOND_HALF: RefCell<Weak<HugePage>> = const { RefCell::new(Weak::new()) };
 }
 
 impl Memory {
-    fn new(capacity: usize) -> Self {
-        let pages = capacity.div_ceil(BLOCK);
-        if pages * BLOCK == HALF_HUGE {
-            if let Some(half) = Self::half() {
-                return half;
-            }
-        }
-        Memory::Pages(vec![Page([0; BLOCK]); pages])
+    fn pages(capacity: usize) -> Self {
+        Memory::Pages(vec![Page([0; BLOCK]); capacity.div_ceil(BLOCK)])
     }
 
+    /// Half a huge page; `None` when no page can be mapped, or on a
+    /// thread being torn down.
     fn half() -> Option<Self> {
-        SECOND_HALF.with(|slot| {
-            let mut slot = slot.borrow_mut();
-            if let Some(page) = slot.upgrade() {
-                *slot = Weak::new();
-                return Some(Memory::Half {
-                    page,
-                    at: HALF_HUGE,
-                });
-            }
-            let page = HugePage::map()?;
-            *slot = Arc::downgrade(&page);
-            Some(Memory::Half { page, at: 0 })
-        })
+        SECOND_HALF
+            .try_with(|slot| {
+                let mut slot = slot.borrow_mut();
+                if let Some(page) = slot.upgrade() {
+                    *slot = Weak::new();
+                    return Some(Memory::Half {
+                        page,
+                        at: HALF_HUGE,
+                    });
+                }
+                let page = HugePage::map()?;
+                *slot = Arc::downgrade(&page);
+                Some(Memory::Half { page, at: 0 })
+            })
+            .ok()
+            .flatten()
     }
 }
 
@@ -146,7 +156,17 @@ impl AlignedBuf {
     /// An empty buffer of `capacity` bytes, rounded up to whole blocks.
     pub fn new(capacity: usize) -> Self {
         AlignedBuf {
-            memory: Memory::new(capacity),
+            memory: Memory::pages(capacity),
+            len: 0,
+        }
+    }
+
+    /// An empty buffer of [`HALF_HUGE`] bytes, half of a huge page where
+    /// the kernel gives one: for buffers that go round a backup's pipe
+    /// for as long as it runs (see the module's comment).
+    pub fn half_huge() -> Self {
+        AlignedBuf {
+            memory: Memory::half().unwrap_or_else(|| Memory::pages(HALF_HUGE)),
             len: 0,
         }
     }
@@ -290,12 +310,13 @@ mod tests {
     }
 
     /// Two buffers of half a huge page made in a row on one thread share
-    /// one 2 MiB page, each its own half; a page whose first half is gone
-    /// is not kept for a second (a new buffer starts a new page).
+    /// one 2 MiB page, each its own half; a page whose second half is
+    /// taken, or whose first half is gone, gives no more halves (a new
+    /// buffer starts a new page).
     #[test]
     fn buffers_of_half_a_huge_page_pair_up_and_stay_apart() {
-        let mut first = AlignedBuf::new(HALF_HUGE);
-        let mut second = AlignedBuf::new(HALF_HUGE - BLOCK + 1);
+        let mut first = AlignedBuf::half_huge();
+        let mut second = AlignedBuf::half_huge();
         assert_eq!(
             first.as_ptr() as usize % HUGE,
             0,
@@ -314,14 +335,22 @@ mod tests {
         second.extend_from_slice(&[2; HALF_HUGE]);
         assert!(first.iter().all(|&b| b == 1) && second.iter().all(|&b| b == 2));
         drop(second);
-        let mut third = AlignedBuf::new(HALF_HUGE);
+        let mut third = AlignedBuf::half_huge();
         assert_eq!(third.as_ptr() as usize % HUGE, 0, "a new page: {third:?}");
         assert!(first.iter().all(|&b| b == 1), "the first half untouched");
         third.extend_from_slice(b"abc");
         assert_eq!(&third[..], b"abc");
-        drop((first, third));
-        let other = AlignedBuf::new(HALF_HUGE + BLOCK);
-        assert_eq!(other.capacity(), HALF_HUGE + BLOCK, "other sizes are pages");
+        drop(third);
+        let fourth = AlignedBuf::half_huge();
+        assert_eq!(
+            fourth.as_ptr() as usize % HUGE,
+            0,
+            "its first half gone: a new page"
+        );
+        assert!(fourth.iter().all(|&b| b == 0) && fourth.capacity() == HALF_HUGE);
+        assert!(first.iter().all(|&b| b == 1), "the first half untouched");
+        let other = AlignedBuf::new(HALF_HUGE);
+        assert_eq!(other.capacity(), HALF_HUGE, "new: small pages, any size");
         assert_eq!(other.as_ptr() as usize % BLOCK, 0);
     }
 }

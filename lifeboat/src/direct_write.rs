@@ -38,8 +38,15 @@ const LOCAL_DISKS: [u32; 3] = [
     0x9123_683E, // btrfs
 ];
 
-fn new_buffer() -> AlignedBuf {
-    AlignedBuf::new(BUFFER)
+/// A backup artifact's buffers trade places with the pipe's chunks, which
+/// are halves of huge pages (`aligned.rs`).
+const _: () = assert!(BUFFER == crate::aligned::HALF_HUGE);
+
+fn new_buffer(huge: bool) -> AlignedBuf {
+    match huge {
+        true => AlignedBuf::half_huge(),
+        false => AlignedBuf::new(BUFFER),
+    }
 }
 
 /// A new, empty file written front to back: owned (`File`), or borrowed
@@ -57,6 +64,8 @@ pub struct DirectWrite<F: Borrow<File> = File> {
     direct: Option<AlignedBuf>,
     /// For writes through the cache.
     writeback: Writeback,
+    /// Buffers are halves of huge pages ([`Self::artifact`]).
+    huge: bool,
 }
 
 /// The thread that writes a full buffer past the cache while the caller
@@ -72,11 +81,13 @@ struct Behind {
     busy: bool,
     /// The buffer that came back, to be filled next.
     spare: Option<AlignedBuf>,
+    /// A new buffer is half a huge page.
+    huge: bool,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Behind {
-    fn start(file: &File) -> io::Result<Self> {
+    fn start(file: &File, huge: bool) -> io::Result<Self> {
         let file = file.try_clone()?;
         let (to, full) = mpsc::sync_channel::<AlignedBuf>(1);
         let (done, back) = mpsc::channel();
@@ -95,6 +106,7 @@ impl Behind {
             back,
             busy: false,
             spare: None,
+            huge,
             thread: Some(thread),
         })
     }
@@ -105,7 +117,7 @@ impl Behind {
     /// came back last, emptied (a new one the first time). Called once the
     /// buffer out before, if any, is back (`settle_behind`).
     fn hand(&mut self, full: &mut AlignedBuf) -> io::Result<()> {
-        let mut next = self.spare.take().unwrap_or_else(new_buffer);
+        let mut next = self.spare.take().unwrap_or_else(|| new_buffer(self.huge));
         next.clear();
         let full = std::mem::replace(full, next);
         let sent = self.to.as_ref().map(|to| to.send(full).is_ok());
@@ -147,8 +159,19 @@ impl<F: Borrow<File>> DirectWrite<F> {
     /// Writes to `file` (new and empty) past the cache when its filesystem
     /// is a local disk's and the kernel takes `O_DIRECT` for it.
     pub fn new(file: F) -> Self {
+        Self::with(file, false)
+    }
+
+    /// A backup's artifact: written behind ([`Self::write_behind`]), from
+    /// buffers that are halves of huge pages, as the pipe's chunks are
+    /// that trade places with them ([`Self::write_chunk`]).
+    pub fn artifact(file: F) -> Self {
+        Self::with(file, true).write_behind()
+    }
+
+    fn with(file: F, huge: bool) -> Self {
         let direct = (on_local_disk(file.borrow()) && set_direct(file.borrow(), true).is_ok())
-            .then(new_buffer);
+            .then(|| new_buffer(huge));
         tracing::debug!(
             "writing {}",
             match direct {
@@ -162,6 +185,7 @@ impl<F: Borrow<File>> DirectWrite<F> {
             writeback: Writeback::default(),
             behind_wanted: false,
             behind: None,
+            huge,
         }
     }
 
@@ -182,6 +206,7 @@ impl<F: Borrow<File>> DirectWrite<F> {
             writeback: Writeback::default(),
             behind_wanted: false,
             behind: None,
+            huge: false,
         }
     }
 
@@ -268,7 +293,7 @@ impl<F: Borrow<File>> DirectWrite<F> {
         if self.behind.is_none() {
             self.flush_blocks()?;
             if self.direct.is_some() {
-                match Behind::start(self.file.borrow()) {
+                match Behind::start(self.file.borrow(), self.huge) {
                     Ok(behind) => self.behind = Some(behind),
                     // No descriptor or thread to spare: written here, as
                     // without write-behind.

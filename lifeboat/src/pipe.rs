@@ -33,6 +33,14 @@ pub const READ_QUEUE_DEPTH: usize = 4;
 
 pub type Chunk = io::Result<Vec<u8>>;
 
+/// A backup pipe's chunk is half a huge page (`aligned.rs`).
+const _: () = assert!(CHUNK_SIZE == crate::aligned::HALF_HUGE);
+
+/// A new chunk for the backup pipe, zeroed.
+fn new_chunk() -> AlignedBuf {
+    AlignedBuf::half_huge()
+}
+
 /// The pipe from a producer's [`ChunkWriter`] to an upload. Its chunks are
 /// aligned ([`AlignedBuf`]), so a folder target writes them to the disk
 /// as they are; errors come from the producer's own result, not the pipe.
@@ -58,7 +66,7 @@ impl ChunkWriter {
     pub fn new(tx: mpsc::Sender<AlignedBuf>) -> Self {
         ChunkWriter {
             tx,
-            buf: AlignedBuf::new(CHUNK_SIZE),
+            buf: new_chunk(),
             spare: None,
             fresh: 1,
         }
@@ -91,7 +99,7 @@ impl ChunkWriter {
             }
             None => {
                 self.fresh += 1;
-                AlignedBuf::new(CHUNK_SIZE)
+                new_chunk()
             }
         };
         let full = std::mem::replace(&mut self.buf, next);
@@ -389,7 +397,8 @@ impl<R: Read> HashReader<R> {
 impl<R: Read> Read for HashReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(out)?;
-        update_ahead(&mut self.hasher, &out[..n]);
+        // Just copied here by this thread: nothing to fetch ahead.
+        self.hasher.update(&out[..n]);
         self.count += n as u64;
         Ok(n)
     }
@@ -421,7 +430,7 @@ const HASH_AHEAD: usize = 4096;
 /// before hashing this one. A pipe's chunk was filled by another thread,
 /// so its bytes are in another core's cache or further: the CPU's
 /// prefetcher did not keep up with the SHA extensions on such bytes, and
-/// hashing them took 1.45x as long as hashing bytes in this core's cache
+/// hashing them took 1.55x as long as hashing bytes in this core's cache
 /// (docs/ARCHITECTURE.md, "Hashing").
 fn update_ahead(hasher: &mut Sha256, bytes: &[u8]) {
     let mut pages = bytes.chunks(HASH_AHEAD).peekable();
@@ -437,8 +446,9 @@ fn update_ahead(hasher: &mut Sha256, bytes: &[u8]) {
 fn prefetch(bytes: &[u8]) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     for line in bytes.chunks(64) {
-        // SAFETY: a prefetch only hints at an address (here inside
-        // `bytes`) and never faults or changes memory.
+        // SAFETY: the intrinsic needs SSE, which every x86-64 CPU has;
+        // a prefetch only hints at an address (here inside `bytes`), and
+        // never faults or changes memory.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) }
     }
 }
@@ -457,7 +467,7 @@ pub async fn read_chunk<R: AsyncRead + Unpin>(
 ) -> io::Result<AlignedBuf> {
     let mut chunk = spare
         .filter(|b| b.capacity() == CHUNK_SIZE)
-        .unwrap_or_else(|| AlignedBuf::new(CHUNK_SIZE));
+        .unwrap_or_else(new_chunk);
     chunk.clear();
     while !chunk.is_full() {
         let n = src.read(chunk.unfilled()).await?;

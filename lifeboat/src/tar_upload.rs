@@ -58,8 +58,9 @@ where
         span.in_scope(|| write_tar(sink, compression, recipients.as_ref(), produce))
     });
     let mut upload_error = None;
-    // Hashed here, not in the producer: its thread walks, reads and feeds
-    // the compressor and is the one that bounds the speed.
+    // Hashed here, not in the producer, so reading and hashing overlap on
+    // two cores; the hash fetches a page ahead of the bytes another core
+    // wrote (`pipe::update_ahead`).
     let mut stored = HashCount::default();
     while let Some(chunk) = rx.recv().await {
         stored.update(&chunk);

@@ -373,7 +373,7 @@ impl Blobs for DirBlobs {
             .await;
         Ok(DirPut {
             blobs: self.clone(),
-            file: Some(Writing::Idle(DirectWrite::new(file).write_behind())),
+            file: Some(Writing::Idle(DirectWrite::artifact(file))),
             tmp,
             dst,
         })
