@@ -96,9 +96,7 @@ impl HugePage {
             Some(Arc::new(HugePage(NonNull::new_unchecked(start))))
         }
     }
-}
 
-impl HugePage {
     /// The half from `at` (0 or [`HALF_HUGE`]).
     fn half(&self, at: usize) -> *mut u8 {
         debug_assert!(at == 0 || at == HALF_HUGE);
@@ -349,8 +347,10 @@ mod tests {
         );
         assert!(fourth.iter().all(|&b| b == 0) && fourth.capacity() == HALF_HUGE);
         assert!(first.iter().all(|&b| b == 1), "the first half untouched");
+        assert!(matches!(first.memory, Memory::Half { at: 0, .. }));
         let other = AlignedBuf::new(HALF_HUGE);
-        assert_eq!(other.capacity(), HALF_HUGE, "new: small pages, any size");
+        assert!(matches!(other.memory, Memory::Pages(_)), "new: small pages");
+        assert_eq!(other.capacity(), HALF_HUGE);
         assert_eq!(other.as_ptr() as usize % BLOCK, 0);
     }
 }

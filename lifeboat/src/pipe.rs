@@ -118,9 +118,7 @@ impl ChunkWriter {
     pub fn finish(mut self) -> io::Result<()> {
         self.send()
     }
-}
 
-impl ChunkWriter {
     /// Reads up to `max` bytes of `r` straight into the chunk being filled,
     /// after a header of `H` bytes that `head` makes once the count is
     /// known: a file's bytes go into the artifact without a copy through
